@@ -1,0 +1,56 @@
+# halo_lab: every target creates the virtual environment on first use.
+# TORCH picks the torch build: the default resolves to the CPU wheel on CPU-only machines that carry one
+# locally and to PyPI's CUDA build elsewhere; e.g. TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH  ?= torch==2.13.0
+ARGS   ?=
+STAMP  := $(VENV)/.installed
+
+.PHONY: help install train sweep-baseline sweep-ablation sweep-needle report bench test test-full lint format clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install halo_lab with dev tools
+
+train: $(STAMP)  ## default experiment: tiny HALO-S on Shakespeare (ARGS="key=value ...")
+	$(PY) -m halo_lab.train $(ARGS)
+
+sweep-baseline: $(STAMP)  ## HALO-S vs dense sweep
+	$(PY) -m halo_lab.train +experiment=baseline -m $(ARGS)
+
+sweep-ablation: $(STAMP)  ## graph-component ablation sweep
+	$(PY) -m halo_lab.train +experiment=ablation -m $(ARGS)
+
+sweep-needle: $(STAMP)  ## needle-in-a-haystack sweep
+	$(PY) -m halo_lab.train +experiment=needle -m $(ARGS)
+
+bench: $(STAMP)  ## speed/memory benchmark (quick CPU mode without a GPU)
+	$(PY) -m halo_lab.bench $(ARGS)
+
+test: $(STAMP)  ## fast test suite (what CI runs)
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+test-full: $(STAMP)  ## every test, slow end-to-end ones included
+	$(PY) -m pytest -q $(ARGS)
+
+lint: $(STAMP)  ## ruff
+	$(PY) -m ruff check halo_lab tests
+	$(PY) -m ruff format --check halo_lab tests
+
+format: $(STAMP)  ## ruff autofix + format
+	$(PY) -m ruff check --fix halo_lab tests
+	$(PY) -m ruff format halo_lab tests
+
+clean:  ## remove caches and outputs (keeps .venv)
+	rm -rf .pytest_cache .ruff_cache outputs/* wandb lightning_logs
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	touch outputs/.gitkeep

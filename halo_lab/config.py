@@ -1,0 +1,150 @@
+"""HaloConfig: one flat, documented, self-validating dataclass for HALO-S and its dense twin.
+
+Field names and defaults follow the public reference (pyhalos 2.2.1) so its configs load unchanged;
+the fields after ``use_swiglu`` are halo_lab's additions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+DILATION_RULES = ("window_multiple", "absolute")
+RANDOM_EDGE_MODES = ("block", "token")
+ATTENTION_BACKENDS = ("auto", "reference", "flex", "dense")
+NORMS = ("layernorm", "rmsnorm")
+
+
+@dataclass
+class HaloConfig:
+    # --- the reference's fields and defaults ---
+    vocab_size: int = 256
+    """Token vocabulary size (256 for the byte-level tokenizer)."""
+    hidden_size: int = 512
+    """Model width."""
+    num_layers: int = 6
+    """Number of transformer blocks."""
+    num_heads: int = 8
+    """Query heads per attention layer."""
+    num_kv_heads: int = 2
+    """Key/value heads (grouped-query attention); must divide num_heads."""
+    num_globals: int = 2
+    """G learned global tokens prepended to every sequence; every token attends to all of them."""
+    local_window: int = 64
+    """W: each token attends to the W most recent tokens, itself included (keys i-W+1 .. i)."""
+    dilated_offsets: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    """Dilated edges, one per offset; their distance follows ``dilation_rule``."""
+    num_random: int = 2
+    """R random edges per token into the past outside the window."""
+    dropout: float = 0.1
+    """Dropout on attention output and FFN output, in [0, 1)."""
+    max_seq_len: int = 4096
+    """Longest text sequence (global tokens not counted)."""
+    use_swiglu: bool = True
+    """SwiGLU feed-forward (w1, w3 gate, w2); False gives the reference 1.x GELU FFN (w1, w2)."""
+
+    # --- halo_lab additions ---
+    dilation_rule: str = "window_multiple"
+    """How offsets become distances. ``window_multiple``: distance = offset * local_window, so the
+    default offsets (1, 2, 4, 8) with W=64 reach 64, 128, 256, 512 tokens back: all outside the window
+    and block-aligned. ``absolute``: distance = offset (the reference's reading); distances inside the
+    window duplicate window edges and are dropped from the graph."""
+    random_edges: str = "block"
+    """``block``: the R random keys are shared by each block of ``graph_block_size`` queries (BigBird
+    style: cheap for block-sparse kernels). ``token``: every token draws its own R keys."""
+    graph_block_size: int = 128
+    """Query block for block-level random edges and the fast backend's block mask."""
+    graph_seed: int = 0
+    """Seed of the random edges; they are a pure function of (seed, layer, step, position)."""
+    attention_backend: str = "auto"
+    """``auto`` (flex on CUDA, reference elsewhere), ``reference``, ``flex``; ``dense`` is the baseline's."""
+    ffn_mult: int = 4
+    """FFN inner width = ffn_mult * hidden_size (the reference uses 4 for both FFN kinds)."""
+    norm: str = "layernorm"
+    """``layernorm`` (the reference's) or ``rmsnorm``."""
+    norm_eps: float = 1e-5
+    rope_base: float = 10000.0
+    """RoPE base frequency."""
+    tie_embeddings: bool = False
+    """Share the token embedding with the LM head."""
+    init_std: float = 0.02
+    """Std of the normal init of linear and embedding weights."""
+
+    def __post_init__(self) -> None:
+        self.dilated_offsets = [int(o) for o in self.dilated_offsets]
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        def fail(name: str, why: str) -> None:
+            raise ValueError(f"HaloConfig.{name}={getattr(self, name)!r}: {why}")
+
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "max_seq_len",
+                     "local_window", "graph_block_size", "ffn_mult"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                fail(name, "must be a positive integer")
+        for name in ("num_globals", "num_random"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                fail(name, "must be a non-negative integer")
+        if self.hidden_size % self.num_heads:
+            fail("hidden_size", f"must be divisible by num_heads={self.num_heads}")
+        if self.num_heads % self.num_kv_heads:
+            fail("num_heads", f"must be divisible by num_kv_heads={self.num_kv_heads}")
+        if (self.hidden_size // self.num_heads) % 2:
+            fail("hidden_size", "hidden_size / num_heads (head_dim) must be even for RoPE")
+        if not 0.0 <= self.dropout < 1.0:
+            fail("dropout", "must be in [0, 1)")
+        if any(o < 1 for o in self.dilated_offsets):
+            fail("dilated_offsets", "every offset must be a positive integer")
+        if self.dilation_rule not in DILATION_RULES:
+            fail("dilation_rule", f"must be one of {DILATION_RULES}")
+        if self.random_edges not in RANDOM_EDGE_MODES:
+            fail("random_edges", f"must be one of {RANDOM_EDGE_MODES}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            fail("attention_backend", f"must be one of {ATTENTION_BACKENDS}")
+        if self.norm not in NORMS:
+            fail("norm", f"must be one of {NORMS}")
+        if self.norm_eps <= 0:
+            fail("norm_eps", "must be > 0")
+        if self.rope_base <= 1:
+            fail("rope_base", "must be > 1")
+        if self.init_std <= 0:
+            fail("init_std", "must be > 0")
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def dilated_distances(self) -> tuple[int, ...]:
+        """Distinct dilated distances that add edges beyond the window (sorted)."""
+        scale = self.local_window if self.dilation_rule == "window_multiple" else 1
+        return tuple(sorted({o * scale for o in self.dilated_offsets if o * scale >= self.local_window}))
+
+    @property
+    def num_neighbors(self) -> int:
+        """K: distinct keys of a token whose past is long enough (globals, window, dilated, random)."""
+        return self.num_globals + self.local_window + len(self.dilated_distances) + self.num_random
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["dilated_offsets"] = list(self.dilated_offsets)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HaloConfig:
+        """Build from a dict: unknown keys are warned about and ignored, missing keys take defaults."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            warnings.warn(f"HaloConfig: ignoring unknown keys {unknown}", stacklevel=2)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def replace(self, **changes: Any) -> HaloConfig:
+        return dataclasses.replace(self, **changes)
