@@ -81,8 +81,17 @@ class HaloConfig:
         def fail(name: str, why: str) -> None:
             raise ValueError(f"HaloConfig.{name}={getattr(self, name)!r}: {why}")
 
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "max_seq_len",
-                     "local_window", "graph_block_size", "ffn_mult"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "max_seq_len",
+            "local_window",
+            "graph_block_size",
+            "ffn_mult",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 fail(name, "must be a positive integer")

@@ -1,0 +1,250 @@
+"""Attention backends over the HALO graph, the dense baseline's attention, and the KV cache.
+
+* ``reference_attention``: gathers each query's K neighbours and runs a softmax over them. Simple and
+  obviously right; it materialises B x H x L x K x d, so it is the oracle, not the fast path.
+* ``flex_attention`` backend: FlexAttention with a BlockMask built from the graph's tile layout and a
+  mask_mod that encodes the same edge set. Compiled on CUDA; eager (unfused) elsewhere.
+* ``dense_attention``: causal SDPA for the baseline.
+* ``decode_attention``: queries at the end of a KV cache attend over their gathered neighbours.
+
+Tensors are laid out [B, heads, L, head_dim]; K/V have ``num_kv_heads`` heads (grouped-query attention).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from halo_lab import graph
+from halo_lab.config import HaloConfig
+
+try:  # FlexAttention ships with torch >= 2.5
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+    HAS_FLEX = True
+except ImportError:  # pragma: no cover - old torch
+    HAS_FLEX = False
+
+_compiled_flex = None
+
+
+def _flex_kernel():
+    """flex_attention compiled once per process on CUDA (eager elsewhere: slow but exact)."""
+    global _compiled_flex
+    if _compiled_flex is None:
+        import torch._dynamo
+
+        # one compiled kernel per (length, dtype) bucket; the default cache limit (8) is too small for sweeps
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex
+
+
+def resolve_backend(config: HaloConfig, device: torch.device) -> str:
+    """``auto`` picks flex on CUDA and the reference gather elsewhere (FlexAttention has no fused CPU path)."""
+    if config.attention_backend != "auto":
+        return config.attention_backend
+    return "flex" if HAS_FLEX and device.type == "cuda" else "reference"
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, stacklevel=3)
+
+
+# ------------------------------------------------------------------------------------ reference
+
+
+def gather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Softmax attention of each query over its listed keys.
+
+    q: [B, Hq, P, d]; k, v: [B, Hkv, S, d]; idx: [P, K] key positions in 0..S-1, -1 = no edge."""
+    B, Hq, P, d = q.shape
+    Hkv = k.shape[1]
+    valid = idx >= 0
+    flat = idx.clamp(min=0).reshape(-1)
+    kg = k.index_select(2, flat).view(B, Hkv, P, -1, d)
+    vg = v.index_select(2, flat).view(B, Hkv, P, -1, d)
+    qg = q.view(B, Hkv, Hq // Hkv, P, d)
+    scores = torch.einsum("bhgpd,bhpkd->bhgpk", qg, kg) / math.sqrt(d)
+    scores = scores.float().masked_fill(~valid, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(v.dtype)
+    out = torch.einsum("bhgpk,bhpkd->bhgpd", probs, vg)
+    return out.reshape(B, Hq, P, d)
+
+
+def reference_attention(q, k, v, config: HaloConfig, layer: int, step: int) -> torch.Tensor:
+    """The oracle: every position attends over its explicit neighbour list."""
+    idx = graph.full_neighbor_index(config, layer, step, q.shape[2] - config.num_globals, q.device)
+    return gather_attention(q, k, v, idx)
+
+
+# ------------------------------------------------------------------------------------ flex
+
+
+class FlexGraphMask:
+    """A BlockMask for one (layer, length, device), rebuilt in place when the training step changes.
+
+    The random-key table is updated in place so the compiled kernel, which captures it through the
+    mask_mod, is reused across steps instead of recompiled."""
+
+    def __init__(self, config: HaloConfig, layer: int, text_len: int, device: torch.device):
+        self.config, self.layer, self.text_len, self.device = config, layer, text_len, device
+        self.step: int | None = None
+        G, W, N = config.num_globals, config.local_window, text_len
+        positions = torch.arange(N, device=device)
+        units = graph.random_unit(config, positions)
+        self.unit_of_pos = units - units[0]
+        n_units = int(self.unit_of_pos[-1]) + 1 if N else 1
+        self.rand_table = torch.full((n_units, config.num_random), -1, dtype=torch.long, device=device)
+        dists = config.dilated_distances
+        R = config.num_random
+        rand_table, unit_of_pos = self.rand_table, self.unit_of_pos
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            qi, ki = q_idx - G, kv_idx - G
+            dist = qi - ki
+            text_edge = dist < W
+            for d in dists:
+                text_edge = text_edge | (dist == d)
+            if R:
+                row = unit_of_pos[qi.clamp(0, N - 1)]
+                for j in range(R):
+                    text_edge = text_edge | (rand_table[row, j] == ki)
+            return (kv_idx <= q_idx) & ((kv_idx < G) | ((qi >= 0) & (ki >= 0) & text_edge))
+
+        self.mask_mod = mask_mod
+        self.block_mask: BlockMask | None = None
+        self.layout: graph.BlockLayout | None = None
+
+    def get(self, step: int) -> BlockMask:
+        if step != self.step or self.block_mask is None:
+            cfg, N = self.config, self.text_len
+            if cfg.num_random and N:
+                raw = graph.random_keys(cfg, self.layer, step, torch.arange(N, device=self.device))
+                table = torch.full_like(self.rand_table, -1)
+                table[self.unit_of_pos] = raw  # block mode: the rows of one unit are identical
+                self.rand_table.copy_(table)
+            layout = graph.block_layout(cfg, self.layer, step, N, self.device)
+            L = layout.seq_len
+            self.block_mask = BlockMask.from_kv_blocks(
+                layout.kv_num_blocks[None, None],
+                layout.kv_indices[None, None],
+                layout.full_kv_num_blocks[None, None],
+                layout.full_kv_indices[None, None],
+                BLOCK_SIZE=layout.block_size,
+                mask_mod=self.mask_mod,
+                seq_lengths=(L, L),
+            )
+            self.layout, self.step = layout, step
+        return self.block_mask
+
+
+_flex_masks: dict[tuple, FlexGraphMask] = {}
+
+
+def flex_graph_mask(config: HaloConfig, layer: int, text_len: int, device: torch.device) -> FlexGraphMask:
+    """Block masks cached per (graph config, layer, length, device)."""
+    key = (_graph_key(config), layer, text_len, str(device))
+    entry = _flex_masks.get(key)
+    if entry is None:
+        entry = _flex_masks[key] = FlexGraphMask(config, layer, text_len, device)
+    return entry
+
+
+def _graph_key(config: HaloConfig) -> tuple:
+    return (
+        config.num_globals,
+        config.local_window,
+        config.dilated_distances,
+        config.num_random,
+        config.random_edges,
+        config.graph_block_size,
+        config.graph_seed,
+    )
+
+
+def flex_graph_attention(q, k, v, config: HaloConfig, layer: int, step: int) -> torch.Tensor:
+    text_len = q.shape[2] - config.num_globals
+    block_mask = flex_graph_mask(config, layer, text_len, q.device).get(step)
+    kernel = _flex_kernel() if q.is_cuda else flex_attention
+    return kernel(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
+
+
+# ------------------------------------------------------------------------------------ dense
+
+
+def dense_attention(q, k, v) -> torch.Tensor:
+    """Causal SDPA (flash / memory-efficient kernels where available)."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def halo_attention(q, k, v, config: HaloConfig, layer: int, step: int, backend: str) -> torch.Tensor:
+    """Full-sequence HALO attention with the named backend (q/k/v include the global positions)."""
+    if backend == "flex":
+        if q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
+            _warn_once("FlexAttention has no backward on CPU: using the reference backend for this pass")
+            return reference_attention(q, k, v, config, layer, step)
+        return flex_graph_attention(q, k, v, config, layer, step)
+    if backend == "reference":
+        return reference_attention(q, k, v, config, layer, step)
+    raise ValueError(f"attention_backend={backend!r} is not a HALO backend (use reference, flex or auto)")
+
+
+# ------------------------------------------------------------------------------------ KV cache
+
+
+@dataclass
+class KVCache:
+    """Keys and values (RoPE applied) of every position so far, for one layer."""
+
+    k: torch.Tensor  # [B, Hkv, capacity, d]
+    v: torch.Tensor
+    length: int = 0
+
+    @classmethod
+    def empty(cls, batch: int, heads: int, capacity: int, head_dim: int, device, dtype) -> KVCache:
+        shape = (batch, heads, capacity, head_dim)
+        return cls(
+            torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
+        )
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + k.shape[2]
+        if end > self.k.shape[2]:
+            raise ValueError(f"KV cache overflow: {end} positions > capacity {self.k.shape[2]}")
+        self.k[:, :, self.length : end] = k
+        self.v[:, :, self.length : end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+def halo_decode_attention(q, k_all, v_all, config: HaloConfig, layer: int, step: int, start: int):
+    """New text queries at text positions start.. attend over their neighbours in the cache.
+
+    Cost per query is O(K): the window, dilated, random and global keys are gathered, not the prefix."""
+    G = config.num_globals
+    positions = torch.arange(start, start + q.shape[2], device=q.device)
+    text = graph.neighbor_index(config, layer, step, positions)
+    text = torch.where(text >= 0, text + G, text)
+    glob = torch.arange(G, device=q.device).expand(q.shape[2], G)
+    return gather_attention(q, k_all, v_all, torch.cat([glob, text], dim=1))
+
+
+def dense_decode_attention(q, k_all, v_all) -> torch.Tensor:
+    """New queries (the last positions of the cache) attend causally over the cache."""
+    P, S = q.shape[2], k_all.shape[2]
+    if P == 1:
+        return F.scaled_dot_product_attention(q, k_all, v_all, enable_gqa=q.shape[1] != k_all.shape[1])
+    mask = torch.ones(P, S, dtype=torch.bool, device=q.device).tril(S - P)
+    return F.scaled_dot_product_attention(
+        q, k_all, v_all, attn_mask=mask, enable_gqa=q.shape[1] != k_all.shape[1]
+    )

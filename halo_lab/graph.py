@@ -1,0 +1,195 @@
+"""The HALO-S connectivity graph, in one place.
+
+Positions: the model prepends G global tokens, so a sequence of N text tokens becomes L = G + N
+positions; text token i sits at position G + i. Edges of text token i (all into the past or itself):
+
+* globals: the G global positions (always);
+* window: text keys i-W+1 .. i (self included);
+* dilated: text key i-d for each distance d in ``config.dilated_distances`` (all >= W, so outside the
+  window; with the default rule d = offset * W);
+* random: R text keys drawn from i's past outside the window, [0, i-W].
+
+Global token g attends to globals 0..g (they sit before the text, so they never see it).
+
+Random edges are a pure function of (graph_seed, layer, step, unit, slot) through a counter-based hash,
+so they are identical on every process and in every backend, cached generation included, and the edges
+of position i do not depend on the sequence length. ``unit`` is the text position (``token`` mode) or
+the index of the block of ``graph_block_size`` positions that holds the query (``block`` mode: all
+queries of a block share their random keys, drawn from before the block's first query minus W). In
+token mode the R keys avoid each other and the dilated keys, so a token with a long enough past has
+exactly K = G + W + D + R distinct keys; in block mode a random key that lands on a token's dilated key
+counts once (the graph is a set). Training uses the trainer's step; evaluation uses EVAL_STEP, so the
+eval graph is fixed per layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from halo_lab.config import HaloConfig
+
+EVAL_STEP = -1
+_M32 = 0xFFFFFFFF
+_MUL = 0x045D9F3B
+
+
+def _mix32(x):
+    """A 32-bit integer hash (works on Python ints and int64 tensors alike; values stay < 2**63)."""
+    x = ((x ^ (x >> 16)) * _MUL) & _M32
+    x = ((x ^ (x >> 16)) * _MUL) & _M32
+    return x ^ (x >> 16)
+
+
+def _stream_key(seed: int, layer: int, step: int) -> int:
+    h = _mix32((seed & _M32) ^ 0x9E3779B9)
+    h = _mix32(h ^ (layer & _M32))
+    return _mix32(h ^ (step & _M32))
+
+
+def _skip_sorted(rank: torch.Tensor, excluded_sorted: torch.Tensor) -> torch.Tensor:
+    """Map ranks among the integers minus an excluded set to the integers themselves.
+
+    ``excluded_sorted`` is [P, E], ascending per row (use a huge value for "no exclusion")."""
+    for e in range(excluded_sorted.shape[1]):
+        rank = rank + (rank >= excluded_sorted[:, e : e + 1]).long()
+    return rank
+
+
+def _sample_distinct(hash_rows: torch.Tensor, pool: torch.Tensor, count: int) -> torch.Tensor:
+    """Draw ``count`` distinct integers in [0, pool) per row, -1 where the pool runs out.
+
+    hash_rows: [P] int64 per-row hash; pool: [P] int64 pool sizes."""
+    picks: list[torch.Tensor] = []
+    for slot in range(count):
+        u = _mix32(hash_rows ^ ((slot * 0x27D4EB2F) & _M32))
+        remaining = (pool - slot).clamp(min=0)
+        x = (u * remaining) >> 32  # uniform in [0, remaining)
+        if picks:
+            prev = torch.stack(picks, dim=1).sort(dim=1).values
+            prev = torch.where(prev < 0, torch.full_like(prev, 1 << 40), prev)
+            x = _skip_sorted(x.unsqueeze(1), prev).squeeze(1)
+        picks.append(torch.where(remaining > 0, x, torch.full_like(x, -1)))
+    return torch.stack(picks, dim=1) if picks else hash_rows.new_empty(hash_rows.shape[0], 0)
+
+
+def random_unit(config: HaloConfig, positions: torch.Tensor) -> torch.Tensor:
+    """The sampling unit of each text position: itself, or its block of the full (globals + text) sequence."""
+    if config.random_edges == "token":
+        return positions
+    return (positions + config.num_globals) // config.graph_block_size
+
+
+def random_keys(config: HaloConfig, layer: int, step: int, positions: torch.Tensor) -> torch.Tensor:
+    """[P, R] random text keys of the given text positions (-1 where the past is too short)."""
+    R, W = config.num_random, config.local_window
+    positions = positions.long()
+    key = _stream_key(config.graph_seed, layer, step)
+    if config.random_edges == "token":
+        dil = torch.tensor(config.dilated_distances, dtype=torch.long, device=positions.device)
+        dil_keys = positions.unsqueeze(1) - dil.flip(0).unsqueeze(0)  # ascending keys
+        n_dil = (dil_keys >= 0).sum(1)
+        pool = (positions - W + 1).clamp(min=0) - n_dil
+        rows = _mix32(key ^ (positions & _M32))
+        ranks = _sample_distinct(rows, pool, R)
+        excluded = torch.where(dil_keys >= 0, dil_keys, torch.full_like(dil_keys, 1 << 40))
+        keys = _skip_sorted(ranks, excluded.sort(dim=1).values)
+        return torch.where(ranks >= 0, keys, torch.full_like(keys, -1))
+    units = random_unit(config, positions)
+    unique_units, inverse = torch.unique(units, return_inverse=True)
+    first_query = (unique_units * config.graph_block_size - config.num_globals).clamp(min=0)
+    pool = (first_query - W + 1).clamp(min=0)
+    per_unit = _sample_distinct(_mix32(key ^ (unique_units & _M32)), pool, R)
+    return per_unit[inverse]
+
+
+def neighbor_index(config: HaloConfig, layer: int, step: int, positions: torch.Tensor) -> torch.Tensor:
+    """[P, W + D + R] text keys of each text position: window, dilated, random; -1 marks no edge.
+
+    Rows hold no duplicates and no key after its query. Global keys are implicit (every row has them)."""
+    positions = positions.long()
+    device = positions.device
+    offsets = torch.cat(
+        [
+            torch.arange(config.local_window, device=device),
+            torch.tensor(config.dilated_distances, dtype=torch.long, device=device),
+        ]
+    )
+    static = positions.unsqueeze(1) - offsets.unsqueeze(0)
+    static = torch.where(static >= 0, static, torch.full_like(static, -1))
+    rand = random_keys(config, layer, step, positions)
+    if config.random_edges == "block" and rand.numel():
+        dilated = static[:, config.local_window :]
+        dup = (rand.unsqueeze(2) == dilated.unsqueeze(1)).any(2) & (rand >= 0)
+        rand = torch.where(dup, torch.full_like(rand, -1), rand)
+    return torch.cat([static, rand], dim=1)
+
+
+def full_neighbor_index(config: HaloConfig, layer: int, step: int, seq_len: int, device) -> torch.Tensor:
+    """[L, G + W + D + R] keys over the full sequence (globals then text) for every position; -1 = none."""
+    G = config.num_globals
+    text = neighbor_index(config, layer, step, torch.arange(seq_len, device=device))
+    text = torch.where(text >= 0, text + G, text)
+    glob = torch.arange(G, device=device).expand(seq_len, G)
+    rows = torch.cat([glob, text], dim=1)
+    if G:
+        # global query g sees globals 0..g
+        q = torch.arange(G, device=device).unsqueeze(1)
+        k = torch.arange(G, device=device).unsqueeze(0)
+        head = torch.full((G, rows.shape[1]), -1, dtype=torch.long, device=device)
+        head[:, :G] = torch.where(k <= q, k.expand(G, G), torch.full((G, G), -1, device=device))
+        rows = torch.cat([head, rows], dim=0)
+    return rows
+
+
+def dense_mask(config: HaloConfig, layer: int, step: int, seq_len: int, device=None) -> torch.Tensor:
+    """[L, L] boolean adjacency (query, key). For tests and small-N inspection only: it is O(L^2)."""
+    idx = full_neighbor_index(config, layer, step, seq_len, device)
+    L = idx.shape[0]
+    mask = torch.zeros(L, L + 1, dtype=torch.bool, device=device)
+    mask.scatter_(1, torch.where(idx >= 0, idx, torch.full_like(idx, L)), True)
+    return mask[:, :L]
+
+
+# ---------------------------------------------------------------------------------------- block masks
+
+
+@dataclass
+class BlockLayout:
+    """Block-sparse description of the graph, in the layout FlexAttention's BlockMask takes."""
+
+    kv_num_blocks: torch.Tensor  # [nQ] partial blocks per query block
+    kv_indices: torch.Tensor  # [nQ, nK]
+    full_kv_num_blocks: torch.Tensor  # [nQ] blocks where every edge is present (mask_mod skipped)
+    full_kv_indices: torch.Tensor  # [nQ, nK]
+    block_size: int
+    seq_len: int  # L
+
+    @property
+    def computed_blocks(self) -> int:
+        return int(self.kv_num_blocks.sum() + self.full_kv_num_blocks.sum())
+
+
+def block_layout(config: HaloConfig, layer: int, step: int, seq_len: int, device) -> BlockLayout:
+    """Which (query block, key block) tiles hold edges, and which tiles are complete."""
+    BS = config.graph_block_size
+    idx = full_neighbor_index(config, layer, step, seq_len, device)
+    L = idx.shape[0]
+    nb = (L + BS - 1) // BS
+    q_block = (torch.arange(L, device=device) // BS).unsqueeze(1).expand_as(idx)
+    valid = idx >= 0
+    tile = q_block[valid] * nb + idx[valid] // BS
+    counts = torch.bincount(tile, minlength=nb * nb).view(nb, nb)
+    present = counts > 0
+    full = counts == BS * BS  # rows have no duplicate keys, so a count of BS*BS means a complete tile
+    partial = present & ~full
+
+    def to_indices(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        num = sel.sum(1).to(torch.int32)
+        order = torch.argsort((~sel).to(torch.int8), dim=1, stable=True).to(torch.int32)
+        return num, order
+
+    kv_num, kv_idx = to_indices(partial)
+    full_num, full_idx = to_indices(full)
+    return BlockLayout(kv_num, kv_idx, full_num, full_idx, BS, L)

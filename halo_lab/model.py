@@ -1,0 +1,410 @@
+"""HALO-S and its dense twin: embeddings, RoPE, pre-norm blocks, SwiGLU/GELU FFN, LM head, generation.
+
+Plain PyTorch: no Lightning or Hydra here. State-dict names follow the reference package (pyhalos 2.2.1)
+where the parts are the same, so its checkpoints map onto these modules (see halo_lab.compat).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from torch import nn
+
+from halo_lab import attention as attn
+from halo_lab import graph
+from halo_lab.config import HaloConfig
+from halo_lab.utils import count_parameters as _count_parameters
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotate-half RoPE (the reference's convention) with a cos/sin table grown on demand."""
+
+    def __init__(self, head_dim: int, max_positions: int, base: float):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._build(max_positions)
+
+    def _build(self, n: int) -> None:
+        freqs = torch.outer(torch.arange(n, dtype=torch.float32, device=self.inv_freq.device), self.inv_freq)
+        emb = torch.cat([freqs, freqs], dim=-1)
+        self.register_buffer("cos", emb.cos(), persistent=False)
+        self.register_buffer("sin", emb.sin(), persistent=False)
+
+    def forward(self, start: int, length: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        if start + length > self.cos.shape[0]:
+            self._build(start + length)
+        return self.cos[start : start + length].to(dtype), self.sin[start : start + length].to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+def make_norm(config: HaloConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.hidden_size, eps=config.norm_eps)
+    return nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x); GELU (use_swiglu=False): w2(gelu(w1 x))."""
+
+    def __init__(self, config: HaloConfig):
+        super().__init__()
+        inner = config.ffn_mult * config.hidden_size
+        self.w1 = nn.Linear(config.hidden_size, inner, bias=False)
+        self.w2 = nn.Linear(inner, config.hidden_size, bias=False)
+        self.w3 = nn.Linear(config.hidden_size, inner, bias=False) if config.use_swiglu else None
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.w1(x)) * self.w3(x) if self.w3 is not None else F.gelu(self.w1(x))
+        return self.dropout(self.w2(h))
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention over the HALO graph (arch="halo") or dense causal (arch="dense")."""
+
+    def __init__(self, config: HaloConfig, layer: int, arch: str):
+        super().__init__()
+        self.config, self.layer, self.arch = config, layer, arch
+        d = config.head_dim
+        self.q_proj = nn.Linear(config.hidden_size, config.num_heads * d, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, config.num_kv_heads * d, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, config.num_kv_heads * d, bias=False)
+        self.o_proj = nn.Linear(config.num_heads * d, config.hidden_size, bias=False)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, cos, sin, step: int, cache: attn.KVCache | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        cfg, d = self.config, self.config.head_dim
+        q = apply_rope(self.q_proj(x).view(B, T, cfg.num_heads, d).transpose(1, 2), cos, sin)
+        k = apply_rope(self.k_proj(x).view(B, T, cfg.num_kv_heads, d).transpose(1, 2), cos, sin)
+        v = self.v_proj(x).view(B, T, cfg.num_kv_heads, d).transpose(1, 2)
+        if cache is None or cache.length == 0:  # whole sequence (or a cache prefill)
+            if cache is not None:
+                cache.append(k, v)
+            if self.arch == "dense":
+                y = attn.dense_attention(q, k, v)
+            else:
+                backend = attn.resolve_backend(cfg, x.device)
+                y = attn.halo_attention(q, k, v, cfg, self.layer, step, backend)
+        else:  # decoding: the new positions attend into the cache
+            start = cache.length
+            k_all, v_all = cache.append(k, v)
+            if self.arch == "dense":
+                y = attn.dense_decode_attention(q, k_all, v_all)
+            else:
+                y = attn.halo_decode_attention(
+                    q, k_all, v_all, cfg, self.layer, step, start - cfg.num_globals
+                )
+        return self.dropout(self.o_proj(y.transpose(1, 2).reshape(B, T, -1)))
+
+
+class Block(nn.Module):
+    def __init__(self, config: HaloConfig, layer: int, arch: str):
+        super().__init__()
+        self.ln_1 = make_norm(config)
+        self.attn = Attention(config, layer, arch)
+        self.ln_2 = make_norm(config)
+        self.ffn = FeedForward(config)
+
+    def forward(self, x, cos, sin, step: int, cache: attn.KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cos, sin, step, cache)
+        return x + self.ffn(self.ln_2(x))
+
+
+class _CausalLM(nn.Module):
+    """Shared body of HaloSModel and BaselineModel."""
+
+    arch = "halo"
+
+    def __init__(self, config: HaloConfig):
+        super().__init__()
+        if isinstance(config, dict):
+            config = HaloConfig.from_dict(config)
+        self.config = config
+        self.num_globals = config.num_globals if self.arch == "halo" else 0
+        self.token_emb = nn.Embedding(config.vocab_size, config.hidden_size)
+        if self.num_globals:
+            self.global_memory = nn.Parameter(torch.zeros(self.num_globals, config.hidden_size))
+        self.rope = RotaryEmbedding(config.head_dim, config.max_seq_len + self.num_globals, config.rope_base)
+        self.layers = nn.ModuleList(Block(config, i, self.arch) for i in range(config.num_layers))
+        self.ln_f = make_norm(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self._graph_step = 0
+        self._gradient_checkpointing = False
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.config.init_std
+        residual_std = std / math.sqrt(2 * self.config.num_layers)
+        for name, p in self.named_parameters():
+            if p.dim() == 2 and name.endswith("weight") or name == "global_memory":
+                out_proj = name.endswith(("o_proj.weight", "w2.weight"))
+                nn.init.normal_(p, std=residual_std if out_proj else std)
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.token_emb.weight
+
+    # ---------------------------------------------------------------------------- training controls
+    def set_graph_step(self, step: int) -> None:
+        """Select the training step's random edges (the trainer's global step: the same on every rank)."""
+        self._graph_step = int(step)
+
+    def enable_gradient_checkpointing(self) -> None:
+        self._gradient_checkpointing = True
+
+    def disable_gradient_checkpointing(self) -> None:
+        self._gradient_checkpointing = False
+
+    # ---------------------------------------------------------------------------- forward
+    def _run(self, input_ids: torch.Tensor, caches: list[attn.KVCache] | None = None) -> torch.Tensor:
+        B, T = input_ids.shape
+        past = caches[0].length if caches else 0
+        text_len = (past - self.num_globals if past else 0) + T
+        if text_len > self.config.max_seq_len:
+            raise ValueError(f"sequence of {text_len} tokens exceeds max_seq_len={self.config.max_seq_len}")
+        x = self.token_emb(input_ids)
+        if self.num_globals and past == 0:
+            x = torch.cat([self.global_memory.to(x.dtype).expand(B, -1, -1), x], dim=1)
+        cos, sin = self.rope(past, x.shape[1], x.dtype)
+        step = self._graph_step if self.training else graph.EVAL_STEP
+        for i, layer in enumerate(self.layers):
+            cache = caches[i] if caches else None
+            if self._gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, step, cache, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, step, cache)
+        x = self.ln_f(x)
+        return x[:, self.num_globals :] if past == 0 else x
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None):
+        """Logits [B, T, V] and, with targets, the mean cross-entropy over targets != -100."""
+        logits = self.lm_head(self._run(input_ids))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+        return logits, loss
+
+    # ---------------------------------------------------------------------------- generation
+    def _new_caches(self, batch: int, capacity: int, device, dtype) -> list[attn.KVCache]:
+        c = self.config
+        return [
+            attn.KVCache.empty(batch, c.num_kv_heads, capacity + self.num_globals, c.head_dim, device, dtype)
+            for _ in self.layers
+        ]
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompt: str | list[str] | torch.Tensor,
+        tokenizer: Any = None,
+        max_new_tokens: int = 100,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        stop_token: int | str | None = None,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ):
+        """Sample a continuation. str -> str, list[str] -> list[str], LongTensor [T] or [B, T] -> same rank
+        with the prompt included. temperature=0 is greedy. Generation stops early once every row has
+        produced ``stop_token`` (rows that stopped are padded with it). Prompt plus new tokens beyond
+        max_seq_len is an error. With the KV cache a HALO-S token costs O(K) attention, not a prefix re-run.
+        """
+        if isinstance(prompt, (str, list)):
+            if tokenizer is None:
+                raise ValueError("generate() got a string prompt but no tokenizer: pass tokenizer=...")
+            texts = [prompt] if isinstance(prompt, str) else prompt
+            stop_id = self._stop_id(stop_token, tokenizer)
+            device = self.lm_head.weight.device
+            outs = []
+            for text in texts:  # one by one: prompts of different lengths need no padding policy
+                ids = torch.tensor(tokenizer.encode(text), dtype=torch.long, device=device)
+                new = self.generate(
+                    ids, None, max_new_tokens, temperature, top_k, top_p, stop_id, use_cache, generator
+                )[len(ids) :].tolist()
+                if stop_id is not None and stop_id in new:
+                    new = new[: new.index(stop_id)]
+                outs.append(text + tokenizer.decode(new))
+            return outs[0] if isinstance(prompt, str) else outs
+        if not isinstance(prompt, torch.Tensor) or prompt.dtype != torch.long or prompt.dim() not in (1, 2):
+            raise TypeError("prompt must be a str, a list of str or a LongTensor of shape [T] or [B, T]")
+        ids = prompt.unsqueeze(0) if prompt.dim() == 1 else prompt
+        stop_id = self._stop_id(stop_token, tokenizer)
+        total = ids.shape[1] + max_new_tokens
+        if ids.shape[1] == 0:
+            raise ValueError("generate() needs a non-empty prompt")
+        if total > self.config.max_seq_len:
+            raise ValueError(
+                f"prompt ({ids.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) = {total} exceeds "
+                f"max_seq_len={self.config.max_seq_len}; shorten the prompt or lower max_new_tokens"
+            )
+        was_training = self.training
+        self.eval()
+        try:
+            out = self._sample_loop(
+                ids, max_new_tokens, temperature, top_k, top_p, stop_id, use_cache, generator
+            )
+        finally:
+            self.train(was_training)
+        return out[0] if prompt.dim() == 1 else out
+
+    @staticmethod
+    def _stop_id(stop_token, tokenizer) -> int | None:
+        if stop_token is None or isinstance(stop_token, int):
+            return stop_token
+        if tokenizer is None:
+            raise ValueError("a string stop_token needs a tokenizer")
+        ids = tokenizer.encode(stop_token)
+        if len(ids) != 1:
+            raise ValueError(
+                f"stop_token {stop_token!r} encodes to {len(ids)} tokens; it must be exactly one"
+            )
+        return ids[0]
+
+    def _sample_loop(self, ids, max_new_tokens, temperature, top_k, top_p, stop_id, use_cache, generator):
+        B = ids.shape[0]
+        caches = None
+        if use_cache:
+            dtype = self.lm_head.weight.dtype
+            caches = self._new_caches(B, ids.shape[1] + max_new_tokens, ids.device, dtype)
+            logits = self.lm_head(self._run(ids, caches)[:, -1])
+        out = ids
+        done = torch.zeros(B, dtype=torch.bool, device=ids.device)
+        for i in range(max_new_tokens):
+            if not use_cache:
+                logits = self.lm_head(self._run(out)[:, -1])
+            nxt = sample_next_token(logits.float(), temperature, top_k, top_p, generator)
+            if stop_id is not None:
+                nxt = torch.where(done, torch.full_like(nxt, stop_id), nxt)
+                done |= nxt == stop_id
+            out = torch.cat([out, nxt[:, None]], dim=1)
+            if stop_id is not None and bool(done.all()):
+                break
+            if use_cache and i + 1 < max_new_tokens:
+                logits = self.lm_head(self._run(nxt[:, None], caches)[:, -1])
+        return out
+
+    # ---------------------------------------------------------------------------- introspection
+    def count_parameters(self, trainable_only: bool = False) -> int:
+        return _count_parameters(self, trainable_only)
+
+    def summary(self) -> str:
+        c = self.config
+        lines = [
+            f"{type(self).__name__} ({self.arch}): {self.count_parameters() / 1e6:.2f}M parameters",
+            f"  layers={c.num_layers} hidden={c.hidden_size} heads={c.num_heads}/{c.num_kv_heads}kv "
+            f"head_dim={c.head_dim} vocab={c.vocab_size} max_seq_len={c.max_seq_len}",
+            f"  ffn={'SwiGLU' if c.use_swiglu else 'GELU'} x{c.ffn_mult} norm={c.norm} dropout={c.dropout}",
+        ]
+        if self.arch == "halo":
+            lines.append(
+                f"  graph: K={c.num_neighbors} = {c.num_globals} globals + window {c.local_window} + dilated "
+                f"{list(c.dilated_distances)} + {c.num_random} random ({c.random_edges}); "
+                f"backend={c.attention_backend}"
+            )
+        return "\n".join(lines)
+
+    def estimate_flops(self, seq_len: int, backend: str | None = None) -> dict[str, float]:
+        """Forward FLOPs of one sequence (multiply-adds x 2), by part.
+
+        ``attention`` counts the graph's edges (what the reference gather computes); ``attention_kernel``
+        counts what the chosen backend really computes (whole tiles for flex, the full causal triangle for
+        dense SDPA). ``global`` is the share of ``attention`` spent on global keys."""
+        c, d = self.config, self.config.head_dim
+        G, L = self.num_globals, seq_len + self.num_globals
+        per_edge = 4 * c.num_heads * d  # QK^T and PV
+        if self.arch == "dense":
+            edges = kernel_edges = L * (L + 1) / 2
+            global_edges = 0.0
+        else:
+            idx = graph.full_neighbor_index(c, 0, graph.EVAL_STEP, seq_len, "cpu")
+            edges = float((idx >= 0).sum())
+            global_edges = float(G * seq_len + G * (G + 1) / 2)
+            backend = backend or attn.resolve_backend(c, torch.device("cpu"))
+            if backend == "flex":
+                layout = graph.block_layout(c, 0, graph.EVAL_STEP, seq_len, "cpu")
+                kernel_edges = layout.computed_blocks * c.graph_block_size**2
+            else:
+                kernel_edges = float(idx.numel())
+        proj = 2 * L * c.hidden_size * (2 * c.num_heads * d + 2 * c.num_kv_heads * d)
+        ffn = 2 * L * c.hidden_size * c.ffn_mult * c.hidden_size * (3 if c.use_swiglu else 2)
+        n = c.num_layers
+        out = {
+            "attention": n * per_edge * edges,
+            "attention_kernel": n * per_edge * kernel_edges,
+            "global": n * per_edge * global_edges,
+            "projections": n * proj,
+            "ffn": n * ffn,
+            "lm_head": 2 * seq_len * c.hidden_size * c.vocab_size,
+        }
+        out["total"] = out["attention"] + out["projections"] + out["ffn"] + out["lm_head"]
+        return out
+
+    @classmethod
+    def from_pretrained(cls, path: str, **kwargs: Any):
+        """Load a saved model (local directory, file or Hub repo id); see halo_lab.hub.load_from_hub."""
+        from halo_lab.hub import load_from_hub
+
+        model = load_from_hub(path, **kwargs)
+        if cls is not _CausalLM and not isinstance(model, cls):
+            raise TypeError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
+
+class HaloSModel(_CausalLM):
+    """HALO-S: G learned global tokens are prepended; attention follows the sparse graph (halo_lab.graph)."""
+
+    arch = "halo"
+
+
+class BaselineModel(_CausalLM):
+    """The dense Transformer baseline: the same blocks with causal SDPA and no global tokens."""
+
+    arch = "dense"
+
+
+ARCHS = {"halo": HaloSModel, "dense": BaselineModel}
+
+
+def build_model(config: HaloConfig | dict, arch: str = "halo") -> _CausalLM:
+    """Build HaloSModel (arch="halo") or BaselineModel (arch="dense") from a config or a plain dict."""
+    if arch not in ARCHS:
+        raise ValueError(f"arch={arch!r}: must be one of {sorted(ARCHS)}")
+    if isinstance(config, dict):
+        config = HaloConfig.from_dict(config)
+    return ARCHS[arch](config)
+
+
+def sample_next_token(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One token per row from [B, V] logits: greedy at temperature 0, else top-k / nucleus sampling."""
+    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+        raise ValueError(
+            f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0 (got {temperature}, {top_p}, {top_k})"
+        )
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the smallest prefix with mass >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
