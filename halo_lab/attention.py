@@ -75,7 +75,7 @@ def gather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: tor
     vg = v.index_select(2, flat).view(B, Hkv, P, -1, d)
     qg = q.view(B, Hkv, Hq // Hkv, P, d)
     scores = torch.einsum("bhgpd,bhpkd->bhgpk", qg, kg) / math.sqrt(d)
-    scores = scores.float().masked_fill(~valid, float("-inf"))
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32)).masked_fill(~valid, float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(v.dtype)
     out = torch.einsum("bhgpk,bhpkd->bhgpd", probs, vg)
     return out.reshape(B, Hq, P, d)
@@ -175,7 +175,12 @@ def _graph_key(config: HaloConfig) -> tuple:
 def flex_graph_attention(q, k, v, config: HaloConfig, layer: int, step: int) -> torch.Tensor:
     text_len = q.shape[2] - config.num_globals
     block_mask = flex_graph_mask(config, layer, text_len, q.device).get(step)
-    kernel = _flex_kernel() if q.is_cuda else flex_attention
+    if q.is_cuda:
+        kernel = _flex_kernel()
+    else:  # eager, forward-only: the CPU flex path refuses inputs that require grad even under no_grad
+        kernel = flex_attention
+        if not torch.is_grad_enabled():
+            q, k, v = q.detach(), k.detach(), v.detach()
     return kernel(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
