@@ -214,6 +214,7 @@ class KVCache:
     k: torch.Tensor  # [B, Hkv, capacity, d]
     v: torch.Tensor
     length: int = 0
+    neighbors: torch.Tensor | None = None  # HALO: [capacity, K] keys of every position (eval graph)
 
     @classmethod
     def empty(cls, batch: int, heads: int, capacity: int, head_dim: int, device, dtype) -> KVCache:
@@ -230,6 +231,20 @@ class KVCache:
         self.v[:, :, self.length : end] = v
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
+
+
+def static_decode_attention(q, k, v, cache: KVCache, pos: torch.Tensor) -> torch.Tensor:
+    """One new position per row at device index ``pos`` ([1] long): shapes never depend on the length, so
+    a decode step can be captured in a CUDA graph. HALO gathers the position's K keys from the cache;
+    dense attends over the whole cache with a length mask (its real O(length) cost)."""
+    cache.k.index_copy_(2, pos, k)
+    cache.v.index_copy_(2, pos, v)
+    if cache.neighbors is not None:
+        return gather_attention(q, cache.k, cache.v, cache.neighbors.index_select(0, pos))
+    visible = torch.arange(cache.k.shape[2], device=q.device) <= pos
+    return F.scaled_dot_product_attention(
+        q, cache.k, cache.v, attn_mask=visible[None, :], enable_gqa=q.shape[1] != cache.k.shape[1]
+    )
 
 
 def halo_decode_attention(q, k_all, v_all, config: HaloConfig, layer: int, step: int, start: int):

@@ -81,13 +81,15 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(config.num_heads * d, config.hidden_size, bias=False)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, cos, sin, step: int, cache: attn.KVCache | None = None) -> torch.Tensor:
+    def forward(self, x, cos, sin, step: int, cache: attn.KVCache | None = None, pos=None) -> torch.Tensor:
         B, T, _ = x.shape
         cfg, d = self.config, self.config.head_dim
         q = apply_rope(self.q_proj(x).view(B, T, cfg.num_heads, d).transpose(1, 2), cos, sin)
         k = apply_rope(self.k_proj(x).view(B, T, cfg.num_kv_heads, d).transpose(1, 2), cos, sin)
         v = self.v_proj(x).view(B, T, cfg.num_kv_heads, d).transpose(1, 2)
-        if cache is None or cache.length == 0:  # whole sequence (or a cache prefill)
+        if pos is not None:  # one token per row at a device-side position (CUDA-graph friendly)
+            y = attn.static_decode_attention(q, k, v, cache, pos)
+        elif cache is None or cache.length == 0:  # whole sequence (or a cache prefill)
             if cache is not None:
                 cache.append(k, v)
             if self.arch == "dense":
@@ -115,8 +117,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config)
         self.ffn = FeedForward(config)
 
-    def forward(self, x, cos, sin, step: int, cache: attn.KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cos, sin, step, cache)
+    def forward(self, x, cos, sin, step: int, cache: attn.KVCache | None = None, pos=None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cos, sin, step, cache, pos)
         return x + self.ffn(self.ln_2(x))
 
 
@@ -194,11 +196,59 @@ class _CausalLM(nn.Module):
 
     # ---------------------------------------------------------------------------- generation
     def _new_caches(self, batch: int, capacity: int, device, dtype) -> list[attn.KVCache]:
+        """One cache per layer for ``capacity`` text tokens; HALO caches carry the eval graph's key table."""
         c = self.config
-        return [
-            attn.KVCache.empty(batch, c.num_kv_heads, capacity + self.num_globals, c.head_dim, device, dtype)
-            for _ in self.layers
-        ]
+        caches = []
+        for i, _ in enumerate(self.layers):
+            cache = attn.KVCache.empty(
+                batch, c.num_kv_heads, capacity + self.num_globals, c.head_dim, device, dtype
+            )
+            if self.arch == "halo":
+                cache.neighbors = graph.full_neighbor_index(c, i, graph.EVAL_STEP, capacity, device)
+            caches.append(cache)
+        return caches
+
+    def _decode_step(
+        self, tokens: torch.Tensor, pos: torch.Tensor, caches: list[attn.KVCache]
+    ) -> torch.Tensor:
+        """Logits [B, V] for one new token per row at full-sequence position ``pos`` ([1] long tensor)."""
+        x = self.token_emb(tokens)
+        cos = self.rope.cos.index_select(0, pos).to(x.dtype)
+        sin = self.rope.sin.index_select(0, pos).to(x.dtype)
+        for layer, cache in zip(self.layers, caches):
+            x = layer(x, cos, sin, graph.EVAL_STEP, cache, pos)
+        return self.lm_head(self.ln_f(x))[:, -1]
+
+    def _decoder(self, caches: list[attn.KVCache], batch: int, device, cuda_graph: bool):
+        """A function (tokens [B], position) -> logits; on CUDA the step is replayed from a CUDA graph."""
+        tok = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        pos = torch.zeros(1, dtype=torch.long, device=device)
+        if not (cuda_graph and torch.device(device).type == "cuda"):
+
+            def step(tokens: torch.Tensor, position: int) -> torch.Tensor:
+                tok.copy_(tokens.view(-1, 1))
+                pos.fill_(position)
+                return self._decode_step(tok, pos, caches)
+
+            return step
+        pos.fill_(caches[0].length)  # warm-up writes land on the next slot, which the real step rewrites
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._decode_step(tok, pos, caches)
+        torch.cuda.current_stream().wait_stream(side)
+        cuda_graph_obj = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(cuda_graph_obj):
+            logits = self._decode_step(tok, pos, caches)
+
+        def replay(tokens: torch.Tensor, position: int) -> torch.Tensor:
+            tok.copy_(tokens.view(-1, 1))
+            pos.fill_(position)
+            cuda_graph_obj.replay()
+            return logits.clone()
+
+        return replay
 
     @torch.inference_mode()
     def generate(
@@ -212,11 +262,13 @@ class _CausalLM(nn.Module):
         stop_token: int | str | None = None,
         use_cache: bool = True,
         generator: torch.Generator | None = None,
+        cuda_graph: bool = True,
     ):
         """Sample a continuation. str -> str, list[str] -> list[str], LongTensor [T] or [B, T] -> same rank
         with the prompt included. temperature=0 is greedy. Generation stops early once every row has
         produced ``stop_token`` (rows that stopped are padded with it). Prompt plus new tokens beyond
-        max_seq_len is an error. With the KV cache a HALO-S token costs O(K) attention, not a prefix re-run.
+        max_seq_len is an error. With the KV cache a HALO-S token costs O(K) attention, not a prefix re-run;
+        on CUDA each decode step replays a captured CUDA graph (``cuda_graph=False`` turns that off).
         """
         if isinstance(prompt, (str, list)):
             if tokenizer is None:
@@ -269,13 +321,16 @@ class _CausalLM(nn.Module):
             )
         return ids[0]
 
-    def _sample_loop(self, ids, max_new_tokens, temperature, top_k, top_p, stop_id, use_cache, generator):
+    def _sample_loop(
+        self, ids, max_new_tokens, temperature, top_k, top_p, stop_id, use_cache, generator, cuda_graph=True
+    ):
         B = ids.shape[0]
-        caches = None
         if use_cache:
             dtype = self.lm_head.weight.dtype
             caches = self._new_caches(B, ids.shape[1] + max_new_tokens, ids.device, dtype)
             logits = self.lm_head(self._run(ids, caches)[:, -1])
+            decode = self._decoder(caches, B, ids.device, cuda_graph) if max_new_tokens > 1 else None
+            position = caches[0].length
         out = ids
         done = torch.zeros(B, dtype=torch.bool, device=ids.device)
         for i in range(max_new_tokens):
@@ -289,7 +344,8 @@ class _CausalLM(nn.Module):
             if stop_id is not None and bool(done.all()):
                 break
             if use_cache and i + 1 < max_new_tokens:
-                logits = self.lm_head(self._run(nxt[:, None], caches)[:, -1])
+                logits = decode(nxt, position)
+                position += 1
         return out
 
     # ---------------------------------------------------------------------------- introspection
