@@ -1,0 +1,458 @@
+"""Speed and memory benchmark: HALO-S backends against dense attention, measured in the same process.
+
+``python -m halo_lab.bench`` (or ``make bench``) sweeps sequence length x {dense, HALO backends} at three
+levels: the attention layer alone (forward + backward), a whole training step, and cached decoding. It
+checks the HALO backends against the reference first, prints a table and writes ``results.json`` and
+``bench.png`` to its run directory under ``outputs/bench/``. Without a GPU it runs a quick CPU mode.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from halo_lab import attention as attn
+from halo_lab import graph
+from halo_lab.config import HaloConfig
+from halo_lab.model import build_model
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+# ------------------------------------------------------------------------------------ timing
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn: Callable[[], Any], device: torch.device, warmup: int = 3, repeats: int = 10) -> float:
+    """Median wall time of ``fn`` in milliseconds (CUDA events on GPU, perf_counter on CPU)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float | None:
+    """Peak allocated memory (MB) during one call of ``fn``; None on CPU (no allocator statistics)."""
+    if device.type != "cuda":
+        return None
+    _sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    _sync(device)
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+# ------------------------------------------------------------------------------------ public helpers
+
+
+def estimate_flops(model_or_config, seq_len: int, arch: str = "halo") -> dict[str, float]:
+    """Forward FLOPs of one sequence by part (see ``HaloSModel.estimate_flops``)."""
+    model = model_or_config
+    if isinstance(model_or_config, (HaloConfig, dict)):
+        with torch.device("meta"):
+            model = build_model(model_or_config, arch)
+    return model.estimate_flops(seq_len)
+
+
+def benchmark_speed(
+    model,
+    seq_len: int,
+    batch_size: int,
+    warmup: int = 3,
+    repeats: int = 10,
+    dtype: torch.dtype | None = None,
+    train: bool = True,
+) -> dict[str, float | None]:
+    """Forward and training-step time (AdamW, autocast to ``dtype`` on GPU) of one model at one shape."""
+    device = next(model.parameters()).device
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    x = torch.randint(0, model.config.vocab_size, (batch_size, seq_len), device=device)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+
+    def forward():
+        with torch.no_grad(), autocast:
+            model(x)
+
+    def train_step():
+        with autocast:
+            _, loss = model(x, x)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    model.train()
+    out: dict[str, float | None] = {"forward_ms": time_ms(forward, device, warmup, repeats)}
+    if train:
+        out["train_step_ms"] = time_ms(train_step, device, warmup, repeats)
+        out["tokens_per_sec"] = batch_size * seq_len / out["train_step_ms"] * 1e3
+        out["peak_mem_mb"] = peak_memory_mb(train_step, device)
+    else:
+        out["tokens_per_sec"] = batch_size * seq_len / out["forward_ms"] * 1e3
+        out["peak_mem_mb"] = peak_memory_mb(forward, device)
+    return out
+
+
+@torch.inference_mode()
+def benchmark_generation(
+    model,
+    context_len: int,
+    new_tokens: int = 128,
+    batch_size: int = 1,
+    cuda_graph: bool = True,
+    repeats: int = 3,
+) -> dict[str, float]:
+    """Cached greedy decoding after a ``context_len`` prompt: prefill time and decode tokens/s."""
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    model.eval()
+    prompt = torch.randint(0, model.config.vocab_size, (batch_size, context_len), device=device)
+    best_prefill, best_decode = math.inf, math.inf
+    for _ in range(repeats):
+        caches = model._new_caches(batch_size, context_len + new_tokens, device, dtype)
+        _sync(device)
+        t0 = time.perf_counter()
+        logits = model.lm_head(model._run(prompt, caches)[:, -1])
+        _sync(device)
+        prefill = time.perf_counter() - t0
+        decode = model._decoder(caches, batch_size, device, cuda_graph)
+        position = caches[0].length
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(new_tokens):
+            logits = decode(logits.argmax(-1), position)
+            position += 1
+        _sync(device)
+        best_prefill, best_decode = min(best_prefill, prefill), min(best_decode, time.perf_counter() - t0)
+    return {
+        "prefill_ms": best_prefill * 1e3,
+        "ms_per_token": best_decode * 1e3 / new_tokens,
+        "tokens_per_sec": batch_size * new_tokens / best_decode,
+    }
+
+
+# ------------------------------------------------------------------------------------ parts
+
+
+def _attention_variants(base: HaloConfig) -> dict[str, tuple[str, HaloConfig]]:
+    return {
+        "dense": ("dense", base),
+        "flex": ("flex", base),
+        "flex_token": ("flex", base.replace(random_edges="token")),
+        "window": ("flex", base.replace(dilated_offsets=[], num_random=0)),
+        "reference": ("reference", base),
+    }
+
+
+def _edges(config: HaloConfig, backend: str, n: int) -> float:
+    if backend == "dense":
+        return n * (n + 1) / 2
+    return float((graph.full_neighbor_index(config, 0, 0, n, "cpu") >= 0).sum())
+
+
+def check_backends(device: torch.device, dtype: torch.dtype, n: int = 700) -> dict[str, float]:
+    """Relative error of flex vs the reference (values, and gradients where flex has a backward)."""
+    errors = {}
+    grads = device.type == "cuda"
+    for mode in ("block", "token"):
+        c = HaloConfig(random_edges=mode, graph_seed=7)
+        L = n + c.num_globals
+        ins = [torch.randn(2, h, L, 64, device=device, dtype=dtype, requires_grad=grads) for h in (8, 2, 2)]
+        ref = attn.reference_attention(*[t.float() for t in ins], c, 1, 3)
+        with torch.set_grad_enabled(grads):
+            fast = attn.flex_graph_attention(*ins, c, 1, 3)
+        errors[f"flex_{mode}_out"] = ((fast.float() - ref).norm() / ref.norm()).item()
+        if grads:
+            g = torch.randn_like(ref)
+            for name, a, b in zip(
+                "qkv", torch.autograd.grad(ref, ins, g), torch.autograd.grad(fast, ins, g.to(dtype))
+            ):
+                errors[f"flex_{mode}_d{name}"] = ((b.float() - a.float()).norm() / a.float().norm()).item()
+    return errors
+
+
+def bench_attention(
+    spec: dict, device: torch.device, dtype: torch.dtype, warmup: int, repeats: int
+) -> list[dict]:
+    rows = []
+    base = HaloConfig(
+        num_heads=spec["heads"], num_kv_heads=spec["kv_heads"], hidden_size=spec["heads"] * spec["head_dim"]
+    )
+    for n in spec["seq_lens"]:
+        batch = max(1, spec["tokens"] // n)
+        for name, (backend, cfg) in _attention_variants(base).items():
+            if name not in spec["backends"] or (name == "reference" and n > spec["reference_max_len"]):
+                continue
+            if backend == "flex" and device.type != "cuda":
+                continue  # no CPU backward for FlexAttention
+            L = n + (0 if backend == "dense" else cfg.num_globals)
+            q = torch.randn(
+                batch, cfg.num_heads, L, cfg.head_dim, device=device, dtype=dtype, requires_grad=True
+            )
+            k = torch.randn(
+                batch, cfg.num_kv_heads, L, cfg.head_dim, device=device, dtype=dtype, requires_grad=True
+            )
+            v = torch.randn_like(k, requires_grad=True)
+            grad = torch.randn_like(q)
+
+            def step(q=q, k=k, v=v, grad=grad, backend=backend, cfg=cfg):
+                out = (
+                    attn.dense_attention(q, k, v)
+                    if backend == "dense"
+                    else attn.halo_attention(q, k, v, cfg, 0, 0, backend)
+                )
+                out.backward(grad)
+                q.grad = k.grad = v.grad = None
+
+            try:
+                ms = time_ms(step, device, warmup, repeats)
+                mem = peak_memory_mb(step, device)
+            except torch.OutOfMemoryError:
+                rows.append(
+                    {"part": "attention", "variant": name, "seq_len": n, "batch": batch, "error": "OOM"}
+                )
+                continue
+            finally:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            flops = 3 * 4 * cfg.num_heads * cfg.head_dim * _edges(cfg, backend, n) * batch  # fwd + 2x bwd
+            rows.append(
+                {
+                    "part": "attention",
+                    "variant": name,
+                    "seq_len": n,
+                    "batch": batch,
+                    "ms": ms,
+                    "tokens_per_sec": batch * n / ms * 1e3,
+                    "peak_mem_mb": mem,
+                    "tflops": flops / ms / 1e9,
+                }
+            )
+    return rows
+
+
+def _model_config(spec: dict, seq_len: int) -> HaloConfig:
+    return HaloConfig(**{**spec["model"], "max_seq_len": seq_len})
+
+
+def bench_train(
+    spec: dict, device: torch.device, dtype: torch.dtype, warmup: int, repeats: int
+) -> list[dict]:
+    rows = []
+    for n in spec["seq_lens"]:
+        batch = max(1, spec["tokens"] // n)
+        for arch in ("dense", "halo"):
+            torch.manual_seed(0)
+            model = build_model(_model_config(spec, n), arch).to(device)
+            try:
+                r = benchmark_speed(model, n, batch, warmup, repeats, dtype)
+            except torch.OutOfMemoryError:
+                r = {"error": "OOM"}
+            flops = 3 * model.estimate_flops(n)["total"] * batch
+            rows.append(
+                {
+                    "part": "train_step",
+                    "variant": arch,
+                    "seq_len": n,
+                    "batch": batch,
+                    "params": model.count_parameters(),
+                    "ms": r.get("train_step_ms"),
+                    "forward_ms": r.get("forward_ms"),
+                    "tokens_per_sec": r.get("tokens_per_sec"),
+                    "peak_mem_mb": r.get("peak_mem_mb"),
+                    "tflops": flops / r["train_step_ms"] / 1e9 if "train_step_ms" in r else None,
+                    **({"error": r["error"]} if "error" in r else {}),
+                }
+            )
+            del model
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+def bench_decode(spec: dict, device: torch.device, dtype: torch.dtype) -> list[dict]:
+    rows = []
+    for ctx in spec["contexts"]:
+        for arch in ("dense", "halo"):
+            torch.manual_seed(0)
+            model = build_model(_model_config(spec, ctx + spec["new_tokens"]), arch).to(device, dtype)
+            r = benchmark_generation(model, ctx, spec["new_tokens"], cuda_graph=spec.get("cuda_graph", True))
+            rows.append(
+                {
+                    "part": "decode",
+                    "variant": arch,
+                    "seq_len": ctx,
+                    "batch": 1,
+                    "params": model.count_parameters(),
+                    "ms": r["ms_per_token"],
+                    "tokens_per_sec": r["tokens_per_sec"],
+                    "prefill_ms": r["prefill_ms"],
+                }
+            )
+            del model
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """ratio_to_dense: time (decode: tokens/s) and memory relative to the dense row of the same part and length."""
+    dense = {(r["part"], r["seq_len"]): r for r in rows if r["variant"] == "dense" and "ms" in r}
+    for r in rows:
+        d = dense.get((r["part"], r["seq_len"]))
+        if d is None or r.get("ms") is None or d.get("ms") is None:
+            continue
+        r["ratio_to_dense"] = r["ms"] / d["ms"]
+        if r.get("peak_mem_mb") and d.get("peak_mem_mb"):
+            r["mem_ratio_to_dense"] = r["peak_mem_mb"] / d["peak_mem_mb"]
+
+
+# ------------------------------------------------------------------------------------ output
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'part':<11}{'variant':<12}{'N':>7}{'B':>5}{'ms':>11}{'tok/s':>13}{'peak MB':>10}{'TFLOP/s':>9}{'x dense':>9}{'mem x':>7}"
+    lines = [head, "-" * len(head)]
+
+    def f(v, fmt):
+        width = int(fmt.split(".")[0].rstrip(",")) if fmt[0].isdigit() else 0
+        return format(v, fmt) if isinstance(v, (int, float)) else "-".rjust(width)
+
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['part']:<11}{r['variant']:<12}{r['seq_len']:>7}{r['batch']:>5}  {r['error']}")
+            continue
+        lines.append(
+            f"{r['part']:<11}{r['variant']:<12}{r['seq_len']:>7}{r['batch']:>5}{f(r.get('ms'), '11.3f')}"
+            f"{f(r.get('tokens_per_sec'), '13,.0f')}{f(r.get('peak_mem_mb'), '10.0f')}{f(r.get('tflops'), '9.1f')}"
+            f"{f(r.get('ratio_to_dense'), '9.2f')}{f(r.get('mem_ratio_to_dense'), '7.2f')}"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = [p for p in ("attention", "train_step", "decode") if any(r["part"] == p for r in rows)]
+    fig, axes = plt.subplots(1, len(parts), figsize=(5 * len(parts), 4), squeeze=False)
+    for ax, part in zip(axes[0], parts):
+        sel = [r for r in rows if r["part"] == part and r.get("ms") is not None]
+        for variant in dict.fromkeys(r["variant"] for r in sel):
+            pts = sorted(
+                (r["seq_len"], r["tokens_per_sec"] if part == "decode" else r["ms"])
+                for r in sel
+                if r["variant"] == variant
+            )
+            ax.plot(*zip(*pts), marker="o", label=variant)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context length" if part == "decode" else "sequence length N")
+        ax.set_ylabel("tokens/s (batch 1)" if part == "decode" else "median ms")
+        ax.set_title(part)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def run(cfg: dict, out_dir: Path) -> dict:
+    """Run the benchmark described by a plain dict (the Hydra config) and write its outputs."""
+    mode = cfg["mode"]
+    if mode == "auto":
+        mode = "gpu" if torch.cuda.is_available() else "cpu"
+    device = torch.device("cuda" if mode == "gpu" else "cpu")
+    spec = cfg[mode]
+    dtype = DTYPES[cfg["dtype"]] if mode == "gpu" else torch.float32
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    parts = list(cfg["parts"])
+    result: dict[str, Any] = {
+        "device": device_name(device),
+        "mode": mode,
+        "dtype": str(dtype),
+        "torch": torch.__version__,
+        "command": " ".join(sys.argv),
+        "rows": [],
+    }
+    print(f"halo_lab bench on {result['device']} ({mode} mode, {dtype})", flush=True)
+    if cfg.get("check", True):
+        result["check"] = check_backends(device, dtype if device.type == "cuda" else torch.float32)
+        worst = max(result["check"].values())
+        print(f"correctness vs reference: worst relative error {worst:.2e}", flush=True)
+        if worst > (2e-2 if device.type == "cuda" else 1e-4):
+            raise RuntimeError(f"HALO backend disagrees with the reference: {result['check']}")
+    warmup, repeats = cfg["warmup"], cfg["repeats"]
+    if "attention" in parts:
+        result["rows"] += bench_attention(spec["attention"], device, dtype, warmup, repeats)
+    if "train" in parts:
+        result["rows"] += bench_train(spec["train"], device, dtype, warmup, repeats)
+    if "decode" in parts:
+        result["rows"] += bench_decode(
+            spec["decode"], device, dtype if device.type == "cuda" else torch.float32
+        )
+    add_ratios(result["rows"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(result, indent=2))
+    plot(result["rows"], out_dir / "bench.png", f"halo_lab bench: {result['device']}, {dtype}")
+    print(format_table(result["rows"]))
+    print(f"\nresults: {out_dir / 'results.json'}\nplot:    {out_dir / 'bench.png'}")
+    return result
+
+
+def main() -> None:
+    import hydra
+    from omegaconf import OmegaConf
+
+    @hydra.main(
+        version_base="1.3",
+        config_path=str(Path(__file__).resolve().parent.parent / "conf"),
+        config_name="bench",
+    )
+    def _main(cfg) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        run(OmegaConf.to_container(cfg, resolve=True), Path(HydraConfig.get().runtime.output_dir))
+
+    _main()
+
+
+if __name__ == "__main__":
+    main()
