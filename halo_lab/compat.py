@@ -58,21 +58,25 @@ META_KEYS = frozenset(
 )
 ARCH_BY_CLASS = {"HaloSModel": "halo", "BaselineModel": "dense"}
 CLASS_BY_ARCH = {v: k for k, v in ARCH_BY_CLASS.items()}
-# fields the reference's HaloConfig lacks: a config with none of them (and no halo_lab_version) is the reference's
-HALO_LAB_ONLY_FIELDS = frozenset(f.name for f in dataclasses.fields(HaloConfig)) - {
-    "vocab_size",
-    "hidden_size",
-    "num_layers",
-    "num_heads",
-    "num_kv_heads",
-    "num_globals",
-    "local_window",
-    "dilated_offsets",
-    "num_random",
-    "dropout",
-    "max_seq_len",
-    "use_swiglu",
-}
+# the reference's HaloConfig fields (use_swiglu since 2.0)
+REFERENCE_FIELDS = frozenset(
+    {
+        "vocab_size",
+        "hidden_size",
+        "num_layers",
+        "num_heads",
+        "num_kv_heads",
+        "num_globals",
+        "local_window",
+        "dilated_offsets",
+        "num_random",
+        "dropout",
+        "max_seq_len",
+        "use_swiglu",
+    }
+)
+# fields the reference lacks: a config with none of them (and no halo_lab_version) is the reference's
+HALO_LAB_ONLY_FIELDS = frozenset(f.name for f in dataclasses.fields(HaloConfig)) - REFERENCE_FIELDS
 REFERENCE_DEFAULT_WINDOW = 64
 
 _LAYER_KEY = re.compile(r"^layers\.(\d+)\.")
@@ -184,6 +188,11 @@ def is_reference_config(d: dict[str, Any]) -> bool:
     return "halo_version" in d or not (set(d) & HALO_LAB_ONLY_FIELDS)
 
 
+def is_full_reference_config(d: dict[str, Any]) -> bool:
+    """A caller's dict that is a whole reference config (``RefConfig.to_dict()``), not a few halo_lab fields."""
+    return is_reference_config(d) and REFERENCE_FIELDS - {"use_swiglu"} <= set(d)
+
+
 def translate_reference_config(d: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """Reference config fields -> halo_lab fields with the same causal graph (see the module doc)."""
     out = dict(d)
@@ -225,7 +234,9 @@ def prepare(
 
     ``config_dict``: the config found with the weights (config.json, hyper-parameters), or None.
     ``overrides``: a HaloConfig (used as is, halo_lab semantics) or a dict merged over ``config_dict``
-    before any reference translation (so it is read in the source's terms).
+    before any reference translation (so it is read in the source's terms). For a bare state dict the
+    dict is the whole config: a complete reference config (all its fields, none of halo_lab's) is read
+    as the reference's, anything else as halo_lab's.
     Raises ValueError when there is no way to know ``num_heads``."""
     sd = strip_wrappers(state_dict)
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
@@ -234,7 +245,9 @@ def prepare(
     ref_keys = reference_only_keys(sd)
     raw = dict(config_dict or {})
     if origin is None:
-        origin = "reference" if ref_keys or (config_dict and is_reference_config(raw)) else "halo_lab"
+        from_caller = isinstance(overrides, dict) and not config_dict and is_full_reference_config(overrides)
+        from_file = bool(config_dict) and is_reference_config(raw)
+        origin = "reference" if ref_keys or from_file or from_caller else "halo_lab"
     notes: list[str] = []
 
     if arch is None:
@@ -272,7 +285,7 @@ def prepare(
             warnings.warn(
                 f"{source}: config says use_swiglu={raw['use_swiglu']} but the weights are "
                 f"{'SwiGLU (ffn.w3 present)' if swiglu else 'GELU (no ffn.w3)'}: following the weights",
-                stacklevel=3,
+                stacklevel=4,
             )
         if swiglu is not None:
             cfg["use_swiglu"] = swiglu
