@@ -1,0 +1,195 @@
+"""File checks, chunked text reading, content hashing and a cross-process lock, shared by the datasets."""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import hashlib
+import json
+import os
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+CHUNK_BYTES = 1 << 20
+_WS = b" \t\r\n\x0b\x0c"
+
+
+def as_paths(paths: str | os.PathLike | Sequence[str | os.PathLike], what: str = "data file") -> list[Path]:
+    """Normalise one path or a list of paths; an empty list is an error."""
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    out = [Path(p).expanduser() for p in paths]
+    if not out:
+        raise ValueError(f"no {what} given")
+    return out
+
+
+def check_file(path: str | os.PathLike, what: str = "data file") -> Path:
+    """The path if it is a non-empty regular file, else an error that names it."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"{what} not found: {p}")
+    if p.is_dir():
+        raise IsADirectoryError(f"{what} {p} is a directory; pass the file(s) inside it")
+    if not p.is_file():
+        raise ValueError(f"{what} {p} is not a regular file")
+    if p.stat().st_size == 0:
+        raise ValueError(f"{what} {p} is empty")
+    return p
+
+
+def line_of_offset(path: Path, offset: int) -> int:
+    """1-based line number of byte ``offset`` (only computed when an error is reported)."""
+    line = 1
+    done = 0
+    with open(path, "rb") as f:
+        while done < offset:
+            block = f.read(min(CHUNK_BYTES, offset - done))
+            if not block:
+                break
+            line += block.count(b"\n")
+            done += len(block)
+    return line
+
+
+def _cut_point(buf: bytes) -> int:
+    """Where to end a chunk so that no word-, BPE- or whitespace-run token spans the cut: right after a
+    newline that is followed by a non-space byte. Falls back to the last space, then to a UTF-8 character
+    boundary (a line longer than a chunk; BPE may then split one word differently)."""
+    pos = len(buf) - 1
+    while True:
+        nl = buf.rfind(b"\n", 0, pos)
+        if nl < 0:
+            break
+        if buf[nl + 1] not in _WS:
+            return nl + 1
+        pos = nl
+    sp = buf.rfind(b" ", 0, len(buf) - 1)
+    if sp > 0:
+        return sp
+    i = len(buf) - 1
+    while i > 0 and (buf[i] & 0xC0) == 0x80:  # back to the first byte of the last (maybe partial) character
+        i -= 1
+    return i if i > 0 else len(buf)
+
+
+def iter_byte_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, bytes]]:
+    """(offset, bytes) chunks of a file, cut at safe token boundaries (see ``_cut_point``)."""
+    offset = 0
+    carry = b""
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk_bytes)
+            if not block:
+                if carry:
+                    yield offset, carry
+                return
+            buf = carry + block
+            cut = _cut_point(buf)
+            yield offset, buf[:cut]
+            offset += cut
+            carry = buf[cut:]
+
+
+_bad = threading.local()
+
+
+def _count_and_replace(exc: UnicodeDecodeError) -> tuple[str, int]:
+    _bad.count = getattr(_bad, "count", 0) + (exc.end - exc.start)
+    return "\ufffd", exc.end
+
+
+codecs.register_error("halo_count_replace", _count_and_replace)
+
+
+def iter_text_chunks(path: Path, errors: str = "replace", chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
+    """Decoded UTF-8 chunks of a text file. ``errors="replace"`` substitutes U+FFFD for invalid bytes and
+    warns once per file (naming the file and the first bad line); ``"strict"`` raises a ValueError."""
+    if errors not in ("replace", "strict"):
+        raise ValueError(f"encoding_errors must be 'replace' or 'strict', got {errors!r}")
+    bad = 0
+    first = None
+    for offset, chunk in iter_byte_chunks(path, chunk_bytes):
+        try:
+            text = chunk.decode("utf-8")
+        except UnicodeDecodeError as e:
+            where = offset + e.start
+            if errors == "strict":
+                raise ValueError(
+                    f"{path}: not valid UTF-8 at line {line_of_offset(path, where)} (byte {where}): {e.reason}. "
+                    "Use encoding_errors='replace', or the byte-level 'char' tokenizer, which reads raw bytes"
+                ) from None
+            first = where if first is None else first
+            _bad.count = 0
+            text = chunk.decode("utf-8", errors="halo_count_replace")
+            bad += _bad.count
+        yield text
+    if bad:
+        warnings.warn(
+            f"{path}: {bad} byte(s) are not valid UTF-8 (first at line {line_of_offset(path, first)}, byte "
+            f"{first}); they were replaced with U+FFFD. The byte-level 'char' tokenizer keeps raw bytes.",
+            stacklevel=3,
+        )
+
+
+def file_sha256(path: Path, memo_dir: Path | None = None) -> str:
+    """sha256 of the file's contents. With ``memo_dir``, a (path, size, mtime) -> hash memo avoids re-reading
+    unchanged large files on every run; a changed size or mtime forces a re-hash."""
+    st = path.stat()
+    memo = None
+    if memo_dir is not None:
+        key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()
+        memo = memo_dir / f"{key}.json"
+        try:
+            m = json.loads(memo.read_text())
+            if m["size"] == st.st_size and m["mtime_ns"] == st.st_mtime_ns:
+                return m["sha256"]
+        except (OSError, ValueError, KeyError):
+            pass
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK_BYTES), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    if memo is not None:
+        with contextlib.suppress(OSError):
+            memo_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(
+                memo, json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest})
+            )
+    return digest
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Exclusive lock across processes (every DDP rank may prepare data; only one does the work, the others
+    wait and then find it done). A no-op where fcntl does not exist."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def default_cache_dir() -> Path:
+    """Token cache when none is given: $HALO_CACHE_DIR, else $XDG_CACHE_HOME/halo_lab/tokens (~/.cache)."""
+    env = os.environ.get("HALO_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "halo_lab" / "tokens"

@@ -1,0 +1,378 @@
+"""HaloDataModule: every dataset kind behind one LightningDataModule built from plain arguments."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from halo_lab.data._io import as_paths, check_file, file_lock, iter_text_chunks
+from halo_lab.data.corpora import prepare_shakespeare
+from halo_lab.data.datasets import JSONLDataset, TextDataset, iter_jsonl_docs
+from halo_lab.data.streaming import StreamingDataLoader, StreamingDataset
+from halo_lab.data.synthetic import CopyDataset, NeedleDataset
+from halo_lab.tokenizers import Tokenizer, WordTokenizer, build_tokenizer, tokenizer_from_dict
+
+DATASETS = ("shakespeare", "text", "jsonl", "streaming", "copy", "needle")
+SYNTHETIC = ("copy", "needle")
+
+PathArg = str | os.PathLike | Sequence[str | os.PathLike] | None
+
+
+class HaloDataModule(L.LightningDataModule):
+    """Train / val / test loaders for one dataset kind.
+
+    Args:
+        dataset: ``shakespeare`` (built-in corpus, prepared into ``data_dir`` on first use), ``text``
+            (``path``: one or more text files), ``jsonl`` (``path``: JSON-lines files, ``text_field``),
+            ``streaming`` (``path``: files read lazily, ``file_format`` from the suffix unless given),
+            ``copy`` or ``needle`` (synthetic tasks; options in ``task_kwargs``).
+        path, val_path, test_path: data files. Without ``val_path`` the last ``val_fraction`` of the
+            training data is held out (cut at a document boundary for JSONL, at a line for streaming);
+            without ``test_path`` the test loader is the validation loader.
+        tokenizer: ``char`` (bytes, vocab 256), ``word`` (vocabulary built from the training part in
+            ``prepare_data``, or ``tokenizer_kwargs.vocab_path``) or ``tiktoken`` (``tokenizer_kwargs.encoding``),
+            a Tokenizer, or a description dict. Ignored by the synthetic tasks, whose vocabulary is their own.
+        seq_len: tokens per example; batch_size / eval_batch_size: per process.
+        num_workers, pin_memory: DataLoader settings; workers persist between epochs when > 0.
+        seed: shuffling (train order, streaming buffer, synthetic examples).
+        data_dir: where corpora, token caches (``<data_dir>/cache``) and built vocabularies live.
+        stride: window stride of text/jsonl training data (default seq_len); evaluation is non-overlapping.
+        buffer_size, infinite: streaming shuffle buffer and endless epochs (use with max_steps under DDP).
+        num_train / num_val / num_test: examples of a synthetic task per split.
+        task_kwargs: passed to CopyDataset / NeedleDataset (e.g. ``vocab_size``, ``distances``,
+            ``num_pairs``, ``key_len``, ``value_len``, ``copy_len``).
+
+    ``prepare_data`` downloads and tokenises (Lightning runs it once per node; a file lock also makes
+    concurrent calls from several processes do the work once). ``setup`` only memory-maps what
+    ``prepare_data`` wrote (and prepares it itself if that was skipped). ``vocab_size`` and ``tokenizer``
+    are available after ``setup`` (for ``char``, ``tiktoken`` and the synthetic tasks, right away).
+    Needle batches are ``(input_ids, targets, distance)``; all others ``(input_ids, targets)``.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "shakespeare",
+        path: PathArg = None,
+        tokenizer: str | dict | Tokenizer = "char",
+        seq_len: int = 256,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+        data_dir: str | os.PathLike = "data",
+        val_fraction: float = 0.1,
+        val_path: PathArg = None,
+        test_path: PathArg = None,
+        eval_batch_size: int | None = None,
+        stride: int | None = None,
+        tokenizer_kwargs: dict[str, Any] | None = None,
+        text_field: str = "text",
+        skip_bad_lines: bool = False,
+        file_format: str | None = None,
+        buffer_size: int = 1000,
+        infinite: bool = False,
+        num_train: int = 20000,
+        num_val: int = 1000,
+        num_test: int | None = None,
+        shakespeare_tarball: str | os.PathLike | None = None,
+        **task_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
+        for name, v in (("seq_len", seq_len), ("batch_size", batch_size)):
+            if int(v) < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        if task_kwargs and dataset not in SYNTHETIC:
+            raise TypeError(f"unexpected arguments for dataset {dataset!r}: {sorted(task_kwargs)}")
+        self.kind = dataset
+        self.seq_len, self.batch_size = int(seq_len), int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_workers, self.pin_memory, self.seed = int(num_workers), bool(pin_memory), int(seed)
+        self.data_dir = Path(data_dir).expanduser()
+        self.cache_dir = self.data_dir / "cache"
+        self.val_fraction, self.stride = float(val_fraction), stride
+        self.text_field, self.skip_bad_lines = text_field, bool(skip_bad_lines)
+        self.buffer_size, self.infinite = int(buffer_size), bool(infinite)
+        self.shakespeare_tarball = shakespeare_tarball
+        self.tokenizer_spec = tokenizer
+        self.tokenizer_kwargs = dict(tokenizer_kwargs or {})
+        self.task_kwargs = task_kwargs
+        self.num_train, self.num_val = int(num_train), int(num_val)
+        self.num_test = int(num_test) if num_test is not None else int(num_val)
+
+        # Bad paths fail here, before anything is downloaded or tokenised.
+        self.paths = self._files(path, "path") if path is not None else None
+        self.val_paths = self._files(val_path, "val_path") if val_path is not None else None
+        self.test_paths = self._files(test_path, "test_path") if test_path is not None else None
+        if dataset in ("text", "jsonl", "streaming") and self.paths is None:
+            raise ValueError(f"dataset {dataset!r} needs path= (a file or a list of files)")
+        if dataset in ("shakespeare", *SYNTHETIC) and self.paths is not None:
+            raise ValueError(f"dataset {dataset!r} takes no path; use dataset='text' for your own text")
+        if dataset == "streaming":
+            fmt = file_format or ("jsonl" if self.paths[0].suffix in (".jsonl", ".json") else "txt")
+            self.file_format = fmt
+        else:
+            self.file_format = file_format
+
+        self._tokenizer: Tokenizer | None = None
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+        self.test_dataset: Dataset | None = None
+        self._train_loader: DataLoader | None = None
+        if dataset in SYNTHETIC:
+            self._build_synthetic()  # cheap; validates the task options now
+        elif not self._needs_vocab():
+            self._tokenizer = build_tokenizer(tokenizer, **self.tokenizer_kwargs)
+
+    # ------------------------------------------------------------------------------ helpers
+    def _files(self, arg: Any, what: str) -> list[Path]:
+        return [check_file(p, f"{what} file") for p in as_paths(arg, what)]
+
+    def _needs_vocab(self) -> bool:
+        spec = self.tokenizer_spec
+        name = spec.get("type") if isinstance(spec, dict) else spec
+        if isinstance(spec, WordTokenizer):
+            return spec.vocab_size <= 2
+        return (
+            name == "word"
+            and "vocab_path" not in self.tokenizer_kwargs
+            and not (isinstance(spec, dict) and spec.get("vocab"))
+        )
+
+    def _train_sources(self) -> list[Path]:
+        if self.kind == "shakespeare":
+            return [Path(self._shakespeare()["train_path"])]
+        assert self.paths is not None
+        return self.paths
+
+    def _shakespeare(self) -> dict[str, Any]:
+        return prepare_shakespeare(self.data_dir, tarball=self.shakespeare_tarball)
+
+    def _vocab_file(self) -> Path:
+        """Where the word vocabulary of this training data lives (keyed by its files and options)."""
+        from halo_lab.data._io import file_sha256
+
+        key = {
+            "files": [file_sha256(p, self.cache_dir / "hashes") for p in self._train_sources()],
+            "opts": self.tokenizer_kwargs,
+            "spec": self.tokenizer_spec if isinstance(self.tokenizer_spec, str | dict) else "word",
+            "kind": self.kind,
+            "text_field": self.text_field,
+        }
+        h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return self.data_dir / "tokenizers" / f"word-{h}.json"
+
+    def _build_word_vocab(self) -> Tokenizer:
+        out = self._vocab_file()
+        with file_lock(out.with_suffix(".lock")):
+            if out.is_file():
+                return WordTokenizer.load(out)
+            opts = dict(self.tokenizer_kwargs)
+            min_freq, max_size = opts.pop("min_freq", 1), opts.pop("max_size", None)
+            base = self.tokenizer_spec
+            tok = (
+                WordTokenizer(**opts)
+                if not isinstance(base, dict | WordTokenizer)
+                else (base if isinstance(base, WordTokenizer) else tokenizer_from_dict({**base, **opts}))
+            )
+            # Built from the training part only: words that occur only in validation stay unknown.
+            sources = self._train_sources()
+            if self.kind in ("jsonl",) or (self.kind == "streaming" and self.file_format == "jsonl"):
+                texts = (
+                    t for p in sources for _, t, err in iter_jsonl_docs(p, self.text_field) if err is None
+                )
+            else:
+                texts = (t for p in sources for t in iter_text_chunks(p))
+            tok.build_vocab(texts, min_freq=min_freq, max_size=max_size)
+            tok.save(out)
+            return tok
+
+    def _ensure_tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            if self.kind in SYNTHETIC:
+                raise AttributeError(f"the {self.kind!r} task has no text tokenizer")
+            self._tokenizer = self._build_word_vocab()
+        return self._tokenizer
+
+    # ------------------------------------------------------------------------------ public state
+    @property
+    def tokenizer(self) -> Tokenizer | None:
+        """The text tokenizer (None for the synthetic tasks, whose ids are not text)."""
+        if self.kind in SYNTHETIC:
+            return None
+        return self._ensure_tokenizer()
+
+    @property
+    def vocab_size(self) -> int:
+        """Vocabulary size the model needs for this data."""
+        if self.kind in SYNTHETIC:
+            return int(self.train_dataset.vocab_size)  # type: ignore[union-attr]
+        return self._ensure_tokenizer().vocab_size
+
+    # ------------------------------------------------------------------------------ Lightning hooks
+    def prepare_data(self) -> None:
+        """Download the corpus, build the word vocabulary and tokenise into the cache (once)."""
+        if self.kind in SYNTHETIC:
+            return
+        if self.kind == "shakespeare":
+            self._shakespeare()
+        self._ensure_tokenizer()
+        if self.kind != "streaming":
+            self._build_map_datasets()  # tokenises into the cache; errors (short corpus, bad JSONL) surface here
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return  # idempotent: the runner calls it before building the model, Lightning again in fit
+        if self.kind in SYNTHETIC:
+            self._build_synthetic()
+        elif self.kind == "streaming":
+            self._build_streaming()
+        else:
+            self._build_map_datasets()
+
+    def _build_synthetic(self) -> None:
+        cls = CopyDataset if self.kind == "copy" else NeedleDataset
+        kw = dict(self.task_kwargs, seq_len=self.seq_len, seed=self.seed)
+        self.train_dataset = cls(num_examples=self.num_train, split="train", **kw)
+        self.val_dataset = cls(num_examples=self.num_val, split="val", **kw)
+        self.test_dataset = cls(num_examples=self.num_test, split="test", **kw)
+
+    def _build_map_datasets(self) -> None:
+        tok = self._ensure_tokenizer()
+        if self.kind == "jsonl":
+
+            def make(paths, split=(0.0, 1.0), stride=None):
+                return JSONLDataset(
+                    paths,
+                    tok,
+                    self.seq_len,
+                    self.text_field,
+                    self.skip_bad_lines,
+                    stride,
+                    self.cache_dir,
+                    split,
+                )
+        else:
+
+            def make(paths, split=(0.0, 1.0), stride=None):
+                return TextDataset(paths, tok, self.seq_len, stride, self.cache_dir, split)
+
+        if self.kind == "shakespeare":
+            m = self._shakespeare()
+            train = make([m["train_path"]], stride=self.stride)
+            val = make([m["val_path"]])
+        elif self.val_paths is not None:
+            train = make(self.paths, stride=self.stride)
+            val = make(self.val_paths)
+        else:
+            cut = 1.0 - self.val_fraction
+            train = make(self.paths, (0.0, cut), stride=self.stride)
+            val = make(self.paths, (cut, 1.0))
+        test = make(self.test_paths) if self.test_paths is not None else val
+        self.train_dataset, self.val_dataset, self.test_dataset = train, val, test
+
+    def _build_streaming(self) -> None:
+        tok = self._ensure_tokenizer()
+        common = dict(text_field=self.text_field, file_format=self.file_format, seed=self.seed)
+        common["skip_bad_lines"] = self.skip_bad_lines
+        if self.val_paths is not None:
+            train_split, val_src, val_split = (0.0, 1.0), self.val_paths, (0.0, 1.0)
+        else:
+            cut = 1.0 - self.val_fraction
+            train_split, val_src, val_split = (0.0, cut), self.paths, (cut, 1.0)
+        self.train_dataset = StreamingDataset(
+            self.paths,
+            tok,
+            self.seq_len,
+            self.buffer_size,
+            split=train_split,
+            infinite=self.infinite,
+            **common,
+        )
+        self.val_dataset = StreamingDataset(val_src, tok, self.seq_len, 0, split=val_split, **common)
+        self.test_dataset = (
+            StreamingDataset(self.test_paths, tok, self.seq_len, 0, **common)
+            if self.test_paths is not None
+            else self.val_dataset
+        )
+
+    # ------------------------------------------------------------------------------ loaders
+    def _loader_kwargs(self) -> dict[str, Any]:
+        return {
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.num_workers > 0,
+        }
+
+    def _require(self, ds: Dataset | None, stage: str) -> Dataset:
+        if ds is None:
+            self.setup(stage)
+            ds = {"fit": self.train_dataset, "validate": self.val_dataset, "test": self.test_dataset}[stage]
+        assert ds is not None
+        return ds
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self._require(self.train_dataset, "fit")
+        if isinstance(ds, StreamingDataset):
+            # Lightning's loop fetches one batch ahead of the one it trains on when the length is unknown.
+            self._train_loader = StreamingDataLoader(
+                ds,
+                batch_size=self.batch_size,
+                lookahead=1 if self.trainer is not None else 0,
+                **self._loader_kwargs(),
+            )
+            return self._train_loader
+        n = len(ds)  # type: ignore[arg-type]
+        drop_last = n >= self.batch_size
+        if not drop_last:
+            warnings.warn(
+                f"training data has {n} examples, fewer than batch_size {self.batch_size}: one smaller batch per epoch",
+                stacklevel=2,
+            )
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=drop_last,
+            generator=torch.Generator().manual_seed(self.seed),
+            **self._loader_kwargs(),
+        )
+
+    def _eval_loader(self, ds: Dataset) -> DataLoader:
+        return DataLoader(
+            ds, batch_size=self.eval_batch_size, shuffle=False, drop_last=False, **self._loader_kwargs()
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self._require(self.val_dataset, "validate"))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self._require(self.test_dataset, "test"))
+
+    def describe(self) -> dict[str, Any]:
+        """Plain summary for logs and metrics.json."""
+        d: dict[str, Any] = {"dataset": self.kind, "seq_len": self.seq_len, "vocab_size": self.vocab_size}
+        tok = self.tokenizer
+        if tok is not None:
+            d["tokenizer"] = tok.type_name
+        for split in ("train", "val", "test"):
+            ds = getattr(self, f"{split}_dataset")
+            if ds is not None and hasattr(ds, "__len__"):
+                d[f"{split}_examples"] = len(ds)
+            if ds is not None and hasattr(ds, "num_tokens"):
+                d[f"{split}_tokens"] = int(ds.num_tokens)
+        return d

@@ -1,0 +1,287 @@
+"""Synthetic tasks with exactly known answers: CopyDataset and NeedleDataset.
+
+Both are map-style and deterministic: example ``i`` is generated from ``(seed, split, i)``, so the same
+index always gives the same example in any worker or rank, and train / val / test (``split``) never share
+a random stream. They use their own small vocabularies (``vocab_size``) with a few reserved ids; the model's
+vocabulary must be at least that large. Unscored target positions hold -100 (the loss's ignore_index).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+IGNORE_INDEX = -100
+_SPLITS = {"train": 0, "val": 1, "validation": 1, "test": 2}
+
+
+def _split_id(split: str | int) -> int:
+    if isinstance(split, int):
+        return split
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {sorted(_SPLITS)}, got {split!r}")
+    return _SPLITS[split]
+
+
+class CopyDataset(Dataset):
+    """Copy task: ``a_1 .. a_L SEP a_1 .. a_L PAD ..``; only the copy after the separator is scored.
+
+    Items are ``(input_ids, targets)`` of length ``seq_len``; ``targets`` is -100 except where the next
+    token is a copied one (``copy_len`` positions). Ids: 0 = PAD, 1 = SEP, data tokens ``2 .. vocab_size-1``.
+    ``copy_len`` defaults to ``seq_len // 2`` (the longest that fits).
+    """
+
+    PAD = 0
+    SEP = 1
+
+    def __init__(
+        self,
+        num_examples: int = 10000,
+        seq_len: int = 256,
+        vocab_size: int = 32,
+        copy_len: int | None = None,
+        seed: int = 0,
+        split: str | int = "train",
+    ) -> None:
+        if num_examples < 1:
+            raise ValueError(f"num_examples must be >= 1, got {num_examples}")
+        if seq_len < 2:
+            raise ValueError(f"seq_len must be >= 2, got {seq_len}")
+        if vocab_size < 3:
+            raise ValueError(f"vocab_size must be >= 3 (PAD, SEP and one data token), got {vocab_size}")
+        copy_len = seq_len // 2 if copy_len is None else int(copy_len)
+        if not 1 <= copy_len <= seq_len // 2:
+            raise ValueError(f"copy_len must be in [1, seq_len // 2 = {seq_len // 2}], got {copy_len}")
+        self.num_examples, self.seq_len, self.vocab_size = int(num_examples), int(seq_len), int(vocab_size)
+        self.copy_len, self.seed, self.split = copy_len, int(seed), _split_id(split)
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def sequence(self, idx: int) -> np.ndarray:
+        """The full ``seq_len + 1`` token sequence of example ``idx``."""
+        rng = np.random.default_rng([self.seed, self.split, idx])
+        L = self.copy_len
+        payload = rng.integers(2, self.vocab_size, size=L)
+        seq = np.full(self.seq_len + 1, self.PAD, dtype=np.int64)
+        seq[:L] = payload
+        seq[L] = self.SEP
+        seq[L + 1 : 2 * L + 1] = payload
+        return seq
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= idx < self.num_examples:
+            raise IndexError(f"index {idx} out of range for CopyDataset of length {self.num_examples}")
+        seq = torch.from_numpy(self.sequence(idx))
+        x, y = seq[:-1], seq[1:].clone()
+        L = self.copy_len
+        mask = torch.ones_like(y, dtype=torch.bool)
+        mask[L : 2 * L] = False  # y[j] = seq[j + 1]: the copy occupies seq[L+1 .. 2L]
+        y[mask] = IGNORE_INDEX
+        return x, y
+
+
+class NeedleDataset(Dataset):
+    """Needle-in-a-haystack key-value retrieval at a controlled distance.
+
+    Each example is ``seq_len + 1`` tokens (input = first ``seq_len``, targets = shifted by one):
+
+    * random filler tokens from a filler range disjoint from keys and values, so the filler never contains
+      the answer;
+    * ``num_pairs`` key-value records ``KEY k_1..k_kl VAL v_1..v_vl`` with distinct keys, and value tokens
+      that are all distinct (no token of one value occurs in another): one is the needle, the others are
+      distractors;
+    * a query ``QUERY k_1..k_kl VAL`` repeating the needle's key, followed by the answer ``v_1..v_vl``.
+
+    ``distance`` = (position of the first answer token) - (position of the needle's first value token) =
+    query start - needle start; it cycles through ``distances`` by index (``distances[i % len]``), so every
+    distance is equally represented. The query and needle positions are random within what fits.
+    Shortcuts are ruled out: one distractor always sits between the needle and the query (so "copy the most
+    recent record" fails) and, with three or more records, one before the needle ("copy the oldest" fails);
+    the rest are placed at random. Every example draws fresh keys, values, filler and positions from
+    ``(seed, split, index)``, so nothing can be memorised across examples.
+
+    Items are ``(input_ids, targets, distance)``: ``targets`` is -100 except at the ``value_len`` positions
+    that predict the answer, so loss and accuracy count only the answer (see :func:`answer_correct`).
+
+    Vocabulary (``vocab_size``, default 64): 0 PAD (reserved, unused), 1 KEY, 2 VAL, 3 QUERY, then
+    a quarter of the rest for key tokens, a quarter for value tokens and the remainder for filler.
+    """
+
+    PAD, KEY, VAL, QUERY = 0, 1, 2, 3
+    RESERVED = 4
+
+    def __init__(
+        self,
+        num_examples: int = 10000,
+        seq_len: int = 512,
+        distances: Sequence[int] = (64, 128, 256),
+        vocab_size: int = 64,
+        num_pairs: int = 4,
+        key_len: int = 2,
+        value_len: int = 2,
+        seed: int = 0,
+        split: str | int = "train",
+    ) -> None:
+        if num_examples < 1:
+            raise ValueError(f"num_examples must be >= 1, got {num_examples}")
+        if num_pairs < 2:
+            raise ValueError(
+                f"num_pairs must be >= 2 (the needle and at least one distractor), got {num_pairs}"
+            )
+        if key_len < 1 or value_len < 1:
+            raise ValueError(f"key_len and value_len must be >= 1, got {key_len}, {value_len}")
+        distances = [int(d) for d in ([distances] if isinstance(distances, int) else distances)]
+        if not distances:
+            raise ValueError("distances must not be empty")
+        free = vocab_size - self.RESERVED
+        n_key = n_val = free // 4
+        n_fill = free - n_key - n_val
+        if n_key < 1 or n_fill < 1:
+            raise ValueError(f"vocab_size {vocab_size} is too small for the needle task (>= 8)")
+        if n_key**key_len < num_pairs:
+            raise ValueError(
+                f"{n_key} key tokens with key_len {key_len} cannot give {num_pairs} distinct keys"
+            )
+        if n_val < num_pairs * value_len:
+            raise ValueError(
+                f"vocab_size {vocab_size} gives {n_val} value tokens, fewer than num_pairs * value_len = "
+                f"{num_pairs * value_len}: raise vocab_size or lower num_pairs / value_len"
+            )
+        self.num_examples, self.seq_len, self.vocab_size = int(num_examples), int(seq_len), int(vocab_size)
+        self.num_pairs, self.key_len, self.value_len = int(num_pairs), int(key_len), int(value_len)
+        self.seed, self.split = int(seed), _split_id(split)
+        self.distances = distances
+        self.key_range = (self.RESERVED, self.RESERVED + n_key)
+        self.value_range = (self.key_range[1], self.key_range[1] + n_val)
+        self.filler_range = (self.value_range[1], vocab_size)
+        self.pair_len = 2 + key_len + value_len
+        self.query_len = 2 + key_len
+        m = num_pairs - 1
+        for d in distances:
+            lo, hi = self._needle_start_range(d)
+            if d < 2 * self.pair_len or lo > hi:
+                biggest = (
+                    self.seq_len + 1 - self.query_len - self.value_len - (self.pair_len if m >= 2 else 0)
+                )
+                raise ValueError(
+                    f"needle distance {d} does not fit: it must be >= 2 * record length = {2 * self.pair_len} "
+                    f"(one distractor between needle and query) and at most about {biggest} for seq_len "
+                    f"{seq_len} with {num_pairs} records"
+                )
+
+    def _needle_start_range(self, d: int) -> tuple[int, int]:
+        m, pl = self.num_pairs - 1, self.pair_len
+        gap_capacity = max(0, (d - pl) // pl)
+        lo = pl if m >= 2 else 0
+        lo = max(lo, pl * max(0, m - gap_capacity))
+        hi = self.seq_len + 1 - self.query_len - self.value_len - d
+        return lo, hi
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def distance_of(self, idx: int) -> int:
+        return self.distances[idx % len(self.distances)]
+
+    def example(self, idx: int) -> dict[str, Any]:
+        """The full sequence and its parts: ``seq`` (seq_len + 1), ``needle``/``query``/``answer`` start
+        positions, ``distance``, ``keys`` [num_pairs, key_len] and ``values`` (row 0 is the needle's),
+        ``distractors`` (start positions)."""
+        if not 0 <= idx < self.num_examples:
+            raise IndexError(f"index {idx} out of range for NeedleDataset of length {self.num_examples}")
+        rng = np.random.default_rng([self.seed, self.split, idx])
+        d = self.distance_of(idx)
+        pl, kl, vl, m = self.pair_len, self.key_len, self.value_len, self.num_pairs - 1
+        seq = rng.integers(*self.filler_range, size=self.seq_len + 1)
+
+        keys: list[tuple[int, ...]] = []
+        while len(keys) < self.num_pairs:
+            k = tuple(int(t) for t in rng.integers(*self.key_range, size=kl))
+            if k not in keys:
+                keys.append(k)
+        values = self.value_range[0] + rng.choice(
+            self.value_range[1] - self.value_range[0], size=(self.num_pairs, vl), replace=False
+        )
+
+        lo, hi = self._needle_start_range(d)
+        p = int(rng.integers(lo, hi + 1))
+        q = p + d
+        # Distractors: one in the gap, one before the needle (when there are two or more), the rest at
+        # random in proportion to the room left.
+        cap = {"pre": p // pl, "gap": (d - pl) // pl}
+        count = {"pre": 0, "gap": 0}
+        order = ["gap", "pre"][: min(m, 2)]
+        for _ in range(m - len(order)):
+            left = {r: cap[r] - count[r] - order.count(r) for r in cap}
+            total = left["pre"] + left["gap"]
+            order.append("pre" if rng.integers(total) < left["pre"] else "gap")
+        for r in order:
+            count[r] += 1
+        starts = []
+        for region, (r0, r1) in (("pre", (0, p)), ("gap", (p + pl, q))):
+            k = count[region]
+            if k:
+                offs = np.sort(rng.integers(0, (r1 - r0) - k * pl + 1, size=k))
+                starts += [r0 + int(o) + i * pl for i, o in enumerate(offs)]
+        rng.shuffle(starts)  # which distractor record goes where
+
+        def put(at: int, key: tuple[int, ...], value: np.ndarray) -> None:
+            seq[at] = self.KEY
+            seq[at + 1 : at + 1 + kl] = key
+            seq[at + 1 + kl] = self.VAL
+            seq[at + 2 + kl : at + pl] = value
+
+        put(p, keys[0], values[0])
+        for s, key, value in zip(starts, keys[1:], values[1:]):
+            put(s, key, value)
+        seq[q] = self.QUERY
+        seq[q + 1 : q + 1 + kl] = keys[0]
+        seq[q + 1 + kl] = self.VAL
+        a = q + self.query_len
+        seq[a : a + vl] = values[0]
+        return {
+            "seq": seq.astype(np.int64),
+            "needle": p,
+            "query": q,
+            "answer": a,
+            "distance": d,
+            "keys": np.array(keys),
+            "values": values,
+            "distractors": sorted(starts),
+        }
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ex = self.example(idx)
+        seq = torch.from_numpy(ex["seq"])
+        x = seq[:-1]
+        y = torch.full_like(x, IGNORE_INDEX)
+        a, vl = ex["answer"], self.value_len
+        y[a - 1 : a - 1 + vl] = seq[a : a + vl]  # y[j] predicts seq[j + 1]
+        return x, y, torch.tensor(ex["distance"], dtype=torch.long)
+
+
+def answer_correct(
+    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """Per example: True when the argmax prediction is right at every scored position ([B] bool). An example
+    with no scored position counts as wrong."""
+    scored = targets != ignore_index
+    right = (logits.argmax(-1) == targets) | ~scored
+    return right.all(-1) & scored.any(-1)
+
+
+def accuracy_by_distance(
+    logits: torch.Tensor, targets: torch.Tensor, distances: torch.Tensor
+) -> dict[int, tuple[int, int]]:
+    """``{distance: (correct, total)}`` for a batch of NeedleDataset examples (sum these over batches)."""
+    ok = answer_correct(logits, targets)
+    out: dict[int, tuple[int, int]] = {}
+    for d in distances.unique().tolist():
+        sel = distances == d
+        out[int(d)] = (int(ok[sel].sum()), int(sel.sum()))
+    return out
