@@ -71,6 +71,7 @@ def save_for_hub(
 
     ``config`` defaults to ``model.config``; ``tokenizer`` (an object with ``to_dict()`` or that dict) to
     ``model.tokenizer``. ``repo_id`` only goes into the model card's usage snippet."""
+    model = unwrap_model(model)
     if config is None:
         config = model.config
     config = HaloConfig.from_dict(config) if isinstance(config, dict) else config
@@ -127,6 +128,17 @@ def save_for_hub(
     (out / MODEL_CARD_NAME).write_text(_model_card(config, arch, n_params, tok_desc, repo_id))
     logger.info("saved %s (%s parameters) to %s", compat.CLASS_BY_ARCH[arch], f"{n_params:,}", out)
     return out
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside torch.compile (``_orig_mod``) and DDP/DataParallel (``module``) wrappers."""
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            return model
 
 
 def describe_tokenizer(tokenizer: Any) -> dict | None:

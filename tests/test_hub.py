@@ -546,3 +546,51 @@ def test_ckpt_with_extra_lightning_module_keys(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert same_logits(model, load_from_hub(path))
+
+
+def test_save_unwraps_compiled_model(tmp_path):
+    from safetensors import safe_open
+
+    model = make("halo")
+    save_for_hub(torch.compile(model), None, tmp_path)  # never run: only the wrapper's keys matter
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        assert not any("_orig_mod" in k for k in f.keys())  # noqa: SIM118
+    assert same_logits(model, load_from_hub(tmp_path))
+
+
+def test_real_lightning_checkpoint(tmp_path):
+    """A checkpoint written by Lightning itself (loops, callback and optimizer state) loads weights_only."""
+    L = pytest.importorskip("lightning")
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Module(L.LightningModule):
+        def __init__(self, model_config: dict, arch: str, tokenizer: dict):
+            super().__init__()
+            self.save_hyperparameters()  # plain containers, as the runner saves them
+            self.model = build_model(model_config, arch)
+
+        def training_step(self, batch, batch_idx):
+            return self.model(*batch)[1]
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=1e-2)
+
+    cfg = HaloConfig(**SMALL).to_dict()
+    module = Module(cfg, "halo", {"type": "char"})
+    x = ids(n=16)
+    data = DataLoader(TensorDataset(x, torch.roll(x, -1, 1)), batch_size=1)
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True)],
+    )
+    trainer.fit(module, data)
+    loaded = load_from_hub(tmp_path / "checkpoints" / "last.ckpt")
+    assert same_logits(module.model.eval(), loaded)
+    pytest.importorskip("halo_lab.tokenizers")
+    assert loaded.tokenizer.to_dict() == {"type": "char"}
