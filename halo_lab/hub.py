@@ -380,7 +380,7 @@ def _load_safetensors(p: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]
     try:
         with safe_open(str(p), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
-            return {k: f.get_tensor(k) for k in f.keys()}, meta  # noqa: SIM118 (safe_open has no __iter__)
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
     except Exception as e:  # SafetensorError (header, truncation) and OSError
         raise ValueError(
             f"{p}: corrupted or truncated safetensors file ({e}); re-download or re-export it"

@@ -554,7 +554,7 @@ def test_save_unwraps_compiled_model(tmp_path):
     model = make("halo")
     save_for_hub(torch.compile(model), None, tmp_path)  # never run: only the wrapper's keys matter
     with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
-        assert not any("_orig_mod" in k for k in f.keys())  # noqa: SIM118
+        assert not any("_orig_mod" in k for k in f.keys())
     assert same_logits(model, load_from_hub(tmp_path))
 
 
