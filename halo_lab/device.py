@@ -34,6 +34,7 @@ from torch import nn
 
 logger = logging.getLogger("halo_lab.device")
 
+_GIB = 2**30
 LIGHTNING_PRECISIONS = ("64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -48,7 +49,8 @@ class DeviceProfile:
     """Lightning accelerator: "gpu", "mps" or "cpu"."""
     compute_capability: tuple[int, int] | None
     memory_gb: float | None
-    """Device memory; for cpu/mps the host RAM, filled in by detection (None in the table)."""
+    """Device memory in GiB (what the vendor sells as "80GB" reads as 79.2); for cpu/mps the host RAM,
+    filled in by detection (None in the table)."""
     precision: str
     """Lightning ``Trainer(precision=...)``."""
     bf16: bool
@@ -251,10 +253,15 @@ def get_optimal_device() -> str:
 
 
 def _cuda_index(device: Any = None) -> int:
+    """CUDA index of ``device``; a bare "cuda" means this process's GPU: LOCAL_RANK under a DDP launcher
+    (before Lightning has called set_device), else the current device."""
     if device is not None:
         d = torch.device(device)
         if d.type == "cuda" and d.index is not None:
             return d.index
+    local = os.environ.get("LOCAL_RANK")
+    if local is not None and local.isdigit() and int(local) < torch.cuda.device_count():
+        return int(local)
     return torch.cuda.current_device()
 
 
@@ -280,7 +287,7 @@ def detect_device_profile(
                 props = torch.cuda.get_device_properties(idx)
                 device_name = props.name
                 capability = (props.major, props.minor)
-                memory_gb = props.total_memory / 1e9 if memory_gb is None else memory_gb
+                memory_gb = props.total_memory / _GIB if memory_gb is None else memory_gb
             except Exception as exc:
                 logger.warning("reading CUDA device properties failed (%s): cpu profile", exc)
                 kind = "cpu"
@@ -318,7 +325,7 @@ def detect_device_profile(
 
 def _host_memory_gb(available: bool = False) -> float | None:
     b = _host_memory_bytes(available)
-    return round(b / 1e9, 1) if b else None
+    return round(b / _GIB, 1) if b else None
 
 
 def _host_memory_bytes(available: bool = True) -> int | None:
@@ -381,7 +388,7 @@ def device_info() -> dict[str, Any]:
                 num_gpus=torch.cuda.device_count(),
                 name=props.name,
                 capability=[props.major, props.minor],
-                memory_gb=round(props.total_memory / 1e9, 1),
+                memory_gb=round(props.total_memory / _GIB, 1),
             )
     except Exception as exc:
         logger.warning("device_info: CUDA query failed (%s)", exc)

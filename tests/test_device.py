@@ -110,15 +110,32 @@ def test_no_cuda_gives_cpu(no_accelerator):
 
 
 def test_default_detection_reads_torch_cuda(monkeypatch):
-    props = SimpleNamespace(name="NVIDIA H100 80GB HBM3", major=9, minor=0, total_memory=int(85.0e9))
+    props = SimpleNamespace(name="NVIDIA H100 80GB HBM3", major=9, minor=0, total_memory=85 * 2**30)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda idx: props)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
     assert dv.get_optimal_device() == "cuda"
     p = dv.detect_device_profile()
     assert p.name == "h100" and p.memory_gb == 85.0 and p.precision == "bf16-mixed"
     # asking for the CPU explicitly ignores the GPU
     assert dv.detect_device_profile(device="cpu").name == "cpu"
+
+
+def test_detection_reads_this_ranks_gpu(monkeypatch):
+    cards = [
+        SimpleNamespace(name="NVIDIA H100 80GB HBM3", major=9, minor=0, total_memory=80 * 2**30),
+        SimpleNamespace(name="NVIDIA A100-SXM4-40GB", major=8, minor=0, total_memory=40 * 2**30),
+    ]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda idx: cards[idx])
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert dv.detect_device_profile().name == "h100"
+    assert dv.detect_device_profile(device="cuda:1").name == "a100"
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a DDP rank launched before Lightning set its device
+    assert dv.detect_device_profile(device="cuda").name == "a100"
 
 
 def test_table_states_the_hardware_facts():
