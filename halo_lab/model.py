@@ -264,12 +264,13 @@ class _CausalLM(nn.Module):
         generator: torch.Generator | None = None,
         cuda_graph: bool = True,
     ):
-        """Sample a continuation. str -> str, list[str] -> list[str], LongTensor [T] or [B, T] -> same rank
+        """Sample a continuation (a loaded model's own ``tokenizer`` is used when none is given). str -> str, list[str] -> list[str], LongTensor [T] or [B, T] -> same rank
         with the prompt included. temperature=0 is greedy. Generation stops early once every row has
         produced ``stop_token`` (rows that stopped are padded with it). Prompt plus new tokens beyond
         max_seq_len is an error. With the KV cache a HALO-S token costs O(K) attention, not a prefix re-run;
         on CUDA each decode step replays a captured CUDA graph (``cuda_graph=False`` turns that off).
         """
+        tokenizer = tokenizer if tokenizer is not None else getattr(self, "tokenizer", None)
         if isinstance(prompt, (str, list)):
             if tokenizer is None:
                 raise ValueError("generate() got a string prompt but no tokenizer: pass tokenizer=...")
