@@ -1,0 +1,306 @@
+"""Lightning callbacks and the checkpoint plugin of the runner.
+
+- :class:`TokenThroughput`: tokens/s of the training steps and peak memory.
+- :class:`SampleGeneration`: sample text every N steps (a W&B table, else the log and samples.txt).
+- :class:`MetricsHistory`: every logged metric as JSON lines (loss curves for reports, any logger).
+- :class:`AtomicCheckpointIO`: checkpoint files written to a temp file in the same directory, fsynced,
+  then renamed, so a crash or SIGKILL never leaves a truncated ``last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+log = logging.getLogger("halo_lab.train")
+
+
+def _scalar(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        v = v.detach().cpu()
+        return v.item() if v.numel() == 1 else v.tolist()
+    return v
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save into ``.<name>.tmp-<pid>`` next to the target, fsync, ``os.replace``, fsync the directory.
+
+    Lightning's own save goes through fsspec, whose local "transaction" writes to the system temp dir and
+    then moves the file: across filesystems that move is a copy, which a kill can interrupt halfway.
+    Remote paths (``s3://`` ...) keep Lightning's behaviour.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        spath = str(path)
+        if "://" in spath and not spath.startswith("file://"):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO.save_checkpoint does not take storage_options")
+        target = Path(spath.removeprefix("file://"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        try:  # make the rename itself durable
+            dfd = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------------------------------------- throughput
+class TokenThroughput(pl.Callback):
+    """Logs ``perf/tokens_per_sec`` (all ranks together) and ``perf/peak_mem_mb`` every log step.
+
+    Time counts each training step from ``on_train_batch_start`` to ``on_train_batch_end`` (forward,
+    backward, optimizer step; on CUDA synchronised at the step's end), so validation, checkpointing and
+    sample generation do not dilute it. Input tokens count every position of ``input_ids``. Totals of the
+    whole run are in :attr:`summary` (the runner writes them to metrics.json).
+    """
+
+    def __init__(self, log_every_n_steps: int | None = None):
+        self.log_every_n_steps = log_every_n_steps
+        self._t0: float | None = None
+        self.total_tokens = 0
+        self.total_time = 0.0
+        self._win_tokens = 0
+        self._win_time = 0.0
+        self.steps = 0
+
+    def _sync(self, pl_module: pl.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._sync(pl_module)
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._t0 is None:
+            return
+        self._sync(pl_module)
+        dt = time.perf_counter() - self._t0
+        self._t0 = None
+        x = batch["input_ids"] if isinstance(batch, dict) else batch[0]
+        tokens = int(x.numel()) * trainer.world_size
+        self.total_tokens += tokens
+        self.total_time += dt
+        self._win_tokens += tokens
+        self._win_time += dt
+        self.steps += 1
+        every = self.log_every_n_steps or trainer.log_every_n_steps
+        if every and trainer.global_step % every == 0 and self._win_time > 0:
+            from halo_lab.run_utils import peak_memory_mb
+
+            pl_module.log("perf/tokens_per_sec", self._win_tokens / self._win_time, on_step=True)
+            pl_module.log("perf/peak_mem_mb", peak_memory_mb(pl_module.device)[0], on_step=True)
+            self._win_tokens, self._win_time = 0, 0.0
+
+    @property
+    def tokens_per_sec(self) -> float:
+        return self.total_tokens / self.total_time if self.total_time > 0 else float("nan")
+
+    def summary(self, device: Any = None) -> dict[str, Any]:
+        from halo_lab.run_utils import peak_memory_mb
+
+        peak, kind = peak_memory_mb(device)
+        return {
+            "tokens_per_sec": self.tokens_per_sec,
+            "train_tokens": self.total_tokens,
+            "train_step_time_s": self.total_time,
+            "peak_mem_mb": peak,
+            "peak_mem_kind": kind,
+        }
+
+
+# ---------------------------------------------------------------------------------------------- samples
+def generate_sample(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompt: str | torch.Tensor,
+    max_new_tokens: int = 120,
+    temperature: float = 0.8,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> tuple[str, str]:
+    """(prompt text, continuation text) from ``model.generate``; max_new_tokens shrinks to fit max_seq_len."""
+    device = next(model.parameters()).device
+    ids = (
+        prompt
+        if isinstance(prompt, torch.Tensor)
+        else torch.tensor(tokenizer.encode(prompt), dtype=torch.long)
+    )
+    ids = ids.reshape(-1).to(device)
+    if ids.numel() == 0:
+        ids = torch.tensor([getattr(tokenizer, "eos_token_id", 0) or 0], dtype=torch.long, device=device)
+    room = model.config.max_seq_len - ids.numel()
+    n_new = max(0, min(max_new_tokens, room))
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = model.generate(
+        ids, None, max_new_tokens=n_new, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen
+    )
+    prompt_ids = ids.tolist()
+    new_ids = out.reshape(-1).tolist()[len(prompt_ids) :]
+    return tokenizer.decode(prompt_ids), tokenizer.decode(new_ids)
+
+
+class SampleGeneration(pl.Callback):
+    """Generates a sample every ``every_n_steps`` optimizer steps (and at the end of training) on rank 0.
+
+    ``prompt`` null takes the first ``prompt_tokens`` tokens of the first validation sequence, which
+    suits any dataset and tokenizer. With a WandbLogger the samples accumulate in a W&B table
+    ``samples``; otherwise they go to the log. They are always appended to ``path`` when given.
+    Skipped under FSDP (parameters are sharded across ranks).
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 200,
+        prompt: str | None = None,
+        prompt_tokens: int = 32,
+        max_new_tokens: int = 120,
+        temperature: float = 0.8,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        path: str | None = None,
+        on_train_end: bool = True,
+    ):
+        if every_n_steps < 0:
+            raise ValueError(
+                f"callbacks.samples.every_n_steps={every_n_steps}: must be >= 0 (0 = only at the end)"
+            )
+        self.every_n_steps = every_n_steps
+        self.prompt = prompt
+        self.prompt_tokens = prompt_tokens
+        self.kw = {
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_k": top_k,
+            "top_p": top_p,
+        }
+        self.path = Path(path) if path else None
+        self.at_end = on_train_end
+        self._val_prompt: torch.Tensor | None = None
+        self.rows: list[list[Any]] = []
+        self._last_step = -1
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        if self._val_prompt is None and batch_idx == 0:
+            x = batch["input_ids"] if isinstance(batch, dict) else batch[0]
+            self._val_prompt = x[0, : self.prompt_tokens].detach().cpu()
+
+    def get_prompt(self) -> str | torch.Tensor | None:
+        return self.prompt if self.prompt is not None else self._val_prompt
+
+    def _skip(self, trainer: pl.Trainer) -> bool:
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        return isinstance(trainer.strategy, FSDPStrategy)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_step:
+            self.sample(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.at_end and trainer.global_step != self._last_step:
+            self.sample(trainer, pl_module)
+
+    def sample(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_step = trainer.global_step
+        if not trainer.is_global_zero or self._skip(trainer):
+            return
+        tokenizer = pl_module.get_tokenizer() if hasattr(pl_module, "get_tokenizer") else None
+        prompt = self.get_prompt()
+        if tokenizer is None or prompt is None or pl_module.model is None:
+            return
+        try:
+            p, text = generate_sample(pl_module.model, tokenizer, prompt, seed=trainer.global_step, **self.kw)
+        except Exception as exc:  # a sample must never stop training
+            log.warning("sample generation failed at step %d: %s", trainer.global_step, exc)
+            return
+        self.rows.append([trainer.global_step, p, text])
+        wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        for lg in wandb_loggers:
+            lg.log_text(
+                key="samples", columns=["step", "prompt", "sample"], data=self.rows, step=trainer.global_step
+            )
+        if not wandb_loggers:
+            log.info("sample at step %d:\n%s|%s", trainer.global_step, p, text)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(f"=== step {trainer.global_step} ===\n{p}|{text}\n\n")
+
+
+# ---------------------------------------------------------------------------------------------- history
+class MetricsHistory(pl.Callback):
+    """Appends ``{"step": ..., metric: value, ...}`` to a JSON-lines file (rank 0).
+
+    Train metrics every ``trainer.log_every_n_steps`` steps, validation metrics after each validation.
+    A resumed run appends to the same file, so the history of a run stays in one place.
+    """
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    @rank_zero_only
+    def _write(self, record: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    @staticmethod
+    def _metrics(trainer: pl.Trainer, prefix: tuple[str, ...]) -> dict[str, Any]:
+        out = {}
+        for k, v in trainer.callback_metrics.items():
+            if k.startswith(prefix):
+                v = _scalar(v)
+                if isinstance(v, float) and not math.isfinite(v):
+                    v = str(v)
+                out[k] = v
+        return out
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        every = trainer.log_every_n_steps
+        if every and trainer.global_step % every == 0:
+            rec = self._metrics(trainer, ("train/", "perf/"))
+            if rec:
+                self._write({"step": trainer.global_step, "epoch": trainer.current_epoch, **rec})
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        rec = self._metrics(trainer, ("val/",))
+        if rec:
+            self._write({"step": trainer.global_step, "stage": trainer.state.stage.value, **rec})

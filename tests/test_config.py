@@ -1,0 +1,268 @@
+"""Config composition: every option of every group composes and instantiates; bad values fail fast."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from halo_lab.run_utils import (
+    ConfigError,
+    build_model_config,
+    compose_config,
+    conf_dir,
+    to_plain,
+    validate_config,
+)
+
+CONF = conf_dir()
+GROUPS = ("model", "ablation", "data", "device", "trainer", "logger", "callbacks", "paths", "hydra")
+NEEDS_PATH = {"text", "jsonl", "streaming"}
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def _clear_hydra():
+    yield
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    p = tmp_path / "corpus.txt"
+    p.write_text("\n".join(f"line {i} of a small test corpus, words words words." for i in range(400)))
+    j = tmp_path / "docs.jsonl"
+    j.write_text("\n".join(json.dumps({"text": f"document {i} has some text in it"}) for i in range(200)))
+    return tmp_path
+
+
+def compose(overrides, tmp_path):
+    return compose_config(overrides, output_dir=tmp_path / "run")
+
+
+def test_groups_exist_and_experiment_stays_out_of_the_root_defaults():
+    for g in GROUPS:
+        assert options(g), f"conf/{g}/ has no options"
+    root = OmegaConf.load(CONF / "train.yaml")
+    entries = [next(iter(d)) if isinstance(d, dict) else d for d in root.defaults]
+    assert not any("experiment" in str(e) for e in entries), (
+        "`+experiment=NAME` needs experiment out of defaults"
+    )
+    assert set(options("model")) >= {
+        "halo_tiny",
+        "halo_small",
+        "halo_medium",
+        "halo_large",
+        "halo_xl",
+        "halo_long_ctx",
+    }
+    assert set(options("ablation")) == {"full", "no_globals", "no_dilated", "no_random", "local_only"}
+    assert set(options("data")) >= {"shakespeare", "text", "jsonl", "streaming", "copy", "needle"}
+    assert set(options("trainer")) >= {"default", "debug", "ddp", "fsdp"}
+    assert set(options("logger")) >= {"wandb", "csv", "none"}
+
+
+def test_default_config(tmp_path):
+    cfg = compose([], tmp_path)
+    assert cfg.data.dataset == "shakespeare" and cfg.data.tokenizer == "char"
+    assert cfg.model.arch == "halo" and cfg.logger.wandb.mode is None
+    assert cfg.paths.output_dir == str((tmp_path / "run").resolve())
+    # Everything a run writes is inside its run directory (pitfall 2).
+    for key in ("trainer.default_root_dir", "logger.wandb.save_dir", "callbacks.last_checkpoint.dirpath"):
+        assert str(OmegaConf.select(cfg, key)).startswith(cfg.paths.output_dir), key
+    assert cfg.hydra.run.dir.startswith(cfg.paths.log_dir + "/train/")
+    assert cfg.hydra.sweep.dir.startswith(cfg.paths.log_dir + "/multirun/train/")
+    assert cfg.hydra.job.chdir is False
+
+
+@pytest.mark.parametrize("option", options("model"))
+def test_model_options_build(option, tmp_path):
+    cfg = compose([f"model={option}"], tmp_path)
+    checked = validate_config(cfg)
+    mc = dict(checked["model_config"], vocab_size=256)
+    from halo_lab.model import build_model
+
+    with torch.device("meta"):  # the big ones cost no memory on the meta device
+        model = build_model(mc, arch=checked["arch"])
+    assert model.arch == checked["arch"] == cfg.model.arch
+    assert model.config.hidden_size == cfg.model.hidden_size
+
+
+def test_dense_twin_matches_halo_option(tmp_path):
+    a = compose(["model=dense_small"], tmp_path)
+    b = compose(["model=halo_small", "model.arch=dense"], tmp_path)
+    assert to_plain(a.model) == to_plain(b.model)
+
+
+@pytest.mark.parametrize("option", options("ablation"))
+def test_ablation_options(option, tmp_path):
+    cfg = compose([f"ablation={option}"], tmp_path)
+    mc, _, _ = build_model_config(cfg)
+    full, _, _ = build_model_config(compose([], tmp_path))
+    expect = {
+        "full": {},
+        "no_globals": {"num_globals": 0},
+        "no_dilated": {"dilated_offsets": []},
+        "no_random": {"num_random": 0},
+        "local_only": {"num_globals": 0, "dilated_offsets": [], "num_random": 0},
+    }[option]
+    assert cfg.ablation.name == option
+    assert {k: v for k, v in mc.items() if full[k] != v} == expect
+    # The ablation wins over a model override of the same field.
+    if option == "no_globals":
+        mc2, _, _ = build_model_config(compose(["ablation=no_globals", "model.num_globals=4"], tmp_path))
+        assert mc2["num_globals"] == 0
+
+
+@pytest.mark.parametrize("option", options("data"))
+def test_data_options_instantiate(option, tmp_path, corpus):
+    extra = []
+    if option in NEEDS_PATH:
+        extra = [f"data.path={corpus / ('docs.jsonl' if option == 'jsonl' else 'corpus.txt')}"]
+    if option in ("jsonl", "streaming"):
+        extra.append("data.tokenizer=char")  # tiktoken works too, but char needs no encoding files
+    cfg = compose([f"data={option}", *extra], tmp_path)
+    validate_config(cfg)
+    d = to_plain(cfg.data)
+    d["batch_size"] = d["batch_size"] or 4
+    dm = instantiate(d, _convert_="all")  # the constructor reads no data
+    assert dm.seq_len == cfg.data.seq_len
+    assert not (Path(cfg.data.data_dir) / "cache").exists()
+
+
+@pytest.mark.parametrize("option", options("device"))
+def test_device_options_resolve(option, tmp_path):
+    cfg = compose([f"device={option}"], tmp_path)
+    dev = validate_config(cfg)["device"]
+    assert dev["precision"] and dev["batch_size"] >= 1
+
+
+@pytest.mark.parametrize("option", options("trainer"))
+def test_trainer_options_instantiate(option, tmp_path):
+    from halo_lab.callbacks import AtomicCheckpointIO
+
+    cfg = compose([f"trainer={option}"], tmp_path)
+    validate_config(cfg)
+    t = to_plain(cfg.trainer)
+    assert t.pop("auto_batch_size") is False
+    t["precision"] = t["precision"] or "32-true"
+    if option == "fsdp":
+        # FSDP needs GPUs: build the strategy object (the auto-wrap policy resolves to the Block class).
+        strategy = instantiate(t["strategy"], _convert_="all")
+        from halo_lab.model import Block
+
+        assert Block in strategy.kwargs["auto_wrap_policy"]._module_classes
+        return
+    if option == "ddp":
+        t.update(accelerator="cpu", devices=2)
+    trainer = instantiate(t, plugins=[AtomicCheckpointIO()], logger=False, _convert_="all")
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert trainer.default_root_dir == cfg.paths.output_dir
+    if option == "ddp":
+        assert type(trainer.strategy).__name__ == "DDPStrategy" and trainer.num_devices == 2
+
+
+@pytest.mark.parametrize("option", options("logger"))
+def test_logger_options_instantiate(option, tmp_path):
+    from halo_lab.train import build_loggers
+
+    cfg = compose([f"logger={option}"], tmp_path)
+    loggers = build_loggers(cfg, Path(cfg.paths.output_dir), None)
+    names = sorted(type(lg).__name__ for lg in loggers)
+    expect = {
+        "none": [],
+        "csv": ["CSVLogger"],
+        "wandb": ["WandbLogger"],
+        "wandb_csv": ["CSVLogger", "WandbLogger"],
+    }
+    assert names == expect[option]
+
+
+@pytest.mark.parametrize("option", options("callbacks"))
+def test_callback_options_instantiate(option, tmp_path):
+    from halo_lab.train import _instantiate_group
+
+    cfg = compose([f"callbacks={option}"], tmp_path)
+    cbs = _instantiate_group(cfg.callbacks, "callbacks")
+    names = {type(c).__name__ for c in cbs}
+    assert "ModelCheckpoint" in names and "MetricsHistory" in names
+    last = [c for c in cbs if getattr(c, "save_last", False)]
+    assert len(last) == 1 and Path(last[0].dirpath) == Path(cfg.paths.output_dir) / "checkpoints"
+
+
+def test_callback_can_be_dropped(tmp_path):
+    from halo_lab.train import _instantiate_group
+
+    cfg = compose(["callbacks.samples=null"], tmp_path)
+    assert "SampleGeneration" not in {
+        type(c).__name__ for c in _instantiate_group(cfg.callbacks, "callbacks")
+    }
+
+
+# ---------------------------------------------------------------------------------------------- fail fast
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["model.hidden_size=100"], "model.hidden_size"),  # not divisible by 4 heads
+        (["model.num_heads=0"], "model.num_heads"),
+        (["model.num_kv_heads=3"], "model.num_heads"),  # 4 heads not divisible by 3 KV heads
+        (["model.dropout=1.5"], "model.dropout"),
+        (["model.arch=sparse"], "model.arch"),
+        (["+model.hiden_size=64"], "model.hiden_size"),
+        (["model.dilation_rule=nope"], "model.dilation_rule"),
+        (
+            ["ablation=no_random", "ablation.model_overrides.num_random=-1"],
+            "ablation.model_overrides.num_random",
+        ),
+        (["data.seq_len=4096"], "data.seq_len"),  # > model.max_seq_len=512
+        (["data.batch_size=0"], "data.batch_size"),
+        (["trainer.max_steps=0"], "trainer.max_steps"),
+        (["optimizer.lr=-1"], "optimizer.lr"),
+        (["scheduler.min_lr_ratio=2"], "scheduler.min_lr_ratio"),
+        (["logger.wandb.mode=maybe"], "logger.wandb.mode"),
+        (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path"),
+        (["device.precision=fp7"], "device.precision"),
+    ],
+)
+def test_bad_values_fail_naming_the_key(overrides, key, tmp_path):
+    cfg = compose(overrides, tmp_path)
+    with pytest.raises(ConfigError, match=f"^{key.replace('.', '[.]')}"):
+        validate_config(cfg)
+
+
+def test_bad_value_fails_before_any_data_is_touched(tmp_path, monkeypatch):
+    from halo_lab.data import HaloDataModule
+    from halo_lab.train import run
+
+    def boom(*a, **k):
+        raise AssertionError("data touched before the config was checked")
+
+    monkeypatch.setattr(HaloDataModule, "__init__", boom)
+    monkeypatch.setattr(HaloDataModule, "prepare_data", boom)
+    cfg = compose(["model.hidden_size=100"], tmp_path)
+    with pytest.raises(ConfigError, match="model.hidden_size=100"):
+        run(cfg)
+
+
+def test_unknown_key_and_option_are_hydra_errors(tmp_path):
+    with pytest.raises(ConfigCompositionException, match="hiden_size"):
+        compose(["model.hiden_size=64"], tmp_path)
+    with pytest.raises(MissingConfigException):
+        compose(["model=halo_nope"], tmp_path)
+    with pytest.raises(ConfigCompositionException):
+        compose(["no_such_key=1"], tmp_path)
+
+
+def test_missing_data_path_names_the_key(tmp_path):
+    cfg = compose(["data=text"], tmp_path)
+    with pytest.raises(Exception, match="data.path"):
+        instantiate(cfg.data)
