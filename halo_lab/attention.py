@@ -184,6 +184,101 @@ def flex_graph_attention(q, k, v, config: HaloConfig, layer: int, step: int) -> 
     return kernel(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
+# ------------------------------------------------------------------------------------ hybrid (two paths)
+
+
+def gather_attention_lse(q, k, v, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like ``gather_attention`` but also returns the log-sum-exp [B, Hq, P] (-inf for rows with no key)."""
+    B, Hq, P, d = q.shape
+    Hkv = k.shape[1]
+    if idx.shape[1] == 0:  # no long-range edges at all (an ablated graph)
+        return torch.zeros_like(q), torch.full((B, Hq, P), float("-inf"), device=q.device)
+    valid = idx >= 0
+    flat = idx.clamp(min=0).reshape(-1)
+    kg = k.index_select(2, flat).view(B, Hkv, P, -1, d)
+    vg = v.index_select(2, flat).view(B, Hkv, P, -1, d)
+    scores = torch.einsum("bhgpd,bhpkd->bhgpk", q.view(B, Hkv, Hq // Hkv, P, d), kg) / math.sqrt(d)
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+    scores = scores.masked_fill(~valid, float("-inf"))
+    top = scores.amax(-1, keepdim=True).detach()  # the result does not depend on the shift
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    weights = torch.exp(scores - top)
+    total = weights.sum(-1, keepdim=True)
+    safe = torch.where(total > 0, total, torch.ones_like(total))
+    out = torch.einsum("bhgpk,bhpkd->bhgpd", (weights / safe).to(v.dtype), vg).reshape(B, Hq, P, d)
+    lse = (top + safe.log()).squeeze(-1).reshape(B, Hq, P)
+    lse = torch.where(valid.any(-1), lse, torch.full_like(lse, float("-inf")))
+    return out, lse
+
+
+class WindowMask:
+    """BlockMask of the local part of the graph (text windows and the globals' rows); step-independent."""
+
+    def __init__(self, config: HaloConfig, text_len: int, device: torch.device):
+        G, W = config.num_globals, config.local_window
+        layout = graph.layout_from_index(
+            graph.window_index(config, text_len, device), config.graph_block_size
+        )
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            text_key = (kv_idx >= G) & (q_idx - kv_idx < W)
+            return (kv_idx <= q_idx) & torch.where(q_idx >= G, text_key, kv_idx < G)
+
+        L = layout.seq_len
+        self.layout = layout
+        self.block_mask = BlockMask.from_kv_blocks(
+            layout.kv_num_blocks[None, None],
+            layout.kv_indices[None, None],
+            layout.full_kv_num_blocks[None, None],
+            layout.full_kv_indices[None, None],
+            BLOCK_SIZE=layout.block_size,
+            mask_mod=mask_mod,
+            seq_lengths=(L, L),
+        )
+
+
+_window_masks: dict[tuple, WindowMask] = {}
+_extra_indices: dict[tuple, tuple[int, torch.Tensor]] = {}
+
+
+def hybrid_attention(q, k, v, config: HaloConfig, layer: int, step: int) -> torch.Tensor:
+    """Two paths merged by their log-sum-exp: the window through a block-sparse FlexAttention kernel (a
+    narrow band of tiles), the ~G + D + R long-range keys gathered per KV head. The two edge sets
+    partition the graph, so the merge is exactly softmax attention over the whole graph."""
+    G = config.num_globals
+    text_len = q.shape[2] - G
+    key = (_graph_key(config), text_len, str(q.device))
+    window = _window_masks.get(key)
+    if window is None:
+        window = _window_masks[key] = WindowMask(config, text_len, q.device)
+    cached = _extra_indices.get(key + (layer,))
+    if cached is None or cached[0] != step:
+        cached = _extra_indices[key + (layer,)] = (
+            step,
+            graph.extra_index(config, layer, step, text_len, q.device),
+        )
+    if q.is_cuda:
+        local, local_lse = _flex_kernel()(
+            q, k, v, block_mask=window.block_mask, enable_gqa=q.shape[1] != k.shape[1], return_lse=True
+        )
+    else:
+        if not torch.is_grad_enabled():
+            q, k, v = q.detach(), k.detach(), v.detach()
+        local, local_lse = flex_attention(
+            q, k, v, block_mask=window.block_mask, enable_gqa=q.shape[1] != k.shape[1], return_lse=True
+        )
+    far, far_lse = gather_attention_lse(q, k, v, cached[1])
+    return merge_by_lse(local, local_lse, far, far_lse)
+
+
+def merge_by_lse(out_a, lse_a, out_b, lse_b) -> torch.Tensor:
+    """Softmax attention over the union of two disjoint key sets, from each set's output and log-sum-exp."""
+    acc = torch.promote_types(out_a.dtype, torch.float32)
+    total = torch.logaddexp(lse_a.to(acc), lse_b.to(acc))
+    out = out_a.to(acc) * torch.exp(lse_a.to(acc) - total).unsqueeze(-1)
+    return (out + out_b.to(acc) * torch.exp(lse_b.to(acc) - total).unsqueeze(-1)).to(out_a.dtype)
+
+
 # ------------------------------------------------------------------------------------ dense
 
 
@@ -194,10 +289,12 @@ def dense_attention(q, k, v) -> torch.Tensor:
 
 def halo_attention(q, k, v, config: HaloConfig, layer: int, step: int, backend: str) -> torch.Tensor:
     """Full-sequence HALO attention with the named backend (q/k/v include the global positions)."""
-    if backend == "flex":
+    if backend in ("flex", "hybrid"):
         if q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
             _warn_once("FlexAttention has no backward on CPU: using the reference backend for this pass")
             return reference_attention(q, k, v, config, layer, step)
+        if backend == "hybrid":
+            return hybrid_attention(q, k, v, config, layer, step)
         return flex_graph_attention(q, k, v, config, layer, step)
     if backend == "reference":
         return reference_attention(q, k, v, config, layer, step)

@@ -164,6 +164,8 @@ def _attention_variants(base: HaloConfig) -> dict[str, tuple[str, HaloConfig]]:
         "dense": ("dense", base),
         "flex": ("flex", base),
         "flex_token": ("flex", base.replace(random_edges="token")),
+        "hybrid": ("hybrid", base),
+        "hybrid_token": ("hybrid", base.replace(random_edges="token")),
         "window": ("flex", base.replace(dilated_offsets=[], num_random=0)),
         "reference": ("reference", base),
     }
@@ -184,15 +186,17 @@ def check_backends(device: torch.device, dtype: torch.dtype, n: int = 700) -> di
         L = n + c.num_globals
         ins = [torch.randn(2, h, L, 64, device=device, dtype=dtype, requires_grad=grads) for h in (8, 2, 2)]
         ref = attn.reference_attention(*[t.float() for t in ins], c, 1, 3)
-        with torch.set_grad_enabled(grads):
-            fast = attn.flex_graph_attention(*ins, c, 1, 3)
-        errors[f"flex_{mode}_out"] = ((fast.float() - ref).norm() / ref.norm()).item()
-        if grads:
-            g = torch.randn_like(ref)
-            for name, a, b in zip(
-                "qkv", torch.autograd.grad(ref, ins, g), torch.autograd.grad(fast, ins, g.to(dtype))
-            ):
-                errors[f"flex_{mode}_d{name}"] = ((b.float() - a.float()).norm() / a.float().norm()).item()
+        g = torch.randn_like(ref)
+        for backend in ("flex", "hybrid"):
+            with torch.set_grad_enabled(grads):
+                fast = attn.halo_attention(*ins, c, 1, 3, backend)
+            errors[f"{backend}_{mode}_out"] = ((fast.float() - ref).norm() / ref.norm()).item()
+            if grads:
+                ref_grads = torch.autograd.grad(ref, ins, g, retain_graph=True)
+                for name, a, b in zip("qkv", ref_grads, torch.autograd.grad(fast, ins, g.to(dtype))):
+                    errors[f"{backend}_{mode}_d{name}"] = (
+                        (b.float() - a.float()).norm() / a.float().norm()
+                    ).item()
     return errors
 
 
@@ -208,7 +212,7 @@ def bench_attention(
         for name, (backend, cfg) in _attention_variants(base).items():
             if name not in spec["backends"] or (name == "reference" and n > spec["reference_max_len"]):
                 continue
-            if backend == "flex" and device.type != "cuda":
+            if backend in ("flex", "hybrid") and device.type != "cuda":
                 continue  # no CPU backward for FlexAttention
             L = n + (0 if backend == "dense" else cfg.num_globals)
             q = torch.randn(

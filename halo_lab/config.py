@@ -13,7 +13,7 @@ from typing import Any
 
 DILATION_RULES = ("window_multiple", "absolute")
 RANDOM_EDGE_MODES = ("block", "token")
-ATTENTION_BACKENDS = ("auto", "reference", "flex", "dense")
+ATTENTION_BACKENDS = ("auto", "reference", "flex", "hybrid", "dense")
 NORMS = ("layernorm", "rmsnorm")
 
 
@@ -59,7 +59,9 @@ class HaloConfig:
     graph_seed: int = 0
     """Seed of the random edges; they are a pure function of (seed, layer, step, position)."""
     attention_backend: str = "auto"
-    """``auto`` (flex on CUDA, reference elsewhere), ``reference``, ``flex``; ``dense`` is the baseline's."""
+    """``auto`` (a FlexAttention path on CUDA, reference elsewhere), ``reference``, ``flex`` (one block-sparse
+    kernel over the whole graph), ``hybrid`` (window kernel + gathered long-range edges, merged by their
+    log-sum-exp); ``dense`` is the baseline's."""
     ffn_mult: int = 4
     """FFN inner width = ffn_mult * hidden_size (the reference uses 4 for both FFN kinds)."""
     norm: str = "layernorm"
