@@ -331,13 +331,22 @@ class KVCache:
 
 
 def static_decode_attention(q, k, v, cache: KVCache, pos: torch.Tensor) -> torch.Tensor:
-    """One new position per row at device index ``pos`` ([1] long): shapes never depend on the length, so
+    """One new position per row at device index ``pos`` ([1] long tensor): shapes never depend on the length, so
     a decode step can be captured in a CUDA graph. HALO gathers the position's K keys from the cache;
     dense attends over the whole cache with a length mask (its real O(length) cost)."""
     cache.k.index_copy_(2, pos, k)
     cache.v.index_copy_(2, pos, v)
     if cache.neighbors is not None:
-        return gather_attention(q, cache.k, cache.v, cache.neighbors.index_select(0, pos))
+        # gather the position's K keys, then one fused SDPA call over them (fewer launches than the oracle)
+        row = cache.neighbors.index_select(0, pos)[0]
+        keys = row.clamp(min=0)
+        return F.scaled_dot_product_attention(
+            q,
+            cache.k.index_select(2, keys),
+            cache.v.index_select(2, keys),
+            attn_mask=(row >= 0)[None, :],
+            enable_gqa=q.shape[1] != cache.k.shape[1],
+        )
     visible = torch.arange(cache.k.shape[2], device=q.device) <= pos
     return F.scaled_dot_product_attention(
         q, cache.k, cache.v, attn_mask=visible[None, :], enable_gqa=q.shape[1] != cache.k.shape[1]

@@ -264,15 +264,26 @@ def _model_config(spec: dict, seq_len: int) -> HaloConfig:
     return HaloConfig(**{**spec["model"], "max_seq_len": seq_len})
 
 
+def _model_variants(spec: dict, seq_len: int) -> list[tuple[str, str, HaloConfig]]:
+    """dense, then HALO-S once per backend in ``spec["halo_backends"]`` (default: the auto choice)."""
+    cfg = _model_config(spec, seq_len)
+    backends = spec.get("halo_backends") or ["auto"]
+    halo = [
+        (f"halo_{b}" if len(backends) > 1 else "halo", "halo", cfg.replace(attention_backend=b))
+        for b in backends
+    ]
+    return [("dense", "dense", cfg)] + halo
+
+
 def bench_train(
     spec: dict, device: torch.device, dtype: torch.dtype, warmup: int, repeats: int
 ) -> list[dict]:
     rows = []
     for n in spec["seq_lens"]:
         batch = max(1, spec["tokens"] // n)
-        for arch in ("dense", "halo"):
+        for variant, arch, cfg in _model_variants(spec, n):
             torch.manual_seed(0)
-            model = build_model(_model_config(spec, n), arch).to(device)
+            model = build_model(cfg, arch).to(device)
             try:
                 r = benchmark_speed(model, n, batch, warmup, repeats, dtype)
             except torch.OutOfMemoryError:
@@ -281,7 +292,7 @@ def bench_train(
             rows.append(
                 {
                     "part": "train_step",
-                    "variant": arch,
+                    "variant": variant,
                     "seq_len": n,
                     "batch": batch,
                     "params": model.count_parameters(),
