@@ -279,22 +279,34 @@ def _tiktoken_help(name: str, url: str) -> str:
 
 @contextlib.contextmanager
 def _tiktoken_reader(name: str, local: Path | None, allow_download: bool):
-    """Route tiktoken's file reads: a URL is served from the local file when the names match, downloaded
-    with a timeout when allowed, or refused with instructions. tiktoken's own cache (TIKTOKEN_CACHE_DIR) is
-    consulted before any of this, so cached files keep working. tiktoken has no offline switch and its
-    downloader has no timeout, hence the patch (held under a lock, restored on exit)."""
+    """Route tiktoken's file reads. A file given as ``local`` (or found in the ``local`` directory under the
+    URL's file name) is used as is, still checked against tiktoken's expected hash; anything else goes
+    through tiktoken's cache (TIKTOKEN_CACHE_DIR), and on a miss is downloaded with a timeout when allowed
+    or refused with instructions. tiktoken has no offline switch and its downloader has no timeout, hence
+    the patch (held under a lock, restored on exit)."""
     import tiktoken.load as tl
 
-    original = tl.read_file
+    original_read, original_cached = tl.read_file, tl.read_file_cached
+
+    def local_file(blobpath: str) -> Path | None:
+        if local is None:
+            return None
+        base = blobpath.rsplit("/", 1)[-1]
+        candidate = local / base if local.is_dir() else local
+        return candidate if candidate.name == base and candidate.is_file() else None
+
+    def read_file_cached(blobpath: str, expected_hash: str | None = None) -> bytes:
+        f = local_file(blobpath)
+        if f is None:
+            return original_cached(blobpath, expected_hash)
+        data = f.read_bytes()
+        if expected_hash and not tl.check_hash(data, expected_hash):
+            raise ValueError(f"{f} does not have the expected sha256 {expected_hash} of {blobpath}")
+        return data
 
     def read_file(blobpath: str) -> bytes:
         if "://" not in blobpath:
-            return original(blobpath)
-        base = blobpath.rsplit("/", 1)[-1]
-        if local is not None:
-            candidate = local / base if local.is_dir() else local
-            if candidate.name == base and candidate.is_file():
-                return candidate.read_bytes()
+            return original_read(blobpath)
         if allow_download and blobpath.startswith(("http://", "https://")):
             try:
                 with urllib.request.urlopen(blobpath, timeout=_DOWNLOAD_TIMEOUT_S) as r:
@@ -306,11 +318,11 @@ def _tiktoken_reader(name: str, local: Path | None, allow_download: bool):
         raise TiktokenUnavailableError(_tiktoken_help(name, blobpath))
 
     with _patch_lock:
-        tl.read_file = read_file
+        tl.read_file, tl.read_file_cached = read_file, read_file_cached
         try:
             yield
         finally:
-            tl.read_file = original
+            tl.read_file, tl.read_file_cached = original_read, original_cached
 
 
 def _load_encoding(name: str, path: str | None, allow_download: bool):

@@ -7,13 +7,13 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 CHUNK_BYTES = 1 << 20
-_WS = b" \t\r\n\x0b\x0c"
 
 
 def as_paths(paths: str | os.PathLike | Sequence[str | os.PathLike], what: str = "data file") -> list[Path]:
@@ -54,21 +54,24 @@ def line_of_offset(path: Path, offset: int) -> int:
     return line
 
 
+# Safe places to cut a text between two tokenizer calls: right after a newline that is followed by a
+# non-space, or right before a space/tab that follows a printable ASCII character. No word, whitespace run
+# or tiktoken pre-token (gpt2 / cl100k / o200k patterns) spans either place, so chunked tokenisation gives
+# the same ids as tokenising the whole text.
+_SAFE_CUT = re.compile(rb"(?<=\n)(?=\S)|(?<=[\x21-\x7e])(?=[ \t])")
+
+
 def _cut_point(buf: bytes) -> int:
-    """Where to end a chunk so that no word-, BPE- or whitespace-run token spans the cut: right after a
-    newline that is followed by a non-space byte. Falls back to the last space, then to a UTF-8 character
-    boundary (a line longer than a chunk; BPE may then split one word differently)."""
-    pos = len(buf) - 1
-    while True:
-        nl = buf.rfind(b"\n", 0, pos)
-        if nl < 0:
+    """Where to end a chunk so that no token spans the cut (see ``_SAFE_CUT``). Falls back to a UTF-8
+    character boundary when there is no safe place (a very long run without spaces or lines)."""
+    for lo in (max(0, len(buf) - (1 << 16)), 0):
+        last = None
+        for m in _SAFE_CUT.finditer(buf, lo):
+            last = m.start()
+        if last is not None:
+            return last
+        if lo == 0:
             break
-        if buf[nl + 1] not in _WS:
-            return nl + 1
-        pos = nl
-    sp = buf.rfind(b" ", 0, len(buf) - 1)
-    if sp > 0:
-        return sp
     i = len(buf) - 1
     while i > 0 and (buf[i] & 0xC0) == 0x80:  # back to the first byte of the last (maybe partial) character
         i -= 1

@@ -76,9 +76,11 @@ def cached_tokens(
         "files": hashes,
     }
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in sources[0].stem)[:40] or "data"
-    base = cache_dir / f"{stem}-{key[:16]}"
-    bin_path, meta_path = base.with_suffix(".bin"), base.with_suffix(".json")
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in sources[0].stem)[:40] or "data"
+    # Reuse an array built from the same contents under another file name (the key ignores paths).
+    found = sorted(cache_dir.glob(f"*-{key[:16]}.json"))
+    name = found[0].name[: -len(".json")] if found else f"{stem}-{key[:16]}"
+    bin_path, meta_path = cache_dir / f"{name}.bin", cache_dir / f"{name}.json"
 
     def try_load() -> CachedTokens | None:
         try:

