@@ -246,6 +246,10 @@ def test_bad_paths(tmp_path):
     (tmp_path / "e.jsonl").write_text("")
     with pytest.raises(ValueError, match="is empty"):
         StreamingDataset(tmp_path / "e.jsonl", tok, T)
+    good = tmp_path / "g.jsonl"
+    good.write_text('{"text": "some text that is long enough"}\n' * 5)
+    with pytest.raises(ValueError, match="more than once"):
+        StreamingDataset([good, tmp_path / "." / "g.jsonl"], tok, 8)
     with pytest.raises(ValueError, match="file_format"):
         StreamingDataset(tmp_path / "e.jsonl", tok, T, file_format="csv")
 

@@ -303,9 +303,13 @@ class HaloDataModule(L.LightningDataModule):
             infinite=self.infinite,
             **common,
         )
-        self.val_dataset = StreamingDataset(val_src, tok, self.seq_len, 0, split=val_split, **common)
+        # Evaluation streams are not split across ranks: every rank sees the whole (small) validation
+        # stream, so ranks run the same number of batches (no collective waits on a rank that ran out)
+        # and the metric is exact. Workers still split it.
+        single = dict(common, rank=0, world_size=1)
+        self.val_dataset = StreamingDataset(val_src, tok, self.seq_len, 0, split=val_split, **single)
         self.test_dataset = (
-            StreamingDataset(self.test_paths, tok, self.seq_len, 0, **common)
+            StreamingDataset(self.test_paths, tok, self.seq_len, 0, **single)
             if self.test_paths is not None
             else self.val_dataset
         )
@@ -328,6 +332,13 @@ class HaloDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         ds = self._require(self.train_dataset, "fit")
         if isinstance(ds, StreamingDataset):
+            world = getattr(self.trainer, "world_size", 1) if self.trainer is not None else 1
+            if world > 1 and not ds.infinite:
+                warnings.warn(
+                    "streaming data under DDP: ranks can end an epoch a few batches apart and wait on each "
+                    "other; set infinite=True and bound the run with max_steps",
+                    stacklevel=2,
+                )
             # Lightning's loop fetches one batch ahead of the one it trains on when the length is unknown.
             self._train_loader = StreamingDataLoader(
                 ds,

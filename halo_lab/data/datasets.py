@@ -155,8 +155,15 @@ class TextDataset(_CachedWindowDataset):
                     for _, chunk in iter_byte_chunks(path):
                         yield np.frombuffer(chunk, dtype=np.uint8)
                 else:
+                    # Groups of 1 MB chunks: a tokenizer with threads (tiktoken) encodes them in parallel.
+                    group: list[str] = []
                     for text in iter_text_chunks(path, errors=encoding_errors):
-                        yield tok.encode(text)
+                        group.append(text)
+                        if len(group) == 8:
+                            yield from tok.encode_batch(group)
+                            group = []
+                    if group:
+                        yield from tok.encode_batch(group)
 
         params = {"errors": encoding_errors} if not isinstance(tok, CharacterTokenizer) else {}
         cached = cached_tokens(

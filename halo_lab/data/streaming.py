@@ -114,6 +114,10 @@ class StreamingDataset(IterableDataset):
         if world_size is not None and not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         self.files = [check_file(p, f"{file_format} file") for p in as_paths(file_paths, "streaming file")]
+        resolved = [p.resolve() for p in self.files]
+        dupes = sorted({str(p) for p in resolved if resolved.count(p) > 1})
+        if dupes:
+            raise ValueError(f"StreamingDataset: files listed more than once would repeat samples: {dupes}")
         self.tokenizer = _resolve_tokenizer(tokenizer)
         self.max_seq_len = int(max_seq_len)
         self.buffer_size = int(buffer_size)
