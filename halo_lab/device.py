@@ -776,51 +776,59 @@ def estimate_batch_size(
 
 
 def search_batch_size(trial, budget: float, max_batch: int = 1024, max_trials: int = 12) -> int:
-    """Largest batch b <= max_batch with ``trial(b) <= budget``.
+    """Largest batch b <= max_batch with ``trial(b) <= budget`` (within about 5%).
 
     ``trial(b)`` runs one step and returns its peak memory in bytes, or raises on out-of-memory (any
-    exception counts as "does not fit"). Two small probes fit the linear model peak = fixed + b * slope,
-    the predicted batch is tried next, then a binary search between the largest fitting and the
-    smallest failing batch narrows the gap to 5%.
+    exception counts as "does not fit"). Trials are costly (a GPU step, and a recompile for kernels
+    compiled per shape), so this is a safeguarded secant search (Brent-style): batches 1 and 2 fit
+    the line peak = fixed + b * slope, the line through the two largest measured batches predicts the
+    next candidate, and whenever a step did not halve the interval between the largest fitting and
+    the smallest failing batch (or the prediction falls outside it) the next step bisects.
     """
     lo, hi = 0, max_batch + 1  # lo fits (0: none known), hi does not
-    points: list[tuple[int, float]] = []
+    points: dict[int, float] = {}
+    tried: set[int] = set()
 
-    def run(b: int) -> bool:
+    def run(b: int) -> None:
         nonlocal lo, hi
+        tried.add(b)
         try:
             peak = float(trial(b))
         except Exception as exc:
             logger.info("batch-size probe: batch %d failed (%s)", b, type(exc).__name__)
             hi = min(hi, b)
-            return False
-        points.append((b, peak))
+            return
+        points[b] = peak
+        logger.debug("batch-size probe: batch %d peak %.3g of budget %.3g", b, peak, budget)
         if peak <= budget:
             lo = max(lo, b)
-            return True
-        hi = min(hi, b)
-        return False
+        else:
+            hi = min(hi, b)
 
-    trials = 0
+    def predict() -> int | None:
+        if len(points) < 2:
+            return None
+        (b1, p1), (b2, p2) = sorted(points.items())[-2:]
+        slope = (p2 - p1) / (b2 - b1)
+        if slope <= 0:  # memory flat in b (a tiny model): aim at the cap
+            return hi - 1
+        return int((budget - (p2 - slope * b2)) // slope)
+
     for b in (1, 2):
         if b <= max_batch and lo < b < hi:
             run(b)
-            trials += 1
     if lo == 0:
         return 1
-    if len(points) >= 2 and points[1][1] > points[0][1] and lo < hi - 1:
-        (b1, p1), (b2, p2) = points[0], points[1]
-        slope = (p2 - p1) / (b2 - b1)
-        guess = int((budget - (p1 - slope * b1)) // slope)
-        guess = min(max(guess, lo + 1), hi - 1)
+    bisect = False
+    while hi - lo > max(1, lo // 20) and len(tried) < max_trials:
+        gap = hi - lo
+        guess = None if bisect else predict()
+        if guess is not None and guess >= hi and hi > max_batch:
+            guess = max_batch  # the prediction is beyond the cap: try the cap itself
+        if guess is None or guess in tried or not lo < guess < hi:
+            guess = (lo + hi) // 2
         run(guess)
-        trials += 1
-    elif len(points) >= 2 and lo < hi - 1:  # memory flat in b (tiny model): try the cap
-        run(hi - 1)
-        trials += 1
-    while hi - lo > max(1, lo // 20) and trials < max_trials:
-        run((lo + hi) // 2)
-        trials += 1
+        bisect = hi - lo > gap // 2  # too little progress: bisect next
     return max(1, lo)
 
 

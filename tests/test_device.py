@@ -395,6 +395,36 @@ def test_search_batch_size_finds_the_largest_fitting_batch(capacity):
     assert len(calls) <= 12
 
 
+def test_search_batch_size_on_random_memory_curves():
+    """Linear at small batches, steeper later (what a GPU shows), with and without a hard OOM limit."""
+    import random
+
+    rng = random.Random(0)
+    for _ in range(400):
+        fixed, slope = rng.uniform(0.1, 20), rng.uniform(0.01, 2)
+        quad, kink = rng.choice([0.0, rng.uniform(0, 0.002)]), rng.uniform(1, 1.4)
+        capacity, budget = rng.choice([None, rng.uniform(50, 400)]), rng.uniform(30, 300)
+        max_batch = rng.choice([64, 1024, 4096])
+
+        def peak(b, fixed=fixed, slope=slope, quad=quad, kink=kink):
+            return fixed + slope * b * (1 if b < 16 else kink) + quad * b * b
+
+        calls = []
+
+        def trial(b, capacity=capacity, peak=peak, calls=calls):
+            calls.append(b)
+            if capacity is not None and peak(b) > capacity:
+                raise MemoryError
+            return peak(b)
+
+        best = dv.search_batch_size(trial, budget, max_batch)
+        limit = min(budget, capacity or budget)
+        fits = [b for b in range(1, max_batch + 1) if peak(b) <= limit]
+        true_best = max(fits) if fits else 1
+        assert 0.95 * true_best - 1 <= best <= true_best, (best, true_best, calls)
+        assert len(calls) <= 12
+
+
 def test_search_batch_size_edge_cases():
     assert dv.search_batch_size(lambda b: 1.0, budget=10.0, max_batch=64) == 64  # flat memory: the cap
 
