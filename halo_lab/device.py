@@ -911,7 +911,11 @@ def get_optimal_batch_size(
             precision = detect_device_profile(device=dev).precision
         except Exception:
             precision = "32-true"
-    precision = _normalize_precision(precision)
+    try:
+        precision = _normalize_precision(precision)
+    except ValueError:  # e.g. a Lightning plugin name: size for full precision, the safe side
+        logger.warning("batch size: precision %r not modelled, sizing for 32-true", precision)
+        precision = "32-true"
     if dev.type == "cuda" and memory_bytes is None and torch.cuda.is_available():
         try:
             b = _probe_gpu_batch_size(config, seq_len, arch, dev, safety, max_batch, precision)

@@ -374,6 +374,10 @@ def test_cpu_batch_size_uses_the_memory_model():
     assert half["per_sample"] < est["per_sample"]
     with pytest.raises(ValueError):
         dv.get_optimal_batch_size(cfg, 256, safety=0)
+    odd = dv.get_optimal_batch_size(
+        cfg, 256, device="cpu", memory_bytes=mem, safety=1.0, precision="transformer-engine"
+    )
+    assert odd == b  # an unmodelled precision is sized as full precision
 
 
 @pytest.mark.parametrize("capacity", [None, 300.0])
