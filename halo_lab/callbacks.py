@@ -57,6 +57,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a checkpoint is an ordinary file
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -135,6 +138,7 @@ class TokenThroughput(pl.Callback):
             "tokens_per_sec": self.tokens_per_sec,
             "train_tokens": self.total_tokens,
             "train_step_time_s": self.total_time,
+            "steps_this_run": self.steps,
             "peak_mem_mb": peak,
             "peak_mem_kind": kind,
         }
@@ -209,13 +213,15 @@ class SampleGeneration(pl.Callback):
         self.path = Path(path) if path else None
         self.at_end = on_train_end
         self._val_prompt: torch.Tensor | None = None
+        self._from_train = False
         self.rows: list[list[Any]] = []
         self._last_step = -1
 
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
     ) -> None:
-        if self._val_prompt is None and batch_idx == 0:
+        if (self._val_prompt is None or self._from_train) and batch_idx == 0:
+            self._from_train = False
             x = batch["input_ids"] if isinstance(batch, dict) else batch[0]
             self._val_prompt = x[0, : self.prompt_tokens].detach().cpu()
 
@@ -230,6 +236,10 @@ class SampleGeneration(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_step:
+            if self.prompt is None and self._val_prompt is None:  # no validation yet: a training prefix
+                x = batch["input_ids"] if isinstance(batch, dict) else batch[0]
+                self._val_prompt = x[0, : self.prompt_tokens].detach().cpu()
+                self._from_train = True
             self.sample(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -261,6 +271,42 @@ class SampleGeneration(pl.Callback):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(f"=== step {trainer.global_step} ===\n{p}|{text}\n\n")
+
+
+# ---------------------------------------------------------------------------------------------- progress
+class ProgressLog(pl.Callback):
+    """One log line every ``every_n_steps`` steps when there is no progress bar (batch jobs, pipes):
+    step, train/val loss, tokens/s, learning rate, elapsed time and an estimate of the time left."""
+
+    def __init__(self, every_n_steps: int = 50):
+        self.every_n_steps = every_n_steps
+        self._t0 = 0.0
+        self._step0 = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._t0, self._step0 = time.time(), trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if trainer.progress_bar_callback is not None or not self.every_n_steps or step % self.every_n_steps:
+            return
+        if not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        parts = [f"step {step}/{trainer.max_steps if trainer.max_steps > 0 else '?'}"]
+        for key, fmt in (
+            ("train/loss", "{:.4f}"),
+            ("val/loss", "{:.4f}"),
+            ("perf/tokens_per_sec", "{:,.0f}"),
+            ("train/lr", "{:.2e}"),
+        ):
+            if key in m:
+                parts.append(f"{key} {fmt.format(float(m[key]))}")
+        elapsed = time.time() - self._t0
+        done = step - self._step0
+        if trainer.max_steps > 0 and done > 0:
+            parts.append(f"elapsed {elapsed:.0f}s, ~{elapsed / done * (trainer.max_steps - step):.0f}s left")
+        log.info(" | ".join(parts))
 
 
 # ---------------------------------------------------------------------------------------------- history

@@ -180,6 +180,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     trainer_cfg = to_plain(cfg.trainer)
     trainer_cfg.pop("auto_batch_size", None)
+    if trainer_cfg.get("enable_progress_bar") and not sys.stderr.isatty():
+        # A progress bar in a log file is one endless line; ProgressLog writes plain lines instead.
+        trainer_cfg["enable_progress_bar"] = False
     if trainer_cfg.get("precision") is None:
         trainer_cfg["precision"] = device["precision"]
     if trainer_cfg.get("accelerator") in (None, "auto") and device.get("accelerator"):
@@ -215,6 +218,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         trainer.save_checkpoint(str(Path(cfg.paths.ckpt_dir) / "last.ckpt"), weights_only=False)
         if trainer.interrupted:  # Lightning swallows Ctrl-C: do not report an interrupted run as done
             raise KeyboardInterrupt(f"interrupted at step {trainer.global_step}; last.ckpt saved")
+    train_loss = trainer.callback_metrics.get("train/loss")  # validate() below resets callback_metrics
     val: dict[str, Any] = {}
     if cfg.get("validate", True) or not cfg.get("train", True):
         trainer.validate(
@@ -225,6 +229,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # 4. Summary, export, sample (rank 0).
     summary: dict[str, Any] = {}
     if trainer.is_global_zero:
+        val["train/loss"] = float(train_loss) if train_loss is not None else None
         summary = _write_outputs(cfg, checked, trainer, module, datamodule, val, ckpt_path, t_start, run_dir)
         sample_cb = next((c for c in callbacks if isinstance(c, SampleGeneration)), None)
         prompt = sample_cb.get_prompt() if sample_cb else None
@@ -285,10 +290,9 @@ def _write_outputs(
         summary["val_acc_by_distance"] = {
             str(k): v for k, v in sorted(val.get("val/acc_by_distance", {}).items())
         }
-    train_loss = trainer.callback_metrics.get("train/loss")
     summary.update(
         {
-            "train_loss": float(train_loss) if train_loss is not None else None,
+            "train_loss": val.get("train/loss"),
             "params": count_parameters(model),
             "steps": int(trainer.global_step),
         }

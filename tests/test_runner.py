@@ -1,0 +1,387 @@
+"""The runner: LightningModule, callbacks, checkpoints, loggers, resume helpers and the CLI (fast set)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+from torch.utils.data import DataLoader, Dataset
+
+from halo_lab.callbacks import AtomicCheckpointIO
+from halo_lab.lit import HaloLitModule, _lr_factor, param_groups, warmup_cosine_schedule
+from halo_lab.run_utils import (
+    ConfigError,
+    compose_config,
+    ddp_rank_command,
+    resolve_ckpt_path,
+    wandb_mode,
+    wandb_run_id,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_MODEL = {
+    "vocab_size": 32,
+    "hidden_size": 32,
+    "num_layers": 1,
+    "num_heads": 2,
+    "num_kv_heads": 1,
+    "max_seq_len": 64,
+    "local_window": 8,
+    "num_random": 1,
+    "dropout": 0.0,
+}
+
+
+@pytest.fixture(autouse=True)
+def _clear_hydra():
+    yield
+    GlobalHydra.instance().clear()
+
+
+def make_corpus(path: Path, n_lines: int = 1500) -> Path:
+    import random
+
+    r = random.Random(0)
+    words = "the quick brown fox jumps over a lazy dog and the king sees the queen in her castle".split()
+    path.write_text(
+        "\n".join(" ".join(r.choice(words) for _ in range(r.randint(4, 10))) for _ in range(n_lines))
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return make_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt")
+
+
+def tiny_overrides(corpus: Path, steps: int = 6) -> list[str]:
+    return [
+        "data=text",
+        f"data.path={corpus}",
+        "data.seq_len=64",
+        "data.batch_size=8",
+        "model.hidden_size=32",
+        "model.num_layers=1",
+        "model.num_heads=2",
+        "model.num_kv_heads=1",
+        "model.local_window=16",
+        "model.dilated_offsets=[1,2]",
+        "trainer=debug",
+        f"trainer.max_steps={steps}",
+        "trainer.val_check_interval=3",
+        "trainer.limit_val_batches=2",
+        "trainer.log_every_n_steps=2",
+        "callbacks.last_checkpoint.every_n_train_steps=3",
+        "callbacks.samples.every_n_steps=3",
+        "callbacks.samples.max_new_tokens=8",
+        "sample.max_new_tokens=8",
+        "scheduler.warmup_steps=2",
+    ]
+
+
+def run_inprocess(overrides: list[str], run_dir: Path) -> dict:
+    from halo_lab.train import run
+
+    cfg = compose_config(overrides, output_dir=run_dir)
+    try:
+        return run(cfg)
+    finally:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+# ---------------------------------------------------------------------------------------------- optimisation
+def test_warmup_cosine_schedule():
+    assert _lr_factor(0, 10, 100, 0.1) == pytest.approx(0.1)
+    assert _lr_factor(9, 10, 100, 0.1) == pytest.approx(1.0)
+    assert _lr_factor(10, 10, 100, 0.1) == pytest.approx(1.0)
+    assert _lr_factor(55, 10, 100, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert _lr_factor(100, 10, 100, 0.1) == pytest.approx(0.1)
+    assert _lr_factor(500, 10, 100, 0.1) == pytest.approx(0.1)
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
+    sch = warmup_cosine_schedule(opt, 2, 10, 0.0)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sch.step()
+    assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0) and lrs[-1] < 0.05
+    # Plain state (pitfall 5): loadable with weights_only.
+    import io
+
+    buf = io.BytesIO()
+    torch.save(sch.state_dict(), buf)
+    buf.seek(0)
+    torch.load(buf, weights_only=True)
+
+
+def test_param_groups_exclude_norms_biases_embeddings_globals():
+    from halo_lab.model import build_model
+
+    model = build_model({**TINY_MODEL, "tie_embeddings": True}, arch="halo")
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    nd = {names[id(p)] for p in no_decay["params"]}
+    d = {names[id(p)] for p in decay["params"]}
+    assert "global_memory" in nd and "token_emb.weight" in nd
+    assert any(n.endswith("ln_1.weight") for n in nd) and any(n.startswith("ln_f") for n in nd)
+    assert any(n.endswith("q_proj.weight") for n in d) and any(n.endswith("w1.weight") for n in d)
+    assert not d & nd
+    # tied lm_head is the embedding: counted once, not decayed
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+class _Batches(Dataset):
+    """Sequences with a different number of scored targets each, optionally with needle distances."""
+
+    def __init__(self, n: int = 12, with_distance: bool = False):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randint(0, 32, (n, 16), generator=g)
+        self.y = torch.randint(0, 32, (n, 16), generator=g)
+        for i in range(n):
+            self.y[i, : (i * 5) % 15] = -100  # 1..16 scored positions
+        self.d = torch.tensor([16, 32, 48] * (n // 3))
+        self.with_distance = with_distance
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        if self.with_distance:
+            return self.x[i], self.y[i], self.d[i]
+        return self.x[i], self.y[i]
+
+
+def _trainer(**kw) -> pl.Trainer:
+    base = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    return pl.Trainer(**{**base, **kw})
+
+
+def test_val_loss_is_token_weighted_and_needle_accuracy_by_distance():
+    from halo_lab.data.synthetic import answer_correct
+
+    module = HaloLitModule(TINY_MODEL, arch="halo")
+    data = _Batches(12, with_distance=True)
+    loader = DataLoader(data, batch_size=4)
+    _trainer().validate(module, dataloaders=loader, verbose=False)
+    module.model.eval()
+    ce_sum, n_tok, right = 0.0, 0, {16: [], 32: [], 48: []}
+    with torch.no_grad():
+        for x, y, d in loader:
+            logits, _ = module.model(x)
+            ce_sum += torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum"
+            ).item()
+            n_tok += int((y != -100).sum())
+            for ok, dd in zip(answer_correct(logits, y), d):
+                right[int(dd)].append(float(ok))
+    expected = ce_sum / n_tok
+    assert module.last_val["val/loss"] == pytest.approx(expected, rel=1e-5)
+    assert module.last_val["val/ppl"] == pytest.approx(math.exp(expected), rel=1e-5)
+    assert module.last_val["val/bpt"] == pytest.approx(expected / math.log(2), rel=1e-5)
+    by_d = module.last_val["val/acc_by_distance"]
+    assert set(by_d) == {16, 32, 48}
+    for d, oks in right.items():
+        assert by_d[d] == pytest.approx(sum(oks) / len(oks))
+    # A mean of per-batch losses would differ here (batches score different numbers of tokens).
+    module.model.eval()
+
+
+def test_nonfinite_loss_stops_naming_the_step():
+    module = HaloLitModule(TINY_MODEL, arch="halo", optimizer={"_target_": "torch.optim.SGD", "lr": 0.1})
+    real_forward = module.model.forward
+
+    def forward(x, y=None):
+        logits, loss = real_forward(x, y)
+        if module.global_step == 2:
+            loss = loss * float("nan")
+        return logits, loss
+
+    module.model.forward = forward
+    loader = DataLoader(_Batches(12), batch_size=2)
+    with pytest.raises(FloatingPointError, match="at step 2"):
+        _trainer(max_steps=5, limit_val_batches=0).fit(module, train_dataloaders=loader)
+
+
+def test_graph_step_follows_global_step():
+    module = HaloLitModule(TINY_MODEL, arch="halo")
+    seen = []
+    real = module.model.set_graph_step
+    module.model.set_graph_step = lambda s: (seen.append(s), real(s))
+    _trainer(max_steps=4, limit_val_batches=0).fit(
+        module, train_dataloaders=DataLoader(_Batches(12), batch_size=2)
+    )
+    assert seen == [0, 1, 2, 3]
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def test_atomic_checkpoint_io_never_leaves_a_broken_file(tmp_path, monkeypatch):
+    io_ = AtomicCheckpointIO()
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    io_.save_checkpoint({"step": 1, "w": torch.ones(3)}, target)
+    assert torch.load(target, weights_only=True)["step"] == 1
+    assert oct(target.stat().st_mode & 0o777) != oct(0o600) or os.umask(0o022) == 0o077
+
+    real_save = torch.save
+
+    def dying_save(obj, f, *a, **k):
+        f.write(b"partial garbage")  # what a kill mid-write would leave
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        io_.save_checkpoint({"step": 2, "w": torch.zeros(3)}, target)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.load(target, weights_only=True)["step"] == 1  # the old checkpoint is intact
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]  # no temp file left
+
+
+def test_resolve_ckpt_path(tmp_path, caplog):
+    assert resolve_ckpt_path(None, tmp_path) is None
+    with caplog.at_level(logging.WARNING, logger="halo_lab.train"):
+        assert resolve_ckpt_path("auto", tmp_path) is None
+    assert "STARTING FROM STEP 0" in caplog.text and "hydra.run.dir" in caplog.text
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.parent.mkdir()
+    last.write_bytes(b"x")
+    assert resolve_ckpt_path("auto", tmp_path) == str(last)
+    with pytest.raises(ConfigError, match="^ckpt_path"):
+        resolve_ckpt_path(str(tmp_path / "missing.ckpt"), tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- W&B / DDP helpers
+def test_wandb_mode_and_run_id(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert wandb_mode(None) == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert wandb_mode(None) == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode(None) == "disabled" and wandb_mode("offline") == "offline"
+    rid = wandb_run_id(tmp_path, None, write=True)
+    assert (tmp_path / "wandb_run_id.txt").read_text().strip() == rid
+    assert wandb_run_id(tmp_path, None, write=True) == rid  # reused on resume
+    other = tmp_path / "other"
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    assert wandb_run_id(other, str(ckpt), write=False) == rid  # found next to the resumed checkpoint
+
+
+def test_ddp_rank_command_runs_only_this_job(tmp_path, monkeypatch):
+    import __main__
+
+    job_dir = tmp_path / "multirun" / "model.arch=dense,seed=2"
+    compose_config(["model.arch=dense", "seed=2"], output_dir=job_dir)
+    monkeypatch.setattr(__main__, "__spec__", SimpleNamespace(name="halo_lab.train"), raising=False)
+    monkeypatch.setattr(
+        sys, "argv", ["train.py", "-m", "--config-name", "train", "model.arch=halo,dense", "seed=1,2"]
+    )
+    cmd, cwd = ddp_rank_command(1)
+    assert cmd[:3] == [sys.executable, "-m", "halo_lab.train"]
+    assert "-m" not in cmd[3:] and "model.arch=halo,dense" not in cmd
+    assert ["--config-name", "train"] == cmd[3:5]
+    assert "model.arch=dense" in cmd and "seed=2" in cmd
+    assert f'hydra.run.dir="{job_dir.resolve()}"' in cmd and "hydra.output_subdir=null" in cmd
+    assert cwd == os.getcwd()
+
+
+# ---------------------------------------------------------------------------------------------- whole runs
+def test_inprocess_run_checkpoint_is_plain_and_rebuilds(tmp_path, corpus):
+    run_dir = tmp_path / "run"
+    summary = run_inprocess([*tiny_overrides(corpus), "logger=none"], run_dir)
+    assert summary["steps"] == 6 and summary["val_loss"] < math.log(256)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)  # plain containers only (pitfall 5)
+    assert ckpt["global_step"] == 6
+    hp = ckpt["hyper_parameters"]
+    assert hp["arch"] == "halo" and hp["model_config"]["vocab_size"] == 256 and hp["tokenizer"]["type"]
+    assert len(list((run_dir / "checkpoints").glob("best-step*.ckpt"))) == 1
+    module = HaloLitModule.load_from_checkpoint(last, map_location="cpu", weights_only=True)
+    from halo_lab.model import build_model
+
+    ref = build_model(hp["model_config"], arch=hp["arch"])
+    ref.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()})
+    for (k, a), b in zip(module.model.state_dict().items(), ref.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert module.get_tokenizer().decode(module.get_tokenizer().encode("hi")) == "hi"
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert any("val/loss" in h for h in history) and any("train/loss" in h for h in history)
+    assert (run_dir / "samples.txt").read_text().count("=== step") >= 2
+
+
+@pytest.mark.parametrize("logger", ["none", "csv", "wandb"])
+def test_loggers(logger, tmp_path, corpus):
+    run_dir = tmp_path / "run"
+    extra = ["logger.wandb.mode=disabled"] if logger == "wandb" else []
+    summary = run_inprocess([*tiny_overrides(corpus, steps=3), f"logger={logger}", *extra], run_dir)
+    assert summary["steps"] == 3 and (run_dir / "metrics.json").is_file()
+    if logger == "csv":
+        rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
+        assert "train/loss" in rows[0] and len(rows) > 1
+        assert "model_config" in (run_dir / "csv" / "hparams.yaml").read_text()
+    else:
+        assert not (run_dir / "csv").exists()
+
+
+def _cli(
+    args: list[str], cwd: Path, code: str | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "halo_lab.train", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_smoke_writes_the_contracted_files(tmp_path, corpus):
+    """`python -m halo_lab.train` from another directory (config found, pitfall 6)."""
+    run_dir = tmp_path / "run"
+    proc = _cli([*tiny_overrides(corpus, steps=4), "logger=none", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rel in (
+        ".hydra/config.yaml",
+        "checkpoints/last.ckpt",
+        "hub/config.json",
+        "hub/model.safetensors",
+        "metrics.json",
+    ):
+        assert (run_dir / rel).is_file(), rel
+    m = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("val_loss", "val_ppl", "params", "tokens_per_sec", "peak_mem_mb", "steps", "wall_time_s"):
+        assert m[key] is not None, key
+    assert m["steps"] == 4 and m["tokens_per_sec"] > 0
+    assert "--- sample" in proc.stdout and str(run_dir) in proc.stdout
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "lightning_logs").exists()
+    from halo_lab.hub import load_from_hub
+
+    model = load_from_hub(str(run_dir / "hub"))
+    assert model.config.hidden_size == 32
+
+
+def test_cli_imported_main_and_failing_exit_code(tmp_path, corpus):
+    """`from halo_lab.train import main` (console scripts, pitfall 6); a bad value exits non-zero naming it."""
+    code = "import sys; from halo_lab.train import main; sys.argv[0] = 'halo-train'; main()"
+    proc = _cli(
+        [*tiny_overrides(corpus), "model.hidden_size=33", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path, code
+    )
+    assert proc.returncode != 0
+    assert "model.hidden_size=33" in proc.stderr
+    assert not (Path(os.environ["HALO_LAB_ROOT"]) / "data" / "cache").exists()  # no data touched
