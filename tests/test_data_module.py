@@ -90,6 +90,20 @@ def test_word_vocab_built_from_training_part(text, tmp_path):
     assert again.tokenizer.itos == tok.itos
 
 
+def test_word_vocab_excludes_held_out_fraction(tmp_path):
+    p = tmp_path / "c.txt"
+    tail = "tailword only in the held out part\n" * 5  # under 10% of the bytes
+    p.write_text("common words here\n" * 200 + tail)
+    dm = HaloDataModule("text", path=p, tokenizer="word", seq_len=8, batch_size=2, data_dir=tmp_path)
+    assert "common" in dm.tokenizer.stoi and "tailword" not in dm.tokenizer.stoi
+    j = tmp_path / "c.jsonl"
+    j.write_text(
+        "".join(json.dumps({"text": f"early {i}"}) + "\n" for i in range(200)) + '{"text": "lateword"}\n' * 5
+    )
+    dm = HaloDataModule("jsonl", path=j, tokenizer="word", seq_len=8, batch_size=2, data_dir=tmp_path)
+    assert "early" in dm.tokenizer.stoi and "lateword" not in dm.tokenizer.stoi
+
+
 def test_jsonl_and_tiktoken(jsonl, tmp_path):
     dm = HaloDataModule(
         "jsonl", path=jsonl, tokenizer="tiktoken", seq_len=16, batch_size=3, data_dir=tmp_path

@@ -78,13 +78,31 @@ def _cut_point(buf: bytes) -> int:
     return i if i > 0 else len(buf)
 
 
-def iter_byte_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, bytes]]:
-    """(offset, bytes) chunks of a file, cut at safe token boundaries (see ``_cut_point``)."""
+def line_start_at_or_after(f, pos: int, size: int) -> int:
+    """Byte offset of the first line of the open binary file ``f`` that starts at or after ``pos``."""
+    if pos <= 0:
+        return 0
+    if pos >= size:
+        return size
+    f.seek(pos - 1)
+    f.readline()
+    return f.tell()
+
+
+def iter_byte_chunks(
+    path: Path, chunk_bytes: int = CHUNK_BYTES, limit: int | None = None
+) -> Iterator[tuple[int, bytes]]:
+    """(offset, bytes) chunks of a file, cut at safe token boundaries (see ``_cut_point``). With ``limit``,
+    only the lines that start before byte ``limit`` are read."""
     offset = 0
     carry = b""
     with open(path, "rb") as f:
+        end = None if limit is None else line_start_at_or_after(f, limit, path.stat().st_size)
+        f.seek(0)
         while True:
-            block = f.read(chunk_bytes)
+            block = f.read(
+                chunk_bytes if end is None else max(0, min(chunk_bytes, end - offset - len(carry)))
+            )
             if not block:
                 if carry:
                     yield offset, carry
@@ -107,14 +125,16 @@ def _count_and_replace(exc: UnicodeDecodeError) -> tuple[str, int]:
 codecs.register_error("halo_count_replace", _count_and_replace)
 
 
-def iter_text_chunks(path: Path, errors: str = "replace", chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
+def iter_text_chunks(
+    path: Path, errors: str = "replace", chunk_bytes: int = CHUNK_BYTES, limit: int | None = None
+) -> Iterator[str]:
     """Decoded UTF-8 chunks of a text file. ``errors="replace"`` substitutes U+FFFD for invalid bytes and
     warns once per file (naming the file and the first bad line); ``"strict"`` raises a ValueError."""
     if errors not in ("replace", "strict"):
         raise ValueError(f"encoding_errors must be 'replace' or 'strict', got {errors!r}")
     bad = 0
     first = None
-    for offset, chunk in iter_byte_chunks(path, chunk_bytes):
+    for offset, chunk in iter_byte_chunks(path, chunk_bytes, limit):
         try:
             text = chunk.decode("utf-8")
         except UnicodeDecodeError as e:

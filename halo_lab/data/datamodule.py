@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from halo_lab.data._io import as_paths, check_file, file_lock, iter_text_chunks
 from halo_lab.data.corpora import prepare_shakespeare
-from halo_lab.data.datasets import JSONLDataset, TextDataset, iter_jsonl_docs
+from halo_lab.data.datasets import JSONLDataset, TextDataset, parse_jsonl_line
 from halo_lab.data.streaming import StreamingDataLoader, StreamingDataset
 from halo_lab.data.synthetic import CopyDataset, NeedleDataset
 from halo_lab.tokenizers import Tokenizer, WordTokenizer, build_tokenizer, tokenizer_from_dict
@@ -172,6 +172,7 @@ class HaloDataModule(L.LightningDataModule):
             "spec": self.tokenizer_spec if isinstance(self.tokenizer_spec, str | dict) else "word",
             "kind": self.kind,
             "text_field": self.text_field,
+            "held_out": None if self.val_paths is not None else self.val_fraction,
         }
         h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
         return self.data_dir / "tokenizers" / f"word-{h}.json"
@@ -189,17 +190,29 @@ class HaloDataModule(L.LightningDataModule):
                 if not isinstance(base, dict | WordTokenizer)
                 else (base if isinstance(base, WordTokenizer) else tokenizer_from_dict({**base, **opts}))
             )
-            # Built from the training part only: words that occur only in validation stay unknown.
-            sources = self._train_sources()
-            if self.kind in ("jsonl",) or (self.kind == "streaming" and self.file_format == "jsonl"):
-                texts = (
-                    t for p in sources for _, t, err in iter_jsonl_docs(p, self.text_field) if err is None
-                )
-            else:
-                texts = (t for p in sources for t in iter_text_chunks(p))
-            tok.build_vocab(texts, min_freq=min_freq, max_size=max_size)
+            tok.build_vocab(self._training_texts(), min_freq=min_freq, max_size=max_size)
             tok.save(out)
             return tok
+
+    def _training_texts(self) -> Iterator[str]:
+        """Text of the training part only (the vocabulary must not see validation text): with a held-out
+        fraction of the same files, the lines before the cut (its byte position, close to the token cut)."""
+        held_out = self.kind != "shakespeare" and self.val_paths is None
+        jsonl = self.kind == "jsonl" or (self.kind == "streaming" and self.file_format == "jsonl")
+        for p in self._train_sources():
+            limit = round((1.0 - self.val_fraction) * p.stat().st_size) if held_out else None
+            if jsonl:
+                with open(p, "rb") as f:
+                    pos = 0
+                    for raw in f:
+                        if limit is not None and pos >= limit:
+                            break
+                        pos += len(raw)
+                        text, _ = parse_jsonl_line(raw, self.text_field)
+                        if text is not None:
+                            yield text
+            else:
+                yield from iter_text_chunks(p, limit=limit)
 
     def _ensure_tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:

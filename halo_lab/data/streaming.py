@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from halo_lab.data._io import _cut_point, as_paths, check_file, line_of_offset
+from halo_lab.data._io import _cut_point, as_paths, check_file, line_of_offset, line_start_at_or_after
 from halo_lab.data.datasets import PathLike, _resolve_tokenizer, parse_jsonl_line
 from halo_lab.tokenizers import CharacterTokenizer, Tokenizer
 
@@ -49,17 +49,6 @@ def _distributed() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def _line_start_at_or_after(f, pos: int, size: int) -> int:
-    """Byte offset of the first line that starts at or after ``pos``."""
-    if pos <= 0:
-        return 0
-    if pos >= size:
-        return size
-    f.seek(pos - 1)
-    f.readline()
-    return f.tell()
 
 
 class StreamingDataset(IterableDataset):
@@ -271,8 +260,8 @@ class StreamingDataset(IterableDataset):
         lo, hi = round(self.split[0] * size), round(self.split[1] * size)
         tok = self.tokenizer
         with open(path, "rb") as f:
-            start = _line_start_at_or_after(f, lo + (hi - lo) * shard // num_shards, size)
-            end = _line_start_at_or_after(f, lo + (hi - lo) * (shard + 1) // num_shards, size)
+            start = line_start_at_or_after(f, lo + (hi - lo) * shard // num_shards, size)
+            end = line_start_at_or_after(f, lo + (hi - lo) * (shard + 1) // num_shards, size)
             if start >= end:
                 return
             f.seek(start)
