@@ -219,7 +219,7 @@ class HaloLitModule(pl.LightningModule):
             results = {"val/loss": val_loss, "val/ppl": torch.exp(val_loss), "val/bpt": val_loss / LN2}
             for k, v in results.items():
                 # compute() already reduced over ranks: every rank logs the same value.
-                self.log(k, v, prog_bar=k == "val/loss")
+                self.log(k, v, prog_bar=k == "val/loss", sync_dist=True)
         self.val_ce.reset()
         self.val_tokens.reset()
         by_distance: dict[int, float] = {}
@@ -228,12 +228,12 @@ class HaloLitModule(pl.LightningModule):
             correct = self.val_correct.compute()
             if isinstance(dist, torch.Tensor) and dist.numel():
                 dist, correct = dist.reshape(-1), correct.reshape(-1)
-                self.log("val/acc", correct.mean())
+                self.log("val/acc", correct.mean(), sync_dist=True)
                 results["val/acc"] = correct.mean()
                 for d in torch.unique(dist).tolist():
                     acc = correct[dist == d].mean()
                     by_distance[int(d)] = float(acc)
-                    self.log(f"val/acc@{int(d)}", acc)
+                    self.log(f"val/acc@{int(d)}", acc, sync_dist=True)
         self.val_distance.reset()
         self.val_correct.reset()
         self.last_val = {k: float(v) for k, v in results.items()}

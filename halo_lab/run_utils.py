@@ -30,6 +30,31 @@ class ConfigError(ValueError):
     """A config value that cannot work; the message starts with the dotted key."""
 
 
+# ---------------------------------------------------------------------------------------------- resolvers
+_NAME_MAX = 200  # bytes; file systems allow 255 per path component
+
+
+def job_dirname(override_dirname: str) -> str:
+    """A sweep job's directory name: its overrides (``model.arch=dense,seed=2``), with "/" replaced so a
+    value never nests directories, shortened with a hash when it would exceed a file name's length."""
+    import hashlib
+
+    name = str(override_dirname).replace("/", "_") or "default"
+    if len(name.encode()) > _NAME_MAX:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        name = name.encode()[: _NAME_MAX - 10].decode(errors="ignore") + "~" + digest
+    return name
+
+
+def register_resolvers() -> None:
+    """OmegaConf resolvers used by conf/ (idempotent). Imported with this module."""
+    if not OmegaConf.has_resolver("halo_dirname"):
+        OmegaConf.register_new_resolver("halo_dirname", job_dirname)
+
+
+register_resolvers()
+
+
 # ---------------------------------------------------------------------------------------------- config dir
 def conf_dir() -> Path:
     """The top-level ``conf/`` directory, found the same way under ``python -m``, an import or a

@@ -374,17 +374,47 @@ def _print_locations(run_dir: Path, summary: dict[str, Any]) -> None:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     patch_ddp_relaunch()
+    env_before = {k: os.environ.get(k) for k in _DIST_ENV}
     failed = True
     try:
         summary = run(cfg)
         failed = False
     finally:
         _finish_wandb(failed)
+        _teardown_distributed(env_before)
     metric = cfg.get("optimized_metric")
     if not metric:
         return None
     value = summary.get(metric.replace("/", "_"), summary.get(metric))
     return float(value) if value is not None else None
+
+
+# Variables Lightning's DDP launcher sets in the launching process (plus the seed it exports).
+_DIST_ENV = (
+    "LOCAL_RANK",
+    "NODE_RANK",
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "PL_GLOBAL_SEED",
+    "PL_SEED_WORKERS",
+)
+
+
+def _teardown_distributed(env_before: dict[str, str | None]) -> None:
+    """Leave the process as the job found it, so the next job of a multirun starts its own DDP group:
+    destroy this job's process group and restore the launcher's variables (with LOCAL_RANK left set,
+    Lightning would think the next job's ranks are launched externally and wait for them forever)."""
+    torch_dist = sys.modules.get("torch.distributed")
+    if torch_dist is not None and torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+    for k, v in env_before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def _finish_wandb(failed: bool) -> None:
