@@ -30,6 +30,7 @@ except ImportError:  # pragma: no cover - old torch
     HAS_FLEX = False
 
 _compiled_flex = None
+AUTO_CUDA_BACKEND = "hybrid"  # measured faster than "flex" on H200 at every length (experiments/bench)
 
 
 def _flex_kernel():
@@ -48,7 +49,9 @@ def resolve_backend(config: HaloConfig, device: torch.device) -> str:
     """``auto`` picks flex on CUDA and the reference gather elsewhere (FlexAttention has no fused CPU path)."""
     if config.attention_backend != "auto":
         return config.attention_backend
-    return "flex" if HAS_FLEX and device.type == "cuda" else "reference"
+    # FlexAttention compiles through Triton, which needs compute capability 7.0 or newer
+    fused = HAS_FLEX and device.type == "cuda" and torch.cuda.get_device_capability(device) >= (7, 0)
+    return AUTO_CUDA_BACKEND if fused else "reference"
 
 
 _warned: set[str] = set()
@@ -267,8 +270,25 @@ def hybrid_attention(q, k, v, config: HaloConfig, layer: int, step: int) -> torc
         local, local_lse = flex_attention(
             q, k, v, block_mask=window.block_mask, enable_gqa=q.shape[1] != k.shape[1], return_lse=True
         )
-    far, far_lse = gather_attention_lse(q, k, v, cached[1])
+    if q.is_cuda:  # compiled: the gather becomes indirect loads instead of B x H x L x E x d copies
+        return _far_kernel()(q, k, v, cached[1], local, local_lse)
+    return _far_and_merge(q, k, v, cached[1], local, local_lse)
+
+
+def _far_and_merge(q, k, v, idx, local, local_lse) -> torch.Tensor:
+    far, far_lse = gather_attention_lse(q, k, v, idx)
     return merge_by_lse(local, local_lse, far, far_lse)
+
+
+_compiled_far = None
+
+
+def _far_kernel():
+    global _compiled_far
+    if _compiled_far is None:
+        _flex_kernel()  # raises dynamo's cache limit once
+        _compiled_far = torch.compile(_far_and_merge, dynamic=False)
+    return _compiled_far
 
 
 def merge_by_lse(out_a, lse_a, out_b, lse_b) -> torch.Tensor:
