@@ -405,6 +405,105 @@ def patch_ddp_relaunch() -> bool:
     return patched
 
 
+# ---------------------------------------------------------------------------------------------- data position
+def _resumable_loader_class():
+    from torch.utils.data import DataLoader
+
+    class ResumableDataLoader(DataLoader):
+        """A DataLoader whose position in the epoch survives a checkpoint.
+
+        Lightning saves ``state_dict()`` of stateful train loaders in every checkpoint and calls
+        ``load_state_dict()`` on resume. The state is the number of batches yielded in the current epoch
+        and the shuffling generator's state at the start of that epoch: the resumed epoch draws the same
+        order and skips what was already trained on. (Skipping re-reads those samples; memory-mapped
+        windows make that cheap.) Under DDP Lightning swaps in a DistributedSampler, whose order is a
+        function of (seed, epoch): the skip alone is then exact.
+        """
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._yielded = 0
+            self._skip = 0
+            self._epoch_gen_state = None
+            self._restore_gen_state = None
+
+        def _generator(self):
+            return getattr(self.sampler, "generator", None)
+
+        def __iter__(self):
+            gen = self._generator()
+            if gen is not None:
+                if self._restore_gen_state is not None:
+                    gen.set_state(self._restore_gen_state)
+                self._epoch_gen_state = gen.get_state().clone()
+            self._restore_gen_state = None
+            skip, self._skip = self._skip, 0
+            try:
+                if skip >= len(self):  # the checkpoint closed an epoch: the next one starts fresh
+                    skip = 0
+            except TypeError:
+                pass
+            self._yielded = 0
+            it = super().__iter__()
+            for _ in range(skip):
+                next(it)
+                self._yielded += 1
+            for batch in it:
+                self._yielded += 1
+                yield batch
+
+        def state_dict(self):
+            state = {"batches_in_epoch": int(self._yielded)}
+            if self._epoch_gen_state is not None:
+                state["generator_state"] = self._epoch_gen_state
+            return state
+
+        def load_state_dict(self, state):
+            self._skip = int(state.get("batches_in_epoch", 0))
+            self._restore_gen_state = state.get("generator_state")
+
+    return ResumableDataLoader
+
+
+_RESUMABLE = None
+
+
+def make_resumable(loader: Any) -> Any:
+    """A plain map-style torch DataLoader -> the same loader as a :class:`ResumableDataLoader`.
+
+    Anything else (already stateful, iterable datasets, custom batch samplers) is returned unchanged.
+    """
+    global _RESUMABLE
+    from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSampler, SequentialSampler
+
+    if _RESUMABLE is None:
+        _RESUMABLE = _resumable_loader_class()
+    if type(loader) is not DataLoader or isinstance(loader.dataset, IterableDataset):
+        return loader
+    if type(loader.batch_sampler) is not BatchSampler:
+        return loader
+    kwargs: dict[str, Any] = {
+        "batch_size": loader.batch_size,
+        "drop_last": loader.drop_last,
+        "num_workers": loader.num_workers,
+        "collate_fn": loader.collate_fn,
+        "pin_memory": loader.pin_memory,
+        "timeout": loader.timeout,
+        "worker_init_fn": loader.worker_init_fn,
+        "persistent_workers": loader.persistent_workers,
+    }
+    if loader.num_workers > 0:
+        kwargs["prefetch_factor"] = loader.prefetch_factor
+    sampler = loader.sampler
+    if type(sampler) is RandomSampler and not sampler.replacement and sampler._num_samples is None:
+        kwargs.update(shuffle=True, generator=sampler.generator)
+    elif type(sampler) is SequentialSampler:
+        kwargs["shuffle"] = False
+    else:
+        kwargs["sampler"] = sampler
+    return _RESUMABLE(loader.dataset, **kwargs)
+
+
 # ---------------------------------------------------------------------------------------------- misc
 def peak_memory_mb(device: Any = None) -> tuple[float, str]:
     """(peak MB, kind): CUDA max allocated on a GPU, else the process's peak resident set size."""

@@ -164,6 +164,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"data: {exc}") from exc
 
+    _resumable_train_loader(datamodule)
+
     module = HaloLitModule(
         model_config=checked["model_config"],
         arch=checked["arch"],
@@ -250,6 +252,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             print(f"\n--- sample (prompt | continuation) ---\n{p}|{text}\n---")
         _print_locations(run_dir, summary)
     return summary
+
+
+def _resumable_train_loader(datamodule: Any) -> None:
+    """Make the datamodule's map-style train loader remember its position in checkpoints (resume
+    continues the data where it stopped instead of restarting the epoch). Lightning builds the loader
+    inside its own hook, so DDP sampler injection still applies."""
+    from halo_lab.run_utils import make_resumable
+
+    original = datamodule.train_dataloader
+
+    def train_dataloader():
+        return make_resumable(original())
+
+    datamodule.train_dataloader = train_dataloader
 
 
 def _choice(group: str) -> str:

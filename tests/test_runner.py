@@ -385,3 +385,40 @@ def test_cli_imported_main_and_failing_exit_code(tmp_path, corpus):
     assert proc.returncode != 0
     assert "model.hidden_size=33" in proc.stderr
     assert not (Path(os.environ["HALO_LAB_ROOT"]) / "data" / "cache").exists()  # no data touched
+
+
+# ---------------------------------------------------------------------------------------------- data position
+class _Record(pl.Callback):
+    def __init__(self):
+        self.seen: list[tuple[int, int]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen.append((trainer.global_step, int(batch[0][:, 0].sum())))
+
+
+class _DM(pl.LightningDataModule):
+    def train_dataloader(self):
+        g = torch.Generator().manual_seed(0)
+        return DataLoader(_Batches(12), batch_size=2, shuffle=True, drop_last=True, generator=g)
+
+
+@pytest.mark.parametrize("stop_at", [4, 8])  # inside the first epoch (6 batches) and inside the second
+def test_resume_continues_the_data_position(stop_at, tmp_path):
+    from halo_lab.train import _resumable_train_loader
+
+    def fit(max_steps, ckpt=None):
+        torch.manual_seed(0)
+        module = HaloLitModule(TINY_MODEL, arch="halo")
+        dm = _DM()
+        _resumable_train_loader(dm)
+        rec = _Record()
+        trainer = _trainer(max_steps=max_steps, limit_val_batches=0, callbacks=[rec])
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+        return trainer, rec.seen
+
+    _, straight = fit(12)
+    trainer, first = fit(stop_at)
+    trainer.save_checkpoint(tmp_path / "mid.ckpt")
+    _, resumed = fit(12, ckpt=tmp_path / "mid.ckpt")
+    assert first == straight[:stop_at]
+    assert resumed == straight[stop_at:]
