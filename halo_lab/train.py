@@ -232,15 +232,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     if trainer.is_global_zero:
         val["train/loss"] = float(train_loss) if train_loss is not None else None
-        summary = _write_outputs(cfg, checked, trainer, module, datamodule, val, ckpt_path, t_start, run_dir)
+        model = _final_model(trainer, module, cfg)
+        summary = _write_outputs(
+            cfg, checked, trainer, module, model, datamodule, val, ckpt_path, t_start, run_dir
+        )
         sample_cb = next((c for c in callbacks if isinstance(c, SampleGeneration)), None)
         prompt = sample_cb.get_prompt() if sample_cb else None
         if cfg.sample.get("prompt") is not None:
             prompt = cfg.sample.prompt
         tok = module.get_tokenizer()
-        if prompt is not None and tok is not None and module.model is not None:
+        if prompt is not None and tok is not None and model is not None:
             p, text = generate_sample(
-                module.model,
+                model,
                 tok,
                 prompt,
                 max_new_tokens=cfg.sample.max_new_tokens,
@@ -287,13 +290,27 @@ def _quiet_lightning_console() -> None:
         logging.getLogger("lightning").removeHandler(console)
 
 
+def _final_model(trainer: Any, module: Any, cfg: DictConfig) -> Any:
+    """The trained model for export and the final sample: the module's own, except under FSDP, where
+    parameters are sharded across ranks and the consolidated last.ckpt is loaded instead."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from halo_lab.lit import HaloLitModule
+
+    if not isinstance(trainer.strategy, FSDPStrategy):
+        return module.model
+    full = HaloLitModule.load_from_checkpoint(
+        Path(cfg.paths.ckpt_dir) / "last.ckpt", map_location="cpu", weights_only=True
+    )
+    return full.model
+
+
 def _write_outputs(
-    cfg, checked, trainer, module, datamodule, val, ckpt_path, t_start, run_dir
+    cfg, checked, trainer, module, model, datamodule, val, ckpt_path, t_start, run_dir
 ) -> dict[str, Any]:
     from halo_lab.callbacks import TokenThroughput
     from halo_lab.utils import count_parameters
 
-    model = module.model
     perf = next((c for c in trainer.callbacks if isinstance(c, TokenThroughput)), None)
     summary: dict[str, Any] = {
         "status": "ok",
