@@ -182,10 +182,10 @@ def layout_from_index(idx: torch.Tensor, block_size: int) -> BlockLayout:
     BS, device = block_size, idx.device
     L = idx.shape[0]
     nb = (L + BS - 1) // BS
-    q_block = (torch.arange(L, device=device) // BS).unsqueeze(1).expand_as(idx)
-    valid = idx >= 0
-    tile = q_block[valid] * nb + idx[valid] // BS
-    counts = torch.bincount(tile, minlength=nb * nb).view(nb, nb)
+    q_block = (torch.arange(L, device=device) // BS).unsqueeze(1)
+    # missing edges count in an extra bin: no boolean indexing, so no host sync on the GPU
+    tile = torch.where(idx >= 0, q_block * nb + idx // BS, nb * nb)
+    counts = torch.bincount(tile.flatten(), minlength=nb * nb + 1)[: nb * nb].view(nb, nb)
     present = counts > 0
     full = counts == BS * BS  # rows have no duplicate keys, so a count of BS*BS means a complete tile
     partial = present & ~full
