@@ -50,6 +50,9 @@ def register_resolvers() -> None:
     """OmegaConf resolvers used by conf/ (idempotent). Imported with this module."""
     if not OmegaConf.has_resolver("halo_dirname"):
         OmegaConf.register_new_resolver("halo_dirname", job_dirname)
+    if not OmegaConf.has_resolver("halo_div"):
+        # Integer division, at least 1: conf/experiment sizes a batch as tokens_per_batch // seq_len.
+        OmegaConf.register_new_resolver("halo_div", lambda a, b: max(1, int(a) // int(b)))
 
 
 register_resolvers()
