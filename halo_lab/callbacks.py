@@ -81,11 +81,16 @@ class TokenThroughput(pl.Callback):
     Time counts each training step from ``on_train_batch_start`` to ``on_train_batch_end`` (forward,
     backward, optimizer step; on CUDA synchronised at the step's end), so validation, checkpointing and
     sample generation do not dilute it. Input tokens count every position of ``input_ids``. Totals of the
-    whole run are in :attr:`summary` (the runner writes them to metrics.json).
+    whole run are in :attr:`summary` (the runner writes them to metrics.json): ``tokens_per_sec`` leaves out
+    the first ``warmup_steps`` steps of this process (compilation, allocator warm-up), unless the run had
+    no more than those; ``tokens_per_sec_all`` counts every step.
     """
 
-    def __init__(self, log_every_n_steps: int | None = None):
+    def __init__(self, log_every_n_steps: int | None = None, warmup_steps: int = 5):
         self.log_every_n_steps = log_every_n_steps
+        self.warmup_steps = warmup_steps
+        self.warm_tokens = 0
+        self.warm_time = 0.0
         self._t0: float | None = None
         self.total_tokens = 0
         self.total_time = 0.0
@@ -115,6 +120,9 @@ class TokenThroughput(pl.Callback):
         tokens = int(x.numel()) * trainer.world_size
         self.total_tokens += tokens
         self.total_time += dt
+        if self.steps >= self.warmup_steps:
+            self.warm_tokens += tokens
+            self.warm_time += dt
         self._win_tokens += tokens
         self._win_time += dt
         self.steps += 1
@@ -128,6 +136,8 @@ class TokenThroughput(pl.Callback):
 
     @property
     def tokens_per_sec(self) -> float:
+        if self.warm_time > 0:
+            return self.warm_tokens / self.warm_time
         return self.total_tokens / self.total_time if self.total_time > 0 else float("nan")
 
     def summary(self, device: Any = None) -> dict[str, Any]:
@@ -136,6 +146,7 @@ class TokenThroughput(pl.Callback):
         peak, kind = peak_memory_mb(device)
         return {
             "tokens_per_sec": self.tokens_per_sec,
+            "tokens_per_sec_all": self.total_tokens / self.total_time if self.total_time > 0 else None,
             "train_tokens": self.total_tokens,
             "train_step_time_s": self.total_time,
             "steps_this_run": self.steps,
