@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from halo_lab.run_utils import (
     ConfigError,
@@ -59,7 +59,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path, ckpt_path: str | None) -> list
     for sub in loggers_cfg.values():
         if not (isinstance(sub, DictConfig) and str(sub.get("_target_", "")).endswith("WandbLogger")):
             continue
-        with _open(sub):
+        with open_dict(sub):
             sub.mode = wandb_mode(sub.get("mode"))
             if sub.get("id") is None and sub.mode != "disabled":
                 sub.id = wandb_run_id(run_dir, ckpt_path, write=global_rank() == 0)
@@ -74,19 +74,6 @@ def build_loggers(cfg: DictConfig, run_dir: Path, ckpt_path: str | None) -> list
     return _instantiate_group(loggers_cfg, "logger")
 
 
-class _open:
-    def __init__(self, node: DictConfig):
-        from omegaconf import open_dict
-
-        self._ctx = open_dict(node)
-
-    def __enter__(self):
-        return self._ctx.__enter__()
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
-
-
 def _choose_batch_size(cfg: DictConfig, device: dict[str, Any]) -> tuple[int | None, str]:
     """data.batch_size if set; else ``trainer.auto_batch_size`` (decided after setup); else the device's."""
     bs = cfg.data.get("batch_size")
@@ -97,7 +84,7 @@ def _choose_batch_size(cfg: DictConfig, device: dict[str, Any]) -> tuple[int | N
     return int(device["batch_size"]), f"device profile {device['name']}"
 
 
-def _auto_batch_callback(seq_len: int):
+def _auto_batch_callback(seq_len: int, set_eval_batch: bool):
     """On setup, picks the micro-batch with halo_lab.device.get_optimal_batch_size from the real vocabulary
     (rank 0 decides, every rank uses it)."""
     import lightning.pytorch as pl
@@ -119,8 +106,8 @@ def _auto_batch_callback(seq_len: int):
             )
             bs = int(trainer.strategy.broadcast(bs, src=0))
             dm.batch_size = bs
-            if hasattr(dm, "hparams") and "batch_size" in dm.hparams:
-                dm.hparams.batch_size = bs
+            if set_eval_batch and hasattr(dm, "eval_batch_size"):
+                dm.eval_batch_size = bs  # it followed the placeholder batch size
             log.info("trainer.auto_batch_size: micro-batch %d", bs)
 
     return _AutoBatch()
@@ -177,7 +164,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     callbacks = _instantiate_group(cfg.get("callbacks"), "callbacks")
     if batch_size is None:
-        callbacks.append(_auto_batch_callback(int(cfg.data.seq_len)))
+        callbacks.append(_auto_batch_callback(int(cfg.data.seq_len), cfg.data.get("eval_batch_size") is None))
     loggers = build_loggers(cfg, run_dir, ckpt_path)
 
     trainer_cfg = to_plain(cfg.trainer)
