@@ -310,11 +310,13 @@ def test_optimize_for_device_survives_failing_compile(monkeypatch, keep_matmul_p
 def test_optimize_for_device_compiles_in_place(monkeypatch, keep_matmul_precision):
     from torch._dynamo import config as dynamo_config
 
-    monkeypatch.setattr(dynamo_config, "suppress_errors", False)  # restored after the test
     monkeypatch.setattr(dv, "_compile_blocker", lambda dev: None)
     model = _Tiny()
     keys = list(model.state_dict())
-    out = dv.optimize_for_device(model, device="cpu", compile_mode="default")
+    # optimize_for_device sets dynamo's suppress_errors; patch() restores it (monkeypatch breaks the
+    # config module's attribute on undo and later FlexAttention calls fail)
+    with dynamo_config.patch(suppress_errors=False):
+        out = dv.optimize_for_device(model, device="cpu", compile_mode="default")
     assert out is model and model._compiled_call_impl is not None  # compiled, not wrapped
     assert list(model.state_dict()) == keys and not any("_orig_mod" in k for k in keys)
     # a resolved config that turns compile off wins over compile_mode's default (the profile's)
