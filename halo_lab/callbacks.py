@@ -105,6 +105,14 @@ class TokenThroughput(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
+        else:
+            # Linux: restart the process's peak RSS (getrusage's ru_maxrss too), so each job of a multirun
+            # (one process) reports its own peak, not the largest of the jobs before it.
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                pass
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._sync(pl_module)
