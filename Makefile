@@ -25,13 +25,13 @@ train: $(STAMP)  ## default experiment: tiny HALO-S on Shakespeare (ARGS="key=va
 	$(PY) -m halo_lab.train $(ARGS)
 
 sweep-baseline: $(STAMP)  ## HALO-S vs dense sweep
-	$(PY) -m halo_lab.train +experiment=baseline -m $(ARGS)
+	$(PY) -m halo_lab.train -m +experiment=baseline $(ARGS)
 
 sweep-ablation: $(STAMP)  ## graph-component ablation sweep
-	$(PY) -m halo_lab.train +experiment=ablation -m $(ARGS)
+	$(PY) -m halo_lab.train -m +experiment=ablation $(ARGS)
 
 sweep-needle: $(STAMP)  ## needle-in-a-haystack sweep
-	$(PY) -m halo_lab.train +experiment=needle -m $(ARGS)
+	$(PY) -m halo_lab.train -m +experiment=needle $(ARGS)
 
 bench: $(STAMP)  ## speed/memory benchmark (quick CPU mode without a GPU)
 	$(PY) -m halo_lab.bench $(ARGS)
