@@ -95,7 +95,7 @@ class Attention(nn.Module):
             if self.arch == "dense":
                 y = attn.dense_attention(q, k, v)
             else:
-                backend = attn.resolve_backend(cfg, x.device)
+                backend = attn.resolve_backend(cfg, x.device, T)
                 y = attn.halo_attention(q, k, v, cfg, self.layer, step, backend)
         else:  # decoding: the new positions attend into the cache
             start = cache.length
@@ -385,10 +385,12 @@ class _CausalLM(nn.Module):
             idx = graph.full_neighbor_index(c, 0, graph.EVAL_STEP, seq_len, "cpu")
             edges = float((idx >= 0).sum())
             global_edges = float(G * seq_len + G * (G + 1) / 2)
-            backend = backend or attn.resolve_backend(c, torch.device("cpu"))
+            backend = backend or attn.resolve_backend(c, torch.device("cpu"), L)
             if backend == "flex":
                 layout = graph.block_layout(c, 0, graph.EVAL_STEP, seq_len, "cpu")
                 kernel_edges = layout.computed_blocks * c.graph_block_size**2
+            elif backend == "masked":
+                kernel_edges = L * (L + 1) / 2  # SDPA with a boolean mask does the causal triangle's work
             else:
                 kernel_edges = float(idx.numel())
         proj = 2 * L * c.hidden_size * (2 * c.num_heads * d + 2 * c.num_kv_heads * d)

@@ -43,7 +43,7 @@ def grad_ctx(backend):
 # ------------------------------------------------------------------------------------ causality
 
 
-@pytest.mark.parametrize("backend", ["reference", "flex", "hybrid", "dense"])
+@pytest.mark.parametrize("backend", ["reference", "masked", "flex", "hybrid", "dense"])
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("n", [5, 77, 150])
 @pytest.mark.parametrize("mode", ["block", "token"])
@@ -103,9 +103,22 @@ def test_flex_matches_reference(mode, trial):
     step = int(torch.randint(0, 1000, (1,), generator=gen))
     ref = attn.reference_attention(q, k, v, c, 1, step)
     with torch.no_grad():
-        for backend in ("flex", "hybrid"):
+        for backend in ("masked", "flex", "hybrid"):
             fast = attn.halo_attention(q, k, v, c, 1, step, backend)
             assert (fast - ref).norm() / ref.norm() < 1e-5, backend
+
+
+@pytest.mark.parametrize("mode", ["block", "token"])
+def test_masked_backend_gradients_match_reference(mode):
+    c = small(random_edges=mode, graph_seed=4)
+    L = 230 + c.num_globals
+    ins = [torch.randn(2, h, L, 8, dtype=torch.float64, requires_grad=True) for h in (4, 2, 2)]
+    ref = attn.reference_attention(*ins, c, 3, 17)
+    out = attn.masked_attention(*ins, c, 3, 17)
+    assert torch.allclose(out, ref, atol=1e-10)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, ins, g), torch.autograd.grad(ref, ins, g)):
+        assert torch.allclose(a, b, atol=1e-10)
 
 
 @pytest.mark.parametrize("mode", ["block", "token"])
@@ -145,7 +158,7 @@ def dense_graph_config(n: int) -> HaloConfig:
     return small(num_globals=0, local_window=n, dilated_offsets=[], num_random=0)
 
 
-@pytest.mark.parametrize("backend", ["reference", "flex", "hybrid"])
+@pytest.mark.parametrize("backend", ["reference", "masked", "flex", "hybrid"])
 def test_graph_covering_everything_equals_dense_sdpa(backend):
     n = 50
     c = dense_graph_config(n)
@@ -206,7 +219,8 @@ def test_flex_gradients_match_reference_cuda(mode):
 
 def test_auto_backend_falls_back_on_cpu():
     c = small(attention_backend="auto")
-    assert attn.resolve_backend(c, torch.device("cpu")) == "reference"
+    assert attn.resolve_backend(c, torch.device("cpu"), 300) == "masked"
+    assert attn.resolve_backend(c, torch.device("cpu"), attn.MASKED_MAX_LEN + 1) == "reference"
     model = halo("flex")
     x = torch.randint(0, 64, (1, 40))
     with warnings.catch_warnings():
