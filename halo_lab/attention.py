@@ -113,6 +113,20 @@ def masked_attention(q, k, v, config: HaloConfig, layer: int, step: int) -> torc
 # ------------------------------------------------------------------------------------ flex
 
 
+def to_block_mask(layout: graph.BlockLayout, mask_mod) -> BlockMask:
+    """A FlexAttention BlockMask from a tile layout; mask_mod runs only on the partial tiles."""
+    L = layout.seq_len
+    return BlockMask.from_kv_blocks(
+        layout.kv_num_blocks[None, None],
+        layout.kv_indices[None, None],
+        layout.full_kv_num_blocks[None, None],
+        layout.full_kv_indices[None, None],
+        BLOCK_SIZE=layout.block_size,
+        mask_mod=mask_mod,
+        seq_lengths=(L, L),
+    )
+
+
 class FlexGraphMask:
     """A BlockMask for one (layer, length, device), rebuilt in place when the training step changes.
 
@@ -156,18 +170,9 @@ class FlexGraphMask:
                 table = torch.full_like(self.rand_table, -1)
                 table[self.unit_of_pos] = raw  # block mode: the rows of one unit are identical
                 self.rand_table.copy_(table)
-            layout = graph.block_layout(cfg, self.layer, step, N, self.device)
-            L = layout.seq_len
-            self.block_mask = BlockMask.from_kv_blocks(
-                layout.kv_num_blocks[None, None],
-                layout.kv_indices[None, None],
-                layout.full_kv_num_blocks[None, None],
-                layout.full_kv_indices[None, None],
-                BLOCK_SIZE=layout.block_size,
-                mask_mod=self.mask_mod,
-                seq_lengths=(L, L),
-            )
-            self.layout, self.step = layout, step
+            self.layout = graph.block_layout(cfg, self.layer, step, N, self.device)
+            self.block_mask = to_block_mask(self.layout, self.mask_mod)
+            self.step = step
         return self.block_mask
 
 
@@ -247,17 +252,8 @@ class WindowMask:
             text_key = (kv_idx >= G) & (q_idx - kv_idx < W)
             return (kv_idx <= q_idx) & torch.where(q_idx >= G, text_key, kv_idx < G)
 
-        L = layout.seq_len
         self.layout = layout
-        self.block_mask = BlockMask.from_kv_blocks(
-            layout.kv_num_blocks[None, None],
-            layout.kv_indices[None, None],
-            layout.full_kv_num_blocks[None, None],
-            layout.full_kv_indices[None, None],
-            BLOCK_SIZE=layout.block_size,
-            mask_mod=mask_mod,
-            seq_lengths=(L, L),
-        )
+        self.block_mask = to_block_mask(layout, mask_mod)
 
 
 _window_masks: dict[tuple, WindowMask] = {}
