@@ -1,0 +1,76 @@
+"""make bench's CPU mode end to end at a tiny size (the real CPU mode takes about a minute: not in CI)."""
+
+import json
+
+import pytest
+import torch
+
+from halo_lab import bench
+
+
+def tiny_spec() -> dict:
+    model = {
+        "vocab_size": 64,
+        "hidden_size": 32,
+        "num_layers": 1,
+        "num_heads": 2,
+        "num_kv_heads": 1,
+        "dropout": 0.0,
+    }
+    return {
+        "mode": "cpu",
+        "dtype": "bf16",
+        "parts": ["attention", "train", "decode"],
+        "check": True,
+        "warmup": 1,
+        "repeats": 2,
+        "cpu": {
+            "attention": {
+                "seq_lens": [128],
+                "tokens": 256,
+                "heads": 2,
+                "kv_heads": 1,
+                "head_dim": 16,
+                "backends": ["dense", "reference"],
+                "reference_max_len": 128,
+            },
+            "train": {"seq_lens": [128], "tokens": 256, "model": model},
+            "decode": {"contexts": [64], "new_tokens": 4, "cuda_graph": False, "model": model},
+        },
+    }
+
+
+def test_cpu_bench_writes_table_json_and_plot(tmp_path, capsys):
+    result = bench.run(tiny_spec(), tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["rows"] == result["rows"] and (tmp_path / "bench.png").stat().st_size > 0
+    parts = {(r["part"], r["variant"]) for r in result["rows"]}
+    assert {
+        ("attention", "dense"),
+        ("attention", "reference"),
+        ("train_step", "halo"),
+        ("decode", "halo"),
+    } <= parts
+    dense_rows = [r for r in result["rows"] if r["variant"] == "dense"]
+    assert all(r["ratio_to_dense"] == 1.0 for r in dense_rows)
+    assert max(result["check"].values()) < 1e-4
+    assert "x dense" in capsys.readouterr().out
+
+
+def test_check_backends_catches_a_wrong_backend(monkeypatch):
+    real = bench.attn.halo_attention
+
+    def off_by_one_step(q, k, v, config, layer, step, backend):
+        return real(q, k, v, config, layer, step + 1, backend)  # another step: other random edges
+
+    monkeypatch.setattr(bench.attn, "halo_attention", off_by_one_step)
+    errors = bench.check_backends(torch.device("cpu"), torch.float32, n=300)
+    assert max(errors.values()) > 1e-3
+
+
+def test_estimate_flops_public_helper():
+    flops = bench.estimate_flops({"hidden_size": 64, "num_heads": 4, "num_kv_heads": 2}, 512)
+    dense = bench.estimate_flops({"hidden_size": 64, "num_heads": 4, "num_kv_heads": 2}, 512, arch="dense")
+    assert 0 < flops["attention"] < dense["attention"]
+    with pytest.raises(ValueError):
+        bench.estimate_flops({"hidden_size": 64}, 512, arch="sparse")
