@@ -317,6 +317,7 @@ def _markdown_runs_table(runs: list[Run]) -> list[str]:
     out_header = [
         "variant",
         "seq len",
+        "batch",
         "seed",
         "params",
         "steps",
@@ -339,6 +340,7 @@ def _markdown_runs_table(runs: list[Run]) -> list[str]:
         cells = [
             v["variant"],
             _f(v["seq_len"], "{}"),
+            _f(r.m("batch_size"), "{}"),
             _f(v["seed"], "{}"),
             _params(v["params"]),
             _f(v["steps"], "{}"),
@@ -588,6 +590,7 @@ def plot_throughput_memory(task: str, runs: list[Run], out: Path) -> Path | None
             xs = sorted(pts)
             if xs:
                 ax.plot(xs, [statistics.mean(pts[x]) for x in xs], "o-", color=colors[label], label=label)
+        ax.set_ylim(bottom=0)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted({r.seq_len for r in runs}))
         ax.get_xaxis().set_major_formatter("{x:.0f}")
@@ -766,7 +769,7 @@ def log_to_wandb(groups: dict[str, list[Run]], images: dict[str, list[Path]], sw
             table = wandb.Table(columns=header, data=[[_wb_cell(v) for v in row] for row in rows])
             payload: dict[str, Any] = {"summary": table}
             for p in images.get(task, []):
-                payload[p.stem.removeprefix(f"{task}_")] = wandb.Image(str(p))
+                payload[f"plots/{p.stem.removeprefix(f'{task}_')}"] = wandb.Image(str(p))
             run.log(payload)
         finally:
             run.finish()

@@ -1,0 +1,320 @@
+"""halo_lab.report on hand-made sweep directories (fast): tables, numbers, plots, failed jobs, W&B table,
+the Hydra callback, and clear errors on empty or foreign directories."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+
+from halo_lab import report
+from halo_lab.report import ReportError, SweepReport, build_report, find_runs, main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def make_job(
+    sweep: Path,
+    overrides: list[str],
+    metrics: dict | None,
+    task: str = "baseline",
+    history: list[dict] | None = None,
+    choices: dict | None = None,
+) -> Path:
+    """A job directory laid out like the runner's: .hydra/{config,hydra,overrides}.yaml, metrics.json,
+    history.jsonl."""
+    job = sweep / (",".join(sorted(overrides)) or "default")
+    (job / ".hydra").mkdir(parents=True)
+    cfg = {"task_name": task, "model": {"arch": "halo", "hidden_size": 32}, "seed": 0}
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    hydra = {"hydra": {"runtime": {"choices": choices or {"model": "halo_tiny", "data": "shakespeare"}}}}
+    (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps({"status": "ok", "task_name": task, **metrics}))
+    if history:
+        (job / "history.jsonl").write_text("\n".join(json.dumps(h) for h in history) + "\n{broken")
+    return job
+
+
+def metrics(arch: str, val_loss: float, tps: float, seq_len: int = 256, **extra) -> dict:
+    return {
+        "val_loss": val_loss,
+        "val_ppl": math.exp(val_loss),
+        "val_bpt": val_loss / math.log(2),
+        "params": 400_000,
+        "steps": 100,
+        "tokens_per_sec": tps,
+        "peak_mem_mb": 500.0,
+        "peak_mem_kind": "cpu_peak_rss",
+        "wall_time_s": 60.0,
+        "arch": arch,
+        "ablation": extra.pop("ablation", "full"),
+        "seed": extra.pop("seed", 0),
+        "seq_len": seq_len,
+        "batch_size": 8,
+        "device": "cpu",
+        "precision": "32-true",
+        "world_size": 1,
+        "model_config": {"hidden_size": 128, "num_layers": 2, "local_window": 64, "num_globals": 2},
+        **extra,
+    }
+
+
+def history(final: float) -> list[dict]:
+    rows = [{"step": s, "epoch": 0, "train/loss": final + 1.0 / s} for s in range(10, 101, 10)]
+    rows += [{"step": s, "stage": "train", "val/loss": final + 0.5 / s} for s in (50, 100)]
+    return rows
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    root = tmp_path / "multirun" / "baseline" / "2026-01-01_00-00-00"
+    for n in (256, 1024):
+        make_job(
+            root,
+            ["model.arch=halo", f"data.seq_len={n}"],
+            metrics("halo", 1.50, 9000.0, n),
+            history=history(1.5),
+        )
+        make_job(
+            root,
+            ["model.arch=dense", f"data.seq_len={n}"],
+            metrics("dense", 1.40, 12000.0 if n == 256 else 6000.0, n),
+            history=history(1.4),
+        )
+    make_job(root, ["model.arch=halo", "data.seq_len=4096"], None)  # a job that failed
+    (root / "multirun.yaml").write_text(
+        yaml.safe_dump({"hydra": {"overrides": {"task": ["+experiment=baseline"]}}})
+    )
+    return root
+
+
+def table_rows(md: str) -> list[list[str]]:
+    return [
+        [c.strip() for c in line.strip("|").split("|")] for line in md.splitlines() if line.startswith("| ")
+    ]
+
+
+def test_report_tables_numbers_and_plots(sweep, tmp_path):
+    out = tmp_path / "out"
+    path = build_report(sweep, out)
+    assert path == out / "report.md"
+    md = path.read_text()
+    assert "## baseline" in md and "Command: `python -m halo_lab.train -m +experiment=baseline`" in md
+    assert "4 finished, **1 failed or unfinished**" in md
+    assert "`data.seq_len=4096,model.arch=halo`" in md  # the failed job is listed by name
+    rows = table_rows(md)
+    header = rows[0]
+    body = {(r[0], r[1]): dict(zip(header, r)) for r in rows[2:] if len(r) == len(header)}
+    assert set(body) == {("HALO-S", "256"), ("dense", "256"), ("HALO-S", "1024"), ("dense", "1024")}
+    halo = body[("HALO-S", "1024")]
+    assert halo["val loss"] == "1.5000" and halo["bits/token"] == f"{1.5 / math.log(2):.4f}"
+    assert halo["Δ loss vs dense"] == "+0.1000"  # against dense at the same length
+    assert halo["speed vs dense"] == "1.50x" and body[("HALO-S", "256")]["speed vs dense"] == "0.75x"
+    assert halo["tokens/s"] == "9,000" and halo["params"] == "0.40M"
+    assert body[("dense", "256")]["Δ loss vs dense"] == "–"
+    # Rows sorted by length, HALO-S before dense.
+    assert [r[0] for r in rows[2:6]] == ["HALO-S", "dense", "HALO-S", "dense"]
+    for name in ("baseline_loss.png", "baseline_throughput_memory.png", "baseline_summary.png"):
+        assert (out / name).read_bytes()[:8] == PNG
+        assert f"]({name})" in md
+    assert not (out / "baseline_accuracy_by_distance.png").exists()  # no needle runs
+    assert not (sweep / "report.md").exists()  # --out respected
+
+
+def test_report_defaults_to_the_sweep_directory_and_ignores_its_own_files(sweep):
+    build_report(sweep)
+    assert (sweep / "report.md").is_file()
+    build_report(sweep)  # plots and report.md in the sweep directory are not runs
+    assert len(find_runs(sweep)) == 5
+
+
+def test_needle_accuracy_by_distance_and_seed_statistics(tmp_path):
+    root = tmp_path / "needle"
+    accs = {"halo": [0.9, 0.4], "dense": [1.0, 0.95], "halo:local_only": [0.9, 0.1]}
+    for seed in (0, 1):
+        for variant, (near, far) in accs.items():
+            arch, _, abl = variant.partition(":")
+            by_d = {"16": near, "240": far - 0.05 * seed}
+            make_job(
+                root,
+                [f"variant={variant.replace(':', '_')}", f"seed={seed}"],
+                metrics(
+                    arch,
+                    1.0,
+                    5000.0,
+                    ablation=abl or "full",
+                    seed=seed,
+                    val_acc=sum(by_d.values()) / 2,
+                    val_acc_by_distance=by_d,
+                ),
+                task="needle",
+            )
+    md = build_report(root, plots=True).read_text()
+    assert "Needle accuracy by distance" in md
+    acc_rows = {
+        (r[0], r[1]): r
+        for r in table_rows(md)
+        if len(r) == 5 and r[0] in ("HALO-S", "dense", "HALO-S local_only")
+    }
+    assert acc_rows[("HALO-S local_only", "1")][2:] == ["0.475", "0.900", "0.050"]
+    assert "Mean ± standard deviation over seeds" in md
+    seed_row = next(r for r in table_rows(md) if r[0] == "dense" and r[2] == "2")
+    accs_dense = [(1.0 + 0.95) / 2, (1.0 + 0.90) / 2]
+    assert seed_row[-1] == f"{statistics.mean(accs_dense):.3f} ± {statistics.stdev(accs_dense):.3f}"
+    assert (root / "needle_accuracy_by_distance.png").read_bytes()[:8] == PNG
+
+
+def test_extra_swept_override_goes_into_the_variant_label(tmp_path):
+    root = tmp_path / "s"
+    for lr in ("1e-3", "3e-3"):
+        make_job(root, ["model.arch=halo", f"optimizer.lr={lr}"], metrics("halo", 1.0, 1.0))
+    md = build_report(root, plots=False).read_text()
+    assert "HALO-S [optimizer.lr=1e-3]" in md and "HALO-S [optimizer.lr=3e-3]" in md
+    assert not list(root.glob("*.png"))
+
+
+def test_ablation_reference_is_the_full_graph(tmp_path):
+    root = tmp_path / "ablation"
+    for abl, loss in (("full", 1.2), ("local_only", 1.5)):
+        make_job(root, [f"ablation={abl}"], metrics("halo", loss, 1000.0, ablation=abl), task="ablation")
+    rows = table_rows(build_report(root, plots=False).read_text())
+    header = rows[0]
+    local = dict(zip(header, next(r for r in rows if r[0] == "HALO-S local_only")))
+    assert local["Δ loss vs HALO-S"] == "+0.3000"
+
+
+# ---------------------------------------------------------------------------------------------- errors
+def test_missing_empty_and_file_paths_fail_clearly(tmp_path, capsys):
+    with pytest.raises(ReportError, match="no such directory"):
+        build_report(tmp_path / "nope")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ReportError, match="no runs found"):
+        build_report(empty)
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    with pytest.raises(ReportError, match="not a directory"):
+        build_report(f)
+    assert main([str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert "halo_lab.report: error:" in err and "no runs found" in err
+    assert not (empty / "report.md").exists()
+
+
+def test_foreign_directory_fails_clearly(tmp_path):
+    other = tmp_path / "other_app" / "job0" / ".hydra"
+    other.mkdir(parents=True)
+    (other / "config.yaml").write_text(yaml.safe_dump({"db": {"driver": "mysql"}}))
+    (other.parent / "metrics.json").write_text("{}")
+    with pytest.raises(ReportError, match="not a halo_lab sweep directory"):
+        build_report(tmp_path / "other_app")
+    # A directory of unrelated files: no runs at all.
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("hello")
+    with pytest.raises(ReportError, match="no runs found"):
+        build_report(junk)
+
+
+def test_cli_writes_the_report(sweep, tmp_path, capsys):
+    assert main([str(sweep), "--out", str(tmp_path / "cli"), "--no-plots", "--wandb", "off"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "cli" / "report.md")
+    assert not list((tmp_path / "cli").glob("*.png"))
+
+
+# ---------------------------------------------------------------------------------------------- W&B
+class FakeWandb(types.ModuleType):
+    def __init__(self):
+        super().__init__("wandb")
+        self.runs = []
+
+    class Table:
+        def __init__(self, columns, data):
+            self.columns, self.data = columns, data
+
+    class Image:
+        def __init__(self, path):
+            self.path = path
+
+    def init(self, **kw):
+        run = types.SimpleNamespace(kw=kw, logged=[], finished=False)
+        run.log = run.logged.append
+        run.finish = lambda: setattr(run, "finished", True)
+        self.runs.append(run)
+        return run
+
+
+def test_wandb_summary_table(sweep, tmp_path, monkeypatch):
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    build_report(sweep, tmp_path / "o", wandb="auto")
+    (run,) = fake.runs
+    assert run.finished and run.kw["mode"] == "offline" and run.kw["group"] == "baseline"
+    assert run.kw["job_type"] == "report" and run.kw["dir"] == str(sweep)
+    (payload,) = run.logged
+    table = payload["summary"]
+    assert table.columns[:3] == ["variant", "seq_len", "seed"] and len(table.data) == 5
+    row = dict(zip(table.columns, table.data[0]))
+    assert (
+        row["variant"] == "HALO-S"
+        and row["val_loss"] == 1.5
+        and row["delta_val_loss_vs_ref"] == pytest.approx(0.1)
+    )
+    assert set(payload) == {"summary", "plots/loss", "plots/throughput_memory", "plots/summary"}
+    assert isinstance(payload["plots/loss"], FakeWandb.Image)
+
+
+def test_wandb_respects_disabled_mode_and_off(sweep, tmp_path, monkeypatch):
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    build_report(sweep, tmp_path / "a", wandb="auto", plots=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    build_report(sweep, tmp_path / "b", wandb="off", plots=False)
+    assert fake.runs == []
+    with pytest.raises(ReportError, match="--wandb"):
+        build_report(sweep, tmp_path / "c", wandb="sometimes", plots=False)
+
+
+# ---------------------------------------------------------------------------------------------- callback
+def _hydra_cfg(sweep_dir: Path, mode: str = "MULTIRUN"):
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}, "mode": mode}})
+    cfg.hydra.mode = RunMode[mode]
+    return cfg
+
+
+def test_callback_claims_a_fresh_sweep_directory_and_refuses_an_existing_one(tmp_path):
+    cb = SweepReport(wandb="off")
+    fresh = tmp_path / "multirun" / "x" / "t1"
+    cb.on_multirun_start(_hydra_cfg(fresh))
+    assert fresh.is_dir()
+    # A second launch in the same second gets the same name: refused instead of mixing two sweeps.
+    with pytest.raises(RuntimeError, match="already exists"):
+        cb.on_multirun_start(_hydra_cfg(fresh))
+
+
+def test_callback_reports_after_each_job_and_never_fails_the_sweep(sweep, tmp_path, monkeypatch):
+    cb = SweepReport(wandb="off")
+    cb.on_job_end(_hydra_cfg(sweep), job_return=None)
+    assert (sweep / "report.md").is_file()
+    single = tmp_path / "single"
+    cb.on_job_end(_hydra_cfg(single, mode="RUN"), job_return=None)  # single runs: nothing to do
+    assert not single.exists()
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(report, "build_report", boom)
+    cb.on_multirun_end(_hydra_cfg(sweep))  # logs a warning, does not raise
