@@ -638,13 +638,20 @@ def plot_summary(task: str, runs: list[Run], out: Path) -> Path | None:
 
 
 # ---------------------------------------------------------------------------------------------- report
-def _command(sweep_dir: Path) -> str | None:
-    """The command that made the sweep, from Hydra's multirun.yaml (None for a single run)."""
-    cfg = _read_yaml(sweep_dir / "multirun.yaml")
-    if not isinstance(cfg, dict):
-        return None
-    overrides = ((cfg.get("hydra") or {}).get("overrides") or {}).get("task") or []
-    return "python -m halo_lab.train -m " + " ".join(str(o) for o in overrides)
+def _commands(sweep_dir: Path, runs: list[Run]) -> list[str]:
+    """The commands that made the sweep(s), from Hydra's multirun.yaml next to the job directories (a
+    directory holding several sweeps of one experiment lists each)."""
+    roots = sorted({r.path.parent for r in runs} | {sweep_dir})
+    out = []
+    for root in roots:
+        cfg = _read_yaml(root / "multirun.yaml")
+        if not isinstance(cfg, dict):
+            continue
+        overrides = ((cfg.get("hydra") or {}).get("overrides") or {}).get("task") or []
+        cmd = "python -m halo_lab.train -m " + " ".join(str(o) for o in overrides)
+        rel = root.relative_to(sweep_dir) if root != sweep_dir else None
+        out.append(f"`{cmd}`" + (f" (`{rel}`)" if rel is not None and len(roots) > 1 else ""))
+    return out
 
 
 def build_report(
@@ -668,9 +675,11 @@ def build_report(
         + (f", **{len(runs) - n_ok} failed or unfinished**" if n_ok < len(runs) else "")
         + ".",
     ]
-    cmd = _command(sweep_dir)
-    if cmd:
-        lines += ["", f"Command: `{cmd}`"]
+    cmds = _commands(sweep_dir, runs)
+    if len(cmds) == 1:
+        lines += ["", f"Command: {cmds[0]}"]
+    elif cmds:
+        lines += ["", "Commands:", ""] + [f"- {c}" for c in cmds] + [""]
     lines += [
         f"Report: `python -m halo_lab.report {sweep_dir}"
         + (f" --out {out}" if out_dir is not None else "")

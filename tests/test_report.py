@@ -318,3 +318,28 @@ def test_callback_reports_after_each_job_and_never_fails_the_sweep(sweep, tmp_pa
 
     monkeypatch.setattr(report, "build_report", boom)
     cb.on_multirun_end(_hydra_cfg(sweep))  # logs a warning, does not raise
+
+
+def test_a_directory_of_several_sweeps_lists_each_command_and_pools_seeds(tmp_path):
+    parent = tmp_path / "multirun" / "ablation_cpu"
+    for stamp, seed in (("2026-01-01_00-00-00", 0), ("2026-01-01_01-00-00", 1)):
+        sweep = parent / stamp
+        for abl, loss in (("full", 1.20 + seed / 100), ("local_only", 1.10 + seed / 50)):
+            make_job(
+                sweep,
+                [f"ablation={abl}"] + ([f"seed={seed}"] if seed else []),
+                metrics("halo", loss, 1000.0, ablation=abl, seed=seed),
+                task="ablation_cpu",
+            )
+        task = ["+experiment=ablation_cpu"] + ([f"seed={seed}"] if seed else [])
+        (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": task}}}))
+    md = build_report(parent, plots=False).read_text()
+    assert "- `python -m halo_lab.train -m +experiment=ablation_cpu` (`2026-01-01_00-00-00`)" in md
+    assert "- `python -m halo_lab.train -m +experiment=ablation_cpu seed=1` (`2026-01-01_01-00-00`)" in md
+    rows = table_rows(md)
+    # seed is its own column, not part of the variant label; the Δ compares within a seed.
+    header = rows[0]
+    local = [dict(zip(header, r)) for r in rows if r[0] == "HALO-S local_only" and len(r) == len(header)]
+    assert {(r["seed"], r["Δ loss vs HALO-S"]) for r in local} == {("0", "-0.1000"), ("1", "-0.0900")}
+    seed_row = next(r for r in rows if r[0] == "HALO-S local_only" and r[2] == "2")
+    assert seed_row[3] == f"{statistics.mean([1.10, 1.12]):.4f} ± {statistics.stdev([1.10, 1.12]):.4f}"
