@@ -822,10 +822,14 @@ class SweepReport(_HydraCallback):
         try:
             sweep.mkdir(parents=True, exist_ok=False)  # atomic: exactly one launch owns the directory
         except FileExistsError:
-            raise RuntimeError(
+            msg = (
                 f"sweep directory {sweep} already exists (another sweep started in the same second?): "
                 "refusing to write into it; start again or pass hydra.sweep.dir=<a new directory>"
-            ) from None
+            )
+            log.error(msg)
+            print(f"halo_lab: error: {msg}", file=sys.stderr, flush=True)
+            # SystemExit, not an exception: Hydra turns a callback's exception into a warning and goes on.
+            raise SystemExit(1) from None
 
     def _report(self, config: Any, wandb: str) -> None:
         from hydra.types import RunMode

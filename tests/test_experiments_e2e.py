@@ -135,9 +135,10 @@ def test_failed_job_leaves_the_others_and_separate_wandb_runs(tmp_path, tarball)
     assert proc.returncode != 0
     (sweep,) = _sweeps(tmp_path, "baseline_tiny")
     ok = {p.parent.name for p in sweep.glob("*/metrics.json")}
-    assert ok == {"data.seq_len=64,model.arch=halo", "data.seq_len=64,model.arch=dense"}
-    failed = {p.name for p in sweep.iterdir() if p.is_dir()} - ok
-    assert failed == {"data.seq_len=128,model.arch=halo", "data.seq_len=128,model.arch=dense"}
+    name = "data.seq_len={},model.arch={},model.max_seq_len=64"
+    assert ok == {name.format(64, "halo"), name.format(64, "dense")}
+    failed = {p.name for p in sweep.iterdir() if p.is_dir()} - ok - {"wandb"}
+    assert failed == {name.format(128, "halo"), name.format(128, "dense")}
     ids = set()
     for job in ok:
         runs = list((sweep / job / "wandb").glob("offline-run-*"))
@@ -149,7 +150,7 @@ def test_failed_job_leaves_the_others_and_separate_wandb_runs(tmp_path, tarball)
     # The report written after the last job lists the failures.
     md = (sweep / "report.md").read_text()
     assert "2 finished, **2 failed or unfinished**" in md
-    assert "`data.seq_len=128,model.arch=dense`" in md
+    assert f"`{name.format(128, 'dense')}`" in md
 
 
 def test_rerun_never_overwrites_an_earlier_sweep(tmp_path, tarball):
