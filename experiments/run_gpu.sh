@@ -8,7 +8,7 @@
 #   bash experiments/run_gpu.sh [OUT_ROOT]   then   python -m halo_lab.report OUT_ROOT/baseline  (etc.)
 # Throughput and memory in such reports are measured while other jobs share the GPU: not benchmarks
 # (those are in experiments/bench/).
-set -u
+set -u -f  # -f: no globbing, so list overrides like data.distances=[16,64] pass as written
 ROOT=${1:-outputs/gpu}
 NGPU=${NGPU:-$(nvidia-smi -L 2>/dev/null | wc -l)}
 [ "$NGPU" -ge 1 ] || { echo "run_gpu.sh: no GPU visible (nvidia-smi -L); set NGPU to run anyway"; exit 2; }
@@ -19,27 +19,38 @@ MAX_TIME=${MAX_TIME:-00:00:07:30}
 DEVICE=${DEVICE:-h100}
 COMMON="device=$DEVICE device.compile=false logger=csv ~hydra.callbacks.report +trainer.max_time=$MAX_TIME"
 STEPS=${STEPS:-2000}
-NEEDLE_STEPS=${NEEDLE_STEPS:-2000}
+NEEDLE_STEPS=${NEEDLE_STEPS:-2500}
 EXTRA=${EXTRA:-}
 PYTHON=${PYTHON:-python3}
 # Only the jobs whose overrides match this regex, e.g. ONLY=experiment=needle.
 ONLY=${ONLY:-.}
 
+# SEEDS for baseline / ablation, NEEDLE_SEEDS for the needle; TAG prefixes the job folders so a second
+# call (other seeds) can write next to the first.
+SEEDS=${SEEDS:-0}
+NEEDLE_SEEDS=${NEEDLE_SEEDS:-0}
+TAG=${TAG:-}
 JOBS=()
-for arch in halo dense; do
-  for n in 256 1024 4096; do
-    JOBS+=("baseline|+experiment=baseline model.arch=$arch data.seq_len=$n trainer.max_steps=$STEPS")
+for s in $SEEDS; do
+  for arch in halo dense; do
+    for n in 256 1024 4096; do
+      JOBS+=("baseline|+experiment=baseline model.arch=$arch data.seq_len=$n trainer.max_steps=$STEPS seed=$s")
+    done
+    # The reference's "medium" point, about 20M parameters at 1024 tokens: halo_medium (30.7M) at 5 layers.
+    JOBS+=("baseline|+experiment=baseline model=halo_medium model.num_layers=5 model.arch=$arch data.seq_len=1024 trainer.max_steps=$STEPS seed=$s")
   done
-  # The reference's "medium" point, about 20M parameters at 1024 tokens: halo_medium (30.7M) at 5 layers.
-  JOBS+=("baseline|+experiment=baseline model=halo_medium model.num_layers=5 model.arch=$arch data.seq_len=1024 trainer.max_steps=$STEPS")
-done
-for ab in full no_globals no_dilated no_random local_only; do
-  for n in 256 4096; do
-    JOBS+=("ablation|+experiment=ablation ablation=$ab data.seq_len=$n trainer.max_steps=$STEPS")
+  for ab in full no_globals no_dilated no_random local_only; do
+    for n in 256 4096; do
+      JOBS+=("ablation|+experiment=ablation ablation=$ab data.seq_len=$n trainer.max_steps=$STEPS seed=$s")
+    done
   done
 done
-for v in halo dense local_only; do
-  JOBS+=("needle|+experiment=needle variant=$v trainer.max_steps=$NEEDLE_STEPS data.num_workers=2")
+for s in $NEEDLE_SEEDS; do
+  for v in halo dense local_only; do
+    JOBS+=("needle|+experiment=needle variant=$v trainer.max_steps=$NEEDLE_STEPS data.num_workers=2 seed=$s")
+    # The same task at 1024 tokens: where the sweep at 4096 is too hard to learn in these steps.
+    JOBS+=("needle|+experiment=needle variant=$v data.seq_len=1024 data.batch_size=32 data.distances=[16,64,256,512,768,1000] trainer.max_steps=$NEEDLE_STEPS data.num_workers=2 seed=$s")
+  done
 done
 
 SELECTED=()
@@ -55,7 +66,7 @@ for i in "${!JOBS[@]}"; do
   echo "job $i gpu $gpu: $PYTHON -m halo_lab.train -m $args $COMMON $EXTRA"
   # shellcheck disable=SC2086
   CUDA_VISIBLE_DEVICES=$gpu timeout -k 15 "$JOB_TIMEOUT" "$PYTHON" -m halo_lab.train -m $args $COMMON $EXTRA \
-    "hydra.sweep.dir=$ROOT/$exp/job$(printf %02d "$i")" >"$ROOT/logs/job$(printf %02d "$i").log" 2>&1 &
+    "hydra.sweep.dir=$ROOT/$exp/${TAG}job$(printf %02d "$i")" >"$ROOT/logs/${TAG}job$(printf %02d "$i").log" 2>&1 &
   pids+=($!)
 done
 fail=0

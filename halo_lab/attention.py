@@ -59,6 +59,25 @@ def resolve_backend(config: HaloConfig, device: torch.device, seq_len: int | Non
 
 
 _warned: set[str] = set()
+_compile_failed: set[tuple] = set()  # (backend, dtype, q shape, kv heads, device type) that did not compile
+
+
+def _compile_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = []
+    try:
+        from torch._dynamo.exc import BackendCompilerFailed
+
+        errors.append(BackendCompilerFailed)
+    except ImportError:  # pragma: no cover - old torch
+        pass
+    import torch._inductor.exc as inductor_exc
+
+    # InductorError wraps lowering failures in recent torch ("LoweringException: NoValidChoicesError: ..")
+    errors += [getattr(inductor_exc, n) for n in ("InductorError", "LoweringException") if hasattr(inductor_exc, n)]
+    return tuple(errors)
+
+
+_COMPILE_ERRORS = _compile_errors()
 
 
 def _warn_once(message: str) -> None:
@@ -329,9 +348,22 @@ def halo_attention(q, k, v, config: HaloConfig, layer: int, step: int, backend: 
         if q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
             _warn_once("FlexAttention has no backward on CPU: using the reference backend for this pass")
             return reference_attention(q, k, v, config, layer, step)
-        if backend == "hybrid":
-            return hybrid_attention(q, k, v, config, layer, step)
-        return flex_graph_attention(q, k, v, config, layer, step)
+        key = (backend, q.dtype, tuple(q.shape[1:]), k.shape[1], q.device.type)
+        if key not in _compile_failed:
+            try:
+                if backend == "hybrid":
+                    return hybrid_attention(q, k, v, config, layer, step)
+                return flex_graph_attention(q, k, v, config, layer, step)
+            except _COMPILE_ERRORS as e:
+                # Inductor can find no kernel for some shapes/dtypes (seen: float32 prefill, 8 query heads
+                # on 2 KV heads, H200). Same function, another backend; never retry the failed compile.
+                _compile_failed.add(key)
+                _warn_once(
+                    f"attention_backend={backend} failed to compile for {q.dtype} q{tuple(q.shape)} "
+                    f"({type(e).__name__}): using the masked/reference backend for this shape"
+                )
+        fallback = "masked" if q.shape[2] <= MASKED_MAX_LEN else "reference"
+        return halo_attention(q, k, v, config, layer, step, fallback)
     if backend == "reference":
         return reference_attention(q, k, v, config, layer, step)
     if backend == "masked":

@@ -144,6 +144,30 @@ def test_two_path_split_partitions_the_graph_values_and_gradients(mode):
         assert not a.isnan().any() and torch.allclose(a, b, atol=1e-10)
 
 
+@pytest.mark.parametrize("backend", ["flex", "hybrid"])
+def test_compile_failure_falls_back_to_an_exact_backend_once(backend, monkeypatch):
+    # Inductor can find no kernel for a shape (seen on an H200: float32 prefill, 8 heads on 2 KV heads).
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise torch._inductor.exc.InductorError(RuntimeError("NoValidChoicesError"), None)
+
+    monkeypatch.setattr(attn, f"{backend}_attention" if backend == "hybrid" else "flex_graph_attention", broken)
+    monkeypatch.setattr(attn, "_compile_failed", set())
+    c = small()
+    q, k, v = (torch.randn(1, 4, 50 + c.num_globals, 8) for _ in range(3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.no_grad():
+            out = attn.halo_attention(q, k, v, c, 0, -1, backend)
+            again = attn.halo_attention(q, k, v, c, 0, -1, backend)
+    ref = attn.reference_attention(q, k, v, c, 0, -1)
+    assert torch.allclose(out, ref, atol=1e-5) and torch.allclose(again, ref, atol=1e-5)
+    assert len(calls) == 1, "a failed compile must not be retried for the same shape"
+    assert any("failed to compile" in str(w.message) for w in caught)
+
+
 def test_flex_mask_updates_with_step():
     c = small(random_edges="token")
     q = torch.randn(1, 4, 202, 8)
