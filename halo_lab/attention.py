@@ -73,7 +73,9 @@ def _compile_errors() -> tuple[type[BaseException], ...]:
     import torch._inductor.exc as inductor_exc
 
     # InductorError wraps lowering failures in recent torch ("LoweringException: NoValidChoicesError: ..")
-    errors += [getattr(inductor_exc, n) for n in ("InductorError", "LoweringException") if hasattr(inductor_exc, n)]
+    errors += [
+        getattr(inductor_exc, n) for n in ("InductorError", "LoweringException") if hasattr(inductor_exc, n)
+    ]
     return tuple(errors)
 
 

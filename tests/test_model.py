@@ -153,7 +153,9 @@ def test_compile_failure_falls_back_to_an_exact_backend_once(backend, monkeypatc
         calls.append(1)
         raise torch._inductor.exc.InductorError(RuntimeError("NoValidChoicesError"), None)
 
-    monkeypatch.setattr(attn, f"{backend}_attention" if backend == "hybrid" else "flex_graph_attention", broken)
+    monkeypatch.setattr(
+        attn, f"{backend}_attention" if backend == "hybrid" else "flex_graph_attention", broken
+    )
     monkeypatch.setattr(attn, "_compile_failed", set())
     c = small()
     q, k, v = (torch.randn(1, 4, 50 + c.num_globals, 8) for _ in range(3))
