@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 ARGS   ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install train sweep-baseline sweep-ablation sweep-needle report bench test test-full lint format clean
+.PHONY: help install train sweep-baseline sweep-ablation sweep-needle sweep-mqar report bench test test-full lint format clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ sweep-ablation: $(STAMP)  ## graph-component ablation sweep
 
 sweep-needle: $(STAMP)  ## needle-in-a-haystack sweep
 	$(PY) -m halo_lab.train -m +experiment=needle $(ARGS)
+
+sweep-mqar: $(STAMP)  ## multi-query associative recall sweep
+	$(PY) -m halo_lab.train -m +experiment=mqar $(ARGS)
 
 bench: $(STAMP)  ## speed/memory benchmark (quick CPU mode without a GPU)
 	$(PY) -m halo_lab.bench $(ARGS)

@@ -77,8 +77,11 @@ class HaloLitModule(pl.LightningModule):
     after ``prepare_data`` on rank 0 and ``setup`` on every rank, so DDP/torchrun ranks never race on data
     preparation, and FSDP can build it sharded). With a known ``vocab_size`` it is built at once.
 
-    Batches are ``(input_ids, targets)`` or ``(input_ids, targets, distance)`` (needle task: validation
-    then reports accuracy by distance). Targets of -100 are not scored.
+    Batches are ``(input_ids, targets)`` or ``(input_ids, targets, distance)``: validation then reports
+    answer accuracy (``val/acc``) and accuracy by distance (``val/acc@D``). ``distance`` ``[B]`` (needle):
+    one answer per example, right when every scored token is; ``[B, Q]`` (mqar): Q queries per example,
+    each right when all of its scored tokens are (:func:`~halo_lab.data.synthetic.query_correct`), and the
+    accuracies count queries. Targets of -100 are not scored.
     """
 
     def __init__(
@@ -205,11 +208,15 @@ class HaloLitModule(pl.LightningModule):
         self.val_ce.update(torch.where(n > 0, loss.detach().float() * n, torch.zeros_like(n)))
         self.val_tokens.update(n)
         if distance is not None:
-            from halo_lab.data.synthetic import answer_correct
+            from halo_lab.data.synthetic import answer_correct, query_correct
 
             # Correct = argmax right at every scored (answer) position; the data module's definition.
+            if distance.dim() == 2:  # one distance per query: per-query correctness
+                correct = query_correct(logits, targets, distance.shape[1])
+            else:
+                correct = answer_correct(logits, targets)
             self.val_distance.update(distance.reshape(-1).float())
-            self.val_correct.update(answer_correct(logits, targets).float())
+            self.val_correct.update(correct.reshape(-1).float())
 
     def on_validation_epoch_end(self) -> None:
         tokens = self.val_tokens.compute()

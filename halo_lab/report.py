@@ -6,10 +6,11 @@ writes into ``--out`` (default: the sweep directory itself):
 
 - ``report.md``: per experiment (``task_name``) the common setup, a table with one row per run (variant,
   sequence length, seed, parameters, validation loss, perplexity, bits per token, difference to the
-  reference variant, tokens/s, peak memory, accuracy and accuracy by distance on the needle task), a
+  reference variant, tokens/s, peak memory, accuracy and accuracy by distance on the needle and mqar
+  tasks; mqar's distances are bucket edges and its accuracies count queries), a
   mean/std table when several seeds ran, and the jobs that left no ``metrics.json`` (failed/unfinished);
 - PNG plots (matplotlib, Agg canvas): ``<experiment>_loss.png`` (train and validation loss per variant),
-  ``<experiment>_accuracy_by_distance.png`` (needle), ``<experiment>_throughput_memory.png`` (when the
+  ``<experiment>_accuracy_by_distance.png`` (needle, mqar), ``<experiment>_throughput_memory.png`` (when the
   sequence length varies), ``<experiment>_summary.png`` (validation loss and tokens/s per variant).
 
 With ``--wandb on`` (or ``auto`` when wandb is importable and the mode is not ``disabled``) the summary
@@ -363,6 +364,22 @@ def _markdown_runs_table(runs: list[Run]) -> list[str]:
     return _md_table(out_header, out_rows)
 
 
+def _bucketed(runs: list[Run]) -> bool:
+    """True for the mqar task: distances are bucket edges (metrics.json ``distance_buckets``)."""
+    return any(r.m("distance_buckets") for r in runs)
+
+
+def _accuracy_caption(runs: list[Run]) -> str:
+    edges = next((r.m("distance_buckets") for r in runs if r.m("distance_buckets")), None)
+    if edges is None:
+        return "Needle accuracy by distance (answer fully right; validation set):"
+    return (
+        "MQAR accuracy by distance (per query: its value fully right; distance = query start - start of the "
+        f"record it asks; buckets {edges}: d=E counts the queries at E <= distance < the next edge; "
+        "validation set):"
+    )
+
+
 def _accuracy_table(runs: list[Run]) -> list[str]:
     dists = _distances(runs)
     if not dists:
@@ -604,8 +621,12 @@ def plot_accuracy(task: str, runs: list[Run], out: Path) -> Path | None:
             ax.text(window, 1.02, f" window {window}", fontsize=7, color="grey")
         ax.set_ylim(-0.03, 1.08)
         ax.set_title(f"{task}: accuracy by distance (seq_len {n})" if n else task)
-        ax.set_xlabel("needle distance (tokens)")
-        ax.set_ylabel("answer accuracy")
+        if _bucketed(runs):
+            ax.set_xlabel("query-to-record distance (bucket: from this edge to the next, tokens)")
+            ax.set_ylabel("per-query accuracy")
+        else:
+            ax.set_xlabel("needle distance (tokens)")
+            ax.set_ylabel("answer accuracy")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -746,7 +767,7 @@ def build_report(
         lines += ["", *_markdown_runs_table(task_runs)]
         acc = _accuracy_table(task_runs)
         if acc:
-            lines += ["", "Needle accuracy by distance (answer fully right; validation set):", "", *acc]
+            lines += ["", _accuracy_caption(task_runs), "", *acc]
         seeds = _seed_table(task_runs)
         if seeds:
             lines += ["", "Mean ± standard deviation over seeds:", "", *seeds]

@@ -310,6 +310,9 @@ def _write_outputs(
         summary["val_acc_by_distance"] = {
             str(k): v for k, v in sorted(val.get("val/acc_by_distance", {}).items())
         }
+        buckets = getattr(getattr(datamodule, "val_dataset", None), "distance_buckets", None)
+        if buckets is not None:  # mqar: the keys above are bucket edges, one accuracy per query
+            summary["distance_buckets"] = [int(e) for e in buckets]
     summary.update(
         {
             "train_loss": val.get("train/loss"),

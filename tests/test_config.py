@@ -66,7 +66,7 @@ def test_groups_exist_and_experiment_stays_out_of_the_root_defaults():
         "halo_long_ctx",
     }
     assert set(options("ablation")) == {"full", "no_globals", "no_dilated", "no_random", "local_only"}
-    assert set(options("data")) >= {"shakespeare", "text", "jsonl", "streaming", "copy", "needle"}
+    assert set(options("data")) >= {"shakespeare", "text", "jsonl", "streaming", "copy", "needle", "mqar"}
     assert set(options("trainer")) >= {"default", "debug", "ddp", "fsdp"}
     assert set(options("logger")) >= {"wandb", "csv", "none"}
 

@@ -157,6 +157,41 @@ def test_synthetic_modules(tmp_path):
         HaloDataModule("copy", seq_len=32, no_such_option=1)
 
 
+def test_mqar_module(tmp_path):
+    dm = HaloDataModule(
+        "mqar",
+        seq_len=96,
+        batch_size=4,
+        data_dir=tmp_path,
+        num_train=40,
+        num_val=8,
+        vocab_size=40,
+        num_pairs=6,
+        num_queries=3,
+        distance_buckets=[1, 32, 64],
+    )
+    from halo_lab.data import AssociativeRecallDataset
+
+    assert dm.vocab_size == 40 and dm.tokenizer is None
+    assert isinstance(dm.val_dataset, AssociativeRecallDataset) and dm.val_dataset.distance_buckets == [
+        1,
+        32,
+        64,
+    ]
+    dm.prepare_data()
+    dm.setup("fit")
+    x, y, d = first_batch(dm.val_dataloader())
+    assert x.shape == (4, 96) and d.shape == (4, 3) and set(d.flatten().tolist()) <= {1, 32, 64}
+    assert ((y != -100).sum(-1) == 3).all()  # one value token per query
+    assert len(first_batch(dm.train_dataloader())) == 3
+    assert not torch.equal(dm.train_dataset[0][0], dm.val_dataset[0][0])
+    assert dm.describe()["dataset"] == "mqar"
+    with pytest.raises(ValueError, match="seq_len 32 is too short"):
+        HaloDataModule("mqar", seq_len=32, num_pairs=6, num_queries=3)
+    with pytest.raises(ValueError, match="takes no path"):
+        HaloDataModule("mqar", path=__file__)
+
+
 def test_shakespeare_module_from_local_archive(tmp_path, monkeypatch):
     works = {w: f"{w.upper()}\n\n" + f"Verse of {w}, line after line.\n" * 30 for w in SHAKESPEARE_VAL_WORKS}
     works.update(

@@ -1,4 +1,5 @@
-"""CopyDataset and NeedleDataset: construction, scoring masks, determinism, no shortcuts."""
+"""CopyDataset, NeedleDataset and AssociativeRecallDataset (mqar): construction, scoring masks, determinism,
+no shortcuts."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from halo_lab.data import CopyDataset, NeedleDataset, accuracy_by_distance, answer_correct
+from halo_lab.data import (
+    AssociativeRecallDataset,
+    CopyDataset,
+    NeedleDataset,
+    accuracy_by_distance,
+    answer_correct,
+    query_correct,
+)
 
 
 # ----------------------------------------------------------------------------------- copy
@@ -145,3 +153,156 @@ def test_answer_correct_and_accuracy_by_distance():
     acc = accuracy_by_distance(wrong, y, d)
     assert acc == {24: (2, 2), 60: (2, 2), 120: (2, 2), 200: (1, 2)}
     assert not answer_correct(perfect[:1], torch.full_like(y[:1], -100)).any()
+
+
+# ----------------------------------------------------------------------------------- mqar
+def mqar(**kw):
+    args = dict(
+        num_examples=120, seq_len=256, vocab_size=64, num_pairs=10, num_queries=5, key_len=2, value_len=2
+    )
+    args.update(seed=3)
+    args.update(kw)
+    return AssociativeRecallDataset(**args)
+
+
+def _find(seq: np.ndarray, pattern: list[int]) -> list[int]:
+    n = len(pattern)
+    return [i for i in range(len(seq) - n + 1) if seq[i : i + n].tolist() == pattern]
+
+
+@pytest.mark.parametrize("kl,vl", [(1, 1), (2, 2), (1, 3)])
+def test_mqar_queries_recall_the_one_record_with_their_key(kl, vl):
+    ds = mqar(key_len=kl, value_len=vl, vocab_size=96)
+    pl = 2 + kl + vl
+    for i in range(len(ds)):
+        ex = ds.example(i)
+        seq, keys, values = ex["seq"], ex["keys"], ex["values"]
+        assert len(seq) == ds.seq_len + 1 and seq.min() >= 0 and seq.max() < ds.vocab_size
+        # Keys are distinct, and so are values.
+        assert len({tuple(k) for k in keys}) == ds.num_pairs == len({tuple(v) for v in values})
+        assert len(set(ex["asked"].tolist())) == ds.num_queries  # every query asks a different key
+        # Every record sits where it says, and the records come before the queries, which end the sequence.
+        for at, k, v in zip(ex["records"], keys, values):
+            assert seq[at : at + pl].tolist() == [ds.KEY, *k, ds.VAL, *v]
+        assert ex["queries"][0] >= ex["records"][-1] + pl
+        assert ex["queries"][-1] + pl == ds.seq_len + 1
+        for j, (q, r) in enumerate(zip(ex["queries"], ex["asked"])):
+            key = keys[r].tolist()
+            assert seq[q] == ds.QUERY and seq[q + 1 : q + 1 + kl].tolist() == key
+            a = ex["answers"][j]
+            assert a == q + 2 + kl
+            # The key occurs exactly once among the records (and once in its query) ...
+            assert _find(seq, [ds.KEY, *key, ds.VAL]) == [ex["records"][r]]
+            assert _find(seq, [ds.QUERY, *key, ds.VAL]) == [q]
+            # ... and the answer is the value stored right after it, and only there before the query.
+            answer = seq[a : a + vl].tolist()
+            assert answer == values[r].tolist()
+            stored = ex["records"][r] + 2 + kl
+            assert seq[stored : stored + vl].tolist() == answer
+            assert [p for p in _find(seq, answer) if p < q] == [stored]
+        # Key and value tokens occur only inside records and queries: the filler gives nothing away.
+        inside = np.zeros(len(seq), dtype=bool)
+        for at in [*ex["records"], *ex["queries"]]:
+            inside[at : at + pl] = True
+        assert (seq[~inside] >= ds.value_range[1]).all() and (seq[inside] < ds.value_range[1]).all()
+
+
+def test_mqar_targets_score_exactly_the_query_values_and_distances_are_exact():
+    ds = mqar()
+    vl = ds.value_len
+    for i in range(30):
+        ex = ds.example(i)
+        x, y, d = ds[i]
+        assert x.shape == y.shape == (ds.seq_len,) and torch.equal(x, torch.from_numpy(ex["seq"][:-1]))
+        scored = torch.nonzero(y != -100).flatten().tolist()
+        expected = [a - 1 + t for a in ex["answers"].tolist() for t in range(vl)]
+        assert scored == expected  # only the queries' value tokens, in query order
+        assert y[scored].tolist() == ex["values"][ex["asked"]].ravel().tolist()
+        # Distance: first answer token - first value token of the record asked (= query - record start).
+        rec_value = ex["records"][ex["asked"]] + 2 + ds.key_len
+        assert ex["distances"].tolist() == (ex["answers"] - rec_value).tolist()
+        assert d.dtype == torch.long and d.shape == (ds.num_queries,)
+        edges = ds.distance_buckets
+        for dist, b in zip(ex["distances"].tolist(), d.tolist()):
+            assert b in edges and b <= dist and all(e > dist for e in edges if e > b)
+
+
+def test_mqar_distances_span_short_to_long_and_default_buckets():
+    ds = mqar(num_examples=300)
+    dist = np.concatenate([ds.example(i)["distances"] for i in range(len(ds))])
+    assert dist.min() >= ds.pair_len and dist.max() <= ds.seq_len + 1 - ds.pair_len
+    assert dist.min() < 32 and dist.max() > 0.8 * ds.seq_len  # short to long
+    assert ds.distance_buckets == [4, 8, 16, 32, 64, 128]  # pair_len 6; longest distance 251
+    assert ds.bucket(np.array([6, 7, 8, 127, 128, 251])).tolist() == [4, 4, 8, 64, 128, 128]
+    # Which record a query asks is not fixed by its position.
+    assert len({int(ds.example(i)["asked"][0]) for i in range(50)}) == ds.num_pairs
+
+
+def test_mqar_determinism_and_fresh_examples():
+    ds = mqar()
+    for i in (0, 7):
+        a, b = ds[i], mqar()[i]
+        assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert not torch.equal(ds[5][0], ds[6][0])
+    assert not torch.equal(ds[5][0], mqar(split="val")[5][0])
+    assert not torch.equal(ds[5][0], mqar(seed=4)[5][0])
+    assert len({tuple(ds.example(i)["keys"][0]) for i in range(100)}) > 50
+    # Without filler, the gaps are PAD.
+    ex = mqar(filler=False).example(0)
+    assert set(ex["seq"].tolist()) <= {0, 1, 2, 3} | set(range(*mqar().value_range)) | set(
+        range(*mqar().key_range)
+    )
+    assert (ex["seq"] == 0).any()
+    xb, yb, db = next(iter(DataLoader(ds, batch_size=4)))
+    assert xb.shape == (4, 256) and db.shape == (4, ds.num_queries)
+
+
+def test_mqar_bad_configs():
+    with pytest.raises(ValueError, match="seq_len 64 is too short .* needs seq_len >= 89"):
+        mqar(seq_len=64)
+    with pytest.raises(ValueError, match="num_queries must be in \\[1, num_pairs = 10\\].* got 11"):
+        mqar(num_queries=11)
+    with pytest.raises(ValueError, match="num_queries"):
+        mqar(num_queries=0)
+    with pytest.raises(ValueError, match="num_pairs must be >= 2 .*got 1"):
+        mqar(num_pairs=1, num_queries=1)
+    with pytest.raises(ValueError, match="key_len must be >= 1, got 0"):
+        mqar(key_len=0)
+    with pytest.raises(ValueError, match="value_len must be >= 1, got 0"):
+        mqar(value_len=0)
+    with pytest.raises(ValueError, match="fewer than num_pairs = 20"):
+        mqar(key_len=1, num_pairs=20, vocab_size=64)  # 15 key tokens
+    with pytest.raises(ValueError, match="distinct values, fewer than num_pairs = 20"):
+        mqar(key_len=2, value_len=1, num_pairs=20, vocab_size=64)
+    with pytest.raises(ValueError, match="vocab_size 6 is too small"):
+        mqar(vocab_size=6)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        mqar(distance_buckets=[1, 64, 32])
+    with pytest.raises(ValueError, match="start at an edge in \\[1, 6\\].* got 8"):
+        mqar(distance_buckets=[8, 64])
+    with pytest.raises(ValueError, match="num_examples"):
+        mqar(num_examples=0)
+    with pytest.raises(IndexError):
+        mqar().example(120)
+
+
+def test_query_correct_and_accuracy_by_distance_per_query():
+    ds = mqar(num_queries=4, distance_buckets=[1, 64, 128])
+    x, y, d = next(iter(DataLoader(ds, batch_size=6)))
+    assert d.shape == (6, 4)
+    oracle = torch.full((*y.shape, ds.vocab_size), -5.0)
+    oracle.scatter_(-1, y.clamp(min=0).unsqueeze(-1), 5.0)
+    assert query_correct(oracle, y, 4).all()
+    wrong = oracle.clone()
+    # Example 2, query 1: its second value token wrong -> only that query is wrong.
+    pos = int(torch.nonzero(y[2] != -100)[1 * ds.value_len + 1])
+    wrong[2, pos] = wrong[2, pos].roll(1, -1)
+    ok = query_correct(wrong, y, 4)
+    assert not ok[2, 1] and ok.sum() == 23
+    acc = accuracy_by_distance(wrong, y, d)
+    total = {b: int((d == b).sum()) for b in d.unique().tolist()}
+    bad = int(d[2, 1])
+    assert acc == {b: (n - (b == bad), n) for b, n in total.items()}
+    assert sum(n for _, n in acc.values()) == 24
+    with pytest.raises(ValueError, match="multiple of num_queries = 3"):
+        query_correct(oracle, y, 3)  # 8 scored tokens do not split into 3 queries

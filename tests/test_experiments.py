@@ -17,7 +17,7 @@ from halo_lab.run_utils import compose_config, conf_dir, open_dict_rw, to_plain,
 
 CONF = conf_dir()
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
-BASES = ("baseline", "ablation", "needle")
+BASES = ("baseline", "ablation", "needle", "mqar")
 SCALES = ("", "_cpu", "_tiny")
 GRAPH_FIELDS = ("num_globals", "local_window", "dilated_offsets", "num_random")
 
@@ -96,6 +96,15 @@ def test_experiment_composes_and_every_sweep_job_validates(name, composed):
                 key_len=d["key_len"],
                 value_len=d["value_len"],
             )
+        if job.data.dataset == "mqar":
+            from halo_lab.data import AssociativeRecallDataset
+
+            d = to_plain(job.data)
+            keys = ("seq_len", "vocab_size", "num_pairs", "num_queries", "key_len", "value_len")
+            # The constructor checks that records and queries fit and that the buckets are valid.
+            AssociativeRecallDataset(
+                num_examples=1, distance_buckets=d["distance_buckets"], **{k: d[k] for k in keys}
+            )
 
 
 @pytest.mark.parametrize("base", BASES)
@@ -146,11 +155,12 @@ def test_ablation_sweeps_the_five_options_at_a_long_length(scale, composed):
     assert len(graphs) == 5  # five different graphs
 
 
+@pytest.mark.parametrize("task", ["needle", "mqar"])
 @pytest.mark.parametrize("scale", SCALES)
-def test_needle_variants_are_halo_dense_and_local_only(scale, composed):
-    cfg = composed[f"needle{scale}"]
+def test_needle_and_mqar_variants_are_halo_dense_and_local_only(task, scale, composed):
+    cfg = composed[f"{task}{scale}"]
     assert sweep_params(cfg) == {"variant": ["halo", "dense", "local_only"]}
-    assert cfg.data.dataset == "needle"
+    assert cfg.data.dataset == task
     local = OmegaConf.to_container(OmegaConf.load(CONF / "ablation" / "local_only.yaml").model_overrides)
     got = {}
     for overrides in jobs(cfg):
@@ -162,9 +172,25 @@ def test_needle_variants_are_halo_dense_and_local_only(scale, composed):
     for k, v in local.items():  # the variant map agrees with conf/ablation/local_only.yaml
         assert got["local_only"][2][k] == v
     assert got["halo"][2]["num_globals"] > 0 and got["halo"][2]["dilated_offsets"]
-    # Distances from 16 up to near the sequence length.
-    d = list(cfg.data.distances)
-    assert min(d) == 16 and max(d) >= 0.75 * cfg.data.seq_len
+    if task == "needle":  # distances from 16 up to near the sequence length
+        d = list(cfg.data.distances)
+        assert min(d) == 16 and max(d) >= 0.75 * cfg.data.seq_len
+    else:  # records spread over the context; buckets from the shortest distances to the longest
+        from halo_lab.data import AssociativeRecallDataset
+
+        ds = AssociativeRecallDataset(
+            num_examples=1,
+            **{k: cfg.data[k] for k in ("seq_len", "vocab_size", "num_pairs", "num_queries")},
+            **{k: cfg.data[k] for k in ("key_len", "value_len")},
+            distance_buckets=to_plain(cfg.data.distance_buckets),
+        )
+        assert ds.distance_buckets[0] <= ds.pair_len and ds.distance_buckets[-1] >= cfg.data.seq_len // 2
+        assert cfg.data.num_queries >= 2 and cfg.data.num_pairs > cfg.data.num_queries
+    if scale == "":
+        assert cfg.data.seq_len == 4096 and (cfg.model.hidden_size, cfg.model.num_layers) == (
+            256,
+            4,
+        )  # halo_small
 
 
 def test_single_variant_override_without_multirun(tmp_path):

@@ -26,6 +26,7 @@ EXPECTED_JOBS = {
         for o in ("full", "no_globals", "no_dilated", "no_random", "local_only")
     },
     "needle_tiny": {f"variant={v}" for v in ("halo", "dense", "local_only")},
+    "mqar_tiny": {f"variant={v}" for v in ("halo", "dense", "local_only")},
 }
 
 
@@ -91,6 +92,10 @@ def test_tiny_experiment_runs_as_a_multirun_and_reports(name, tmp_path, tarball)
         assert (sweep / job / "history.jsonl").is_file() and (sweep / job / "csv" / "metrics.csv").is_file()
         if name == "needle_tiny":
             assert set(m["val_acc_by_distance"]) == {"16", "32", "48"}
+            assert "distance_buckets" not in m
+        if name == "mqar_tiny":
+            assert set(m["val_acc_by_distance"]) == {"1", "16", "32"} and m["distance_buckets"] == [1, 16, 32]
+            assert 0.0 <= m["val_acc"] <= 1.0
     # The sweep wrote its own report (Hydra callback) ...
     auto = (sweep / "report.md").read_text()
     assert f"## {name}" in auto and f"{len(jobs)} finished" in auto
@@ -105,12 +110,19 @@ def test_tiny_experiment_runs_as_a_multirun_and_reports(name, tmp_path, tarball)
             f"| HALO-S {o} | 128 |" for o in ("no_globals", "no_dilated", "no_random", "local_only")
         ],
         "needle_tiny": ["| HALO-S | 64 |", "| dense | 64 |", "| HALO-S local_only | 64 |", "d=48"],
+        "mqar_tiny": [
+            "| HALO-S | 64 |",
+            "| dense | 64 |",
+            "| HALO-S local_only | 64 |",
+            "d=32",
+            "MQAR accuracy by distance",
+        ],
     }[name]
     for label in labels:
         assert label in md, label
     pngs = {p.name for p in out.glob("*.png")}
     assert {f"{name}_loss.png", f"{name}_summary.png"} <= pngs
-    assert (f"{name}_accuracy_by_distance.png" in pngs) == (name == "needle_tiny")
+    assert (f"{name}_accuracy_by_distance.png" in pngs) == (name in ("needle_tiny", "mqar_tiny"))
     assert (f"{name}_throughput_memory.png" in pngs) == (name == "baseline_tiny")
 
 

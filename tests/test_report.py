@@ -172,6 +172,38 @@ def test_needle_accuracy_by_distance_and_seed_statistics(tmp_path):
     assert (root / "needle_accuracy_by_distance.png").read_bytes()[:8] == PNG
 
 
+def test_mqar_accuracy_by_distance_buckets(tmp_path):
+    root = tmp_path / "mqar"
+    accs = {"halo": (0.95, 0.3), "dense": (1.0, 0.9), "halo:local_only": (0.9, 0.05)}
+    for variant, (near, far) in accs.items():
+        arch, _, abl = variant.partition(":")
+        by_d = {"1": near, "64": (near + far) / 2, "256": far}
+        make_job(
+            root,
+            [f"variant={variant.replace(':', '_')}"],
+            metrics(
+                arch,
+                1.0,
+                5000.0,
+                seq_len=512,
+                ablation=abl or "full",
+                val_acc=0.5,
+                val_acc_by_distance=by_d,
+                distance_buckets=[1, 64, 256],
+            ),
+            task="mqar",
+            choices={"model": "halo_tiny", "data": "mqar"},
+        )
+    md = build_report(root, plots=True).read_text()
+    assert "## mqar" in md and "MQAR accuracy by distance (per query" in md and "Needle" not in md
+    assert "buckets [1, 64, 256]: d=E counts the queries at E <= distance < the next edge" in md
+    rows = {r[0]: r for r in table_rows(md) if len(r) == 6}
+    assert rows["variant"][2:] == ["overall", "d=1", "d=64", "d=256"]
+    assert rows["HALO-S local_only"][2:] == ["0.500", "0.900", "0.475", "0.050"]
+    assert rows["dense"][3:] == ["1.000", "0.950", "0.900"]
+    assert (root / "mqar_accuracy_by_distance.png").read_bytes()[:8] == PNG
+
+
 def test_extra_swept_override_goes_into_the_variant_label(tmp_path):
     root = tmp_path / "s"
     for lr in ("1e-3", "3e-3"):

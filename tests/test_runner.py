@@ -208,6 +208,60 @@ def test_val_loss_is_token_weighted_and_needle_accuracy_by_distance():
     module.model.eval()
 
 
+class _Oracle(torch.nn.Module):
+    """Stands in for the model on a fixed mqar dataset: the right answer at every position, except for the
+    queries whose distance bucket is in ``wrong_buckets`` (their last value token is off by one)."""
+
+    def __init__(self, ds, wrong_buckets=()):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.vocab = ds.vocab_size
+        self.table = {}
+        for i in range(len(ds)):
+            x, y, d = ds[i]
+            pred = y.clamp(min=0).clone()
+            scored = torch.nonzero(y != -100).flatten().view(ds.num_queries, ds.value_len)
+            for q, b in enumerate(d.tolist()):
+                if b in wrong_buckets:
+                    pos = scored[q, -1]
+                    pred[pos] = (pred[pos] + 1) % self.vocab
+            self.table[x.numpy().tobytes()] = pred
+
+    def forward(self, input_ids, targets=None):
+        pred = torch.stack([self.table[row.numpy().tobytes()] for row in input_ids])
+        logits = torch.nn.functional.one_hot(pred, self.vocab).float() * 10 + self.dummy
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        return logits, loss
+
+
+@pytest.mark.parametrize("wrong", ["none", "all", "far"])
+def test_mqar_per_query_accuracy_by_distance(wrong):
+    from halo_lab.data import AssociativeRecallDataset
+
+    ds = AssociativeRecallDataset(
+        num_examples=24,
+        seq_len=128,
+        vocab_size=48,
+        num_pairs=8,
+        num_queries=4,
+        value_len=2,
+        distance_buckets=[1, 32, 64],
+        split="val",
+    )
+    buckets = torch.stack([ds[i][2] for i in range(len(ds))])
+    assert set(buckets.unique().tolist()) == {1, 32, 64}
+    wrong_buckets = {"none": (), "all": (1, 32, 64), "far": (64,)}[wrong]
+    module = HaloLitModule(TINY_MODEL, arch="halo")
+    module.model = _Oracle(ds, wrong_buckets)
+    _trainer().validate(module, dataloaders=DataLoader(ds, batch_size=5), verbose=False)
+    by_d = module.last_val["val/acc_by_distance"]
+    expected = {b: 0.0 if b in wrong_buckets else 1.0 for b in (1, 32, 64)}
+    assert by_d == expected
+    # Overall accuracy counts queries (24 x 4), not examples.
+    n_wrong = sum(int((buckets == b).sum()) for b in wrong_buckets)
+    assert module.last_val["val/acc"] == pytest.approx(1 - n_wrong / buckets.numel())
+
+
 def test_nonfinite_loss_stops_naming_the_step():
     module = HaloLitModule(TINY_MODEL, arch="halo", optimizer={"_target_": "torch.optim.SGD", "lr": 0.1})
     real_forward = module.model.forward

@@ -1,7 +1,7 @@
 """Datasets, corpora and the LightningDataModule.
 
 ``from halo_lab.data import TextDataset, JSONLDataset, StreamingDataset, CopyDataset, NeedleDataset,
-HaloDataModule``. The datasets need only torch and numpy; Lightning is imported when HaloDataModule is used.
+AssociativeRecallDataset, HaloDataModule``. The datasets need only torch and numpy; Lightning is imported when HaloDataModule is used.
 """
 
 from __future__ import annotations
@@ -11,7 +11,14 @@ from typing import Any
 from halo_lab.data.corpora import prepare_shakespeare
 from halo_lab.data.datasets import JSONLDataset, TextDataset, TokenWindowDataset
 from halo_lab.data.streaming import StreamingDataLoader, StreamingDataset
-from halo_lab.data.synthetic import CopyDataset, NeedleDataset, accuracy_by_distance, answer_correct
+from halo_lab.data.synthetic import (
+    AssociativeRecallDataset,
+    CopyDataset,
+    NeedleDataset,
+    accuracy_by_distance,
+    answer_correct,
+    query_correct,
+)
 
 __all__ = [
     "TextDataset",
@@ -20,10 +27,12 @@ __all__ = [
     "StreamingDataLoader",
     "CopyDataset",
     "NeedleDataset",
+    "AssociativeRecallDataset",
     "HaloDataModule",
     "TokenWindowDataset",
     "prepare_shakespeare",
     "answer_correct",
+    "query_correct",
     "accuracy_by_distance",
 ]
 

