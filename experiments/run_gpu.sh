@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU-scale runs of experiments/{baseline,ablation,needle}: every job of the three sweeps at once,
+# The GPU-scale runs of experiments/{baseline,ablation,needle,mqar}: every job of the three sweeps at once,
 # spread round-robin over the visible GPUs, each job a one-job Hydra multirun in its own sweep directory.
 # Hydra's basic launcher runs a sweep's jobs one after another; these models are far too small to fill a
 # GPU (a step is bound by kernel launches), so several jobs share each card and all finish together.
@@ -25,7 +25,7 @@ PYTHON=${PYTHON:-python3}
 # Only the jobs whose overrides match this regex, e.g. ONLY=experiment=needle.
 ONLY=${ONLY:-.}
 
-# SEEDS for baseline / ablation, NEEDLE_SEEDS for the needle; TAG prefixes the job folders so a second
+# SEEDS for baseline / ablation, NEEDLE_SEEDS for needle and mqar (an empty list skips them); TAG prefixes the job folders so a second
 # call (other seeds) can write next to the first.
 SEEDS=${SEEDS:-0}
 NEEDLE_SEEDS=${NEEDLE_SEEDS:-0}
@@ -47,6 +47,8 @@ for s in $SEEDS; do
 done
 for s in $NEEDLE_SEEDS; do
   for v in halo dense local_only; do
+    JOBS+=("mqar|+experiment=mqar variant=$v trainer.max_steps=$NEEDLE_STEPS data.num_workers=2 seed=$s")
+    JOBS+=("mqar|+experiment=mqar variant=$v data.seq_len=1024 data.batch_size=32 data.distance_buckets=[1,64,256,512,768] trainer.max_steps=$NEEDLE_STEPS data.num_workers=2 seed=$s")
     JOBS+=("needle|+experiment=needle variant=$v trainer.max_steps=$NEEDLE_STEPS data.num_workers=2 seed=$s")
     # The same task at 1024 tokens: where the sweep at 4096 is too hard to learn in these steps.
     JOBS+=("needle|+experiment=needle variant=$v data.seq_len=1024 data.batch_size=32 data.distances=[16,64,256,512,768,1000] trainer.max_steps=$NEEDLE_STEPS data.num_workers=2 seed=$s")
