@@ -97,12 +97,15 @@ class TokenThroughput(pl.Callback):
         self._win_tokens = 0
         self._win_time = 0.0
         self.steps = 0
+        self.device: torch.device | None = None
 
     def _sync(self, pl_module: pl.LightningModule) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Kept for summary(): after fit Lightning's teardown moves the module back to the CPU.
+        self.device = pl_module.device
         if pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
         else:
@@ -149,9 +152,10 @@ class TokenThroughput(pl.Callback):
         return self.total_tokens / self.total_time if self.total_time > 0 else float("nan")
 
     def summary(self, device: Any = None) -> dict[str, Any]:
+        """Totals for metrics.json; peak memory of the device training ran on (``device`` if not trained)."""
         from halo_lab.run_utils import peak_memory_mb
 
-        peak, kind = peak_memory_mb(device)
+        peak, kind = peak_memory_mb(self.device if self.device is not None else device)
         return {
             "tokens_per_sec": self.tokens_per_sec,
             "tokens_per_sec_all": self.total_tokens / self.total_time if self.total_time > 0 else None,

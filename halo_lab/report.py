@@ -59,6 +59,7 @@ class Run:
     metrics: dict[str, Any] | None
     history: list[dict[str, Any]] = field(default_factory=list)
     label: str = ""
+    extra: str = ""  # the swept overrides the label shows besides arch / ablation (e.g. the model size)
 
     @property
     def ok(self) -> bool:
@@ -204,7 +205,8 @@ def label_runs(runs: list[Run]) -> None:
     varying = sorted(k for k in keys if k not in SHOWN_KEYS and len({r.overrides.get(k) for r in runs}) > 1)
     for r in runs:
         extra = [f"{k}={r.overrides[k]}" for k in varying if k in r.overrides]
-        r.label = _variant_base(r) + (f" [{', '.join(extra)}]" if extra else "")
+        r.extra = ", ".join(extra)
+        r.label = _variant_base(r) + (f" [{r.extra}]" if extra else "")
 
 
 def group_by_task(runs: list[Run]) -> dict[str, list[Run]]:
@@ -218,11 +220,12 @@ def group_by_task(runs: list[Run]) -> dict[str, list[Run]]:
 
 
 def _reference(run: Run, runs: list[Run]) -> Run | None:
-    """The run a row is compared with: dense at the same length and seed, else HALO-S full."""
+    """The run a row is compared with: dense at the same length and seed, else HALO-S full; one with the
+    same other swept overrides (e.g. the same model size) first."""
     for want in (lambda r: r.arch == "dense", lambda r: r.arch == "halo" and r.ablation == "full"):
-        for r in runs:
-            if r.ok and want(r) and r.seq_len == run.seq_len and r.seed == run.seed:
-                return r
+        same = [r for r in runs if r.ok and want(r) and r.seq_len == run.seq_len and r.seed == run.seed]
+        for r in sorted(same, key=lambda r: r.extra != run.extra):
+            return r
     return None
 
 

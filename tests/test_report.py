@@ -376,3 +376,17 @@ def test_a_directory_of_several_sweeps_lists_each_command_and_pools_seeds(tmp_pa
     assert {(r["seed"], r["Δ loss vs HALO-S"]) for r in local} == {("0", "-0.1000"), ("1", "-0.0900")}
     seed_row = next(r for r in rows if r[0] == "HALO-S local_only" and r[2] == "2")
     assert seed_row[3] == f"{statistics.mean([1.10, 1.12]):.4f} ± {statistics.stdev([1.10, 1.12]):.4f}"
+
+
+def test_delta_compares_with_dense_of_the_same_model_size(tmp_path):
+    # Two model sizes at one length: HALO-S medium is compared with dense medium, not dense small.
+    root = tmp_path / "sweep"
+    make_job(root, ["model.arch=halo"], metrics("halo", 1.50, 9000.0, 1024))
+    make_job(root, ["model.arch=dense"], metrics("dense", 1.40, 9000.0, 1024))
+    make_job(root, ["model.arch=halo", "model=halo_medium"], metrics("halo", 1.30, 9000.0, 1024))
+    make_job(root, ["model.arch=dense", "model=halo_medium"], metrics("dense", 1.10, 9000.0, 1024))
+    md = build_report(root, plots=False).read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| HALO-S [model=halo_medium]"))
+    assert "+0.2000" in row, row
+    small = next(line for line in md.splitlines() if line.startswith("| HALO-S | 1024"))
+    assert "+0.1000" in small, small

@@ -476,3 +476,18 @@ def test_resume_continues_the_data_position(stop_at, tmp_path):
     _, resumed = fit(12, ckpt=tmp_path / "mid.ckpt")
     assert first == straight[:stop_at]
     assert resumed == straight[stop_at:]
+
+
+def test_throughput_summary_reports_the_training_device_after_teardown(monkeypatch):
+    # Lightning's teardown moves the module back to the CPU after fit: metrics.json must still report the
+    # memory of the device training ran on (on a GPU: CUDA max allocated, not the CPU's RSS).
+    import halo_lab.run_utils as run_utils
+    from halo_lab.callbacks import TokenThroughput
+
+    seen = []
+    monkeypatch.setattr(run_utils, "peak_memory_mb", lambda device=None: (seen.append(device), (1.0, "k"))[1])
+    perf = TokenThroughput()
+    trained_on = torch.device("meta")  # stands in for cuda:0 on this CPU-only machine
+    perf.on_train_start(SimpleNamespace(), SimpleNamespace(device=trained_on))
+    perf.summary(torch.device("cpu"))  # what the runner passes after fit
+    assert seen == [trained_on]
