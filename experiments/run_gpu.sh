@@ -27,8 +27,8 @@ ONLY=${ONLY:-.}
 
 # SEEDS for baseline / ablation, NEEDLE_SEEDS for needle and mqar (an empty list skips them); TAG prefixes the job folders so a second
 # call (other seeds) can write next to the first.
-SEEDS=${SEEDS:-0}
-NEEDLE_SEEDS=${NEEDLE_SEEDS:-0}
+SEEDS=${SEEDS-0}
+NEEDLE_SEEDS=${NEEDLE_SEEDS-0}
 TAG=${TAG:-}
 JOBS=()
 for s in $SEEDS; do
