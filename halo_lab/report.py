@@ -465,6 +465,9 @@ def _setup_lines(runs: list[Run]) -> list[str]:
         v = common(get)
         if v is not None:
             parts.append(f"{label} **{v}**")
+    used = {r.m("attention_backend") for r in ok if r.arch == "halo"} - {None}
+    if used:
+        parts.append("HALO-S attention ran on **" + ", ".join(sorted(used)) + "**")
     mc = ok[0].m("model_config") or {}
     lines = ["Common setup: " + ", ".join(parts) + "." if parts else ""]
     if mc:

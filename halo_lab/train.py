@@ -292,6 +292,19 @@ def _final_model(trainer: Any, module: Any, cfg: DictConfig) -> Any:
     return full.model
 
 
+def _backend_used(model, trainer, cfg) -> str:
+    """The attention backend training ran (what ``auto`` resolved to on the training device)."""
+    from halo_lab import attention
+    from halo_lab.model import HaloSModel
+
+    if not isinstance(model, HaloSModel):
+        return "dense"
+    config = model.config
+    seq_len = OmegaConf.select(cfg, "data.seq_len")
+    length = None if seq_len is None else int(seq_len) + config.num_globals
+    return attention.resolve_backend(config, trainer.strategy.root_device, length)
+
+
 def _write_outputs(
     cfg, checked, trainer, module, model, datamodule, val, ckpt_path, t_start, run_dir
 ) -> dict[str, Any]:
@@ -332,6 +345,7 @@ def _write_outputs(
             "batch_size": getattr(datamodule, "batch_size", None),
             "world_size": trainer.world_size,
             "device": checked["device"]["name"],
+            "attention_backend": _backend_used(model, trainer, cfg),
             "precision": str(trainer.precision),
             "resumed_from": ckpt_path,
             "model_config": dict(module.hparams.model_config),

@@ -381,8 +381,8 @@ def test_a_directory_of_several_sweeps_lists_each_command_and_pools_seeds(tmp_pa
 def test_delta_compares_with_dense_of_the_same_model_size(tmp_path):
     # Two model sizes at one length: HALO-S medium is compared with dense medium, not dense small.
     root = tmp_path / "sweep"
-    make_job(root, ["model.arch=halo"], metrics("halo", 1.50, 9000.0, 1024))
-    make_job(root, ["model.arch=dense"], metrics("dense", 1.40, 9000.0, 1024))
+    make_job(root, ["model.arch=halo"], metrics("halo", 1.50, 9000.0, 1024, attention_backend="flex"))
+    make_job(root, ["model.arch=dense"], metrics("dense", 1.40, 9000.0, 1024, attention_backend="dense"))
     make_job(root, ["model.arch=halo", "model=halo_medium"], metrics("halo", 1.30, 9000.0, 1024))
     make_job(root, ["model.arch=dense", "model=halo_medium"], metrics("dense", 1.10, 9000.0, 1024))
     md = build_report(root, plots=False).read_text()
@@ -390,3 +390,4 @@ def test_delta_compares_with_dense_of_the_same_model_size(tmp_path):
     assert "+0.2000" in row, row
     small = next(line for line in md.splitlines() if line.startswith("| HALO-S | 1024"))
     assert "+0.1000" in small, small
+    assert "HALO-S attention ran on **flex**" in md  # dense runs do not count

@@ -422,6 +422,8 @@ def test_cli_smoke_writes_the_contracted_files(tmp_path, corpus):
     for key in ("val_loss", "val_ppl", "params", "tokens_per_sec", "peak_mem_mb", "steps", "wall_time_s"):
         assert m[key] is not None, key
     assert m["steps"] == 4 and m["tokens_per_sec"] > 0
+    # What `auto` ran on this CPU (short sequences: the graph as an SDPA mask), and CPU memory.
+    assert m["attention_backend"] == "masked" and m["peak_mem_kind"] == "cpu_peak_rss"
     assert "--- sample" in proc.stdout and str(run_dir) in proc.stdout
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "lightning_logs").exists()
     from halo_lab.hub import load_from_hub
