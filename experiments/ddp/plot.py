@@ -20,7 +20,10 @@ for ax, (title, runs) in zip(axes, pairs.items()):
         ax.plot(*zip(*train), label=label)
         speed = [h["perf/tokens_per_sec"] for h in hist if "perf/tokens_per_sec" in h][2:]  # skip compile
         m = json.loads((here / f"{run}_metrics.json").read_text())
-        rows.append((title, label, m["val_loss"], statistics.median(speed), m["peak_mem_mb"]))
+        # CUDA max allocated on rank 0, as logged during training: these runs' metrics.json holds the CPU's
+        # RSS (the summary was taken after Lightning had moved the module to the CPU; fixed since).
+        mem = max(h["perf/peak_mem_mb"] for h in hist if "perf/peak_mem_mb" in h)
+        rows.append((title, label, m["val_loss"], statistics.median(speed), mem))
     ax.set(title=title, xlabel="optimizer step", ylabel="train loss")
     ax.legend()
     ax.grid(alpha=0.3)
