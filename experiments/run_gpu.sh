@@ -22,7 +22,7 @@ STEPS=${STEPS:-2000}
 NEEDLE_STEPS=${NEEDLE_STEPS:-2500}
 EXTRA=${EXTRA:-}
 PYTHON=${PYTHON:-python3}
-# Only the jobs whose overrides match this regex, e.g. ONLY=experiment=needle.
+# Only the jobs whose overrides match this regex, e.g. ONLY=experiment=needle. DRY_RUN=1 lists the jobs.
 ONLY=${ONLY:-.}
 
 # SEEDS for baseline / ablation, NEEDLE_SEEDS for needle and mqar (an empty list skips them); TAG prefixes the job folders so a second
@@ -58,6 +58,10 @@ done
 SELECTED=()
 for j in "${JOBS[@]}"; do [[ $j =~ $ONLY ]] && SELECTED+=("$j"); done
 JOBS=("${SELECTED[@]}")
+if [ -n "${DRY_RUN:-}" ]; then  # print the jobs (experiment|overrides), run nothing
+  printf '%s\n' "${JOBS[@]}"
+  exit 0
+fi
 mkdir -p "$ROOT/logs"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} WANDB_MODE=${WANDB_MODE:-disabled} PYTHONUNBUFFERED=1
 pids=()

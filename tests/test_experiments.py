@@ -206,3 +206,33 @@ def test_experiment_files_only_in_conf_experiment():
     root = OmegaConf.load(CONF / "train.yaml")
     assert not any("experiment" in str(d) for d in root.defaults)
     assert Path(CONF / "experiment").is_dir()
+
+
+def test_run_gpu_script_runs_every_job_of_each_reference_sweep(composed):
+    # experiments/run_gpu.sh spreads the reference-scale sweeps over GPUs: its jobs must be the sweeps'
+    # jobs (plus the documented medium-size baseline point), not a drifting copy of them.
+    import os
+    import subprocess
+
+    script = CONF.parent / "experiments" / "run_gpu.sh"
+    env = {**os.environ, "NGPU": "1", "DRY_RUN": "1", "SEEDS": "0", "NEEDLE_SEEDS": "0"}
+    lines = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, check=True)
+    listed: dict[str, list[dict[str, str]]] = {}
+    for line in lines.stdout.split("\n"):
+        if not line:
+            continue
+        name, args = line.split("|", 1)
+        overrides = dict(a.split("=", 1) for a in args.split() if not a.startswith("+experiment"))
+        listed.setdefault(name, []).append(overrides)
+    assert sorted(listed) == sorted(BASES)
+    for name in BASES:
+        cfg = composed[name]
+        params = sweep_params(cfg)
+        ours = {tuple(sorted((k, v) for k, v in o.items() if k in params)) for o in listed[name]}
+        expected = {tuple(sorted(j.items())) for j in jobs(cfg)}
+        assert expected <= ours, f"{name}: run_gpu.sh misses {expected - ours}"
+        for o in listed[name]:
+            steps = int(o["trainer.max_steps"])
+            assert steps == cfg.trainer.max_steps, (
+                f"{name}: {steps} steps, the config says {cfg.trainer.max_steps}"
+            )
