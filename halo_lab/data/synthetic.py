@@ -27,6 +27,18 @@ def _split_id(split: str | int) -> int:
     return _SPLITS[split]
 
 
+def _token_ranges(vocab_size: int, task: str) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """Key, value and filler id ranges of the retrieval tasks: ids 0-3 reserved (PAD, KEY, VAL, QUERY),
+    then a quarter of the rest for keys, a quarter for values, the remainder for filler."""
+    free = vocab_size - 4
+    n_key = free // 4
+    if n_key < 1 or free - 2 * n_key < 1:
+        raise ValueError(f"vocab_size {vocab_size} is too small for the {task} task (>= 8)")
+    keys = (4, 4 + n_key)
+    values = (keys[1], keys[1] + n_key)
+    return keys, values, (values[1], vocab_size)
+
+
 class CopyDataset(Dataset):
     """Copy task: ``a_1 .. a_L SEP a_1 .. a_L PAD ..``; only the copy after the separator is scored.
 
@@ -138,11 +150,8 @@ class NeedleDataset(Dataset):
         distances = [int(d) for d in ([distances] if isinstance(distances, int) else distances)]
         if not distances:
             raise ValueError("distances must not be empty")
-        free = vocab_size - self.RESERVED
-        n_key = n_val = free // 4
-        n_fill = free - n_key - n_val
-        if n_key < 1 or n_fill < 1:
-            raise ValueError(f"vocab_size {vocab_size} is too small for the needle task (>= 8)")
+        self.key_range, self.value_range, self.filler_range = _token_ranges(vocab_size, "needle")
+        n_key = n_val = self.key_range[1] - self.key_range[0]
         if n_key**key_len < num_pairs:
             raise ValueError(
                 f"{n_key} key tokens with key_len {key_len} cannot give {num_pairs} distinct keys"
@@ -156,9 +165,6 @@ class NeedleDataset(Dataset):
         self.num_pairs, self.key_len, self.value_len = int(num_pairs), int(key_len), int(value_len)
         self.seed, self.split = int(seed), _split_id(split)
         self.distances = distances
-        self.key_range = (self.RESERVED, self.RESERVED + n_key)
-        self.value_range = (self.key_range[1], self.key_range[1] + n_val)
-        self.filler_range = (self.value_range[1], vocab_size)
         self.pair_len = 2 + key_len + value_len
         self.query_len = 2 + key_len
         m = num_pairs - 1
@@ -326,11 +332,8 @@ class AssociativeRecallDataset(Dataset):
             raise ValueError(f"key_len must be >= 1, got {key_len}")
         if value_len < 1:
             raise ValueError(f"value_len must be >= 1, got {value_len}")
-        free = vocab_size - self.RESERVED
-        n_key = n_val = free // 4
-        n_fill = free - n_key - n_val
-        if n_key < 1 or n_fill < 1:
-            raise ValueError(f"vocab_size {vocab_size} is too small for the mqar task (>= 8)")
+        self.key_range, self.value_range, self.filler_range = _token_ranges(vocab_size, "mqar")
+        n_key = n_val = self.key_range[1] - self.key_range[0]
         if n_key**key_len < num_pairs:
             raise ValueError(
                 f"vocab_size {vocab_size} gives {n_key} key tokens: with key_len {key_len} that is "
@@ -347,9 +350,6 @@ class AssociativeRecallDataset(Dataset):
         self.num_pairs, self.num_queries = int(num_pairs), int(num_queries)
         self.key_len, self.value_len = int(key_len), int(value_len)
         self.filler, self.seed, self.split = bool(filler), int(seed), _split_id(split)
-        self.key_range = (self.RESERVED, self.RESERVED + n_key)
-        self.value_range = (self.key_range[1], self.key_range[1] + n_val)
-        self.filler_range = (self.value_range[1], vocab_size)
         self.pair_len = 2 + self.key_len + self.value_len  # a query record has the same length
         # Records live in [0, query_start); the queries fill the sequence's tail.
         self.query_start = self.seq_len + 1 - self.num_queries * self.pair_len
