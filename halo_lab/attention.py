@@ -12,7 +12,9 @@ Tensors are laid out [B, heads, L, head_dim]; K/V have ``num_kv_heads`` heads (g
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -44,6 +46,11 @@ def _flex_kernel():
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         _compiled_flex = torch.compile(flex_attention, dynamic=False)
     return _compiled_flex
+
+
+def triton_interpreted() -> bool:
+    """Triton kernels run on CPU tensors only under its interpreter (TRITON_INTERPRET=1, read at import)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1" and importlib.util.find_spec("triton") is not None
 
 
 def resolve_backend(config: HaloConfig, device: torch.device, seq_len: int | None = None) -> str:
@@ -366,12 +373,19 @@ def halo_attention(q, k, v, config: HaloConfig, layer: int, step: int, backend: 
                 )
         fallback = "masked" if q.shape[2] <= MASKED_MAX_LEN else "reference"
         return halo_attention(q, k, v, config, layer, step, fallback)
+    if backend == "triton":
+        if q.is_cuda or triton_interpreted():
+            from halo_lab.kernels.halo_attention import halo_triton_attention
+
+            return halo_triton_attention(q, k, v, config, layer, step)
+        _warn_once("attention_backend=triton needs CUDA (or TRITON_INTERPRET=1): using the reference backend")
+        return reference_attention(q, k, v, config, layer, step)
     if backend == "reference":
         return reference_attention(q, k, v, config, layer, step)
     if backend == "masked":
         return masked_attention(q, k, v, config, layer, step)
     raise ValueError(
-        f"attention_backend={backend!r} is not a HALO backend (reference, masked, flex, hybrid, auto)"
+        f"attention_backend={backend!r} is not a HALO backend (reference, masked, triton, flex, hybrid, auto)"
     )
 
 

@@ -162,6 +162,8 @@ def benchmark_generation(
 def _attention_variants(base: HaloConfig) -> dict[str, tuple[str, HaloConfig]]:
     return {
         "dense": ("dense", base),
+        "triton": ("triton", base),
+        "triton_token": ("triton", base.replace(random_edges="token")),
         "flex": ("flex", base),
         "flex_token": ("flex", base.replace(random_edges="token")),
         "hybrid": ("hybrid", base),
@@ -178,7 +180,7 @@ def _edges(config: HaloConfig, backend: str, n: int) -> float:
 
 
 def check_backends(device: torch.device, dtype: torch.dtype, n: int = 700) -> dict[str, float]:
-    """Relative error of flex vs the reference (values, and gradients where flex has a backward)."""
+    """Relative error of the fast backends vs the reference (values, and gradients on CUDA)."""
     errors = {}
     grads = device.type == "cuda"
     for mode in ("block", "token"):
@@ -187,7 +189,7 @@ def check_backends(device: torch.device, dtype: torch.dtype, n: int = 700) -> di
         ins = [torch.randn(2, h, L, 64, device=device, dtype=dtype, requires_grad=grads) for h in (8, 2, 2)]
         ref = attn.reference_attention(*[t.float() for t in ins], c, 1, 3)
         g = torch.randn_like(ref)
-        for backend in ("flex", "hybrid"):
+        for backend in ("triton", "flex", "hybrid") if device.type == "cuda" else ("flex", "hybrid"):
             with torch.set_grad_enabled(grads):
                 fast = attn.halo_attention(*ins, c, 1, 3, backend)
             errors[f"{backend}_{mode}_out"] = ((fast.float() - ref).norm() / ref.norm()).item()
@@ -212,8 +214,8 @@ def bench_attention(
         for name, (backend, cfg) in _attention_variants(base).items():
             if name not in spec["backends"] or (name == "reference" and n > spec["reference_max_len"]):
                 continue
-            if backend in ("flex", "hybrid") and device.type != "cuda":
-                continue  # no CPU backward for FlexAttention
+            if backend in ("triton", "flex", "hybrid") and device.type != "cuda":
+                continue  # no CPU backward for FlexAttention; Triton kernels need a GPU
             L = n + (0 if backend == "dense" else cfg.num_globals)
             q = torch.randn(
                 batch, cfg.num_heads, L, cfg.head_dim, device=device, dtype=dtype, requires_grad=True

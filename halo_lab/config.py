@@ -13,7 +13,7 @@ from typing import Any
 
 DILATION_RULES = ("window_multiple", "absolute")
 RANDOM_EDGE_MODES = ("block", "token")
-ATTENTION_BACKENDS = ("auto", "reference", "masked", "flex", "hybrid", "dense")
+ATTENTION_BACKENDS = ("auto", "reference", "masked", "triton", "flex", "hybrid", "dense")
 NORMS = ("layernorm", "rmsnorm")
 
 
@@ -59,10 +59,11 @@ class HaloConfig:
     graph_seed: int = 0
     """Seed of the random edges; they are a pure function of (seed, layer, step, position)."""
     attention_backend: str = "auto"
-    """``auto`` (flex on CUDA; masked, then reference beyond 4096 positions, elsewhere), ``reference`` (the
-    gather oracle), ``masked`` (SDPA with the graph as an L x L boolean mask), ``flex`` (one block-sparse
-    kernel over the whole graph), ``hybrid`` (window kernel + gathered long-range edges, merged by their
-    log-sum-exp); ``dense`` is the baseline's."""
+    """``auto`` (triton on CUDA; masked, then reference beyond 4096 positions, elsewhere), ``reference``
+    (the gather oracle), ``masked`` (SDPA with the graph as an L x L boolean mask), ``triton`` (the fused
+    kernel pair: the whole graph in one online softmax, halo_lab/kernels/halo_attention), ``flex`` (one
+    block-sparse FlexAttention kernel over the whole graph), ``hybrid`` (window kernel + gathered
+    long-range edges, merged by their log-sum-exp); ``dense`` is the baseline's."""
     ffn_mult: int = 4
     """FFN inner width = ffn_mult * hidden_size (the reference uses 4 for both FFN kinds)."""
     norm: str = "layernorm"

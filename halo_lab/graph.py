@@ -87,8 +87,9 @@ def random_keys(config: HaloConfig, layer: int, step: int, positions: torch.Tens
     positions = positions.long()
     key = _stream_key(config.graph_seed, layer, step)
     if config.random_edges == "token":
-        dil = torch.tensor(config.dilated_distances, dtype=torch.long, device=positions.device)
-        dil_keys = positions.unsqueeze(1) - dil.flip(0).unsqueeze(0)  # ascending keys
+        # ascending keys; built from Python ints, so no host-to-device copy (and no sync) on the GPU
+        dists = config.dilated_distances[::-1]
+        dil_keys = torch.stack([positions - d for d in dists], 1) if dists else positions[:, None][:, :0]
         n_dil = (dil_keys >= 0).sum(1)
         pool = (positions - W + 1).clamp(min=0) - n_dil
         rows = _mix32(key ^ (positions & _M32))
@@ -96,12 +97,11 @@ def random_keys(config: HaloConfig, layer: int, step: int, positions: torch.Tens
         excluded = torch.where(dil_keys >= 0, dil_keys, torch.full_like(dil_keys, 1 << 40))
         keys = _skip_sorted(ranks, excluded.sort(dim=1).values)
         return torch.where(ranks >= 0, keys, torch.full_like(keys, -1))
+    # per position, not per unique unit: the same values without torch.unique's host sync
     units = random_unit(config, positions)
-    unique_units, inverse = torch.unique(units, return_inverse=True)
-    first_query = (unique_units * config.graph_block_size - config.num_globals).clamp(min=0)
+    first_query = (units * config.graph_block_size - config.num_globals).clamp(min=0)
     pool = (first_query - W + 1).clamp(min=0)
-    per_unit = _sample_distinct(_mix32(key ^ (unique_units & _M32)), pool, R)
-    return per_unit[inverse]
+    return _sample_distinct(_mix32(key ^ (units & _M32)), pool, R)
 
 
 def neighbor_index(config: HaloConfig, layer: int, step: int, positions: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,14 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
-# W&B never talks to the network in tests (pitfall 3); subprocesses inherit it.
+# Without a GPU, Triton kernels run in Triton's CPU interpreter (read when the kernels are defined, so set
+# before anything imports halo_lab.kernels); on a GPU machine they run compiled.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# W&B never talks to the network in tests; subprocesses inherit it.
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 

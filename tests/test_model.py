@@ -43,7 +43,7 @@ def grad_ctx(backend):
 # ------------------------------------------------------------------------------------ causality
 
 
-@pytest.mark.parametrize("backend", ["reference", "masked", "flex", "hybrid", "dense"])
+@pytest.mark.parametrize("backend", ["reference", "masked", "triton", "flex", "hybrid", "dense"])
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("n", [5, 77, 150])
 @pytest.mark.parametrize("mode", ["block", "token"])

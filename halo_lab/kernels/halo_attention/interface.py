@@ -1,0 +1,150 @@
+"""``halo_triton_attention``: the fused HALO kernels behind one autograd.Function.
+
+Block sizes (rows are query positions x the query heads of one KV head):
+
+* forward / dQ: BLOCK_M = 128 rows for head_dim <= 64, 64 for 128 (the fp32 accumulator and the
+  row-wise key loads hold BLOCK_M x head_dim values in registers). BLOCK_T = BLOCK_M / GRP positions, so
+  the window tiles cover BLOCK_T + W - 1 keys: the shorter the tile, the less of each window tile is
+  masked away (67% useful at BLOCK_T = 32, W = 64), which is why the query heads are packed instead of
+  using longer position tiles. BLOCK_N = 32 window keys per step.
+* dK/dV: BLOCK_N = 64 keys per program (32 for head_dim 128), BLOCK_Q = 32 window queries per step,
+  each of the group's query heads in turn.
+
+The shapes are those of ``halo_lab.attention``: q [B, Hq, L, d], k/v [B, Hkv, L, d] over the full sequence
+(G globals then the text), last dimension contiguous.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+
+from halo_lab.config import HaloConfig
+from halo_lab.kernels.halo_attention.backward import halo_bwd_dkv_kernel, halo_bwd_dq_kernel
+from halo_lab.kernels.halo_attention.forward import halo_fwd_kernel
+from halo_lab.kernels.halo_attention.tables import GraphTables, graph_tables
+
+LOG2E = 1.4426950408889634
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"  # read by triton when the kernels are defined
+
+
+def _blocks(head_dim: int, group: int) -> dict[str, int]:
+    rows = 128 if head_dim <= 64 else 64
+    block_t = max(1, rows // group)
+    return {
+        "BLOCK_T": block_t,
+        "BLOCK_N": 32,
+        "DKV_BLOCK_N": 64 if head_dim <= 64 else 32,
+        "BLOCK_Q": 32,
+        "num_warps": 4 if head_dim <= 64 else 8,
+    }
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _like_bshd(t: torch.Tensor) -> torch.Tensor:
+    """An empty [B, H, L, d] tensor stored as [B, L, H, d]: the attention output's consumer transposes it."""
+    B, H, L, d = t.shape
+    return t.new_empty(B, L, H, d).transpose(1, 2)
+
+
+class HaloTritonAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, tables: GraphTables, config: HaloConfig):
+        q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+        B, Hq, L, d = q.shape
+        Hkv = k.shape[1]
+        group = Hq // Hkv
+        blk = _blocks(d, group)
+        o = _like_bshd(q)
+        lse = torch.empty(B, Hq, L, device=q.device, dtype=torch.float32)
+        scale = 1.0 / math.sqrt(d)
+        consts = _consts(config, tables, group, d, q.dtype)
+        grid = (triton.cdiv(L, blk["BLOCK_T"]), B * Hkv)
+        halo_fwd_kernel[grid](
+            q, k, v, o, lse, tables.dist, tables.rand,
+            scale * LOG2E,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(o),
+            tables.rand.stride(0),
+            L, Hkv,
+            BLOCK_T=blk["BLOCK_T"], BLOCK_N=blk["BLOCK_N"], num_warps=blk["num_warps"], **consts,
+        )  # fmt: skip
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.tables, ctx.config = tables, config
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        tables, config = ctx.tables, ctx.config
+        do = _last_dim_contiguous(do)
+        B, Hq, L, d = q.shape
+        Hkv = k.shape[1]
+        group = Hq // Hkv
+        blk = _blocks(d, group)
+        scale = 1.0 / math.sqrt(d)
+        consts = _consts(config, tables, group, d, q.dtype)
+        dq = torch.empty_like(q)
+        dk, dv = torch.empty_like(k), torch.empty_like(v)
+        delta = torch.empty_like(lse)
+        # fp32 gradients of the keys many queries share (globals, random), added by atomics in the dQ pass
+        dk_shared = torch.zeros(B, Hkv, L, d, device=q.device, dtype=torch.float32)
+        dv_shared = torch.zeros_like(dk_shared)
+        shared_random = config.random_edges == "block" and tables.unit % blk["BLOCK_T"] == 0
+        halo_bwd_dq_kernel[(triton.cdiv(L, blk["BLOCK_T"]), B * Hkv)](
+            q, k, v, o, do, dq, lse, delta, dk_shared, dv_shared, tables.dist, tables.rand,
+            scale * LOG2E, scale,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(do), *_strides(dq),
+            tables.rand.stride(0),
+            L, Hkv,
+            BLOCK_T=blk["BLOCK_T"], BLOCK_N=blk["BLOCK_N"], SHARED_RANDOM=shared_random,
+            num_warps=blk["num_warps"], **consts,
+        )  # fmt: skip
+        consts.pop("NR"), consts.pop("UNIT")
+        halo_bwd_dkv_kernel[(triton.cdiv(L, blk["DKV_BLOCK_N"]), B * Hkv)](
+            q, k, v, do, dk, dv, lse, delta, dk_shared, dv_shared, tables.dist,
+            scale * LOG2E, scale,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
+            L, Hkv,
+            BLOCK_N=blk["DKV_BLOCK_N"], BLOCK_Q=blk["BLOCK_Q"], num_warps=blk["num_warps"], **consts,
+        )  # fmt: skip
+        return dq, dk, dv, None, None
+
+
+def _consts(config: HaloConfig, tables: GraphTables, group: int, head_dim: int, dtype) -> dict:
+    return {
+        "G": config.num_globals,
+        "W": config.local_window,
+        "ND": len(config.dilated_distances),
+        "NR": config.num_random,
+        "UNIT": tables.unit,
+        "GRP": group,
+        "HD": head_dim,
+        "IEEE": dtype == torch.float32,
+        "UPCAST": INTERPRETED,
+    }
+
+
+def halo_triton_attention(q, k, v, config: HaloConfig, layer: int, step: int) -> torch.Tensor:
+    """HALO attention over the full sequence (globals included) through the fused Triton kernels."""
+    d = q.shape[-1]
+    if d not in (16, 32, 64, 128):
+        raise ValueError(f"the triton backend supports head_dim 16, 32, 64 or 128, not {d}")
+    dev = q.device.type
+    if torch.is_autocast_enabled(dev):  # like SDPA: attention runs in the autocast dtype
+        dtype = torch.get_autocast_dtype(dev)
+    else:  # RoPE in fp32 can leave q/k fp32 beside a bf16 v
+        dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+    q, k, v = (t.to(dtype) for t in (q, k, v))
+    tables = graph_tables(config, layer, step, q.shape[2], q.device)
+    with torch.autocast(dev, enabled=False):
+        return HaloTritonAttention.apply(q, k, v, tables, config)

@@ -1,0 +1,74 @@
+"""The graph as the fused kernel reads it: a few small device tensors, built once and reused.
+
+The window and the globals need no table (they are ranges). The dilated distances are a [D] int32 tensor.
+The random keys are a [U, R] int32 table of full-sequence positions (-1 = none): one row per block of
+``graph_block_size`` positions in ``block`` mode (every query of a block shares its keys), one row per
+position in ``token`` mode. The table of a (layer, length, device) is allocated once and refilled in place
+when the training step changes, from the same counter-based hash as ``halo_lab.graph`` (so every backend
+sees the same edges); no host sync, no per-step allocation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from halo_lab import graph
+from halo_lab.config import HaloConfig
+
+
+@dataclass
+class GraphTables:
+    dist: torch.Tensor  # [max(D, 1)] int32 dilated distances
+    rand: torch.Tensor  # [U, max(R, 1)] int32 random keys (full positions), -1 = none
+    unit: int  # positions per row of ``rand``: graph_block_size (block mode) or 1 (token mode)
+    step: int | None = None
+
+
+def _graph_key(config: HaloConfig) -> tuple:
+    return (
+        config.num_globals,
+        config.local_window,
+        config.dilated_distances,
+        config.num_random,
+        config.random_edges,
+        config.graph_block_size,
+        config.graph_seed,
+    )
+
+
+_tables: dict[tuple, GraphTables] = {}
+
+
+def random_table(config: HaloConfig, layer: int, step: int, seq_len: int, device) -> torch.Tensor:
+    """[U, R] random keys in full positions for a sequence of ``seq_len`` positions (globals included)."""
+    G, unit = config.num_globals, _unit(config)
+    n_units = (seq_len + unit - 1) // unit
+    first = torch.arange(n_units, device=device) * unit  # first full position of each row
+    text = (first - G).clamp(min=0)  # a text position whose random keys are the row's
+    keys = graph.random_keys(config, layer, step, text)
+    keys = torch.where(keys >= 0, keys + G, keys)
+    no_text = (first + unit - 1 < G).unsqueeze(1)  # rows made only of global positions
+    return torch.where(no_text, torch.full_like(keys, -1), keys).to(torch.int32)
+
+
+def _unit(config: HaloConfig) -> int:
+    return config.graph_block_size if config.random_edges == "block" else 1
+
+
+def graph_tables(config: HaloConfig, layer: int, step: int, seq_len: int, device) -> GraphTables:
+    """The tables of one (graph, layer, length, device), refilled in place when ``step`` changes."""
+    key = (_graph_key(config), layer, seq_len, str(device))
+    entry = _tables.get(key)
+    if entry is None:
+        dists = list(config.dilated_distances) or [0]
+        dist = torch.tensor(dists, dtype=torch.int32).to(device)
+        n_units = (seq_len + _unit(config) - 1) // _unit(config)
+        rand = torch.full((n_units, max(config.num_random, 1)), -1, dtype=torch.int32, device=device)
+        entry = _tables[key] = GraphTables(dist, rand, _unit(config))
+    if entry.step != step:
+        if config.num_random:
+            entry.rand.copy_(random_table(config, layer, step, seq_len, device))
+        entry.step = step
+    return entry
