@@ -19,7 +19,7 @@ import triton.language as tl
 
 from halo_lab.kernels.halo_attention.forward import mma
 
-NEG_INF = float("-inf")
+NEG_INF = tl.constexpr(float("-inf"))
 
 
 @triton.jit
@@ -129,13 +129,13 @@ def halo_bwd_dq_kernel(
         kmask = kpos < hi
         kt = tl.load(k_base + kpos[:, None] * stride_kl + cols[None, :], mask=kmask[:, None], other=0.0)
         vt = tl.load(v_base + kpos[:, None] * stride_vl + cols[None, :], mask=kmask[:, None], other=0.0)
-        s = mma(q, tl.trans(kt), IEEE, UPCAST)
-        dp = mma(do, tl.trans(vt), IEEE, UPCAST)
-        d = tok[:, None] - kpos[None, :]
-        ok = is_text[:, None] & kmask[None, :] & (d >= 0) & (d < W)
-        p = tl.where(ok, tl.exp2(s * qk_scale - lse[:, None]), 0.0)
-        ds = p * (dp - delta[:, None])
-        dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
+        sw = mma(q, tl.trans(kt), IEEE, UPCAST)
+        dpw = mma(do, tl.trans(vt), IEEE, UPCAST)
+        dw = tok[:, None] - kpos[None, :]
+        okw = is_text[:, None] & kmask[None, :] & (dw >= 0) & (dw < W)
+        pw = tl.where(okw, tl.exp2(sw * qk_scale - lse[:, None]), 0.0)
+        dsw = pw * (dpw - delta[:, None])
+        dq += mma(dsw.to(kt.dtype), kt, IEEE, UPCAST)
 
     tl.store(
         DQ + b * stride_dqb + head[:, None] * stride_dqh + tok[:, None] * stride_dql + cols[None, :],
@@ -212,28 +212,28 @@ def halo_bwd_dkv_kernel(
     for start in range(lo, hi, BLOCK_Q):
         qpos = start + tl.arange(0, BLOCK_Q)
         qmask = qpos < hi
-        d = qpos[:, None] - kpos[None, :]
-        ok = qmask[:, None] & k_text[None, :] & (d >= 0) & (d < W)
+        dw = qpos[:, None] - kpos[None, :]
+        okw = qmask[:, None] & k_text[None, :] & (dw >= 0) & (dw < W)
         for g in tl.static_range(GRP):
-            head = h * GRP + g
+            headw = h * GRP + g
             qt = tl.load(
-                Q + b * stride_qb + head * stride_qh + qpos[:, None] * stride_ql + cols[None, :],
+                Q + b * stride_qb + headw * stride_qh + qpos[:, None] * stride_ql + cols[None, :],
                 mask=qmask[:, None],
                 other=0.0,
             )
             dot_ = tl.load(
-                DO + b * stride_dob + head * stride_doh + qpos[:, None] * stride_dol + cols[None, :],
+                DO + b * stride_dob + headw * stride_doh + qpos[:, None] * stride_dol + cols[None, :],
                 mask=qmask[:, None],
                 other=0.0,
             )
-            lse = tl.load(LSE + (b * H + head) * L + qpos, mask=qmask, other=0.0)
-            delta = tl.load(DELTA + (b * H + head) * L + qpos, mask=qmask, other=0.0)
-            s = mma(qt, tl.trans(kt), IEEE, UPCAST)
-            dp = mma(dot_, tl.trans(vt), IEEE, UPCAST)
-            p = tl.where(ok, tl.exp2(s * qk_scale - lse[:, None]), 0.0)
-            ds = p * (dp - delta[:, None])
-            dv += mma(tl.trans(p.to(dot_.dtype)), dot_, IEEE, UPCAST)
-            dk += mma(tl.trans(ds.to(qt.dtype)), qt, IEEE, UPCAST)
+            lsew = tl.load(LSE + (b * H + headw) * L + qpos, mask=qmask, other=0.0)
+            deltaw = tl.load(DELTA + (b * H + headw) * L + qpos, mask=qmask, other=0.0)
+            sw = mma(qt, tl.trans(kt), IEEE, UPCAST)
+            dpw = mma(dot_, tl.trans(vt), IEEE, UPCAST)
+            pw = tl.where(okw, tl.exp2(sw * qk_scale - lsew[:, None]), 0.0)
+            dsw = pw * (dpw - deltaw[:, None])
+            dv += mma(tl.trans(pw.to(dot_.dtype)), dot_, IEEE, UPCAST)
+            dk += mma(tl.trans(dsw.to(qt.dtype)), qt, IEEE, UPCAST)
 
     acc = (b * HKV + h) * L * HD + kpos[:, None] * HD + cols[None, :]
     dk = dk * sm_scale + tl.load(DKA + acc, mask=kmask[:, None], other=0.0)

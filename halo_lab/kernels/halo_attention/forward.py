@@ -16,7 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-NEG_INF = float("-inf")
+NEG_INF = tl.constexpr(float("-inf"))
 
 
 @triton.jit
@@ -116,15 +116,15 @@ def halo_fwd_kernel(
         kmask = kpos < hi
         kt = tl.load(k_base + kpos[:, None] * stride_kl + cols[None, :], mask=kmask[:, None], other=0.0)
         vt = tl.load(v_base + kpos[:, None] * stride_vl + cols[None, :], mask=kmask[:, None], other=0.0)
-        s = mma(q, tl.trans(kt), IEEE, UPCAST)
-        d = tok[:, None] - kpos[None, :]
-        ok = is_text[:, None] & kmask[None, :] & (d >= 0) & (d < W)
-        s = tl.where(ok, s * qk_scale, NEG_INF)
-        m_new = tl.maximum(m, tl.max(s, 1))
+        sw = mma(q, tl.trans(kt), IEEE, UPCAST)
+        dw = tok[:, None] - kpos[None, :]
+        okw = is_text[:, None] & kmask[None, :] & (dw >= 0) & (dw < W)
+        sw = tl.where(okw, sw * qk_scale, NEG_INF)
+        m_new = tl.maximum(m, tl.max(sw, 1))
         alpha = tl.exp2(m - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l = l * alpha + tl.sum(p, 1)
-        pv = mma(p.to(vt.dtype), vt, IEEE, UPCAST)
+        pw = tl.exp2(sw - m_new[:, None])
+        l = l * alpha + tl.sum(pw, 1)
+        pv = mma(pw.to(vt.dtype), vt, IEEE, UPCAST)
         acc = acc * alpha[:, None] + pv
         m = m_new
 
