@@ -1,7 +1,7 @@
 """Backward kernels: a dQ pass owned by query tiles, then a dK/dV pass owned by key tiles.
 
 dQ pass (same tiling as the forward): recomputes each edge's probability from the saved log-sum-exp,
-writes dQ and delta = rowsum(dO * O), and adds the gradients of the keys that many queries share (the
+writes dQ and delta = rowsum(dO * Out), and adds the gradients of the keys that many queries share (the
 globals, and the random keys) into fp32 buffers with atomics. A tile's rows share a block-mode random key,
 so the tile reduces over its rows first and issues one atomic per (tile, key); token-mode keys are added
 row by row.
@@ -24,7 +24,7 @@ NEG_INF = tl.constexpr(float("-inf"))
 
 @triton.jit
 def halo_bwd_dq_kernel(
-    Q, K, V, O, DO, DQ, LSE, DELTA, DKA, DVA, DIST, RAND,
+    Q, K, V, Out, DO, DQ, LSE, DELTA, DKA, DVA, DIST, RAND,
     qk_scale, sm_scale,
     stride_qb, stride_qh, stride_ql,
     stride_kb, stride_kh, stride_kl,
@@ -63,7 +63,7 @@ def halo_bwd_dq_kernel(
         other=0.0,
     )
     o = tl.load(
-        O + b * stride_ob + head[:, None] * stride_oh + tok[:, None] * stride_ol + cols[None, :],
+        Out + b * stride_ob + head[:, None] * stride_oh + tok[:, None] * stride_ol + cols[None, :],
         mask=row_ok[:, None],
         other=0.0,
     )
@@ -159,6 +159,8 @@ def halo_bwd_dkv_kernel(
     GRP: tl.constexpr, HD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_Q: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
+    # query tiles pack the group's heads like the forward: BLOCK_Q positions x GRP heads = QROWS rows
+    QROWS: tl.constexpr = BLOCK_Q * GRP
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // HKV
@@ -169,21 +171,15 @@ def halo_bwd_dkv_kernel(
     cols = tl.arange(0, HD)
     kmask = kpos < L
     k_text = kmask & (kpos >= G)
-    kt = tl.load(
-        K + b * stride_kb + h * stride_kh + kpos[:, None] * stride_kl + cols[None, :],
-        mask=kmask[:, None],
-        other=0.0,
-    )
-    vt = tl.load(
-        V + b * stride_vb + h * stride_vh + kpos[:, None] * stride_vl + cols[None, :],
-        mask=kmask[:, None],
-        other=0.0,
-    )
-    kf, vf = kt.to(tl.float32), vt.to(tl.float32)
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    kt = tl.load(k_base + kpos[:, None] * stride_kl + cols[None, :], mask=kmask[:, None], other=0.0)
+    vt = tl.load(v_base + kpos[:, None] * stride_vl + cols[None, :], mask=kmask[:, None], other=0.0)
     dk = tl.zeros([BLOCK_N, HD], tl.float32)
     dv = tl.zeros([BLOCK_N, HD], tl.float32)
 
-    # dilated queries of key j: j + d, one per key
+    # dilated queries of key j: j + d, one per key, for each head of the group
+    kf, vf = kt.to(tl.float32), vt.to(tl.float32)
     for e in tl.static_range(ND):
         qp = kpos + tl.load(DIST + e)
         ok = k_text & (qp < L)
@@ -207,33 +203,33 @@ def halo_bwd_dkv_kernel(
             dv += p[:, None] * dor
 
     # window queries of key j: j .. j + W - 1
+    qrow = tl.arange(0, QROWS)
+    qhead = h * GRP + qrow % GRP
     lo = tl.maximum(j0, G)
     hi = tl.minimum(j0 + BLOCK_N + W - 1, L)
     for start in range(lo, hi, BLOCK_Q):
-        qpos = start + tl.arange(0, BLOCK_Q)
+        qpos = start + qrow // GRP
         qmask = qpos < hi
         dw = qpos[:, None] - kpos[None, :]
         okw = qmask[:, None] & k_text[None, :] & (dw >= 0) & (dw < W)
-        for g in tl.static_range(GRP):
-            headw = h * GRP + g
-            qt = tl.load(
-                Q + b * stride_qb + headw * stride_qh + qpos[:, None] * stride_ql + cols[None, :],
-                mask=qmask[:, None],
-                other=0.0,
-            )
-            dot_ = tl.load(
-                DO + b * stride_dob + headw * stride_doh + qpos[:, None] * stride_dol + cols[None, :],
-                mask=qmask[:, None],
-                other=0.0,
-            )
-            lsew = tl.load(LSE + (b * H + headw) * L + qpos, mask=qmask, other=0.0)
-            deltaw = tl.load(DELTA + (b * H + headw) * L + qpos, mask=qmask, other=0.0)
-            sw = mma(qt, tl.trans(kt), IEEE, UPCAST)
-            dpw = mma(dot_, tl.trans(vt), IEEE, UPCAST)
-            pw = tl.where(okw, tl.exp2(sw * qk_scale - lsew[:, None]), 0.0)
-            dsw = pw * (dpw - deltaw[:, None])
-            dv += mma(tl.trans(pw.to(dot_.dtype)), dot_, IEEE, UPCAST)
-            dk += mma(tl.trans(dsw.to(qt.dtype)), qt, IEEE, UPCAST)
+        qt = tl.load(
+            Q + b * stride_qb + qhead[:, None] * stride_qh + qpos[:, None] * stride_ql + cols[None, :],
+            mask=qmask[:, None],
+            other=0.0,
+        )
+        dot_ = tl.load(
+            DO + b * stride_dob + qhead[:, None] * stride_doh + qpos[:, None] * stride_dol + cols[None, :],
+            mask=qmask[:, None],
+            other=0.0,
+        )
+        lsew = tl.load(LSE + (b * H + qhead) * L + qpos, mask=qmask, other=0.0)
+        deltaw = tl.load(DELTA + (b * H + qhead) * L + qpos, mask=qmask, other=0.0)
+        sw = mma(qt, tl.trans(kt), IEEE, UPCAST)
+        dpw = mma(dot_, tl.trans(vt), IEEE, UPCAST)
+        pw = tl.where(okw, tl.exp2(sw * qk_scale - lsew[:, None]), 0.0)
+        dsw = pw * (dpw - deltaw[:, None])
+        dv += mma(tl.trans(pw.to(dot_.dtype)), dot_, IEEE, UPCAST)
+        dk += mma(tl.trans(dsw.to(qt.dtype)), qt, IEEE, UPCAST)
 
     acc = (b * HKV + h) * L * HD + kpos[:, None] * HD + cols[None, :]
     dk = dk * sm_scale + tl.load(DKA + acc, mask=kmask[:, None], other=0.0)

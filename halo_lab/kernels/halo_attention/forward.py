@@ -32,17 +32,17 @@ def mma(a, b, IEEE: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def online_row_update(m, l, acc, s, v):
+def online_row_update(m, denom, acc, s, v):
     """Add one key per row (scores s [M], values v [M, HD]) to the running softmax state."""
     m_new = tl.maximum(m, s)
     alpha = tl.exp2(m - m_new)
     p = tl.exp2(s - m_new)
-    return m_new, l * alpha + p, acc * alpha[:, None] + p[:, None] * v
+    return m_new, denom * alpha + p, acc * alpha[:, None] + p[:, None] * v
 
 
 @triton.jit
 def halo_fwd_kernel(
-    Q, K, V, O, LSE, DIST, RAND,
+    Q, K, V, Out, LSE, DIST, RAND,
     qk_scale,  # softmax scale * log2(e)
     stride_qb, stride_qh, stride_ql,
     stride_kb, stride_kh, stride_kl,
@@ -77,7 +77,7 @@ def halo_fwd_kernel(
     v_base = V + b * stride_vb + h * stride_vh
 
     m = tl.full([BLOCK_M], -1e30, tl.float32)  # finite: a row with no key yet must not produce NaN
-    l = tl.zeros([BLOCK_M], tl.float32)
+    denom = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HD], tl.float32)
 
     # globals: text rows see all of them, global row g sees globals 0..g
@@ -86,7 +86,7 @@ def halo_fwd_kernel(
         vg = tl.load(v_base + g * stride_vl + cols).to(tl.float32)
         s = tl.sum(qf * kg[None, :], 1) * qk_scale
         s = tl.where(row_ok & (tok >= g), s, NEG_INF)
-        m, l, acc = online_row_update(m, l, acc, s, vg[None, :])
+        m, denom, acc = online_row_update(m, denom, acc, s, vg[None, :])
 
     # dilated: key tok - d, text to text
     for e in tl.static_range(ND):
@@ -95,7 +95,7 @@ def halo_fwd_kernel(
         kr = tl.load(k_base + kp[:, None] * stride_kl + cols[None, :], mask=ok[:, None], other=0.0)
         vr = tl.load(v_base + kp[:, None] * stride_vl + cols[None, :], mask=ok[:, None], other=0.0)
         s = tl.where(ok, tl.sum(qf * kr.to(tl.float32), 1) * qk_scale, NEG_INF)
-        m, l, acc = online_row_update(m, l, acc, s, vr.to(tl.float32))
+        m, denom, acc = online_row_update(m, denom, acc, s, vr.to(tl.float32))
 
     # random: from the table; in block mode a key equal to the row's dilated key is that edge already
     for e in tl.static_range(NR):
@@ -106,7 +106,7 @@ def halo_fwd_kernel(
         kr = tl.load(k_base + kp[:, None] * stride_kl + cols[None, :], mask=ok[:, None], other=0.0)
         vr = tl.load(v_base + kp[:, None] * stride_vl + cols[None, :], mask=ok[:, None], other=0.0)
         s = tl.where(ok, tl.sum(qf * kr.to(tl.float32), 1) * qk_scale, NEG_INF)
-        m, l, acc = online_row_update(m, l, acc, s, vr.to(tl.float32))
+        m, denom, acc = online_row_update(m, denom, acc, s, vr.to(tl.float32))
 
     # window: text keys tok - W + 1 .. tok, as tensor-core tiles
     lo = tl.maximum(t0 - W + 1, G)
@@ -123,16 +123,16 @@ def halo_fwd_kernel(
         m_new = tl.maximum(m, tl.max(sw, 1))
         alpha = tl.exp2(m - m_new)
         pw = tl.exp2(sw - m_new[:, None])
-        l = l * alpha + tl.sum(pw, 1)
+        denom = denom * alpha + tl.sum(pw, 1)
         pv = mma(pw.to(vt.dtype), vt, IEEE, UPCAST)
         acc = acc * alpha[:, None] + pv
         m = m_new
 
-    l_safe = tl.where(l > 0, l, 1.0)
+    l_safe = tl.where(denom > 0, denom, 1.0)
     out = acc / l_safe[:, None]
     tl.store(
-        O + b * stride_ob + head[:, None] * stride_oh + tok[:, None] * stride_ol + cols[None, :],
-        out.to(O.dtype.element_ty),
+        Out + b * stride_ob + head[:, None] * stride_oh + tok[:, None] * stride_ol + cols[None, :],
+        out.to(Out.dtype.element_ty),
         mask=row_ok[:, None],
     )
     H = HKV * GRP

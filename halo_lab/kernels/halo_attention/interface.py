@@ -7,8 +7,9 @@ Block sizes (rows are query positions x the query heads of one KV head):
   the window tiles cover BLOCK_T + W - 1 keys: the shorter the tile, the less of each window tile is
   masked away (67% useful at BLOCK_T = 32, W = 64), which is why the query heads are packed instead of
   using longer position tiles. BLOCK_N = 32 window keys per step.
-* dK/dV: BLOCK_N = 64 keys per program (32 for head_dim 128), BLOCK_Q = 32 window queries per step,
-  each of the group's query heads in turn.
+* dK/dV: BLOCK_N = 64 keys per program (32 for head_dim 128 or fp32); the window queries come in
+  tiles packed like the forward's (BLOCK_Q positions x GRP heads = 128 rows), the dilated queries one
+  head at a time (one query row per key).
 
 The shapes are those of ``halo_lab.attention``: q [B, Hq, L, d], k/v [B, Hkv, L, d] over the full sequence
 (G globals then the text), last dimension contiguous.
@@ -31,16 +32,26 @@ LOG2E = 1.4426950408889634
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"  # read by triton when the kernels are defined
 
 
-def _blocks(head_dim: int, group: int) -> dict[str, int]:
-    rows = 128 if head_dim <= 64 else 64
+def launch_options(head_dim: int, group: int, dtype: torch.dtype) -> dict[str, dict[str, int]]:
+    """Block sizes and launch options of the three kernels (see the module docstring for the reasons)."""
+    # fp32 tiles take twice the shared memory of bf16 ones: halve the rows (fp32 is the test/eval path)
+    wide = head_dim > 64 or dtype == torch.float32
+    rows = 64 if wide else 128
+    warps = 8 if head_dim > 64 else 4
     block_t = max(1, rows // group)
+    query_tiles = {"BLOCK_T": block_t, "BLOCK_N": 32, "num_warps": warps, "num_stages": 2}
     return {
-        "BLOCK_T": block_t,
-        "BLOCK_N": 32,
-        "DKV_BLOCK_N": 64 if head_dim <= 64 else 32,
-        "BLOCK_Q": 32,
-        "num_warps": 4 if head_dim <= 64 else 8,
+        "fwd": dict(query_tiles),
+        "dq": dict(query_tiles),
+        "dkv": {"BLOCK_N": 32 if wide else 64, "BLOCK_Q": block_t, "num_warps": warps, "num_stages": 2},
     }
+
+
+TUNED: dict[tuple, dict[str, dict[str, int]]] = {}  # (head_dim, group, dtype) -> overrides, for tuning runs
+
+
+def _options(head_dim: int, group: int, dtype: torch.dtype) -> dict[str, dict[str, int]]:
+    return TUNED.get((head_dim, group, dtype)) or launch_options(head_dim, group, dtype)
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int]:
@@ -64,19 +75,18 @@ class HaloTritonAttention(torch.autograd.Function):
         B, Hq, L, d = q.shape
         Hkv = k.shape[1]
         group = Hq // Hkv
-        blk = _blocks(d, group)
+        opt = _options(d, group, q.dtype)["fwd"]
         o = _like_bshd(q)
         lse = torch.empty(B, Hq, L, device=q.device, dtype=torch.float32)
         scale = 1.0 / math.sqrt(d)
         consts = _consts(config, tables, group, d, q.dtype)
-        grid = (triton.cdiv(L, blk["BLOCK_T"]), B * Hkv)
-        halo_fwd_kernel[grid](
+        halo_fwd_kernel[(triton.cdiv(L, opt["BLOCK_T"]), B * Hkv)](
             q, k, v, o, lse, tables.dist, tables.rand,
             scale * LOG2E,
             *_strides(q), *_strides(k), *_strides(v), *_strides(o),
             tables.rand.stride(0),
             L, Hkv,
-            BLOCK_T=blk["BLOCK_T"], BLOCK_N=blk["BLOCK_N"], num_warps=blk["num_warps"], **consts,
+            **opt, **consts,
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.tables, ctx.config = tables, config
@@ -90,7 +100,7 @@ class HaloTritonAttention(torch.autograd.Function):
         B, Hq, L, d = q.shape
         Hkv = k.shape[1]
         group = Hq // Hkv
-        blk = _blocks(d, group)
+        opts = _options(d, group, q.dtype)
         scale = 1.0 / math.sqrt(d)
         consts = _consts(config, tables, group, d, q.dtype)
         dq = torch.empty_like(q)
@@ -99,23 +109,24 @@ class HaloTritonAttention(torch.autograd.Function):
         # fp32 gradients of the keys many queries share (globals, random), added by atomics in the dQ pass
         dk_shared = torch.zeros(B, Hkv, L, d, device=q.device, dtype=torch.float32)
         dv_shared = torch.zeros_like(dk_shared)
-        shared_random = config.random_edges == "block" and tables.unit % blk["BLOCK_T"] == 0
-        halo_bwd_dq_kernel[(triton.cdiv(L, blk["BLOCK_T"]), B * Hkv)](
+        opt = opts["dq"]
+        shared_random = config.random_edges == "block" and tables.unit % opt["BLOCK_T"] == 0
+        halo_bwd_dq_kernel[(triton.cdiv(L, opt["BLOCK_T"]), B * Hkv)](
             q, k, v, o, do, dq, lse, delta, dk_shared, dv_shared, tables.dist, tables.rand,
             scale * LOG2E, scale,
             *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(do), *_strides(dq),
             tables.rand.stride(0),
             L, Hkv,
-            BLOCK_T=blk["BLOCK_T"], BLOCK_N=blk["BLOCK_N"], SHARED_RANDOM=shared_random,
-            num_warps=blk["num_warps"], **consts,
+            SHARED_RANDOM=shared_random, **opt, **consts,
         )  # fmt: skip
         consts.pop("NR"), consts.pop("UNIT")
-        halo_bwd_dkv_kernel[(triton.cdiv(L, blk["DKV_BLOCK_N"]), B * Hkv)](
+        opt = opts["dkv"]
+        halo_bwd_dkv_kernel[(triton.cdiv(L, opt["BLOCK_N"]), B * Hkv)](
             q, k, v, do, dk, dv, lse, delta, dk_shared, dv_shared, tables.dist,
             scale * LOG2E, scale,
             *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
             L, Hkv,
-            BLOCK_N=blk["DKV_BLOCK_N"], BLOCK_Q=blk["BLOCK_Q"], num_warps=blk["num_warps"], **consts,
+            **opt, **consts,
         )  # fmt: skip
         return dq, dk, dv, None, None
 
