@@ -1,15 +1,14 @@
 """Backward kernels: a dQ pass owned by query tiles, then a dK/dV pass owned by key tiles.
 
-dQ pass (same tiling as the forward): recomputes each edge's probability from the saved log-sum-exp,
-writes dQ and delta = rowsum(dO * Out), and adds the gradients of the keys that many queries share (the
-globals, and the random keys) into fp32 buffers with atomics. A tile's rows share a block-mode random key,
-so the tile reduces over its rows first and issues one atomic per (tile, key); token-mode keys are added
-row by row.
+dQ pass (the forward's tiles): recomputes each edge's probability from the saved log-sum-exp, writes dQ
+and delta = rowsum(dO * O), and adds the dK/dV of every key outside the window (globals, dilated,
+random) into fp32 buffers: one tensor-core product per key tile, added with atomics. A dilated tile's
+rows are distinct keys and a shared tile is one small block, so the atomics rarely collide; their order
+varies, so these gradients are reproducible to fp32 rounding, not bit for bit.
 
-dK/dV pass: a program owns BLOCK_N keys of one (batch, KV head). The window queries of key j are
-j .. j + W - 1 (tensor-core tiles, the group's query heads in turn) and its dilated queries are exactly
-j + d (contiguous rows, a row-wise product): no atomics, no inverse index. It adds the atomic buffers
-last and writes dK, dV once.
+dK/dV pass: a program owns BLOCK_N keys of one (batch, KV head); their window queries j .. j + W - 1
+come in tiles packed like the forward's (BLOCK_Q positions x GRP heads). It adds the fp32 buffers last
+and writes dK, dV once. With the extras in the dQ pass it is a plain banded attention backward.
 """
 
 from __future__ import annotations
@@ -17,9 +16,26 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from halo_lab.kernels.halo_attention.forward import mma
+from halo_lab.kernels.halo_attention.forward import load_rows, mma, shared_keys, token_random_keys
 
-NEG_INF = tl.constexpr(float("-inf"))
+
+@triton.jit
+def grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """Probabilities p and score gradients ds [BLOCK_M, N] of one key tile."""
+    p = tl.where(ok, tl.exp2(mma(q, tl.trans(kt), IEEE, UPCAST) * qk_scale - lse[:, None]), 0.0)
+    ds = p * (mma(do, tl.trans(vt), IEEE, UPCAST) - delta[:, None])
+    return p, ds
+
+
+@triton.jit
+def add_key_grads(DKA, DVA, base, pos, valid, q, do, p, ds, sm_scale, cols,
+                  IEEE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+    """dK, dV of one key tile (rows ``pos``) from this query tile, added to the fp32 buffers."""
+    dk = mma(tl.trans(ds.to(q.dtype)), q, IEEE, UPCAST) * sm_scale
+    dv = mma(tl.trans(p.to(do.dtype)), do, IEEE, UPCAST)
+    ptr = base + tl.where(valid, pos, 0)[:, None] * cols.shape[0] + cols[None, :]
+    tl.atomic_add(DKA + ptr, dk, mask=valid[:, None])
+    tl.atomic_add(DVA + ptr, dv, mask=valid[:, None])
 
 
 @triton.jit
@@ -36,9 +52,11 @@ def halo_bwd_dq_kernel(
     L, HKV,
     G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr, UNIT: tl.constexpr,
     GRP: tl.constexpr, HD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr, SHARED_RANDOM: tl.constexpr,
+    SHARED_N: tl.constexpr, RAND_N: tl.constexpr, SHARED_RANDOM: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     BLOCK_M: tl.constexpr = BLOCK_T * GRP
+    NRS: tl.constexpr = NR if SHARED_RANDOM else 0
     pid_t = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // HKV
@@ -51,7 +69,6 @@ def halo_bwd_dq_kernel(
     row_ok = tok < L
     is_text = row_ok & (tok >= G)
     H = HKV * GRP
-
     q = tl.load(
         Q + b * stride_qb + head[:, None] * stride_qh + tok[:, None] * stride_ql + cols[None, :],
         mask=row_ok[:, None],
@@ -67,8 +84,7 @@ def halo_bwd_dq_kernel(
         mask=row_ok[:, None],
         other=0.0,
     )
-    qf, dof = q.to(tl.float32), do.to(tl.float32)
-    delta = tl.sum(dof * o.to(tl.float32), 1)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
     tl.store(DELTA + (b * H + head) * L + tok, delta, mask=row_ok)
     lse = tl.load(LSE + (b * H + head) * L + tok, mask=row_ok, other=0.0)
 
@@ -77,65 +93,49 @@ def halo_bwd_dq_kernel(
     acc_base = (b * HKV + h) * L * HD  # the fp32 buffers are contiguous [B, HKV, L, HD]
     dq = tl.zeros([BLOCK_M, HD], tl.float32)
 
-    for g in tl.static_range(G):
-        kg = tl.load(k_base + g * stride_kl + cols).to(tl.float32)
-        vg = tl.load(v_base + g * stride_vl + cols).to(tl.float32)
-        ok = row_ok & (tok >= g)
-        p = tl.where(ok, tl.exp2(tl.sum(qf * kg[None, :], 1) * qk_scale - lse), 0.0)
-        ds = p * (tl.sum(dof * vg[None, :], 1) - delta)
-        dq += ds[:, None] * kg[None, :]
-        tl.atomic_add(DKA + acc_base + g * HD + cols, tl.sum(ds[:, None] * qf, 0) * sm_scale)
-        tl.atomic_add(DVA + acc_base + g * HD + cols, tl.sum(p[:, None] * dof, 0))
+    if G + NRS > 0:
+        pos, valid, ok = shared_keys(
+            t0, tl.arange(0, SHARED_N), tok, row_ok, is_text, RAND, DIST, stride_ru, G, NRS, ND, UNIT
+        )
+        kt = load_rows(k_base, pos, valid, stride_kl, cols)
+        vt = load_rows(v_base, pos, valid, stride_vl, cols)
+        p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
+        dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
+        add_key_grads(DKA, DVA, acc_base, pos, valid, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
 
+    diag = tl.arange(0, BLOCK_T)
     for e in tl.static_range(ND):
-        kp = tok - tl.load(DIST + e)
-        ok = is_text & (kp >= G)
-        kr = tl.load(k_base + kp[:, None] * stride_kl + cols[None, :], mask=ok[:, None], other=0.0)
-        vr = tl.load(v_base + kp[:, None] * stride_vl + cols[None, :], mask=ok[:, None], other=0.0)
-        kr = kr.to(tl.float32)
-        p = tl.where(ok, tl.exp2(tl.sum(qf * kr, 1) * qk_scale - lse), 0.0)
-        ds = p * (tl.sum(dof * vr.to(tl.float32), 1) - delta)
-        dq += ds[:, None] * kr
+        dist = tl.load(DIST + e)
+        kpos = t0 - dist + diag
+        valid = (kpos >= G) & (kpos < L)
+        kt = load_rows(k_base, kpos, valid, stride_kl, cols)
+        vt = load_rows(v_base, kpos, valid, stride_vl, cols)
+        ok = (tok[:, None] - kpos[None, :] == dist) & valid[None, :] & is_text[:, None]
+        p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
+        dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
+        add_key_grads(DKA, DVA, acc_base, kpos, valid, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
 
-    for e in tl.static_range(NR):
-        if SHARED_RANDOM:  # the whole tile lies in one unit: one key for every row
-            kp1 = tl.load(RAND + (t0 // UNIT) * stride_ru + e)
-            kp = tl.full([BLOCK_M], 0, tl.int32) + kp1
-        else:
-            kp = tl.load(RAND + (tok // UNIT) * stride_ru + e, mask=is_text, other=-1)
-        ok = is_text & (kp >= 0)
-        for e2 in tl.static_range(ND):
-            ok = ok & (tok - kp != tl.load(DIST + e2))
-        kr = tl.load(k_base + kp[:, None] * stride_kl + cols[None, :], mask=ok[:, None], other=0.0)
-        vr = tl.load(v_base + kp[:, None] * stride_vl + cols[None, :], mask=ok[:, None], other=0.0)
-        kr = kr.to(tl.float32)
-        p = tl.where(ok, tl.exp2(tl.sum(qf * kr, 1) * qk_scale - lse), 0.0)
-        ds = p * (tl.sum(dof * vr.to(tl.float32), 1) - delta)
-        dq += ds[:, None] * kr
-        if SHARED_RANDOM:
-            hit = (cols * 0 + kp1) >= 0
-            ptr = acc_base + kp1 * HD + cols
-            tl.atomic_add(DKA + ptr, tl.sum(ds[:, None] * qf, 0) * sm_scale, mask=hit)
-            tl.atomic_add(DVA + ptr, tl.sum(p[:, None] * dof, 0), mask=hit)
-        else:
-            ptr = acc_base + kp[:, None] * HD + cols[None, :]
-            tl.atomic_add(DKA + ptr, ds[:, None] * qf * sm_scale, mask=ok[:, None])
-            tl.atomic_add(DVA + ptr, p[:, None] * dof, mask=ok[:, None])
+    if NR > 0 and not SHARED_RANDOM:
+        pos, valid, ok = token_random_keys(
+            t0, tl.arange(0, RAND_N), tok, is_text, RAND, DIST, stride_ru, L, NR, ND, UNIT, BLOCK_T
+        )
+        kt = load_rows(k_base, pos, valid, stride_kl, cols)
+        vt = load_rows(v_base, pos, valid, stride_vl, cols)
+        p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
+        dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
+        add_key_grads(DKA, DVA, acc_base, pos, valid, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
 
     lo = tl.maximum(t0 - W + 1, G)
     hi = tl.minimum(t0 + BLOCK_T, L)
     for start in range(lo, hi, BLOCK_N):
-        kpos = start + tl.arange(0, BLOCK_N)
-        kmask = kpos < hi
-        kt = tl.load(k_base + kpos[:, None] * stride_kl + cols[None, :], mask=kmask[:, None], other=0.0)
-        vt = tl.load(v_base + kpos[:, None] * stride_vl + cols[None, :], mask=kmask[:, None], other=0.0)
-        sw = mma(q, tl.trans(kt), IEEE, UPCAST)
-        dpw = mma(do, tl.trans(vt), IEEE, UPCAST)
-        dw = tok[:, None] - kpos[None, :]
-        okw = is_text[:, None] & kmask[None, :] & (dw >= 0) & (dw < W)
-        pw = tl.where(okw, tl.exp2(sw * qk_scale - lse[:, None]), 0.0)
-        dsw = pw * (dpw - delta[:, None])
-        dq += mma(dsw.to(kt.dtype), kt, IEEE, UPCAST)
+        kpos_w = start + tl.arange(0, BLOCK_N)
+        kmask = kpos_w < hi
+        kt_w = load_rows(k_base, kpos_w, kmask, stride_kl, cols)
+        vt_w = load_rows(v_base, kpos_w, kmask, stride_vl, cols)
+        dw = tok[:, None] - kpos_w[None, :]
+        ok_w = is_text[:, None] & kmask[None, :] & (dw >= 0) & (dw < W)
+        p_w, ds_w = grad_tile(q, do, lse, delta, kt_w, vt_w, ok_w, qk_scale, IEEE, UPCAST)
+        dq += mma(ds_w.to(kt_w.dtype), kt_w, IEEE, UPCAST)
 
     tl.store(
         DQ + b * stride_dqb + head[:, None] * stride_dqh + tok[:, None] * stride_dql + cols[None, :],
@@ -146,7 +146,7 @@ def halo_bwd_dq_kernel(
 
 @triton.jit
 def halo_bwd_dkv_kernel(
-    Q, K, V, DO, DK, DV, LSE, DELTA, DKA, DVA, DIST,
+    Q, K, V, DO, DK, DV, LSE, DELTA, DKA, DVA,
     qk_scale, sm_scale,
     stride_qb, stride_qh, stride_ql,
     stride_kb, stride_kh, stride_kl,
@@ -155,7 +155,7 @@ def halo_bwd_dkv_kernel(
     stride_dkb, stride_dkh, stride_dkl,
     stride_dvb, stride_dvh, stride_dvl,
     L, HKV,
-    G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr,
+    G: tl.constexpr, W: tl.constexpr,
     GRP: tl.constexpr, HD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_Q: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
@@ -177,30 +177,6 @@ def halo_bwd_dkv_kernel(
     vt = tl.load(v_base + kpos[:, None] * stride_vl + cols[None, :], mask=kmask[:, None], other=0.0)
     dk = tl.zeros([BLOCK_N, HD], tl.float32)
     dv = tl.zeros([BLOCK_N, HD], tl.float32)
-
-    # dilated queries of key j: j + d, one per key, for each head of the group
-    kf, vf = kt.to(tl.float32), vt.to(tl.float32)
-    for e in tl.static_range(ND):
-        qp = kpos + tl.load(DIST + e)
-        ok = k_text & (qp < L)
-        for g in tl.static_range(GRP):
-            head = h * GRP + g
-            qr = tl.load(
-                Q + b * stride_qb + head * stride_qh + qp[:, None] * stride_ql + cols[None, :],
-                mask=ok[:, None],
-                other=0.0,
-            ).to(tl.float32)
-            dor = tl.load(
-                DO + b * stride_dob + head * stride_doh + qp[:, None] * stride_dol + cols[None, :],
-                mask=ok[:, None],
-                other=0.0,
-            ).to(tl.float32)
-            lse = tl.load(LSE + (b * H + head) * L + qp, mask=ok, other=0.0)
-            delta = tl.load(DELTA + (b * H + head) * L + qp, mask=ok, other=0.0)
-            p = tl.where(ok, tl.exp2(tl.sum(qr * kf, 1) * qk_scale - lse), 0.0)
-            ds = p * (tl.sum(dor * vf, 1) - delta)
-            dk += ds[:, None] * qr
-            dv += p[:, None] * dor
 
     # window queries of key j: j .. j + W - 1
     qrow = tl.arange(0, QROWS)

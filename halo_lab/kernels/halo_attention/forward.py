@@ -1,14 +1,22 @@
-"""Forward kernel: every edge of the HALO graph in one online softmax.
+"""Forward kernel: every edge of the HALO graph in one online softmax, all of it on tensor cores.
 
 One program owns BLOCK_T consecutive positions of one (batch, KV head) and packs the GRP query heads of
-that KV head into the rows of one tile (BLOCK_M = BLOCK_T * GRP rows, row r = position r // GRP, head
-r % GRP), so each K/V tile is loaded once per group and the matmuls keep M = BLOCK_M.
+that KV head into the rows of one tile (BLOCK_M = BLOCK_T * GRP rows, row r = position t0 + r // GRP,
+head r % GRP), so each K/V tile is loaded once per group and the matmuls keep M = BLOCK_M.
 
-* window: keys [t0 - W + 1, t0 + BLOCK_T) in BLOCK_N tiles through ``tl.dot``; the band mask does the rest;
-* globals, dilated and random keys: one key per row, loaded by position, a row-wise product (they are
-  ~10% of the FLOPs, so CUDA cores suffice; dilated keys of consecutive rows are consecutive rows of K);
-* softmax in base 2 (scores pre-multiplied by log2 e); the kernel writes the output and the row's
-  log-sum-exp (base 2), which the backward needs.
+Every group of keys is a [N, HD] tile and a [BLOCK_M, N] mask, through the same ``tl.dot`` update:
+
+* shared tile (SHARED_N columns): the G globals and, in block mode, the tile's R random keys (one
+  block of ``graph_block_size`` positions shares them);
+* dilated tiles, one per distance d: keys t0 - d .. t0 - d + BLOCK_T - 1, each row keeps the key on its
+  diagonal (key = position - d), so no gather and no row-wise reduction;
+* per-token random tile (token mode, or tiles that span several blocks): the BLOCK_T * R keys of the
+  tile's positions, gathered by index, each row keeping its own R;
+* window tiles: keys [t0 - W + 1, t0 + BLOCK_T) in BLOCK_N steps, the band mask.
+
+The masked-away products cost tensor-core time, which is cheap; row-wise products on CUDA cores held
+[BLOCK_M, HD] fp32 temporaries per key and spilled registers. Softmax in base 2 (scores pre-multiplied
+by log2 e); the kernel writes the output and each row's log-sum-exp (base 2) for the backward.
 """
 
 from __future__ import annotations
@@ -32,12 +40,50 @@ def mma(a, b, IEEE: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def online_row_update(m, denom, acc, s, v):
-    """Add one key per row (scores s [M], values v [M, HD]) to the running softmax state."""
-    m_new = tl.maximum(m, s)
+def load_rows(base, pos, valid, stride, cols):
+    """[N, HD] rows ``pos`` of a [L, HD] matrix (zeros where not valid; no address outside the matrix)."""
+    pos = tl.where(valid, pos, 0)
+    return tl.load(base + pos[:, None] * stride + cols[None, :], mask=valid[:, None], other=0.0)
+
+
+@triton.jit
+def shared_keys(t0, cols_n, tok, row_ok, is_text, RAND, DIST, stride_ru,
+                G: tl.constexpr, NRS: tl.constexpr, ND: tl.constexpr, UNIT: tl.constexpr):  # fmt: skip
+    """Positions [N] and mask [BLOCK_M, N] of the shared tile: globals, then block-mode random keys."""
+    is_glob = cols_n < G
+    is_rand = (cols_n >= G) & (cols_n < G + NRS)
+    rk = tl.load(RAND + (t0 // UNIT) * stride_ru + tl.where(is_rand, cols_n - G, 0), mask=is_rand, other=-1)
+    pos = tl.where(is_glob, cols_n, rk)
+    ok = is_glob[None, :] & row_ok[:, None] & (tok[:, None] >= cols_n[None, :])
+    rand_ok = is_rand[None, :] & is_text[:, None] & (rk[None, :] >= 0)
+    for e in tl.static_range(ND):  # a random key that is also the row's dilated key counts once
+        rand_ok = rand_ok & (tok[:, None] - rk[None, :] != tl.load(DIST + e))
+    return pos, is_glob | (is_rand & (rk >= 0)), ok | rand_ok
+
+
+@triton.jit
+def token_random_keys(t0, cols_r, tok, is_text, RAND, DIST, stride_ru, L,
+                      NR: tl.constexpr, ND: tl.constexpr, UNIT: tl.constexpr, BLOCK_T: tl.constexpr):  # fmt: skip
+    """Positions [N] and mask [BLOCK_M, N] of the per-token random tile (column c: position t0 + c // NR)."""
+    owner = t0 + cols_r // NR
+    present = (cols_r < BLOCK_T * NR) & (owner < L)
+    rk = tl.load(RAND + tl.where(present, owner // UNIT, 0) * stride_ru + cols_r % NR, mask=present, other=-1)
+    ok = (tok[:, None] == owner[None, :]) & is_text[:, None] & (rk[None, :] >= 0)
+    for e in tl.static_range(ND):
+        ok = ok & (tok[:, None] - rk[None, :] != tl.load(DIST + e))
+    return rk, rk >= 0, ok
+
+
+@triton.jit
+def attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """Online-softmax update with one key tile (ok: the edges of that tile)."""
+    s = tl.where(ok, mma(q, tl.trans(kt), IEEE, UPCAST) * qk_scale, NEG_INF)
+    m_new = tl.maximum(m, tl.max(s, 1))
     alpha = tl.exp2(m - m_new)
-    p = tl.exp2(s - m_new)
-    return m_new, denom * alpha + p, acc * alpha[:, None] + p[:, None] * v
+    p = tl.exp2(s - m_new[:, None])
+    denom = denom * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + mma(p.to(vt.dtype), vt, IEEE, UPCAST)
+    return m_new, denom, acc
 
 
 @triton.jit
@@ -52,9 +98,11 @@ def halo_fwd_kernel(
     L, HKV,
     G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr, UNIT: tl.constexpr,
     GRP: tl.constexpr, HD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
+    SHARED_N: tl.constexpr, RAND_N: tl.constexpr, SHARED_RANDOM: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     BLOCK_M: tl.constexpr = BLOCK_T * GRP
+    NRS: tl.constexpr = NR if SHARED_RANDOM else 0
     pid_t = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // HKV
@@ -66,74 +114,59 @@ def halo_fwd_kernel(
     cols = tl.arange(0, HD)
     row_ok = tok < L
     is_text = row_ok & (tok >= G)
-
     q = tl.load(
         Q + b * stride_qb + head[:, None] * stride_qh + tok[:, None] * stride_ql + cols[None, :],
         mask=row_ok[:, None],
         other=0.0,
     )
-    qf = q.to(tl.float32)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
 
-    m = tl.full([BLOCK_M], -1e30, tl.float32)  # finite: a row with no key yet must not produce NaN
+    m = tl.full([BLOCK_M], -1e30, tl.float32)  # finite: a tile with no edge for a row must not give NaN
     denom = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HD], tl.float32)
 
-    # globals: text rows see all of them, global row g sees globals 0..g
-    for g in tl.static_range(G):
-        kg = tl.load(k_base + g * stride_kl + cols).to(tl.float32)
-        vg = tl.load(v_base + g * stride_vl + cols).to(tl.float32)
-        s = tl.sum(qf * kg[None, :], 1) * qk_scale
-        s = tl.where(row_ok & (tok >= g), s, NEG_INF)
-        m, denom, acc = online_row_update(m, denom, acc, s, vg[None, :])
+    if G + NRS > 0:
+        pos, valid, ok = shared_keys(
+            t0, tl.arange(0, SHARED_N), tok, row_ok, is_text, RAND, DIST, stride_ru, G, NRS, ND, UNIT
+        )
+        kt = load_rows(k_base, pos, valid, stride_kl, cols)
+        vt = load_rows(v_base, pos, valid, stride_vl, cols)
+        m, denom, acc = attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE, UPCAST)
 
-    # dilated: key tok - d, text to text
+    diag = tl.arange(0, BLOCK_T)
     for e in tl.static_range(ND):
-        kp = tok - tl.load(DIST + e)
-        ok = is_text & (kp >= G)
-        kr = tl.load(k_base + kp[:, None] * stride_kl + cols[None, :], mask=ok[:, None], other=0.0)
-        vr = tl.load(v_base + kp[:, None] * stride_vl + cols[None, :], mask=ok[:, None], other=0.0)
-        s = tl.where(ok, tl.sum(qf * kr.to(tl.float32), 1) * qk_scale, NEG_INF)
-        m, denom, acc = online_row_update(m, denom, acc, s, vr.to(tl.float32))
+        dist = tl.load(DIST + e)
+        kpos = t0 - dist + diag
+        valid = (kpos >= G) & (kpos < L)
+        kt = load_rows(k_base, kpos, valid, stride_kl, cols)
+        vt = load_rows(v_base, kpos, valid, stride_vl, cols)
+        ok = (tok[:, None] - kpos[None, :] == dist) & valid[None, :] & is_text[:, None]
+        m, denom, acc = attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE, UPCAST)
 
-    # random: from the table; in block mode a key equal to the row's dilated key is that edge already
-    for e in tl.static_range(NR):
-        kp = tl.load(RAND + (tok // UNIT) * stride_ru + e, mask=is_text, other=-1)
-        ok = is_text & (kp >= 0)
-        for e2 in tl.static_range(ND):
-            ok = ok & (tok - kp != tl.load(DIST + e2))
-        kr = tl.load(k_base + kp[:, None] * stride_kl + cols[None, :], mask=ok[:, None], other=0.0)
-        vr = tl.load(v_base + kp[:, None] * stride_vl + cols[None, :], mask=ok[:, None], other=0.0)
-        s = tl.where(ok, tl.sum(qf * kr.to(tl.float32), 1) * qk_scale, NEG_INF)
-        m, denom, acc = online_row_update(m, denom, acc, s, vr.to(tl.float32))
+    if NR > 0 and not SHARED_RANDOM:
+        pos, valid, ok = token_random_keys(
+            t0, tl.arange(0, RAND_N), tok, is_text, RAND, DIST, stride_ru, L, NR, ND, UNIT, BLOCK_T
+        )
+        kt = load_rows(k_base, pos, valid, stride_kl, cols)
+        vt = load_rows(v_base, pos, valid, stride_vl, cols)
+        m, denom, acc = attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE, UPCAST)
 
-    # window: text keys tok - W + 1 .. tok, as tensor-core tiles
     lo = tl.maximum(t0 - W + 1, G)
     hi = tl.minimum(t0 + BLOCK_T, L)
     for start in range(lo, hi, BLOCK_N):
-        kpos = start + tl.arange(0, BLOCK_N)
-        kmask = kpos < hi
-        kt = tl.load(k_base + kpos[:, None] * stride_kl + cols[None, :], mask=kmask[:, None], other=0.0)
-        vt = tl.load(v_base + kpos[:, None] * stride_vl + cols[None, :], mask=kmask[:, None], other=0.0)
-        sw = mma(q, tl.trans(kt), IEEE, UPCAST)
-        dw = tok[:, None] - kpos[None, :]
-        okw = is_text[:, None] & kmask[None, :] & (dw >= 0) & (dw < W)
-        sw = tl.where(okw, sw * qk_scale, NEG_INF)
-        m_new = tl.maximum(m, tl.max(sw, 1))
-        alpha = tl.exp2(m - m_new)
-        pw = tl.exp2(sw - m_new[:, None])
-        denom = denom * alpha + tl.sum(pw, 1)
-        pv = mma(pw.to(vt.dtype), vt, IEEE, UPCAST)
-        acc = acc * alpha[:, None] + pv
-        m = m_new
+        kpos_w = start + tl.arange(0, BLOCK_N)
+        kmask = kpos_w < hi
+        kt_w = load_rows(k_base, kpos_w, kmask, stride_kl, cols)
+        vt_w = load_rows(v_base, kpos_w, kmask, stride_vl, cols)
+        dw = tok[:, None] - kpos_w[None, :]
+        ok_w = is_text[:, None] & kmask[None, :] & (dw >= 0) & (dw < W)
+        m, denom, acc = attend(q, kt_w, vt_w, ok_w, m, denom, acc, qk_scale, IEEE, UPCAST)
 
-    l_safe = tl.where(denom > 0, denom, 1.0)
-    out = acc / l_safe[:, None]
+    denom = tl.where(denom > 0, denom, 1.0)
     tl.store(
         Out + b * stride_ob + head[:, None] * stride_oh + tok[:, None] * stride_ol + cols[None, :],
-        out.to(Out.dtype.element_ty),
+        (acc / denom[:, None]).to(Out.dtype.element_ty),
         mask=row_ok[:, None],
     )
-    H = HKV * GRP
-    tl.store(LSE + (b * H + head) * L + tok, m + tl.log2(l_safe), mask=row_ok)
+    tl.store(LSE + (b * HKV * GRP + head) * L + tok, m + tl.log2(denom), mask=row_ok)

@@ -37,8 +37,8 @@ def launch_options(head_dim: int, group: int, dtype: torch.dtype) -> dict[str, d
     # fp32 tiles take twice the shared memory of bf16 ones: halve the rows (fp32 is the test/eval path)
     wide = head_dim > 64 or dtype == torch.float32
     rows = 64 if wide else 128
-    warps = 8 if head_dim > 64 else 4
-    block_t = max(1, rows // group)
+    warps = 8  # 4 warps spill registers (ptxas: 255 registers + stack) at 128 rows x head_dim 64
+    block_t = max(16, rows // group)  # >= 16: a dilated tile has BLOCK_T keys, and tl.dot needs 16
     query_tiles = {"BLOCK_T": block_t, "BLOCK_N": 32, "num_warps": warps, "num_stages": 2}
     return {
         "fwd": dict(query_tiles),
@@ -79,7 +79,7 @@ class HaloTritonAttention(torch.autograd.Function):
         o = _like_bshd(q)
         lse = torch.empty(B, Hq, L, device=q.device, dtype=torch.float32)
         scale = 1.0 / math.sqrt(d)
-        consts = _consts(config, tables, group, d, q.dtype)
+        consts = _consts(config, tables, group, d, q.dtype, opt["BLOCK_T"])
         halo_fwd_kernel[(triton.cdiv(L, opt["BLOCK_T"]), B * Hkv)](
             q, k, v, o, lse, tables.dist, tables.rand,
             scale * LOG2E,
@@ -101,45 +101,50 @@ class HaloTritonAttention(torch.autograd.Function):
         Hkv = k.shape[1]
         group = Hq // Hkv
         opts = _options(d, group, q.dtype)
+        opt = opts["dq"]
         scale = 1.0 / math.sqrt(d)
-        consts = _consts(config, tables, group, d, q.dtype)
+        consts = _consts(config, tables, group, d, q.dtype, opt["BLOCK_T"])
         dq = torch.empty_like(q)
         dk, dv = torch.empty_like(k), torch.empty_like(v)
         delta = torch.empty_like(lse)
-        # fp32 gradients of the keys many queries share (globals, random), added by atomics in the dQ pass
-        dk_shared = torch.zeros(B, Hkv, L, d, device=q.device, dtype=torch.float32)
-        dv_shared = torch.zeros_like(dk_shared)
-        opt = opts["dq"]
-        shared_random = config.random_edges == "block" and tables.unit % opt["BLOCK_T"] == 0
+        # fp32 dK/dV of the keys outside the window, added by the dQ pass's atomics
+        dk_extra = torch.zeros(B, Hkv, L, d, device=q.device, dtype=torch.float32)
+        dv_extra = torch.zeros_like(dk_extra)
         halo_bwd_dq_kernel[(triton.cdiv(L, opt["BLOCK_T"]), B * Hkv)](
-            q, k, v, o, do, dq, lse, delta, dk_shared, dv_shared, tables.dist, tables.rand,
+            q, k, v, o, do, dq, lse, delta, dk_extra, dv_extra, tables.dist, tables.rand,
             scale * LOG2E, scale,
             *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(do), *_strides(dq),
             tables.rand.stride(0),
             L, Hkv,
-            SHARED_RANDOM=shared_random, **opt, **consts,
+            **opt, **consts,
         )  # fmt: skip
-        consts.pop("NR"), consts.pop("UNIT")
         opt = opts["dkv"]
+        dkv_consts = {n: consts[n] for n in ("G", "W", "GRP", "HD", "IEEE", "UPCAST")}
         halo_bwd_dkv_kernel[(triton.cdiv(L, opt["BLOCK_N"]), B * Hkv)](
-            q, k, v, do, dk, dv, lse, delta, dk_shared, dv_shared, tables.dist,
+            q, k, v, do, dk, dv, lse, delta, dk_extra, dv_extra,
             scale * LOG2E, scale,
             *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
             L, Hkv,
-            **opt, **consts,
+            **opt, **dkv_consts,
         )  # fmt: skip
         return dq, dk, dv, None, None
 
 
-def _consts(config: HaloConfig, tables: GraphTables, group: int, head_dim: int, dtype) -> dict:
+def _consts(config: HaloConfig, tables: GraphTables, group: int, head_dim: int, dtype, block_t: int) -> dict:
+    """Compile-time constants of the query-tile kernels (forward, dQ)."""
+    G, R = config.num_globals, config.num_random
+    shared_random = config.random_edges == "block" and tables.unit % block_t == 0
     return {
-        "G": config.num_globals,
+        "G": G,
         "W": config.local_window,
         "ND": len(config.dilated_distances),
-        "NR": config.num_random,
+        "NR": R,
         "UNIT": tables.unit,
         "GRP": group,
         "HD": head_dim,
+        "SHARED_RANDOM": shared_random,  # every query of a tile shares its random keys
+        "SHARED_N": max(16, triton.next_power_of_2(G + (R if shared_random else 0))),
+        "RAND_N": max(16, triton.next_power_of_2(block_t * R)),
         "IEEE": dtype == torch.float32,
         "UPCAST": INTERPRETED,
     }
