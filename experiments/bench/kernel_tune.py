@@ -18,15 +18,12 @@ from halo_lab.kernels.halo_attention import interface
 
 VARIANTS = {
     "default": {},
-    "warps4": {"fwd": {"num_warps": 4}, "dq": {"num_warps": 4}, "dkv": {"num_warps": 4}},
-    "fwd_bn64": {"fwd": {"BLOCK_N": 64}, "dq": {"BLOCK_N": 64}},
+    "warps8": {"fwd": {"num_warps": 8}, "dq": {"num_warps": 8}, "dkv": {"num_warps": 8}},
+    "fwd8_dq4_dkv8": {"fwd": {"num_warps": 8}, "dkv": {"num_warps": 8}},
+    "fwd8_dq8_dkv4": {"fwd": {"num_warps": 8}, "dq": {"num_warps": 8}},
     "stages3": {"fwd": {"num_stages": 3}, "dq": {"num_stages": 3}, "dkv": {"num_stages": 3}},
-    "stages1": {"fwd": {"num_stages": 1}, "dq": {"num_stages": 1}, "dkv": {"num_stages": 1}},
     "dkv_bn32": {"dkv": {"BLOCK_N": 32}},
-    "dkv_bn128": {"dkv": {"BLOCK_N": 128}},
     "dkv_q64": {"dkv": {"BLOCK_Q": 64}},
-    "rows64": {"fwd": {"BLOCK_T": 16}, "dq": {"BLOCK_T": 16}, "dkv": {"BLOCK_Q": 16}},
-    "rows256": {"fwd": {"BLOCK_T": 64}, "dq": {"BLOCK_T": 64}},
 }
 
 

@@ -1,10 +1,15 @@
 """Backward kernels: a dQ pass owned by query tiles, then a dK/dV pass owned by key tiles.
 
 dQ pass (the forward's tiles): recomputes each edge's probability from the saved log-sum-exp, writes dQ
-and delta = rowsum(dO * O), and adds the dK/dV of every key outside the window (globals, dilated,
-random) into fp32 buffers: one tensor-core product per key tile, added with atomics. A dilated tile's
-rows are distinct keys and a shared tile is one small block, so the atomics rarely collide; their order
-varies, so these gradients are reproducible to fp32 rounding, not bit for bit.
+and delta = rowsum(dO * O), and computes the dK/dV of every key outside the window with one
+tensor-core product per key tile:
+
+* dilated: keys t0 - d .. t0 - d + BLOCK_T - 1 receive distance d from this query tile only, so the
+  tile stores them into a per-distance buffer (in the key dtype; [D, B, HKV, L, HD]): no atomics. On the
+  H200 fp32 atomics for these cost more than the rest of the pass (852 us vs ~0.2 ms, N = 1K);
+* globals and random keys (shared by many tiles): fp32 atomics into one [B, HKV, L, HD] buffer, a
+  [16, HD] block per tile for the shared tile. Their order varies, so these gradients are reproducible
+  to fp32 rounding, not bit for bit.
 
 dK/dV pass: a program owns BLOCK_N keys of one (batch, KV head); their window queries j .. j + W - 1
 come in tiles packed like the forward's (BLOCK_Q positions x GRP heads). It adds the fp32 buffers last
@@ -40,8 +45,8 @@ def add_key_grads(DKA, DVA, base, pos, valid, q, do, p, ds, sm_scale, cols,
 
 @triton.jit
 def halo_bwd_dq_kernel(
-    Q, K, V, Out, DO, DQ, LSE, DELTA, DKA, DVA, DIST, RAND,
-    qk_scale, sm_scale,
+    Q, K, V, Out, DO, DQ, LSE, DELTA, DKA, DVA, DKD, DVD, DIST, RAND,
+    qk_scale, sm_scale, dil_stride,
     stride_qb, stride_qh, stride_ql,
     stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl,
@@ -113,7 +118,15 @@ def halo_bwd_dq_kernel(
         ok = (tok[:, None] - kpos[None, :] == dist) & valid[None, :] & is_text[:, None]
         p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
         dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
-        add_key_grads(DKA, DVA, acc_base, kpos, valid, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
+        # keys t0 - d .. t0 - d + BLOCK_T - 1 get distance d only from this tile: a plain store
+        ptr = e * dil_stride + acc_base + tl.where(valid, kpos, 0)[:, None] * HD + cols[None, :]
+        dk_d = mma(tl.trans(ds.to(q.dtype)), q, IEEE, UPCAST) * sm_scale
+        tl.store(DKD + ptr, dk_d.to(DKD.dtype.element_ty), mask=valid[:, None])
+        tl.store(
+            DVD + ptr,
+            mma(tl.trans(p.to(do.dtype)), do, IEEE, UPCAST).to(DVD.dtype.element_ty),
+            mask=valid[:, None],
+        )
 
     if NR > 0 and not SHARED_RANDOM:
         pos, valid, ok = token_random_keys(
@@ -146,8 +159,8 @@ def halo_bwd_dq_kernel(
 
 @triton.jit
 def halo_bwd_dkv_kernel(
-    Q, K, V, DO, DK, DV, LSE, DELTA, DKA, DVA,
-    qk_scale, sm_scale,
+    Q, K, V, DO, DK, DV, LSE, DELTA, DKA, DVA, DKD, DVD, DIST,
+    qk_scale, sm_scale, dil_stride,
     stride_qb, stride_qh, stride_ql,
     stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl,
@@ -155,7 +168,7 @@ def halo_bwd_dkv_kernel(
     stride_dkb, stride_dkh, stride_dkl,
     stride_dvb, stride_dvh, stride_dvl,
     L, HKV,
-    G: tl.constexpr, W: tl.constexpr,
+    G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr,
     GRP: tl.constexpr, HD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_Q: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
@@ -210,6 +223,10 @@ def halo_bwd_dkv_kernel(
     acc = (b * HKV + h) * L * HD + kpos[:, None] * HD + cols[None, :]
     dk = dk * sm_scale + tl.load(DKA + acc, mask=kmask[:, None], other=0.0)
     dv = dv + tl.load(DVA + acc, mask=kmask[:, None], other=0.0)
+    for e in tl.static_range(ND):  # written by the dQ pass wherever the dilated query j + d exists
+        has = k_text & (kpos + tl.load(DIST + e) < L)
+        dk += tl.load(DKD + e * dil_stride + acc, mask=has[:, None], other=0.0).to(tl.float32)
+        dv += tl.load(DVD + e * dil_stride + acc, mask=has[:, None], other=0.0).to(tl.float32)
     tl.store(
         DK + b * stride_dkb + h * stride_dkh + kpos[:, None] * stride_dkl + cols[None, :],
         dk.to(DK.dtype.element_ty),

@@ -37,7 +37,7 @@ def launch_options(head_dim: int, group: int, dtype: torch.dtype) -> dict[str, d
     # fp32 tiles take twice the shared memory of bf16 ones: halve the rows (fp32 is the test/eval path)
     wide = head_dim > 64 or dtype == torch.float32
     rows = 64 if wide else 128
-    warps = 8  # 4 warps spill registers (ptxas: 255 registers + stack) at 128 rows x head_dim 64
+    warps = 4 if head_dim <= 64 and dtype != torch.float32 else 8  # fastest measured (H200)
     block_t = max(16, rows // group)  # >= 16: a dilated tile has BLOCK_T keys, and tl.dot needs 16
     query_tiles = {"BLOCK_T": block_t, "BLOCK_N": 32, "num_warps": warps, "num_stages": 2}
     return {
@@ -110,19 +110,22 @@ class HaloTritonAttention(torch.autograd.Function):
         # fp32 dK/dV of the keys outside the window, added by the dQ pass's atomics
         dk_extra = torch.zeros(B, Hkv, L, d, device=q.device, dtype=torch.float32)
         dv_extra = torch.zeros_like(dk_extra)
+        nd = max(len(config.dilated_distances), 1)
+        dk_dil = torch.empty(nd, B, Hkv, L, d, device=q.device, dtype=k.dtype)  # every read slot is written
+        dv_dil = torch.empty_like(dk_dil)
         halo_bwd_dq_kernel[(triton.cdiv(L, opt["BLOCK_T"]), B * Hkv)](
-            q, k, v, o, do, dq, lse, delta, dk_extra, dv_extra, tables.dist, tables.rand,
-            scale * LOG2E, scale,
+            q, k, v, o, do, dq, lse, delta, dk_extra, dv_extra, dk_dil, dv_dil, tables.dist, tables.rand,
+            scale * LOG2E, scale, dk_dil.stride(0),
             *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(do), *_strides(dq),
             tables.rand.stride(0),
             L, Hkv,
             **opt, **consts,
         )  # fmt: skip
         opt = opts["dkv"]
-        dkv_consts = {n: consts[n] for n in ("G", "W", "GRP", "HD", "IEEE", "UPCAST")}
+        dkv_consts = {n: consts[n] for n in ("G", "W", "ND", "GRP", "HD", "IEEE", "UPCAST")}
         halo_bwd_dkv_kernel[(triton.cdiv(L, opt["BLOCK_N"]), B * Hkv)](
-            q, k, v, do, dk, dv, lse, delta, dk_extra, dv_extra,
-            scale * LOG2E, scale,
+            q, k, v, do, dk, dv, lse, delta, dk_extra, dv_extra, dk_dil, dv_dil, tables.dist,
+            scale * LOG2E, scale, dk_dil.stride(0),
             *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
             L, Hkv,
             **opt, **dkv_consts,
