@@ -312,6 +312,61 @@ def bench_train(
     return rows
 
 
+def _reference_models(cfg: dict):
+    """The reference package's (pyhalos) dense and HALO-S models for one config, or None if not installed."""
+    try:
+        from halo.core.config import HaloConfig as RefConfig
+        from halo.models.baseline_model import BaselineModel as RefBaseline
+        from halo.models.halo_model import HaloSModel as RefHalo
+    except ImportError:
+        return None
+    return {"dense": lambda: RefBaseline(RefConfig(**cfg)), "halo": lambda: RefHalo(RefConfig(**cfg))}
+
+
+def bench_reference(
+    spec: dict, device: torch.device, dtype: torch.dtype, warmup: int, repeats: int
+) -> list[dict]:
+    """Training step of both packages at the reference's published configs (its README's batch sizes,
+    plain PyTorch, no compile), HALO-S and dense of each package measured in this process."""
+    rows = []
+    for name, point in spec["configs"].items():
+        model_cfg, n, batch = dict(point["model"]), point["seq_len"], point["batch"]
+        model_cfg["max_seq_len"] = max(model_cfg.get("max_seq_len", 0), n)
+        ours = HaloConfig(**model_cfg)
+        makers = {("halo_lab", a): (lambda a=a: build_model(ours, a)) for a in ("dense", "halo")}  # noqa: B023
+        ref = _reference_models(model_cfg)
+        if ref is None:
+            print(
+                "bench reference: pyhalos is not installed (pip install pyhalos==2.2.1): skipped", flush=True
+            )
+        else:
+            makers.update({("pyhalos", a): make for a, make in ref.items()})
+        for (package, arch), make in makers.items():
+            torch.manual_seed(0)
+            model = make().to(device)
+            try:
+                r = benchmark_speed(model, n, batch, warmup, repeats, dtype)
+            except torch.OutOfMemoryError:
+                r = {"error": "OOM"}
+            rows.append(
+                {
+                    "part": f"reference_{name}",
+                    "variant": arch if package == "halo_lab" else f"pyhalos_{arch}",
+                    "seq_len": n,
+                    "batch": batch,
+                    "params": sum(p.numel() for p in model.parameters()),
+                    "ms": r.get("train_step_ms"),
+                    "tokens_per_sec": r.get("tokens_per_sec"),
+                    "peak_mem_mb": r.get("peak_mem_mb"),
+                    **({"error": r["error"]} if "error" in r else {}),
+                }
+            )
+            del model
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
 def bench_decode(spec: dict, device: torch.device, dtype: torch.dtype) -> list[dict]:
     rows = []
     for ctx in spec["contexts"]:
@@ -441,6 +496,8 @@ def run(cfg: dict, out_dir: Path) -> dict:
         result["rows"] += bench_attention(spec["attention"], device, dtype, warmup, repeats)
     if "train" in parts:
         result["rows"] += bench_train(spec["train"], device, dtype, warmup, repeats)
+    if "reference" in parts:
+        result["rows"] += bench_reference(spec["reference"], device, dtype, warmup, repeats)
     if "decode" in parts:
         result["rows"] += bench_decode(
             spec["decode"], device, dtype if device.type == "cuda" else torch.float32

@@ -20,7 +20,7 @@ def tiny_spec() -> dict:
     return {
         "mode": "cpu",
         "dtype": "bf16",
-        "parts": ["attention", "train", "decode"],
+        "parts": ["attention", "train", "reference", "decode"],
         "check": True,
         "warmup": 1,
         "repeats": 2,
@@ -35,6 +35,7 @@ def tiny_spec() -> dict:
                 "reference_max_len": 128,
             },
             "train": {"seq_lens": [128], "tokens": 256, "model": model},
+            "reference": {"configs": {"tiny": {"seq_len": 64, "batch": 2, "model": {**model, "num_globals": 1}}}},
             "decode": {"contexts": [64], "new_tokens": 4, "cuda_graph": False, "model": model},
         },
     }
@@ -50,6 +51,9 @@ def test_cpu_bench_writes_table_json_and_plot(tmp_path, capsys):
         ("attention", "reference"),
         ("train_step", "halo"),
         ("decode", "halo"),
+        ("reference_tiny", "halo"),
+        ("reference_tiny", "pyhalos_halo"),  # the compat extra installs the reference package
+        ("reference_tiny", "pyhalos_dense"),
     } <= parts
     dense_rows = [r for r in result["rows"] if r["variant"] == "dense"]
     assert all(r["ratio_to_dense"] == 1.0 for r in dense_rows)
