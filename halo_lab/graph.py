@@ -83,9 +83,23 @@ def random_unit(config: HaloConfig, positions: torch.Tensor) -> torch.Tensor:
 
 def random_keys(config: HaloConfig, layer: int, step: int, positions: torch.Tensor) -> torch.Tensor:
     """[P, R] random text keys of the given text positions (-1 where the past is too short)."""
+    return _random_keys(config, _stream_key(config.graph_seed, layer, step), positions.long())
+
+
+def random_keys_layers(config: HaloConfig, layers: int, step: int, positions: torch.Tensor) -> torch.Tensor:
+    """[layers, P, R] ``random_keys`` of layers 0..layers-1 at once: one set of small kernels per training
+    step instead of one per layer (a step's host time at small batch)."""
+    keys = torch.tensor([_stream_key(config.graph_seed, i, step) for i in range(layers)], dtype=torch.long)
+    if positions.is_cuda:  # pinned + non_blocking: no host sync
+        keys = keys.pin_memory().to(positions.device, non_blocking=True)
+    P = positions.shape[0]
+    out = _random_keys(config, keys.repeat_interleave(P), positions.long().repeat(layers))
+    return out.view(layers, P, -1)
+
+
+def _random_keys(config: HaloConfig, key, positions: torch.Tensor) -> torch.Tensor:
+    """``random_keys`` for a stream key that is an int or a tensor of one key per position."""
     R, W = config.num_random, config.local_window
-    positions = positions.long()
-    key = _stream_key(config.graph_seed, layer, step)
     if config.random_edges == "token":
         # ascending keys; built from Python ints, so no host-to-device copy (and no sync) on the GPU
         dists = config.dilated_distances[::-1]

@@ -93,12 +93,25 @@ def test_naive_tables_match_reference():
         assert rel(naive_attention(q, k, v, tables, c), ref) < 1e-12
 
 
+def test_all_layer_tables_equal_the_per_layer_graph():
+    """The batched (all layers at once) random table equals each layer's own graph.random_keys."""
+    from halo_lab import graph
+
+    for mode in ("block", "token"):
+        c = cfg(random_edges=mode, num_layers=3)
+        pos = torch.arange(200)
+        batched = graph.random_keys_layers(c, 3, 9, pos)
+        for layer in range(3):
+            assert torch.equal(batched[layer], graph.random_keys(c, layer, 9, pos))
+
+
 def test_tables_follow_the_step():
     c = cfg()
     first = graph_tables(c, 0, 1, 300, DEVICE).rand.clone()
     again = graph_tables(c, 0, 2, 300, DEVICE)
     assert not torch.equal(first, again.rand)
-    assert graph_tables(c, 0, 2, 300, DEVICE) is again  # one table per (graph, layer, length), reused
+    # one table per (graph, length, device), refilled in place: no new allocation per step
+    assert graph_tables(c, 0, 3, 300, DEVICE).rand.data_ptr() == again.rand.data_ptr()
 
 
 @pytest.mark.parametrize("mode", ["block", "token"])

@@ -38,18 +38,26 @@ def _graph_key(config: HaloConfig) -> tuple:
     )
 
 
-_tables: dict[tuple, GraphTables] = {}
+@dataclass
+class _LayerTables:
+    dist: torch.Tensor
+    rand: torch.Tensor  # [layers, U, max(R, 1)]
+    step: int | None = None
 
 
-def random_table(config: HaloConfig, layer: int, step: int, seq_len: int, device) -> torch.Tensor:
-    """[U, R] random keys in full positions for a sequence of ``seq_len`` positions (globals included)."""
+_tables: dict[tuple, _LayerTables] = {}
+
+
+def random_table(config: HaloConfig, layers: int, step: int, seq_len: int, device) -> torch.Tensor:
+    """[layers, U, R] random keys in full positions for a sequence of ``seq_len`` positions (globals
+    included), for layers 0..layers-1."""
     G, unit = config.num_globals, _unit(config)
     n_units = (seq_len + unit - 1) // unit
     first = torch.arange(n_units, device=device) * unit  # first full position of each row
     text = (first - G).clamp(min=0)  # a text position whose random keys are the row's
-    keys = graph.random_keys(config, layer, step, text)
+    keys = graph.random_keys_layers(config, layers, step, text)
     keys = torch.where(keys >= 0, keys + G, keys)
-    no_text = (first + unit - 1 < G).unsqueeze(1)  # rows made only of global positions
+    no_text = (first + unit - 1 < G).view(1, -1, 1)  # rows made only of global positions
     return torch.where(no_text, torch.full_like(keys, -1), keys).to(torch.int32)
 
 
@@ -58,17 +66,18 @@ def _unit(config: HaloConfig) -> int:
 
 
 def graph_tables(config: HaloConfig, layer: int, step: int, seq_len: int, device) -> GraphTables:
-    """The tables of one (graph, layer, length, device), refilled in place when ``step`` changes."""
-    key = (_graph_key(config), layer, seq_len, str(device))
+    """The tables of one (graph, layer, length, device). Every layer's random table is refilled in place,
+    all at once, when ``step`` changes."""
+    layers = max(config.num_layers, layer + 1)
+    key = (_graph_key(config), layers, seq_len, str(device))
     entry = _tables.get(key)
     if entry is None:
-        dists = list(config.dilated_distances) or [0]
-        dist = torch.tensor(dists, dtype=torch.int32).to(device)
+        dist = torch.tensor(list(config.dilated_distances) or [0], dtype=torch.int32).to(device)
         n_units = (seq_len + _unit(config) - 1) // _unit(config)
-        rand = torch.full((n_units, max(config.num_random, 1)), -1, dtype=torch.int32, device=device)
-        entry = _tables[key] = GraphTables(dist, rand, _unit(config))
+        shape = (layers, n_units, max(config.num_random, 1))
+        entry = _tables[key] = _LayerTables(dist, torch.full(shape, -1, dtype=torch.int32, device=device))
     if entry.step != step:
         if config.num_random:
-            entry.rand.copy_(random_table(config, layer, step, seq_len, device))
+            entry.rand.copy_(random_table(config, layers, step, seq_len, device))
         entry.step = step
-    return entry
+    return GraphTables(entry.dist, entry.rand[layer], _unit(config), step)
