@@ -344,18 +344,31 @@ def dense_attention(q, k, v) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
 
 
+# The backend that last ran, by grad mode ("training" / "inference"): what a fallback really ran, for
+# the runner's metrics.json (resolve_backend only says what was asked for).
+last_backend_used: dict[str, str] = {}
+
+
+def _ran(backend: str) -> str:
+    last_backend_used["training" if torch.is_grad_enabled() else "inference"] = backend
+    return backend
+
+
 def halo_attention(q, k, v, config: HaloConfig, layer: int, step: int, backend: str) -> torch.Tensor:
     """Full-sequence HALO attention with the named backend (q/k/v include the global positions)."""
     if backend in ("flex", "hybrid"):
         if q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
             _warn_once("FlexAttention has no backward on CPU: using the reference backend for this pass")
+            _ran("reference")
             return reference_attention(q, k, v, config, layer, step)
         key = (backend, q.dtype, tuple(q.shape[1:]), k.shape[1], q.device.type)
         if key not in _compile_failed:
             try:
-                if backend == "hybrid":
-                    return hybrid_attention(q, k, v, config, layer, step)
-                return flex_graph_attention(q, k, v, config, layer, step)
+                out = (hybrid_attention if backend == "hybrid" else flex_graph_attention)(
+                    q, k, v, config, layer, step
+                )
+                _ran(backend)
+                return out
             except _COMPILE_ERRORS as e:
                 # Inductor can find no kernel for some shapes/dtypes (seen: float32 prefill, 8 query heads
                 # on 2 KV heads, H200). Same function, another backend; never retry the failed compile.
@@ -367,8 +380,10 @@ def halo_attention(q, k, v, config: HaloConfig, layer: int, step: int, backend: 
         fallback = "masked" if q.shape[2] <= MASKED_MAX_LEN else "reference"
         return halo_attention(q, k, v, config, layer, step, fallback)
     if backend == "reference":
+        _ran(backend)
         return reference_attention(q, k, v, config, layer, step)
     if backend == "masked":
+        _ran(backend)
         return masked_attention(q, k, v, config, layer, step)
     raise ValueError(
         f"attention_backend={backend!r} is not a HALO backend (reference, masked, flex, hybrid, auto)"

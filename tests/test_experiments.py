@@ -13,7 +13,7 @@ import yaml
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from halo_lab.run_utils import compose_config, conf_dir, open_dict_rw, to_plain, validate_config
+from halo_lab.runner.config import compose_config, conf_dir, open_dict_rw, to_plain, validate_config
 
 CONF = conf_dir()
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
