@@ -418,9 +418,9 @@ class _CausalLM(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str, **kwargs: Any):
         """Load a saved model (local directory, file or Hub repo id); see halo_lab.hub.load_from_hub."""
-        from halo_lab.hub import load_from_hub
+        from halo_lab.weights import load_pretrained  # reads files, imports no model: no cycle
 
-        model = load_from_hub(path, **kwargs)
+        model = load_pretrained(path, build_model, **kwargs)
         if cls is not _CausalLM and not isinstance(model, cls):
             raise TypeError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
         return model
