@@ -349,7 +349,7 @@ def test_callback_reports_after_each_job_and_never_fails_the_sweep(sweep, tmp_pa
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(report, "build_report", boom)
+    monkeypatch.setattr(report.hook, "build_report", boom)
     cb.on_multirun_end(_hydra_cfg(sweep))  # logs a warning, does not raise
 
 
