@@ -17,7 +17,15 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from halo_lab.runner.config import ConfigError, conf_dir, register_device_options, to_plain, validate_config
+from halo_lab.runner.config import (
+    ConfigError,
+    ablation_name,
+    choice,
+    conf_dir,
+    register_device_options,
+    to_plain,
+    validate_config,
+)
 from halo_lab.runner.ddp import dist_env, patch_ddp_relaunch, teardown_distributed
 from halo_lab.runner.resume import resolve_ckpt_path
 from halo_lab.runner.wandb_run import finish_wandb
@@ -64,9 +72,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log.info("run directory: %s", run_dir)
         log.info(
             "model: %s (%s), ablation %s; device %s, precision %s, micro-batch %s (%s)",
-            _choice("model"),
+            choice(cfg, "model") or "?",
             checked["arch"],
-            OmegaConf.select(cfg, "ablation.name", default="full"),
+            ablation_name(cfg),
             device["name"],
             trainer.precision,
             batch_size if batch_size is not None else "auto",
@@ -104,15 +112,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             result["sample"] = sample
         summary.print_locations(run_dir, result)
     return result
-
-
-def _choice(group: str) -> str:
-    """The option chosen for a config group (``model=halo_small`` -> "halo_small")."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return "?"
-    return str(HydraConfig.get().runtime.choices.get(group, "?"))
 
 
 def _quiet_lightning_console() -> None:

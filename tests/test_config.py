@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from halo_lab.runner.config import (
     ConfigError,
+    ablation_name,
     build_model_config,
     compose_config,
     conf_dir,
@@ -80,7 +81,7 @@ def test_groups_exist_and_experiment_stays_out_of_the_root_defaults():
 def test_default_config(tmp_path):
     cfg = compose([], tmp_path)
     assert cfg.data.dataset == "shakespeare" and cfg.data.tokenizer == "char"
-    assert cfg.model.arch == "halo" and cfg.logger.wandb.mode is None
+    assert cfg.module.arch == "halo" and cfg.logger.wandb.mode is None
     assert cfg.paths.output_dir == str((tmp_path / "run").resolve())
     # Everything a run writes is inside its run directory (pitfall 2).
     for key in ("trainer.default_root_dir", "logger.wandb.save_dir", "callbacks.last_checkpoint.dirpath"):
@@ -99,14 +100,30 @@ def test_model_options_build(option, tmp_path):
 
     with torch.device("meta"):  # the big ones cost no memory on the meta device
         model = build_model(mc, arch=checked["arch"])
-    assert model.arch == checked["arch"] == cfg.model.arch
+    assert model.arch == checked["arch"] == cfg.module.arch
     assert model.config.hidden_size == cfg.model.hidden_size
 
 
 def test_dense_twin_matches_halo_option(tmp_path):
     a = compose(["model=dense_small"], tmp_path)
-    b = compose(["model=halo_small", "model.arch=dense"], tmp_path)
-    assert to_plain(a.model) == to_plain(b.model)
+    b = compose(["model=halo_small", "module.arch=dense"], tmp_path)
+    assert to_plain(a.model) == to_plain(b.model) and to_plain(a.module) == to_plain(b.module)
+    assert a.module.arch == "dense"
+
+
+@pytest.mark.parametrize("option", [o for o in options("model") if o.startswith("halo_")])
+def test_model_options_are_the_haloconfig_presets(option):
+    """conf/model/<name>.yaml holds HaloConfig fields only, the values of HaloConfig.from_name(<name>)."""
+    from halo_lab.config import HaloConfig
+
+    values = OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{option}.yaml"))
+    preset = HaloConfig.from_name(option).to_dict()
+    assert set(values) <= set(preset), f"not HaloConfig fields: {set(values) - set(preset)}"
+    assert values.pop("vocab_size") is None  # follows the data
+    assert values == {k: preset[k] for k in values}
+    defaults = HaloConfig().to_dict()
+    changed = {k for k in preset if preset[k] != defaults[k]}
+    assert changed <= set(values), f"the file misses preset values {changed - set(values)}"
 
 
 @pytest.mark.parametrize("option", options("ablation"))
@@ -121,12 +138,14 @@ def test_ablation_options(option, tmp_path):
         "no_random": {"num_random": 0},
         "local_only": {"num_globals": 0, "dilated_offsets": [], "num_random": 0},
     }[option]
-    assert cfg.ablation.name == option
+    assert ablation_name(cfg) == option
     assert {k: v for k, v in mc.items() if full[k] != v} == expect
-    # The ablation wins over a model override of the same field.
+    # An ablation is a partial override of the model node (# @package model): a key given on the
+    # command line is applied after it, so what is typed is what runs.
     if option == "no_globals":
         mc2, _, _ = build_model_config(compose(["ablation=no_globals", "model.num_globals=4"], tmp_path))
-        assert mc2["num_globals"] == 0
+        assert mc2["num_globals"] == 4
+        assert (CONF / "ablation" / f"{option}.yaml").read_text().startswith("# @package model\n")
 
 
 @pytest.mark.parametrize("option", options("data"))
@@ -220,13 +239,10 @@ def test_callback_can_be_dropped(tmp_path):
         (["model.num_heads=0"], "model.num_heads"),
         (["model.num_kv_heads=3"], "model.num_heads"),  # 4 heads not divisible by 3 KV heads
         (["model.dropout=1.5"], "model.dropout"),
-        (["model.arch=sparse"], "model.arch"),
+        (["module.arch=sparse"], "module.arch"),
         (["+model.hiden_size=64"], "model.hiden_size"),
         (["model.dilation_rule=nope"], "model.dilation_rule"),
-        (
-            ["ablation=no_random", "ablation.model_overrides.num_random=-1"],
-            "ablation.model_overrides.num_random",
-        ),
+        (["ablation=no_random", "model.num_random=-1"], "model.num_random"),
         (["data.seq_len=4096"], "data.seq_len"),  # > model.max_seq_len=512
         (["data.batch_size=0"], "data.batch_size"),
         (["trainer.max_steps=0"], "trainer.max_steps"),

@@ -14,7 +14,7 @@ log = logging.getLogger("halo_lab.report")
 
 ABLATION_ORDER = ("full", "no_globals", "no_dilated", "no_random", "local_only")
 # Override keys that the variant / seq_len / seed columns already show.
-SHOWN_KEYS = {"model.arch", "ablation", "variant", "data.seq_len", "seed", "model.max_seq_len"}
+SHOWN_KEYS = {"module.arch", "model.arch", "ablation", "variant", "data.seq_len", "seed", "model.max_seq_len"}
 REPORT_FILE = "report.md"
 
 
@@ -44,7 +44,9 @@ class Run:
 
     @property
     def arch(self) -> str:
-        return str(self.m("arch") or self.overrides.get("model.arch") or "?")
+        return str(
+            self.m("arch") or self.overrides.get("module.arch") or self.overrides.get("model.arch") or "?"
+        )
 
     @property
     def ablation(self) -> str:
@@ -98,7 +100,10 @@ def _read_history(path: Path) -> list[dict[str, Any]]:
 
 
 def _is_halo_config(cfg: Any) -> bool:
-    return isinstance(cfg, dict) and isinstance(cfg.get("model"), dict) and "arch" in cfg["model"]
+    # module.arch; sweeps made before the architecture moved out of the model node: model.arch
+    if not (isinstance(cfg, dict) and isinstance(cfg.get("model"), dict)):
+        return False
+    return "arch" in cfg["model"] or "arch" in (cfg.get("module") or {})
 
 
 def load_run(job_dir: Path, root: Path) -> Run | None:
@@ -152,7 +157,7 @@ def find_runs(sweep_dir: str | Path) -> list[Run]:
         raise ReportError(
             f"{root}: not a halo_lab sweep directory: {len(job_dirs)} Hydra job director"
             f"{'y' if len(job_dirs) == 1 else 'ies'} but none written by halo_lab.train "
-            "(no model.arch in .hydra/config.yaml)"
+            "(no module.arch in .hydra/config.yaml)"
         )
     return runs
 

@@ -2,7 +2,7 @@
 
 Every node with a ``_target_`` is built by ``hydra.utils.instantiate``; this module adds only what a
 node cannot say by itself: the device profile's precision and batch size, the W&B run id, the atomic
-checkpoint plugin, and the architecture choice (``model.arch``: HALO-S or the dense baseline), which
+checkpoint plugin, and the architecture choice (``module.arch``: HALO-S or the dense baseline), which
 selects the network the LightningModule builds.
 """
 

@@ -37,7 +37,7 @@ _NAME_MAX = 200  # bytes; file systems allow 255 per path component
 
 
 def job_dirname(override_dirname: str) -> str:
-    """A sweep job's directory name: its overrides (``model.arch=dense,seed=2``), with "/" replaced so a
+    """A sweep job's directory name: its overrides (``module.arch=dense,seed=2``), with "/" replaced so a
     value never nests directories, shortened with a hash when it would exceed a file name's length."""
     name = str(override_dirname).replace("/", "_") or "default"
     if len(name.encode()) > _NAME_MAX:
@@ -193,43 +193,59 @@ def _typed(node: str, schema: type, values: Any, only_known: bool) -> DictConfig
 _FIELD_RE = re.compile(r"HaloConfig\.(\w+)=")
 
 
+def choice(cfg: DictConfig, group: str) -> str | None:
+    """The option chosen for a config group (``ablation=no_random`` -> "no_random"): from the config's
+    own ``hydra`` node when it has one (composed configs), else from the running Hydra job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    node = OmegaConf.select(cfg, "hydra.runtime.choices", default=None)
+    if node is None and HydraConfig.initialized():
+        node = HydraConfig.get().runtime.choices
+    value = node.get(group) if node is not None else None
+    return None if value is None else str(value)
+
+
+def ablation_name(cfg: DictConfig) -> str:
+    """The ablation option of a run (its files are partial overrides of the model node, so the name is
+    only in Hydra's choices)."""
+    return choice(cfg, "ablation") or "full"
+
+
 def build_model_config(cfg: DictConfig, vocab_size: int | None = None) -> tuple[dict[str, Any], str, bool]:
-    """The HaloConfig dict (model option + ablation overrides), arch and gradient checkpointing.
+    """The HaloConfig dict of the model node (the ablation option already merged into it by Hydra), the
+    architecture (``module.arch``) and gradient checkpointing (``module.gradient_checkpointing``).
 
     Types through ``OmegaConf.structured(HaloConfig)``, values through HaloConfig's own validation, both
-    re-raised as ConfigError naming the config key (``model.hidden_size`` or
-    ``ablation.model_overrides.num_globals``). ``vocab_size`` (from the data) fills a null
-    model.vocab_size; a placeholder validates the rest before any data is read.
+    re-raised as ConfigError naming the key (``model.hidden_size``). ``vocab_size`` (from the data) fills
+    a null model.vocab_size; a placeholder validates the rest before any data is read.
     """
     from halo_lab.config import HaloConfig
     from halo_lab.model import ARCHS
 
     model = dict(to_plain(cfg.model))
-    arch = model.pop("arch", "halo")
-    gc = bool(model.pop("gradient_checkpointing", False))
+    module = dict(to_plain(cfg.get("module")) or {})
+    arch = module.get("arch", "halo")
+    gc = bool(module.get("gradient_checkpointing", False))
     if arch not in ARCHS:
-        raise ConfigError(f"model.arch={arch!r}: must be one of {tuple(ARCHS)}")
-    overrides = dict(to_plain(OmegaConf.select(cfg, "ablation.model_overrides", default={})) or {})
+        raise ConfigError(f"module.arch={arch!r}: must be one of {tuple(ARCHS)}")
     fields = set(HaloConfig.__dataclass_fields__)
-    for source, keys in (("model", model), ("ablation.model_overrides", overrides)):
-        unknown = sorted(set(keys) - fields)
-        if unknown:
-            raise ConfigError(f"{source}.{unknown[0]}: not a HaloConfig field (known: {sorted(fields)})")
-        _typed(source, HaloConfig, {k: v for k, v in keys.items() if v is not None}, only_known=False)
-    ablation = OmegaConf.select(cfg, "ablation.name", default="full")
-    if arch == "dense" and overrides:
+    unknown = sorted(set(model) - fields)
+    if unknown:
+        raise ConfigError(f"model.{unknown[0]}: not a HaloConfig field (known: {sorted(fields)})")
+    _typed("model", HaloConfig, {k: v for k, v in model.items() if v is not None}, only_known=False)
+    ablation = ablation_name(cfg)
+    if arch == "dense" and ablation != "full":
         log.warning(
-            "ablation=%s has no effect on model.arch=dense (the dense baseline has no graph)", ablation
+            "ablation=%s has no effect on module.arch=dense (the dense baseline has no graph)", ablation
         )
-    merged = {**model, **overrides}
-    if merged.get("vocab_size") is None:
-        merged["vocab_size"] = vocab_size
-    elif vocab_size is not None and merged["vocab_size"] < vocab_size:
+    if model.get("vocab_size") is None:
+        model["vocab_size"] = vocab_size
+    elif vocab_size is not None and model["vocab_size"] < vocab_size:
         raise ConfigError(
-            f"model.vocab_size={merged['vocab_size']}: smaller than the tokenizer's vocabulary ({vocab_size}); "
+            f"model.vocab_size={model['vocab_size']}: smaller than the tokenizer's vocabulary ({vocab_size}); "
             "set it to null to follow the data"
         )
-    probe = dict(merged)
+    probe = dict(model)
     if probe["vocab_size"] is None:
         probe["vocab_size"] = 256  # placeholder until the data's tokenizer is known
     try:
@@ -238,10 +254,9 @@ def build_model_config(cfg: DictConfig, vocab_size: int | None = None) -> tuple[
         m = _FIELD_RE.search(str(exc))
         if m:
             name = m.group(1)
-            key = f"ablation.model_overrides.{name}" if name in overrides else f"model.{name}"
-            raise ConfigError(f"{key}={probe.get(name)!r}: {str(exc).split(': ', 1)[-1]}") from exc
+            raise ConfigError(f"model.{name}={probe.get(name)!r}: {str(exc).split(': ', 1)[-1]}") from exc
         raise ConfigError(f"model: {exc}") from exc
-    return merged, arch, gc
+    return model, arch, gc
 
 
 # ---------------------------------------------------------------------------------------------- values

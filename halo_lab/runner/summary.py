@@ -52,6 +52,7 @@ def write_metrics(
 ) -> dict[str, Any]:  # fmt: skip
     """metrics.json (the final summary) and the hub/ export; returns the summary."""
     from halo_lab.runner.callbacks import TokenThroughput
+    from halo_lab.runner.config import ablation_name
     from halo_lab.utils import atomic_write_text, count_parameters
 
     run_dir = Path(cfg.paths.output_dir)
@@ -82,7 +83,7 @@ def write_metrics(
         {
             "wall_time_s": time.time() - t_start,
             "arch": checked["arch"],
-            "ablation": OmegaConf.select(cfg, "ablation.name", default="full"),
+            "ablation": ablation_name(cfg),
             "task_name": cfg.task_name,
             "seed": cfg.seed,
             "seq_len": OmegaConf.select(cfg, "data.seq_len"),
