@@ -79,4 +79,6 @@ def test_modules_stay_small_or_say_why():
         lines = path.read_text().splitlines()
         if len(lines) > 420:
             head = "\n".join(lines[:30]).lower()
-            assert "lines" in head or "one module" in head, f"{name}: {len(lines)} lines, no reason at its top"
+            assert "lines" in head or "one module" in head, (
+                f"{name}: {len(lines)} lines, no reason at its top"
+            )
