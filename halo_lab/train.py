@@ -114,6 +114,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
+def _multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def _quiet_lightning_console() -> None:
     """The ``lightning`` package adds its own console handler; under Hydra's root handler every Lightning
     message would print twice."""
@@ -135,7 +142,8 @@ def main(cfg: DictConfig) -> float | None:
         result = run(cfg)
         failed = False
     except ConfigError as exc:
-        log.error("config error: %s", exc)
+        if _multirun():  # Hydra records the failed job and goes on with the sweep's others
+            raise
         print(f"halo_lab.train: config error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:
