@@ -116,7 +116,7 @@ def strip_wrappers(state_dict: dict[str, Any]) -> dict[str, Any]:
             if all(k.startswith(prefix) for k in sd):
                 sd = {k[len(prefix) :]: v for k, v in sd.items()}
                 changed = True
-    # compiling a submodule in place of itself prefixes only its own keys (DESIGN pitfall 11)
+    # torch.compile of a submodule wraps it as ._orig_mod: only its own keys carry the prefix
     return {k.replace("._orig_mod.", ".").replace("._orig_mod", ""): v for k, v in sd.items()}
 
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-# W&B never talks to the network in tests (pitfall 3); subprocesses inherit it.
+# W&B never talks to the network in tests (WANDB_MODE=disabled); subprocesses inherit it.
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 

@@ -83,7 +83,8 @@ def test_default_config(tmp_path):
     assert cfg.data.dataset == "shakespeare" and cfg.data.tokenizer == "char"
     assert cfg.module.arch == "halo" and cfg.logger.wandb.mode is None
     assert cfg.paths.output_dir == str((tmp_path / "run").resolve())
-    # Everything a run writes is inside its run directory (pitfall 2).
+    # Everything a run writes is inside its run directory (version_base 1.3 keeps the working directory,
+    # so nothing may rely on Hydra changing into the run directory).
     for key in ("trainer.default_root_dir", "logger.wandb.save_dir", "callbacks.last_checkpoint.dirpath"):
         assert str(OmegaConf.select(cfg, key)).startswith(cfg.paths.output_dir), key
     assert cfg.hydra.run.dir.startswith(cfg.paths.log_dir + "/train/")

@@ -114,7 +114,7 @@ def test_warmup_cosine_schedule():
         opt.step()
         sch.step()
     assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0) and lrs[-1] < 0.05
-    # Plain state (pitfall 5): loadable with weights_only.
+    # Plain state: loadable with weights_only (torch >= 2.6 refuses anything else by default).
     import io
 
     buf = io.BytesIO()
@@ -361,7 +361,7 @@ def test_inprocess_run_checkpoint_is_plain_and_rebuilds(tmp_path, corpus):
     summary = run_inprocess([*tiny_overrides(corpus), "logger=none"], run_dir)
     assert summary["steps"] == 6 and summary["val_loss"] < math.log(256)
     last = run_dir / "checkpoints" / "last.ckpt"
-    ckpt = torch.load(last, weights_only=True)  # plain containers only (pitfall 5)
+    ckpt = torch.load(last, weights_only=True)  # plain containers only (weights_only=True)
     assert ckpt["global_step"] == 6
     hp = ckpt["hyper_parameters"]
     assert hp["arch"] == "halo" and hp["model_config"]["vocab_size"] == 256 and hp["tokenizer"]["type"]
@@ -402,7 +402,7 @@ def _cli(
 
 
 def test_cli_smoke_writes_the_contracted_files(tmp_path, corpus):
-    """`python -m halo_lab.train` from another directory (config found, pitfall 6)."""
+    """`python -m halo_lab.train` from another directory (config found: Hydra resolves config_path per caller)."""
     run_dir = tmp_path / "run"
     proc = _cli([*tiny_overrides(corpus, steps=4), "logger=none", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -429,7 +429,7 @@ def test_cli_smoke_writes_the_contracted_files(tmp_path, corpus):
 
 
 def test_cli_imported_main_and_failing_exit_code(tmp_path, corpus):
-    """`from halo_lab.train import main` (console scripts, pitfall 6); a bad value exits non-zero naming it."""
+    """`from halo_lab.train import main` (console scripts: another config_path resolution); a bad value exits non-zero naming it."""
     code = "import sys; from halo_lab.train import main; sys.argv[0] = 'halo-train'; main()"
     proc = _cli(
         [*tiny_overrides(corpus), "model.hidden_size=33", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path, code

@@ -1,7 +1,7 @@
 """End-to-end runner tests through the CLI in subprocesses (slow: `make test-full`).
 
 SIGKILL + resume, W&B offline id reuse, multirun layout, and 2-process gloo DDP (single run and inside a
-multirun, pitfall 1) on CPU.
+multirun: Lightning relaunches each rank with the whole command line) on CPU.
 """
 
 from __future__ import annotations

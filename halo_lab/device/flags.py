@@ -168,7 +168,7 @@ def optimize_for_device(
                         from torch._dynamo import config as dynamo_config
 
                         dynamo_config.suppress_errors = True
-                    model.compile(mode=cm)  # in place: no _orig_mod. wrapper (pitfall 11)
+                    model.compile(mode=cm)  # in place: no _orig_mod. wrapper, so state-dict keys stay
                     applied.append(f"compile(mode={cm}) in place")
                 except Exception as exc:
                     failed.append(f"compile ({type(exc).__name__}: {exc})")

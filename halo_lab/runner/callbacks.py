@@ -90,6 +90,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class TokenThroughput(pl.Callback):
     """Logs ``perf/tokens_per_sec`` (all ranks together) and ``perf/peak_mem_mb`` every log step.
 
+    Kept instead of Lightning's ``ThroughputMonitor``, which times from batch end to batch end since
+    the train start (data loading and validation included), sends its values to the loggers only (not
+    ``callback_metrics``: history.jsonl and the progress lines would lose them; with ``logger=none``
+    nothing), and keeps no whole-run totals for metrics.json.
+
     Time counts each training step from ``on_train_batch_start`` to ``on_train_batch_end`` (forward,
     backward, optimizer step; on CUDA synchronised at the step's end), so validation, checkpointing and
     sample generation do not dilute it. Input tokens count every position of ``input_ids``. Totals of the

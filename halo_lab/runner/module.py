@@ -195,6 +195,8 @@ class HaloLitModule(pl.LightningModule):
         # Per-batch perplexity / bits from this batch's token-weighted mean CE (never an average of exp).
         self.log("train/ppl", torch.exp(loss_f), on_step=True)
         self.log("train/bpt", loss_f / LN2, on_step=True)
+        # Not LearningRateMonitor: it refuses to run without a logger (logger=none is an option) and
+        # names the value per parameter group; history.jsonl and the progress lines read train/lr.
         opt = self.optimizers(use_pl_optimizer=False) if self._trainer is not None else None
         if opt is not None:
             self.log("train/lr", opt.param_groups[0]["lr"], on_step=True)
