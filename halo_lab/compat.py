@@ -56,6 +56,8 @@ META_KEYS = frozenset(
         "transformers_version",
     }
 )
+# The class names config.json stores ("architectures"), a file-format table: compat sits below the model
+# and cannot import it; tests/test_layout.py checks it names halo_lab.model.ARCHS's classes.
 ARCH_BY_CLASS = {"HaloSModel": "halo", "BaselineModel": "dense"}
 CLASS_BY_ARCH = {v: k for k, v in ARCH_BY_CLASS.items()}
 # the reference's HaloConfig fields (use_swiglu since 2.0)

@@ -82,3 +82,11 @@ def test_modules_stay_small_or_say_why():
             assert "lines" in head or "one module" in head, (
                 f"{name}: {len(lines)} lines, no reason at its top"
             )
+
+
+def test_one_arch_table():
+    """model.ARCHS is the table; compat's is the names config.json stores, and must agree with it."""
+    from halo_lab import compat
+    from halo_lab.model import ARCHS
+
+    assert {arch: cls.__name__ for arch, cls in ARCHS.items()} == compat.CLASS_BY_ARCH
