@@ -171,6 +171,10 @@ def _check_config_fits(state: dict[str, torch.Tensor], config: HaloConfig, arch:
 def _dedupe_shared(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """safetensors refuses tensors that share memory: keep the first name of each tied group.
 
+    Not ``safetensors.torch.save_model``: it keeps the alphabetically first name (``lm_head.weight``,
+    dropping the embedding), which would change the files' layout (token_emb.weight stored, the
+    ``halo_lab.tied`` metadata naming the alias) that earlier exports and tests/test_hub.py rely on.
+
     Returns (tensors to save, {dropped name: kept name}). Overlapping but different views are copied."""
     kept: dict[tuple, str] = {}
     by_storage: dict[int, list[str]] = {}

@@ -215,10 +215,7 @@ def _import_hub(what: str):
 
 
 def _hub_errors() -> dict[str, type]:
-    try:  # huggingface_hub >= 0.20 (1.x, 2.x)
-        errors = importlib.import_module("huggingface_hub.errors")
-    except ImportError:  # pragma: no cover - older releases kept them in utils
-        errors = importlib.import_module("huggingface_hub.utils")
+    errors = importlib.import_module("huggingface_hub.errors")  # every release >= the pinned 1.0
     names = (
         "RepositoryNotFoundError",
         "RevisionNotFoundError",
@@ -226,7 +223,7 @@ def _hub_errors() -> dict[str, type]:
         "EntryNotFoundError",
         "OfflineModeIsEnabled",
     )
-    return {n: getattr(errors, n, None) or type(n, (Exception,), {}) for n in names}
+    return {n: getattr(errors, n) for n in names}
 
 
 def _offline() -> bool:
