@@ -90,3 +90,13 @@ def test_one_arch_table():
     from halo_lab.model import ARCHS
 
     assert {arch: cls.__name__ for arch, cls in ARCHS.items()} == compat.CLASS_BY_ARCH
+
+
+def test_architecture_page_names_every_config_group_and_module():
+    """docs/architecture.md maps each config group to its consumer, and each runner module to its job."""
+    doc = (PKG.parent / "docs" / "architecture.md").read_text()
+    for group in sorted(p.name for p in (PKG.parent / "conf").iterdir() if p.is_dir()):
+        assert f"| `{group}`" in doc, f"docs/architecture.md: no row for the config group {group}"
+    for name in MODULES:
+        if name.startswith(("halo_lab.runner.", "halo_lab.device.")) and not name.endswith("__init__"):
+            assert name.split(".")[-1] in doc, f"docs/architecture.md does not mention {name}"
