@@ -33,7 +33,8 @@ except ImportError:  # pragma: no cover - old torch
 
 _compiled_flex = None
 MASKED_MAX_LEN = 4096  # an L x L boolean mask is cheap on a CPU up to here
-AUTO_CUDA_BACKEND = "flex"  # fastest whole training step at every length measured (experiments/bench)
+AUTO_CUDA_BACKEND = "triton"  # fastest attention and training step at every length (experiments/bench)
+TRITON_HEAD_DIMS = (16, 32, 64, 128)
 
 
 def _flex_kernel():
@@ -54,14 +55,15 @@ def triton_interpreted() -> bool:
 
 
 def resolve_backend(config: HaloConfig, device: torch.device, seq_len: int | None = None) -> str:
-    """``auto``: flex on CUDA; elsewhere (FlexAttention has no fused CPU path) SDPA with the graph as a
-    boolean mask up to MASKED_MAX_LEN positions, the reference gather beyond."""
+    """``auto``: the fused Triton kernels on CUDA (flex for a head_dim they do not cover); elsewhere SDPA
+    with the graph as a boolean mask up to MASKED_MAX_LEN positions, the reference gather beyond."""
     if config.attention_backend != "auto":
         return config.attention_backend
     # FlexAttention compiles through Triton, which needs compute capability 7.0 or newer
     fused = HAS_FLEX and device.type == "cuda" and torch.cuda.get_device_capability(device) >= (7, 0)
     if fused:
-        return AUTO_CUDA_BACKEND
+        has_triton = importlib.util.find_spec("triton") is not None
+        return AUTO_CUDA_BACKEND if has_triton and config.head_dim in TRITON_HEAD_DIMS else "flex"
     return "masked" if seq_len is not None and seq_len <= MASKED_MAX_LEN else "reference"
 
 
@@ -351,18 +353,31 @@ def dense_attention(q, k, v) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
 
 
+# The backend that last ran, by grad mode ("training" / "inference"): what a fallback really ran, for
+# the runner's metrics.json (resolve_backend only says what was asked for).
+last_backend_used: dict[str, str] = {}
+
+
+def _ran(backend: str) -> str:
+    last_backend_used["training" if torch.is_grad_enabled() else "inference"] = backend
+    return backend
+
+
 def halo_attention(q, k, v, config: HaloConfig, layer: int, step: int, backend: str) -> torch.Tensor:
     """Full-sequence HALO attention with the named backend (q/k/v include the global positions)."""
     if backend in ("flex", "hybrid"):
         if q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
             _warn_once("FlexAttention has no backward on CPU: using the reference backend for this pass")
+            _ran("reference")
             return reference_attention(q, k, v, config, layer, step)
         key = (backend, q.dtype, tuple(q.shape[1:]), k.shape[1], q.device.type)
         if key not in _compile_failed:
             try:
-                if backend == "hybrid":
-                    return hybrid_attention(q, k, v, config, layer, step)
-                return flex_graph_attention(q, k, v, config, layer, step)
+                out = (hybrid_attention if backend == "hybrid" else flex_graph_attention)(
+                    q, k, v, config, layer, step
+                )
+                _ran(backend)
+                return out
             except _COMPILE_ERRORS as e:
                 # Inductor can find no kernel for some shapes/dtypes (seen: float32 prefill, 8 query heads
                 # on 2 KV heads, H200). Same function, another backend; never retry the failed compile.
@@ -377,12 +392,16 @@ def halo_attention(q, k, v, config: HaloConfig, layer: int, step: int, backend: 
         if q.is_cuda or triton_interpreted():
             from halo_lab.kernels.halo_attention import halo_triton_attention
 
+            _ran(backend)
             return halo_triton_attention(q, k, v, config, layer, step)
         _warn_once("attention_backend=triton needs CUDA (or TRITON_INTERPRET=1): using the reference backend")
+        _ran("reference")
         return reference_attention(q, k, v, config, layer, step)
     if backend == "reference":
+        _ran(backend)
         return reference_attention(q, k, v, config, layer, step)
     if backend == "masked":
+        _ran(backend)
         return masked_attention(q, k, v, config, layer, step)
     raise ValueError(
         f"attention_backend={backend!r} is not a HALO backend (reference, masked, triton, flex, hybrid, auto)"

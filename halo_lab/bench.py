@@ -70,13 +70,14 @@ def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float | None:
 # ------------------------------------------------------------------------------------ public helpers
 
 
-def estimate_flops(model_or_config, seq_len: int, arch: str = "halo") -> dict[str, float]:
-    """Forward FLOPs of one sequence by part (see ``HaloSModel.estimate_flops``)."""
+def estimate_flops(model_or_config, seq_len: int, arch: str = "halo", device=None) -> dict[str, float]:
+    """Forward FLOPs of one sequence by part (see ``HaloSModel.estimate_flops``); ``auto`` backends
+    resolve on ``device`` (default: the model's, or for a config the best device here)."""
     model = model_or_config
     if isinstance(model_or_config, (HaloConfig, dict)):
         with torch.device("meta"):
             model = build_model(model_or_config, arch)
-    return model.estimate_flops(seq_len)
+    return model.estimate_flops(seq_len, device=device)
 
 
 def benchmark_speed(

@@ -56,6 +56,8 @@ META_KEYS = frozenset(
         "transformers_version",
     }
 )
+# The class names config.json stores ("architectures"), a file-format table: compat sits below the model
+# and cannot import it; tests/test_layout.py checks it names halo_lab.model.ARCHS's classes.
 ARCH_BY_CLASS = {"HaloSModel": "halo", "BaselineModel": "dense"}
 CLASS_BY_ARCH = {v: k for k, v in ARCH_BY_CLASS.items()}
 # the reference's HaloConfig fields (use_swiglu since 2.0)
@@ -116,7 +118,7 @@ def strip_wrappers(state_dict: dict[str, Any]) -> dict[str, Any]:
             if all(k.startswith(prefix) for k in sd):
                 sd = {k[len(prefix) :]: v for k, v in sd.items()}
                 changed = True
-    # compiling a submodule in place of itself prefixes only its own keys (DESIGN pitfall 11)
+    # torch.compile of a submodule wraps it as ._orig_mod: only its own keys carry the prefix
     return {k.replace("._orig_mod.", ".").replace("._orig_mod", ""): v for k, v in sd.items()}
 
 

@@ -161,3 +161,44 @@ class HaloConfig:
 
     def replace(self, **changes: Any) -> HaloConfig:
         return dataclasses.replace(self, **changes)
+
+
+# ------------------------------------------------------------------------------------------ presets
+# Named sizes (the reference's examples), as changes to the defaults above. The runner's
+# conf/model/<name>.yaml files hold the same values (tests/test_config.py checks them against this).
+PRESETS: dict[str, dict[str, Any]] = {
+    "halo_tiny": {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "max_seq_len": 512, "dropout": 0.0},
+    "halo_small": {"hidden_size": 256, "num_layers": 4, "num_heads": 4, "max_seq_len": 2048},
+    "halo_medium": {"num_layers": 8},
+    "halo_large": {"hidden_size": 1024, "num_layers": 12, "num_heads": 16, "num_kv_heads": 4},
+    "halo_xl": {
+        "hidden_size": 1536,
+        "num_layers": 16,
+        "num_heads": 24,
+        "num_kv_heads": 6,
+        "max_seq_len": 8192,
+        "local_window": 128,
+        "dilated_offsets": [1, 2, 4, 8, 16],
+    },
+    "halo_long_ctx": {
+        "hidden_size": 1024,
+        "num_layers": 12,
+        "num_heads": 16,
+        "num_kv_heads": 4,
+        "max_seq_len": 32768,
+        "num_globals": 4,
+        "local_window": 128,
+        "dilated_offsets": [1, 2, 4, 8, 16, 32],
+        "num_random": 4,
+    },
+}
+
+
+def _from_name(cls, name: str, **changes: Any) -> HaloConfig:
+    """``HaloConfig.from_name("halo_small", vocab_size=50257)``: a preset of :data:`PRESETS`."""
+    if name not in PRESETS:
+        raise ValueError(f"HaloConfig.from_name({name!r}): unknown preset; choose one of {sorted(PRESETS)}")
+    return cls(**{**PRESETS[name], **changes})
+
+
+HaloConfig.from_name = classmethod(_from_name)  # type: ignore[attr-defined]

@@ -369,12 +369,16 @@ class _CausalLM(nn.Module):
             )
         return "\n".join(lines)
 
-    def estimate_flops(self, seq_len: int, backend: str | None = None) -> dict[str, float]:
+    def estimate_flops(
+        self, seq_len: int, backend: str | None = None, device: torch.device | str | None = None
+    ) -> dict[str, float]:
         """Forward FLOPs of one sequence (multiply-adds x 2), by part.
 
         ``attention`` counts the graph's edges (what the reference gather computes); ``attention_kernel``
         counts what the chosen backend really computes (whole tiles for flex, the full causal triangle for
-        dense SDPA). ``global`` is the share of ``attention`` spent on global keys."""
+        dense SDPA). ``global`` is the share of ``attention`` spent on global keys. ``auto`` resolves on
+        ``device``: default the model's own, or for a meta-device model (built from a config alone) the
+        best device here, where it would run."""
         c, d = self.config, self.config.head_dim
         G, L = self.num_globals, seq_len + self.num_globals
         per_edge = 4 * c.num_heads * d  # QK^T and PV
@@ -385,7 +389,11 @@ class _CausalLM(nn.Module):
             idx = graph.full_neighbor_index(c, 0, graph.EVAL_STEP, seq_len, "cpu")
             edges = float((idx >= 0).sum())
             global_edges = float(G * seq_len + G * (G + 1) / 2)
-            backend = backend or attn.resolve_backend(c, torch.device("cpu"), L)
+            if device is None:
+                device = next(self.parameters()).device
+                if device.type == "meta":
+                    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            backend = backend or attn.resolve_backend(c, torch.device(device), L)
             if backend == "flex":
                 layout = graph.block_layout(c, 0, graph.EVAL_STEP, seq_len, "cpu")
                 kernel_edges = layout.computed_blocks * c.graph_block_size**2
@@ -410,9 +418,9 @@ class _CausalLM(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str, **kwargs: Any):
         """Load a saved model (local directory, file or Hub repo id); see halo_lab.hub.load_from_hub."""
-        from halo_lab.hub import load_from_hub
+        from halo_lab.weights import load_pretrained  # reads files, imports no model: no cycle
 
-        model = load_from_hub(path, **kwargs)
+        model = load_pretrained(path, build_model, **kwargs)
         if cls is not _CausalLM and not isinstance(model, cls):
             raise TypeError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
         return model

@@ -61,11 +61,11 @@ class Tokenizer:
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def save(self, path: str | os.PathLike) -> None:
+        from halo_lab.utils import atomic_write_text
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:

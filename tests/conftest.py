@@ -12,7 +12,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-# W&B never talks to the network in tests; subprocesses inherit it.
+# W&B never talks to the network in tests (WANDB_MODE=disabled); subprocesses inherit it.
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 

@@ -69,16 +69,9 @@ def test_memory_from_name_scales_default_batch():
 @pytest.mark.parametrize(
     "name, cc, mem, precision, flash, compile_mode",
     [
-        (
-            "NVIDIA RTX A6000",
-            (8, 6),
-            48,
-            "bf16-mixed",
-            True,
-            "max-autotune-no-cudagraphs",
-        ),  # not the Ada card
+        ("NVIDIA RTX A6000", (8, 6), 48, "bf16-mixed", True, "default"),  # not the Ada card
         ("NVIDIA A10G", (8, 6), 24, "bf16-mixed", True, "default"),
-        ("NVIDIA GH200 480GB", (9, 0), 96, "bf16-mixed", True, "max-autotune-no-cudagraphs"),  # not h200
+        ("NVIDIA GH200 480GB", (9, 0), 96, "bf16-mixed", True, "default"),  # not h200
         ("Quadro RTX 6000", (7, 5), 24, "16-mixed", False, "default"),  # Turing: no bf16
         ("Tesla V100-SXM2-16GB", (7, 0), 16, "16-mixed", False, "default"),
         ("NVIDIA GeForce GTX 1080", (6, 1), 8, "32-true", False, None),  # slow fp16, no Triton
@@ -153,6 +146,16 @@ def test_table_states_the_hardware_facts():
     assert t["cpu"].precision == "32-true" and t["cpu"].compile is None
 
 
+def test_gpu_profiles_compile_in_the_default_mode():
+    # max-autotune spent minutes tuning matmuls before a medium model's first step on an H200: a default
+    # must start at once. Autotuning stays one override away.
+    for p in dv.PROFILES.values():
+        assert p.compile in (None, "default"), p.name
+    assert dv.profile_from_capability((9, 0), 141).compile == "default"
+    tuned = dv.resolve_device_config({"name": "h200", "compile": "max-autotune-no-cudagraphs"})
+    assert tuned["compile"] == "max-autotune-no-cudagraphs"
+
+
 def test_table_follows_the_capability_rules():
     """The named entries agree with what their compute capability implies (no silent table typos)."""
     fields = ("precision", "bf16", "tf32", "matmul_precision", "flash_sdpa", "mem_efficient_sdpa")
@@ -176,21 +179,48 @@ def test_device_info_is_json():
 
 # ------------------------------------------------------------------------------------------ config
 def _yaml(name: str) -> dict:
-    return yaml.safe_load((CONF_DEVICE / f"{name}.yaml").read_text())
+    """The ``device=NAME`` option as the runner registers it: the name, every override null."""
+    return {"name": name, **dict.fromkeys(dv.OVERRIDABLE_KEYS)}
 
 
-def test_yaml_files_name_profiles_and_hold_no_values():
-    files = {p.stem: yaml.safe_load(p.read_text()) for p in CONF_DEVICE.glob("*.yaml")}
-    assert ISSUE_PROFILES | {"auto"} <= set(files)
-    assert set(dv.PROFILES) <= set(files), "every table entry needs a conf/device yaml"
-    for stem, cfg in files.items():
-        assert cfg["name"] == stem
-        assert cfg["name"] == "auto" or cfg["name"] in dv.PROFILES
-        assert set(cfg) == {"name", *dv.OVERRIDABLE_KEYS}, stem
-        profile = dv.get_profile(stem).to_dict() if stem != "auto" else None
-        for key in dv.OVERRIDABLE_KEYS:
-            # a value here would be a second copy of the table: only null (or the same value) is allowed
-            assert cfg[key] is None or (profile is not None and cfg[key] == profile[key]), (stem, key)
+def test_device_options_come_from_the_table(tmp_path):
+    from hydra.core.global_hydra import GlobalHydra
+
+    from halo_lab.runner.config import compose_config, to_plain
+
+    # One file (auto, the default, documenting the keys); every table row is an option without a copy.
+    assert {p.stem for p in CONF_DEVICE.glob("*.yaml")} == {"auto"}
+    auto = yaml.safe_load((CONF_DEVICE / "auto.yaml").read_text())
+    assert auto == _yaml("auto")
+    try:
+        for name in sorted(dv.PROFILES):
+            cfg = compose_config([f"device={name}"], tmp_path / name)
+            assert to_plain(cfg.device) == _yaml(name)
+            out = dv.resolve_device_config(to_plain(cfg.device))
+            assert {k: out[k] for k in dv.PROFILES[name].to_dict()} == dv.PROFILES[name].to_dict()
+        cfg = compose_config(["device=h100", "device.precision=32-true"], tmp_path / "o")
+        assert dv.resolve_device_config(to_plain(cfg.device))["precision"] == "32-true"
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_runner_batch_size_precedence(tmp_path):
+    """data.batch_size, else trainer.auto_batch_size (decided at setup), else the device profile's."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from halo_lab.runner.build import choose_batch_size
+    from halo_lab.runner.config import compose_config
+
+    dev = dv.resolve_device_config({"name": "cpu"})
+    try:
+        cfg = compose_config([], tmp_path)
+        assert choose_batch_size(cfg, dev) == (dv.PROFILES["cpu"].batch_size, "device profile cpu")
+        cfg = compose_config(["data.batch_size=5", "trainer.auto_batch_size=true"], tmp_path)
+        assert choose_batch_size(cfg, dev) == (5, "data.batch_size")
+        cfg = compose_config(["trainer.auto_batch_size=true"], tmp_path)
+        assert choose_batch_size(cfg, dev) == (None, "auto")
+    finally:
+        GlobalHydra.instance().clear()
 
 
 @pytest.mark.parametrize("name", sorted(ISSUE_PROFILES))
@@ -243,17 +273,6 @@ def test_apply_profile_sets_matmul_precision(keep_matmul_precision, no_accelerat
     assert torch.get_float32_matmul_precision() == "highest"
 
 
-def test_choose_batch_size_precedence():
-    dev = dv.resolve_device_config({"name": "cpu"})
-    assert dv.choose_batch_size(dev) == dv.PROFILES["cpu"].batch_size
-    assert dv.choose_batch_size(dev, requested=5) == 5
-    cfg = HaloConfig(hidden_size=64, num_heads=4, num_layers=2)
-    auto = dv.choose_batch_size(dev, requested=5, auto=True, config=cfg, seq_len=128, memory_bytes=2e9)
-    assert auto == dv.get_optimal_batch_size(cfg, 128, device="cpu", precision="32-true", memory_bytes=2e9)
-    with pytest.raises(ValueError):
-        dv.choose_batch_size(dev, auto=True)
-
-
 # ------------------------------------------------------------------------------------------ optimize
 class _Tiny(nn.Module):
     def __init__(self):
@@ -301,7 +320,9 @@ def test_optimize_for_device_survives_failing_compile(monkeypatch, keep_matmul_p
         raise RuntimeError("inductor exploded")
 
     monkeypatch.setattr(model, "compile", boom)
-    monkeypatch.setattr(dv, "_compile_blocker", lambda dev: None)  # reach compile even without a C++ compiler
+    monkeypatch.setattr(
+        dv.flags, "_compile_blocker", lambda dev: None
+    )  # reach compile even without a C++ compiler
     with caplog.at_level(logging.WARNING, logger="halo_lab.device"):
         assert dv.optimize_for_device(model, device="cpu", compile_mode="default") is model
     assert "inductor exploded" in caplog.text
@@ -310,7 +331,7 @@ def test_optimize_for_device_survives_failing_compile(monkeypatch, keep_matmul_p
 def test_optimize_for_device_compiles_in_place(monkeypatch, keep_matmul_precision):
     from torch._dynamo import config as dynamo_config
 
-    monkeypatch.setattr(dv, "_compile_blocker", lambda dev: None)
+    monkeypatch.setattr(dv.flags, "_compile_blocker", lambda dev: None)
     model = _Tiny()
     keys = list(model.state_dict())
     # optimize_for_device sets dynamo's suppress_errors; patch() restores it (monkeypatch breaks the

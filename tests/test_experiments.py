@@ -4,16 +4,14 @@ experiment means what it says (fast: composition only; the sweeps themselves run
 
 from __future__ import annotations
 
-import copy
 import itertools
 from pathlib import Path
 
 import pytest
-import yaml
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from halo_lab.run_utils import compose_config, conf_dir, open_dict_rw, to_plain, validate_config
+from halo_lab.runner.config import ablation_name, compose_config, conf_dir, to_plain, validate_config
 
 CONF = conf_dir()
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -44,15 +42,10 @@ def sweep_params(cfg) -> dict[str, list[str]]:
 
 
 def job_config(cfg, overrides: dict[str, str]):
-    """The config of one sweep job: a copy of the composed experiment with the job's overrides applied
-    (a config group override loads that option, as Hydra would; plain keys are set)."""
-    job = copy.deepcopy(cfg)
-    with open_dict_rw(job):
-        for key, value in overrides.items():
-            if (CONF / key).is_dir():
-                job[key] = OmegaConf.load(CONF / key / f"{value}.yaml")
-            else:
-                OmegaConf.update(job, key, yaml.safe_load(value))
+    """The config of one sweep job: the experiment composed by Hydra with the job's overrides (group
+    options such as ablation=... or variant=... are partial overrides merged by Hydra itself)."""
+    job = compose_config([f"+experiment={cfg.task_name}", *(f"{k}={v}" for k, v in overrides.items())])
+    GlobalHydra.instance().clear()
     return job
 
 
@@ -119,12 +112,12 @@ def test_tiny_scale_is_tiny(base, composed):
 def test_baseline_compares_arch_at_equal_size_data_steps_and_seed(scale, composed):
     cfg = composed[f"baseline{scale}"]
     params = sweep_params(cfg)
-    assert params["model.arch"] == ["halo", "dense"]
+    assert params["module.arch"] == ["halo", "dense"]
     configs = {}
     for overrides in jobs(cfg):
         job = job_config(cfg, overrides)
         checked = validate_config(job)
-        assert checked["arch"] == overrides["model.arch"]
+        assert checked["arch"] == overrides["module.arch"]
         # Equal tokens per step at every length.
         assert job.data.batch_size == cfg.tokens_per_batch // job.data.seq_len
         key = overrides["data.seq_len"]
@@ -161,12 +154,12 @@ def test_needle_and_mqar_variants_are_halo_dense_and_local_only(task, scale, com
     cfg = composed[f"{task}{scale}"]
     assert sweep_params(cfg) == {"variant": ["halo", "dense", "local_only"]}
     assert cfg.data.dataset == task
-    local = OmegaConf.to_container(OmegaConf.load(CONF / "ablation" / "local_only.yaml").model_overrides)
+    local = OmegaConf.to_container(OmegaConf.load(CONF / "ablation" / "local_only.yaml"))
     got = {}
     for overrides in jobs(cfg):
         job = job_config(cfg, overrides)
         checked = validate_config(job)
-        got[overrides["variant"]] = (checked["arch"], job.ablation.name, checked["model_config"])
+        got[overrides["variant"]] = (checked["arch"], ablation_name(job), checked["model_config"])
     assert got["halo"][:2] == ("halo", "full") and got["dense"][:2] == ("dense", "full")
     assert got["local_only"][:2] == ("halo", "local_only")
     for k, v in local.items():  # the variant map agrees with conf/ablation/local_only.yaml
@@ -196,8 +189,8 @@ def test_needle_and_mqar_variants_are_halo_dense_and_local_only(task, scale, com
 def test_single_variant_override_without_multirun(tmp_path):
     cfg = compose_config(["+experiment=needle_cpu", "variant=local_only"], tmp_path)
     checked = validate_config(cfg)
-    assert checked["model_config"]["num_globals"] == 0 and cfg.ablation.name == "local_only"
-    cfg = compose_config(["+experiment=baseline_cpu", "model.arch=dense", "data.seq_len=1024"], tmp_path)
+    assert checked["model_config"]["num_globals"] == 0 and ablation_name(cfg) == "local_only"
+    cfg = compose_config(["+experiment=baseline_cpu", "module.arch=dense", "data.seq_len=1024"], tmp_path)
     assert validate_config(cfg)["arch"] == "dense" and cfg.data.batch_size == 4
 
 

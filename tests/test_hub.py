@@ -472,7 +472,7 @@ def test_push_passes_the_token_to_hfapi_only(monkeypatch, tmp_path):
 
 
 def lightning_checkpoint(model, path: Path, prefix="model.", tokenizer=None, arch=None) -> Path:
-    """What the runner's ModelCheckpoint writes: plain containers only (DESIGN pitfall 5)."""
+    """What the runner's ModelCheckpoint writes: plain containers only (torch >= 2.6 loads with weights_only)."""
     sd = {prefix + k: v for k, v in model.state_dict().items()}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     hp = {

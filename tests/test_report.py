@@ -349,7 +349,7 @@ def test_callback_reports_after_each_job_and_never_fails_the_sweep(sweep, tmp_pa
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(report, "build_report", boom)
+    monkeypatch.setattr(report.hook, "build_report", boom)
     cb.on_multirun_end(_hydra_cfg(sweep))  # logs a warning, does not raise
 
 
@@ -391,3 +391,15 @@ def test_delta_compares_with_dense_of_the_same_model_size(tmp_path):
     small = next(line for line in md.splitlines() if line.startswith("| HALO-S | 1024"))
     assert "+0.1000" in small, small
     assert "HALO-S attention ran on **flex**" in md  # dense runs do not count
+
+
+def test_sweeps_with_the_architecture_in_module_arch(tmp_path):
+    """Sweeps since the architecture moved to module.arch (and the ablation to Hydra's choices)."""
+    root = tmp_path / "sweep"
+    for arch in ("halo", "dense"):
+        job = make_job(root, [f"module.arch={arch}"], metrics(arch, 1.0, 1.0))
+        cfg = {"task_name": "train", "module": {"arch": arch}, "model": {"hidden_size": 32}, "seed": 0}
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    runs = find_runs(root)
+    assert sorted(r.arch for r in runs) == ["dense", "halo"]
+    assert all(r.ablation == "full" for r in runs)

@@ -17,16 +17,12 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from torch.utils.data import DataLoader, Dataset
 
-from halo_lab.callbacks import AtomicCheckpointIO
-from halo_lab.lit import HaloLitModule, _lr_factor, param_groups, warmup_cosine_schedule
-from halo_lab.run_utils import (
-    ConfigError,
-    compose_config,
-    ddp_rank_command,
-    resolve_ckpt_path,
-    wandb_mode,
-    wandb_run_id,
-)
+from halo_lab.runner.callbacks import AtomicCheckpointIO
+from halo_lab.runner.config import ConfigError, compose_config
+from halo_lab.runner.ddp import ddp_rank_command
+from halo_lab.runner.module import HaloLitModule, _lr_factor, param_groups, warmup_cosine_schedule
+from halo_lab.runner.resume import resolve_ckpt_path
+from halo_lab.runner.wandb_run import wandb_mode, wandb_run_id
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = {
@@ -118,7 +114,7 @@ def test_warmup_cosine_schedule():
         opt.step()
         sch.step()
     assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0) and lrs[-1] < 0.05
-    # Plain state (pitfall 5): loadable with weights_only.
+    # Plain state: loadable with weights_only (torch >= 2.6 refuses anything else by default).
     import io
 
     buf = io.BytesIO()
@@ -344,17 +340,17 @@ def test_wandb_mode_and_run_id(tmp_path, monkeypatch):
 def test_ddp_rank_command_runs_only_this_job(tmp_path, monkeypatch):
     import __main__
 
-    job_dir = tmp_path / "multirun" / "model.arch=dense,seed=2"
-    compose_config(["model.arch=dense", "seed=2"], output_dir=job_dir)
+    job_dir = tmp_path / "multirun" / "module.arch=dense,seed=2"
+    compose_config(["module.arch=dense", "seed=2"], output_dir=job_dir)
     monkeypatch.setattr(__main__, "__spec__", SimpleNamespace(name="halo_lab.train"), raising=False)
     monkeypatch.setattr(
-        sys, "argv", ["train.py", "-m", "--config-name", "train", "model.arch=halo,dense", "seed=1,2"]
+        sys, "argv", ["train.py", "-m", "--config-name", "train", "module.arch=halo,dense", "seed=1,2"]
     )
     cmd, cwd = ddp_rank_command(1)
     assert cmd[:3] == [sys.executable, "-m", "halo_lab.train"]
-    assert "-m" not in cmd[3:] and "model.arch=halo,dense" not in cmd
+    assert "-m" not in cmd[3:] and "module.arch=halo,dense" not in cmd
     assert ["--config-name", "train"] == cmd[3:5]
-    assert "model.arch=dense" in cmd and "seed=2" in cmd
+    assert "module.arch=dense" in cmd and "seed=2" in cmd
     assert f'hydra.run.dir="{job_dir.resolve()}"' in cmd and "hydra.output_subdir=null" in cmd
     assert cwd == os.getcwd()
 
@@ -365,7 +361,7 @@ def test_inprocess_run_checkpoint_is_plain_and_rebuilds(tmp_path, corpus):
     summary = run_inprocess([*tiny_overrides(corpus), "logger=none"], run_dir)
     assert summary["steps"] == 6 and summary["val_loss"] < math.log(256)
     last = run_dir / "checkpoints" / "last.ckpt"
-    ckpt = torch.load(last, weights_only=True)  # plain containers only (pitfall 5)
+    ckpt = torch.load(last, weights_only=True)  # plain containers only (weights_only=True)
     assert ckpt["global_step"] == 6
     hp = ckpt["hyper_parameters"]
     assert hp["arch"] == "halo" and hp["model_config"]["vocab_size"] == 256 and hp["tokenizer"]["type"]
@@ -406,7 +402,7 @@ def _cli(
 
 
 def test_cli_smoke_writes_the_contracted_files(tmp_path, corpus):
-    """`python -m halo_lab.train` from another directory (config found, pitfall 6)."""
+    """`python -m halo_lab.train` from another directory (config found: Hydra resolves config_path per caller)."""
     run_dir = tmp_path / "run"
     proc = _cli([*tiny_overrides(corpus, steps=4), "logger=none", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -433,13 +429,14 @@ def test_cli_smoke_writes_the_contracted_files(tmp_path, corpus):
 
 
 def test_cli_imported_main_and_failing_exit_code(tmp_path, corpus):
-    """`from halo_lab.train import main` (console scripts, pitfall 6); a bad value exits non-zero naming it."""
+    """`from halo_lab.train import main` (console scripts: another config_path resolution); a bad value exits non-zero naming it."""
     code = "import sys; from halo_lab.train import main; sys.argv[0] = 'halo-train'; main()"
     proc = _cli(
         [*tiny_overrides(corpus), "model.hidden_size=33", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path, code
     )
     assert proc.returncode != 0
     assert "model.hidden_size=33" in proc.stderr
+    assert "Traceback" not in proc.stderr  # a user error is one line, not a stack trace
     assert not (Path(os.environ["HALO_LAB_ROOT"]) / "data" / "cache").exists()  # no data touched
 
 
@@ -454,19 +451,28 @@ class _Record(pl.Callback):
 
 class _DM(pl.LightningDataModule):
     def train_dataloader(self):
+        from halo_lab.data.resumable import ResumableDataLoader
+
+        # What HaloDataModule returns for map-style data (test_data_module_train_loader_is_stateful).
         g = torch.Generator().manual_seed(0)
-        return DataLoader(_Batches(12), batch_size=2, shuffle=True, drop_last=True, generator=g)
+        return ResumableDataLoader(_Batches(12), batch_size=2, shuffle=True, drop_last=True, generator=g)
+
+
+def test_data_module_train_loader_is_stateful():
+    from halo_lab.data import HaloDataModule
+    from halo_lab.data.resumable import ResumableDataLoader
+
+    dm = HaloDataModule(dataset="copy", seq_len=32, batch_size=4, num_train=64, num_val=8, vocab_size=16)
+    dm.setup("fit")
+    assert isinstance(dm.train_dataloader(), ResumableDataLoader)
 
 
 @pytest.mark.parametrize("stop_at", [4, 8])  # inside the first epoch (6 batches) and inside the second
 def test_resume_continues_the_data_position(stop_at, tmp_path):
-    from halo_lab.train import _resumable_train_loader
-
     def fit(max_steps, ckpt=None):
         torch.manual_seed(0)
         module = HaloLitModule(TINY_MODEL, arch="halo")
         dm = _DM()
-        _resumable_train_loader(dm)
         rec = _Record()
         trainer = _trainer(max_steps=max_steps, limit_val_batches=0, callbacks=[rec])
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
@@ -483,13 +489,62 @@ def test_resume_continues_the_data_position(stop_at, tmp_path):
 def test_throughput_summary_reports_the_training_device_after_teardown(monkeypatch):
     # Lightning's teardown moves the module back to the CPU after fit: metrics.json must still report the
     # memory of the device training ran on (on a GPU: CUDA max allocated, not the CPU's RSS).
-    import halo_lab.run_utils as run_utils
-    from halo_lab.callbacks import TokenThroughput
+    import halo_lab.runner.callbacks as runner_callbacks
+    from halo_lab.runner.callbacks import TokenThroughput
 
     seen = []
-    monkeypatch.setattr(run_utils, "peak_memory_mb", lambda device=None: (seen.append(device), (1.0, "k"))[1])
+    monkeypatch.setattr(
+        runner_callbacks, "peak_memory_mb", lambda device=None: (seen.append(device), (1.0, "k"))[1]
+    )
     perf = TokenThroughput()
     trained_on = torch.device("meta")  # stands in for cuda:0 on this CPU-only machine
     perf.on_train_start(SimpleNamespace(), SimpleNamespace(device=trained_on))
     perf.summary(torch.device("cpu"))  # what the runner passes after fit
     assert seen == [trained_on]
+
+
+# ---------------------------------------------------------------------------------------------- bug fixes
+def test_metrics_attention_backend_is_what_ran(tmp_path, corpus):
+    """model.attention_backend=flex on a CPU: FlexAttention has no backward here, so training falls back
+    to the reference gather; metrics.json must say so (it used to re-derive "flex" from the config)."""
+    overrides = [
+        *tiny_overrides(corpus, steps=2),
+        "logger=none",
+        "callbacks.samples=null",
+        "callbacks.best_checkpoint=null",
+        "model.attention_backend=flex",
+        "trainer.limit_val_batches=0",
+        "validate=false",
+        "export_hub=false",
+    ]
+    run_inprocess(overrides, tmp_path / "run")
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["attention_backend"] == "reference"
+
+
+def test_config_level_flops_resolve_auto_on_the_device_it_would_run(monkeypatch):
+    """bench.estimate_flops(config) builds on the meta device; `auto` must resolve where the model would
+    run (here: a CUDA machine, faked), not on a hard-coded CPU."""
+    from halo_lab import attention, bench
+
+    seen = []
+
+    def resolve(config, device, seq_len=None):
+        seen.append(torch.device(device).type)
+        return "masked"
+
+    monkeypatch.setattr(attention, "resolve_backend", resolve)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    bench.estimate_flops({"hidden_size": 64, "num_heads": 4, "num_kv_heads": 2}, 256)
+    assert seen == ["cuda"]
+    model = build_model_tiny()
+    model.estimate_flops(256, device="cuda")  # an explicit device wins over the model's own
+    assert seen == ["cuda", "cuda"]
+    model.estimate_flops(256)  # a built model: its own device
+    assert seen[-1] == "cpu"
+
+
+def build_model_tiny():
+    from halo_lab.model import build_model
+
+    return build_model(TINY_MODEL, arch="halo")

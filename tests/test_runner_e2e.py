@@ -1,7 +1,7 @@
 """End-to-end runner tests through the CLI in subprocesses (slow: `make test-full`).
 
 SIGKILL + resume, W&B offline id reuse, multirun layout, and 2-process gloo DDP (single run and inside a
-multirun, pitfall 1) on CPU.
+multirun: Lightning relaunches each rank with the whole command line) on CPU.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def tiny_experiment(conf_dir: Path, corpus: Path, steps: int) -> list[str]:
 
 def test_multirun_layout_and_no_overwrite(tmp_path, corpus):
     exp = tiny_experiment(tmp_path / "conf", corpus, steps=3)
-    args = ["-m", *exp, "logger=wandb", "logger.wandb.mode=offline", "model.arch=halo,dense"]
+    args = ["-m", *exp, "logger=wandb", "logger.wandb.mode=offline", "module.arch=halo,dense"]
     _run(args, tmp_path, HALO_LAB_ROOT=str(tmp_path))
     time.sleep(1.1)  # sweep directories are named by the second
     _run(args, tmp_path, HALO_LAB_ROOT=str(tmp_path))
@@ -151,7 +151,7 @@ def test_multirun_layout_and_no_overwrite(tmp_path, corpus):
     assert len(sweeps) == 2
     for sweep in sweeps:
         jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
-        assert [j.name for j in jobs] == ["model.arch=dense", "model.arch=halo"]
+        assert [j.name for j in jobs] == ["module.arch=dense", "module.arch=halo"]
         ids = set()
         for job in jobs:
             m = json.loads((job / "metrics.json").read_text())

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from halo_lab.data._io import as_paths, check_file, file_lock, iter_text_chunks
 from halo_lab.data.corpora import prepare_shakespeare
 from halo_lab.data.datasets import JSONLDataset, TextDataset, parse_jsonl_line
+from halo_lab.data.resumable import ResumableDataLoader
 from halo_lab.data.streaming import StreamingDataLoader, StreamingDataset
 from halo_lab.data.synthetic import AssociativeRecallDataset, CopyDataset, NeedleDataset
 from halo_lab.tokenizers import Tokenizer, WordTokenizer, build_tokenizer, tokenizer_from_dict
@@ -373,7 +374,9 @@ class HaloDataModule(L.LightningDataModule):
                 f"training data has {n} examples, fewer than batch_size {self.batch_size}: one smaller batch per epoch",
                 stacklevel=2,
             )
-        return DataLoader(
+        # Stateful: Lightning saves its position in every checkpoint, so a resumed run continues the
+        # epoch (same shuffled order, trained batches skipped) instead of restarting it.
+        return ResumableDataLoader(
             ds,
             batch_size=self.batch_size,
             shuffle=True,

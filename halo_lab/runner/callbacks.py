@@ -13,6 +13,8 @@ import json
 import logging
 import math
 import os
+import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +34,16 @@ def _scalar(v: Any) -> Any:
         v = v.detach().cpu()
         return v.item() if v.numel() == 1 else v.tolist()
     return v
+
+
+def peak_memory_mb(device: Any = None) -> tuple[float, str]:
+    """(peak MB, kind): CUDA max allocated on a GPU, else the process's peak resident set size."""
+    dev = torch.device(device) if device is not None else None
+    if dev is not None and dev.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated(dev) / 2**20, "cuda_max_allocated"
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    scale = 1 / 2**20 if sys.platform == "darwin" else 1 / 1024  # bytes on macOS, KiB on Linux
+    return rss_kb * scale, "cpu_peak_rss"
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -77,6 +89,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 # ---------------------------------------------------------------------------------------------- throughput
 class TokenThroughput(pl.Callback):
     """Logs ``perf/tokens_per_sec`` (all ranks together) and ``perf/peak_mem_mb`` every log step.
+
+    Kept instead of Lightning's ``ThroughputMonitor``, which times from batch end to batch end since
+    the train start (data loading and validation included), sends its values to the loggers only (not
+    ``callback_metrics``: history.jsonl and the progress lines would lose them; with ``logger=none``
+    nothing), and keeps no whole-run totals for metrics.json.
 
     Time counts each training step from ``on_train_batch_start`` to ``on_train_batch_end`` (forward,
     backward, optimizer step; on CUDA synchronised at the step's end), so validation, checkpointing and
@@ -139,8 +156,6 @@ class TokenThroughput(pl.Callback):
         self.steps += 1
         every = self.log_every_n_steps or trainer.log_every_n_steps
         if every and trainer.global_step % every == 0 and self._win_time > 0:
-            from halo_lab.run_utils import peak_memory_mb
-
             pl_module.log("perf/tokens_per_sec", self._win_tokens / self._win_time, on_step=True)
             pl_module.log("perf/peak_mem_mb", peak_memory_mb(pl_module.device)[0], on_step=True)
             self._win_tokens, self._win_time = 0, 0.0
@@ -153,8 +168,6 @@ class TokenThroughput(pl.Callback):
 
     def summary(self, device: Any = None) -> dict[str, Any]:
         """Totals for metrics.json; peak memory of the device training ran on (``device`` if not trained)."""
-        from halo_lab.run_utils import peak_memory_mb
-
         peak, kind = peak_memory_mb(self.device if self.device is not None else device)
         return {
             "tokens_per_sec": self.tokens_per_sec,

@@ -1,0 +1,274 @@
+"""HaloLitModule: the LightningModule that trains HaloSModel / BaselineModel.
+
+Hyperparameters are plain containers only (torch >= 2.6 loads checkpoints with ``weights_only=True``,
+which refuses OmegaConf objects): ``model_config`` (HaloConfig.to_dict()), ``arch``,
+the optimizer/scheduler configs as ``_target_`` dicts and the tokenizer description, so a ``.ckpt`` loads
+with ``torch.load(weights_only=True)`` and ``HaloLitModule.load_from_checkpoint(path)`` (or the hub
+loader) rebuilds the model from it alone.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics import CatMetric, SumMetric
+
+LN2 = math.log(2.0)
+
+
+# ---------------------------------------------------------------------------------------------- optimisation
+def _lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if total_steps <= warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_cosine_schedule(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.1
+) -> LambdaLR:
+    """Linear warmup over ``warmup_steps`` optimizer steps, then cosine decay to ``min_lr_ratio * lr`` at
+    ``total_steps`` (held there after). A picklable partial keeps the scheduler's state_dict plain."""
+    fn = partial(
+        _lr_factor,
+        warmup_steps=int(warmup_steps),
+        total_steps=int(total_steps),
+        min_lr_ratio=float(min_lr_ratio),
+    )
+    return LambdaLR(optimizer, fn)
+
+
+def param_groups(model: nn.Module, weight_decay: float | None = None) -> list[dict[str, Any]]:
+    """Two AdamW groups: decay for weight matrices; none for norms, biases, embeddings and global memory.
+
+    Tied parameters are listed once. The decay group keeps the optimizer's weight_decay unless one is given.
+    """
+    no_decay: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            no_decay.add(id(module.weight))
+    decay_params, no_decay_params, seen = [], [], set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        if p.ndim < 2 or id(p) in no_decay or name.split(".")[-1] == "global_memory":
+            no_decay_params.append(p)
+        else:
+            decay_params.append(p)
+    decay_group: dict[str, Any] = {"params": decay_params}
+    if weight_decay is not None:
+        decay_group["weight_decay"] = weight_decay
+    return [decay_group, {"params": no_decay_params, "weight_decay": 0.0}]
+
+
+# ---------------------------------------------------------------------------------------------- module
+class HaloLitModule(pl.LightningModule):
+    """Next-token language modelling for HALO-S and its dense baseline.
+
+    The model is built in :meth:`configure_model` once the data's vocabulary is known (Lightning calls it
+    after ``prepare_data`` on rank 0 and ``setup`` on every rank, so DDP/torchrun ranks never race on data
+    preparation, and FSDP can build it sharded). With a known ``vocab_size`` it is built at once.
+
+    Batches are ``(input_ids, targets)`` or ``(input_ids, targets, distance)``: validation then reports
+    answer accuracy (``val/acc``) and accuracy by distance (``val/acc@D``). ``distance`` ``[B]`` (needle):
+    one answer per example, right when every scored token is; ``[B, Q]`` (mqar): Q queries per example,
+    each right when all of its scored tokens are (:func:`~halo_lab.data.synthetic.query_correct`), and the
+    accuracies count queries. Targets of -100 are not scored.
+    """
+
+    def __init__(
+        self,
+        model_config: dict[str, Any],
+        arch: str = "halo",
+        optimizer: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        gradient_checkpointing: bool = False,
+        device_profile: dict[str, Any] | None = None,
+        tokenizer: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model: nn.Module | None = None
+        self.tokenizer = None  # the live tokenizer object (set by the runner or rebuilt from hparams)
+        self.val_ce = SumMetric()
+        self.val_tokens = SumMetric()
+        self.val_distance = CatMetric()
+        self.val_correct = CatMetric()
+        self.last_val: dict[str, Any] = {}
+        if model_config.get("vocab_size"):
+            self._build_model()
+
+    # ------------------------------------------------------------------ model
+    def _build_model(self) -> None:
+        from halo_lab.model import build_model
+
+        self.model = build_model(dict(self.hparams.model_config), arch=self.hparams.arch)
+        # The checkpoint's model_config is the model's own (validated, defaults filled): plain dict.
+        self.hparams.model_config = self.model.config.to_dict()
+        if self.hparams.gradient_checkpointing:
+            self.model.enable_gradient_checkpointing()
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        trainer = self._trainer
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        vocab = getattr(dm, "vocab_size", None)
+        if vocab is None:
+            raise RuntimeError(
+                "HaloLitModule: model.vocab_size is null and no datamodule vocabulary is available; "
+                "set model.vocab_size or train with a datamodule that has .vocab_size"
+            )
+        configured = self.hparams.model_config.get("vocab_size")
+        if configured is not None and configured < vocab:
+            raise ValueError(
+                f"model.vocab_size={configured}: smaller than the tokenizer's vocabulary ({vocab})"
+            )
+        self.hparams.model_config = {**self.hparams.model_config, "vocab_size": configured or int(vocab)}
+        tok = getattr(dm, "tokenizer", None)
+        if tok is not None:
+            self.tokenizer = tok
+            if hasattr(tok, "to_dict"):
+                self.hparams.tokenizer = tok.to_dict()
+        self._build_model()
+        if self.hparams.device_profile and trainer is not None:
+            from halo_lab.device import optimize_for_device
+
+            # Flags (TF32, SDPA kernels) and an in-place compile when the profile asks for one; Lightning
+            # moves the model itself. Never raises.
+            optimize_for_device(
+                self.model,
+                device=trainer.strategy.root_device,
+                mode="training",
+                profile=self.hparams.device_profile,
+                move=False,
+            )
+
+    def get_tokenizer(self):
+        """The tokenizer: the live one, else rebuilt from the saved description (None if unknown)."""
+        if self.tokenizer is None and self.hparams.get("tokenizer"):
+            from halo_lab.tokenizers import tokenizer_from_dict
+
+            self.tokenizer = tokenizer_from_dict(self.hparams.tokenizer)
+        return self.tokenizer
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None):
+        return self.model(input_ids, targets)
+
+    # ------------------------------------------------------------------ steps
+    @staticmethod
+    def _split(batch):
+        if isinstance(batch, dict):
+            return batch["input_ids"], batch["targets"], batch.get("distance")
+        input_ids, targets = batch[0], batch[1]
+        distance = batch[2] if len(batch) > 2 else None
+        return input_ids, targets, distance
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # The random graph edges are a function of the global step: identical on every DDP rank, and a
+        # resumed run continues the same sequence.
+        self.model.set_graph_step(self.global_step)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        input_ids, targets, _ = self._split(batch)
+        _, loss = self.model(input_ids, targets)
+        check = loss.detach()
+        if self.trainer.world_size > 1:
+            # Every rank must stop together, not hang in the next all-reduce.
+            check = self.trainer.strategy.reduce(check, reduce_op="mean")
+        if not torch.isfinite(check):
+            raise FloatingPointError(
+                f"non-finite training loss ({check.item()}) at step {self.global_step} "
+                f"(batch {batch_idx}); lower optimizer.lr, check the data, or use device.precision=32"
+            )
+        loss_f = loss.detach().float()
+        self.log("train/loss", loss_f, on_step=True, prog_bar=True)
+        # Per-batch perplexity / bits from this batch's token-weighted mean CE (never an average of exp).
+        self.log("train/ppl", torch.exp(loss_f), on_step=True)
+        self.log("train/bpt", loss_f / LN2, on_step=True)
+        # Not LearningRateMonitor: it refuses to run without a logger (logger=none is an option) and
+        # names the value per parameter group; history.jsonl and the progress lines read train/lr.
+        opt = self.optimizers(use_pl_optimizer=False) if self._trainer is not None else None
+        if opt is not None:
+            self.log("train/lr", opt.param_groups[0]["lr"], on_step=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        input_ids, targets, distance = self._split(batch)
+        logits, loss = self.model(input_ids, targets)
+        mask = targets != -100
+        n = mask.sum().float()
+        # loss is the batch's mean CE (NaN when nothing is scored): back to a sum, without a host sync.
+        self.val_ce.update(torch.where(n > 0, loss.detach().float() * n, torch.zeros_like(n)))
+        self.val_tokens.update(n)
+        if distance is not None:
+            from halo_lab.data.synthetic import answer_correct, query_correct
+
+            # Correct = argmax right at every scored (answer) position; the data module's definition.
+            if distance.dim() == 2:  # one distance per query: per-query correctness
+                correct = query_correct(logits, targets, distance.shape[1])
+            else:
+                correct = answer_correct(logits, targets)
+            self.val_distance.update(distance.reshape(-1).float())
+            self.val_correct.update(correct.reshape(-1).float())
+
+    def on_validation_epoch_end(self) -> None:
+        tokens = self.val_tokens.compute()
+        results: dict[str, Any] = {}
+        if tokens > 0:
+            val_loss = self.val_ce.compute() / tokens
+            results = {"val/loss": val_loss, "val/ppl": torch.exp(val_loss), "val/bpt": val_loss / LN2}
+            for k, v in results.items():
+                # compute() already reduced over ranks: every rank logs the same value.
+                self.log(k, v, prog_bar=k == "val/loss", sync_dist=True)
+        self.val_ce.reset()
+        self.val_tokens.reset()
+        by_distance: dict[int, float] = {}
+        if self.val_distance.update_count > 0:
+            dist = self.val_distance.compute()
+            correct = self.val_correct.compute()
+            if isinstance(dist, torch.Tensor) and dist.numel():
+                dist, correct = dist.reshape(-1), correct.reshape(-1)
+                self.log("val/acc", correct.mean(), sync_dist=True)
+                results["val/acc"] = correct.mean()
+                for d in torch.unique(dist).tolist():
+                    acc = correct[dist == d].mean()
+                    by_distance[int(d)] = float(acc)
+                    self.log(f"val/acc@{int(d)}", acc, sync_dist=True)
+        self.val_distance.reset()
+        self.val_correct.reset()
+        self.last_val = {k: float(v) for k, v in results.items()}
+        if by_distance:
+            self.last_val["val/acc_by_distance"] = by_distance
+
+    # ------------------------------------------------------------------ optimisers
+    def configure_optimizers(self):
+        from hydra.utils import instantiate
+
+        opt_cfg = dict(
+            self.hparams.optimizer or {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 3e-4}
+        )
+        wd = opt_cfg.get("weight_decay")
+        groups = param_groups(self.model, wd)
+        opt_cfg["_partial_"] = True
+        optimizer = instantiate(opt_cfg, _convert_="all")(groups)
+        if not self.hparams.scheduler:
+            return optimizer
+        sch_cfg = dict(self.hparams.scheduler)
+        if sch_cfg.get("total_steps") in (None, -1):
+            sch_cfg["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        sch_cfg["_partial_"] = True
+        scheduler = instantiate(sch_cfg, _convert_="all")(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }

@@ -1,0 +1,165 @@
+"""After fit: the final model, ``metrics.json``, the hub export, the final sample, where things are."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("halo_lab.train")
+
+
+def final_model(trainer: Any, module: Any, cfg: DictConfig) -> Any:
+    """The trained model for export and the final sample: the module's own, except under FSDP, where
+    parameters are sharded across ranks and the consolidated last.ckpt is loaded instead."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from halo_lab.runner.module import HaloLitModule
+
+    if not isinstance(trainer.strategy, FSDPStrategy):
+        return module.model
+    full = HaloLitModule.load_from_checkpoint(
+        Path(cfg.paths.ckpt_dir) / "last.ckpt", map_location="cpu", weights_only=True
+    )
+    return full.model
+
+
+def attention_backend_ran(model: Any, device: Any, seq_len: int | None) -> str:
+    """The attention backend training ran: what ``halo_lab.attention`` recorded at the call (a fallback
+    included), else (no training step in this process) what ``auto`` resolves to on ``device``."""
+    import torch
+
+    from halo_lab import attention
+    from halo_lab.model import HaloSModel
+
+    if not isinstance(model, HaloSModel):
+        return "dense"
+    ran = attention.last_backend_used.get("training")
+    if ran is not None:
+        return ran
+    length = None if seq_len is None else int(seq_len) + model.config.num_globals
+    return attention.resolve_backend(model.config, torch.device(device), length)
+
+
+def write_metrics(
+    cfg: DictConfig, checked: dict[str, Any], trainer: Any, module: Any, model: Any, datamodule: Any,
+    val: dict[str, Any], ckpt_path: str | None, t_start: float, backend: str,
+) -> dict[str, Any]:  # fmt: skip
+    """metrics.json (the final summary) and the hub/ export; returns the summary."""
+    from halo_lab.runner.callbacks import TokenThroughput
+    from halo_lab.runner.config import ablation_name
+    from halo_lab.utils import atomic_write_text, count_parameters
+
+    run_dir = Path(cfg.paths.output_dir)
+    perf = next((c for c in trainer.callbacks if isinstance(c, TokenThroughput)), None)
+    summary: dict[str, Any] = {
+        "status": "ok",
+        "val_loss": val.get("val/loss"),
+        "val_ppl": val.get("val/ppl"),
+        "val_bpt": val.get("val/bpt"),
+    }
+    if "val/acc" in val:
+        summary["val_acc"] = val["val/acc"]
+        summary["val_acc_by_distance"] = {
+            str(k): v for k, v in sorted(val.get("val/acc_by_distance", {}).items())
+        }
+        buckets = getattr(getattr(datamodule, "val_dataset", None), "distance_buckets", None)
+        if buckets is not None:  # mqar: the keys above are bucket edges, one accuracy per query
+            summary["distance_buckets"] = [int(e) for e in buckets]
+    summary.update(
+        {
+            "train_loss": val.get("train/loss"),
+            "params": count_parameters(model),
+            "steps": int(trainer.global_step),
+        }
+    )
+    summary.update(perf.summary(module.device) if perf else {"tokens_per_sec": None, "peak_mem_mb": None})
+    summary.update(
+        {
+            "wall_time_s": time.time() - t_start,
+            "arch": checked["arch"],
+            "ablation": ablation_name(cfg),
+            "task_name": cfg.task_name,
+            "seed": cfg.seed,
+            "seq_len": OmegaConf.select(cfg, "data.seq_len"),
+            "batch_size": getattr(datamodule, "batch_size", None),
+            "world_size": trainer.world_size,
+            "device": checked["device"]["name"],
+            "attention_backend": backend,
+            "precision": str(trainer.precision),
+            "resumed_from": ckpt_path,
+            "model_config": dict(module.hparams.model_config),
+            "run_dir": str(run_dir),
+        }
+    )
+    if cfg.get("export_hub", True):
+        from halo_lab.hub import save_for_hub
+
+        hub_dir = run_dir / "hub"
+        save_for_hub(model, model.config, str(hub_dir), tokenizer=module.get_tokenizer())
+        summary["hub_dir"] = str(hub_dir)
+    summary = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
+    atomic_write_text(run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def final_sample(cfg: DictConfig, callbacks: list[Any], module: Any, model: Any) -> str | None:
+    """The end-of-run sample (prompt: ``sample.prompt``, else the samples callback's), printed."""
+    from halo_lab.runner.callbacks import SampleGeneration, generate_sample
+
+    sample_cb = next((c for c in callbacks if isinstance(c, SampleGeneration)), None)
+    prompt = sample_cb.get_prompt() if sample_cb else None
+    if cfg.sample.get("prompt") is not None:
+        prompt = cfg.sample.prompt
+    tok = module.get_tokenizer()
+    if prompt is None or tok is None or model is None:
+        return None
+    p, text = generate_sample(
+        model,
+        tok,
+        prompt,
+        max_new_tokens=cfg.sample.max_new_tokens,
+        temperature=cfg.sample.temperature,
+        top_k=cfg.sample.top_k,
+        seed=cfg.seed,
+    )
+    print(f"\n--- sample (prompt | continuation) ---\n{p}|{text}\n---")
+    return p + text
+
+
+def print_locations(run_dir: Path, summary: dict[str, Any]) -> None:
+    def show(v):
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    lines = [
+        "",
+        f"run directory : {run_dir}",
+        f"  config      : {run_dir / '.hydra' / 'config.yaml'}",
+        f"  checkpoints : {run_dir / 'checkpoints'} (last.ckpt; resume: hydra.run.dir={run_dir} ckpt_path=auto)",
+        f"  metrics     : {run_dir / 'metrics.json'} (history: history.jsonl)",
+    ]
+    if summary.get("hub_dir"):
+        lines.append(f"  hub export  : {summary['hub_dir']}")
+    if (run_dir / "wandb").is_dir():
+        lines.append(
+            f"  W&B files   : {run_dir / 'wandb'} (offline runs: wandb sync {run_dir / 'wandb'}/offline-run-*)"
+        )
+    keys = (
+        "val_loss",
+        "val_ppl",
+        "val_acc",
+        "params",
+        "steps",
+        "tokens_per_sec",
+        "peak_mem_mb",
+        "wall_time_s",
+    )
+    lines.append(
+        "result        : " + ", ".join(f"{k}={show(summary[k])}" for k in keys if summary.get(k) is not None)
+    )
+    print("\n".join(lines), flush=True)
