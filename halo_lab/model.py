@@ -399,6 +399,10 @@ class _CausalLM(nn.Module):
                 kernel_edges = layout.computed_blocks * c.graph_block_size**2
             elif backend == "masked":
                 kernel_edges = L * (L + 1) / 2  # SDPA with a boolean mask does the causal triangle's work
+            elif backend == "triton":  # tensor-core tiles per 32-position query tile (kernels/halo_attention)
+                window = -(-(32 + c.local_window - 1) // 32) * 32
+                extra = 16 + 32 * len(c.dilated_distances) + (64 if c.random_edges == "token" else 0)
+                kernel_edges = float(L * (window + extra))
             else:
                 kernel_edges = float(idx.numel())
         proj = 2 * L * c.hidden_size * (2 * c.num_heads * d + 2 * c.num_kv_heads * d)

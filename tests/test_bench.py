@@ -35,7 +35,9 @@ def tiny_spec() -> dict:
                 "reference_max_len": 128,
             },
             "train": {"seq_lens": [128], "tokens": 256, "model": model},
-            "reference": {"configs": {"tiny": {"seq_len": 64, "batch": 2, "model": {**model, "num_globals": 1}}}},
+            "reference": {
+                "configs": {"tiny": {"seq_len": 64, "batch": 2, "model": {**model, "num_globals": 1}}}
+            },
             "decode": {"contexts": [64], "new_tokens": 4, "cuda_graph": False, "model": model},
         },
     }

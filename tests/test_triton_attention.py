@@ -55,6 +55,7 @@ CASES = {
     "token-g2-r2": (cfg(random_edges="token"), 150, 4, 2, 32),
     "shorter-than-window": (cfg(), 9, 4, 2, 32),
     "tile-multiple": (cfg(), 128 - 2, 4, 1, 32),
+    "gqa2-d64-token": (cfg(random_edges="token"), 64 - 2, 2, 1, 64),
     "no-globals": (cfg(num_globals=0), 100, 4, 4, 32),
     "no-random": (cfg(num_random=0), 100, 2, 2, 32),
     "no-dilated": (cfg(dilated_offsets=[]), 100, 4, 2, 32),
@@ -132,6 +133,12 @@ def test_causal(mode):
 
 def test_rejects_unsupported_head_dim():
     c = cfg()
-    q, k, v = (torch.randn(1, h, 20, 24, device=DEVICE) for h in (2, 1, 1))
+    q, k, v = (torch.randn(1, h, 20, 192, device=DEVICE) for h in (2, 1, 1))
     with pytest.raises(ValueError, match="head_dim"):
         halo_triton_attention(q, k, v, c, 0, 0)
+
+
+@pytest.mark.parametrize("head_dim", [8, 24])
+def test_small_and_odd_head_dims_are_padded(head_dim):
+    """Head dims the tiles do not take directly (8, 24) run zero-padded, still exact."""
+    check(cfg(), 60, 4, 2, head_dim, torch.float32)

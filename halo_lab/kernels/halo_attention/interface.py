@@ -71,7 +71,7 @@ def _like_bshd(t: torch.Tensor) -> torch.Tensor:
 
 class HaloTritonAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, tables: GraphTables, config: HaloConfig):
+    def forward(ctx, q, k, v, tables: GraphTables, config: HaloConfig, scale: float):
         q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
         B, Hq, L, d = q.shape
         Hkv = k.shape[1]
@@ -79,7 +79,6 @@ class HaloTritonAttention(torch.autograd.Function):
         opt = _options(d, group, q.dtype)["fwd"]
         o = _like_bshd(q)
         lse = torch.empty(B, Hq, L, device=q.device, dtype=torch.float32)
-        scale = 1.0 / math.sqrt(d)
         consts = _consts(config, tables, group, d, q.dtype, opt["BLOCK_T"])
         halo_fwd_kernel[(triton.cdiv(L, opt["BLOCK_T"]), B * Hkv)](
             q, k, v, o, lse, tables.dist, tables.rand,
@@ -90,7 +89,7 @@ class HaloTritonAttention(torch.autograd.Function):
             **opt, **consts,
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.tables, ctx.config = tables, config
+        ctx.tables, ctx.config, ctx.scale = tables, config, scale
         return o
 
     @staticmethod
@@ -103,7 +102,7 @@ class HaloTritonAttention(torch.autograd.Function):
         group = Hq // Hkv
         opts = _options(d, group, q.dtype)
         opt = opts["dq"]
-        scale = 1.0 / math.sqrt(d)
+        scale = ctx.scale
         consts = _consts(config, tables, group, d, q.dtype, opt["BLOCK_T"])
         dq = torch.empty_like(q)
         dk, dv = torch.empty_like(k), torch.empty_like(v)
@@ -131,7 +130,7 @@ class HaloTritonAttention(torch.autograd.Function):
             L, Hkv,
             **opt, **dkv_consts,
         )  # fmt: skip
-        return dq, dk, dv, None, None
+        return dq, dk, dv, None, None, None
 
 
 def _consts(config: HaloConfig, tables: GraphTables, group: int, head_dim: int, dtype, block_t: int) -> dict:
@@ -157,14 +156,19 @@ def _consts(config: HaloConfig, tables: GraphTables, group: int, head_dim: int, 
 def halo_triton_attention(q, k, v, config: HaloConfig, layer: int, step: int) -> torch.Tensor:
     """HALO attention over the full sequence (globals included) through the fused Triton kernels."""
     d = q.shape[-1]
-    if d not in (16, 32, 64, 128):
-        raise ValueError(f"the triton backend supports head_dim 16, 32, 64 or 128, not {d}")
+    scale = 1.0 / math.sqrt(d)
+    padded = max(16, triton.next_power_of_2(d))  # tl.dot needs >= 16 and a power of two: zero columns
+    if padded > 128:
+        raise ValueError(f"the triton backend supports head_dim up to 128, not {d}")
     dev = q.device.type
     if torch.is_autocast_enabled(dev):  # like SDPA: attention runs in the autocast dtype
         dtype = torch.get_autocast_dtype(dev)
     else:  # RoPE in fp32 can leave q/k fp32 beside a bf16 v
         dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
     q, k, v = (t.to(dtype) for t in (q, k, v))
+    if padded != d:  # zero columns change no score and give zero output columns, sliced away
+        q, k, v = (torch.nn.functional.pad(t, (0, padded - d)) for t in (q, k, v))
     tables = graph_tables(config, layer, step, q.shape[2], q.device)
     with torch.autocast(dev, enabled=False):
-        return HaloTritonAttention.apply(q, k, v, tables, config)
+        out = HaloTritonAttention.apply(q, k, v, tables, config, scale)
+    return out[..., :d] if padded != d else out
