@@ -153,6 +153,7 @@ def _consts(config: HaloConfig, tables: GraphTables, group: int, head_dim: int, 
     }
 
 
+@torch.compiler.disable  # a compiled model calls the kernels as they are (tables live in a Python cache)
 def halo_triton_attention(q, k, v, config: HaloConfig, layer: int, step: int) -> torch.Tensor:
     """HALO attention over the full sequence (globals included) through the fused Triton kernels."""
     d = q.shape[-1]

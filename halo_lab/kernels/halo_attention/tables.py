@@ -69,7 +69,8 @@ def graph_tables(config: HaloConfig, layer: int, step: int, seq_len: int, device
     """The tables of one (graph, layer, length, device). Every layer's random table is refilled in place,
     all at once, when ``step`` changes."""
     layers = max(config.num_layers, layer + 1)
-    key = (_graph_key(config), layers, seq_len, str(device))
+    # the eval graph (step < 0) keeps its own tables: a validation pass never refills a training step's
+    key = (_graph_key(config), layers, seq_len, str(device), step < 0)
     entry = _tables.get(key)
     if entry is None:
         dist = torch.tensor(list(config.dilated_distances) or [0], dtype=torch.int32).to(device)
