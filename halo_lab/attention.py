@@ -379,13 +379,82 @@ def halo_attention(q, k, v, config: HaloConfig, layer: int, step: int, backend: 
 
 
 @dataclass
-class KVCache:
-    """Keys and values (RoPE applied) of every position so far, for one layer."""
+class DecodeLayout:
+    """Where a HALO-S decode step finds its K keys in one layer's cache (the eval graph, on the device).
 
-    k: torch.Tensor  # [B, Hkv, capacity, d]
+    A query at text position t needs the G globals, its window t-W+1..t, its dilated keys t-d and its R
+    random keys. The cache holds the G globals in slots 0..G-1; text position s sits in slot G + s (full
+    cache, ``ring=None``) or G + s % ring (ring cache). ``rand[t]`` holds the *slots* of t's random keys
+    (-1 = no edge); ``store[s]`` (ring cache only) is a second slot position s is written to: its place in
+    the random-key store when a later query uses it as a random key, else a trash slot. Built by
+    ``decode_layout``; the table is O(capacity x R), not the O(capacity x K) neighbour index."""
+
+    num_globals: int
+    offsets: torch.Tensor  # [W + D] long: 0..W-1 then the dilated distances
+    rand: torch.Tensor  # [capacity, R] long cache slots, -1 = none
+    globals_: torch.Tensor  # [G] long: 0..G-1
+    ring: int | None = None
+    store: torch.Tensor | None = None  # [capacity] long
+
+    @property
+    def num_keys(self) -> int:
+        return self.num_globals + self.offsets.numel() + self.rand.shape[1]
+
+
+def ring_size(config: HaloConfig) -> int:
+    """Text slots a ring cache keeps: every key within the window or a dilated distance of a future query."""
+    return max([config.local_window] + [d + 1 for d in config.dilated_distances])
+
+
+def decode_layout(
+    config: HaloConfig, layer: int, capacity: int, device, ring: bool = False, first_query: int = 0
+) -> tuple[DecodeLayout, int]:
+    """The decode layout of one layer for ``capacity`` text positions, and the number of cache slots it needs.
+
+    ``ring=True`` (exact, see ``KVCache``): text slots ``ring_size(config)`` plus one store slot per distinct
+    random key of the decode queries ``first_query..capacity-1`` plus a trash slot. Falls back to the full
+    layout when that would not be smaller."""
+    G, W = config.num_globals, config.local_window
+    dists = torch.tensor(config.dilated_distances, dtype=torch.long, device=device)
+    offsets = torch.cat([torch.arange(W, device=device), dists])
+    rand_pos = graph.neighbor_index(config, layer, graph.EVAL_STEP, torch.arange(capacity, device=device))
+    rand_pos = rand_pos[:, offsets.numel() :]  # [capacity, R] text positions (deduplicated), -1 = none
+    globals_ = torch.arange(G, device=device)
+    S = ring_size(config)
+    if ring and capacity > S:
+        used = rand_pos[first_query:]
+        keep = torch.unique(used[used >= 0])  # sorted text positions some decode query uses as a random key
+        if S + keep.numel() + 1 < capacity:
+            trash = G + S + keep.numel()
+            store = torch.full((capacity,), trash, dtype=torch.long, device=device)
+            store[keep] = G + S + torch.arange(keep.numel(), device=device)
+            rand = torch.where(rand_pos >= 0, store[rand_pos.clamp(min=0)], torch.full_like(rand_pos, -1))
+            rand[:first_query] = -1  # prefill queries never read the cache
+            return DecodeLayout(G, offsets, rand, globals_, S, store), trash + 1
+    rand = torch.where(rand_pos >= 0, rand_pos + G, rand_pos)
+    return DecodeLayout(G, offsets, rand, globals_), G + capacity
+
+
+@dataclass
+class KVCache:
+    """Keys and values (RoPE applied) of one layer.
+
+    Full cache (the default): every position so far, in order (slot = position), for dense and HALO-S.
+    Ring cache (HALO-S, ``layout.ring`` set): the last ``ring`` text positions (slot G + s % ring), which
+    hold every window and dilated key a later query can ask for, plus a store of exactly the positions that
+    the later queries use as *random* keys. The eval graph's random edges (block mode: one draw per block of
+    queries, anywhere in the past outside the window) can point to any earlier position, so no window-sized
+    cache alone is exact; but the eval graph is a fixed function of position, so the random keys of every
+    query up to the capacity are known when the cache is made, and storing those is exact. The price: the
+    capacity (prompt + new tokens) is fixed up front, and the multi-token ``append`` after a prefill (the
+    ``_run`` decode path) is not supported; the one-token decode step is.
+    Memory per layer and row: (G + ring + R' + 1) slots against dense's capacity, R' <= R x (new tokens
+    spanned units); with the defaults (W=64, distances up to 512) about 520 slots at any context."""
+
+    k: torch.Tensor  # [B, Hkv, slots, d]
     v: torch.Tensor
     length: int = 0
-    neighbors: torch.Tensor | None = None  # HALO: [capacity, K] keys of every position (eval graph)
+    layout: DecodeLayout | None = None  # HALO-S: the decode step's key slots; None: dense
 
     @classmethod
     def empty(cls, batch: int, heads: int, capacity: int, head_dim: int, device, dtype) -> KVCache:
@@ -394,8 +463,19 @@ class KVCache:
             torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
         )
 
+    @property
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() * 2
+
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.length + k.shape[2]
+        lay = self.layout
+        if lay is not None and lay.ring is not None:
+            if self.length:
+                raise ValueError("a ring KV cache takes one prefill, then the one-token decode step only")
+            self._ring_prefill(k, v)
+            self.length = end
+            return k, v
         if end > self.k.shape[2]:
             raise ValueError(f"KV cache overflow: {end} positions > capacity {self.k.shape[2]}")
         self.k[:, :, self.length : end] = k
@@ -403,28 +483,82 @@ class KVCache:
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
 
+    def _ring_prefill(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        lay = self.layout
+        G, S = lay.num_globals, lay.ring
+        n = k.shape[2] - G
+        if n > lay.store.numel():
+            raise ValueError(f"KV cache overflow: {n} text positions > capacity {lay.store.numel()}")
+        self.k[:, :, :G], self.v[:, :, :G] = k[:, :, :G], v[:, :, :G]
+        pos = torch.arange(max(0, n - S), n, device=k.device)
+        self.k[:, :, G + pos % S] = k[:, :, G + pos]
+        self.v[:, :, G + pos % S] = v[:, :, G + pos]
+        store = lay.store[:n]
+        kept = (store != self.k.shape[2] - 1).nonzero().flatten()  # the last slot is the trash slot
+        if kept.numel():
+            self.k[:, :, store[kept]] = k[:, :, G + kept]
+            self.v[:, :, store[kept]] = v[:, :, G + kept]
+
+
+def decode_key_slots(layout: DecodeLayout, pos: torch.Tensor) -> torch.Tensor:
+    """[K] cache slots of the keys of the query at full position ``pos`` ([1] long), -1 = no edge."""
+    G = layout.num_globals
+    text = pos - G - layout.offsets
+    slot = G + (text if layout.ring is None else text % layout.ring)
+    rand = layout.rand.index_select(0, pos - G).view(-1)
+    return torch.cat([layout.globals_, torch.where(text >= 0, slot, torch.full_like(slot, -1)), rand])
+
+
+def gather_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor):
+    """One query per row ([B, Hq, 1, d]) over the cache slots ``slots`` ([K], -1 = none): the torch path
+    (and the reference of the Triton kernel): gather the K keys, then one SDPA call over them."""
+    return F.scaled_dot_product_attention(
+        q,
+        k.index_select(2, slots.clamp(min=0)),
+        v.index_select(2, slots.clamp(min=0)),
+        attn_mask=(slots >= 0)[None, :],
+        enable_gqa=q.shape[1] != k.shape[1],
+    )
+
+
+DECODE_KERNEL = "auto"  # "auto": the Triton kernel on CUDA when triton imports; "torch": the gather path
+
+
+def _decode_kernel(q: torch.Tensor):
+    if DECODE_KERNEL == "torch" or not q.is_cuda:
+        return None
+    try:
+        from halo_lab.kernels import decode as kdecode
+    except ImportError:  # pragma: no cover - no triton
+        return None
+    return kdecode.halo_decode_attention_op if kdecode.available() else None
+
 
 def static_decode_attention(q, k, v, cache: KVCache, pos: torch.Tensor) -> torch.Tensor:
-    """One new position per row at device index ``pos`` ([1] long tensor): shapes never depend on the length, so
-    a decode step can be captured in a CUDA graph. HALO gathers the position's K keys from the cache;
-    dense attends over the whole cache with a length mask (its real O(length) cost)."""
-    cache.k.index_copy_(2, pos, k)
-    cache.v.index_copy_(2, pos, v)
-    if cache.neighbors is not None:
-        # gather the position's K keys, then one fused SDPA call over them (fewer launches than the oracle)
-        row = cache.neighbors.index_select(0, pos)[0]
-        keys = row.clamp(min=0)
+    """One new position per row at device index ``pos`` ([1] long, a full-sequence position): shapes never
+    depend on the length, so a decode step can be compiled and captured in a CUDA graph. HALO-S reads its
+    K keys from the cache slots of ``cache.layout`` (one Triton kernel on CUDA); dense attends over the
+    whole cache with a length mask (its real O(length) cost)."""
+    lay = cache.layout
+    if lay is None:
+        cache.k.index_copy_(2, pos, k)
+        cache.v.index_copy_(2, pos, v)
+        visible = torch.arange(cache.k.shape[2], device=q.device) <= pos
         return F.scaled_dot_product_attention(
-            q,
-            cache.k.index_select(2, keys),
-            cache.v.index_select(2, keys),
-            attn_mask=(row >= 0)[None, :],
-            enable_gqa=q.shape[1] != cache.k.shape[1],
+            q, cache.k, cache.v, attn_mask=visible[None, :], enable_gqa=q.shape[1] != cache.k.shape[1]
         )
-    visible = torch.arange(cache.k.shape[2], device=q.device) <= pos
-    return F.scaled_dot_product_attention(
-        q, cache.k, cache.v, attn_mask=visible[None, :], enable_gqa=q.shape[1] != cache.k.shape[1]
-    )
+    slot = pos if lay.ring is None else lay.num_globals + (pos - lay.num_globals) % lay.ring
+    cache.k.index_copy_(2, slot, k)
+    cache.v.index_copy_(2, slot, v)
+    if lay.store is not None:
+        extra = lay.store.index_select(0, pos - lay.num_globals)
+        cache.k.index_copy_(2, extra, k)
+        cache.v.index_copy_(2, extra, v)
+    slots = decode_key_slots(lay, pos)
+    kernel = _decode_kernel(q)
+    if kernel is not None:
+        return kernel(q, cache.k, cache.v, slots)
+    return gather_decode_attention(q, cache.k, cache.v, slots)
 
 
 def halo_decode_attention(q, k_all, v_all, config: HaloConfig, layer: int, step: int, start: int):
