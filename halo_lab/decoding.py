@@ -163,6 +163,14 @@ class Decoder:
         self.tok.copy_(nxt[:, None])
         self.generated = 1
 
+    def reset(self) -> None:
+        """Forget the prompt and the tokens (the caches' contents stay until overwritten)."""
+        for c in self.caches:
+            c.length = 0
+        self.done.zero_()
+        self.pos.fill_(self.start)
+        self.generated = 0
+
     def fill_random(self, seed: int = 0) -> None:
         """A synthetic context instead of a prefill (benchmarks): random keys/values in every cache slot,
         a random current token, and the position just after the prompt."""
@@ -191,7 +199,9 @@ class Decoder:
             import torch._dynamo
 
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-            compiled = torch.compile(self._step, fullgraph=True, dynamic=False)
+            # dynamic=None: the first shape compiles static, a second one (another context or batch) once
+            # more with those sizes symbolic, and later shapes reuse that graph
+            compiled = torch.compile(self._step, fullgraph=True)
             state = self._snapshot()
             try:
                 compiled()  # compiles now; the state is restored below
