@@ -214,6 +214,7 @@ def kernels_per_step(dec) -> int | None:
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     step = dec._run_step if cuda and dec._run_step is not None else dec._step
     state = dec._snapshot()
+    dec.pos.fill_(dec.start)  # a step at the first decode position (the cache has room for it)
     try:
         with profile(activities=acts) as prof:
             step()

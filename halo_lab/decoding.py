@@ -79,6 +79,11 @@ def seed_tensor(generator: torch.Generator | None, device) -> torch.Tensor:
 CACHE_KINDS = ("full", "ring")
 
 
+def graphs_supported(device: torch.device) -> bool:
+    """Whether the step can be compiled with Triton and captured in a CUDA graph on ``device``."""
+    return device.type == "cuda"
+
+
 class Decoder:
     """One batched generation: prefill, then decode steps over static buffers (see the module doc).
 
@@ -115,7 +120,7 @@ class Decoder:
         self.batch, self.prompt_len, self.max_new_tokens = batch, prompt_len, max_new_tokens
         self.temperature, self.top_k, self.top_p, self.stop_id = temperature, top_k, top_p, stop_id
         self.sync_every = max(1, int(sync_every))
-        on_cuda = self.device.type == "cuda"
+        on_cuda = graphs_supported(self.device)
         self.compile = on_cuda if compile is None else bool(compile)
         self.cuda_graph = bool(cuda_graph) and on_cuda
         G = model.num_globals
@@ -214,14 +219,19 @@ class Decoder:
                 )
                 self.path = "eager"
             self._restore(state)
-        if not self.cuda_graph:
-            return fn
+        return self._capture(fn) if self.cuda_graph else fn
+
+    def _capture(self, fn: Callable[[], None]) -> Callable[[], None]:
+        """Warm ``fn`` up on a side stream, capture one call in a CUDA graph; return its replay."""
         state = self._snapshot()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):
                 fn()
+                # each warm-up step writes the cache slot of the next position; a second one without this
+                # restore would overwrite, in a ring cache, the oldest key the real first step still reads
+                self._restore(state)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
