@@ -395,6 +395,7 @@ class DecodeLayout:
     globals_: torch.Tensor  # [G] long: 0..G-1
     ring: int | None = None
     store: torch.Tensor | None = None  # [capacity] long
+    kernel: object = None  # the Triton decode op (``decode_kernel_op``), None: the gather path
 
     @property
     def num_keys(self) -> int:
@@ -521,17 +522,45 @@ def gather_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s
     )
 
 
-DECODE_KERNEL = "auto"  # "auto": the Triton kernel on CUDA when triton imports; "torch": the gather path
+DECODE_KERNEL = "auto"  # "auto": the Triton kernel on CUDA when it imports and passes its check; "torch"
+_decode_kernel_ok: dict[tuple, bool] = {}
 
 
-def _decode_kernel(q: torch.Tensor):
-    if DECODE_KERNEL == "torch" or not q.is_cuda:
+def check_decode_kernel(device, dtype) -> bool:
+    """Run the Triton decode kernel once on a small input (eagerly: call before compiling or capturing) and
+    remember whether it matches the gather path; a failing kernel is warned about and not used."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    key = (str(device), dtype)
+    if key in _decode_kernel_ok:
+        return _decode_kernel_ok[key]
+    ok = False
+    if DECODE_KERNEL != "torch" and device.type == "cuda":
+        try:
+            from halo_lab.kernels import decode as kdecode
+
+            if kdecode.available():
+                g = torch.Generator(device=device).manual_seed(0)
+                q = torch.randn(2, 4, 1, 64, device=device, dtype=dtype, generator=g)
+                k, v = (torch.randn(2, 2, 100, 64, device=device, dtype=dtype, generator=g) for _ in range(2))
+                slots = torch.tensor([0, 1, 5, -1, 50, 99, 7], device=device)
+                out = kdecode.halo_decode_attention_op(q, k, v, slots)
+                ref = kdecode.reference_decode_attention(q, k, v, slots)
+                ok = bool((out.float() - ref.float()).abs().max() < 5e-2)
+                if not ok:
+                    _warn_once("the Triton decode kernel disagrees with the gather path: not using it")
+        except Exception as e:  # noqa: BLE001 - any failure: the gather path is exact
+            _warn_once(f"the Triton decode kernel failed ({type(e).__name__}: {e}): using the gather path")
+    _decode_kernel_ok[key] = ok
+    return ok
+
+
+def decode_kernel_op(device, dtype):
+    """The Triton decode kernel as a torch op for ``device``/``dtype``, or None (use the gather path)."""
+    if not check_decode_kernel(device, dtype):
         return None
-    try:
-        from halo_lab.kernels import decode as kdecode
-    except ImportError:  # pragma: no cover - no triton
-        return None
-    return kdecode.halo_decode_attention_op if kdecode.available() else None
+    return torch.ops.halo_lab.halo_decode_attention.default
 
 
 def static_decode_attention(q, k, v, cache: KVCache, pos: torch.Tensor) -> torch.Tensor:
@@ -555,9 +584,8 @@ def static_decode_attention(q, k, v, cache: KVCache, pos: torch.Tensor) -> torch
         cache.k.index_copy_(2, extra, k)
         cache.v.index_copy_(2, extra, v)
     slots = decode_key_slots(lay, pos)
-    kernel = _decode_kernel(q)
-    if kernel is not None:
-        return kernel(q, cache.k, cache.v, slots)
+    if lay.kernel is not None:
+        return lay.kernel(q, cache.k, cache.v, slots)
     return gather_decode_attention(q, cache.k, cache.v, slots)
 
 

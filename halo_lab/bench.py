@@ -387,12 +387,15 @@ def bench_train(
 DECODE_VARIANTS = {"dense": ("dense", "full"), "halo": ("halo", "full"), "halo_ring": ("halo", "ring")}
 
 
-def bench_decode(spec: dict, device: torch.device, dtype: torch.dtype) -> list[dict]:
+def bench_decode(
+    spec: dict, device: torch.device, dtype: torch.dtype, on_row: Callable | None = None
+) -> list[dict]:
     """Cached decoding, HALO-S (full and ring cache) and dense through the same compiled step.
 
     spec: ``new_tokens``, ``model``; ``runs`` [{batch, contexts}] (or ``contexts``, batch 1);
     ``variants`` (default dense, halo); ``prefill_contexts`` (contexts whose prefill is timed; default all,
-    the others decode after a synthetic cache); ``compile`` (default: on CUDA), ``cuda_graph``, ``repeats``."""
+    the others decode after a synthetic cache); ``compile`` (default: on CUDA), ``cuda_graph``, ``repeats``.
+    ``on_row`` is called with each row as it is measured (e.g. to save partial results)."""
     rows = []
     runs = spec.get("runs") or [{"batch": 1, "contexts": spec["contexts"]}]
     variants = spec.get("variants") or ["dense", "halo"]
@@ -434,8 +437,12 @@ def bench_decode(spec: dict, device: torch.device, dtype: torch.dtype) -> list[d
                         row["kv_ratio_to_dense"] = r["kv_cache_mb"] / dense_kv
                 except torch.OutOfMemoryError:
                     row["error"] = "OOM"
+                except Exception as e:  # noqa: BLE001 - one failing row must not lose the others
+                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
                 print(format_table([row]).splitlines()[-1], flush=True)
                 rows.append(row)
+                if on_row is not None:
+                    on_row(row)
                 del model
                 if device.type == "cuda":
                     torch.cuda.empty_cache()

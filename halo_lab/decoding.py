@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import torch
 
+from halo_lab import attention as attn
 from halo_lab.graph import _M32, _mix32
 
 
@@ -129,6 +130,10 @@ class Decoder:
         self.caches = model._new_caches(
             batch, max(cap, prompt_len), self.device, self.dtype, ring=cache == "ring", prompt_len=prompt_len
         )
+        kernel = attn.decode_kernel_op(self.device, self.dtype) if model.arch == "halo" else None
+        for c in self.caches:
+            if c.layout is not None:
+                c.layout.kernel = kernel
         dev = self.device
         self.tok = torch.zeros(batch, 1, dtype=torch.long, device=dev)
         self.pos = torch.full((1,), self.start, dtype=torch.long, device=dev)
@@ -207,6 +212,7 @@ class Decoder:
             # dynamic=None: the first shape compiles static, a second one (another context or batch) once
             # more with those sizes symbolic, and later shapes reuse that graph
             compiled = torch.compile(self._step, fullgraph=True)
+            self._mark_dynamic()
             state = self._snapshot()
             try:
                 compiled()  # compiles now; the state is restored below
@@ -219,7 +225,38 @@ class Decoder:
                 )
                 self.path = "eager"
             self._restore(state)
-        return self._capture(fn) if self.cuda_graph else fn
+        if not self.cuda_graph:
+            return fn
+        try:
+            return self._capture(fn)
+        except Exception as e:  # noqa: BLE001 - the step still runs, launch by launch
+            warnings.warn(
+                f"decode step could not be captured in a CUDA graph ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:200]}); replaying it without one",
+                stacklevel=3,
+            )
+            torch.cuda.synchronize(self.device)
+            return fn
+
+    def _mark_dynamic(self) -> None:
+        """Sizes that change with the context, the batch or the ring store are compiled symbolic up front, so
+        that one compiled step serves every context (and every batch > 1) instead of one compile each."""
+        mark = torch._dynamo.maybe_mark_dynamic
+        for c in self.caches:
+            for t in (c.k, c.v):
+                mark(t, 2)
+                if self.batch > 1:
+                    mark(t, 0)
+            if c.layout is not None:
+                mark(c.layout.rand, 0)
+                if c.layout.store is not None:
+                    mark(c.layout.store, 0)
+        for t in (self.model.rope.cos, self.model.rope.sin):
+            mark(t, 0)
+        mark(self.out, 1)
+        if self.batch > 1:
+            for t in (self.tok, self.out, self.done) + ((self.base,) if self.base is not None else ()):
+                mark(t, 0)
 
     def _capture(self, fn: Callable[[], None]) -> Callable[[], None]:
         """Warm ``fn`` up on a side stream, capture one call in a CUDA graph; return its replay."""
