@@ -205,14 +205,14 @@ def _count_kernel_ops(event) -> int:
 
 
 def kernels_per_step(dec) -> int | None:
-    """Kernels one decode step launches: on GPU the CUDA kernels (and copies) of one replayed step; on CPU
-    the innermost compute ops of the eager step (views and allocations excluded), what eager CUDA would
-    launch. None when the profiler fails."""
+    """Kernels one decode step launches: on GPU the CUDA kernels (and copies) of one step of the compiled
+    (or eager) step that the CUDA graph replays; on CPU the innermost compute ops of the step (views and
+    allocations excluded): what eager CUDA would launch. None when the profiler fails."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = dec.device.type == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    step = dec._run_step if cuda and dec._run_step is not None else dec._step
+    step = getattr(dec, "_fn", None) or dec._step  # the compiled step launch by launch (not the graph)
     state = dec._snapshot()
     dec.pos.fill_(dec.start)  # a step at the first decode position (the cache has room for it)
     try:

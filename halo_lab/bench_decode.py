@@ -110,6 +110,23 @@ def check_decode_matches_forward(
     return paths
 
 
+def check_kernel(device, dtype=torch.bfloat16) -> float:
+    """Max error of the Triton decode kernel against the gather reference at the medium model's shapes."""
+    from halo_lab.kernels import decode as kd
+
+    g = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(4, 8, 1, 64, device=device, dtype=dtype, generator=g)
+    k = torch.randn(4, 2, 5000, 64, device=device, dtype=dtype, generator=g)
+    v = torch.randn(4, 2, 5000, 64, device=device, dtype=dtype, generator=g)
+    slots = torch.randint(0, 5000, (72,), device=device, generator=g)
+    slots[::7] = -1
+    ref = kd.reference_decode_attention(q, k, v, slots).float()
+    err = (kd.halo_decode_attention(q, k, v, slots).float() - ref).abs().max().item()
+    if err > 2e-2:
+        raise AssertionError(f"Triton decode kernel: max error {err:.3g} against the gather reference")
+    return err
+
+
 def spec_for(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     spec = json.loads(json.dumps(PRESETS[preset]))
     if args.variants:
@@ -166,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         try:
             result["check"] = check_decode_matches_forward(device, compile=False if args.no_compile else None)
+            if cuda:
+                result["check"]["kernel_bf16_max_err"] = check_kernel(device)
         except Exception as e:  # noqa: BLE001 - recorded, and the exit status says so; the bench still runs
             result["check"] = {"error": f"{type(e).__name__}: {e}"}
         print(f"check: {result['check']} ({time.perf_counter() - t0:.0f}s)", flush=True)
@@ -182,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     result["rows"] = run_decode(spec, device, dtype, on_row=save_partial)
     result["wall_s"] = time.perf_counter() - t0
     (out / "results.json").write_text(json.dumps(result, indent=2))
-    bench.plot(result["rows"], out / "bench.png", f"halo_lab decode: {result['device']}, {dtype}")
+    try:
+        bench.plot(result["rows"], out / "bench.png", f"halo_lab decode: {result['device']}, {dtype}")
+    except ImportError as e:  # matplotlib is optional here
+        print(f"no plot ({e})")
     print(bench.format_table(result["rows"]))
     print(format_decode_table(result["rows"]))
     print(f"\nresults: {out / 'results.json'}\nplot:    {out / 'bench.png'}")

@@ -225,6 +225,7 @@ class Decoder:
                 )
                 self.path = "eager"
             self._restore(state)
+        self._fn = fn  # the step without the graph (for profiling)
         if not self.cuda_graph:
             return fn
         try:
