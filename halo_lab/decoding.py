@@ -135,6 +135,13 @@ class Decoder:
             if c.layout is not None:
                 c.layout.kernel = kernel
         dev = self.device
+        rope = model.rope
+        n_pos = G + max(cap, prompt_len)
+        if rope.cos.shape[0] < n_pos:
+            rope._build(n_pos)
+        # the step's own RoPE tables (module buffers would be compiled with static sizes: one compile each)
+        self.cos = rope.cos[:n_pos].to(dev, self.dtype, copy=True)
+        self.sin = rope.sin[:n_pos].to(dev, self.dtype, copy=True)
         self.tok = torch.zeros(batch, 1, dtype=torch.long, device=dev)
         self.pos = torch.full((1,), self.start, dtype=torch.long, device=dev)
         self.start_t = self.pos.clone()
@@ -196,7 +203,7 @@ class Decoder:
     # ------------------------------------------------------------------------------------ the step
     def _step(self) -> None:
         """Feed ``tok`` at ``pos``, sample the next token into ``out``/``tok``, advance ``pos``: buffers only."""
-        logits = self.model._decode_step(self.tok, self.pos, self.caches)
+        logits = self.model._decode_step(self.tok, self.pos, self.caches, (self.cos, self.sin))
         nxt_pos = self.pos + 1
         nxt = self._sample(logits, nxt_pos)
         self.out.index_copy_(1, nxt_pos - self.start_t, nxt[:, None])
@@ -252,7 +259,7 @@ class Decoder:
                 mark(c.layout.rand, 0)
                 if c.layout.store is not None:
                     mark(c.layout.store, 0)
-        for t in (self.model.rope.cos, self.model.rope.sin):
+        for t in (self.cos, self.sin):
             mark(t, 0)
         mark(self.out, 1)
         if self.batch > 1:

@@ -213,12 +213,15 @@ class _CausalLM(nn.Module):
         return caches
 
     def _decode_step(
-        self, tokens: torch.Tensor, pos: torch.Tensor, caches: list[attn.KVCache]
+        self, tokens: torch.Tensor, pos: torch.Tensor, caches: list[attn.KVCache], rope=None
     ) -> torch.Tensor:
-        """Logits [B, V] for one new token per row at full-sequence position ``pos`` ([1] long tensor)."""
+        """Logits [B, V] for one new token per row at full-sequence position ``pos`` ([1] long tensor).
+
+        ``rope``: (cos, sin) tables to read instead of the model's (the Decoder keeps its own copies)."""
         x = self.token_emb(tokens)
-        cos = self.rope.cos.index_select(0, pos).to(x.dtype)
-        sin = self.rope.sin.index_select(0, pos).to(x.dtype)
+        cos_t, sin_t = rope if rope is not None else (self.rope.cos, self.rope.sin)
+        cos = cos_t.index_select(0, pos).to(x.dtype)
+        sin = sin_t.index_select(0, pos).to(x.dtype)
         for layer, cache in zip(self.layers, caches):
             x = layer(x, cos, sin, graph.EVAL_STEP, cache, pos)
         return self.lm_head(self.ln_f(x))[:, -1]
