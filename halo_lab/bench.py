@@ -400,6 +400,7 @@ def bench_decode(
     runs = spec.get("runs") or [{"batch": 1, "contexts": spec["contexts"]}]
     variants = spec.get("variants") or ["dense", "halo"]
     prefill_at = spec.get("prefill_contexts")
+    counted: set[tuple] = set()  # kernels per step do not depend on the context: profile once per kind
     for run_spec in runs:
         batch = int(run_spec.get("batch", 1))
         for ctx in run_spec["contexts"]:
@@ -420,7 +421,9 @@ def bench_decode(
                         cache=cache,
                         compile=spec.get("compile"),
                         prefill=prefill_at is None or ctx in prefill_at,
+                        count_kernels=(variant, batch) not in counted,
                     )
+                    counted.add((variant, batch))
                     row.update(
                         params=model.count_parameters(),
                         ms=r["ms_per_token"],
