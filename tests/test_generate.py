@@ -47,14 +47,34 @@ def decode(model, prompt, new, poison=True, **kw) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    "arch,cache", [("halo", "full"), ("halo", "ring"), ("dense", "full"), ("halo_token", "ring")]
+    "arch,cache,fuse",
+    [
+        ("halo", "full", False),
+        ("halo", "ring", False),
+        ("dense", "full", False),
+        ("halo_token", "ring", False),
+        ("halo", "ring", True),
+        ("dense", "full", True),
+        ("halo_gelu", "full", True),
+    ],
 )
-def test_cached_greedy_equals_uncached_forward(arch, cache):
+def test_cached_greedy_equals_uncached_forward(arch, cache, fuse):
     kw = {"random_edges": "token"} if arch == "halo_token" else {}
+    if arch == "halo_gelu":
+        kw = {"use_swiglu": False}
     model = model_for(arch.split("_")[0], **kw)
     prompt = torch.randint(0, 64, (2, 11))  # 11 + 90 positions: past the window, every distance, 6 blocks
     ref = model.generate(prompt, max_new_tokens=90, temperature=0, use_cache=False)
-    assert torch.equal(decode(model, prompt, 90, cache=cache), ref)
+    assert torch.equal(decode(model, prompt, 90, cache=cache, fuse_weights=fuse), ref)
+
+
+def test_fused_weights_only_for_the_plain_block():
+    model = model_for("halo")
+    fused = decoding.fused_weights(model)
+    assert fused is not None and fused[0][0].shape == (64 + 2 * 32, 64) and fused[0][1].shape == (2 * 256, 64)
+    model.layers[1].extra = torch.nn.Linear(4, 4)  # a block with another part: the step runs the block itself
+    assert decoding.fused_weights(model) is None
+    assert Decoder(model, 1, 4, 4, fuse_weights=True).fused is None
 
 
 def test_ring_cache_is_exact_after_a_long_prompt_and_small():
