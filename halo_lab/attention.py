@@ -384,17 +384,23 @@ class DecodeLayout:
 
     A query at text position t needs the G globals, its window t-W+1..t, its dilated keys t-d and its R
     random keys. The cache holds the G globals in slots 0..G-1; text position s sits in slot G + s (full
-    cache, ``ring=None``) or G + s % ring (ring cache). ``rand[t]`` holds the *slots* of t's random keys
-    (-1 = no edge); ``store[s]`` (ring cache only) is a second slot position s is written to: its place in
-    the random-key store when a later query uses it as a random key, else a trash slot. Built by
-    ``decode_layout``; the table is O(capacity x R), not the O(capacity x K) neighbour index."""
+    cache, ``ring=None``) or G + s % ring (ring cache). The tables cover the decode queries only, text
+    positions ``base``..capacity-1 (row t - base): ``rand`` holds the *slots* of their random keys (-1 = no
+    edge); ``store`` (ring cache only) the second slot each decode position is written to: its place in
+    the random-key store when a later query uses it as a random key, else a trash slot (the last one).
+    ``prefill_pos``/``prefill_slot``: the prompt positions that go to the store, and where. Built by
+    ``decode_layout``: O(new tokens x R) integers, not the O(capacity x K) neighbour index."""
 
     num_globals: int
     offsets: torch.Tensor  # [W + D] long: 0..W-1 then the dilated distances
-    rand: torch.Tensor  # [capacity, R] long cache slots, -1 = none
+    rand: torch.Tensor  # [capacity - base, R] long cache slots, -1 = none
     globals_: torch.Tensor  # [G] long: 0..G-1
+    row0: torch.Tensor  # [1] long: G + base, the full position of table row 0
+    base: int = 0
     ring: int | None = None
-    store: torch.Tensor | None = None  # [capacity] long
+    store: torch.Tensor | None = None  # [capacity - base] long
+    prefill_pos: torch.Tensor | None = None
+    prefill_slot: torch.Tensor | None = None
     kernel: object = None  # the Triton decode op (``decode_kernel_op``), None: the gather path
 
     @property
@@ -410,30 +416,36 @@ def ring_size(config: HaloConfig) -> int:
 def decode_layout(
     config: HaloConfig, layer: int, capacity: int, device, ring: bool = False, first_query: int = 0
 ) -> tuple[DecodeLayout, int]:
-    """The decode layout of one layer for ``capacity`` text positions, and the number of cache slots it needs.
+    """The decode layout of one layer for decode queries at text positions ``first_query..capacity-1``
+    (the prompt's length..), and the number of cache slots it needs.
 
     ``ring=True`` (exact, see ``KVCache``): text slots ``ring_size(config)`` plus one store slot per distinct
-    random key of the decode queries ``first_query..capacity-1`` plus a trash slot. Falls back to the full
-    layout when that would not be smaller."""
+    random key of those queries plus a trash slot. Falls back to the full layout when that is not smaller."""
     G, W = config.num_globals, config.local_window
+    base = min(max(int(first_query), 0), capacity)
     dists = torch.tensor(config.dilated_distances, dtype=torch.long, device=device)
     offsets = torch.cat([torch.arange(W, device=device), dists])
-    rand_pos = graph.neighbor_index(config, layer, graph.EVAL_STEP, torch.arange(capacity, device=device))
-    rand_pos = rand_pos[:, offsets.numel() :]  # [capacity, R] text positions (deduplicated), -1 = none
+    positions = torch.arange(base, capacity, device=device)
+    rand_pos = graph.neighbor_index(config, layer, graph.EVAL_STEP, positions)[:, offsets.numel() :]
     globals_ = torch.arange(G, device=device)
+    row0 = torch.tensor([G + base], dtype=torch.long, device=device)
     S = ring_size(config)
     if ring and capacity > S:
-        used = rand_pos[first_query:]
-        keep = torch.unique(used[used >= 0])  # sorted text positions some decode query uses as a random key
+        keep = torch.unique(rand_pos[rand_pos >= 0])  # sorted text positions some decode query reads randomly
         if S + keep.numel() + 1 < capacity:
             trash = G + S + keep.numel()
-            store = torch.full((capacity,), trash, dtype=torch.long, device=device)
-            store[keep] = G + S + torch.arange(keep.numel(), device=device)
-            rand = torch.where(rand_pos >= 0, store[rand_pos.clamp(min=0)], torch.full_like(rand_pos, -1))
-            rand[:first_query] = -1  # prefill queries never read the cache
-            return DecodeLayout(G, offsets, rand, globals_, S, store), trash + 1
+            rank = torch.searchsorted(keep, positions).clamp(max=max(keep.numel() - 1, 0))
+            hit = keep[rank] == positions if keep.numel() else torch.zeros_like(positions, dtype=torch.bool)
+            store = torch.where(hit, G + S + rank, torch.full_like(positions, trash))
+            slots = G + S + torch.searchsorted(keep, rand_pos.clamp(min=0))
+            rand = torch.where(rand_pos >= 0, slots, torch.full_like(rand_pos, -1))
+            early = keep < base
+            lay = DecodeLayout(G, offsets, rand, globals_, row0, base, S, store)
+            lay.prefill_pos = keep[early]
+            lay.prefill_slot = G + S + torch.arange(int(early.sum()), device=device)  # keep is sorted
+            return lay, trash + 1
     rand = torch.where(rand_pos >= 0, rand_pos + G, rand_pos)
-    return DecodeLayout(G, offsets, rand, globals_), G + capacity
+    return DecodeLayout(G, offsets, rand, globals_, row0, base), G + capacity
 
 
 @dataclass
@@ -488,17 +500,15 @@ class KVCache:
         lay = self.layout
         G, S = lay.num_globals, lay.ring
         n = k.shape[2] - G
-        if n > lay.store.numel():
-            raise ValueError(f"KV cache overflow: {n} text positions > capacity {lay.store.numel()}")
+        if n != lay.base:
+            raise ValueError(f"this ring KV cache was made for a {lay.base}-token prompt, got {n} tokens")
         self.k[:, :, :G], self.v[:, :, :G] = k[:, :, :G], v[:, :, :G]
         pos = torch.arange(max(0, n - S), n, device=k.device)
         self.k[:, :, G + pos % S] = k[:, :, G + pos]
         self.v[:, :, G + pos % S] = v[:, :, G + pos]
-        store = lay.store[:n]
-        kept = (store != self.k.shape[2] - 1).nonzero().flatten()  # the last slot is the trash slot
-        if kept.numel():
-            self.k[:, :, store[kept]] = k[:, :, G + kept]
-            self.v[:, :, store[kept]] = v[:, :, G + kept]
+        if lay.prefill_pos.numel():
+            self.k[:, :, lay.prefill_slot] = k[:, :, G + lay.prefill_pos]
+            self.v[:, :, lay.prefill_slot] = v[:, :, G + lay.prefill_pos]
 
 
 def decode_key_slots(layout: DecodeLayout, pos: torch.Tensor) -> torch.Tensor:
@@ -506,7 +516,7 @@ def decode_key_slots(layout: DecodeLayout, pos: torch.Tensor) -> torch.Tensor:
     G = layout.num_globals
     text = pos - G - layout.offsets
     slot = G + (text if layout.ring is None else text % layout.ring)
-    rand = layout.rand.index_select(0, pos - G).view(-1)
+    rand = layout.rand.index_select(0, pos - layout.row0).view(-1)
     return torch.cat([layout.globals_, torch.where(text >= 0, slot, torch.full_like(slot, -1)), rand])
 
 
@@ -580,7 +590,7 @@ def static_decode_attention(q, k, v, cache: KVCache, pos: torch.Tensor) -> torch
     cache.k.index_copy_(2, slot, k)
     cache.v.index_copy_(2, slot, v)
     if lay.store is not None:
-        extra = lay.store.index_select(0, pos - lay.num_globals)
+        extra = lay.store.index_select(0, pos - lay.row0)
         cache.k.index_copy_(2, extra, k)
         cache.v.index_copy_(2, extra, v)
     slots = decode_key_slots(lay, pos)
