@@ -461,8 +461,10 @@ class KVCache:
     query up to the capacity are known when the cache is made, and storing those is exact. The price: the
     capacity (prompt + new tokens) is fixed up front, and the multi-token ``append`` after a prefill (the
     ``_run`` decode path) is not supported; the one-token decode step is.
-    Memory per layer and row: (G + ring + R' + 1) slots against dense's capacity, R' <= R x (new tokens
-    spanned units); with the defaults (W=64, distances up to 512) about 520 slots at any context."""
+    Memory per layer and row: (G + ring + R' + 1) slots against dense's capacity, R' <= R x (blocks the
+    new tokens span); with the defaults (W=64, distances up to 512) 522 slots at any context: the medium
+    model (8 layers, 2 KV heads, d=64, bf16) at 128K context + 256 new tokens holds 2.0 MB against 513 MB
+    (0.4%), plus 49 KB of index tables."""
 
     k: torch.Tensor  # [B, Hkv, slots, d]
     v: torch.Tensor
