@@ -372,3 +372,22 @@ def test_cuda_triton_kernel_matches_reference_bf16():
     from halo_lab.bench_decode import check_kernel
 
     assert check_kernel("cuda") < 2e-2
+
+
+def test_cli_loads_a_run_directory_checkpoint(run_dir, tmp_path, capsys):
+    """A run directory with only checkpoints/last.ckpt (a Lightning checkpoint), and a checkpoint file."""
+    from halo_lab import load_from_hub
+
+    model = load_from_hub(run_dir / "hub")
+    hp = {"model_config": model.config.to_dict(), "arch": "halo"}
+    ckpt = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "hyper_parameters": hp}
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save(ckpt, tmp_path / "run" / "checkpoints" / "last.ckpt")
+    expected = model.generate("ab", max_new_tokens=6, temperature=0)
+    rc, out, err = generate_cli(capsys, tmp_path / "run", "ab", "--max-new-tokens", 6, "--temperature", 0)
+    assert rc == 1 and "--tokenizer" in err and len(err.strip().splitlines()) == 1  # none saved with it
+    for source in (tmp_path / "run", tmp_path / "run" / "checkpoints" / "last.ckpt"):
+        rc, out, err = generate_cli(
+            capsys, source, "ab", "--max-new-tokens", 6, "--temperature", 0, "--tokenizer", "char"
+        )
+        assert rc == 0 and out == expected + "\n", err
