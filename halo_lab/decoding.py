@@ -197,6 +197,7 @@ class Decoder:
             self.done.logical_or_(nxt == self.stop_id)
         return nxt
 
+    @torch.no_grad()
     def prefill(self, ids: torch.Tensor, seed: torch.Tensor | None = None) -> None:
         """Run the prompt [B, T] through the model, filling the caches, and sample the first new token."""
         if tuple(ids.shape) != (self.batch, self.prompt_len):
@@ -219,6 +220,7 @@ class Decoder:
         self.pos.fill_(self.start)
         self.generated = 0
 
+    @torch.no_grad()
     def fill_random(self, seed: int = 0) -> None:
         """A synthetic context instead of a prefill (benchmarks): random keys/values in every cache slot,
         a random current token, and the position just after the prompt."""
@@ -272,6 +274,7 @@ class Decoder:
             x = x + f.w2(h)
         return m.lm_head(m.ln_f(x))[:, -1]
 
+    @torch.no_grad()
     def _build(self) -> Callable[[], None]:
         fn = self._step
         if self.compile:
@@ -355,6 +358,7 @@ class Decoder:
         for t, s in zip((self.tok, self.pos, self.out, self.done), state):
             t.copy_(s)
 
+    @torch.no_grad()
     def decode(self, steps: int | None = None, stream: Callable[[torch.Tensor], None] | None = None) -> int:
         """Run up to ``steps`` decode steps (default: to max_new_tokens), checking the stop token every
         ``sync_every`` steps; ``stream`` gets each chunk of new tokens ([B, n] on the CPU). Returns the
