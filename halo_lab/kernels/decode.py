@@ -73,8 +73,8 @@ if HAS_TRITON:
         BLOCK_D: tl.constexpr,
     ):
         pid = tl.program_id(0)
-        b = pid // HEADS
-        h = pid % HEADS
+        b = (pid // HEADS).to(tl.int64)  # 64-bit offsets: a large batch x long cache exceeds 2**31 elements
+        h = (pid % HEADS).to(tl.int64)
         hk = h // group
         j = tl.arange(0, BLOCK_K)
         c = tl.arange(0, BLOCK_D)
