@@ -127,34 +127,108 @@ def benchmark_generation(
     batch_size: int = 1,
     cuda_graph: bool = True,
     repeats: int = 3,
-) -> dict[str, float]:
-    """Cached greedy decoding after a ``context_len`` prompt: prefill time and decode tokens/s."""
+    *,
+    cache: str = "full",
+    compile: bool | None = None,
+    prefill: bool = True,
+    count_kernels: bool = True,
+) -> dict[str, Any]:
+    """Cached greedy decoding after a ``context_len`` prompt with the compiled decode step (halo_lab.decoding):
+    prefill time (None with ``prefill=False``: a synthetic random cache stands in for the prompt, which
+    times the decode alone), decode ms per step and tokens/s (all rows), KV-cache MB, kernels per step."""
+    from halo_lab.decoding import Decoder
+
     device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
     model.eval()
-    prompt = torch.randint(0, model.config.vocab_size, (batch_size, context_len), device=device)
-    best_prefill, best_decode = math.inf, math.inf
+    dec = Decoder(
+        model,
+        batch_size,
+        context_len,
+        new_tokens + 1,
+        temperature=0.0,
+        cache=cache,
+        compile=compile,
+        cuda_graph=cuda_graph,
+        sync_every=new_tokens + 1,
+    )
+    best_prefill = None
+    if prefill:
+        prompt = torch.randint(0, model.config.vocab_size, (batch_size, context_len), device=device)
+        best_prefill = math.inf
+        for _ in range(repeats):
+            dec.reset()
+            _sync(device)
+            t0 = time.perf_counter()
+            dec.prefill(prompt)
+            _sync(device)
+            best_prefill = min(best_prefill, time.perf_counter() - t0)
+    else:
+        dec.fill_random()
+    t0 = time.perf_counter()
+    dec._run_step = dec._build()  # compile and capture outside the timed loop
+    build_s = time.perf_counter() - t0
+    best_decode = math.inf
     for _ in range(repeats):
-        caches = model._new_caches(batch_size, context_len + new_tokens, device, dtype)
+        dec.pos.fill_(dec.start)
+        dec.generated = 1
         _sync(device)
         t0 = time.perf_counter()
-        logits = model.lm_head(model._run(prompt, caches)[:, -1])
+        dec.decode(new_tokens)
         _sync(device)
-        prefill = time.perf_counter() - t0
-        decode = model._decoder(caches, batch_size, device, cuda_graph)
-        position = caches[0].length
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(new_tokens):
-            logits = decode(logits.argmax(-1), position)
-            position += 1
-        _sync(device)
-        best_prefill, best_decode = min(best_prefill, prefill), min(best_decode, time.perf_counter() - t0)
+        best_decode = min(best_decode, time.perf_counter() - t0)
     return {
-        "prefill_ms": best_prefill * 1e3,
+        "prefill_ms": best_prefill * 1e3 if best_prefill is not None else None,
         "ms_per_token": best_decode * 1e3 / new_tokens,
         "tokens_per_sec": batch_size * new_tokens / best_decode,
+        "kv_cache_mb": dec.kv_cache_bytes / 2**20,
+        "decode_path": dec.path,
+        "build_s": build_s,
+        "kernels_per_token": kernels_per_step(dec) if count_kernels else None,
     }
+
+
+# aten ops that launch no kernel of their own (views, allocation, no-op dropout in eval)
+_NO_KERNEL = {
+    "aten::" + n
+    for n in (
+        "as_strided view _unsafe_view empty empty_strided empty_like resolve_conj resolve_neg t transpose "
+        "expand reshape slice select unsqueeze squeeze detach alias permute chunk split lift_fresh "
+        "dropout scalar_tensor _reshape_alias unbind narrow contiguous"
+    ).split()
+}
+
+
+def _count_kernel_ops(event) -> int:
+    if event.name in _NO_KERNEL:
+        return 0
+    inner = sum(_count_kernel_ops(c) for c in event.cpu_children)
+    return inner if inner else (1 if event.name.startswith("aten::") else 0)
+
+
+def kernels_per_step(dec) -> int | None:
+    """Kernels one decode step launches: on GPU the CUDA kernels (and copies) of one step of the compiled
+    (or eager) step that the CUDA graph replays; on CPU the innermost compute ops of the step (views and
+    allocations excluded): what eager CUDA would launch. None when the profiler fails."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = dec.device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    step = getattr(dec, "_fn", None) or dec._step  # the compiled step launch by launch (not the graph)
+    state = dec._snapshot()
+    dec.pos.fill_(dec.start)  # a step at the first decode position (the cache has room for it)
+    try:
+        with profile(activities=acts) as prof:
+            step()
+            _sync(dec.device)
+        events = prof.events()
+        if cuda:
+            return sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+        return sum(_count_kernel_ops(e) for e in events if e.cpu_parent is None)
+    except Exception as e:  # noqa: BLE001 - profiling is best effort
+        print(f"kernels_per_step: profiler failed ({type(e).__name__}: {e})", file=sys.stderr)
+        return None
+    finally:
+        dec._restore(state)
 
 
 # ------------------------------------------------------------------------------------ parts
@@ -368,36 +442,81 @@ def bench_reference(
     return rows
 
 
-def bench_decode(spec: dict, device: torch.device, dtype: torch.dtype) -> list[dict]:
+DECODE_VARIANTS = {"dense": ("dense", "full"), "halo": ("halo", "full"), "halo_ring": ("halo", "ring")}
+
+
+def bench_decode(
+    spec: dict, device: torch.device, dtype: torch.dtype, on_row: Callable | None = None
+) -> list[dict]:
+    """Cached decoding, HALO-S (full and ring cache) and dense through the same compiled step.
+
+    spec: ``new_tokens``, ``model``; ``runs`` [{batch, contexts}] (or ``contexts``, batch 1);
+    ``variants`` (default dense, halo); ``prefill_contexts`` (contexts whose prefill is timed; default all,
+    the others decode after a synthetic cache); ``compile`` (default: on CUDA), ``cuda_graph``, ``repeats``.
+    ``on_row`` is called with each row as it is measured (e.g. to save partial results)."""
     rows = []
-    for ctx in spec["contexts"]:
-        for arch in ("dense", "halo"):
-            torch.manual_seed(0)
-            model = build_model(_model_config(spec, ctx + spec["new_tokens"]), arch).to(device, dtype)
-            r = benchmark_generation(model, ctx, spec["new_tokens"], cuda_graph=spec.get("cuda_graph", True))
-            rows.append(
-                {
-                    "part": "decode",
-                    "variant": arch,
-                    "seq_len": ctx,
-                    "batch": 1,
-                    "params": model.count_parameters(),
-                    "ms": r["ms_per_token"],
-                    "tokens_per_sec": r["tokens_per_sec"],
-                    "prefill_ms": r["prefill_ms"],
-                }
-            )
-            del model
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+    runs = spec.get("runs") or [{"batch": 1, "contexts": spec["contexts"]}]
+    variants = spec.get("variants") or ["dense", "halo"]
+    prefill_at = spec.get("prefill_contexts")
+    counted: set[tuple] = set()  # kernels per step do not depend on the context: profile once per kind
+    for run_spec in runs:
+        batch = int(run_spec.get("batch", 1))
+        for ctx in run_spec["contexts"]:
+            dense_kv = None
+            for variant in variants:
+                arch, cache = DECODE_VARIANTS[variant]
+                torch.manual_seed(0)
+                model = build_model(_model_config(spec, ctx + spec["new_tokens"] + 1), arch).to(device, dtype)
+                row = {"part": "decode", "variant": variant, "seq_len": ctx, "batch": batch}
+                try:
+                    r = benchmark_generation(
+                        model,
+                        ctx,
+                        spec["new_tokens"],
+                        batch,
+                        cuda_graph=spec.get("cuda_graph", True),
+                        repeats=spec.get("repeats", 3),
+                        cache=cache,
+                        compile=spec.get("compile"),
+                        prefill=prefill_at is None or ctx in prefill_at,
+                        count_kernels=(variant, batch) not in counted,
+                    )
+                    counted.add((variant, batch))
+                    row.update(
+                        params=model.count_parameters(),
+                        ms=r["ms_per_token"],
+                        tokens_per_sec=r["tokens_per_sec"],
+                        prefill_ms=r["prefill_ms"],
+                        kv_cache_mb=r["kv_cache_mb"],
+                        decode_path=r["decode_path"],
+                        build_s=r["build_s"],
+                        kernels_per_token=r["kernels_per_token"],
+                    )
+                    if variant == "dense":
+                        dense_kv = r["kv_cache_mb"]
+                    if dense_kv:
+                        row["kv_ratio_to_dense"] = r["kv_cache_mb"] / dense_kv
+                except torch.OutOfMemoryError:
+                    row["error"] = "OOM"
+                except Exception as e:  # noqa: BLE001 - one failing row must not lose the others
+                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+                print(format_table([row]).splitlines()[-1], flush=True)
+                rows.append(row)
+                if on_row is not None:
+                    on_row(row)
+                del model
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
     return rows
 
 
 def add_ratios(rows: list[dict]) -> None:
     """ratio_to_dense: time (decode: tokens/s) and memory relative to the dense row of the same part and length."""
-    dense = {(r["part"], r["seq_len"]): r for r in rows if r["variant"] == "dense" and "ms" in r}
+    dense = {
+        (r["part"], r["seq_len"], r.get("batch")): r for r in rows if r["variant"] == "dense" and "ms" in r
+    }
     for r in rows:
-        d = dense.get((r["part"], r["seq_len"]))
+        d = dense.get((r["part"], r["seq_len"], r.get("batch")))
         if d is None or r.get("ms") is None or d.get("ms") is None:
             continue
         r["ratio_to_dense"] = r["ms"] / d["ms"]
@@ -438,17 +557,22 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig, axes = plt.subplots(1, len(parts), figsize=(5 * len(parts), 4), squeeze=False)
     for ax, part in zip(axes[0], parts):
         sel = [r for r in rows if r["part"] == part and r.get("ms") is not None]
-        for variant in dict.fromkeys(r["variant"] for r in sel):
+        many = part == "decode" and len({r.get("batch") for r in sel}) > 1
+
+        def label(r, many=many):
+            return f"{r['variant']} B={r['batch']}" if many else r["variant"]
+
+        for variant in dict.fromkeys(label(r) for r in sel):
             pts = sorted(
                 (r["seq_len"], r["tokens_per_sec"] if part == "decode" else r["ms"])
                 for r in sel
-                if r["variant"] == variant
+                if label(r) == variant
             )
             ax.plot(*zip(*pts), marker="o", label=variant)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("context length" if part == "decode" else "sequence length N")
-        ax.set_ylabel("tokens/s (batch 1)" if part == "decode" else "median ms")
+        ax.set_ylabel("tokens/s (all rows)" if part == "decode" else "median ms")
         ax.set_title(part)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)

@@ -195,60 +195,36 @@ class _CausalLM(nn.Module):
         return logits, loss
 
     # ---------------------------------------------------------------------------- generation
-    def _new_caches(self, batch: int, capacity: int, device, dtype) -> list[attn.KVCache]:
-        """One cache per layer for ``capacity`` text tokens; HALO caches carry the eval graph's key table."""
+    def _new_caches(
+        self, batch: int, capacity: int, device, dtype, ring: bool = False, prompt_len: int = 0
+    ) -> list[attn.KVCache]:
+        """One cache per layer for ``capacity`` text tokens; HALO caches carry the eval graph's decode layout.
+
+        ``ring=True`` (HALO-S): a bounded cache for a prompt of ``prompt_len`` tokens (see attn.KVCache)."""
         c = self.config
         caches = []
         for i, _ in enumerate(self.layers):
-            cache = attn.KVCache.empty(
-                batch, c.num_kv_heads, capacity + self.num_globals, c.head_dim, device, dtype
-            )
+            layout, slots = None, capacity
             if self.arch == "halo":
-                cache.neighbors = graph.full_neighbor_index(c, i, graph.EVAL_STEP, capacity, device)
+                layout, slots = attn.decode_layout(c, i, capacity, device, ring, prompt_len)
+            cache = attn.KVCache.empty(batch, c.num_kv_heads, slots, c.head_dim, device, dtype)
+            cache.layout = layout
             caches.append(cache)
         return caches
 
     def _decode_step(
-        self, tokens: torch.Tensor, pos: torch.Tensor, caches: list[attn.KVCache]
+        self, tokens: torch.Tensor, pos: torch.Tensor, caches: list[attn.KVCache], rope=None
     ) -> torch.Tensor:
-        """Logits [B, V] for one new token per row at full-sequence position ``pos`` ([1] long tensor)."""
+        """Logits [B, V] for one new token per row at full-sequence position ``pos`` ([1] long tensor).
+
+        ``rope``: (cos, sin) tables to read instead of the model's (the Decoder keeps its own copies)."""
         x = self.token_emb(tokens)
-        cos = self.rope.cos.index_select(0, pos).to(x.dtype)
-        sin = self.rope.sin.index_select(0, pos).to(x.dtype)
+        cos_t, sin_t = rope if rope is not None else (self.rope.cos, self.rope.sin)
+        cos = cos_t.index_select(0, pos).to(x.dtype)
+        sin = sin_t.index_select(0, pos).to(x.dtype)
         for layer, cache in zip(self.layers, caches):
             x = layer(x, cos, sin, graph.EVAL_STEP, cache, pos)
         return self.lm_head(self.ln_f(x))[:, -1]
-
-    def _decoder(self, caches: list[attn.KVCache], batch: int, device, cuda_graph: bool):
-        """A function (tokens [B], position) -> logits; on CUDA the step is replayed from a CUDA graph."""
-        tok = torch.zeros(batch, 1, dtype=torch.long, device=device)
-        pos = torch.zeros(1, dtype=torch.long, device=device)
-        if not (cuda_graph and torch.device(device).type == "cuda"):
-
-            def step(tokens: torch.Tensor, position: int) -> torch.Tensor:
-                tok.copy_(tokens.view(-1, 1))
-                pos.fill_(position)
-                return self._decode_step(tok, pos, caches)
-
-            return step
-        pos.fill_(caches[0].length)  # warm-up writes land on the next slot, which the real step rewrites
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._decode_step(tok, pos, caches)
-        torch.cuda.current_stream().wait_stream(side)
-        cuda_graph_obj = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(cuda_graph_obj):
-            logits = self._decode_step(tok, pos, caches)
-
-        def replay(tokens: torch.Tensor, position: int) -> torch.Tensor:
-            tok.copy_(tokens.view(-1, 1))
-            pos.fill_(position)
-            cuda_graph_obj.replay()
-            return logits.clone()
-
-        return replay
 
     @torch.inference_mode()
     def generate(
@@ -263,12 +239,22 @@ class _CausalLM(nn.Module):
         use_cache: bool = True,
         generator: torch.Generator | None = None,
         cuda_graph: bool = True,
+        *,
+        compile: bool = False,
+        cache: str = "full",
+        sync_every: int = 8,
+        stream: Any = None,
     ):
         """Sample a continuation (a loaded model's own ``tokenizer`` is used when none is given). str -> str, list[str] -> list[str], LongTensor [T] or [B, T] -> same rank
         with the prompt included. temperature=0 is greedy. Generation stops early once every row has
         produced ``stop_token`` (rows that stopped are padded with it). Prompt plus new tokens beyond
         max_seq_len is an error. With the KV cache a HALO-S token costs O(K) attention, not a prefix re-run;
-        on CUDA each decode step replays a captured CUDA graph (``cuda_graph=False`` turns that off).
+        on CUDA each decode step replays a captured CUDA graph (``cuda_graph=False`` turns that off),
+        ``compile=True`` compiles the step first (one compile per shape: worth it for long generations).
+        ``cache``: "full" or "ring" (HALO-S: a bounded, exact cache; see attention.KVCache). Sampling runs
+        on the device; the stop token is checked every ``sync_every`` tokens. ``generator`` seeds the
+        sampling noise (a hash of seed and position: the same tokens with or without the cache).
+        ``stream`` (tensor prompts): called with each chunk of new tokens, [B, n] on the CPU.
         """
         tokenizer = tokenizer if tokenizer is not None else getattr(self, "tokenizer", None)
         if isinstance(prompt, (str, list)):
@@ -281,7 +267,19 @@ class _CausalLM(nn.Module):
             for text in texts:  # one by one: prompts of different lengths need no padding policy
                 ids = torch.tensor(tokenizer.encode(text), dtype=torch.long, device=device)
                 new = self.generate(
-                    ids, None, max_new_tokens, temperature, top_k, top_p, stop_id, use_cache, generator
+                    ids,
+                    None,
+                    max_new_tokens,
+                    temperature,
+                    top_k,
+                    top_p,
+                    stop_id,
+                    use_cache,
+                    generator,
+                    cuda_graph,
+                    compile=compile,
+                    cache=cache,
+                    sync_every=sync_every,
                 )[len(ids) :].tolist()
                 if stop_id is not None and stop_id in new:
                     new = new[: new.index(stop_id)]
@@ -303,7 +301,19 @@ class _CausalLM(nn.Module):
         self.eval()
         try:
             out = self._sample_loop(
-                ids, max_new_tokens, temperature, top_k, top_p, stop_id, use_cache, generator
+                ids,
+                max_new_tokens,
+                temperature,
+                top_k,
+                top_p,
+                stop_id,
+                use_cache,
+                generator,
+                cuda_graph,
+                compile=compile,
+                cache=cache,
+                sync_every=sync_every,
+                stream=stream,
             )
         finally:
             self.train(was_training)
@@ -323,30 +333,61 @@ class _CausalLM(nn.Module):
         return ids[0]
 
     def _sample_loop(
-        self, ids, max_new_tokens, temperature, top_k, top_p, stop_id, use_cache, generator, cuda_graph=True
+        self,
+        ids,
+        max_new_tokens,
+        temperature,
+        top_k,
+        top_p,
+        stop_id,
+        use_cache,
+        generator,
+        cuda_graph=True,
+        *,
+        compile=False,
+        cache="full",
+        sync_every=8,
+        stream=None,
     ):
+        from halo_lab import decoding
+
+        decoding.check_sampling(temperature, top_k, top_p)
+        if max_new_tokens <= 0:
+            return ids
         B = ids.shape[0]
+        seed = decoding.seed_tensor(generator, ids.device) if temperature > 0 else None
         if use_cache:
-            dtype = self.lm_head.weight.dtype
-            caches = self._new_caches(B, ids.shape[1] + max_new_tokens, ids.device, dtype)
-            logits = self.lm_head(self._run(ids, caches)[:, -1])
-            decode = self._decoder(caches, B, ids.device, cuda_graph) if max_new_tokens > 1 else None
-            position = caches[0].length
+            dec = decoding.Decoder(
+                self,
+                B,
+                ids.shape[1],
+                max_new_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                stop_id=stop_id,
+                cache=cache,
+                compile=compile,
+                cuda_graph=cuda_graph,
+                sync_every=sync_every,
+            )
+            return torch.cat([ids, dec.generate(ids, seed, stream)], dim=1)
+        base = decoding.noise_base(B, self.config.vocab_size, ids.device) if temperature > 0 else None
         out = ids
         done = torch.zeros(B, dtype=torch.bool, device=ids.device)
-        for i in range(max_new_tokens):
-            if not use_cache:
-                logits = self.lm_head(self._run(out)[:, -1])
-            nxt = sample_next_token(logits.float(), temperature, top_k, top_p, generator)
+        for _ in range(max_new_tokens):
+            logits = self.lm_head(self._run(out)[:, -1])
+            pos = torch.full((1,), self.num_globals + out.shape[1], dtype=torch.long, device=ids.device)
+            gumbel = decoding.gumbel_noise(base, seed, pos) if temperature > 0 else None
+            nxt = decoding.select_tokens(logits, temperature, top_k, top_p, gumbel)
             if stop_id is not None:
                 nxt = torch.where(done, torch.full_like(nxt, stop_id), nxt)
                 done |= nxt == stop_id
             out = torch.cat([out, nxt[:, None]], dim=1)
+            if stream is not None:
+                stream(nxt[:, None].cpu())
             if stop_id is not None and bool(done.all()):
                 break
-            if use_cache and i + 1 < max_new_tokens:
-                logits = decode(nxt, position)
-                position += 1
         return out
 
     # ---------------------------------------------------------------------------- introspection
@@ -461,21 +502,12 @@ def sample_next_token(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """One token per row from [B, V] logits: greedy at temperature 0, else top-k / nucleus sampling."""
-    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
-        raise ValueError(
-            f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0 (got {temperature}, {top_p}, {top_k})"
-        )
+    """One token per row from [B, V] logits: greedy at temperature 0, else top-k / nucleus sampling
+    (Gumbel-max with noise from ``generator``; see halo_lab.decoding for the decode loop's own noise)."""
+    from halo_lab import decoding
+
+    decoding.check_sampling(temperature, top_k, top_p)
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits / temperature
-    if top_k:
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the smallest prefix with mass >= top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+    u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(min=1e-12)
+    return decoding.select_tokens(logits, temperature, top_k, top_p, -torch.log(-torch.log(u)))

@@ -1,0 +1,237 @@
+"""The decode benchmark on its own, without Hydra: ``python -m halo_lab.bench_decode [--preset gpu|quick]``.
+
+The ``gpu`` preset is issue 13's grid on the ~31M medium model: batch 1 at 1K / 32K / 128K context,
+batch 8 and 64 at 4K / 32K; dense, HALO-S with the full cache and HALO-S with the ring cache, all through
+the same compiled + CUDA-graph decode step. The prefill (time to first token) is timed at batch 1 and
+32K; elsewhere a synthetic random cache stands in for the prompt (decode speed does not depend on it).
+``--check`` first asserts that the step (compiled on CUDA) gives the uncached forward's greedy tokens.
+Writes ``results.json`` (``results.partial.json`` as rows come) and ``bench.png`` to ``--out`` (default
+``outputs/bench/decode-<time>``) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from halo_lab import bench
+
+MEDIUM = {
+    "vocab_size": 256,
+    "hidden_size": 512,
+    "num_layers": 8,
+    "num_heads": 8,
+    "num_kv_heads": 2,
+    "dropout": 0.0,
+}
+TINY = {
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "num_layers": 2,
+    "num_heads": 4,
+    "num_kv_heads": 2,
+    "dropout": 0.0,
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "gpu": {
+        "model": MEDIUM,
+        "new_tokens": 256,
+        "repeats": 3,
+        "variants": ["dense", "halo", "halo_ring"],
+        "runs": [
+            {"batch": 1, "contexts": [1024, 32768, 131072]},
+            {"batch": 8, "contexts": [4096, 32768]},
+            {"batch": 64, "contexts": [4096, 32768]},
+        ],
+        "prefill_contexts": {1: [32768]},
+    },
+    "quick": {
+        "model": TINY,
+        "new_tokens": 8,
+        "repeats": 1,
+        "variants": ["dense", "halo", "halo_ring"],
+        "runs": [{"batch": 1, "contexts": [256, 1024]}, {"batch": 4, "contexts": [256]}],
+        "prefill_contexts": {1: [256]},
+    },
+}
+
+CHECK_CONFIG = dict(
+    vocab_size=64,
+    hidden_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    local_window=8,
+    dilated_offsets=[1, 2, 4],  # distances 8, 16, 32
+    num_random=2,
+    graph_block_size=16,
+    dropout=0.0,
+    max_seq_len=256,
+)
+
+
+@torch.inference_mode()
+def check_decode_matches_forward(
+    device: str | torch.device = "cpu",
+    compile: bool | None = None,
+    prompt_len: int = 11,
+    new_tokens: int = 90,
+    batch: int = 2,
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, str]:
+    """Greedy tokens of the cached decode step (compiled where ``compile``) == the uncached forward's, for
+    dense, HALO-S and HALO-S with the ring cache, at lengths that cross the window and the dilated
+    distances (8, 16, 32). Returns {variant: decode path}; raises AssertionError on a mismatch."""
+    from halo_lab.config import HaloConfig
+    from halo_lab.model import build_model
+
+    device = torch.device(device)
+    paths = {}
+    for variant, (arch, cache) in bench.DECODE_VARIANTS.items():
+        torch.manual_seed(0)
+        model = build_model(HaloConfig(**CHECK_CONFIG), arch).to(device, dtype).eval()
+        prompt = torch.randint(0, 64, (batch, prompt_len), device=device)
+        ref = model.generate(prompt, max_new_tokens=new_tokens, temperature=0, use_cache=False)
+        from halo_lab.decoding import Decoder
+
+        dec = Decoder(model, batch, prompt_len, new_tokens, cache=cache, compile=compile)
+        out = torch.cat([prompt, dec.generate(prompt)], dim=1)
+        if not torch.equal(out, ref):
+            bad = (out != ref).nonzero()[0].tolist()
+            raise AssertionError(f"{variant} ({dec.path}): cached tokens differ from the forward's at {bad}")
+        paths[variant] = dec.path
+    return paths
+
+
+def check_kernel(device, dtype=torch.bfloat16) -> float:
+    """Max error of the Triton decode kernel against the gather reference at the medium model's shapes."""
+    from halo_lab.kernels import decode as kd
+
+    g = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(4, 8, 1, 64, device=device, dtype=dtype, generator=g)
+    k = torch.randn(4, 2, 5000, 64, device=device, dtype=dtype, generator=g)
+    v = torch.randn(4, 2, 5000, 64, device=device, dtype=dtype, generator=g)
+    slots = torch.randint(0, 5000, (72,), device=device, generator=g)
+    slots[::7] = -1
+    ref = kd.reference_decode_attention(q, k, v, slots).float()
+    err = (kd.halo_decode_attention(q, k, v, slots).float() - ref).abs().max().item()
+    if err > 2e-2:
+        raise AssertionError(f"Triton decode kernel: max error {err:.3g} against the gather reference")
+    return err
+
+
+def spec_for(preset: str, args: argparse.Namespace) -> dict[str, Any]:
+    spec = json.loads(json.dumps(PRESETS[preset]))
+    if args.variants:
+        spec["variants"] = args.variants
+    if args.new_tokens:
+        spec["new_tokens"] = args.new_tokens
+    spec["compile"] = False if args.no_compile else None
+    spec["cuda_graph"] = not args.no_cuda_graph
+    return spec
+
+
+def run_decode(spec: dict[str, Any], device: torch.device, dtype: torch.dtype, on_row=None) -> list[dict]:
+    """bench.bench_decode once per run entry (each with its own timed-prefill contexts)."""
+    rows = []
+    prefill = {int(k): v for k, v in spec.get("prefill_contexts", {}).items()}
+    for run_spec in spec["runs"]:
+        one = {**spec, "runs": [run_spec], "prefill_contexts": prefill.get(int(run_spec["batch"]), [])}
+        rows += bench.bench_decode(one, device, dtype, on_row=on_row)
+    bench.add_ratios(rows)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m halo_lab.bench_decode", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="default: gpu on CUDA, else quick")
+    parser.add_argument("--out", type=Path, help="output directory")
+    parser.add_argument("--variants", nargs="+", choices=sorted(bench.DECODE_VARIANTS))
+    parser.add_argument("--new-tokens", type=int)
+    parser.add_argument("--dtype", default="bf16", choices=sorted(bench.DTYPES), help="CUDA dtype")
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--no-cuda-graph", action="store_true")
+    parser.add_argument("--check", action="store_true", help="check decode == forward first")
+    args = parser.parse_args(argv)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    preset = args.preset or ("gpu" if cuda else "quick")
+    dtype = bench.DTYPES[args.dtype] if cuda else torch.float32
+    out = args.out or Path("outputs/bench") / time.strftime("decode-%Y-%m-%d_%H-%M-%S")
+    result: dict[str, Any] = {
+        "device": bench.device_name(device),
+        "preset": preset,
+        "dtype": str(dtype),
+        "torch": torch.__version__,
+        "command": " ".join(
+            ["python -m halo_lab.bench_decode", *(argv if argv is not None else sys.argv[1:])]
+        ),
+    }
+    print(f"halo_lab decode bench on {result['device']} ({preset}, {dtype})", flush=True)
+    if args.check:
+        t0 = time.perf_counter()
+        try:
+            result["check"] = check_decode_matches_forward(device, compile=False if args.no_compile else None)
+            if cuda:
+                result["check"]["kernel_bf16_max_err"] = check_kernel(device)
+        except Exception as e:  # noqa: BLE001 - recorded, and the exit status says so; the bench still runs
+            result["check"] = {"error": f"{type(e).__name__}: {e}"}
+        print(f"check: {result['check']} ({time.perf_counter() - t0:.0f}s)", flush=True)
+    if cuda:  # after the check: its fp32 forward and decode step must not differ by TF32 rounding
+        torch.backends.cuda.matmul.allow_tf32 = True
+    spec = spec_for(preset, args)
+    result["spec"] = spec
+    out.mkdir(parents=True, exist_ok=True)
+    partial: list[dict] = []
+
+    def save_partial(row: dict) -> None:  # a run cut short still leaves its rows
+        partial.append(row)
+        (out / "results.partial.json").write_text(json.dumps({**result, "rows": partial}, indent=2))
+
+    t0 = time.perf_counter()
+    result["rows"] = run_decode(spec, device, dtype, on_row=save_partial)
+    result["wall_s"] = time.perf_counter() - t0
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    try:
+        bench.plot(result["rows"], out / "bench.png", f"halo_lab decode: {result['device']}, {dtype}")
+    except ImportError as e:  # matplotlib is optional here
+        print(f"no plot ({e})")
+    print(bench.format_table(result["rows"]))
+    print(format_decode_table(result["rows"]))
+    print(f"\nresults: {out / 'results.json'}\nplot:    {out / 'bench.png'}")
+    return 1 if "error" in result.get("check", {}) else 0
+
+
+def format_decode_table(rows: list[dict]) -> str:
+    head = f"{'variant':<11}{'ctx':>8}{'B':>4}{'tok/s':>12}{'x dense':>9}{'TTFT ms':>10}{'KV MB':>10}{'KV x':>7}{'kern':>6}  path"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['variant']:<11}{r['seq_len']:>8}{r['batch']:>4}  {r['error']}")
+            continue
+        speed = 1 / r["ratio_to_dense"] if r.get("ratio_to_dense") else None
+
+        def f(v, fmt):
+            width = int(re.match(r"\d+", fmt).group())
+            return format(v, fmt) if isinstance(v, (int, float)) else "-".rjust(width)
+
+        lines.append(
+            f"{r['variant']:<11}{r['seq_len']:>8}{r['batch']:>4}{f(r['tokens_per_sec'], '12,.0f')}"
+            f"{f(speed, '9.2f')}{f(r.get('prefill_ms'), '10.1f')}{f(r.get('kv_cache_mb'), '10.1f')}"
+            f"{f(r.get('kv_ratio_to_dense'), '7.3f')}{f(r.get('kernels_per_token'), '6d')}  {r.get('decode_path')}"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

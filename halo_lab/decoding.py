@@ -1,0 +1,402 @@
+"""Cached decoding: a static-shape decode step (compiled and captured in a CUDA graph on GPU), sampling on
+the device, and the stop check every few tokens.
+
+``Decoder`` owns one generation's state on the device: the per-layer KV caches (full, or the exact ring
+cache of HALO-S, see ``attention.KVCache``), the current token and position, the output buffer and the
+``done`` flags. One decode step (embedding, every layer's projections, cache write, attention, FFN, head,
+sampling, the output write and the position increment) reads and writes only those buffers, so it can be
+compiled once (``torch.compile(fullgraph=True)``) and captured once in a CUDA graph; the host then only
+replays the graph and reads ``done`` every ``sync_every`` tokens (the only host sync).
+
+Sampling noise is a hash of (seed, position, row, token id), not a generator's state: a sampled token
+depends only on the logits, the seed and where it sits, so the cached and uncached loops, the eager and
+the captured steps, and any stop-check cadence give the same tokens for the same seed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+
+from halo_lab import attention as attn
+from halo_lab.graph import _M32, _mix32
+
+
+def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
+    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+        raise ValueError(
+            f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0 (got {temperature}, {top_p}, {top_k})"
+        )
+
+
+def noise_base(batch: int, vocab: int, device) -> torch.Tensor:
+    """[B, V] per-(row, token) hash words; ``gumbel_noise`` mixes in the seed and the position."""
+    ids = torch.arange(batch, device=device).unsqueeze(1) * vocab + torch.arange(vocab, device=device)
+    return _mix32(ids ^ 0x632BE5AB)
+
+
+def gumbel_noise(base: torch.Tensor, seed: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """[B, V] float32 standard Gumbel noise for the token at full position ``pos`` ([1] long)."""
+    h = _mix32(base ^ _mix32((seed ^ _mix32(pos & _M32)) & _M32))
+    u = ((h >> 8).float() + 0.5) * (1.0 / (1 << 24))  # in (0, 1)
+    return -torch.log(-torch.log(u))
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """[B, V] float logits / temperature with -inf outside the top-k and the nucleus: the smallest set of
+    most likely tokens whose probability mass reaches ``top_p``."""
+    logits = logits.float() / temperature
+    V = logits.shape[-1]
+    if top_k and top_k < V:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs >= top_p  # a token is kept while the mass before it is < top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def select_tokens(
+    logits: torch.Tensor, temperature: float, top_k: int, top_p: float, gumbel: torch.Tensor | None
+) -> torch.Tensor:
+    """[B] tokens: argmax at temperature 0, else the Gumbel-max sample of the filtered distribution (no
+    host sync, no torch.multinomial)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    return (filter_logits(logits, temperature, top_k, top_p) + gumbel).argmax(-1)
+
+
+def seed_tensor(generator: torch.Generator | None, device) -> torch.Tensor:
+    """[1] long seed on ``device``, drawn from ``generator`` (or torch's global generator)."""
+    kw = {"generator": generator, "device": generator.device} if generator is not None else {}
+    return torch.randint(0, 2**31 - 1, (1,), **kw).to(device)
+
+
+CACHE_KINDS = ("full", "ring")
+_PLAIN_BLOCK = {"ln_1", "attn", "ln_2", "ffn"}
+_PLAIN_ATTN = {"q_proj", "k_proj", "v_proj", "o_proj", "dropout"}
+
+
+def fused_weights(model) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Per layer (W_qkv, W_up): the q/k/v projection weights stacked, and the FFN's gate and up weights
+    stacked, for the fused decode step; None when a block is not the plain pre-norm attention + FFN
+    block whose math ``Decoder._fused_decode_step`` repeats (then the step runs the blocks themselves)."""
+    from halo_lab.model import Attention, Block, FeedForward
+
+    out = []
+    for layer in model.layers:
+        a, f = getattr(layer, "attn", None), getattr(layer, "ffn", None)
+        plain = (
+            type(layer) is Block
+            and type(a) is Attention
+            and type(f) is FeedForward
+            and {k for k, v in layer._modules.items() if v is not None} == _PLAIN_BLOCK
+            and {k for k, v in a._modules.items() if v is not None} == _PLAIN_ATTN
+            and all(getattr(p, "bias", None) is None for p in (a.q_proj, a.k_proj, a.v_proj, f.w1, f.w3))
+        )
+        if not plain:
+            return None
+        w_qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach()
+        w_up = f.w1.weight if f.w3 is None else torch.cat([f.w1.weight, f.w3.weight])
+        out.append((w_qkv.contiguous(), w_up.detach().contiguous()))
+    return out
+
+
+def graphs_supported(device: torch.device) -> bool:
+    """Whether the step can be compiled with Triton and captured in a CUDA graph on ``device``."""
+    return device.type == "cuda"
+
+
+class Decoder:
+    """One batched generation: prefill, then decode steps over static buffers (see the module doc).
+
+    ``compile``: torch.compile the step (None: on CUDA only). ``cuda_graph``: capture the step in a CUDA
+    graph and replay it (CUDA only; False runs it step by step). ``cache``: "full" or "ring" (HALO-S).
+    ``path`` says what ran: e.g. "compiled+cuda_graph", "eager".
+    """
+
+    def __init__(
+        self,
+        model,
+        batch: int,
+        prompt_len: int,
+        max_new_tokens: int,
+        *,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        stop_id: int | None = None,
+        cache: str = "full",
+        compile: bool | None = None,
+        cuda_graph: bool = True,
+        sync_every: int = 8,
+        fuse_weights: bool | None = None,
+    ):
+        check_sampling(temperature, top_k, top_p)
+        if fuse_weights is None:  # on by default where it pays: a compiled step (a copy of the weights)
+            fuse_weights = graphs_supported(next(model.parameters()).device) if compile is None else compile
+        if cache not in CACHE_KINDS:
+            raise ValueError(f"cache={cache!r}: must be one of {CACHE_KINDS}")
+        if cache == "ring" and model.arch != "halo":
+            raise ValueError("cache='ring' is for HALO-S: a dense token attends to every earlier position")
+        if max_new_tokens < 1 or prompt_len < 1:
+            raise ValueError("a Decoder needs a non-empty prompt and max_new_tokens >= 1")
+        p = next(model.parameters())
+        self.model, self.device, self.dtype = model, p.device, p.dtype
+        self.batch, self.prompt_len, self.max_new_tokens = batch, prompt_len, max_new_tokens
+        self.temperature, self.top_k, self.top_p, self.stop_id = temperature, top_k, top_p, stop_id
+        self.sync_every = max(1, int(sync_every))
+        on_cuda = graphs_supported(self.device)
+        self.compile = on_cuda if compile is None else bool(compile)
+        self.cuda_graph = bool(cuda_graph) and on_cuda
+        G = model.num_globals
+        self.start = G + prompt_len  # full position of the first new token
+        cap = prompt_len + max_new_tokens - 1  # the last sampled token is never fed back
+        self.caches = model._new_caches(
+            batch, max(cap, prompt_len), self.device, self.dtype, ring=cache == "ring", prompt_len=prompt_len
+        )
+        kernel = attn.decode_kernel_op(self.device, self.dtype) if model.arch == "halo" else None
+        for c in self.caches:
+            if c.layout is not None:
+                c.layout.kernel = kernel
+        dev = self.device
+        rope = model.rope
+        n_pos = G + max(cap, prompt_len)
+        if rope.cos.shape[0] < n_pos:
+            rope._build(n_pos)
+        # the step's own RoPE tables (module buffers would be compiled with static sizes: one compile each)
+        self.cos = rope.cos[:n_pos].to(dev, self.dtype, copy=True)
+        self.sin = rope.sin[:n_pos].to(dev, self.dtype, copy=True)
+        self.tok = torch.zeros(batch, 1, dtype=torch.long, device=dev)
+        self.pos = torch.full((1,), self.start, dtype=torch.long, device=dev)
+        self.start_t = self.pos.clone()
+        self.out = torch.zeros(batch, max_new_tokens, dtype=torch.long, device=dev)
+        self.done = torch.zeros(batch, dtype=torch.bool, device=dev)
+        self.seed = torch.zeros(1, dtype=torch.long, device=dev)
+        self.base = noise_base(batch, model.config.vocab_size, dev) if temperature > 0 else None
+        self.generated = 0  # tokens in self.out so far
+        self.fused = fused_weights(model) if fuse_weights else None
+        self.path = "compiled" if self.compile else "eager"
+        self._run_step: Callable[[], None] | None = None
+
+    # ------------------------------------------------------------------------------------ state
+    @property
+    def kv_cache_bytes(self) -> int:
+        return sum(c.nbytes for c in self.caches)
+
+    def _sample(self, logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        gumbel = gumbel_noise(self.base, self.seed, pos) if self.temperature > 0 else None
+        nxt = select_tokens(logits, self.temperature, self.top_k, self.top_p, gumbel)
+        if self.stop_id is not None:
+            nxt = torch.where(self.done, torch.full_like(nxt, self.stop_id), nxt)
+            self.done.logical_or_(nxt == self.stop_id)
+        return nxt
+
+    @torch.no_grad()
+    def prefill(self, ids: torch.Tensor, seed: torch.Tensor | None = None) -> None:
+        """Run the prompt [B, T] through the model, filling the caches, and sample the first new token."""
+        if tuple(ids.shape) != (self.batch, self.prompt_len):
+            raise ValueError(f"prompt shape {tuple(ids.shape)} != ({self.batch}, {self.prompt_len})")
+        if seed is not None:
+            self.seed.copy_(seed)
+        m = self.model
+        logits = m.lm_head(m._run(ids, self.caches)[:, -1])
+        self.pos.fill_(self.start)
+        nxt = self._sample(logits, self.pos)
+        self.out[:, 0] = nxt
+        self.tok.copy_(nxt[:, None])
+        self.generated = 1
+
+    def reset(self) -> None:
+        """Forget the prompt and the tokens (the caches' contents stay until overwritten)."""
+        for c in self.caches:
+            c.length = 0
+        self.done.zero_()
+        self.pos.fill_(self.start)
+        self.generated = 0
+
+    @torch.no_grad()
+    def fill_random(self, seed: int = 0) -> None:
+        """A synthetic context instead of a prefill (benchmarks): random keys/values in every cache slot,
+        a random current token, and the position just after the prompt."""
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        for c in self.caches:
+            c.k.normal_(generator=g)
+            c.v.normal_(generator=g)
+            c.length = self.start
+        self.tok.random_(0, self.model.config.vocab_size, generator=g)
+        self.pos.fill_(self.start)
+        self.generated = 1
+
+    # ------------------------------------------------------------------------------------ the step
+    def _step(self) -> None:
+        """Feed ``tok`` at ``pos``, sample the next token into ``out``/``tok``, advance ``pos``: buffers only."""
+        if self.fused is not None:
+            logits = self._fused_decode_step()
+        else:
+            logits = self.model._decode_step(self.tok, self.pos, self.caches, (self.cos, self.sin))
+        nxt_pos = self.pos + 1
+        nxt = self._sample(logits, nxt_pos)
+        self.out.index_copy_(1, nxt_pos - self.start_t, nxt[:, None])
+        self.tok.copy_(nxt[:, None])
+        self.pos.copy_(nxt_pos)
+
+    def _fused_decode_step(self) -> torch.Tensor:
+        """``model._decode_step`` with each layer's q/k/v projections as one matmul and the SwiGLU gate and
+        up projections as one (``fuse_weights``): 3 fewer kernels per layer, the same math."""
+        from halo_lab.model import apply_rope
+
+        m, c, pos = self.model, self.model.config, self.pos
+        x = m.token_emb(self.tok)
+        cos = self.cos.index_select(0, pos)
+        sin = self.sin.index_select(0, pos)
+        B, d = x.shape[0], c.head_dim
+        split = [c.num_heads * d, c.num_kv_heads * d, c.num_kv_heads * d]
+        for layer, cache, (w_qkv, w_up) in zip(m.layers, self.caches, self.fused):
+            a, f = layer.attn, layer.ffn
+            q, k, v = torch.nn.functional.linear(layer.ln_1(x), w_qkv).split(split, dim=-1)
+            q = apply_rope(q.view(B, 1, c.num_heads, d).transpose(1, 2), cos, sin)
+            k = apply_rope(k.view(B, 1, c.num_kv_heads, d).transpose(1, 2), cos, sin)
+            v = v.view(B, 1, c.num_kv_heads, d).transpose(1, 2)
+            y = attn.static_decode_attention(q, k, v, cache, pos)
+            x = x + a.o_proj(y.transpose(1, 2).reshape(B, 1, -1))
+            h = torch.nn.functional.linear(layer.ln_2(x), w_up)
+            if f.w3 is not None:
+                gate, up = h.chunk(2, dim=-1)
+                h = torch.nn.functional.silu(gate) * up
+            else:
+                h = torch.nn.functional.gelu(h)
+            x = x + f.w2(h)
+        return m.lm_head(m.ln_f(x))[:, -1]
+
+    @torch.no_grad()
+    def _build(self) -> Callable[[], None]:
+        fn = self._step
+        if self.compile:
+            import torch._dynamo
+
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            # dynamic=None: the first shape compiles static, a second one (another context or batch) once
+            # more with those sizes symbolic, and later shapes reuse that graph
+            compiled = torch.compile(self._step, fullgraph=True)
+            self._mark_dynamic()
+            state = self._snapshot()
+            try:
+                compiled()  # compiles now; the state is restored below
+                fn = compiled
+            except Exception as e:  # noqa: BLE001 - any compile failure: the eager step is exact
+                warnings.warn(
+                    f"decode step did not compile ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                    "running it eagerly",
+                    stacklevel=3,
+                )
+                self.path = "eager"
+            self._restore(state)
+        self._fn = fn  # the step without the graph (for profiling)
+        if not self.cuda_graph:
+            return fn
+        try:
+            return self._capture(fn)
+        except Exception as e:  # noqa: BLE001 - the step still runs, launch by launch
+            warnings.warn(
+                f"decode step could not be captured in a CUDA graph ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:200]}); replaying it without one",
+                stacklevel=3,
+            )
+            torch.cuda.synchronize(self.device)
+            return fn
+
+    def _mark_dynamic(self) -> None:
+        """Sizes that change with the context, the batch or the ring store are compiled symbolic up front, so
+        that one compiled step serves every context (and every batch > 1) instead of one compile each."""
+        mark = torch._dynamo.maybe_mark_dynamic
+        for c in self.caches:
+            for t in (c.k, c.v):
+                mark(t, 2)
+                if self.batch > 1:
+                    mark(t, 0)
+            if c.layout is not None:
+                mark(c.layout.rand, 0)
+                if c.layout.store is not None:
+                    mark(c.layout.store, 0)
+        for t in (self.cos, self.sin):
+            mark(t, 0)
+        mark(self.out, 1)
+        if self.batch > 1:
+            for t in (self.tok, self.out, self.done) + ((self.base,) if self.base is not None else ()):
+                mark(t, 0)
+
+    def _capture(self, fn: Callable[[], None]) -> Callable[[], None]:
+        """Warm ``fn`` up on a side stream, capture one call in a CUDA graph; return its replay."""
+        state = self._snapshot()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                fn()
+                # each warm-up step writes the cache slot of the next position; a second one without this
+                # restore would overwrite, in a ring cache, the oldest key the real first step still reads
+                self._restore(state)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        self._restore(state)  # warm-up steps wrote the next slots: put the state back
+        self.path += "+cuda_graph"
+        self._graph = graph
+        return graph.replay
+
+    def _snapshot(self) -> list[torch.Tensor]:
+        return [t.clone() for t in (self.tok, self.pos, self.out, self.done)]
+
+    def _restore(self, state: list[torch.Tensor]) -> None:
+        for t, s in zip((self.tok, self.pos, self.out, self.done), state):
+            t.copy_(s)
+
+    @torch.no_grad()
+    def decode(self, steps: int | None = None, stream: Callable[[torch.Tensor], None] | None = None) -> int:
+        """Run up to ``steps`` decode steps (default: to max_new_tokens), checking the stop token every
+        ``sync_every`` steps; ``stream`` gets each chunk of new tokens ([B, n] on the CPU). Returns the
+        number of tokens in ``out``."""
+        if self._run_step is None:
+            self._run_step = self._build()
+        left = self.max_new_tokens - self.generated if steps is None else steps
+        left = min(left, self.max_new_tokens - self.generated)
+        emitted = self.generated
+        while left > 0:
+            if self.stop_id is not None and bool(self.done.all()):
+                break
+            n = min(self.sync_every, left)
+            for _ in range(n):
+                self._run_step()
+            self.generated += n
+            left -= n
+            if stream is not None:
+                stream(self.out[:, emitted : self.generated].cpu())
+                emitted = self.generated
+        return self.generated
+
+    def tokens(self) -> torch.Tensor:
+        """[B, n] the new tokens, cut after the step where every row had produced the stop token."""
+        out = self.out[:, : self.generated]
+        if self.stop_id is not None:
+            hit = out == self.stop_id
+            first = torch.where(hit.any(1), hit.int().argmax(1), torch.full_like(hit[:, 0], out.shape[1]))
+            if bool(hit.any(1).all()):
+                out = out[:, : int(first.max()) + 1]
+        return out
+
+    def generate(
+        self, ids: torch.Tensor, seed: torch.Tensor | None = None, stream: Callable | None = None
+    ) -> torch.Tensor:
+        self.prefill(ids, seed)
+        if stream is not None:
+            stream(self.out[:, :1].cpu())
+        if self.stop_id is None or not bool(self.done.all()):
+            self.decode(stream=stream)
+        return self.tokens()
