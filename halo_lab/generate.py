@@ -41,7 +41,7 @@ def resolve_source(source: str) -> str:
         )
     if p.exists():
         return str(p)
-    from halo_lab.hub import _looks_like_repo_id
+    from halo_lab.weights import _looks_like_repo_id
 
     if not _looks_like_repo_id(source):
         raise GenerateError(f"{source}: no such file or directory")
