@@ -34,7 +34,10 @@ except ImportError:  # pragma: no cover - old torch
 _compiled_flex = None
 MASKED_MAX_LEN = 4096  # an L x L boolean mask is cheap on a CPU up to here
 AUTO_CUDA_BACKEND = "triton"  # fastest attention and training step at every length (experiments/bench)
-TRITON_MAX_HEAD_DIM = 128  # smaller or odd head dims run zero-padded
+# auto uses the fused kernels up to this head_dim: the shapes measured on an H200 (16-64; smaller or odd
+# ones run zero-padded). head_dim 128 in bf16 hit a CUDA error there (experiments/bench/kernel_notes.md);
+# it stays selectable with attention_backend=triton, and auto uses flex for it.
+TRITON_AUTO_MAX_HEAD_DIM = 64
 
 
 def _flex_kernel():
@@ -63,7 +66,7 @@ def resolve_backend(config: HaloConfig, device: torch.device, seq_len: int | Non
     fused = HAS_FLEX and device.type == "cuda" and torch.cuda.get_device_capability(device) >= (7, 0)
     if fused:
         has_triton = importlib.util.find_spec("triton") is not None
-        return AUTO_CUDA_BACKEND if has_triton and config.head_dim <= TRITON_MAX_HEAD_DIM else "flex"
+        return AUTO_CUDA_BACKEND if has_triton and config.head_dim <= TRITON_AUTO_MAX_HEAD_DIM else "flex"
     return "masked" if seq_len is not None and seq_len <= MASKED_MAX_LEN else "reference"
 
 
