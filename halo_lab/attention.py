@@ -52,6 +52,12 @@ def _flex_kernel():
     return _compiled_flex
 
 
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE (the reference's convention) on [..., L, head_dim] with [L, head_dim] tables."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
 def triton_interpreted() -> bool:
     """Triton kernels run on CPU tensors only under its interpreter (TRITON_INTERPRET=1, read at import)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1" and importlib.util.find_spec("triton") is not None

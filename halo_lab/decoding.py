@@ -86,15 +86,17 @@ def fused_weights(model) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
     """Per layer (W_qkv, W_up): the q/k/v projection weights stacked, and the FFN's gate and up weights
     stacked, for the fused decode step; None when a block is not the plain pre-norm attention + FFN
     block whose math ``Decoder._fused_decode_step`` repeats (then the step runs the blocks themselves)."""
-    from halo_lab.model import Attention, Block, FeedForward
+
+    def is_model_class(obj, name: str) -> bool:  # by name: halo_lab.model imports this module
+        return type(obj).__module__ == "halo_lab.model" and type(obj).__name__ == name
 
     out = []
     for layer in model.layers:
         a, f = getattr(layer, "attn", None), getattr(layer, "ffn", None)
         plain = (
-            type(layer) is Block
-            and type(a) is Attention
-            and type(f) is FeedForward
+            is_model_class(layer, "Block")
+            and is_model_class(a, "Attention")
+            and is_model_class(f, "FeedForward")
             and {k for k, v in layer._modules.items() if v is not None} == _PLAIN_BLOCK
             and {k for k, v in a._modules.items() if v is not None} == _PLAIN_ATTN
             and all(getattr(p, "bias", None) is None for p in (a.q_proj, a.k_proj, a.v_proj, f.w1, f.w3))
@@ -249,8 +251,7 @@ class Decoder:
     def _fused_decode_step(self) -> torch.Tensor:
         """``model._decode_step`` with each layer's q/k/v projections as one matmul and the SwiGLU gate and
         up projections as one (``fuse_weights``): 3 fewer kernels per layer, the same math."""
-        from halo_lab.model import apply_rope
-
+        apply_rope = attn.apply_rope
         m, c, pos = self.model, self.model.config, self.pos
         x = m.token_emb(self.tok)
         cos = self.cos.index_select(0, pos)

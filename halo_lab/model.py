@@ -41,9 +41,7 @@ class RotaryEmbedding(nn.Module):
         return self.cos[start : start + length].to(dtype), self.sin[start : start + length].to(dtype)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+apply_rope = attn.apply_rope  # defined beside attention so the decode step shares it without a cycle
 
 
 def make_norm(config: HaloConfig) -> nn.Module:
