@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from halo_lab import gate
+
 log = logging.getLogger("halo_lab.report")
 
 ABLATION_ORDER = ("full", "no_globals", "no_dilated", "no_random", "local_only")
@@ -769,6 +771,7 @@ def build_report(
     images: dict[str, list[Path]] = {}
     for task, task_runs in groups.items():
         lines += ["", f"## {task}", ""]
+        lines += gate.report_lines(task_runs)  # the dense gate of needle / mqar (halo_lab/gate.py)
         lines += _setup_lines(task_runs)
         lines += ["", *_markdown_runs_table(task_runs)]
         acc = _accuracy_table(task_runs)
