@@ -137,6 +137,9 @@ def test_synthetic_modules(tmp_path):
         num_val=8,
         distances=[16, 64],
         vocab_size=40,
+        num_pairs=2,
+        key_len=2,
+        value_len=2,
     )
     assert needle.vocab_size == 40 and needle.tokenizer is None
     needle.prepare_data()
