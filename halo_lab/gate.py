@@ -128,9 +128,14 @@ CONTROL_NOTE = (
     "Swapped-key control: the same validation haystacks with the query asking another record, scored "
     "against that record. A model that retrieves by key scores it like the main accuracy; one that "
     "copies a record at a fixed rank scores chance, and one that finds the needle by its position "
-    "(e.g. a trained distance) scores near 0. First query: the first query of each example (on the "
-    "Zoology layout no answer is ever in the input, so every query, the first included, starts from chance)."
+    "(e.g. a trained distance) scores near 0."
 )
+FIRST_QUERY_NOTE = (
+    "First query: the first query of each example. On the Zoology layout no answer is ever in the "
+    "input, so no query can exclude values revealed before it: a model that does not retrieve scores "
+    "chance on every query, the first included."
+)
+CHANCE_NOTE = "Chance (1 / records): a value picked blindly among the records in the context."
 
 
 def gate_lines(results: Iterable[Result], gate: float = GATE) -> list[str]:
@@ -140,10 +145,13 @@ def gate_lines(results: Iterable[Result], gate: float = GATE) -> list[str]:
     verdict = check_gate(results, gate)
     if verdict is None:
         return []
-    lines = [verdict.line, "", *controls_table(results)]
-    if any(r.control is not None or r.first_query is not None for r in results):
-        lines += ["", CONTROL_NOTE]
-    return lines + [""]
+    lines = [verdict.line, "", *controls_table(results), ""]
+    notes = [CHANCE_NOTE] if any(r.chance is not None for r in results) else []
+    if any(r.control is not None for r in results):
+        notes.append(CONTROL_NOTE)
+    if any(r.first_query is not None for r in results):
+        notes.append(FIRST_QUERY_NOTE)
+    return lines + ([" ".join(notes), ""] if notes else [])
 
 
 # ---------------------------------------------------------------------------------------------- reading
