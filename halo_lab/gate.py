@@ -83,6 +83,11 @@ def check_gate(results: Iterable[Result], gate: float = GATE) -> Verdict | None:
             "does not solve the task with this recipe, so the numbers measure the task and the recipe, "
             "not the attention graph."
         )
+        passed = [p for p in dense_acc if p not in failed]
+        if passed:
+            line += (
+                " Passed at " + "; ".join(f"{_fmt_point(p)}: dense {dense_acc[p]:.3f}" for p in passed) + "."
+            )
         return Verdict(False, failed, unchecked, line)
     if unchecked:
         line = (

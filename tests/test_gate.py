@@ -32,6 +32,7 @@ def test_gate_passes_only_when_dense_reaches_the_threshold_at_every_point():
     )
     assert bad.passed is False and bad.failed_points == [(512, 1, "")]
     assert "FAILED" in bad.line and "not meaningful" in bad.line and "seed 1: dense 0.940" in bad.line
+    assert "Passed at len 512, seed 0: dense 0.970" in bad.line
     assert check_gate([res("dense", GATE)]).passed is True  # the threshold itself passes
     assert check_gate([res("dense", None)]) is None  # no accuracy at all: not a retrieval sweep
     none = check_gate([res("halo", 0.9), res("halo", 0.1, label="HALO-S local_only")])
