@@ -61,6 +61,7 @@ def needle(**kw):
         key_len=2,
         value_len=2,
         seed=7,
+        ask="needle",  # the tests below check the needle itself (training defaults to ask="uniform")
     )
     args.update(kw)
     return NeedleDataset(**args)
@@ -152,6 +153,27 @@ def test_swapped_key_control_scores_shortcuts_at_chance_and_retrieval_at_one():
         return int(np.flatnonzero((ex["keys"] == key).all(1))[0])
 
     assert _copier_accuracy(ds, retriever) == (1.0, 1.0)
+
+
+def test_training_asks_a_uniform_record_so_position_tells_nothing():
+    ds = NeedleDataset(num_examples=2000, seq_len=256, distances=[24, 60, 120, 200], seed=3)
+    assert ds.ask == "uniform" and not ds.control
+    assert NeedleDataset(seq_len=256, distances=[24], split="val").ask == "needle"
+    ranks, distances = np.zeros(4, dtype=int), set()
+    for i in range(len(ds)):
+        ex = ds.example(i)
+        x, y, d = ds[i]
+        r = ex["asked"]
+        ranks[int(np.flatnonzero(np.argsort(ex["records"]) == r)[0])] += 1
+        assert y[y != -100].tolist() == ex["values"][r].tolist()  # scored against the asked record
+        assert int(d) == ex["query"] - ex["records"][r]
+        distances.add(int(d))
+    assert _chi2_uniform(ranks) < 16.3  # 3 degrees of freedom, p = 0.001
+    # the asked record sits at the trained distances only about a quarter of the time
+    hits = sum(ds[i][2].item() in ds.distances for i in range(len(ds)))
+    assert 0.2 < hits / len(ds) < 0.35 and len(distances) > 150
+    with pytest.raises(ValueError, match="ask must be one of"):
+        NeedleDataset(seq_len=256, distances=[24], ask="oldest")
 
 
 def test_control_items_share_the_haystack_and_are_labelled():
