@@ -75,6 +75,9 @@ class HaloConfig:
     """Share the token embedding with the LM head."""
     init_std: float = 0.02
     """Std of the normal init of linear and embedding weights."""
+    short_conv: int = 0
+    """Kernel size of a short causal depthwise convolution over time applied to the attention input of
+    every block (Zoology/H3 style; 3-4 is typical), both architectures; 0 = off (the default)."""
 
     def __post_init__(self) -> None:
         self.dilated_offsets = [int(o) for o in self.dilated_offsets]
@@ -127,6 +130,8 @@ class HaloConfig:
             fail("rope_base", "must be > 1")
         if self.init_std <= 0:
             fail("init_std", "must be > 0")
+        if not isinstance(self.short_conv, int) or isinstance(self.short_conv, bool) or self.short_conv < 0:
+            fail("short_conv", "must be a non-negative integer (a kernel size; 0 = off)")
 
     # ------------------------------------------------------------------ derived
     @property

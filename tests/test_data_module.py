@@ -137,6 +137,9 @@ def test_synthetic_modules(tmp_path):
         num_val=8,
         distances=[16, 64],
         vocab_size=40,
+        num_pairs=2,
+        key_len=2,
+        value_len=2,
     )
     assert needle.vocab_size == 40 and needle.tokenizer is None
     needle.prepare_data()
@@ -186,8 +189,8 @@ def test_mqar_module(tmp_path):
     assert len(first_batch(dm.train_dataloader())) == 3
     assert not torch.equal(dm.train_dataset[0][0], dm.val_dataset[0][0])
     assert dm.describe()["dataset"] == "mqar"
-    with pytest.raises(ValueError, match="seq_len 32 is too short"):
-        HaloDataModule("mqar", seq_len=32, num_pairs=6, num_queries=3)
+    with pytest.raises(ValueError, match="seq_len 16 is too short"):
+        HaloDataModule("mqar", seq_len=16, num_pairs=6, num_queries=3)  # Zoology layout: 18 tokens
     with pytest.raises(ValueError, match="takes no path"):
         HaloDataModule("mqar", path=__file__)
 

@@ -16,6 +16,7 @@ from halo_lab.data import (
     answer_correct,
     query_correct,
 )
+from halo_lab.data.synthetic import CONTROL
 
 
 # ----------------------------------------------------------------------------------- copy
@@ -52,7 +53,15 @@ def test_copy_short_copy_is_padded_and_deterministic():
 # ----------------------------------------------------------------------------------- needle
 def needle(**kw):
     args = dict(
-        num_examples=200, seq_len=256, distances=[24, 60, 120, 200], vocab_size=48, num_pairs=4, seed=7
+        num_examples=200,
+        seq_len=256,
+        distances=[24, 60, 120, 200],
+        vocab_size=48,
+        num_pairs=4,
+        key_len=2,
+        value_len=2,
+        seed=7,
+        ask="needle",  # the tests below check the needle itself (training defaults to ask="uniform")
     )
     args.update(kw)
     return NeedleDataset(**args)
@@ -88,19 +97,100 @@ def test_needle_construction_distance_and_uniqueness():
         assert len(set(keys)) == ds.num_pairs
 
 
-def test_needle_has_no_position_shortcut():
-    ds = needle()
+def _chi2_uniform(counts: np.ndarray) -> float:
+    expected = counts.sum() / len(counts)
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def test_needle_rank_is_uniform_over_records_at_every_distance():
+    ds = needle(num_examples=2000, num_pairs=5, distances=[30, 60, 120, 200], seed=11)
+    ranks = np.zeros((len(ds.distances), ds.num_pairs), dtype=int)
+    for i in range(ds.num_examples):
+        ex = ds.example(i)
+        order = np.argsort(ex["records"])  # records by position: rank 0 is the oldest
+        rank = int(np.flatnonzero(order == 0)[0])
+        assert rank == ex["rank"]
+        ranks[ds.distances.index(ex["distance"]), rank] += 1
+        n, q, pl = ex["needle"], ex["query"], ds.pair_len
+        spans = sorted([(s, s + pl) for s in ex["records"]] + [(q, ex["answer"] + ds.value_len)])
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # nothing overlaps
+        assert q - n == ex["distance"] and max(ex["records"]) < q
+    # chi-square, 4 degrees of freedom: 18.5 is p = 0.001 (a fixed or distance-bound rank gives thousands)
+    assert _chi2_uniform(ranks.sum(0)) < 18.5, ranks
+    for row in ranks:  # uniform at every distance, the shortest (all distractors in the gap) included
+        assert _chi2_uniform(row) < 18.5, ranks
+    # Needle positions vary for one distance, so the distance does not fix where to look.
+    assert len({ds.example(i)["needle"] for i in range(0, 400, 4)}) > 10
+
+
+def _copier_accuracy(ds, pick) -> tuple[float, float]:
+    """Accuracy of a 'model' that answers with the value of the record ``pick(example)`` on the main items
+    and on the swapped-key control items."""
+    acc = []
+    for part in (range(ds.num_examples), range(ds.num_examples, len(ds))):
+        right = 0
+        for i in part:
+            ex = ds.example(i)
+            right += np.array_equal(ex["values"][pick(ex)], ex["values"][ex["asked"]])
+        acc.append(right / len(part))
+    return acc[0], acc[1]
+
+
+def test_swapped_key_control_scores_shortcuts_at_chance_and_retrieval_at_one():
+    ds = needle(num_examples=1500, split="val", seed=5)
+    assert ds.control and len(ds) == 3000 and not needle().control  # on for val, off for train
+    chance, tol = 1 / ds.num_pairs, 0.045  # about 4 standard deviations of 1500 draws
+    for rank in range(ds.num_pairs):  # copy the record at a fixed rank: chance on both
+        main, control = _copier_accuracy(ds, lambda ex, r=rank: int(np.argsort(ex["records"])[r]))
+        assert abs(main - chance) < tol and abs(control - chance) < tol, (rank, main, control)
+
+    # A position shortcut that always finds the needle (row 0; e.g. "the record at a trained distance"):
+    # perfect on the main items, never right on the control, which asks another record.
+    assert _copier_accuracy(ds, lambda ex: 0) == (1.0, 0.0)
+
+    def retriever(ex):  # the record whose key the query repeats
+        key = ex["seq"][ex["query"] + 1 : ex["query"] + 1 + ds.key_len]
+        return int(np.flatnonzero((ex["keys"] == key).all(1))[0])
+
+    assert _copier_accuracy(ds, retriever) == (1.0, 1.0)
+
+
+def test_training_asks_a_uniform_record_so_position_tells_nothing():
+    ds = NeedleDataset(num_examples=2000, seq_len=256, distances=[24, 60, 120, 200], seed=3)
+    assert ds.ask == "uniform" and not ds.control
+    assert NeedleDataset(seq_len=256, distances=[24], split="val").ask == "needle"
+    ranks, distances = np.zeros(4, dtype=int), set()
     for i in range(len(ds)):
         ex = ds.example(i)
-        n, q, pl = ex["needle"], ex["query"], ds.pair_len
-        starts = ex["distractors"]
-        assert len(starts) == ds.num_pairs - 1
-        assert any(n + pl <= s and s + pl <= q for s in starts)  # one between needle and query
-        assert any(s + pl <= n for s in starts)  # one before the needle
-        spans = sorted([(n, n + pl)] + [(s, s + pl) for s in starts] + [(q, ex["answer"] + ds.value_len)])
-        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # nothing overlaps
-    # Needle positions vary for one distance, so the distance does not fix where to look.
-    assert len({ds.example(i)["needle"] for i in range(0, 200, 4)}) > 10
+        x, y, d = ds[i]
+        r = ex["asked"]
+        ranks[int(np.flatnonzero(np.argsort(ex["records"]) == r)[0])] += 1
+        assert y[y != -100].tolist() == ex["values"][r].tolist()  # scored against the asked record
+        assert int(d) == ex["query"] - ex["records"][r]
+        distances.add(int(d))
+    assert _chi2_uniform(ranks) < 16.3  # 3 degrees of freedom, p = 0.001
+    # the asked record sits at the trained distances only about a quarter of the time
+    hits = sum(ds[i][2].item() in ds.distances for i in range(len(ds)))
+    assert 0.2 < hits / len(ds) < 0.35 and len(distances) > 150
+    with pytest.raises(ValueError, match="ask must be one of"):
+        NeedleDataset(seq_len=256, distances=[24], ask="oldest")
+
+
+def test_control_items_share_the_haystack_and_are_labelled():
+    ds = needle(split="val")
+    for i in range(0, 200, 17):
+        main, ctl = ds.example(i), ds.example(200 + i)
+        assert not main["control"] and ctl["control"] and ctl["asked"] != 0
+        q, a = ctl["query"], ctl["answer"]
+        same = np.ones(ds.seq_len + 1, dtype=bool)
+        same[q + 1 : q + 1 + ds.key_len] = False
+        same[a : a + ds.value_len] = False
+        assert np.array_equal(main["seq"][same], ctl["seq"][same])  # only the query's key and answer differ
+        assert ctl["seq"][q + 1 : q + 1 + ds.key_len].tolist() == ctl["keys"][ctl["asked"]].tolist()
+        x, y, d = ds[200 + i]
+        assert int(d) == CONTROL and y[y != -100].tolist() == ctl["values"][ctl["asked"]].tolist()
+        assert int(ds[i][2]) == main["distance"]
+    assert len(needle(split="val", control=False)) == 200 and len(needle(control=True)) == 400
 
 
 def test_needle_items_targets_and_determinism():
@@ -131,8 +221,8 @@ def test_needle_fresh_pairs_per_example():
 def test_needle_bad_configs():
     with pytest.raises(ValueError, match="distance 300 does not fit"):
         needle(distances=[300])
-    with pytest.raises(ValueError, match="distance 10 does not fit"):
-        needle(distances=[10])  # shorter than two records: no room for a distractor in between
+    with pytest.raises(ValueError, match="distance 20 does not fit"):
+        needle(distances=[20])  # shorter than four records: the needle cannot be the oldest
     with pytest.raises(ValueError, match="value tokens"):
         needle(vocab_size=16)
     with pytest.raises(ValueError, match="num_pairs"):
@@ -158,7 +248,14 @@ def test_answer_correct_and_accuracy_by_distance():
 # ----------------------------------------------------------------------------------- mqar
 def mqar(**kw):
     args = dict(
-        num_examples=120, seq_len=256, vocab_size=64, num_pairs=10, num_queries=5, key_len=2, value_len=2
+        num_examples=120,
+        seq_len=256,
+        vocab_size=64,
+        num_pairs=10,
+        num_queries=5,
+        key_len=2,
+        value_len=2,
+        layout="marked",
     )
     args.update(seed=3)
     args.update(kw)
@@ -306,3 +403,84 @@ def test_query_correct_and_accuracy_by_distance_per_query():
     assert sum(n for _, n in acc.values()) == 24
     with pytest.raises(ValueError, match="multiple of num_queries = 3"):
         query_correct(oracle, y, 3)  # 8 scored tokens do not split into 3 queries
+
+
+# ----------------------------------------------------------------------------------- mqar, zoology layout
+def zoo(**kw):
+    args = dict(num_examples=150, seq_len=128, vocab_size=64, num_pairs=8, seed=2)
+    args.update(kw)
+    return AssociativeRecallDataset(**args)
+
+
+def _answers_after_first_query(ds, i) -> int:
+    """How many value tokens of the example's records the input holds at or after its first query."""
+    ex = ds.example(i)
+    x = ex["input"]
+    first = int(ex["queries"].min())
+    return int(np.isin(x[first:], ex["values"].ravel()).sum())
+
+
+@pytest.mark.parametrize("kl", [1, 2])
+def test_mqar_zoology_layout_adjacent_pairs_bare_key_queries_every_key_once(kl):
+    ds = zoo(key_len=kl, vocab_size=96)
+    assert ds.layout == "zoology" and ds.num_queries == ds.num_pairs and ds.pair_len == kl + 1
+    for i in range(len(ds)):
+        ex = ds.example(i)
+        x, y, d = ds[i]
+        assert torch.equal(x, torch.from_numpy(ex["input"])) and x.shape == y.shape == (ds.seq_len,)
+        pairs = np.concatenate([ex["keys"], ex["values"]], axis=1).ravel()
+        assert x[: ds.num_pairs * ds.pair_len].tolist() == pairs.tolist()  # adjacent k v pairs, no markers
+        assert sorted(ex["asked"].tolist()) == list(range(ds.num_pairs))  # every key queried once
+        assert not np.isin(x.numpy(), [ds.KEY, ds.VAL, ds.QUERY]).any()
+        scored = torch.nonzero(y != -100).flatten().tolist()
+        assert scored == ex["scored"].tolist()
+        for q, r, t in zip(ex["queries"].tolist(), ex["asked"].tolist(), scored):
+            assert x[q : q + kl].tolist() == ex["keys"][r].tolist() and t == q + kl - 1  # the bare key
+            assert int(y[t]) == int(ex["values"][r][0])
+        assert ex["distances"].tolist() == (ex["queries"] - ex["records"][ex["asked"]]).tolist()
+        assert d.tolist() == ds.bucket(ex["distances"]).tolist()
+        # No answer value anywhere after the records: not after a query key, not in the filler.
+        assert _answers_after_first_query(ds, i) == 0
+        # Keys occur only in their record and their query.
+        keys = x.numpy()[np.isin(x.numpy(), np.arange(*ds.key_range))]
+        assert len(keys) == 2 * ds.num_pairs * kl
+
+
+def test_no_answers_in_the_input_detector_fails_on_the_marked_layout():
+    marked = zoo(layout="marked", num_pairs=8, num_queries=4, seq_len=256)
+    assert all(_answers_after_first_query(marked, i) > 0 for i in range(20))  # QUERY k VAL v reveals it
+
+
+def test_a_model_that_excludes_revealed_values_gains_only_on_the_marked_layout():
+    """Expected accuracy, per query, of a model that never retrieves but guesses uniformly among the
+    in-context values not yet revealed in the input before the query."""
+
+    def per_query(ds):
+        acc = np.zeros(ds.num_queries)
+        for i in range(len(ds)):
+            ex = ds.example(i)
+            x, values = ex["input"], ex["values"][:, 0]
+            for j, q in enumerate(ex["queries"].tolist()):
+                revealed = set(x[ds.num_pairs * ds.pair_len if ds.layout == "zoology" else 0 : q].tolist())
+                revealed &= set(values.tolist()) if ds.layout == "zoology" else set()
+                if ds.layout == "marked":
+                    revealed = {int(values[r]) for r in ex["asked"][:j]}
+                acc[j] += 1 / (ds.num_pairs - len(revealed))
+        return acc / len(ds)
+
+    zoology = per_query(zoo())
+    marked = per_query(zoo(layout="marked", num_queries=8, seq_len=128, vocab_size=64))
+    assert np.allclose(zoology, 1 / 8)  # chance on every query, the first and the last alike
+    assert np.isclose(marked[0], 1 / 8) and np.isclose(marked[-1], 1.0) and marked.mean() > 0.3
+
+
+def test_mqar_zoology_bad_configs_and_defaults():
+    with pytest.raises(ValueError, match="layout must be one of"):
+        zoo(layout="interleaved")
+    with pytest.raises(ValueError, match="seq_len 30 is too short .* needs seq_len >= 32"):
+        zoo(seq_len=30)
+    assert zoo(layout="marked", num_queries=None, seq_len=256).num_queries == 4
+    ds = zoo()
+    assert ds.min_distance == 2 and ds.max_distance == 126 and ds.distance_buckets == [2, 4, 8, 16, 32, 64]
+    dist = np.concatenate([ds.example(i)["distances"] for i in range(len(ds))])
+    assert dist.min() >= ds.min_distance and dist.max() <= ds.max_distance and dist.max() > 100

@@ -97,8 +97,14 @@ class CopyDataset(Dataset):
         return x, y
 
 
+CONTROL = -1
+NEEDLE_ASK = ("needle", "uniform")
+"""The ``distance`` label of a control item (NeedleDataset's swapped-key examples): HaloLitModule keeps
+items with a negative label out of ``val/acc`` and ``val/acc@D`` and reports them as ``val/acc_control``."""
+
+
 class NeedleDataset(Dataset):
-    """Needle-in-a-haystack key-value retrieval at a controlled distance.
+    """Needle-in-a-haystack key-value retrieval at a controlled distance, the needle at a random rank.
 
     Each example is ``seq_len + 1`` tokens (input = first ``seq_len``, targets = shifted by one):
 
@@ -111,17 +117,35 @@ class NeedleDataset(Dataset):
 
     ``distance`` = (position of the first answer token) - (position of the needle's first value token) =
     query start - needle start; it cycles through ``distances`` by index (``distances[i % len]``), so every
-    distance is equally represented. The query and needle positions are random within what fits.
-    Shortcuts are ruled out: one distractor always sits between the needle and the query (so "copy the most
-    recent record" fails) and, with three or more records, one before the needle ("copy the oldest" fails);
-    the rest are placed at random. Every example draws fresh keys, values, filler and positions from
-    ``(seed, split, index)``, so nothing can be memorised across examples.
+    distance is equally represented. **The needle's rank** among the records (0 = the oldest) is drawn
+    uniformly from ``0 .. num_pairs - 1`` for every example, independently of the distance: that many
+    distractors go before the needle and the rest between the needle and the query, each region's records
+    at random positions. So no fixed rank ("copy the oldest / the most recent / the middle record") beats
+    chance, 1 / num_pairs. Every distance must leave room for any rank: ``distance >= num_pairs * record
+    length`` (the needle plus all distractors in the gap). Every example draws fresh keys, values, filler,
+    rank and positions from ``(seed, split, index)``, so nothing can be memorised across examples.
+
+    **Swapped-key control** (``control``; default: on for the val/test splits, off for train): the
+    dataset then holds ``2 * num_examples`` items; item ``num_examples + i`` is example ``i`` with the
+    query asking a different record (uniformly chosen among the distractors) and scored against that
+    record's value, its distance label :data:`CONTROL` (-1). A model that retrieves by key scores the same
+    on both; one that copies the record at a fixed rank or at the trained distances (a position shortcut)
+    drops to chance or below on the control. The control items also enter the validation loss.
+
+    **What the query asks** (``ask``; default: ``uniform`` for the train split, ``needle`` for val/test):
+    ``needle`` asks the needle, at exactly ``distance``; ``uniform`` asks a uniformly chosen record (the
+    needle or a distractor), so in training neither the rank nor the distance of the asked record tells
+    which record it is, only its key does. Trained on ``ask="needle"``, a model can solve the task by
+    position alone ("the record at one of the trained distances"): measured, a dense model reaches 0.75
+    on the main validation items with 0.08 on the swapped-key control (experiments/needle/README.md).
 
     Items are ``(input_ids, targets, distance)``: ``targets`` is -100 except at the ``value_len`` positions
     that predict the answer, so loss and accuracy count only the answer (see :func:`answer_correct`).
 
     Vocabulary (``vocab_size``, default 64): 0 PAD (reserved, unused), 1 KEY, 2 VAL, 3 QUERY, then
     a quarter of the rest for key tokens, a quarter for value tokens and the remainder for filler.
+    Chance: ``1 / num_pairs`` for a model that answers with one of the in-context values, ``1 / n_values``
+    (``chance``) for a uniform guess over the value tokens.
     """
 
     PAD, KEY, VAL, QUERY = 0, 1, 2, 3
@@ -134,10 +158,12 @@ class NeedleDataset(Dataset):
         distances: Sequence[int] = (64, 128, 256),
         vocab_size: int = 64,
         num_pairs: int = 4,
-        key_len: int = 2,
-        value_len: int = 2,
+        key_len: int = 1,
+        value_len: int = 1,
         seed: int = 0,
         split: str | int = "train",
+        control: bool | None = None,
+        ask: str | None = None,
     ) -> None:
         if num_examples < 1:
             raise ValueError(f"num_examples must be >= 1, got {num_examples}")
@@ -164,77 +190,67 @@ class NeedleDataset(Dataset):
         self.num_examples, self.seq_len, self.vocab_size = int(num_examples), int(seq_len), int(vocab_size)
         self.num_pairs, self.key_len, self.value_len = int(num_pairs), int(key_len), int(value_len)
         self.seed, self.split = int(seed), _split_id(split)
+        self.control = self.split != 0 if control is None else bool(control)
+        self.ask = ("uniform" if self.split == 0 else "needle") if ask is None else ask
+        if self.ask not in NEEDLE_ASK:
+            raise ValueError(f"ask must be one of {NEEDLE_ASK}, got {ask!r}")
         self.distances = distances
         self.pair_len = 2 + key_len + value_len
         self.query_len = 2 + key_len
-        m = num_pairs - 1
+        self.chance = 1.0 / n_val**value_len
+        n, pl = self.num_pairs, self.pair_len
         for d in distances:
-            lo, hi = self._needle_start_range(d)
-            if d < 2 * self.pair_len or lo > hi:
-                biggest = (
-                    self.seq_len + 1 - self.query_len - self.value_len - (self.pair_len if m >= 2 else 0)
-                )
+            hi = self._last_needle_start(d)
+            if d < n * pl or hi < (n - 1) * pl:
+                biggest = self.seq_len + 1 - self.query_len - self.value_len - (n - 1) * pl
                 raise ValueError(
-                    f"needle distance {d} does not fit: it must be >= 2 * record length = {2 * self.pair_len} "
-                    f"(one distractor between needle and query) and at most about {biggest} for seq_len "
-                    f"{seq_len} with {num_pairs} records"
+                    f"needle distance {d} does not fit: every distance must be >= num_pairs * record length "
+                    f"= {n * pl} (any rank of the needle: all distractors can sit between needle and query) "
+                    f"and at most {biggest} for seq_len {seq_len} with {num_pairs} records"
                 )
 
-    def _needle_start_range(self, d: int) -> tuple[int, int]:
-        m, pl = self.num_pairs - 1, self.pair_len
-        gap_capacity = max(0, (d - pl) // pl)
-        lo = pl if m >= 2 else 0
-        lo = max(lo, pl * max(0, m - gap_capacity))
-        hi = self.seq_len + 1 - self.query_len - self.value_len - d
-        return lo, hi
+    def _last_needle_start(self, d: int) -> int:
+        return self.seq_len + 1 - self.query_len - self.value_len - d
 
     def __len__(self) -> int:
-        return self.num_examples
+        return self.num_examples * (2 if self.control else 1)
 
     def distance_of(self, idx: int) -> int:
-        return self.distances[idx % len(self.distances)]
+        return self.distances[idx % self.num_examples % len(self.distances)]
 
     def example(self, idx: int) -> dict[str, Any]:
         """The full sequence and its parts: ``seq`` (seq_len + 1), ``needle``/``query``/``answer`` start
-        positions, ``distance``, ``keys`` [num_pairs, key_len] and ``values`` (row 0 is the needle's),
-        ``distractors`` (start positions)."""
-        if not 0 <= idx < self.num_examples:
-            raise IndexError(f"index {idx} out of range for NeedleDataset of length {self.num_examples}")
+        positions, ``distance``, ``rank`` (the needle's rank among the records, 0 = oldest), ``keys``
+        [num_pairs, key_len] and ``values`` (row 0 is the needle's), ``distractors`` (start positions,
+        sorted), ``records`` (record ``i``'s start, row order of keys/values) and ``asked`` (the record
+        the query asks: 0, the needle, except on a control item, ``control`` True)."""
+        if not 0 <= idx < len(self):
+            raise IndexError(f"index {idx} out of range for NeedleDataset of length {len(self)}")
+        control, idx = idx >= self.num_examples, idx % self.num_examples
         rng = np.random.default_rng([self.seed, self.split, idx])
         d = self.distance_of(idx)
-        pl, kl, vl, m = self.pair_len, self.key_len, self.value_len, self.num_pairs - 1
+        pl, kl, vl, n = self.pair_len, self.key_len, self.value_len, self.num_pairs
         seq = rng.integers(*self.filler_range, size=self.seq_len + 1)
 
         keys: list[tuple[int, ...]] = []
-        while len(keys) < self.num_pairs:
+        while len(keys) < n:
             k = tuple(int(t) for t in rng.integers(*self.key_range, size=kl))
             if k not in keys:
                 keys.append(k)
         values = self.value_range[0] + rng.choice(
-            self.value_range[1] - self.value_range[0], size=(self.num_pairs, vl), replace=False
+            self.value_range[1] - self.value_range[0], size=(n, vl), replace=False
         )
-
-        lo, hi = self._needle_start_range(d)
-        p = int(rng.integers(lo, hi + 1))
+        rank = int(rng.integers(n))  # uniform, whatever the distance (every distance fits every rank)
+        p = int(rng.integers(rank * pl, self._last_needle_start(d) + 1))
         q = p + d
-        # Distractors: one in the gap, one before the needle (when there are two or more), the rest at
-        # random in proportion to the room left.
-        cap = {"pre": p // pl, "gap": (d - pl) // pl}
-        count = {"pre": 0, "gap": 0}
-        order = ["gap", "pre"][: min(m, 2)]
-        for _ in range(m - len(order)):
-            left = {r: cap[r] - count[r] - order.count(r) for r in cap}
-            total = left["pre"] + left["gap"]
-            order.append("pre" if rng.integers(total) < left["pre"] else "gap")
-        for r in order:
-            count[r] += 1
         starts = []
-        for region, (r0, r1) in (("pre", (0, p)), ("gap", (p + pl, q))):
-            k = count[region]
+        for k, (r0, r1) in ((rank, (0, p)), (n - 1 - rank, (p + pl, q))):
             if k:
                 offs = np.sort(rng.integers(0, (r1 - r0) - k * pl + 1, size=k))
                 starts += [r0 + int(o) + i * pl for i, o in enumerate(offs)]
         rng.shuffle(starts)  # which distractor record goes where
+        other = 1 + int(rng.integers(n - 1))  # the record a control item asks (drawn always: same stream)
+        pick = int(rng.integers(n))  # the record a uniform-ask item asks (0 = the needle)
 
         def put(at: int, key: tuple[int, ...], value: np.ndarray) -> None:
             seq[at] = self.KEY
@@ -245,20 +261,25 @@ class NeedleDataset(Dataset):
         put(p, keys[0], values[0])
         for s, key, value in zip(starts, keys[1:], values[1:]):
             put(s, key, value)
+        asked = other if control else (pick if self.ask == "uniform" else 0)
         seq[q] = self.QUERY
-        seq[q + 1 : q + 1 + kl] = keys[0]
+        seq[q + 1 : q + 1 + kl] = keys[asked]
         seq[q + 1 + kl] = self.VAL
         a = q + self.query_len
-        seq[a : a + vl] = values[0]
+        seq[a : a + vl] = values[asked]
         return {
             "seq": seq.astype(np.int64),
             "needle": p,
             "query": q,
             "answer": a,
             "distance": d,
+            "rank": rank,
             "keys": np.array(keys),
             "values": values,
             "distractors": sorted(starts),
+            "records": np.array([p, *starts]),
+            "asked": asked,
+            "control": control,
         }
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -268,28 +289,40 @@ class NeedleDataset(Dataset):
         y = torch.full_like(x, IGNORE_INDEX)
         a, vl = ex["answer"], self.value_len
         y[a - 1 : a - 1 + vl] = seq[a : a + vl]  # y[j] predicts seq[j + 1]
-        return x, y, torch.tensor(ex["distance"], dtype=torch.long)
+        if ex["control"]:
+            label = CONTROL
+        else:  # the asked record's distance (the needle's, d, unless ask="uniform" picked another)
+            label = ex["query"] - int(ex["records"][ex["asked"]])
+        return x, y, torch.tensor(label, dtype=torch.long)
+
+
+MQAR_LAYOUTS = ("zoology", "marked")
 
 
 class AssociativeRecallDataset(Dataset):
     """Multi-query associative recall (MQAR): many key-value pairs, then several queries, one per key asked.
 
-    Each example is ``seq_len + 1`` tokens (input = first ``seq_len``, targets = shifted by one):
+    ``layout="zoology"`` (the default; Arora et al. 2023, *Zoology*): the sequence opens with the
+    ``num_pairs`` records as adjacent pairs ``k_1..k_kl v_1..v_vl`` (no markers, no filler between
+    them); the rest of the sequence is filler holding ``num_queries`` queries (default: ``num_pairs``, every
+    key queried once, in random order) at random positions. A query is the bare key ``k_1..k_kl``: the
+    position of its last key token is scored on ``v_1`` (then the next ``value_len - 1`` positions on
+    ``v_2..``), and the input there is filler, so **no answer ever appears in the input after the records**:
+    a query cannot rule out values revealed by earlier queries, and a model that does not retrieve stays
+    at chance (``1 / num_pairs`` among the in-context values) on every query, the first and the last alike.
 
-    * ``num_pairs`` records ``KEY k_1..k_kl VAL v_1..v_vl`` spread at random over everything before the
-      queries, with filler in between (random filler tokens, disjoint from keys and values, so the filler
-      never contains an answer; ``filler=False`` pads with PAD instead). Keys are distinct within an
-      example and so are values (as token sequences), so a key occurs exactly once among the records and
-      another record's value is always a wrong answer;
-    * ``num_queries`` queries ``QUERY k_1..k_kl VAL v_1..v_vl`` packed at the end of the sequence, each
-      asking a different record (in random order), followed by that record's value.
+    ``layout="marked"`` (halo_lab's first layout, kept for comparison): records ``KEY k VAL v`` spread at
+    random over everything before the queries, with filler in between; ``num_queries`` queries ``QUERY k VAL
+    v`` packed at the end, each followed by its answer **in the input**. Later queries can then exclude the
+    values already revealed (a model that never retrieves scores above chance, and more so on later queries),
+    so compare its accuracy with the first query's.
 
-    Only the value tokens of the queries are scored: ``targets`` is -100 elsewhere, and the scored positions
-    come in query order, ``value_len`` per query. Query ``j``'s distance is (position of its first answer
-    token) - (position of its record's first value token) = query start - record start; since the records
-    are spread over the whole context before the queries, distances span from one record length to about
-    ``seq_len``. Every example draws fresh keys, values, filler, positions and query order from
-    ``(seed, split, index)``.
+    Keys are distinct within an example and so are values (as token sequences), so a key occurs exactly
+    once among the records and another record's value is always a wrong answer. Filler tokens come from a
+    range disjoint from keys and values (``filler=False`` pads with PAD instead). Only the answers' value
+    tokens are scored: ``targets`` is -100 elsewhere, and the scored positions come in query order,
+    ``value_len`` per query. Query ``j``'s distance is query start - start of its record. Every example
+    draws fresh keys, values, filler, positions and query order from ``(seed, split, index)``.
 
     Items are ``(input_ids, targets, distance)`` where ``distance`` is a ``[num_queries]`` long tensor, one
     per query in sequence order. It holds the distance *bucket* of each query (the largest edge of
@@ -298,8 +331,9 @@ class AssociativeRecallDataset(Dataset):
     distances are in :meth:`example`. ``distance_buckets`` defaults to powers of two, from the largest one
     <= the record length (the shortest possible distance) up to the longest possible distance.
 
-    Vocabulary (``vocab_size``, default 128): 0 PAD, 1 KEY, 2 VAL, 3 QUERY, then a quarter of the rest for
-    key tokens, a quarter for value tokens and the remainder for filler (the needle task's layout).
+    Vocabulary (``vocab_size``, default 128): 0 PAD, 1 KEY, 2 VAL, 3 QUERY (the markers are used by the
+    marked layout only), then a quarter of the rest for key tokens, a quarter for value tokens and the
+    remainder for filler (the needle task's layout).
     """
 
     PAD, KEY, VAL, QUERY = 0, 1, 2, 3
@@ -311,18 +345,23 @@ class AssociativeRecallDataset(Dataset):
         seq_len: int = 512,
         vocab_size: int = 128,
         num_pairs: int = 16,
-        num_queries: int = 8,
+        num_queries: int | None = None,
         key_len: int = 1,
         value_len: int = 1,
         distance_buckets: Sequence[int] | None = None,
         filler: bool = True,
         seed: int = 0,
         split: str | int = "train",
+        layout: str = "zoology",
     ) -> None:
         if num_examples < 1:
             raise ValueError(f"num_examples must be >= 1, got {num_examples}")
         if num_pairs < 2:
             raise ValueError(f"num_pairs must be >= 2 (a query among several records), got {num_pairs}")
+        if layout not in MQAR_LAYOUTS:
+            raise ValueError(f"layout must be one of {MQAR_LAYOUTS}, got {layout!r}")
+        if num_queries is None:  # zoology: every key queried once
+            num_queries = num_pairs if layout == "zoology" else max(1, num_pairs // 2)
         if not 1 <= num_queries <= num_pairs:
             raise ValueError(
                 f"num_queries must be in [1, num_pairs = {num_pairs}] (each query asks a different key), "
@@ -350,17 +389,27 @@ class AssociativeRecallDataset(Dataset):
         self.num_pairs, self.num_queries = int(num_pairs), int(num_queries)
         self.key_len, self.value_len = int(key_len), int(value_len)
         self.filler, self.seed, self.split = bool(filler), int(seed), _split_id(split)
-        self.pair_len = 2 + self.key_len + self.value_len  # a query record has the same length
-        # Records live in [0, query_start); the queries fill the sequence's tail.
-        self.query_start = self.seq_len + 1 - self.num_queries * self.pair_len
+        self.layout = layout
+        # A query (with its scored slots) is as long as a record.
+        self.pair_len = self.key_len + self.value_len + (2 if layout == "marked" else 0)
         need = (self.num_pairs + self.num_queries) * self.pair_len
-        if self.query_start < self.num_pairs * self.pair_len:
+        if layout == "marked":
+            # Records live in [0, query_start); the queries fill the sequence's tail.
+            self.query_start = self.seq_len + 1 - self.num_queries * self.pair_len
+            short = self.query_start < self.num_pairs * self.pair_len
+            need -= 1
+            self.max_distance = self.seq_len + 1 - self.pair_len  # first record, last query
+        else:
+            # Records packed at the start; queries anywhere in [query_start, seq_len).
+            self.query_start = self.num_pairs * self.pair_len
+            short = self.seq_len < need
+            self.max_distance = self.seq_len - self.pair_len
+        if short:
             raise ValueError(
                 f"seq_len {seq_len} is too short for {num_pairs} records and {num_queries} queries of "
-                f"{self.pair_len} tokens each: needs seq_len >= {need - 1}"
+                f"{self.pair_len} tokens each: needs seq_len >= {need}"
             )
         self.min_distance = self.pair_len  # the last record right before the first query
-        self.max_distance = self.seq_len + 1 - self.pair_len  # the first record asked by the last query
         if distance_buckets is None:
             edge = 1 << (self.min_distance.bit_length() - 1)
             edges = []
@@ -408,10 +457,12 @@ class AssociativeRecallDataset(Dataset):
         return np.array(out, dtype=np.int64)
 
     def example(self, idx: int) -> dict[str, Any]:
-        """The full sequence and its parts: ``seq`` (seq_len + 1), ``keys`` [num_pairs, key_len] and
-        ``values`` [num_pairs, value_len] (record ``i`` holds ``keys[i]`` -> ``values[i]``), ``records``
-        (start of record ``i``), ``asked`` (the record each query asks, in sequence order), ``queries``
-        (query starts), ``answers`` (first answer token of each query) and ``distances`` (exact)."""
+        """The example and its parts: ``input`` and ``targets`` (``seq_len`` each, what the item holds),
+        ``keys`` [num_pairs, key_len] and ``values`` [num_pairs, value_len] (record ``i`` holds ``keys[i]``
+        -> ``values[i]``), ``records`` (start of record ``i``), ``asked`` (the record each query asks, in
+        sequence order), ``queries`` (query starts), ``scored`` (the first scored target position of each
+        query) and ``distances`` (exact). The marked layout also gives ``seq`` (seq_len + 1 tokens: input
+        = seq[:-1], targets from seq[1:]) and ``answers`` (first answer token of each query in ``seq``)."""
         if not 0 <= idx < self.num_examples:
             raise IndexError(
                 f"index {idx} out of range for AssociativeRecallDataset of length {self.num_examples}"
@@ -424,6 +475,8 @@ class AssociativeRecallDataset(Dataset):
             seq = np.full(self.seq_len + 1, self.PAD, dtype=np.int64)
         keys = self._distinct(rng, self.key_range, kl)
         values = self._distinct(rng, self.value_range, self.value_len)
+        if self.layout == "zoology":
+            return self._zoology(rng, seq[: self.seq_len], keys, values)
         # Records at sorted random offsets within [0, query_start): non-overlapping, filler in the gaps.
         offs = np.sort(rng.integers(0, self.query_start - n * pl + 1, size=n))
         records = offs + pl * np.arange(n)
@@ -440,25 +493,55 @@ class AssociativeRecallDataset(Dataset):
             put(int(at), self.KEY, key, value)
         for at, i in zip(queries, asked):
             put(int(at), self.QUERY, keys[i], values[i])
+        seq = seq.astype(np.int64)
+        answers = queries + 2 + kl
+        targets = np.full(self.seq_len, IGNORE_INDEX, dtype=np.int64)
+        for a in answers.tolist():
+            targets[a - 1 : a - 1 + self.value_len] = seq[a : a + self.value_len]  # y[j] predicts seq[j+1]
         return {
-            "seq": seq.astype(np.int64),
+            "seq": seq,
+            "input": seq[:-1],
+            "targets": targets,
             "keys": keys,
             "values": values,
             "records": records,
             "asked": asked,
             "queries": queries,
-            "answers": queries + 2 + kl,
+            "answers": answers,
+            "scored": answers - 1,
+            "distances": queries - records[asked],
+        }
+
+    def _zoology(self, rng, x: np.ndarray, keys: np.ndarray, values: np.ndarray) -> dict[str, Any]:
+        pl, kl, vl, n, q = self.pair_len, self.key_len, self.value_len, self.num_pairs, self.num_queries
+        records = pl * np.arange(n)
+        for at, key, value in zip(records, keys, values):
+            x[at : at + kl] = key
+            x[at + kl : at + pl] = value
+        asked = rng.choice(n, size=q, replace=False)
+        # Query slots of pl positions (key, then vl - 1 more scored positions of filler) at sorted random
+        # offsets in [query_start, seq_len): non-overlapping, filler between them.
+        offs = np.sort(rng.integers(0, self.seq_len - self.query_start - q * pl + 1, size=q))
+        queries = self.query_start + offs + pl * np.arange(q)
+        targets = np.full(self.seq_len, IGNORE_INDEX, dtype=np.int64)
+        for at, i in zip(queries.tolist(), asked):
+            x[at : at + kl] = keys[i]
+            targets[at + kl - 1 : at + kl - 1 + vl] = values[i]  # the last key token predicts v_1
+        return {
+            "input": x.astype(np.int64),
+            "targets": targets,
+            "keys": keys,
+            "values": values,
+            "records": records,
+            "asked": asked,
+            "queries": queries,
+            "scored": queries + kl - 1,
             "distances": queries - records[asked],
         }
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ex = self.example(idx)
-        seq = torch.from_numpy(ex["seq"])
-        x = seq[:-1]
-        y = torch.full_like(x, IGNORE_INDEX)
-        vl = self.value_len
-        for a in ex["answers"].tolist():
-            y[a - 1 : a - 1 + vl] = seq[a : a + vl]  # y[j] predicts seq[j + 1]
+        x, y = torch.from_numpy(ex["input"].copy()), torch.from_numpy(ex["targets"])
         return x, y, torch.from_numpy(self.bucket(ex["distances"]).astype(np.int64))
 
 

@@ -6,6 +6,7 @@ import logging
 import time
 from pathlib import Path
 
+from halo_lab import gate
 from halo_lab.report.plots import plot_accuracy, plot_loss, plot_summary, plot_throughput_memory
 from halo_lab.report.runs import REPORT_FILE, Run, _read_yaml, find_runs, group_by_task
 from halo_lab.report.tables import (
@@ -71,6 +72,7 @@ def build_report(
     images: dict[str, list[Path]] = {}
     for task, task_runs in groups.items():
         lines += ["", f"## {task}", ""]
+        lines += gate.report_lines(task_runs)  # the dense gate of needle / mqar (halo_lab/gate.py)
         lines += _setup_lines(task_runs)
         lines += ["", *_markdown_runs_table(task_runs)]
         acc = _accuracy_table(task_runs)

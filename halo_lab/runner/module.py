@@ -103,6 +103,7 @@ class HaloLitModule(pl.LightningModule):
         self.val_tokens = SumMetric()
         self.val_distance = CatMetric()
         self.val_correct = CatMetric()
+        self.val_first = CatMetric()  # mqar: the first query of each example (val/acc_first_query)
         self.last_val: dict[str, Any] = {}
         if model_config.get("vocab_size"):
             self._build_model()
@@ -216,6 +217,7 @@ class HaloLitModule(pl.LightningModule):
             # Correct = argmax right at every scored (answer) position; the data module's definition.
             if distance.dim() == 2:  # one distance per query: per-query correctness
                 correct = query_correct(logits, targets, distance.shape[1])
+                self.val_first.update(correct[:, 0].float())
             else:
                 correct = answer_correct(logits, targets)
             self.val_distance.update(distance.reshape(-1).float())
@@ -238,14 +240,21 @@ class HaloLitModule(pl.LightningModule):
             correct = self.val_correct.compute()
             if isinstance(dist, torch.Tensor) and dist.numel():
                 dist, correct = dist.reshape(-1), correct.reshape(-1)
-                self.log("val/acc", correct.mean(), sync_dist=True)
-                results["val/acc"] = correct.mean()
+                main = dist >= 0  # negative labels: controls (synthetic.CONTROL), reported apart
+                extra = {"val/acc_control": correct[~main]} if bool((~main).any()) else {}
+                if self.val_first.update_count > 0:
+                    extra["val/acc_first_query"] = self.val_first.compute()
+                for k, v in {"val/acc": correct[main], **extra}.items():
+                    results[k] = v.float().mean()
+                    self.log(k, results[k], sync_dist=True)
+                dist, correct = dist[main], correct[main]
                 for d in torch.unique(dist).tolist():
                     acc = correct[dist == d].mean()
                     by_distance[int(d)] = float(acc)
                     self.log(f"val/acc@{int(d)}", acc, sync_dist=True)
         self.val_distance.reset()
         self.val_correct.reset()
+        self.val_first.reset()
         self.last_val = {k: float(v) for k, v in results.items()}
         if by_distance:
             self.last_val["val/acc_by_distance"] = by_distance
