@@ -81,10 +81,10 @@ def test_cached_logits_equal_uncached_with_conv(arch):
         for t in range(80, 100):  # a few tokens at a time (cache.length path)
             step = model.lm_head(model._run(tokens[:, t : t + 1], caches))[:, 0]
             assert torch.allclose(step, full[:, t], atol=1e-5), f"cached logits differ at position {t}"
-        decode = model._decoder(caches, 2, "cpu", cuda_graph=False)  # the device-position decode path
         position = caches[0].length
-        for t in range(100, 120):
-            logits = decode(tokens[:, t], position)
+        for t in range(100, 120):  # the device-position decode step (what the Decoder runs)
+            pos = torch.tensor([position])
+            logits = model._decode_step(tokens[:, t : t + 1], pos, caches)
             position += 1
             assert torch.allclose(logits, full[:, t], atol=1e-5), f"decode step differs at position {t}"
         greedy = model.generate(tokens[:, :40], max_new_tokens=30, temperature=0)
