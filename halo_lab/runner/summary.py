@@ -68,6 +68,9 @@ def write_metrics(
         summary["val_acc_by_distance"] = {
             str(k): v for k, v in sorted(val.get("val/acc_by_distance", {}).items())
         }
+        for key in ("val/acc_control", "val/acc_first_query"):  # needle / mqar controls (halo_lab.gate)
+            if key in val:
+                summary[key.replace("/", "_")] = val[key]
         buckets = getattr(getattr(datamodule, "val_dataset", None), "distance_buckets", None)
         if buckets is not None:  # mqar: the keys above are bucket edges, one accuracy per query
             summary["distance_buckets"] = [int(e) for e in buckets]
