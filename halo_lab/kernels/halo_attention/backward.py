@@ -21,7 +21,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from halo_lab.kernels.halo_attention.forward import load_rows, mma, shared_keys, token_random_keys
+from halo_lab.kernels.halo_attention.forward import (
+    load_query_rows,
+    load_rows,
+    mma,
+    query_tile,
+    shared_keys,
+    token_random_keys,
+)
 
 
 @triton.jit
@@ -62,33 +69,13 @@ def halo_bwd_dq_kernel(
 ):  # fmt: skip
     BLOCK_M: tl.constexpr = BLOCK_T * GRP
     NRS: tl.constexpr = NR if SHARED_RANDOM else 0
-    pid_t = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // HKV
-    h = pid_bh % HKV
-    t0 = pid_t * BLOCK_T
-    rows = tl.arange(0, BLOCK_M)
-    tok = t0 + rows // GRP
-    head = h * GRP + rows % GRP
-    cols = tl.arange(0, HD)
-    row_ok = tok < L
-    is_text = row_ok & (tok >= G)
+    b = tl.program_id(1) // HKV
+    h = tl.program_id(1) % HKV
+    t0, tok, head, cols, row_ok, is_text = query_tile(tl.program_id(0), h, L, G, GRP, BLOCK_T, HD)
     H = HKV * GRP
-    q = tl.load(
-        Q + b * stride_qb + head[:, None] * stride_qh + tok[:, None] * stride_ql + cols[None, :],
-        mask=row_ok[:, None],
-        other=0.0,
-    )
-    do = tl.load(
-        DO + b * stride_dob + head[:, None] * stride_doh + tok[:, None] * stride_dol + cols[None, :],
-        mask=row_ok[:, None],
-        other=0.0,
-    )
-    o = tl.load(
-        Out + b * stride_ob + head[:, None] * stride_oh + tok[:, None] * stride_ol + cols[None, :],
-        mask=row_ok[:, None],
-        other=0.0,
-    )
+    q = load_query_rows(Q, b, head, tok, stride_qb, stride_qh, stride_ql, cols, row_ok)
+    do = load_query_rows(DO, b, head, tok, stride_dob, stride_doh, stride_dol, cols, row_ok)
+    o = load_query_rows(Out, b, head, tok, stride_ob, stride_oh, stride_ol, cols, row_ok)
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
     tl.store(DELTA + (b * H + head) * L + tok, delta, mask=row_ok)
     lse = tl.load(LSE + (b * H + head) * L + tok, mask=row_ok, other=0.0)

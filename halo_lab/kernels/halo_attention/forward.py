@@ -47,6 +47,23 @@ def load_rows(base, pos, valid, stride, cols):
 
 
 @triton.jit
+def query_tile(pid_t, h, L, G: tl.constexpr, GRP: tl.constexpr, BLOCK_T: tl.constexpr, HD: tl.constexpr):
+    """The rows of a query tile: BLOCK_T positions from t0 x the GRP query heads of KV head h."""
+    t0 = pid_t * BLOCK_T
+    rows = tl.arange(0, BLOCK_T * GRP)
+    tok = t0 + rows // GRP
+    row_ok = tok < L
+    return t0, tok, h * GRP + rows % GRP, tl.arange(0, HD), row_ok, row_ok & (tok >= G)
+
+
+@triton.jit
+def load_query_rows(base, b, head, tok, stride_b, stride_h, stride_l, cols, row_ok):
+    """[BLOCK_M, HD] rows (position, head) of a [B, H, L, HD] tensor (q, o, dO)."""
+    ptr = base + b * stride_b + head[:, None] * stride_h + tok[:, None] * stride_l + cols[None, :]
+    return tl.load(ptr, mask=row_ok[:, None], other=0.0)
+
+
+@triton.jit
 def shared_keys(t0, cols_n, tok, row_ok, is_text, RAND, DIST, stride_ru,
                 G: tl.constexpr, NRS: tl.constexpr, ND: tl.constexpr, UNIT: tl.constexpr):  # fmt: skip
     """Positions [N] and mask [BLOCK_M, N] of the shared tile: globals, then block-mode random keys."""
@@ -103,22 +120,10 @@ def halo_fwd_kernel(
 ):  # fmt: skip
     BLOCK_M: tl.constexpr = BLOCK_T * GRP
     NRS: tl.constexpr = NR if SHARED_RANDOM else 0
-    pid_t = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // HKV
-    h = pid_bh % HKV
-    t0 = pid_t * BLOCK_T
-    rows = tl.arange(0, BLOCK_M)
-    tok = t0 + rows // GRP
-    head = h * GRP + rows % GRP
-    cols = tl.arange(0, HD)
-    row_ok = tok < L
-    is_text = row_ok & (tok >= G)
-    q = tl.load(
-        Q + b * stride_qb + head[:, None] * stride_qh + tok[:, None] * stride_ql + cols[None, :],
-        mask=row_ok[:, None],
-        other=0.0,
-    )
+    b = tl.program_id(1) // HKV
+    h = tl.program_id(1) % HKV
+    t0, tok, head, cols, row_ok, is_text = query_tile(tl.program_id(0), h, L, G, GRP, BLOCK_T, HD)
+    q = load_query_rows(Q, b, head, tok, stride_qb, stride_qh, stride_ql, cols, row_ok)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
 

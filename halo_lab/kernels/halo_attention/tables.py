@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from halo_lab import graph
+from halo_lab.attention import _graph_key
 from halo_lab.config import HaloConfig
 
 
@@ -24,18 +25,6 @@ class GraphTables:
     rand: torch.Tensor  # [U, max(R, 1)] int32 random keys (full positions), -1 = none
     unit: int  # positions per row of ``rand``: graph_block_size (block mode) or 1 (token mode)
     step: int | None = None
-
-
-def _graph_key(config: HaloConfig) -> tuple:
-    return (
-        config.num_globals,
-        config.local_window,
-        config.dilated_distances,
-        config.num_random,
-        config.random_edges,
-        config.graph_block_size,
-        config.graph_seed,
-    )
 
 
 @dataclass
