@@ -110,6 +110,16 @@ def test_all_layer_tables_equal_the_per_layer_graph():
             assert torch.equal(batched[layer], graph.random_keys(c, layer, 9, pos))
 
 
+def test_table_cache_is_bounded(monkeypatch):
+    from halo_lab.kernels.halo_attention import tables
+
+    monkeypatch.setattr(tables, "MAX_CACHED", 3)
+    monkeypatch.setattr(tables, "_tables", {})
+    for n in range(40, 50):
+        graph_tables(cfg(), 0, 1, n, DEVICE)
+    assert len(tables._tables) == 3
+
+
 def test_tables_follow_the_step():
     c = cfg()
     first = graph_tables(c, 0, 1, 300, DEVICE).rand.clone()

@@ -35,6 +35,7 @@ class _LayerTables:
 
 
 _tables: dict[tuple, _LayerTables] = {}
+MAX_CACHED = 64  # (graph, length, device) entries kept, oldest dropped first
 
 
 def random_table(config: HaloConfig, layers: int, step: int, seq_len: int, device) -> torch.Tensor:
@@ -65,6 +66,8 @@ def graph_tables(config: HaloConfig, layer: int, step: int, seq_len: int, device
         dist = torch.tensor(list(config.dilated_distances) or [0], dtype=torch.int32).to(device)
         n_units = (seq_len + _unit(config) - 1) // _unit(config)
         shape = (layers, n_units, max(config.num_random, 1))
+        if len(_tables) >= MAX_CACHED:  # prompts of many lengths (generation) must not grow it forever
+            _tables.pop(next(iter(_tables)))
         entry = _tables[key] = _LayerTables(dist, torch.full(shape, -1, dtype=torch.int32, device=device))
     if entry.step != step:
         if config.num_random:
