@@ -227,16 +227,7 @@ def flex_graph_mask(config: HaloConfig, layer: int, text_len: int, device: torch
     return entry
 
 
-def _graph_key(config: HaloConfig) -> tuple:
-    return (
-        config.num_globals,
-        config.local_window,
-        config.dilated_distances,
-        config.num_random,
-        config.random_edges,
-        config.graph_block_size,
-        config.graph_seed,
-    )
+_graph_key = graph.graph_key
 
 
 def flex_graph_attention(q, k, v, config: HaloConfig, layer: int, step: int) -> torch.Tensor:

@@ -74,6 +74,19 @@ def _sample_distinct(hash_rows: torch.Tensor, pool: torch.Tensor, count: int) ->
     return torch.stack(picks, dim=1) if picks else hash_rows.new_empty(hash_rows.shape[0], 0)
 
 
+def graph_key(config: HaloConfig) -> tuple:
+    """The config fields that decide the graph: a cache key for anything built from it (masks, tables)."""
+    return (
+        config.num_globals,
+        config.local_window,
+        config.dilated_distances,
+        config.num_random,
+        config.random_edges,
+        config.graph_block_size,
+        config.graph_seed,
+    )
+
+
 def random_unit(config: HaloConfig, positions: torch.Tensor) -> torch.Tensor:
     """The sampling unit of each text position: itself, or its block of the full (globals + text) sequence."""
     if config.random_edges == "token":

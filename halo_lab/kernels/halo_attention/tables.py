@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import torch
 
 from halo_lab import graph
-from halo_lab.attention import _graph_key
 from halo_lab.config import HaloConfig
 
 
@@ -60,7 +59,7 @@ def graph_tables(config: HaloConfig, layer: int, step: int, seq_len: int, device
     all at once, when ``step`` changes."""
     layers = max(config.num_layers, layer + 1)
     # the eval graph (step < 0) keeps its own tables: a validation pass never refills a training step's
-    key = (_graph_key(config), layers, seq_len, str(device), step < 0)
+    key = (graph.graph_key(config), layers, seq_len, str(device), step < 0)
     entry = _tables.get(key)
     if entry is None:
         dist = torch.tensor(list(config.dilated_distances) or [0], dtype=torch.int32).to(device)
