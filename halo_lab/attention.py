@@ -12,6 +12,7 @@ Tensors are laid out [B, heads, L, head_dim]; K/V have ``num_kv_heads`` heads (g
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import os
@@ -58,9 +59,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
+@functools.cache
+def _has_triton() -> bool:  # asked on every layer call: look the package up once
+    return importlib.util.find_spec("triton") is not None
+
+
 def triton_interpreted() -> bool:
     """Triton kernels run on CPU tensors only under its interpreter (TRITON_INTERPRET=1, read at import)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1" and importlib.util.find_spec("triton") is not None
+    return os.environ.get("TRITON_INTERPRET", "0") == "1" and _has_triton()
 
 
 def resolve_backend(config: HaloConfig, device: torch.device, seq_len: int | None = None) -> str:
@@ -71,8 +77,7 @@ def resolve_backend(config: HaloConfig, device: torch.device, seq_len: int | Non
     # FlexAttention compiles through Triton, which needs compute capability 7.0 or newer
     fused = HAS_FLEX and device.type == "cuda" and torch.cuda.get_device_capability(device) >= (7, 0)
     if fused:
-        has_triton = importlib.util.find_spec("triton") is not None
-        return AUTO_CUDA_BACKEND if has_triton and config.head_dim <= TRITON_AUTO_MAX_HEAD_DIM else "flex"
+        return AUTO_CUDA_BACKEND if _has_triton() and config.head_dim <= TRITON_AUTO_MAX_HEAD_DIM else "flex"
     return "masked" if seq_len is not None and seq_len <= MASKED_MAX_LEN else "reference"
 
 
