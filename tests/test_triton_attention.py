@@ -74,10 +74,6 @@ def test_matches_reference_fp32(name):
 
 @pytest.mark.parametrize("name", ["block-g2-r2", "token-g2-r2", "gqa4-d128"])
 def test_matches_reference_bf16(name):
-    if DEVICE == "cuda" and name == "gqa4-d128":
-        # seen on an H200 (triton 3.6): a CUDA error that poisons the process for every later test; auto
-        # does not use the kernels at head_dim 128 (attention.TRITON_AUTO_MAX_HEAD_DIM). Open: kernel_notes.md
-        pytest.skip("head_dim 128 in bf16: CUDA error on H200, not yet fixed")
     check(*CASES[name], torch.bfloat16)
 
 

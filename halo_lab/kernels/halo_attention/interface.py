@@ -37,13 +37,15 @@ def launch_options(head_dim: int, group: int, dtype: torch.dtype) -> dict[str, d
     # fp32 tiles take twice the shared memory of bf16 ones: halve the rows (fp32 is the test/eval path)
     wide = head_dim > 64 or dtype == torch.float32
     rows = 64 if wide else 128
-    # warps: the fastest measured on an H200 (experiments/bench/kernel_tune.py): 8/4/8 for fwd/dQ/dK-dV
-    warps = 4 if head_dim <= 64 and dtype != torch.float32 else 8
+    # warps: the fastest measured on an H200 (experiments/bench/kernel_tune.py): 8/4/8 for fwd/dQ/dK-dV.
+    # The bf16 dQ kernel also takes 4 at 64 rows: with 8 warps (head_dim 128) Triton 3.6 compiles it to an
+    # illegal memory access on an H200 (experiments/bench/d128_probe.py); fp32 (no wgmma) is fine with 8.
+    dq_warps = 8 if dtype == torch.float32 else 4
     block_t = max(16, rows // group)  # >= 16: a dilated tile has BLOCK_T keys, and tl.dot needs 16
     query_tiles = {"BLOCK_T": block_t, "BLOCK_N": 32, "num_stages": 2}
     return {
         "fwd": {**query_tiles, "num_warps": 8},
-        "dq": {**query_tiles, "num_warps": warps},
+        "dq": {**query_tiles, "num_warps": dq_warps},
         "dkv": {"BLOCK_N": 32 if wide else 64, "BLOCK_Q": block_t, "num_warps": 8, "num_stages": 2},
     }
 

@@ -1,0 +1,140 @@
+"""Where a small-batch training step spends its host time (GPU only, no Hydra needed).
+
+python experiments/bench/host_profile.py OUT_DIR
+
+At the reference package's small batches both models are launch-bound, so HALO-S's extra step time is
+host work. This prints and writes (OUT_DIR/host_profile.txt):
+* the attention layer alone (bench setting, N = 1K): wall time per fwd+bwd synced each call, and the
+  host time per call with the GPU left to run behind (CPU-bound if the two agree);
+* a cProfile of HALO-S training steps (reference medium_1k config), the top functions by own time;
+* torch.profiler tables of one HALO-S and one dense step (host ops by self CPU time).
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import pstats
+import sys
+import time
+
+import torch
+
+from halo_lab import attention as attn
+from halo_lab.config import HaloConfig
+from halo_lab.model import build_model
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a dry run of the script (interpreter)
+SMALL = DEV == "cpu"
+
+
+def sync() -> None:
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+
+
+MEDIUM_1K = {"vocab_size": 256, "hidden_size": 512, "num_layers": 8, "num_heads": 8, "num_kv_heads": 2}
+
+
+def per_call(fn, n: int = 50) -> tuple[float, float]:
+    """(ms per call synced every call, host ms per call without syncing)."""
+    for _ in range(5):
+        fn()
+    sync()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+        sync()
+    synced = (time.perf_counter() - t) / n * 1e3
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    host = (time.perf_counter() - t) / n * 1e3
+    sync()
+    return synced, host
+
+
+def attention_layer(log) -> None:
+    config = HaloConfig()
+    L = (64 if SMALL else 1024) + config.num_globals
+    q = torch.randn(1 if SMALL else 64, 8, L, 64, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(1 if SMALL else 64, 2, L, 64, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(1 if SMALL else 64, 2, L, 64, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    g = torch.randn_like(q)
+    for name, f in {
+        "dense": lambda: attn.dense_attention(q, k, v).backward(g),
+        "triton": lambda: attn.halo_attention(q, k, v, config, 0, 0, "triton").backward(g),
+        "triton_fwd_only": lambda: attn.halo_attention(q.detach(), k.detach(), v.detach(), config, 0, 0, "triton"),
+    }.items():
+        synced, host = per_call(f, 2 if SMALL else 50)
+        log(f"attention N=1024 {name:16s} synced {synced:.3f} ms/call  host {host:.3f} ms/call")
+    pr = cProfile.Profile()
+    pr.enable()
+    for _ in range(2 if SMALL else 50):
+        attn.halo_attention(q, k, v, config, 0, 0, "triton").backward(g)
+    pr.disable()
+    sync()
+    s = io.StringIO()
+    pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(30)
+    log("cProfile, 50 triton fwd+bwd calls (tottime):\n" + s.getvalue())
+
+
+def train_steps(log) -> None:
+    cfg = HaloConfig(**MEDIUM_1K, max_seq_len=1024)
+    x = torch.randint(0, 256, (1, 64) if SMALL else (8, 1024), device=DEV)
+    for arch in ("dense", "halo"):
+        torch.manual_seed(0)
+        model = build_model(cfg, arch).to(DEV)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=DEV == "cuda")
+        state = {"step": 0}
+
+        def step(model=model, opt=opt, state=state):
+            with torch.autocast(DEV, dtype=torch.bfloat16):
+                _, loss = model(x, x)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            state["step"] += 1
+
+        synced, host = per_call(step, 2 if SMALL else 20)
+        log(f"train step medium_1k {arch:6s} synced {synced:.2f} ms  host {host:.2f} ms")
+        if arch == "halo":
+            pr = cProfile.Profile()
+            pr.enable()
+            for _ in range(10):
+                step()
+            pr.disable()
+            sync()
+            s = io.StringIO()
+            pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(40)
+            log("cProfile, 10 HALO-S steps (tottime):\n" + s.getvalue())
+            s = io.StringIO()
+            pstats.Stats(pr, stream=s).sort_stats("cumulative").print_stats(40)
+            log("cProfile, 10 HALO-S steps (cumulative):\n" + s.getvalue())
+        acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=acts) as prof:
+            for _ in range(3):
+                step()
+            sync()
+        log(f"torch.profiler {arch}, 3 steps:\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+        del model, opt
+
+
+def main(out: str) -> None:
+    name = torch.cuda.get_device_name() if DEV == "cuda" else "cpu"
+    lines: list[str] = [f"device: {name} torch {torch.__version__}"]
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+        lines.append(msg)
+
+    try:
+        attention_layer(log)
+        train_steps(log)
+    finally:
+        with open(f"{out}/host_profile.txt", "w") as f:
+            f.write("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
