@@ -33,8 +33,9 @@ def test_the_done_when_points_come_first_and_names_are_unique():
     jobs = g["part1"][0] + g["part2"][0]
     for j in jobs:
         if j.experiment.endswith("_1024") and j.variant != "dense":
-            assert any(d.variant == "dense" and d.experiment == j.experiment and d.layers == j.layers
-                       for d in jobs), j.name("x")
+            assert any(
+                d.variant == "dense" and d.experiment == j.experiment and d.layers == j.layers for d in jobs
+            ), j.name("x")
 
 
 def test_every_section_passes_the_same_override_keys_and_extras():
@@ -77,8 +78,20 @@ def test_every_grid_job_composes_and_builds_its_data():
 def test_smoke_grid_trains_on_the_cpu_and_reports(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "out"
-    rc = grid.main(["run", str(out), "--grid", "smoke", "--budget", "300", "--reserve", "40",
-                    "--work", str(tmp_path / "work")])
+    rc = grid.main(
+        [
+            "run",
+            str(out),
+            "--grid",
+            "smoke",
+            "--budget",
+            "300",
+            "--reserve",
+            "40",
+            "--work",
+            str(tmp_path / "work"),
+        ]
+    )
     assert rc == 0
     summary = json.loads((out / "smoke_summary.json").read_text())
     assert [j["status"] for j in summary["jobs"]] == ["ok", "ok", "ok"]
@@ -86,8 +99,20 @@ def test_smoke_grid_trains_on_the_cpu_and_reports(tmp_path, monkeypatch):
     with tarfile.open(out / "smoke.tar.gz") as tar:
         assert not [n for n in tar.getnames() if "checkpoints" in n or n.endswith(".ckpt")]
     rep = tmp_path / "rep"
-    assert grid.main(["report", str(out / "smoke.tar.gz"), "--root", str(rep / "root"),
-                      "--out", str(rep), "--no-plots"]) == 0
+    assert (
+        grid.main(
+            [
+                "report",
+                str(out / "smoke.tar.gz"),
+                "--root",
+                str(rep / "root"),
+                "--out",
+                str(rep),
+                "--no-plots",
+            ]
+        )
+        == 0
+    )
     needle = (rep / "needle" / "report.md").read_text()
     assert "## needle_1024" in needle and "Dense gate" in needle and "swapped-key control" in needle
     assert "## mqar_cpu" in (rep / "mqar" / "report.md").read_text()

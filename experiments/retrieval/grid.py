@@ -50,8 +50,15 @@ COMMON = [
 GPU = ["device=h200", "device.compile=false", "data.num_workers=1"]
 CPU = ["device=cpu", "trainer.accelerator=cpu"]
 # Files of a finished job that the report needs (plus the job's log), relative to its sweep directory.
-KEEP = ("multirun.yaml", "run/.hydra/config.yaml", "run/.hydra/hydra.yaml", "run/.hydra/overrides.yaml",
-        "run/metrics.json", "run/history.jsonl", "run/csv/metrics.csv")
+KEEP = (
+    "multirun.yaml",
+    "run/.hydra/config.yaml",
+    "run/.hydra/hydra.yaml",
+    "run/.hydra/overrides.yaml",
+    "run/metrics.json",
+    "run/history.jsonl",
+    "run/csv/metrics.csv",
+)
 
 
 @dataclass
@@ -106,32 +113,80 @@ def grids() -> dict[str, tuple[list[Job], int]]:
 
     part2 = _pair(lambda t: _depth(f"{t}_4096", ("dense", "halo"), (2,), slot=300, min_slot=150))
     part2 += _pair(lambda t: _depth(f"{t}_4096", ("halo",), (4, 6), slot=300, min_slot=150))
-    part2 += _pair(lambda t: [Job(f"{t}_1024", "dense", 2, 0, slot=200, min_slot=90),
-                              Job(f"{t}_1024", "halo", 4, 0, slot=200, min_slot=90)])
-    part2 += _pair(lambda t: [Job(f"{t}_1024", "halo", 4, 3, ablation=a, slot=200, min_slot=90)
-                              for a in ("no_random", "no_dilated")])
+    part2 += _pair(
+        lambda t: [
+            Job(f"{t}_1024", "dense", 2, 0, slot=200, min_slot=90),
+            Job(f"{t}_1024", "halo", 4, 0, slot=200, min_slot=90),
+        ]
+    )
+    part2 += _pair(
+        lambda t: [
+            Job(f"{t}_1024", "halo", 4, 3, ablation=a, slot=200, min_slot=90)
+            for a in ("no_random", "no_dilated")
+        ]
+    )
 
     def cpu_points(t: str) -> list[Job]:
         extra = N512 if t == "needle" else []
-        jobs = [Job(f"{t}_cpu", v, 2, 3, seed=s, slot=120, min_slot=40, extra=extra)
-                for s in (0, 1) for v in ("dense", "halo", "local_only")]
-        return jobs + [Job(f"{t}_cpu", v, 2, 0, slot=120, min_slot=40, extra=extra) for v in ("dense", "halo")]
+        jobs = [
+            Job(f"{t}_cpu", v, 2, 3, seed=s, slot=120, min_slot=40, extra=extra)
+            for s in (0, 1)
+            for v in ("dense", "halo", "local_only")
+        ]
+        return jobs + [
+            Job(f"{t}_cpu", v, 2, 0, slot=120, min_slot=40, extra=extra) for v in ("dense", "halo")
+        ]
 
     part2 += _pair(cpu_points)
-    part2 += _pair(lambda t: [Job(f"{t}_1024", "halo", 4, 3, ablation="no_globals", slot=200, min_slot=90),
-                              Job(f"{t}_1024", "dense", 6, 3, slot=200, min_slot=90),
-                              Job(f"{t}_1024", "local_only", 6, 3, slot=200, min_slot=90)])
+    part2 += _pair(
+        lambda t: [
+            Job(f"{t}_1024", "halo", 4, 3, ablation="no_globals", slot=200, min_slot=90),
+            Job(f"{t}_1024", "dense", 6, 3, slot=200, min_slot=90),
+            Job(f"{t}_1024", "local_only", 6, 3, slot=200, min_slot=90),
+        ]
+    )
 
     # CPU smoke test: the real experiment configs, shrunk; 3 jobs, seconds each.
-    tiny = ["model.hidden_size=32", "model.num_heads=2", "model.num_kv_heads=1", "trainer.max_steps=4",
-            "trainer.val_check_interval=2", "trainer.log_every_n_steps=1", "scheduler.warmup_steps=1"]
+    tiny = [
+        "model.hidden_size=32",
+        "model.num_heads=2",
+        "model.num_kv_heads=1",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        "trainer.log_every_n_steps=1",
+        "scheduler.warmup_steps=1",
+    ]
     smoke = [
-        Job("needle_1024", "dense", 1, 3, slot=60, min_slot=10, extra=tiny + [
-            "data.seq_len=128", "data.batch_size=4", "data.distances=[16,40,100]", "data.num_val=6"]),
-        Job("needle_1024", "halo", 1, 3, slot=60, min_slot=10, extra=tiny + [
-            "data.seq_len=128", "data.batch_size=4", "data.distances=[16,40,100]", "data.num_val=6"]),
-        Job("mqar_cpu", "local_only", 1, 0, slot=60, min_slot=10, extra=tiny + [
-            "data.seq_len=128", "data.batch_size=4", "data.num_val=6", "data.distance_buckets=[2,16,64]"]),
+        Job(
+            "needle_1024",
+            "dense",
+            1,
+            3,
+            slot=60,
+            min_slot=10,
+            extra=tiny
+            + ["data.seq_len=128", "data.batch_size=4", "data.distances=[16,40,100]", "data.num_val=6"],
+        ),
+        Job(
+            "needle_1024",
+            "halo",
+            1,
+            3,
+            slot=60,
+            min_slot=10,
+            extra=tiny
+            + ["data.seq_len=128", "data.batch_size=4", "data.distances=[16,40,100]", "data.num_val=6"],
+        ),
+        Job(
+            "mqar_cpu",
+            "local_only",
+            1,
+            0,
+            slot=60,
+            min_slot=10,
+            extra=tiny
+            + ["data.seq_len=128", "data.batch_size=4", "data.num_val=6", "data.distance_buckets=[2,16,64]"],
+        ),
     ]
     return {"part1": (part1, 14), "part2": (part2, 14), "smoke": (smoke, 2)}
 
@@ -160,8 +215,18 @@ def _metrics(job_dir: Path) -> dict:
         m = json.loads((job_dir / "run" / "metrics.json").read_text())
     except (OSError, ValueError):
         return {}
-    keys = ("status", "steps", "val_loss", "val_acc", "val_acc_control", "val_acc_first_query",
-            "val_acc_by_distance", "tokens_per_sec", "params", "attention_backend")
+    keys = (
+        "status",
+        "steps",
+        "val_loss",
+        "val_acc",
+        "val_acc_control",
+        "val_acc_first_query",
+        "val_acc_by_distance",
+        "tokens_per_sec",
+        "params",
+        "attention_backend",
+    )
     return {k: m[k] for k in keys if k in m}
 
 
@@ -197,15 +262,19 @@ def _table(records: list[Record]) -> str:
     def f(v) -> str:
         return "" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
-    rows = [f"{'job':<44} {'status':<17} {'steps':>6} {'acc':>6} {'ctl/1st':>7} {'loss':>7} {'tok/s':>9} "
-            f"{'max_t':>5} {'wall':>5}"]
+    rows = [
+        f"{'job':<44} {'status':<17} {'steps':>6} {'acc':>6} {'ctl/1st':>7} {'loss':>7} {'tok/s':>9} "
+        f"{'max_t':>5} {'wall':>5}"
+    ]
     for r in records:
         m = r.metrics
         second = m.get("val_acc_control", m.get("val_acc_first_query"))
         tps = m.get("tokens_per_sec")
-        rows.append(f"{r.name:<44} {r.status:<17} {f(m.get('steps')):>6} {f(m.get('val_acc')):>6} "
-                    f"{f(second):>7} {f(m.get('val_loss')):>7} {f(int(tps) if tps else None):>9} "
-                    f"{f(r.max_time_s):>5} {f(round(r.wall_s) if r.wall_s else None):>5}")
+        rows.append(
+            f"{r.name:<44} {r.status:<17} {f(m.get('steps')):>6} {f(m.get('val_acc')):>6} "
+            f"{f(second):>7} {f(m.get('val_loss')):>7} {f(int(tps) if tps else None):>9} "
+            f"{f(r.max_time_s):>5} {f(round(r.wall_s) if r.wall_s else None):>5}"
+        )
     return "\n".join(rows) + "\n"
 
 
@@ -229,8 +298,14 @@ def run(args: argparse.Namespace) -> int:
             print(r.name, " ".join(r.overrides), f"slot={j.slot}s")
         return 0
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", WANDB_MODE="disabled",
-               PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="1")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        WANDB_MODE="disabled",
+        PYTHONUNBUFFERED="1",
+        HYDRA_FULL_ERROR="1",
+    )
     t0 = time.time()
     end = t0 + args.budget - args.pack_reserve
     pending = list(zip(jobs, records))
@@ -242,8 +317,10 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    print(f"grid {args.grid}: {len(jobs)} jobs, {concurrency} at a time, budget {args.budget}s, work {work}",
-          flush=True)
+    print(
+        f"grid {args.grid}: {len(jobs)} jobs, {concurrency} at a time, budget {args.budget}s, work {work}",
+        flush=True,
+    )
     while (pending or running) and not stop["now"]:
         while pending and len(running) < concurrency:
             job, rec = pending.pop(0)
@@ -254,17 +331,27 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  drop {rec.name}: {max(limit, 0)}s left < its minimum {job.min_slot}s", flush=True)
                 continue
             rec.max_time_s = limit
-            cmd = [sys.executable, "-m", "halo_lab.train", "-m", *rec.overrides, *COMMON, *device,
-                   f"+trainer.max_time={_hms(limit)}", f"hydra.sweep.dir={work / rec.family / rec.name}",
-                   "hydra.sweep.subdir=run"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "halo_lab.train",
+                "-m",
+                *rec.overrides,
+                *COMMON,
+                *device,
+                f"+trainer.max_time={_hms(limit)}",
+                f"hydra.sweep.dir={work / rec.family / rec.name}",
+                "hydra.sweep.subdir=run",
+            ]
             gpu_env = dict(env)
             if args.gpus > 1:
                 gpu_env["CUDA_VISIBLE_DEVICES"] = str(len(running) % args.gpus)
             log = open(work / "logs" / f"{rec.name}.log", "w")  # noqa: SIM115 (closed with the process)
             log.write(" ".join(cmd) + "\n")
             log.flush()
-            proc = subprocess.Popen(cmd, cwd=REPO, env=gpu_env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, cwd=REPO, env=gpu_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
             log.close()
             kill_at = min(t0 + args.budget - args.pack_reserve / 2, time.time() + limit + args.reserve + 30)
             running[rec.name] = (proc, rec, time.time(), kill_at)
@@ -280,8 +367,10 @@ def run(args: argparse.Namespace) -> int:
                 continue
             del running[name]
             _finish(work, rec, proc.returncode, time.time() - started)
-            print(f"  done  {rec.name}: {rec.status}, {round(rec.wall_s)}s, acc {rec.metrics.get('val_acc')}",
-                  flush=True)
+            print(
+                f"  done  {rec.name}: {rec.status}, {round(rec.wall_s)}s, acc {rec.metrics.get('val_acc')}",
+                flush=True,
+            )
             _pack(out, work, args.grid, records, t0)
     for proc, rec, started, _ in running.values():  # stopped by a signal
         _kill(proc)
@@ -292,7 +381,9 @@ def run(args: argparse.Namespace) -> int:
     _pack(out, work, args.grid, records, t0)
     print(_table(records))
     ok = sum(r.status == "ok" for r in records)
-    print(f"grid {args.grid}: {ok} of {len(records)} ok in {time.time() - t0:.0f}s; {out / (args.grid + '.tar.gz')}")
+    print(
+        f"grid {args.grid}: {ok} of {len(records)} ok in {time.time() - t0:.0f}s; {out / (args.grid + '.tar.gz')}"
+    )
     return 0 if ok else 1
 
 
@@ -359,9 +450,11 @@ def check(args: argparse.Namespace) -> int:
                 device = validate_config(cfg)["device"]
                 dm = build_datamodule(cfg, device, choose_batch_size(cfg, device)[0])
                 dm.setup("fit")
-                print(f"ok   {job.name(grid)}: {cfg.task_name}, len {cfg.data.seq_len}, "
-                      f"batch {cfg.data.batch_size}, steps {cfg.trainer.max_steps}, "
-                      f"window {cfg.model.local_window}, dilated {list(cfg.model.dilated_offsets)}")
+                print(
+                    f"ok   {job.name(grid)}: {cfg.task_name}, len {cfg.data.seq_len}, "
+                    f"batch {cfg.data.batch_size}, steps {cfg.trainer.max_steps}, "
+                    f"window {cfg.model.local_window}, dilated {list(cfg.model.dilated_offsets)}"
+                )
             except Exception as exc:  # report every bad job, not only the first
                 bad += 1
                 print(f"FAIL {job.name(grid)}: {type(exc).__name__}: {exc}")
