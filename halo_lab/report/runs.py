@@ -185,9 +185,7 @@ def label_runs(runs: list[Run]) -> None:
     """Variant labels: arch + ablation, plus any swept override that those columns do not show."""
     keys = set().union(*(r.overrides for r in runs))
     varying = sorted(
-        k
-        for k in keys
-        if k not in SHOWN_KEYS | RUN_ONLY_KEYS and len({r.overrides.get(k) for r in runs}) > 1
+        k for k in keys if k not in SHOWN_KEYS | RUN_ONLY_KEYS and len({r.overrides.get(k) for r in runs}) > 1
     )
     for r in runs:
         extra = [f"{k}={r.overrides[k]}" for k in varying if k in r.overrides]
