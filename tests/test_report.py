@@ -213,6 +213,19 @@ def test_extra_swept_override_goes_into_the_variant_label(tmp_path):
     assert not list(root.glob("*.png"))
 
 
+def test_a_per_job_time_limit_is_not_a_sweep_axis(tmp_path):
+    """A launcher gives each job the time left as trainer.max_time: that must not split variants or
+    gate points (experiments/retrieval/grid.py)."""
+    root = tmp_path / "s"
+    for arch, t in (("halo", "00:00:06:40"), ("dense", "00:00:05:10")):
+        make_job(root, [f"model.arch={arch}", f"+trainer.max_time={t}"], metrics(arch, 1.0, 1.0))
+    from halo_lab.report.runs import label_runs
+
+    runs = find_runs(root)
+    label_runs(runs)
+    assert sorted(r.label for r in runs) == ["HALO-S", "dense"]
+
+
 def test_ablation_reference_is_the_full_graph(tmp_path):
     root = tmp_path / "ablation"
     for abl, loss in (("full", 1.2), ("local_only", 1.5)):

@@ -15,6 +15,9 @@ log = logging.getLogger("halo_lab.report")
 ABLATION_ORDER = ("full", "no_globals", "no_dilated", "no_random", "local_only")
 # Override keys that the variant / seq_len / seed columns already show.
 SHOWN_KEYS = {"module.arch", "model.arch", "ablation", "variant", "data.seq_len", "seed", "model.max_seq_len"}
+# Overrides that bound how long a job runs, not what it computes (a launcher sets them per job from the
+# time left, experiments/retrieval/grid.py): never a sweep axis; the steps column shows what they cut.
+RUN_ONLY_KEYS = {"trainer.max_time"}
 REPORT_FILE = "report.md"
 
 
@@ -181,7 +184,9 @@ def _sort_key(run: Run) -> tuple:
 def label_runs(runs: list[Run]) -> None:
     """Variant labels: arch + ablation, plus any swept override that those columns do not show."""
     keys = set().union(*(r.overrides for r in runs))
-    varying = sorted(k for k in keys if k not in SHOWN_KEYS and len({r.overrides.get(k) for r in runs}) > 1)
+    varying = sorted(
+        k for k in keys if k not in SHOWN_KEYS | RUN_ONLY_KEYS and len({r.overrides.get(k) for r in runs}) > 1
+    )
     for r in runs:
         extra = [f"{k}={r.overrides[k]}" for k in varying if k in r.overrides]
         r.extra = ", ".join(extra)

@@ -1,0 +1,491 @@
+"""The GPU grid of issue 14: many small needle / MQAR training jobs at once on one GPU, inside a wall-clock
+budget, packed into one tarball that `report` turns into experiments/{needle,mqar}/gpu/.
+
+    python experiments/retrieval/grid.py run OUT --grid part1 --budget 480     # on the GPU machine
+    python experiments/retrieval/grid.py report part1.tar.gz part2.tar.gz      # here, afterwards
+    python experiments/retrieval/grid.py check part1 part2                     # compose every job (CPU)
+    python experiments/retrieval/grid.py run OUT --grid smoke --budget 600     # CPU smoke test
+
+Why a launcher: these models (0.5-1.2M parameters) are bound by kernel launches, so one job uses a small
+part of an H200; `--jobs` processes share it. Each job is a one-job Hydra multirun (`-m`, its own
+hydra.sweep.dir), so halo_lab.report reads it as it reads any sweep (.hydra/, metrics.json,
+history.jsonl, multirun.yaml). Every job gets Lightning's `trainer.max_time` = what is left of the budget
+after a per-job reserve (start-up, final validation), capped by its slot, so a slower GPU ends jobs
+early with metrics.json rather than not at all; a job that would get less than its minimum is not
+started (reported as dropped), so jobs are listed in priority order. A failed job does not stop the
+others. After every job the launcher rewrites OUT/<grid>.tar.gz (small files only: no checkpoints) and
+OUT/<grid>_summary.{json,txt}, so whatever ends the call, what finished comes back (the device tool
+returns at most 8 files from OUT).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+FAMILIES = ("needle", "mqar")
+# Not what a job computes, only how it runs: the same for every job of a grid.
+COMMON = [
+    "logger=csv",
+    "callbacks=minimal",
+    "callbacks.last_checkpoint=null",
+    "~hydra.callbacks.report",
+    "export_hub=false",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+# One loader process per job: the needle at 1024 tokens takes ~10-20 ms of Python per batch of 64.
+GPU = ["device=h200", "device.compile=false", "data.num_workers=1"]
+CPU = ["device=cpu", "trainer.accelerator=cpu"]
+# Files of a finished job that the report needs (plus the job's log), relative to its sweep directory.
+KEEP = (
+    "multirun.yaml",
+    "run/.hydra/config.yaml",
+    "run/.hydra/hydra.yaml",
+    "run/.hydra/overrides.yaml",
+    "run/metrics.json",
+    "run/history.jsonl",
+    "run/csv/metrics.csv",
+)
+
+
+@dataclass
+class Job:
+    experiment: str  # conf/experiment/<name>.yaml; its task_name is the report section
+    variant: str  # dense | halo | local_only
+    layers: int
+    conv: int
+    seed: int = 0
+    ablation: str | None = None  # with variant=halo: no_random | no_dilated | no_globals
+    slot: int = 600  # the most training seconds (trainer.max_time) it gets
+    min_slot: int = 60  # fewer left than this: not started
+    extra: list[str] = field(default_factory=list)  # the same for every job of its section
+
+    @property
+    def family(self) -> str:
+        return self.experiment.split("_")[0]
+
+    def name(self, grid: str) -> str:
+        v = self.ablation or self.variant
+        return f"{grid}-{self.experiment}-{v}-L{self.layers}-c{self.conv}-s{self.seed}"
+
+    def overrides(self) -> list[str]:
+        out = [f"+experiment={self.experiment}", f"variant={self.variant}"]
+        out += [f"ablation={self.ablation}"] if self.ablation else []
+        out += [f"model.num_layers={self.layers}", f"model.short_conv={self.conv}", f"seed={self.seed}"]
+        return out + list(self.extra)
+
+
+# The 512-token points are the CPU configs (halo_tiny, window 16); the needle there gets 64 sequences a
+# step and 1500 steps (needle_cpu's 16 x 1000 was never measured; one answer per sequence).
+N512 = ["data.batch_size=64", "trainer.max_steps=1500"]
+
+
+def _depth(exp: str, variants: tuple[str, ...], layers: tuple[int, ...], **kw) -> list[Job]:
+    return [Job(exp, v, n, 3, **kw) for n in layers for v in variants]
+
+
+def _pair(make) -> list[Job]:
+    """The same jobs for the needle and for MQAR, interleaved (needle first)."""
+    out = []
+    for a, b in zip(make("needle"), make("mqar")):
+        out += [a, b]
+    return out
+
+
+def grids() -> dict[str, tuple[list[Job], int]]:
+    """Grid name -> (jobs in priority order, default concurrency)."""
+    part1 = _pair(lambda t: _depth(f"{t}_1024", ("dense", "halo", "local_only"), (2,)))
+    part1 += _pair(lambda t: _depth(f"{t}_1024", ("halo", "dense", "local_only"), (4,)))
+    part1 += _pair(lambda t: _depth(f"{t}_1024", ("halo",), (6,)))
+
+    part2 = _pair(lambda t: _depth(f"{t}_4096", ("dense", "halo"), (2,), slot=300, min_slot=150))
+    part2 += _pair(lambda t: _depth(f"{t}_4096", ("halo",), (4, 6), slot=300, min_slot=150))
+    part2 += _pair(
+        lambda t: [
+            Job(f"{t}_1024", "dense", 2, 0, slot=200, min_slot=90),
+            Job(f"{t}_1024", "halo", 4, 0, slot=200, min_slot=90),
+        ]
+    )
+    part2 += _pair(
+        lambda t: [
+            Job(f"{t}_1024", "halo", 4, 3, ablation=a, slot=200, min_slot=90)
+            for a in ("no_random", "no_dilated")
+        ]
+    )
+
+    def cpu_points(t: str) -> list[Job]:
+        extra = N512 if t == "needle" else []
+        jobs = [
+            Job(f"{t}_cpu", v, 2, 3, seed=s, slot=120, min_slot=40, extra=extra)
+            for s in (0, 1)
+            for v in ("dense", "halo", "local_only")
+        ]
+        return jobs + [
+            Job(f"{t}_cpu", v, 2, 0, slot=120, min_slot=40, extra=extra) for v in ("dense", "halo")
+        ]
+
+    part2 += _pair(cpu_points)
+    part2 += _pair(
+        lambda t: [
+            Job(f"{t}_1024", "halo", 4, 3, ablation="no_globals", slot=200, min_slot=90),
+            Job(f"{t}_1024", "dense", 6, 3, slot=200, min_slot=90),
+            Job(f"{t}_1024", "local_only", 6, 3, slot=200, min_slot=90),
+        ]
+    )
+
+    # CPU smoke test: the real experiment configs, shrunk; 3 jobs, seconds each.
+    tiny = [
+        "model.hidden_size=32",
+        "model.num_heads=2",
+        "model.num_kv_heads=1",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        "trainer.log_every_n_steps=1",
+        "scheduler.warmup_steps=1",
+    ]
+    smoke = [
+        Job(
+            "needle_1024",
+            "dense",
+            1,
+            3,
+            slot=60,
+            min_slot=10,
+            extra=tiny
+            + ["data.seq_len=128", "data.batch_size=4", "data.distances=[16,40,100]", "data.num_val=6"],
+        ),
+        Job(
+            "needle_1024",
+            "halo",
+            1,
+            3,
+            slot=60,
+            min_slot=10,
+            extra=tiny
+            + ["data.seq_len=128", "data.batch_size=4", "data.distances=[16,40,100]", "data.num_val=6"],
+        ),
+        Job(
+            "mqar_cpu",
+            "local_only",
+            1,
+            0,
+            slot=60,
+            min_slot=10,
+            extra=tiny
+            + ["data.seq_len=128", "data.batch_size=4", "data.num_val=6", "data.distance_buckets=[2,16,64]"],
+        ),
+    ]
+    return {"part1": (part1, 14), "part2": (part2, 14), "smoke": (smoke, 2)}
+
+
+# ---------------------------------------------------------------------------------------------- running
+def _hms(seconds: float) -> str:
+    s = max(int(seconds), 1)
+    return f"00:{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+@dataclass
+class Record:
+    name: str
+    family: str
+    task: str
+    overrides: list[str]
+    status: str = "pending"  # ok | failed (rc N) | killed (budget) | dropped (budget) | pending | running
+    rc: int | None = None
+    wall_s: float | None = None
+    max_time_s: int | None = None
+    metrics: dict = field(default_factory=dict)
+
+
+def _metrics(job_dir: Path) -> dict:
+    try:
+        m = json.loads((job_dir / "run" / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    keys = (
+        "status",
+        "steps",
+        "val_loss",
+        "val_acc",
+        "val_acc_control",
+        "val_acc_first_query",
+        "val_acc_by_distance",
+        "tokens_per_sec",
+        "params",
+        "attention_backend",
+    )
+    return {k: m[k] for k in keys if k in m}
+
+
+def _pack(out: Path, work: Path, grid: str, records: list[Record], t0: float) -> None:
+    """OUT/<grid>.tar.gz (the small files of every job directory and the logs' tails) and the summary,
+    each written to a temporary name and renamed, so a kill mid-write leaves the previous one."""
+    summary = {"grid": grid, "elapsed_s": round(time.time() - t0, 1), "jobs": [asdict(r) for r in records]}
+    text = _table(records)
+    tmp = out / f".{grid}.tar.gz.tmp"
+    with tarfile.open(tmp, "w:gz") as tar:
+        for r in records:
+            job = work / r.family / r.name
+            for rel in KEEP:
+                if (job / rel).is_file():
+                    tar.add(job / rel, arcname=f"{r.family}/{r.name}/{rel}")
+            log = work / "logs" / f"{r.name}.log"
+            if log.is_file():
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-300:]).encode()
+                info = tarfile.TarInfo(f"logs/{r.name}.log")
+                info.size = len(tail)
+                tar.addfile(info, io.BytesIO(tail))
+        blob = json.dumps(summary, indent=1).encode()
+        info = tarfile.TarInfo(f"{grid}_summary.json")
+        info.size = len(blob)
+        tar.addfile(info, io.BytesIO(blob))
+    tmp.replace(out / f"{grid}.tar.gz")
+    for suffix, body in (("json", json.dumps(summary, indent=1)), ("txt", text)):
+        (out / f".{grid}_summary.{suffix}.tmp").write_text(body)
+        (out / f".{grid}_summary.{suffix}.tmp").replace(out / f"{grid}_summary.{suffix}")
+
+
+def _table(records: list[Record]) -> str:
+    def f(v) -> str:
+        return "" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+    rows = [
+        f"{'job':<44} {'status':<17} {'steps':>6} {'acc':>6} {'ctl/1st':>7} {'loss':>7} {'tok/s':>9} "
+        f"{'max_t':>5} {'wall':>5}"
+    ]
+    for r in records:
+        m = r.metrics
+        second = m.get("val_acc_control", m.get("val_acc_first_query"))
+        tps = m.get("tokens_per_sec")
+        rows.append(
+            f"{r.name:<44} {r.status:<17} {f(m.get('steps')):>6} {f(m.get('val_acc')):>6} "
+            f"{f(second):>7} {f(m.get('val_loss')):>7} {f(int(tps) if tps else None):>9} "
+            f"{f(r.max_time_s):>5} {f(round(r.wall_s) if r.wall_s else None):>5}"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    all_grids = grids()
+    if args.grid not in all_grids:
+        raise SystemExit(f"grid.py: unknown --grid {args.grid!r} (one of {', '.join(all_grids)})")
+    jobs, default_jobs = all_grids[args.grid]
+    concurrency = args.jobs or default_jobs
+    device = CPU if args.grid == "smoke" or args.cpu else GPU
+    out = Path(args.out).resolve()
+    work = Path(args.work or f"/tmp/halo_grid/{args.grid}").resolve()
+    if work == out or out in work.parents:
+        raise SystemExit(f"grid.py: --work {work} must lie outside OUT {out} (only the tarball goes to OUT)")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "logs").mkdir(parents=True)
+    records = [Record(j.name(args.grid), j.family, j.experiment, j.overrides()) for j in jobs]
+    if args.dry_run:
+        for j, r in zip(jobs, records):
+            print(r.name, " ".join(r.overrides), f"slot={j.slot}s")
+        return 0
+
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        WANDB_MODE="disabled",
+        PYTHONUNBUFFERED="1",
+        HYDRA_FULL_ERROR="1",
+    )
+    t0 = time.time()
+    end = t0 + args.budget - args.pack_reserve
+    pending = list(zip(jobs, records))
+    running: dict[str, tuple[subprocess.Popen, Record, float, float]] = {}
+    stop = {"now": False}
+
+    def _stop(signum, _frame) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    print(
+        f"grid {args.grid}: {len(jobs)} jobs, {concurrency} at a time, budget {args.budget}s, work {work}",
+        flush=True,
+    )
+    while (pending or running) and not stop["now"]:
+        while pending and len(running) < concurrency:
+            job, rec = pending.pop(0)
+            left = end - time.time() - args.reserve
+            limit = int(min(job.slot, left))
+            if limit < job.min_slot:
+                rec.status = "dropped (budget)"
+                print(f"  drop {rec.name}: {max(limit, 0)}s left < its minimum {job.min_slot}s", flush=True)
+                continue
+            rec.max_time_s = limit
+            cmd = [
+                sys.executable,
+                "-m",
+                "halo_lab.train",
+                "-m",
+                *rec.overrides,
+                *COMMON,
+                *device,
+                f"+trainer.max_time={_hms(limit)}",
+                f"hydra.sweep.dir={work / rec.family / rec.name}",
+                "hydra.sweep.subdir=run",
+            ]
+            gpu_env = dict(env)
+            if args.gpus > 1:
+                gpu_env["CUDA_VISIBLE_DEVICES"] = str(len(running) % args.gpus)
+            log = open(work / "logs" / f"{rec.name}.log", "w")  # noqa: SIM115 (closed with the process)
+            log.write(" ".join(cmd) + "\n")
+            log.flush()
+            proc = subprocess.Popen(
+                cmd, cwd=REPO, env=gpu_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            log.close()
+            kill_at = min(t0 + args.budget - args.pack_reserve / 2, time.time() + limit + args.reserve + 30)
+            running[rec.name] = (proc, rec, time.time(), kill_at)
+            rec.status = "running"
+            print(f"  start {rec.name} (max_time {limit}s)", flush=True)
+        time.sleep(1.0)
+        for name in list(running):
+            proc, rec, started, kill_at = running[name]
+            if proc.poll() is None and time.time() > kill_at:
+                _kill(proc)
+                rec.status = "killed (budget)"
+            if proc.poll() is None:
+                continue
+            del running[name]
+            _finish(work, rec, proc.returncode, time.time() - started)
+            print(
+                f"  done  {rec.name}: {rec.status}, {round(rec.wall_s)}s, acc {rec.metrics.get('val_acc')}",
+                flush=True,
+            )
+            _pack(out, work, args.grid, records, t0)
+    for proc, rec, started, _ in running.values():  # stopped by a signal
+        _kill(proc)
+        rec.status = "killed (signal)"
+        _finish(work, rec, proc.wait(), time.time() - started)
+    for _, rec in pending:
+        rec.status = "dropped (budget)" if not stop["now"] else "dropped (signal)"
+    _pack(out, work, args.grid, records, t0)
+    print(_table(records))
+    ok = sum(r.status == "ok" for r in records)
+    print(
+        f"grid {args.grid}: {ok} of {len(records)} ok in {time.time() - t0:.0f}s; {out / (args.grid + '.tar.gz')}"
+    )
+    return 0 if ok else 1
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """SIGTERM to the job's own process group (it was started in a new session), SIGKILL after 10 s."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=wait)
+            return
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            continue
+
+
+def _finish(work: Path, rec: Record, rc: int, wall: float) -> None:
+    job = work / rec.family / rec.name
+    rec.rc, rec.wall_s, rec.metrics = rc, round(wall, 1), _metrics(job)
+    if rec.status == "running":
+        rec.status = "ok" if rc == 0 and rec.metrics.get("status") == "ok" else f"failed (rc {rc})"
+    shutil.rmtree(job / "run" / "checkpoints", ignore_errors=True)  # MBs each; the report needs none
+
+
+# ---------------------------------------------------------------------------------------------- report
+def report(args: argparse.Namespace) -> int:
+    """Unpack the grids' tarballs into one root (the parts merge: job names carry the grid) and build
+    experiments/<family>/gpu/ from each family's jobs."""
+    from halo_lab.report.runs import ReportError
+    from halo_lab.report.writer import build_report
+
+    root = Path(args.root)
+    for src in args.inputs:
+        with tarfile.open(src) as tar:
+            tar.extractall(root, filter="data")
+        print(f"unpacked {src} into {root}")
+    status = 0
+    for fam in FAMILIES:
+        if not (root / fam).is_dir():
+            print(f"no {fam} jobs under {root}")
+            continue
+        out = REPO / "experiments" / fam / "gpu" if args.out is None else Path(args.out) / fam
+        try:
+            print(build_report(root / fam, out, wandb="off", plots=not args.no_plots))
+        except ReportError as exc:
+            print(f"grid.py report: {exc}", file=sys.stderr)
+            status = 2
+    return status
+
+
+def check(args: argparse.Namespace) -> int:
+    """Compose every job's config with Hydra and build its datasets (no training): catches a typo, a key
+    that does not exist or a needle distance that does not fit before the GPU call."""
+    import tempfile
+
+    from halo_lab.runner.build import build_datamodule, choose_batch_size
+    from halo_lab.runner.config import compose_config, validate_config
+
+    bad = 0
+    tmp = Path(tempfile.mkdtemp(prefix="grid_check_"))
+    for grid in args.grids:
+        for job in grids()[grid][0]:
+            over = job.overrides() + [o for o in COMMON if not o.startswith("~hydra")] + GPU
+            try:
+                cfg = compose_config(over, output_dir=tmp)
+                device = validate_config(cfg)["device"]
+                dm = build_datamodule(cfg, device, choose_batch_size(cfg, device)[0])
+                dm.setup("fit")
+                print(
+                    f"ok   {job.name(grid)}: {cfg.task_name}, len {cfg.data.seq_len}, "
+                    f"batch {cfg.data.batch_size}, steps {cfg.trainer.max_steps}, "
+                    f"window {cfg.model.local_window}, dilated {list(cfg.model.dilated_offsets)}"
+                )
+            except Exception as exc:  # report every bad job, not only the first
+                bad += 1
+                print(f"FAIL {job.name(grid)}: {type(exc).__name__}: {exc}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="grid.py", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run a grid's jobs concurrently inside a wall-clock budget")
+    r.add_argument("out", help="where <grid>.tar.gz and <grid>_summary.{json,txt} go ($OUT)")
+    r.add_argument("--grid", required=True, help="part1 | part2 | smoke")
+    r.add_argument("--budget", type=float, required=True, help="wall-clock seconds for the whole grid")
+    r.add_argument("--jobs", type=int, default=0, help="concurrent jobs (default: the grid's)")
+    r.add_argument("--gpus", type=int, default=1, help="round-robin the jobs over this many GPUs")
+    r.add_argument("--reserve", type=float, default=60, help="per-job seconds besides max_time (start, end)")
+    r.add_argument("--pack-reserve", type=float, default=20, help="seconds kept at the end for packing")
+    r.add_argument("--work", default=None, help="job directories (default /tmp/halo_grid/<grid>)")
+    r.add_argument("--cpu", action="store_true", help="run on the CPU (device=cpu)")
+    r.add_argument("--dry-run", action="store_true", help="list the jobs, run nothing")
+    rep = sub.add_parser("report", help="unpack tarballs and build experiments/{needle,mqar}/gpu/")
+    rep.add_argument("inputs", nargs="+", help="<grid>.tar.gz files from `run`")
+    rep.add_argument("--root", default="outputs/retrieval", help="where the jobs are unpacked")
+    rep.add_argument("--out", default=None, help="report root (default experiments/<family>/gpu)")
+    rep.add_argument("--no-plots", action="store_true")
+    c = sub.add_parser("check", help="compose every job of the grids (no training)")
+    c.add_argument("grids", nargs="+")
+    args = p.parse_args(argv)
+    return {"run": run, "report": report, "check": check}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""experiments/retrieval/grid.py, the GPU grid launcher of issue 14: its job lists, the budget logic and
+(slow) a CPU smoke run through halo_lab.report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("retrieval_grid", ROOT / "experiments/retrieval/grid.py")
+grid = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = grid  # dataclasses look their module up
+_spec.loader.exec_module(grid)
+
+
+def _keys(job) -> tuple:
+    return tuple(sorted(o.split("=")[0] for o in job.overrides()))
+
+
+def test_the_done_when_points_come_first_and_names_are_unique():
+    g = grid.grids()
+    part1 = g["part1"][0]
+    first = [(j.experiment, j.variant, j.layers, j.conv) for j in part1[:2]]
+    assert first == [("needle_1024", "dense", 2, 3), ("mqar_1024", "dense", 2, 3)]
+    names = [j.name(p) for p in ("part1", "part2") for j in g[p][0]]
+    assert len(names) == len(set(names))
+    # A dense run at every 1024-token depth HALO-S is measured at (the report's gate compares per point).
+    jobs = g["part1"][0] + g["part2"][0]
+    for j in jobs:
+        if j.experiment.endswith("_1024") and j.variant != "dense":
+            assert any(
+                d.variant == "dense" and d.experiment == j.experiment and d.layers == j.layers for d in jobs
+            ), j.name("x")
+
+
+def test_every_section_passes_the_same_override_keys_and_extras():
+    """The report's variant labels and gate points come from the overrides that differ inside a
+    section (task): only the axes may differ, or a job would be labelled and gated apart."""
+    for jobs, _ in grid.grids().values():
+        by_task: dict[str, list] = {}
+        for j in jobs:
+            by_task.setdefault(j.experiment, []).append(j)
+        for task, members in by_task.items():
+            ablation = {_keys(j) for j in members if j.ablation}
+            plain = {_keys(j) for j in members if not j.ablation}
+            assert len(plain) <= 1 and len(ablation) <= 1, task
+            assert len({tuple(j.extra) for j in members}) == 1, task
+
+
+def test_jobs_that_do_not_fit_the_budget_are_dropped_not_started(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    rc = grid.main(["run", str(out), "--grid", "part1", "--budget", "30", "--work", str(work)])
+    assert rc == 1  # nothing ran
+    summary = json.loads((out / "part1_summary.json").read_text())
+    assert {j["status"] for j in summary["jobs"]} == {"dropped (budget)"}
+    assert len(summary["jobs"]) == len(grid.grids()["part1"][0])
+    with tarfile.open(out / "part1.tar.gz") as tar:
+        assert "part1_summary.json" in tar.getnames()
+    assert "dropped (budget)" in (out / "part1_summary.txt").read_text()
+
+
+def test_work_directory_inside_out_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="must lie outside OUT"):
+        grid.main(["run", str(tmp_path), "--grid", "smoke", "--budget", "30", "--work", str(tmp_path / "w")])
+
+
+@pytest.mark.slow
+def test_every_grid_job_composes_and_builds_its_data():
+    assert grid.main(["check", "part1", "part2", "smoke"]) == 0
+
+
+@pytest.mark.slow
+def test_smoke_grid_trains_on_the_cpu_and_reports(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "out"
+    rc = grid.main(
+        [
+            "run",
+            str(out),
+            "--grid",
+            "smoke",
+            "--budget",
+            "300",
+            "--reserve",
+            "40",
+            "--work",
+            str(tmp_path / "work"),
+        ]
+    )
+    assert rc == 0
+    summary = json.loads((out / "smoke_summary.json").read_text())
+    assert [j["status"] for j in summary["jobs"]] == ["ok", "ok", "ok"]
+    assert all(j["metrics"]["steps"] == 4 for j in summary["jobs"])
+    with tarfile.open(out / "smoke.tar.gz") as tar:
+        assert not [n for n in tar.getnames() if "checkpoints" in n or n.endswith(".ckpt")]
+    rep = tmp_path / "rep"
+    assert (
+        grid.main(
+            [
+                "report",
+                str(out / "smoke.tar.gz"),
+                "--root",
+                str(rep / "root"),
+                "--out",
+                str(rep),
+                "--no-plots",
+            ]
+        )
+        == 0
+    )
+    needle = (rep / "needle" / "report.md").read_text()
+    assert "## needle_1024" in needle and "Dense gate" in needle and "swapped-key control" in needle
+    assert "## mqar_cpu" in (rep / "mqar" / "report.md").read_text()
+    assert "max_time" not in needle.split("## needle_1024")[1].split("Common setup")[0]
