@@ -188,7 +188,14 @@ def grids() -> dict[str, tuple[list[Job], int]]:
             + ["data.seq_len=128", "data.batch_size=4", "data.num_val=6", "data.distance_buckets=[2,16,64]"],
         ),
     ]
-    return {"part1": (part1, 14), "part2": (part2, 14), "smoke": (smoke, 2)}
+    # The last device call of 2026-12-02 (issue 14): which HALO-S edges matter at 1024 tokens, 2 layers
+    # (the depth at which dense passed both tasks), and a second seed of the three variants.
+    edges = [Job("needle_1024", "halo", 2, 3, ablation=a) for a in ("no_dilated", "no_random", "no_globals")]
+    edges += [Job("needle_1024", v, 2, 3, seed=1) for v in ("dense", "halo", "local_only")]
+    edges += [Job("mqar_1024", "dense", 2, 3, seed=1), Job("mqar_1024", "halo", 2, 3, ablation="no_dilated")]
+    # One device call for both, when the device time allows only one: part1's jobs first, 16 at once.
+    return {"part1": (part1, 14), "part2": (part2, 14), "all": (part1 + part2, 16), "edges": (edges, 8),
+            "smoke": (smoke, 2)}
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -467,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run a grid's jobs concurrently inside a wall-clock budget")
     r.add_argument("out", help="where <grid>.tar.gz and <grid>_summary.{json,txt} go ($OUT)")
-    r.add_argument("--grid", required=True, help="part1 | part2 | smoke")
+    r.add_argument("--grid", required=True, help="part1 | part2 | all (both, one call) | smoke")
     r.add_argument("--budget", type=float, required=True, help="wall-clock seconds for the whole grid")
     r.add_argument("--jobs", type=int, default=0, help="concurrent jobs (default: the grid's)")
     r.add_argument("--gpus", type=int, default=1, help="round-robin the jobs over this many GPUs")
