@@ -313,6 +313,15 @@ def validate_config(cfg: DictConfig) -> dict[str, Any]:
         "must be a positive integer, -1 or null (the trainer's estimate)",
     )
     _check(mlr is None or 0.0 <= mlr <= 1.0, "scheduler.min_lr_ratio", mlr, "must be in [0, 1]")
+    horizon = total if total not in (None, -1) else (steps if steps > 0 else None)
+    if warm and horizon is not None and warm >= horizon:
+        log.warning(
+            "scheduler.warmup_steps=%d >= %s=%d: the learning rate never leaves its warmup (it never "
+            "reaches optimizer.lr); lower scheduler.warmup_steps",
+            warm,
+            "scheduler.total_steps" if total not in (None, -1) else "trainer.max_steps",
+            horizon,
+        )
 
     mode = OmegaConf.select(cfg, "logger.wandb.mode", default=None)
     _check(
