@@ -141,7 +141,10 @@ def _read_dir(d: Path) -> _Checkpoint:
         raise FileNotFoundError(
             f"{d} has {CONFIG_NAME} but neither {SAFE_WEIGHTS_NAME} nor {PT_WEIGHTS_NAME}{sharded}"
         )
-    return _with_config(ck, cfg, str(d))
+    ck = _with_config(ck, cfg, str(d))
+    if isinstance(ck.tokenizer, dict) and "file" in ck.tokenizer:  # a word vocabulary kept beside config.json
+        ck.tokenizer = _read_json(d / ck.tokenizer["file"])
+    return ck
 
 
 def _with_config(ck: _Checkpoint, cfg: dict[str, Any], source: str) -> _Checkpoint:
@@ -156,7 +159,9 @@ def _with_config(ck: _Checkpoint, cfg: dict[str, Any], source: str) -> _Checkpoi
 def _read_file(p: Path) -> _Checkpoint:
     ck = _read_weights(p)
     if ck.config is None and (p.parent / CONFIG_NAME).is_file():
-        return _with_config(ck, _read_json(p.parent / CONFIG_NAME), str(p))
+        ck = _with_config(ck, _read_json(p.parent / CONFIG_NAME), str(p))
+        if isinstance(ck.tokenizer, dict) and "file" in ck.tokenizer:
+            ck.tokenizer = _read_json(p.parent / ck.tokenizer["file"])
     return ck
 
 
@@ -288,7 +293,13 @@ def _read_hub(repo_id, revision, token, cache_dir, local_files_only) -> _Checkpo
     else:
         raise OSError("; ".join(problems))
     source = f"{repo_id}@{revision}" if revision else repo_id
-    return _with_config(_read_weights(weights), cfg, source)
+    ck = _with_config(_read_weights(weights), cfg, source)
+    if isinstance(ck.tokenizer, dict) and "file" in ck.tokenizer:
+        try:
+            ck.tokenizer = _read_json(Path(_hub_file(hub, repo_id, ck.tokenizer["file"], kw)))
+        except _MissingOnHub as e:
+            raise OSError(str(e)) from e
+    return ck
 
 
 # ------------------------------------------------------------------------------------------ build
