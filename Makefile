@@ -42,7 +42,7 @@ report: $(STAMP)  ## report.md + plots of a sweep (DIR=outputs/multirun/<experim
 	@test -n "$(DIR)" || { echo "make report: no sweep under outputs/multirun/: run a sweep-* target or pass DIR=..."; exit 2; }
 	$(PY) -m halo_lab.report $(DIR) $(ARGS)
 
-eval: $(STAMP)  ## evaluate a model: make eval ARGS="model=outputs/train/<run> [data=... | file=book.txt]"
+eval: $(STAMP)  ## evaluate a model: make eval ARGS="source=outputs/train/<run> [data=... | file=book.txt]"
 	$(PY) -m halo_lab.eval $(ARGS)
 
 bench: $(STAMP)  ## speed/memory benchmark (quick CPU mode without a GPU)

@@ -88,7 +88,6 @@ def test_transformers_round_trip_logits_and_greedy_generate(tmp_path, arch, kw):
 def test_hf_graph_mask_equals_halo_lab_graph():
     pytest.importorskip("transformers")
     from halo_lab import graph
-
     from halo_lab.hf_remote import configuration_halo, modeling_halo  # the files copied into exports
 
     for kw in ({}, {"random_edges": "token"}, {"dilation_rule": "absolute", "dilated_offsets": [3, 9, 12]}):
