@@ -110,11 +110,11 @@ def test_tiny_experiment_runs_as_a_multirun_and_reports(name, tmp_path, tarball)
         "ablation_tiny": [
             f"| HALO-S {o} | 128 |" for o in ("no_globals", "no_dilated", "no_random", "local_only")
         ],
-        "needle_tiny": ["| HALO-S | 64 |", "| dense | 64 |", "| HALO-S local_only | 64 |", "d=48"],
+        "needle_tiny": ["| HALO-S | 64 |", "| dense | 64 |", "| local-only | 64 |", "d=48"],
         "mqar_tiny": [
             "| HALO-S | 64 |",
             "| dense | 64 |",
-            "| HALO-S local_only | 64 |",
+            "| local-only | 64 |",
             "d=32",
             "MQAR accuracy by distance",
         ],
