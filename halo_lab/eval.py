@@ -190,7 +190,6 @@ def plot_loss_by_position(result: dict[str, Any], path: Path, title: str) -> Pat
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
 
