@@ -316,11 +316,13 @@ def validate_config(cfg: DictConfig) -> dict[str, Any]:
     horizon = total if total not in (None, -1) else (steps if steps > 0 else None)
     if warm and horizon is not None and warm >= horizon:
         log.warning(
-            "scheduler.warmup_steps=%d >= %s=%d: the learning rate never leaves its warmup (it never "
-            "reaches optimizer.lr); lower scheduler.warmup_steps",
+            "scheduler.warmup_steps=%d >= the schedule's %d steps (scheduler.total_steps=%s, trainer.max_steps"
+            "=%s): the learning rate never leaves its warmup (never reaches optimizer.lr); lower "
+            "scheduler.warmup_steps",
             warm,
-            "scheduler.total_steps" if total not in (None, -1) else "trainer.max_steps",
             horizon,
+            total,
+            steps,
         )
 
     mode = OmegaConf.select(cfg, "logger.wandb.mode", default=None)
