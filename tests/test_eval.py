@@ -140,3 +140,21 @@ def test_cli_sweep_over_lengths(tmp_path):
     results = sorted(json.loads(p.read_text())["seq_len"] for p in (tmp_path / "sweep").rglob("eval.json"))
     assert results == [16, 48]
     assert "loss" in proc.stdout and "tokens/s" in proc.stdout
+
+
+def test_a_source_that_is_not_a_path_is_loaded_from_the_hub(tmp_path, monkeypatch):
+    import halo_lab.hub
+    from halo_lab.hub import load_from_hub
+
+    model_dir = export(tmp_path)
+    asked = []
+
+    def fake_hub(src, **kw):
+        asked.append(src)
+        return load_from_hub(model_dir, **kw)
+
+    monkeypatch.setattr(halo_lab.hub, "load_from_hub", fake_hub)
+    f = tmp_path / "text.txt"
+    f.write_text(TEXT)
+    res = run(compose(tmp_path, "source=someone/tiny-halo", f"file={f}", "seq_len=32"))
+    assert asked == ["someone/tiny-halo"] and res["model"] == "someone/tiny-halo" and res["tokens"] > 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import transformers
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -197,7 +198,12 @@ class HaloSForCausalLM(PreTrainedModel, GenerationMixin):
     base_model_prefix = "halo"  # no such submodule: the weights sit at the top level, as halo_lab saves them
     main_input_name = "input_ids"
     _no_split_modules = ["HaloBlock"]
-    _tied_weights_keys = {"lm_head.weight": "token_emb.weight"}
+    # transformers 5 maps tied names to their source; 4.x lists them (tied only if tie_word_embeddings)
+    _tied_weights_keys = (
+        {"lm_head.weight": "token_emb.weight"}
+        if int(transformers.__version__.split(".")[0]) >= 5
+        else ["lm_head.weight"]
+    )
 
     def __init__(self, config: HaloSConfig):
         super().__init__(config)
