@@ -113,6 +113,8 @@ def _run_dir_tokenizer(path: Path) -> dict | None:
     for cfg in (path / "hub" / CONFIG_NAME, path.parent.parent / "hub" / CONFIG_NAME):
         if cfg.is_file():
             tok = json.loads(cfg.read_text()).get("tokenizer")
+            if isinstance(tok, dict) and "file" in tok:  # a word vocabulary beside config.json
+                return json.loads((cfg.parent / tok["file"]).read_text())
             if isinstance(tok, dict):
                 return tok
     return None

@@ -188,3 +188,16 @@ def test_offline_push_is_one_line_after_the_export(tmp_path, monkeypatch, capsys
     assert f"the export in {out} is complete" in err
     assert f"hf upload someone/tiny {out} --private" in err
     assert (out / "model.safetensors").is_file() and (out / "modeling_halo.py").is_file()
+
+
+def test_export_of_a_checkpoint_takes_the_word_vocabulary_from_the_run_hub_dir(tmp_path):
+    from tests.test_hub import lightning_checkpoint
+
+    word = WordTokenizer().build_vocab([TEXT])
+    model = make(vocab_size=word.vocab_size)
+    run = tmp_path / "run"
+    lightning_checkpoint(model, run / "checkpoints" / "last.ckpt")  # no tokenizer in the checkpoint
+    save_for_hub(model, None, run / "hub", tokenizer=word)
+    assert export_main([str(run), str(tmp_path / "out")]) == 0
+    loaded = load_from_hub(tmp_path / "out")
+    assert isinstance(loaded.tokenizer, WordTokenizer) and loaded.tokenizer.itos == word.itos
