@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 ARGS   ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install train sweep-baseline sweep-ablation sweep-needle sweep-mqar report bench test test-full lint format clean
+.PHONY: help install train sweep-baseline sweep-ablation sweep-needle sweep-mqar report eval bench test test-full lint format clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[dev,compat]"
+	$(PY) -m pip install -q -e ".[dev,compat,hf]"
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install halo_lab with dev tools
@@ -35,6 +35,15 @@ sweep-needle: $(STAMP)  ## needle-in-a-haystack sweep
 
 sweep-mqar: $(STAMP)  ## multi-query associative recall sweep
 	$(PY) -m halo_lab.train -m +experiment=mqar $(ARGS)
+
+# DIR: the sweep to report on (default: the newest one under outputs/multirun/)
+DIR    ?= $(shell ls -dt outputs/multirun/*/*/ 2>/dev/null | head -1)
+report: $(STAMP)  ## report.md + plots of a sweep (DIR=outputs/multirun/<experiment>/<time>, default newest)
+	@test -n "$(DIR)" || { echo "make report: no sweep under outputs/multirun/: run a sweep-* target or pass DIR=..."; exit 2; }
+	$(PY) -m halo_lab.report $(DIR) $(ARGS)
+
+eval: $(STAMP)  ## evaluate a model: make eval ARGS="source=outputs/train/<run> [data=... | file=book.txt]"
+	$(PY) -m halo_lab.eval $(ARGS)
 
 bench: $(STAMP)  ## speed/memory benchmark (quick CPU mode without a GPU)
 	$(PY) -m halo_lab.bench $(ARGS)

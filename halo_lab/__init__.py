@@ -30,6 +30,9 @@ _PUBLIC = {
     "benchmark_speed": "halo_lab.bench",
     "benchmark_generation": "halo_lab.bench",
     "estimate_flops": "halo_lab.bench",
+    # the reference package's helpers (halo_lab.api; its free generate() is halo_lab.api.generate)
+    "estimate_graph_stats": "halo_lab.api",
+    "estimate_memory": "halo_lab.api",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]

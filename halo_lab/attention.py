@@ -29,6 +29,10 @@ try:  # FlexAttention ships with torch >= 2.5
     from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
     HAS_FLEX = True
+    try:  # torch >= 2.9: return_aux replaces return_lse
+        from torch.nn.attention.flex_attention import AuxRequest as _AuxRequest
+    except ImportError:
+        _AuxRequest = None
 except ImportError:  # pragma: no cover - old torch
     HAS_FLEX = False
 
@@ -312,18 +316,24 @@ def hybrid_attention(q, k, v, config: HaloConfig, layer: int, step: int) -> torc
             graph.extra_index(config, layer, step, text_len, q.device),
         )
     if q.is_cuda:
-        local, local_lse = _flex_kernel()(
-            q, k, v, block_mask=window.block_mask, enable_gqa=q.shape[1] != k.shape[1], return_lse=True
-        )
+        local, local_lse = _flex_with_lse(_flex_kernel(), q, k, v, window.block_mask)
     else:
         if not torch.is_grad_enabled():
             q, k, v = q.detach(), k.detach(), v.detach()
-        local, local_lse = flex_attention(
-            q, k, v, block_mask=window.block_mask, enable_gqa=q.shape[1] != k.shape[1], return_lse=True
-        )
+        local, local_lse = _flex_with_lse(flex_attention, q, k, v, window.block_mask)
     if q.is_cuda:  # compiled: the gather becomes indirect loads instead of B x H x L x E x d copies
         return _far_kernel()(q, k, v, cached[1], local, local_lse)
     return _far_and_merge(q, k, v, cached[1], local, local_lse)
+
+
+def _flex_with_lse(fn, q, k, v, block_mask):
+    """(output, log-sum-exp) of flex_attention: ``return_aux`` where torch has it (``return_lse`` is
+    deprecated there and warns on every call), ``return_lse`` on older torch."""
+    gqa = q.shape[1] != k.shape[1]
+    if _AuxRequest is not None:
+        out, aux = fn(q, k, v, block_mask=block_mask, enable_gqa=gqa, return_aux=_AuxRequest(lse=True))
+        return out, aux.lse
+    return fn(q, k, v, block_mask=block_mask, enable_gqa=gqa, return_lse=True)
 
 
 def _far_and_merge(q, k, v, idx, local, local_lse) -> torch.Tensor:

@@ -54,6 +54,10 @@ META_KEYS = frozenset(
         "torch_dtype",
         "tokenizer",
         "transformers_version",
+        # what the transformers side of an export adds (halo_lab.hf_files)
+        "auto_map",
+        "eos_token_id",
+        "dtype",
     }
 )
 # The class names config.json stores ("architectures"), a file-format table: compat sits below the model

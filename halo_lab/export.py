@@ -43,11 +43,78 @@ def find_source(path: str | Path) -> Path:
     )
 
 
+def _run_dir(source: Path, src: Path) -> Path | None:
+    """The run directory behind an export source (itself, or the one holding checkpoints/X.ckpt)."""
+    for d in (source, src.parent.parent if src.parent.name == "checkpoints" else None):
+        if d is not None and d.is_dir() and (d / "metrics.json").is_file():
+            return d
+    return None
+
+
+def _run_card_info(run: Path | None) -> tuple[dict | None, list[str]]:
+    """(metrics.json, training data names) of a run directory, for the model card."""
+    from halo_lab.hf_files import dataset_names
+
+    if run is None:
+        return None, []
+    try:
+        metrics = json.loads((run / "metrics.json").read_text())
+    except ValueError:
+        metrics = None
+    data = None
+    cfg = run / ".hydra" / "config.yaml"
+    if cfg.is_file():
+        from omegaconf import OmegaConf
+
+        try:
+            data = OmegaConf.to_container(OmegaConf.load(cfg).get("data"), resolve=False)
+        except Exception:  # an unreadable config only costs the card its datasets line
+            data = None
+    return metrics if isinstance(metrics, dict) else None, dataset_names(
+        data if isinstance(data, dict) else None
+    )
+
+
+class PushFailed(OSError):
+    """The export was written but could not be uploaded (no network, DNS, proxy, timeout)."""
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    try:
+        import httpx  # huggingface_hub >= 1.0
+
+        errors.append(httpx.TransportError)
+    except ImportError:
+        pass
+    try:
+        import requests  # huggingface_hub < 1.0
+
+        errors.append(requests.exceptions.ConnectionError)
+        errors.append(requests.exceptions.Timeout)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def _push(out: Path, repo: str, private: bool, commit_message: str | None, revision: str | None) -> None:
+    try:
+        upload_dir(out, repo, private=private, commit_message=commit_message, revision=revision)
+    except _connection_errors() as e:
+        flags = (" --private" if private else "") + (f" --revision {revision}" if revision else "")
+        raise PushFailed(
+            f"could not reach the Hugging Face Hub to push to {repo} ({type(e).__name__}: {e}); the export "
+            f"in {out} is complete, push it later with: hf upload {repo} {out}{flags}"
+        ) from None
+
+
 def _run_dir_tokenizer(path: Path) -> dict | None:
     """The tokenizer description the runner saved in RUN_DIR/hub/config.json, if any."""
     for cfg in (path / "hub" / CONFIG_NAME, path.parent.parent / "hub" / CONFIG_NAME):
         if cfg.is_file():
             tok = json.loads(cfg.read_text()).get("tokenizer")
+            if isinstance(tok, dict) and "file" in tok:  # a word vocabulary beside config.json
+                return json.loads((cfg.parent / tok["file"]).read_text())
             if isinstance(tok, dict):
                 return tok
     return None
@@ -81,11 +148,15 @@ def export(
     tokenizer = model.tokenizer
     if tokenizer is None:
         tokenizer = _run_dir_tokenizer(Path(source).expanduser() if Path(source).is_dir() else src)
-    out = save_for_hub(model, model.config, out_dir, safe_serialization, tokenizer, repo_id=push)
+    metrics, datasets = _run_card_info(_run_dir(Path(source).expanduser(), src))
+    out = save_for_hub(
+        model, model.config, out_dir, safe_serialization, tokenizer, repo_id=push, metrics=metrics,
+        datasets=datasets,
+    )  # fmt: skip
     if verify:
         _check_same_logits(model, load_from_hub(out))
     if push:
-        upload_dir(out, push, private=private, commit_message=commit_message, revision=revision)
+        _push(out, push, private, commit_message, revision)
     return out
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from halo_lab import compat
+from halo_lab import compat, hf_files
 from halo_lab.config import HaloConfig
 from halo_lab.model import build_model
 from halo_lab.weights import (
@@ -65,11 +65,15 @@ def save_for_hub(
     tokenizer: Any = None,
     *,
     repo_id: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    datasets: list[str] | None = None,
 ) -> Path:
-    """Write ``save_dir``/{config.json, model.safetensors or pytorch_model.bin, README.md}; return the dir.
+    """Write ``save_dir``/{config.json, model.safetensors or pytorch_model.bin, README.md, the transformers
+    remote code, tokenizer files, generation_config.json} (see halo_lab.hf_files); return the dir.
 
     ``config`` defaults to ``model.config``; ``tokenizer`` (an object with ``to_dict()`` or that dict) to
-    ``model.tokenizer``. ``repo_id`` only goes into the model card's usage snippet."""
+    ``model.tokenizer``. ``repo_id`` only goes into the model card's usage snippet; ``metrics`` (a run's
+    metrics.json) and ``datasets`` (names of the training data) into the card's metadata."""
     model = unwrap_model(model)
     if config is None:
         config = model.config
@@ -97,14 +101,21 @@ def save_for_hub(
     cfg = {
         "model_type": MODEL_TYPE,
         "architectures": [compat.CLASS_BY_ARCH[arch]],
+        "auto_map": hf_files.AUTO_MAP,
         "arch": arch,
         **config.to_dict(),
         "halo_lab_version": _version(),
         "torch_dtype": dtype,
     }
-    if tok_desc is not None:
-        cfg["tokenizer"] = tok_desc
+    stored_tok = hf_files.write_tokenizer_files(out, tok_desc, config.max_seq_len)
+    if stored_tok is not None:
+        cfg["tokenizer"] = stored_tok
+    eos = _eos_id(tokenizer, tok_desc)
+    if eos is not None:
+        cfg["eos_token_id"] = eos
     (out / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
+    hf_files.write_remote_code(out)
+    hf_files.write_generation_config(out, eos)
 
     if safe_serialization:
         from safetensors.torch import save_file
@@ -124,7 +135,9 @@ def save_for_hub(
     if stale.exists():  # the loader prefers safetensors: an old file of the other format would win or confuse
         stale.unlink()
     n_params = sum(p.numel() for p in model.parameters())
-    (out / MODEL_CARD_NAME).write_text(_model_card(config, arch, n_params, tok_desc, repo_id))
+    card = _model_card(config, arch, n_params, tok_desc, repo_id, metrics, list(datasets or []))
+    card.save(out / MODEL_CARD_NAME)
+    hf_files.follow_umask(out)
     logger.info("saved %s (%s parameters) to %s", compat.CLASS_BY_ARCH[arch], f"{n_params:,}", out)
     return out
 
@@ -204,11 +217,27 @@ def _dedupe_shared(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tens
     return tensors, aliases
 
 
+def _eos_id(tokenizer: Any, desc: dict | None) -> int | None:
+    eos = (
+        getattr(tokenizer, "eos_token_id", None)
+        if tokenizer is not None and not isinstance(tokenizer, dict)
+        else None
+    )
+    if eos is None and desc is not None:
+        eos = {"char": 0, "word": 1}.get(desc.get("type"))
+    return int(eos) if eos is not None else None
+
+
 def _model_card(
-    config: HaloConfig, arch: str, n_params: int, tok_desc: dict | None, repo_id: str | None
-) -> str:
+    config: HaloConfig,
+    arch: str,
+    n_params: int,
+    tok_desc: dict | None,
+    repo_id: str | None,
+    metrics: dict | None,
+    datasets: list[str],
+):
     cls = compat.CLASS_BY_ARCH[arch]
-    where = repo_id or "path/to/this/directory"
     kind = (
         f"HALO-S sparse-attention causal LM: {config.num_globals} global tokens, window {config.local_window}, "
         f"dilated distances {list(config.dilated_distances)}, {config.num_random} random edges "
@@ -216,44 +245,24 @@ def _model_card(
         if arch == "halo"
         else "dense causal Transformer baseline (the HALO-S comparison model)"
     )
-    tok = tok_desc.get("type", "custom") if tok_desc else None
-    usage_gen = (
-        'print(model.generate("To be, or not to be", tokenizer=model.tokenizer, max_new_tokens=50))'
-        if tok
-        else "# no tokenizer was saved: pass tokenizer=... to generate() for string prompts"
+    table = [
+        ("layers / hidden / heads (kv)", f"{config.num_layers} / {config.hidden_size} / {config.num_heads} ({config.num_kv_heads})"),
+        ("vocabulary", str(config.vocab_size)),
+        ("max_seq_len (trained)", str(config.max_seq_len)),
+        ("FFN", f"{'SwiGLU' if config.use_swiglu else 'GELU'} x{config.ffn_mult}"),
+        ("tokenizer", (tok_desc or {}).get("type", "not saved") + (f" ({tok_desc['encoding']})" if tok_desc and tok_desc.get("encoding") else "")),
+    ]  # fmt: skip
+    if arch == "halo":
+        table.insert(1, ("graph", f"G={config.num_globals}, W={config.local_window}, dilated {list(config.dilated_distances)}, R={config.num_random} ({config.random_edges}), seed {config.graph_seed}"))  # fmt: skip
+    return hf_files.model_card(
+        title=repo_id.split("/")[-1] if repo_id else cls,
+        summary=f"{cls} ({n_params / 1e6:.2f}M parameters), a {kind}, saved with halo_lab {_version()}.",
+        table=table,
+        where=repo_id or "path/to/this/directory",
+        tok_type=(tok_desc or {}).get("type"),
+        metrics=metrics,
+        datasets=datasets,
     )
-    return f"""---
-library_name: halo_lab
-tags:
-- halo-s
-- sparse-attention
-- text-generation
-pipeline_tag: text-generation
----
-
-# {repo_id.split("/")[-1] if repo_id else cls}
-
-{cls} ({n_params / 1e6:.2f}M parameters), a {kind}, saved with halo_lab {_version()}.
-
-| field | value |
-|---|---|
-| layers / hidden / heads (kv) | {config.num_layers} / {config.hidden_size} / {config.num_heads} ({config.num_kv_heads}) |
-| vocabulary | {config.vocab_size} |
-| max_seq_len | {config.max_seq_len} |
-| FFN | {"SwiGLU" if config.use_swiglu else "GELU"} x{config.ffn_mult} |
-| tokenizer | {tok or "not saved"} |
-
-## Usage
-
-```python
-from halo_lab import load_from_hub
-
-model = load_from_hub("{where}")  # weights only: no code is loaded from the repo
-{usage_gen}
-```
-
-The architecture name HALO-S comes from the pyhalos reference package.
-"""
 
 
 # ============================================================================================ load

@@ -124,8 +124,13 @@ def _multirun() -> bool:
 def _quiet_lightning_console() -> None:
     """The ``lightning`` package adds its own console handler; under Hydra's root handler every Lightning
     message would print twice."""
+    import warnings
+
     import lightning
 
+    # Lightning's own use of a torch API that torch >= 2.10 deprecates (lightning/pytorch/utilities/
+    # _pytree.py): nothing halo_lab can change, printed once per run.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     console = getattr(lightning, "_console", None)
     if console is not None and logging.getLogger().hasHandlers():
         logging.getLogger("lightning").removeHandler(console)

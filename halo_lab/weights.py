@@ -141,14 +141,17 @@ def _read_dir(d: Path) -> _Checkpoint:
         raise FileNotFoundError(
             f"{d} has {CONFIG_NAME} but neither {SAFE_WEIGHTS_NAME} nor {PT_WEIGHTS_NAME}{sharded}"
         )
-    return _with_config(ck, cfg, str(d))
+    return _with_config(ck, cfg, str(d), d.joinpath)
 
 
-def _with_config(ck: _Checkpoint, cfg: dict[str, Any], source: str) -> _Checkpoint:
-    """Attach a config.json's contents (it describes the model better than a file's own metadata)."""
+def _with_config(ck: _Checkpoint, cfg: dict[str, Any], source: str, beside=None) -> _Checkpoint:
+    """Attach a config.json's contents (it describes the model better than a file's own metadata).
+    ``beside(name)``: the path of a file next to config.json (a word vocabulary: ``{"file": ...}``)."""
     ck.config = cfg
     ck.source = source
     ck.tokenizer = cfg.get("tokenizer") if isinstance(cfg.get("tokenizer"), dict) else ck.tokenizer
+    if beside is not None and isinstance(ck.tokenizer, dict) and "file" in ck.tokenizer:
+        ck.tokenizer = _read_json(Path(beside(ck.tokenizer["file"])))
     ck.arch = None  # config.json's architectures (halo_lab) or the keys (reference) decide
     return ck
 
@@ -156,7 +159,7 @@ def _with_config(ck: _Checkpoint, cfg: dict[str, Any], source: str) -> _Checkpoi
 def _read_file(p: Path) -> _Checkpoint:
     ck = _read_weights(p)
     if ck.config is None and (p.parent / CONFIG_NAME).is_file():
-        return _with_config(ck, _read_json(p.parent / CONFIG_NAME), str(p))
+        return _with_config(ck, _read_json(p.parent / CONFIG_NAME), str(p), p.parent.joinpath)
     return ck
 
 
@@ -288,7 +291,10 @@ def _read_hub(repo_id, revision, token, cache_dir, local_files_only) -> _Checkpo
     else:
         raise OSError("; ".join(problems))
     source = f"{repo_id}@{revision}" if revision else repo_id
-    return _with_config(_read_weights(weights), cfg, source)
+    try:
+        return _with_config(_read_weights(weights), cfg, source, lambda n: _hub_file(hub, repo_id, n, kw))
+    except _MissingOnHub as e:
+        raise OSError(str(e)) from e
 
 
 # ------------------------------------------------------------------------------------------ build

@@ -33,6 +33,11 @@ SMALL = dict(
 )
 
 
+# what an export holds for transformers besides config.json + weights + README.md (halo_lab.hf_files)
+HF_FILES = ["configuration_halo.py", "modeling_halo.py", "generation_config.json"]
+TOK = ["tokenizer.json", "tokenizer_config.json"]  # with a byte or word tokenizer
+
+
 def make(arch="halo", seed=0, **kw):
     torch.manual_seed(seed)
     model = build_model(HaloConfig(**{**SMALL, **kw}), arch).eval()
@@ -69,7 +74,9 @@ def test_save_load_identical_logits(tmp_path, arch, safe):
     model = make(arch)
     save_for_hub(model, model.config, tmp_path, safe_serialization=safe)
     weights = "model.safetensors" if safe else "pytorch_model.bin"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["config.json", "README.md", weights])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["config.json", "README.md", weights, *HF_FILES]
+    )
     loaded = load_from_hub(tmp_path)
     assert type(loaded) is type(model) and not loaded.training
     assert loaded.config == model.config
@@ -438,7 +445,9 @@ def test_push_to_hub_uploads_the_export_and_never_the_token(tmp_path, fake_api, 
     )
     assert branch["branch"] == "exp-1"
     assert upload["commit_message"] == "first upload" and upload["revision"] == "exp-1"
-    assert sorted(fake_api.uploaded) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(fake_api.uploaded) == sorted(
+        ["README.md", "config.json", "model.safetensors", *HF_FILES, *TOK]
+    )
     for name, data in fake_api.uploaded.items():
         assert secret.encode() not in data, name
     assert secret not in caplog.text
@@ -525,7 +534,9 @@ def test_export_dense_run_takes_tokenizer_from_run_hub_dir_and_pushes(tmp_path, 
     save_for_hub(model, None, run / "hub", tokenizer={"type": "char"})
     rc = export_main([str(run), str(tmp_path / "out"), "--push", "someone/dense", "--private", "--bin"])
     assert rc == 0
-    assert sorted(fake_api.uploaded) == ["README.md", "config.json", "pytorch_model.bin"]
+    assert sorted(fake_api.uploaded) == sorted(
+        ["README.md", "config.json", "pytorch_model.bin", *HF_FILES, *TOK]
+    )
     assert json.loads(fake_api.uploaded["config.json"])["tokenizer"] == {"type": "char"}
     assert [c[1]["private"] for c in fake_api.calls if c[0] == "create_repo"] == [True]
     assert same_logits(model, load_from_hub(tmp_path / "out"))

@@ -160,11 +160,9 @@ def test_needle_accuracy_by_distance_and_seed_statistics(tmp_path):
     md = build_report(root, plots=True).read_text()
     assert "Needle accuracy by distance" in md
     acc_rows = {
-        (r[0], r[1]): r
-        for r in table_rows(md)
-        if len(r) == 5 and r[0] in ("HALO-S", "dense", "HALO-S local_only")
+        (r[0], r[1]): r for r in table_rows(md) if len(r) == 5 and r[0] in ("HALO-S", "dense", "local-only")
     }
-    assert acc_rows[("HALO-S local_only", "1")][2:] == ["0.475", "0.900", "0.050"]
+    assert acc_rows[("local-only", "1")][2:] == ["0.475", "0.900", "0.050"]
     assert "Mean ± standard deviation over seeds" in md
     seed_row = next(r for r in table_rows(md) if r[0] == "dense" and r[2] == "2")
     accs_dense = [(1.0 + 0.95) / 2, (1.0 + 0.90) / 2]
@@ -199,7 +197,7 @@ def test_mqar_accuracy_by_distance_buckets(tmp_path):
     assert "buckets [1, 64, 256]: d=E counts the queries at E <= distance < the next edge" in md
     rows = {r[0]: r for r in table_rows(md) if len(r) == 6}
     assert rows["variant"][2:] == ["overall", "d=1", "d=64", "d=256"]
-    assert rows["HALO-S local_only"][2:] == ["0.500", "0.900", "0.475", "0.050"]
+    assert rows["local-only"][2:] == ["0.500", "0.900", "0.475", "0.050"]
     assert rows["dense"][3:] == ["1.000", "0.950", "0.900"]
     assert (root / "mqar_accuracy_by_distance.png").read_bytes()[:8] == PNG
 
@@ -209,7 +207,8 @@ def test_extra_swept_override_goes_into_the_variant_label(tmp_path):
     for lr in ("1e-3", "3e-3"):
         make_job(root, ["model.arch=halo", f"optimizer.lr={lr}"], metrics("halo", 1.0, 1.0))
     md = build_report(root, plots=False).read_text()
-    assert "HALO-S [optimizer.lr=1e-3]" in md and "HALO-S [optimizer.lr=3e-3]" in md
+    assert "| HALO-S lr 1e-3 |" in md and "| HALO-S lr 3e-3 |" in md
+    assert not any("optimizer.lr=" in line for line in md.splitlines() if line.startswith("|"))
     assert not list(root.glob("*.png"))
 
 
@@ -232,7 +231,7 @@ def test_ablation_reference_is_the_full_graph(tmp_path):
         make_job(root, [f"ablation={abl}"], metrics("halo", loss, 1000.0, ablation=abl), task="ablation")
     rows = table_rows(build_report(root, plots=False).read_text())
     header = rows[0]
-    local = dict(zip(header, next(r for r in rows if r[0] == "HALO-S local_only")))
+    local = dict(zip(header, next(r for r in rows if r[0] == "local-only")))
     assert local["Δ loss vs HALO-S"] == "+0.3000"
 
 
@@ -385,9 +384,9 @@ def test_a_directory_of_several_sweeps_lists_each_command_and_pools_seeds(tmp_pa
     rows = table_rows(md)
     # seed is its own column, not part of the variant label; the Δ compares within a seed.
     header = rows[0]
-    local = [dict(zip(header, r)) for r in rows if r[0] == "HALO-S local_only" and len(r) == len(header)]
+    local = [dict(zip(header, r)) for r in rows if r[0] == "local-only" and len(r) == len(header)]
     assert {(r["seed"], r["Δ loss vs HALO-S"]) for r in local} == {("0", "-0.1000"), ("1", "-0.0900")}
-    seed_row = next(r for r in rows if r[0] == "HALO-S local_only" and r[2] == "2")
+    seed_row = next(r for r in rows if r[0] == "local-only" and r[2] == "2")
     assert seed_row[3] == f"{statistics.mean([1.10, 1.12]):.4f} ± {statistics.stdev([1.10, 1.12]):.4f}"
 
 
@@ -399,7 +398,7 @@ def test_delta_compares_with_dense_of_the_same_model_size(tmp_path):
     make_job(root, ["model.arch=halo", "model=halo_medium"], metrics("halo", 1.30, 9000.0, 1024))
     make_job(root, ["model.arch=dense", "model=halo_medium"], metrics("dense", 1.10, 9000.0, 1024))
     md = build_report(root, plots=False).read_text()
-    row = next(line for line in md.splitlines() if line.startswith("| HALO-S [model=halo_medium]"))
+    row = next(line for line in md.splitlines() if line.startswith("| HALO-S halo_medium |"))
     assert "+0.2000" in row, row
     small = next(line for line in md.splitlines() if line.startswith("| HALO-S | 1024"))
     assert "+0.1000" in small, small
@@ -416,3 +415,74 @@ def test_sweeps_with_the_architecture_in_module_arch(tmp_path):
     runs = find_runs(root)
     assert sorted(r.arch for r in runs) == ["dense", "halo"]
     assert all(r.ablation == "full" for r in runs)
+
+
+# ---------------------------------------------------------------------------------------------- plots
+def test_every_plot_uses_short_labels_fixed_colours_zero_based_bars_and_a_chance_line(tmp_path, monkeypatch):
+    """A tiny needle sweep with long overrides: every legend, tick and header shows the short variant
+    names, a variant has one colour in every panel and figure, loss bars start at zero, tick labels are
+    not raw numbers, the accuracy plot has a chance line and legends sit outside the axes."""
+    from matplotlib.colors import to_hex
+    from matplotlib.figure import Figure
+
+    figures = {}
+    save = Figure.savefig
+    monkeypatch.setattr(
+        Figure,
+        "savefig",
+        lambda self, path, **kw: (figures.__setitem__(Path(path).stem, self), save(self, path, **kw))[1],
+    )
+    root = tmp_path / "needle"
+    for variant, arch, abl in (("halo", "halo", "full"), ("dense", "dense", "full"), ("local_only", "halo", "local_only"),
+                               ("halo_no_globals", "halo", "no_globals")):  # fmt: skip
+        for n in (128, 256):
+            job = make_job(
+                root,
+                [f"variant={variant}", f"data.seq_len={n}", "data.task_kwargs.distances=[16,48,112]",
+                 "data.num_pairs=4"],
+                metrics(arch, 1.31 + 0.01 * len(abl), 612_345.0, n, ablation=abl, val_acc=0.5,
+                        val_acc_by_distance={"16": 0.9, "48": 0.5, "112": 0.3}),
+                task="needle", history=history(1.3),
+            )  # fmt: skip
+            cfg = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+            (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({**cfg, "data": {"num_pairs": 4}}))
+    md = build_report(root, plots=True).read_text()
+    short = {"HALO-S", "dense", "local-only", "no_globals"}
+    assert {r[0] for r in table_rows(md) if r[0] in short} == short
+    shown = [line for line in md.splitlines() if line.startswith(("|", "#"))]  # tables and headers
+    assert not any(k in line for line in shown for k in ("variant=", "task_kwargs", "halo_no_globals"))
+    assert set(figures) == {
+        "needle_loss",
+        "needle_accuracy_by_distance",
+        "needle_summary",
+        "needle_throughput_memory",
+    }
+    colours: dict[str, set] = {}
+    for name, fig in figures.items():
+        legend_texts = {t.get_text() for lg in fig.legends for t in lg.get_texts()}
+        for ax in fig.axes:
+            assert not ax.get_legend(), f"{name}: a legend inside the axes"
+            ticks = [t.get_text() for t in ax.get_xticklabels()] + [
+                t.get_text() for t in ax.get_yticklabels()
+            ]
+            assert not any("=" in t or "00000" in t for t in ticks), (name, ticks)
+            for line in ax.get_lines():
+                if line.get_label() in short:
+                    colours.setdefault(line.get_label(), set()).add(to_hex(line.get_color()))
+        if name == "needle_summary":
+            ax = fig.axes[0]
+            assert ax.get_ylim()[0] == 0  # bars from zero
+            names = {t.get_text().split("\n")[0] for t in ax.get_xticklabels()}
+            assert names == short
+            for patch, label in zip(ax.patches, [t.get_text().split("\n")[0] for t in ax.get_xticklabels()]):
+                colours.setdefault(label, set()).add(to_hex(patch.get_facecolor()))
+        else:
+            assert short <= {t.split(" (")[0] for t in legend_texts}, (name, legend_texts)
+        if name == "needle_accuracy_by_distance":
+            assert "chance (0.25)" in legend_texts
+            assert any(
+                line.get_label() == "chance (0.25)" and set(line.get_ydata()) == {0.25}
+                for line in fig.axes[0].get_lines()
+            )
+    assert all(len(c) == 1 for c in colours.values()), colours  # one colour per variant everywhere
+    assert len({next(iter(c)) for c in colours.values()}) == len(colours)  # and distinct variants differ

@@ -167,10 +167,9 @@ def find_runs(sweep_dir: str | Path) -> list[Run]:
 
 # ---------------------------------------------------------------------------------------------- variants
 def _variant_base(run: Run) -> str:
-    if run.arch == "dense":
-        return "dense"
-    name = "HALO-S" if run.arch == "halo" else run.arch
-    return name if run.ablation == "full" else f"{name} {run.ablation}"
+    from halo_lab.report.labels import variant_label
+
+    return variant_label(run.arch, run.ablation)
 
 
 def _sort_key(run: Run) -> tuple:
@@ -182,15 +181,18 @@ def _sort_key(run: Run) -> tuple:
 
 
 def label_runs(runs: list[Run]) -> None:
-    """Variant labels: arch + ablation, plus any swept override that those columns do not show."""
+    """Short variant labels (halo_lab.report.labels): the variant, plus the short form of any swept
+    override that the variant / seq_len / seed columns do not show."""
+    from halo_lab.report.labels import override_label
+
     keys = set().union(*(r.overrides for r in runs))
     varying = sorted(
         k for k in keys if k not in SHOWN_KEYS | RUN_ONLY_KEYS and len({r.overrides.get(k) for r in runs}) > 1
     )
     for r in runs:
-        extra = [f"{k}={r.overrides[k]}" for k in varying if k in r.overrides]
+        extra = [override_label(k, r.overrides[k]) for k in varying if k in r.overrides]
         r.extra = ", ".join(extra)
-        r.label = _variant_base(r) + (f" [{r.extra}]" if extra else "")
+        r.label = " ".join([_variant_base(r), *extra])
 
 
 def group_by_task(runs: list[Run]) -> dict[str, list[Run]]:

@@ -311,38 +311,58 @@ class SampleGeneration(pl.Callback):
 
 # ---------------------------------------------------------------------------------------------- progress
 class ProgressLog(pl.Callback):
-    """One log line every ``every_n_steps`` steps when there is no progress bar (batch jobs, pipes):
-    step, train/val loss, tokens/s, learning rate, elapsed time and an estimate of the time left."""
+    """Plain log lines when there is no progress bar (batch jobs, pipes): every ``every_n_steps`` steps,
+    and at least every ``max_interval_s`` seconds (a slow, shared machine must not look hung), plus one
+    line after each validation with the loss just measured. A training line shows the latest validation
+    loss with the step it was measured at (``val/loss 1.7 @400``), so it is never mistaken for a fresh one.
+    """
 
-    def __init__(self, every_n_steps: int = 50):
+    def __init__(self, every_n_steps: int = 50, max_interval_s: float = 20.0):
         self.every_n_steps = every_n_steps
+        self.max_interval_s = max_interval_s
         self._t0 = 0.0
         self._step0 = 0
+        self._last_line = 0.0
+        self._val: tuple[float, int] | None = None  # (latest val/loss, its step)
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._t0, self._step0 = time.time(), trainer.global_step
+        self._t0 = self._last_line = time.time()
+        self._step0 = trainer.global_step
+
+    def _active(self, trainer) -> bool:
+        return trainer.progress_bar_callback is None and trainer.is_global_zero
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self._active(trainer):
+            return
         step = trainer.global_step
-        if trainer.progress_bar_callback is not None or not self.every_n_steps or step % self.every_n_steps:
+        due = bool(self.every_n_steps) and step % self.every_n_steps == 0
+        late = self.max_interval_s > 0 and time.time() - self._last_line >= self.max_interval_s
+        if due or late:
+            self._line(trainer, step, ("train/loss", "perf/tokens_per_sec", "train/lr"))
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not self._active(trainer) or trainer.state.fn != "fit":
             return
-        if not trainer.is_global_zero:
-            return
+        val = trainer.callback_metrics.get("val/loss")
+        if val is not None:
+            self._val = (float(val), trainer.global_step)
+            self._line(trainer, trainer.global_step, (), validation=True)
+
+    def _line(self, trainer, step: int, keys: tuple[str, ...], validation: bool = False) -> None:
         m = trainer.callback_metrics
         parts = [f"step {step}/{trainer.max_steps if trainer.max_steps > 0 else '?'}"]
-        for key, fmt in (
-            ("train/loss", "{:.4f}"),
-            ("val/loss", "{:.4f}"),
-            ("perf/tokens_per_sec", "{:,.0f}"),
-            ("train/lr", "{:.2e}"),
-        ):
-            if key in m:
-                parts.append(f"{key} {fmt.format(float(m[key]))}")
+        fmts = {"train/loss": "{:.4f}", "perf/tokens_per_sec": "{:,.0f}", "train/lr": "{:.2e}"}
+        parts += [f"{k} {fmts[k].format(float(m[k]))}" for k in keys if k in m]
+        if self._val is not None:
+            v, at = self._val
+            parts.append(f"val/loss {v:.4f}" + ("" if validation else f" @{at}"))
         elapsed = time.time() - self._t0
         done = step - self._step0
         if trainer.max_steps > 0 and done > 0:
             parts.append(f"elapsed {elapsed:.0f}s, ~{elapsed / done * (trainer.max_steps - step):.0f}s left")
         log.info(" | ".join(parts))
+        self._last_line = time.time()
 
 
 # ---------------------------------------------------------------------------------------------- history
@@ -355,6 +375,7 @@ class MetricsHistory(pl.Callback):
 
     def __init__(self, path: str):
         self.path = Path(path)
+        self._last_val: dict[str, Any] | None = None
 
     @rank_zero_only
     def _write(self, record: dict[str, Any]) -> None:
@@ -383,6 +404,9 @@ class MetricsHistory(pl.Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
-        rec = self._metrics(trainer, ("val/",))
-        if rec:
-            self._write({"step": trainer.global_step, "stage": trainer.state.stage.value, **rec})
+        rec = {"step": trainer.global_step, **self._metrics(trainer, ("val/",))}
+        # The runner validates the final weights again after fit: when fit's last validation was at
+        # that same step with the same values, that row is already here.
+        if len(rec) > 1 and rec != self._last_val:
+            self._last_val = rec
+            self._write({"step": rec["step"], "stage": trainer.state.stage.value, **rec})

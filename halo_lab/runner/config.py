@@ -313,6 +313,17 @@ def validate_config(cfg: DictConfig) -> dict[str, Any]:
         "must be a positive integer, -1 or null (the trainer's estimate)",
     )
     _check(mlr is None or 0.0 <= mlr <= 1.0, "scheduler.min_lr_ratio", mlr, "must be in [0, 1]")
+    horizon = total if total not in (None, -1) else (steps if steps > 0 else None)
+    if warm and horizon is not None and warm >= horizon:
+        log.warning(
+            "scheduler.warmup_steps=%d >= the schedule's %d steps (scheduler.total_steps=%s, trainer.max_steps"
+            "=%s): the learning rate never leaves its warmup (never reaches optimizer.lr); lower "
+            "scheduler.warmup_steps",
+            warm,
+            horizon,
+            total,
+            steps,
+        )
 
     mode = OmegaConf.select(cfg, "logger.wandb.mode", default=None)
     _check(

@@ -104,7 +104,13 @@ def write_metrics(
         from halo_lab.hub import save_for_hub
 
         hub_dir = run_dir / "hub"
-        save_for_hub(model, model.config, str(hub_dir), tokenizer=module.get_tokenizer())
+        from halo_lab.hf_files import dataset_names
+
+        data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else None
+        save_for_hub(
+            model, model.config, str(hub_dir), tokenizer=module.get_tokenizer(), metrics=summary,
+            datasets=dataset_names(data),
+        )  # fmt: skip
         summary["hub_dir"] = str(hub_dir)
     summary = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
     atomic_write_text(run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")

@@ -1,0 +1,287 @@
+"""HALO-S (and its dense twin) for transformers (``trust_remote_code=True``); copied into every halo_lab
+export, and it imports no halo_lab module.
+
+The parameters have halo_lab's names, so the export's model.safetensors loads as it is. Attention is
+HALO-S's evaluation graph (G global tokens, the local window, dilated edges, random edges fixed per
+layer) applied as an L x L boolean mask to SDPA: the same edge rules and the same counter-based hash as
+halo_lab/graph.py with its evaluation step, so the logits equal halo_lab's. The mask is O(L^2) memory:
+fine up to a few thousand tokens; halo_lab's own kernels are the fast path. The graph does not depend on
+the sequence length and RoPE is computed per call, so lengths beyond ``max_seq_len`` run (with whatever
+quality the model extrapolates to). Generation re-runs the whole sequence per new token (no KV cache):
+exact, and simple; halo_lab's ``generate`` has the O(K)-per-token cache.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import transformers
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .configuration_halo import HaloSConfig
+
+EVAL_STEP = -1  # halo_lab.graph.EVAL_STEP: the step whose random edges evaluation uses
+_M32 = 0xFFFFFFFF
+_MUL = 0x045D9F3B
+
+
+# ------------------------------------------------------------------- the graph (halo_lab/graph.py's rules)
+def _mix32(x):
+    x = ((x ^ (x >> 16)) * _MUL) & _M32
+    x = ((x ^ (x >> 16)) * _MUL) & _M32
+    return x ^ (x >> 16)
+
+
+def _stream_key(seed: int, layer: int, step: int) -> int:
+    h = _mix32((seed & _M32) ^ 0x9E3779B9)
+    h = _mix32(h ^ (layer & _M32))
+    return _mix32(h ^ (step & _M32))
+
+
+def _skip_sorted(rank: torch.Tensor, excluded_sorted: torch.Tensor) -> torch.Tensor:
+    for e in range(excluded_sorted.shape[1]):
+        rank = rank + (rank >= excluded_sorted[:, e : e + 1]).long()
+    return rank
+
+
+def _sample_distinct(hash_rows: torch.Tensor, pool: torch.Tensor, count: int) -> torch.Tensor:
+    picks: list[torch.Tensor] = []
+    for slot in range(count):
+        u = _mix32(hash_rows ^ ((slot * 0x27D4EB2F) & _M32))
+        remaining = (pool - slot).clamp(min=0)
+        x = (u * remaining) >> 32
+        if picks:
+            prev = torch.stack(picks, dim=1).sort(dim=1).values
+            prev = torch.where(prev < 0, torch.full_like(prev, 1 << 40), prev)
+            x = _skip_sorted(x.unsqueeze(1), prev).squeeze(1)
+        picks.append(torch.where(remaining > 0, x, torch.full_like(x, -1)))
+    return torch.stack(picks, dim=1) if picks else hash_rows.new_empty(hash_rows.shape[0], 0)
+
+
+def dilated_distances(c: HaloSConfig) -> tuple[int, ...]:
+    scale = c.local_window if c.dilation_rule == "window_multiple" else 1
+    return tuple(sorted({o * scale for o in c.dilated_offsets if o * scale >= c.local_window}))
+
+
+def _random_keys(c: HaloSConfig, layer: int, positions: torch.Tensor) -> torch.Tensor:
+    key = _stream_key(c.graph_seed, layer, EVAL_STEP)
+    R, W = c.num_random, c.local_window
+    if c.random_edges == "token":
+        dists = dilated_distances(c)[::-1]
+        dil = torch.stack([positions - d for d in dists], 1) if dists else positions[:, None][:, :0]
+        pool = (positions - W + 1).clamp(min=0) - (dil >= 0).sum(1)
+        ranks = _sample_distinct(_mix32(key ^ (positions & _M32)), pool, R)
+        excluded = torch.where(dil >= 0, dil, torch.full_like(dil, 1 << 40))
+        keys = _skip_sorted(ranks, excluded.sort(dim=1).values)
+        return torch.where(ranks >= 0, keys, torch.full_like(keys, -1))
+    units = (positions + c.num_globals) // c.graph_block_size
+    first_query = (units * c.graph_block_size - c.num_globals).clamp(min=0)
+    pool = (first_query - W + 1).clamp(min=0)
+    return _sample_distinct(_mix32(key ^ (units & _M32)), pool, R)
+
+
+def graph_mask(c: HaloSConfig, layer: int, text_len: int, device) -> torch.Tensor:
+    """[L, L] boolean (query, key) adjacency over globals + text, L = num_globals + text_len."""
+    G, W = c.num_globals, c.local_window
+    pos = torch.arange(text_len, device=device)
+    offsets = torch.cat(
+        [torch.arange(W, device=device), torch.tensor(dilated_distances(c), dtype=torch.long, device=device)]
+    )
+    keys = pos[:, None] - offsets[None, :]
+    keys = torch.where(keys >= 0, keys, torch.full_like(keys, -1))
+    rand = _random_keys(c, layer, pos)
+    keys = torch.cat([keys, rand], dim=1)  # a random key equal to a dilated one is one edge: a set
+    L = G + text_len
+    mask = torch.zeros(L, L + 1, dtype=torch.bool, device=device)
+    rows = (pos + G)[:, None].expand_as(keys)
+    mask[rows, torch.where(keys >= 0, keys + G, torch.full_like(keys, L))] = True
+    mask[G:, :G] = True  # every text token sees every global token
+    mask[:G, :G] = torch.ones(G, G, dtype=torch.bool, device=device).tril()  # globals: each other, causally
+    return mask[:, :L]
+
+
+# ------------------------------------------------------------------------------------------- modules
+def _rope(head_dim: int, length: int, base: float, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    freqs = torch.outer(torch.arange(length, dtype=torch.float32, device=device), inv_freq.to(device))
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+def _norm(c: HaloSConfig) -> nn.Module:
+    if c.norm == "rmsnorm":
+        return nn.RMSNorm(c.hidden_size, eps=c.norm_eps)
+    return nn.LayerNorm(c.hidden_size, eps=c.norm_eps)
+
+
+class HaloFeedForward(nn.Module):
+    def __init__(self, c: HaloSConfig):
+        super().__init__()
+        inner = c.ffn_mult * c.hidden_size
+        self.w1 = nn.Linear(c.hidden_size, inner, bias=False)
+        self.w2 = nn.Linear(inner, c.hidden_size, bias=False)
+        self.w3 = nn.Linear(c.hidden_size, inner, bias=False) if c.use_swiglu else None
+        self.dropout = nn.Dropout(c.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.w1(x)) * self.w3(x) if self.w3 is not None else F.gelu(self.w1(x))
+        return self.dropout(self.w2(h))
+
+
+class HaloCausalConv(nn.Module):
+    def __init__(self, hidden_size: int, kernel: int):
+        super().__init__()
+        self.kernel = kernel
+        self.conv = nn.Conv1d(hidden_size, hidden_size, kernel, groups=hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xp = F.pad(x, (0, 0, self.kernel - 1, 0)).transpose(1, 2)
+        w, b = self.conv.weight.to(x.dtype), self.conv.bias.to(x.dtype)
+        return x + F.conv1d(xp, w, b, groups=x.shape[-1]).transpose(1, 2)
+
+
+class HaloAttention(nn.Module):
+    def __init__(self, c: HaloSConfig):
+        super().__init__()
+        self.c, d = c, c.hidden_size // c.num_heads
+        self.q_proj = nn.Linear(c.hidden_size, c.num_heads * d, bias=False)
+        self.k_proj = nn.Linear(c.hidden_size, c.num_kv_heads * d, bias=False)
+        self.v_proj = nn.Linear(c.hidden_size, c.num_kv_heads * d, bias=False)
+        self.o_proj = nn.Linear(c.num_heads * d, c.hidden_size, bias=False)
+        self.dropout = nn.Dropout(c.dropout)
+
+    def forward(self, x, cos, sin, mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        c, d = self.c, self.c.hidden_size // self.c.num_heads
+        q = _apply_rope(self.q_proj(x).view(B, T, c.num_heads, d).transpose(1, 2), cos, sin)
+        k = _apply_rope(self.k_proj(x).view(B, T, c.num_kv_heads, d).transpose(1, 2), cos, sin)
+        v = self.v_proj(x).view(B, T, c.num_kv_heads, d).transpose(1, 2)
+        gqa = c.num_heads != c.num_kv_heads
+        if mask is None:  # the dense baseline
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        return self.dropout(self.o_proj(y.transpose(1, 2).reshape(B, T, -1)))
+
+
+class HaloBlock(nn.Module):
+    def __init__(self, c: HaloSConfig):
+        super().__init__()
+        self.ln_1 = _norm(c)
+        self.conv = HaloCausalConv(c.hidden_size, c.short_conv) if c.short_conv else None
+        self.attn = HaloAttention(c)
+        self.ln_2 = _norm(c)
+        self.ffn = HaloFeedForward(c)
+
+    def forward(self, x, cos, sin, mask) -> torch.Tensor:
+        h = self.ln_1(x)
+        if self.conv is not None:
+            h = self.conv(h)
+        x = x + self.attn(h, cos, sin, mask)
+        return x + self.ffn(self.ln_2(x))
+
+
+class HaloSForCausalLM(PreTrainedModel, GenerationMixin):
+    """HALO-S (``config.arch == "halo"``) or the dense baseline (``"dense"``) as a causal LM.
+
+    ``labels`` follow transformers' convention (the inputs themselves: shifted here; -100 is ignored).
+    ``attention_mask`` may only mark every position (no padding: the graph has no notion of it)."""
+
+    config_class = HaloSConfig
+    base_model_prefix = "halo"  # no such submodule: the weights sit at the top level, as halo_lab saves them
+    main_input_name = "input_ids"
+    _no_split_modules = ["HaloBlock"]
+    # transformers 5 maps tied names to their source; 4.x lists them (tied only if tie_word_embeddings)
+    _tied_weights_keys = (
+        {"lm_head.weight": "token_emb.weight"}
+        if int(transformers.__version__.split(".")[0]) >= 5
+        else ["lm_head.weight"]
+    )
+
+    def __init__(self, config: HaloSConfig):
+        super().__init__(config)
+        c = config
+        self.num_globals = c.num_globals if c.arch == "halo" else 0
+        self.token_emb = nn.Embedding(c.vocab_size, c.hidden_size)
+        if self.num_globals:
+            self.global_memory = nn.Parameter(torch.zeros(self.num_globals, c.hidden_size))
+        self.layers = nn.ModuleList(HaloBlock(c) for _ in range(c.num_layers))
+        self.ln_f = _norm(c)
+        self.lm_head = nn.Linear(c.hidden_size, c.vocab_size, bias=False)
+        self._masks: dict[tuple, torch.Tensor] = {}
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.init_std
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=std)
+        elif module is self and hasattr(module, "global_memory"):
+            nn.init.normal_(module.global_memory, std=std)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.token_emb
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.token_emb = value
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.lm_head = value
+
+    def _mask(self, layer: int, text_len: int, device) -> torch.Tensor:
+        key = (layer, text_len, str(device))
+        if key not in self._masks:
+            if len(self._masks) > 4 * len(self.layers):  # generation grows the length by one per token
+                self._masks.clear()
+            self._masks[key] = graph_mask(self.config, layer, text_len, device)
+        return self._masks[key]
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        if input_ids is None:
+            raise ValueError("HaloSForCausalLM.forward needs input_ids (inputs_embeds are not supported)")
+        if attention_mask is not None and not bool(attention_mask.bool().all()):
+            raise ValueError(
+                "HaloSForCausalLM: attention_mask with padding is not supported (the sparse graph has no "
+                "padding); pass sequences of one length"
+            )
+        B, T = input_ids.shape
+        x = self.token_emb(input_ids)
+        if self.num_globals:
+            x = torch.cat([self.global_memory.to(x.dtype).expand(B, -1, -1), x], dim=1)
+        c = self.config
+        cos, sin = _rope(c.hidden_size // c.num_heads, x.shape[1], c.rope_base, x.device, x.dtype)
+        for i, layer in enumerate(self.layers):
+            mask = self._mask(i, T, x.device) if c.arch == "halo" else None
+            x = layer(x, cos, sin, mask)
+        logits = self.lm_head(self.ln_f(x)[:, self.num_globals :])
+        loss = None
+        if labels is not None:
+            shift = logits[:, :-1].float().flatten(0, 1)
+            loss = F.cross_entropy(shift, labels[:, 1:].flatten(), ignore_index=-100)
+        return CausalLMOutputWithPast(loss=loss, logits=logits)
+
+    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs) -> dict:
+        # no KV cache: every step runs the whole sequence (exact; see the module docstring)
+        return {"input_ids": input_ids}
+
+    def _supports_default_dynamic_cache(self) -> bool:  # transformers' cache objects are never used
+        return False
+
+
+__all__ = ["HaloSConfig", "HaloSForCausalLM", "graph_mask"]
