@@ -35,7 +35,7 @@ def _legend(fig, axes, title: str | None = None) -> None:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
     if handles:
-        ncol = min(len(handles), 4)
+        ncol = min(len(handles), 2 * axes.shape[1])  # about two entries per panel's width
         fig.legend(
             list(handles.values()), list(handles), loc="outside lower center", ncol=ncol, fontsize=8,
             title=title, title_fontsize=7, frameon=False,
@@ -126,7 +126,7 @@ def plot_loss(task: str, runs: list[Run], out: Path) -> Path | None:
         ax.grid(alpha=0.3)
     _legend(fig, axes, "validation (markers); training (thin, smoothed)")
     path = out / f"{task}_loss.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # a wide legend is never clipped
     return path
 
 
@@ -184,7 +184,7 @@ def plot_accuracy(task: str, runs: list[Run], out: Path) -> Path | None:
         ax.grid(alpha=0.3)
     _legend(fig, axes)
     path = out / f"{task}_accuracy_by_distance.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # a wide legend is never clipped
     return path
 
 
@@ -219,7 +219,7 @@ def plot_throughput_memory(task: str, runs: list[Run], out: Path) -> Path | None
         ax.grid(alpha=0.3)
     _legend(fig, axes)
     path = out / f"{task}_throughput_memory.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # a wide legend is never clipped
     return path
 
 
@@ -269,5 +269,5 @@ def plot_summary(task: str, runs: list[Run], out: Path) -> Path | None:
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle(task + (": mean ± std over seeds" if multi_seed else ""))
     path = out / f"{task}_summary.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # a wide legend is never clipped
     return path
