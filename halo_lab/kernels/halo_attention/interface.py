@@ -109,12 +109,12 @@ class HaloTritonAttention(torch.autograd.Function):
         dq = torch.empty_like(q)
         dk, dv = torch.empty_like(k), torch.empty_like(v)
         delta = torch.empty_like(lse)
-        # fp32 dK/dV of the keys outside the window, added by the dQ pass's atomics
-        dk_extra = torch.zeros(B, Hkv, L, d, device=q.device, dtype=torch.float32)
-        dv_extra = torch.zeros_like(dk_extra)
+        # fp32 dK/dV of the keys outside the window, added by the dQ pass's atomics; one allocation (and
+        # one memset) for both halves: the host time of a layer is what small batches pay (kernel_notes.md)
+        dk_extra, dv_extra = torch.zeros(2, B, Hkv, L, d, device=q.device, dtype=torch.float32).unbind(0)
         nd = max(len(config.dilated_distances), 1)
-        dk_dil = torch.empty(nd, B, Hkv, L, d, device=q.device, dtype=k.dtype)  # every read slot is written
-        dv_dil = torch.empty_like(dk_dil)
+        # every slot the dK/dV pass reads is written by the dQ pass: no initialisation
+        dk_dil, dv_dil = torch.empty(2, nd, B, Hkv, L, d, device=q.device, dtype=k.dtype).unbind(0)
         halo_bwd_dq_kernel[(triton.cdiv(L, opt["BLOCK_T"]), B * Hkv)](
             q, k, v, o, do, dq, lse, delta, dk_extra, dv_extra, dk_dil, dv_dil, tables.dist, tables.rand,
             scale * LOG2E, scale, dk_dil.stride(0),
