@@ -77,6 +77,25 @@ def test_matches_reference_bf16(name):
     check(*CASES[name], torch.bfloat16)
 
 
+@pytest.mark.parametrize(
+    "name", ["block-g2-r2", "token-g2-r2", "no-dilated", "absolute-dilation", "gqa4-d128", "tile-multiple"]
+)
+def test_merged_dilated_tile_matches_reference(name, monkeypatch):
+    """The opt-in MERGED_DIL variant (one tile for every dilated distance) is the same function."""
+    from halo_lab.kernels.halo_attention import interface
+
+    plain = interface._options
+
+    def merged(head_dim, group, dtype):
+        opts = plain(head_dim, group, dtype)
+        return {**opts, **{k: {**opts[k], "MERGED_DIL": True} for k in ("fwd", "dq")}}
+
+    monkeypatch.setattr(interface, "_options", merged)
+    check(*CASES[name], torch.float32)
+    if name in ("block-g2-r2", "token-g2-r2"):
+        check(*CASES[name], torch.bfloat16)
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="full-size shapes: compiled kernels only")
 @pytest.mark.parametrize("mode", ["block", "token"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

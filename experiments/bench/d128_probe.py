@@ -34,9 +34,9 @@ VARIANTS = {
 
 
 def one(name: str) -> None:
-    from tests.test_triton_attention import CASES
     from halo_lab.kernels.halo_attention import interface
     from halo_lab.kernels.halo_attention.interface import halo_triton_attention
+    from tests.test_triton_attention import CASES
 
     config, n, heads, kv_heads, d = CASES["gqa4-d128"]
     base = interface.launch_options(d, heads // kv_heads, torch.bfloat16)
@@ -47,8 +47,10 @@ def one(name: str) -> None:
     for mode in ("token", "block"):
         cfg = dataclasses.replace(config, random_edges=mode)
         L = n + cfg.num_globals
-        ins = [torch.randn(1, h, L, d, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
-               for h in (heads, kv_heads, kv_heads)]
+        ins = [
+            torch.randn(1, h, L, d, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
+            for h in (heads, kv_heads, kv_heads)
+        ]
         out = halo_triton_attention(*ins, cfg, 1, 5)
         sync()
         print(f"{name} {mode}: forward ok", flush=True)

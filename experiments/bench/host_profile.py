@@ -64,7 +64,9 @@ def attention_layer(log) -> None:
     for name, f in {
         "dense": lambda: attn.dense_attention(q, k, v).backward(g),
         "triton": lambda: attn.halo_attention(q, k, v, config, 0, 0, "triton").backward(g),
-        "triton_fwd_only": lambda: attn.halo_attention(q.detach(), k.detach(), v.detach(), config, 0, 0, "triton"),
+        "triton_fwd_only": lambda: attn.halo_attention(
+            q.detach(), k.detach(), v.detach(), config, 0, 0, "triton"
+        ),
     }.items():
         synced, host = per_call(f, 2 if SMALL else 50)
         log(f"attention N=1024 {name:16s} synced {synced:.3f} ms/call  host {host:.3f} ms/call")
@@ -116,7 +118,10 @@ def train_steps(log) -> None:
             for _ in range(3):
                 step()
             sync()
-        log(f"torch.profiler {arch}, 3 steps:\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+        log(
+            f"torch.profiler {arch}, 3 steps:\n"
+            + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+        )
         del model, opt
 
 

@@ -24,6 +24,11 @@ VARIANTS = {
     "stages3": {"fwd": {"num_stages": 3}, "dq": {"num_stages": 3}, "dkv": {"num_stages": 3}},
     "dkv_bn32": {"dkv": {"BLOCK_N": 32}},
     "dkv_q64": {"dkv": {"BLOCK_Q": 64}},
+    # one dilated tile instead of four (MERGED_DIL; kernel_regs.py: no spill at 8 warps in the forward)
+    "dil_merged_fwd": {"fwd": {"MERGED_DIL": True}},
+    "dil_merged": {"fwd": {"MERGED_DIL": True}, "dq": {"MERGED_DIL": True}},
+    "dil_merged_dq8": {"fwd": {"MERGED_DIL": True}, "dq": {"MERGED_DIL": True, "num_warps": 8}},
+    "dq8": {"dq": {"num_warps": 8}},
 }
 
 

@@ -194,8 +194,13 @@ def grids() -> dict[str, tuple[list[Job], int]]:
     edges += [Job("needle_1024", v, 2, 3, seed=1) for v in ("dense", "halo", "local_only")]
     edges += [Job("mqar_1024", "dense", 2, 3, seed=1), Job("mqar_1024", "halo", 2, 3, ablation="no_dilated")]
     # One device call for both, when the device time allows only one: part1's jobs first, 16 at once.
-    return {"part1": (part1, 14), "part2": (part2, 14), "all": (part1 + part2, 16), "edges": (edges, 8),
-            "smoke": (smoke, 2)}
+    return {
+        "part1": (part1, 14),
+        "part2": (part2, 14),
+        "all": (part1 + part2, 16),
+        "edges": (edges, 8),
+        "smoke": (smoke, 2),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- running

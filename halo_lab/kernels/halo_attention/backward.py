@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from halo_lab.kernels.halo_attention.forward import (
+    dilated_keys,
     load_query_rows,
     load_rows,
     mma,
@@ -51,6 +52,18 @@ def add_key_grads(DKA, DVA, base, pos, valid, q, do, p, ds, sm_scale, cols,
 
 
 @triton.jit
+def store_dilated_grads(
+    DKD, DVD, ptr, valid, q, do, p, ds, sm_scale, IEEE: tl.constexpr, UPCAST: tl.constexpr
+):
+    """dK, dV of dilated keys: key t0 - d + i gets distance d only from this query tile, so a plain
+    store into the per-distance buffers (no atomics)."""
+    dk = mma(tl.trans(ds.to(q.dtype)), q, IEEE, UPCAST) * sm_scale
+    tl.store(DKD + ptr, dk.to(DKD.dtype.element_ty), mask=valid[:, None])
+    dv = mma(tl.trans(p.to(do.dtype)), do, IEEE, UPCAST)
+    tl.store(DVD + ptr, dv.to(DVD.dtype.element_ty), mask=valid[:, None])
+
+
+@triton.jit
 def halo_bwd_dq_kernel(
     Q, K, V, Out, DO, DQ, LSE, DELTA, DKA, DVA, DKD, DVD, DIST, RAND,
     qk_scale, sm_scale, dil_stride,
@@ -65,6 +78,7 @@ def halo_bwd_dq_kernel(
     G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr, UNIT: tl.constexpr,
     GRP: tl.constexpr, HD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
     SHARED_N: tl.constexpr, RAND_N: tl.constexpr, SHARED_RANDOM: tl.constexpr,
+    MERGED_DIL: tl.constexpr, DIL_N: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     BLOCK_M: tl.constexpr = BLOCK_T * GRP
@@ -95,25 +109,27 @@ def halo_bwd_dq_kernel(
         dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
         add_key_grads(DKA, DVA, acc_base, pos, valid, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
 
-    diag = tl.arange(0, BLOCK_T)
-    for e in tl.static_range(ND):
-        dist = tl.load(DIST + e)
-        kpos = t0 - dist + diag
-        valid = (kpos >= G) & (kpos < L)
+    if MERGED_DIL and ND > 0:  # the ND tiles as one: dK/dV products of DIL_N rows
+        e_col, kpos, valid, ok = dilated_keys(t0, tok, is_text, DIST, L, G, ND, BLOCK_T, DIL_N)
         kt = load_rows(k_base, kpos, valid, stride_kl, cols)
         vt = load_rows(v_base, kpos, valid, stride_vl, cols)
-        ok = (tok[:, None] - kpos[None, :] == dist) & valid[None, :] & is_text[:, None]
         p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
         dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
-        # keys t0 - d .. t0 - d + BLOCK_T - 1 get distance d only from this tile: a plain store
-        ptr = e * dil_stride + acc_base + tl.where(valid, kpos, 0)[:, None] * HD + cols[None, :]
-        dk_d = mma(tl.trans(ds.to(q.dtype)), q, IEEE, UPCAST) * sm_scale
-        tl.store(DKD + ptr, dk_d.to(DKD.dtype.element_ty), mask=valid[:, None])
-        tl.store(
-            DVD + ptr,
-            mma(tl.trans(p.to(do.dtype)), do, IEEE, UPCAST).to(DVD.dtype.element_ty),
-            mask=valid[:, None],
-        )
+        ptr = e_col[:, None] * dil_stride + acc_base + tl.where(valid, kpos, 0)[:, None] * HD + cols[None, :]
+        store_dilated_grads(DKD, DVD, ptr, valid, q, do, p, ds, sm_scale, IEEE, UPCAST)
+    else:
+        diag = tl.arange(0, BLOCK_T)
+        for e in tl.static_range(ND):
+            dist = tl.load(DIST + e)
+            kpos = t0 - dist + diag
+            valid = (kpos >= G) & (kpos < L)
+            kt = load_rows(k_base, kpos, valid, stride_kl, cols)
+            vt = load_rows(v_base, kpos, valid, stride_vl, cols)
+            ok = (tok[:, None] - kpos[None, :] == dist) & valid[None, :] & is_text[:, None]
+            p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
+            dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
+            ptr = e * dil_stride + acc_base + tl.where(valid, kpos, 0)[:, None] * HD + cols[None, :]
+            store_dilated_grads(DKD, DVD, ptr, valid, q, do, p, ds, sm_scale, IEEE, UPCAST)
 
     if NR > 0 and not SHARED_RANDOM:
         pos, valid, ok = token_random_keys(

@@ -9,7 +9,9 @@ Every group of keys is a [N, HD] tile and a [BLOCK_M, N] mask, through the same 
 * shared tile (SHARED_N columns): the G globals and, in block mode, the tile's R random keys (one
   block of ``graph_block_size`` positions shares them);
 * dilated tiles, one per distance d: keys t0 - d .. t0 - d + BLOCK_T - 1, each row keeps the key on its
-  diagonal (key = position - d), so no gather and no row-wise reduction;
+  diagonal (key = position - d), so no gather and no row-wise reduction; with MERGED_DIL the ND tiles
+  are one [ND * BLOCK_T, HD] tile (one softmax update; in the dQ pass, dK/dV products with M = 128
+  instead of BLOCK_T = 32 rows; opt-in until measured: experiments/bench/kernel_tune.py);
 * per-token random tile (token mode, or tiles that span several blocks): the BLOCK_T * R keys of the
   tile's positions, gathered by index, each row keeping its own R;
 * window tiles: keys [t0 - W + 1, t0 + BLOCK_T) in BLOCK_N steps, the band mask.
@@ -79,6 +81,22 @@ def shared_keys(t0, cols_n, tok, row_ok, is_text, RAND, DIST, stride_ru,
 
 
 @triton.jit
+def dilated_keys(t0, tok, is_text, DIST, L, G: tl.constexpr, ND: tl.constexpr, BLOCK_T: tl.constexpr,
+                 DIL_N: tl.constexpr):  # fmt: skip
+    """The ND dilated tiles as one [DIL_N, HD] tile (MERGED_DIL): column c is key t0 - d_e + c % BLOCK_T
+    of distance e = c // BLOCK_T (columns of e >= ND are empty). Returns the per-column distance index,
+    positions, validity and the [BLOCK_M, DIL_N] mask (each row keeps its key at every distance)."""
+    c = tl.arange(0, DIL_N)
+    e = c // BLOCK_T
+    e_ok = e < ND
+    dist = tl.load(DIST + tl.where(e_ok, e, 0), mask=e_ok, other=0)
+    kpos = t0 - dist + c % BLOCK_T
+    valid = e_ok & (kpos >= G) & (kpos < L)
+    ok = (tok[:, None] - kpos[None, :] == dist[None, :]) & valid[None, :] & is_text[:, None]
+    return tl.where(e_ok, e, 0), kpos, valid, ok
+
+
+@triton.jit
 def token_random_keys(t0, cols_r, tok, is_text, RAND, DIST, stride_ru, L,
                       NR: tl.constexpr, ND: tl.constexpr, UNIT: tl.constexpr, BLOCK_T: tl.constexpr):  # fmt: skip
     """Positions [N] and mask [BLOCK_M, N] of the per-token random tile (column c: position t0 + c // NR)."""
@@ -116,6 +134,7 @@ def halo_fwd_kernel(
     G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr, UNIT: tl.constexpr,
     GRP: tl.constexpr, HD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
     SHARED_N: tl.constexpr, RAND_N: tl.constexpr, SHARED_RANDOM: tl.constexpr,
+    MERGED_DIL: tl.constexpr, DIL_N: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     BLOCK_M: tl.constexpr = BLOCK_T * GRP
@@ -139,15 +158,21 @@ def halo_fwd_kernel(
         vt = load_rows(v_base, pos, valid, stride_vl, cols)
         m, denom, acc = attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE, UPCAST)
 
-    diag = tl.arange(0, BLOCK_T)
-    for e in tl.static_range(ND):
-        dist = tl.load(DIST + e)
-        kpos = t0 - dist + diag
-        valid = (kpos >= G) & (kpos < L)
+    if MERGED_DIL and ND > 0:  # one tile, one softmax update, one wider product
+        _, kpos, valid, ok = dilated_keys(t0, tok, is_text, DIST, L, G, ND, BLOCK_T, DIL_N)
         kt = load_rows(k_base, kpos, valid, stride_kl, cols)
         vt = load_rows(v_base, kpos, valid, stride_vl, cols)
-        ok = (tok[:, None] - kpos[None, :] == dist) & valid[None, :] & is_text[:, None]
         m, denom, acc = attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE, UPCAST)
+    else:
+        diag = tl.arange(0, BLOCK_T)
+        for e in tl.static_range(ND):
+            dist = tl.load(DIST + e)
+            kpos = t0 - dist + diag
+            valid = (kpos >= G) & (kpos < L)
+            kt = load_rows(k_base, kpos, valid, stride_kl, cols)
+            vt = load_rows(v_base, kpos, valid, stride_vl, cols)
+            ok = (tok[:, None] - kpos[None, :] == dist) & valid[None, :] & is_text[:, None]
+            m, denom, acc = attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE, UPCAST)
 
     if NR > 0 and not SHARED_RANDOM:
         pos, valid, ok = token_random_keys(

@@ -42,7 +42,8 @@ def launch_options(head_dim: int, group: int, dtype: torch.dtype) -> dict[str, d
     # illegal memory access on an H200 (experiments/bench/d128_probe.py); fp32 (no wgmma) is fine with 8.
     dq_warps = 8 if dtype == torch.float32 else 4
     block_t = max(16, rows // group)  # >= 16: a dilated tile has BLOCK_T keys, and tl.dot needs 16
-    query_tiles = {"BLOCK_T": block_t, "BLOCK_N": 32, "num_stages": 2}
+    # MERGED_DIL (one dilated tile instead of ND): correct and tested, off until the H200 says it is faster
+    query_tiles = {"BLOCK_T": block_t, "BLOCK_N": 32, "num_stages": 2, "MERGED_DIL": False}
     return {
         "fwd": {**query_tiles, "num_warps": 8},
         "dq": {**query_tiles, "num_warps": dq_warps},
@@ -150,6 +151,7 @@ def _consts(config: HaloConfig, tables: GraphTables, group: int, head_dim: int, 
         "SHARED_RANDOM": shared_random,  # every query of a tile shares its random keys
         "SHARED_N": max(16, triton.next_power_of_2(G + (R if shared_random else 0))),
         "RAND_N": max(16, triton.next_power_of_2(block_t * R)),
+        "DIL_N": max(16, triton.next_power_of_2(max(len(config.dilated_distances), 1)) * block_t),
         "IEEE": dtype == torch.float32,
         "UPCAST": INTERPRETED,
     }

@@ -1,0 +1,78 @@
+"""Registers, spills and shared memory of the fused kernels' sm_90 builds, without a GPU.
+
+python experiments/bench/kernel_regs.py      (Triton compiles for GPUTarget("cuda", 90, 32); cuobjdump
+                                              -res-usage reads the cubin; no driver needed)
+
+A kernel that spills (STACK > 0) pays local-memory traffic per tile; compare variants before spending
+device time on them. The Triton here may differ from the GPU machine's (3.6): treat as a hint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from halo_lab.config import HaloConfig
+from halo_lab.kernels.halo_attention import interface
+from halo_lab.kernels.halo_attention.backward import halo_bwd_dq_kernel
+from halo_lab.kernels.halo_attention.forward import halo_fwd_kernel
+
+FP32_POINTERS = ("LSE", "DELTA", "DKA", "DVA")
+
+
+def _signature(kernel, constexprs: dict, dtype: str) -> dict[str, str]:
+    sig = {}
+    for name in kernel.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name in ("qk_scale", "sm_scale"):
+            sig[name] = "fp32"
+        elif name[0].isupper() and name not in ("L", "HKV"):  # tensors
+            sig[name] = (
+                "*i32" if name in ("DIST", "RAND") else "*fp32" if name in FP32_POINTERS else f"*{dtype}"
+            )
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+def resources(kernel, opts: dict, consts: dict, dtype: str = "bf16") -> str:
+    """``REG:n STACK:n SHARED:n LOCAL:n`` of one sm_90 build."""
+    constexprs = {**{k: v for k, v in opts.items() if k not in ("num_warps", "num_stages")}, **consts}
+    src = ASTSource(kernel, _signature(kernel, constexprs, dtype), constexprs=constexprs)
+    options = {"num_warps": opts["num_warps"], "num_stages": opts["num_stages"]}
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    return " ".join(re.findall(r"REG:\d+ STACK:\d+ SHARED:\d+ LOCAL:\d+", out))
+
+
+def main() -> None:
+    config = HaloConfig()
+
+    class Tables:  # what _consts reads
+        unit = config.graph_block_size
+
+    base = interface.launch_options(64, 4, torch.bfloat16)
+    consts = interface._consts(config, Tables, 4, 64, torch.bfloat16, base["fwd"]["BLOCK_T"])
+    print(f"triton {triton.__version__}, sm_90, bf16, head_dim 64, 4 query heads per KV head, default graph")
+    for kname, kernel in (("fwd", halo_fwd_kernel), ("dq", halo_bwd_dq_kernel)):
+        for warps in (4, 8):
+            for merged in (False, True):
+                opts = {**base[kname], "num_warps": warps, "MERGED_DIL": merged}
+                tag = "merged dilated tile" if merged else "per-distance tiles"
+                print(f"{kname:3s} {warps} warps {tag:20s} {resources(kernel, opts, consts)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
