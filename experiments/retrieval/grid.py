@@ -193,12 +193,30 @@ def grids() -> dict[str, tuple[list[Job], int]]:
     edges = [Job("needle_1024", "halo", 2, 3, ablation=a) for a in ("no_dilated", "no_random", "no_globals")]
     edges += [Job("needle_1024", v, 2, 3, seed=1) for v in ("dense", "halo", "local_only")]
     edges += [Job("mqar_1024", "dense", 2, 3, seed=1), Job("mqar_1024", "halo", 2, 3, ablation="no_dilated")]
+    # What the 2026-12-02 calls left (experiments/retrieval/README.md), at 8 jobs a call: the needle's
+    # deeper points with twice the steps (dense and HALO-S sat on the plateau at 4-6 layers after
+    # 1570-2068 steps), MQAR's 6-layer dense twin, and the 512-token points with both seeds ...
+    long = ["trainer.max_steps=6000"]
+    part3 = [Job("needle_1024", v, 4, 3, extra=long) for v in ("dense", "halo", "local_only")]
+    part3 += [Job("needle_1024", v, 6, 3, extra=long) for v in ("dense", "halo")]
+    part3 += [Job("mqar_1024", "dense", 6, 3)]
+    part3 += _pair(
+        lambda t: [
+            Job(f"{t}_cpu", v, 2, 3, seed=s, slot=150, min_slot=60, extra=N512 if t == "needle" else [])
+            for s, vs in ((0, ("halo", "local_only")), (1, ("dense", "halo", "local_only")))
+            for v in vs
+        ]
+    )
+    # ... and 4096 tokens with twice the steps (dense left no plateau in 1390-1548 steps).
+    part4 = _pair(lambda t: _depth(f"{t}_4096", ("dense", "halo"), (2,), extra=long))
     # One device call for both, when the device time allows only one: part1's jobs first, 16 at once.
     return {
         "part1": (part1, 14),
         "part2": (part2, 14),
         "all": (part1 + part2, 16),
         "edges": (edges, 8),
+        "part3": (part3, 8),
+        "part4": (part4, 4),
         "smoke": (smoke, 2),
     }
 
