@@ -187,8 +187,10 @@ def _load_safetensors(p: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]
 def _torch_load(p: Path) -> Any:
     import pickle
 
+    from halo_lab.integrity import verify_checksum
+
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(
@@ -198,6 +200,8 @@ def _torch_load(p: Path) -> Any:
         ) from e
     except Exception as e:  # truncated zip, not a torch file, ...
         raise ValueError(f"{p}: cannot read it as a torch checkpoint ({type(e).__name__}: {e})") from e
+    verify_checksum(obj, p)  # the runner's checkpoints carry one: a flipped bit is an error, not a model
+    return obj
 
 
 # -------------------------------------------------------------------------------------------- Hub
