@@ -78,6 +78,10 @@ class HaloConfig:
     short_conv: int = 0
     """Kernel size of a short causal depthwise convolution over time applied to the attention input of
     every block (Zoology/H3 style; 3-4 is typical), both architectures; 0 = off (the default)."""
+    allow_full_window: bool = False
+    """Allow ``local_window >= max_seq_len``: the window then covers the whole sequence, every token sees
+    every earlier one and HALO-S is dense attention with extra globals. An error unless this is set
+    (a window sized past the sequence is almost always a mistake that would go unnoticed)."""
 
     def __post_init__(self) -> None:
         self.dilated_offsets = [int(o) for o in self.dilated_offsets]
@@ -132,6 +136,13 @@ class HaloConfig:
             fail("init_std", "must be > 0")
         if not isinstance(self.short_conv, int) or isinstance(self.short_conv, bool) or self.short_conv < 0:
             fail("short_conv", "must be a non-negative integer (a kernel size; 0 = off)")
+        if self.local_window >= self.max_seq_len and not self.allow_full_window:
+            fail(
+                "local_window",
+                f"covers the whole sequence (max_seq_len={self.max_seq_len}): every token would attend to "
+                "every earlier one, so HALO-S would silently be dense attention; use a local_window below "
+                "max_seq_len, or set allow_full_window=True if a full window is what you want",
+            )
 
     # ------------------------------------------------------------------ derived
     @property
@@ -162,7 +173,19 @@ class HaloConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             warnings.warn(f"HaloConfig: ignoring unknown keys {unknown}", stacklevel=2)
-        return cls(**{k: v for k, v in d.items() if k in known})
+        kw = {k: v for k, v in d.items() if k in known}
+        if "allow_full_window" not in kw:
+            # A config saved before the window rule existed: load it as it was trained, and say so.
+            window = kw.get("local_window", cls.local_window)
+            length = kw.get("max_seq_len", cls.max_seq_len)
+            if isinstance(window, int) and isinstance(length, int) and window >= length:
+                warnings.warn(
+                    f"HaloConfig: local_window={window} covers the whole sequence (max_seq_len={length}): "
+                    "this saved model's HALO-S attention is dense; loaded with allow_full_window=True",
+                    stacklevel=2,
+                )
+                kw["allow_full_window"] = True
+        return cls(**kw)
 
     def replace(self, **changes: Any) -> HaloConfig:
         return dataclasses.replace(self, **changes)

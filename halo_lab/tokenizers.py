@@ -185,6 +185,12 @@ class WordTokenizer(Tokenizer):
         counts: collections.Counter[str] = collections.Counter()
         for text in texts:
             counts.update(self.pieces(text))
+        if counts and all(w.isspace() for w in counts):
+            n = sum(len(w) * c for w, c in counts.items())
+            raise ValueError(
+                f"WordTokenizer.build_vocab: the texts hold only whitespace ({n} characters), no word or "
+                "punctuation mark: a vocabulary of whitespace runs models nothing; check the data files"
+            )
         ranked = sorted((w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w))
         if max_size is not None:
             ranked = ranked[: max_size - 2]

@@ -26,7 +26,7 @@ from halo_lab.runner.config import (
     to_plain,
     validate_config,
 )
-from halo_lab.runner.ddp import dist_env, patch_ddp_relaunch, teardown_distributed
+from halo_lab.runner.ddp import dist_env, global_rank, patch_ddp_relaunch, teardown_distributed
 from halo_lab.runner.resume import resolve_ckpt_path
 from halo_lab.runner.wandb_run import finish_wandb
 
@@ -44,7 +44,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     from halo_lab import attention
     from halo_lab.device import apply_profile
-    from halo_lab.runner import build, summary
+    from halo_lab.runner import build, resume, summary
+    from halo_lab.runner.callbacks import CheckpointTopK, FinalStepCheckpoint, clean_run_leftovers
 
     t_start = time.time()
     run_dir = Path(cfg.paths.output_dir)
@@ -58,6 +59,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     train = cfg.get("train", True)
     if not train and ckpt_path is None:
         raise ConfigError("train=false: needs ckpt_path (the checkpoint to validate and export)")
+    # The checkpoint itself: read with weights_only=True, checksum, same model (one-line errors).
+    info = resume.inspect_checkpoint(ckpt_path, checked) if ckpt_path is not None else None
+    if global_rank() == 0:
+        clean_run_leftovers(run_dir, cfg.paths.ckpt_dir)  # temp files of a killed run in this directory
+    if train and info is not None and resume.nothing_to_train(info, cfg):
+        done = resume.finished_metrics(run_dir, info)
+        if done is not None:
+            print(
+                f"halo_lab.train: nothing to train: {ckpt_path} is at step {info.global_step}, the end of this "
+                f"run (trainer.max_steps={cfg.trainer.max_steps}); raise trainer.max_steps to train further "
+                "(last.ckpt and metrics.json left as they are)",
+                file=sys.stderr,
+                flush=True,
+            )
+            return done
+        log.info(
+            "ckpt_path: %s is at step %d, the end of this run: nothing to train; running the final "
+            "validation and export that did not finish",
+            ckpt_path,
+            info.global_step,
+        )
+        train = False
     pl.seed_everything(cfg.seed, workers=True)
     apply_profile(device)  # per process: TF32 / SDPA kernel flags
 
@@ -66,6 +89,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build.build_datamodule(cfg, device, batch_size)
     module = build.build_module(cfg, checked)
     callbacks = build.build_callbacks(cfg, batch_size)
+    last_ckpt = Path(cfg.paths.ckpt_dir) / "last.ckpt"
+    final_ckpt = FinalStepCheckpoint(last_ckpt)
+    callbacks += [final_ckpt, CheckpointTopK()]
+    if info is not None:
+        callbacks.append(resume.resume_check(info))
     loggers = build.build_loggers(cfg, run_dir, ckpt_path)
     trainer = build.build_trainer(cfg, device, callbacks, loggers)
     if trainer.is_global_zero:
@@ -87,25 +115,33 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # 3. Fit and validate.
     attention.last_backend_used.clear()  # this job's record (a multirun runs many in one process)
     if train:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        # last.ckpt always holds the final state (the periodic callback may have saved a few steps ago).
-        trainer.save_checkpoint(str(Path(cfg.paths.ckpt_dir) / "last.ckpt"), weights_only=False)
+        # weights_only=True passed here too, whatever torch's default or environment says.
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        # last.ckpt always holds the final state: FinalStepCheckpoint wrote it after the last step (the
+        # periodic callback may have saved a few steps before); otherwise (max_epochs, Ctrl-C) now.
+        if trainer.interrupted or final_ckpt.saved_step != trainer.global_step:
+            trainer.save_checkpoint(str(last_ckpt), weights_only=False)
         if trainer.interrupted:  # Lightning swallows Ctrl-C: do not report an interrupted run as done
             raise KeyboardInterrupt(f"interrupted at step {trainer.global_step}; last.ckpt saved")
     train_loss = trainer.callback_metrics.get("train/loss")  # validate() below resets callback_metrics
     val: dict[str, Any] = {}
     if cfg.get("validate", True) or not train:
-        trainer.validate(module, datamodule=datamodule, ckpt_path=None if train else ckpt_path)
+        trainer.validate(
+            module, datamodule=datamodule, ckpt_path=None if train else ckpt_path, weights_only=True
+        )
         val = dict(module.last_val)
 
     # 4. Summary, export, sample (rank 0).
     result: dict[str, Any] = {}
     if trainer.is_global_zero:
+        if train_loss is None and info is not None:  # nothing trained in this process: the run's last
+            train_loss = summary.last_logged(run_dir / "history.jsonl", "train/loss", info.global_step)
         val["train/loss"] = float(train_loss) if train_loss is not None else None
         model = summary.final_model(trainer, module, cfg)
         backend = summary.attention_backend_ran(model, trainer.strategy.root_device, cfg.data.get("seq_len"))
+        steps = info.global_step if info is not None and not train else None  # validated a checkpoint
         result = summary.write_metrics(
-            cfg, checked, trainer, module, model, datamodule, val, ckpt_path, t_start, backend
+            cfg, checked, trainer, module, model, datamodule, val, ckpt_path, t_start, backend, steps
         )
         sample = summary.final_sample(cfg, callbacks, module, model)
         if sample is not None:
@@ -150,6 +186,13 @@ def main(cfg: DictConfig) -> float | None:
         if _multirun():  # Hydra records the failed job and goes on with the sweep's others
             raise
         print(f"halo_lab.train: config error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except Exception as exc:
+        from halo_lab.data import DataError
+
+        if not isinstance(exc, DataError) or _multirun():
+            raise
+        print(f"halo_lab.train: data error: {' '.join(str(exc).split())}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:
         finish_wandb(failed)

@@ -28,6 +28,7 @@ import torch
 
 from halo_lab import compat
 from halo_lab.config import HaloConfig
+from halo_lab.integrity import verify_checksum
 
 logger = logging.getLogger("halo_lab.hub")
 
@@ -191,7 +192,7 @@ def _torch_load(p: Path) -> Any:
     import pickle
 
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(
@@ -201,6 +202,8 @@ def _torch_load(p: Path) -> Any:
         ) from e
     except Exception as e:  # truncated zip, not a torch file, ...
         raise ValueError(f"{p}: cannot read it as a torch checkpoint ({type(e).__name__}: {e})") from e
+    verify_checksum(obj, p)  # the runner's checkpoints carry one: a flipped bit is an error, not a model
+    return obj
 
 
 # -------------------------------------------------------------------------------------------- Hub

@@ -278,14 +278,19 @@ def test_malformed_jsonl(tmp_path):
     rows = [json.dumps({"text": doc(i)}) for i in range(200)]
     rows[150] = '{"text": 7}'
     later.write_text("\n".join(rows) + "\n")
-    ds = StreamingDataset(later, CharacterTokenizer(), 8, 0, rank=0, world_size=1)
+    # The whole file is scanned at construction: a bad line deep in the file fails before training.
+    with pytest.raises(ValueError, match=r"later\.jsonl:151: field 'text' is int.*skip_bad_lines=True"):
+        StreamingDataset(later, CharacterTokenizer(), 8, 0, rank=0, world_size=1)
+    # Without the scan (or a file changed after it) the stream itself still names file and line,
+    ds = StreamingDataset(later, CharacterTokenizer(), 8, 0, rank=0, world_size=1, validate=False)
     with pytest.raises(ValueError, match=r"later\.jsonl:151: field 'text' is int"):
         list(ds)
-    # Raised inside a worker process, the message still names file and line.
+    # also when raised inside a worker process.
     with pytest.raises(ValueError, match=r"later\.jsonl:151"):
         list(DataLoader(ds, batch_size=2, num_workers=2))
-    with pytest.warns(UserWarning, match="skipped 1 bad JSONL line"):
-        ok = list(
-            StreamingDataset(later, CharacterTokenizer(), 8, 0, rank=0, world_size=1, skip_bad_lines=True)
+    with pytest.warns(UserWarning, match=r"skipping 1 bad JSONL line.*later\.jsonl:151"):
+        skipping = StreamingDataset(
+            later, CharacterTokenizer(), 8, 0, rank=0, world_size=1, skip_bad_lines=True
         )
-    assert ok
+    assert skipping.skipped_lines == 1
+    assert list(skipping)

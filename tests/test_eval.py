@@ -117,7 +117,8 @@ def test_bad_inputs_name_the_key(tmp_path):
 
 def test_evaluate_counts_only_scored_targets():
     model = build_model(
-        HaloConfig(vocab_size=16, hidden_size=16, num_layers=1, num_heads=2, max_seq_len=8), "dense"
+        HaloConfig(vocab_size=16, hidden_size=16, num_layers=1, num_heads=2, max_seq_len=8, local_window=4),
+        "dense",
     )
     x = torch.randint(0, 16, (2, 8))
     y = x.clone()

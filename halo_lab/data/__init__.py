@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from halo_lab.data.corpora import prepare_shakespeare
-from halo_lab.data.datasets import JSONLDataset, TextDataset, TokenWindowDataset
+from halo_lab.data.datasets import DataError, JSONLDataset, TextDataset, TokenWindowDataset
 from halo_lab.data.streaming import StreamingDataLoader, StreamingDataset
 from halo_lab.data.synthetic import (
     AssociativeRecallDataset,
@@ -21,6 +21,7 @@ from halo_lab.data.synthetic import (
 )
 
 __all__ = [
+    "DataError",
     "TextDataset",
     "JSONLDataset",
     "StreamingDataset",

@@ -191,6 +191,19 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (True when unsure: its files are then kept)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # alive but not ours (EPERM), or unknown
+    return True
+
+
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """Exclusive lock across processes (every DDP rank may prepare data; only one does the work, the others

@@ -11,9 +11,12 @@ safe and tokenise once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +24,16 @@ from typing import Any
 
 import numpy as np
 
-from halo_lab.data._io import atomic_write_text, file_lock, file_sha256
+from halo_lab.data._io import atomic_write_text, file_lock, file_sha256, pid_alive
 from halo_lab.tokenizers import Tokenizer
 
 CACHE_FORMAT = 1
 _FLUSH_TOKENS = 1 << 20
+# Temp files of the writers here: "<name>.bin.tmp<pid>" (the array) and "<name>.tmp<pid>.<thread>"
+# (halo_lab.data._io.atomic_write_text: metadata, hash memos).
+_TMP = re.compile(r"^(?P<base>.+)\.tmp(?P<pid>\d+)(?:\.\d+)?$")
+_BIN_KEY = re.compile(r"-(?P<key>[0-9a-f]{16})\.bin$")
+_STALE_SMALL_S = 60.0
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -52,6 +60,60 @@ def open_tokens(bin_path: Path, dtype: str, n: int) -> np.ndarray:
     return np.memmap(bin_path, dtype=dtype, mode="r", shape=(n,))
 
 
+@contextlib.contextmanager
+def _try_lock(path: Path):
+    """Yields True when the exclusive lock was free (and holds it), False when another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: never delete what might be in use
+        yield False
+        return
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def clean_stale_temp_files(cache_dir: str | os.PathLike) -> list[Path]:
+    """Remove temp files a killed tokenisation left in ``cache_dir`` (and its ``hashes`` memo): an array
+    ``*.bin.tmp<pid>`` whose build lock is free (nobody, on any host sharing the directory, is building
+    it), and small metadata temp files whose process is gone and that are older than a minute."""
+    removed: list[Path] = []
+    root = Path(cache_dir)
+    now = time.time()
+    for d in (root, root / "hashes"):
+        try:
+            entries = list(d.iterdir())
+        except OSError:
+            continue
+        for f in entries:
+            m = _TMP.match(f.name)
+            if m is None or not f.is_file():
+                continue
+            pid = int(m.group("pid"))
+            if pid == os.getpid():
+                continue
+            key = _BIN_KEY.search(m.group("base"))
+            try:
+                if key is not None:
+                    with _try_lock(root / f".{key.group('key')}.lock") as free:
+                        if free:
+                            f.unlink()
+                            removed.append(f)
+                elif not pid_alive(pid) and now - f.stat().st_mtime > _STALE_SMALL_S:
+                    f.unlink()
+                    removed.append(f)
+            except OSError:
+                pass
+    return removed
+
+
 def cached_tokens(
     sources: list[Path],
     tokenizer: Tokenizer,
@@ -67,6 +129,7 @@ def cached_tokens(
     """
     cache_dir = Path(cache_dir).expanduser()
     cache_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale_temp_files(cache_dir)  # what a killed tokenisation left behind
     hashes = [file_sha256(p, memo_dir=cache_dir / "hashes") for p in sources]
     key_src = {
         "format": CACHE_FORMAT,

@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from halo_lab.data._io import as_paths, check_file, file_lock, iter_text_chunks
 from halo_lab.data.corpora import prepare_shakespeare
-from halo_lab.data.datasets import JSONLDataset, TextDataset, parse_jsonl_line
-from halo_lab.data.resumable import ResumableDataLoader
+from halo_lab.data.datasets import JSONLDataset, TextDataset, check_text_file, data_errors, parse_jsonl_line
+from halo_lab.data.resumable import LoaderPosition, ResumableDataLoader
 from halo_lab.data.streaming import StreamingDataLoader, StreamingDataset
 from halo_lab.data.synthetic import AssociativeRecallDataset, CopyDataset, NeedleDataset
 from halo_lab.tokenizers import Tokenizer, WordTokenizer, build_tokenizer, tokenizer_from_dict
@@ -140,6 +140,7 @@ class HaloDataModule(L.LightningDataModule):
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
         self._train_loader: DataLoader | None = None
+        self._restored_train_state: dict[str, Any] | None = None
         if dataset in SYNTHETIC:
             self._build_synthetic()  # cheap; validates the task options now
         elif not self._needs_vocab():
@@ -147,6 +148,8 @@ class HaloDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------------------ helpers
     def _files(self, arg: Any, what: str) -> list[Path]:
+        if self.kind in ("text", "jsonl", "streaming"):  # text only: a binary file is refused up front
+            return [check_text_file(p, f"{what} file") for p in as_paths(arg, what)]
         return [check_file(p, f"{what} file") for p in as_paths(arg, what)]
 
     def _needs_vocab(self) -> bool:
@@ -197,7 +200,11 @@ class HaloDataModule(L.LightningDataModule):
                 if not isinstance(base, dict | WordTokenizer)
                 else (base if isinstance(base, WordTokenizer) else tokenizer_from_dict({**base, **opts}))
             )
-            tok.build_vocab(self._training_texts(), min_freq=min_freq, max_size=max_size)
+            try:
+                tok.build_vocab(self._training_texts(), min_freq=min_freq, max_size=max_size)
+            except ValueError as exc:  # name the files the vocabulary was built from
+                files = ", ".join(str(p) for p in self._train_sources())
+                raise ValueError(f"data.path {files}: {exc}") from None
             tok.save(out)
             return tok
 
@@ -245,24 +252,30 @@ class HaloDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
-        """Download the corpus, build the word vocabulary and tokenise into the cache (once)."""
+        """Download the corpus, build the word vocabulary and tokenise into the cache (once).
+
+        A problem with the data itself (too short, malformed, binary, only whitespace) is a
+        :class:`~halo_lab.data.datasets.DataError` (a ValueError) naming the file: the runner reports it
+        in one line."""
         if self.kind in SYNTHETIC:
             return
-        if self.kind == "shakespeare":
-            self._shakespeare()
-        self._ensure_tokenizer()
-        if self.kind != "streaming":
-            self._build_map_datasets()  # tokenises into the cache; errors (short corpus, bad JSONL) surface here
+        with data_errors():
+            if self.kind == "shakespeare":
+                self._shakespeare()
+            self._ensure_tokenizer()
+            if self.kind != "streaming":
+                self._build_map_datasets()  # tokenises into the cache; errors (short corpus, bad JSONL) surface here
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return  # idempotent: the runner calls it before building the model, Lightning again in fit
-        if self.kind in SYNTHETIC:
-            self._build_synthetic()
-        elif self.kind == "streaming":
-            self._build_streaming()
-        else:
-            self._build_map_datasets()
+        with data_errors():
+            if self.kind in SYNTHETIC:
+                self._build_synthetic()
+            elif self.kind == "streaming":
+                self._build_streaming()
+            else:
+                self._build_map_datasets()
 
     def _build_synthetic(self) -> None:
         cls = _TASKS[self.kind]
@@ -309,6 +322,7 @@ class HaloDataModule(L.LightningDataModule):
         tok = self._ensure_tokenizer()
         common = dict(text_field=self.text_field, file_format=self.file_format, seed=self.seed)
         common["skip_bad_lines"] = self.skip_bad_lines
+        common["cache_dir"] = self.cache_dir  # the up-front JSONL scan is remembered per file
         if self.val_paths is not None:
             train_split, val_src, val_split = (0.0, 1.0), self.val_paths, (0.0, 1.0)
         else:
@@ -366,6 +380,7 @@ class HaloDataModule(L.LightningDataModule):
                 lookahead=1 if self.trainer is not None else 0,
                 **self._loader_kwargs(),
             )
+            self._restore_train_position()
             return self._train_loader
         n = len(ds)  # type: ignore[arg-type]
         drop_last = n >= self.batch_size
@@ -376,14 +391,47 @@ class HaloDataModule(L.LightningDataModule):
             )
         # Stateful: Lightning saves its position in every checkpoint, so a resumed run continues the
         # epoch (same shuffled order, trained batches skipped) instead of restarting it.
-        return ResumableDataLoader(
+        self._train_loader = ResumableDataLoader(
             ds,
             batch_size=self.batch_size,
             shuffle=True,
             drop_last=drop_last,
             generator=torch.Generator().manual_seed(self.seed),
+            position=LoaderPosition(),
             **self._loader_kwargs(),
         )
+        self._restore_train_position()
+        return self._train_loader
+
+    # ------------------------------------------------------------------------------ position
+    def state_dict(self) -> dict[str, Any]:
+        """The train loader's position, saved by Lightning in every checkpoint next to the loader's own
+        state: Lightning restores that one only when it resumes inside an epoch (iteration-based runs
+        always), this one always, so an epoch-based run resumed after a finished epoch goes on with the
+        next epoch's order instead of the first one's."""
+        loader = self._train_loader
+        if isinstance(loader, ResumableDataLoader | StreamingDataLoader):
+            return {"train_loader": loader.state_dict()}
+        if self._restored_train_state is not None:  # restored but not iterated yet: keep it as it was
+            return {"train_loader": dict(self._restored_train_state)}
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        loader_state = state.get("train_loader") if isinstance(state, dict) else None
+        self._restored_train_state = dict(loader_state) if loader_state else None
+
+    def _restore_train_position(self) -> None:
+        state, self._restored_train_state = self._restored_train_state, None
+        if state is None or self._train_loader is None:
+            return
+        # The state of the same kind of loader only (a resume onto another dataset kind starts fresh).
+        key = "batches_in_epoch" if isinstance(self._train_loader, ResumableDataLoader) else "batches"
+        if key not in state:
+            return
+        try:
+            self._train_loader.load_state_dict(state)  # type: ignore[union-attr]
+        except (KeyError, TypeError, ValueError) as exc:
+            warnings.warn(f"HaloDataModule: ignoring a saved train position ({exc})", stacklevel=2)
 
     def _eval_loader(self, ds: Dataset) -> DataLoader:
         return DataLoader(

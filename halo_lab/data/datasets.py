@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
@@ -18,6 +19,41 @@ from halo_lab.data.cache import cached_tokens, open_tokens
 from halo_lab.tokenizers import CharacterTokenizer, Tokenizer, WordTokenizer, build_tokenizer
 
 PathLike = str | os.PathLike
+
+
+BINARY_SNIFF_BYTES = 1 << 16
+
+
+class DataError(ValueError):
+    """The data itself cannot be trained on (too short, malformed, binary, ...); the message names the
+    file and what to do. The runner prints it as one line."""
+
+
+@contextlib.contextmanager
+def data_errors():
+    """Re-raise a ValueError from preparing data as a :class:`DataError` (same message)."""
+    try:
+        yield
+    except DataError:
+        raise
+    except ValueError as exc:
+        raise DataError(str(exc)) from exc
+
+
+def check_text_file(path: str | os.PathLike, what: str = "text file") -> Path:
+    """:func:`check_file` and a NUL-byte check of the first 64 KiB: text (UTF-8, and JSON lines) never
+    holds a NUL byte, binaries (executables, archives, tensors) and UTF-16 text almost always do, and the
+    byte-level tokenizer would silently read NUL as its end-of-text id."""
+    p = check_file(path, what)
+    with open(p, "rb") as f:
+        head = f.read(BINARY_SNIFF_BYTES)
+    at = head.find(b"\0")
+    if at >= 0:
+        kind = " (UTF-16 text? convert it to UTF-8)" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise ValueError(
+            f"{what} {p} looks like a binary file: a NUL byte at byte {at}{kind}; pass a UTF-8 text file"
+        )
+    return p
 
 
 def _resolve_tokenizer(tokenizer: Tokenizer | str | dict) -> Tokenizer:
@@ -140,7 +176,7 @@ class TextDataset(_CachedWindowDataset):
         split: tuple[float, float] = (0.0, 1.0),
         encoding_errors: str = "replace",
     ) -> None:
-        files = [check_file(p, "text file") for p in as_paths(paths, "text file")]
+        files = [check_text_file(p, "text file") for p in as_paths(paths, "text file")]
         tok = _resolve_tokenizer(tokenizer)
         if encoding_errors not in ("replace", "strict"):
             raise ValueError(f"encoding_errors must be 'replace' or 'strict', got {encoding_errors!r}")
@@ -201,7 +237,7 @@ class JSONLDataset(_CachedWindowDataset):
         cache_dir: PathLike | None = None,
         split: tuple[float, float] = (0.0, 1.0),
     ) -> None:
-        files = [check_file(p, "JSONL file") for p in as_paths(path, "JSONL file")]
+        files = [check_text_file(p, "JSONL file") for p in as_paths(path, "JSONL file")]
         tok = _resolve_tokenizer(tokenizer)
         self.tokenizer = tok
         self.paths = files

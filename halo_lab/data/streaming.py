@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from halo_lab.data._io import _cut_point, as_paths, check_file, line_of_offset, line_start_at_or_after
-from halo_lab.data.datasets import PathLike, _resolve_tokenizer, parse_jsonl_line
+from halo_lab.data._io import _cut_point, as_paths, line_of_offset, line_start_at_or_after
+from halo_lab.data.datasets import PathLike, _resolve_tokenizer, check_text_file, parse_jsonl_line
 from halo_lab.tokenizers import CharacterTokenizer, Tokenizer
 
 FORMATS = ("jsonl", "txt")
@@ -68,6 +68,11 @@ class StreamingDataset(IterableDataset):
         infinite: start the next epoch when one ends instead of stopping.
         encoding_errors: for ``txt`` with a non-byte tokenizer: ``"replace"`` (U+FFFD, warned) or ``"strict"``.
         skip_bad_lines: skip (and count) malformed JSONL lines instead of raising.
+        validate: JSONL only: scan every line of every file once, here, so a malformed line is an error
+            naming ``file:line`` before training starts (with ``skip_bad_lines``: one warning with their
+            count), instead of a failure when the stream reaches it (and again after each resume).
+        cache_dir: where the scan's result is remembered per file (path, size, mtime), so an unchanged
+            file is scanned once (the data module passes ``<data_dir>/cache``).
     """
 
     def __init__(
@@ -85,6 +90,8 @@ class StreamingDataset(IterableDataset):
         infinite: bool = False,
         encoding_errors: str = "replace",
         skip_bad_lines: bool = False,
+        validate: bool = True,
+        cache_dir: PathLike | None = None,
     ) -> None:
         super().__init__()
         if file_format not in FORMATS:
@@ -102,7 +109,7 @@ class StreamingDataset(IterableDataset):
             raise ValueError("give both rank and world_size, or neither")
         if world_size is not None and not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
-        self.files = [check_file(p, f"{file_format} file") for p in as_paths(file_paths, "streaming file")]
+        self.files = [check_text_file(p, f"{file_format} file") for p in as_paths(file_paths, "streaming file")]
         resolved = [p.resolve() for p in self.files]
         dupes = sorted({str(p) for p in resolved if resolved.count(p) > 1})
         if dupes:
@@ -125,7 +132,11 @@ class StreamingDataset(IterableDataset):
                 f"StreamingDataset({', '.join(map(str, self.files))}) split {a:g}-{b:g} holds {nbytes} bytes, "
                 f"fewer than max_seq_len + 1 = {self.max_seq_len + 1} tokens: use a shorter max_seq_len or more text"
             )
-        if file_format == "jsonl" and not self.skip_bad_lines:
+        self.scanned = False
+        self.skipped_lines = 0
+        if file_format == "jsonl" and validate:
+            self._validate_jsonl(Path(cache_dir).expanduser() if cache_dir is not None else None)
+        elif file_format == "jsonl" and not self.skip_bad_lines:
             for p in self.files:
                 self._check_first_line(p)
         self._epoch = 0
@@ -133,6 +144,26 @@ class StreamingDataset(IterableDataset):
         self._yielded = 0
         self._resume: dict[str, Any] | None = None
         self._pinned_dist: tuple[int, int] | None = None
+
+    def _validate_jsonl(self, cache_dir: Path | None) -> None:
+        """Every line of every file checked up front (see ``validate``)."""
+        total, first = 0, None
+        for p in self.files:
+            res = scan_jsonl(p, self.text_field, cache_dir)
+            total += res["bad_lines"]
+            if res["bad_lines"] and first is None:
+                line, err = res["first_bad"]
+                first = f"{p}:{line}: {err}"
+            if res["documents"] == 0 and (self.skip_bad_lines or not res["bad_lines"]):
+                bad = f" ({res['bad_lines']} bad lines)" if res["bad_lines"] else ""
+                raise ValueError(f"{p}: no JSONL document with a {self.text_field!r} string in the file{bad}")
+        self.scanned = True
+        self.skipped_lines = total if self.skip_bad_lines else 0
+        if total and not self.skip_bad_lines:
+            more = f" ({total} bad lines in all)" if total > 1 else ""
+            raise ValueError(f"{first}{more}; fix the file(s), or pass skip_bad_lines=True to skip such lines")
+        if total:
+            warnings.warn(f"StreamingDataset: skipping {total} bad JSONL line(s); first: {first}", stacklevel=3)
 
     def _check_first_line(self, path: Path) -> None:
         # Fail at construction, not in a worker mid-epoch, when the file is not JSONL at all.
@@ -325,8 +356,51 @@ class StreamingDataset(IterableDataset):
             ids = tok.encode(text)
             ids.append(tok.eos_token_id)
             yield ids
-        if skipped:
+        if skipped and not self.scanned:  # a scanned file's bad lines were reported once, up front
             warnings.warn(f"{path}: skipped {skipped} bad JSONL line(s) in bytes {start}-{end}", stacklevel=2)
+
+
+SCAN_FORMAT = 1
+
+
+def scan_jsonl(path: Path, text_field: str, memo_dir: Path | None = None) -> dict[str, Any]:
+    """Every line of a JSONL file checked as the stream would read it: ``{"bad_lines": n, "first_bad":
+    [line, reason] or None, "documents": n}``. With ``memo_dir`` the result is remembered per (path, size,
+    mtime, text_field) and an unchanged file is not read again."""
+    import hashlib
+    import json
+
+    from halo_lab.data._io import atomic_write_text
+
+    st = path.stat()
+    key = {"format": SCAN_FORMAT, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "text_field": text_field}
+    memo = None
+    if memo_dir is not None:
+        memo = memo_dir / "jsonl-scans" / (hashlib.sha1(str(path.resolve()).encode()).hexdigest() + ".json")
+        try:
+            saved = json.loads(memo.read_text())
+            if saved.get("key") == key:
+                return saved["result"]
+        except (OSError, ValueError, KeyError):
+            pass
+    bad, first, docs = 0, None, 0
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            text, err = parse_jsonl_line(raw, text_field)
+            if err is not None:
+                bad += 1
+                if first is None:
+                    first = [lineno, err]
+            elif text is not None:
+                docs += 1
+    result = {"bad_lines": bad, "first_bad": first, "documents": docs}
+    if memo is not None:
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(memo, json.dumps({"key": key, "result": result}))
+        except OSError:
+            pass
+    return result
 
 
 def _shuffled(items: Iterator[np.ndarray], rng: np.random.Generator, size: int) -> Iterator[np.ndarray]:
@@ -397,6 +471,8 @@ class StreamingDataLoader(DataLoader):
         return _CountingIterator(it, self)
 
     def state_dict(self) -> dict[str, Any]:
+        if self._current_epoch is None and self._pending is not None:
+            return dict(self._pending)  # restored, never iterated (a resume with nothing to train)
         if self._current_epoch is None:
             epoch, batches = self._next_epoch, 0
         elif self._exhausted:

@@ -98,10 +98,17 @@ def build_datamodule(cfg: DictConfig, device: dict[str, Any], batch_size: int | 
         data_cfg["batch_size"] = batch_size
     elif "batch_size" in data_cfg:
         data_cfg["batch_size"] = int(device["batch_size"])  # placeholder until AutoBatchSize decides
+    from hydra.errors import InstantiationException
+
     try:
         return instantiate(data_cfg, _convert_="all")
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OSError) as exc:
         raise ConfigError(f"data: {exc}") from exc
+    except InstantiationException as exc:  # Hydra wraps the constructor's own error: report that one
+        cause = exc.__cause__
+        if isinstance(cause, ValueError | TypeError | OSError):
+            raise ConfigError(f"data: {cause}") from exc
+        raise
 
 
 def build_module(cfg: DictConfig, checked: dict[str, Any]) -> pl.LightningModule:

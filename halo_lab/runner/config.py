@@ -238,6 +238,9 @@ def build_model_config(cfg: DictConfig, vocab_size: int | None = None) -> tuple[
         log.warning(
             "ablation=%s has no effect on module.arch=dense (the dense baseline has no graph)", ablation
         )
+    window, length = model.get("local_window"), model.get("max_seq_len")
+    if arch == "dense" and isinstance(window, int) and isinstance(length, int) and window >= length:
+        model.setdefault("allow_full_window", True)  # the dense twin has no window: nothing to guard
     if model.get("vocab_size") is None:
         model["vocab_size"] = vocab_size
     elif vocab_size is not None and model["vocab_size"] < vocab_size:
@@ -286,6 +289,15 @@ def validate_config(cfg: DictConfig) -> dict[str, Any]:
             data.seq_len,
             f"exceeds model.max_seq_len={model_config['max_seq_len']}",
         )
+        window = model_config.get("local_window")
+        if arch == "halo" and isinstance(window, int) and window >= data.seq_len and data.seq_len > 0:
+            log.warning(
+                "model.local_window=%d covers every training sequence (data.seq_len=%d): HALO-S trains as "
+                "dense attention (its dilated and random edges add nothing); use a local_window "
+                "below data.seq_len to train the sparse graph",
+                window,
+                data.seq_len,
+            )
     bs = data.batch_size
     _check(bs is None or bs > 0, "data.batch_size", bs, "must be a positive integer or null")
 

@@ -119,27 +119,32 @@ class HaloLitModule(pl.LightningModule):
             self.model.enable_gradient_checkpointing()
 
     def configure_model(self) -> None:
-        if self.model is not None:
-            return
         trainer = self._trainer
         dm = getattr(trainer, "datamodule", None) if trainer is not None else None
         vocab = getattr(dm, "vocab_size", None)
+        configured = self.hparams.model_config.get("vocab_size")
+        # Checked whether the model was built early (model.vocab_size given) or is built now: a vocabulary
+        # larger than the embedding fails later as an IndexError inside the embedding lookup.
+        if configured is not None and vocab is not None and configured < vocab:
+            from halo_lab.runner.config import ConfigError
+
+            raise ConfigError(
+                f"model.vocab_size={configured}: smaller than the data's vocabulary ({vocab} token ids); set "
+                f"model.vocab_size=null to follow the data, or at least {vocab}"
+            )
+        tok = getattr(dm, "tokenizer", None)
+        if tok is not None:  # the checkpoint (and the hub export) records what the ids mean
+            self.tokenizer = tok
+            if hasattr(tok, "to_dict"):
+                self.hparams.tokenizer = tok.to_dict()
+        if self.model is not None:
+            return
         if vocab is None:
             raise RuntimeError(
                 "HaloLitModule: model.vocab_size is null and no datamodule vocabulary is available; "
                 "set model.vocab_size or train with a datamodule that has .vocab_size"
             )
-        configured = self.hparams.model_config.get("vocab_size")
-        if configured is not None and configured < vocab:
-            raise ValueError(
-                f"model.vocab_size={configured}: smaller than the tokenizer's vocabulary ({vocab})"
-            )
         self.hparams.model_config = {**self.hparams.model_config, "vocab_size": configured or int(vocab)}
-        tok = getattr(dm, "tokenizer", None)
-        if tok is not None:
-            self.tokenizer = tok
-            if hasattr(tok, "to_dict"):
-                self.hparams.tokenizer = tok.to_dict()
         self._build_model()
         if self.hparams.device_profile and trainer is not None:
             from halo_lab.device import optimize_for_device

@@ -1,17 +1,28 @@
-"""Resuming a run: which checkpoint ``ckpt_path`` means.
+"""Resuming a run: which checkpoint ``ckpt_path`` means, and whether it can be resumed here.
 
-The data position is the datamodule's: its train loader is a torchdata ``StatefulDataLoader``, whose
-state Lightning saves in every checkpoint and restores on resume.
+The data position is the datamodule's: its train loader (``halo_lab.data.resumable``) saves its position
+(epoch, batches of it handed out) in every checkpoint, and Lightning restores it on resume.
+
+Before anything is built, :func:`inspect_checkpoint` reads the checkpoint itself with
+``weights_only=True`` (whatever torch's environment says: no code in a file ever runs), checks its
+checksum and compares its model with the configured one, so an unreadable, corrupted or mismatched
+checkpoint is one line naming ``ckpt_path`` and what to do, before any data is read. The data-dependent
+checks (the tokenizer, the vocabulary) run in :class:`ResumeCheck` once the data is prepared.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("halo_lab.train")
+
+# Model fields that may differ on resume without a word (they do not change what the weights compute).
+_FREE_FIELDS = {"dropout", "attention_backend", "init_std", "allow_full_window"}
 
 
 def resolve_ckpt_path(value: Any, run_dir: str | os.PathLike) -> str | None:
@@ -42,3 +53,214 @@ def resolve_ckpt_path(value: Any, run_dir: str | os.PathLike) -> str | None:
         raise ConfigError(f"ckpt_path={value!r}: no such checkpoint file")
     log.info("ckpt_path: resuming from %s", path)
     return str(path)
+
+
+@dataclass
+class CheckpointInfo:
+    """What the runner needs to know about the checkpoint it resumes from."""
+
+    path: str
+    global_step: int
+    epoch: int
+    model_config: dict[str, Any]
+    arch: str | None
+    tokenizer: dict[str, Any] | None
+    verified: bool
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+def _err(path: str, msg: str):
+    from halo_lab.runner.config import ConfigError
+
+    return ConfigError(f"ckpt_path={path}: {msg}")
+
+
+def inspect_checkpoint(path: str, checked: dict[str, Any]) -> CheckpointInfo:
+    """Read ``path`` safely and check it against this run's model (``checked``: validate_config's result);
+    a ConfigError naming ``ckpt_path`` and what to do when it cannot be resumed here."""
+    from halo_lab.integrity import CheckpointFileError, load_checkpoint_file
+
+    try:
+        ck = load_checkpoint_file(path, mmap=True)
+    except CheckpointFileError as exc:
+        msg = str(exc)
+        raise _err(path, msg.split(": ", 1)[1] if msg.startswith(f"{path}: ") else msg) from None
+    verified = True
+    if not isinstance(ck, dict) or "state_dict" not in ck or "hyper_parameters" not in ck:
+        keys = sorted(ck)[:6] if isinstance(ck, dict) else type(ck).__name__
+        raise _err(
+            path,
+            f"not a checkpoint written by halo_lab.train (no state_dict / hyper_parameters; it holds {keys}); "
+            "pass a .ckpt from a run's checkpoints/ directory, or start fresh with ckpt_path=null",
+        )
+    from halo_lab.integrity import CHECKSUM_KEY
+
+    if CHECKSUM_KEY not in ck:
+        verified = False
+        log.info("ckpt_path=%s: no checksum (written before halo_lab checked them); not verified", path)
+    hp = ck.get("hyper_parameters") or {}
+    mc = hp.get("model_config")
+    if not isinstance(mc, dict):
+        raise _err(path, "its hyper_parameters hold no model_config; it was not written by halo_lab.train")
+    shapes = {k: tuple(v.shape) for k, v in (ck.get("state_dict") or {}).items() if hasattr(v, "shape")}
+    info = CheckpointInfo(
+        path=str(path),
+        global_step=int(ck.get("global_step", 0) or 0),
+        epoch=int(ck.get("epoch", 0) or 0),
+        model_config=dict(mc),
+        arch=hp.get("arch"),
+        tokenizer=hp.get("tokenizer") if isinstance(hp.get("tokenizer"), dict) else None,
+        verified=verified,
+        shapes=shapes,
+    )
+    del ck
+    check_model(info, checked)
+    return info
+
+
+def _fmt(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, list | dict) else str(v)
+
+
+def check_model(info: CheckpointInfo, checked: dict[str, Any]) -> None:
+    """The configured model against the checkpoint's: a different architecture or any tensor of another
+    shape is a ConfigError naming the differing model keys; other differences (the graph, RoPE) a warning."""
+    arch = checked["arch"]
+    if info.arch is not None and info.arch != arch:
+        raise _err(
+            info.path,
+            f"the checkpoint is a module.arch={info.arch} model, this run is module.arch={arch}; resume with "
+            f"module.arch={info.arch}, or start a fresh run (ckpt_path=null or a new hydra.run.dir)",
+        )
+    from halo_lab.config import HaloConfig
+
+    defaults = HaloConfig(allow_full_window=True).to_dict()  # fields a config or checkpoint leaves out
+    have = {**defaults, **info.model_config}
+    want = {**defaults, **checked["model_config"]}
+    if want.get("vocab_size") is None:  # follows the data: checked against the data in ResumeCheck
+        want["vocab_size"] = have.get("vocab_size")
+    diffs = [
+        (k, have.get(k), v) for k, v in sorted(want.items()) if k not in _FREE_FIELDS and have.get(k) != v
+    ]
+    bad_shapes = _shape_mismatches(info, want, arch)
+    named = ", ".join(f"model.{k}={_fmt(new)} (checkpoint: {_fmt(old)})" for k, old, new in diffs[:4])
+    if len(diffs) > 4:
+        named += f" and {len(diffs) - 4} more"
+    if bad_shapes:
+        what = named or "; ".join(bad_shapes[:2])
+        raise _err(
+            info.path,
+            f"the checkpoint's model differs from this run's: {what}; resume with the checkpoint's model "
+            "settings, or start a fresh run (ckpt_path=null or a new hydra.run.dir)",
+        )
+    if diffs:
+        log.warning("ckpt_path=%s: resuming with a changed model: %s", info.path, named)
+
+
+def _shape_mismatches(info: CheckpointInfo, model_config: dict[str, Any], arch: str) -> list[str]:
+    """Tensors whose shape (or presence) differs between the checkpoint and the configured model, which
+    is built on the meta device (no memory)."""
+    import torch
+
+    from halo_lab.model import build_model
+
+    try:
+        with torch.device("meta"):
+            model = build_model(dict(model_config), arch=arch)
+    except Exception as exc:  # the configured model is validated elsewhere; compare what we can
+        log.debug("resume check: cannot build the configured model on the meta device: %s", exc)
+        return []
+    want = {f"model.{k}": tuple(v.shape) for k, v in model.state_dict().items()}
+    have = {k: v for k, v in info.shapes.items() if k.startswith("model.")}
+    out = []
+    for k in sorted(set(want) | set(have)):
+        if k not in have:
+            out.append(f"{k} is missing in the checkpoint")
+        elif k not in want:
+            out.append(f"{k} is not in this run's model")
+        elif want[k] != have[k]:
+            out.append(f"{k}: checkpoint {list(have[k])}, this run {list(want[k])}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- no-op
+def nothing_to_train(info: CheckpointInfo, cfg: Any) -> bool:
+    """True when the checkpoint already reached the run's end (``trainer.max_steps``, else ``max_epochs``)."""
+    steps = int(cfg.trainer.get("max_steps", -1) or -1)
+    epochs = cfg.trainer.get("max_epochs")
+    if steps > 0:
+        return info.global_step >= steps
+    return epochs is not None and int(epochs) > 0 and info.epoch >= int(epochs)
+
+
+def finished_metrics(run_dir: str | os.PathLike, info: CheckpointInfo) -> dict[str, Any] | None:
+    """The run's metrics.json when it was written for the checkpoint's final step (the run finished),
+    else None (killed during the final validation or export: those still have to run)."""
+    p = Path(run_dir) / "metrics.json"
+    try:
+        m = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(m, dict) or m.get("status") != "ok" or int(m.get("steps") or -1) < info.global_step:
+        return None
+    return m
+
+
+# ---------------------------------------------------------------------------------------------- data checks
+def _describe_tok(d: dict[str, Any] | None) -> str:
+    if not d:
+        return "unknown"
+    kind = d.get("type", "?")
+    if kind == "word":
+        return f"word ({len(d.get('vocab') or []) + 2} entries)"
+    if kind == "tiktoken":
+        return f"tiktoken {d.get('encoding', d.get('name', ''))}".strip()
+    return str(kind)
+
+
+class _ResumeCheck:
+    """Once the data is prepared (``setup``, before the model is built or restored): the data's tokenizer
+    and vocabulary against the checkpoint's, so a resume onto other data is one line, not a size-mismatch
+    dump from ``load_state_dict``. (A Lightning callback: :func:`resume_check` makes it.)"""
+
+    def __init__(self, info: CheckpointInfo):
+        self.info = info
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage not in ("fit", "validate"):
+            return
+        dm = getattr(trainer, "datamodule", None)
+        tok = getattr(dm, "tokenizer", None) if dm is not None else None
+        saved = self.info.tokenizer
+        if tok is not None and saved is not None and hasattr(tok, "to_dict"):
+            now = tok.to_dict()
+            if now != saved:
+                raise _err(
+                    self.info.path,
+                    f"the checkpoint was trained with the {_describe_tok(saved)} tokenizer, this run's data "
+                    f"gives the {_describe_tok(now)} tokenizer; resume with the same data.tokenizer and "
+                    "data files, or start a fresh run (ckpt_path=null or a new hydra.run.dir)",
+                )
+        vocab = getattr(dm, "vocab_size", None) if dm is not None else None
+        configured = pl_module.hparams.model_config.get("vocab_size")
+        saved_vocab = self.info.model_config.get("vocab_size")
+        if (
+            configured is None
+            and vocab is not None
+            and saved_vocab is not None
+            and int(vocab) != int(saved_vocab)
+        ):
+            raise _err(
+                self.info.path,
+                f"the checkpoint's model has vocab_size={saved_vocab}, this run's data gives {vocab} token ids "
+                f"(model.vocab_size=null follows the data); resume with the same data, or "
+                f"model.vocab_size={saved_vocab}",
+            )
+
+
+def resume_check(info: CheckpointInfo) -> Any:
+    """The :class:`_ResumeCheck` callback for ``info`` (Lightning is imported only here)."""
+    import lightning.pytorch as pl
+
+    cls = type("ResumeCheck", (_ResumeCheck, pl.Callback), {})
+    return cls(info)

@@ -48,9 +48,10 @@ def attention_backend_ran(model: Any, device: Any, seq_len: int | None) -> str:
 
 def write_metrics(
     cfg: DictConfig, checked: dict[str, Any], trainer: Any, module: Any, model: Any, datamodule: Any,
-    val: dict[str, Any], ckpt_path: str | None, t_start: float, backend: str,
+    val: dict[str, Any], ckpt_path: str | None, t_start: float, backend: str, steps: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """metrics.json (the final summary) and the hub/ export; returns the summary."""
+    """metrics.json (the final summary) and the hub/ export; returns the summary. ``steps``: the model's
+    training steps when this process trained none (validating a checkpoint: the checkpoint's step)."""
     from halo_lab.runner.callbacks import TokenThroughput
     from halo_lab.runner.config import ablation_name
     from halo_lab.utils import atomic_write_text, count_parameters
@@ -78,7 +79,7 @@ def write_metrics(
         {
             "train_loss": val.get("train/loss"),
             "params": count_parameters(model),
-            "steps": int(trainer.global_step),
+            "steps": int(trainer.global_step) if steps is None else int(steps),
         }
     )
     summary.update(perf.summary(module.device) if perf else {"tokens_per_sec": None, "peak_mem_mb": None})
@@ -172,3 +173,22 @@ def print_locations(run_dir: Path, summary: dict[str, Any]) -> None:
         "result        : " + ", ".join(f"{k}={show(summary[k])}" for k in keys if summary.get(k) is not None)
     )
     print("\n".join(lines), flush=True)
+
+
+def last_logged(history: Path, key: str, max_step: int | None = None) -> float | None:
+    """The last value of ``key`` in a history.jsonl (at or before ``max_step``): the train loss of a run
+    whose final steps were trained by an earlier process (a resume that only validates and exports)."""
+    value = None
+    try:
+        with open(history, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue  # a line cut off by a kill
+                if key in rec and (max_step is None or int(rec.get("step", 0)) <= max_step):
+                    v = rec[key]
+                    value = float(v) if isinstance(v, int | float) else value
+    except OSError:
+        return None
+    return value
