@@ -156,38 +156,11 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "trainer.log_every_n_steps=1",
         "scheduler.warmup_steps=1",
     ]
-    smoke = [
-        Job(
-            "needle_1024",
-            "dense",
-            1,
-            3,
-            slot=60,
-            min_slot=10,
-            extra=tiny
-            + ["data.seq_len=128", "data.batch_size=4", "data.distances=[16,40,100]", "data.num_val=6"],
-        ),
-        Job(
-            "needle_1024",
-            "halo",
-            1,
-            3,
-            slot=60,
-            min_slot=10,
-            extra=tiny
-            + ["data.seq_len=128", "data.batch_size=4", "data.distances=[16,40,100]", "data.num_val=6"],
-        ),
-        Job(
-            "mqar_cpu",
-            "local_only",
-            1,
-            0,
-            slot=60,
-            min_slot=10,
-            extra=tiny
-            + ["data.seq_len=128", "data.batch_size=4", "data.num_val=6", "data.distance_buckets=[2,16,64]"],
-        ),
-    ]
+    short = ["data.seq_len=128", "data.batch_size=4", "data.num_val=6"]
+    needle = tiny + short + ["data.distances=[16,40,100]"]
+    smoke = [Job("needle_1024", v, 1, 3, slot=60, min_slot=10, extra=needle) for v in ("dense", "halo")]
+    mqar = tiny + short + ["data.distance_buckets=[2,16,64]"]
+    smoke.append(Job("mqar_cpu", "local_only", 1, 0, slot=60, min_slot=10, extra=mqar))
     # The last device call of 2026-12-02 (issue 14): which HALO-S edges matter at 1024 tokens, 2 layers
     # (the depth at which dense passed both tasks), and a second seed of the three variants.
     edges = [Job("needle_1024", "halo", 2, 3, ablation=a) for a in ("no_dilated", "no_random", "no_globals")]
