@@ -36,23 +36,27 @@ def _sync(device: torch.device) -> None:
 
 
 def time_ms(fn: Callable[[], Any], device: torch.device, warmup: int = 3, repeats: int = 10) -> float:
-    """Median wall time of ``fn`` in milliseconds (CUDA events on GPU, perf_counter on CPU)."""
+    """Milliseconds per call of ``fn``. On GPU: CUDA events around ``repeats`` back-to-back calls (the host
+    queues ahead, as it does in a training loop; a sync per call would add the host's launch latency to
+    every sample), the median of three such rounds. On CPU: the median of ``repeats`` timed calls."""
     for _ in range(warmup):
         fn()
     _sync(device)
     times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
+    if device.type == "cuda":
+        for _ in range(3):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            fn()
+            for _ in range(repeats):
+                fn()
             end.record()
             end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
+            times.append(start.elapsed_time(end) / repeats)
+        return statistics.median(times)
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
 
@@ -555,6 +559,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     parts = [p for p in ("attention", "train_step", "decode") if any(r["part"] == p for r in rows)]
+    if not parts:  # e.g. parts=[reference]: its rows are a table, not a curve over N
+        return
     fig, axes = plt.subplots(1, len(parts), figsize=(5 * len(parts), 4), squeeze=False)
     for ax, part in zip(axes[0], parts):
         sel = [r for r in rows if r["part"] == part and r.get("ms") is not None]

@@ -63,6 +63,15 @@ def test_cpu_bench_writes_table_json_and_plot(tmp_path, capsys):
     assert "x dense" in capsys.readouterr().out
 
 
+def test_reference_part_alone_writes_its_rows(tmp_path):
+    """`parts=[reference]` in a process of its own (how the GPU bench runs it): its rows have no curve to
+    plot, which must not lose the results."""
+    spec = {**tiny_spec(), "parts": ["reference"], "check": False}
+    result = bench.run(spec, tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["rows"] == result["rows"] and {r["part"] for r in saved["rows"]} == {"reference_tiny"}
+
+
 def test_check_backends_catches_a_wrong_backend(monkeypatch):
     real = bench.attn.halo_attention
 

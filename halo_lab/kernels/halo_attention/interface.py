@@ -42,7 +42,7 @@ def launch_options(head_dim: int, group: int, dtype: torch.dtype) -> dict[str, d
     # illegal memory access on an H200 (experiments/bench/d128_probe.py); fp32 (no wgmma) is fine with 8.
     dq_warps = 8 if dtype == torch.float32 else 4
     block_t = max(16, rows // group)  # >= 16: a dilated tile has BLOCK_T keys, and tl.dot needs 16
-    # MERGED_DIL (one dilated tile instead of ND): correct and tested, off until the H200 says it is faster
+    # MERGED_DIL (one dilated tile instead of ND): tested, and slower on an H200 at 1K-16K (kernel_notes.md)
     query_tiles = {"BLOCK_T": block_t, "BLOCK_N": 32, "num_stages": 2, "MERGED_DIL": False}
     return {
         "fwd": {**query_tiles, "num_warps": 8},

@@ -1,0 +1,104 @@
+"""What one decode step launches, kernel by kernel, and what Inductor options change it (GPU only, no Hydra).
+
+python experiments/bench/decode_kernels.py OUT_DIR
+
+The medium model (hidden 512, 8 layers, 8/2 heads), batch 1, bf16, greedy, through ``Decoder`` (compiled
+step, CUDA-graph replay): tokens/s over 256 new tokens after a synthetic cache at 1K and 128K context, and
+the CUDA kernels of one step (name, count, GPU µs), for dense, HALO-S (full cache) and HALO-S (ring cache),
+under each Inductor option set of ``OPTIONS``. Writes ``decode_kernels.json`` and prints the tables.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import sys
+
+import torch
+import torch._dynamo
+
+from halo_lab.bench import DECODE_VARIANTS, _model_config, benchmark_generation
+from halo_lab.bench_decode import MEDIUM
+from halo_lab.decoding import Decoder
+from halo_lab.model import build_model
+
+CONTEXTS = (1024, 131072)
+# Decoder.inductor_options for each round: none, combo kernels (horizontal fusion of independent kernels:
+# the default since 2026-12-02), and combo + max-autotune (Triton GEMM templates that Inductor can fuse
+# with the norm before and the residual add after, where cuBLAS GEMVs are latency-bound)
+OPTIONS = {
+    "default": {},
+    "combo": {"combo_kernels": True},
+    "combo_autotune": {
+        "combo_kernels": True,
+        "max_autotune": True,
+        "max_autotune_gemm_backends": "TRITON,ATEN",
+    },
+}
+
+
+@torch.no_grad()  # as Decoder.decode runs it: a call with grad enabled would recompile the step
+def step_kernels(dec: Decoder) -> list[dict]:
+    from torch.profiler import ProfilerActivity, profile
+
+    state = dec._snapshot()
+    dec.pos.fill_(dec.start)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        dec._fn()
+        torch.cuda.synchronize()
+    dec._restore(state)
+    per = collections.defaultdict(lambda: [0, 0.0])
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            per[e.name][0] += 1
+            per[e.name][1] += e.device_time
+    return [
+        {"kernel": k, "count": c, "us": round(t, 1)}
+        for k, (c, t) in sorted(per.items(), key=lambda x: -x[1][1])
+    ]
+
+
+def main(out: str) -> None:
+    spec = {"model": MEDIUM, "new_tokens": 256}
+    rows = []
+    for opt_name, opts in OPTIONS.items():
+        torch._dynamo.reset()
+        Decoder.inductor_options = opts
+        for ctx in CONTEXTS:
+            for variant, (arch, cache) in DECODE_VARIANTS.items():
+                torch.manual_seed(0)
+                model = build_model(_model_config(spec, ctx + 258), arch).to("cuda", torch.bfloat16)
+                try:
+                    r = benchmark_generation(
+                        model, ctx, 256, 1, cache=cache, prefill=False, count_kernels=False
+                    )
+                except Exception as e:  # noqa: BLE001 - an option that fails is a result too
+                    print(f"{opt_name} {variant} {ctx}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+                    continue
+                row = {"options": opt_name, "variant": variant, "context": ctx, **r}
+                if ctx == CONTEXTS[0]:
+                    dec = Decoder(model, 1, ctx, 257, cache=cache, sync_every=257)
+                    dec.fill_random()
+                    dec._run_step = dec._build()
+                    row["kernels"] = step_kernels(dec)
+                    row["kernels_per_token"] = sum(k["count"] for k in row["kernels"])
+                    row["gpu_us_per_token"] = round(sum(k["us"] for k in row["kernels"]), 1)
+                rows.append(row)
+                print(
+                    f"{opt_name:8s} {variant:9s} ctx {ctx:6d}: {r['tokens_per_sec']:8.0f} tok/s "
+                    f"{r['ms_per_token'] * 1e3:6.1f} us/token  path {r['decode_path']}  "
+                    f"kernels {row.get('kernels_per_token')}  gpu us {row.get('gpu_us_per_token')}",
+                    flush=True,
+                )
+                for k in row.get("kernels", []):
+                    print(f"    {k['count']:3d} x {k['us']:7.1f} us  {k['kernel'][:110]}")
+                del model
+                torch.cuda.empty_cache()
+    with open(f"{out}/decode_kernels.json", "w") as f:
+        json.dump(
+            {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
