@@ -136,6 +136,7 @@ def spec_for(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         spec["new_tokens"] = args.new_tokens
     spec["compile"] = False if args.no_compile else None
     spec["cuda_graph"] = not args.no_cuda_graph
+    spec["triton_gemv"] = bool(getattr(args, "gemv", False))
     return spec
 
 
@@ -162,7 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--no-cuda-graph", action="store_true")
     parser.add_argument("--check", action="store_true", help="check decode == forward first")
+    parser.add_argument(
+        "--gemv", action="store_true", help="projections through the fused Triton GEMV (Decoder.triton_gemv)"
+    )
     args = parser.parse_args(argv)
+    if args.gemv:  # before the check, so that it checks the step that is timed
+        from halo_lab.decoding import Decoder
+
+        Decoder.triton_gemv = True
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     preset = args.preset or ("gpu" if cuda else "quick")

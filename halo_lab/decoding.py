@@ -15,6 +15,7 @@ the captured steps, and any stop-check cadence give the same tokens for the same
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
 
@@ -109,6 +110,28 @@ def fused_weights(model) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
     return out
 
 
+def gemv_kernel(model, device: torch.device) -> Callable | None:
+    """``halo_lab.kernels.gemv``'s op for the gemv decode step, or None where it cannot run: no Triton, no GPU
+    (or interpreter), a norm it does not fuse, or a head with a bias."""
+    from halo_lab.kernels import gemv as kg
+
+    on_device = device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+    norms = [model.ln_f] + [n for layer in model.layers for n in (layer.ln_1, layer.ln_2)]
+    if not (kg.available() and on_device and model.lm_head.bias is None):
+        return None
+    if not all(isinstance(n, (torch.nn.LayerNorm, torch.nn.RMSNorm)) and n.weight is not None for n in norms):
+        return None
+    return kg.gemv_op
+
+
+def _norm_args(norm: torch.nn.Module) -> tuple:
+    """(weight, bias, residual slot) + (kind, eps, swiglu) of ``gemv_op`` for a norm prologue."""
+    if isinstance(norm, torch.nn.RMSNorm):
+        eps = norm.eps if norm.eps is not None else torch.finfo(norm.weight.dtype).eps
+        return norm.weight, None, None, "rmsnorm", eps, False
+    return norm.weight, norm.bias, None, "layernorm", norm.eps, False
+
+
 def graphs_supported(device: torch.device) -> bool:
     """Whether the step can be compiled with Triton and captured in a CUDA graph on ``device``."""
     return device.type == "cuda"
@@ -126,6 +149,9 @@ class Decoder:
     # (the layers' key-slot tables, the k/v cache writes): 99 -> 77 kernels a HALO-S token and 3,852 ->
     # 4,356 tokens/s on an H200 (experiments/bench/decode_kernels.py; a Triton codegen option, so GPU only)
     inductor_options: dict = {"combo_kernels": True}
+    # The fused step's projections through halo_lab.kernels.gemv (the norm, SwiGLU and residual add fused
+    # into each GEMV): opt-in until an H200 run says it is faster (experiments/bench/decode_kernels.py)
+    triton_gemv: bool = False
 
     def __init__(
         self,
@@ -188,6 +214,7 @@ class Decoder:
         self.base = noise_base(batch, model.config.vocab_size, dev) if temperature > 0 else None
         self.generated = 0  # tokens in self.out so far
         self.fused = fused_weights(model) if fuse_weights else None
+        self.gemv = gemv_kernel(model, self.device) if self.fused is not None and self.triton_gemv else None
         self.path = "compiled" if self.compile else "eager"
         self._run_step: Callable[[], None] | None = None
 
@@ -243,7 +270,9 @@ class Decoder:
     # ------------------------------------------------------------------------------------ the step
     def _step(self) -> None:
         """Feed ``tok`` at ``pos``, sample the next token into ``out``/``tok``, advance ``pos``: buffers only."""
-        if self.fused is not None:
+        if self.gemv is not None:
+            logits = self._gemv_decode_step()
+        elif self.fused is not None:
             logits = self._fused_decode_step()
         else:
             logits = self.model._decode_step(self.tok, self.pos, self.caches, (self.cos, self.sin))
@@ -252,6 +281,32 @@ class Decoder:
         self.out.index_copy_(1, nxt_pos - self.start_t, nxt[:, None])
         self.tok.copy_(nxt[:, None])
         self.pos.copy_(nxt_pos)
+
+    def _gemv_decode_step(self) -> torch.Tensor:
+        """``_fused_decode_step`` with each projection one ``gemv`` launch: the norm before it, the SwiGLU
+        before the down projection and the residual add after it fused in (5 GEMVs a layer, no other
+        kernel than RoPE, the cache write and the attention)."""
+        m, c, pos, op = self.model, self.model.config, self.pos, self.gemv
+        x = m.token_emb(self.tok)
+        cos = self.cos.index_select(0, pos)
+        sin = self.sin.index_select(0, pos)
+        B, d = x.shape[0], c.head_dim
+        x = x.view(B, -1)
+        split = [c.num_heads * d, c.num_kv_heads * d, c.num_kv_heads * d]
+        for layer, cache, (w_qkv, w_up) in zip(m.layers, self.caches, self.fused):
+            a, f = layer.attn, layer.ffn
+            q, k, v = op(x, w_qkv, *_norm_args(layer.ln_1)).split(split, dim=-1)
+            q = attn.apply_rope(q.view(B, 1, c.num_heads, d).transpose(1, 2), cos, sin)
+            k = attn.apply_rope(k.view(B, 1, c.num_kv_heads, d).transpose(1, 2), cos, sin)
+            v = v.view(B, 1, c.num_kv_heads, d).transpose(1, 2)
+            y = attn.static_decode_attention(q, k, v, cache, pos)
+            x = op(y.transpose(1, 2).reshape(B, -1), a.o_proj.weight, None, None, x, "none", 0.0, False)
+            h = op(x, w_up, *_norm_args(layer.ln_2))
+            if f.w3 is not None:
+                x = op(h, f.w2.weight, None, None, x, "none", 0.0, True)
+            else:
+                x = op(torch.nn.functional.gelu(h), f.w2.weight, None, None, x, "none", 0.0, False)
+        return op(x, m.lm_head.weight, *_norm_args(m.ln_f))
 
     def _fused_decode_step(self) -> torch.Tensor:
         """``model._decode_step`` with each layer's q/k/v projections as one matmul and the SwiGLU gate and

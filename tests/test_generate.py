@@ -68,6 +68,30 @@ def test_cached_greedy_equals_uncached_forward(arch, cache, fuse):
     assert torch.equal(decode(model, prompt, 90, cache=cache, fuse_weights=fuse), ref)
 
 
+@pytest.mark.parametrize(
+    "arch,cache,kw",
+    [
+        ("halo", "full", {}),
+        pytest.param("halo", "ring", {"norm": "rmsnorm"}, marks=pytest.mark.slow),  # ~50 s interpreted
+        pytest.param("dense", "full", {"use_swiglu": False}, marks=pytest.mark.slow),
+    ],
+)
+def test_gemv_decode_step_equals_uncached_forward(monkeypatch, arch, cache, kw):
+    """The projections through the Triton GEMV kernel (norm, SwiGLU, residual fused in; Triton's interpreter
+    on CPU) give the forward's greedy tokens, past the window and every dilated distance."""
+    pytest.importorskip("triton")
+    if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA or Triton's interpreter")
+    monkeypatch.setattr(Decoder, "triton_gemv", True)
+    model = model_for(arch, **kw)
+    prompt = torch.randint(0, 64, (2, 11))
+    ref = model.generate(prompt, max_new_tokens=25, temperature=0, use_cache=False)  # 36 > 32: every distance
+    dec = Decoder(model, 2, 11, 25, cache=cache, fuse_weights=True)
+    assert dec.gemv is not None
+    with torch.inference_mode():
+        assert torch.equal(torch.cat([prompt, dec.generate(prompt)], dim=1), ref)
+
+
 def test_fused_weights_only_for_the_plain_block():
     model = model_for("halo")
     fused = decoding.fused_weights(model)

@@ -23,17 +23,18 @@ from halo_lab.decoding import Decoder
 from halo_lab.model import build_model
 
 CONTEXTS = (1024, 131072)
-# Decoder.inductor_options for each round: none, combo kernels (horizontal fusion of independent kernels:
-# the default since 2026-12-02), and combo + max-autotune (Triton GEMM templates that Inductor can fuse
-# with the norm before and the residual add after, where cuBLAS GEMVs are latency-bound)
+# (Decoder.inductor_options, Decoder.triton_gemv) for each round: none; combo kernels (horizontal fusion of
+# independent kernels, the default since 2026-12-02); combo + max-autotune (Triton GEMM templates, which
+# Inductor can fuse with their neighbours, where the cuBLAS GEMVs are latency-bound); combo + the fused
+# GEMV kernel (halo_lab/kernels/gemv.py: norm, SwiGLU and residual add inside each projection)
 OPTIONS = {
-    "default": {},
-    "combo": {"combo_kernels": True},
-    "combo_autotune": {
-        "combo_kernels": True,
-        "max_autotune": True,
-        "max_autotune_gemm_backends": "TRITON,ATEN",
-    },
+    "default": ({}, False),
+    "combo": ({"combo_kernels": True}, False),
+    "combo_autotune": (
+        {"combo_kernels": True, "max_autotune": True, "max_autotune_gemm_backends": "TRITON,ATEN"},
+        False,
+    ),
+    "combo_gemv": ({"combo_kernels": True}, True),
 }
 
 
@@ -61,9 +62,9 @@ def step_kernels(dec: Decoder) -> list[dict]:
 def main(out: str) -> None:
     spec = {"model": MEDIUM, "new_tokens": 256}
     rows = []
-    for opt_name, opts in OPTIONS.items():
+    for opt_name, (opts, gemv) in OPTIONS.items():
         torch._dynamo.reset()
-        Decoder.inductor_options = opts
+        Decoder.inductor_options, Decoder.triton_gemv = opts, gemv
         for ctx in CONTEXTS:
             for variant, (arch, cache) in DECODE_VARIANTS.items():
                 torch.manual_seed(0)

@@ -1,0 +1,209 @@
+"""Decode-step GEMVs with their neighbours fused in: ``norm -> x @ W.T``, ``swiglu -> x @ W.T``, ``+ residual``.
+
+At batch 1 the decode step's cuBLAS GEMVs are latency-bound: 3.8 µs each on an H200 for matrices read in
+well under 1 µs, 33 of them a token, and each norm, SwiGLU and residual add between them is a kernel of
+its own (experiments/bench/decode_kernels.py). ``gemv`` does one layer's projection in one launch: the
+row's norm (LayerNorm or RMSNorm) or SwiGLU as a prologue, the residual add as an epilogue.
+
+Block sizes: BLOCK_N = 16 output rows per program, so the q/k/v projection of the medium model
+(768 x 512) runs on 48 programs per row and the SwiGLU gate/up (4096 x 512) on 256: enough programs
+in flight to stream the weight at bandwidth. The reduction walks K in CHUNK = 128 columns, which keeps
+a [16, 128] fp32 product per step (16 values a thread at 4 warps) instead of a whole weight row.
+
+Rounding follows the unfused step: the normalised (or SwiGLU) input is rounded to the weight's dtype
+before the product, and the product before the residual add, as separate bf16 kernels would. So the
+fused step gives the unfused step's tokens, up to the order of the fp32 sums.
+
+``reference_gemv`` beside it is the plain-torch oracle. The kernel runs on CPU under Triton's
+interpreter (``TRITON_INTERPRET=1``), which is how the tests check it without a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+try:
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:  # pragma: no cover - torch without triton
+    HAS_TRITON = False
+
+NORMS = {"none": 0, "layernorm": 1, "rmsnorm": 2}
+BLOCK_N = 16
+CHUNK = 128
+
+
+def reference_gemv(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    *,
+    norm: str = "none",
+    norm_weight: torch.Tensor | None = None,
+    norm_bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    swiglu: bool = False,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """[B, N] = residual + prologue(x) @ w.T, with the unfused step's ops; x [B, K] (or [B, 2K] for swiglu)."""
+    if swiglu:
+        gate, up = x.chunk(2, dim=-1)
+        x = F.silu(gate) * up
+    if norm == "layernorm":
+        x = F.layer_norm(x, x.shape[-1:], norm_weight, norm_bias, eps)
+    elif norm == "rmsnorm":
+        x = F.rms_norm(x, x.shape[-1:], norm_weight, eps)
+    y = F.linear(x, w)
+    return y if residual is None else residual + y
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _gemv_kernel(
+        x_ptr,
+        w_ptr,
+        out_ptr,
+        res_ptr,
+        nw_ptr,
+        nb_ptr,
+        K,
+        N,
+        sxb,
+        swn,
+        sob,
+        srb,
+        eps,
+        NORM: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        SWIGLU: tl.constexpr,
+        HAS_RES: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        CHUNK: tl.constexpr,
+    ):
+        pid_n = tl.program_id(0)
+        b = tl.program_id(1).to(tl.int64)
+        n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        in_n = n < N
+        x_row = x_ptr + b * sxb
+        dt = w_ptr.dtype.element_ty
+        mean = 0.0
+        rstd = 1.0
+        if NORM != 0:  # the row's statistics first: a second pass normalises chunk by chunk
+            s1 = tl.zeros([CHUNK], dtype=tl.float32)
+            s2 = tl.zeros([CHUNK], dtype=tl.float32)
+            for k0 in range(0, K, CHUNK):
+                kk = k0 + tl.arange(0, CHUNK)
+                a = tl.load(x_row + kk, mask=kk < K, other=0.0).to(tl.float32)
+                s1 += a
+                s2 += a * a
+            if NORM == 1:
+                mean = tl.sum(s1, axis=0) / K
+                var = tl.maximum(tl.sum(s2, axis=0) / K - mean * mean, 0.0)
+                rstd = 1.0 / tl.sqrt(var + eps)
+            else:
+                rstd = 1.0 / tl.sqrt(tl.sum(s2, axis=0) / K + eps)
+        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, K, CHUNK):
+            kk = k0 + tl.arange(0, CHUNK)
+            in_k = kk < K
+            if SWIGLU:  # x holds [gate | up], each K wide
+                g = tl.load(x_row + kk, mask=in_k, other=0.0).to(tl.float32)
+                u = tl.load(x_row + K + kk, mask=in_k, other=0.0).to(tl.float32)
+                silu = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32)
+                a = (silu * u).to(dt).to(tl.float32)
+            else:
+                a = tl.load(x_row + kk, mask=in_k, other=0.0).to(tl.float32)
+            if NORM != 0:
+                a = (a - mean) * rstd * tl.load(nw_ptr + kk, mask=in_k, other=0.0).to(tl.float32)
+                if HAS_BIAS:
+                    a += tl.load(nb_ptr + kk, mask=in_k, other=0.0).to(tl.float32)
+                a = a.to(dt).to(tl.float32)
+            wt = tl.load(
+                w_ptr + n[:, None] * swn + kk[None, :], mask=in_n[:, None] & in_k[None, :], other=0.0
+            )
+            acc += tl.sum(wt.to(tl.float32) * a[None, :], axis=1)
+        y = acc.to(dt)
+        if HAS_RES:
+            y = (y.to(tl.float32) + tl.load(res_ptr + b * srb + n, mask=in_n, other=0.0).to(tl.float32)).to(
+                dt
+            )
+        tl.store(out_ptr + b * sob + n, y, mask=in_n)
+
+
+def available() -> bool:
+    return HAS_TRITON
+
+
+def gemv(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    *,
+    norm: str = "none",
+    norm_weight: torch.Tensor | None = None,
+    norm_bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    swiglu: bool = False,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The Triton kernel: what ``reference_gemv`` computes, in one launch (see the module doc)."""
+    if norm not in NORMS:
+        raise ValueError(f"norm={norm!r}: must be one of {sorted(NORMS)}")
+    if norm != "none" and norm_weight is None:
+        raise ValueError(f"norm={norm!r} needs its weight")
+    if norm != "none" and swiglu:
+        raise ValueError("a gemv takes a norm or a SwiGLU prologue, not both")
+    B, K_in = x.shape
+    N, K = w.shape
+    if K_in != (2 * K if swiglu else K):
+        raise ValueError(f"x has {K_in} columns for a weight of {K} ({'swiglu: 2K' if swiglu else 'K'})")
+    x, w = x.contiguous(), w.contiguous()
+    out = torch.empty(B, N, device=x.device, dtype=w.dtype)
+    res = residual.contiguous() if residual is not None else out
+    nw = norm_weight if norm_weight is not None else w
+    nb = norm_bias if norm_bias is not None else nw
+    _gemv_kernel[(triton.cdiv(N, BLOCK_N), B)](
+        x, w, out, res, nw, nb,
+        K, N, x.stride(0), w.stride(0), out.stride(0), res.stride(0),
+        eps,
+        NORM=NORMS[norm],
+        HAS_BIAS=norm_bias is not None,
+        SWIGLU=swiglu,
+        HAS_RES=residual is not None,
+        BLOCK_N=BLOCK_N,
+        CHUNK=CHUNK,
+        num_warps=4,
+    )  # fmt: skip
+    return out
+
+
+gemv_op = None
+if HAS_TRITON:
+
+    @torch.library.custom_op("halo_lab::gemv", mutates_args=())
+    def gemv_op(
+        x: torch.Tensor,
+        w: torch.Tensor,
+        norm_weight: torch.Tensor | None,
+        norm_bias: torch.Tensor | None,
+        residual: torch.Tensor | None,
+        norm: str,
+        eps: float,
+        swiglu: bool,
+    ) -> torch.Tensor:
+        return gemv(
+            x,
+            w,
+            norm=norm,
+            norm_weight=norm_weight,
+            norm_bias=norm_bias,
+            eps=eps,
+            swiglu=swiglu,
+            residual=residual,
+        )
+
+    @gemv_op.register_fake
+    def _(x, w, norm_weight, norm_bias, residual, norm, eps, swiglu):
+        return x.new_empty(x.shape[0], w.shape[0], dtype=w.dtype)
