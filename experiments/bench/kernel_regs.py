@@ -20,6 +20,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from halo_lab.config import HaloConfig
+from halo_lab.kernels.gemv import BLOCK_N, CHUNK, _gemv_kernel
 from halo_lab.kernels.halo_attention import interface
 from halo_lab.kernels.halo_attention.backward import halo_bwd_dq_kernel
 from halo_lab.kernels.halo_attention.forward import halo_fwd_kernel
@@ -43,10 +44,18 @@ def _signature(kernel, constexprs: dict, dtype: str) -> dict[str, str]:
     return sig
 
 
-def resources(kernel, opts: dict, consts: dict, dtype: str = "bf16") -> str:
+def _gemv_signature(kernel, constexprs: dict, dtype: str) -> dict[str, str]:
+    floats = {"eps": "fp32"}
+    return {
+        n: "constexpr" if n in constexprs else floats.get(n, f"*{dtype}" if n.endswith("_ptr") else "i32")
+        for n in kernel.arg_names
+    }
+
+
+def resources(kernel, opts: dict, consts: dict, dtype: str = "bf16", signature=_signature) -> str:
     """``REG:n STACK:n SHARED:n LOCAL:n`` of one sm_90 build."""
     constexprs = {**{k: v for k, v in opts.items() if k not in ("num_warps", "num_stages")}, **consts}
-    src = ASTSource(kernel, _signature(kernel, constexprs, dtype), constexprs=constexprs)
+    src = ASTSource(kernel, signature(kernel, constexprs, dtype), constexprs=constexprs)
     options = {"num_warps": opts["num_warps"], "num_stages": opts["num_stages"]}
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
     tool = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
@@ -72,6 +81,18 @@ def main() -> None:
                 opts = {**base[kname], "num_warps": warps, "MERGED_DIL": merged}
                 tag = "merged dilated tile" if merged else "per-distance tiles"
                 print(f"{kname:3s} {warps} warps {tag:20s} {resources(kernel, opts, consts)}", flush=True)
+    # the decode step's fused GEMV (halo_lab/kernels/gemv.py), each prologue / epilogue it is built with
+    for tag, kind in (("layernorm", 1), ("rmsnorm", 2), ("swiglu + residual", 0), ("residual", 0)):
+        consts = {
+            "NORM": kind,
+            "HAS_BIAS": kind == 1,
+            "SWIGLU": tag.startswith("swiglu"),
+            "HAS_RES": "residual" in tag,
+        }
+        opts = {"BLOCK_N": BLOCK_N, "CHUNK": CHUNK, "num_warps": 4, "num_stages": 2}
+        print(
+            f"gemv {tag:28s} {resources(_gemv_kernel, opts, consts, signature=_gemv_signature)}", flush=True
+        )
 
 
 if __name__ == "__main__":
