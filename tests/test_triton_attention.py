@@ -96,6 +96,24 @@ def test_merged_dilated_tile_matches_reference(name, monkeypatch):
         check(*CASES[name], torch.bfloat16)
 
 
+@pytest.mark.parametrize("variant", ["dkv_bn128", "win64"])
+@pytest.mark.parametrize("name", ["block-g2-r2", "token-g2-r2"])
+def test_wider_tile_variants_match_reference(name, variant, monkeypatch):
+    """The launch variants experiments/bench/kernel_tune.py times (128-key dK/dV tiles, 64-key window steps)
+    compute the same function, so a faster one can become the default."""
+    from halo_lab.kernels.halo_attention import interface
+
+    plain = interface._options
+    override = {"dkv_bn128": {"dkv": {"BLOCK_N": 128}}, "win64": {k: {"BLOCK_N": 64} for k in ("fwd", "dq")}}
+
+    def wider(head_dim, group, dtype):
+        opts = plain(head_dim, group, dtype)
+        return {k: {**v, **override[variant].get(k, {})} for k, v in opts.items()}
+
+    monkeypatch.setattr(interface, "_options", wider)
+    check(*CASES[name], torch.float32)
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="full-size shapes: compiled kernels only")
 @pytest.mark.parametrize("mode", ["block", "token"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
