@@ -284,7 +284,7 @@ class Decoder:
 
     def _gemv_decode_step(self) -> torch.Tensor:
         """``_fused_decode_step`` with each projection one ``gemv`` launch: the norm before it, the SwiGLU
-        before the down projection and the residual add after it fused in (5 GEMVs a layer, no other
+        before the down projection and the residual add after it fused in (4 GEMVs a layer, no other
         kernel than RoPE, the cache write and the attention)."""
         m, c, pos, op = self.model, self.model.config, self.pos, self.gemv
         x = m.token_emb(self.tok)
