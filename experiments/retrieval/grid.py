@@ -182,6 +182,18 @@ def grids() -> dict[str, tuple[list[Job], int]]:
     )
     # ... and 4096 tokens with twice the steps (dense left no plateau in 1390-1548 steps).
     part4 = _pair(lambda t: _depth(f"{t}_4096", ("dense", "halo"), (2,), extra=long))
+    # On the CPU (--cpu, 2 jobs at a time): depth where dense passes the gate. 128 tokens, window 8
+    # (dilated 8/16/32/64), 4 records (so every distance >= 16: none inside the window), distances off the
+    # dilated ones: 20 and 28 within a 4-layer window chain (4 x (7 + 2 conv) = 36; 20 just beyond the
+    # 2-layer one, 18), 48 and 100 beyond it. At 128 tokens a 4-layer dense left the plateau at ~600-750
+    # steps where 2 layers took ~250 (the 2026-12-02 CPU probe, experiments/needle/README.md).
+    small = ["data.seq_len=128", "data.distances=[20,28,48,100]", "data.num_val=240", "data.num_train=64000"]
+    small += ["model.local_window=8", "trainer.max_steps=1000", "trainer.val_check_interval=250"]
+    cpu_depth = [
+        Job("needle_1024", v, n, 3, slot=2400, min_slot=300, extra=small)
+        for n in (4, 2)
+        for v in ("dense", "halo", "local_only")
+    ]
     # One device call for both, when the device time allows only one: part1's jobs first, 16 at once.
     return {
         "part1": (part1, 14),
@@ -191,6 +203,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "part3": (part3, 8),
         "part4": (part4, 4),
         "smoke": (smoke, 2),
+        "cpu_depth": (cpu_depth, 2),
     }
 
 
