@@ -142,7 +142,8 @@ class Decoder:
 
     ``compile``: torch.compile the step (None: on CUDA only). ``cuda_graph``: capture the step in a CUDA
     graph and replay it (CUDA only; False runs it step by step). ``cache``: "full" or "ring" (HALO-S).
-    ``path`` says what ran: e.g. "compiled+cuda_graph", "eager".
+    ``gemv``: the projections through the fused Triton GEMV (None: ``Decoder.triton_gemv``; needs
+    ``fuse_weights`` and CUDA or Triton's interpreter). ``path`` says what ran: e.g. "compiled+cuda_graph".
     """
 
     # Inductor options of the compiled step on CUDA. combo_kernels fuses independent kernels side by side
@@ -169,6 +170,7 @@ class Decoder:
         cuda_graph: bool = True,
         sync_every: int = 8,
         fuse_weights: bool | None = None,
+        gemv: bool | None = None,
     ):
         check_sampling(temperature, top_k, top_p)
         if fuse_weights is None:  # on by default where it pays: a compiled step (a copy of the weights)
@@ -214,7 +216,8 @@ class Decoder:
         self.base = noise_base(batch, model.config.vocab_size, dev) if temperature > 0 else None
         self.generated = 0  # tokens in self.out so far
         self.fused = fused_weights(model) if fuse_weights else None
-        self.gemv = gemv_kernel(model, self.device) if self.fused is not None and self.triton_gemv else None
+        use_gemv = self.triton_gemv if gemv is None else gemv
+        self.gemv = gemv_kernel(model, self.device) if self.fused is not None and use_gemv else None
         self.path = "compiled" if self.compile else "eager"
         self._run_step: Callable[[], None] | None = None
 
