@@ -6,6 +6,7 @@ At the reference package's small batches both models are launch-bound, so HALO-S
 host work. This prints and writes (OUT_DIR/host_profile.txt):
 * the attention layer alone (bench setting, N = 1K): wall time per fwd+bwd synced each call, and the
   host time per call with the GPU left to run behind (CPU-bound if the two agree);
+* the same step through ``bench.benchmark_speed`` (make bench's timing), to compare in one process;
 * a cProfile of HALO-S training steps (reference medium_1k config), the top functions by own time;
 * torch.profiler tables of one HALO-S and one dense step (host ops by self CPU time).
 """
@@ -21,6 +22,7 @@ import time
 import torch
 
 from halo_lab import attention as attn
+from halo_lab import bench
 from halo_lab.config import HaloConfig
 from halo_lab.model import build_model
 
@@ -100,6 +102,13 @@ def train_steps(log) -> None:
 
         synced, host = per_call(step, 2 if SMALL else 20)
         log(f"train step medium_1k {arch:6s} synced {synced:.2f} ms  host {host:.2f} ms")
+        # the same model and shape through make bench's own timing (bench.benchmark_speed, a fresh AdamW):
+        # the bench's reference part gave 32.3 / 39.6 ms here where this script gave 23.3 / 24.0 (2026-12-02)
+        B, N = x.shape
+        ms = bench.benchmark_speed(
+            model, N, B, 1 if SMALL else 3, 2 if SMALL else 10, torch.float32 if SMALL else None
+        )
+        log(f"train step medium_1k {arch:6s} via bench.benchmark_speed {ms['train_step_ms']:.2f} ms")
         if arch == "halo":
             pr = cProfile.Profile()
             pr.enable()
