@@ -124,12 +124,20 @@ def gemv_kernel(model, device: torch.device) -> Callable | None:
     return kg.gemv_op
 
 
-def _norm_args(norm: torch.nn.Module) -> tuple:
-    """(weight, bias, residual slot) + (kind, eps, swiglu) of ``gemv_op`` for a norm prologue."""
+def _norm_args(norm: torch.nn.Module | None) -> tuple:
+    """(weight, bias) of ``gemv_op`` for a norm prologue (None: no norm)."""
+    if norm is None:
+        return None, None
+    return norm.weight, getattr(norm, "bias", None)
+
+
+def _norm_kind(norm: torch.nn.Module | None) -> tuple[str, float]:
+    """(kind, eps) of ``gemv_op`` for a norm prologue."""
+    if norm is None:
+        return "none", 0.0
     if isinstance(norm, torch.nn.RMSNorm):
-        eps = norm.eps if norm.eps is not None else torch.finfo(norm.weight.dtype).eps
-        return norm.weight, None, None, "rmsnorm", eps, False
-    return norm.weight, norm.bias, None, "layernorm", norm.eps, False
+        return "rmsnorm", norm.eps if norm.eps is not None else torch.finfo(norm.weight.dtype).eps
+    return "layernorm", norm.eps
 
 
 def graphs_supported(device: torch.device) -> bool:
@@ -273,9 +281,7 @@ class Decoder:
     # ------------------------------------------------------------------------------------ the step
     def _step(self) -> None:
         """Feed ``tok`` at ``pos``, sample the next token into ``out``/``tok``, advance ``pos``: buffers only."""
-        if self.gemv is not None:
-            logits = self._gemv_decode_step()
-        elif self.fused is not None:
+        if self.fused is not None:
             logits = self._fused_decode_step()
         else:
             logits = self.model._decode_step(self.tok, self.pos, self.caches, (self.cos, self.sin))
@@ -285,11 +291,22 @@ class Decoder:
         self.tok.copy_(nxt[:, None])
         self.pos.copy_(nxt_pos)
 
-    def _gemv_decode_step(self) -> torch.Tensor:
-        """``_fused_decode_step`` with each projection one ``gemv`` launch: the norm before it, the SwiGLU
-        before the down projection and the residual add after it fused in (4 GEMVs a layer, no other
-        kernel than RoPE, the cache write and the attention)."""
-        m, c, pos, op = self.model, self.model.config, self.pos, self.gemv
+    def _project(self, x, w, norm=None, residual=None, swiglu: bool = False) -> torch.Tensor:
+        """``residual + prologue(x) @ w.T`` for [B, K] rows, the prologue being ``norm`` or SwiGLU: one
+        ``gemv`` launch with ``Decoder.triton_gemv``, else the unfused ops (the same math)."""
+        if self.gemv is not None:
+            return self.gemv(x, w, *_norm_args(norm), residual, *_norm_kind(norm), swiglu)
+        if swiglu:
+            gate, up = x.chunk(2, dim=-1)
+            x = torch.nn.functional.silu(gate) * up
+        y = torch.nn.functional.linear(x if norm is None else norm(x), w)
+        return y if residual is None else residual + y
+
+    def _fused_decode_step(self) -> torch.Tensor:
+        """``model._decode_step`` with each layer's q/k/v projections as one matmul and the SwiGLU gate and
+        up projections as one (``fuse_weights``): 3 fewer kernels per layer, the same math. With ``gemv``
+        each projection is one launch with its norm, SwiGLU and residual add fused in (``_project``)."""
+        m, c, pos, proj = self.model, self.model.config, self.pos, self._project
         x = m.token_emb(self.tok)
         cos = self.cos.index_select(0, pos)
         sin = self.sin.index_select(0, pos)
@@ -298,45 +315,18 @@ class Decoder:
         split = [c.num_heads * d, c.num_kv_heads * d, c.num_kv_heads * d]
         for layer, cache, (w_qkv, w_up) in zip(m.layers, self.caches, self.fused):
             a, f = layer.attn, layer.ffn
-            q, k, v = op(x, w_qkv, *_norm_args(layer.ln_1)).split(split, dim=-1)
+            q, k, v = proj(x, w_qkv, norm=layer.ln_1).split(split, dim=-1)
             q = attn.apply_rope(q.view(B, 1, c.num_heads, d).transpose(1, 2), cos, sin)
             k = attn.apply_rope(k.view(B, 1, c.num_kv_heads, d).transpose(1, 2), cos, sin)
             v = v.view(B, 1, c.num_kv_heads, d).transpose(1, 2)
             y = attn.static_decode_attention(q, k, v, cache, pos)
-            x = op(y.transpose(1, 2).reshape(B, -1), a.o_proj.weight, None, None, x, "none", 0.0, False)
-            h = op(x, w_up, *_norm_args(layer.ln_2))
+            x = proj(y.transpose(1, 2).reshape(B, -1), a.o_proj.weight, residual=x)
+            h = proj(x, w_up, norm=layer.ln_2)
             if f.w3 is not None:
-                x = op(h, f.w2.weight, None, None, x, "none", 0.0, True)
+                x = proj(h, f.w2.weight, residual=x, swiglu=True)
             else:
-                x = op(torch.nn.functional.gelu(h), f.w2.weight, None, None, x, "none", 0.0, False)
-        return op(x, m.lm_head.weight, *_norm_args(m.ln_f))
-
-    def _fused_decode_step(self) -> torch.Tensor:
-        """``model._decode_step`` with each layer's q/k/v projections as one matmul and the SwiGLU gate and
-        up projections as one (``fuse_weights``): 3 fewer kernels per layer, the same math."""
-        apply_rope = attn.apply_rope
-        m, c, pos = self.model, self.model.config, self.pos
-        x = m.token_emb(self.tok)
-        cos = self.cos.index_select(0, pos)
-        sin = self.sin.index_select(0, pos)
-        B, d = x.shape[0], c.head_dim
-        split = [c.num_heads * d, c.num_kv_heads * d, c.num_kv_heads * d]
-        for layer, cache, (w_qkv, w_up) in zip(m.layers, self.caches, self.fused):
-            a, f = layer.attn, layer.ffn
-            q, k, v = torch.nn.functional.linear(layer.ln_1(x), w_qkv).split(split, dim=-1)
-            q = apply_rope(q.view(B, 1, c.num_heads, d).transpose(1, 2), cos, sin)
-            k = apply_rope(k.view(B, 1, c.num_kv_heads, d).transpose(1, 2), cos, sin)
-            v = v.view(B, 1, c.num_kv_heads, d).transpose(1, 2)
-            y = attn.static_decode_attention(q, k, v, cache, pos)
-            x = x + a.o_proj(y.transpose(1, 2).reshape(B, 1, -1))
-            h = torch.nn.functional.linear(layer.ln_2(x), w_up)
-            if f.w3 is not None:
-                gate, up = h.chunk(2, dim=-1)
-                h = torch.nn.functional.silu(gate) * up
-            else:
-                h = torch.nn.functional.gelu(h)
-            x = x + f.w2(h)
-        return m.lm_head(m.ln_f(x))[:, -1]
+                x = proj(torch.nn.functional.gelu(h), f.w2.weight, residual=x)
+        return proj(x, m.lm_head.weight, norm=m.ln_f)
 
     @torch.no_grad()
     def _build(self) -> Callable[[], None]:
