@@ -136,6 +136,7 @@ def benchmark_generation(
     compile: bool | None = None,
     prefill: bool = True,
     count_kernels: bool = True,
+    gemv: bool | None = None,
 ) -> dict[str, Any]:
     """Cached greedy decoding after a ``context_len`` prompt with the compiled decode step (halo_lab.decoding):
     prefill time (None with ``prefill=False``: a synthetic random cache stands in for the prompt, which
@@ -154,6 +155,7 @@ def benchmark_generation(
         compile=compile,
         cuda_graph=cuda_graph,
         sync_every=new_tokens + 1,
+        gemv=gemv,
     )
     best_prefill = None
     if prefill:
@@ -485,6 +487,7 @@ def bench_decode(
                         compile=spec.get("compile"),
                         prefill=prefill_at is None or ctx in prefill_at,
                         count_kernels=(variant, batch) not in counted,
+                        gemv=spec.get("triton_gemv"),
                     )
                     counted.add((variant, batch))
                     row.update(

@@ -86,10 +86,12 @@ def check_decode_matches_forward(
     new_tokens: int = 90,
     batch: int = 2,
     dtype: torch.dtype = torch.float32,
+    gemv: bool | None = None,
 ) -> dict[str, str]:
     """Greedy tokens of the cached decode step (compiled where ``compile``) == the uncached forward's, for
     dense, HALO-S and HALO-S with the ring cache, at lengths that cross the window and the dilated
-    distances (8, 16, 32). Returns {variant: decode path}; raises AssertionError on a mismatch."""
+    distances (8, 16, 32); ``gemv``: through the fused-GEMV step. Returns {variant: decode path}; raises
+    AssertionError on a mismatch."""
     from halo_lab.config import HaloConfig
     from halo_lab.model import build_model
 
@@ -102,7 +104,7 @@ def check_decode_matches_forward(
         ref = model.generate(prompt, max_new_tokens=new_tokens, temperature=0, use_cache=False)
         from halo_lab.decoding import Decoder
 
-        dec = Decoder(model, batch, prompt_len, new_tokens, cache=cache, compile=compile)
+        dec = Decoder(model, batch, prompt_len, new_tokens, cache=cache, compile=compile, gemv=gemv)
         out = torch.cat([prompt, dec.generate(prompt)], dim=1)
         if not torch.equal(out, ref):
             bad = (out != ref).nonzero()[0].tolist()
@@ -136,7 +138,7 @@ def spec_for(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         spec["new_tokens"] = args.new_tokens
     spec["compile"] = False if args.no_compile else None
     spec["cuda_graph"] = not args.no_cuda_graph
-    spec["triton_gemv"] = bool(getattr(args, "gemv", False))
+    spec["triton_gemv"] = bool(args.gemv) or None  # None: Decoder's default
     return spec
 
 
@@ -164,13 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cuda-graph", action="store_true")
     parser.add_argument("--check", action="store_true", help="check decode == forward first")
     parser.add_argument(
-        "--gemv", action="store_true", help="projections through the fused Triton GEMV (Decoder.triton_gemv)"
+        "--gemv", action="store_true", help="projections through the fused Triton GEMV (Decoder(gemv=True))"
     )
     args = parser.parse_args(argv)
-    if args.gemv:  # before the check, so that it checks the step that is timed
-        from halo_lab.decoding import Decoder
-
-        Decoder.triton_gemv = True
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     preset = args.preset or ("gpu" if cuda else "quick")
@@ -189,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         t0 = time.perf_counter()
         try:
-            result["check"] = check_decode_matches_forward(device, compile=False if args.no_compile else None)
+            result["check"] = check_decode_matches_forward(
+                device, compile=False if args.no_compile else None, gemv=args.gemv or None
+            )
             if cuda:
                 result["check"]["kernel_bf16_max_err"] = check_kernel(device)
         except Exception as e:  # noqa: BLE001 - recorded, and the exit status says so; the bench still runs

@@ -23,7 +23,7 @@ from halo_lab.decoding import Decoder
 from halo_lab.model import build_model
 
 CONTEXTS = (1024, 131072)
-# (Decoder.inductor_options, Decoder.triton_gemv) for each round: none; combo kernels (horizontal fusion of
+# (Decoder.inductor_options, Decoder's gemv) for each round: none; combo kernels (horizontal fusion of
 # independent kernels, the default since 2026-12-02); combo + max-autotune (Triton GEMM templates, which
 # Inductor can fuse with their neighbours, where the cuBLAS GEMVs are latency-bound); combo + the fused
 # GEMV kernel (halo_lab/kernels/gemv.py: norm, SwiGLU and residual add inside each projection)
@@ -64,21 +64,21 @@ def main(out: str) -> None:
     rows = []
     for opt_name, (opts, gemv) in OPTIONS.items():
         torch._dynamo.reset()
-        Decoder.inductor_options, Decoder.triton_gemv = opts, gemv
+        Decoder.inductor_options = opts
         for ctx in CONTEXTS:
             for variant, (arch, cache) in DECODE_VARIANTS.items():
                 torch.manual_seed(0)
                 model = build_model(_model_config(spec, ctx + 258), arch).to("cuda", torch.bfloat16)
                 try:
                     r = benchmark_generation(
-                        model, ctx, 256, 1, cache=cache, prefill=False, count_kernels=False
+                        model, ctx, 256, 1, cache=cache, prefill=False, count_kernels=False, gemv=gemv
                     )
                 except Exception as e:  # noqa: BLE001 - an option that fails is a result too
                     print(f"{opt_name} {variant} {ctx}: {type(e).__name__}: {str(e)[:200]}", flush=True)
                     continue
                 row = {"options": opt_name, "variant": variant, "context": ctx, **r}
                 if ctx == CONTEXTS[0]:
-                    dec = Decoder(model, 1, ctx, 257, cache=cache, sync_every=257)
+                    dec = Decoder(model, 1, ctx, 257, cache=cache, sync_every=257, gemv=gemv)
                     dec.fill_random()
                     dec._run_step = dec._build()
                     row["kernels"] = step_kernels(dec)
