@@ -13,17 +13,21 @@ host work. This prints and writes (OUT_DIR/host_profile.txt):
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
+import gc
 import io
 import pstats
 import sys
 import time
+import warnings
 
 import torch
 
 from halo_lab import attention as attn
 from halo_lab import bench
 from halo_lab.config import HaloConfig
+from halo_lab.kernels.halo_attention import interface
 from halo_lab.model import build_model
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a dry run of the script (interpreter)
@@ -56,6 +60,30 @@ def per_call(fn, n: int = 50) -> tuple[float, float]:
     return synced, host
 
 
+@contextlib.contextmanager
+def jit_launches():
+    """The fused kernels launched through JITFunction.run (as before kernels/launch.py), for comparison."""
+    launchers = (interface._fwd, interface._dq, interface._dkv)
+    before = [x.direct for x in launchers]
+    for x in launchers:
+        x.direct = False
+    try:
+        yield
+    finally:
+        for x, d in zip(launchers, before):
+            x.direct = d
+
+
+@contextlib.contextmanager
+def gc_off():
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def attention_layer(log) -> None:
     config = HaloConfig()
     L = (64 if SMALL else 1024) + config.num_globals
@@ -72,6 +100,12 @@ def attention_layer(log) -> None:
     }.items():
         synced, host = per_call(f, 2 if SMALL else 50)
         log(f"attention N=1024 {name:16s} synced {synced:.3f} ms/call  host {host:.3f} ms/call")
+        if name != "dense":
+            with jit_launches():
+                synced, host = per_call(f, 2 if SMALL else 50)
+            log(
+                f"attention N=1024 {name + ' (jit)':16s} synced {synced:.3f} ms/call  host {host:.3f} ms/call"
+            )
     pr = cProfile.Profile()
     pr.enable()
     for _ in range(2 if SMALL else 50):
@@ -81,6 +115,37 @@ def attention_layer(log) -> None:
     s = io.StringIO()
     pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(30)
     log("cProfile, 50 triton fwd+bwd calls (tottime):\n" + s.getvalue())
+
+
+def sync_check(log) -> None:
+    """Any op of a HALO-S / dense training step that synchronises the host with the GPU (a sync in a
+    host-bound step stalls the host for the GPU's queue): torch's sync debug mode warns at each one."""
+    if DEV != "cuda":
+        return
+    cfg = HaloConfig(**MEDIUM_1K, max_seq_len=1024)
+    x = torch.randint(0, 256, (8, 1024), device=DEV)
+    for arch in ("dense", "halo"):
+        model = build_model(cfg, arch).to(DEV)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        for i in range(3):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                if i == 2:  # the first two steps compile and allocate
+                    torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    with torch.autocast(DEV, dtype=torch.bfloat16):
+                        _, loss = model(x, x)
+                    loss.backward()
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                finally:
+                    torch.cuda.set_sync_debug_mode(0)
+        syncs = sorted({f"{w.filename}:{w.lineno}: {str(w.message)[:100]}" for w in caught})
+        log(
+            f"sync check {arch}: {len(caught)} synchronising calls in one step"
+            + "".join(f"\n  {s}" for s in syncs)
+        )
+        del model, opt
 
 
 def train_steps(log) -> None:
@@ -102,6 +167,25 @@ def train_steps(log) -> None:
 
         synced, host = per_call(step, 2 if SMALL else 20)
         log(f"train step medium_1k {arch:6s} synced {synced:.2f} ms  host {host:.2f} ms")
+        with gc_off():
+            synced, host = per_call(step, 2 if SMALL else 20)
+        log(f"train step medium_1k {arch:6s} synced {synced:.2f} ms  host {host:.2f} ms  (gc off)")
+        if arch == "halo":
+            with jit_launches():
+                synced, host = per_call(step, 2 if SMALL else 20)
+            log(f"train step medium_1k {arch:6s} synced {synced:.2f} ms  host {host:.2f} ms  (jit launches)")
+            for layers in (2, 4):  # a cost per step that does not grow with the layers (issue 12)?
+                for a2 in ("dense", "halo"):
+                    m2 = build_model(HaloConfig(**{**MEDIUM_1K, "num_layers": layers}, max_seq_len=1024), a2)
+                    m2 = m2.to(DEV)
+                    ms2 = bench.benchmark_speed(
+                        m2, x.shape[1], x.shape[0], 1 if SMALL else 3, 2 if SMALL else 10,
+                        torch.float32 if SMALL else None,
+                    )  # fmt: skip
+                    log(
+                        f"train step {layers} layers {a2:6s} via bench.benchmark_speed {ms2['train_step_ms']:.2f} ms"
+                    )
+                    del m2
         # the same model and shape through make bench's own timing (bench.benchmark_speed, a fresh AdamW):
         # the bench's reference part gave 32.3 / 39.6 ms here where this script gave 23.3 / 24.0 (2026-12-02)
         B, N = x.shape
@@ -144,6 +228,7 @@ def main(out: str) -> None:
 
     try:
         attention_layer(log)
+        sync_check(log)
         train_steps(log)
     finally:
         with open(f"{out}/host_profile.txt", "w") as f:

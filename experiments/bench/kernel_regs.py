@@ -69,11 +69,8 @@ def resources(kernel, opts: dict, consts: dict, dtype: str = "bf16", signature=_
 def main() -> None:
     config = HaloConfig()
 
-    class Tables:  # what _consts reads
-        unit = config.graph_block_size
-
     base = interface.launch_options(64, 4, torch.bfloat16)
-    consts = interface._consts(config, Tables, 4, 64, torch.bfloat16, base["fwd"]["BLOCK_T"])
+    consts = interface._consts(config, config.graph_block_size, 4, 64, torch.bfloat16, base["fwd"]["BLOCK_T"])
     print(f"triton {triton.__version__}, sm_90, bf16, head_dim 64, 4 query heads per KV head, default graph")
     for kname, kernel in (("fwd", halo_fwd_kernel), ("dq", halo_bwd_dq_kernel)):
         for warps in (4, 8):

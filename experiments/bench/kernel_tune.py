@@ -1,6 +1,6 @@
 """Per-kernel times and launch-option variants of the fused HALO kernels (GPU only, no Hydra needed).
 
-python experiments/bench/kernel_tune.py OUT_DIR   (the bench setting: 8 query heads, 2 KV heads, d=64,
+python experiments/bench/kernel_tune.py OUT_DIR [VARIANT ...]   (default: all of VARIANTS; the bench setting: 8 query heads, 2 KV heads, d=64,
 B*N = 65,536 tokens, the default graph, bf16; dense = causal flash SDPA in the same process)
 """
 
@@ -64,7 +64,8 @@ def timings(fn_fwd, q, k, v, g) -> dict[str, float]:
     }
 
 
-def main(out: str) -> None:
+def main(out: str, names: list[str]) -> None:
+    variants = {name: VARIANTS[name] for name in names} if names else VARIANTS
     config = HaloConfig()
     results: dict = {"device": torch.cuda.get_device_name(), "rows": []}
     for n in (1024, 16384, 65536):
@@ -72,8 +73,8 @@ def main(out: str) -> None:
         dense = timings(lambda q, k, v: attn.dense_attention(q, k, v), q, k, v, g)
         results["rows"].append({"variant": "dense", "N": n, **dense})
         print(f"N={n:6d} dense   fwd {dense['fwd_ms']:.3f}  fwd+bwd {dense['fwd_bwd_ms']:.3f}", flush=True)
-        for name, override in VARIANTS.items():
-            if n != 1024 and name not in AT_EVERY_N:
+        for name, override in variants.items():
+            if n != 1024 and name not in AT_EVERY_N and not names:
                 continue
             base = interface.launch_options(64, 4, torch.bfloat16)
             interface.TUNED[(64, 4, torch.bfloat16)] = {
@@ -111,4 +112,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2:])

@@ -21,15 +21,18 @@ import math
 import os
 
 import torch
-import triton
 
+from halo_lab import graph
 from halo_lab.config import HaloConfig
 from halo_lab.kernels.halo_attention.backward import halo_bwd_dkv_kernel, halo_bwd_dq_kernel
 from halo_lab.kernels.halo_attention.forward import halo_fwd_kernel
 from halo_lab.kernels.halo_attention.tables import GraphTables, graph_tables
+from halo_lab.kernels.launch import Launcher
 
 LOG2E = 1.4426950408889634
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"  # read by triton when the kernels are defined
+# direct launches of the compiled kernels: a layer's host time is what small batches pay (launch.py)
+_fwd, _dq, _dkv = Launcher(halo_fwd_kernel), Launcher(halo_bwd_dq_kernel), Launcher(halo_bwd_dkv_kernel)
 
 
 def launch_options(head_dim: int, group: int, dtype: torch.dtype) -> dict[str, dict[str, int]]:
@@ -82,14 +85,17 @@ class HaloTritonAttention(torch.autograd.Function):
         opt = _options(d, group, q.dtype)["fwd"]
         o = _like_bshd(q)
         lse = torch.empty(B, Hq, L, device=q.device, dtype=torch.float32)
-        consts = _consts(config, tables, group, d, q.dtype, opt["BLOCK_T"])
-        halo_fwd_kernel[(triton.cdiv(L, opt["BLOCK_T"]), B * Hkv)](
-            q, k, v, o, lse, tables.dist, tables.rand,
-            scale * LOG2E,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-            tables.rand.stride(0),
-            L, Hkv,
-            **opt, **consts,
+        consts = _consts(config, tables.unit, group, d, q.dtype, opt["BLOCK_T"])
+        _fwd(
+            (-(-L // opt["BLOCK_T"]), B * Hkv),
+            (
+                q, k, v, o, lse, tables.dist, tables.rand,
+                scale * LOG2E,
+                *_strides(q), *_strides(k), *_strides(v), *_strides(o),
+                tables.rand.stride(0),
+                L, Hkv,
+            ),
+            {**consts, **opt},
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.tables, ctx.config, ctx.scale = tables, config, scale
@@ -106,7 +112,7 @@ class HaloTritonAttention(torch.autograd.Function):
         opts = _options(d, group, q.dtype)
         opt = opts["dq"]
         scale = ctx.scale
-        consts = _consts(config, tables, group, d, q.dtype, opt["BLOCK_T"])
+        consts = _consts(config, tables.unit, group, d, q.dtype, opt["BLOCK_T"])
         dq = torch.empty_like(q)
         dk, dv = torch.empty_like(k), torch.empty_like(v)
         delta = torch.empty_like(lse)
@@ -116,45 +122,63 @@ class HaloTritonAttention(torch.autograd.Function):
         nd = max(len(config.dilated_distances), 1)
         # every slot the dK/dV pass reads is written by the dQ pass: no initialisation
         dk_dil, dv_dil = torch.empty(2, nd, B, Hkv, L, d, device=q.device, dtype=k.dtype).unbind(0)
-        halo_bwd_dq_kernel[(triton.cdiv(L, opt["BLOCK_T"]), B * Hkv)](
-            q, k, v, o, do, dq, lse, delta, dk_extra, dv_extra, dk_dil, dv_dil, tables.dist, tables.rand,
-            scale * LOG2E, scale, dk_dil.stride(0),
-            *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(do), *_strides(dq),
-            tables.rand.stride(0),
-            L, Hkv,
-            **opt, **consts,
+        sq, sk, sv = _strides(q), _strides(k), _strides(v)
+        _dq(
+            (-(-L // opt["BLOCK_T"]), B * Hkv),
+            (
+                q, k, v, o, do, dq, lse, delta, dk_extra, dv_extra, dk_dil, dv_dil, tables.dist, tables.rand,
+                scale * LOG2E, scale, dk_dil.stride(0),
+                *sq, *sk, *sv, *_strides(o), *_strides(do), *_strides(dq),
+                tables.rand.stride(0),
+                L, Hkv,
+            ),
+            {**consts, **opt},
         )  # fmt: skip
         opt = opts["dkv"]
         dkv_consts = {n: consts[n] for n in ("G", "W", "ND", "GRP", "HD", "IEEE", "UPCAST")}
-        halo_bwd_dkv_kernel[(triton.cdiv(L, opt["BLOCK_N"]), B * Hkv)](
-            q, k, v, do, dk, dv, lse, delta, dk_extra, dv_extra, dk_dil, dv_dil, tables.dist,
-            scale * LOG2E, scale, dk_dil.stride(0),
-            *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
-            L, Hkv,
-            **opt, **dkv_consts,
+        _dkv(
+            (-(-L // opt["BLOCK_N"]), B * Hkv),
+            (
+                q, k, v, do, dk, dv, lse, delta, dk_extra, dv_extra, dk_dil, dv_dil, tables.dist,
+                scale * LOG2E, scale, dk_dil.stride(0),
+                *sq, *sk, *sv, *_strides(do), *_strides(dk), *_strides(dv),
+                L, Hkv,
+            ),
+            {**dkv_consts, **opt},
         )  # fmt: skip
         return dq, dk, dv, None, None, None
 
 
-def _consts(config: HaloConfig, tables: GraphTables, group: int, head_dim: int, dtype, block_t: int) -> dict:
-    """Compile-time constants of the query-tile kernels (forward, dQ)."""
-    G, R = config.num_globals, config.num_random
-    shared_random = config.random_edges == "block" and tables.unit % block_t == 0
-    return {
+def _pow2(n: int) -> int:  # triton.next_power_of_2 / cdiv cost µs a call on the host (JIT callables)
+    return 1 << max(n - 1, 0).bit_length()
+
+
+_CONSTS: dict[tuple, dict] = {}
+
+
+def _consts(config: HaloConfig, unit: int, group: int, head_dim: int, dtype, block_t: int) -> dict:
+    """Compile-time constants of the query-tile kernels (forward, dQ), built once per graph and shape."""
+    key = (graph.graph_key(config), unit, group, head_dim, dtype, block_t)
+    if key in _CONSTS:
+        return _CONSTS[key]
+    G, R, ND = config.num_globals, config.num_random, len(config.dilated_distances)
+    shared_random = config.random_edges == "block" and unit % block_t == 0
+    _CONSTS[key] = consts = {
         "G": G,
         "W": config.local_window,
-        "ND": len(config.dilated_distances),
+        "ND": ND,
         "NR": R,
-        "UNIT": tables.unit,
+        "UNIT": unit,
         "GRP": group,
         "HD": head_dim,
         "SHARED_RANDOM": shared_random,  # every query of a tile shares its random keys
-        "SHARED_N": max(16, triton.next_power_of_2(G + (R if shared_random else 0))),
-        "RAND_N": max(16, triton.next_power_of_2(block_t * R)),
-        "DIL_N": max(16, triton.next_power_of_2(max(len(config.dilated_distances), 1)) * block_t),
+        "SHARED_N": max(16, _pow2(G + (R if shared_random else 0))),
+        "RAND_N": max(16, _pow2(block_t * R)),
+        "DIL_N": max(16, _pow2(max(ND, 1)) * block_t),
         "IEEE": dtype == torch.float32,
         "UPCAST": INTERPRETED,
     }
+    return consts
 
 
 @torch.compiler.disable  # a compiled model calls the kernels as they are (tables live in a Python cache)
@@ -162,7 +186,7 @@ def halo_triton_attention(q, k, v, config: HaloConfig, layer: int, step: int) ->
     """HALO attention over the full sequence (globals included) through the fused Triton kernels."""
     d = q.shape[-1]
     scale = 1.0 / math.sqrt(d)
-    padded = max(16, triton.next_power_of_2(d))  # tl.dot needs >= 16 and a power of two: zero columns
+    padded = max(16, _pow2(d))  # tl.dot needs >= 16 and a power of two: zero columns
     if padded > 128:
         raise ValueError(f"the triton backend supports head_dim up to 128, not {d}")
     dev = q.device.type
@@ -170,7 +194,7 @@ def halo_triton_attention(q, k, v, config: HaloConfig, layer: int, step: int) ->
         dtype = torch.get_autocast_dtype(dev)
     else:  # RoPE in fp32 can leave q/k fp32 beside a bf16 v
         dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
-    q, k, v = (t.to(dtype) for t in (q, k, v))
+    q, k, v = (t if t.dtype == dtype else t.to(dtype) for t in (q, k, v))
     if padded != d:  # zero columns change no score and give zero output columns, sliced away
         q, k, v = (torch.nn.functional.pad(t, (0, padded - d)) for t in (q, k, v))
     tables = graph_tables(config, layer, step, q.shape[2], q.device)
