@@ -138,7 +138,7 @@ def spec_for(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         spec["new_tokens"] = args.new_tokens
     spec["compile"] = False if args.no_compile else None
     spec["cuda_graph"] = not args.no_cuda_graph
-    spec["triton_gemv"] = bool(args.gemv) or None  # None: Decoder's default
+    spec["triton_gemv"] = args.gemv  # None: Decoder's default (on CUDA)
     return spec
 
 
@@ -166,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cuda-graph", action="store_true")
     parser.add_argument("--check", action="store_true", help="check decode == forward first")
     parser.add_argument(
-        "--gemv", action="store_true", help="projections through the fused Triton GEMV (Decoder(gemv=True))"
+        "--gemv",
+        action=argparse.BooleanOptionalAction,
+        help="projections through the fused Triton GEMV or cuBLAS (default: Decoder's, the GEMV on CUDA)",
     )
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
@@ -188,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         try:
             result["check"] = check_decode_matches_forward(
-                device, compile=False if args.no_compile else None, gemv=args.gemv or None
+                device, compile=False if args.no_compile else None, gemv=args.gemv
             )
             if cuda:
                 result["check"]["kernel_bf16_max_err"] = check_kernel(device)

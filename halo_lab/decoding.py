@@ -159,8 +159,10 @@ class Decoder:
     # 4,356 tokens/s on an H200 (experiments/bench/decode_kernels.py; a Triton codegen option, so GPU only)
     inductor_options: dict = {"combo_kernels": True}
     # The fused step's projections through halo_lab.kernels.gemv (the norm, SwiGLU and residual add fused
-    # into each GEMV): opt-in until an H200 run says it is faster (experiments/bench/decode_kernels.py)
-    triton_gemv: bool = False
+    # into each GEMV): on an H200 a HALO-S token at batch 1 takes 159 µs with it against 231 through cuBLAS
+    # (experiments/bench/decode_kernels.py, 2026-12-02). None: on CUDA (where it can run); the interpreter's
+    # CPU path stays opt-in (it is a test of the kernel, not a speed-up).
+    triton_gemv: bool | None = None
 
     def __init__(
         self,
@@ -224,7 +226,7 @@ class Decoder:
         self.base = noise_base(batch, model.config.vocab_size, dev) if temperature > 0 else None
         self.generated = 0  # tokens in self.out so far
         self.fused = fused_weights(model) if fuse_weights else None
-        use_gemv = self.triton_gemv if gemv is None else gemv
+        use_gemv = next(g for g in (gemv, self.triton_gemv, self.device.type == "cuda") if g is not None)
         self.gemv = gemv_kernel(model, self.device) if self.fused is not None and use_gemv else None
         self.path = "compiled" if self.compile else "eager"
         self._run_step: Callable[[], None] | None = None

@@ -35,9 +35,13 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("chunks", ["one", "looped"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_gemv_matches_reference(case, dtype):
+def test_gemv_matches_reference(case, dtype, chunks, monkeypatch):
+    """Rows read whole (K <= MAX_CHUNK, the decode models) and in chunks (wider rows: here K = 200 in 64s)."""
+    if chunks == "looped":
+        monkeypatch.setattr(kg, "MAX_CHUNK", 64)
     c = CASES[case]
     x, w, nw, nb, res = inputs(3, 37, 200, dtype, swiglu=c.get("swiglu", False))
     kw = {

@@ -1,6 +1,6 @@
 """What one decode step launches, kernel by kernel, and what Inductor options change it (GPU only, no Hydra).
 
-python experiments/bench/decode_kernels.py OUT_DIR
+python experiments/bench/decode_kernels.py OUT_DIR [OPTION ...]   (default: every round of OPTIONS)
 
 The medium model (hidden 512, 8 layers, 8/2 heads), batch 1, bf16, greedy, through ``Decoder`` (compiled
 step, CUDA-graph replay): tokens/s over 256 new tokens after a synthetic cache at 1K and 128K context, and
@@ -59,10 +59,11 @@ def step_kernels(dec: Decoder) -> list[dict]:
     ]
 
 
-def main(out: str) -> None:
+def main(out: str, names: list[str]) -> None:
     spec = {"model": MEDIUM, "new_tokens": 256}
     rows = []
-    for opt_name, (opts, gemv) in OPTIONS.items():
+    for opt_name in names or list(OPTIONS):
+        opts, gemv = OPTIONS[opt_name]
         torch._dynamo.reset()
         Decoder.inductor_options = opts
         for ctx in CONTEXTS:
@@ -102,4 +103,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2:])

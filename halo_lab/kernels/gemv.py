@@ -5,10 +5,13 @@ well under 1 µs, 33 of them a token, and each norm, SwiGLU and residual add bet
 its own (experiments/bench/decode_kernels.py). ``gemv`` does one layer's projection in one launch: the
 row's norm (LayerNorm or RMSNorm) or SwiGLU as a prologue, the residual add as an epilogue.
 
-Block sizes: BLOCK_N = 16 output rows per program, so the q/k/v projection of the medium model
-(768 x 512) runs on 48 programs per row and the SwiGLU gate/up (4096 x 512) on 256: enough programs
-in flight to stream the weight at bandwidth. The reduction walks K in CHUNK = 128 columns, which keeps
-a [16, 128] fp32 product per step (16 values a thread at 4 warps) instead of a whole weight row.
+Block sizes: each program holds a [BLOCK_N, CHUNK] weight tile of about 2048 values (16 a thread at 4
+warps) with CHUNK = the whole row up to 4096 columns, so a projection of the medium model is one load
+of x and one of the weight per program, and 128-512 programs stream the weight (q/k/v 768 x 512: 4 rows
+a program, 192 programs; SwiGLU down 512 x 2048: 2 rows, 256 programs). The first version walked K in
+128-column steps on 16-row tiles: a chain of dependent loads on 32-96 programs, 8 µs a GEMV on an H200
+against cuBLAS's 3.8 (experiments/bench/decode_kernels.py, 2026-12-02). Rows wider than 4096 columns
+loop over chunks, after a first pass for a norm's statistics.
 
 Rounding follows the unfused step: the normalised (or SwiGLU) input is rounded to the weight's dtype
 before the product, and the product before the residual add, as separate bf16 kernels would. So the
@@ -32,8 +35,14 @@ except ImportError:  # pragma: no cover - torch without triton
     HAS_TRITON = False
 
 NORMS = {"none": 0, "layernorm": 1, "rmsnorm": 2}
-BLOCK_N = 16
-CHUNK = 128
+TILE = 2048  # weight values per program and step
+MAX_CHUNK = 4096  # widest row read in one step
+
+
+def block_sizes(k: int) -> tuple[int, int]:
+    """(BLOCK_N, CHUNK) for rows of ``k`` columns (see the module doc)."""
+    chunk = min(1 << max(k - 1, 0).bit_length(), MAX_CHUNK)
+    return max(2, TILE // chunk), chunk
 
 
 def reference_gemv(
@@ -62,6 +71,27 @@ def reference_gemv(
 if HAS_TRITON:
 
     @triton.jit
+    def _input(x_row, kk, in_k, K, SWIGLU: tl.constexpr, dt: tl.constexpr):
+        """The prologue's input columns kk in fp32: x, or silu(gate) * up rounded as the unfused ops round."""
+        if SWIGLU:  # x holds [gate | up], each K wide
+            g = tl.load(x_row + kk, mask=in_k, other=0.0).to(tl.float32)
+            u = tl.load(x_row + K + kk, mask=in_k, other=0.0).to(tl.float32)
+            silu = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32)
+            return (silu * u).to(dt).to(tl.float32)
+        return tl.load(x_row + kk, mask=in_k, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _normalise(
+        a, kk, in_k, mean, rstd, nw_ptr, nb_ptr, NORM: tl.constexpr, HAS_BIAS: tl.constexpr, dt: tl.constexpr
+    ):
+        if NORM != 0:
+            a = (a - mean) * rstd * tl.load(nw_ptr + kk, mask=in_k, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                a += tl.load(nb_ptr + kk, mask=in_k, other=0.0).to(tl.float32)
+            a = tl.where(in_k, a, 0.0).to(dt).to(tl.float32)
+        return a
+
+    @triton.jit
     def _gemv_kernel(
         x_ptr,
         w_ptr,
@@ -82,6 +112,7 @@ if HAS_TRITON:
         HAS_RES: tl.constexpr,
         BLOCK_N: tl.constexpr,
         CHUNK: tl.constexpr,
+        ONE_CHUNK: tl.constexpr,
     ):
         pid_n = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)
@@ -89,42 +120,51 @@ if HAS_TRITON:
         in_n = n < N
         x_row = x_ptr + b * sxb
         dt = w_ptr.dtype.element_ty
-        mean = 0.0
-        rstd = 1.0
-        if NORM != 0:  # the row's statistics first: a second pass normalises chunk by chunk
-            s1 = tl.zeros([CHUNK], dtype=tl.float32)
-            s2 = tl.zeros([CHUNK], dtype=tl.float32)
-            for k0 in range(0, K, CHUNK):
-                kk = k0 + tl.arange(0, CHUNK)
-                a = tl.load(x_row + kk, mask=kk < K, other=0.0).to(tl.float32)
-                s1 += a
-                s2 += a * a
-            if NORM == 1:
-                mean = tl.sum(s1, axis=0) / K
-                var = tl.maximum(tl.sum(s2, axis=0) / K - mean * mean, 0.0)
-                rstd = 1.0 / tl.sqrt(var + eps)
-            else:
-                rstd = 1.0 / tl.sqrt(tl.sum(s2, axis=0) / K + eps)
-        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for k0 in range(0, K, CHUNK):
-            kk = k0 + tl.arange(0, CHUNK)
+        # one chunk: the whole row at once, the weight load issued first, the norm statistics in registers
+        if ONE_CHUNK:
+            kk = tl.arange(0, CHUNK)
             in_k = kk < K
-            if SWIGLU:  # x holds [gate | up], each K wide
-                g = tl.load(x_row + kk, mask=in_k, other=0.0).to(tl.float32)
-                u = tl.load(x_row + K + kk, mask=in_k, other=0.0).to(tl.float32)
-                silu = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32)
-                a = (silu * u).to(dt).to(tl.float32)
-            else:
-                a = tl.load(x_row + kk, mask=in_k, other=0.0).to(tl.float32)
-            if NORM != 0:
-                a = (a - mean) * rstd * tl.load(nw_ptr + kk, mask=in_k, other=0.0).to(tl.float32)
-                if HAS_BIAS:
-                    a += tl.load(nb_ptr + kk, mask=in_k, other=0.0).to(tl.float32)
-                a = a.to(dt).to(tl.float32)
             wt = tl.load(
                 w_ptr + n[:, None] * swn + kk[None, :], mask=in_n[:, None] & in_k[None, :], other=0.0
             )
-            acc += tl.sum(wt.to(tl.float32) * a[None, :], axis=1)
+            a = _input(x_row, kk, in_k, K, SWIGLU, dt)
+            mean = 0.0
+            rstd = 1.0
+            if NORM == 1:
+                mean = tl.sum(a, axis=0) / K
+                diff = tl.where(in_k, a - mean, 0.0)
+                rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, axis=0) / K + eps)
+            elif NORM == 2:
+                rstd = 1.0 / tl.sqrt(tl.sum(a * a, axis=0) / K + eps)
+            a = _normalise(a, kk, in_k, mean, rstd, nw_ptr, nb_ptr, NORM, HAS_BIAS, dt)
+            acc = tl.sum(wt.to(tl.float32) * a[None, :], axis=1)
+        else:
+            mean = 0.0
+            rstd = 1.0
+            if NORM != 0:  # the row's statistics first: a second pass normalises chunk by chunk
+                s1 = tl.zeros([CHUNK], dtype=tl.float32)
+                s2 = tl.zeros([CHUNK], dtype=tl.float32)
+                for k0 in range(0, K, CHUNK):
+                    kk = k0 + tl.arange(0, CHUNK)
+                    a = tl.load(x_row + kk, mask=kk < K, other=0.0).to(tl.float32)
+                    s1 += a
+                    s2 += a * a
+                if NORM == 1:
+                    mean = tl.sum(s1, axis=0) / K
+                    var = tl.maximum(tl.sum(s2, axis=0) / K - mean * mean, 0.0)
+                    rstd = 1.0 / tl.sqrt(var + eps)
+                else:
+                    rstd = 1.0 / tl.sqrt(tl.sum(s2, axis=0) / K + eps)
+            acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+            for k0 in range(0, K, CHUNK):
+                kk = k0 + tl.arange(0, CHUNK)
+                in_k = kk < K
+                wt = tl.load(
+                    w_ptr + n[:, None] * swn + kk[None, :], mask=in_n[:, None] & in_k[None, :], other=0.0
+                )
+                a = _input(x_row, kk, in_k, K, SWIGLU, dt)
+                a = _normalise(a, kk, in_k, mean, rstd, nw_ptr, nb_ptr, NORM, HAS_BIAS, dt)
+                acc += tl.sum(wt.to(tl.float32) * a[None, :], axis=1)
         y = acc.to(dt)
         if HAS_RES:
             y = (y.to(tl.float32) + tl.load(res_ptr + b * srb + n, mask=in_n, other=0.0).to(tl.float32)).to(
@@ -164,7 +204,8 @@ def gemv(
     res = residual.contiguous() if residual is not None else out
     nw = norm_weight if norm_weight is not None else w
     nb = norm_bias if norm_bias is not None else nw
-    _gemv_kernel[(triton.cdiv(N, BLOCK_N), B)](
+    block_n, chunk = block_sizes(K)
+    _gemv_kernel[(triton.cdiv(N, block_n), B)](
         x, w, out, res, nw, nb,
         K, N, x.stride(0), w.stride(0), out.stride(0), res.stride(0),
         eps,
@@ -172,8 +213,9 @@ def gemv(
         HAS_BIAS=norm_bias is not None,
         SWIGLU=swiglu,
         HAS_RES=residual is not None,
-        BLOCK_N=BLOCK_N,
-        CHUNK=CHUNK,
+        BLOCK_N=block_n,
+        CHUNK=chunk,
+        ONE_CHUNK=K <= chunk,
         num_warps=4,
     )  # fmt: skip
     return out
