@@ -84,16 +84,9 @@ def estimate_flops(model_or_config, seq_len: int, arch: str = "halo", device=Non
     return model.estimate_flops(seq_len, device=device)
 
 
-def benchmark_speed(
-    model,
-    seq_len: int,
-    batch_size: int,
-    warmup: int = 3,
-    repeats: int = 10,
-    dtype: torch.dtype | None = None,
-    train: bool = True,
-) -> dict[str, float | None]:
-    """Forward and training-step time (AdamW, autocast to ``dtype`` on GPU) of one model at one shape."""
+def step_functions(model, seq_len: int, batch_size: int, dtype: torch.dtype | None = None):
+    """(forward, train_step) closures of one model at one shape: a random batch, AdamW, autocast to ``dtype``
+    (default bf16 on GPU, fp32 on CPU)."""
     device = next(model.parameters()).device
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     x = torch.randint(0, model.config.vocab_size, (batch_size, seq_len), device=device)
@@ -110,6 +103,22 @@ def benchmark_speed(
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+
+    return forward, train_step
+
+
+def benchmark_speed(
+    model,
+    seq_len: int,
+    batch_size: int,
+    warmup: int = 3,
+    repeats: int = 10,
+    dtype: torch.dtype | None = None,
+    train: bool = True,
+) -> dict[str, float | None]:
+    """Forward and training-step time (AdamW, autocast to ``dtype`` on GPU) of one model at one shape."""
+    device = next(model.parameters()).device
+    forward, train_step = step_functions(model, seq_len, batch_size, dtype)
 
     model.train()
     out: dict[str, float | None] = {"forward_ms": time_ms(forward, device, warmup, repeats)}
@@ -404,6 +413,9 @@ def _reference_models(cfg: dict):
     return {"dense": lambda: RefBaseline(RefConfig(**cfg)), "halo": lambda: RefHalo(RefConfig(**cfg))}
 
 
+REFERENCE_ROUNDS = 5  # turns of every model of a config (bench_reference)
+
+
 def bench_reference(
     spec: dict, device: torch.device, dtype: torch.dtype, warmup: int, repeats: int
 ) -> list[dict]:
@@ -423,13 +435,29 @@ def bench_reference(
             )
         else:
             makers.update({("pyhalos", a): make for a, make in ref.items()})
-        for (package, arch), make in makers.items():
+        # Every model of the config is built first and timed in turns, REFERENCE_ROUNDS times: these steps
+        # are host-bound, and the host's speed drifts within a process (the same HALO-S step took 47 ms
+        # and, later, 30 ms; experiments/bench/h200_triton/host_profile_2026-12-02c.txt): models timed
+        # one after the other compare the drift, models timed in turns share it.
+        models, steps, errors = {}, {}, {}
+        for key, make in makers.items():
             torch.manual_seed(0)
-            model = make().to(device)
+            models[key] = make().to(device)
+            models[key].train()
+            steps[key] = step_functions(models[key], n, batch, dtype)[1]
             try:
-                r = benchmark_speed(model, n, batch, warmup, repeats, dtype)
+                for _ in range(warmup):
+                    steps[key]()
             except torch.OutOfMemoryError:
-                r = {"error": "OOM"}
+                errors[key] = "OOM"
+                del steps[key]
+        times: dict[tuple, list[float]] = {key: [] for key in steps}
+        for _ in range(REFERENCE_ROUNDS):
+            for key, step in steps.items():
+                times[key].append(time_ms(step, device, 0, repeats))
+        for (package, arch), model in models.items():
+            key = (package, arch)
+            ms = statistics.median(times[key]) if key in times else None
             rows.append(
                 {
                     "part": f"reference_{name}",
@@ -437,15 +465,16 @@ def bench_reference(
                     "seq_len": n,
                     "batch": batch,
                     "params": sum(p.numel() for p in model.parameters()),
-                    "ms": r.get("train_step_ms"),
-                    "tokens_per_sec": r.get("tokens_per_sec"),
-                    "peak_mem_mb": r.get("peak_mem_mb"),
-                    **({"error": r["error"]} if "error" in r else {}),
+                    "ms": ms,
+                    "ms_rounds": [round(t, 3) for t in times.get(key, [])],
+                    "tokens_per_sec": batch * n / ms * 1e3 if ms else None,
+                    "peak_mem_mb": peak_memory_mb(steps[key], device) if key in steps else None,
+                    **({"error": errors[key]} if key in errors else {}),
                 }
             )
-            del model
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+        del models, steps
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     return rows
 
 

@@ -150,8 +150,8 @@ class Decoder:
 
     ``compile``: torch.compile the step (None: on CUDA only). ``cuda_graph``: capture the step in a CUDA
     graph and replay it (CUDA only; False runs it step by step). ``cache``: "full" or "ring" (HALO-S).
-    ``gemv``: the projections through the fused Triton GEMV (None: ``Decoder.triton_gemv``; needs
-    ``fuse_weights`` and CUDA or Triton's interpreter). ``path`` says what ran: e.g. "compiled+cuda_graph".
+    ``gemv``: the projections through the fused Triton GEMV (None: ``Decoder.triton_gemv``, else on CUDA at
+    batch 1; needs ``fuse_weights`` and CUDA or Triton's interpreter). ``path`` says what ran: e.g. "compiled+cuda_graph".
     """
 
     # Inductor options of the compiled step on CUDA. combo_kernels fuses independent kernels side by side
@@ -160,9 +160,12 @@ class Decoder:
     inductor_options: dict = {"combo_kernels": True}
     # The fused step's projections through halo_lab.kernels.gemv (the norm, SwiGLU and residual add fused
     # into each GEMV): on an H200 a HALO-S token at batch 1 takes 159 µs with it against 231 through cuBLAS
-    # (experiments/bench/decode_kernels.py, 2026-12-02). None: on CUDA (where it can run); the interpreter's
-    # CPU path stays opt-in (it is a test of the kernel, not a speed-up).
+    # (experiments/bench/decode_kernels.py, 2026-12-02). It reads the weights once per row of the batch, so
+    # batches are cuBLAS's: at batch 8 a HALO-S token took 274 µs with it against 241, at batch 64 1,311
+    # against 263 (bench_decode, H200). None: on CUDA up to GEMV_MAX_BATCH rows; the interpreter's CPU
+    # path stays opt-in (it is a test of the kernel, not a speed-up).
     triton_gemv: bool | None = None
+    GEMV_MAX_BATCH = 1
 
     def __init__(
         self,
@@ -226,7 +229,8 @@ class Decoder:
         self.base = noise_base(batch, model.config.vocab_size, dev) if temperature > 0 else None
         self.generated = 0  # tokens in self.out so far
         self.fused = fused_weights(model) if fuse_weights else None
-        use_gemv = next(g for g in (gemv, self.triton_gemv, self.device.type == "cuda") if g is not None)
+        by_default = self.device.type == "cuda" and batch <= self.GEMV_MAX_BATCH
+        use_gemv = next(g for g in (gemv, self.triton_gemv, by_default) if g is not None)
         self.gemv = gemv_kernel(model, self.device) if self.fused is not None and use_gemv else None
         self.path = "compiled" if self.compile else "eager"
         self._run_step: Callable[[], None] | None = None

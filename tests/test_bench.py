@@ -1,6 +1,7 @@
 """make bench's CPU mode end to end at a tiny size (the real CPU mode takes about a minute: not in CI)."""
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -59,6 +60,12 @@ def test_cpu_bench_writes_table_json_and_plot(tmp_path, capsys):
     } <= parts
     dense_rows = [r for r in result["rows"] if r["variant"] == "dense"]
     assert all(r["ratio_to_dense"] == 1.0 for r in dense_rows)
+    # the reference part times its models in turns: a median over REFERENCE_ROUNDS rounds of each
+    for r in (r for r in result["rows"] if r["part"] == "reference_tiny"):
+        assert (
+            len(r["ms_rounds"]) == bench.REFERENCE_ROUNDS
+            and abs(r["ms"] - statistics.median(r["ms_rounds"])) < 1e-3
+        )
     assert max(result["check"].values()) < 1e-4
     assert "x dense" in capsys.readouterr().out
 
