@@ -416,6 +416,11 @@ def _reference_models(cfg: dict):
 REFERENCE_ROUNDS = 5  # turns of every model of a config (bench_reference)
 
 
+def _seeded(make: Callable, device: torch.device):
+    torch.manual_seed(0)
+    return make().to(device).train()
+
+
 def bench_reference(
     spec: dict, device: torch.device, dtype: torch.dtype, warmup: int, repeats: int
 ) -> list[dict]:
@@ -435,27 +440,34 @@ def bench_reference(
             )
         else:
             makers.update({("pyhalos", a): make for a, make in ref.items()})
-        # Every model of the config is built first and timed in turns, REFERENCE_ROUNDS times: these steps
-        # are host-bound, and the host's speed drifts within a process (the same HALO-S step took 47 ms
-        # and, later, 30 ms; experiments/bench/h200_triton/host_profile_2026-12-02c.txt): models timed
-        # one after the other compare the drift, models timed in turns share it.
-        models, steps, errors = {}, {}, {}
+        # Memory first, one model at a time: the allocator's peak counts every live tensor.
+        params, peaks, errors = {}, {}, {}
         for key, make in makers.items():
-            torch.manual_seed(0)
-            models[key] = make().to(device)
-            models[key].train()
-            steps[key] = step_functions(models[key], n, batch, dtype)[1]
+            model = _seeded(make, device)
+            params[key] = sum(p.numel() for p in model.parameters())
+            step = step_functions(model, n, batch, dtype)[1]
             try:
-                for _ in range(warmup):
-                    steps[key]()
+                step()
+                peaks[key] = peak_memory_mb(step, device)
             except torch.OutOfMemoryError:
                 errors[key] = "OOM"
-                del steps[key]
+            del model, step
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        # Then time: every model of the config built and timed in turns, REFERENCE_ROUNDS times. These steps
+        # are host-bound, and the host's speed drifts within a process (the same HALO-S step took 47 ms
+        # and, later, 30 ms; experiments/bench/h200_triton/host_profile_2026-12-02d.txt): models timed
+        # one after the other compare the drift, models timed in turns share it.
+        models = {key: _seeded(make, device) for key, make in makers.items() if key not in errors}
+        steps = {key: step_functions(model, n, batch, dtype)[1] for key, model in models.items()}
+        for step in steps.values():
+            for _ in range(warmup):
+                step()
         times: dict[tuple, list[float]] = {key: [] for key in steps}
         for _ in range(REFERENCE_ROUNDS):
             for key, step in steps.items():
                 times[key].append(time_ms(step, device, 0, repeats))
-        for (package, arch), model in models.items():
+        for package, arch in makers:
             key = (package, arch)
             ms = statistics.median(times[key]) if key in times else None
             rows.append(
@@ -464,11 +476,11 @@ def bench_reference(
                     "variant": arch if package == "halo_lab" else f"pyhalos_{arch}",
                     "seq_len": n,
                     "batch": batch,
-                    "params": sum(p.numel() for p in model.parameters()),
+                    "params": params[key],
                     "ms": ms,
                     "ms_rounds": [round(t, 3) for t in times.get(key, [])],
                     "tokens_per_sec": batch * n / ms * 1e3 if ms else None,
-                    "peak_mem_mb": peak_memory_mb(steps[key], device) if key in steps else None,
+                    "peak_mem_mb": peaks.get(key),
                     **({"error": errors[key]} if key in errors else {}),
                 }
             )
