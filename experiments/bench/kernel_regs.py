@@ -20,7 +20,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from halo_lab.config import HaloConfig
-from halo_lab.kernels.gemv import BLOCK_N, CHUNK, _gemv_kernel
+from halo_lab.kernels.gemv import _gemv_kernel, block_sizes
 from halo_lab.kernels.halo_attention import interface
 from halo_lab.kernels.halo_attention.backward import halo_bwd_dq_kernel
 from halo_lab.kernels.halo_attention.forward import halo_fwd_kernel
@@ -78,17 +78,25 @@ def main() -> None:
                 opts = {**base[kname], "num_warps": warps, "MERGED_DIL": merged}
                 tag = "merged dilated tile" if merged else "per-distance tiles"
                 print(f"{kname:3s} {warps} warps {tag:20s} {resources(kernel, opts, consts)}", flush=True)
-    # the decode step's fused GEMV (halo_lab/kernels/gemv.py), each prologue / epilogue it is built with
-    for tag, kind in (("layernorm", 1), ("rmsnorm", 2), ("swiglu + residual", 0), ("residual", 0)):
+    # the decode step's fused GEMV (halo_lab/kernels/gemv.py), each prologue / epilogue it is built with, at
+    # the medium model's row widths (512: q/k/v, o, gate/up, head; 2048: down)
+    for tag, kind, k in (
+        ("layernorm", 1, 512),
+        ("rmsnorm", 2, 512),
+        ("swiglu + residual", 0, 2048),
+        ("residual", 0, 512),
+    ):
         consts = {
             "NORM": kind,
             "HAS_BIAS": kind == 1,
             "SWIGLU": tag.startswith("swiglu"),
             "HAS_RES": "residual" in tag,
         }
-        opts = {"BLOCK_N": BLOCK_N, "CHUNK": CHUNK, "num_warps": 4, "num_stages": 2}
+        block_n, chunk = block_sizes(k)
+        opts = {"BLOCK_N": block_n, "CHUNK": chunk, "ONE_CHUNK": True, "num_warps": 4, "num_stages": 2}
         print(
-            f"gemv {tag:28s} {resources(_gemv_kernel, opts, consts, signature=_gemv_signature)}", flush=True
+            f"gemv {tag:18s} K={k:5d} {resources(_gemv_kernel, opts, consts, signature=_gemv_signature)}",
+            flush=True,
         )
 
 

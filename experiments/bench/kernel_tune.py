@@ -29,10 +29,11 @@ VARIANTS = {
     "dil_merged": {"fwd": {"MERGED_DIL": True}, "dq": {"MERGED_DIL": True}},
     "dil_merged_dq8": {"fwd": {"MERGED_DIL": True}, "dq": {"MERGED_DIL": True, "num_warps": 8}},
     "dq8": {"dq": {"num_warps": 8}},
-    # not yet timed: wider key tiles in the dK/dV pass (66% of the window products useful instead of 50%;
-    # sm_90 build under Triton 3.9: 255 registers + 576 B spill, against 253 and none at 64 keys) and in
-    # the query passes' window loop (2 softmax updates instead of 3, more masked keys; forward 155
-    # registers against 113, no spill)
+    # wider key tiles in the dK/dV pass (66% of the window products useful instead of 50%; sm_90 build
+    # under Triton 3.9: 255 registers + 576 B spill, against 253 and none at 64 keys) and in the query
+    # passes' window loop (2 softmax updates instead of 3, more masked keys; forward 155 registers against
+    # 113, no spill). Timed on an H200 2026-12-02 (kernel_tune_2026-12-02b.log): neither wins at every N,
+    # within the ±20% spread between runs of the default (kernel_notes.md)
     "dkv_bn128": {"dkv": {"BLOCK_N": 128}},
     "win64": {"fwd": {"BLOCK_N": 64}, "dq": {"BLOCK_N": 64}},
 }
