@@ -32,14 +32,14 @@ class FakeCompiled:
         return lambda *args: self.jit.direct_calls.append((grid, args))
 
 
-def test_arg_key_sees_what_triton_specialises():
+def test_arg_key_holds_what_triton_specialises():
     t = torch.zeros(64)
-    assert _arg_key(t) != _arg_key(t.to(torch.float64))
+    assert _arg_key(t) == _arg_key(torch.ones(64)) != _arg_key(t.to(torch.float64))
     assert _arg_key(t) != _arg_key(t[1:])  # 4-byte offset: no longer 16-byte aligned
-    assert _arg_key(32) == _arg_key(48) != _arg_key(40)  # divisibility by 16
-    assert _arg_key(1) != _arg_key(3)  # ints equal to 1 are specialised
-    assert _arg_key(5) != _arg_key(2**33 + 5)  # int64
-    assert _arg_key(True) != _arg_key(1)
+    assert _arg_key(t) == _arg_key(t[4:])  # 16 bytes in: aligned again
+    # ints and floats by value: stricter than Triton's classes (divisibility by 16, == 1, width)
+    assert len({_arg_key(v) for v in (1, 3, 32, 48, 2**33)}) == 5
+    assert _arg_key(True) != _arg_key(1) and _arg_key(2.0) != _arg_key(2)
 
 
 def test_direct_launch_after_the_first_call(monkeypatch):
@@ -50,12 +50,15 @@ def test_direct_launch_after_the_first_call(monkeypatch):
     x = torch.zeros(64)
     meta = {"B": 2, "A": 1, "num_warps": 4}
     launch((3, 2), (x, 32), meta)
-    launch((5, 2), (x, 48), meta)  # same kind of arguments: the compiled kernel, constexprs in order
+    launch(
+        (5, 2), (torch.ones(64), 32), meta
+    )  # same kind of arguments: the compiled kernel, constexprs in order
     assert len(jit.jit_calls) == 1
-    assert jit.direct_calls == [((5, 2, 1), (x, 48, 1, 2))]
-    launch((5, 2), (x, 40), meta)  # 40 is not a multiple of 16: another specialisation
-    launch((5, 2), (x, 48), {**meta, "num_warps": 8})  # other launch options
-    assert len(jit.jit_calls) == 3
+    assert jit.direct_calls[0][0] == (5, 2, 1) and jit.direct_calls[0][1][1:] == (32, 1, 2)
+    launch((5, 2), (x, 40), meta)  # another int: through the JIT path once
+    launch((5, 2), (x[1:], 32), meta)  # an unaligned pointer: another specialisation
+    launch((5, 2), (x, 32), {**meta, "num_warps": 8})  # other launch options
+    assert len(jit.jit_calls) == 4 and len(jit.direct_calls) == 1
 
 
 def test_missing_constexpr_keeps_the_jit_path(monkeypatch):

@@ -6,9 +6,10 @@ Python: binding ~35 arguments, specialising each, hashing the cache key, and loo
 host time per layer on an H200 host, against 0.25-0.33 ms for dense SDPA). Inductor avoids it the same
 way: it keeps the ``CompiledKernel`` and calls it with the argument list directly.
 
-``Launcher`` does the first call of each specialisation through ``kernel[grid]`` (which compiles and
-returns the ``CompiledKernel``), then calls that kernel directly. Its key holds what Triton specialises
-on (``_arg_key``), so a direct call only ever reuses a kernel compiled for arguments of the same kind.
+``Launcher`` does the first call of each key through ``kernel[grid]`` (which compiles, or finds the
+kernel in Triton's cache, and returns the ``CompiledKernel``), then calls that kernel directly. The key
+(``_arg_key``) holds at least what Triton specialises on, so a direct call only ever reuses a kernel
+compiled for arguments of the same kind.
 Under ``TRITON_INTERPRET=1`` every call goes through ``kernel[grid]`` (the interpreter has no compiled
 kernel).
 """
@@ -21,21 +22,19 @@ from typing import Any
 import torch
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
-_I32 = 2**31
+MAX_KEYS = 1024
 
 
 def _arg_key(a: Any) -> Any:
-    """What Triton's specialisation sees of one argument: a tensor's dtype and 16-byte alignment; an int's
-    width, divisibility by 16 and whether it is 1; a float is fp32. Anything else is keyed by value."""
+    """One argument's part of the key: a tensor by its dtype and 16-byte alignment (what Triton specialises
+    a pointer on); anything else by its value, which is stricter than Triton's specialisation of ints (width,
+    divisibility by 16, == 1) and cheaper to compute. A new value only costs one JIT-path call, which
+    finds Triton's compiled kernel in its cache."""
+    if type(a) is int:  # most arguments (strides, lengths)
+        return a
     if isinstance(a, torch.Tensor):
         return a.dtype, a.data_ptr() % 16 == 0
-    if isinstance(a, bool):
-        return "b", a
-    if isinstance(a, int):
-        return -_I32 <= a < _I32, a % 16 == 0, a == 1
-    if isinstance(a, float):
-        return "f"
-    return a
+    return type(a), a  # else 2.0 and 2, or True and 1, would be one key
 
 
 class Launcher:
@@ -52,6 +51,8 @@ class Launcher:
             self.kernel[grid](*args, **meta)
             return
         key = (torch.cuda.current_device(), tuple(meta.items()), *map(_arg_key, args))
+        if len(self.compiled) > MAX_KEYS:  # many lengths (generation's prefills): keep the cache bounded
+            self.compiled.clear()
         compiled = self.compiled.get(key, False)
         if compiled is None:
             self.kernel[grid](*args, **meta)
