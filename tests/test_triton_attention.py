@@ -64,6 +64,7 @@ CASES = {
     "gqa4-d128": (cfg(random_edges="token"), 70, 4, 1, 128),
     "absolute-dilation": (cfg(dilation_rule="absolute", dilated_offsets=[3, 16, 40]), 120, 2, 1, 32),
     "token-per-row-atomics": (cfg(random_edges="token", num_globals=3, num_random=3), 200, 2, 1, 16),
+    "gqa8": (cfg(dilated_offsets=[1, 2, 4, 8]), 100, 8, 1, 32),  # 2 positions per dilated group
 }
 
 
@@ -77,34 +78,37 @@ def test_matches_reference_bf16(name):
     check(*CASES[name], torch.bfloat16)
 
 
-@pytest.mark.parametrize(
-    "name", ["block-g2-r2", "token-g2-r2", "no-dilated", "absolute-dilation", "gqa4-d128", "tile-multiple"]
-)
-def test_merged_dilated_tile_matches_reference(name, monkeypatch):
-    """The opt-in MERGED_DIL variant (one tile for every dilated distance) is the same function."""
+@pytest.mark.parametrize("name", ["block-g2-r2", "token-g2-r2", "absolute-dilation", "gqa4-d128", "gqa8"])
+def test_per_distance_dilated_tiles_match_reference(name, monkeypatch):
+    """The dilated keys as one tile per distance (DIL_GROUPED off, the kernels' earlier form, kept for
+    kernel_tune.py's comparison) are the same function as the grouped products."""
     from halo_lab.kernels.halo_attention import interface
 
     plain = interface._options
 
-    def merged(head_dim, group, dtype):
+    def per_distance(head_dim, group, dtype):
         opts = plain(head_dim, group, dtype)
-        return {**opts, **{k: {**opts[k], "MERGED_DIL": True} for k in ("fwd", "dq")}}
+        return {**opts, **{k: {**opts[k], "DIL_GROUPED": False} for k in ("fwd", "dq")}}
 
-    monkeypatch.setattr(interface, "_options", merged)
+    monkeypatch.setattr(interface, "_options", per_distance)
     check(*CASES[name], torch.float32)
     if name in ("block-g2-r2", "token-g2-r2"):
         check(*CASES[name], torch.bfloat16)
 
 
-@pytest.mark.parametrize("variant", ["dkv_bn128", "win64"])
+@pytest.mark.parametrize("variant", ["dkv_bn128", "win64", "dkv_t32"])
 @pytest.mark.parametrize("name", ["block-g2-r2", "token-g2-r2"])
-def test_wider_tile_variants_match_reference(name, variant, monkeypatch):
-    """The launch variants experiments/bench/kernel_tune.py times (128-key dK/dV tiles, 64-key window steps)
-    compute the same function, so a faster one can become the default."""
+def test_tile_variants_match_reference(name, variant, monkeypatch):
+    """The launch variants experiments/bench/kernel_tune.py times (128-key dK/dV tiles, 64-key window steps,
+    transposed 32-key dK/dV accumulators) compute the same function, so a faster one can become the default."""
     from halo_lab.kernels.halo_attention import interface
 
     plain = interface._options
-    override = {"dkv_bn128": {"dkv": {"BLOCK_N": 128}}, "win64": {k: {"BLOCK_N": 64} for k in ("fwd", "dq")}}
+    override = {
+        "dkv_bn128": {"dkv": {"BLOCK_N": 128}},
+        "win64": {k: {"BLOCK_N": 64} for k in ("fwd", "dq")},
+        "dkv_t32": {"dkv": {"BLOCK_N": 32, "KEYS_AS_N": True}},
+    }
 
     def wider(head_dim, group, dtype):
         opts = plain(head_dim, group, dtype)

@@ -117,6 +117,97 @@ def attention_layer(log) -> None:
     log("cProfile, 50 triton fwd+bwd calls (tottime):\n" + s.getvalue())
 
 
+def host_pieces(log) -> None:
+    """Host µs per call of each piece of the triton layer's fwd + bwd (no sync; the GPU runs behind), to
+    find which part of its host time is launches, allocations, the autograd engine or Python."""
+    config = HaloConfig()
+    B, L = (1, 66) if SMALL else (64, 1026)
+    q = torch.randn(B, 8, L, 64, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(B, 2, L, 64, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(B, 2, L, 64, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    g = torch.randn_like(q)
+    calls: dict = {}
+    launchers = {"fwd": interface._fwd, "dq": interface._dq, "dkv": interface._dkv}
+
+    class Recorder:  # keeps one call's arguments of each kernel
+        def __init__(self, name, launcher):
+            self.name, self.launcher = name, launcher
+
+        def __call__(self, grid, args, meta):
+            calls[self.name] = (grid, args, meta)
+            self.launcher(grid, args, meta)
+
+    interface._fwd, interface._dq, interface._dkv = (Recorder(n, x) for n, x in launchers.items())
+    try:
+        attn.halo_attention(q, k, v, config, 0, 0, "triton").backward(g)
+    finally:
+        interface._fwd, interface._dq, interface._dkv = launchers.values()
+    sync()
+
+    class Noop(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v):
+            return q.view_as(q)
+
+        @staticmethod
+        def backward(ctx, do):
+            return do, None, None
+
+    pieces = {
+        **{f"launch {name}": (lambda x=launchers[name], c=calls[name]: x(*c)) for name in launchers},
+        "empty_like(q)": lambda: torch.empty_like(q),
+        "zeros dK/dV fp32 buffers": lambda: torch.zeros(2, B, 2, L, 64, device=DEV, dtype=torch.float32),
+        "graph_tables": lambda: interface.graph_tables(config, 0, 0, L, q.device),
+        "no-op Function fwd+bwd": lambda: Noop.apply(q, k, v).backward(g),
+        "triton fwd only": lambda: attn.halo_attention(
+            q.detach(), k.detach(), v.detach(), config, 0, 0, "triton"
+        ),
+        "triton fwd+bwd": lambda: attn.halo_attention(q, k, v, config, 0, 0, "triton").backward(g),
+        "triton fwd+bwd, no launches": lambda: no_launch(
+            lambda: attn.halo_attention(q, k, v, config, 0, 0, "triton").backward(g)
+        ),
+        "dense fwd+bwd": lambda: attn.dense_attention(q, k, v).backward(g),
+    }
+
+    def no_launch(fn):
+        saved = interface._fwd, interface._dq, interface._dkv
+        interface._fwd = interface._dq = interface._dkv = lambda *a: None
+        try:
+            fn()
+        finally:
+            interface._fwd, interface._dq, interface._dkv = saved
+
+    # host µs per call over n calls from an idle GPU: when the n-call figure grows with n, the host waited
+    # for the GPU (a full launch queue, or a synchronising call), and the small-n figure is the host's own
+    stats = torch.cuda.memory_stats if DEV == "cuda" else (lambda: {})
+    with gc_off():
+        for name, fn in pieces.items():
+            for _ in range(5):
+                fn()
+            sync()
+            row = []
+            before = stats()
+            for n in (5, 20, 100) if not SMALL else (2,):
+                sync()
+                t = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                row.append(f"n={n}: {(time.perf_counter() - t) / n * 1e6:7.1f}")
+            sync()
+            after = stats()
+            mallocs = {
+                key: after.get(key, 0) - before.get(key, 0)
+                for key in (
+                    "num_device_alloc",
+                    "num_device_free",
+                    "num_alloc_retries",
+                    "num_sync_all_streams",
+                )
+            }
+            log(f"host piece {name:28s} µs/call {'  '.join(row)}  allocator {mallocs}")
+            q.grad = k.grad = v.grad = None
+
+
 def sync_check(log) -> None:
     """Any op of a HALO-S / dense training step that synchronises the host with the GPU (a sync in a
     host-bound step stalls the host for the GPU's queue): torch's sync debug mode warns at each one."""
@@ -227,6 +318,7 @@ def main(out: str) -> None:
         lines.append(msg)
 
     try:
+        host_pieces(log)
         attention_layer(log)
         sync_check(log)
         train_steps(log)

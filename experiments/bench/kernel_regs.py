@@ -74,9 +74,9 @@ def main() -> None:
     print(f"triton {triton.__version__}, sm_90, bf16, head_dim 64, 4 query heads per KV head, default graph")
     for kname, kernel in (("fwd", halo_fwd_kernel), ("dq", halo_bwd_dq_kernel)):
         for warps in (4, 8):
-            for merged in (False, True):
-                opts = {**base[kname], "num_warps": warps, "MERGED_DIL": merged}
-                tag = "merged dilated tile" if merged else "per-distance tiles"
+            for grouped in (False, True):
+                opts = {**base[kname], "num_warps": warps, "DIL_GROUPED": grouped}
+                tag = "grouped dilated" if grouped else "per-distance tiles"
                 print(f"{kname:3s} {warps} warps {tag:20s} {resources(kernel, opts, consts)}", flush=True)
     # the decode step's fused GEMV (halo_lab/kernels/gemv.py), each prologue / epilogue it is built with, at
     # the medium model's row widths (512: q/k/v, o, gate/up, head; 2048: down)

@@ -7,6 +7,7 @@ B*N = 65,536 tokens, the default graph, bf16; dense = causal flash SDPA in the s
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 
 import torch
@@ -21,13 +22,17 @@ VARIANTS = {
     "warps8": {"fwd": {"num_warps": 8}, "dq": {"num_warps": 8}, "dkv": {"num_warps": 8}},
     "fwd8_dq4_dkv8": {"fwd": {"num_warps": 8}, "dkv": {"num_warps": 8}},
     "fwd8_dq8_dkv4": {"fwd": {"num_warps": 8}, "dq": {"num_warps": 8}},
-    "stages3": {"fwd": {"num_stages": 3}, "dq": {"num_stages": 3}, "dkv": {"num_stages": 3}},
+    "stages2": {"fwd": {"num_stages": 2}, "dq": {"num_stages": 2}, "dkv": {"num_stages": 2}},
     "dkv_bn32": {"dkv": {"BLOCK_N": 32}},
+    # dK^T / dV^T accumulators (KEYS_AS_N): 32-key tiles compute 96 query positions per key for the
+    # window's 64 (67% useful) against 128 at 64 keys (50%), with M = head_dim rows in the products
+    "dkv_t32": {"dkv": {"BLOCK_N": 32, "KEYS_AS_N": True}},
+    "dkv_t32_w4": {"dkv": {"BLOCK_N": 32, "KEYS_AS_N": True, "num_warps": 4}},
+    "dkv_t64": {"dkv": {"BLOCK_N": 64, "KEYS_AS_N": True}},
     "dkv_q64": {"dkv": {"BLOCK_Q": 64}},
-    # one dilated tile instead of four (MERGED_DIL; kernel_regs.py: no spill at 8 warps in the forward)
-    "dil_merged_fwd": {"fwd": {"MERGED_DIL": True}},
-    "dil_merged": {"fwd": {"MERGED_DIL": True}, "dq": {"MERGED_DIL": True}},
-    "dil_merged_dq8": {"fwd": {"MERGED_DIL": True}, "dq": {"MERGED_DIL": True, "num_warps": 8}},
+    # the dilated keys as one tile per distance (before 2026-12-02c) against the grouped products (dilated.py)
+    "per_distance": {"fwd": {"DIL_GROUPED": False}, "dq": {"DIL_GROUPED": False}},
+    "grouped_fwd_only": {"dq": {"DIL_GROUPED": False}},
     "dq8": {"dq": {"num_warps": 8}},
     # wider key tiles in the dK/dV pass (66% of the window products useful instead of 50%; sm_90 build
     # under Triton 3.9: 255 registers + 576 B spill, against 253 and none at 64 keys) and in the query
@@ -38,7 +43,7 @@ VARIANTS = {
     "win64": {"fwd": {"BLOCK_N": 64}, "dq": {"BLOCK_N": 64}},
 }
 
-AT_EVERY_N = ("default", "stages3", "dil_merged_dq8", "dkv_bn128", "win64")  # the rest at 1K only
+AT_EVERY_N = ("default", "per_distance", "grouped_fwd_only", "dq8")  # the rest at 1K only
 
 
 def inputs(n: int, config: HaloConfig, dtype=torch.bfloat16):
@@ -50,7 +55,10 @@ def inputs(n: int, config: HaloConfig, dtype=torch.bfloat16):
     return q, k, v, torch.randn_like(q)
 
 
-def timings(fn_fwd, q, k, v, g) -> dict[str, float]:
+ROUNDS = 5  # the H200's speed drifts by ±20% between calls and within one: variants are timed in turns
+
+
+def step_fns(fn_fwd, q, k, v, g):
     def fwd():
         with torch.no_grad():
             fn_fwd(q, k, v)
@@ -59,55 +67,77 @@ def timings(fn_fwd, q, k, v, g) -> dict[str, float]:
         fn_fwd(q, k, v).backward(g)
         q.grad = k.grad = v.grad = None
 
+    return fwd, fwd_bwd
+
+
+def with_options(override: dict):
+    """HALO attention through the triton backend with one variant's launch options."""
+    base = interface.launch_options(64, 4, torch.bfloat16)
+    opts = {kern: {**o, **override.get(kern, {})} for kern, o in base.items()}
+
+    def fn(q, k, v):
+        interface.TUNED[(64, 4, torch.bfloat16)] = opts
+        return attn.halo_attention(q, k, v, CONFIG, 0, 0, "triton")
+
+    return fn
+
+
+def kernel_times(fn, q, k, v, g) -> dict[str, float]:
+    """Mean µs per fwd + bwd of each CUDA kernel (torch profiler, 10 steps): GPU time, where the wall time
+    of one layer at 1K also holds the host's launch time."""
+    _, fwd_bwd = step_fns(fn, q, k, v, g)
+    fwd_bwd()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            fwd_bwd()
+        torch.cuda.synchronize()
     return {
-        "fwd_ms": do_bench(fwd, return_mode="median"),
-        "fwd_bwd_ms": do_bench(fwd_bwd, return_mode="median"),
+        e.key[:40]: round(e.device_time_total / 10, 1) for e in prof.key_averages() if e.device_time_total > 0
     }
+
+
+CONFIG = HaloConfig()
 
 
 def main(out: str, names: list[str]) -> None:
     variants = {name: VARIANTS[name] for name in names} if names else VARIANTS
-    config = HaloConfig()
-    results: dict = {"device": torch.cuda.get_device_name(), "rows": []}
+    results: dict = {"device": torch.cuda.get_device_name(), "rounds": ROUNDS, "rows": []}
+    print(results["device"], flush=True)
     for n in (1024, 16384, 65536):
-        q, k, v, g = inputs(n, config)
-        dense = timings(lambda q, k, v: attn.dense_attention(q, k, v), q, k, v, g)
-        results["rows"].append({"variant": "dense", "N": n, **dense})
-        print(f"N={n:6d} dense   fwd {dense['fwd_ms']:.3f}  fwd+bwd {dense['fwd_bwd_ms']:.3f}", flush=True)
-        for name, override in variants.items():
-            if n != 1024 and name not in AT_EVERY_N and not names:
-                continue
-            base = interface.launch_options(64, 4, torch.bfloat16)
-            interface.TUNED[(64, 4, torch.bfloat16)] = {
-                kern: {**opts, **override.get(kern, {})} for kern, opts in base.items()
-            }
-            try:
-                t = timings(lambda q, k, v: attn.halo_attention(q, k, v, config, 0, 0, "triton"), q, k, v, g)
-            except Exception as e:  # noqa: BLE001 - a variant that does not compile is a result too
-                print(f"N={n:6d} {name:14s} failed: {type(e).__name__}: {str(e)[:120]}", flush=True)
-                continue
-            results["rows"].append({"variant": name, "N": n, **t})
+        q, k, v, g = inputs(n, CONFIG)
+        fns = {"dense": lambda q, k, v: attn.dense_attention(q, k, v)}
+        fns.update(
+            (name, with_options(o))
+            for name, o in variants.items()
+            if n == 1024 or names or name in AT_EVERY_N
+        )
+        times: dict[str, dict[str, list[float]]] = {name: {"fwd_ms": [], "fwd_bwd_ms": []} for name in fns}
+        for name in list(fns):
+            try:  # compile outside the timed turns; a variant that does not compile is a result too
+                step_fns(fns[name], q, k, v, g)[1]()
+            except Exception as e:  # noqa: BLE001
+                print(f"N={n:6d} {name:16s} failed: {type(e).__name__}: {str(e)[:120]}", flush=True)
+                del fns[name], times[name]
+        for _ in range(ROUNDS):
+            for name, fn in fns.items():
+                fwd, fwd_bwd = step_fns(fn, q, k, v, g)
+                times[name]["fwd_ms"].append(do_bench(fwd, warmup=5, rep=20, return_mode="median"))
+                times[name]["fwd_bwd_ms"].append(do_bench(fwd_bwd, warmup=5, rep=40, return_mode="median"))
+        dense = statistics.median(times["dense"]["fwd_bwd_ms"])
+        for name, t in times.items():
+            row = {"variant": name, "N": n, **{k: statistics.median(v) for k, v in t.items()}, "all": t}
+            if name != "dense":
+                row["kernels_us"] = kernel_times(fns[name], q, k, v, g)
+            results["rows"].append(row)
+            spread = max(t["fwd_bwd_ms"]) / min(t["fwd_bwd_ms"])
             print(
-                f"N={n:6d} {name:14s} fwd {t['fwd_ms']:.3f}  fwd+bwd {t['fwd_bwd_ms']:.3f}  "
-                f"x dense {t['fwd_bwd_ms'] / dense['fwd_bwd_ms']:.2f}",
+                f"N={n:6d} {name:16s} fwd {row['fwd_ms']:.3f}  fwd+bwd {row['fwd_bwd_ms']:.3f}  "
+                f"x dense {row['fwd_bwd_ms'] / dense:.2f}  (max/min of {ROUNDS} turns {spread:.2f})"
+                + (f"  kernels µs {row['kernels_us']}" if "kernels_us" in row else ""),
                 flush=True,
             )
         interface.TUNED.clear()
-        if n == 1024:  # where the time goes, per kernel
-
-            def fn(q=q, k=k, v=v, g=g):
-                attn.halo_attention(q, k, v, config, 0, 0, "triton").backward(g)
-
-            for _ in range(3):
-                fn()
-            torch.cuda.synchronize()
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-                for _ in range(10):
-                    fn()
-                torch.cuda.synchronize()
-            table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=12)
-            print(table, flush=True)
-            results["profile_1024"] = table
     with open(f"{out}/kernel_tune.json", "w") as f:
         json.dump(results, f, indent=2)
 

@@ -21,15 +21,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from halo_lab.kernels.halo_attention.forward import (
-    dilated_keys,
-    load_query_rows,
-    load_rows,
-    mma,
-    query_tile,
-    shared_keys,
-    token_random_keys,
-)
+from halo_lab.kernels.halo_attention.common import load_query_rows, load_rows, mma
+from halo_lab.kernels.halo_attention.dilated import dilated_backward
+from halo_lab.kernels.halo_attention.forward import query_tile, shared_keys, token_random_keys
 
 
 @triton.jit
@@ -78,7 +72,7 @@ def halo_bwd_dq_kernel(
     G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr, UNIT: tl.constexpr,
     GRP: tl.constexpr, HD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
     SHARED_N: tl.constexpr, RAND_N: tl.constexpr, SHARED_RANDOM: tl.constexpr,
-    MERGED_DIL: tl.constexpr, DIL_N: tl.constexpr,
+    DIL_GROUPED: tl.constexpr, DIL_P: tl.constexpr, DIL_K: tl.constexpr, DIL_NG: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     BLOCK_M: tl.constexpr = BLOCK_T * GRP
@@ -87,17 +81,25 @@ def halo_bwd_dq_kernel(
     h = tl.program_id(1) % HKV
     t0, tok, head, cols, row_ok, is_text = query_tile(tl.program_id(0), h, L, G, GRP, BLOCK_T, HD)
     H = HKV * GRP
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    acc_base = (b * HKV + h) * L * HD  # the fp32 buffers are contiguous [B, HKV, L, HD]
+    if DIL_GROUPED and ND > 0:  # first: its grouped rows are not live beside the 2-D tiles (dilated.py)
+        dq = dilated_backward(
+            Q, Out, DO, LSE, DKD, DVD, k_base, v_base, DIST, b, h, t0, L, qk_scale, sm_scale, dil_stride,
+            acc_base, stride_qb, stride_qh, stride_ql, stride_ob, stride_oh, stride_ol,
+            stride_dob, stride_doh, stride_dol, stride_kl, stride_vl,
+            H, G, ND, GRP, HD, DIL_P, DIL_K, DIL_NG, IEEE, UPCAST,
+        )  # fmt: skip
+    else:
+        dq = tl.zeros([BLOCK_M, HD], tl.float32)
+
     q = load_query_rows(Q, b, head, tok, stride_qb, stride_qh, stride_ql, cols, row_ok)
     do = load_query_rows(DO, b, head, tok, stride_dob, stride_doh, stride_dol, cols, row_ok)
     o = load_query_rows(Out, b, head, tok, stride_ob, stride_oh, stride_ol, cols, row_ok)
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
     tl.store(DELTA + (b * H + head) * L + tok, delta, mask=row_ok)
     lse = tl.load(LSE + (b * H + head) * L + tok, mask=row_ok, other=0.0)
-
-    k_base = K + b * stride_kb + h * stride_kh
-    v_base = V + b * stride_vb + h * stride_vh
-    acc_base = (b * HKV + h) * L * HD  # the fp32 buffers are contiguous [B, HKV, L, HD]
-    dq = tl.zeros([BLOCK_M, HD], tl.float32)
 
     if G + NRS > 0:
         pos, valid, ok = shared_keys(
@@ -109,15 +111,7 @@ def halo_bwd_dq_kernel(
         dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
         add_key_grads(DKA, DVA, acc_base, pos, valid, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
 
-    if MERGED_DIL and ND > 0:  # the ND tiles as one: dK/dV products of DIL_N rows
-        e_col, kpos, valid, ok = dilated_keys(t0, tok, is_text, DIST, L, G, ND, BLOCK_T, DIL_N)
-        kt = load_rows(k_base, kpos, valid, stride_kl, cols)
-        vt = load_rows(v_base, kpos, valid, stride_vl, cols)
-        p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
-        dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
-        ptr = e_col[:, None] * dil_stride + acc_base + tl.where(valid, kpos, 0)[:, None] * HD + cols[None, :]
-        store_dilated_grads(DKD, DVD, ptr, valid, q, do, p, ds, sm_scale, IEEE, UPCAST)
-    else:
+    if not DIL_GROUPED:
         diag = tl.arange(0, BLOCK_T)
         for e in tl.static_range(ND):
             dist = tl.load(DIST + e)
@@ -173,7 +167,7 @@ def halo_bwd_dkv_kernel(
     L, HKV,
     G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr,
     GRP: tl.constexpr, HD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_Q: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    KEYS_AS_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     # query tiles pack the group's heads like the forward: BLOCK_Q positions x GRP heads = QROWS rows
     QROWS: tl.constexpr = BLOCK_Q * GRP
@@ -191,8 +185,14 @@ def halo_bwd_dkv_kernel(
     v_base = V + b * stride_vb + h * stride_vh
     kt = tl.load(k_base + kpos[:, None] * stride_kl + cols[None, :], mask=kmask[:, None], other=0.0)
     vt = tl.load(v_base + kpos[:, None] * stride_vl + cols[None, :], mask=kmask[:, None], other=0.0)
-    dk = tl.zeros([BLOCK_N, HD], tl.float32)
-    dv = tl.zeros([BLOCK_N, HD], tl.float32)
+    # KEYS_AS_N: dK^T, dV^T [HD, BLOCK_N] = q^T ds, dO^T p keep M = HD rows in their products, so a key
+    # tile narrower than a warpgroup's 64 rows still gets full tensor-core shapes
+    if KEYS_AS_N:
+        dk = tl.zeros([HD, BLOCK_N], tl.float32)
+        dv = tl.zeros([HD, BLOCK_N], tl.float32)
+    else:
+        dk = tl.zeros([BLOCK_N, HD], tl.float32)
+        dv = tl.zeros([BLOCK_N, HD], tl.float32)
 
     # window queries of key j: j .. j + W - 1
     qrow = tl.arange(0, QROWS)
@@ -220,8 +220,15 @@ def halo_bwd_dkv_kernel(
         dpw = mma(dot_, tl.trans(vt), IEEE, UPCAST)
         pw = tl.where(okw, tl.exp2(sw * qk_scale - lsew[:, None]), 0.0)
         dsw = pw * (dpw - deltaw[:, None])
-        dv += mma(tl.trans(pw.to(dot_.dtype)), dot_, IEEE, UPCAST)
-        dk += mma(tl.trans(dsw.to(qt.dtype)), qt, IEEE, UPCAST)
+        if KEYS_AS_N:
+            dv += mma(tl.trans(dot_), pw.to(dot_.dtype), IEEE, UPCAST)
+            dk += mma(tl.trans(qt), dsw.to(qt.dtype), IEEE, UPCAST)
+        else:
+            dv += mma(tl.trans(pw.to(dot_.dtype)), dot_, IEEE, UPCAST)
+            dk += mma(tl.trans(dsw.to(qt.dtype)), qt, IEEE, UPCAST)
+
+    if KEYS_AS_N:
+        dk, dv = tl.trans(dk), tl.trans(dv)
 
     acc = (b * HKV + h) * L * HD + kpos[:, None] * HD + cols[None, :]
     dk = dk * sm_scale + tl.load(DKA + acc, mask=kmask[:, None], other=0.0)

@@ -26,26 +26,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-NEG_INF = tl.constexpr(float("-inf"))
-
-
-@triton.jit
-def mma(a, b, IEEE: tl.constexpr, UPCAST: tl.constexpr):
-    """tl.dot with fp32 accumulation; exact fp32 (no tf32) for fp32 inputs. UPCAST: Triton's CPU
-    interpreter computes bf16/fp16 dots wrongly, so there the operands go through fp32 (same values)."""
-    if UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    elif IEEE:
-        return tl.dot(a, b, input_precision="ieee")
-    else:
-        return tl.dot(a, b)
-
-
-@triton.jit
-def load_rows(base, pos, valid, stride, cols):
-    """[N, HD] rows ``pos`` of a [L, HD] matrix (zeros where not valid; no address outside the matrix)."""
-    pos = tl.where(valid, pos, 0)
-    return tl.load(base + pos[:, None] * stride + cols[None, :], mask=valid[:, None], other=0.0)
+from halo_lab.kernels.halo_attention.common import NEG_INF, load_query_rows, load_rows, mma
+from halo_lab.kernels.halo_attention.dilated import dilated_forward
 
 
 @triton.jit
@@ -56,13 +38,6 @@ def query_tile(pid_t, h, L, G: tl.constexpr, GRP: tl.constexpr, BLOCK_T: tl.cons
     tok = t0 + rows // GRP
     row_ok = tok < L
     return t0, tok, h * GRP + rows % GRP, tl.arange(0, HD), row_ok, row_ok & (tok >= G)
-
-
-@triton.jit
-def load_query_rows(base, b, head, tok, stride_b, stride_h, stride_l, cols, row_ok):
-    """[BLOCK_M, HD] rows (position, head) of a [B, H, L, HD] tensor (q, o, dO)."""
-    ptr = base + b * stride_b + head[:, None] * stride_h + tok[:, None] * stride_l + cols[None, :]
-    return tl.load(ptr, mask=row_ok[:, None], other=0.0)
 
 
 @triton.jit
@@ -78,22 +53,6 @@ def shared_keys(t0, cols_n, tok, row_ok, is_text, RAND, DIST, stride_ru,
     for e in tl.static_range(ND):  # a random key that is also the row's dilated key counts once
         rand_ok = rand_ok & (tok[:, None] - rk[None, :] != tl.load(DIST + e))
     return pos, is_glob | (is_rand & (rk >= 0)), ok | rand_ok
-
-
-@triton.jit
-def dilated_keys(t0, tok, is_text, DIST, L, G: tl.constexpr, ND: tl.constexpr, BLOCK_T: tl.constexpr,
-                 DIL_N: tl.constexpr):  # fmt: skip
-    """The ND dilated tiles as one [DIL_N, HD] tile (MERGED_DIL): column c is key t0 - d_e + c % BLOCK_T
-    of distance e = c // BLOCK_T (columns of e >= ND are empty). Returns the per-column distance index,
-    positions, validity and the [BLOCK_M, DIL_N] mask (each row keeps its key at every distance)."""
-    c = tl.arange(0, DIL_N)
-    e = c // BLOCK_T
-    e_ok = e < ND
-    dist = tl.load(DIST + tl.where(e_ok, e, 0), mask=e_ok, other=0)
-    kpos = t0 - dist + c % BLOCK_T
-    valid = e_ok & (kpos >= G) & (kpos < L)
-    ok = (tok[:, None] - kpos[None, :] == dist[None, :]) & valid[None, :] & is_text[:, None]
-    return tl.where(e_ok, e, 0), kpos, valid, ok
 
 
 @triton.jit
@@ -134,7 +93,7 @@ def halo_fwd_kernel(
     G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr, UNIT: tl.constexpr,
     GRP: tl.constexpr, HD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
     SHARED_N: tl.constexpr, RAND_N: tl.constexpr, SHARED_RANDOM: tl.constexpr,
-    MERGED_DIL: tl.constexpr, DIL_N: tl.constexpr,
+    DIL_GROUPED: tl.constexpr, DIL_P: tl.constexpr, DIL_K: tl.constexpr, DIL_NG: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     BLOCK_M: tl.constexpr = BLOCK_T * GRP
@@ -146,24 +105,15 @@ def halo_fwd_kernel(
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
 
-    m = tl.full([BLOCK_M], -1e30, tl.float32)  # finite: a tile with no edge for a row must not give NaN
-    denom = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, HD], tl.float32)
-
-    if G + NRS > 0:
-        pos, valid, ok = shared_keys(
-            t0, tl.arange(0, SHARED_N), tok, row_ok, is_text, RAND, DIST, stride_ru, G, NRS, ND, UNIT
-        )
-        kt = load_rows(k_base, pos, valid, stride_kl, cols)
-        vt = load_rows(v_base, pos, valid, stride_vl, cols)
-        m, denom, acc = attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE, UPCAST)
-
-    if MERGED_DIL and ND > 0:  # one tile, one softmax update, one wider product
-        _, kpos, valid, ok = dilated_keys(t0, tok, is_text, DIST, L, G, ND, BLOCK_T, DIL_N)
-        kt = load_rows(k_base, kpos, valid, stride_kl, cols)
-        vt = load_rows(v_base, kpos, valid, stride_vl, cols)
-        m, denom, acc = attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE, UPCAST)
+    if DIL_GROUPED and ND > 0:  # seeds the online softmax (dilated.py)
+        m, denom, acc = dilated_forward(
+            Q, k_base, v_base, DIST, b, h, t0, L, qk_scale, stride_qb, stride_qh, stride_ql, stride_kl,
+            stride_vl, G, ND, GRP, HD, DIL_P, DIL_K, DIL_NG, IEEE, UPCAST,
+        )  # fmt: skip
     else:
+        m = tl.full([BLOCK_M], -1e30, tl.float32)  # finite: a tile with no edge for a row must not give NaN
+        denom = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, HD], tl.float32)
         diag = tl.arange(0, BLOCK_T)
         for e in tl.static_range(ND):
             dist = tl.load(DIST + e)
@@ -173,6 +123,14 @@ def halo_fwd_kernel(
             vt = load_rows(v_base, kpos, valid, stride_vl, cols)
             ok = (tok[:, None] - kpos[None, :] == dist) & valid[None, :] & is_text[:, None]
             m, denom, acc = attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE, UPCAST)
+
+    if G + NRS > 0:
+        pos, valid, ok = shared_keys(
+            t0, tl.arange(0, SHARED_N), tok, row_ok, is_text, RAND, DIST, stride_ru, G, NRS, ND, UNIT
+        )
+        kt = load_rows(k_base, pos, valid, stride_kl, cols)
+        vt = load_rows(v_base, pos, valid, stride_vl, cols)
+        m, denom, acc = attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE, UPCAST)
 
     if NR > 0 and not SHARED_RANDOM:
         pos, valid, ok = token_random_keys(

@@ -45,12 +45,20 @@ def launch_options(head_dim: int, group: int, dtype: torch.dtype) -> dict[str, d
     # illegal memory access on an H200 (experiments/bench/d128_probe.py); fp32 (no wgmma) is fine with 8.
     dq_warps = 8 if dtype == torch.float32 else 4
     block_t = max(16, rows // group)  # >= 16: a dilated tile has BLOCK_T keys, and tl.dot needs 16
-    # MERGED_DIL (one dilated tile instead of ND): tested, and slower on an H200 at 1K-16K (kernel_notes.md)
-    query_tiles = {"BLOCK_T": block_t, "BLOCK_N": 32, "num_stages": 2, "MERGED_DIL": False}
+    # DIL_GROUPED: the dilated keys as one batched product of 16-row groups (dilated.py) instead of a
+    # [BLOCK_M, BLOCK_T] tile per distance
+    # num_stages 3: 2-5% less GPU time than 2 in each kernel at 1K, 16K and 64K (kernel_tune_2026-12-02e)
+    query_tiles = {"BLOCK_T": block_t, "BLOCK_N": 32, "num_stages": 3, "DIL_GROUPED": True}
     return {
         "fwd": {**query_tiles, "num_warps": 8},
         "dq": {**query_tiles, "num_warps": dq_warps},
-        "dkv": {"BLOCK_N": 32 if wide else 64, "BLOCK_Q": block_t, "num_warps": 8, "num_stages": 2},
+        "dkv": {
+            "BLOCK_N": 32 if wide else 64,
+            "BLOCK_Q": block_t,
+            "KEYS_AS_N": False,
+            "num_warps": 8,
+            "num_stages": 3,
+        },
     }
 
 
@@ -163,6 +171,7 @@ def _consts(config: HaloConfig, unit: int, group: int, head_dim: int, dtype, blo
         return _CONSTS[key]
     G, R, ND = config.num_globals, config.num_random, len(config.dilated_distances)
     shared_random = config.random_edges == "block" and unit % block_t == 0
+    dil_p = min(block_t, max(1, 16 // group))
     _CONSTS[key] = consts = {
         "G": G,
         "W": config.local_window,
@@ -174,7 +183,10 @@ def _consts(config: HaloConfig, unit: int, group: int, head_dim: int, dtype, blo
         "SHARED_RANDOM": shared_random,  # every query of a tile shares its random keys
         "SHARED_N": max(16, _pow2(G + (R if shared_random else 0))),
         "RAND_N": max(16, _pow2(block_t * R)),
-        "DIL_N": max(16, _pow2(max(ND, 1)) * block_t),
+        # dilated groups (dilated.py): DIL_P positions x GRP heads = 16 rows (or GRP), DIL_K columns
+        "DIL_P": dil_p,
+        "DIL_K": max(16, _pow2(dil_p * max(ND, 1))),
+        "DIL_NG": block_t // dil_p,
         "IEEE": dtype == torch.float32,
         "UPCAST": INTERPRETED,
     }
