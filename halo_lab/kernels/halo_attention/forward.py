@@ -8,10 +8,9 @@ Every group of keys is a [N, HD] tile and a [BLOCK_M, N] mask, through the same 
 
 * shared tile (SHARED_N columns): the G globals and, in block mode, the tile's R random keys (one
   block of ``graph_block_size`` positions shares them);
-* dilated tiles, one per distance d: keys t0 - d .. t0 - d + BLOCK_T - 1, each row keeps the key on its
-  diagonal (key = position - d), so no gather and no row-wise reduction; with MERGED_DIL the ND tiles
-  are one [ND * BLOCK_T, HD] tile (one softmax update; in the dQ pass, dK/dV products with M = 128
-  instead of BLOCK_T = 32 rows; opt-in until measured: experiments/bench/kernel_tune.py);
+* dilated keys (DIL_GROUPED, the default): one batched product over groups of 16 rows, each group's
+  keys its positions at every distance (dilated.py); else one tile per distance d (keys t0 - d ..
+  t0 - d + BLOCK_T - 1, each row keeping the key on its diagonal), kept for comparison;
 * per-token random tile (token mode, or tiles that span several blocks): the BLOCK_T * R keys of the
   tile's positions, gathered by index, each row keeping its own R;
 * window tiles: keys [t0 - W + 1, t0 + BLOCK_T) in BLOCK_N steps, the band mask.

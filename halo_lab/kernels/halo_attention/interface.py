@@ -8,8 +8,10 @@ Block sizes (rows are query positions x the query heads of one KV head):
   masked away (67% useful at BLOCK_T = 32, W = 64), which is why the query heads are packed instead of
   using longer position tiles. BLOCK_N = 32 window keys per step.
 * dK/dV: BLOCK_N = 64 keys per program (32 for head_dim 128 or fp32); the window queries come in
-  tiles packed like the forward's (BLOCK_Q positions x GRP heads = 128 rows), the dilated queries one
-  head at a time (one query row per key).
+  tiles packed like the forward's (BLOCK_Q positions x GRP heads = 128 rows); the dilated, global and
+  random keys' dK/dV come from the dQ pass's buffers. KEYS_AS_N: dK^T, dV^T accumulators (M = head_dim).
+* dilated groups (dilated.py): DIL_P = 16 / GRP positions x GRP heads = 16 rows, DIL_K = DIL_P x ND
+  columns (padded to 16): the smallest tensor-core product that holds a row's ND keys.
 
 The shapes are those of ``halo_lab.attention``: q [B, Hq, L, d], k/v [B, Hkv, L, d] over the full sequence
 (G globals then the text), last dimension contiguous.
