@@ -74,14 +74,17 @@ def triton_interpreted() -> bool:
 
 
 def resolve_backend(config: HaloConfig, device: torch.device, seq_len: int | None = None) -> str:
-    """``auto``: the fused Triton kernels on CUDA (flex for a head_dim they do not cover); elsewhere SDPA
+    """``auto``: the fused Triton kernels on CUDA (flex for a head_dim or a query heads per KV head ratio
+    they do not cover: the ratio must be a power of two); elsewhere SDPA
     with the graph as a boolean mask up to MASKED_MAX_LEN positions, the reference gather beyond."""
     if config.attention_backend != "auto":
         return config.attention_backend
     # FlexAttention compiles through Triton, which needs compute capability 7.0 or newer
     fused = HAS_FLEX and device.type == "cuda" and torch.cuda.get_device_capability(device) >= (7, 0)
     if fused:
-        return AUTO_CUDA_BACKEND if _has_triton() and config.head_dim <= TRITON_AUTO_MAX_HEAD_DIM else "flex"
+        group = config.num_heads // config.num_kv_heads
+        covered = config.head_dim <= TRITON_AUTO_MAX_HEAD_DIM and group & (group - 1) == 0
+        return AUTO_CUDA_BACKEND if _has_triton() and covered else "flex"
     return "masked" if seq_len is not None and seq_len <= MASKED_MAX_LEN else "reference"
 
 

@@ -189,6 +189,23 @@ def test_rejects_unsupported_head_dim():
         halo_triton_attention(q, k, v, c, 0, 0)
 
 
+def test_rejects_a_group_that_is_not_a_power_of_two():
+    c = cfg()
+    q, k, v = (torch.randn(1, h, 20, 32, device=DEVICE) for h in (6, 2, 2))
+    with pytest.raises(ValueError, match="6 / 2 = 3"):
+        halo_triton_attention(q, k, v, c, 0, 0)
+
+
+@pytest.mark.parametrize("heads, kv_heads, expected", [(8, 2, "triton"), (6, 2, "flex"), (12, 4, "flex")])
+def test_auto_uses_triton_only_where_its_tiles_fit(heads, kv_heads, expected, monkeypatch):
+    """On CUDA, auto must not pick the fused kernels for a heads ratio they cannot tile (it would fail
+    inside the kernel, after the run started)."""
+    monkeypatch.setattr(attn, "HAS_FLEX", True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    c = HaloConfig(hidden_size=64 * heads, num_heads=heads, num_kv_heads=kv_heads)
+    assert attn.resolve_backend(c, torch.device("cuda")) == expected
+
+
 @pytest.mark.parametrize("head_dim", [8, 24])
 def test_small_and_odd_head_dims_are_padded(head_dim):
     """Head dims the tiles do not take directly (8, 24) run zero-padded, still exact."""

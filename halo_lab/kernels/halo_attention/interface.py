@@ -205,6 +205,12 @@ def halo_triton_attention(q, k, v, config: HaloConfig, layer: int, step: int) ->
     padded = max(16, _pow2(d))  # tl.dot needs >= 16 and a power of two: zero columns
     if padded > 128:
         raise ValueError(f"the triton backend supports head_dim up to 128, not {d}")
+    group = q.shape[1] // k.shape[1]
+    if group & (group - 1):  # a tile packs the group's heads: its row count must be a power of two
+        raise ValueError(
+            f"the triton backend needs num_heads / num_kv_heads to be a power of two, not "
+            f"{q.shape[1]} / {k.shape[1]} = {group} (attention_backend=flex or auto covers it)"
+        )
     dev = q.device.type
     if torch.is_autocast_enabled(dev):  # like SDPA: attention runs in the autocast dtype
         dtype = torch.get_autocast_dtype(dev)
