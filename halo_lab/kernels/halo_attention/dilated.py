@@ -33,10 +33,18 @@ def group_rows(t0, h, L, G: tl.constexpr, GRP: tl.constexpr, DIL_P: tl.constexpr
 
 
 @triton.jit
-def group_keys(t0, DIST, L, G: tl.constexpr, ND: tl.constexpr, DIL_P: tl.constexpr, DIL_K: tl.constexpr,
+def load_rows3(base, pos, valid, stride, cols):
+    """[NG, N, HD] rows ``pos`` [NG, N] of a [L, HD] matrix (zeros where not valid)."""
+    pos = tl.where(valid, pos, 0)
+    return tl.load(base + pos[:, :, None] * stride + cols[None, None, :], mask=valid[:, :, None], other=0.0)
+
+
+@triton.jit
+def group_keys(k_base, v_base, stride_kl, stride_vl, cols, t0, DIST, L, G: tl.constexpr, ND: tl.constexpr, DIL_P: tl.constexpr, DIL_K: tl.constexpr,
                NG: tl.constexpr, GRP: tl.constexpr, is_text):  # fmt: skip
     """Distance index [1, DIL_K], positions and validity [NG, DIL_K] of each group's dilated keys, and
-    the [NG, DIL_ROWS, DIL_K] edge mask (a row keeps the columns of its own position)."""
+    the [NG, DIL_ROWS, DIL_K] edge mask (a row keeps the columns of its own position), and the
+    [NG, DIL_K, HD] key and value tiles."""
     g = tl.arange(0, NG)[:, None]
     j = tl.arange(0, DIL_K)[None, :]
     e = j // DIL_P
@@ -46,14 +54,9 @@ def group_keys(t0, DIST, L, G: tl.constexpr, ND: tl.constexpr, DIL_P: tl.constex
     valid = e_ok & (kpos >= G) & (kpos < L)
     row_p = (tl.arange(0, DIL_P * GRP) // GRP)[None, :, None]
     ok = (row_p == (j % DIL_P)[:, None, :]) & valid[:, None, :] & is_text[:, :, None]
-    return e, kpos, valid, ok
-
-
-@triton.jit
-def load_rows3(base, pos, valid, stride, cols):
-    """[NG, N, HD] rows ``pos`` [NG, N] of a [L, HD] matrix (zeros where not valid)."""
-    pos = tl.where(valid, pos, 0)
-    return tl.load(base + pos[:, :, None] * stride + cols[None, None, :], mask=valid[:, :, None], other=0.0)
+    kt = load_rows3(k_base, kpos, valid, stride_kl, cols)
+    vt = load_rows3(v_base, kpos, valid, stride_vl, cols)
+    return e, kpos, valid, ok, kt, vt
 
 
 @triton.jit
@@ -75,9 +78,9 @@ def dilated_forward(
     cols = tl.arange(0, HD)
     tok, head, row_ok, is_text = group_rows(t0, h, L, G, GRP, DIL_P, NG)
     q = load_group_rows(Q, b, head, tok, stride_qb, stride_qh, stride_ql, cols, row_ok)
-    _, kpos, valid, ok = group_keys(t0, DIST, L, G, ND, DIL_P, DIL_K, NG, GRP, is_text)
-    kt = load_rows3(k_base, kpos, valid, stride_kl, cols)
-    vt = load_rows3(v_base, kpos, valid, stride_vl, cols)
+    _, _, _, ok, kt, vt = group_keys(
+        k_base, v_base, stride_kl, stride_vl, cols, t0, DIST, L, G, ND, DIL_P, DIL_K, NG, GRP, is_text
+    )
     s = tl.where(ok, mma(q, tl.permute(kt, (0, 2, 1)), IEEE, UPCAST) * qk_scale, NEG_INF)
     m = tl.maximum(tl.max(s, 2), -1e30)  # finite: a row with no dilated key must not give NaN
     p = tl.exp2(s - m[:, :, None])
@@ -103,9 +106,9 @@ def dilated_backward(
     o = load_group_rows(Out, b, head, tok, stride_ob, stride_oh, stride_ol, cols, row_ok)
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 2)
     lse = tl.load(LSE + (b * H + head) * L + tok, mask=row_ok, other=0.0)
-    e, kpos, valid, ok = group_keys(t0, DIST, L, G, ND, DIL_P, DIL_K, NG, GRP, is_text)
-    kt = load_rows3(k_base, kpos, valid, stride_kl, cols)
-    vt = load_rows3(v_base, kpos, valid, stride_vl, cols)
+    e, kpos, valid, ok, kt, vt = group_keys(
+        k_base, v_base, stride_kl, stride_vl, cols, t0, DIST, L, G, ND, DIL_P, DIL_K, NG, GRP, is_text
+    )
     s = mma(q, tl.permute(kt, (0, 2, 1)), IEEE, UPCAST)
     p = tl.where(ok, tl.exp2(s * qk_scale - lse[:, :, None]), 0.0)
     ds = p * (mma(do, tl.permute(vt, (0, 2, 1)), IEEE, UPCAST) - delta[:, :, None])
