@@ -17,6 +17,7 @@ from torch import nn
 from halo_lab import attention as attn
 from halo_lab import graph
 from halo_lab.config import HaloConfig
+from halo_lab.kernels.rope import rope_qk
 from halo_lab.utils import count_parameters as _count_parameters
 
 
@@ -39,9 +40,6 @@ class RotaryEmbedding(nn.Module):
         if start + length > self.cos.shape[0]:
             self._build(start + length)
         return self.cos[start : start + length].to(dtype), self.sin[start : start + length].to(dtype)
-
-
-apply_rope = attn.apply_rope  # defined beside attention so the decode step shares it without a cycle
 
 
 def make_norm(config: HaloConfig) -> nn.Module:
@@ -82,8 +80,12 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, step: int, cache: attn.KVCache | None = None, pos=None) -> torch.Tensor:
         B, T, _ = x.shape
         cfg, d = self.config, self.config.head_dim
-        q = apply_rope(self.q_proj(x).view(B, T, cfg.num_heads, d).transpose(1, 2), cos, sin)
-        k = apply_rope(self.k_proj(x).view(B, T, cfg.num_kv_heads, d).transpose(1, 2), cos, sin)
+        q = self.q_proj(x).view(B, T, cfg.num_heads, d).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, cfg.num_kv_heads, d).transpose(1, 2)
+        if pos is None:  # one fused kernel on CUDA (kernels/rope.py)
+            q, k = rope_qk(q, k, cos, sin)
+        else:  # the decode step captured in a CUDA graph keeps the eager ops (no JIT while capturing)
+            q, k = attn.apply_rope(q, cos, sin), attn.apply_rope(k, cos, sin)
         v = self.v_proj(x).view(B, T, cfg.num_kv_heads, d).transpose(1, 2)
         if pos is not None:  # one token per row at a device-side position (CUDA-graph friendly)
             y = attn.static_decode_attention(q, k, v, cache, pos)

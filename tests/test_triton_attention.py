@@ -91,6 +91,7 @@ def test_per_distance_dilated_tiles_match_reference(name, monkeypatch):
         return {**opts, **{k: {**opts[k], "DIL_GROUPED": False} for k in ("fwd", "dq")}}
 
     monkeypatch.setattr(interface, "_options", per_distance)
+    monkeypatch.setattr(interface, "_PLANS", {})  # plans are built from _options once per kind of shape
     check(*CASES[name], torch.float32)
     if name in ("block-g2-r2", "token-g2-r2"):
         check(*CASES[name], torch.bfloat16)
@@ -115,6 +116,7 @@ def test_tile_variants_match_reference(name, variant, monkeypatch):
         return {k: {**v, **override[variant].get(k, {})} for k, v in opts.items()}
 
     monkeypatch.setattr(interface, "_options", wider)
+    monkeypatch.setattr(interface, "_PLANS", {})
     check(*CASES[name], torch.float32)
 
 

@@ -44,6 +44,7 @@ def one(name: str) -> None:
     interface.TUNED[(d, heads // kv_heads, torch.bfloat16)] = {
         k: {**o, **over.get(k, {})} for k, o in base.items()
     }
+    interface._PLANS.clear()
     for mode in ("token", "block"):
         cfg = dataclasses.replace(config, random_edges=mode)
         L = n + cfg.num_globals

@@ -76,7 +76,9 @@ def with_options(override: dict):
     opts = {kern: {**o, **override.get(kern, {})} for kern, o in base.items()}
 
     def fn(q, k, v):
-        interface.TUNED[(64, 4, torch.bfloat16)] = opts
+        if interface.TUNED.get((64, 4, torch.bfloat16)) is not opts:  # variants are timed in turns
+            interface.TUNED[(64, 4, torch.bfloat16)] = opts
+            interface._PLANS.clear()
         return attn.halo_attention(q, k, v, CONFIG, 0, 0, "triton")
 
     return fn
@@ -138,6 +140,7 @@ def main(out: str, names: list[str]) -> None:
                 flush=True,
             )
         interface.TUNED.clear()
+        interface._PLANS.clear()
     with open(f"{out}/kernel_tune.json", "w") as f:
         json.dump(results, f, indent=2)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -67,6 +68,7 @@ def launch_options(head_dim: int, group: int, dtype: torch.dtype) -> dict[str, d
 
 
 TUNED: dict[tuple, dict[str, dict[str, int]]] = {}  # (head_dim, group, dtype) -> overrides, for tuning runs
+# (a tuning run that changes TUNED clears _PLANS, the launch plans built from it)
 
 
 def _options(head_dim: int, group: int, dtype: torch.dtype) -> dict[str, dict[str, int]]:
@@ -89,17 +91,14 @@ def _like_bshd(t: torch.Tensor) -> torch.Tensor:
 
 class HaloTritonAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, tables: GraphTables, config: HaloConfig, scale: float):
+    def forward(ctx, q, k, v, tables: GraphTables, plan: _Plan, scale: float):
         q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
         B, Hq, L, d = q.shape
         Hkv = k.shape[1]
-        group = Hq // Hkv
-        opt = _options(d, group, q.dtype)["fwd"]
         o = _like_bshd(q)
         lse = torch.empty(B, Hq, L, device=q.device, dtype=torch.float32)
-        consts = _consts(config, tables.unit, group, d, q.dtype, opt["BLOCK_T"])
         _fwd(
-            (-(-L // opt["BLOCK_T"]), B * Hkv),
+            (-(-L // plan.block_t), B * Hkv),
             (
                 q, k, v, o, lse, tables.dist, tables.rand,
                 scale * LOG2E,
@@ -107,36 +106,30 @@ class HaloTritonAttention(torch.autograd.Function):
                 tables.rand.stride(0),
                 L, Hkv,
             ),
-            {**consts, **opt},
+            plan.fwd,
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.tables, ctx.config, ctx.scale = tables, config, scale
+        ctx.tables, ctx.plan, ctx.scale = tables, plan, scale
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        tables, config = ctx.tables, ctx.config
+        tables, plan, scale = ctx.tables, ctx.plan, ctx.scale
         do = _last_dim_contiguous(do)
         B, Hq, L, d = q.shape
         Hkv = k.shape[1]
-        group = Hq // Hkv
-        opts = _options(d, group, q.dtype)
-        opt = opts["dq"]
-        scale = ctx.scale
-        consts = _consts(config, tables.unit, group, d, q.dtype, opt["BLOCK_T"])
         dq = torch.empty_like(q)
         dk, dv = torch.empty_like(k), torch.empty_like(v)
         delta = torch.empty_like(lse)
         # fp32 dK/dV of the keys outside the window, added by the dQ pass's atomics; one allocation (and
         # one memset) for both halves: the host time of a layer is what small batches pay (kernel_notes.md)
         dk_extra, dv_extra = torch.zeros(2, B, Hkv, L, d, device=q.device, dtype=torch.float32).unbind(0)
-        nd = max(len(config.dilated_distances), 1)
         # every slot the dK/dV pass reads is written by the dQ pass: no initialisation
-        dk_dil, dv_dil = torch.empty(2, nd, B, Hkv, L, d, device=q.device, dtype=k.dtype).unbind(0)
+        dk_dil, dv_dil = torch.empty(2, plan.nd, B, Hkv, L, d, device=q.device, dtype=k.dtype).unbind(0)
         sq, sk, sv = _strides(q), _strides(k), _strides(v)
         _dq(
-            (-(-L // opt["BLOCK_T"]), B * Hkv),
+            (-(-L // plan.block_t), B * Hkv),
             (
                 q, k, v, o, do, dq, lse, delta, dk_extra, dv_extra, dk_dil, dv_dil, tables.dist, tables.rand,
                 scale * LOG2E, scale, dk_dil.stride(0),
@@ -144,19 +137,17 @@ class HaloTritonAttention(torch.autograd.Function):
                 tables.rand.stride(0),
                 L, Hkv,
             ),
-            {**consts, **opt},
+            plan.dq,
         )  # fmt: skip
-        opt = opts["dkv"]
-        dkv_consts = {n: consts[n] for n in ("G", "W", "ND", "GRP", "HD", "IEEE", "UPCAST")}
         _dkv(
-            (-(-L // opt["BLOCK_N"]), B * Hkv),
+            (-(-L // plan.dkv_block_n), B * Hkv),
             (
                 q, k, v, do, dk, dv, lse, delta, dk_extra, dv_extra, dk_dil, dv_dil, tables.dist,
                 scale * LOG2E, scale, dk_dil.stride(0),
                 *sq, *sk, *sv, *_strides(do), *_strides(dk), *_strides(dv),
                 L, Hkv,
             ),
-            {**dkv_consts, **opt},
+            plan.dkv,
         )  # fmt: skip
         return dq, dk, dv, None, None, None
 
@@ -165,18 +156,46 @@ def _pow2(n: int) -> int:  # triton.next_power_of_2 / cdiv cost µs a call on th
     return 1 << max(n - 1, 0).bit_length()
 
 
-_CONSTS: dict[tuple, dict] = {}
+@dataclass(frozen=True)
+class _Plan:
+    """What the launches of one (graph, shape kind) need besides tensors: each kernel's constexprs and
+    launch options in one dict, built once (a layer's host time is what small batches pay)."""
+
+    fwd: dict
+    dq: dict
+    dkv: dict
+    block_t: int  # query positions per forward / dQ program
+    dkv_block_n: int  # keys per dK/dV program
+    nd: int  # per-distance dK/dV buffers (>= 1)
+
+
+_PLANS: dict[tuple, _Plan] = {}
+
+
+def _plan(config: HaloConfig, unit: int, group: int, head_dim: int, dtype: torch.dtype) -> _Plan:
+    key = (graph.graph_key(config), unit, group, head_dim, dtype)
+    plan = _PLANS.get(key)
+    if plan is None:
+        opts = _options(head_dim, group, dtype)
+        consts = _consts(config, unit, group, head_dim, dtype, opts["fwd"]["BLOCK_T"])
+        dkv_consts = {n: consts[n] for n in ("G", "W", "ND", "GRP", "HD", "IEEE", "UPCAST")}
+        plan = _PLANS[key] = _Plan(
+            fwd={**consts, **opts["fwd"]},
+            dq={**consts, **opts["dq"]},
+            dkv={**dkv_consts, **opts["dkv"]},
+            block_t=opts["fwd"]["BLOCK_T"],
+            dkv_block_n=opts["dkv"]["BLOCK_N"],
+            nd=max(consts["ND"], 1),
+        )
+    return plan
 
 
 def _consts(config: HaloConfig, unit: int, group: int, head_dim: int, dtype, block_t: int) -> dict:
-    """Compile-time constants of the query-tile kernels (forward, dQ), built once per graph and shape."""
-    key = (graph.graph_key(config), unit, group, head_dim, dtype, block_t)
-    if key in _CONSTS:
-        return _CONSTS[key]
+    """Compile-time constants of the query-tile kernels (forward, dQ)."""
     G, R, ND = config.num_globals, config.num_random, len(config.dilated_distances)
     shared_random = config.random_edges == "block" and unit % block_t == 0
     dil_p = min(block_t, max(1, 16 // group))
-    _CONSTS[key] = consts = {
+    return {
         "G": G,
         "W": config.local_window,
         "ND": ND,
@@ -194,12 +213,16 @@ def _consts(config: HaloConfig, unit: int, group: int, head_dim: int, dtype, blo
         "IEEE": dtype == torch.float32,
         "UPCAST": INTERPRETED,
     }
-    return consts
 
 
-@torch.compiler.disable  # a compiled model calls the kernels as they are (tables live in a Python cache)
 def halo_triton_attention(q, k, v, config: HaloConfig, layer: int, step: int) -> torch.Tensor:
     """HALO attention over the full sequence (globals included) through the fused Triton kernels."""
+    if torch.compiler.is_compiling():  # a compiled model calls the kernels as they are (Python-side tables)
+        return _outside_compile(q, k, v, config, layer, step)
+    return _attention(q, k, v, config, layer, step)
+
+
+def _attention(q, k, v, config: HaloConfig, layer: int, step: int) -> torch.Tensor:
     d = q.shape[-1]
     scale = 1.0 / math.sqrt(d)
     padded = max(16, _pow2(d))  # tl.dot needs >= 16 and a power of two: zero columns
@@ -220,6 +243,11 @@ def halo_triton_attention(q, k, v, config: HaloConfig, layer: int, step: int) ->
     if padded != d:  # zero columns change no score and give zero output columns, sliced away
         q, k, v = (torch.nn.functional.pad(t, (0, padded - d)) for t in (q, k, v))
     tables = graph_tables(config, layer, step, q.shape[2], q.device)
-    with torch.autocast(dev, enabled=False):
-        out = HaloTritonAttention.apply(q, k, v, tables, config, scale)
+    plan = _plan(config, tables.unit, group, padded, dtype)
+    # no autocast guard: the Function's forward and backward run no op that autocast casts
+    out = HaloTritonAttention.apply(q, k, v, tables, plan, scale)
     return out[..., :d] if padded != d else out
+
+
+# the decorator's wrapper costs µs a call: only a compiled model (graph break) goes through it
+_outside_compile = torch.compiler.disable(_attention)
