@@ -20,7 +20,9 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 def inputs(L: int, d: int, dtype, transposed: bool, heads=(4, 2), batch=2, seed=0):
     g = torch.Generator(device=DEVICE).manual_seed(seed)
-    cos, sin = RotaryEmbedding(d, L + 8, 10000.0).to(DEVICE)(3, L, torch.float32)  # a start offset, as in decode
+    cos, sin = RotaryEmbedding(d, L + 8, 10000.0).to(DEVICE)(
+        3, L, torch.float32
+    )  # a start offset, as in decode
 
     def make(h):
         shape = (batch, L, h, d) if transposed else (batch, h, L, d)
