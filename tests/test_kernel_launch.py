@@ -96,3 +96,43 @@ def test_direct_launch_equals_the_jit_launch_cuda():
         assert torch.equal(results[0][0], results[2][0])  # the forward has no atomics: bit for bit
         for a, b in zip(results[0][1:], results[2][1:]):  # dK/dV add fp32 atomics in any order
             torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
+
+
+def test_raw_launch_passes_the_compiled_kernels_own_arguments(monkeypatch):
+    """Where the compiled kernel exposes its launcher (run, function, packed_metadata), a direct call goes
+    straight to it as Triton's runner would: the grid, the current stream, the handles, the launch
+    metadata and hooks, the arguments and the constexprs."""
+    from halo_lab.kernels import launch as launch_mod
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(launch_mod, "_raw_stream", lambda device: 1234)
+    raw_calls = []
+
+    class RawCompiled(FakeCompiled):
+        function, packed_metadata = "fn-handle", "packed"
+
+        def run(self, *a):
+            raw_calls.append(a)
+
+        def launch_metadata(self, grid, stream, *args):
+            return ("md", grid, stream)
+
+    jit = FakeJIT()
+    jit.__class__ = type(
+        "RawJIT", (FakeJIT,), {"__getitem__": lambda self, grid: lambda *a, **m: RawCompiled(self)}
+    )
+    launch = Launcher(jit)
+    launch.direct = True
+    x = torch.zeros(64)
+    meta = {"A": 1, "B": 2}
+    launch((3,), (x, 32), meta)  # compiles (the JIT path)
+    launch((4, 2), (torch.ones(64), 32), meta)
+    assert len(raw_calls) == 1
+    from triton import knobs
+
+    hooks = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+    grid_stream_handles, rest = raw_calls[0][:9], raw_calls[0][9:]
+    assert grid_stream_handles == (4, 2, 1, 1234, "fn-handle", "packed", ("md", (4, 2, 1), 1234), *hooks)
+    assert rest[1:] == (32, 1, 2) and rest[0] is not x  # the second call's tensor
+    launch((4, 2), (torch.ones(64, dtype=torch.float64), 32), meta)  # another dtype: not this kernel
+    assert len(raw_calls) == 1
