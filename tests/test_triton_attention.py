@@ -65,13 +65,7 @@ CASES = {
     "absolute-dilation": (cfg(dilation_rule="absolute", dilated_offsets=[3, 16, 40]), 120, 2, 1, 32),
     "token-per-row-atomics": (cfg(random_edges="token", num_globals=3, num_random=3), 200, 2, 1, 16),
     "gqa8": (cfg(dilated_offsets=[1, 2, 4, 8]), 100, 8, 1, 32),  # 2 positions per dilated group
-    "window-64": (
-        cfg(local_window=64),
-        200,
-        4,
-        1,
-        32,
-    ),  # the default window (with SPLIT_KEYS: 6 of 8 products)
+    "window-64": (cfg(local_window=64), 200, 4, 1, 32),  # the default window and dK/dV tiles
 }
 
 
@@ -104,18 +98,16 @@ def test_per_distance_dilated_tiles_match_reference(name, monkeypatch):
         check(*CASES[name], torch.bfloat16)
 
 
-@pytest.mark.parametrize("variant", ["dkv_bn128", "dkv_bn128_split", "win64", "dkv_t32"])
+@pytest.mark.parametrize("variant", ["dkv_bn128", "win64", "dkv_t32"])
 @pytest.mark.parametrize("name", ["block-g2-r2", "token-g2-r2"])
 def test_tile_variants_match_reference(name, variant, monkeypatch):
-    """The launch variants experiments/bench/kernel_tune.py times (128-key dK/dV tiles, split into halves as
-    bf16 runs them or not, 64-key window steps, transposed 32-key dK/dV accumulators) compute the same
-    function, so a faster one can become the default."""
+    """The launch variants experiments/bench/kernel_tune.py times (128-key dK/dV tiles, 64-key window steps,
+    transposed 32-key dK/dV accumulators) compute the same function, so a faster one can become the default."""
     from halo_lab.kernels.halo_attention import interface
 
     plain = interface._options
     override = {
         "dkv_bn128": {"dkv": {"BLOCK_N": 128}},
-        "dkv_bn128_split": {"dkv": {"BLOCK_N": 128, "SPLIT_KEYS": True}},
         "win64": {k: {"BLOCK_N": 64} for k in ("fwd", "dq")},
         "dkv_t32": {"dkv": {"BLOCK_N": 32, "KEYS_AS_N": True}},
     }
@@ -129,22 +121,16 @@ def test_tile_variants_match_reference(name, variant, monkeypatch):
     check(*CASES[name], torch.float32)
 
 
-@pytest.mark.parametrize("variant", ["split", "nosplit"])
 @pytest.mark.parametrize("name", CASES)
-def test_bf16_dkv_tiles_match_reference_fp32(name, variant, monkeypatch):
-    """The dK/dV tiles bf16 runs with (64 keys, 32 at head_dim 128; SPLIT_KEYS: the first and last query
-    tiles against the one key half each can reach, forced on at head_dim 128) checked in fp32, whose tight
-    tolerance sees a skipped reachable half; fp32's own default is the 32-key tile without the split.
-    nosplit: the same tiles, every query tile against all keys (the default; kernel_tune.py's dkv_split
-    times the other)."""
+def test_bf16_dkv_tiles_match_reference_fp32(name, monkeypatch):
+    """The dK/dV tiles bf16 runs with (64 keys with transposed accumulators; 32 at head_dim 128) checked in
+    fp32, whose tight tolerance sees what bf16's would not; fp32's own default is the 32-key tile."""
     from halo_lab.kernels.halo_attention import interface
 
     plain = interface._options
 
     def bf16_dkv(head_dim, group, dtype):
-        opts = plain(head_dim, group, dtype)
-        dkv = plain(head_dim, group, torch.bfloat16)["dkv"]
-        return {**opts, "dkv": {**dkv, "SPLIT_KEYS": variant == "split"}}
+        return {**plain(head_dim, group, dtype), "dkv": plain(head_dim, group, torch.bfloat16)["dkv"]}
 
     monkeypatch.setattr(interface, "_options", bf16_dkv)
     monkeypatch.setattr(interface, "_PLANS", {})

@@ -29,9 +29,6 @@ VARIANTS = {
     "dkv_t32": {"dkv": {"BLOCK_N": 32, "KEYS_AS_N": True}},
     "dkv_t32_w4": {"dkv": {"BLOCK_N": 32, "KEYS_AS_N": True, "num_warps": 4}},
     "dkv_t64": {"dkv": {"BLOCK_N": 64, "KEYS_AS_N": True}},
-    # SPLIT_KEYS on: the first and last query tiles against the one key half each can reach (off by default:
-    # slower on an H200, kernel_tune_2026-12-02r)
-    "dkv_split": {"dkv": {"SPLIT_KEYS": True}},
     "dkv_q64": {"dkv": {"BLOCK_Q": 64}},
     # the dilated keys as one tile per distance (before 2026-12-02c) against the grouped products (dilated.py)
     "per_distance": {"fwd": {"DIL_GROUPED": False}, "dq": {"DIL_GROUPED": False}},
@@ -46,7 +43,7 @@ VARIANTS = {
     "win64": {"fwd": {"BLOCK_N": 64}, "dq": {"BLOCK_N": 64}},
 }
 
-AT_EVERY_N = ("default", "per_distance", "grouped_fwd_only", "dq8", "dkv_split")  # the rest at 1K only
+AT_EVERY_N = ("default", "per_distance", "grouped_fwd_only", "dq8")  # the rest at 1K only
 
 
 def inputs(n: int, config: HaloConfig, dtype=torch.bfloat16):

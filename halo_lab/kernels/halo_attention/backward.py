@@ -14,18 +14,6 @@ tensor-core product per key tile:
 dK/dV pass: a program owns BLOCK_N keys of one (batch, KV head); their window queries j .. j + W - 1
 come in tiles packed like the forward's (BLOCK_Q positions x GRP heads). It adds the fp32 buffers last
 and writes dK, dV once. With the extras in the dQ pass it is a plain banded attention backward.
-
-SPLIT_KEYS (an option, off by default): the keys as two halves A, B of
-BLOCK_N / 2, each with its own K/V tiles and accumulators. At BLOCK_Q = 32 (4 query heads per KV head)
-and W = 64 the first query tile, [j0, j0 + 32), is earlier than every key of B (causal) and the last,
-[j0 + 96, j0 + 128), past the window of every key of A, so each does its 4 products against one half:
-6 half-tile product sets instead of 8 (a quarter of the window's tensor-core work was fully masked).
-With 64-position tiles (GRP <= 2) every tile reaches both halves at W = 64. Halves need >= 16
-keys (tl.dot): below BLOCK_N = 32 the flag is ignored. Without it the kernel is the one from before
-the flag (the same sm_90 build). Measured on an H200 (kernel_tune_2026-12-02r): 256-266 µs against
-214-223 without, at 1K-64K: the 25% fewer products come as narrower ones (N = 32 score tiles, N = 16
-accumulator steps), which the tensor cores run at lower throughput. Kept, tested, for other cards and
-tile shapes.
 """
 
 from __future__ import annotations
@@ -167,91 +155,6 @@ def halo_bwd_dq_kernel(
 
 
 @triton.jit
-def key_rows(k_base, v_base, kpos, L, G, stride_kl, stride_vl, cols):
-    """K, V [N, HD] of keys ``kpos``, which of them exist (kmask) and which are text keys (k_text)."""
-    kmask = kpos < L
-    kt = tl.load(k_base + kpos[:, None] * stride_kl + cols[None, :], mask=kmask[:, None], other=0.0)
-    vt = tl.load(v_base + kpos[:, None] * stride_vl + cols[None, :], mask=kmask[:, None], other=0.0)
-    return kt, vt, kmask, kmask & (kpos >= G)
-
-
-@triton.jit
-def zero_key_grads(HD: tl.constexpr, N: tl.constexpr, KEYS_AS_N: tl.constexpr):
-    """fp32 dK, dV accumulators of N keys: [HD, N] with KEYS_AS_N (dK^T, dV^T, for the M = HD rows of
-    their products: see the unsplit path), else [N, HD]."""
-    if KEYS_AS_N:
-        return tl.zeros([HD, N], tl.float32), tl.zeros([HD, N], tl.float32)
-    else:
-        return tl.zeros([N, HD], tl.float32), tl.zeros([N, HD], tl.float32)
-
-
-@triton.jit
-def window_queries(q_base, do_base, LSE, DELTA, qhead, lse_row, qrow, start, hi, cols,
-                   stride_qh, stride_ql, stride_doh, stride_dol, GRP: tl.constexpr):  # fmt: skip
-    """Positions, row mask, q, dO [QROWS, HD], lse and delta of the window query tile at ``start``."""
-    qpos = start + qrow // GRP
-    qmask = qpos < hi
-    qt = tl.load(
-        q_base + qhead[:, None] * stride_qh + qpos[:, None] * stride_ql + cols[None, :],
-        mask=qmask[:, None],
-        other=0.0,
-    )
-    dot_ = tl.load(
-        do_base + qhead[:, None] * stride_doh + qpos[:, None] * stride_dol + cols[None, :],
-        mask=qmask[:, None],
-        other=0.0,
-    )
-    lsew = tl.load(LSE + lse_row + qpos, mask=qmask, other=0.0)
-    deltaw = tl.load(DELTA + lse_row + qpos, mask=qmask, other=0.0)
-    return qpos, qmask, qt, dot_, lsew, deltaw
-
-
-@triton.jit
-def add_window_grads(dk, dv, qpos, qmask, qt, dot_, lsew, deltaw, kpos, k_text, kt, vt, qk_scale,
-                     W: tl.constexpr, KEYS_AS_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
-    """dK (without sm_scale), dV of keys ``kpos`` plus one window query tile's part: 4 products."""
-    dw = qpos[:, None] - kpos[None, :]
-    okw = qmask[:, None] & k_text[None, :] & (dw >= 0) & (dw < W)
-    sw = mma(qt, tl.trans(kt), IEEE, UPCAST)
-    dpw = mma(dot_, tl.trans(vt), IEEE, UPCAST)
-    pw = tl.where(okw, tl.exp2(sw * qk_scale - lsew[:, None]), 0.0)
-    dsw = pw * (dpw - deltaw[:, None])
-    if KEYS_AS_N:
-        dv += mma(tl.trans(dot_), pw.to(dot_.dtype), IEEE, UPCAST)
-        dk += mma(tl.trans(qt), dsw.to(qt.dtype), IEEE, UPCAST)
-    else:
-        dv += mma(tl.trans(pw.to(dot_.dtype)), dot_, IEEE, UPCAST)
-        dk += mma(tl.trans(dsw.to(qt.dtype)), qt, IEEE, UPCAST)
-    return dk, dv
-
-
-@triton.jit
-def store_key_grads(DKA, DVA, DKD, DVD, DIST, dk_base, dv_base, acc_base, dk, dv, kpos, kmask, k_text,
-                    sm_scale, dil_stride, stride_dkl, stride_dvl, L, cols,
-                    ND: tl.constexpr, KEYS_AS_N: tl.constexpr):  # fmt: skip
-    """dK, dV of keys ``kpos``: the window's plus the dQ pass's fp32 and per-distance buffers, stored once."""
-    if KEYS_AS_N:
-        dk, dv = tl.trans(dk), tl.trans(dv)
-    acc = acc_base + kpos[:, None] * cols.shape[0] + cols[None, :]
-    dk = dk * sm_scale + tl.load(DKA + acc, mask=kmask[:, None], other=0.0)
-    dv = dv + tl.load(DVA + acc, mask=kmask[:, None], other=0.0)
-    for e in tl.static_range(ND):  # written by the dQ pass wherever the dilated query j + d exists
-        has = k_text & (kpos + tl.load(DIST + e) < L)
-        dk += tl.load(DKD + e * dil_stride + acc, mask=has[:, None], other=0.0).to(tl.float32)
-        dv += tl.load(DVD + e * dil_stride + acc, mask=has[:, None], other=0.0).to(tl.float32)
-    tl.store(
-        dk_base + kpos[:, None] * stride_dkl + cols[None, :],
-        dk.to(dk_base.dtype.element_ty),
-        mask=kmask[:, None],
-    )
-    tl.store(
-        dv_base + kpos[:, None] * stride_dvl + cols[None, :],
-        dv.to(dv_base.dtype.element_ty),
-        mask=kmask[:, None],
-    )
-
-
-@triton.jit
 def halo_bwd_dkv_kernel(
     Q, K, V, DO, DK, DV, LSE, DELTA, DKA, DVA, DKD, DVD, DIST,
     qk_scale, sm_scale, dil_stride,
@@ -264,162 +167,83 @@ def halo_bwd_dkv_kernel(
     L, HKV,
     G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr,
     GRP: tl.constexpr, HD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_Q: tl.constexpr,
-    KEYS_AS_N: tl.constexpr, SPLIT_KEYS: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    KEYS_AS_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     # query tiles pack the group's heads like the forward: BLOCK_Q positions x GRP heads = QROWS rows
     QROWS: tl.constexpr = BLOCK_Q * GRP
-    # SPLIT_KEYS: the keys as two halves A, B of HALF (module docstring); off below 32 keys (mma needs 16)
-    HALF: tl.constexpr = BLOCK_N // 2
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // HKV
     h = pid_bh % HKV
     H = HKV * GRP
     j0 = pid_n * BLOCK_N
-    if SPLIT_KEYS and HALF >= 16:
-        cols = tl.arange(0, HD)
-        k_base = K + b * stride_kb + h * stride_kh
-        v_base = V + b * stride_vb + h * stride_vh
-        kpa = j0 + tl.arange(0, HALF)
-        kpb = kpa + HALF
-        kta, vta, kma, txa = key_rows(k_base, v_base, kpa, L, G, stride_kl, stride_vl, cols)
-        ktb, vtb, kmb, txb = key_rows(k_base, v_base, kpb, L, G, stride_kl, stride_vl, cols)
-        dka, dva = zero_key_grads(HD, HALF, KEYS_AS_N)
-        dkb, dvb = zero_key_grads(HD, HALF, KEYS_AS_N)
-
-        # window queries of key j: j .. j + W - 1
-        qrow = tl.arange(0, QROWS)
-        qhead = h * GRP + qrow % GRP
-        lse_row = (b * H + qhead) * L
-        q_base = Q + b * stride_qb
-        do_base = DO + b * stride_dob
-        lo = tl.maximum(j0, G)
-        hi = tl.minimum(j0 + BLOCK_N + W - 1, L)
-        # the tile at `start` reaches B iff start + BLOCK_Q - 1 >= j0 + HALF (causal) and A iff
-        # start <= j0 + HALF - 1 + W - 1 (window), so the starts lo, lo + BLOCK_Q, .. below hi fall into
-        # three loops: A only (below end_a), both (from s_ab, the first start at or past end_a, below
-        # end_ab), B only (from s_b, the first start at or past both)
-        end_a = tl.minimum(j0 + HALF - BLOCK_Q + 1, hi)
-        s_ab = lo + (tl.maximum(end_a - lo, 0) + BLOCK_Q - 1) // BLOCK_Q * BLOCK_Q
-        end_ab = tl.minimum(j0 + HALF + W - 1, hi)
-        s_b = s_ab + (tl.maximum(end_ab - s_ab, 0) + BLOCK_Q - 1) // BLOCK_Q * BLOCK_Q
-        for start in range(lo, end_a, BLOCK_Q):
-            qpos, qmask, qt, dot_, lsew, deltaw = window_queries(
-                q_base, do_base, LSE, DELTA, qhead, lse_row, qrow, start, hi, cols,
-                stride_qh, stride_ql, stride_doh, stride_dol, GRP,
-            )  # fmt: skip
-            dka, dva = add_window_grads(
-                dka, dva, qpos, qmask, qt, dot_, lsew, deltaw, kpa, txa, kta, vta, qk_scale,
-                W, KEYS_AS_N, IEEE, UPCAST,
-            )  # fmt: skip
-        for start in range(s_ab, end_ab, BLOCK_Q):  # one query tile load for both halves
-            qpos, qmask, qt, dot_, lsew, deltaw = window_queries(
-                q_base, do_base, LSE, DELTA, qhead, lse_row, qrow, start, hi, cols,
-                stride_qh, stride_ql, stride_doh, stride_dol, GRP,
-            )  # fmt: skip
-            dka, dva = add_window_grads(
-                dka, dva, qpos, qmask, qt, dot_, lsew, deltaw, kpa, txa, kta, vta, qk_scale,
-                W, KEYS_AS_N, IEEE, UPCAST,
-            )  # fmt: skip
-            dkb, dvb = add_window_grads(
-                dkb, dvb, qpos, qmask, qt, dot_, lsew, deltaw, kpb, txb, ktb, vtb, qk_scale,
-                W, KEYS_AS_N, IEEE, UPCAST,
-            )  # fmt: skip
-        for start in range(s_b, hi, BLOCK_Q):
-            qpos, qmask, qt, dot_, lsew, deltaw = window_queries(
-                q_base, do_base, LSE, DELTA, qhead, lse_row, qrow, start, hi, cols,
-                stride_qh, stride_ql, stride_doh, stride_dol, GRP,
-            )  # fmt: skip
-            dkb, dvb = add_window_grads(
-                dkb, dvb, qpos, qmask, qt, dot_, lsew, deltaw, kpb, txb, ktb, vtb, qk_scale,
-                W, KEYS_AS_N, IEEE, UPCAST,
-            )  # fmt: skip
-
-        dk_base = DK + b * stride_dkb + h * stride_dkh
-        dv_base = DV + b * stride_dvb + h * stride_dvh
-        acc_base = (b * HKV + h) * L * HD  # the fp32 buffers are contiguous [B, HKV, L, HD]
-        store_key_grads(
-            DKA, DVA, DKD, DVD, DIST, dk_base, dv_base, acc_base, dka, dva, kpa, kma, txa,
-            sm_scale, dil_stride, stride_dkl, stride_dvl, L, cols, ND, KEYS_AS_N,
-        )  # fmt: skip
-        store_key_grads(
-            DKA, DVA, DKD, DVD, DIST, dk_base, dv_base, acc_base, dkb, dvb, kpb, kmb, txb,
-            sm_scale, dil_stride, stride_dkl, stride_dvl, L, cols, ND, KEYS_AS_N,
-        )  # fmt: skip
+    kpos = j0 + tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, HD)
+    kmask = kpos < L
+    k_text = kmask & (kpos >= G)
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    kt = tl.load(k_base + kpos[:, None] * stride_kl + cols[None, :], mask=kmask[:, None], other=0.0)
+    vt = tl.load(v_base + kpos[:, None] * stride_vl + cols[None, :], mask=kmask[:, None], other=0.0)
+    # KEYS_AS_N: dK^T, dV^T [HD, BLOCK_N] = q^T ds, dO^T p keep M = HD rows in their products, so a key
+    # tile narrower than a warpgroup's 64 rows still gets full tensor-core shapes
+    if KEYS_AS_N:
+        dk = tl.zeros([HD, BLOCK_N], tl.float32)
+        dv = tl.zeros([HD, BLOCK_N], tl.float32)
     else:
-        # every query tile against all BLOCK_N keys: the kernel from before SPLIT_KEYS, inline (the same
-        # sm_90 build; through the helpers above ptxas schedules it differently: they add line-info labels)
-        kpos = j0 + tl.arange(0, BLOCK_N)
-        cols = tl.arange(0, HD)
-        kmask = kpos < L
-        k_text = kmask & (kpos >= G)
-        k_base = K + b * stride_kb + h * stride_kh
-        v_base = V + b * stride_vb + h * stride_vh
-        kt = tl.load(k_base + kpos[:, None] * stride_kl + cols[None, :], mask=kmask[:, None], other=0.0)
-        vt = tl.load(v_base + kpos[:, None] * stride_vl + cols[None, :], mask=kmask[:, None], other=0.0)
-        # KEYS_AS_N: dK^T, dV^T [HD, BLOCK_N] = q^T ds, dO^T p keep M = HD rows in their products, so a key
-        # tile narrower than a warpgroup's 64 rows still gets full tensor-core shapes
+        dk = tl.zeros([BLOCK_N, HD], tl.float32)
+        dv = tl.zeros([BLOCK_N, HD], tl.float32)
+
+    # window queries of key j: j .. j + W - 1
+    qrow = tl.arange(0, QROWS)
+    qhead = h * GRP + qrow % GRP
+    lo = tl.maximum(j0, G)
+    hi = tl.minimum(j0 + BLOCK_N + W - 1, L)
+    for start in range(lo, hi, BLOCK_Q):
+        qpos = start + qrow // GRP
+        qmask = qpos < hi
+        dw = qpos[:, None] - kpos[None, :]
+        okw = qmask[:, None] & k_text[None, :] & (dw >= 0) & (dw < W)
+        qt = tl.load(
+            Q + b * stride_qb + qhead[:, None] * stride_qh + qpos[:, None] * stride_ql + cols[None, :],
+            mask=qmask[:, None],
+            other=0.0,
+        )
+        dot_ = tl.load(
+            DO + b * stride_dob + qhead[:, None] * stride_doh + qpos[:, None] * stride_dol + cols[None, :],
+            mask=qmask[:, None],
+            other=0.0,
+        )
+        lsew = tl.load(LSE + (b * H + qhead) * L + qpos, mask=qmask, other=0.0)
+        deltaw = tl.load(DELTA + (b * H + qhead) * L + qpos, mask=qmask, other=0.0)
+        sw = mma(qt, tl.trans(kt), IEEE, UPCAST)
+        dpw = mma(dot_, tl.trans(vt), IEEE, UPCAST)
+        pw = tl.where(okw, tl.exp2(sw * qk_scale - lsew[:, None]), 0.0)
+        dsw = pw * (dpw - deltaw[:, None])
         if KEYS_AS_N:
-            dk = tl.zeros([HD, BLOCK_N], tl.float32)
-            dv = tl.zeros([HD, BLOCK_N], tl.float32)
+            dv += mma(tl.trans(dot_), pw.to(dot_.dtype), IEEE, UPCAST)
+            dk += mma(tl.trans(qt), dsw.to(qt.dtype), IEEE, UPCAST)
         else:
-            dk = tl.zeros([BLOCK_N, HD], tl.float32)
-            dv = tl.zeros([BLOCK_N, HD], tl.float32)
+            dv += mma(tl.trans(pw.to(dot_.dtype)), dot_, IEEE, UPCAST)
+            dk += mma(tl.trans(dsw.to(qt.dtype)), qt, IEEE, UPCAST)
 
-        # window queries of key j: j .. j + W - 1
-        qrow = tl.arange(0, QROWS)
-        qhead = h * GRP + qrow % GRP
-        lo = tl.maximum(j0, G)
-        hi = tl.minimum(j0 + BLOCK_N + W - 1, L)
-        for start in range(lo, hi, BLOCK_Q):
-            qpos = start + qrow // GRP
-            qmask = qpos < hi
-            dw = qpos[:, None] - kpos[None, :]
-            okw = qmask[:, None] & k_text[None, :] & (dw >= 0) & (dw < W)
-            qt = tl.load(
-                Q + b * stride_qb + qhead[:, None] * stride_qh + qpos[:, None] * stride_ql + cols[None, :],
-                mask=qmask[:, None],
-                other=0.0,
-            )
-            dot_ = tl.load(
-                DO
-                + b * stride_dob
-                + qhead[:, None] * stride_doh
-                + qpos[:, None] * stride_dol
-                + cols[None, :],
-                mask=qmask[:, None],
-                other=0.0,
-            )
-            lsew = tl.load(LSE + (b * H + qhead) * L + qpos, mask=qmask, other=0.0)
-            deltaw = tl.load(DELTA + (b * H + qhead) * L + qpos, mask=qmask, other=0.0)
-            sw = mma(qt, tl.trans(kt), IEEE, UPCAST)
-            dpw = mma(dot_, tl.trans(vt), IEEE, UPCAST)
-            pw = tl.where(okw, tl.exp2(sw * qk_scale - lsew[:, None]), 0.0)
-            dsw = pw * (dpw - deltaw[:, None])
-            if KEYS_AS_N:
-                dv += mma(tl.trans(dot_), pw.to(dot_.dtype), IEEE, UPCAST)
-                dk += mma(tl.trans(qt), dsw.to(qt.dtype), IEEE, UPCAST)
-            else:
-                dv += mma(tl.trans(pw.to(dot_.dtype)), dot_, IEEE, UPCAST)
-                dk += mma(tl.trans(dsw.to(qt.dtype)), qt, IEEE, UPCAST)
+    if KEYS_AS_N:
+        dk, dv = tl.trans(dk), tl.trans(dv)
 
-        if KEYS_AS_N:
-            dk, dv = tl.trans(dk), tl.trans(dv)
-
-        acc = (b * HKV + h) * L * HD + kpos[:, None] * HD + cols[None, :]
-        dk = dk * sm_scale + tl.load(DKA + acc, mask=kmask[:, None], other=0.0)
-        dv = dv + tl.load(DVA + acc, mask=kmask[:, None], other=0.0)
-        for e in tl.static_range(ND):  # written by the dQ pass wherever the dilated query j + d exists
-            has = k_text & (kpos + tl.load(DIST + e) < L)
-            dk += tl.load(DKD + e * dil_stride + acc, mask=has[:, None], other=0.0).to(tl.float32)
-            dv += tl.load(DVD + e * dil_stride + acc, mask=has[:, None], other=0.0).to(tl.float32)
-        tl.store(
-            DK + b * stride_dkb + h * stride_dkh + kpos[:, None] * stride_dkl + cols[None, :],
-            dk.to(DK.dtype.element_ty),
-            mask=kmask[:, None],
-        )
-        tl.store(
-            DV + b * stride_dvb + h * stride_dvh + kpos[:, None] * stride_dvl + cols[None, :],
-            dv.to(DV.dtype.element_ty),
-            mask=kmask[:, None],
-        )
+    acc = (b * HKV + h) * L * HD + kpos[:, None] * HD + cols[None, :]
+    dk = dk * sm_scale + tl.load(DKA + acc, mask=kmask[:, None], other=0.0)
+    dv = dv + tl.load(DVA + acc, mask=kmask[:, None], other=0.0)
+    for e in tl.static_range(ND):  # written by the dQ pass wherever the dilated query j + d exists
+        has = k_text & (kpos + tl.load(DIST + e) < L)
+        dk += tl.load(DKD + e * dil_stride + acc, mask=has[:, None], other=0.0).to(tl.float32)
+        dv += tl.load(DVD + e * dil_stride + acc, mask=has[:, None], other=0.0).to(tl.float32)
+    tl.store(
+        DK + b * stride_dkb + h * stride_dkh + kpos[:, None] * stride_dkl + cols[None, :],
+        dk.to(DK.dtype.element_ty),
+        mask=kmask[:, None],
+    )
+    tl.store(
+        DV + b * stride_dvb + h * stride_dvh + kpos[:, None] * stride_dvl + cols[None, :],
+        dv.to(DV.dtype.element_ty),
+        mask=kmask[:, None],
+    )

@@ -61,10 +61,6 @@ def launch_options(head_dim: int, group: int, dtype: torch.dtype) -> dict[str, d
             # dK^T, dV^T accumulators: 215 vs 301 µs at 1K-64K on an H200 (kernel_tune_2026-12-02g); the
             # wide cases (head_dim 128, fp32) keep the form they were tested in on the GPU
             "KEYS_AS_N": not wide,
-            # SPLIT_KEYS (the first and last query tiles against the one key half each can reach,
-            # backward.py): 25% fewer products in narrower ones, 256-266 vs 214-223 µs on an H200 at
-            # 1K-64K (kernel_tune_2026-12-02r): off, kept as an option
-            "SPLIT_KEYS": False,
             "num_warps": 8,
             "num_stages": 3,
         },
