@@ -41,9 +41,9 @@ def _arg_key(a: Any) -> Any:
 
 def _raw_launch(kernel) -> Any:
     """The compiled kernel's own launcher (what ``kernel[grid](...)`` ends in, as Inductor calls it), or
-    None where this Triton lays its kernels out otherwise."""
+    None where this Triton (or torch) lays it out otherwise: then its runner launches."""
     run, function, packed = (getattr(kernel, n, None) for n in ("run", "function", "packed_metadata"))
-    if not callable(run) or function is None or packed is None:
+    if not callable(run) or function is None or packed is None or _knobs is None or _raw_stream is None:
         return None
     return run, function, packed
 
@@ -100,7 +100,7 @@ class Launcher:
             return
         kernel, consts, raw = compiled
         gx, gy, gz = (*grid, 1, 1)[:3]
-        if raw is None or _knobs is None or _raw_stream is None:
+        if raw is None:
             kernel[(gx, gy, gz)](*args, *consts)
             return
         # the runner's body (compiler.py, CompiledKernel.__getitem__) without its closure and its

@@ -148,7 +148,7 @@ def rope_qk(
     ``supported``, else the eager ops (and under torch.compile, which fuses them itself)."""
     if not q.is_cuda or torch.compiler.is_compiling() or not supported(q, k, cos, sin):
         return reference_rope(q, cos, sin), reference_rope(k, cos, sin)
-    return fused_rope_qk(q, k, cos, sin)
+    return _fused(q, k, cos, sin)
 
 
 def fused_rope_qk(
@@ -162,6 +162,10 @@ def fused_rope_qk(
             f" and [L, d] tables, not q {tuple(q.shape)} {q.dtype}, k {tuple(k.shape)} {k.dtype}, "
             f"cos {tuple(cos.shape)}"
         )
+    return _fused(q, k, cos, sin)
+
+
+def _fused(q, k, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:  # shapes already checked by ``supported``
     dev = q.device.type
     if torch.is_autocast_enabled(dev):
         out_dtype = torch.get_autocast_dtype(dev)
