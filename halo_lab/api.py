@@ -147,9 +147,10 @@ def generate(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Sample ``max_new_tokens`` after ``input_ids`` ([T] or [B, T]; the prompt is included in the
-    result). temperature 0 is greedy. Within ``max_seq_len`` this is ``model.generate`` (KV cache);
+    result). temperature 0 is greedy. Within ``max_seq_len`` this is ``halo_lab.generation.generate`` (KV cache);
     past it, each new token is predicted from the last ``max_seq_len`` tokens (no cache)."""
-    from halo_lab.model import sample_next_token
+    from halo_lab.generation import generate as generate_cached
+    from halo_lab.generation import sample_next_token
 
     k, p = int(top_k or 0), 1.0 if top_p is None else float(top_p)
     ids = input_ids if input_ids.dim() == 2 else input_ids.unsqueeze(0)
@@ -158,8 +159,8 @@ def generate(
     first = min(max_new_tokens, room)
     out = ids
     if first and ids.shape[1] <= limit:
-        out = model.generate(
-            ids, max_new_tokens=first, temperature=temperature, top_k=k, top_p=p, stop_token=stop_token,
+        out = generate_cached(
+            model, ids, max_new_tokens=first, temperature=temperature, top_k=k, top_p=p, stop_token=stop_token,
             generator=generator,
         )  # fmt: skip
     if stop_token is not None and bool((out[:, ids.shape[1] :] == stop_token).any(1).all()):

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from halo_lab import attention as attn
 from halo_lab import graph
 from halo_lab.config import HaloConfig
+from halo_lab.model import attention as attn
 from halo_lab.model import build_model
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -147,10 +147,10 @@ def benchmark_generation(
     count_kernels: bool = True,
     gemv: bool | None = None,
 ) -> dict[str, Any]:
-    """Cached greedy decoding after a ``context_len`` prompt with the compiled decode step (halo_lab.decoding):
+    """Cached greedy decoding after a ``context_len`` prompt with the compiled decode step (halo_lab.generation):
     prefill time (None with ``prefill=False``: a synthetic random cache stands in for the prompt, which
     times the decode alone), decode ms per step and tokens/s (all rows), KV-cache MB, kernels per step."""
-    from halo_lab.decoding import Decoder
+    from halo_lab.generation import Decoder
 
     device = next(model.parameters()).device
     model.eval()

@@ -102,7 +102,7 @@ def check_decode_matches_forward(
         model = build_model(HaloConfig(**CHECK_CONFIG), arch).to(device, dtype).eval()
         prompt = torch.randint(0, 64, (batch, prompt_len), device=device)
         ref = model.generate(prompt, max_new_tokens=new_tokens, temperature=0, use_cache=False)
-        from halo_lab.decoding import Decoder
+        from halo_lab.generation import Decoder
 
         dec = Decoder(model, batch, prompt_len, new_tokens, cache=cache, compile=compile, gemv=gemv)
         out = torch.cat([prompt, dec.generate(prompt)], dim=1)

@@ -53,7 +53,7 @@ def _run_dir(source: Path, src: Path) -> Path | None:
 
 def _run_card_info(run: Path | None) -> tuple[dict | None, list[str]]:
     """(metrics.json, training data names) of a run directory, for the model card."""
-    from halo_lab.hf_files import dataset_names
+    from halo_lab.hub.hf_files import dataset_names
 
     if run is None:
         return None, []

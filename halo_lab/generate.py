@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from halo_lab.generation import generate, stop_token_id
 from halo_lab.hub import CONFIG_NAME
 
 
@@ -41,7 +41,7 @@ def resolve_source(source: str) -> str:
         )
     if p.exists():
         return str(p)
-    from halo_lab.weights import _looks_like_repo_id
+    from halo_lab.checkpoint.weights import _looks_like_repo_id
 
     if not _looks_like_repo_id(source):
         raise GenerateError(f"{source}: no such file or directory")
@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
     stop_id = None
     if args.stop is not None:
         try:
-            stop_id = model._stop_id(args.stop, tok)
+            stop_id = stop_token_id(args.stop, tok)
         except ValueError as e:
             raise GenerateError(f"--stop: {e}") from e
     if args.cache == "ring" and model.arch != "halo":
@@ -207,38 +207,28 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
-    from halo_lab.decoding import Decoder, seed_tensor
-
     prompt = torch.tensor(ids, dtype=torch.long, device=device).expand(args.num_samples, -1).contiguous()
-    dec = Decoder(
-        model,
-        args.num_samples,
-        len(ids),
-        max_new,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        stop_id=stop_id,
-        cache=args.cache,
-        compile=False if args.no_compile else None,
-        cuda_graph=not args.no_cuda_graph,
-        sync_every=args.sync_every,
-    )
-    seed = seed_tensor(torch.Generator().manual_seed(args.seed), device)
     printer = _Printer(tok, stop_id) if args.num_samples == 1 else None
     sys.stdout.write(text)
     sys.stdout.flush()
-    with torch.inference_mode():
-        t0 = time.perf_counter()
-        dec.prefill(prompt, seed)
-        if printer is not None:
-            printer(dec.out[:, :1].cpu())
-        t1 = time.perf_counter()
-        dec._run_step = dec._build()  # compile / capture: not counted in the decode speed
-        t2 = time.perf_counter()
-        dec.decode(stream=printer)
-        new = dec.tokens().cpu()
-        t3 = time.perf_counter()
+    stats: dict[str, Any] = {}
+    out = generate(
+        model,
+        prompt,
+        max_new_tokens=max_new,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        stop_token=stop_id,
+        generator=torch.Generator().manual_seed(args.seed),
+        cuda_graph=not args.no_cuda_graph,
+        compile=False if args.no_compile else None,
+        cache=args.cache,
+        sync_every=args.sync_every,
+        stream=printer,
+        stats=stats,
+    )
+    new = out[:, len(ids) :].cpu()
     if printer is not None:
         printer.flush(final=True)
     else:
@@ -249,11 +239,11 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write("\n")
     sys.stdout.flush()
     n = new.shape[1]
-    decode_s = t3 - t2
+    decode_s = stats["decode_s"]
     rate = args.num_samples * max(n - 1, 0) / decode_s if decode_s > 0 else float("inf")
     print(
-        f"[{args.num_samples} x {n} tokens; prefill {len(ids)} tokens {1e3 * (t1 - t0):.0f} ms; "
-        f"decode {rate:,.1f} tokens/s ({dec.path}; setup {t2 - t1:.1f} s)]",
+        f"[{args.num_samples} x {n} tokens; prefill {len(ids)} tokens {1e3 * stats['prefill_s']:.0f} ms; "
+        f"decode {rate:,.1f} tokens/s ({stats['path']}; setup {stats['build_s']:.1f} s)]",
         file=sys.stderr,
     )
     return 0

@@ -42,7 +42,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train/validate/export as the config says; returns the summary written to metrics.json."""
     import lightning.pytorch as pl
 
-    from halo_lab import attention
     from halo_lab.device import apply_profile
     from halo_lab.runner import build, resume, summary
     from halo_lab.runner.callbacks import CheckpointTopK, FinalStepCheckpoint, clean_run_leftovers
@@ -113,7 +112,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             lg.log_hyperparams(resolved)
 
     # 3. Fit and validate.
-    attention.last_backend_used.clear()  # this job's record (a multirun runs many in one process)
     if train:
         # weights_only=True passed here too, whatever torch's default or environment says.
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -138,7 +136,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             train_loss = summary.last_logged(run_dir / "history.jsonl", "train/loss", info.global_step)
         val["train/loss"] = float(train_loss) if train_loss is not None else None
         model = summary.final_model(trainer, module, cfg)
-        backend = summary.attention_backend_ran(model, trainer.strategy.root_device, cfg.data.get("seq_len"))
+        backend = summary.attention_backend_ran(
+            model, trainer.strategy.root_device, cfg.data.get("seq_len"), getattr(module, "model", None)
+        )
         steps = info.global_step if info is not None and not train else None  # validated a checkpoint
         result = summary.write_metrics(
             cfg, checked, trainer, module, model, datamodule, val, ckpt_path, t_start, backend, steps

@@ -75,16 +75,16 @@ def test_cached_logits_equal_uncached_with_conv(arch):
     tokens = torch.randint(0, 64, (2, 120))
     with torch.no_grad():
         full, _ = model(tokens)
-        caches = model._new_caches(2, 120, "cpu", torch.float32)
-        pre = model.lm_head(model._run(tokens[:, :80], caches))
+        caches = model.new_caches(2, 120, "cpu", torch.float32)
+        pre = model.forward_cached(tokens[:, :80], caches)
         assert torch.allclose(pre, full[:, :80], atol=1e-5)
         for t in range(80, 100):  # a few tokens at a time (cache.length path)
-            step = model.lm_head(model._run(tokens[:, t : t + 1], caches))[:, 0]
+            step = model.forward_cached(tokens[:, t : t + 1], caches)[:, 0]
             assert torch.allclose(step, full[:, t], atol=1e-5), f"cached logits differ at position {t}"
         position = caches[0].length
         for t in range(100, 120):  # the device-position decode step (what the Decoder runs)
             pos = torch.tensor([position])
-            logits = model._decode_step(tokens[:, t : t + 1], pos, caches)
+            logits = model.decode_step(tokens[:, t : t + 1], pos, caches)
             position += 1
             assert torch.allclose(logits, full[:, t], atol=1e-5), f"decode step differs at position {t}"
         greedy = model.generate(tokens[:, :40], max_new_tokens=30, temperature=0)

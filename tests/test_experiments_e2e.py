@@ -93,7 +93,7 @@ def test_tiny_experiment_runs_as_a_multirun_and_reports(name, tmp_path, tarball)
         if name == "needle_tiny":
             assert set(m["val_acc_by_distance"]) == {"16", "32", "48"}
             assert "distance_buckets" not in m
-            assert 0.0 <= m["val_acc_control"] <= 1.0  # the swapped-key control (halo_lab.gate)
+            assert 0.0 <= m["val_acc_control"] <= 1.0  # the swapped-key control (halo_lab.report.gate)
         if name == "mqar_tiny":
             assert set(m["val_acc_by_distance"]) == {"1", "16", "32"} and m["distance_buckets"] == [1, 16, 32]
             assert 0.0 <= m["val_acc"] <= 1.0 and 0.0 <= m["val_acc_first_query"] <= 1.0

@@ -94,8 +94,8 @@ def test_warmup_longer_than_the_run_warns(tmp_path, caplog):
 
 
 def test_hybrid_attention_calls_flex_without_the_deprecated_return_lse():
-    from halo_lab import attention
     from halo_lab.config import HaloConfig
+    from halo_lab.model import attention
 
     cfg = HaloConfig(
         hidden_size=32, num_heads=2, num_kv_heads=1, local_window=8, dilated_offsets=[1], graph_block_size=16

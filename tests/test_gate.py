@@ -1,4 +1,4 @@
-"""The dense gate (halo_lab.gate): verdicts on hand-made results, its block in the sweep report, and
+"""The dense gate (halo_lab.report.gate): verdicts on hand-made results, its block in the sweep report, and
 (slow) a real CPU-sized dense MQAR run that passes it."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from halo_lab import gate
-from halo_lab.gate import GATE, Result, check_gate, gate_lines
+from halo_lab.report import gate
+from halo_lab.report.gate import GATE, Result, check_gate, gate_lines
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from halo_lab import attention as attn
-from halo_lab import bench, decoding
+from halo_lab import bench
 from halo_lab import generate as cli
+from halo_lab import generation as decoding
 from halo_lab.bench_decode import CHECK_CONFIG, check_decode_matches_forward
 from halo_lab.config import HaloConfig
-from halo_lab.decoding import Decoder
+from halo_lab.generation import Decoder
+from halo_lab.model import attention as attn
 from halo_lab.model import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,11 +122,11 @@ def test_ring_cache_is_exact_after_a_long_prompt_and_small():
 
 def test_ring_cache_refuses_what_it_cannot_do_exactly():
     model = model_for("halo")
-    caches = model._new_caches(1, 200, "cpu", torch.float32, ring=True, prompt_len=50)
+    caches = model.new_caches(1, 200, "cpu", torch.float32, ring=True, prompt_len=50)
     with torch.no_grad():
-        model._run(torch.zeros(1, 50, dtype=torch.long), caches)
+        model.forward_cached(torch.zeros(1, 50, dtype=torch.long), caches)
         with pytest.raises(ValueError, match="ring"):
-            model._run(torch.zeros(1, 3, dtype=torch.long), caches)
+            model.forward_cached(torch.zeros(1, 3, dtype=torch.long), caches)
     with pytest.raises(ValueError, match="HALO-S"):
         Decoder(model_for("dense"), 1, 5, 5, cache="ring")
 
@@ -212,7 +213,7 @@ def test_stop_token_checked_every_few_tokens_still_cuts_at_the_stop():
 @pytest.mark.parametrize("flag", [True, False])
 def test_cuda_graph_flag_is_honoured(monkeypatch, flag):
     captured = []
-    monkeypatch.setattr(decoding, "graphs_supported", lambda device: True)  # pretend: a CUDA device
+    monkeypatch.setattr(decoding.decoder, "graphs_supported", lambda device: True)  # pretend: a CUDA device
     monkeypatch.setattr(Decoder, "_capture", lambda self, fn: captured.append(fn) or fn)
     model = model_for("halo")
     prompt = torch.randint(0, 64, (1, 6))

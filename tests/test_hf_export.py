@@ -11,10 +11,9 @@ import stat
 import pytest
 import torch
 
-from halo_lab import hf_files
 from halo_lab.config import HaloConfig
 from halo_lab.export import main as export_main
-from halo_lab.hub import load_from_hub, save_for_hub
+from halo_lab.hub import hf_files, load_from_hub, save_for_hub
 from halo_lab.model import build_model
 from halo_lab.tokenizers import CharacterTokenizer, WordTokenizer
 
@@ -88,7 +87,7 @@ def test_transformers_round_trip_logits_and_greedy_generate(tmp_path, arch, kw):
 def test_hf_graph_mask_equals_halo_lab_graph():
     pytest.importorskip("transformers")
     from halo_lab import graph
-    from halo_lab.hf_remote import configuration_halo, modeling_halo  # the files copied into exports
+    from halo_lab.hub.hf_remote import configuration_halo, modeling_halo  # the files copied into exports
 
     for kw in ({}, {"random_edges": "token"}, {"dilation_rule": "absolute", "dilated_offsets": [3, 9, 12]}):
         cfg = HaloConfig(**{**SMALL, **kw})

@@ -33,7 +33,7 @@ SMALL = dict(
 )
 
 
-# what an export holds for transformers besides config.json + weights + README.md (halo_lab.hf_files)
+# what an export holds for transformers besides config.json + weights + README.md (halo_lab.hub.hf_files)
 HF_FILES = ["configuration_halo.py", "modeling_halo.py", "generation_config.json"]
 TOK = ["tokenizer.json", "tokenizer_config.json"]  # with a byte or word tokenizer
 

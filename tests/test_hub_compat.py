@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from halo_lab import compat
+from halo_lab.checkpoint import compat
 from halo_lab.config import HaloConfig
 from halo_lab.hub import CheckpointMismatchError, load_from_hub, save_for_hub
 from halo_lab.model import BaselineModel, HaloSModel

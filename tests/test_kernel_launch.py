@@ -73,9 +73,9 @@ def test_missing_constexpr_keeps_the_jit_path(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled kernels only")
 def test_direct_launch_equals_the_jit_launch_cuda():
-    from halo_lab import attention as attn
     from halo_lab.config import HaloConfig
     from halo_lab.kernels.halo_attention import interface
+    from halo_lab.model import attention as attn
 
     config = HaloConfig()
     for n in (300, 1024):  # text lengths off and on the tiles

@@ -22,7 +22,7 @@ MODULES = {_module_name(p): p for p in PKG.rglob("*.py")}
 
 def test_model_imports_no_runner_library():
     code = (
-        "import sys, halo_lab.model, halo_lab.weights\n"
+        "import sys, halo_lab.model, halo_lab.checkpoint.weights\n"
         f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {RUNNER_LIBS!r})\n"
         "print(','.join(bad))"
     )
@@ -86,7 +86,7 @@ def test_modules_stay_small_or_say_why():
 
 def test_one_arch_table():
     """model.ARCHS is the table; compat's is the names config.json stores, and must agree with it."""
-    from halo_lab import compat
+    from halo_lab.checkpoint import compat
     from halo_lab.model import ARCHS
 
     assert {arch: cls.__name__ for arch, cls in ARCHS.items()} == compat.CLASS_BY_ARCH

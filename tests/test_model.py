@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from halo_lab import attention as attn
 from halo_lab import graph
 from halo_lab.config import HaloConfig
-from halo_lab.model import BaselineModel, HaloSModel, build_model, sample_next_token
+from halo_lab.generation import sample_next_token
+from halo_lab.model import BaselineModel, HaloSModel, build_model
+from halo_lab.model import attention as attn
 
 SMALL = dict(
     vocab_size=64,
@@ -70,14 +71,14 @@ def test_cached_logits_equal_uncached(arch, mode):
     tokens = torch.randint(0, 64, (2, 140))
     with torch.no_grad():
         full, _ = model(tokens)
-        caches = model._new_caches(2, 140, "cpu", torch.float32)
+        caches = model.new_caches(2, 140, "cpu", torch.float32)
         for c in caches:  # poison unwritten slots: a decode that reads ahead of the cache would see them
             c.k.normal_(std=100.0)
             c.v.normal_(std=100.0)
-        pre = model.lm_head(model._run(tokens[:, :100], caches))
+        pre = model.forward_cached(tokens[:, :100], caches)
         assert torch.allclose(pre, full[:, :100], atol=1e-5)
         for t in range(100, 140):
-            step = model.lm_head(model._run(tokens[:, t : t + 1], caches))[:, 0]
+            step = model.forward_cached(tokens[:, t : t + 1], caches)[:, 0]
             assert torch.allclose(step, full[:, t], atol=1e-5), f"cached logits differ at position {t}"
 
 
@@ -153,10 +154,12 @@ def test_compile_failure_falls_back_to_an_exact_backend_once(backend, monkeypatc
         calls.append(1)
         raise torch._inductor.exc.InductorError(RuntimeError("NoValidChoicesError"), None)
 
+    from halo_lab.model.attention import dispatch
+
     monkeypatch.setattr(
-        attn, f"{backend}_attention" if backend == "hybrid" else "flex_graph_attention", broken
+        dispatch, f"{backend}_attention" if backend == "hybrid" else "flex_graph_attention", broken
     )
-    monkeypatch.setattr(attn, "_compile_failed", set())
+    monkeypatch.setattr(dispatch, "_compile_failed", set())
     c = small()
     q, k, v = (torch.randn(1, 4, 50 + c.num_globals, 8) for _ in range(3))
     with warnings.catch_warnings(record=True) as caught:

@@ -290,7 +290,7 @@ def test_trainer_loads_pass_weights_only_themselves(tmp_path, monkeypatch):
                 missing.append(f"{f.relative_to(REPO)}:{node.lineno}")
     assert calls >= 4 and not missing, missing
     # Lightning's load passes through the runner's plugin, which refuses code whatever it is asked.
-    from halo_lab.integrity import CheckpointFileError
+    from halo_lab.checkpoint.integrity import CheckpointFileError
     from halo_lab.runner.callbacks import AtomicCheckpointIO
 
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
@@ -417,7 +417,7 @@ def test_flipped_bit_in_a_checkpoint_is_detected(tmp_path, corpus, trained):
 
     with pytest.raises(ValueError, match="checksum mismatch"):  # the weights readers check it too
         load_from_hub(str(flipped))
-    from halo_lab.integrity import CHECKSUM_KEY, checkpoint_checksum
+    from halo_lab.checkpoint.integrity import CHECKSUM_KEY, checkpoint_checksum
 
     assert ck[CHECKSUM_KEY]["sha256"] == checkpoint_checksum(ck)  # the intact file verifies
 

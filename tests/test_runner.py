@@ -525,7 +525,8 @@ def test_metrics_attention_backend_is_what_ran(tmp_path, corpus):
 def test_config_level_flops_resolve_auto_on_the_device_it_would_run(monkeypatch):
     """bench.estimate_flops(config) builds on the meta device; `auto` must resolve where the model would
     run (here: a CUDA machine, faked), not on a hard-coded CPU."""
-    from halo_lab import attention, bench
+    from halo_lab import bench
+    from halo_lab.model import attention
 
     seen = []
 

@@ -13,11 +13,11 @@ import torch
 
 pytest.importorskip("triton")
 
-from halo_lab import attention as attn  # noqa: E402
 from halo_lab.config import HaloConfig  # noqa: E402
 from halo_lab.kernels.halo_attention import halo_triton_attention  # noqa: E402
 from halo_lab.kernels.halo_attention.naive import naive_attention  # noqa: E402
 from halo_lab.kernels.halo_attention.tables import graph_tables  # noqa: E402
+from halo_lab.model import attention as attn  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
@@ -219,7 +219,9 @@ def test_rejects_a_group_that_is_not_a_power_of_two():
 def test_auto_uses_triton_only_where_its_tiles_fit(heads, kv_heads, expected, monkeypatch):
     """On CUDA, auto must not pick the fused kernels for a heads ratio they cannot tile (it would fail
     inside the kernel, after the run started)."""
-    monkeypatch.setattr(attn, "HAS_FLEX", True)
+    from halo_lab.model.attention import dispatch
+
+    monkeypatch.setattr(dispatch, "HAS_FLEX", True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     c = HaloConfig(hidden_size=64 * heads, num_heads=heads, num_kv_heads=kv_heads)
     assert attn.resolve_backend(c, torch.device("cuda")) == expected

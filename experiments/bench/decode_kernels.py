@@ -19,7 +19,7 @@ import torch._dynamo
 
 from halo_lab.bench import DECODE_VARIANTS, _model_config, benchmark_generation
 from halo_lab.bench_decode import MEDIUM
-from halo_lab.decoding import Decoder
+from halo_lab.generation import Decoder
 from halo_lab.model import build_model
 
 CONTEXTS = (1024, 131072)

@@ -24,7 +24,7 @@ import warnings
 
 import torch
 
-from halo_lab import attention as attn
+from halo_lab.model import attention as attn
 from halo_lab import bench
 from halo_lab.config import HaloConfig
 from halo_lab.kernels.halo_attention import interface

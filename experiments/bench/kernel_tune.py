@@ -13,7 +13,7 @@ import sys
 import torch
 from triton.testing import do_bench
 
-from halo_lab import attention as attn
+from halo_lab.model import attention as attn
 from halo_lab.config import HaloConfig
 from halo_lab.kernels.halo_attention import interface
 

@@ -425,7 +425,7 @@ def checkpoint_ok(path: Path) -> tuple[bool, int | None]:
     except Exception:
         return False, None
     try:
-        from halo_lab.integrity import verify_checksum
+        from halo_lab.checkpoint.integrity import verify_checksum
 
         verify_checksum(ck, path)
     except ImportError:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from halo_lab.attention import apply_rope as reference_rope  # the oracle: the eager ops
+from halo_lab.graph.reference import apply_rope as reference_rope  # the oracle: the eager ops
 from halo_lab.kernels.launch import Launcher
 
 try:

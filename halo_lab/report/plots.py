@@ -136,7 +136,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def _chance(runs: list[Run]) -> float | None:
     """1 / records when every run's task has the same number of records (gate.result_of reads it)."""
-    from halo_lab import gate
+    from halo_lab.report import gate
 
     values = {gate.result_of(r).chance for r in runs}
     return values.pop() if len(values) == 1 else None

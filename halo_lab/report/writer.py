@@ -6,7 +6,7 @@ import logging
 import time
 from pathlib import Path
 
-from halo_lab import gate
+from halo_lab.report import gate
 from halo_lab.report.plots import plot_accuracy, plot_loss, plot_summary, plot_throughput_memory
 from halo_lab.report.runs import REPORT_FILE, Run, _read_yaml, find_runs, group_by_task
 from halo_lab.report.tables import (

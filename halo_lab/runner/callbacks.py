@@ -55,18 +55,18 @@ TMP_MARK = ".tmp-"
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """torch.save into ``.<name>.tmp-<pid>-<random>`` next to the target, fsync, ``os.replace``, fsync the
-    directory; and every load through :func:`halo_lab.integrity.load_checkpoint_file`.
+    directory; and every load through :func:`halo_lab.checkpoint.integrity.load_checkpoint_file`.
 
     Lightning's own save goes through fsspec, whose local "transaction" writes to the system temp dir and
     then moves the file: across filesystems that move is a copy, which a kill can interrupt halfway.
     Remote paths (``s3://`` ...) keep Lightning's behaviour. Every checkpoint gets a checksum of its
-    contents (:func:`halo_lab.integrity.add_checksum`). Loads pass ``weights_only=True`` themselves,
+    contents (:func:`halo_lab.checkpoint.integrity.add_checksum`). Loads pass ``weights_only=True`` themselves,
     whatever the caller or torch's environment asks, and check that checksum. A kill leaves at most a
     temp file, which :func:`clean_run_leftovers` removes at the next start in the same run directory.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        from halo_lab.integrity import add_checksum
+        from halo_lab.checkpoint.integrity import add_checksum
 
         add_checksum(checkpoint)
         spath = str(path)
@@ -101,7 +101,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(
         self, path, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
-        from halo_lab.integrity import load_checkpoint_file
+        from halo_lab.checkpoint.integrity import load_checkpoint_file
 
         spath = str(path)
         if "://" in spath and not spath.startswith("file://"):
@@ -283,7 +283,7 @@ class CheckpointTopK(pl.Callback):
 
 def _stored_score(path: Path, cb: Any) -> torch.Tensor | None:
     """The monitored score a ModelCheckpoint file holds for itself (its own callback state)."""
-    from halo_lab.integrity import CheckpointFileError, safe_torch_load
+    from halo_lab.checkpoint.integrity import CheckpointFileError, safe_torch_load
 
     try:
         ck = safe_torch_load(path, mmap=True)
@@ -409,7 +409,10 @@ def generate_sample(
     top_p: float = 1.0,
     seed: int = 0,
 ) -> tuple[str, str]:
-    """(prompt text, continuation text) from ``model.generate``; max_new_tokens shrinks to fit max_seq_len."""
+    """(prompt text, continuation text) from ``halo_lab.generation.generate``; max_new_tokens shrinks to fit
+    max_seq_len."""
+    from halo_lab.generation import generate
+
     device = next(model.parameters()).device
     ids = (
         prompt
@@ -422,8 +425,15 @@ def generate_sample(
     room = model.config.max_seq_len - ids.numel()
     n_new = max(0, min(max_new_tokens, room))
     gen = torch.Generator(device=device).manual_seed(seed)
-    out = model.generate(
-        ids, None, max_new_tokens=n_new, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen
+    out = generate(
+        model,
+        ids,
+        None,
+        max_new_tokens=n_new,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        generator=gen,
     )
     prompt_ids = ids.tolist()
     new_ids = out.reshape(-1).tolist()[len(prompt_ids) :]

@@ -78,7 +78,7 @@ def _err(path: str, msg: str):
 def inspect_checkpoint(path: str, checked: dict[str, Any]) -> CheckpointInfo:
     """Read ``path`` safely and check it against this run's model (``checked``: validate_config's result);
     a ConfigError naming ``ckpt_path`` and what to do when it cannot be resumed here."""
-    from halo_lab.integrity import CheckpointFileError, load_checkpoint_file
+    from halo_lab.checkpoint.integrity import CheckpointFileError, load_checkpoint_file
 
     try:
         ck = load_checkpoint_file(path, mmap=True)
@@ -93,7 +93,7 @@ def inspect_checkpoint(path: str, checked: dict[str, Any]) -> CheckpointInfo:
             f"not a checkpoint written by halo_lab.train (no state_dict / hyper_parameters; it holds {keys}); "
             "pass a .ckpt from a run's checkpoints/ directory, or start fresh with ckpt_path=null",
         )
-    from halo_lab.integrity import CHECKSUM_KEY
+    from halo_lab.checkpoint.integrity import CHECKSUM_KEY
 
     if CHECKSUM_KEY not in ck:
         verified = False

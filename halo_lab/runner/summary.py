@@ -29,21 +29,23 @@ def final_model(trainer: Any, module: Any, cfg: DictConfig) -> Any:
     return full.model
 
 
-def attention_backend_ran(model: Any, device: Any, seq_len: int | None) -> str:
-    """The attention backend training ran: what ``halo_lab.attention`` recorded at the call (a fallback
-    included), else (no training step in this process) what ``auto`` resolves to on ``device``."""
+def attention_backend_ran(model: Any, device: Any, seq_len: int | None, trained: Any = None) -> str:
+    """The attention backend training ran: what the trained model's ``BackendRecord`` noted at the call (a
+    fallback included; ``trained``: the module's own model when ``model`` is a rebuilt copy, as under
+    FSDP), else (no training step in this process) what ``auto`` resolves to on ``device``."""
     import torch
 
-    from halo_lab import attention
     from halo_lab.model import HaloSModel
+    from halo_lab.model.attention import resolve_backend
 
     if not isinstance(model, HaloSModel):
         return "dense"
-    ran = attention.last_backend_used.get("training")
+    record = getattr(trained if trained is not None else model, "backend_record", None)
+    ran = record.get("training") if record is not None else None
     if ran is not None:
         return ran
     length = None if seq_len is None else int(seq_len) + model.config.num_globals
-    return attention.resolve_backend(model.config, torch.device(device), length)
+    return resolve_backend(model.config, torch.device(device), length)
 
 
 def write_metrics(
@@ -69,7 +71,10 @@ def write_metrics(
         summary["val_acc_by_distance"] = {
             str(k): v for k, v in sorted(val.get("val/acc_by_distance", {}).items())
         }
-        for key in ("val/acc_control", "val/acc_first_query"):  # needle / mqar controls (halo_lab.gate)
+        for key in (
+            "val/acc_control",
+            "val/acc_first_query",
+        ):  # needle / mqar controls (halo_lab.report.gate)
             if key in val:
                 summary[key.replace("/", "_")] = val[key]
         buckets = getattr(getattr(datamodule, "val_dataset", None), "distance_buckets", None)
@@ -105,7 +110,7 @@ def write_metrics(
         from halo_lab.hub import save_for_hub
 
         hub_dir = run_dir / "hub"
-        from halo_lab.hf_files import dataset_names
+        from halo_lab.hub.hf_files import dataset_names
 
         data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else None
         save_for_hub(

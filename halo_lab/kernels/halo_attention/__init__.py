@@ -1,6 +1,6 @@
 """Fused HALO attention: the whole graph (globals, window, dilated, random) in one online softmax.
 
-The oracle it is tested against is ``halo_lab.attention.reference_attention``; ``naive.py`` computes
+The oracle it is tested against is ``halo_lab.graph.reference.reference_attention``; ``naive.py`` computes
 the same function from the kernel's own tables, so a table bug and a kernel bug fail different tests.
 """
 

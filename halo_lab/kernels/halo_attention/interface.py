@@ -13,7 +13,7 @@ Block sizes (rows are query positions x the query heads of one KV head):
 * dilated groups (dilated.py): DIL_P = 16 / GRP positions x GRP heads = 16 rows, DIL_K = DIL_P x ND
   columns (padded to 16): the smallest tensor-core product that holds a row's ND keys.
 
-The shapes are those of ``halo_lab.attention``: q [B, Hq, L, d], k/v [B, Hkv, L, d] over the full sequence
+The shapes are those of ``halo_lab.model.attention``: q [B, Hq, L, d], k/v [B, Hkv, L, d] over the full sequence
 (G globals then the text), last dimension contiguous.
 """
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from halo_lab.attention import gather_attention
 from halo_lab.config import HaloConfig
+from halo_lab.graph.reference import gather_attention
 from halo_lab.kernels.halo_attention.tables import GraphTables
 
 

@@ -1,6 +1,6 @@
 """The files of an export that the Hugging Face ecosystem reads, beside halo_lab's config.json + weights.
 
-* remote code: ``configuration_halo.py`` + ``modeling_halo.py`` (halo_lab/hf_remote/, self-contained) and
+* remote code: ``configuration_halo.py`` + ``modeling_halo.py`` (halo_lab/hub/hf_remote/, self-contained) and
   the ``auto_map`` that points ``AutoConfig`` / ``AutoModelForCausalLM`` at them (``trust_remote_code``);
 * ``tokenizer.json`` + ``tokenizer_config.json`` built with HF ``tokenizers`` (byte and word tokenizers;
   a tiktoken encoding is recorded by name: tiktoken itself loads it), and ``generation_config.json``;

@@ -4,7 +4,7 @@
   halo_lab version, the tokenizer description), model.safetensors (tied tensors stored once) or
   pytorch_model.bin, and a short model card.
 * ``load_from_hub``: a local directory, a single weights file or a Hub repo id (the reading itself is
-  :mod:`halo_lab.weights`, which ``HaloSModel.from_pretrained`` uses too).
+  :mod:`halo_lab.checkpoint.weights`, which ``HaloSModel.from_pretrained`` uses too).
 * ``push_to_hub``: create_repo + upload_folder. The token comes from the argument, HF_TOKEN or the
   stored login, and is never written to disk or logged. huggingface_hub is imported only for pushes and
   Hub repo ids.
@@ -22,10 +22,8 @@ from typing import Any
 
 import torch
 
-from halo_lab import compat, hf_files
-from halo_lab.config import HaloConfig
-from halo_lab.model import build_model
-from halo_lab.weights import (
+from halo_lab.checkpoint import compat
+from halo_lab.checkpoint.weights import (
     CONFIG_NAME,
     PT_WEIGHTS_NAME,
     SAFE_WEIGHTS_NAME,
@@ -34,6 +32,9 @@ from halo_lab.weights import (
     _version,
     load_pretrained,
 )
+from halo_lab.config import HaloConfig
+from halo_lab.hub import hf_files
+from halo_lab.model import build_model
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def save_for_hub(
     datasets: list[str] | None = None,
 ) -> Path:
     """Write ``save_dir``/{config.json, model.safetensors or pytorch_model.bin, README.md, the transformers
-    remote code, tokenizer files, generation_config.json} (see halo_lab.hf_files); return the dir.
+    remote code, tokenizer files, generation_config.json} (see halo_lab.hub.hf_files); return the dir.
 
     ``config`` defaults to ``model.config``; ``tokenizer`` (an object with ``to_dict()`` or that dict) to
     ``model.tokenizer``. ``repo_id`` only goes into the model card's usage snippet; ``metrics`` (a run's

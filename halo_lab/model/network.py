@@ -1,7 +1,7 @@
-"""HALO-S and its dense twin: embeddings, RoPE, pre-norm blocks, SwiGLU/GELU FFN, LM head, generation.
+"""HALO-S and its dense twin: embeddings, RoPE, pre-norm blocks, SwiGLU/GELU FFN, LM head.
 
 Plain PyTorch: no Lightning or Hydra here. State-dict names follow the reference package (pyhalos 2.2.1)
-where the parts are the same, so its checkpoints map onto these modules (see halo_lab.compat).
+where the parts are the same, so its checkpoints map onto these modules (see halo_lab.checkpoint.compat).
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from halo_lab import attention as attn
 from halo_lab import graph
 from halo_lab.config import HaloConfig
+from halo_lab.generation import generate as _generate
 from halo_lab.kernels.rope import rope_qk
+from halo_lab.model import attention as attn
 from halo_lab.utils import count_parameters as _count_parameters
 
 
@@ -67,9 +68,10 @@ class FeedForward(nn.Module):
 class Attention(nn.Module):
     """Grouped-query self-attention over the HALO graph (arch="halo") or dense causal (arch="dense")."""
 
-    def __init__(self, config: HaloConfig, layer: int, arch: str):
+    def __init__(self, config: HaloConfig, layer: int, arch: str, record: attn.BackendRecord | None = None):
         super().__init__()
         self.config, self.layer, self.arch = config, layer, arch
+        self.record = record  # the model's BackendRecord: what each call really ran
         d = config.head_dim
         self.q_proj = nn.Linear(config.hidden_size, config.num_heads * d, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, config.num_kv_heads * d, bias=False)
@@ -96,7 +98,7 @@ class Attention(nn.Module):
                 y = attn.dense_attention(q, k, v)
             else:
                 backend = attn.resolve_backend(cfg, x.device, T)
-                y = attn.halo_attention(q, k, v, cfg, self.layer, step, backend)
+                y = attn.halo_attention(q, k, v, cfg, self.layer, step, backend, self.record)
         else:  # decoding: the new positions attend into the cache
             start = cache.length
             k_all, v_all = cache.append(k, v)
@@ -107,6 +109,16 @@ class Attention(nn.Module):
                     q, k_all, v_all, cfg, self.layer, step, start - cfg.num_globals
                 )
         return self.dropout(self.o_proj(y.transpose(1, 2).reshape(B, T, -1)))
+
+    def decode_qkv(self, qkv: torch.Tensor, cos, sin, cache: attn.KVCache, pos: torch.Tensor) -> torch.Tensor:
+        """One decode step's attention from the stacked q/k/v projections ([B, (Hq + 2 Hkv) d] rows, see
+        ``Block.fused_decode_weights``): RoPE, cache write, attention over the K keys; [B, Hq d]."""
+        c, d, B = self.config, self.config.head_dim, qkv.shape[0]
+        q, k, v = qkv.split([c.num_heads * d, c.num_kv_heads * d, c.num_kv_heads * d], dim=-1)
+        q = attn.apply_rope(q.view(B, 1, c.num_heads, d).transpose(1, 2), cos, sin)
+        k = attn.apply_rope(k.view(B, 1, c.num_kv_heads, d).transpose(1, 2), cos, sin)
+        v = v.view(B, 1, c.num_kv_heads, d).transpose(1, 2)
+        return attn.static_decode_attention(q, k, v, cache, pos).transpose(1, 2).reshape(B, -1)
 
 
 class CausalConv(nn.Module):
@@ -145,12 +157,15 @@ class CausalConv(nn.Module):
         return x + self._mix(window)
 
 
+_PLAIN_ATTENTION = {"q_proj", "k_proj", "v_proj", "o_proj", "dropout"}
+
+
 class Block(nn.Module):
-    def __init__(self, config: HaloConfig, layer: int, arch: str):
+    def __init__(self, config: HaloConfig, layer: int, arch: str, record: attn.BackendRecord | None = None):
         super().__init__()
         self.ln_1 = make_norm(config)
         self.conv = CausalConv(config.hidden_size, config.short_conv) if config.short_conv else None
-        self.attn = Attention(config, layer, arch)
+        self.attn = Attention(config, layer, arch, record)
         self.ln_2 = make_norm(config)
         self.ffn = FeedForward(config)
 
@@ -160,6 +175,26 @@ class Block(nn.Module):
             h = self.conv(h, cache, pos)
         x = x + self.attn(h, cos, sin, step, cache, pos)
         return x + self.ffn(self.ln_2(x))
+
+    def fused_decode_weights(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(W_qkv, W_up) for a fused decode step: the q/k/v projection weights stacked, and the FFN's gate
+        and up weights stacked; None when this block is not the plain pre-norm attention + FFN block whose
+        math the fused step repeats (a short conv, biases, or a replaced submodule): then the decoder runs
+        the block itself."""
+        a, f = self.attn, self.ffn
+        plain = (
+            {name for name, m in self._modules.items() if m is not None} == {"ln_1", "attn", "ln_2", "ffn"}
+            and {name for name, m in a._modules.items() if m is not None} == _PLAIN_ATTENTION
+            and type(a) is Attention
+            and type(f) is FeedForward
+            and all(type(m) is nn.Linear and m.bias is None for m in (a.q_proj, a.k_proj, a.v_proj, f.w1))
+            and (f.w3 is None or type(f.w3) is nn.Linear and f.w3.bias is None)
+        )
+        if not plain:
+            return None
+        w_qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach()
+        w_up = f.w1.weight if f.w3 is None else torch.cat([f.w1.weight, f.w3.weight])
+        return w_qkv.contiguous(), w_up.detach().contiguous()
 
 
 class _CausalLM(nn.Module):
@@ -177,7 +212,10 @@ class _CausalLM(nn.Module):
         if self.num_globals:
             self.global_memory = nn.Parameter(torch.zeros(self.num_globals, config.hidden_size))
         self.rope = RotaryEmbedding(config.head_dim, config.max_seq_len + self.num_globals, config.rope_base)
-        self.layers = nn.ModuleList(Block(config, i, self.arch) for i in range(config.num_layers))
+        self.backend_record = attn.BackendRecord()  # the attention backends that really ran
+        self.layers = nn.ModuleList(
+            Block(config, i, self.arch, self.backend_record) for i in range(config.num_layers)
+        )
         self.ln_f = make_norm(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self._graph_step = 0
@@ -234,28 +272,50 @@ class _CausalLM(nn.Module):
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
         return logits, loss
 
+    def forward_cached(
+        self, input_ids: torch.Tensor, caches: list[attn.KVCache] | None, *, last_only: bool = False
+    ) -> torch.Tensor:
+        """Logits [B, T, V] (``last_only``: [B, 1, V]) of ``input_ids`` that continue what ``caches`` hold
+        (one cache per layer from ``new_caches``; the caches are filled as it goes). With empty caches this
+        is the prefill; None runs without a cache."""
+        x = self._run(input_ids, caches)
+        return self.lm_head(x[:, -1:] if last_only else x)
+
     # ---------------------------------------------------------------------------- generation
-    def _new_caches(
-        self, batch: int, capacity: int, device, dtype, ring: bool = False, prompt_len: int = 0
+    def new_caches(
+        self,
+        batch: int,
+        capacity: int,
+        device,
+        dtype,
+        ring: bool = False,
+        prompt_len: int = 0,
+        *,
+        decode_kernel: bool = False,
     ) -> list[attn.KVCache]:
         """One cache per layer for ``capacity`` text tokens; HALO caches carry the eval graph's decode layout.
 
-        ``ring=True`` (HALO-S): a bounded cache for a prompt of ``prompt_len`` tokens (see attn.KVCache)."""
+        ``ring=True`` (HALO-S): a bounded cache for a prompt of ``prompt_len`` tokens (see attn.KVCache).
+        ``decode_kernel``: the one-token step reads its keys through the Triton decode kernel where it runs
+        and passes its check (CUDA), else through the gather path."""
         c = self.config
+        kernel = attn.decode_kernel_op(device, dtype) if decode_kernel and self.arch == "halo" else None
         caches = []
         for i, _ in enumerate(self.layers):
             layout, slots = None, capacity
             if self.arch == "halo":
                 layout, slots = attn.decode_layout(c, i, capacity, device, ring, prompt_len)
+                layout.kernel = kernel
             cache = attn.KVCache.empty(batch, c.num_kv_heads, slots, c.head_dim, device, dtype)
             cache.layout = layout
             caches.append(cache)
         return caches
 
-    def _decode_step(
+    def decode_step(
         self, tokens: torch.Tensor, pos: torch.Tensor, caches: list[attn.KVCache], rope=None
     ) -> torch.Tensor:
-        """Logits [B, V] for one new token per row at full-sequence position ``pos`` ([1] long tensor).
+        """Logits [B, V] for one new token per row at full-sequence position ``pos`` ([1] long tensor):
+        shapes never depend on the length (compiled and captured by ``halo_lab.generation.Decoder``).
 
         ``rope``: (cos, sin) tables to read instead of the model's (the Decoder keeps its own copies)."""
         x = self.token_emb(tokens)
@@ -266,169 +326,12 @@ class _CausalLM(nn.Module):
             x = layer(x, cos, sin, graph.EVAL_STEP, cache, pos)
         return self.lm_head(self.ln_f(x))[:, -1]
 
-    @torch.inference_mode()
     def generate(
-        self,
-        prompt: str | list[str] | torch.Tensor,
-        tokenizer: Any = None,
-        max_new_tokens: int = 100,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        stop_token: int | str | None = None,
-        use_cache: bool = True,
-        generator: torch.Generator | None = None,
-        cuda_graph: bool = True,
-        *,
-        compile: bool = False,
-        cache: str = "full",
-        sync_every: int = 8,
-        stream: Any = None,
+        self, prompt: str | list[str] | torch.Tensor, tokenizer: Any = None, *args: Any, **kwargs: Any
     ):
-        """Sample a continuation (a loaded model's own ``tokenizer`` is used when none is given). str -> str, list[str] -> list[str], LongTensor [T] or [B, T] -> same rank
-        with the prompt included. temperature=0 is greedy. Generation stops early once every row has
-        produced ``stop_token`` (rows that stopped are padded with it). Prompt plus new tokens beyond
-        max_seq_len is an error. With the KV cache a HALO-S token costs O(K) attention, not a prefix re-run;
-        on CUDA each decode step replays a captured CUDA graph (``cuda_graph=False`` turns that off),
-        ``compile=True`` compiles the step first (one compile per shape: worth it for long generations).
-        ``cache``: "full" or "ring" (HALO-S: a bounded, exact cache; see attention.KVCache). Sampling runs
-        on the device; the stop token is checked every ``sync_every`` tokens. ``generator`` seeds the
-        sampling noise (a hash of seed and position: the same tokens with or without the cache).
-        ``stream`` (tensor prompts): called with each chunk of new tokens, [B, n] on the CPU.
-        """
-        tokenizer = tokenizer if tokenizer is not None else getattr(self, "tokenizer", None)
-        if isinstance(prompt, (str, list)):
-            if tokenizer is None:
-                raise ValueError("generate() got a string prompt but no tokenizer: pass tokenizer=...")
-            texts = [prompt] if isinstance(prompt, str) else prompt
-            stop_id = self._stop_id(stop_token, tokenizer)
-            device = self.lm_head.weight.device
-            outs = []
-            for text in texts:  # one by one: prompts of different lengths need no padding policy
-                ids = torch.tensor(tokenizer.encode(text), dtype=torch.long, device=device)
-                new = self.generate(
-                    ids,
-                    None,
-                    max_new_tokens,
-                    temperature,
-                    top_k,
-                    top_p,
-                    stop_id,
-                    use_cache,
-                    generator,
-                    cuda_graph,
-                    compile=compile,
-                    cache=cache,
-                    sync_every=sync_every,
-                )[len(ids) :].tolist()
-                if stop_id is not None and stop_id in new:
-                    new = new[: new.index(stop_id)]
-                outs.append(text + tokenizer.decode(new))
-            return outs[0] if isinstance(prompt, str) else outs
-        if not isinstance(prompt, torch.Tensor) or prompt.dtype != torch.long or prompt.dim() not in (1, 2):
-            raise TypeError("prompt must be a str, a list of str or a LongTensor of shape [T] or [B, T]")
-        ids = prompt.unsqueeze(0) if prompt.dim() == 1 else prompt
-        stop_id = self._stop_id(stop_token, tokenizer)
-        total = ids.shape[1] + max_new_tokens
-        if ids.shape[1] == 0:
-            raise ValueError("generate() needs a non-empty prompt")
-        if total > self.config.max_seq_len:
-            raise ValueError(
-                f"prompt ({ids.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) = {total} exceeds "
-                f"max_seq_len={self.config.max_seq_len}; shorten the prompt or lower max_new_tokens"
-            )
-        was_training = self.training
-        self.eval()
-        try:
-            out = self._sample_loop(
-                ids,
-                max_new_tokens,
-                temperature,
-                top_k,
-                top_p,
-                stop_id,
-                use_cache,
-                generator,
-                cuda_graph,
-                compile=compile,
-                cache=cache,
-                sync_every=sync_every,
-                stream=stream,
-            )
-        finally:
-            self.train(was_training)
-        return out[0] if prompt.dim() == 1 else out
-
-    @staticmethod
-    def _stop_id(stop_token, tokenizer) -> int | None:
-        if stop_token is None or isinstance(stop_token, int):
-            return stop_token
-        if tokenizer is None:
-            raise ValueError("a string stop_token needs a tokenizer")
-        ids = tokenizer.encode(stop_token)
-        if len(ids) != 1:
-            raise ValueError(
-                f"stop_token {stop_token!r} encodes to {len(ids)} tokens; it must be exactly one"
-            )
-        return ids[0]
-
-    def _sample_loop(
-        self,
-        ids,
-        max_new_tokens,
-        temperature,
-        top_k,
-        top_p,
-        stop_id,
-        use_cache,
-        generator,
-        cuda_graph=True,
-        *,
-        compile=False,
-        cache="full",
-        sync_every=8,
-        stream=None,
-    ):
-        from halo_lab import decoding
-
-        decoding.check_sampling(temperature, top_k, top_p)
-        if max_new_tokens <= 0:
-            return ids
-        B = ids.shape[0]
-        seed = decoding.seed_tensor(generator, ids.device) if temperature > 0 else None
-        if use_cache:
-            dec = decoding.Decoder(
-                self,
-                B,
-                ids.shape[1],
-                max_new_tokens,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                stop_id=stop_id,
-                cache=cache,
-                compile=compile,
-                cuda_graph=cuda_graph,
-                sync_every=sync_every,
-            )
-            return torch.cat([ids, dec.generate(ids, seed, stream)], dim=1)
-        base = decoding.noise_base(B, self.config.vocab_size, ids.device) if temperature > 0 else None
-        out = ids
-        done = torch.zeros(B, dtype=torch.bool, device=ids.device)
-        for _ in range(max_new_tokens):
-            logits = self.lm_head(self._run(out)[:, -1])
-            pos = torch.full((1,), self.num_globals + out.shape[1], dtype=torch.long, device=ids.device)
-            gumbel = decoding.gumbel_noise(base, seed, pos) if temperature > 0 else None
-            nxt = decoding.select_tokens(logits, temperature, top_k, top_p, gumbel)
-            if stop_id is not None:
-                nxt = torch.where(done, torch.full_like(nxt, stop_id), nxt)
-                done |= nxt == stop_id
-            out = torch.cat([out, nxt[:, None]], dim=1)
-            if stream is not None:
-                stream(nxt[:, None].cpu())
-            if stop_id is not None and bool(done.all()):
-                break
-        return out
+        """Sample a continuation: ``halo_lab.generation.generate(self, prompt, ...)`` (its arguments and
+        defaults; a loaded model's own ``tokenizer`` is used when none is given)."""
+        return _generate(self, prompt, tokenizer, *args, **kwargs)
 
     # ---------------------------------------------------------------------------- introspection
     def count_parameters(self, trainable_only: bool = False) -> int:
@@ -503,7 +406,7 @@ class _CausalLM(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str, **kwargs: Any):
         """Load a saved model (local directory, file or Hub repo id); see halo_lab.hub.load_from_hub."""
-        from halo_lab.weights import load_pretrained  # reads files, imports no model: no cycle
+        from halo_lab.checkpoint.weights import load_pretrained
 
         model = load_pretrained(path, build_model, **kwargs)
         if cls is not _CausalLM and not isinstance(model, cls):
@@ -533,21 +436,3 @@ def build_model(config: HaloConfig | dict, arch: str = "halo") -> _CausalLM:
     if isinstance(config, dict):
         config = HaloConfig.from_dict(config)
     return ARCHS[arch](config)
-
-
-def sample_next_token(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """One token per row from [B, V] logits: greedy at temperature 0, else top-k / nucleus sampling
-    (Gumbel-max with noise from ``generator``; see halo_lab.decoding for the decode loop's own noise)."""
-    from halo_lab import decoding
-
-    decoding.check_sampling(temperature, top_k, top_p)
-    if temperature == 0:
-        return logits.argmax(-1)
-    u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(min=1e-12)
-    return decoding.select_tokens(logits, temperature, top_k, top_p, -torch.log(-torch.log(u)))

@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from halo_lab import compat
+from halo_lab.checkpoint import compat
+from halo_lab.checkpoint.integrity import verify_checksum
 from halo_lab.config import HaloConfig
-from halo_lab.integrity import verify_checksum
 
 logger = logging.getLogger("halo_lab.hub")
 

@@ -24,28 +24,12 @@ eval graph is fixed per layer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from halo_lab.config import HaloConfig
+from halo_lab.graph.hashing import M32, mix32, stream_key
 
 EVAL_STEP = -1
-_M32 = 0xFFFFFFFF
-_MUL = 0x045D9F3B
-
-
-def _mix32(x):
-    """A 32-bit integer hash (works on Python ints and int64 tensors alike; values stay < 2**63)."""
-    x = ((x ^ (x >> 16)) * _MUL) & _M32
-    x = ((x ^ (x >> 16)) * _MUL) & _M32
-    return x ^ (x >> 16)
-
-
-def _stream_key(seed: int, layer: int, step: int) -> int:
-    h = _mix32((seed & _M32) ^ 0x9E3779B9)
-    h = _mix32(h ^ (layer & _M32))
-    return _mix32(h ^ (step & _M32))
 
 
 def _skip_sorted(rank: torch.Tensor, excluded_sorted: torch.Tensor) -> torch.Tensor:
@@ -63,7 +47,7 @@ def _sample_distinct(hash_rows: torch.Tensor, pool: torch.Tensor, count: int) ->
     hash_rows: [P] int64 per-row hash; pool: [P] int64 pool sizes."""
     picks: list[torch.Tensor] = []
     for slot in range(count):
-        u = _mix32(hash_rows ^ ((slot * 0x27D4EB2F) & _M32))
+        u = mix32(hash_rows ^ ((slot * 0x27D4EB2F) & M32))
         remaining = (pool - slot).clamp(min=0)
         x = (u * remaining) >> 32  # uniform in [0, remaining)
         if picks:
@@ -96,13 +80,13 @@ def random_unit(config: HaloConfig, positions: torch.Tensor) -> torch.Tensor:
 
 def random_keys(config: HaloConfig, layer: int, step: int, positions: torch.Tensor) -> torch.Tensor:
     """[P, R] random text keys of the given text positions (-1 where the past is too short)."""
-    return _random_keys(config, _stream_key(config.graph_seed, layer, step), positions.long())
+    return _random_keys(config, stream_key(config.graph_seed, layer, step), positions.long())
 
 
 def random_keys_layers(config: HaloConfig, layers: int, step: int, positions: torch.Tensor) -> torch.Tensor:
     """[layers, P, R] ``random_keys`` of layers 0..layers-1 at once: one set of small kernels per training
     step instead of one per layer (a step's host time at small batch)."""
-    keys = torch.tensor([_stream_key(config.graph_seed, i, step) for i in range(layers)], dtype=torch.long)
+    keys = torch.tensor([stream_key(config.graph_seed, i, step) for i in range(layers)], dtype=torch.long)
     if positions.is_cuda:  # pinned + non_blocking: no host sync
         keys = keys.pin_memory().to(positions.device, non_blocking=True)
     P = positions.shape[0]
@@ -119,7 +103,7 @@ def _random_keys(config: HaloConfig, key, positions: torch.Tensor) -> torch.Tens
         dil_keys = torch.stack([positions - d for d in dists], 1) if dists else positions[:, None][:, :0]
         n_dil = (dil_keys >= 0).sum(1)
         pool = (positions - W + 1).clamp(min=0) - n_dil
-        rows = _mix32(key ^ (positions & _M32))
+        rows = mix32(key ^ (positions & M32))
         ranks = _sample_distinct(rows, pool, R)
         excluded = torch.where(dil_keys >= 0, dil_keys, torch.full_like(dil_keys, 1 << 40))
         keys = _skip_sorted(ranks, excluded.sort(dim=1).values)
@@ -128,7 +112,7 @@ def _random_keys(config: HaloConfig, key, positions: torch.Tensor) -> torch.Tens
     units = random_unit(config, positions)
     first_query = (units * config.graph_block_size - config.num_globals).clamp(min=0)
     pool = (first_query - W + 1).clamp(min=0)
-    return _sample_distinct(_mix32(key ^ (units & _M32)), pool, R)
+    return _sample_distinct(mix32(key ^ (units & M32)), pool, R)
 
 
 def neighbor_index(config: HaloConfig, layer: int, step: int, positions: torch.Tensor) -> torch.Tensor:
@@ -177,79 +161,3 @@ def dense_mask(config: HaloConfig, layer: int, step: int, seq_len: int, device=N
     mask = torch.zeros(L, L + 1, dtype=torch.bool, device=device)
     mask.scatter_(1, torch.where(idx >= 0, idx, torch.full_like(idx, L)), True)
     return mask[:, :L]
-
-
-# ---------------------------------------------------------------------------------------- block masks
-
-
-@dataclass
-class BlockLayout:
-    """Block-sparse description of the graph, in the layout FlexAttention's BlockMask takes."""
-
-    kv_num_blocks: torch.Tensor  # [nQ] partial blocks per query block
-    kv_indices: torch.Tensor  # [nQ, nK]
-    full_kv_num_blocks: torch.Tensor  # [nQ] blocks where every edge is present (mask_mod skipped)
-    full_kv_indices: torch.Tensor  # [nQ, nK]
-    block_size: int
-    seq_len: int  # L
-
-    @property
-    def computed_blocks(self) -> int:
-        return int(self.kv_num_blocks.sum() + self.full_kv_num_blocks.sum())
-
-
-def block_layout(config: HaloConfig, layer: int, step: int, seq_len: int, device) -> BlockLayout:
-    """Which (query block, key block) tiles hold edges of the whole graph, and which tiles are complete."""
-    idx = full_neighbor_index(config, layer, step, seq_len, device)
-    return layout_from_index(idx, config.graph_block_size)
-
-
-def layout_from_index(idx: torch.Tensor, block_size: int) -> BlockLayout:
-    """Tile layout of an [L, K] key table (rows without duplicate keys; -1 = none)."""
-    BS, device = block_size, idx.device
-    L = idx.shape[0]
-    nb = (L + BS - 1) // BS
-    q_block = (torch.arange(L, device=device) // BS).unsqueeze(1)
-    # missing edges count in an extra bin: no boolean indexing, so no host sync on the GPU
-    tile = torch.where(idx >= 0, q_block * nb + idx // BS, nb * nb)
-    counts = torch.bincount(tile.flatten(), minlength=nb * nb + 1)[: nb * nb].view(nb, nb)
-    present = counts > 0
-    full = counts == BS * BS  # rows have no duplicate keys, so a count of BS*BS means a complete tile
-    partial = present & ~full
-
-    def to_indices(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        num = sel.sum(1).to(torch.int32)
-        order = torch.argsort((~sel).to(torch.int8), dim=1, stable=True).to(torch.int32)
-        return num, order
-
-    kv_num, kv_idx = to_indices(partial)
-    full_num, full_idx = to_indices(full)
-    return BlockLayout(kv_num, kv_idx, full_num, full_idx, BS, L)
-
-
-# ------------------------------------------------------------------------------------ two-path split
-
-
-def split_columns(config: HaloConfig) -> tuple[slice, slice]:
-    """Columns of ``full_neighbor_index`` that hold the globals and the local window."""
-    G, W = config.num_globals, config.local_window
-    return slice(0, G), slice(G, G + W)
-
-
-def window_index(config: HaloConfig, seq_len: int, device) -> torch.Tensor:
-    """[L, G + W] the local part of the graph: each text token's window, and the globals' own rows.
-
-    Together with ``extra_index`` it partitions the graph: every edge is in exactly one of the two."""
-    no_extras = config.replace(dilated_offsets=[], num_random=0)
-    idx = full_neighbor_index(no_extras, 0, EVAL_STEP, seq_len, device)
-    idx[config.num_globals :, : config.num_globals] = -1  # text rows reach the globals via the extras
-    return idx
-
-
-def extra_index(config: HaloConfig, layer: int, step: int, seq_len: int, device) -> torch.Tensor:
-    """[L, G + D + R] the long-range part: globals, dilated and random keys of text rows (none for globals)."""
-    idx = full_neighbor_index(config, layer, step, seq_len, device)
-    _, window = split_columns(config)
-    extras = torch.cat([idx[:, : window.start], idx[:, window.stop :]], dim=1)
-    extras[: config.num_globals] = -1
-    return extras

@@ -1,112 +1,42 @@
 """Cached decoding: a static-shape decode step (compiled and captured in a CUDA graph on GPU), sampling on
-the device, and the stop check every few tokens.
+the device (``halo_lab.generation.sampling``), and the stop check every few tokens.
 
 ``Decoder`` owns one generation's state on the device: the per-layer KV caches (full, or the exact ring
-cache of HALO-S, see ``attention.KVCache``), the current token and position, the output buffer and the
+cache of HALO-S, see ``halo_lab.model.attention.KVCache``), the current token and position, the output buffer and the
 ``done`` flags. One decode step (embedding, every layer's projections, cache write, attention, FFN, head,
 sampling, the output write and the position increment) reads and writes only those buffers, so it can be
 compiled once (``torch.compile(fullgraph=True)``) and captured once in a CUDA graph; the host then only
 replays the graph and reads ``done`` every ``sync_every`` tokens (the only host sync).
 
-Sampling noise is a hash of (seed, position, row, token id), not a generator's state: a sampled token
-depends only on the logits, the seed and where it sits, so the cached and uncached loops, the eager and
-the captured steps, and any stop-check cadence give the same tokens for the same seed.
+The decoder knows no model class: it uses the model's public decoding interface (``new_caches``,
+``forward_cached``, ``decode_step``, and per block ``fused_decode_weights`` / ``attn.decode_qkv``), so it
+imports nothing of ``halo_lab.model``, which imports it (``HaloSModel.generate``).
 """
 
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from collections.abc import Callable
 
 import torch
 
-from halo_lab import attention as attn
-from halo_lab.graph import _M32, _mix32
-
-
-def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
-    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
-        raise ValueError(
-            f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0 (got {temperature}, {top_p}, {top_k})"
-        )
-
-
-def noise_base(batch: int, vocab: int, device) -> torch.Tensor:
-    """[B, V] per-(row, token) hash words; ``gumbel_noise`` mixes in the seed and the position."""
-    ids = torch.arange(batch, device=device).unsqueeze(1) * vocab + torch.arange(vocab, device=device)
-    return _mix32(ids ^ 0x632BE5AB)
-
-
-def gumbel_noise(base: torch.Tensor, seed: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """[B, V] float32 standard Gumbel noise for the token at full position ``pos`` ([1] long)."""
-    h = _mix32(base ^ _mix32((seed ^ _mix32(pos & _M32)) & _M32))
-    u = ((h >> 8).float() + 0.5) * (1.0 / (1 << 24))  # in (0, 1)
-    return -torch.log(-torch.log(u))
-
-
-def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
-    """[B, V] float logits / temperature with -inf outside the top-k and the nucleus: the smallest set of
-    most likely tokens whose probability mass reaches ``top_p``."""
-    logits = logits.float() / temperature
-    V = logits.shape[-1]
-    if top_k and top_k < V:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        drop = probs.cumsum(-1) - probs >= top_p  # a token is kept while the mass before it is < top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return logits
-
-
-def select_tokens(
-    logits: torch.Tensor, temperature: float, top_k: int, top_p: float, gumbel: torch.Tensor | None
-) -> torch.Tensor:
-    """[B] tokens: argmax at temperature 0, else the Gumbel-max sample of the filtered distribution (no
-    host sync, no torch.multinomial)."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    return (filter_logits(logits, temperature, top_k, top_p) + gumbel).argmax(-1)
-
-
-def seed_tensor(generator: torch.Generator | None, device) -> torch.Tensor:
-    """[1] long seed on ``device``, drawn from ``generator`` (or torch's global generator)."""
-    kw = {"generator": generator, "device": generator.device} if generator is not None else {}
-    return torch.randint(0, 2**31 - 1, (1,), **kw).to(device)
-
+from halo_lab.generation.sampling import check_sampling, gumbel_noise, noise_base, select_tokens
 
 CACHE_KINDS = ("full", "ring")
-_PLAIN_BLOCK = {"ln_1", "attn", "ln_2", "ffn"}
-_PLAIN_ATTN = {"q_proj", "k_proj", "v_proj", "o_proj", "dropout"}
 
 
 def fused_weights(model) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-    """Per layer (W_qkv, W_up): the q/k/v projection weights stacked, and the FFN's gate and up weights
-    stacked, for the fused decode step; None when a block is not the plain pre-norm attention + FFN
-    block whose math ``Decoder._fused_decode_step`` repeats (then the step runs the blocks themselves)."""
-
-    def is_model_class(obj, name: str) -> bool:  # by name: halo_lab.model imports this module
-        return type(obj).__module__ == "halo_lab.model" and type(obj).__name__ == name
-
+    """Per layer (W_qkv, W_up) for the fused decode step, as each block gives them
+    (``fused_decode_weights``); None when any block has none (then the step runs the blocks themselves)."""
     out = []
     for layer in model.layers:
-        a, f = getattr(layer, "attn", None), getattr(layer, "ffn", None)
-        plain = (
-            is_model_class(layer, "Block")
-            and is_model_class(a, "Attention")
-            and is_model_class(f, "FeedForward")
-            and {k for k, v in layer._modules.items() if v is not None} == _PLAIN_BLOCK
-            and {k for k, v in a._modules.items() if v is not None} == _PLAIN_ATTN
-            and all(getattr(p, "bias", None) is None for p in (a.q_proj, a.k_proj, a.v_proj, f.w1, f.w3))
-        )
-        if not plain:
+        ask = getattr(layer, "fused_decode_weights", None)
+        weights = ask() if ask is not None else None
+        if weights is None:
             return None
-        w_qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach()
-        w_up = f.w1.weight if f.w3 is None else torch.cat([f.w1.weight, f.w3.weight])
-        out.append((w_qkv.contiguous(), w_up.detach().contiguous()))
+        out.append(weights)
     return out
 
 
@@ -205,13 +135,15 @@ class Decoder:
         G = model.num_globals
         self.start = G + prompt_len  # full position of the first new token
         cap = prompt_len + max_new_tokens - 1  # the last sampled token is never fed back
-        self.caches = model._new_caches(
-            batch, max(cap, prompt_len), self.device, self.dtype, ring=cache == "ring", prompt_len=prompt_len
+        self.caches = model.new_caches(
+            batch,
+            max(cap, prompt_len),
+            self.device,
+            self.dtype,
+            ring=cache == "ring",
+            prompt_len=prompt_len,
+            decode_kernel=True,
         )
-        kernel = attn.decode_kernel_op(self.device, self.dtype) if model.arch == "halo" else None
-        for c in self.caches:
-            if c.layout is not None:
-                c.layout.kernel = kernel
         dev = self.device
         rope = model.rope
         n_pos = G + max(cap, prompt_len)
@@ -234,6 +166,7 @@ class Decoder:
         self.gemv = gemv_kernel(model, self.device) if self.fused is not None and use_gemv else None
         self.path = "compiled" if self.compile else "eager"
         self._run_step: Callable[[], None] | None = None
+        self.timings: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------ state
     @property
@@ -256,7 +189,7 @@ class Decoder:
         if seed is not None:
             self.seed.copy_(seed)
         m = self.model
-        logits = m.lm_head(m._run(ids, self.caches)[:, -1])
+        logits = m.forward_cached(ids, self.caches, last_only=True)[:, -1]
         self.pos.fill_(self.start)
         nxt = self._sample(logits, self.pos)
         self.out[:, 0] = nxt
@@ -290,7 +223,7 @@ class Decoder:
         if self.fused is not None:
             logits = self._fused_decode_step()
         else:
-            logits = self.model._decode_step(self.tok, self.pos, self.caches, (self.cos, self.sin))
+            logits = self.model.decode_step(self.tok, self.pos, self.caches, (self.cos, self.sin))
         nxt_pos = self.pos + 1
         nxt = self._sample(logits, nxt_pos)
         self.out.index_copy_(1, nxt_pos - self.start_t, nxt[:, None])
@@ -309,24 +242,18 @@ class Decoder:
         return y if residual is None else residual + y
 
     def _fused_decode_step(self) -> torch.Tensor:
-        """``model._decode_step`` with each layer's q/k/v projections as one matmul and the SwiGLU gate and
+        """``model.decode_step`` with each layer's q/k/v projections as one matmul and the SwiGLU gate and
         up projections as one (``fuse_weights``): 3 fewer kernels per layer, the same math. With ``gemv``
         each projection is one launch with its norm, SwiGLU and residual add fused in (``_project``)."""
-        m, c, pos, proj = self.model, self.model.config, self.pos, self._project
+        m, pos, proj = self.model, self.pos, self._project
         x = m.token_emb(self.tok)
         cos = self.cos.index_select(0, pos)
         sin = self.sin.index_select(0, pos)
-        B, d = x.shape[0], c.head_dim
-        x = x.view(B, -1)
-        split = [c.num_heads * d, c.num_kv_heads * d, c.num_kv_heads * d]
+        x = x.view(x.shape[0], -1)
         for layer, cache, (w_qkv, w_up) in zip(m.layers, self.caches, self.fused):
             a, f = layer.attn, layer.ffn
-            q, k, v = proj(x, w_qkv, norm=layer.ln_1).split(split, dim=-1)
-            q = attn.apply_rope(q.view(B, 1, c.num_heads, d).transpose(1, 2), cos, sin)
-            k = attn.apply_rope(k.view(B, 1, c.num_kv_heads, d).transpose(1, 2), cos, sin)
-            v = v.view(B, 1, c.num_kv_heads, d).transpose(1, 2)
-            y = attn.static_decode_attention(q, k, v, cache, pos)
-            x = proj(y.transpose(1, 2).reshape(B, -1), a.o_proj.weight, residual=x)
+            y = a.decode_qkv(proj(x, w_qkv, norm=layer.ln_1), cos, sin, cache, pos)
+            x = proj(y, a.o_proj.weight, residual=x)
             h = proj(x, w_up, norm=layer.ln_2)
             if f.w3 is not None:
                 x = proj(h, f.w2.weight, residual=x, swiglu=True)
@@ -455,9 +382,25 @@ class Decoder:
     def generate(
         self, ids: torch.Tensor, seed: torch.Tensor | None = None, stream: Callable | None = None
     ) -> torch.Tensor:
+        """Prefill, build the step (compile / capture), decode; the new tokens [B, n]. ``timings`` then
+        holds the seconds of each phase (the build is not part of the decode speed)."""
+        t0 = time.perf_counter()
         self.prefill(ids, seed)
         if stream is not None:
             stream(self.out[:, :1].cpu())
+        _sync(self.device)
+        t1 = time.perf_counter()
+        if self._run_step is None:
+            self._run_step = self._build()
+        t2 = time.perf_counter()
         if self.stop_id is None or not bool(self.done.all()):
             self.decode(stream=stream)
-        return self.tokens()
+        out = self.tokens()
+        _sync(self.device)
+        self.timings = {"prefill_s": t1 - t0, "build_s": t2 - t1, "decode_s": time.perf_counter() - t2}
+        return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

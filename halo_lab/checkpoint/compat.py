@@ -54,7 +54,7 @@ META_KEYS = frozenset(
         "torch_dtype",
         "tokenizer",
         "transformers_version",
-        # what the transformers side of an export adds (halo_lab.hf_files)
+        # what the transformers side of an export adds (halo_lab.hub.hf_files)
         "auto_map",
         "eos_token_id",
         "dtype",

@@ -1,0 +1,146 @@
+"""The KV cache of cached decoding: the full cache (every position, dense and HALO-S) and HALO-S's exact
+ring cache, with the decode layout that tells a decode step where its K keys sit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from halo_lab import graph
+from halo_lab.config import HaloConfig
+
+
+@dataclass
+class DecodeLayout:
+    """Where a HALO-S decode step finds its K keys in one layer's cache (the eval graph, on the device).
+
+    A query at text position t needs the G globals, its window t-W+1..t, its dilated keys t-d and its R
+    random keys. The cache holds the G globals in slots 0..G-1; text position s sits in slot G + s (full
+    cache, ``ring=None``) or G + s % ring (ring cache). The tables cover the decode queries only, text
+    positions ``base``..capacity-1 (row t - base): ``rand`` holds the *slots* of their random keys (-1 = no
+    edge); ``store`` (ring cache only) the second slot each decode position is written to: its place in
+    the random-key store when a later query uses it as a random key, else a trash slot (the last one).
+    ``prefill_pos``/``prefill_slot``: the prompt positions that go to the store, and where. Built by
+    ``decode_layout``: O(new tokens x R) integers, not the O(capacity x K) neighbour index."""
+
+    num_globals: int
+    offsets: torch.Tensor  # [W + D] long: 0..W-1 then the dilated distances
+    rand: torch.Tensor  # [capacity - base, R] long cache slots, -1 = none
+    globals_: torch.Tensor  # [G] long: 0..G-1
+    row0: torch.Tensor  # [1] long: G + base, the full position of table row 0
+    base: int = 0
+    ring: int | None = None
+    store: torch.Tensor | None = None  # [capacity - base] long
+    prefill_pos: torch.Tensor | None = None
+    prefill_slot: torch.Tensor | None = None
+    kernel: object = None  # the Triton decode op (``decode_kernel_op``), None: the gather path
+
+    @property
+    def num_keys(self) -> int:
+        return self.num_globals + self.offsets.numel() + self.rand.shape[1]
+
+
+def ring_size(config: HaloConfig) -> int:
+    """Text slots a ring cache keeps: every key within the window or a dilated distance of a future query."""
+    return max([config.local_window] + [d + 1 for d in config.dilated_distances])
+
+
+def decode_layout(
+    config: HaloConfig, layer: int, capacity: int, device, ring: bool = False, first_query: int = 0
+) -> tuple[DecodeLayout, int]:
+    """The decode layout of one layer for decode queries at text positions ``first_query..capacity-1``
+    (the prompt's length..), and the number of cache slots it needs.
+
+    ``ring=True`` (exact, see ``KVCache``): text slots ``ring_size(config)`` plus one store slot per distinct
+    random key of those queries plus a trash slot. Falls back to the full layout when that is not smaller."""
+    G, W = config.num_globals, config.local_window
+    base = min(max(int(first_query), 0), capacity)
+    dists = torch.tensor(config.dilated_distances, dtype=torch.long, device=device)
+    offsets = torch.cat([torch.arange(W, device=device), dists])
+    positions = torch.arange(base, capacity, device=device)
+    rand_pos = graph.neighbor_index(config, layer, graph.EVAL_STEP, positions)[:, offsets.numel() :]
+    globals_ = torch.arange(G, device=device)
+    row0 = torch.tensor([G + base], dtype=torch.long, device=device)
+    S = ring_size(config)
+    if ring and capacity > S:
+        keep = torch.unique(rand_pos[rand_pos >= 0])  # sorted text positions some decode query reads randomly
+        if S + keep.numel() + 1 < capacity:
+            trash = G + S + keep.numel()
+            rank = torch.searchsorted(keep, positions).clamp(max=max(keep.numel() - 1, 0))
+            hit = keep[rank] == positions if keep.numel() else torch.zeros_like(positions, dtype=torch.bool)
+            store = torch.where(hit, G + S + rank, torch.full_like(positions, trash))
+            slots = G + S + torch.searchsorted(keep, rand_pos.clamp(min=0))
+            rand = torch.where(rand_pos >= 0, slots, torch.full_like(rand_pos, -1))
+            early = keep < base
+            lay = DecodeLayout(G, offsets, rand, globals_, row0, base, S, store)
+            lay.prefill_pos = keep[early]
+            lay.prefill_slot = G + S + torch.arange(int(early.sum()), device=device)  # keep is sorted
+            return lay, trash + 1
+    rand = torch.where(rand_pos >= 0, rand_pos + G, rand_pos)
+    return DecodeLayout(G, offsets, rand, globals_, row0, base), G + capacity
+
+
+@dataclass
+class KVCache:
+    """Keys and values (RoPE applied) of one layer.
+
+    Full cache (the default): every position so far, in order (slot = position), for dense and HALO-S.
+    Ring cache (HALO-S, ``layout.ring`` set): the last ``ring`` text positions (slot G + s % ring), which
+    hold every window and dilated key a later query can ask for, plus a store of exactly the positions that
+    the later queries use as *random* keys. The eval graph's random edges (block mode: one draw per block of
+    queries, anywhere in the past outside the window) can point to any earlier position, so no window-sized
+    cache alone is exact; but the eval graph is a fixed function of position, so the random keys of every
+    query up to the capacity are known when the cache is made, and storing those is exact. The price: the
+    capacity (prompt + new tokens) is fixed up front, and the multi-token ``append`` after a prefill (the
+    ``_run`` decode path) is not supported; the one-token decode step is.
+    Memory per layer and row: (G + ring + R' + 1) slots against dense's capacity, R' <= R x (blocks the
+    new tokens span); with the defaults (W=64, distances up to 512) 522 slots at any context: the medium
+    model (8 layers, 2 KV heads, d=64, bf16) at 128K context + 256 new tokens holds 2.0 MB against 513 MB
+    (0.4%), plus 49 KB of index tables."""
+
+    k: torch.Tensor  # [B, Hkv, slots, d]
+    v: torch.Tensor
+    length: int = 0
+    layout: DecodeLayout | None = None  # HALO-S: the decode step's key slots; None: dense
+
+    @classmethod
+    def empty(cls, batch: int, heads: int, capacity: int, head_dim: int, device, dtype) -> KVCache:
+        shape = (batch, heads, capacity, head_dim)
+        return cls(
+            torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
+        )
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() * 2
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + k.shape[2]
+        lay = self.layout
+        if lay is not None and lay.ring is not None:
+            if self.length:
+                raise ValueError("a ring KV cache takes one prefill, then the one-token decode step only")
+            self._ring_prefill(k, v)
+            self.length = end
+            return k, v
+        if end > self.k.shape[2]:
+            raise ValueError(f"KV cache overflow: {end} positions > capacity {self.k.shape[2]}")
+        self.k[:, :, self.length : end] = k
+        self.v[:, :, self.length : end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def _ring_prefill(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        lay = self.layout
+        G, S = lay.num_globals, lay.ring
+        n = k.shape[2] - G
+        if n != lay.base:
+            raise ValueError(f"this ring KV cache was made for a {lay.base}-token prompt, got {n} tokens")
+        self.k[:, :, :G], self.v[:, :, :G] = k[:, :, :G], v[:, :, :G]
+        pos = torch.arange(max(0, n - S), n, device=k.device)
+        self.k[:, :, G + pos % S] = k[:, :, G + pos]
+        self.v[:, :, G + pos % S] = v[:, :, G + pos]
+        if lay.prefill_pos.numel():
+            self.k[:, :, lay.prefill_slot] = k[:, :, G + lay.prefill_pos]
+            self.v[:, :, lay.prefill_slot] = v[:, :, G + lay.prefill_pos]
