@@ -20,6 +20,7 @@ import torch
 
 from halo_lab import graph
 from halo_lab.config import HaloConfig
+from halo_lab.graph import selection
 
 MB = 2**20
 
@@ -61,20 +62,30 @@ def estimate_graph_stats(
     G = c.num_globals
     tables = [graph.full_neighbor_index(c, layer, step, n, "cpu") for layer in range(c.num_layers)]
     text = tables[0][G:]
-    per_token = (text >= 0).sum(1)
-    text_edges = (text[:, G:] >= 0).sum()  # text keys only: what coverage compares with causal pairs
+    positions = torch.arange(n)
+    chosen = selection.keys_per_query(c, positions)  # content-selected keys: an upper bound, see there
+    summaries = selection.summaries_per_query(c, positions) if c.select_summary_keys else 0 * chosen
+    per_token = (text >= 0).sum(1) + chosen
+    # text keys only: what coverage compares with causal pairs (the summaries are not text positions)
+    text_edges = (text[:, G:] >= 0).sum() + (chosen - summaries).sum()
+    # every token of a candidate block can be chosen: the reach through selection (where the input sends
+    # it) covers text positions 0 .. c_i * b - 1 of a query i
+    reachable = selection.candidate_blocks(c, positions) * c.select_block_size if c.selects else None
     reach = torch.zeros(G + n, dtype=torch.bool)
     reach[G + n - 1] = True
     field = []
     for idx in reversed(tables):  # the last layer reads layer l-1's outputs at its keys, and so on down
         keys = idx[reach]
+        far = int(reachable[reach[G:]].max()) if reachable is not None and reach[G:].any() else 0
         reach = reach.clone()
         reach[keys[keys >= 0]] = True
+        reach[G : G + far] = True
         field.append(float(reach[G:].sum()) / n)
     return {
         "seq_len": n,
         "arch": arch,
         "num_neighbors": c.num_neighbors,
+        "selected_keys_per_token": float(chosen.float().mean()),
         "edges_per_token": float(per_token.float().mean()),
         "max_edges_per_token": int(per_token.max()),
         "total_edges": int((text >= 0).sum()),

@@ -15,6 +15,8 @@ DILATION_RULES = ("window_multiple", "absolute")
 RANDOM_EDGE_MODES = ("block", "token")
 ATTENTION_BACKENDS = ("auto", "reference", "masked", "triton", "flex", "hybrid", "dense")
 NORMS = ("layernorm", "rmsnorm")
+# backends whose kernels encode the fixed graph only: with select_blocks > 0 they would drop the selection
+SELECTION_UNSUPPORTED = ("flex", "hybrid")
 
 
 @dataclass
@@ -83,6 +85,26 @@ class HaloConfig:
     every earlier one and HALO-S is dense attention with extra globals. An error unless this is set
     (a window sized past the sequence is almost always a mistake that would go unnoticed)."""
 
+    # --- content-selected blocks (halo_lab/graph/selection.py); select_blocks=0 keeps the graph above ---
+    select_blocks: int = 0
+    """n: blocks of the past that each query reads in full, chosen by content: the n candidate blocks whose
+    summary keys score highest against the query (summed over the query heads of a KV head, which share
+    the choice). 0 = off (the default: plain HALO-S, exactly as before)."""
+    select_block_size: int = 32
+    """b: the text is cut into blocks of b tokens. A block is a candidate for a query once it is complete
+    and ends before the query's window. Its summary key and value are the means of its keys (after RoPE)
+    and values, per KV head."""
+    select_summary_keys: bool = True
+    """The summaries of a query's candidate blocks are keys in its softmax too (this is what trains the
+    scores: top-n itself has no gradient). False: they only rank the blocks (an ablation)."""
+    select_group_size: int = 16
+    """m: summaries of summaries, to bound the scored set at long context. Every m consecutive blocks form a
+    group whose summary is the mean of theirs; a query scores the summaries of its complete candidate
+    groups, keeps the ``select_groups`` best, and scores the blocks of those groups plus the candidate
+    blocks not yet in a complete group. 0 = no groups: every candidate block's summary is scored."""
+    select_groups: int = 2
+    """n2: the groups whose blocks a query scores (with ``select_group_size`` > 0)."""
+
     def __post_init__(self) -> None:
         self.dilated_offsets = [int(o) for o in self.dilated_offsets]
         self.validate()
@@ -102,11 +124,13 @@ class HaloConfig:
             "local_window",
             "graph_block_size",
             "ffn_mult",
+            "select_block_size",
+            "select_groups",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 fail(name, "must be a positive integer")
-        for name in ("num_globals", "num_random"):
+        for name in ("num_globals", "num_random", "select_blocks", "select_group_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 fail(name, "must be a non-negative integer")
@@ -136,6 +160,16 @@ class HaloConfig:
             fail("init_std", "must be > 0")
         if not isinstance(self.short_conv, int) or isinstance(self.short_conv, bool) or self.short_conv < 0:
             fail("short_conv", "must be a non-negative integer (a kernel size; 0 = off)")
+        if self.select_group_size == 1:
+            fail("select_group_size", "a group of one block is the block itself: use 0 (no groups) or >= 2")
+        if not isinstance(self.select_summary_keys, bool):
+            fail("select_summary_keys", "must be true or false")
+        if self.selects and self.attention_backend in SELECTION_UNSUPPORTED:
+            fail(
+                "attention_backend",
+                f"does not compute the content-selected blocks (select_blocks={self.select_blocks}): use "
+                "auto, reference, masked or triton",
+            )
         if self.local_window >= self.max_seq_len and not self.allow_full_window:
             fail(
                 "local_window",
@@ -157,8 +191,14 @@ class HaloConfig:
 
     @property
     def num_neighbors(self) -> int:
-        """K: distinct keys of a token whose past is long enough (globals, window, dilated, random)."""
+        """K: distinct keys of a token whose past is long enough (globals, window, dilated, random), the
+        content-selected keys not counted (see ``halo_lab.graph.selection.keys_per_query``)."""
         return self.num_globals + self.local_window + len(self.dilated_distances) + self.num_random
+
+    @property
+    def selects(self) -> bool:
+        """Whether the graph has a content-selected part (``select_blocks`` > 0)."""
+        return self.select_blocks > 0
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:

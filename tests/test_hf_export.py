@@ -54,8 +54,19 @@ def hf_load(path):
         ("halo", {"random_edges": "token", "short_conv": 3, "norm": "rmsnorm"}),
         ("halo", {"tie_embeddings": True, "use_swiglu": False, "num_globals": 0}),
         ("dense", {}),
+        ("halo", {"select_blocks": 2, "select_block_size": 4, "select_group_size": 0}),
+        ("halo", {"select_blocks": 2, "select_block_size": 4, "select_group_size": 3, "short_conv": 3}),
+        ("halo", {"select_blocks": 3, "select_block_size": 8, "select_summary_keys": False}),
     ],
-    ids=["halo-block", "halo-token-conv-rms", "halo-tied-gelu-noglobals", "dense"],
+    ids=[
+        "halo-block",
+        "halo-token-conv-rms",
+        "halo-tied-gelu-noglobals",
+        "dense",
+        "select-flat",
+        "select-groups-conv",
+        "select-no-summary-keys",
+    ],
 )
 def test_transformers_round_trip_logits_and_greedy_generate(tmp_path, arch, kw):
     model = make(arch, **kw)

@@ -72,14 +72,16 @@ class Job:
     slot: int = 600  # the most training seconds (trainer.max_time) it gets
     min_slot: int = 60  # fewer left than this: not started
     extra: list[str] = field(default_factory=list)  # the same for every job of its section
+    tag: str = ""  # told apart from a job of the same variant and section (an ablation by override)
 
     @property
     def family(self) -> str:
         return self.experiment.split("_")[0]
 
     def name(self, grid: str) -> str:
-        v = self.ablation or self.variant
-        return f"{grid}-{self.experiment}-{v}-L{self.layers}-c{self.conv}-s{self.seed}"
+        v = (self.ablation or self.variant) + (f"-{self.tag}" if self.tag else "")
+        task = next((o.split("=", 1)[1] for o in self.extra if o.startswith("task_name=")), self.experiment)
+        return f"{grid}-{task}-{v}-L{self.layers}-c{self.conv}-s{self.seed}"
 
     def overrides(self) -> list[str]:
         out = [f"+experiment={self.experiment}", f"variant={self.variant}"]
@@ -194,8 +196,31 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         for n in (4, 2)
         for v in ("dense", "halo", "local_only")
     ]
+    # Content-selected blocks on the CPU (--cpu, 2 jobs at a time, --keep experiments/selection/runs):
+    # the needle at 256 tokens and MQAR's (128, 8) and (256, 16) slices, window 16, 2 layers, conv 3; the
+    # five variants, seed 0 of every task first, then seed 1, the ablation without summary keys, and the
+    # 512-token needle point of each variant (one seed).
+    variants = ("dense", "halo_select", "halo", "local_only", "local_select")
+    mqar128 = ["data.seq_len=128", "data.num_pairs=8", "data.distance_buckets=[2,16,48,96]", "task_name=mqar_128"]
+    mqar256 = ["task_name=mqar_256"]
+    tasks = (("needle_256", []), ("mqar_select", mqar128), ("mqar_select", mqar256))
+    slot = {"needle_256": 7200, "mqar_select": 5400}
+    select_cpu = [
+        Job(exp, v, 2, 3, seed=s, slot=slot[exp], min_slot=600, extra=extra)
+        for s in (0, 1)
+        for exp, extra in tasks
+        for v in variants
+    ]
+    no_summaries = ["model.select_summary_keys=false"]
+    select_cpu += [
+        Job(exp, "halo_select", 2, 3, slot=slot[exp], min_slot=600, extra=extra + no_summaries, tag="nosum")
+        for exp, extra in tasks
+    ]
+    n512 = ["data.seq_len=512", "data.distances=[16,40,136,264,400,496]", "task_name=needle_512"]
+    select_cpu += [Job("needle_256", v, 2, 3, slot=14400, min_slot=1200, extra=n512) for v in variants]
     # One device call for both, when the device time allows only one: part1's jobs first, 16 at once.
     return {
+        "select_cpu": (select_cpu, 2),
         "part1": (part1, 14),
         "part2": (part2, 14),
         "all": (part1 + part2, 16),
@@ -308,6 +333,9 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(work, ignore_errors=True)
     (work / "logs").mkdir(parents=True)
+    if args.skip_done:  # a grid spread over sessions: the jobs already kept are not run again
+        done = Path(args.skip_done)
+        jobs = [j for j in jobs if not (done / j.family / j.name(args.grid) / "run" / "metrics.json").is_file()]
     records = [Record(j.name(args.grid), j.family, j.experiment, j.overrides()) for j in jobs]
     if args.dry_run:
         for j, r in zip(jobs, records):
@@ -383,6 +411,8 @@ def run(args: argparse.Namespace) -> int:
                 continue
             del running[name]
             _finish(work, rec, proc.returncode, time.time() - started)
+            if args.keep:
+                _keep(work, rec, Path(args.keep))
             print(
                 f"  done  {rec.name}: {rec.status}, {round(rec.wall_s)}s, acc {rec.metrics.get('val_acc')}",
                 flush=True,
@@ -401,6 +431,17 @@ def run(args: argparse.Namespace) -> int:
         f"grid {args.grid}: {ok} of {len(records)} ok in {time.time() - t0:.0f}s; {out / (args.grid + '.tar.gz')}"
     )
     return 0 if ok else 1
+
+
+def _keep(work: Path, rec: Record, keep: Path) -> None:
+    """Copy a finished job's small files (KEEP) as plain files to keep/<family>/<job>/, to be committed:
+    the raw results the report is rebuilt from."""
+    for rel in KEEP:
+        src = work / rec.family / rec.name / rel
+        if src.is_file():
+            dst = keep / rec.family / rec.name / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -492,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--work", default=None, help="job directories (default /tmp/halo_grid/<grid>)")
     r.add_argument("--cpu", action="store_true", help="run on the CPU (device=cpu)")
     r.add_argument("--dry-run", action="store_true", help="list the jobs, run nothing")
+    r.add_argument("--keep", default=None, help="also copy each finished job's files here, as plain files")
+    r.add_argument("--skip-done", default=None, help="skip the jobs whose metrics.json is under this dir")
     rep = sub.add_parser("report", help="unpack tarballs and build experiments/{needle,mqar}/gpu/")
     rep.add_argument("inputs", nargs="+", help="<grid>.tar.gz files from `run`")
     rep.add_argument("--root", default="outputs/retrieval", help="where the jobs are unpacked")

@@ -16,6 +16,7 @@ import torch
 
 from halo_lab.config import HaloConfig
 from halo_lab.graph.edges import full_neighbor_index
+from halo_lab.graph.selection import select
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -27,13 +28,20 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 def gather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Softmax attention of each query over its listed keys.
 
-    q: [B, Hq, P, d]; k, v: [B, Hkv, S, d]; idx: [P, K] key positions in 0..S-1, -1 = no edge."""
+    q: [B, Hq, P, d]; k, v: [B, Hkv, S, d]; idx: [P, K] key positions in 0..S-1 (the same for every row
+    and head) or [B, Hkv, P, K] (its own per row and KV head); -1 = no edge."""
     B, Hq, P, d = q.shape
     Hkv = k.shape[1]
     valid = idx >= 0
-    flat = idx.clamp(min=0).reshape(-1)
-    kg = k.index_select(2, flat).view(B, Hkv, P, -1, d)
-    vg = v.index_select(2, flat).view(B, Hkv, P, -1, d)
+    if idx.dim() == 2:
+        flat = idx.clamp(min=0).reshape(-1)
+        kg = k.index_select(2, flat).view(B, Hkv, P, -1, d)
+        vg = v.index_select(2, flat).view(B, Hkv, P, -1, d)
+    else:
+        flat = idx.clamp(min=0).reshape(B, Hkv, -1, 1).expand(-1, -1, -1, d)
+        kg = torch.gather(k, 2, flat).view(B, Hkv, P, -1, d)
+        vg = torch.gather(v, 2, flat).view(B, Hkv, P, -1, d)
+        valid = valid.unsqueeze(2)  # [B, Hkv, 1, P, K] against the scores' [B, Hkv, group, P, K]
     qg = q.view(B, Hkv, Hq // Hkv, P, d)
     scores = torch.einsum("bhgpd,bhpkd->bhgpk", qg, kg) / math.sqrt(d)
     scores = scores.to(torch.promote_types(scores.dtype, torch.float32)).masked_fill(~valid, float("-inf"))
@@ -42,7 +50,32 @@ def gather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: tor
     return out.reshape(B, Hq, P, d)
 
 
+def with_selection(q_text, k, v, config: HaloConfig, positions: torch.Tensor, idx: torch.Tensor):
+    """(k, v, idx) extended by the content-selected part (``halo_lab.graph.selection``) for the text
+    queries ``q_text`` ([B, Hq, P, d] at text ``positions``) over ``k``, ``v`` ([B, Hkv, G + N, d]): the
+    summaries appended after the G + N positions, and their graph rows ``idx`` ([P, K] positions of k,
+    -1 = none) widened to [B, Hkv, P, K + n*b + S] with each query's chosen tokens (not already in its
+    row) and the summaries it has as keys."""
+    G = config.num_globals
+    B, Hkv, L, _ = k.shape
+    sel = select(q_text, k, v, config, positions)
+    tok = sel.token_index(idx - G)
+    S = sel.summary_k.shape[2]
+    summary = torch.where(sel.summary_mask(), L + torch.arange(S, device=k.device), -1)
+    extra = torch.cat([torch.where(tok >= 0, tok + G, tok), summary], dim=-1)
+    wide = torch.cat([idx.expand(B, Hkv, *idx.shape), extra], dim=-1)
+    return torch.cat([k, sel.summary_k], 2), torch.cat([v, sel.summary_v], 2), wide
+
+
 def reference_attention(q, k, v, config: HaloConfig, layer: int, step: int) -> torch.Tensor:
-    """The oracle: every position attends over its explicit neighbour list."""
-    idx = full_neighbor_index(config, layer, step, q.shape[2] - config.num_globals, q.device)
-    return gather_attention(q, k, v, idx)
+    """The oracle: every position attends over its explicit neighbour list (the fixed graph, and with
+    ``select_blocks`` its chosen tokens and scored summaries, built from index tables)."""
+    G = config.num_globals
+    idx = full_neighbor_index(config, layer, step, q.shape[2] - G, q.device)
+    if not config.selects:
+        return gather_attention(q, k, v, idx)
+    positions = torch.arange(q.shape[2] - G, device=q.device)
+    k_all, v_all, text = with_selection(q[:, :, G:], k, v, config, positions, idx[G:])
+    head = torch.cat([idx[:G], idx.new_full((G, text.shape[-1] - idx.shape[1]), -1)], dim=1)
+    wide = torch.cat([head.expand(*text.shape[:2], *head.shape), text], dim=2)  # globals choose nothing
+    return gather_attention(q, k_all, v_all, wide)

@@ -17,6 +17,7 @@ from torch import nn
 from halo_lab import graph
 from halo_lab.config import HaloConfig
 from halo_lab.generation import generate as _generate
+from halo_lab.graph import selection
 from halo_lab.kernels.rope import rope_qk
 from halo_lab.model import attention as attn
 from halo_lab.utils import count_parameters as _count_parameters
@@ -299,7 +300,9 @@ class _CausalLM(nn.Module):
         ``decode_kernel``: the one-token step reads its keys through the Triton decode kernel where it runs
         and passes its check (CUDA), else through the gather path."""
         c = self.config
-        kernel = attn.decode_kernel_op(device, dtype) if decode_kernel and self.arch == "halo" else None
+        # the Triton decode kernel reads the fixed graph's keys only: selection runs the gather path
+        fixed = self.arch == "halo" and not c.selects
+        kernel = attn.decode_kernel_op(device, dtype) if decode_kernel and fixed else None
         caches = []
         for i, _ in enumerate(self.layers):
             layout, slots = None, capacity
@@ -308,6 +311,8 @@ class _CausalLM(nn.Module):
                 layout.kernel = kernel
             cache = attn.KVCache.empty(batch, c.num_kv_heads, slots, c.head_dim, device, dtype)
             cache.layout = layout
+            if layout is not None and layout.select is not None:
+                cache.add_summaries(c, capacity)
             caches.append(cache)
         return caches
 
@@ -358,9 +363,10 @@ class _CausalLM(nn.Module):
     ) -> dict[str, float]:
         """Forward FLOPs of one sequence (multiply-adds x 2), by part.
 
-        ``attention`` counts the graph's edges (what the reference gather computes); ``attention_kernel``
-        counts what the chosen backend really computes (whole tiles for flex, the full causal triangle for
-        dense SDPA). ``global`` is the share of ``attention`` spent on global keys. ``auto`` resolves on
+        ``attention`` counts the graph's edges (what the reference gather computes), the content-selected
+        keys included; ``attention_kernel`` counts what the chosen backend really computes (whole tiles for
+        flex, the full causal triangle for dense SDPA). ``global`` is the share of ``attention`` spent on
+        global keys; ``selection`` the scoring of block summaries that chooses the blocks. ``auto`` resolves on
         ``device``: default the model's own, or for a meta-device model (built from a config alone) the
         best device here, where it would run."""
         c, d = self.config, self.config.head_dim
@@ -368,10 +374,13 @@ class _CausalLM(nn.Module):
         per_edge = 4 * c.num_heads * d  # QK^T and PV
         if self.arch == "dense":
             edges = kernel_edges = L * (L + 1) / 2
-            global_edges = 0.0
+            global_edges = scored = 0.0
         else:
             idx = graph.full_neighbor_index(c, 0, graph.EVAL_STEP, seq_len, "cpu")
-            edges = float((idx >= 0).sum())
+            positions = torch.arange(seq_len)
+            selected = float(selection.keys_per_query(c, positions).sum())
+            scored = float(selection.summaries_per_query(c, positions).sum())
+            edges = float((idx >= 0).sum()) + selected
             global_edges = float(G * seq_len + G * (G + 1) / 2)
             if device is None:
                 device = next(self.parameters()).device
@@ -381,14 +390,15 @@ class _CausalLM(nn.Module):
             if backend == "flex":
                 layout = graph.block_layout(c, 0, graph.EVAL_STEP, seq_len, "cpu")
                 kernel_edges = layout.computed_blocks * c.graph_block_size**2
-            elif backend == "masked":
-                kernel_edges = L * (L + 1) / 2  # SDPA with a boolean mask does the causal triangle's work
+            elif backend == "masked":  # SDPA with a boolean mask does the causal triangle's work
+                summaries = sum(selection.num_summaries(c, seq_len)) if c.selects else 0
+                kernel_edges = L * (L + 1) / 2 + L * summaries
             elif backend == "triton":  # tensor-core tiles per 32-position query tile (kernels/halo_attention)
                 window = -(-(32 + c.local_window - 1) // 32) * 32
                 extra = 16 + 32 * len(c.dilated_distances) + (64 if c.random_edges == "token" else 0)
-                kernel_edges = float(L * (window + extra))
+                kernel_edges = float(L * (window + extra)) + selected
             else:
-                kernel_edges = float(idx.numel())
+                kernel_edges = float(idx.numel()) + selected
         proj = 2 * L * c.hidden_size * (2 * c.num_heads * d + 2 * c.num_kv_heads * d)
         ffn = 2 * L * c.hidden_size * c.ffn_mult * c.hidden_size * (3 if c.use_swiglu else 2)
         n = c.num_layers
@@ -399,8 +409,10 @@ class _CausalLM(nn.Module):
             "projections": n * proj,
             "ffn": n * ffn,
             "lm_head": 2 * seq_len * c.hidden_size * c.vocab_size,
+            "selection": n * 2 * c.num_heads * d * scored,  # q . summary for every scored summary
         }
-        out["total"] = out["attention"] + out["projections"] + out["ffn"] + out["lm_head"]
+        parts = ("attention", "selection", "projections", "ffn", "lm_head")
+        out["total"] = sum(out[k] for k in parts)
         return out
 
     @classmethod

@@ -40,6 +40,11 @@ class HaloSConfig(_Base):
         tie_embeddings: bool = False,
         init_std: float = 0.02,
         short_conv: int = 0,
+        select_blocks: int = 0,
+        select_block_size: int = 32,
+        select_summary_keys: bool = True,
+        select_group_size: int = 16,
+        select_groups: int = 2,
         arch: str = "halo",
         **kwargs,
     ):
@@ -66,6 +71,11 @@ class HaloSConfig(_Base):
         self.tie_embeddings = tie_embeddings
         self.init_std = init_std
         self.short_conv = short_conv
+        self.select_blocks = select_blocks
+        self.select_block_size = select_block_size
+        self.select_summary_keys = select_summary_keys
+        self.select_group_size = select_group_size
+        self.select_groups = select_groups
         if arch not in ("halo", "dense"):
             raise ValueError(f"HaloSConfig.arch={arch!r}: expected 'halo' or 'dense'")
         self.arch = arch

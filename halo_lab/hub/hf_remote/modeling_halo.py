@@ -5,7 +5,9 @@ The parameters have halo_lab's names, so the export's model.safetensors loads as
 HALO-S's evaluation graph (G global tokens, the local window, dilated edges, random edges fixed per
 layer) applied as an L x L boolean mask to SDPA: the same edge rules and the same counter-based hash as
 halo_lab/graph.py with its evaluation step, so the logits equal halo_lab's. The mask is O(L^2) memory:
-fine up to a few thousand tokens; halo_lab's own kernels are the fast path. The graph does not depend on
+fine up to a few thousand tokens; halo_lab's own kernels are the fast path. With content-selected blocks
+(``select_blocks`` > 0) each layer widens the mask by the tokens and block summaries its queries choose
+(``selection_mask``: the rules of halo_lab/graph/selection.py). The graph does not depend on
 the sequence length and RoPE is computed per call, so lengths beyond ``max_seq_len`` run (with whatever
 quality the model extrapolates to). Generation re-runs the whole sequence per new token (no KV cache):
 exact, and simple; halo_lab's ``generate`` has the O(K)-per-token cache.
@@ -102,6 +104,61 @@ def graph_mask(c: HaloSConfig, layer: int, text_len: int, device) -> torch.Tenso
     return mask[:, :L]
 
 
+# ----------------------------------------------- content-selected blocks (halo_lab/graph/selection.py)
+def _summaries(x: torch.Tensor, c: HaloSConfig) -> torch.Tensor:
+    """Means of the complete text blocks of x [B, H, G + N, d], then of the complete groups of blocks."""
+    B, H, L, d = x.shape
+    b, m, G = c.select_block_size, c.select_group_size, c.num_globals
+    nb = (L - G) // b
+    fine = x[:, :, G : G + nb * b].reshape(B, H, nb, b, d).mean(3)
+    if not m:
+        return fine
+    ng = nb // m
+    return torch.cat([fine, fine[:, :, : ng * m].reshape(B, H, ng, m, d).mean(3)], dim=2)
+
+
+def _top(scores: torch.Tensor, allowed: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the ``count`` best allowed scores (ties: the lower index), -1 = none."""
+    allowed = allowed.expand(scores.shape)
+    masked = torch.where(allowed, scores, torch.full_like(scores, float("-inf")))
+    order = torch.sort(masked, dim=-1, descending=True, stable=True).indices[..., :count]
+    out = torch.where(torch.gather(allowed, -1, order), order, torch.full_like(order, -1))
+    pad = count - out.shape[-1]
+    return torch.cat([out, out.new_full((*out.shape[:-1], pad), -1)], dim=-1) if pad > 0 else out
+
+
+def selection_mask(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c: HaloSConfig):
+    """(k, v, mask [B, Hq, L, L + S] over the chosen tokens and the scored summaries) of the text queries:
+    the summaries appended to k and v. The same rules as halo_lab's selection: candidates are the complete
+    blocks before a query's window, scores are q . summary summed over a KV head's query heads."""
+    G, W, b, m = c.num_globals, c.local_window, c.select_block_size, c.select_group_size
+    B, Hq, L, d = q.shape
+    Hkv, N = k.shape[1], L - G
+    sk, sv = _summaries(k, c), _summaries(v, c)
+    S, nb = sk.shape[2], N // b
+    qg = q[:, :, G:].reshape(B, Hkv, Hq // Hkv, N, d).float()
+    scores = torch.einsum("bhgpd,bhsd->bhps", qg, sk.float()) / d**0.5
+    cand = torch.div(torch.arange(N, device=q.device) - W + 1, b, rounding_mode="floor").clamp(min=0)
+    cand = cand.view(1, 1, N, 1)
+    blocks = torch.arange(nb, device=q.device)
+    allowed = blocks < cand
+    scored = torch.zeros(B, Hkv, N, S, dtype=torch.bool, device=q.device)
+    if m:
+        groups = _top(scores[..., nb:], torch.arange(S - nb, device=q.device) < cand // m, c.select_groups)
+        in_chosen = ((blocks // m).view(1, 1, 1, nb, 1) == groups.unsqueeze(3)).any(-1)
+        allowed = allowed & ((blocks >= (cand // m) * m) | in_chosen)
+        scored[..., nb:] = torch.arange(S - nb, device=q.device) < cand // m
+    scored[..., :nb] = allowed
+    chosen = _top(scores[..., :nb], allowed, c.select_blocks)
+    tok = chosen.unsqueeze(-1) * b + torch.arange(b, device=q.device)
+    tok = torch.where(chosen.unsqueeze(-1) >= 0, tok + G, torch.full_like(tok, L)).flatten(-2)
+    mask = torch.zeros(B, Hkv, N, L + 1, dtype=torch.bool, device=q.device)
+    mask.scatter_(-1, tok, True)
+    text = torch.cat([mask[..., :L], scored & c.select_summary_keys], dim=-1)
+    wide = torch.cat([text.new_zeros(B, Hkv, G, L + S), text], dim=2)
+    return torch.cat([k, sk], 2), torch.cat([v, sv], 2), wide.repeat_interleave(Hq // Hkv, dim=1)
+
+
 # ------------------------------------------------------------------------------------------- modules
 def _rope(head_dim: int, length: int, base: float, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
@@ -167,6 +224,10 @@ class HaloAttention(nn.Module):
         if mask is None:  # the dense baseline
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
+            if c.select_blocks:  # the graph's mask, widened by the content-selected keys
+                k, v, chosen = selection_mask(q, k, v, c)
+                chosen[..., : mask.shape[1]] |= mask
+                mask = chosen
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.dropout(self.o_proj(y.transpose(1, 2).reshape(B, T, -1)))
 

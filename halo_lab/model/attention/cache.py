@@ -9,6 +9,7 @@ import torch
 
 from halo_lab import graph
 from halo_lab.config import HaloConfig
+from halo_lab.graph.selection import num_summaries, summaries
 
 
 @dataclass
@@ -35,6 +36,7 @@ class DecodeLayout:
     prefill_pos: torch.Tensor | None = None
     prefill_slot: torch.Tensor | None = None
     kernel: object = None  # the Triton decode op (``decode_kernel_op``), None: the gather path
+    select: HaloConfig | None = None  # with content-selected blocks: the config that defines them
 
     @property
     def num_keys(self) -> int:
@@ -55,6 +57,11 @@ def decode_layout(
     ``ring=True`` (exact, see ``KVCache``): text slots ``ring_size(config)`` plus one store slot per distinct
     random key of those queries plus a trash slot. Falls back to the full layout when that is not smaller."""
     G, W = config.num_globals, config.local_window
+    if ring and config.selects:
+        raise ValueError(
+            "cache='ring' cannot hold the content-selected blocks (select_blocks > 0): any old block may be "
+            "chosen at any step; use cache='full'"
+        )
     base = min(max(int(first_query), 0), capacity)
     dists = torch.tensor(config.dilated_distances, dtype=torch.long, device=device)
     offsets = torch.cat([torch.arange(W, device=device), dists])
@@ -78,7 +85,18 @@ def decode_layout(
             lay.prefill_slot = G + S + torch.arange(int(early.sum()), device=device)  # keep is sorted
             return lay, trash + 1
     rand = torch.where(rand_pos >= 0, rand_pos + G, rand_pos)
-    return DecodeLayout(G, offsets, rand, globals_, row0, base), G + capacity
+    lay = DecodeLayout(G, offsets, rand, globals_, row0, base, select=config if config.selects else None)
+    return lay, G + capacity
+
+
+def summary_rows(config: HaloConfig, capacity: int) -> tuple[int, int]:
+    """(block rows, group rows) of a cache's summary store for ``capacity`` text tokens: blocks rounded up
+    to whole groups, so that a step can always recompute the group of its block."""
+    b, m = config.select_block_size, config.select_group_size
+    blocks = -(-capacity // b)
+    if m:
+        blocks = -(-blocks // m) * m
+    return blocks, (blocks // m if m else 0)
 
 
 @dataclass
@@ -103,6 +121,11 @@ class KVCache:
     v: torch.Tensor
     length: int = 0
     layout: DecodeLayout | None = None  # HALO-S: the decode step's key slots; None: dense
+    # with content-selected blocks: the block summaries (``summary_rows``: blocks, then groups), written
+    # as blocks complete (the prefill writes the prompt's; each decode step its own block and group)
+    summary_k: torch.Tensor | None = None
+    summary_v: torch.Tensor | None = None
+    summary_blocks: int = 0
 
     @classmethod
     def empty(cls, batch: int, heads: int, capacity: int, head_dim: int, device, dtype) -> KVCache:
@@ -129,7 +152,26 @@ class KVCache:
         self.k[:, :, self.length : end] = k
         self.v[:, :, self.length : end] = v
         self.length = end
+        if self.summary_k is not None:
+            self._write_summaries(end)
         return self.k[:, :, :end], self.v[:, :, :end]
+
+    def add_summaries(self, config: HaloConfig, capacity: int) -> None:
+        """Make the summary store of content-selected blocks for ``capacity`` text tokens."""
+        blocks, groups = summary_rows(config, capacity)
+        B, H, _, d = self.k.shape
+        self.summary_k = self.k.new_zeros(B, H, blocks + groups, d)
+        self.summary_v = self.v.new_zeros(B, H, blocks + groups, d)
+        self.summary_blocks = blocks
+
+    def _write_summaries(self, end: int) -> None:
+        """The summaries of every complete block (and group) of the first ``end`` positions."""
+        cfg, G = self.layout.select, self.layout.num_globals
+        nb, ng = num_summaries(cfg, end - G)
+        for store, x in ((self.summary_k, self.k), (self.summary_v, self.v)):
+            s = summaries(x[:, :, :end], cfg, G)
+            store[:, :, :nb] = s[:, :, :nb]
+            store[:, :, self.summary_blocks : self.summary_blocks + ng] = s[:, :, nb:]
 
     def _ring_prefill(self, k: torch.Tensor, v: torch.Tensor) -> None:
         lay = self.layout

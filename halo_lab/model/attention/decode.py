@@ -4,12 +4,15 @@ after a prefill."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from halo_lab import graph
 from halo_lab.config import HaloConfig
-from halo_lab.graph.reference import gather_attention
+from halo_lab.graph.reference import gather_attention, with_selection
+from halo_lab.graph.selection import Selection, candidate_blocks, choose
 from halo_lab.model.attention.cache import DecodeLayout, KVCache
 
 
@@ -55,9 +58,44 @@ def static_decode_attention(q, k, v, cache: KVCache, pos: torch.Tensor) -> torch
         cache.k.index_copy_(2, extra, k)
         cache.v.index_copy_(2, extra, v)
     slots = decode_key_slots(lay, pos)
+    if lay.select is not None:
+        return _selected_decode_attention(q, cache, pos, slots)
     if lay.kernel is not None:
         return lay.kernel(q, cache.k, cache.v, slots)
     return gather_decode_attention(q, cache.k, cache.v, slots)
+
+
+def _selected_decode_attention(q, cache: KVCache, pos: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """The one-token step with content-selected blocks (static shapes): refresh the summary of the new
+    token's block and group, choose over the stored summaries, then one SDPA over the graph's keys, the
+    chosen tokens and the summaries the query has as keys."""
+    cfg, G = cache.layout.select, cache.layout.num_globals
+    b, m, nb = cfg.select_block_size, cfg.select_group_size, cache.summary_blocks
+    B, Hq, _, d = q.shape
+    Hkv, last = cache.k.shape[1], cache.k.shape[2] - 1
+    t = pos - G
+    block = torch.div(t, b, rounding_mode="floor")
+    rows = (G + block * b + torch.arange(b, device=q.device)).clamp(max=last)  # a partial block: unused
+    for store, x in ((cache.summary_k, cache.k), (cache.summary_v, cache.v)):
+        store.index_copy_(2, block, x.index_select(2, rows).mean(2, keepdim=True))
+        if m:
+            group = torch.div(block, m, rounding_mode="floor")
+            fine = store.index_select(2, group * m + torch.arange(m, device=q.device))
+            store.index_copy_(2, nb + group, fine.mean(2, keepdim=True))
+    qg = q.view(B, Hkv, Hq // Hkv, 1, d).float()
+    scores = torch.einsum("bhgpd,bhsd->bhps", qg, cache.summary_k.float()) / math.sqrt(d)
+    candidates = candidate_blocks(cfg, t)
+    groups, blocks = choose(cfg, scores, candidates, nb)
+    sel = Selection(cfg, t, candidates, groups, blocks, cache.summary_k, cache.summary_v, nb)
+    tok = sel.token_index((slots - G)[None])[:, :, 0]  # [B, Hkv, n*b] text positions, -1 = none
+    gather = (G + tok).clamp(min=0).unsqueeze(-1).expand(-1, -1, -1, d)
+    keys = torch.cat([cache.k.index_select(2, slots.clamp(min=0)).expand(B, -1, -1, -1),
+                      torch.gather(cache.k, 2, gather), cache.summary_k], dim=2)  # fmt: skip
+    values = torch.cat([cache.v.index_select(2, slots.clamp(min=0)).expand(B, -1, -1, -1),
+                        torch.gather(cache.v, 2, gather), cache.summary_v], dim=2)  # fmt: skip
+    mask = torch.cat([(slots >= 0).expand(B, Hkv, -1), tok >= 0, sel.summary_mask()[:, :, 0]], dim=-1)
+    mask = mask.repeat_interleave(Hq // Hkv, dim=1)[:, :, None, :]
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=Hq != Hkv)
 
 
 def halo_decode_attention(q, k_all, v_all, config: HaloConfig, layer: int, step: int, start: int):
@@ -69,7 +107,10 @@ def halo_decode_attention(q, k_all, v_all, config: HaloConfig, layer: int, step:
     text = graph.neighbor_index(config, layer, step, positions)
     text = torch.where(text >= 0, text + G, text)
     glob = torch.arange(G, device=q.device).expand(q.shape[2], G)
-    return gather_attention(q, k_all, v_all, torch.cat([glob, text], dim=1))
+    idx = torch.cat([glob, text], dim=1)
+    if config.selects:
+        k_all, v_all, idx = with_selection(q, k_all, v_all, config, positions, idx)
+    return gather_attention(q, k_all, v_all, idx)
 
 
 def dense_decode_attention(q, k_all, v_all) -> torch.Tensor:

@@ -58,7 +58,8 @@ def triton_interpreted() -> bool:
 def resolve_backend(config: HaloConfig, device: torch.device, seq_len: int | None = None) -> str:
     """``auto``: the fused Triton kernels on CUDA (flex for a head_dim or a query heads per KV head ratio
     they do not cover: the ratio must be a power of two); elsewhere SDPA
-    with the graph as a boolean mask up to MASKED_MAX_LEN positions, the reference gather beyond."""
+    with the graph as a boolean mask up to MASKED_MAX_LEN positions, the reference gather beyond. Never a
+    backend that would drop the content-selected blocks (flex, hybrid) when ``select_blocks`` > 0."""
     if config.attention_backend != "auto":
         return config.attention_backend
     # FlexAttention compiles through Triton, which needs compute capability 7.0 or newer
@@ -66,7 +67,10 @@ def resolve_backend(config: HaloConfig, device: torch.device, seq_len: int | Non
     if fused:
         group = config.num_heads // config.num_kv_heads
         covered = config.head_dim <= TRITON_AUTO_MAX_HEAD_DIM and group & (group - 1) == 0
-        return AUTO_CUDA_BACKEND if _has_triton() and covered else "flex"
+        if _has_triton() and covered:
+            return AUTO_CUDA_BACKEND
+        if not config.selects:
+            return "flex"
     return "masked" if seq_len is not None and seq_len <= MASKED_MAX_LEN else "reference"
 
 

@@ -1,4 +1,6 @@
-"""``masked``: SDPA with the graph as an L x L boolean mask (the CPU training path)."""
+"""``masked``: SDPA with the graph as an L x L boolean mask (the CPU training path). With content-selected
+blocks the mask grows by the summaries' columns and becomes one per batch row and head, built from the same
+``Selection`` that the reference turns into index tables."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import torch.nn.functional as F
 
 from halo_lab import graph
 from halo_lab.config import HaloConfig
+from halo_lab.graph.selection import select
 
 _masks: dict[tuple, tuple[int, torch.Tensor]] = {}
 
@@ -19,4 +22,25 @@ def masked_attention(q, k, v, config: HaloConfig, layer: int, step: int) -> torc
     cached = _masks.get(key)
     if cached is None or cached[0] != step:
         cached = _masks[key] = (step, graph.dense_mask(config, layer, step, text_len, q.device))
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=cached[1], enable_gqa=q.shape[1] != k.shape[1])
+    mask = cached[1]
+    if config.selects:
+        k, v, mask = _with_selection(q, k, v, config, mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def _with_selection(q, k, v, config: HaloConfig, mask: torch.Tensor):
+    """(k, v, mask) with the summaries appended to k and v and the [L, L] graph mask widened to
+    [B, Hq, L, L + S]: each text query's chosen tokens and the summaries it has as keys."""
+    G = config.num_globals
+    B, Hq, L, _ = q.shape
+    Hkv = k.shape[1]
+    sel = select(q[:, :, G:], k, v, config, torch.arange(L - G, device=q.device))
+    tok = sel.token_index()  # duplicates of graph keys need no removal in a mask: it is a set
+    chosen = torch.zeros(B, Hkv, L - G, L + 1, dtype=torch.bool, device=q.device)
+    chosen.scatter_(-1, torch.where(tok >= 0, tok + G, L), True)
+    text = torch.cat([chosen[..., :L], sel.summary_mask()], dim=-1)
+    wide = torch.cat([mask.new_zeros(B, Hkv, G, text.shape[-1]), text], dim=2)
+    S = sel.summary_k.shape[2]
+    wide[..., :L] |= mask
+    wide = wide.repeat_interleave(Hq // Hkv, dim=1)  # SDPA broadcasts a mask over heads, not KV groups
+    return torch.cat([k, sel.summary_k], 2), torch.cat([v, sel.summary_v], 2), wide[..., : L + S]

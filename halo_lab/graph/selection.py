@@ -1,0 +1,193 @@
+"""Content-selected blocks: the part of the HALO graph chosen by the input (``HaloConfig.select_blocks`` > 0).
+
+The fixed graph (``edges``) routes by position only, so beyond its window a query cannot reach the one
+token it needs. This part lets it choose, as NSA, MoBA and Zoology's NSA mixer do. The text is cut into
+blocks of b tokens (``select_block_size``); block j holds text tokens j*b .. j*b + b - 1. For the text
+query at position i:
+
+* **candidates**: the c_i = max(0, (i - W + 1) // b) blocks that are complete and end before its window
+  (causal by construction: a block still filling is never read; blocks overlapping the window add nothing);
+* **summaries**: a block's summary key and value are the means of its keys (after RoPE) and values, per
+  KV head; with groups (``select_group_size`` m > 0) every m consecutive blocks also form a group whose
+  summary is the mean of theirs;
+* **scores**: the summary keys against the query, summed over the query heads of its KV head (they share
+  the choice, so a fused kernel loads each chosen block once per group of heads); ties go to the lower
+  index (a stable sort), so the choice is deterministic;
+* **choice**: without groups, the n best of the c_i candidate blocks (``select_blocks``); with groups,
+  the n2 best of the c_i // m complete candidate groups (``select_groups``), then the n best blocks
+  among those groups' blocks and the c_i % m candidates not yet in a complete group;
+* **keys**: the summaries the query scored (``select_summary_keys``: what trains the scores, since top-n
+  has no gradient) and every token of its n chosen blocks, in the same softmax as its graph keys. A chosen
+  token that is already one of its graph keys (a dilated or random key) counts once: the graph is a set.
+
+So a text query reads at most  G + W + D + R  +  S_i  +  n*b  keys, with S_i = c_i without groups and
+c_i // m + n2*m + (m - 1) with them (``keys_per_query``). A query with fewer candidates takes what exists.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from halo_lab.config import HaloConfig
+
+
+def candidate_blocks(config: HaloConfig, positions: torch.Tensor) -> torch.Tensor:
+    """[P] c_i: how many blocks (0 .. c_i - 1) are candidates of the text query at each position."""
+    W, b = config.local_window, config.select_block_size
+    return torch.div(positions.long() - W + 1, b, rounding_mode="floor").clamp(min=0)
+
+
+def summaries_per_query(config: HaloConfig, positions: torch.Tensor) -> torch.Tensor:
+    """[P] how many summaries the text query at each position scores (its candidate groups and the blocks
+    it ranks): the summary keys it has with ``select_summary_keys``, and the cost of its choice."""
+    if not config.selects:
+        return torch.zeros_like(positions, dtype=torch.long)
+    c, m = candidate_blocks(config, positions), config.select_group_size
+    if not m:
+        return c
+    groups = c // m
+    return groups + groups.clamp(max=config.select_groups) * m + c % m
+
+
+def keys_per_query(config: HaloConfig, positions: torch.Tensor) -> torch.Tensor:
+    """[P] the most content-selected keys (summaries + chosen tokens) a text query at each position reads:
+    exact when no chosen token is also a dilated or random key of the query (then one fewer per such)."""
+    if not config.selects:
+        return torch.zeros_like(positions, dtype=torch.long)
+    c, m = candidate_blocks(config, positions), config.select_group_size
+    ranked = c if not m else (c // m).clamp(max=config.select_groups) * m + c % m
+    chosen = ranked.clamp(max=config.select_blocks) * config.select_block_size
+    summaries = summaries_per_query(config, positions)
+    return chosen + (summaries if config.select_summary_keys else 0)
+
+
+def summaries(x: torch.Tensor, config: HaloConfig, num_globals: int) -> torch.Tensor:
+    """[B, H, S, d] the block summaries of ``x`` ([B, H, G + N, d], keys or values): the means of the
+    complete blocks of the text, then (with groups) the means of the complete groups of blocks."""
+    B, H, L, d = x.shape
+    b, m = config.select_block_size, config.select_group_size
+    nb = (L - num_globals) // b
+    fine = x[:, :, num_globals : num_globals + nb * b].reshape(B, H, nb, b, d).mean(3)
+    if not m:
+        return fine
+    ng = nb // m
+    return torch.cat([fine, fine[:, :, : ng * m].reshape(B, H, ng, m, d).mean(3)], dim=2)
+
+
+def num_summaries(config: HaloConfig, text_len: int) -> tuple[int, int]:
+    """(blocks, groups) of summaries over ``text_len`` tokens: rows 0..blocks-1 of ``summaries`` are the
+    blocks, the next ``groups`` rows the groups."""
+    nb = text_len // config.select_block_size
+    return nb, (nb // config.select_group_size if config.select_group_size else 0)
+
+
+@dataclass
+class Selection:
+    """The content-selected part of the graph for P text queries, per batch row and KV head.
+
+    ``candidates`` [P]: c_i. ``groups`` [B, Hkv, P, n2] the chosen groups (-1 = none; empty without
+    groups). ``blocks`` [B, Hkv, P, n] the chosen blocks (-1 = none). ``summary_k`` / ``summary_v``
+    [B, Hkv, S, d]: ``summaries`` of the keys and values (blocks, then groups)."""
+
+    config: HaloConfig
+    positions: torch.Tensor
+    candidates: torch.Tensor
+    groups: torch.Tensor
+    blocks: torch.Tensor
+    summary_k: torch.Tensor
+    summary_v: torch.Tensor
+    num_blocks: int
+
+    def summary_mask(self) -> torch.Tensor:
+        """[B, Hkv, P, S] bool: the summaries each query has as keys (all False when
+        ``select_summary_keys`` is off)."""
+        B, H, P = self.blocks.shape[:3]
+        S = self.summary_k.shape[2]
+        mask = torch.zeros(B, H, P, S, dtype=torch.bool, device=self.blocks.device)
+        if self.config.select_summary_keys:
+            mask |= scored_blocks(self, S)
+        return mask
+
+    def token_index(self, graph_keys: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, Hkv, P, n*b] text positions of the chosen blocks' tokens, -1 for none and for a token that is
+        already one of the query's ``graph_keys`` ([P, K] text positions, -1 = none)."""
+        b = self.config.select_block_size
+        tok = self.blocks.unsqueeze(-1) * b + torch.arange(b, device=self.blocks.device)
+        tok = torch.where(self.blocks.unsqueeze(-1) >= 0, tok, torch.full_like(tok, -1)).flatten(-2)
+        if graph_keys is not None and graph_keys.numel():
+            g = graph_keys[None, None, :, None, :]
+            dup = ((tok.unsqueeze(-1) == g) & (g >= 0)).any(-1)
+            tok = torch.where(dup, torch.full_like(tok, -1), tok)
+        return tok
+
+
+def scored_blocks(sel: Selection, S: int) -> torch.Tensor:
+    """[B, Hkv, P, S] bool: the summaries a query scored (its candidate groups, and the blocks it ranked)."""
+    cfg, nb = sel.config, sel.num_blocks
+    B, H, P = sel.blocks.shape[:3]
+    device = sel.blocks.device
+    idx = torch.arange(S, device=device)
+    c = sel.candidates.view(1, 1, P, 1)
+    m = cfg.select_group_size
+    fine = (idx < nb) & (idx < c)
+    if not m:
+        return fine.expand(B, H, P, S)
+    group_of = torch.where(idx < nb, idx // m, torch.full_like(idx, -2))
+    chosen = (group_of.view(1, 1, 1, S, 1) == sel.groups.unsqueeze(3)).any(-1)
+    loose = idx >= (c // m) * m
+    groups = (idx >= nb) & (idx - nb < c // m)
+    return fine & (loose | chosen) | groups
+
+
+def _top(scores: torch.Tensor, allowed: torch.Tensor, count: int) -> torch.Tensor:
+    """[..., count] indices of the ``count`` highest allowed scores (ties: the lower index), -1 = none."""
+    if count == 0 or scores.shape[-1] == 0:
+        return scores.new_full((*scores.shape[:-1], count), -1, dtype=torch.long)
+    allowed = allowed.expand(scores.shape)
+    masked = torch.where(allowed, scores, torch.full_like(scores, float("-inf")))
+    order = torch.sort(masked, dim=-1, descending=True, stable=True).indices[..., :count]
+    ok = torch.gather(allowed, -1, order)
+    out = torch.where(ok, order, torch.full_like(order, -1))
+    if out.shape[-1] < count:  # fewer blocks than n in the whole text
+        pad = out.new_full((*out.shape[:-1], count - out.shape[-1]), -1)
+        out = torch.cat([out, pad], dim=-1)
+    return out
+
+
+@torch.no_grad()
+def choose(config: HaloConfig, scores: torch.Tensor, candidates: torch.Tensor, nb: int):
+    """(groups, blocks) from the scores [B, Hkv, P, S] of every summary (``nb`` blocks, then groups) for
+    queries with ``candidates`` [P] candidate blocks."""
+    m, P = config.select_group_size, candidates.shape[0]
+    c = candidates.view(1, 1, P, 1)
+    blocks_idx = torch.arange(nb, device=scores.device)
+    fine = scores[..., :nb]
+    if not m:
+        groups = scores.new_full((*scores.shape[:3], 0), -1, dtype=torch.long)
+        return groups, _top(fine, blocks_idx < c, config.select_blocks)
+    ng = scores.shape[-1] - nb
+    groups = _top(scores[..., nb:], torch.arange(ng, device=scores.device) < c // m, config.select_groups)
+    in_chosen = ((blocks_idx // m).view(1, 1, 1, nb, 1) == groups.unsqueeze(3)).any(-1)
+    allowed = (blocks_idx < c) & ((blocks_idx >= (c // m) * m) | in_chosen)
+    return groups, _top(fine, allowed, config.select_blocks)
+
+
+def select(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: HaloConfig, positions: torch.Tensor
+) -> Selection:
+    """The selection of the text queries ``q`` ([B, Hq, P, d], at text ``positions`` [P]) over the keys and
+    values ``k``, ``v`` ([B, Hkv, G + N, d]: the globals then the text so far, RoPE applied)."""
+    G = config.num_globals
+    B, Hq, P, d = q.shape
+    Hkv = k.shape[1]
+    sk, sv = summaries(k, config, G), summaries(v, config, G)
+    nb, _ = num_summaries(config, k.shape[2] - G)
+    with torch.no_grad():  # top-n has no gradient: the summaries learn as keys of the softmax
+        qg = q.detach().view(B, Hkv, Hq // Hkv, P, d).float()
+        scores = torch.einsum("bhgpd,bhsd->bhps", qg, sk.detach().float())
+    candidates = candidate_blocks(config, positions)
+    groups, blocks = choose(config, scores / math.sqrt(d), candidates, nb)
+    return Selection(config, positions, candidates, groups, blocks, sk, sv, nb)
