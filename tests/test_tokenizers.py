@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import halo_lab.tokenizers as tk
+import halo_lab.tokenizers.tiktoken_bpe as tk
 from halo_lab.tokenizers import (
     CharacterTokenizer,
     TiktokenTokenizer,
