@@ -456,7 +456,7 @@ def bench_reference(
                 torch.cuda.empty_cache()
         # Then time: every model of the config built and timed in turns, REFERENCE_ROUNDS times. These steps
         # are host-bound, and the host's speed drifts within a process (the same HALO-S step took 47 ms
-        # and, later, 30 ms; experiments/bench/h200_triton/host_profile_2026-12-02d.txt): models timed
+        # and, later, 30 ms; experiments/bench/kernel_notes.md, section 2026-12-02c/d): models timed
         # one after the other compare the drift, models timed in turns share it.
         models = {key: _seeded(make, device) for key, make in makers.items() if key not in errors}
         steps = {key: step_functions(model, n, batch, dtype)[1] for key, model in models.items()}

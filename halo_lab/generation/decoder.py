@@ -86,11 +86,11 @@ class Decoder:
 
     # Inductor options of the compiled step on CUDA. combo_kernels fuses independent kernels side by side
     # (the layers' key-slot tables, the k/v cache writes): 99 -> 77 kernels a HALO-S token and 3,852 ->
-    # 4,356 tokens/s on an H200 (experiments/bench/decode_kernels.py; a Triton codegen option, so GPU only)
+    # 4,356 tokens/s on an H200 (experiments/bench/kernel_notes.md, section "Decode step"; GPU only)
     inductor_options: dict = {"combo_kernels": True}
     # The fused step's projections through halo_lab.kernels.gemv (the norm, SwiGLU and residual add fused
     # into each GEMV): on an H200 a HALO-S token at batch 1 takes 159 µs with it against 231 through cuBLAS
-    # (experiments/bench/decode_kernels.py, 2026-12-02). It reads the weights once per row of the batch, so
+    # (kernel_notes.md, section "Decode step"). It reads the weights once per row of the batch, so
     # batches are cuBLAS's: at batch 8 a HALO-S token took 274 µs with it against 241, at batch 64 1,311
     # against 263 (bench_decode, H200). None: on CUDA up to GEMV_MAX_BATCH rows; the interpreter's CPU
     # path stays opt-in (it is a test of the kernel, not a speed-up).

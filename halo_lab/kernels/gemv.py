@@ -2,7 +2,7 @@
 
 At batch 1 the decode step's cuBLAS GEMVs are latency-bound: 3.8 µs each on an H200 for matrices read in
 well under 1 µs, 33 of them a token, and each norm, SwiGLU and residual add between them is a kernel of
-its own (experiments/bench/decode_kernels.py). ``gemv`` does one layer's projection in one launch: the
+its own (kernel_notes.md, section "Decode step"). ``gemv`` does one layer's projection in one launch: the
 row's norm (LayerNorm or RMSNorm) or SwiGLU as a prologue, the residual add as an epilogue.
 
 Block sizes: each program holds a [BLOCK_N, CHUNK] weight tile of about 2048 values (16 a thread at 4
@@ -10,7 +10,7 @@ warps) with CHUNK = the whole row up to 4096 columns, so a projection of the med
 of x and one of the weight per program, and 128-512 programs stream the weight (q/k/v 768 x 512: 4 rows
 a program, 192 programs; SwiGLU down 512 x 2048: 2 rows, 256 programs). The first version walked K in
 128-column steps on 16-row tiles: a chain of dependent loads on 32-96 programs, 8 µs a GEMV on an H200
-against cuBLAS's 3.8 (experiments/bench/decode_kernels.py, 2026-12-02). Rows wider than 4096 columns
+against cuBLAS's 3.8 (experiments/bench/kernel_notes.md, section "Decode step"). Rows wider than 4096 columns
 loop over chunks, after a first pass for a norm's statistics.
 
 Rounding follows the unfused step: the normalised (or SwiGLU) input is rounded to the weight's dtype

@@ -2,8 +2,9 @@
 
 At the small batches where a training step is host-bound, each ``kernel[grid](...)`` costs tens of µs of
 Python: binding ~35 arguments, specialising each, hashing the cache key, and looking the kernel up
-(experiments/bench/host_profile.py: the fused attention's three launches were most of its 0.6-0.9 ms of
-host time per layer on an H200 host, against 0.25-0.33 ms for dense SDPA). Inductor avoids it the same
+(experiments/bench/kernel_notes.md, sections "2026-12-02: host time per layer" and "2026-12-02c/d": the
+fused attention's three launches were most of its 0.6-0.9 ms of host time per layer on an H200 host,
+against 0.25-0.33 ms for dense SDPA). Inductor avoids it the same
 way: it keeps the ``CompiledKernel`` and calls it with the argument list directly.
 
 ``Launcher`` does the first call of each key through ``kernel[grid]`` (which compiles, or finds the

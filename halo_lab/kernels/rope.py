@@ -5,8 +5,8 @@ fp32 intermediates under autocast (bf16 activations times fp32 tables), then a c
 attention call, and about as many kernels again in the backward. For the attention layer's q and k that
 is ~20 launches and ~20 autograd nodes a layer, and several full fp32 copies of q: more GPU time than
 the fused HALO attention itself at 65K tokens, and a good part of a small-batch step's host time
-(experiments/bench/kernel_notes.md). Both models use it (dense and HALO-S), so it moves no ratio
-between them by itself.
+(experiments/bench/kernel_notes.md, section 2026-12-02r). Both models use it (dense and HALO-S), so it
+moves no ratio between them by itself.
 
 ``rope_qk`` does the forward in one launch for both tensors and the backward in one more (the
 backward is the rotation by the opposite angle). The math is fp32; the output is stored once, in the

@@ -43,14 +43,17 @@ def launch_options(head_dim: int, group: int, dtype: torch.dtype) -> dict[str, d
     # fp32 tiles take twice the shared memory of bf16 ones: halve the rows (fp32 is the test/eval path)
     wide = head_dim > 64 or dtype == torch.float32
     rows = 64 if wide else 128
-    # warps: the fastest measured on an H200 (experiments/bench/kernel_tune.py): 8/4/8 for fwd/dQ/dK-dV.
+    # warps: the fastest measured on an H200 (experiments/bench/kernel_notes.md, section Versions, v4 tuned):
+    # 8/4/8 for fwd/dQ/dK-dV.
     # The bf16 dQ kernel also takes 4 at 64 rows: with 8 warps (head_dim 128) Triton 3.6 compiles it to an
-    # illegal memory access on an H200 (experiments/bench/d128_probe.py); fp32 (no wgmma) is fine with 8.
+    # illegal memory access on an H200 (kernel_notes.md, section "head_dim 128 in bf16"); fp32 (no wgmma) is
+    # fine with 8.
     dq_warps = 8 if dtype == torch.float32 else 4
     block_t = max(16, rows // group)  # >= 16: a dilated tile has BLOCK_T keys, and tl.dot needs 16
     # DIL_GROUPED: the dilated keys as one batched product of 16-row groups (dilated.py) instead of a
     # [BLOCK_M, BLOCK_T] tile per distance
-    # num_stages 3: 2-5% less GPU time than 2 in each kernel at 1K, 16K and 64K (kernel_tune_2026-12-02e)
+    # num_stages 3: 2-5% less GPU time than 2 in each kernel at 1K, 16K and 64K (kernel_notes.md, section
+    # 2026-12-02f/g)
     query_tiles = {"BLOCK_T": block_t, "BLOCK_N": 32, "num_stages": 3, "DIL_GROUPED": True}
     return {
         "fwd": {**query_tiles, "num_warps": 8},
@@ -58,7 +61,8 @@ def launch_options(head_dim: int, group: int, dtype: torch.dtype) -> dict[str, d
         "dkv": {
             "BLOCK_N": 32 if wide else 64,
             "BLOCK_Q": block_t,
-            # dK^T, dV^T accumulators: 215 vs 301 µs at 1K-64K on an H200 (kernel_tune_2026-12-02g); the
+            # dK^T, dV^T accumulators: 215 vs 301 µs at 1K-64K on an H200 (kernel_notes.md, section
+            # 2026-12-02f/g); the
             # wide cases (head_dim 128, fp32) keep the form they were tested in on the GPU
             "KEYS_AS_N": not wide,
             "num_warps": 8,
@@ -123,7 +127,8 @@ class HaloTritonAttention(torch.autograd.Function):
         dk, dv = torch.empty_like(k), torch.empty_like(v)
         delta = torch.empty_like(lse)
         # fp32 dK/dV of the keys outside the window, added by the dQ pass's atomics; one allocation (and
-        # one memset) for both halves: the host time of a layer is what small batches pay (kernel_notes.md)
+        # one memset) for both halves: the host time of a layer is what small batches pay (kernel_notes.md,
+        # section "2026-12-02: host time per layer")
         dk_extra, dv_extra = torch.zeros(2, B, Hkv, L, d, device=q.device, dtype=torch.float32).unbind(0)
         # every slot the dK/dV pass reads is written by the dQ pass: no initialisation
         dk_dil, dv_dil = torch.empty(2, plan.nd, B, Hkv, L, d, device=q.device, dtype=k.dtype).unbind(0)

@@ -21,7 +21,8 @@ from halo_lab.model.attention.masked import masked_attention
 MASKED_MAX_LEN = 4096  # an L x L boolean mask is cheap on a CPU up to here
 AUTO_CUDA_BACKEND = "triton"  # fastest attention and training step at every length (experiments/bench)
 # auto uses the fused kernels up to this head_dim: the shapes measured on an H200 (16-64; smaller or odd
-# ones run zero-padded). head_dim 128 in bf16 hit a CUDA error there (experiments/bench/kernel_notes.md);
+# ones run zero-padded). head_dim 128 in bf16 hit a CUDA error there (experiments/bench/kernel_notes.md,
+# section "head_dim 128 in bf16");
 # it stays selectable with attention_backend=triton, and auto uses flex for it.
 TRITON_AUTO_MAX_HEAD_DIM = 64
 
