@@ -27,9 +27,9 @@ _PUBLIC = {
     "get_optimal_batch_size": "halo_lab.device",
     "get_optimal_device": "halo_lab.device",
     "device_info": "halo_lab.device",
-    "benchmark_speed": "halo_lab.bench",
-    "benchmark_generation": "halo_lab.bench",
-    "estimate_flops": "halo_lab.bench",
+    "benchmark_speed": "halo_lab.bench.train_step",
+    "benchmark_generation": "halo_lab.bench.decode_speed",
+    "estimate_flops": "halo_lab.bench.train_step",
     # the reference package's helpers (halo_lab.api; its free generate() is halo_lab.api.generate)
     "estimate_graph_stats": "halo_lab.api",
     "estimate_memory": "halo_lab.api",

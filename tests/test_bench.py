@@ -2,11 +2,14 @@
 
 import json
 import statistics
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from halo_lab import bench
+from halo_lab.model import attention as attn
 
 
 def tiny_spec() -> dict:
@@ -80,12 +83,12 @@ def test_reference_part_alone_writes_its_rows(tmp_path):
 
 
 def test_check_backends_catches_a_wrong_backend(monkeypatch):
-    real = bench.attn.halo_attention
+    real = attn.halo_attention
 
     def off_by_one_step(q, k, v, config, layer, step, backend):
         return real(q, k, v, config, layer, step + 1, backend)  # another step: other random edges
 
-    monkeypatch.setattr(bench.attn, "halo_attention", off_by_one_step)
+    monkeypatch.setattr(attn, "halo_attention", off_by_one_step)
     errors = bench.check_backends(torch.device("cpu"), torch.float32, n=300)
     assert max(errors.values()) > 1e-3
 
@@ -96,3 +99,22 @@ def test_estimate_flops_public_helper():
     assert 0 < flops["attention"] < dense["attention"]
     with pytest.raises(ValueError):
         bench.estimate_flops({"hidden_size": 64}, 512, arch="sparse")
+
+
+def test_command_lines_parse():
+    """`python -m halo_lab.bench` (the Hydra app, job `bench` as when it was one module) and
+    `python -m halo_lab.bench.decode` (argparse) start and parse their options."""
+    hydra = subprocess.run(
+        [sys.executable, "-m", "halo_lab.bench", "--cfg", "hydra"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert hydra.returncode == 0 and "    name: bench\n" in hydra.stdout, hydra.stderr
+    decode = subprocess.run(
+        [sys.executable, "-W", "error::RuntimeWarning", "-m", "halo_lab.bench.decode", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert decode.returncode == 0 and "usage: python -m halo_lab.bench.decode" in decode.stdout, decode.stderr

@@ -15,7 +15,7 @@ import torch
 from halo_lab import bench
 from halo_lab import generate as cli
 from halo_lab import generation as decoding
-from halo_lab.bench_decode import CHECK_CONFIG, check_decode_matches_forward
+from halo_lab.bench.decode import CHECK_CONFIG, check_decode_matches_forward
 from halo_lab.config import HaloConfig
 from halo_lab.generation import Decoder
 from halo_lab.model import attention as attn
@@ -396,7 +396,7 @@ def test_cuda_compiled_step_greedy_equals_forward():
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 def test_cuda_triton_kernel_matches_reference_bf16():
-    from halo_lab.bench_decode import check_kernel
+    from halo_lab.bench.decode import check_kernel
 
     assert check_kernel("cuda") < 2e-2
 

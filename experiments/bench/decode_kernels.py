@@ -17,8 +17,9 @@ import sys
 import torch
 import torch._dynamo
 
-from halo_lab.bench import DECODE_VARIANTS, _model_config, benchmark_generation
-from halo_lab.bench_decode import MEDIUM
+from halo_lab.bench import DECODE_VARIANTS, benchmark_generation
+from halo_lab.bench.decode import MEDIUM
+from halo_lab.bench.train_step import _model_config
 from halo_lab.generation import Decoder
 from halo_lab.model import build_model
 

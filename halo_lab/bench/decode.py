@@ -1,4 +1,4 @@
-"""The decode benchmark on its own, without Hydra: ``python -m halo_lab.bench_decode [--preset gpu|quick]``.
+"""The decode benchmark on its own, without Hydra: ``python -m halo_lab.bench.decode [--preset gpu|quick]``.
 
 The ``gpu`` preset is issue 13's grid on the ~31M medium model: batch 1 at 1K / 32K / 128K context,
 batch 8 and 64 at 4K / 32K; dense, HALO-S with the full cache and HALO-S with the ring cache, all through
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,10 @@ from typing import Any
 
 import torch
 
-from halo_lab import bench
+from halo_lab.bench.decode_speed import DECODE_VARIANTS, bench_decode
+from halo_lab.bench.plots import plot
+from halo_lab.bench.tables import add_ratios, format_decode_table, format_table
+from halo_lab.bench.timing import DTYPES, device_name
 
 MEDIUM = {
     "vocab_size": 256,
@@ -97,7 +99,7 @@ def check_decode_matches_forward(
 
     device = torch.device(device)
     paths = {}
-    for variant, (arch, cache) in bench.DECODE_VARIANTS.items():
+    for variant, (arch, cache) in DECODE_VARIANTS.items():
         torch.manual_seed(0)
         model = build_model(HaloConfig(**CHECK_CONFIG), arch).to(device, dtype).eval()
         prompt = torch.randint(0, 64, (batch, prompt_len), device=device)
@@ -143,25 +145,25 @@ def spec_for(preset: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_decode(spec: dict[str, Any], device: torch.device, dtype: torch.dtype, on_row=None) -> list[dict]:
-    """bench.bench_decode once per run entry (each with its own timed-prefill contexts)."""
+    """bench_decode once per run entry (each with its own timed-prefill contexts)."""
     rows = []
     prefill = {int(k): v for k, v in spec.get("prefill_contexts", {}).items()}
     for run_spec in spec["runs"]:
         one = {**spec, "runs": [run_spec], "prefill_contexts": prefill.get(int(run_spec["batch"]), [])}
-        rows += bench.bench_decode(one, device, dtype, on_row=on_row)
-    bench.add_ratios(rows)
+        rows += bench_decode(one, device, dtype, on_row=on_row)
+    add_ratios(rows)
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m halo_lab.bench_decode", description=__doc__.split("\n")[0]
+        prog="python -m halo_lab.bench.decode", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), help="default: gpu on CUDA, else quick")
     parser.add_argument("--out", type=Path, help="output directory")
-    parser.add_argument("--variants", nargs="+", choices=sorted(bench.DECODE_VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=sorted(DECODE_VARIANTS))
     parser.add_argument("--new-tokens", type=int)
-    parser.add_argument("--dtype", default="bf16", choices=sorted(bench.DTYPES), help="CUDA dtype")
+    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="CUDA dtype")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--no-cuda-graph", action="store_true")
     parser.add_argument("--check", action="store_true", help="check decode == forward first")
@@ -174,15 +176,15 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     preset = args.preset or ("gpu" if cuda else "quick")
-    dtype = bench.DTYPES[args.dtype] if cuda else torch.float32
+    dtype = DTYPES[args.dtype] if cuda else torch.float32
     out = args.out or Path("outputs/bench") / time.strftime("decode-%Y-%m-%d_%H-%M-%S")
     result: dict[str, Any] = {
-        "device": bench.device_name(device),
+        "device": device_name(device),
         "preset": preset,
         "dtype": str(dtype),
         "torch": torch.__version__,
         "command": " ".join(
-            ["python -m halo_lab.bench_decode", *(argv if argv is not None else sys.argv[1:])]
+            ["python -m halo_lab.bench.decode", *(argv if argv is not None else sys.argv[1:])]
         ),
     }
     print(f"halo_lab decode bench on {result['device']} ({preset}, {dtype})", flush=True)
@@ -213,34 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     result["wall_s"] = time.perf_counter() - t0
     (out / "results.json").write_text(json.dumps(result, indent=2))
     try:
-        bench.plot(result["rows"], out / "bench.png", f"halo_lab decode: {result['device']}, {dtype}")
+        plot(result["rows"], out / "bench.png", f"halo_lab decode: {result['device']}, {dtype}")
     except ImportError as e:  # matplotlib is optional here
         print(f"no plot ({e})")
-    print(bench.format_table(result["rows"]))
+    print(format_table(result["rows"]))
     print(format_decode_table(result["rows"]))
     print(f"\nresults: {out / 'results.json'}\nplot:    {out / 'bench.png'}")
     return 1 if "error" in result.get("check", {}) else 0
-
-
-def format_decode_table(rows: list[dict]) -> str:
-    head = f"{'variant':<11}{'ctx':>8}{'B':>4}{'tok/s':>12}{'x dense':>9}{'TTFT ms':>10}{'KV MB':>10}{'KV x':>7}{'kern':>6}  path"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"{r['variant']:<11}{r['seq_len']:>8}{r['batch']:>4}  {r['error']}")
-            continue
-        speed = 1 / r["ratio_to_dense"] if r.get("ratio_to_dense") else None
-
-        def f(v, fmt):
-            width = int(re.match(r"\d+", fmt).group())
-            return format(v, fmt) if isinstance(v, (int, float)) else "-".rjust(width)
-
-        lines.append(
-            f"{r['variant']:<11}{r['seq_len']:>8}{r['batch']:>4}{f(r['tokens_per_sec'], '12,.0f')}"
-            f"{f(speed, '9.2f')}{f(r.get('prefill_ms'), '10.1f')}{f(r.get('kv_cache_mb'), '10.1f')}"
-            f"{f(r.get('kv_ratio_to_dense'), '7.3f')}{f(r.get('kernels_per_token'), '6d')}  {r.get('decode_path')}"
-        )
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

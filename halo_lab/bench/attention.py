@@ -1,0 +1,114 @@
+"""The attention layer alone (``parts=[attention]``): forward + backward of dense attention and of each HALO
+backend at B*N tokens, and the check of the fast backends against the reference that runs first."""
+
+from __future__ import annotations
+
+import torch
+
+from halo_lab import graph
+from halo_lab.bench.timing import peak_memory_mb, time_ms
+from halo_lab.config import HaloConfig
+from halo_lab.model import attention as attn
+
+
+def _attention_variants(base: HaloConfig) -> dict[str, tuple[str, HaloConfig]]:
+    return {
+        "dense": ("dense", base),
+        "triton": ("triton", base),
+        "triton_token": ("triton", base.replace(random_edges="token")),
+        "flex": ("flex", base),
+        "flex_token": ("flex", base.replace(random_edges="token")),
+        "hybrid": ("hybrid", base),
+        "hybrid_token": ("hybrid", base.replace(random_edges="token")),
+        "window": ("flex", base.replace(dilated_offsets=[], num_random=0)),
+        "reference": ("reference", base),
+    }
+
+
+def _edges(config: HaloConfig, backend: str, n: int) -> float:
+    if backend == "dense":
+        return n * (n + 1) / 2
+    return float((graph.full_neighbor_index(config, 0, 0, n, "cpu") >= 0).sum())
+
+
+def check_backends(device: torch.device, dtype: torch.dtype, n: int = 700) -> dict[str, float]:
+    """Relative error of the fast backends vs the reference (values, and gradients on CUDA)."""
+    errors = {}
+    grads = device.type == "cuda"
+    for mode in ("block", "token"):
+        c = HaloConfig(random_edges=mode, graph_seed=7)
+        L = n + c.num_globals
+        ins = [torch.randn(2, h, L, 64, device=device, dtype=dtype, requires_grad=grads) for h in (8, 2, 2)]
+        ref = attn.reference_attention(*[t.float() for t in ins], c, 1, 3)
+        g = torch.randn_like(ref)
+        for backend in ("triton", "flex", "hybrid") if device.type == "cuda" else ("flex", "hybrid"):
+            with torch.set_grad_enabled(grads):
+                fast = attn.halo_attention(*ins, c, 1, 3, backend)
+            errors[f"{backend}_{mode}_out"] = ((fast.float() - ref).norm() / ref.norm()).item()
+            if grads:
+                ref_grads = torch.autograd.grad(ref, ins, g, retain_graph=True)
+                for name, a, b in zip("qkv", ref_grads, torch.autograd.grad(fast, ins, g.to(dtype))):
+                    errors[f"{backend}_{mode}_d{name}"] = (
+                        (b.float() - a.float()).norm() / a.float().norm()
+                    ).item()
+    return errors
+
+
+def bench_attention(
+    spec: dict, device: torch.device, dtype: torch.dtype, warmup: int, repeats: int
+) -> list[dict]:
+    rows = []
+    base = HaloConfig(
+        num_heads=spec["heads"], num_kv_heads=spec["kv_heads"], hidden_size=spec["heads"] * spec["head_dim"]
+    )
+    for n in spec["seq_lens"]:
+        batch = max(1, spec["tokens"] // n)
+        for name, (backend, cfg) in _attention_variants(base).items():
+            if name not in spec["backends"] or (name == "reference" and n > spec["reference_max_len"]):
+                continue
+            if backend in ("triton", "flex", "hybrid") and device.type != "cuda":
+                continue  # no CPU backward for FlexAttention; Triton kernels need a GPU
+            L = n + (0 if backend == "dense" else cfg.num_globals)
+            q = torch.randn(
+                batch, cfg.num_heads, L, cfg.head_dim, device=device, dtype=dtype, requires_grad=True
+            )
+            k = torch.randn(
+                batch, cfg.num_kv_heads, L, cfg.head_dim, device=device, dtype=dtype, requires_grad=True
+            )
+            v = torch.randn_like(k, requires_grad=True)
+            grad = torch.randn_like(q)
+
+            def step(q=q, k=k, v=v, grad=grad, backend=backend, cfg=cfg):
+                out = (
+                    attn.dense_attention(q, k, v)
+                    if backend == "dense"
+                    else attn.halo_attention(q, k, v, cfg, 0, 0, backend)
+                )
+                out.backward(grad)
+                q.grad = k.grad = v.grad = None
+
+            try:
+                ms = time_ms(step, device, warmup, repeats)
+                mem = peak_memory_mb(step, device)
+            except torch.OutOfMemoryError:
+                rows.append(
+                    {"part": "attention", "variant": name, "seq_len": n, "batch": batch, "error": "OOM"}
+                )
+                continue
+            finally:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            flops = 3 * 4 * cfg.num_heads * cfg.head_dim * _edges(cfg, backend, n) * batch  # fwd + 2x bwd
+            rows.append(
+                {
+                    "part": "attention",
+                    "variant": name,
+                    "seq_len": n,
+                    "batch": batch,
+                    "ms": ms,
+                    "tokens_per_sec": batch * n / ms * 1e3,
+                    "peak_mem_mb": mem,
+                    "tflops": flops / ms / 1e9,
+                }
+            )
+    return rows
