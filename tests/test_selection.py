@@ -1,0 +1,249 @@
+"""Content-selected blocks (halo_lab/graph/selection.py): the choice against a brute-force one, causality in
+every backend and mode (cached decoding included), the backends against the reference oracle, the key
+count per query, and plain HALO-S unchanged when selection is off."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from halo_lab import graph
+from halo_lab.config import HaloConfig
+from halo_lab.graph import selection
+from halo_lab.graph.reference import reference_attention
+from halo_lab.model import HaloSModel
+from halo_lab.model import attention as attn
+
+BACKENDS = ["reference", "masked", "triton"]
+
+
+def cfg(**kw) -> HaloConfig:
+    base = dict(
+        vocab_size=64, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, local_window=8,
+        dilated_offsets=[1, 2], num_random=2, graph_block_size=16, max_seq_len=256, dropout=0.0,
+        select_blocks=2, select_block_size=4, select_group_size=3, select_groups=2,
+    )  # fmt: skip
+    return HaloConfig(**{**base, **kw})
+
+
+def qkv(c: HaloConfig, n: int, seed: int = 0, dtype=torch.float32, grad=False):
+    g = torch.Generator().manual_seed(seed)
+    L, d = c.num_globals + n, c.head_dim
+    shapes = [(2, c.num_heads, L, d), (2, c.num_kv_heads, L, d), (2, c.num_kv_heads, L, d)]
+    return [torch.randn(*s, generator=g).to(dtype).requires_grad_(grad) for s in shapes]
+
+
+# ------------------------------------------------------------------------------------ the choice
+
+
+def brute_force(q, k, c: HaloConfig):
+    """(groups, blocks) per (row, KV head, text query) by loops over every candidate, as the docstring of
+    halo_lab.graph.selection says."""
+    G, W, b, m = c.num_globals, c.local_window, c.select_block_size, c.select_group_size
+    B, Hq, L, d = q.shape
+    Hkv, N = k.shape[1], L - G
+    nb = N // b
+    blocks = [k[:, :, G + j * b : G + (j + 1) * b].mean(2) for j in range(nb)]
+    groups = [torch.stack(blocks[g * m : (g + 1) * m]).mean(0) for g in range(nb // m)] if m else []
+    out_g, out_b = {}, {}
+    for bi in range(B):
+        for h in range(Hkv):
+            heads = range(h * (Hq // Hkv), (h + 1) * (Hq // Hkv))
+            for i in range(N):
+                qi = [q[bi, hh, G + i] for hh in heads]
+
+                def score(s, qi=qi, bi=bi, h=h):
+                    return sum(float(x @ s[bi, h]) for x in qi) / math.sqrt(d)
+
+                def best(cands, count, summaries):
+                    ranked = sorted(cands, key=lambda j: (-score(summaries[j]), j))
+                    return ranked[:count]
+
+                c_i = max(0, (i - W + 1) // b)
+                fine = list(range(c_i))
+                chosen_groups = []
+                if m:
+                    chosen_groups = best(list(range(c_i // m)), c.select_groups, groups)
+                    fine = [j for j in fine if j >= (c_i // m) * m or j // m in chosen_groups]
+                out_g[bi, h, i] = sorted(chosen_groups)
+                out_b[bi, h, i] = best(fine, c.select_blocks, blocks)
+    return out_g, out_b
+
+
+@pytest.mark.parametrize("m", [0, 3])
+@pytest.mark.parametrize("n_blocks", [2, 40])  # 40: more blocks than any query has (n*b > the past)
+def test_choice_equals_brute_force(m, n_blocks):
+    c = cfg(select_group_size=m, select_blocks=n_blocks)
+    q, k, v = qkv(c, 70, seed=m + n_blocks)
+    sel = selection.select(q[:, :, c.num_globals :], k, v, c, torch.arange(70))
+    want_g, want_b = brute_force(q, k, c)
+    for (bi, h, i), blocks in want_b.items():
+        got = [j for j in sel.blocks[bi, h, i].tolist() if j >= 0]
+        assert got == blocks, f"row {bi}, KV head {h}, query {i}: chose {got}, brute force {blocks}"
+        got_g = sorted(j for j in sel.groups[bi, h, i].tolist() if j >= 0) if m else []
+        assert got_g == want_g[bi, h, i]
+        for j in got:  # causal by construction: complete, and before the window
+            assert (j + 1) * c.select_block_size <= i - c.local_window + 1
+
+
+def test_ties_break_to_the_lower_block_and_heads_of_a_kv_head_share_the_choice():
+    c = cfg(select_group_size=0, num_kv_heads=1)
+    q, k, v = qkv(c, 60)
+    k = torch.zeros_like(k)  # every summary scores the same: the lowest candidates win
+    sel = selection.select(q[:, :, c.num_globals :], k, v, c, torch.arange(60))
+    assert sel.blocks[0, 0, 59].tolist() == [0, 1]
+    # the 4 query heads of the one KV head share one choice: swapping them changes nothing
+    q2, k2, v2 = qkv(c, 60, seed=5)
+    a = selection.select(q2[:, :, c.num_globals :], k2, v2, c, torch.arange(60)).blocks
+    b = selection.select(q2.flip(1)[:, :, c.num_globals :], k2, v2, c, torch.arange(60)).blocks
+    assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------ backends
+
+
+def triton_ready():
+    if not attn.triton_interpreted():
+        pytest.skip("the triton backend runs on a CPU under TRITON_INTERPRET=1 (tests/conftest.py)")
+
+
+@pytest.mark.parametrize("backend", ["masked", "triton"])
+@pytest.mark.parametrize("n", [64, 70])  # on and off the block size
+@pytest.mark.parametrize("m", [0, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backends_equal_the_reference_in_values_and_gradients(backend, n, m, dtype):
+    if backend == "triton":
+        triton_ready()
+    c = cfg(select_group_size=m, attention_backend=backend)
+    q, k, v = qkv(c, n, seed=n + m, dtype=dtype, grad=True)
+    ref = reference_attention(q, k, v, c, 1, 7)
+    out = attn.halo_attention(q, k, v, c, 1, 7, backend)
+    g = torch.randn_like(ref)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(out.float(), ref.float(), **tol)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        torch.testing.assert_close(a.float(), b.float(), **tol)
+
+
+def test_summary_keys_off_changes_only_the_softmax():
+    c = cfg(select_summary_keys=False)
+    q, k, v = qkv(c, 70)
+    with_sums = reference_attention(q, k, v, c.replace(select_summary_keys=True), 0, -1)
+    without = reference_attention(q, k, v, c, 0, -1)
+    masked = attn.masked_attention(q, k, v, c, 0, -1)
+    torch.testing.assert_close(masked, without, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(with_sums, without)
+
+
+def test_selection_off_is_plain_halo_bit_for_bit():
+    torch.manual_seed(0)
+    plain = HaloSModel(cfg(select_blocks=0, select_block_size=32, select_group_size=16))
+    other = HaloSModel(
+        cfg(select_blocks=0, select_block_size=4, select_group_size=0, select_summary_keys=False)
+    )
+    other.load_state_dict(plain.state_dict())
+    x = torch.randint(0, 64, (2, 90))
+    for backend in ("reference", "masked"):
+        a = HaloSModel(plain.config.replace(attention_backend=backend))
+        a.load_state_dict(plain.state_dict())
+        b = HaloSModel(other.config.replace(attention_backend=backend))
+        b.load_state_dict(plain.state_dict())
+        assert torch.equal(a(x)[0], b(x)[0])
+    idx = graph.full_neighbor_index(plain.config, 0, -1, 90, "cpu")
+    q, k, v = qkv(plain.config, 90)
+    assert torch.equal(reference_attention(q, k, v, plain.config, 0, -1), attn.gather_attention(q, k, v, idx))
+
+
+# ------------------------------------------------------------------------------------ causality
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("m", [0, 3])
+def test_causality(backend, training, m):
+    if backend == "triton":
+        triton_ready()
+    torch.manual_seed(0)
+    model = HaloSModel(cfg(select_group_size=m, attention_backend=backend)).train(training)
+    model.set_graph_step(3)
+    x = torch.randint(0, 64, (2, 96))
+    for j in (30, 60, 95):
+        y = x.clone()
+        y[:, j] = (y[:, j] + 1) % 64
+        a, b = model(x)[0], model(y)[0]
+        assert torch.allclose(a[:, :j], b[:, :j], atol=1e-6), f"token {j} changed an earlier logit"
+        assert not torch.allclose(a[:, j], b[:, j])
+
+
+@pytest.mark.parametrize("m", [0, 3])
+def test_cached_decoding_is_exact_and_causal(m):
+    torch.manual_seed(2)
+    model = HaloSModel(cfg(select_group_size=m)).eval()
+    tokens = torch.randint(0, 64, (2, 120))
+    with torch.no_grad():
+        full = model(tokens)[0]
+        caches = model.new_caches(2, 120, "cpu", torch.float32)
+        for c in caches:  # poison unwritten slots: a step that reads ahead of the cache would see them
+            c.k.normal_(std=100.0)
+            c.v.normal_(std=100.0)
+        torch.testing.assert_close(model.forward_cached(tokens[:, :50], caches), full[:, :50])
+        pos = torch.tensor([model.num_globals + 50])
+        for t in range(50, 120):  # the one-token step of the compiled decoder (summaries kept in the cache)
+            step = model.decode_step(tokens[:, t : t + 1], pos, caches)
+            torch.testing.assert_close(step, full[:, t], atol=1e-4, rtol=1e-4)
+            pos += 1
+        prompt = tokens[:, :40]
+        cached = model.generate(prompt, max_new_tokens=70, temperature=0)
+        assert torch.equal(cached, model.generate(prompt, max_new_tokens=70, temperature=0, use_cache=False))
+
+
+def test_ring_cache_and_fixed_graph_backends_refuse_selection():
+    model = HaloSModel(cfg()).eval()
+    with pytest.raises(ValueError, match="cache='ring' cannot hold the content-selected blocks"):
+        model.generate(torch.zeros(1, 10, dtype=torch.long), max_new_tokens=5, cache="ring")
+    for backend in ("flex", "hybrid"):
+        with pytest.raises(ValueError, match=f"attention_backend='{backend}'.*content-selected"):
+            cfg(attention_backend=backend)
+
+
+def test_auto_never_picks_a_backend_that_drops_the_selection(monkeypatch):
+    from halo_lab.model.attention import dispatch
+
+    monkeypatch.setattr(dispatch, "HAS_FLEX", True)
+    monkeypatch.setattr(dispatch, "_has_triton", lambda: False)  # no triton: plain HALO-S takes flex
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert attn.resolve_backend(cfg(select_blocks=0), torch.device("cuda"), 100) == "flex"
+    assert attn.resolve_backend(cfg(), torch.device("cuda"), 100) == "masked"
+    assert attn.resolve_backend(cfg(), torch.device("cuda"), 10_000) == "reference"
+
+
+# ------------------------------------------------------------------------------------ key count
+
+
+def test_keys_per_query_match_the_index_tables_and_the_stated_bound():
+    c = cfg(select_group_size=3)
+    n = 90
+    q, k, v = qkv(c, n)
+    G = c.num_globals
+    idx = graph.full_neighbor_index(c, 0, -1, n, "cpu")
+    from halo_lab.graph.reference import with_selection
+
+    _, _, wide = with_selection(q[:, :, G:], k, v, c, torch.arange(n), idx[G:])
+    extra = (wide[..., idx.shape[1] :] >= 0).sum(-1)  # chosen tokens (deduplicated) + summary keys
+    bound = selection.keys_per_query(c, torch.arange(n))
+    assert bool((extra <= bound).all()) and bool((extra >= bound - c.num_random - 2).all())
+    assert int(bound.max()) <= (n // c.select_block_size) // 3 + 2 * 3 + 2 + 2 * c.select_block_size
+
+
+def test_default_selection_reads_a_small_share_of_dense_keys():
+    """The defaults (b=32, n=2, groups of 16, 2 groups) with the default graph: at most half of dense's
+    average keys per query at 1K, a tenth at 4K, a fiftieth at 64K (issue 27's bound)."""
+    from halo_lab import estimate_graph_stats
+
+    c = HaloConfig(max_seq_len=65536, num_layers=1, select_blocks=2)
+    for n, share in ((1024, 2), (4096, 10), (65536, 50)):
+        stats = estimate_graph_stats(c, n)
+        assert stats["edges_per_token"] <= (n + 1) / 2 / share, (n, stats["edges_per_token"])
+        assert stats["selected_keys_per_token"] > 0
