@@ -58,7 +58,7 @@ def brute_force(q, k, c: HaloConfig):
                     return sum(float(x @ s[bi, h]) for x in qi) / math.sqrt(d)
 
                 def best(cands, count, summaries):
-                    ranked = sorted(cands, key=lambda j: (-score(summaries[j]), j))
+                    ranked = sorted(cands, key=lambda s: (-score(summaries[s]), s))
                     return ranked[:count]
 
                 c_i = max(0, (i - W + 1) // b)
