@@ -9,7 +9,9 @@ tensor-core product per key tile:
   H200 fp32 atomics for these cost more than the rest of the pass (852 us vs ~0.2 ms, N = 1K);
 * globals and random keys (shared by many tiles): fp32 atomics into one [B, HKV, L, HD] buffer, a
   [16, HD] block per tile for the shared tile. Their order varies, so these gradients are reproducible
-  to fp32 rounding, not bit for bit.
+  to fp32 rounding, not bit for bit;
+* content-selected blocks (SEL): the chosen keys' into that same buffer, the summaries' into their own
+  fp32 [B, HKV, S, HD] buffers (selected.py).
 
 dK/dV pass: a program owns BLOCK_N keys of one (batch, KV head); their window queries j .. j + W - 1
 come in tiles packed like the forward's (BLOCK_Q positions x GRP heads). It adds the fp32 buffers last
@@ -24,6 +26,12 @@ import triton.language as tl
 from halo_lab.kernels.halo_attention.common import load_query_rows, load_rows, mma
 from halo_lab.kernels.halo_attention.dilated import dilated_backward
 from halo_lab.kernels.halo_attention.forward import query_tile, shared_keys, token_random_keys
+from halo_lab.kernels.halo_attention.selected import (
+    block_summary_tile,
+    candidates,
+    chosen_block_tile,
+    group_summary_tile,
+)
 
 
 @triton.jit
@@ -60,6 +68,7 @@ def store_dilated_grads(
 @triton.jit
 def halo_bwd_dq_kernel(
     Q, K, V, Out, DO, DQ, LSE, DELTA, DKA, DVA, DKD, DVD, DIST, RAND,
+    SK, SV, DSK, DSV, BLK, GRPS, TB, TBN,  # the content-selected part (SEL; selected.py)
     qk_scale, sm_scale, dil_stride,
     stride_qb, stride_qh, stride_ql,
     stride_kb, stride_kh, stride_kl,
@@ -68,12 +77,15 @@ def halo_bwd_dq_kernel(
     stride_dob, stride_doh, stride_dol,
     stride_dqb, stride_dqh, stride_dql,
     stride_ru,
-    L, HKV,
+    stride_skb, stride_skh, stride_skl,
+    L, HKV, NT, UMAX, NB, NSUM,
     G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr, UNIT: tl.constexpr,
     GRP: tl.constexpr, HD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
     SHARED_N: tl.constexpr, RAND_N: tl.constexpr, SHARED_RANDOM: tl.constexpr,
     DIL_GROUPED: tl.constexpr, DIL_P: tl.constexpr, DIL_K: tl.constexpr, DIL_NG: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    SEL: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr, NSELP: tl.constexpr, SM: tl.constexpr,
+    NG2P: tl.constexpr, SUMK: tl.constexpr, SUM_N: tl.constexpr,
 ):  # fmt: skip
     BLOCK_M: tl.constexpr = BLOCK_T * GRP
     NRS: tl.constexpr = NR if SHARED_RANDOM else 0
@@ -146,6 +158,42 @@ def halo_bwd_dq_kernel(
         ok_w = is_text[:, None] & kmask[None, :] & (dw >= 0) & (dw < W)
         p_w, ds_w = grad_tile(q, do, lse, delta, kt_w, vt_w, ok_w, qk_scale, IEEE, UPCAST)
         dq += mma(ds_w.to(kt_w.dtype), kt_w, IEEE, UPCAST)
+
+    if SEL:
+        tile = (b * HKV + h) * NT + tl.program_id(0)
+        for u in range(0, tl.load(TBN + tile)):
+            pos, valid, ok = chosen_block_tile(
+                u, tile * UMAX, (b * HKV + h) * L * NSELP, tok, is_text, RAND, DIST, stride_ru, TB, BLK,
+                G, ND, NR, UNIT, SB, SBP, NSELP,
+            )  # fmt: skip
+            kt = load_rows(k_base, pos, valid, stride_kl, cols)
+            vt = load_rows(v_base, pos, valid, stride_vl, cols)
+            p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
+            dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
+            add_key_grads(DKA, DVA, acc_base, pos, valid, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
+        if SUMK:
+            c = candidates(tok, is_text, G, W, SB)
+            c_hi = tl.max(c, 0)
+            sk_base = SK + b * stride_skb + h * stride_skh
+            sv_base = SV + b * stride_skb + h * stride_skh
+            sum_base = (b * HKV + h) * NSUM * HD  # the fp32 buffers are contiguous [B, HKV, S, HD]
+            for start in range(0, c_hi, SUM_N):
+                j, ok = block_summary_tile(
+                    start, c, (b * HKV + h) * L * NG2P, tok, is_text, GRPS, SM, NG2P, SUM_N
+                )
+                kt = load_rows(sk_base, j, j < NB, stride_skl, cols)
+                vt = load_rows(sv_base, j, j < NB, stride_skl, cols)
+                p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
+                dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
+                add_key_grads(DSK, DSV, sum_base, j, j < NB, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
+            if SM > 0:
+                for start in range(0, c_hi // SM, SUM_N):
+                    j, ok = group_summary_tile(start, c, is_text, NB, SM, SUM_N)
+                    kt = load_rows(sk_base, j, j < NSUM, stride_skl, cols)
+                    vt = load_rows(sv_base, j, j < NSUM, stride_skl, cols)
+                    p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
+                    dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
+                    add_key_grads(DSK, DSV, sum_base, j, j < NSUM, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
 
     tl.store(
         DQ + b * stride_dqb + head[:, None] * stride_dqh + tok[:, None] * stride_dql + cols[None, :],

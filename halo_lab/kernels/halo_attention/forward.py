@@ -13,7 +13,8 @@ Every group of keys is a [N, HD] tile and a [BLOCK_M, N] mask, through the same 
   t0 - d + BLOCK_T - 1, each row keeping the key on its diagonal), kept for comparison;
 * per-token random tile (token mode, or tiles that span several blocks): the BLOCK_T * R keys of the
   tile's positions, gathered by index, each row keeping its own R;
-* window tiles: keys [t0 - W + 1, t0 + BLOCK_T) in BLOCK_N steps, the band mask.
+* window tiles: keys [t0 - W + 1, t0 + BLOCK_T) in BLOCK_N steps, the band mask;
+* with content-selected blocks (SEL): the tile's chosen blocks and the summary tiles (selected.py).
 
 The masked-away products cost tensor-core time, which is cheap; row-wise products on CUDA cores held
 [BLOCK_M, HD] fp32 temporaries per key and spilled registers. Softmax in base 2 (scores pre-multiplied
@@ -27,6 +28,12 @@ import triton.language as tl
 
 from halo_lab.kernels.halo_attention.common import NEG_INF, load_query_rows, load_rows, mma
 from halo_lab.kernels.halo_attention.dilated import dilated_forward
+from halo_lab.kernels.halo_attention.selected import (
+    block_summary_tile,
+    candidates,
+    chosen_block_tile,
+    group_summary_tile,
+)
 
 
 @triton.jit
@@ -82,18 +89,22 @@ def attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE: tl.constexpr, UPCAST: t
 @triton.jit
 def halo_fwd_kernel(
     Q, K, V, Out, LSE, DIST, RAND,
+    SK, SV, BLK, GRPS, TB, TBN,  # the content-selected part (SEL; selected.py)
     qk_scale,  # softmax scale * log2(e)
     stride_qb, stride_qh, stride_ql,
     stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl,
     stride_ob, stride_oh, stride_ol,
     stride_ru,
-    L, HKV,
+    stride_skb, stride_skh, stride_skl,
+    L, HKV, NT, UMAX, NB, NSUM,
     G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr, UNIT: tl.constexpr,
     GRP: tl.constexpr, HD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
     SHARED_N: tl.constexpr, RAND_N: tl.constexpr, SHARED_RANDOM: tl.constexpr,
     DIL_GROUPED: tl.constexpr, DIL_P: tl.constexpr, DIL_K: tl.constexpr, DIL_NG: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    SEL: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr, NSELP: tl.constexpr, SM: tl.constexpr,
+    NG2P: tl.constexpr, SUMK: tl.constexpr, SUM_N: tl.constexpr,
 ):  # fmt: skip
     BLOCK_M: tl.constexpr = BLOCK_T * GRP
     NRS: tl.constexpr = NR if SHARED_RANDOM else 0
@@ -149,6 +160,35 @@ def halo_fwd_kernel(
         dw = tok[:, None] - kpos_w[None, :]
         ok_w = is_text[:, None] & kmask[None, :] & (dw >= 0) & (dw < W)
         m, denom, acc = attend(q, kt_w, vt_w, ok_w, m, denom, acc, qk_scale, IEEE, UPCAST)
+
+    if SEL:
+        tile = (b * HKV + h) * NT + tl.program_id(0)
+        for u in range(0, tl.load(TBN + tile)):
+            pos, valid, ok = chosen_block_tile(
+                u, tile * UMAX, (b * HKV + h) * L * NSELP, tok, is_text, RAND, DIST, stride_ru, TB, BLK,
+                G, ND, NR, UNIT, SB, SBP, NSELP,
+            )  # fmt: skip
+            kt = load_rows(k_base, pos, valid, stride_kl, cols)
+            vt = load_rows(v_base, pos, valid, stride_vl, cols)
+            m, denom, acc = attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE, UPCAST)
+        if SUMK:
+            c = candidates(tok, is_text, G, W, SB)
+            c_hi = tl.max(c, 0)
+            sk_base = SK + b * stride_skb + h * stride_skh
+            sv_base = SV + b * stride_skb + h * stride_skh
+            for start in range(0, c_hi, SUM_N):
+                j, ok = block_summary_tile(
+                    start, c, (b * HKV + h) * L * NG2P, tok, is_text, GRPS, SM, NG2P, SUM_N
+                )
+                kt = load_rows(sk_base, j, j < NB, stride_skl, cols)
+                vt = load_rows(sv_base, j, j < NB, stride_skl, cols)
+                m, denom, acc = attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE, UPCAST)
+            if SM > 0:
+                for start in range(0, c_hi // SM, SUM_N):
+                    j, ok = group_summary_tile(start, c, is_text, NB, SM, SUM_N)
+                    kt = load_rows(sk_base, j, j < NSUM, stride_skl, cols)
+                    vt = load_rows(sv_base, j, j < NSUM, stride_skl, cols)
+                    m, denom, acc = attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE, UPCAST)
 
     denom = tl.where(denom > 0, denom, 1.0)
     tl.store(

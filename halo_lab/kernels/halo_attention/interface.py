@@ -27,6 +27,7 @@ import torch
 
 from halo_lab import graph
 from halo_lab.config import HaloConfig
+from halo_lab.graph.selection import select
 from halo_lab.kernels.halo_attention.backward import halo_bwd_dkv_kernel, halo_bwd_dq_kernel
 from halo_lab.kernels.halo_attention.forward import halo_fwd_kernel
 from halo_lab.kernels.halo_attention.tables import GraphTables, graph_tables
@@ -93,9 +94,71 @@ def _like_bshd(t: torch.Tensor) -> torch.Tensor:
     return t.new_empty(B, L, H, d).transpose(1, 2)
 
 
+@dataclass
+class SelectionTables:
+    """The content-selected part as the kernels read it (selected.py), built in torch from the choice of
+    ``halo_lab.graph.selection.select``: every row's chosen blocks and groups (global rows: none), and per
+    query tile the sorted distinct blocks its rows chose."""
+
+    blk: torch.Tensor  # [B, Hkv, L, NSELP] int32 chosen blocks per position, -1 = none
+    grps: torch.Tensor  # [B, Hkv, L, NG2P] int32 chosen groups per position, -1 = none
+    tb: torch.Tensor  # [B, Hkv, NT, UMAX] int32 a tile's distinct blocks, ascending, -1 after them
+    tbn: torch.Tensor  # [B, Hkv, NT] int32 how many
+    nt: int
+    umax: int
+    nb: int  # block summaries (rows 0..nb-1 of the summary keys; the groups' follow)
+    nsum: int  # summary rows in all (>= 1: an empty store holds one unused zero row)
+
+
+_NO_SELECTION: dict[str, tuple] = {}
+
+
+def _no_selection(q: torch.Tensor) -> tuple:
+    """(sk, sv, tables) for a graph without selection: one-element tensors the kernels never read."""
+    key = str(q.device)
+    if key not in _NO_SELECTION:
+        z = torch.zeros(1, device=q.device, dtype=torch.int32)
+        s = torch.zeros(1, 1, 1, 1, device=q.device, dtype=q.dtype)
+        _NO_SELECTION[key] = (s, s, SelectionTables(z, z, z, z, 1, 1, 0, 1))
+    sk, sv, tables = _NO_SELECTION[key]
+    return sk.to(q.dtype), sv.to(q.dtype), tables
+
+
+def _padded(t: torch.Tensor, width: int, head: int) -> torch.Tensor:
+    """[B, H, N, n] -> [B, H, head + N, width] int32: -1 before (the global rows) and after (the columns)."""
+    t = torch.nn.functional.pad(t, (0, width - t.shape[-1], head, 0), value=-1)
+    return t.to(torch.int32).contiguous()
+
+
+def selection_tables(q, k, v, config: HaloConfig, block_t: int):
+    """(summary keys, summary values, SelectionTables) of the query tiles of ``block_t`` positions."""
+    G = config.num_globals
+    B, Hkv, L, d = k.shape
+    sel = select(q[:, :, G:], k, v, config, torch.arange(L - G, device=q.device))
+    nselp, ng2p = _pow2(config.select_blocks), _pow2(max(config.select_groups, 1))
+    blk = _padded(sel.blocks, nselp, G)
+    grps = _padded(sel.groups, ng2p, G)
+    nt = -(-L // block_t)
+    tiles = torch.nn.functional.pad(blk, (0, 0, 0, nt * block_t - L), value=-1).view(B, Hkv, nt, -1)
+    big = torch.iinfo(torch.int32).max
+    tiles = torch.where(tiles >= 0, tiles, big).sort(-1).values
+    repeat = torch.zeros_like(tiles, dtype=torch.bool)
+    repeat[..., 1:] = tiles[..., 1:] == tiles[..., :-1]
+    tiles = torch.where(repeat, big, tiles).sort(-1).values
+    tbn = (tiles < big).sum(-1).to(torch.int32)
+    tb = torch.where(tiles < big, tiles, -1).contiguous()
+    sk, sv = sel.summary_k, sel.summary_v
+    if sk.shape[2] == 0:  # no complete block yet: one zero row keeps the pointers valid
+        sk, sv = (torch.cat([t, t.new_zeros(B, Hkv, 1, d)], 2) for t in (sk, sv))
+    tables = SelectionTables(
+        blk, grps, tb, tbn.contiguous(), nt, tiles.shape[-1], sel.num_blocks, sk.shape[2]
+    )
+    return sk.contiguous(), sv.contiguous(), tables
+
+
 class HaloTritonAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, tables: GraphTables, plan: _Plan, scale: float):
+    def forward(ctx, q, k, v, sk, sv, tables: GraphTables, sel: SelectionTables, plan: _Plan, scale: float):
         q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
         B, Hq, L, d = q.shape
         Hkv = k.shape[1]
@@ -105,21 +168,23 @@ class HaloTritonAttention(torch.autograd.Function):
             (-(-L // plan.block_t), B * Hkv),
             (
                 q, k, v, o, lse, tables.dist, tables.rand,
+                sk, sv, sel.blk, sel.grps, sel.tb, sel.tbn,
                 scale * LOG2E,
                 *_strides(q), *_strides(k), *_strides(v), *_strides(o),
                 tables.rand.stride(0),
-                L, Hkv,
+                *_strides(sk),
+                L, Hkv, sel.nt, sel.umax, sel.nb, sel.nsum,
             ),
             plan.fwd,
         )  # fmt: skip
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.tables, ctx.plan, ctx.scale = tables, plan, scale
+        ctx.save_for_backward(q, k, v, o, lse, sk, sv)
+        ctx.tables, ctx.sel, ctx.plan, ctx.scale = tables, sel, plan, scale
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, o, lse = ctx.saved_tensors
-        tables, plan, scale = ctx.tables, ctx.plan, ctx.scale
+        q, k, v, o, lse, sk, sv = ctx.saved_tensors
+        tables, sel, plan, scale = ctx.tables, ctx.sel, ctx.plan, ctx.scale
         do = _last_dim_contiguous(do)
         B, Hq, L, d = q.shape
         Hkv = k.shape[1]
@@ -132,15 +197,24 @@ class HaloTritonAttention(torch.autograd.Function):
         dk_extra, dv_extra = torch.zeros(2, B, Hkv, L, d, device=q.device, dtype=torch.float32).unbind(0)
         # every slot the dK/dV pass reads is written by the dQ pass: no initialisation
         dk_dil, dv_dil = torch.empty(2, plan.nd, B, Hkv, L, d, device=q.device, dtype=k.dtype).unbind(0)
-        sq, sk, sv = _strides(q), _strides(k), _strides(v)
+        selecting = plan.fwd["SEL"]
+        # the summaries' fp32 dK/dV (atomics of the dQ pass); torch's autograd carries them to the pooled keys
+        dsk, dsv = (
+            torch.zeros(2, B, Hkv, sel.nsum, sk.shape[-1], device=q.device, dtype=torch.float32).unbind(0)
+            if selecting
+            else (dk_extra, dv_extra)  # never written without selection
+        )
+        sq, s_k, s_v = _strides(q), _strides(k), _strides(v)
         _dq(
             (-(-L // plan.block_t), B * Hkv),
             (
                 q, k, v, o, do, dq, lse, delta, dk_extra, dv_extra, dk_dil, dv_dil, tables.dist, tables.rand,
+                sk, sv, dsk, dsv, sel.blk, sel.grps, sel.tb, sel.tbn,
                 scale * LOG2E, scale, dk_dil.stride(0),
-                *sq, *sk, *sv, *_strides(o), *_strides(do), *_strides(dq),
+                *sq, *s_k, *s_v, *_strides(o), *_strides(do), *_strides(dq),
                 tables.rand.stride(0),
-                L, Hkv,
+                *_strides(sk),
+                L, Hkv, sel.nt, sel.umax, sel.nb, sel.nsum,
             ),
             plan.dq,
         )  # fmt: skip
@@ -149,12 +223,14 @@ class HaloTritonAttention(torch.autograd.Function):
             (
                 q, k, v, do, dk, dv, lse, delta, dk_extra, dv_extra, dk_dil, dv_dil, tables.dist,
                 scale * LOG2E, scale, dk_dil.stride(0),
-                *sq, *sk, *sv, *_strides(do), *_strides(dk), *_strides(dv),
+                *sq, *s_k, *s_v, *_strides(do), *_strides(dk), *_strides(dv),
                 L, Hkv,
             ),
             plan.dkv,
         )  # fmt: skip
-        return dq, dk, dv, None, None, None
+        if not selecting:
+            return dq, dk, dv, None, None, None, None, None, None
+        return dq, dk, dv, dsk.to(sk.dtype), dsv.to(sv.dtype), None, None, None, None
 
 
 def _pow2(n: int) -> int:  # triton.next_power_of_2 / cdiv cost µs a call on the host (JIT callables)
@@ -177,13 +253,18 @@ class _Plan:
 _PLANS: dict[tuple, _Plan] = {}
 
 
+def _selection_key(config: HaloConfig) -> tuple:
+    c = config
+    return (c.select_blocks, c.select_block_size, c.select_summary_keys, c.select_group_size, c.select_groups)
+
+
 def _plan(config: HaloConfig, unit: int, group: int, head_dim: int, dtype: torch.dtype) -> _Plan:
-    key = (graph.graph_key(config), unit, group, head_dim, dtype)
+    key = (graph.graph_key(config), _selection_key(config), unit, group, head_dim, dtype)
     plan = _PLANS.get(key)
     if plan is None:
         opts = _options(head_dim, group, dtype)
         consts = _consts(config, unit, group, head_dim, dtype, opts["fwd"]["BLOCK_T"])
-        dkv_consts = {n: consts[n] for n in ("G", "W", "ND", "GRP", "HD", "IEEE", "UPCAST")}
+        dkv_consts = {n: consts[n] for n in ("G", "W", "ND", "GRP", "HD", "IEEE", "UPCAST")}  # no selection
         plan = _PLANS[key] = _Plan(
             fwd={**consts, **opts["fwd"]},
             dq={**consts, **opts["dq"]},
@@ -217,6 +298,15 @@ def _consts(config: HaloConfig, unit: int, group: int, head_dim: int, dtype, blo
         "DIL_NG": block_t // dil_p,
         "IEEE": dtype == torch.float32,
         "UPCAST": INTERPRETED,
+        # the content-selected part (selected.py): b keys per chosen block, padded to a tensor-core tile
+        "SEL": config.selects,
+        "SB": config.select_block_size,
+        "SBP": max(16, _pow2(config.select_block_size)),
+        "NSELP": _pow2(max(config.select_blocks, 1)),
+        "SM": config.select_group_size,
+        "NG2P": _pow2(max(config.select_groups, 1)),
+        "SUMK": config.select_summary_keys,
+        "SUM_N": 32,  # summaries per tile: a window tile's width
     }
 
 
@@ -249,8 +339,12 @@ def _attention(q, k, v, config: HaloConfig, layer: int, step: int) -> torch.Tens
         q, k, v = (torch.nn.functional.pad(t, (0, padded - d)) for t in (q, k, v))
     tables = graph_tables(config, layer, step, q.shape[2], q.device)
     plan = _plan(config, tables.unit, group, padded, dtype)
+    if config.selects:
+        sk, sv, sel = selection_tables(q, k, v, config, plan.block_t)
+    else:
+        sk, sv, sel = _no_selection(q)
     # no autocast guard: the Function's forward and backward run no op that autocast casts
-    out = HaloTritonAttention.apply(q, k, v, tables, plan, scale)
+    out = HaloTritonAttention.apply(q, k, v, sk, sv, tables, sel, plan, scale)
     return out[..., :d] if padded != d else out
 
 

@@ -1,0 +1,77 @@
+"""The content-selected part of the graph as key tiles of the fused kernels (halo_lab/graph/selection.py).
+
+The choice itself (summaries, scores, top-n) is made in torch before the kernels run; the kernels read its
+result from small tables (``SelectionTables`` in interface.py) and add two more key groups to the same
+online softmax as the fixed graph's:
+
+* **chosen blocks**: a query tile loops over the distinct blocks its rows chose (``TB``, sorted, ``TBN`` of
+  them), each a contiguous [SBP, HD] tile of b keys (SBP = b padded to a power of two >= 16, the smallest
+  tensor-core tile); a row keeps the tile's keys when the block is among its own n (``BLK``) and drops a
+  key that is already one of its graph keys (its dilated or random key: the graph is a set). Rows of a
+  tile mostly choose the same few blocks, so each block is loaded once per tile, not once per row.
+* **summaries**: [SUM_N, HD] tiles of the summary keys and values (``SK``/``SV``: the blocks' means, then
+  the groups'). A row keeps block summary j < c_row (its candidates; with groups only those not yet in a
+  complete group and those of its chosen groups, ``GRPS``) and group summary g < c_row // SM.
+
+In the backward the dQ pass recomputes the same tiles; the chosen keys' dK/dV go to the fp32 buffers of the
+keys outside the window (atomics, like the random keys'), the summaries' to their own fp32 buffers, which
+torch's autograd carries back to the pooled keys and values.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def candidates(tok, is_text, G: tl.constexpr, W: tl.constexpr, SB: tl.constexpr):
+    """c per row: the blocks that are complete and end before the row's window."""
+    first = tok - G - W + 1  # the text position where the window starts
+    return tl.where(is_text & (first >= 0), first // SB, 0)
+
+
+@triton.jit
+def chosen_block_tile(u, tile_base, row_base, tok, is_text, RAND, DIST, stride_ru, TB, BLK,
+                      G: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr, UNIT: tl.constexpr,
+                      SB: tl.constexpr, SBP: tl.constexpr, NSELP: tl.constexpr):  # fmt: skip
+    """Full positions [SBP], their validity and the rows' mask [BLOCK_M, SBP] of the tile's u-th block."""
+    blk = tl.load(TB + tile_base + u)
+    col = tl.arange(0, SBP)
+    text_pos = blk * SB + col
+    valid = col < SB
+    pos = G + text_pos
+    hit = tl.zeros(tok.shape, tl.int32)
+    for e in tl.static_range(NSELP):  # the row chose this block (its n choices, -1 = none)
+        hit += (tl.load(BLK + row_base + tok * NSELP + e, mask=is_text, other=-1) == blk).to(tl.int32)
+    ok = (hit > 0)[:, None] & valid[None, :]
+    for e in tl.static_range(ND):  # a chosen key that is the row's dilated key counts once
+        ok = ok & (tok[:, None] - pos[None, :] != tl.load(DIST + e))
+    for r in tl.static_range(NR):  # ... and one that is its random key
+        rk = tl.load(RAND + (tok // UNIT) * stride_ru + r, mask=is_text, other=-1)
+        ok = ok & (rk[:, None] != pos[None, :])
+    return pos, valid, ok
+
+
+@triton.jit
+def block_summary_tile(start, c, row_base, tok, is_text, GRPS,
+                       SM: tl.constexpr, NG2P: tl.constexpr, SUM_N: tl.constexpr):  # fmt: skip
+    """Rows [SUM_N] of block summaries start.. and the rows' mask [BLOCK_M, SUM_N]: the blocks each row
+    scored (its candidates; with groups, those past its complete groups and those of its chosen groups)."""
+    j = start + tl.arange(0, SUM_N)
+    ok = is_text[:, None] & (j[None, :] < c[:, None])
+    if SM > 0:
+        scored = j[None, :] >= ((c // SM) * SM)[:, None]
+        for e in tl.static_range(NG2P):
+            g = tl.load(GRPS + row_base + tok * NG2P + e, mask=is_text, other=-1)
+            scored = scored | (g[:, None] == (j // SM)[None, :])
+        ok = ok & scored
+    return j, ok
+
+
+@triton.jit
+def group_summary_tile(start, c, is_text, NB, SM: tl.constexpr, SUM_N: tl.constexpr):
+    """Rows [SUM_N] (of SK: NB + g) of group summaries start.. and the rows' mask: g < c_row // SM."""
+    g = start + tl.arange(0, SUM_N)
+    ok = is_text[:, None] & (g[None, :] < (c // SM)[:, None])
+    return NB + g, ok
