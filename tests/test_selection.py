@@ -16,8 +16,6 @@ from halo_lab.graph.reference import reference_attention
 from halo_lab.model import HaloSModel
 from halo_lab.model import attention as attn
 
-BACKENDS = ["reference", "masked", "triton"]
-
 
 def cfg(**kw) -> HaloConfig:
     base = dict(
@@ -159,17 +157,18 @@ def test_selection_off_is_plain_halo_bit_for_bit():
 # ------------------------------------------------------------------------------------ causality
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "backend,m", [("reference", 0), ("reference", 3), ("masked", 0), ("masked", 3), ("triton", 3)]
+)
 @pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("m", [0, 3])
 def test_causality(backend, training, m):
     if backend == "triton":
-        triton_ready()
+        triton_ready()  # the interpreter is slow: one changed token (the others are the same code path)
     torch.manual_seed(0)
     model = HaloSModel(cfg(select_group_size=m, attention_backend=backend)).train(training)
     model.set_graph_step(3)
     x = torch.randint(0, 64, (2, 96))
-    for j in (30, 60, 95):
+    for j in (30, 60, 95) if backend != "triton" else (60,):
         y = x.clone()
         y[:, j] = (y[:, j] + 1) % 64
         a, b = model(x)[0], model(y)[0]
@@ -181,22 +180,22 @@ def test_causality(backend, training, m):
 def test_cached_decoding_is_exact_and_causal(m):
     torch.manual_seed(2)
     model = HaloSModel(cfg(select_group_size=m)).eval()
-    tokens = torch.randint(0, 64, (2, 120))
+    tokens = torch.randint(0, 64, (2, 96))
     with torch.no_grad():
         full = model(tokens)[0]
-        caches = model.new_caches(2, 120, "cpu", torch.float32)
+        caches = model.new_caches(2, 96, "cpu", torch.float32)
         for c in caches:  # poison unwritten slots: a step that reads ahead of the cache would see them
             c.k.normal_(std=100.0)
             c.v.normal_(std=100.0)
         torch.testing.assert_close(model.forward_cached(tokens[:, :50], caches), full[:, :50])
         pos = torch.tensor([model.num_globals + 50])
-        for t in range(50, 120):  # the one-token step of the compiled decoder (summaries kept in the cache)
+        for t in range(50, 96):  # the one-token step of the compiled decoder (summaries kept in the cache)
             step = model.decode_step(tokens[:, t : t + 1], pos, caches)
             torch.testing.assert_close(step, full[:, t], atol=1e-4, rtol=1e-4)
             pos += 1
         prompt = tokens[:, :40]
-        cached = model.generate(prompt, max_new_tokens=70, temperature=0)
-        assert torch.equal(cached, model.generate(prompt, max_new_tokens=70, temperature=0, use_cache=False))
+        cached = model.generate(prompt, max_new_tokens=40, temperature=0)
+        assert torch.equal(cached, model.generate(prompt, max_new_tokens=40, temperature=0, use_cache=False))
 
 
 def test_ring_cache_and_fixed_graph_backends_refuse_selection():
