@@ -246,3 +246,44 @@ def test_default_selection_reads_a_small_share_of_dense_keys():
         stats = estimate_graph_stats(c, n)
         assert stats["edges_per_token"] <= (n + 1) / 2 / share, (n, stats["edges_per_token"])
         assert stats["selected_keys_per_token"] > 0
+
+
+@pytest.mark.parametrize("m", [0, 3])
+def test_kernel_tables_give_the_reference_through_the_naive_form(m):
+    """The fused kernels' own selection tables (chosen blocks, groups, per-tile blocks) rebuild the reference
+    in plain torch: a table bug fails here, a kernel bug in the backend test above."""
+    from halo_lab.kernels.halo_attention.interface import selection_tables
+    from halo_lab.kernels.halo_attention.naive import naive_attention
+    from halo_lab.kernels.halo_attention.tables import graph_tables
+
+    c = cfg(select_group_size=m)
+    q, k, v = qkv(c, 70, seed=3)
+    tables = graph_tables(c, 1, 7, q.shape[2], "cpu")
+    selection = selection_tables(q, k, v, c, block_t=16)
+    torch.testing.assert_close(
+        naive_attention(q, k, v, tables, c, selection), reference_attention(q, k, v, c, 1, 7)
+    )
+    sel = selection[2]
+    for tile in range(sel.nt):  # each tile's block list: exactly the distinct blocks its rows chose
+        rows = sel.blk[:, :, tile * 16 : (tile + 1) * 16]
+        for bi in range(2):
+            for h in range(c.num_kv_heads):
+                want = sorted({int(x) for x in rows[bi, h].flatten() if x >= 0})
+                got = sel.tb[bi, h, tile, : sel.tbn[bi, h, tile]].tolist()
+                assert got == want
+
+
+@pytest.mark.parametrize("variant", ["halo_select", "local_select"])
+def test_a_tiny_selection_run_end_to_end(variant, tmp_path):
+    """`variant=halo_select` / `local_select` train, validate and export; the export reloads with the
+    selection and the same logits."""
+    from halo_lab.hub import load_from_hub
+    from halo_lab.runner.config import compose_config
+    from halo_lab.train import run
+
+    over = ["+experiment=needle_tiny", f"variant={variant}", "model.select_block_size=4", "logger=none"]
+    result = run(compose_config(over, output_dir=tmp_path))
+    assert result["steps"] == 4 and result["attention_backend"] == "masked"
+    model = load_from_hub(str(tmp_path / "hub")).eval()
+    assert model.config.select_blocks == 2 and model.config.select_block_size == 4
+    assert (model.config.num_random == 0) == (variant == "local_select")

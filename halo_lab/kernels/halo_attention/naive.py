@@ -1,4 +1,5 @@
-"""The naive form of what the fused kernels compute, from the same tables (for tests, not for speed).
+"""The naive form of what the fused kernels compute, from the same tables (for tests, not for speed),
+content-selected blocks included (from the kernels' selection tables).
 
 Each query's key list is rebuilt from the ranges and tables the kernels read (globals, window, dilated
 distances, the random table), then one masked softmax: so a wrong table fails against the reference here,
@@ -32,5 +33,35 @@ def key_index(config: HaloConfig, tables: GraphTables, seq_len: int, device) -> 
     return torch.cat([glob, window, dil, rand], dim=1)
 
 
-def naive_attention(q, k, v, tables: GraphTables, config: HaloConfig) -> torch.Tensor:
-    return gather_attention(q, k, v, key_index(config, tables, q.shape[2], q.device))
+def selected_index(config: HaloConfig, idx: torch.Tensor, sel) -> torch.Tensor:
+    """[B, Hkv, L, n*b + S] the content-selected keys of every position from the kernel's selection tables
+    (``interface.SelectionTables``): the chosen blocks' tokens not already in the row ``idx`` [L, K], then the
+    summaries the row has as keys (positions L.. of k and the summary keys concatenated)."""
+    G, W, b, m = config.num_globals, config.local_window, config.select_block_size, config.select_group_size
+    L = idx.shape[0]
+    blk = sel.blk.long()
+    tok = blk.unsqueeze(-1) * b + torch.arange(b, device=idx.device) + G
+    tok = torch.where(blk.unsqueeze(-1) >= 0, tok, -1).flatten(-2)
+    dup = ((tok.unsqueeze(-1) == idx[None, None, :, None, :]) & (tok.unsqueeze(-1) >= 0)).any(-1)
+    tok = torch.where(dup, -1, tok)
+    j = torch.arange(sel.nsum, device=idx.device)
+    pos = torch.arange(L, device=idx.device)
+    first = pos - G - W + 1
+    c = torch.where((pos >= G) & (first >= 0), torch.div(first, b, rounding_mode="floor"), 0).view(1, 1, L, 1)
+    fine = (j < sel.nb) & (j < c)
+    if m:
+        chosen = ((j // m).view(1, 1, 1, -1, 1) == sel.grps.long().unsqueeze(3)).any(-1)
+        fine = fine & ((j >= (c // m) * m) | chosen)
+        fine = fine | ((j >= sel.nb) & (j - sel.nb < c // m))
+    summary = torch.where(fine & config.select_summary_keys, L + j, -1)
+    return torch.cat([tok, summary.expand(*tok.shape[:3], -1)], dim=-1)
+
+
+def naive_attention(q, k, v, tables: GraphTables, config: HaloConfig, selection=None) -> torch.Tensor:
+    """``selection`` (with content-selected blocks): (summary keys, summary values, SelectionTables)."""
+    idx = key_index(config, tables, q.shape[2], q.device)
+    if selection is None:
+        return gather_attention(q, k, v, idx)
+    sk, sv, sel = selection
+    wide = torch.cat([idx.expand(*k.shape[:2], *idx.shape), selected_index(config, idx, sel)], dim=-1)
+    return gather_attention(q, torch.cat([k, sk], 2), torch.cat([v, sv], 2), wide)
