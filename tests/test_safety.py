@@ -1,0 +1,213 @@
+"""Security and data (issue 28): no checkpoint runs code through any door, a token cache is checked by
+content, tokenizer files stay inside the model folder, an export never writes through a symlink."""
+
+from __future__ import annotations
+
+import builtins
+import os
+import pickle
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+SMALL = dict(
+    vocab_size=61,
+    hidden_size=32,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    local_window=4,
+    dilated_offsets=[1, 2],
+    num_random=1,
+    dropout=0.0,
+    max_seq_len=64,
+    graph_block_size=8,
+)
+
+
+# ---------------------------------------------------------------------------------------------- 1. pickles
+class _Reduce:
+    """Unpickling it calls ``fn(*args)``: every payload below creates the marker file."""
+
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return (self.fn, self.args)
+
+
+def _good_checkpoint() -> dict:
+    """What the runner writes: a Lightning checkpoint of plain containers (model_config, arch, tokenizer)."""
+    import lightning
+
+    from halo_lab.runner.module import HaloLitModule
+
+    torch.manual_seed(0)
+    m = HaloLitModule(model_config=dict(SMALL), arch="halo", tokenizer={"type": "char"})
+    return {
+        "state_dict": m.state_dict(),
+        "hyper_parameters": dict(m.hparams),
+        "pytorch-lightning_version": lightning.__version__,
+        "epoch": 0,
+        "global_step": 0,
+    }
+
+
+PAYLOADS = ["open", "exec", "os.system", "subprocess.run", "in_state_dict", "in_hparams", "legacy", "pickle"]
+
+
+def _plant(tmp_path: Path, kind: str) -> tuple[Path, Path]:
+    """A checkpoint that would create ``marker`` if it were unpickled with weights_only=False."""
+    marker = tmp_path / f"MARKER_{kind.replace('.', '_')}"
+    path = tmp_path / f"evil_{kind.replace('.', '_')}.ckpt"
+    m = str(marker)
+    good = _good_checkpoint()
+    opened = _Reduce(builtins.open, (m, "w"))
+    if kind == "open":
+        torch.save({**good, "x": opened}, path)
+    elif kind == "exec":
+        torch.save({**good, "x": _Reduce(builtins.exec, (f"open({m!r}, 'w')",))}, path)
+    elif kind == "os.system":
+        torch.save({**good, "x": _Reduce(os.system, (f"touch {m}",))}, path)
+    elif kind == "subprocess.run":
+        torch.save({**good, "x": _Reduce(subprocess.run, (["touch", m],))}, path)
+    elif kind == "in_state_dict":
+        torch.save({**good, "state_dict": {**good["state_dict"], "model.w": opened}}, path)
+    elif kind == "in_hparams":
+        torch.save({**good, "hyper_parameters": {**good["hyper_parameters"], "arch": opened}}, path)
+    elif kind == "legacy":
+        torch.save({**good, "x": opened}, path, _use_new_zipfile_serialization=False)
+    else:
+        with open(path, "wb") as fh:
+            pickle.dump({**good, "x": opened}, fh)
+    return path, marker
+
+
+def _lightning(p: Path, out: Path):
+    from halo_lab.runner.module import HaloLitModule
+
+    return HaloLitModule.load_from_checkpoint(p)
+
+
+def _lightning_asked_unsafe(p: Path, out: Path):
+    from halo_lab.runner.module import HaloLitModule
+
+    return HaloLitModule.load_from_checkpoint(p, weights_only=False)  # asked for, never granted
+
+
+def _lightning_file_object(p: Path, out: Path):
+    from halo_lab.lit import HaloLitModule  # the old import path too
+
+    with open(p, "rb") as fh:
+        return HaloLitModule.load_from_checkpoint(fh)
+
+
+def _trainer(p: Path, out: Path, stage: str = "validate"):
+    """The runner's Trainer (its checkpoint plugin), weights_only left to Lightning's default."""
+    import lightning.pytorch as pl
+
+    from halo_lab.runner.callbacks import AtomicCheckpointIO
+    from halo_lab.runner.module import HaloLitModule
+
+    m = HaloLitModule(model_config=dict(SMALL))
+    x = torch.randint(0, SMALL["vocab_size"], (2, 16))
+    loader = torch.utils.data.DataLoader(list(zip(x, x, strict=True)), batch_size=2)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=out,
+        plugins=[AtomicCheckpointIO()],
+    )
+    if stage == "fit":
+        return trainer.fit(m, train_dataloaders=loader, ckpt_path=p)
+    return trainer.validate(m, dataloaders=loader, ckpt_path=p)
+
+
+def _trainer_fit(p: Path, out: Path):
+    return _trainer(p, out, "fit")
+
+
+def _integrity(p: Path, out: Path):
+    from halo_lab.checkpoint.integrity import load_checkpoint_file
+
+    return load_checkpoint_file(p)
+
+
+def _hub(p: Path, out: Path):
+    from halo_lab.hub import load_from_hub
+
+    return load_from_hub(p)
+
+
+def _from_pretrained(p: Path, out: Path):
+    from halo_lab import HaloSModel
+
+    return HaloSModel.from_pretrained(p)
+
+
+def _export_cli(p: Path, out: Path):
+    from halo_lab.export import main
+
+    if main([str(p), str(out / "export")]) != 0:
+        raise RuntimeError("export failed")
+
+
+def _generate_cli(p: Path, out: Path):
+    from halo_lab.generate import main
+
+    if main([str(p), "ab", "--max-new-tokens", "2", "--device", "cpu", "--tokenizer", "char"]) != 0:
+        raise RuntimeError("generate failed")
+
+
+def _eval_cli(p: Path, out: Path):
+    from halo_lab.eval import load_model
+
+    return load_model(str(p), torch.device("cpu"))
+
+
+DOORS = {
+    "LightningModule.load_from_checkpoint": _lightning,
+    "load_from_checkpoint(weights_only=False)": _lightning_asked_unsafe,
+    "load_from_checkpoint(file object)": _lightning_file_object,
+    "Trainer.validate(ckpt_path)": _trainer,
+    "Trainer.fit(ckpt_path)": _trainer_fit,
+    "checkpoint.integrity": _integrity,
+    "hub.load_from_hub": _hub,
+    "HaloSModel.from_pretrained": _from_pretrained,
+    "export CLI": _export_cli,
+    "generate CLI": _generate_cli,
+    "eval CLI": _eval_cli,
+}
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["default", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1"])
+@pytest.mark.parametrize("door", list(DOORS))
+def test_no_door_runs_a_planted_pickle(tmp_path, monkeypatch, door, force):
+    if force:
+        monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    else:
+        monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
+    kinds = PAYLOADS if door == "LightningModule.load_from_checkpoint" else ["open", "in_hparams"]
+    for kind in kinds:
+        evil, marker = _plant(tmp_path, kind)
+        with pytest.raises(Exception):  # noqa: B017 - each door has its own (one-line) error
+            DOORS[door](evil, tmp_path)
+        assert not marker.exists(), f"{door}: the {kind} payload ran"
+
+
+def test_load_from_checkpoint_still_loads_a_good_checkpoint(tmp_path, monkeypatch):
+    from halo_lab.runner.module import HaloLitModule
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    good = _good_checkpoint()
+    torch.save(good, tmp_path / "good.ckpt")
+    m = HaloLitModule.load_from_checkpoint(tmp_path / "good.ckpt")
+    assert m.hparams.arch == "halo" and m.get_tokenizer() is not None
+    for k, v in good["state_dict"].items():
+        assert torch.equal(m.state_dict()[k], v), k
