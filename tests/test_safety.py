@@ -4,11 +4,14 @@ content, tokenizer files stay inside the model folder, an export never writes th
 from __future__ import annotations
 
 import builtins
+import hashlib
 import os
 import pickle
 import subprocess
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -211,3 +214,106 @@ def test_load_from_checkpoint_still_loads_a_good_checkpoint(tmp_path, monkeypatc
     assert m.hparams.arch == "halo" and m.get_tokenizer() is not None
     for k, v in good["state_dict"].items():
         assert torch.equal(m.state_dict()[k], v), k
+
+
+# ---------------------------------------------------------------------------------------------- 2. token cache
+TEXT = "".join(f"Line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(80))
+
+
+def _tamper(ds, data: bytes, meta: dict | None = None) -> None:
+    """Replace the cached tokens of ``ds`` by same-size ``data`` (size and mtime kept: only the content
+    tells), optionally edit its metadata, and forget what this process verified (as a new process would)."""
+    import json
+
+    from halo_lab.data import cache
+
+    p = Path(ds.cache_path)
+    st = p.stat()
+    assert len(data) == st.st_size
+    p.write_bytes(data)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    if meta is not None:
+        mp = p.with_suffix(".json")
+        mp.write_text(json.dumps({**json.loads(mp.read_text()), **meta}))
+    getattr(cache, "_VERIFIED", set()).clear()
+
+
+def _corpus(tmp_path: Path) -> Path:
+    p = tmp_path / "corpus.txt"
+    p.write_text(TEXT)
+    return p
+
+
+def test_same_size_garbage_in_the_token_cache_is_rebuilt(tmp_path):
+    from halo_lab.data import TextDataset
+
+    corpus, c = _corpus(tmp_path), tmp_path / "cache"
+    first = TextDataset(corpus, "char", 16, cache_dir=c)
+    _tamper(first, bytes(reversed(TEXT.encode())))
+    with pytest.warns(UserWarning, match=rf"{first.cache_path.name}.*checksum.*rebuil") as rec:
+        again = TextDataset(corpus, "char", 16, cache_dir=c)
+    assert len([w for w in rec if "token cache" in str(w.message)]) == 1
+    assert "\n" not in str(rec[0].message)
+    assert not again.cache_reused and bytes(np.asarray(again.tokens)) == TEXT.encode()
+    # Rebuilt: the next open reuses it, silently.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert TextDataset(corpus, "char", 16, cache_dir=c).cache_reused
+    assert again.cache_meta["tokens_sha256"] == hashlib.sha256(TEXT.encode()).hexdigest()
+
+
+def test_token_ids_beyond_the_vocabulary_are_rebuilt_not_an_index_error(tmp_path):
+    from halo_lab.data import TextDataset
+    from halo_lab.tokenizers import TiktokenTokenizer
+
+    corpus, c, tok = _corpus(tmp_path), tmp_path / "cache", TiktokenTokenizer()
+    first = TextDataset(corpus, tok, 16, cache_dir=c)
+    good = np.asarray(first.tokens).copy()
+    bad = good.copy()
+    bad[len(bad) // 2] = np.iinfo(bad.dtype).max  # far beyond the vocabulary
+    # Even with a checksum that matches the garbage, the ids are checked against the vocabulary.
+    _tamper(first, bad.tobytes(), {"tokens_sha256": hashlib.sha256(bad.tobytes()).hexdigest()})
+    with pytest.warns(UserWarning, match=rf"{first.cache_path.name}.*token id.*vocabulary"):
+        again = TextDataset(corpus, tok, 16, cache_dir=c)
+    assert not again.cache_reused and np.array_equal(np.asarray(again.tokens), good)
+
+
+def test_a_cache_without_a_checksum_is_rebuilt(tmp_path):
+    from halo_lab.data import JSONLDataset
+
+    src = tmp_path / "d.jsonl"
+    src.write_text("".join(f'{{"text": "document {i} with some words"}}\n' for i in range(60)))
+    c = tmp_path / "cache"
+    first = JSONLDataset(src, "char", 16, cache_dir=c)
+    _tamper(first, bytes(Path(first.cache_path).read_bytes()), {"tokens_sha256": None})
+    with pytest.warns(UserWarning, match=rf"{first.cache_path.name}.*no checksum"):
+        assert not JSONLDataset(src, "char", 16, cache_dir=c).cache_reused
+
+
+def test_a_bad_cache_that_cannot_be_rebuilt_is_a_one_line_error(tmp_path):
+    from halo_lab.data import TextDataset
+
+    corpus, c = _corpus(tmp_path), tmp_path / "cache"
+    first = TextDataset(corpus, "char", 16, cache_dir=c)
+    _tamper(first, b"x" * len(TEXT.encode()))
+    # Something in the way of the rebuild (here: a directory where its temp file goes).
+    Path(f"{first.cache_path}.tmp{os.getpid()}").mkdir()
+    with pytest.raises(ValueError) as exc, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        TextDataset(corpus, "char", 16, cache_dir=c)
+    msg = str(exc.value)
+    assert "\n" not in msg and first.cache_path.name in msg and "checksum" in msg and "rebuil" in msg
+
+
+def test_the_cache_is_hashed_once_per_process(tmp_path, monkeypatch):
+    from halo_lab.data import TextDataset, cache
+
+    corpus, c = _corpus(tmp_path), tmp_path / "cache"
+    TextDataset(corpus, "char", 16, cache_dir=c)
+    cache._VERIFIED.clear()
+    calls = []
+    real = cache._scan_tokens
+    monkeypatch.setattr(cache, "_scan_tokens", lambda *a: calls.append(a) or real(*a))
+    for _ in range(3):
+        assert TextDataset(corpus, "char", 16, cache_dir=c).cache_reused
+    assert len(calls) == 1
