@@ -317,3 +317,126 @@ def test_the_cache_is_hashed_once_per_process(tmp_path, monkeypatch):
     for _ in range(3):
         assert TextDataset(corpus, "char", 16, cache_dir=c).cache_reused
     assert len(calls) == 1
+
+
+# ---------------------------------------------------------------------------------------------- 3. tokenizer files
+def _word_model(tmp_path: Path, safetensors: bool = True) -> tuple[Path, Path]:
+    """A saved model with a word vocabulary (config.json: tokenizer.file) and another vocabulary outside."""
+    import json
+
+    from halo_lab.config import HaloConfig
+    from halo_lab.hub import save_for_hub
+    from halo_lab.model import build_model
+    from halo_lab.tokenizers import WordTokenizer
+
+    tok = WordTokenizer().build_vocab(["the king and the queen"])
+    model = build_model(HaloConfig(**SMALL), "halo")
+    folder = save_for_hub(model, None, tmp_path / "model", safetensors, tokenizer=tok)
+    assert json.loads((folder / "config.json").read_text())["tokenizer"]["file"] == "halo_tokenizer.json"
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps(WordTokenizer().build_vocab(["an attacker's vocabulary"]).to_dict()))
+    return folder, outside
+
+
+def _set_file(folder: Path, name: str) -> None:
+    import json
+
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["tokenizer"]["file"] = name
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def _escapes(folder: Path, outside: Path) -> dict[str, str]:
+    """How a tokenizer file can point outside the model folder -> the path the error must name."""
+    return {
+        "../outside.json": "../outside.json",
+        "absolute": str(outside),
+        "sub/../../outside.json": "sub/../../outside.json",
+        "symlink": "halo_tokenizer.json",
+    }
+
+
+def _plant_escape(folder: Path, outside: Path, how: str) -> None:
+    if how == "symlink":
+        (folder / "halo_tokenizer.json").unlink()
+        (folder / "halo_tokenizer.json").symlink_to(os.path.relpath(outside, folder))
+    else:
+        (folder / "sub").mkdir()
+        _set_file(folder, str(outside) if how == "absolute" else how)
+
+
+@pytest.mark.parametrize("how", ["../outside.json", "absolute", "sub/../../outside.json", "symlink"])
+@pytest.mark.parametrize("what", ["folder", "weights file beside config.json"])
+def test_a_tokenizer_file_outside_the_model_folder_is_refused(tmp_path, how, what):
+    import re
+
+    from halo_lab.hub import load_from_hub
+
+    folder, outside = _word_model(tmp_path, safetensors=what == "folder")
+    _plant_escape(folder, outside, how)
+    named = _escapes(folder, outside)[how]
+    with pytest.raises(ValueError) as exc:  # a .bin holds no config: the one beside it is read
+        load_from_hub(folder if what == "folder" else folder / "pytorch_model.bin")
+    msg = str(exc.value)
+    assert "\n" not in msg and "tokenizer.file" in msg and re.escape(named) in re.escape(msg), msg
+    assert "outside the model folder" in msg
+
+
+def test_a_tokenizer_file_inside_the_model_folder_still_loads(tmp_path):
+    from halo_lab.hub import load_from_hub
+
+    folder, _ = _word_model(tmp_path)
+    tok = load_from_hub(folder).tokenizer
+    assert tok.decode(tok.encode("the queen")) == "the queen" and tok.vocab_size == 7
+    (folder / "sub").mkdir()
+    _set_file(folder, "sub/../halo_tokenizer.json")  # a '..' that stays inside is fine
+    assert load_from_hub(folder).tokenizer.to_dict() == tok.to_dict()
+
+
+@pytest.mark.parametrize("tool", ["export", "generate"])
+def test_run_directory_tokenizer_files_stay_inside_the_hub_folder(tmp_path, tool):
+    """The tools' fallback (a checkpoint without a tokenizer: the run's hub/config.json) obeys the rule."""
+    folder, outside = _word_model(tmp_path)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    folder.rename(run / "hub")
+    _set_file(run / "hub", "../../outside.json")
+    with pytest.raises(
+        ValueError, match=r"tokenizer\.file=.*\.\./\.\./outside\.json.*outside the model folder"
+    ):
+        if tool == "export":
+            from halo_lab.export import _run_dir_tokenizer
+
+            _run_dir_tokenizer(run)
+        else:
+            from halo_lab.generate import _run_dir_tokenizer
+
+            _run_dir_tokenizer(str(run / "checkpoints" / "last.ckpt"))
+
+
+def test_tokenizer_from_dict_never_ignores_a_file_reference():
+    from halo_lab.tokenizers import tokenizer_from_dict
+
+    with pytest.raises(ValueError, match=r"tokenizer\.file"):
+        tokenizer_from_dict({"type": "word", "file": "halo_tokenizer.json"})  # was: an empty vocabulary
+
+
+def test_a_hub_repo_tokenizer_file_outside_the_repo_is_refused(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from halo_lab.hub import load_from_hub
+
+    folder, outside = _word_model(tmp_path)
+    _set_file(folder, "../outside.json")
+    asked = []
+
+    def download(repo_id, filename, **kw):
+        asked.append(filename)
+        return str(folder / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    with pytest.raises(
+        ValueError, match=r"owner/model/config\.json: tokenizer\.file='\.\./outside\.json' is outside"
+    ):
+        load_from_hub("owner/model")
+    assert not any(".." in a for a in asked), asked
