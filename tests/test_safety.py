@@ -440,3 +440,72 @@ def test_a_hub_repo_tokenizer_file_outside_the_repo_is_refused(tmp_path, monkeyp
     ):
         load_from_hub("owner/model")
     assert not any(".." in a for a in asked), asked
+
+
+# ---------------------------------------------------------------------------------------------- 4. export symlinks
+EXPORT_FILES = [
+    "config.json",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "README.md",
+    "configuration_halo.py",
+    "modeling_halo.py",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "halo_tokenizer.json",
+    "generation_config.json",
+]
+
+
+def _plant_links(out: Path, victims: Path) -> dict[Path, Path]:
+    """A symlink in ``out`` for every file an export writes (and one it does not), each to its own victim
+    file outside (mode 0600): a write through a link would change the victim's content or mode."""
+    out.mkdir(parents=True)
+    victims.mkdir()
+    links = {}
+    for name in [*EXPORT_FILES, "notes.txt"]:
+        v = victims / f"victim-{name}"
+        v.write_text("VICTIM")
+        os.chmod(v, 0o600)
+        (out / name).symlink_to(v)
+        links[out / name] = v
+    return links
+
+
+def _untouched(links: dict[Path, Path], written: list[str]) -> None:
+    for link, victim in links.items():
+        assert victim.read_text() == "VICTIM", f"the export wrote through {link}"
+        assert victim.stat().st_mode & 0o777 == 0o600, f"the export changed the mode of {victim} via {link}"
+        if link.name in written:
+            assert not link.is_symlink() and link.is_file(), link
+
+
+@pytest.mark.parametrize("safetensors", [True, False], ids=["safetensors", "bin"])
+def test_save_for_hub_never_writes_through_a_symlink(tmp_path, safetensors):
+    from halo_lab.config import HaloConfig
+    from halo_lab.hub import load_from_hub, save_for_hub
+    from halo_lab.model import build_model
+    from halo_lab.tokenizers import WordTokenizer
+
+    out = tmp_path / "out"
+    links = _plant_links(out, tmp_path / "victims")
+    model = build_model(HaloConfig(**SMALL), "halo").eval()
+    tok = WordTokenizer().build_vocab(["the king and the queen"])
+    save_for_hub(model, None, out, safetensors, tokenizer=tok)
+    written = [n for n in EXPORT_FILES if n != ("pytorch_model.bin" if safetensors else "model.safetensors")]
+    _untouched(links, written)
+    x = torch.randint(0, SMALL["vocab_size"], (1, 12))
+    with torch.no_grad():
+        assert torch.equal(load_from_hub(out)(x)[0], model(x)[0])
+    assert load_from_hub(out).tokenizer.to_dict() == tok.to_dict()
+
+
+def test_export_cli_never_writes_through_a_symlink(tmp_path):
+    from halo_lab.export import main
+
+    src, _ = _word_model(tmp_path)
+    out = tmp_path / "out"
+    links = _plant_links(out, tmp_path / "victims")
+    assert main([str(src), str(out)]) == 0
+    _untouched(links, [n for n in EXPORT_FILES if n != "pytorch_model.bin"])
+    assert not any(p.name.endswith(".tmp") for p in out.iterdir())
