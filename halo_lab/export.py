@@ -113,8 +113,10 @@ def _run_dir_tokenizer(path: Path) -> dict | None:
     for cfg in (path / "hub" / CONFIG_NAME, path.parent.parent / "hub" / CONFIG_NAME):
         if cfg.is_file():
             tok = json.loads(cfg.read_text()).get("tokenizer")
-            if isinstance(tok, dict) and "file" in tok:  # a word vocabulary beside config.json
-                return json.loads((cfg.parent / tok["file"]).read_text())
+            if isinstance(tok, dict) and "file" in tok:  # a word vocabulary beside config.json, inside hub/
+                from halo_lab.tokenizers.base import file_in_folder
+
+                return json.loads(file_in_folder(cfg.parent, tok["file"], "tokenizer.file", cfg).read_text())
             if isinstance(tok, dict):
                 return tok
     return None

@@ -49,16 +49,11 @@ def resolve_source(source: str) -> str:
 
 
 def _run_dir_tokenizer(loaded_from: str) -> dict | None:
-    """A run directory's tokenizer description (hub/config.json) for a model loaded from its checkpoint."""
-    import json
+    """A run directory's tokenizer description (hub/config.json) for a model loaded from its checkpoint
+    (a vocabulary file it names is read from inside hub/)."""
+    from halo_lab.export import _run_dir_tokenizer as from_run_dir
 
-    p = Path(loaded_from)
-    for cfg in (p.parent.parent / "hub" / CONFIG_NAME,):
-        if cfg.is_file():
-            tok = json.loads(cfg.read_text()).get("tokenizer")
-            if isinstance(tok, dict):
-                return tok
-    return None
+    return from_run_dir(Path(loaded_from))
 
 
 def load(source: str, device: str, dtype: torch.dtype | None, tokenizer: str | None):

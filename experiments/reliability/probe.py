@@ -12,7 +12,11 @@ Bad inputs: each is classified as
   unclear       it stops without naming what is wrong;
   warned        it runs, after a clear warning (where a warning is the designed answer);
   accepted      it runs silently although it should not;
-  EXECUTED      (malicious pickles) the checkpoint's payload ran.
+  ran safely    (symlinks planted in an export's output folder) it runs, and no file outside was written;
+  EXECUTED      (malicious pickles) the checkpoint's payload ran;
+  WROTE-THROUGH (planted symlinks) a file outside the output folder was written or its mode changed.
+Most probes are ``python -m halo_lab.train`` runs; a few run ``python -m halo_lab.export`` / ``generate``
+(a pickle through their loaders, a tokenizer file outside the model folder, symlinks in the output folder).
 Kill trials: a run is SIGKILLed at a chosen point (a random step, halfway through a checkpoint write, right
 after the epoch-end checkpoint, inside a validation, inside the hub export), then resumed with
 ``ckpt_path=auto``; a trial passes when last.ckpt was readable (weights_only=True, checksum), the resume
@@ -25,6 +29,7 @@ exits 0 from that checkpoint's step, the data of every step is bit-identical to 
 from __future__ import annotations
 
 import argparse
+import builtins
 import json
 import os
 import pickle
@@ -92,8 +97,13 @@ class Env:
         return e
 
     def train(self, args: list[str], timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+        return self.run("halo_lab.train", args, timeout, **env)
+
+    def run(
+        self, module: str, args: list[str], timeout: float = 600, **env: str
+    ) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "halo_lab.train", *args],
+            [sys.executable, "-m", module, *args],
             cwd=self.repo,
             env=self.env(**env),
             capture_output=True,
@@ -183,7 +193,94 @@ def make_files(e: Env) -> dict[str, Path]:
     for i, (name, fn) in enumerate(_payloads(d)):
         f[name] = fn
         f[f"{name}.marker"] = d / f"MARKER_{i}"
+    # The same payload for the export and generate command lines (a marker of their own).
+    for tool in ("export", "generate"):
+        name = f"evil_{tool}.ckpt"
+        f[f"{name}.marker"] = d / f"MARKER_{tool}"
+        torch.save({**ck, "x": _Reduce(builtins.open, (str(d / f"MARKER_{tool}"), "w"))}, d / name)
+        f[name] = d / name
+    _cache_inputs(e, f)
+    if (run_dir / "hub" / "config.json").exists():
+        _model_folder_inputs(e, f, run_dir / "hub")
     return f
+
+
+def _cache_inputs(e: Env, f: dict[str, Path]) -> None:
+    """Token caches built for a copy of the corpus (each in its own HALO_LAB_ROOT), then damaged: same-size
+    garbage (char tokenizer), and ids beyond the vocabulary with a checksum that matches them (tiktoken)."""
+    import hashlib
+
+    import numpy as np
+
+    for tok in ("char", "tiktoken"):
+        root = e.work / "cache_roots" / tok
+        corpus = root / "corpus.txt"
+        corpus.parent.mkdir(parents=True)
+        corpus.write_bytes(e.corpus.read_bytes())
+        cache = root / "data" / "cache"
+        code = f"from halo_lab.data import TextDataset; TextDataset({str(corpus)!r}, {tok!r}, 32, cache_dir={str(cache)!r})"
+        p = subprocess.run(
+            [sys.executable, "-c", code], cwd=e.repo, env=e.env(), capture_output=True, text=True
+        )
+        if p.returncode != 0:
+            raise RuntimeError(f"probe setup: building the {tok} token cache failed:\n{p.stderr[-3000:]}")
+        (bin_path,) = cache.glob("*.bin")
+        meta_path = bin_path.with_suffix(".json")
+        meta = json.loads(meta_path.read_text())
+        ids = np.fromfile(bin_path, dtype=meta["dtype"])
+        if tok == "char":
+            ids = ids[::-1].copy()  # the same bytes, reversed: same size, valid ids, another text
+        else:
+            ids[len(ids) // 2] = np.iinfo(ids.dtype).max
+            meta["tokens_sha256"] = hashlib.sha256(ids.tobytes()).hexdigest()
+            meta_path.write_text(json.dumps(meta))
+        st = bin_path.stat()
+        bin_path.write_bytes(ids.tobytes())
+        os.utime(bin_path, ns=(st.st_atime_ns, st.st_mtime_ns))  # size and mtime kept: only the content tells
+        f[f"cache_root_{tok}"] = root
+        f[f"cache_corpus_{tok}"] = corpus
+
+
+EXPORT_FILES = (
+    "config.json",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "README.md",
+    "configuration_halo.py",
+    "modeling_halo.py",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "halo_tokenizer.json",
+    "generation_config.json",
+)
+
+
+def _model_folder_inputs(e: Env, f: dict[str, Path], hub: Path) -> None:
+    """Copies of the reference run's export whose config.json names a tokenizer file outside the folder
+    (``../outside.json``; a symlink to it), and an export output folder full of symlinks to victims."""
+    d = e.work / "inputs"
+    outside = d / "outside.json"
+    outside.write_text(json.dumps({"type": "word", "vocab": ["an", "attacker's", "vocabulary"]}))
+    for name, file in (("tok_dotdot", "../outside.json"), ("tok_symlink", "halo_tokenizer.json")):
+        m = d / name
+        shutil.copytree(hub, m)
+        cfg = json.loads((m / "config.json").read_text())
+        cfg["tokenizer"] = {"type": "word", "file": file}
+        (m / "config.json").write_text(json.dumps(cfg))
+        if name == "tok_symlink":
+            (m / file).unlink(missing_ok=True)
+            (m / file).symlink_to(os.path.relpath(outside, m))
+        f[name] = m
+    out, victims = d / "export_out", d / "victims"
+    out.mkdir()
+    victims.mkdir()
+    for name in EXPORT_FILES:
+        v = victims / name
+        v.write_text("VICTIM")
+        os.chmod(v, 0o600)
+        (out / name).symlink_to(v)
+    f["export_out"] = out
+    f["victims"] = victims
 
 
 class _Reduce:
@@ -240,6 +337,9 @@ class Probe:
     match: str  # what the message must name
     resume: bool = False  # run in a copy of the trained run's directory with ckpt_path=auto
     marker: Path | None = None
+    module: str = "halo_lab.train"  # another command line: ``args`` is then all of it
+    env: dict[str, str] = field(default_factory=dict)
+    victims: Path | None = None  # files outside that the command must leave as they are ("VICTIM", 0600)
 
 
 def input_probes(e: Env, f: dict[str, Path]) -> list[Probe]:
@@ -332,20 +432,85 @@ def input_probes(e: Env, f: dict[str, Path]) -> list[Probe]:
             rf"ckpt_path=.*{re.escape(name)}",
             marker=f[f"{name}.marker"],
         )
+    # issue 28 (security and data): added, not yet run in the battery
+    force = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    add(
+        "malicious pickle through python -m halo_lab.export",
+        [str(f["evil_export.ckpt"]), str(e.work / "inputs" / "evil_export_out")],
+        r"evil_export\.ckpt",
+        marker=f["evil_export.ckpt.marker"],
+        module="halo_lab.export",
+        env=force,
+    )
+    add(
+        "malicious pickle through python -m halo_lab.generate",
+        [
+            str(f["evil_generate.ckpt"]),
+            "ab",
+            "--max-new-tokens",
+            "2",
+            "--device",
+            "cpu",
+            "--tokenizer",
+            "char",
+        ],
+        r"evil_generate\.ckpt",
+        marker=f["evil_generate.ckpt.marker"],
+        module="halo_lab.generate",
+        env=force,
+    )
+    add(
+        "token cache: same-size garbage (char) (warning, rebuilt)",
+        [f"data.path={f['cache_corpus_char']}"],
+        r"token cache .*\.bin: checksum mismatch.*rebuilding",
+        expect="warn",
+        env={"HALO_LAB_ROOT": str(f["cache_root_char"])},
+    )
+    add(
+        "token cache: ids beyond the vocabulary (tiktoken) (warning, rebuilt)",
+        [f"data.path={f['cache_corpus_tiktoken']}", "data.tokenizer=tiktoken"],
+        r"token cache .*\.bin: token id \d+ beyond the tokenizer's vocabulary.*rebuilding",
+        expect="warn",
+        env={"HALO_LAB_ROOT": str(f["cache_root_tiktoken"])},
+    )
+    if "tok_dotdot" in f:
+        add(
+            "saved model: tokenizer.file ../outside.json (export)",
+            [str(f["tok_dotdot"]), str(e.work / "inputs" / "tok_dotdot_out")],
+            r"tokenizer\.file='\.\./outside\.json' is outside the model folder",
+            module="halo_lab.export",
+        )
+        add(
+            "saved model: tokenizer file a symlink to outside (generate)",
+            [str(f["tok_symlink"]), "ab", "--max-new-tokens", "2", "--device", "cpu"],
+            r"tokenizer\.file='halo_tokenizer\.json' is outside the model folder",
+            module="halo_lab.generate",
+        )
+        add(
+            "export into a folder of symlinks to files outside",
+            [str(f["good.ckpt"].parent.parent), str(f["export_out"])],
+            r"exported",
+            expect="run",
+            module="halo_lab.export",
+            victims=f["victims"],
+        )
     return P
 
 
 def run_probe(e: Env, f: dict[str, Path], p: Probe, i: int) -> dict:
     d = e.work / "probes" / f"{i:02d}"
     args = [*tiny(e.corpus, 4), *p.args]
-    env = {}
+    env = dict(p.env)
     if p.resume:
         shutil.copytree(f["good.ckpt"].parent.parent, d)
         args.append("ckpt_path=auto")
     if p.marker is not None:
         env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
     t0 = time.time()
-    proc = e.train([*args, f"hydra.run.dir={d}"], timeout=300, **env)
+    if p.module == "halo_lab.train":
+        proc = e.train([*args, f"hydra.run.dir={d}"], timeout=300, **env)
+    else:
+        proc = e.run(p.module, p.args, timeout=300, **env)
     err = proc.stderr
     out = proc.stdout + err  # Hydra's log handler (warnings) writes to stdout
     named = re.search(p.match, out if p.expect == "warn" else err, re.S) is not None
@@ -356,9 +521,13 @@ def run_probe(e: Env, f: dict[str, Path], p: Probe, i: int) -> dict:
     traceback = "Traceback (most recent call last)" in err or "Error executing job" in err
     if p.marker is not None and p.marker.exists():
         verdict = "EXECUTED"
+    elif p.victims is not None and not _victims_untouched(p.victims):
+        verdict = "WROTE-THROUGH"
+    elif proc.returncode == 0 and p.expect == "run":
+        verdict = "ran safely"
     elif proc.returncode == 0:
         verdict = "warned" if (p.expect == "warn" and named) else "accepted"
-    elif p.expect == "warn":
+    elif p.expect in ("warn", "run"):
         verdict = "unclear"  # it should have run (with a warning)
     elif one_line and not traceback:
         verdict = "one-line"
@@ -376,6 +545,10 @@ def run_probe(e: Env, f: dict[str, Path], p: Probe, i: int) -> dict:
         "seconds": round(time.time() - t0, 1),
         "last_line": last[0][:300],
     }
+
+
+def _victims_untouched(victims: Path) -> bool:
+    return all(v.read_text() == "VICTIM" and v.stat().st_mode & 0o777 == 0o600 for v in victims.iterdir())
 
 
 # ---------------------------------------------------------------------------------------------- kill trials

@@ -142,12 +142,20 @@ def _read_dir(d: Path) -> _Checkpoint:
         raise FileNotFoundError(
             f"{d} has {CONFIG_NAME} but neither {SAFE_WEIGHTS_NAME} nor {PT_WEIGHTS_NAME}{sharded}"
         )
-    return _with_config(ck, cfg, str(d), d.joinpath)
+    return _with_config(ck, cfg, str(d), _beside(d))
+
+
+def _beside(folder: Path):
+    """``beside`` for a local model folder: a file it names must lie inside it (symlinks resolved)."""
+    from halo_lab.tokenizers.base import file_in_folder
+
+    return lambda name: file_in_folder(folder, name, "tokenizer.file", folder / CONFIG_NAME)
 
 
 def _with_config(ck: _Checkpoint, cfg: dict[str, Any], source: str, beside=None) -> _Checkpoint:
     """Attach a config.json's contents (it describes the model better than a file's own metadata).
-    ``beside(name)``: the path of a file next to config.json (a word vocabulary: ``{"file": ...}``)."""
+    ``beside(name)``: the path of a file next to config.json (a word vocabulary: ``{"file": ...}``); it
+    refuses a name outside the model folder (an absolute path, a ``..`` or symlink that leads out)."""
     ck.config = cfg
     ck.source = source
     ck.tokenizer = cfg.get("tokenizer") if isinstance(cfg.get("tokenizer"), dict) else ck.tokenizer
@@ -160,7 +168,7 @@ def _with_config(ck: _Checkpoint, cfg: dict[str, Any], source: str, beside=None)
 def _read_file(p: Path) -> _Checkpoint:
     ck = _read_weights(p)
     if ck.config is None and (p.parent / CONFIG_NAME).is_file():
-        return _with_config(ck, _read_json(p.parent / CONFIG_NAME), str(p), p.parent.joinpath)
+        return _with_config(ck, _read_json(p.parent / CONFIG_NAME), str(p), _beside(p.parent))
     return ck
 
 
@@ -295,7 +303,14 @@ def _read_hub(repo_id, revision, token, cache_dir, local_files_only) -> _Checkpo
         raise OSError("; ".join(problems))
     source = f"{repo_id}@{revision}" if revision else repo_id
     try:
-        return _with_config(_read_weights(weights), cfg, source, lambda n: _hub_file(hub, repo_id, n, kw))
+        from halo_lab.tokenizers.base import relative_name
+
+        def beside(name: Any) -> str:  # a file of the same repo, never a path outside it
+            return _hub_file(
+                hub, repo_id, relative_name(name, "tokenizer.file", f"{source}/{CONFIG_NAME}"), kw
+            )
+
+        return _with_config(_read_weights(weights), cfg, source, beside)
     except _MissingOnHub as e:
         raise OSError(str(e)) from e
 

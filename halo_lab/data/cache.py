@@ -1,12 +1,19 @@
 """On-disk token cache: a text is tokenised once into a flat binary array that later runs memory-map.
 
 Layout: ``<cache_dir>/<stem>-<key16>.bin`` (raw little-endian ids, uint8 for vocab <= 256, uint16 below
-65,536, else uint32) next to ``<stem>-<key16>.json`` (dtype, token count, sources, tokenizer). The key is
+65,536, else uint32) next to ``<stem>-<key16>.json`` (dtype, token count, sources, tokenizer, and
+``tokens_sha256``: the sha256 of the ``.bin`` file's bytes). The key is
 the sha256 of the source files' contents (their paths do not matter), the tokenizer's fingerprint and
 the dataset's own parameters, so editing a file or changing the tokenizer gives a new key and a fresh
 tokenisation; an unchanged input reuses the array without reading the text again (only its hash, which
 a size+mtime memo also skips). Writes are atomic and build under a file lock, so concurrent ranks are
 safe and tokenise once.
+
+A reused array is checked by content, not size alone: one pass over it compares its sha256 with
+``tokens_sha256`` and its ids with the tokenizer's vocabulary (once per process and file: path, size,
+mtime and inode). A mismatch (same-size garbage, an id beyond the vocabulary, an entry written before
+checksums) rebuilds the entry from the sources with a one-line warning naming the file; a ValueError
+(one line) when it cannot be rebuilt.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import json
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +37,7 @@ from halo_lab.tokenizers import Tokenizer
 
 CACHE_FORMAT = 1
 _FLUSH_TOKENS = 1 << 20
+_CHECK_BYTES = 1 << 24
 # Temp files of the writers here: "<name>.bin.tmp<pid>" (the array) and "<name>.tmp<pid>.<thread>"
 # (halo_lab.data._io.atomic_write_text: metadata, hash memos).
 _TMP = re.compile(r"^(?P<base>.+)\.tmp(?P<pid>\d+)(?:\.\d+)?$")
@@ -58,6 +67,45 @@ def open_tokens(bin_path: Path, dtype: str, n: int) -> np.ndarray:
     if n == 0:
         return np.zeros(0, dtype=dtype)
     return np.memmap(bin_path, dtype=dtype, mode="r", shape=(n,))
+
+
+# Token arrays whose content was checked in this process: (real path, size, mtime_ns, inode, sha256).
+_VERIFIED: set[tuple[str, int, int, int, str]] = set()
+
+
+def _check_tokens(bin_path: Path, meta: dict[str, Any], vocab_size: int) -> str | None:
+    """Why the cached array at ``bin_path`` cannot be trusted (None when it can): one pass over its bytes
+    for the sha256 stored in ``meta`` and the largest id (below ``vocab_size``)."""
+    want = meta.get("tokens_sha256")
+    if not isinstance(want, str):
+        return "no checksum (written by an older halo_lab)"
+    st = bin_path.stat()
+    ident = (os.path.realpath(bin_path), st.st_size, st.st_mtime_ns, st.st_ino, want)
+    if ident in _VERIFIED:
+        return None
+    digest, top = _scan_tokens(bin_path, np.dtype(meta["dtype"]), vocab_size)
+    if digest != want:
+        return "checksum mismatch: its contents changed after it was written"
+    if top >= vocab_size:
+        return f"token id {top} beyond the tokenizer's vocabulary ({vocab_size} ids)"
+    _VERIFIED.add(ident)
+    return None
+
+
+def _scan_tokens(bin_path: Path, dtype: np.dtype, vocab_size: int) -> tuple[str, int]:
+    """(sha256 of the file's bytes, its largest id or -1 when every id the dtype holds is in the vocabulary),
+    in one pass of bounded memory."""
+    check_ids = vocab_size <= np.iinfo(dtype).max
+    h = hashlib.sha256()
+    top = -1
+    step = _CHECK_BYTES - _CHECK_BYTES % dtype.itemsize
+    with open(bin_path, "rb") as f:
+        while block := f.read(step):
+            h.update(block)
+            if check_ids and len(block) >= dtype.itemsize:
+                ids = np.frombuffer(block, dtype=dtype, count=len(block) // dtype.itemsize)
+                top = max(top, int(ids.max()))
+    return h.hexdigest(), top
 
 
 @contextlib.contextmanager
@@ -145,12 +193,18 @@ def cached_tokens(
     name = found[0].name[: -len(".json")] if found else f"{stem}-{key[:16]}"
     bin_path, meta_path = cache_dir / f"{name}.bin", cache_dir / f"{name}.json"
 
+    bad: list[str] = []  # why the entry found on disk was not used
+
     def try_load() -> CachedTokens | None:
         try:
             meta = json.loads(meta_path.read_text())
             dtype = np.dtype(meta["dtype"])
             n = int(meta["num_tokens"])
             if meta.get("key") != key or bin_path.stat().st_size != n * dtype.itemsize:
+                return None
+            why = _check_tokens(bin_path, meta, tokenizer.vocab_size)
+            if why is not None:
+                bad.append(why)
                 return None
             return CachedTokens(open_tokens(bin_path, meta["dtype"], n), bin_path, meta, True)
         except (OSError, ValueError, KeyError, TypeError):
@@ -160,48 +214,93 @@ def cached_tokens(
     if hit is not None:
         return hit
     with file_lock(cache_dir / f".{key[:16]}.lock"):
-        hit = try_load()  # another process may have built it while we waited
+        bad.clear()
+        hit = try_load()  # another process may have built (or rebuilt) it while we waited
         if hit is not None:
             return hit
-        dtype = token_dtype(tokenizer.vocab_size)
-        report: dict[str, Any] = {}
-        tmp = bin_path.with_name(f"{bin_path.name}.tmp{os.getpid()}")
-        n = 0
+        if bad:
+            warnings.warn(
+                f"token cache {bin_path}: {bad[0]}; rebuilding it from {_names(sources)}", stacklevel=3
+            )
         try:
-            with open(tmp, "wb") as f:
-                pending: list[np.ndarray] = []
-                pending_n = 0
-                for ids in build(report):
-                    arr = np.asarray(ids)
-                    if arr.size == 0:
-                        continue
-                    if arr.min() < 0 or arr.max() >= tokenizer.vocab_size:
-                        raise ValueError(
-                            f"token id outside [0, {tokenizer.vocab_size}) while tokenising {sources}"
-                        )
-                    pending.append(arr.astype(dtype, copy=False))
-                    pending_n += arr.size
-                    if pending_n >= _FLUSH_TOKENS:
-                        np.concatenate(pending).tofile(f)
-                        n += pending_n
-                        pending, pending_n = [], 0
-                if pending:
-                    np.concatenate(pending).tofile(f)
+            return _build(sources, tokenizer, bin_path, meta_path, key, kind, params, hashes, build)
+        except OSError as e:
+            if not bad:
+                raise
+            raise ValueError(
+                f"token cache {bin_path}: {bad[0]}, and rebuilding it from {_names(sources)} failed "
+                f"({e.strerror or e}): delete {bin_path} and its .json, or use another cache directory"
+            ) from None
+
+
+def _names(sources: list[Path]) -> str:
+    return ", ".join(str(p) for p in sources[:3]) + (
+        f" (+{len(sources) - 3} more)" if len(sources) > 3 else ""
+    )
+
+
+def _build(
+    sources: list[Path],
+    tokenizer: Tokenizer,
+    bin_path: Path,
+    meta_path: Path,
+    key: str,
+    kind: str,
+    params: dict[str, Any],
+    hashes: list[str],
+    build: Callable[[dict[str, Any]], Iterable[Any]],
+) -> CachedTokens:
+    """Tokenise ``sources`` into ``bin_path`` (a temp file renamed into place) and write its metadata,
+    with the sha256 of the array's bytes."""
+    dtype = token_dtype(tokenizer.vocab_size)
+    report: dict[str, Any] = {}
+    tmp = bin_path.with_name(f"{bin_path.name}.tmp{os.getpid()}")
+    h = hashlib.sha256()
+    n = 0
+    try:
+        with open(tmp, "wb") as f:
+            pending: list[np.ndarray] = []
+            pending_n = 0
+
+            def flush() -> None:
+                block = np.ascontiguousarray(np.concatenate(pending))
+                h.update(block.data)
+                block.tofile(f)
+
+            for ids in build(report):
+                arr = np.asarray(ids)
+                if arr.size == 0:
+                    continue
+                if arr.min() < 0 or arr.max() >= tokenizer.vocab_size:
+                    raise ValueError(
+                        f"token id outside [0, {tokenizer.vocab_size}) while tokenising {sources}"
+                    )
+                pending.append(arr.astype(dtype, copy=False))
+                pending_n += arr.size
+                if pending_n >= _FLUSH_TOKENS:
+                    flush()
                     n += pending_n
-            os.replace(tmp, bin_path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        meta = {
-            "key": key,
-            "dtype": dtype.name,
-            "num_tokens": n,
-            "kind": kind,
-            "params": params,
-            "sources": [str(p) for p in sources],
-            "sha256": hashes,
-            "tokenizer": tokenizer.to_dict() if tokenizer.type_name != "word" else {"type": "word"},
-            "report": report,
-        }
-        atomic_write_text(meta_path, json.dumps(meta, indent=1))
-        return CachedTokens(open_tokens(bin_path, dtype.name, n), bin_path, meta, False)
+                    pending, pending_n = [], 0
+            if pending:
+                flush()
+                n += pending_n
+        # A kill between the two renames leaves no metadata (a silent rebuild), never a stale checksum.
+        meta_path.unlink(missing_ok=True)
+        os.replace(tmp, bin_path)
+    finally:
+        if tmp.is_file():
+            tmp.unlink()
+    meta = {
+        "key": key,
+        "dtype": dtype.name,
+        "num_tokens": n,
+        "tokens_sha256": h.hexdigest(),
+        "kind": kind,
+        "params": params,
+        "sources": [str(p) for p in sources],
+        "sha256": hashes,
+        "tokenizer": tokenizer.to_dict() if tokenizer.type_name != "word" else {"type": "word"},
+        "report": report,
+    }
+    atomic_write_text(meta_path, json.dumps(meta, indent=1))
+    return CachedTokens(open_tokens(bin_path, dtype.name, n), bin_path, meta, False)

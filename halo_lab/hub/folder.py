@@ -71,6 +71,8 @@ def save_for_hub(
 ) -> Path:
     """Write ``save_dir``/{config.json, model.safetensors or pytorch_model.bin, README.md, the transformers
     remote code, tokenizer files, generation_config.json} (see halo_lab.hub.hf_files); return the dir.
+    Every file is a temp file renamed into place (:func:`halo_lab.hub.hf_files.write_file`): a symlink
+    planted in ``save_dir`` is replaced, never written through.
 
     ``config`` defaults to ``model.config``; ``tokenizer`` (an object with ``to_dict()`` or that dict) to
     ``model.tokenizer``. ``repo_id`` only goes into the model card's usage snippet; ``metrics`` (a run's
@@ -114,7 +116,7 @@ def save_for_hub(
     eos = _eos_id(tokenizer, tok_desc)
     if eos is not None:
         cfg["eos_token_id"] = eos
-    (out / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
+    hf_files.write_file(out / CONFIG_NAME, json.dumps(cfg, indent=2) + "\n")
     hf_files.write_remote_code(out)
     hf_files.write_generation_config(out, eos)
 
@@ -128,16 +130,19 @@ def save_for_hub(
             "halo_lab.config": json.dumps(config.to_dict()),
             "halo_lab.tied": json.dumps(aliases),
         }
-        save_file(tensors, str(out / SAFE_WEIGHTS_NAME), metadata=metadata)
+        hf_files.write_file(
+            out / SAFE_WEIGHTS_NAME, writer=lambda tmp: save_file(tensors, tmp, metadata=metadata)
+        )
         stale = out / PT_WEIGHTS_NAME
     else:
-        torch.save({k: v.detach().cpu() for k, v in state.items()}, out / PT_WEIGHTS_NAME)
+        cpu = {k: v.detach().cpu() for k, v in state.items()}
+        hf_files.write_file(out / PT_WEIGHTS_NAME, writer=lambda tmp: torch.save(cpu, tmp))
         stale = out / SAFE_WEIGHTS_NAME
-    if stale.exists():  # the loader prefers safetensors: an old file of the other format would win or confuse
-        stale.unlink()
+    # The loader prefers safetensors: an old file of the other format would win or confuse.
+    stale.unlink(missing_ok=True)
     n_params = sum(p.numel() for p in model.parameters())
     card = _model_card(config, arch, n_params, tok_desc, repo_id, metrics, list(datasets or []))
-    card.save(out / MODEL_CARD_NAME)
+    hf_files.write_file(out / MODEL_CARD_NAME, str(card))
     hf_files.follow_umask(out)
     logger.info("saved %s (%s parameters) to %s", compat.CLASS_BY_ARCH[arch], f"{n_params:,}", out)
     return out

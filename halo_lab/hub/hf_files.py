@@ -6,7 +6,9 @@
   a tiktoken encoding is recorded by name: tiktoken itself loads it), and ``generation_config.json``;
 * the model card through huggingface_hub's ``ModelCard`` / ``ModelCardData`` (license, datasets, the
   run's metrics as model-index results, the graph, how to load);
-* file modes: every file follows the umask (safetensors writes 0600).
+* file modes: every file follows the umask (safetensors writes 0600);
+* :func:`write_file`: how every file of an export is written: a temp file in the folder renamed over the
+  name, so a symlink planted in the output folder is replaced, never written through.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
+import stat
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +34,38 @@ LICENSE = "mit"
 WORD_PATTERN = r"\w+|[^\w\s]|\s+"  # halo_lab.tokenizers._WORD_PATTERN
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def write_file(
+    path: Path, data: bytes | str | None = None, writer: Callable[[str], Any] | None = None
+) -> Path:
+    """Write ``data`` (or let ``writer(temp_path)`` write) to ``path`` without ever following a symlink:
+    a new temp file in the same folder (O_EXCL: never an existing file or link), mode 0666 & ~umask,
+    renamed over ``path``. A symlink at ``path`` is replaced by the file; its target is left untouched,
+    and a crash leaves the old file (or none), never half of one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if data is not None:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
+        if writer is not None:
+            writer(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_remote_code(out: Path) -> None:
     for name in REMOTE_FILES:
-        shutil.copyfile(REMOTE_DIR / name, out / name)
+        write_file(out / name, (REMOTE_DIR / name).read_bytes())
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -81,7 +114,7 @@ def write_tokenizer_files(out: Path, desc: dict[str, Any] | None, max_len: int) 
         return None
     tok = hf_tokenizer(desc)
     if tok is not None:
-        tok.save(str(out / "tokenizer.json"))
+        write_file(out / "tokenizer.json", tok.to_str(pretty=True))
         cfg: dict[str, Any] = {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "model_max_length": max_len,
@@ -90,9 +123,9 @@ def write_tokenizer_files(out: Path, desc: dict[str, Any] | None, max_len: int) 
         if desc["type"] == "word":
             eos = desc.get("eos_token", "<eos>")
             cfg.update(eos_token=eos, unk_token=desc.get("unk_token", "<unk>"), pad_token=eos)
-        (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        write_file(out / "tokenizer_config.json", json.dumps(cfg, indent=2) + "\n")
     if desc.get("type") == "word":
-        (out / HALO_TOKENIZER_NAME).write_text(json.dumps(desc, ensure_ascii=False) + "\n")
+        write_file(out / HALO_TOKENIZER_NAME, json.dumps(desc, ensure_ascii=False) + "\n")
         return {"type": "word", "file": HALO_TOKENIZER_NAME}
     return desc
 
@@ -101,16 +134,23 @@ def write_generation_config(out: Path, eos_token_id: int | None) -> None:
     cfg: dict[str, Any] = {"use_cache": False}  # the remote model has no KV cache (see its docstring)
     if eos_token_id is not None:
         cfg.update(eos_token_id=eos_token_id, pad_token_id=eos_token_id)
-    (out / "generation_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    write_file(out / "generation_config.json", json.dumps(cfg, indent=2) + "\n")
 
 
 def follow_umask(out: Path) -> None:
-    """0666 & ~umask for every file of the export (safetensors, and earlier exports, may be 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
+    """0666 & ~umask for every regular file of the export (earlier exports may be 0600); a symlink is
+    skipped, never followed (opened with O_NOFOLLOW, changed with fchmod)."""
+    mode = 0o666 & ~_umask()
     for p in out.iterdir():
-        if p.is_file():
-            os.chmod(p, 0o666 & ~umask)
+        try:
+            fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        except OSError:  # a symlink (ELOOP), a file we cannot open: left as it is
+            continue
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------- card

@@ -19,6 +19,11 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import CatMetric, SumMetric
 
+try:  # Lightning's classmethod that refuses a call on an instance (the result would be dropped)
+    from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
+except ImportError:  # pragma: no cover - other Lightning releases
+    _restricted_classmethod = classmethod
+
 LN2 = math.log(2.0)
 
 
@@ -107,6 +112,17 @@ class HaloLitModule(pl.LightningModule):
         self.last_val: dict[str, Any] = {}
         if model_config.get("vocab_size"):
             self._build_model()
+
+    @_restricted_classmethod
+    def load_from_checkpoint(
+        cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs
+    ):
+        """Lightning's loader, always with ``weights_only=True`` (a ``weights_only`` argument is ignored):
+        neither ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` nor a caller can make a checkpoint run code."""
+        kwargs.pop("weights_only", None)
+        return super().load_from_checkpoint(
+            checkpoint_path, map_location, hparams_file, strict, weights_only=True, **kwargs
+        )
 
     # ------------------------------------------------------------------ model
     def _build_model(self) -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 from collections.abc import Iterable, Sequence
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 # Bumped when the way text becomes ids changes in this package, so stale token caches are not reused.
@@ -96,12 +97,68 @@ def register_tokenizer(cls: type[Tokenizer]) -> type[Tokenizer]:
     return cls
 
 
-def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
-    """Rebuild a tokenizer from :meth:`Tokenizer.to_dict`."""
+def tokenizer_from_dict(d: dict[str, Any], base_dir: str | os.PathLike | None = None) -> Tokenizer:
+    """Rebuild a tokenizer from :meth:`Tokenizer.to_dict`. A description that names a file instead
+    (``{"type": "word", "file": "halo_tokenizer.json"}``, a saved model's config.json) is read from that
+    file, which must lie inside ``base_dir`` (:func:`file_in_folder`)."""
     if not isinstance(d, dict) or "type" not in d:
         raise ValueError(f"a tokenizer description needs a 'type' key, got {d!r:.200}")
+    if "file" in d:
+        if base_dir is None:
+            raise ValueError(
+                f"tokenizer.file={d['file']!r}: the tokenizer description names a file; pass the folder it "
+                "was saved in (tokenizer_from_dict(d, base_dir=...))"
+            )
+        p = file_in_folder(base_dir, d["file"])
+        try:
+            inner = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"tokenizer.file={d['file']!r}: {p} is not a readable JSON file ({e})") from None
+        if not isinstance(inner, dict) or "file" in inner:
+            raise ValueError(f"tokenizer.file={d['file']!r}: {p} is not a tokenizer description")
+        return tokenizer_from_dict(inner)
     kind = _ALIASES.get(d["type"], d["type"])
     cls = _TYPES.get(kind)
     if cls is None:
         raise ValueError(f"unknown tokenizer type {d['type']!r}; known: {sorted(_TYPES)}")
     return cls.from_dict(d)
+
+
+# ------------------------------------------------------------------------------------ saved files
+def relative_name(name: Any, key: str = "tokenizer.file", where: str | os.PathLike | None = None) -> str:
+    """``name`` as a normalised relative POSIX path that stays inside its folder; else a one-line
+    ValueError naming ``key`` and the path: not a string, absolute, or a ``..`` that leads out."""
+    at = f"{where}: " if where is not None else ""
+    if not isinstance(name, str) or not name.strip() or "\0" in name:
+        raise ValueError(f"{at}{key}={name!r} is not a file name")
+    why = None
+    if name.startswith(("/", "\\")) or PureWindowsPath(name).drive or Path(name).is_absolute():
+        why = "an absolute path"
+    else:
+        norm = posixpath.normpath(name.replace("\\", "/"))
+        if norm == ".." or norm.startswith("../"):
+            why = "'..' leads out of it"
+    if why is not None:
+        raise ValueError(
+            f"{at}{key}={name!r} is outside the model folder ({why}); the files a saved model names must lie "
+            "inside its folder"
+        )
+    return norm
+
+
+def file_in_folder(
+    folder: str | os.PathLike, name: Any, key: str = "tokenizer.file", where: str | os.PathLike | None = None
+) -> Path:
+    """The path of the file ``name`` inside the saved model folder ``folder``, symlinks resolved: a relative
+    path whose target (after ``..`` and symlinks) is inside ``folder``; else a one-line ValueError naming
+    ``key`` and the path (see :func:`relative_name`)."""
+    rel = relative_name(name, key, where)
+    root = Path(folder).resolve()
+    target = (root / rel).resolve()
+    if target != root and root not in target.parents:
+        at = f"{where}: " if where is not None else ""
+        raise ValueError(
+            f"{at}{key}={name!r} is outside the model folder {root} (it resolves to {target} through a "
+            "symlink); the files a saved model names must lie inside its folder"
+        )
+    return target
