@@ -5,15 +5,14 @@ log axis with readable ticks, the legend right of the panels. More than ``style.
 part become small multiples: the attention part's backends grouped into panels with dense in each, the
 decode part one panel per batch size (panels of a part share their y axis).
 
-``python -m halo_lab.bench.plots RESULTS.json [OUT.png]`` redraws the plot of a saved results file (the
-committed ones under experiments/bench/; default OUT: ``bench.png`` next to a ``results.json``, else
-the file's name with ``.png``)."""
+``python -m halo_lab.bench.replot RESULTS.json [OUT.png]`` (``main``) redraws the plot of a saved results
+file (the committed ones under experiments/bench/; default OUT: ``bench.png`` next to a ``results.json``,
+else the file's name with ``.png``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from halo_lab.report import style
@@ -97,7 +96,7 @@ def title_of(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m halo_lab.bench.plots", description=__doc__.split("\n")[0]
+        prog="python -m halo_lab.bench.replot", description=__doc__.split("\n")[0]
     )
     parser.add_argument("results", type=Path, help="a results.json of python -m halo_lab.bench (or .decode)")
     parser.add_argument("out", type=Path, nargs="?", help="the PNG (default: see the module doc)")
@@ -109,7 +108,3 @@ def main(argv: list[str] | None = None) -> int:
     path = plot(result["rows"], out, title_of(result))
     print(path if path is not None else f"{args.results}: no part with a curve over N, no plot")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

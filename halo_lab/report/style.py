@@ -98,8 +98,11 @@ def _readable_log_ticks(vmin: float, vmax: float) -> list[float]:
     lo = max(lo, hi * 1e-12)
     eps = 1e-9 * hi
     if hi / lo < 10:  # less than a decade: plain tick values (80, 100, 120 ... 200), not 80, 90, 100, 200
-        linear = MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
-        inside = [float(t) for t in linear if lo - eps <= t <= hi + eps and t > 0]
+        for nbins in (5, 9):  # at least 4 labelled when the data allow
+            linear = MaxNLocator(nbins=nbins, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
+            inside = [float(t) for t in linear if lo - eps <= t <= hi + eps and t > 0]
+            if len(inside) >= 4:
+                return inside
         if len(inside) >= 3:
             return inside
     for subs in ((1, 2, 3, 4, 5, 6, 7, 8, 9), (1, 2, 5), (1, 3), (1,)):
