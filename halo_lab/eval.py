@@ -172,26 +172,49 @@ def evaluate(
     }
 
 
-def plot_loss_by_position(result: dict[str, Any], path: Path, title: str) -> Path:
-    from halo_lab.report.plots import _figure
+def source_name(source: str) -> str:
+    """What a plot title calls the evaluated model: the run directory's name for a checkpoint in
+    ``RUN/checkpoints/`` (``RUN (last.ckpt)``) or an export in ``RUN/hub``, the folder or file name of
+    another local source, the repo id of a Hub model. A multirun job's numbered directory keeps its
+    sweep's name (``2026-01-01_12-00-00/3``)."""
+    p = Path(source)
+    if not p.exists():
+        return source  # a Hub repo id
 
-    fig, axes = _figure(1, width=6.4, height=3.8)
+    def run_name(d: Path) -> str:
+        return f"{d.parent.name}/{d.name}" if d.name.isdigit() and d.parent.name else d.name
+
+    if p.parent.name == "checkpoints":
+        return f"{run_name(p.parent.parent)} ({p.name})"
+    if p.name == "hub" and p.is_dir():
+        return f"{run_name(p.parent)} (hub export)"
+    return run_name(p)
+
+
+def plot_loss_by_position(result: dict[str, Any], path: Path, title: str) -> Path:
+    """Loss per position bin, in the project's plotting style (halo_lab.report.style); ``title`` names
+    the model (``source_name``) and the data."""
+    from halo_lab.report import style
+
+    fig, axes = style.figure(1, width=5.6, height=3.6)
     ax = axes[0][0]
     pts = [b for b in result["loss_by_position"] if b["loss"] is not None]
     mids = [(b["start"] + b["end"] - 1) / 2 for b in pts]
-    ax.plot(mids, [b["loss"] for b in pts], "o-", color="#1f77b4", lw=1.6, ms=4)
-    ax.axhline(result["loss"], color="grey", ls=":", lw=1, label=f"mean {result['loss']:.3f}")
+    ax.plot(mids, [b["loss"] for b in pts], "o-", color="#1f77b4", lw=1.6, ms=4, label="loss of the bin")
+    style.reference_line(ax, result["loss"], label=f"mean {style.number(result['loss'])}")
     trained = result.get("trained_max_seq_len")
     if trained and trained < result["sequences_seq_len"]:  # beyond here: longer than the model trained on
-        ax.axvline(trained, color="#d62728", ls="--", lw=1, label=f"trained max_seq_len {trained}")
-    ax.set_xlim(0, result["sequences_seq_len"])
+        style.reference_line(
+            ax, trained, vertical=True, color="#d62728", ls="--", label=f"trained max_seq_len {trained}"
+        )
+    ax.set_xlim(*style.padded(0, result["sequences_seq_len"]))
     ax.set_xlabel("position in the sequence (bin centre, tokens)")
     ax.set_ylabel("loss (nats/token)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
-    fig.savefig(path, dpi=110)
-    return path
+    style.format_axis(ax)
+    style.finish(ax)
+    style.title(fig, title)
+    style.legend(fig, axes.flat)
+    return style.save(fig, path)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -221,7 +244,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         json.dumps({"seq_len": seq_len, "bins": result["loss_by_position"]}, indent=2) + "\n"
     )
     plot_loss_by_position(
-        result, out / "loss_by_position.png", f"{Path(source).name}: {what}, seq_len {seq_len}"
+        result, out / "loss_by_position.png", f"{source_name(source)}: {what}, seq_len {seq_len}"
     )
     bpb = result["bits_per_byte"]
     print(

@@ -35,7 +35,7 @@ def tiny_spec() -> dict:
                 "heads": 2,
                 "kv_heads": 1,
                 "head_dim": 16,
-                "backends": ["dense", "reference"],
+                "backends": ["dense", "masked", "reference"],  # as conf/bench.yaml's CPU mode
                 "reference_max_len": 128,
             },
             "train": {"seq_lens": [128], "tokens": 256, "model": model},
@@ -54,6 +54,7 @@ def test_cpu_bench_writes_table_json_and_plot(tmp_path, capsys):
     parts = {(r["part"], r["variant"]) for r in result["rows"]}
     assert {
         ("attention", "dense"),
+        ("attention", "masked"),  # what CPU training runs
         ("attention", "reference"),
         ("train_step", "halo"),
         ("decode", "halo"),

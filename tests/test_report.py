@@ -471,10 +471,10 @@ def test_every_plot_uses_short_labels_fixed_colours_zero_based_bars_and_a_chance
                     colours.setdefault(line.get_label(), set()).add(to_hex(line.get_color()))
         if name == "needle_summary":
             ax = fig.axes[0]
-            assert ax.get_ylim()[0] == 0  # bars from zero
-            names = {t.get_text().split("\n")[0] for t in ax.get_xticklabels()}
-            assert names == short
-            for patch, label in zip(ax.patches, [t.get_text().split("\n")[0] for t in ax.get_xticklabels()]):
+            assert ax.get_xlim()[0] == 0  # horizontal bars from zero
+            names = [t.get_text().split(" · ")[0] for t in ax.get_yticklabels()]
+            assert set(names) == short
+            for patch, label in zip(ax.patches, names):
                 colours.setdefault(label, set()).add(to_hex(patch.get_facecolor()))
         else:
             assert short <= {t.split(" (")[0] for t in legend_texts}, (name, legend_texts)

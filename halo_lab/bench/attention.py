@@ -21,6 +21,7 @@ def _attention_variants(base: HaloConfig) -> dict[str, tuple[str, HaloConfig]]:
         "hybrid": ("hybrid", base),
         "hybrid_token": ("hybrid", base.replace(random_edges="token")),
         "window": ("flex", base.replace(dilated_offsets=[], num_random=0)),
+        "masked": ("masked", base),  # SDPA with the graph as a boolean mask: auto on the CPU (CPU training)
         "reference": ("reference", base),
     }
 

@@ -1,7 +1,9 @@
 """``python -m halo_lab.report SWEEP_DIR [--out DIR] [--wandb auto|on|off]``: a sweep directory -> report.
 
 Modules: ``runs`` (loading), ``tables`` (markdown), ``plots`` (PNGs), ``writer`` (``build_report``),
-``wandb_log`` (the W&B summary), ``hook`` (the Hydra callback), ``cli``.
+``wandb_log`` (the W&B summary), ``hook`` (the Hydra callback), ``cli``; ``labels`` (short variant names,
+a fixed colour and marker per variant) and ``style`` (the project's one plotting style, which every
+figure of halo_lab uses: the report's, the bench's, the eval's).
 
 Reads every job of a sweep (``outputs/multirun/<experiment>/<time>/<overrides>/``): its ``metrics.json``
 (final summary), ``.hydra/`` (config, overrides, group choices) and ``history.jsonl`` (loss curves), and

@@ -5,7 +5,10 @@ the short form of each other override the sweep varies (``OVERRIDE_LABELS``: ``m
 ``h256``, ``optimizer.lr=1e-3`` -> ``lr 1e-3``); an override without an entry shows as its last key part
 and a value cut to 12 characters, so no raw override string reaches an axis or a header. Colours come
 from the label itself (a fixed table for the named variants, a hash for the others), never from the
-order of the runs, so a variant has the same colour in every panel and every report.
+order of the runs, so a variant has the same colour in every panel and every report. The variants with
+content-selected blocks (``variant=halo_select``, ``variant=local_select``: ``model.select_blocks`` > 0)
+are ``HALO-S+sel`` and ``local+sel``. The bench's variants (dense and the HALO-S backends, ``bench_label``,
+``bench_style``) have fixed colours too. halo_lab.report.style has the rest of the one plotting style.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ VARIANT_LABELS = {
     "no_dilated": "no_dilated",
     "no_random": "no_random",
 }
+# the variants with content-selected blocks (select_blocks > 0), by their graph's ablation
+SELECT_LABELS = {"full": "HALO-S+sel", "local_only": "local+sel"}
 # override key -> format of its value in a label
 OVERRIDE_LABELS = {
     "model": "{}",
@@ -48,8 +53,11 @@ COLORS = {
     "no_globals": "#d62728",
     "no_dilated": "#9467bd",
     "no_random": "#8c564b",
+    "HALO-S+sel": "#17becf",
+    "local+sel": "#bcbd22",
 }
-_OTHER_COLORS = ["#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#393b79", "#637939", "#8c6d31", "#843c39"]
+# labels without a fixed colour: one of these by a hash of the label (never the order of the runs)
+_OTHER_COLORS = ["#e377c2", "#7f7f7f", "#393b79", "#637939", "#8c6d31", "#843c39"]
 MARKERS = {
     "HALO-S": "o",
     "dense": "s",
@@ -57,14 +65,18 @@ MARKERS = {
     "no_globals": "v",
     "no_dilated": "D",
     "no_random": "P",
+    "HALO-S+sel": "X",
+    "local+sel": "h",
 }
 
 
-def variant_label(arch: str, ablation: str) -> str:
+def variant_label(arch: str, ablation: str, select: bool = False) -> str:
     if arch == "dense":
         return "dense"
     if arch != "halo":
         return arch
+    if select:
+        return SELECT_LABELS.get(ablation, f"{VARIANT_LABELS.get(ablation, ablation)}+sel")
     return VARIANT_LABELS.get(ablation, ablation)
 
 
@@ -117,3 +129,62 @@ def marker(label: str) -> str:
 def zorder(label: str) -> float:
     """HALO-S variants above dense: a HALO-S line that matches dense's is drawn on top, not hidden."""
     return 2.0 if _base(label) == "dense" else 3.0
+
+
+# ---------------------------------------------------------------------------------------------- bench
+# halo_lab.bench's rows: ``variant`` is dense, a HALO-S backend of the attention part (``triton``,
+# ``masked``, ``reference``, ``flex``, ``hybrid``; ``*_token``: per-token random edges; ``window``: the
+# window alone), ``halo`` / ``halo_<backend>`` (train step, decode), ``halo_ring`` (decode, ring cache) or
+# ``pyhalos_<arch>`` (the reference package).
+BACKEND_COLORS = {
+    "dense": COLORS["dense"],
+    "halo": COLORS["HALO-S"],  # the auto backend
+    "triton": COLORS["HALO-S"],  # auto on CUDA
+    "masked": "#393b79",  # auto on the CPU (what CPU training uses)
+    "reference": "#7f7f7f",
+    "flex": "#e377c2",
+    "hybrid": "#8c6d31",
+    "window": COLORS["local-only"],
+    "ring": "#9467bd",
+}
+BACKEND_MARKERS = {"dense": "s", "reference": "D", "window": "^", "ring": "v"}
+
+
+def _bench_parts(variant: str) -> tuple[str, str, bool]:
+    """(package prefix, backend, per-token random edges) of a bench row's variant."""
+    package = ""
+    if variant.startswith("pyhalos_"):
+        package, variant = "pyhalos ", variant.removeprefix("pyhalos_")
+    token = variant.endswith("_token")
+    variant = variant.removesuffix("_token")
+    if variant.startswith("halo_"):
+        variant = variant.removeprefix("halo_")
+    return package, variant, token
+
+
+def bench_label(variant: str) -> str:
+    """``halo_flex`` -> ``HALO-S flex``, ``masked`` -> ``HALO-S masked``, ``hybrid_token`` -> ``HALO-S
+    hybrid, token edges``, ``halo_ring`` -> ``HALO-S ring cache``, ``window`` -> ``window only``."""
+    package, backend, token = _bench_parts(variant)
+    if backend == "dense":
+        name = "dense"
+    elif backend == "halo":
+        name = "HALO-S"
+    elif backend == "window":
+        name = "window only"
+    elif backend == "ring":
+        name = "HALO-S ring cache"
+    else:
+        name = f"HALO-S {backend}"
+    return package + name + (", token edges" if token else "")
+
+
+def bench_style(variant: str) -> dict:
+    """Colour, marker and line style of a bench variant: fixed per backend; per-token edges dashed, the
+    reference package's rows dotted."""
+    package, backend, token = _bench_parts(variant)
+    return {
+        "color": BACKEND_COLORS.get(backend) or color(backend),
+        "marker": BACKEND_MARKERS.get(backend, "o"),
+        "ls": ":" if package else ("--" if token else "-"),
+    }

@@ -66,6 +66,18 @@ class Run:
         return v
 
     @property
+    def selects(self) -> bool:
+        """Content-selected blocks (``variant=halo_select`` / ``local_select``: model.select_blocks > 0)."""
+        cfg = self.m("model_config") or {}
+        n = cfg.get("select_blocks") if isinstance(cfg, dict) else None
+        if n is None:
+            n = self.overrides.get("model.select_blocks")
+        try:
+            return int(n) > 0
+        except (TypeError, ValueError):  # not recorded: the variant option's name
+            return str(self.choices.get("variant", "")).endswith("_select")
+
+    @property
     def seed(self) -> Any:
         return self.m("seed", self.overrides.get("seed"))
 
@@ -169,13 +181,14 @@ def find_runs(sweep_dir: str | Path) -> list[Run]:
 def _variant_base(run: Run) -> str:
     from halo_lab.report.labels import variant_label
 
-    return variant_label(run.arch, run.ablation)
+    return variant_label(run.arch, run.ablation, run.selects)
 
 
 def _sort_key(run: Run) -> tuple:
     order = 99 if run.arch == "dense" else 0
     if run.arch != "dense":
         order = ABLATION_ORDER.index(run.ablation) if run.ablation in ABLATION_ORDER else 50
+        order += 0.5 * run.selects  # HALO-S+sel after HALO-S, local+sel after local-only
     seed = run.seed if isinstance(run.seed, (int, float)) else 0
     return (run.seq_len or 0, order, run.label, seed, run.name)
 
@@ -208,7 +221,10 @@ def group_by_task(runs: list[Run]) -> dict[str, list[Run]]:
 def _reference(run: Run, runs: list[Run]) -> Run | None:
     """The run a row is compared with: dense at the same length and seed, else HALO-S full; one with the
     same other swept overrides (e.g. the same model size) first."""
-    for want in (lambda r: r.arch == "dense", lambda r: r.arch == "halo" and r.ablation == "full"):
+    for want in (
+        lambda r: r.arch == "dense",
+        lambda r: r.arch == "halo" and r.ablation == "full" and not r.selects,
+    ):
         same = [r for r in runs if r.ok and want(r) and r.seq_len == run.seq_len and r.seed == run.seed]
         for r in sorted(same, key=lambda r: r.extra != run.extra):
             return r
