@@ -78,10 +78,14 @@ class Job:
     def family(self) -> str:
         return self.experiment.split("_")[0]
 
+    @property
+    def task(self) -> str:
+        """The report section: ``task_name`` when the job sets it, else its experiment's."""
+        return next((o.split("=", 1)[1] for o in self.extra if o.startswith("task_name=")), self.experiment)
+
     def name(self, grid: str) -> str:
         v = (self.ablation or self.variant) + (f"-{self.tag}" if self.tag else "")
-        task = next((o.split("=", 1)[1] for o in self.extra if o.startswith("task_name=")), self.experiment)
-        return f"{grid}-{task}-{v}-L{self.layers}-c{self.conv}-s{self.seed}"
+        return f"{grid}-{self.task}-{v}-L{self.layers}-c{self.conv}-s{self.seed}"
 
     def overrides(self) -> list[str]:
         out = [f"+experiment={self.experiment}", f"variant={self.variant}"]
