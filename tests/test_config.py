@@ -174,7 +174,7 @@ def test_device_options_resolve(option, tmp_path):
 
 @pytest.mark.parametrize("option", options("trainer"))
 def test_trainer_options_instantiate(option, tmp_path):
-    from halo_lab.runner.callbacks import AtomicCheckpointIO
+    from halo_lab.runner.checkpointing import AtomicCheckpointIO
 
     cfg = compose([f"trainer={option}"], tmp_path)
     validate_config(cfg)

@@ -291,7 +291,7 @@ def test_trainer_loads_pass_weights_only_themselves(tmp_path, monkeypatch):
     assert calls >= 4 and not missing, missing
     # Lightning's load passes through the runner's plugin, which refuses code whatever it is asked.
     from halo_lab.checkpoint.integrity import CheckpointFileError
-    from halo_lab.runner.callbacks import AtomicCheckpointIO
+    from halo_lab.runner.checkpointing import AtomicCheckpointIO
 
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     evil, marker = _evil(tmp_path)

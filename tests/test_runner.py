@@ -17,7 +17,7 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from torch.utils.data import DataLoader, Dataset
 
-from halo_lab.runner.callbacks import AtomicCheckpointIO
+from halo_lab.runner.checkpointing import AtomicCheckpointIO
 from halo_lab.runner.config import ConfigError, compose_config
 from halo_lab.runner.ddp import ddp_rank_command
 from halo_lab.runner.module import HaloLitModule, _lr_factor, param_groups, warmup_cosine_schedule
@@ -489,12 +489,12 @@ def test_resume_continues_the_data_position(stop_at, tmp_path):
 def test_throughput_summary_reports_the_training_device_after_teardown(monkeypatch):
     # Lightning's teardown moves the module back to the CPU after fit: metrics.json must still report the
     # memory of the device training ran on (on a GPU: CUDA max allocated, not the CPU's RSS).
-    import halo_lab.runner.callbacks as runner_callbacks
-    from halo_lab.runner.callbacks import TokenThroughput
+    import halo_lab.runner.progress as runner_progress
+    from halo_lab.runner.progress import TokenThroughput
 
     seen = []
     monkeypatch.setattr(
-        runner_callbacks, "peak_memory_mb", lambda device=None: (seen.append(device), (1.0, "k"))[1]
+        runner_progress, "peak_memory_mb", lambda device=None: (seen.append(device), (1.0, "k"))[1]
     )
     perf = TokenThroughput()
     trained_on = torch.device("meta")  # stands in for cuda:0 on this CPU-only machine
