@@ -18,8 +18,9 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from halo_lab.runner.config import ConfigError, conf_dir, register_device_options, validate_config
+from halo_lab.runner.config import ConfigError, conf_dir, validate_config
 from halo_lab.runner.ddp import dist_env, patch_ddp_relaunch, teardown_distributed
+from halo_lab.runner.options import register_options
 from halo_lab.runner.wandb_run import finish_wandb
 
 log = logging.getLogger("halo_lab.train")
@@ -27,7 +28,7 @@ log = logging.getLogger("halo_lab.train")
 # Absolute: Hydra resolves a relative config_path against the caller, which differs between
 # `python -m halo_lab.train`, `from halo_lab.train import main` and console scripts.
 CONF_DIR = str(conf_dir())
-register_device_options()
+register_options()  # model= and device= options from their tables (PRESETS, PROFILES)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

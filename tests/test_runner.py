@@ -340,17 +340,17 @@ def test_wandb_mode_and_run_id(tmp_path, monkeypatch):
 def test_ddp_rank_command_runs_only_this_job(tmp_path, monkeypatch):
     import __main__
 
-    job_dir = tmp_path / "multirun" / "module.arch=dense,seed=2"
-    compose_config(["module.arch=dense", "seed=2"], output_dir=job_dir)
+    job_dir = tmp_path / "multirun" / "seed=2,variant=dense"
+    compose_config(["variant=dense", "seed=2"], output_dir=job_dir)
     monkeypatch.setattr(__main__, "__spec__", SimpleNamespace(name="halo_lab.train"), raising=False)
     monkeypatch.setattr(
-        sys, "argv", ["train.py", "-m", "--config-name", "train", "module.arch=halo,dense", "seed=1,2"]
+        sys, "argv", ["train.py", "-m", "--config-name", "train", "variant=halo,dense", "seed=1,2"]
     )
     cmd, cwd = ddp_rank_command(1)
     assert cmd[:3] == [sys.executable, "-m", "halo_lab.train"]
-    assert "-m" not in cmd[3:] and "module.arch=halo,dense" not in cmd
+    assert "-m" not in cmd[3:] and "variant=halo,dense" not in cmd
     assert ["--config-name", "train"] == cmd[3:5]
-    assert "module.arch=dense" in cmd and "seed=2" in cmd
+    assert "variant=dense" in cmd and "seed=2" in cmd
     assert f'hydra.run.dir="{job_dir.resolve()}"' in cmd and "hydra.output_subdir=null" in cmd
     assert cwd == os.getcwd()
 

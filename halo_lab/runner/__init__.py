@@ -1,6 +1,7 @@
 """The experiment runner: everything between a composed Hydra config and a finished run directory.
 
 - :mod:`~halo_lab.runner.config`: conf/ location, composing without running, structured validation.
+- :mod:`~halo_lab.runner.options`: the ``model=`` and ``device=`` options registered from their tables.
 - :mod:`~halo_lab.runner.build`: config nodes -> datamodule, LightningModule, callbacks (all of the
   run's, in one list), loggers, trainer.
 - :mod:`~halo_lab.runner.module`: ``HaloLitModule`` (loss, metrics, optimizer, schedule).

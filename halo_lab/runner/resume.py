@@ -132,7 +132,7 @@ def check_model(info: CheckpointInfo, checked: dict[str, Any]) -> None:
         raise _err(
             info.path,
             f"the checkpoint is a module.arch={info.arch} model, this run is module.arch={arch}; resume with "
-            f"module.arch={info.arch}, or start a fresh run (ckpt_path=null or a new hydra.run.dir)",
+            f"variant={info.arch}, or start a fresh run (ckpt_path=null or a new hydra.run.dir)",
         )
     from halo_lab.config import HaloConfig
 
