@@ -23,8 +23,6 @@ from halo_lab.runner.ddp import dist_env, patch_ddp_relaunch, teardown_distribut
 from halo_lab.runner.options import register_options
 from halo_lab.runner.wandb_run import finish_wandb
 
-log = logging.getLogger("halo_lab.train")
-
 # Absolute: Hydra resolves a relative config_path against the caller, which differs between
 # `python -m halo_lab.train`, `from halo_lab.train import main` and console scripts.
 CONF_DIR = str(conf_dir())
