@@ -34,10 +34,10 @@ JOBS=()
 for s in $SEEDS; do
   for arch in halo dense; do
     for n in 256 1024 4096; do
-      JOBS+=("baseline|+experiment=baseline module.arch=$arch data.seq_len=$n trainer.max_steps=$STEPS seed=$s")
+      JOBS+=("baseline|+experiment=baseline variant=$arch data.seq_len=$n trainer.max_steps=$STEPS seed=$s")
     done
     # The reference's "medium" point, about 20M parameters at 1024 tokens: halo_medium (30.7M) at 5 layers.
-    JOBS+=("baseline|+experiment=baseline model=halo_medium model.num_layers=5 module.arch=$arch data.seq_len=1024 trainer.max_steps=$STEPS seed=$s")
+    JOBS+=("baseline|+experiment=baseline model=halo_medium model.num_layers=5 variant=$arch data.seq_len=1024 trainer.max_steps=$STEPS seed=$s")
   done
   for ab in full no_globals no_dilated no_random local_only; do
     for n in 256 4096; do

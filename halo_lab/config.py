@@ -232,8 +232,8 @@ class HaloConfig:
 
 
 # ------------------------------------------------------------------------------------------ presets
-# Named sizes (the reference's examples), as changes to the defaults above. The runner's
-# conf/model/<name>.yaml files hold the same values (tests/test_config.py checks them against this).
+# Named sizes (the reference's examples), as changes to the defaults above. The one table of sizes: the
+# runner's `model=<name>` options are registered from it (halo_lab/runner/options.py register_model_options).
 PRESETS: dict[str, dict[str, Any]] = {
     "halo_tiny": {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "max_seq_len": 512, "dropout": 0.0},
     "halo_small": {"hidden_size": 256, "num_layers": 4, "num_heads": 4, "max_seq_len": 2048},

@@ -34,6 +34,10 @@ def options(group: str) -> list[str]:
         from halo_lab.device import PROFILES
 
         names |= set(PROFILES)
+    if group == "model":  # one option per preset of HaloConfig's table (registered, no file per size)
+        from halo_lab.config import PRESETS
+
+        names |= set(PRESETS)
     return sorted(names)
 
 
@@ -106,18 +110,59 @@ def test_model_options_build(option, tmp_path):
 
 
 def test_dense_twin_matches_halo_option(tmp_path):
-    a = compose(["model=dense_small"], tmp_path)
-    b = compose(["model=halo_small", "module.arch=dense"], tmp_path)
-    assert to_plain(a.model) == to_plain(b.model) and to_plain(a.module) == to_plain(b.module)
-    assert a.module.arch == "dense"
+    """variant=dense is the one way to the dense twin: the same model node, only module.arch differs."""
+    a = compose(["model=halo_small", "variant=dense"], tmp_path)
+    b = compose(["model=halo_small"], tmp_path)
+    assert to_plain(a.model) == to_plain(b.model) and to_plain(a.module) == {
+        **to_plain(b.module),
+        "arch": "dense",
+    }
+    assert a.module.arch == "dense" and validate_config(a)["arch"] == "dense"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        (["model=dense_small"], "model=dense_small: .* model=halo_small variant=dense$"),
+        (["model=dense_tiny"], "model=dense_tiny: .* model=halo_tiny variant=dense$"),
+        (["model=halo_small", "module.arch=dense"], r"module\.arch=dense: .* variant=dense$"),
+        (["+experiment=baseline_cpu", "module.arch=halo"], r"module\.arch=halo: .* variant=halo$"),
+    ],
+)
+def test_the_other_ways_to_say_dense_fail_naming_variant(overrides, says, tmp_path):
+    cfg = compose(overrides, tmp_path)
+    with pytest.raises(ConfigError, match=says) as err:
+        validate_config(cfg)
+    assert "\n" not in str(err.value)  # one line
+
+
+def test_model_options_are_not_files():
+    """The presets are registered from HaloConfig's table: no YAML duplicates their values."""
+    assert not list((CONF / "model").glob("*.yaml"))
+
+
+def test_registered_options_are_listed_like_files():
+    """Hydra lists the registered model= and device= options with the file ones (--help, tab completion)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from halo_lab.config import PRESETS
+    from halo_lab.device import PROFILES
+    from halo_lab.runner.options import register_options
+
+    register_options()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        assert set(loader.get_group_options("model")) >= set(PRESETS)
+        assert set(loader.get_group_options("device")) >= set(PROFILES) | {"auto"}
 
 
 @pytest.mark.parametrize("option", [o for o in options("model") if o.startswith("halo_")])
-def test_model_options_are_the_haloconfig_presets(option):
-    """conf/model/<name>.yaml holds HaloConfig fields only, the values of HaloConfig.from_name(<name>)."""
+def test_model_options_are_the_haloconfig_presets(option, tmp_path):
+    """model=<name> holds HaloConfig fields only, the values of HaloConfig.from_name(<name>)."""
     from halo_lab.config import HaloConfig
 
-    values = OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{option}.yaml"))
+    values = to_plain(compose([f"model={option}"], tmp_path).model)
     preset = HaloConfig.from_name(option).to_dict()
     assert set(values) <= set(preset), f"not HaloConfig fields: {set(values) - set(preset)}"
     assert values.pop("vocab_size") is None  # follows the data
@@ -174,7 +219,7 @@ def test_device_options_resolve(option, tmp_path):
 
 @pytest.mark.parametrize("option", options("trainer"))
 def test_trainer_options_instantiate(option, tmp_path):
-    from halo_lab.runner.callbacks import AtomicCheckpointIO
+    from halo_lab.runner.checkpointing import AtomicCheckpointIO
 
     cfg = compose([f"trainer={option}"], tmp_path)
     validate_config(cfg)

@@ -112,12 +112,12 @@ def test_tiny_scale_is_tiny(base, composed):
 def test_baseline_compares_arch_at_equal_size_data_steps_and_seed(scale, composed):
     cfg = composed[f"baseline{scale}"]
     params = sweep_params(cfg)
-    assert params["module.arch"] == ["halo", "dense"]
+    assert params["variant"] == ["halo", "dense"]
     configs = {}
     for overrides in jobs(cfg):
         job = job_config(cfg, overrides)
         checked = validate_config(job)
-        assert checked["arch"] == overrides["module.arch"]
+        assert checked["arch"] == overrides["variant"]
         # Equal tokens per step at every length.
         assert job.data.batch_size == cfg.tokens_per_batch // job.data.seq_len
         key = overrides["data.seq_len"]
@@ -194,7 +194,7 @@ def test_single_variant_override_without_multirun(tmp_path):
     cfg = compose_config(["+experiment=needle_cpu", "variant=local_only"], tmp_path)
     checked = validate_config(cfg)
     assert checked["model_config"]["num_globals"] == 0 and ablation_name(cfg) == "local_only"
-    cfg = compose_config(["+experiment=baseline_cpu", "module.arch=dense", "data.seq_len=1024"], tmp_path)
+    cfg = compose_config(["+experiment=baseline_cpu", "variant=dense", "data.seq_len=1024"], tmp_path)
     assert validate_config(cfg)["arch"] == "dense" and cfg.data.batch_size == 4
 
 

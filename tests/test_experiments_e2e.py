@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 EXPECTED_JOBS = {
-    "baseline_tiny": {f"data.seq_len={n},module.arch={a}" for n in (64, 128) for a in ("halo", "dense")},
+    "baseline_tiny": {f"data.seq_len={n},variant={a}" for n in (64, 128) for a in ("halo", "dense")},
     "ablation_tiny": {
         f"ablation={o},data.seq_len=128"
         for o in ("full", "no_globals", "no_dilated", "no_random", "local_only")
@@ -146,7 +146,7 @@ def test_failed_job_leaves_the_others_and_separate_wandb_runs(tmp_path, tarball)
     assert proc.returncode != 0
     (sweep,) = _sweeps(tmp_path, "baseline_tiny")
     ok = {p.parent.name for p in sweep.glob("*/metrics.json")}
-    name = "data.seq_len={},model.max_seq_len=64,module.arch={}"
+    name = "data.seq_len={},model.max_seq_len=64,variant={}"
     assert ok == {name.format(64, "halo"), name.format(64, "dense")}
     failed = {p.name for p in sweep.iterdir() if p.is_dir()} - ok - {"wandb"}
     assert failed == {name.format(128, "halo"), name.format(128, "dense")}

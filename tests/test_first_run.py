@@ -12,7 +12,7 @@ import warnings
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
-from halo_lab.runner import callbacks as cb
+from halo_lab.runner import progress as cb
 from halo_lab.runner.config import compose_config, validate_config
 
 

@@ -291,7 +291,7 @@ def test_trainer_loads_pass_weights_only_themselves(tmp_path, monkeypatch):
     assert calls >= 4 and not missing, missing
     # Lightning's load passes through the runner's plugin, which refuses code whatever it is asked.
     from halo_lab.checkpoint.integrity import CheckpointFileError
-    from halo_lab.runner.callbacks import AtomicCheckpointIO
+    from halo_lab.runner.checkpointing import AtomicCheckpointIO
 
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     evil, marker = _evil(tmp_path)
@@ -333,7 +333,7 @@ def test_resume_with_another_model_size_is_one_line(tmp_path, corpus, trained):
     with pytest.raises(ConfigError, match=r"model\.hidden_size=64 \(checkpoint: 32\).*fresh run"):
         run(tiny(corpus, 6, None, f"ckpt_path={trained}", "model.hidden_size=64"), tmp_path / "run")
     with pytest.raises(ConfigError, match=r"module\.arch=halo model, this run is module\.arch=dense"):
-        run(tiny(corpus, 6, None, f"ckpt_path={trained}", "module.arch=dense"), tmp_path / "run")
+        run(tiny(corpus, 6, None, f"ckpt_path={trained}", "variant=dense"), tmp_path / "run")
 
 
 def test_resume_with_another_tokenizer_is_one_line(tmp_path, corpus, trained):

@@ -17,7 +17,7 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from torch.utils.data import DataLoader, Dataset
 
-from halo_lab.runner.callbacks import AtomicCheckpointIO
+from halo_lab.runner.checkpointing import AtomicCheckpointIO
 from halo_lab.runner.config import ConfigError, compose_config
 from halo_lab.runner.ddp import ddp_rank_command
 from halo_lab.runner.module import HaloLitModule, _lr_factor, param_groups, warmup_cosine_schedule
@@ -340,17 +340,17 @@ def test_wandb_mode_and_run_id(tmp_path, monkeypatch):
 def test_ddp_rank_command_runs_only_this_job(tmp_path, monkeypatch):
     import __main__
 
-    job_dir = tmp_path / "multirun" / "module.arch=dense,seed=2"
-    compose_config(["module.arch=dense", "seed=2"], output_dir=job_dir)
+    job_dir = tmp_path / "multirun" / "seed=2,variant=dense"
+    compose_config(["variant=dense", "seed=2"], output_dir=job_dir)
     monkeypatch.setattr(__main__, "__spec__", SimpleNamespace(name="halo_lab.train"), raising=False)
     monkeypatch.setattr(
-        sys, "argv", ["train.py", "-m", "--config-name", "train", "module.arch=halo,dense", "seed=1,2"]
+        sys, "argv", ["train.py", "-m", "--config-name", "train", "variant=halo,dense", "seed=1,2"]
     )
     cmd, cwd = ddp_rank_command(1)
     assert cmd[:3] == [sys.executable, "-m", "halo_lab.train"]
-    assert "-m" not in cmd[3:] and "module.arch=halo,dense" not in cmd
+    assert "-m" not in cmd[3:] and "variant=halo,dense" not in cmd
     assert ["--config-name", "train"] == cmd[3:5]
-    assert "module.arch=dense" in cmd and "seed=2" in cmd
+    assert "variant=dense" in cmd and "seed=2" in cmd
     assert f'hydra.run.dir="{job_dir.resolve()}"' in cmd and "hydra.output_subdir=null" in cmd
     assert cwd == os.getcwd()
 
@@ -489,12 +489,12 @@ def test_resume_continues_the_data_position(stop_at, tmp_path):
 def test_throughput_summary_reports_the_training_device_after_teardown(monkeypatch):
     # Lightning's teardown moves the module back to the CPU after fit: metrics.json must still report the
     # memory of the device training ran on (on a GPU: CUDA max allocated, not the CPU's RSS).
-    import halo_lab.runner.callbacks as runner_callbacks
-    from halo_lab.runner.callbacks import TokenThroughput
+    import halo_lab.runner.progress as runner_progress
+    from halo_lab.runner.progress import TokenThroughput
 
     seen = []
     monkeypatch.setattr(
-        runner_callbacks, "peak_memory_mb", lambda device=None: (seen.append(device), (1.0, "k"))[1]
+        runner_progress, "peak_memory_mb", lambda device=None: (seen.append(device), (1.0, "k"))[1]
     )
     perf = TokenThroughput()
     trained_on = torch.device("meta")  # stands in for cuda:0 on this CPU-only machine

@@ -143,7 +143,7 @@ def tiny_experiment(conf_dir: Path, corpus: Path, steps: int) -> list[str]:
 
 def test_multirun_layout_and_no_overwrite(tmp_path, corpus):
     exp = tiny_experiment(tmp_path / "conf", corpus, steps=3)
-    args = ["-m", *exp, "logger=wandb", "logger.wandb.mode=offline", "module.arch=halo,dense"]
+    args = ["-m", *exp, "logger=wandb", "logger.wandb.mode=offline", "variant=halo,dense"]
     _run(args, tmp_path, HALO_LAB_ROOT=str(tmp_path))
     time.sleep(1.1)  # sweep directories are named by the second
     _run(args, tmp_path, HALO_LAB_ROOT=str(tmp_path))
@@ -151,7 +151,7 @@ def test_multirun_layout_and_no_overwrite(tmp_path, corpus):
     assert len(sweeps) == 2
     for sweep in sweeps:
         jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
-        assert [j.name for j in jobs] == ["module.arch=dense", "module.arch=halo"]
+        assert [j.name for j in jobs] == ["variant=dense", "variant=halo"]
         ids = set()
         for job in jobs:
             m = json.loads((job / "metrics.json").read_text())

@@ -1,4 +1,5 @@
-"""Config nodes -> the run's objects: datamodule, LightningModule, callbacks, loggers, trainer.
+"""Config nodes -> the run's objects: datamodule, LightningModule, callbacks (every one of the run, in
+:func:`build_callbacks`), loggers, trainer.
 
 Every node with a ``_target_`` is built by ``hydra.utils.instantiate``; this module adds only what a
 node cannot say by itself: the device profile's precision and batch size, the W&B run id, the atomic
@@ -15,9 +16,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from halo_lab.runner.config import ConfigError, to_plain
+from halo_lab.runner.config import ConfigError, ablation_name, choice, to_plain
 
 log = logging.getLogger("halo_lab.train")
 
@@ -124,11 +125,18 @@ def build_module(cfg: DictConfig, checked: dict[str, Any]) -> pl.LightningModule
     )
 
 
-def build_callbacks(cfg: DictConfig, batch_size: int | None) -> list[pl.Callback]:
+def build_callbacks(cfg: DictConfig, batch_size: int | None, plan: Any) -> list[pl.Callback]:
+    """Every callback of the run, in this one list: the ``callbacks`` group's entries (conf/callbacks),
+    then the runner's own: ``AutoBatchSize`` (``trainer.auto_batch_size``), last.ckpt right after the last
+    step, ``save_top_k`` across kills, and the data checks of a resume (``plan``: the run's
+    :class:`~halo_lab.runner.resume.ResumePlan`)."""
+    from halo_lab.runner.checkpointing import CheckpointTopK, FinalStepCheckpoint
+
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     if batch_size is None:
         callbacks.append(AutoBatchSize(int(cfg.data.seq_len), cfg.data.get("eval_batch_size") is None))
-    return callbacks
+    callbacks += [FinalStepCheckpoint(Path(cfg.paths.ckpt_dir) / "last.ckpt"), CheckpointTopK()]
+    return callbacks + plan.callbacks()
 
 
 def build_trainer(
@@ -136,7 +144,7 @@ def build_trainer(
 ) -> pl.Trainer:
     """The trainer node with the device's precision and accelerator filled in, and every checkpoint
     written atomically."""
-    from halo_lab.runner.callbacks import AtomicCheckpointIO
+    from halo_lab.runner.checkpointing import AtomicCheckpointIO
 
     trainer_cfg = to_plain(cfg.trainer)
     trainer_cfg.pop("auto_batch_size", None)  # the runner's key, not a Trainer argument
@@ -154,3 +162,26 @@ def build_trainer(
         plugins=[AtomicCheckpointIO()],
         _convert_="all",
     )
+
+
+def log_run_start(
+    cfg: DictConfig, checked: dict[str, Any], trainer: pl.Trainer, loggers: list[Any],
+    batch_size: int | None, batch_source: str,
+) -> None:  # fmt: skip
+    """Rank 0: the run directory and what trains on what in the log, the resolved config to every logger."""
+    if not trainer.is_global_zero:
+        return
+    log.info("run directory: %s", Path(cfg.paths.output_dir))
+    log.info(
+        "model: %s (%s), ablation %s; device %s, precision %s, micro-batch %s (%s)",
+        choice(cfg, "model") or "?",
+        checked["arch"],
+        ablation_name(cfg),
+        checked["device"]["name"],
+        trainer.precision,
+        batch_size if batch_size is not None else "auto",
+        batch_source,
+    )
+    resolved = to_plain(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+    for lg in loggers:
+        lg.log_hyperparams(resolved)

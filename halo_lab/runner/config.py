@@ -58,18 +58,6 @@ def register_resolvers() -> None:
 register_resolvers()
 
 
-def register_device_options() -> None:
-    """``device=h100`` etc. without a file per card: one ConfigStore entry per row of the profile table
-    (``halo_lab.device.PROFILES``), each with the override keys of ``conf/device/auto.yaml`` as null."""
-    from hydra.core.config_store import ConfigStore
-
-    from halo_lab.device import OVERRIDABLE_KEYS, PROFILES
-
-    store = ConfigStore.instance()
-    for name in PROFILES:
-        store.store(group="device", name=name, node={"name": name, **dict.fromkeys(OVERRIDABLE_KEYS)})
-
-
 # ---------------------------------------------------------------------------------------------- config dir
 def conf_dir() -> Path:
     """The top-level ``conf/`` directory, found the same way under ``python -m``, an import or a console
@@ -101,7 +89,9 @@ def compose_config(
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
-    register_device_options()
+    from halo_lab.runner.options import register_options
+
+    register_options()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
@@ -211,23 +201,57 @@ def ablation_name(cfg: DictConfig) -> str:
     return choice(cfg, "ablation") or "full"
 
 
+def _overridden(cfg: DictConfig, key: str) -> str | None:
+    """The value given to ``key`` on the command line (a sweep's parameters included), else None."""
+    from hydra.core.hydra_config import HydraConfig
+
+    task = OmegaConf.select(cfg, "hydra.overrides.task", default=None)
+    if task is None and HydraConfig.initialized():
+        task = HydraConfig.get().overrides.task
+    for override in task or ():
+        name, _, value = str(override).lstrip("+~").partition("=")
+        if name == key:
+            return value
+    return None
+
+
+def _arch(cfg: DictConfig, module: dict[str, Any]) -> str:
+    """``module.arch``, which the ``variant`` option sets (conf/variant/): the one way to pick the
+    architecture; ``module.arch=...`` on the command line is a ConfigError naming it."""
+    from halo_lab.model import ARCHS
+
+    given = _overridden(cfg, "module.arch")
+    if given is not None:
+        variants = " | ".join(sorted(p.stem for p in (conf_dir() / "variant").glob("*.yaml")))
+        raise ConfigError(
+            f"module.arch={given}: not set on the command line; the architecture is picked with "
+            f"variant=NAME ({variants}): variant={'halo' if given == 'halo' else 'dense'}"
+        )
+    arch = module.get("arch", "halo")
+    if arch not in ARCHS:
+        raise ConfigError(f"module.arch={arch!r}: must be one of {tuple(ARCHS)}")
+    return arch
+
+
 def build_model_config(cfg: DictConfig, vocab_size: int | None = None) -> tuple[dict[str, Any], str, bool]:
     """The HaloConfig dict of the model node (the ablation option already merged into it by Hydra), the
-    architecture (``module.arch``) and gradient checkpointing (``module.gradient_checkpointing``).
+    architecture (``module.arch``, which the ``variant`` option sets) and gradient checkpointing
+    (``module.gradient_checkpointing``). A removed model option (``model=dense_small``) or ``module.arch``
+    on the command line is a ConfigError naming ``variant=``.
 
     Types through ``OmegaConf.structured(HaloConfig)``, values through HaloConfig's own validation, both
     re-raised as ConfigError naming the key (``model.hidden_size``). ``vocab_size`` (from the data) fills
     a null model.vocab_size; a placeholder validates the rest before any data is read.
     """
     from halo_lab.config import HaloConfig
-    from halo_lab.model import ARCHS
+    from halo_lab.runner.options import MOVED_KEY
 
     model = dict(to_plain(cfg.model))
+    if MOVED_KEY in model:  # a removed model option (model=dense_small)
+        raise ConfigError(f"model={choice(cfg, 'model')}: {model[MOVED_KEY]}")
     module = dict(to_plain(cfg.get("module")) or {})
-    arch = module.get("arch", "halo")
+    arch = _arch(cfg, module)
     gc = bool(module.get("gradient_checkpointing", False))
-    if arch not in ARCHS:
-        raise ConfigError(f"module.arch={arch!r}: must be one of {tuple(ARCHS)}")
     fields = set(HaloConfig.__dataclass_fields__)
     unknown = sorted(set(model) - fields)
     if unknown:

@@ -8,6 +8,7 @@ Before anything is built, :func:`inspect_checkpoint` reads the checkpoint itself
 checksum and compares its model with the configured one, so an unreadable, corrupted or mismatched
 checkpoint is one line naming ``ckpt_path`` and what to do, before any data is read. The data-dependent
 checks (the tokenizer, the vocabulary) run in :class:`ResumeCheck` once the data is prepared.
+:func:`plan_resume` puts these together into the run's :class:`ResumePlan`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,7 +132,7 @@ def check_model(info: CheckpointInfo, checked: dict[str, Any]) -> None:
         raise _err(
             info.path,
             f"the checkpoint is a module.arch={info.arch} model, this run is module.arch={arch}; resume with "
-            f"module.arch={info.arch}, or start a fresh run (ckpt_path=null or a new hydra.run.dir)",
+            f"variant={info.arch}, or start a fresh run (ckpt_path=null or a new hydra.run.dir)",
         )
     from halo_lab.config import HaloConfig
 
@@ -264,3 +266,71 @@ def resume_check(info: CheckpointInfo) -> Any:
 
     cls = type("ResumeCheck", (_ResumeCheck, pl.Callback), {})
     return cls(info)
+
+
+# ---------------------------------------------------------------------------------------------- the plan
+@dataclass
+class ResumePlan:
+    """What ``ckpt_path`` means for this run, decided before anything is built."""
+
+    ckpt_path: str | None
+    """The checkpoint to resume from (or, with ``train=False``, to validate and export); None: fresh."""
+    info: CheckpointInfo | None
+    """That checkpoint, read safely and checked against the configured model."""
+    train: bool
+    """False: validate and export only (``train=false``, or the checkpoint is at the run's end)."""
+    finished: dict[str, Any] | None = None
+    """The run had already ended (the checkpoint at its end, its metrics.json written): that summary,
+    nothing left to do."""
+
+    @property
+    def checkpoint_step(self) -> int | None:
+        """The model's training steps when this process trains none (it validates a checkpoint)."""
+        return self.info.global_step if self.info is not None and not self.train else None
+
+    def callbacks(self) -> list[Any]:
+        """The data checks of a resume (:class:`ResumeCheck`), once the data is prepared."""
+        return [resume_check(self.info)] if self.info is not None else []
+
+
+def plan_resume(cfg: Any, checked: dict[str, Any], run_dir: str | os.PathLike) -> ResumePlan:
+    """``ckpt_path`` resolved (:func:`resolve_ckpt_path`) and its checkpoint inspected
+    (:func:`inspect_checkpoint`; ConfigError when it cannot be resumed here), a killed run's temp files in
+    ``run_dir`` removed (rank 0), and whether anything is left to train."""
+    from halo_lab.runner.checkpointing import clean_run_leftovers
+    from halo_lab.runner.config import ConfigError
+    from halo_lab.runner.ddp import global_rank
+
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
+    train = cfg.get("train", True)
+    if not train and ckpt_path is None:
+        raise ConfigError("train=false: needs ckpt_path (the checkpoint to validate and export)")
+    info = inspect_checkpoint(ckpt_path, checked) if ckpt_path is not None else None
+    if global_rank() == 0:
+        clean_run_leftovers(run_dir, cfg.paths.ckpt_dir)  # temp files of a killed run in this directory
+    plan = ResumePlan(ckpt_path=ckpt_path, info=info, train=train)
+    if train and info is not None and nothing_to_train(info, cfg):
+        _at_the_end(plan, info, cfg, run_dir)
+    return plan
+
+
+def _at_the_end(plan: ResumePlan, info: CheckpointInfo, cfg: Any, run_dir: str | os.PathLike) -> None:
+    """The checkpoint is at the run's end: nothing to do when metrics.json says the run finished, else
+    (killed during the final validation or export) those still run."""
+    plan.train = False
+    plan.finished = finished_metrics(run_dir, info)
+    if plan.finished is not None:
+        print(
+            f"halo_lab.train: nothing to train: {plan.ckpt_path} is at step {info.global_step}, the end of this "
+            f"run (trainer.max_steps={cfg.trainer.max_steps}); raise trainer.max_steps to train further "
+            "(last.ckpt and metrics.json left as they are)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
+    log.info(
+        "ckpt_path: %s is at step %d, the end of this run: nothing to train; running the final "
+        "validation and export that did not finish",
+        plan.ckpt_path,
+        info.global_step,
+    )

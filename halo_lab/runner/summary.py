@@ -1,4 +1,7 @@
-"""After fit: the final model, ``metrics.json``, the hub export, the final sample, where things are."""
+"""After fit: the final model, ``metrics.json``, the hub export, the final sample, where things are.
+
+:func:`finish_run` is the one call the entry point makes (rank 0); the functions below are its steps.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,33 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("halo_lab.train")
+
+
+def finish_run(
+    cfg: DictConfig, checked: dict[str, Any], trainer: Any, module: Any, datamodule: Any,
+    val: dict[str, Any], train_loss: Any, plan: Any, t_start: float,
+) -> dict[str, Any]:  # fmt: skip
+    """Rank 0, after fit and validate: the final model and the attention backend it ran, metrics.json and
+    the hub export, the final sample, the printed locations. ``val``: the final validation's metrics;
+    ``train_loss``: the last one this process logged (None: read from history.jsonl); ``plan``: the run's
+    :class:`~halo_lab.runner.resume.ResumePlan`. Returns the summary (with the sample)."""
+    run_dir = Path(cfg.paths.output_dir)
+    if train_loss is None and plan.info is not None:  # nothing trained in this process: the run's last
+        train_loss = last_logged(run_dir / "history.jsonl", "train/loss", plan.info.global_step)
+    val = {**val, "train/loss": float(train_loss) if train_loss is not None else None}
+    model = final_model(trainer, module, cfg)
+    backend = attention_backend_ran(
+        model, trainer.strategy.root_device, cfg.data.get("seq_len"), getattr(module, "model", None)
+    )
+    result = write_metrics(
+        cfg, checked, trainer, module, model, datamodule, val, plan.ckpt_path, t_start, backend,
+        plan.checkpoint_step,
+    )  # fmt: skip
+    sample = final_sample(cfg, trainer.callbacks, module, model)
+    if sample is not None:
+        result["sample"] = sample
+    print_locations(run_dir, result)
+    return result
 
 
 def final_model(trainer: Any, module: Any, cfg: DictConfig) -> Any:
@@ -54,8 +84,8 @@ def write_metrics(
 ) -> dict[str, Any]:  # fmt: skip
     """metrics.json (the final summary) and the hub/ export; returns the summary. ``steps``: the model's
     training steps when this process trained none (validating a checkpoint: the checkpoint's step)."""
-    from halo_lab.runner.callbacks import TokenThroughput
     from halo_lab.runner.config import ablation_name
+    from halo_lab.runner.progress import TokenThroughput
     from halo_lab.utils import atomic_write_text, count_parameters
 
     run_dir = Path(cfg.paths.output_dir)
@@ -125,7 +155,7 @@ def write_metrics(
 
 def final_sample(cfg: DictConfig, callbacks: list[Any], module: Any, model: Any) -> str | None:
     """The end-of-run sample (prompt: ``sample.prompt``, else the samples callback's), printed."""
-    from halo_lab.runner.callbacks import SampleGeneration, generate_sample
+    from halo_lab.runner.samples import SampleGeneration, generate_sample
 
     sample_cb = next((c for c in callbacks if isinstance(c, SampleGeneration)), None)
     prompt = sample_cb.get_prompt() if sample_cb else None
