@@ -110,8 +110,8 @@ def _lightning_file_object(p: Path, out: Path):
 def _trainer(p: Path, out: Path, stage: str = "validate"):
     """The runner's Trainer (its checkpoint plugin), weights_only left to Lightning's default."""
     import lightning.pytorch as pl
-
     from halo_lab.runner.callbacks import AtomicCheckpointIO
+
     from halo_lab.runner.module import HaloLitModule
 
     m = HaloLitModule(model_config=dict(SMALL))

@@ -357,7 +357,11 @@ class _CausalLM(nn.Module):
                 f"backend={c.attention_backend}"
             )
             if c.selects:
-                groups = f", groups of {c.select_group_size} (best {c.select_groups})" if c.select_group_size else ""
+                groups = (
+                    f", groups of {c.select_group_size} (best {c.select_groups})"
+                    if c.select_group_size
+                    else ""
+                )
                 lines.append(
                     f"  selection: the {c.select_blocks} best {c.select_block_size}-token blocks by their summaries"
                     f"{groups}{'' if c.select_summary_keys else ', summaries not keys'}"

@@ -6,7 +6,10 @@ profile table; Hydra lists them with the file options (``--help``, tab completio
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
+
+from halo_lab.config import HaloConfig
 
 
 def register_device_options() -> None:
@@ -21,14 +24,10 @@ def register_device_options() -> None:
         store.store(group="device", name=name, node={"name": name, **dict.fromkeys(OVERRIDABLE_KEYS)})
 
 
-# The keys of a model option, in the order the composed config shows them: the HaloConfig fields a preset
-# sets or a run usually changes. The other fields keep HaloConfig's defaults (``+model.KEY=VALUE`` adds
-# one); ``allow_full_window`` stays out so that build_model_config can set it for the dense twin.
-MODEL_NODE_KEYS = (
-    "vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "max_seq_len", "num_globals",
-    "local_window", "dilated_offsets", "dilation_rule", "num_random", "random_edges", "graph_block_size",
-    "graph_seed", "attention_backend", "dropout", "use_swiglu", "ffn_mult", "norm", "tie_embeddings",
-)  # fmt: skip
+# The keys of a model option: every HaloConfig field, so that any of them is a plain override
+# (``model.select_blocks=2``), in the order the dataclass declares them. ``allow_full_window`` stays out so
+# that build_model_config can set it for the dense twin.
+MODEL_NODE_KEYS = tuple(f.name for f in dataclasses.fields(HaloConfig) if f.name != "allow_full_window")
 
 # Model options that were removed, each the one key of its node: the one-line ConfigError naming the
 # way to say it now (build_model_config raises it).
@@ -43,8 +42,6 @@ _MOVED_MODEL_OPTIONS = {
 def model_option(name: str) -> dict[str, Any]:
     """The ``model=NAME`` node of a preset: ``HaloConfig.from_name(NAME)``'s values of
     :data:`MODEL_NODE_KEYS`, with ``vocab_size`` null (it follows the data's tokenizer)."""
-    from halo_lab.config import HaloConfig
-
     preset = HaloConfig.from_name(name).to_dict()
     return {key: None if key == "vocab_size" else preset[key] for key in MODEL_NODE_KEYS}
 
