@@ -15,6 +15,7 @@ DILATION_RULES = ("window_multiple", "absolute")
 RANDOM_EDGE_MODES = ("block", "token")
 ATTENTION_BACKENDS = ("auto", "reference", "masked", "triton", "flex", "hybrid", "dense")
 NORMS = ("layernorm", "rmsnorm")
+SELECT_POOLINGS = ("mean", "learned")
 # backends whose kernels encode the fixed graph only: with select_blocks > 0 they would drop the selection
 SELECTION_UNSUPPORTED = ("flex", "hybrid")
 
@@ -104,6 +105,11 @@ class HaloConfig:
     blocks not yet in a complete group. 0 = no groups: every candidate block's summary is scored."""
     select_groups: int = 2
     """n2: the groups whose blocks a query scores (with ``select_group_size`` > 0)."""
+    select_pooling: str = "mean"
+    """How a block's tokens become its summary. ``mean``: the plain mean of its keys and values.
+    ``learned``: attention pooling, weights softmax(v_t . u / sqrt(d)) over the block with a learned u per
+    layer and KV head (zeros at init: the mean), so that a block's salient tokens outweigh its filler; the
+    weights come from the values, which carry no rotation."""
 
     def __post_init__(self) -> None:
         self.dilated_offsets = [int(o) for o in self.dilated_offsets]
@@ -162,6 +168,8 @@ class HaloConfig:
             fail("short_conv", "must be a non-negative integer (a kernel size; 0 = off)")
         if self.select_group_size == 1:
             fail("select_group_size", "a group of one block is the block itself: use 0 (no groups) or >= 2")
+        if self.select_pooling not in SELECT_POOLINGS:
+            fail("select_pooling", f"must be one of {SELECT_POOLINGS}")
         if not isinstance(self.select_summary_keys, bool):
             fail("select_summary_keys", "must be true or false")
         if self.selects and self.attention_backend in SELECTION_UNSUPPORTED:

@@ -57,6 +57,7 @@ def hf_load(path):
         ("halo", {"select_blocks": 2, "select_block_size": 4, "select_group_size": 0}),
         ("halo", {"select_blocks": 2, "select_block_size": 4, "select_group_size": 3, "short_conv": 3}),
         ("halo", {"select_blocks": 3, "select_block_size": 8, "select_summary_keys": False}),
+        ("halo", {"select_blocks": 2, "select_block_size": 4, "select_pooling": "learned"}),
     ],
     ids=[
         "halo-block",
@@ -66,6 +67,7 @@ def hf_load(path):
         "select-flat",
         "select-groups-conv",
         "select-no-summary-keys",
+        "select-learned-pooling",
     ],
 )
 def test_transformers_round_trip_logits_and_greedy_generate(tmp_path, arch, kw):

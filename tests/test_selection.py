@@ -287,3 +287,38 @@ def test_a_tiny_selection_run_end_to_end(variant, tmp_path):
     model = load_from_hub(str(tmp_path / "hub")).eval()
     assert model.config.select_blocks == 2 and model.config.select_block_size == 4
     assert (model.config.num_random == 0) == (variant == "local_select")
+
+
+@pytest.mark.parametrize("backend", ["masked", "triton"])
+def test_learned_pooling_equals_the_reference_with_its_gradient(backend):
+    """select_pooling=learned: the summaries are softmax(v . u)-weighted block sums; every backend takes the
+    same u, and its gradient (through the summaries, which are keys) agrees with the reference's."""
+    if backend == "triton":
+        triton_ready()
+    c = cfg(select_pooling="learned", attention_backend=backend)
+    q, k, v = qkv(c, 70, seed=4, grad=True)
+    u = torch.randn(c.num_kv_heads, c.head_dim, requires_grad=True)
+    ref = reference_attention(q, k, v, c, 1, 7, u)
+    out = attn.halo_attention(q, k, v, c, 1, 7, backend, pool=u)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    ref_grads = torch.autograd.grad(ref, (q, k, v, u), g)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v, u), g), ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert ref_grads[3].abs().sum() > 0
+    zero = torch.zeros_like(u)  # u = 0: the plain mean
+    torch.testing.assert_close(
+        reference_attention(q, k, v, c, 1, 7, zero), reference_attention(q, k, v, cfg(), 1, 7)
+    )
+
+
+def test_learned_pooling_decodes_exactly():
+    torch.manual_seed(3)
+    model = HaloSModel(cfg(select_pooling="learned")).eval()
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.attn.select_pool.normal_()
+        tokens = torch.randint(0, 64, (2, 80))
+        prompt = tokens[:, :30]
+        cached = model.generate(prompt, max_new_tokens=40, temperature=0)
+        assert torch.equal(cached, model.generate(prompt, max_new_tokens=40, temperature=0, use_cache=False))

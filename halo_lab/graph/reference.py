@@ -50,15 +50,15 @@ def gather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: tor
     return out.reshape(B, Hq, P, d)
 
 
-def with_selection(q_text, k, v, config: HaloConfig, positions: torch.Tensor, idx: torch.Tensor):
+def with_selection(q_text, k, v, config: HaloConfig, positions: torch.Tensor, idx: torch.Tensor, pool=None):
     """(k, v, idx) extended by the content-selected part (``halo_lab.graph.selection``) for the text
     queries ``q_text`` ([B, Hq, P, d] at text ``positions``) over ``k``, ``v`` ([B, Hkv, G + N, d]): the
     summaries appended after the G + N positions, and their graph rows ``idx`` ([P, K] positions of k,
     -1 = none) widened to [B, Hkv, P, K + n*b + S] with each query's chosen tokens (not already in its
-    row) and the summaries it has as keys."""
+    row) and the summaries it has as keys. ``pool``: the learned pooling's u (``select_pooling=learned``)."""
     G = config.num_globals
     B, Hkv, L, _ = k.shape
-    sel = select(q_text, k, v, config, positions)
+    sel = select(q_text, k, v, config, positions, pool)
     tok = sel.token_index(idx - G)
     S = sel.summary_k.shape[2]
     summary = torch.where(sel.summary_mask(), L + torch.arange(S, device=k.device), -1)
@@ -67,7 +67,7 @@ def with_selection(q_text, k, v, config: HaloConfig, positions: torch.Tensor, id
     return torch.cat([k, sel.summary_k], 2), torch.cat([v, sel.summary_v], 2), wide
 
 
-def reference_attention(q, k, v, config: HaloConfig, layer: int, step: int) -> torch.Tensor:
+def reference_attention(q, k, v, config: HaloConfig, layer: int, step: int, pool=None) -> torch.Tensor:
     """The oracle: every position attends over its explicit neighbour list (the fixed graph, and with
     ``select_blocks`` its chosen tokens and scored summaries, built from index tables)."""
     G = config.num_globals
@@ -75,7 +75,7 @@ def reference_attention(q, k, v, config: HaloConfig, layer: int, step: int) -> t
     if not config.selects:
         return gather_attention(q, k, v, idx)
     positions = torch.arange(q.shape[2] - G, device=q.device)
-    k_all, v_all, text = with_selection(q[:, :, G:], k, v, config, positions, idx[G:])
+    k_all, v_all, text = with_selection(q[:, :, G:], k, v, config, positions, idx[G:], pool)
     head = torch.cat([idx[:G], idx.new_full((G, text.shape[-1] - idx.shape[1]), -1)], dim=1)
     wide = torch.cat([head.expand(*text.shape[:2], *head.shape), text], dim=2)  # globals choose nothing
     return gather_attention(q, k_all, v_all, wide)

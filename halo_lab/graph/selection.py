@@ -64,13 +64,28 @@ def keys_per_query(config: HaloConfig, positions: torch.Tensor) -> torch.Tensor:
     return chosen + (summaries if config.select_summary_keys else 0)
 
 
-def summaries(x: torch.Tensor, config: HaloConfig, num_globals: int) -> torch.Tensor:
+def block_weights(v: torch.Tensor, config: HaloConfig, num_globals: int, pool: torch.Tensor) -> torch.Tensor:
+    """[B, H, nb, b] the learned pooling's weights of every complete block (``select_pooling=learned``):
+    softmax over the block of v_t . u / sqrt(d), with ``pool`` u [H, d]."""
+    B, H, L, d = v.shape
+    b = config.select_block_size
+    nb = (L - num_globals) // b
+    blocks = v[:, :, num_globals : num_globals + nb * b].reshape(B, H, nb, b, d)
+    logits = torch.einsum("bhnkd,hd->bhnk", blocks.float(), pool.float()) / math.sqrt(d)
+    return torch.softmax(logits, dim=-1).to(v.dtype)
+
+
+def summaries(
+    x: torch.Tensor, config: HaloConfig, num_globals: int, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """[B, H, S, d] the block summaries of ``x`` ([B, H, G + N, d], keys or values): the means of the
-    complete blocks of the text, then (with groups) the means of the complete groups of blocks."""
+    complete blocks of the text (weighted by ``weights`` [B, H, nb, b] with the learned pooling), then
+    (with groups) the means of the complete groups of blocks."""
     B, H, L, d = x.shape
     b, m = config.select_block_size, config.select_group_size
     nb = (L - num_globals) // b
-    fine = x[:, :, num_globals : num_globals + nb * b].reshape(B, H, nb, b, d).mean(3)
+    blocks = x[:, :, num_globals : num_globals + nb * b].reshape(B, H, nb, b, d)
+    fine = blocks.mean(3) if weights is None else torch.einsum("bhnkd,bhnk->bhnd", blocks, weights)
     if not m:
         return fine
     ng = nb // m
@@ -176,14 +191,21 @@ def choose(config: HaloConfig, scores: torch.Tensor, candidates: torch.Tensor, n
 
 
 def select(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: HaloConfig, positions: torch.Tensor
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    config: HaloConfig,
+    positions: torch.Tensor,
+    pool: torch.Tensor | None = None,
 ) -> Selection:
     """The selection of the text queries ``q`` ([B, Hq, P, d], at text ``positions`` [P]) over the keys and
-    values ``k``, ``v`` ([B, Hkv, G + N, d]: the globals then the text so far, RoPE applied)."""
+    values ``k``, ``v`` ([B, Hkv, G + N, d]: the globals then the text so far, RoPE applied); ``pool``: the
+    learned pooling's u [Hkv, d] (``select_pooling=learned``), None for the mean."""
     G = config.num_globals
     B, Hq, P, d = q.shape
     Hkv = k.shape[1]
-    sk, sv = summaries(k, config, G), summaries(v, config, G)
+    w = block_weights(v, config, G, pool) if pool is not None else None
+    sk, sv = summaries(k, config, G, w), summaries(v, config, G, w)
     nb, _ = num_summaries(config, k.shape[2] - G)
     with torch.no_grad():  # top-n has no gradient: the summaries learn as keys of the softmax
         qg = q.detach().view(B, Hkv, Hq // Hkv, P, d).float()

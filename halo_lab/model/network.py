@@ -79,6 +79,9 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, config.num_kv_heads * d, bias=False)
         self.o_proj = nn.Linear(config.num_heads * d, config.hidden_size, bias=False)
         self.dropout = nn.Dropout(config.dropout)
+        # the learned summary pooling of content-selected blocks: zeros give the plain mean
+        learned = arch == "halo" and config.selects and config.select_pooling == "learned"
+        self.select_pool = nn.Parameter(torch.zeros(config.num_kv_heads, d)) if learned else None
 
     def forward(self, x, cos, sin, step: int, cache: attn.KVCache | None = None, pos=None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -99,7 +102,9 @@ class Attention(nn.Module):
                 y = attn.dense_attention(q, k, v)
             else:
                 backend = attn.resolve_backend(cfg, x.device, T)
-                y = attn.halo_attention(q, k, v, cfg, self.layer, step, backend, self.record)
+                y = attn.halo_attention(
+                    q, k, v, cfg, self.layer, step, backend, self.record, self.select_pool
+                )
         else:  # decoding: the new positions attend into the cache
             start = cache.length
             k_all, v_all = cache.append(k, v)
@@ -107,7 +112,7 @@ class Attention(nn.Module):
                 y = attn.dense_decode_attention(q, k_all, v_all)
             else:
                 y = attn.halo_decode_attention(
-                    q, k_all, v_all, cfg, self.layer, step, start - cfg.num_globals
+                    q, k_all, v_all, cfg, self.layer, step, start - cfg.num_globals, self.select_pool
                 )
         return self.dropout(self.o_proj(y.transpose(1, 2).reshape(B, T, -1)))
 
@@ -312,7 +317,7 @@ class _CausalLM(nn.Module):
             cache = attn.KVCache.empty(batch, c.num_kv_heads, slots, c.head_dim, device, dtype)
             cache.layout = layout
             if layout is not None and layout.select is not None:
-                cache.add_summaries(c, capacity)
+                cache.add_summaries(c, capacity, self.layers[i].attn.select_pool)
             caches.append(cache)
         return caches
 

@@ -45,6 +45,7 @@ class HaloSConfig(_Base):
         select_summary_keys: bool = True,
         select_group_size: int = 16,
         select_groups: int = 2,
+        select_pooling: str = "mean",
         arch: str = "halo",
         **kwargs,
     ):
@@ -76,6 +77,7 @@ class HaloSConfig(_Base):
         self.select_summary_keys = select_summary_keys
         self.select_group_size = select_group_size
         self.select_groups = select_groups
+        self.select_pooling = select_pooling
         if arch not in ("halo", "dense"):
             raise ValueError(f"HaloSConfig.arch={arch!r}: expected 'halo' or 'dense'")
         self.arch = arch

@@ -105,12 +105,25 @@ def graph_mask(c: HaloSConfig, layer: int, text_len: int, device) -> torch.Tenso
 
 
 # ----------------------------------------------- content-selected blocks (halo_lab/graph/selection.py)
-def _summaries(x: torch.Tensor, c: HaloSConfig) -> torch.Tensor:
-    """Means of the complete text blocks of x [B, H, G + N, d], then of the complete groups of blocks."""
+def _block_weights(v: torch.Tensor, c: HaloSConfig, pool: torch.Tensor) -> torch.Tensor:
+    """The learned pooling's weights: softmax over each block of v_t . u / sqrt(d)."""
+    B, H, L, d = v.shape
+    b, G = c.select_block_size, c.num_globals
+    nb = (L - G) // b
+    blocks = v[:, :, G : G + nb * b].reshape(B, H, nb, b, d)
+    return torch.softmax(torch.einsum("bhnkd,hd->bhnk", blocks.float(), pool.float()) / d**0.5, -1).to(
+        v.dtype
+    )
+
+
+def _summaries(x: torch.Tensor, c: HaloSConfig, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Means (or learned-pooling sums) of the complete text blocks of x [B, H, G + N, d], then the means
+    of the complete groups of blocks."""
     B, H, L, d = x.shape
     b, m, G = c.select_block_size, c.select_group_size, c.num_globals
     nb = (L - G) // b
-    fine = x[:, :, G : G + nb * b].reshape(B, H, nb, b, d).mean(3)
+    blocks = x[:, :, G : G + nb * b].reshape(B, H, nb, b, d)
+    fine = blocks.mean(3) if weights is None else torch.einsum("bhnkd,bhnk->bhnd", blocks, weights)
     if not m:
         return fine
     ng = nb // m
@@ -127,14 +140,15 @@ def _top(scores: torch.Tensor, allowed: torch.Tensor, count: int) -> torch.Tenso
     return torch.cat([out, out.new_full((*out.shape[:-1], pad), -1)], dim=-1) if pad > 0 else out
 
 
-def selection_mask(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c: HaloSConfig):
+def selection_mask(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c: HaloSConfig, pool=None):
     """(k, v, mask [B, Hq, L, L + S] over the chosen tokens and the scored summaries) of the text queries:
     the summaries appended to k and v. The same rules as halo_lab's selection: candidates are the complete
     blocks before a query's window, scores are q . summary summed over a KV head's query heads."""
     G, W, b, m = c.num_globals, c.local_window, c.select_block_size, c.select_group_size
     B, Hq, L, d = q.shape
     Hkv, N = k.shape[1], L - G
-    sk, sv = _summaries(k, c), _summaries(v, c)
+    w = _block_weights(v, c, pool) if pool is not None else None
+    sk, sv = _summaries(k, c, w), _summaries(v, c, w)
     S, nb = sk.shape[2], N // b
     qg = q[:, :, G:].reshape(B, Hkv, Hq // Hkv, N, d).float()
     scores = torch.einsum("bhgpd,bhsd->bhps", qg, sk.float()) / d**0.5
@@ -213,6 +227,8 @@ class HaloAttention(nn.Module):
         self.v_proj = nn.Linear(c.hidden_size, c.num_kv_heads * d, bias=False)
         self.o_proj = nn.Linear(c.num_heads * d, c.hidden_size, bias=False)
         self.dropout = nn.Dropout(c.dropout)
+        learned = c.arch == "halo" and c.select_blocks and getattr(c, "select_pooling", "mean") == "learned"
+        self.select_pool = nn.Parameter(torch.zeros(c.num_kv_heads, d)) if learned else None
 
     def forward(self, x, cos, sin, mask: torch.Tensor | None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -225,7 +241,7 @@ class HaloAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
             if c.select_blocks:  # the graph's mask, widened by the content-selected keys
-                k, v, chosen = selection_mask(q, k, v, c)
+                k, v, chosen = selection_mask(q, k, v, c, self.select_pool)
                 chosen[..., : mask.shape[1]] |= mask
                 mask = chosen
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)

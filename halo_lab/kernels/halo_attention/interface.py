@@ -130,11 +130,13 @@ def _padded(t: torch.Tensor, width: int, head: int) -> torch.Tensor:
     return t.to(torch.int32).contiguous()
 
 
-def selection_tables(q, k, v, config: HaloConfig, block_t: int):
+def selection_tables(q, k, v, config: HaloConfig, block_t: int, pool=None):
     """(summary keys, summary values, SelectionTables) of the query tiles of ``block_t`` positions."""
     G = config.num_globals
     B, Hkv, L, d = k.shape
-    sel = select(q[:, :, G:], k, v, config, torch.arange(L - G, device=q.device))
+    if pool is not None and pool.shape[-1] != d:  # head_dim padded for the tiles: zero columns
+        pool = torch.nn.functional.pad(pool, (0, d - pool.shape[-1]))
+    sel = select(q[:, :, G:], k, v, config, torch.arange(L - G, device=q.device), pool)
     nselp, ng2p = _pow2(config.select_blocks), _pow2(max(config.select_groups, 1))
     blk = _padded(sel.blocks, nselp, G)
     grps = _padded(sel.groups, ng2p, G)
@@ -310,14 +312,14 @@ def _consts(config: HaloConfig, unit: int, group: int, head_dim: int, dtype, blo
     }
 
 
-def halo_triton_attention(q, k, v, config: HaloConfig, layer: int, step: int) -> torch.Tensor:
+def halo_triton_attention(q, k, v, config: HaloConfig, layer: int, step: int, pool=None) -> torch.Tensor:
     """HALO attention over the full sequence (globals included) through the fused Triton kernels."""
     if torch.compiler.is_compiling():  # a compiled model calls the kernels as they are (Python-side tables)
-        return _outside_compile(q, k, v, config, layer, step)
-    return _attention(q, k, v, config, layer, step)
+        return _outside_compile(q, k, v, config, layer, step, pool)
+    return _attention(q, k, v, config, layer, step, pool)
 
 
-def _attention(q, k, v, config: HaloConfig, layer: int, step: int) -> torch.Tensor:
+def _attention(q, k, v, config: HaloConfig, layer: int, step: int, pool=None) -> torch.Tensor:
     d = q.shape[-1]
     scale = 1.0 / math.sqrt(d)
     padded = max(16, _pow2(d))  # tl.dot needs >= 16 and a power of two: zero columns
@@ -340,7 +342,7 @@ def _attention(q, k, v, config: HaloConfig, layer: int, step: int) -> torch.Tens
     tables = graph_tables(config, layer, step, q.shape[2], q.device)
     plan = _plan(config, tables.unit, group, padded, dtype)
     if config.selects:
-        sk, sv, sel = selection_tables(q, k, v, config, plan.block_t)
+        sk, sv, sel = selection_tables(q, k, v, config, plan.block_t, pool)
     else:
         sk, sv, sel = _no_selection(q)
     # no autocast guard: the Function's forward and backward run no op that autocast casts

@@ -9,7 +9,7 @@ import torch
 
 from halo_lab import graph
 from halo_lab.config import HaloConfig
-from halo_lab.graph.selection import num_summaries, summaries
+from halo_lab.graph.selection import block_weights, num_summaries, summaries
 
 
 @dataclass
@@ -126,6 +126,7 @@ class KVCache:
     summary_k: torch.Tensor | None = None
     summary_v: torch.Tensor | None = None
     summary_blocks: int = 0
+    summary_pool: torch.Tensor | None = None  # the learned pooling's u (select_pooling=learned)
 
     @classmethod
     def empty(cls, batch: int, heads: int, capacity: int, head_dim: int, device, dtype) -> KVCache:
@@ -156,8 +157,10 @@ class KVCache:
             self._write_summaries(end)
         return self.k[:, :, :end], self.v[:, :, :end]
 
-    def add_summaries(self, config: HaloConfig, capacity: int) -> None:
-        """Make the summary store of content-selected blocks for ``capacity`` text tokens."""
+    def add_summaries(self, config: HaloConfig, capacity: int, pool: torch.Tensor | None = None) -> None:
+        """Make the summary store of content-selected blocks for ``capacity`` text tokens (``pool``: the
+        layer's learned pooling, None for the mean)."""
+        self.summary_pool = pool
         blocks, groups = summary_rows(config, capacity)
         B, H, _, d = self.k.shape
         self.summary_k = self.k.new_zeros(B, H, blocks + groups, d)
@@ -168,8 +171,10 @@ class KVCache:
         """The summaries of every complete block (and group) of the first ``end`` positions."""
         cfg, G = self.layout.select, self.layout.num_globals
         nb, ng = num_summaries(cfg, end - G)
+        pool = self.summary_pool
+        w = block_weights(self.v[:, :, :end], cfg, G, pool) if pool is not None else None
         for store, x in ((self.summary_k, self.k), (self.summary_v, self.v)):
-            s = summaries(x[:, :, :end], cfg, G)
+            s = summaries(x[:, :, :end], cfg, G, w)
             store[:, :, :nb] = s[:, :, :nb]
             store[:, :, self.summary_blocks : self.summary_blocks + ng] = s[:, :, nb:]
 

@@ -76,8 +76,15 @@ def _selected_decode_attention(q, cache: KVCache, pos: torch.Tensor, slots: torc
     t = pos - G
     block = torch.div(t, b, rounding_mode="floor")
     rows = (G + block * b + torch.arange(b, device=q.device)).clamp(max=last)  # a partial block: unused
+    weights = None
+    if cache.summary_pool is not None:  # the learned pooling (select_pooling=learned)
+        vb = cache.v.index_select(2, rows).float()
+        logits = torch.einsum("bhkd,hd->bhk", vb, cache.summary_pool.float()) / math.sqrt(d)
+        weights = torch.softmax(logits, dim=-1).to(cache.v.dtype).unsqueeze(-1)
     for store, x in ((cache.summary_k, cache.k), (cache.summary_v, cache.v)):
-        store.index_copy_(2, block, x.index_select(2, rows).mean(2, keepdim=True))
+        rows_x = x.index_select(2, rows)
+        pooled = rows_x.mean(2) if weights is None else (rows_x * weights).sum(2)
+        store.index_copy_(2, block, pooled.unsqueeze(2))
         if m:
             group = torch.div(block, m, rounding_mode="floor")
             fine = store.index_select(2, group * m + torch.arange(m, device=q.device))
@@ -98,7 +105,7 @@ def _selected_decode_attention(q, cache: KVCache, pos: torch.Tensor, slots: torc
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=Hq != Hkv)
 
 
-def halo_decode_attention(q, k_all, v_all, config: HaloConfig, layer: int, step: int, start: int):
+def halo_decode_attention(q, k_all, v_all, config: HaloConfig, layer: int, step: int, start: int, pool=None):
     """New text queries at text positions start.. attend over their neighbours in the cache.
 
     Cost per query is O(K): the window, dilated, random and global keys are gathered, not the prefix."""
@@ -109,7 +116,7 @@ def halo_decode_attention(q, k_all, v_all, config: HaloConfig, layer: int, step:
     glob = torch.arange(G, device=q.device).expand(q.shape[2], G)
     idx = torch.cat([glob, text], dim=1)
     if config.selects:
-        k_all, v_all, idx = with_selection(q, k_all, v_all, config, positions, idx)
+        k_all, v_all, idx = with_selection(q, k_all, v_all, config, positions, idx, pool)
     return gather_attention(q, k_all, v_all, idx)
 
 

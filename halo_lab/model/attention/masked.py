@@ -14,7 +14,7 @@ from halo_lab.graph.selection import select
 _masks: dict[tuple, tuple[int, torch.Tensor]] = {}
 
 
-def masked_attention(q, k, v, config: HaloConfig, layer: int, step: int) -> torch.Tensor:
+def masked_attention(q, k, v, config: HaloConfig, layer: int, step: int, pool=None) -> torch.Tensor:
     """SDPA with the graph as an L x L boolean mask: O(L^2) memory, so only for short CPU sequences,
     where it is several times faster than the gather (fused kernels, no B x H x L x K x d copies)."""
     text_len = q.shape[2] - config.num_globals
@@ -24,17 +24,17 @@ def masked_attention(q, k, v, config: HaloConfig, layer: int, step: int) -> torc
         cached = _masks[key] = (step, graph.dense_mask(config, layer, step, text_len, q.device))
     mask = cached[1]
     if config.selects:
-        k, v, mask = _with_selection(q, k, v, config, mask)
+        k, v, mask = _with_selection(q, k, v, config, mask, pool)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
-def _with_selection(q, k, v, config: HaloConfig, mask: torch.Tensor):
+def _with_selection(q, k, v, config: HaloConfig, mask: torch.Tensor, pool=None):
     """(k, v, mask) with the summaries appended to k and v and the [L, L] graph mask widened to
     [B, Hq, L, L + S]: each text query's chosen tokens and the summaries it has as keys."""
     G = config.num_globals
     B, Hq, L, _ = q.shape
     Hkv = k.shape[1]
-    sel = select(q[:, :, G:], k, v, config, torch.arange(L - G, device=q.device))
+    sel = select(q[:, :, G:], k, v, config, torch.arange(L - G, device=q.device), pool)
     tok = sel.token_index()  # duplicates of graph keys need no removal in a mask: it is a set
     chosen = torch.zeros(B, Hkv, L - G, L + 1, dtype=torch.bool, device=q.device)
     chosen.scatter_(-1, torch.where(tok >= 0, tok + G, L), True)
