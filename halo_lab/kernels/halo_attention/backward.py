@@ -66,6 +66,49 @@ def store_dilated_grads(
 
 
 @triton.jit
+def selected_backward(q, do, lse, delta, dq, k_base, v_base, sk_base, sv_base, DKA, DVA, DSK, DSV,
+                      TB, TBN, BLK, GRPS, RAND, DIST, tile, bh, L, tok, is_text, cols, acc_base,
+                      stride_kl, stride_vl, stride_skl, stride_ru, UMAX, NB, NSUM, qk_scale, sm_scale,
+                      G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr,
+                      UNIT: tl.constexpr, HD: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr,
+                      NSELP: tl.constexpr, SM: tl.constexpr, NG2P: tl.constexpr, SUMK: tl.constexpr,
+                      SUM_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+    """dQ of the content-selected key groups of a query tile (the forward's tiles, selected.py), with the
+    chosen keys' dK/dV added to the extras' fp32 buffers and the summaries' to their own (``bh``: b * HKV
+    + h)."""
+    for u in range(0, tl.load(TBN + tile)):
+        pos, valid, ok = chosen_block_tile(
+            u, tile * UMAX, bh * L * NSELP, tok, is_text, RAND, DIST, stride_ru, TB, BLK,
+            G, ND, NR, UNIT, SB, SBP, NSELP,
+        )  # fmt: skip
+        kt = load_rows(k_base, pos, valid, stride_kl, cols)
+        vt = load_rows(v_base, pos, valid, stride_vl, cols)
+        p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
+        dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
+        add_key_grads(DKA, DVA, acc_base, pos, valid, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
+    if SUMK:
+        c = candidates(tok, is_text, G, W, SB)
+        c_hi = tl.max(c, 0)
+        sum_base = bh * NSUM * HD  # the fp32 buffers are contiguous [B, HKV, S, HD]
+        for start in range(0, c_hi, SUM_N):
+            j, ok = block_summary_tile(start, c, bh * L * NG2P, tok, is_text, GRPS, SM, NG2P, SUM_N)
+            kt = load_rows(sk_base, j, j < NB, stride_skl, cols)
+            vt = load_rows(sv_base, j, j < NB, stride_skl, cols)
+            p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
+            dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
+            add_key_grads(DSK, DSV, sum_base, j, j < NB, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
+        if SM > 0:
+            for start in range(0, c_hi // SM, SUM_N):
+                j, ok = group_summary_tile(start, c, is_text, NB, SM, SUM_N)
+                kt = load_rows(sk_base, j, j < NSUM, stride_skl, cols)
+                vt = load_rows(sv_base, j, j < NSUM, stride_skl, cols)
+                p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
+                dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
+                add_key_grads(DSK, DSV, sum_base, j, j < NSUM, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
+    return dq
+
+
+@triton.jit
 def halo_bwd_dq_kernel(
     Q, K, V, Out, DO, DQ, LSE, DELTA, DKA, DVA, DKD, DVD, DIST, RAND,
     SK, SV, DSK, DSV, BLK, GRPS, TB, TBN,  # the content-selected part (SEL; selected.py)
@@ -160,40 +203,13 @@ def halo_bwd_dq_kernel(
         dq += mma(ds_w.to(kt_w.dtype), kt_w, IEEE, UPCAST)
 
     if SEL:
-        tile = (b * HKV + h) * NT + tl.program_id(0)
-        for u in range(0, tl.load(TBN + tile)):
-            pos, valid, ok = chosen_block_tile(
-                u, tile * UMAX, (b * HKV + h) * L * NSELP, tok, is_text, RAND, DIST, stride_ru, TB, BLK,
-                G, ND, NR, UNIT, SB, SBP, NSELP,
-            )  # fmt: skip
-            kt = load_rows(k_base, pos, valid, stride_kl, cols)
-            vt = load_rows(v_base, pos, valid, stride_vl, cols)
-            p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
-            dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
-            add_key_grads(DKA, DVA, acc_base, pos, valid, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
-        if SUMK:
-            c = candidates(tok, is_text, G, W, SB)
-            c_hi = tl.max(c, 0)
-            sk_base = SK + b * stride_skb + h * stride_skh
-            sv_base = SV + b * stride_skb + h * stride_skh
-            sum_base = (b * HKV + h) * NSUM * HD  # the fp32 buffers are contiguous [B, HKV, S, HD]
-            for start in range(0, c_hi, SUM_N):
-                j, ok = block_summary_tile(
-                    start, c, (b * HKV + h) * L * NG2P, tok, is_text, GRPS, SM, NG2P, SUM_N
-                )
-                kt = load_rows(sk_base, j, j < NB, stride_skl, cols)
-                vt = load_rows(sv_base, j, j < NB, stride_skl, cols)
-                p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
-                dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
-                add_key_grads(DSK, DSV, sum_base, j, j < NB, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
-            if SM > 0:
-                for start in range(0, c_hi // SM, SUM_N):
-                    j, ok = group_summary_tile(start, c, is_text, NB, SM, SUM_N)
-                    kt = load_rows(sk_base, j, j < NSUM, stride_skl, cols)
-                    vt = load_rows(sv_base, j, j < NSUM, stride_skl, cols)
-                    p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
-                    dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
-                    add_key_grads(DSK, DSV, sum_base, j, j < NSUM, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
+        dq = selected_backward(
+            q, do, lse, delta, dq, k_base, v_base, SK + b * stride_skb + h * stride_skh,
+            SV + b * stride_skb + h * stride_skh, DKA, DVA, DSK, DSV, TB, TBN, BLK, GRPS, RAND, DIST,
+            (b * HKV + h) * NT + tl.program_id(0), b * HKV + h, L, tok, is_text, cols, acc_base,
+            stride_kl, stride_vl, stride_skl, stride_ru, UMAX, NB, NSUM, qk_scale, sm_scale,
+            G, W, ND, NR, UNIT, HD, SB, SBP, NSELP, SM, NG2P, SUMK, SUM_N, IEEE, UPCAST,
+        )  # fmt: skip
 
     tl.store(
         DQ + b * stride_dqb + head[:, None] * stride_dqh + tok[:, None] * stride_dql + cols[None, :],

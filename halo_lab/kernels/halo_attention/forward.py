@@ -87,6 +87,41 @@ def attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE: tl.constexpr, UPCAST: t
 
 
 @triton.jit
+def selected_forward(q, m, denom, acc, k_base, v_base, sk_base, sv_base, TB, TBN, BLK, GRPS, RAND, DIST,
+                     tile, row0, tok, is_text, cols, stride_kl, stride_vl, stride_skl, stride_ru,
+                     UMAX, NB, NSUM, qk_scale,
+                     G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr,
+                     UNIT: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr, NSELP: tl.constexpr,
+                     SM: tl.constexpr, NG2P: tl.constexpr, SUMK: tl.constexpr, SUM_N: tl.constexpr,
+                     IEEE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+    """The content-selected key groups of a query tile (selected.py) added to its online softmax: the
+    distinct chosen blocks of its rows, then the block and group summaries (``row0``: (b * HKV + h) * L)."""
+    for u in range(0, tl.load(TBN + tile)):
+        pos, valid, ok = chosen_block_tile(
+            u, tile * UMAX, row0 * NSELP, tok, is_text, RAND, DIST, stride_ru, TB, BLK,
+            G, ND, NR, UNIT, SB, SBP, NSELP,
+        )  # fmt: skip
+        kt = load_rows(k_base, pos, valid, stride_kl, cols)
+        vt = load_rows(v_base, pos, valid, stride_vl, cols)
+        m, denom, acc = attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE, UPCAST)
+    if SUMK:
+        c = candidates(tok, is_text, G, W, SB)
+        c_hi = tl.max(c, 0)
+        for start in range(0, c_hi, SUM_N):
+            j, ok = block_summary_tile(start, c, row0 * NG2P, tok, is_text, GRPS, SM, NG2P, SUM_N)
+            kt = load_rows(sk_base, j, j < NB, stride_skl, cols)
+            vt = load_rows(sv_base, j, j < NB, stride_skl, cols)
+            m, denom, acc = attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE, UPCAST)
+        if SM > 0:
+            for start in range(0, c_hi // SM, SUM_N):
+                j, ok = group_summary_tile(start, c, is_text, NB, SM, SUM_N)
+                kt = load_rows(sk_base, j, j < NSUM, stride_skl, cols)
+                vt = load_rows(sv_base, j, j < NSUM, stride_skl, cols)
+                m, denom, acc = attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE, UPCAST)
+    return m, denom, acc
+
+
+@triton.jit
 def halo_fwd_kernel(
     Q, K, V, Out, LSE, DIST, RAND,
     SK, SV, BLK, GRPS, TB, TBN,  # the content-selected part (SEL; selected.py)
@@ -162,33 +197,13 @@ def halo_fwd_kernel(
         m, denom, acc = attend(q, kt_w, vt_w, ok_w, m, denom, acc, qk_scale, IEEE, UPCAST)
 
     if SEL:
-        tile = (b * HKV + h) * NT + tl.program_id(0)
-        for u in range(0, tl.load(TBN + tile)):
-            pos, valid, ok = chosen_block_tile(
-                u, tile * UMAX, (b * HKV + h) * L * NSELP, tok, is_text, RAND, DIST, stride_ru, TB, BLK,
-                G, ND, NR, UNIT, SB, SBP, NSELP,
-            )  # fmt: skip
-            kt = load_rows(k_base, pos, valid, stride_kl, cols)
-            vt = load_rows(v_base, pos, valid, stride_vl, cols)
-            m, denom, acc = attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE, UPCAST)
-        if SUMK:
-            c = candidates(tok, is_text, G, W, SB)
-            c_hi = tl.max(c, 0)
-            sk_base = SK + b * stride_skb + h * stride_skh
-            sv_base = SV + b * stride_skb + h * stride_skh
-            for start in range(0, c_hi, SUM_N):
-                j, ok = block_summary_tile(
-                    start, c, (b * HKV + h) * L * NG2P, tok, is_text, GRPS, SM, NG2P, SUM_N
-                )
-                kt = load_rows(sk_base, j, j < NB, stride_skl, cols)
-                vt = load_rows(sv_base, j, j < NB, stride_skl, cols)
-                m, denom, acc = attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE, UPCAST)
-            if SM > 0:
-                for start in range(0, c_hi // SM, SUM_N):
-                    j, ok = group_summary_tile(start, c, is_text, NB, SM, SUM_N)
-                    kt = load_rows(sk_base, j, j < NSUM, stride_skl, cols)
-                    vt = load_rows(sv_base, j, j < NSUM, stride_skl, cols)
-                    m, denom, acc = attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE, UPCAST)
+        m, denom, acc = selected_forward(
+            q, m, denom, acc, k_base, v_base, SK + b * stride_skb + h * stride_skh,
+            SV + b * stride_skb + h * stride_skh, TB, TBN, BLK, GRPS, RAND, DIST,
+            (b * HKV + h) * NT + tl.program_id(0), (b * HKV + h) * L, tok, is_text, cols,
+            stride_kl, stride_vl, stride_skl, stride_ru, UMAX, NB, NSUM, qk_scale,
+            G, W, ND, NR, UNIT, SB, SBP, NSELP, SM, NG2P, SUMK, SUM_N, IEEE, UPCAST,
+        )  # fmt: skip
 
     denom = tl.where(denom > 0, denom, 1.0)
     tl.store(
