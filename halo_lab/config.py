@@ -91,7 +91,7 @@ class HaloConfig:
     """n: blocks of the past that each query reads in full, chosen by content: the n candidate blocks whose
     summary keys score highest against the query (summed over the query heads of a KV head, which share
     the choice). 0 = off (the default: plain HALO-S, exactly as before)."""
-    select_block_size: int = 32
+    select_block_size: int = 16
     """b: the text is cut into blocks of b tokens. A block is a candidate for a query once it is complete
     and ends before the query's window. Its summary key and value are the means of its keys (after RoPE)
     and values, per KV head."""

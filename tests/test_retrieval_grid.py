@@ -47,9 +47,11 @@ def test_every_section_passes_the_same_override_keys_and_extras():
             by_task.setdefault(j.task, []).append(j)
         for task, members in by_task.items():
             # an ablation (by option, or by override with a tag) is told apart by its own keys
-            ablation = {_keys(j) for j in members if j.ablation or j.tag}
+            ablation = {_keys(j) for j in members if j.ablation}
             plain = {_keys(j) for j in members if not (j.ablation or j.tag)}
             assert len(plain) <= 1 and len(ablation) <= 1, task
+            for tag in {j.tag for j in members if j.tag}:
+                assert len({_keys(j) for j in members if j.tag == tag}) == 1, (task, tag)
             assert len({tuple(j.extra) for j in members if not j.tag}) == 1, task
 
 

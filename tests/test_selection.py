@@ -237,11 +237,11 @@ def test_keys_per_query_match_the_index_tables_and_the_stated_bound():
 
 
 def test_default_selection_reads_a_small_share_of_dense_keys():
-    """The defaults (b=32, n=2, groups of 16, 2 groups) with the default graph: at most half of dense's
-    average keys per query at 1K, a tenth at 4K, a fiftieth at 64K (issue 27's bound)."""
+    """variant=halo_select's settings (n=4, b=16, groups of 16, 2 groups) with the default graph: at most
+    half of dense's average keys per query at 1K, a tenth at 4K, a fiftieth at 64K (issue 27's bound)."""
     from halo_lab import estimate_graph_stats
 
-    c = HaloConfig(max_seq_len=65536, num_layers=1, select_blocks=2)
+    c = HaloConfig(max_seq_len=65536, num_layers=1, select_blocks=4, select_pooling="learned")
     for n, share in ((1024, 2), (4096, 10), (65536, 50)):
         stats = estimate_graph_stats(c, n)
         assert stats["edges_per_token"] <= (n + 1) / 2 / share, (n, stats["edges_per_token"])
@@ -285,7 +285,8 @@ def test_a_tiny_selection_run_end_to_end(variant, tmp_path):
     result = run(compose_config(over, output_dir=tmp_path))
     assert result["steps"] == 4 and result["attention_backend"] == "masked"
     model = load_from_hub(str(tmp_path / "hub")).eval()
-    assert model.config.select_blocks == 2 and model.config.select_block_size == 4
+    assert model.config.select_blocks == 4 and model.config.select_block_size == 4
+    assert model.config.select_pooling == "learned" and model.layers[0].attn.select_pool is not None
     assert (model.config.num_random == 0) == (variant == "local_select")
 
 

@@ -215,11 +215,15 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         for exp, extra in tasks
         for v in variants
     ]
+    # ablations, one seed: without the summaries as keys (every task), mean pooling and the groups that
+    # bound the scored set (the needle)
     no_summaries = ["model.select_summary_keys=false"]
     select_cpu += [
         Job(exp, "halo_select", 2, 3, slot=slot[exp], min_slot=600, extra=extra + no_summaries, tag="nosum")
         for exp, extra in tasks
     ]
+    for tag, extra in (("mean", ["model.select_pooling=mean"]), ("groups", ["model.select_group_size=4"])):
+        select_cpu.append(Job("needle_256", "halo_select", 2, 3, slot=7200, min_slot=600, extra=extra, tag=tag))
     n512 = ["data.seq_len=512", "data.distances=[16,40,136,264,400,496]", "task_name=needle_512"]
     select_cpu += [Job("needle_256", v, 2, 3, slot=14400, min_slot=1200, extra=n512) for v in variants]
     # One device call for both, when the device time allows only one: part1's jobs first, 16 at once.
