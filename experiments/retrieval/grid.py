@@ -205,7 +205,12 @@ def grids() -> dict[str, tuple[list[Job], int]]:
     # five variants, seed 0 of every task first, then seed 1, the ablation without summary keys, and the
     # 512-token needle point of each variant (one seed).
     variants = ("dense", "halo_select", "halo", "local_only", "local_select")
-    mqar128 = ["data.seq_len=128", "data.num_pairs=8", "data.distance_buckets=[2,16,48,96]", "task_name=mqar_128"]
+    mqar128 = [
+        "data.seq_len=128",
+        "data.num_pairs=8",
+        "data.distance_buckets=[2,16,48,96]",
+        "task_name=mqar_128",
+    ]
     mqar256 = ["task_name=mqar_256"]
     tasks = (("needle_256", []), ("mqar_select", mqar128), ("mqar_select", mqar256))
     slot = {"needle_256": 7200, "mqar_select": 5400}
@@ -223,11 +228,31 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         for exp, extra in tasks
     ]
     for tag, extra in (("mean", ["model.select_pooling=mean"]), ("groups", ["model.select_group_size=4"])):
-        select_cpu.append(Job("needle_256", "halo_select", 2, 3, slot=7200, min_slot=600, extra=extra, tag=tag))
+        select_cpu.append(
+            Job("needle_256", "halo_select", 2, 3, slot=7200, min_slot=600, extra=extra, tag=tag)
+        )
     n512 = ["data.seq_len=512", "data.distances=[16,40,136,264,400,496]", "task_name=needle_512"]
     select_cpu += [Job("needle_256", v, 2, 3, slot=14400, min_slot=1200, extra=n512) for v in variants]
+    # Language modelling with selection (--cpu): the Shakespeare baseline at CPU scale (baseline_cpu:
+    # halo_tiny, 500 steps of 4096 tokens) at 256 and 1024 tokens, HALO-S against HALO-S + selection.
+    select_lm = [
+        Job(
+            "baseline_cpu",
+            v,
+            2,
+            0,
+            seed=s,
+            slot=3600,
+            min_slot=300,
+            extra=[f"data.seq_len={n}", f"task_name=lm_{n}"],
+        )
+        for s in (0, 1)
+        for n in (256, 1024)
+        for v in ("halo", "halo_select")
+    ]
     # One device call for both, when the device time allows only one: part1's jobs first, 16 at once.
     return {
+        "select_lm": (select_lm, 1),
         "select_cpu": (select_cpu, 2),
         "part1": (part1, 14),
         "part2": (part2, 14),
@@ -343,7 +368,9 @@ def run(args: argparse.Namespace) -> int:
     (work / "logs").mkdir(parents=True)
     if args.skip_done:  # a grid spread over sessions: the jobs already kept are not run again
         done = Path(args.skip_done)
-        jobs = [j for j in jobs if not (done / j.family / j.name(args.grid) / "run" / "metrics.json").is_file()]
+        jobs = [
+            j for j in jobs if not (done / j.family / j.name(args.grid) / "run" / "metrics.json").is_file()
+        ]
     records = [Record(j.name(args.grid), j.family, j.experiment, j.overrides()) for j in jobs]
     if args.dry_run:
         for j, r in zip(jobs, records):
