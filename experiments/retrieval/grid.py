@@ -250,8 +250,34 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         for n in (256, 1024)
         for v in ("halo", "halo_select")
     ]
+    # The GPU grid of content-selected blocks (issue 31), 8 jobs a call (--jobs 8 gave every job its full
+    # schedule on an H200): the selection rows at 1024 tokens with 2 seeds, then 4096 tokens with the
+    # 6000-step schedule (dense left its plateau only after ~1500 steps there) for dense and HALO-S +
+    # selection, then plain HALO-S and local-only at 4096, and the points the 2026-12-02 calls cut short
+    # (the needle at 4 and 6 layers with 6000 steps, the conv-off controls, second seeds).
+    sel = ("halo_select", "local_select")
+    select_gpu1 = _pair(lambda t: [Job(f"{t}_1024", v, 2, 3, seed=s) for s in (0, 1) for v in sel])
+    select_gpu2 = _pair(
+        lambda t: [
+            Job(f"{t}_4096", v, 2, 3, seed=s, extra=long) for s in (0, 1) for v in ("dense", "halo_select")
+        ]
+    )
+    select_gpu3 = _pair(
+        lambda t: [
+            Job(f"{t}_4096", v, 2, 3, seed=s, extra=long) for s in (0, 1) for v in ("halo", "local_only")
+        ]
+    )
+    select_gpu4 = [
+        Job("needle_1024", v, n, 3, seed=s, extra=long) for n in (4, 6) for s in (0, 1) for v in ("dense",)
+    ]
+    select_gpu4 += [Job(f"{t}_1024", "dense", 2, 0, seed=s) for t in ("needle", "mqar") for s in (0, 1)]
     # One device call for both, when the device time allows only one: part1's jobs first, 16 at once.
     return {
+        "select_gpu1": (select_gpu1, 8),
+        "select_gpu2": (select_gpu2, 8),
+        "select_gpu3": (select_gpu3, 8),
+        "select_gpu4": (select_gpu4, 8),
+        "select_gpu5": (select_gpu5, 8),
         "select_lm": (select_lm, 1),
         "select_cpu": (select_cpu, 2),
         "part1": (part1, 14),
