@@ -270,7 +270,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
     select_gpu4 = [
         Job("needle_1024", v, n, 3, seed=s, extra=long) for n in (4, 6) for s in (0, 1) for v in ("dense",)
     ]
-    select_gpu4 += [Job(f"{t}_1024", "dense", 2, 0, seed=s) for t in ("needle", "mqar") for s in (0, 1)]
+    select_gpu5 = [Job(f"{t}_1024", "dense", 2, 0, seed=s) for t in ("needle", "mqar") for s in (0, 1)]
     # One device call for both, when the device time allows only one: part1's jobs first, 16 at once.
     return {
         "select_gpu1": (select_gpu1, 8),
