@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -46,6 +47,7 @@ __all__ = [
     "PT_WEIGHTS_NAME",
     "SAFE_WEIGHTS_NAME",
     "CheckpointMismatchError",
+    "HubPushError",
     "describe_tokenizer",
     "load_from_hub",
     "push_to_hub",
@@ -309,6 +311,52 @@ def load_from_hub(
 # ============================================================================================ push
 
 
+class HubPushError(OSError):
+    """A push to the Hugging Face Hub failed: the Hub could not be reached (no network, DNS, proxy, a
+    timeout, offline mode) or it refused (a missing or read-only token, no write access, a server error).
+    The message is one line naming the repo and the cause; the original exception is ``__context__``."""
+
+
+# Transport-level exception classes by the module that defines them: huggingface_hub >= 1.0 talks httpx,
+# >= 2.0 httpx2 (whose errors are not httpx's), < 1.0 requests. Looked up in sys.modules only: a library
+# that was never imported raised nothing.
+_TRANSPORT_ERRORS = {
+    "httpx": ("TransportError",),
+    "httpx2": ("TransportError",),
+    "requests.exceptions": ("ConnectionError", "Timeout"),
+}
+
+
+def hub_connection_errors() -> tuple[type[BaseException], ...]:
+    """The exception classes meaning "the Hub could not be reached", for whatever version is installed."""
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]  # OfflineModeIsEnabled too
+    for module, names in _TRANSPORT_ERRORS.items():
+        mod = sys.modules.get(module)
+        errors += [getattr(mod, n) for n in names if isinstance(getattr(mod, n, None), type)]
+    return tuple(errors)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def describe_hub_failure(e: BaseException) -> str | None:
+    """One line on why a Hub request failed, or None when ``e`` is not a network or Hub answer error."""
+    if isinstance(e, hub_connection_errors()):
+        return f"could not reach the Hugging Face Hub ({type(e).__name__}: {_first_line(e)})"
+    response = getattr(e, "response", None)
+    status = getattr(response, "status_code", None)
+    if not isinstance(status, int) or not isinstance(e, OSError):  # HfHubHTTPError is an OSError
+        return None
+    reason = getattr(response, "reason_phrase", None) or getattr(response, "reason", None) or ""
+    server = " ".join(str(getattr(e, "server_message", None) or "").split())
+    what = f"the Hub answered HTTP {status} {reason}".rstrip() + f" ({server or _first_line(e)})"
+    if status in (401, 403):
+        what += "; log in with `hf auth login` or set HF_TOKEN to a token that may write to this repo"
+    return what
+
+
 def push_to_hub(
     model: torch.nn.Module,
     config: HaloConfig | dict | None,
@@ -321,12 +369,20 @@ def push_to_hub(
     tokenizer: Any = None,
     safe_serialization: bool = True,
 ):
-    """Save the model to a temporary directory and upload it (returns upload_folder's CommitInfo)."""
+    """Save the model to a temporary directory and upload it (returns upload_folder's CommitInfo).
+
+    Raises HubPushError (an OSError) with one line when the Hub cannot be reached or refuses."""
     with tempfile.TemporaryDirectory(prefix="halo_lab_push_") as tmp:
         save_for_hub(model, config, tmp, safe_serialization, tokenizer, repo_id=repo_id)
-        return upload_dir(
-            tmp, repo_id, token=token, private=private, commit_message=commit_message, revision=revision
-        )
+        try:
+            return upload_dir(
+                tmp, repo_id, token=token, private=private, commit_message=commit_message, revision=revision
+            )
+        except HubPushError as e:
+            raise HubPushError(
+                f"{e}. The model was not uploaded; to push it later, save it with save_for_hub(model, None, "
+                f"DIR) and run: hf upload {repo_id} DIR"
+            ) from None
 
 
 def upload_dir(
@@ -337,18 +393,26 @@ def upload_dir(
     commit_message: str | None = None,
     revision: str | None = None,
 ):
-    """create_repo (exist_ok) + create_branch when ``revision`` is given + upload_folder."""
+    """create_repo (exist_ok) + create_branch when ``revision`` is given + upload_folder.
+
+    Raises HubPushError (an OSError) with one line when the Hub cannot be reached or refuses."""
     hub = _import_hub(f"pushing to the Hugging Face Hub repo '{repo_id}'")
-    api = hub.HfApi(token=token)  # None: HF_TOKEN or the stored login, resolved by huggingface_hub
-    api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type="model")
-    if revision:
-        api.create_branch(repo_id=repo_id, branch=revision, exist_ok=True, repo_type="model")
-    info = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=os.fspath(folder),
-        commit_message=commit_message or f"Upload model with halo_lab {_version()}",
-        revision=revision,
-        repo_type="model",
-    )
+    try:
+        api = hub.HfApi(token=token)  # None: HF_TOKEN or the stored login, resolved by huggingface_hub
+        api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision:
+            api.create_branch(repo_id=repo_id, branch=revision, exist_ok=True, repo_type="model")
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=os.fspath(folder),
+            commit_message=commit_message or f"Upload model with halo_lab {_version()}",
+            revision=revision,
+            repo_type="model",
+        )
+    except Exception as e:  # noqa: BLE001 - classified below; anything else propagates unchanged
+        why = describe_hub_failure(e)
+        if why is None:
+            raise
+        raise HubPushError(f"could not push to Hub repo '{repo_id}': {why}") from None
     logger.info("uploaded %s to Hub repo %s%s", folder, repo_id, f"@{revision}" if revision else "")
     return info
