@@ -170,7 +170,12 @@ def main(argv: list[str] | None = None) -> int:
             revision=args.revision,
         )
     except (OSError, ValueError, ImportError, RuntimeError) as e:
-        print(f"halo_lab.export: error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
+        msg = " ".join(str(e).split()) or type(e).__name__
+        if isinstance(e, OSError) and e.filename and e.strerror:  # e.g. OUT_DIR is a file, or not writable
+            msg = f"{e.filename}: {e.strerror}"
+            if isinstance(e, (FileExistsError, NotADirectoryError)):
+                msg += " (OUT_DIR must be a directory or a new path)"
+        print(f"halo_lab.export: error: {msg}", file=sys.stderr)
         return 1
     files = ", ".join(sorted(f.name for f in out.iterdir()))
     print(f"exported {args.source} -> {out} ({files})")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -35,6 +34,7 @@ from halo_lab.checkpoint.weights import (
 )
 from halo_lab.config import HaloConfig
 from halo_lab.hub import hf_files
+from halo_lab.hub.errors import HubPushError, describe_hub_failure
 from halo_lab.model import build_model
 
 logger = logging.getLogger(__name__)
@@ -309,52 +309,6 @@ def load_from_hub(
 
 
 # ============================================================================================ push
-
-
-class HubPushError(OSError):
-    """A push to the Hugging Face Hub failed: the Hub could not be reached (no network, DNS, proxy, a
-    timeout, offline mode) or it refused (a missing or read-only token, no write access, a server error).
-    The message is one line naming the repo and the cause; the original exception is ``__context__``."""
-
-
-# Transport-level exception classes by the module that defines them: huggingface_hub >= 1.0 talks httpx,
-# >= 2.0 httpx2 (whose errors are not httpx's), < 1.0 requests. Looked up in sys.modules only: a library
-# that was never imported raised nothing.
-_TRANSPORT_ERRORS = {
-    "httpx": ("TransportError",),
-    "httpx2": ("TransportError",),
-    "requests.exceptions": ("ConnectionError", "Timeout"),
-}
-
-
-def hub_connection_errors() -> tuple[type[BaseException], ...]:
-    """The exception classes meaning "the Hub could not be reached", for whatever version is installed."""
-    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]  # OfflineModeIsEnabled too
-    for module, names in _TRANSPORT_ERRORS.items():
-        mod = sys.modules.get(module)
-        errors += [getattr(mod, n) for n in names if isinstance(getattr(mod, n, None), type)]
-    return tuple(errors)
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return lines[0] if lines else type(e).__name__
-
-
-def describe_hub_failure(e: BaseException) -> str | None:
-    """One line on why a Hub request failed, or None when ``e`` is not a network or Hub answer error."""
-    if isinstance(e, hub_connection_errors()):
-        return f"could not reach the Hugging Face Hub ({type(e).__name__}: {_first_line(e)})"
-    response = getattr(e, "response", None)
-    status = getattr(response, "status_code", None)
-    if not isinstance(status, int) or not isinstance(e, OSError):  # HfHubHTTPError is an OSError
-        return None
-    reason = getattr(response, "reason_phrase", None) or getattr(response, "reason", None) or ""
-    server = " ".join(str(getattr(e, "server_message", None) or "").split())
-    what = f"the Hub answered HTTP {status} {reason}".rstrip() + f" ({server or _first_line(e)})"
-    if status in (401, 403):
-        what += "; log in with `hf auth login` or set HF_TOKEN to a token that may write to this repo"
-    return what
 
 
 def push_to_hub(

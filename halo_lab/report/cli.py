@@ -35,5 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as exc:
         print(f"halo_lab.report: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the output directory: a file, read-only, a missing parent, a full disk
+        where = exc.filename or args.out or args.sweep_dir
+        why = exc.strerror or " ".join(str(exc).split())
+        if isinstance(exc, (FileExistsError, NotADirectoryError)):
+            why += " (--out names a directory for report.md and the plots)"
+        print(f"halo_lab.report: error: cannot write the report to {where}: {why}", file=sys.stderr)
+        return 2
     print(path)
     return 0
