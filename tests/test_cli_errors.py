@@ -278,3 +278,38 @@ def test_a_hub_id_without_network_is_one_line(files, tmp_path, tool):
     assert lines[0].startswith(f"halo_lab.{tool}: error: ") and "someone/tiny-halo" in lines[0]
     assert "could not be reached" in lines[0], lines[0]
     assert not json.dumps(proc.stdout).count("Traceback")
+
+
+# ------------------------------------------------------------------------- documented sweep lines
+def _documented_commands() -> list[tuple[str, str]]:
+    """(file, command) for each `python -m halo_lab.{train,eval}` line of README.md's and docs/runner.md's
+    bash blocks, and the Makefile's sweep recipes."""
+    import re
+
+    out = []
+    for doc in ("README.md", "docs/runner.md"):
+        for block in re.findall(r"```bash\n(.*?)```", (REPO / doc).read_text(), flags=re.S):
+            for line in block.splitlines():
+                cmd = line.split("  #")[0].strip()
+                if cmd.startswith(("python -m halo_lab.train", "python -m halo_lab.eval")):
+                    out.append((doc, cmd))
+    make = (REPO / "Makefile").read_text()
+    for recipe in re.findall(r"^\t\$\(PY\) (-m halo_lab\.train -m .*?)$", make, flags=re.M):
+        out.append(("Makefile", "python " + recipe.replace("$(ARGS)", "").strip()))
+    return out
+
+
+@pytest.mark.parametrize("doc,cmd", _documented_commands(), ids=str)
+def test_documented_sweeps_take_one_more_override(doc, cmd):
+    """Every documented line, with one more override appended (`make sweep-baseline ARGS=...`, or a user
+    adding a key), still parses: an override after a trailing `-m` is `unrecognized arguments`."""
+    import shlex
+
+    from hydra._internal.utils import get_args_parser
+
+    words = shlex.split(cmd.replace("<", "").replace(">", ""))[3:]
+    try:
+        args = get_args_parser().parse_args([*words, "trainer.max_steps=20"])
+    except SystemExit:
+        pytest.fail(f"{doc}: `{cmd} trainer.max_steps=20` is rejected by Hydra's argument parser")
+    assert args.overrides[-1] == "trainer.max_steps=20"
