@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         "--no-strict", action="store_true", help="load despite missing/unexpected keys (warned)"
     )
     parser.add_argument("--no-verify", action="store_true", help="skip the reload-and-compare check")
+    # a bad option: one line naming it (argparse would print its usage block first)
+    parser.error = lambda message: parser.exit(2, f"halo_lab.export: error: {message} (--help: usage)\n")
     args = parser.parse_args(argv)
     try:
         out = export(

@@ -4,7 +4,8 @@ SOURCE is a run directory (its hub/ export, else checkpoints/last.ckpt), an expo
 (config.json + weights), a checkpoint file or a Hugging Face Hub repo id. The prompt comes from the
 command line, ``--prompt-file FILE`` (``-`` reads stdin) or is empty-handed: a missing prompt is an error.
 Tokens stream to stdout as they come (every ``--sync-every`` tokens: the stop check's cadence); the
-speed goes to stderr at the end. Bad input is a one-line ``halo_lab.generate: error: ...`` and exit 1.
+speed goes to stderr at the end. Bad input is a one-line ``halo_lab.generate: error: ...`` and exit 1
+(exit 2 for a malformed command line: an unknown option, a missing SOURCE).
 
     python -m halo_lab.generate outputs/runs/shakespeare "ROMEO:" --max-new-tokens 200 --temperature 0.8
 """
@@ -194,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compile", action="store_true", help="do not torch.compile the decode step (CUDA)")
     p.add_argument("--no-cuda-graph", action="store_true", help="do not capture the decode step")
     p.add_argument("--sync-every", type=int, default=8, help="tokens between stop checks / streamed chunks")
+    # a bad option: one line naming it (argparse would print its usage block first)
+    p.error = lambda message: p.exit(2, f"halo_lab.generate: error: {message} (--help: usage)\n")
     return p
 
 

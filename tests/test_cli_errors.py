@@ -336,3 +336,22 @@ def test_documented_wandb_sync_options_exist():
     for line in lines:
         for option in re.findall(r"\s(--[a-z-]+)", line):
             assert re.search(rf"{option}\b", help_text), f"{line.strip()}: wandb sync has no {option}"
+
+
+@pytest.mark.parametrize(
+    "tool,args,needle",
+    [
+        ("export", ["a", "b", "--bogus"], "unrecognized arguments: --bogus"),
+        ("generate", [], "SOURCE"),
+        ("generate", ["x", "hi", "--dtype", "fp64"], "--dtype"),
+        ("report", ["x", "--wandb", "bogus"], "--wandb"),
+    ],
+)
+def test_argparse_mistakes_are_one_line(capsys, tool, args, needle):
+    """argparse's own errors (an unknown option, a missing argument, a bad choice) without the usage block."""
+    import importlib
+
+    main = importlib.import_module(f"halo_lab.{tool}").main
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    one_line(capsys, info.value.code, tool, needle, "--help")

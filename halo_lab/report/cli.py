@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         "disabled (offline unless WANDB_API_KEY is set or WANDB_MODE=online)",
     )
     parser.add_argument("--no-plots", action="store_true", help="only report.md")
+    # a bad option: one line naming it (argparse would print its usage block first)
+    parser.error = lambda message: parser.exit(2, f"halo_lab.report: error: {message} (--help: usage)\n")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
