@@ -431,7 +431,6 @@ def run_hydra_tool(
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    groups = register_tool_config(config_name)
     sys.argv[1:] = quote_path_overrides(sys.argv[1:], path_keys)
 
     def app_task(cfg: DictConfig) -> Any:
@@ -444,7 +443,7 @@ def run_hydra_tool(
     app_task.__module__ = "__main__"
     app = hydra.main(version_base="1.3", config_path=None, config_name=config_name)(app_task)
     user_full = os.environ.get("HYDRA_FULL_ERROR")
-    with _only_groups(groups):
+    with _tool_config_store(config_name):
         if user_full == "1":
             return app()
         os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its multi-line report
@@ -461,21 +460,32 @@ def run_hydra_tool(
 
 
 @contextlib.contextmanager
-def _only_groups(groups: Sequence[str]):
-    """Hide the ConfigStore's other config groups while the app runs: the store is one per process, and
-    where halo_lab.train was imported it holds the runner's ``device`` options, which would turn eval's
-    ``device=`` into a group choice and show up in ``--help``. Hydra's own (``hydra/``) stay."""
+def _tool_config_store(config_name: str):
+    """While the app runs, Hydra's ConfigStore (one per process) holds Hydra's own nodes and this tool's
+    config (``register_tool_config``), nothing else: where halo_lab.train was imported it holds the
+    runner's ``device`` options, which would turn eval's ``device=`` into a group choice. Afterwards the
+    store is as it was (plus what Hydra's plugins stored meanwhile): the tool's nodes would otherwise
+    shadow conf/ for a later compose in this process (Hydra matches a file to a stored node of its name)."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
     saved = store.repo
-    store.repo = {k: v for k, v in saved.items() if not isinstance(v, dict) or k == "hydra" or k in groups}
+    store.repo = {k: v for k, v in saved.items() if not isinstance(v, dict)}
+    store.repo["hydra"] = dict(saved.get("hydra", {}))  # a copy: the tool adds hydra/default to it
+    mine: set[str] = set()
     try:
+        mine = {f"{config_name}.yaml", *register_tool_config(config_name)}
         yield
     finally:
-        for k, v in store.repo.items():  # what Hydra or a plugin stored meanwhile
-            saved.setdefault(k, v)
+        used = store.repo
         store.repo = saved
+        for k, v in used.items():  # plugins register on Hydra's first use, which may be this one
+            if k == "hydra":
+                for name, node in v.items():
+                    if name != "default.yaml":
+                        saved.setdefault("hydra", {}).setdefault(name, node)
+            elif k not in mine:
+                saved.setdefault(k, v)
 
 
 if __name__ == "__main__":

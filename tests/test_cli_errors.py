@@ -355,3 +355,20 @@ def test_argparse_mistakes_are_one_line(capsys, tool, args, needle):
     with pytest.raises(SystemExit) as info:
         main(args)
     one_line(capsys, info.value.code, tool, needle, "--help")
+
+
+def test_a_tool_run_leaves_the_config_store_as_it_was(files, monkeypatch, capsys, tmp_path):
+    """eval's app composes from the ConfigStore; afterwards the store holds none of its nodes, so a later
+    compose of conf/eval.yaml in the same process (tests, notebooks) is not matched against them."""
+    from hydra.core.config_store import ConfigStore
+
+    from halo_lab.runner.config import compose_config
+
+    before = {k: set(v) if isinstance(v, dict) else None for k, v in ConfigStore.instance().repo.items()}
+    hydra_tool(monkeypatch, "eval", "seq_len=0", f"source={files['model']}")
+    capsys.readouterr()
+    repo = ConfigStore.instance().repo
+    assert "eval.yaml" not in repo and "data" not in repo and "default.yaml" not in repo["hydra"]
+    assert all(k in repo for k in before)
+    cfg = compose_config([f"source={files['model']}"], output_dir=tmp_path, config_name="eval")
+    assert cfg.data.dataset == "shakespeare"
