@@ -14,15 +14,26 @@ Sums, never means of means (DESIGN.md pitfall 10): torchmetrics ``SumMetric`` of
 and token counts, per position too. A Hydra app (conf/eval.yaml), so ``-m`` sweeps over checkpoints or
 lengths; HALO-S runs at lengths beyond its trained ``max_seq_len`` (its graph does not depend on the
 length), the dense baseline does not.
+
+The command line (``main``): the app's config comes from conf/eval.yaml and only the groups its defaults
+list names (``register_tool_config``: ``--help`` lists those, and ``device=`` is eval's own key, not the
+runner's device group); a ``source=`` or ``file=`` path that Hydra's override grammar would reject (a
+sweep job directory: ``.../module.arch=dense,seed=2``) is quoted for it (``quote_path_overrides``); a
+mistake is one line ``halo_lab.eval: error: ...`` and exit status 2 (``run_hydra_tool``, which
+halo_lab.bench uses too).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
+import re
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +54,13 @@ def load_model(source: str, device: torch.device) -> tuple[torch.nn.Module, Any,
     """(model in eval mode, its tokenizer or None, what was loaded) for a path or a Hub repo id."""
     from halo_lab.export import _run_dir_tokenizer, find_source
     from halo_lab.hub import load_from_hub
+    from halo_lab.hub.errors import quiet_hub_retries
     from halo_lab.tokenizers import tokenizer_from_dict
 
     p = Path(source).expanduser()
     src: str | Path = find_source(p) if p.exists() else source  # not a local path: a Hub repo id
-    model = load_from_hub(src, device=device)
+    with quiet_hub_retries() if isinstance(src, str) else contextlib.nullcontext():
+        model = load_from_hub(src, device=device)
     tok = model.tokenizer
     if tok is None and isinstance(src, Path):
         desc = _run_dir_tokenizer(p if p.is_dir() else src)
@@ -87,22 +100,42 @@ def build_data(cfg: DictConfig, tokenizer: Any, seq_len: int, vocab_size: int):
         log.warning("the model has no saved tokenizer: using data.tokenizer=%s", tokenizer.type_name)
     if cfg.get("file"):
         f = Path(str(cfg.file)).expanduser()
+        if f.is_dir():
+            raise ConfigError(f"file={cfg.file}: a directory, not a text file")
         if not f.is_file():
             raise ConfigError(f"file={cfg.file}: no such file")
-        ds = TextDataset(f, tokenizer, seq_len, cache_dir=Path(cfg.paths.data_dir) / "cache")
+        try:
+            ds = TextDataset(f, tokenizer, seq_len, cache_dir=Path(cfg.paths.data_dir) / "cache")
+        except (OSError, ValueError) as e:  # unreadable, empty, binary, not UTF-8 (DataError is a ValueError)
+            raise ConfigError(f"file={cfg.file}: {e}") from None
         return DataLoader(ds, batch_size=cfg.batch_size, shuffle=False), tokenizer, f"file {f}"
+    name = cfg.data.get("dataset")
+    missing = sorted(k.removeprefix("data.") for k in OmegaConf.missing_keys(cfg.data))
+    if missing:
+        raise ConfigError(
+            f"data={name} needs {', '.join(f'data.{k}' for k in missing)} (e.g. data.{missing[0]}=FILE), "
+            "or evaluate on a file: file=FILE"
+        )
     kw = OmegaConf.to_container(cfg.data, resolve=True)
     kw.pop("_target_", None)
     kw.update(seq_len=seq_len, batch_size=cfg.batch_size, eval_batch_size=cfg.batch_size)
     if kw.get("dataset") not in ("copy", "needle", "mqar"):
         kw["tokenizer"] = tokenizer.to_dict()
-    dm = HaloDataModule(**kw)
-    dm.prepare_data()
-    dm.setup("fit" if cfg.split == "train" else ("test" if cfg.split == "test" else "validate"))
+    try:
+        dm = HaloDataModule(**kw)
+        dm.prepare_data()
+        dm.setup("fit" if cfg.split == "train" else ("test" if cfg.split == "test" else "validate"))
+    except (OSError, ValueError, TypeError) as e:  # a missing or bad data.path, a bad data.* value
+        what = f" data.path={kw['path']}" if kw.get("path") else ""
+        raise ConfigError(f"data={name}{what}: {' '.join(str(e).split())}") from None
     if dm.vocab_size > vocab_size:
         raise ConfigError(f"data={kw.get('dataset')}: vocabulary {dm.vocab_size} > the model's {vocab_size}")
     loader = {"val": dm.val_dataloader, "test": dm.test_dataloader, "train": dm.train_dataloader}[cfg.split]()
     return loader, dm.tokenizer or tokenizer, f"data={kw.get('dataset')} ({cfg.split})"
+
+
+class NothingToEvaluate(ValueError):
+    """The loader gave no scored token (an empty split or file, or max_batches=0)."""
 
 
 @torch.inference_mode()
@@ -147,7 +180,9 @@ def evaluate(
         batches += 1
     n = float(count.compute()) if batches else 0.0
     if n == 0:
-        raise ValueError("no tokens to evaluate: the split or file is empty (or shorter than one sequence)")
+        raise NothingToEvaluate(
+            "no tokens to evaluate: the split or file is empty (or shorter than one sequence)"
+        )
     loss = float(ce.compute()) / n
     total_bytes = n if byte_level else (float(nbytes.compute()) if nbytes.update_called else None)
     edges = [round(i * seq_len / bins) for i in range(bins + 1)] if seq_len else []
@@ -218,24 +253,36 @@ def plot_loss_by_position(result: dict[str, Any], path: Path, title: str) -> Pat
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    from halo_lab.generate import pick_device
+    from halo_lab.hub.errors import describe_hub_failure
+
     if OmegaConf.is_missing(cfg, "source") or not cfg.source:
         raise ConfigError("source: the model to evaluate (source=RUN_DIR, EXPORT, CKPT file or owner/name)")
-    for key in ("batch_size", "bins"):
-        if not isinstance(cfg.get(key), int) or cfg.get(key) < 1:
-            raise ConfigError(f"{key}={cfg.get(key)!r}: must be a positive integer")
-    want = str(cfg.get("device", "auto"))
-    device = torch.device(
-        "cuda" if want == "auto" and torch.cuda.is_available() else ("cpu" if want == "auto" else want)
-    )
+    for key, nullable in (("batch_size", False), ("bins", False), ("seq_len", True), ("max_batches", True)):
+        value = cfg.get(key)
+        if not (value is None and nullable) and (type(value) is not int or value < 1):
+            raise ConfigError(
+                f"{key}={value!r}: must be a positive integer" + (" or null" if nullable else "")
+            )
+    try:
+        device = pick_device(str(cfg.get("device", "auto")))
+    except ValueError as e:
+        raise ConfigError(f"device={cfg.get('device')}: {e}") from None
     try:
         model, tokenizer, source = load_model(str(cfg.source), device)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"source={cfg.source}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - a bad file or repo, or no network; anything else propagates
+        why = describe_hub_failure(e)  # a transport error that huggingface_hub let through, or its answer
+        if why is None and not isinstance(e, (OSError, ValueError, ImportError)):
+            raise
+        raise ConfigError(f"source={cfg.source}: {why or ' '.join(str(e).split())}") from None
     seq_len = int(cfg.seq_len or cfg.data.get("seq_len") or model.config.max_seq_len)
     trained = model.config.max_seq_len
     _fit_length(model, seq_len)
     loader, tokenizer, what = build_data(cfg, tokenizer, seq_len, model.config.vocab_size)
-    result = evaluate(model, loader, tokenizer, cfg.bins, cfg.max_batches, device)
+    try:
+        result = evaluate(model, loader, tokenizer, cfg.bins, cfg.max_batches, device)
+    except NothingToEvaluate as e:
+        raise ConfigError(f"{what}, seq_len {seq_len}, max_batches={cfg.max_batches}: {e}") from None
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = {"model": source, "data": what, "seq_len": seq_len, "trained_max_seq_len": trained, **result}
@@ -256,9 +303,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
-def main(cfg: DictConfig) -> float | None:
-    """One evaluation; a bad option is one line on stderr and exit code 2 (a sweep records it and goes on)."""
+def _task(cfg: DictConfig) -> float | None:
+    """One evaluation; a bad option is one line on stderr and exit code 2 (in a sweep, the job fails and
+    ``run_hydra_tool`` reports it in one line)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -269,6 +316,199 @@ def main(cfg: DictConfig) -> float | None:
             raise
         print(f"halo_lab.eval: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def main() -> float | None:
+    """``python -m halo_lab.eval`` / ``halo-eval``."""
+    return run_hydra_tool("halo_lab.eval", _task, "eval", path_keys=("source", "file"))
+
+
+# ------------------------------------------------------------------------------ Hydra tool plumbing
+# Shared with halo_lab.bench.cli: a Hydra app on conf/<name>.yaml and the groups it uses, one-line errors.
+
+
+def register_tool_config(name: str) -> list[str]:
+    """Store conf/<name>.yaml and every option of the config groups its defaults list names in Hydra's
+    ConfigStore; return those groups. An app with ``config_path=None`` then sees only them: its
+    ``--help`` lists them, not the runner's (trainer, callbacks, logger, ...), and a key that shares a
+    name with a runner group (eval's ``device``) is a plain key. The YAML files stay the source."""
+    from hydra.core.config_store import ConfigStore
+
+    root = Path(CONF_DIR)
+    primary = OmegaConf.load(root / f"{name}.yaml")
+    store = ConfigStore.instance()
+    store.store(name=name, node=primary, provider="halo_lab")
+    groups = []
+    for entry in primary.get("defaults") or []:
+        keys = [entry.rsplit("/", 1)[0]] if isinstance(entry, str) and "/" in entry else []
+        keys += list(entry) if isinstance(entry, DictConfig) else []
+        for key in keys:
+            group = key.removeprefix("override ").lstrip("+").split("@")[0].strip()
+            if group in groups or not (root / group).is_dir():
+                continue
+            groups.append(group)
+            for f in sorted((root / group).glob("*.yaml")):
+                head = re.search(r"^#\s*@package\s+(\S+)", f.read_text(), re.M)
+                store.store(
+                    group=group,
+                    name=f.stem,
+                    node=OmegaConf.load(f),
+                    package=head.group(1) if head else None,
+                    provider="halo_lab",
+                )
+    return groups
+
+
+def _hydra_quote(value: str) -> str:
+    """``value`` as one quoted string of Hydra's override grammar (and no OmegaConf interpolation)."""
+    value = re.sub(r"(\\*)('|\Z)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value)
+    return "'" + value.replace("${", "\\${") + "'"
+
+
+def _existing_paths(value: str) -> list[str] | None:
+    """``value`` cut at commas into paths that all exist (a sweep over job directories), else None."""
+    parts, cur = [], ""
+    for piece in value.split(","):
+        cur = f"{cur},{piece}" if cur else piece
+        if Path(cur).expanduser().exists():
+            parts.append(cur)
+            cur = ""
+    return parts if parts and not cur else None
+
+
+def quote_path_overrides(args: Sequence[str], keys: Sequence[str]) -> list[str]:
+    """The command line with each ``KEY=PATH`` (KEY in ``keys``) quoted where Hydra's grammar would not
+    read the path as typed: a sweep job directory holds ``=`` and ``,`` (``.../module.arch=dense,seed=2``).
+
+    A value Hydra reads as that very string stays as it is (a Hub id, ``book.txt``). Otherwise a value
+    that names an existing path is quoted whole; under ``-m``, a comma-separated list of existing paths
+    is a sweep over them (each quoted where needed); a value Hydra cannot parse, or a comma without ``-m``,
+    is quoted whole (the tool then says which file is missing). Anything else is left as it is."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+
+    def reads_as(key: str, value: str) -> str | None:  # "str": that string; "sweep"; "other"; None
+        try:
+            o = parser.parse_override(f"{key}={value}")
+        except HydraException:  # a syntax error (OverrideParseException comes from parse_overrides)
+            return None
+        if o.is_sweep_override():
+            return "sweep"
+        return "str" if isinstance(o.value(), str) and o.value() == value else "other"
+
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    pattern = re.compile(rf"(\+{{0,2}}(?:{'|'.join(map(re.escape, keys))}))=(.+)", re.S)
+    out = []
+    for arg in args:
+        m = pattern.fullmatch(arg)
+        if m is None or m.group(2)[0] in "'\"":  # not ours, or quoted by the user already
+            out.append(arg)
+            continue
+        key, value = m.groups()
+        how = reads_as(key, value)
+        if how == "str":
+            out.append(arg)
+        elif Path(value).expanduser().exists():
+            out.append(f"{key}={_hydra_quote(value)}")
+        elif multirun and "," in value and (paths := _existing_paths(value)):
+            out.append(
+                f"{key}=" + ",".join(p if reads_as(key, p) == "str" else _hydra_quote(p) for p in paths)
+            )
+        elif how is None or (how == "sweep" and not multirun):  # without -m a comma is part of a path
+            out.append(f"{key}={_hydra_quote(value)}")
+        else:
+            out.append(arg)
+    return out
+
+
+def describe_hydra_error(exc: BaseException, prog: str) -> str:
+    """One line for a Hydra composition or override error (Hydra's own report spans several)."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    def flat(e: BaseException | None) -> str:
+        return " ".join(str(e).split()) if e is not None else ""
+
+    if isinstance(exc, OverrideParseException):
+        first = flat(str(exc.message).splitlines()[0] if str(exc.message).strip() else exc)
+        return f"{exc.override}: not a valid override ({first}); quote a value that holds = , spaces or brackets: key='value'"
+    if isinstance(exc, MissingConfigException) and exc.options and exc.missing_cfg_file:
+        group, _, option = str(exc.missing_cfg_file).rpartition("/")
+        return f"{group}={option}: no such option; choose one of {', '.join(exc.options)}"
+    m = re.match(r"Could not override '([^']+)'", str(exc))
+    if m and "not in struct" in str(exc.__cause__ or ""):
+        return f"{m.group(1)}: not a key of {prog}'s config (python -m {prog} --help lists them)"
+    msg = flat(exc)
+    cause = flat(exc.__cause__)
+    return f"{msg} ({cause})" if cause and cause not in msg else msg
+
+
+def run_hydra_tool(
+    prog: str, task: Callable[[DictConfig], Any], config_name: str, path_keys: Sequence[str] = ()
+) -> Any:
+    """Run ``task`` as the Hydra app on conf/<config_name>.yaml (``register_tool_config``) with the
+    command line's ``path_keys`` paths quoted (``quote_path_overrides``). A composition error, a bad
+    override, or a ConfigError out of a sweep's job is one line ``PROG: error: ...``, exit status 2.
+    HYDRA_FULL_ERROR=1 keeps Hydra's full report."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    sys.argv[1:] = quote_path_overrides(sys.argv[1:], path_keys)
+
+    def app_task(cfg: DictConfig) -> Any:
+        return task(cfg)
+
+    # Hydra adds the calling module's package (pkg://halo_lab) to the search path when the task's module
+    # is importable (a console script, a test), and every package directory there is a config group:
+    # halo_lab/device/ would turn eval's device= into a group choice. As "__main__" it adds nothing; the
+    # job name (log file, hydra.job.name) comes from the YAML file's hydra.job.name instead.
+    app_task.__module__ = "__main__"
+    app = hydra.main(version_base="1.3", config_path=None, config_name=config_name)(app_task)
+    user_full = os.environ.get("HYDRA_FULL_ERROR")
+    with _tool_config_store(config_name):
+        if user_full == "1":
+            return app()
+        os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its multi-line report
+        try:
+            return app()
+        except (HydraException, OmegaConfBaseException, ConfigError) as exc:
+            print(f"{prog}: error: {describe_hydra_error(exc, prog)}", file=sys.stderr)
+            raise SystemExit(2) from None
+        finally:
+            if user_full is None:
+                os.environ.pop("HYDRA_FULL_ERROR", None)
+            else:
+                os.environ["HYDRA_FULL_ERROR"] = user_full
+
+
+@contextlib.contextmanager
+def _tool_config_store(config_name: str):
+    """While the app runs, Hydra's ConfigStore (one per process) holds Hydra's own nodes and this tool's
+    config (``register_tool_config``), nothing else: where halo_lab.train was imported it holds the
+    runner's ``device`` options, which would turn eval's ``device=`` into a group choice. Afterwards the
+    store is as it was (plus what Hydra's plugins stored meanwhile): the tool's nodes would otherwise
+    shadow conf/ for a later compose in this process (Hydra matches a file to a stored node of its name)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    saved = store.repo
+    store.repo = {k: v for k, v in saved.items() if not isinstance(v, dict)}
+    store.repo["hydra"] = dict(saved.get("hydra", {}))  # a copy: the tool adds hydra/default to it
+    mine: set[str] = set()
+    try:
+        mine = {f"{config_name}.yaml", *register_tool_config(config_name)}
+        yield
+    finally:
+        used = store.repo
+        store.repo = saved
+        for k, v in used.items():  # plugins register on Hydra's first use, which may be this one
+            if k == "hydra":
+                for name, node in v.items():
+                    if name != "default.yaml":
+                        saved.setdefault("hydra", {}).setdefault(name, node)
+            elif k not in mine:
+                saved.setdefault(k, v)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from halo_lab.hub import CONFIG_NAME, load_from_hub, save_for_hub, upload_dir
+from halo_lab.hub import CONFIG_NAME, HubPushError, load_from_hub, save_for_hub, upload_dir
 
 
 def find_source(path: str | Path) -> Path:
@@ -75,36 +75,17 @@ def _run_card_info(run: Path | None) -> tuple[dict | None, list[str]]:
     )
 
 
-class PushFailed(OSError):
-    """The export was written but could not be uploaded (no network, DNS, proxy, timeout)."""
-
-
-def _connection_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    try:
-        import httpx  # huggingface_hub >= 1.0
-
-        errors.append(httpx.TransportError)
-    except ImportError:
-        pass
-    try:
-        import requests  # huggingface_hub < 1.0
-
-        errors.append(requests.exceptions.ConnectionError)
-        errors.append(requests.exceptions.Timeout)
-    except ImportError:
-        pass
-    return tuple(errors)
+class PushFailed(HubPushError):
+    """The export was written but could not be uploaded (no network, DNS, proxy, timeout, refused)."""
 
 
 def _push(out: Path, repo: str, private: bool, commit_message: str | None, revision: str | None) -> None:
     try:
         upload_dir(out, repo, private=private, commit_message=commit_message, revision=revision)
-    except _connection_errors() as e:
+    except HubPushError as e:
         flags = (" --private" if private else "") + (f" --revision {revision}" if revision else "")
         raise PushFailed(
-            f"could not reach the Hugging Face Hub to push to {repo} ({type(e).__name__}: {e}); the export "
-            f"in {out} is complete, push it later with: hf upload {repo} {out}{flags}"
+            f"{e}; the export in {out} is complete, push it later with: hf upload {repo} {out}{flags}"
         ) from None
 
 
@@ -177,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         "--no-strict", action="store_true", help="load despite missing/unexpected keys (warned)"
     )
     parser.add_argument("--no-verify", action="store_true", help="skip the reload-and-compare check")
+    # a bad option: one line naming it (argparse would print its usage block first)
+    parser.error = lambda message: parser.exit(2, f"halo_lab.export: error: {message} (--help: usage)\n")
     args = parser.parse_args(argv)
     try:
         out = export(
@@ -191,7 +174,12 @@ def main(argv: list[str] | None = None) -> int:
             revision=args.revision,
         )
     except (OSError, ValueError, ImportError, RuntimeError) as e:
-        print(f"halo_lab.export: error: {e}", file=sys.stderr)
+        msg = " ".join(str(e).split()) or type(e).__name__
+        if isinstance(e, OSError) and e.filename and e.strerror:  # e.g. OUT_DIR is a file, or not writable
+            msg = f"{e.filename}: {e.strerror}"
+            if isinstance(e, (FileExistsError, NotADirectoryError)):
+                msg += " (OUT_DIR must be a directory or a new path)"
+        print(f"halo_lab.export: error: {msg}", file=sys.stderr)
         return 1
     files = ", ".join(sorted(f.name for f in out.iterdir()))
     print(f"exported {args.source} -> {out} ({files})")

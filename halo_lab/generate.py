@@ -4,7 +4,8 @@ SOURCE is a run directory (its hub/ export, else checkpoints/last.ckpt), an expo
 (config.json + weights), a checkpoint file or a Hugging Face Hub repo id. The prompt comes from the
 command line, ``--prompt-file FILE`` (``-`` reads stdin) or is empty-handed: a missing prompt is an error.
 Tokens stream to stdout as they come (every ``--sync-every`` tokens: the stop check's cadence); the
-speed goes to stderr at the end. Bad input is a one-line ``halo_lab.generate: error: ...`` and exit 1.
+speed goes to stderr at the end. Bad input is a one-line ``halo_lab.generate: error: ...`` and exit 1
+(exit 2 for a malformed command line: an unknown option, a missing SOURCE).
 
     python -m halo_lab.generate outputs/runs/shakespeare "ROMEO:" --max-new-tokens 200 --temperature 0.8
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,36 @@ from halo_lab.hub import CONFIG_NAME
 
 class GenerateError(Exception):
     """Bad input: reported as one line, exit status 1."""
+
+
+def pick_device(want: str) -> torch.device:
+    """The torch device for a ``--device`` / ``device=`` value: auto (CUDA when available, else the CPU),
+    cpu, cuda, cuda:N, mps, or a device profile name (h100, a100, t4, ...: that profile's accelerator).
+    ValueError, saying why, for anything else or a device this machine does not have. halo_lab.eval
+    uses it too."""
+    from halo_lab.device import PROFILES
+
+    name = str(want).strip()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    profile = PROFILES.get(name.lower())
+    spec = {"gpu": "cuda", "mps": "mps"}.get(profile.accelerator, "cpu") if profile else name
+    kinds = f"auto, cpu, cuda, cuda:N, mps or a device profile ({', '.join(PROFILES)})"
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"not a device: use {kinds}")
+    needs = f"the {profile.display_name} profile needs" if profile else "needs"
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{needs} CUDA, which this machine does not have (auto or cpu runs here)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{needs} Apple MPS, which this machine does not have (auto or cpu runs here)")
+    return device
 
 
 def resolve_source(source: str) -> str:
@@ -59,10 +91,12 @@ def _run_dir_tokenizer(loaded_from: str) -> dict | None:
 def load(source: str, device: str, dtype: torch.dtype | None, tokenizer: str | None):
     """(model, tokenizer) for SOURCE; ``tokenizer`` (char, word, tiktoken) overrides the saved one."""
     from halo_lab.hub import load_from_hub
+    from halo_lab.hub.errors import quiet_hub_retries
     from halo_lab.tokenizers import build_tokenizer, tokenizer_from_dict
 
     path = resolve_source(source)
-    with warnings.catch_warnings(record=True) as caught:
+    hub_id = not Path(path).expanduser().exists()
+    with warnings.catch_warnings(record=True) as caught, quiet_hub_retries() if hub_id else nullcontext():
         warnings.simplefilter("always")
         model = load_from_hub(path, device=device, dtype=dtype)
     notes = [str(w.message) for w in caught]
@@ -91,9 +125,13 @@ def _prompt_text(args: argparse.Namespace) -> str:
         if args.prompt_file == "-":
             return sys.stdin.read()
         try:
-            return Path(args.prompt_file).read_text()
+            return Path(args.prompt_file).read_text(encoding="utf-8")
         except OSError as e:
             raise GenerateError(f"--prompt-file {args.prompt_file}: {e.strerror or e}") from e
+        except UnicodeDecodeError as e:
+            raise GenerateError(
+                f"--prompt-file {args.prompt_file}: not UTF-8 text ({e.reason} at byte {e.start})"
+            ) from None
     if args.prompt is None:
         raise GenerateError("no prompt: pass PROMPT or --prompt-file FILE")
     return args.prompt
@@ -140,7 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-samples", type=int, default=1, help="samples of the prompt, decoded as one batch")
     p.add_argument("--tokenizer", help="override the saved tokenizer: char, word or tiktoken")
-    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (cuda when available), cpu, cuda, cuda:1, mps or a profile (h100, ...)",
+    )
     p.add_argument(
         "--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto", help="auto: bf16 on CUDA"
     )
@@ -148,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compile", action="store_true", help="do not torch.compile the decode step (CUDA)")
     p.add_argument("--no-cuda-graph", action="store_true", help="do not capture the decode step")
     p.add_argument("--sync-every", type=int, default=8, help="tokens between stop checks / streamed chunks")
+    # a bad option: one line naming it (argparse would print its usage block first)
+    p.error = lambda message: p.exit(2, f"halo_lab.generate: error: {message} (--help: usage)\n")
     return p
 
 
@@ -156,6 +200,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise GenerateError(f"--max-new-tokens must be >= 1 (got {args.max_new_tokens})")
     if args.num_samples < 1:
         raise GenerateError(f"--num-samples must be >= 1 (got {args.num_samples})")
+    if args.sync_every < 1:
+        raise GenerateError(f"--sync-every must be >= 1 (got {args.sync_every})")
     if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
         raise GenerateError("need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0")
 
@@ -163,12 +209,11 @@ def _check_args(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     text = _prompt_text(args)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise GenerateError(f"--device {device}: CUDA is not available on this machine")
-    cuda = device.startswith("cuda")
+    try:
+        device = pick_device(args.device)
+    except ValueError as e:
+        raise GenerateError(f"--device {args.device}: {e}") from None
+    cuda = device.type == "cuda"
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     dtype = dtypes.get(args.dtype) or (torch.bfloat16 if cuda else None)
     model, tok = load(args.source, device, dtype, args.tokenizer)
@@ -250,8 +295,13 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except GenerateError as e:
         msg = str(e)
-    except (OSError, ValueError, ImportError, RuntimeError, KeyError) as e:
-        msg = f"{type(e).__name__}: {e}" if not str(e) else str(e)
+    except Exception as e:  # noqa: BLE001 - bad input, or no network; anything else propagates
+        from halo_lab.hub.errors import describe_hub_failure
+
+        why = describe_hub_failure(e)  # a transport error that huggingface_hub let through, or its answer
+        if why is None and not isinstance(e, (OSError, ValueError, ImportError, RuntimeError, KeyError)):
+            raise
+        msg = why or (str(e) if str(e) else type(e).__name__)
     print(f"halo_lab.generate: error: {' '.join(msg.split())}", file=sys.stderr)
     return 1
 

@@ -119,3 +119,16 @@ def test_command_lines_parse():
         timeout=300,
     )
     assert decode.returncode == 0 and "usage: python -m halo_lab.bench.decode" in decode.stdout, decode.stderr
+
+
+def test_help_lists_no_training_groups():
+    """The bench composes no config group: its --help shows its usage and options, not the runner's groups
+    (trainer, callbacks, logger, model, ...)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "halo_lab.bench", "--help"], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("python -m halo_lab.bench [mode=auto|cpu|gpu]")
+    assert "Configuration groups" not in proc.stdout and "mode: auto" in proc.stdout
+    for group in ("trainer:", "callbacks:", "logger:", "experiment:", "variant:", "ablation:"):
+        assert group not in proc.stdout

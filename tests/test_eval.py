@@ -159,3 +159,68 @@ def test_a_source_that_is_not_a_path_is_loaded_from_the_hub(tmp_path, monkeypatc
     f.write_text(TEXT)
     res = run(compose(tmp_path, "source=someone/tiny-halo", f"file={f}", "seq_len=32"))
     assert asked == ["someone/tiny-halo"] and res["model"] == "someone/tiny-halo" and res["tokens"] > 0
+
+
+def test_a_sweep_job_directory_is_a_source_as_typed(tmp_path):
+    """Sweep job directories are named by their overrides (`a=1,b=2`): `source=<that path>` pasted from
+    the shell, unquoted, must evaluate it (Hydra's grammar alone rejects `=` and `,` in a value)."""
+    job = tmp_path / "multirun" / "baseline" / "2026-01-01_00-00-00" / "module.arch=halo,seed=1"
+    model_dir = export(tmp_path, max_seq_len=32)
+    (job / "hub").parent.mkdir(parents=True)
+    model_dir.rename(job / "hub")  # a run directory whose only model is its hub/ export
+    f = job / "text=a,b.txt"  # file= takes such paths too
+    f.write_text(TEXT)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "halo_lab.eval", f"source={job}", f"file={f}", "seq_len=16", "device=cpu",
+           f"hydra.run.dir={tmp_path / 'out'}", f"paths.data_dir={tmp_path / 'data'}"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert result["model"] == str(job / "hub") and result["data"] == f"file {f}" and result["tokens"] > 0
+
+
+def test_path_overrides_are_quoted_only_where_hydra_needs_it(tmp_path):
+    from halo_lab.eval import quote_path_overrides
+
+    a, b = tmp_path / "x=1,y=2", tmp_path / "x=2,y=2"
+    for d in (a, b):
+        d.mkdir()
+    plain = tmp_path / "book.txt"
+    plain.write_text("x")
+
+    def q(*args):
+        return quote_path_overrides(list(args), ("source", "file"))
+
+    assert q(f"source={a}", f"file={plain}", "seq_len=8") == [f"source='{a}'", f"file={plain}", "seq_len=8"]
+    assert q("source=owner/name") == ["source=owner/name"]  # a Hub id
+    assert q("-m", f"source={a},{b}") == ["-m", f"source='{a}','{b}'"]  # a sweep over both jobs
+    assert q("-m", f"source={plain},{plain}") == ["-m", f"source={plain},{plain}"]
+    assert q(f"source={tmp_path}/gone=1,b=2") == [f"source='{tmp_path}/gone=1,b=2'"]  # then: no such file
+    assert q(f"source={tmp_path}/gone,b") == [f"source='{tmp_path}/gone,b'"]  # no -m: not a sweep
+    assert q("source='quoted=1'", "data=text") == ["source='quoted=1'", "data=text"]
+    odd = tmp_path / "it's ${x} [1]"
+    odd.mkdir()
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    parsed = OverridesParser.create().parse_override(q(f"source={odd}")[0]).value()
+    assert OmegaConf.create({"source": parsed}).source == str(odd)
+
+
+def test_help_lists_only_the_groups_eval_uses():
+    """conf/eval.yaml composes data and paths: --help lists those, not the runner's groups, whether the
+    app starts as `python -m halo_lab.eval` or from an import (the halo-eval console script)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    as_module = [sys.executable, "-m", "halo_lab.eval", "--help"]
+    imported = [
+        sys.executable,
+        "-c",
+        "import sys; sys.argv[1:] = ['--help']; from halo_lab.eval import main; main()",
+    ]
+    for cmd in (as_module, imported):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        groups = proc.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+        names = [line.split(":")[0] for line in groups.splitlines()[2:] if ":" in line]
+        assert names == ["data", "paths"], groups
+        assert "data: copy, jsonl, mqar, needle, shakespeare, streaming, text" in groups

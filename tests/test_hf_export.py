@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 
 import pytest
 import torch
@@ -179,26 +180,66 @@ def test_export_of_a_run_dir_puts_its_metrics_and_data_in_the_card(tmp_path):
     assert "- book.txt" in card and "value: 2.25" in card
 
 
-@pytest.mark.parametrize("library", ["httpx", "requests"])
-def test_offline_push_is_one_line_after_the_export(tmp_path, monkeypatch, capsys, library):
+def hub_failure(kind: str) -> BaseException:
+    """An exception of the class the installed huggingface_hub (or its HTTP library) raises for ``kind``:
+    no network (DNS / refused connection), a timeout, offline mode, or the Hub's answer 401/403/500."""
     import huggingface_hub
 
-    mod = pytest.importorskip(library)
-    error = mod.ConnectError("[Errno -3] nodename nor servname") if library == "httpx" else None
-    if error is None:
-        error = mod.exceptions.ConnectionError("Max retries exceeded with url: /api/repos/create")
+    if kind in ("httpx", "httpx2"):  # huggingface_hub 1.x: httpx; 2.x: httpx2 (not an httpx subclass)
+        mod = pytest.importorskip(kind)
+        return mod.ConnectError("[Errno -2] Name or service not known")
+    if kind == "httpx2-timeout":
+        return pytest.importorskip("httpx2").ReadTimeout("The read operation timed out")
+    if kind == "requests":  # huggingface_hub < 1.0
+        return pytest.importorskip("requests").exceptions.ConnectionError("Max retries exceeded with url")
+    if kind == "timeout":
+        return TimeoutError("timed out")
+    if kind == "offline":
+        return huggingface_hub.errors.OfflineModeIsEnabled(
+            "Cannot reach https://huggingface.co: offline mode"
+        )
+    status = int(kind.removeprefix("http-"))  # what hf_raise_for_status makes of the Hub's answer
+    from huggingface_hub.errors import Response  # httpx's (1.x) or httpx2's (2.x) Response class
+    from huggingface_hub.utils import hf_raise_for_status
 
-    def offline(self, *a, **kw):
+    request = sys.modules[Response.__module__.split(".")[0]].Request(
+        "POST", "https://huggingface.co/api/repos/create"
+    )
+    response = Response(
+        status, request=request, json={"error": "Invalid credentials in Authorization header"}
+    )
+    try:
+        hf_raise_for_status(response)
+    except Exception as e:  # noqa: BLE001 - whatever class this version raises
+        return e
+    raise AssertionError(f"hf_raise_for_status({status}) raised nothing")
+
+
+KINDS = ["httpx", "httpx2", "httpx2-timeout", "requests", "timeout", "offline", "http-401", "http-500"]
+
+
+@pytest.mark.parametrize("step", ["create_repo", "upload_folder"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_failed_push_is_one_line_after_the_export(tmp_path, monkeypatch, capsys, kind, step):
+    import huggingface_hub
+
+    error = hub_failure(kind)
+
+    def fails(self, *a, **kw):
         raise error
 
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", offline)
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, *a, **kw: None)
+    monkeypatch.setattr(huggingface_hub.HfApi, step, fails)
     src, out = tmp_path / "src", tmp_path / "out"
     save_for_hub(make(), None, src, tokenizer={"type": "char"})
     assert export_main([str(src), str(out), "--push", "someone/tiny", "--private"]) == 1
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("halo_lab.export: error: ") and "someone/tiny" in err
     assert f"the export in {out} is complete" in err
     assert f"hf upload someone/tiny {out} --private" in err
+    if kind == "http-401":
+        assert "hf auth login" in err and "HF_TOKEN" in err
     assert (out / "model.safetensors").is_file() and (out / "modeling_halo.py").is_file()
 
 

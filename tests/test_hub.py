@@ -477,6 +477,43 @@ def test_push_passes_the_token_to_hfapi_only(monkeypatch, tmp_path):
     assert seen["token"] == "hf_abc"
 
 
+@pytest.mark.parametrize("kind", ["httpx2", "httpx", "httpx2-timeout", "offline", "http-403"])
+def test_push_to_hub_without_network_raises_one_clear_line(monkeypatch, kind):
+    """The library call: not the HTTP library's own exception (its class differs between huggingface_hub
+    1.x and 2.x), but an OSError naming the repo, the cause and how to push later."""
+    import huggingface_hub
+
+    from halo_lab.hub import HubPushError
+    from tests.test_hf_export import hub_failure
+
+    error = hub_failure(kind)
+
+    def fails(self, *a, **kw):
+        raise error
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", fails)
+    with pytest.raises(HubPushError) as info:
+        push_to_hub(make("dense"), None, "someone/x")
+    msg = str(info.value)
+    assert isinstance(info.value, OSError) and len(msg.splitlines()) == 1
+    assert "someone/x" in msg and "hf upload someone/x DIR" in msg
+    if kind == "http-403":
+        assert "HTTP 403 Forbidden (Invalid credentials" in msg and "hf auth login" in msg
+    else:
+        assert f"could not reach the Hugging Face Hub ({type(error).__name__}: " in msg
+
+
+def test_push_lets_other_errors_through(monkeypatch):
+    import huggingface_hub
+
+    def bad_id(self, *a, **kw):
+        raise ValueError("Repo id must use alphanumeric chars")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", bad_id)
+    with pytest.raises(ValueError, match="alphanumeric"):
+        push_to_hub(make("dense"), None, "bad id!")
+
+
 # ------------------------------------------------------------------------------- Lightning / export
 
 

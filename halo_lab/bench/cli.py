@@ -19,12 +19,42 @@ from halo_lab.bench.tables import add_ratios, format_table
 from halo_lab.bench.timing import DTYPES, device_name
 from halo_lab.bench.train_step import bench_train
 
+PARTS = ("attention", "train", "reference", "decode")
+
+
+def check_options(cfg: dict) -> str:
+    """The mode to run (cpu or gpu) after checking the options a user sets; ConfigError names a bad one."""
+    from halo_lab.runner.config import ConfigError
+
+    mode = cfg.get("mode")
+    if mode not in ("auto", "cpu", "gpu"):
+        raise ConfigError(f"mode={mode}: must be auto, cpu or gpu")
+    if mode == "auto":
+        mode = "gpu" if torch.cuda.is_available() else "cpu"
+    if mode == "gpu" and not torch.cuda.is_available():
+        raise ConfigError("mode=gpu: CUDA is not available on this machine (mode=cpu or mode=auto runs here)")
+    if cfg.get("dtype") not in DTYPES:
+        raise ConfigError(f"dtype={cfg.get('dtype')}: must be one of {', '.join(DTYPES)}")
+    parts = cfg.get("parts")
+    if isinstance(parts, str):
+        parts = [parts]
+    unknown = [p for p in parts or [] if p not in PARTS] if isinstance(parts, list) else [parts]
+    if unknown or not parts:
+        shown = f"[{','.join(map(str, parts))}]" if isinstance(parts, list) else parts
+        raise ConfigError(f"parts={shown}: a list of {', '.join(PARTS)}, e.g. parts=[attention,decode]")
+    cfg["parts"] = parts
+    for key, least in (("warmup", 0), ("repeats", 1)):
+        value = cfg.get(key)
+        if type(value) is not int or value < least:
+            raise ConfigError(f"{key}={value!r}: must be an integer >= {least}")
+    if not isinstance(cfg.get(mode), dict):
+        raise ConfigError(f"{mode}: the {mode} mode's settings are missing from the config")
+    return mode
+
 
 def run(cfg: dict, out_dir: Path) -> dict:
     """Run the benchmark described by a plain dict (the Hydra config) and write its outputs."""
-    mode = cfg["mode"]
-    if mode == "auto":
-        mode = "gpu" if torch.cuda.is_available() else "cpu"
+    mode = check_options(cfg)
     device = torch.device("cuda" if mode == "gpu" else "cpu")
     spec = cfg[mode]
     dtype = DTYPES[cfg["dtype"]] if mode == "gpu" else torch.float32
@@ -67,19 +97,21 @@ def run(cfg: dict, out_dir: Path) -> dict:
 
 
 def main() -> None:
-    import hydra
-    from omegaconf import OmegaConf
+    """``python -m halo_lab.bench`` / ``halo-bench``: the Hydra app on conf/bench.yaml alone (its ``--help``
+    lists no training groups); a bad option is one line ``halo_lab.bench: error: ...``, exit status 2."""
+    from halo_lab.eval import run_hydra_tool
+    from halo_lab.runner.config import ConfigError
 
     def _main(cfg) -> None:
         from hydra.core.hydra_config import HydraConfig
+        from omegaconf import OmegaConf
 
-        run(OmegaConf.to_container(cfg, resolve=True), Path(HydraConfig.get().runtime.output_dir))
+        try:
+            run(OmegaConf.to_container(cfg, resolve=True), Path(HydraConfig.get().runtime.output_dir))
+        except ConfigError as exc:
+            print(f"halo_lab.bench: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
 
-    # Hydra names the job after the task function's module: `bench` (hydra.job.name, bench.log in the run
-    # directory), as when the bench was the one module halo_lab/bench.py, not `cli`.
-    _main.__module__ = "halo_lab.bench"
-    hydra.main(
-        version_base="1.3",
-        config_path=str(Path(__file__).resolve().parents[2] / "conf"),
-        config_name="bench",
-    )(_main)()
+    # The job's name (bench.log in the run directory) is conf/bench.yaml's hydra.job.name: `bench`, as when
+    # the bench was the one module halo_lab/bench.py, not `cli`.
+    run_hydra_tool("halo_lab.bench", _main, "bench")

@@ -34,6 +34,7 @@ from halo_lab.checkpoint.weights import (
 )
 from halo_lab.config import HaloConfig
 from halo_lab.hub import hf_files
+from halo_lab.hub.errors import HubPushError, describe_hub_failure
 from halo_lab.model import build_model
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ __all__ = [
     "PT_WEIGHTS_NAME",
     "SAFE_WEIGHTS_NAME",
     "CheckpointMismatchError",
+    "HubPushError",
     "describe_tokenizer",
     "load_from_hub",
     "push_to_hub",
@@ -326,12 +328,20 @@ def push_to_hub(
     tokenizer: Any = None,
     safe_serialization: bool = True,
 ):
-    """Save the model to a temporary directory and upload it (returns upload_folder's CommitInfo)."""
+    """Save the model to a temporary directory and upload it (returns upload_folder's CommitInfo).
+
+    Raises HubPushError (an OSError) with one line when the Hub cannot be reached or refuses."""
     with tempfile.TemporaryDirectory(prefix="halo_lab_push_") as tmp:
         save_for_hub(model, config, tmp, safe_serialization, tokenizer, repo_id=repo_id)
-        return upload_dir(
-            tmp, repo_id, token=token, private=private, commit_message=commit_message, revision=revision
-        )
+        try:
+            return upload_dir(
+                tmp, repo_id, token=token, private=private, commit_message=commit_message, revision=revision
+            )
+        except HubPushError as e:
+            raise HubPushError(
+                f"{e}. The model was not uploaded; to push it later, save it with save_for_hub(model, None, "
+                f"DIR) and run: hf upload {repo_id} DIR"
+            ) from None
 
 
 def upload_dir(
@@ -342,18 +352,26 @@ def upload_dir(
     commit_message: str | None = None,
     revision: str | None = None,
 ):
-    """create_repo (exist_ok) + create_branch when ``revision`` is given + upload_folder."""
+    """create_repo (exist_ok) + create_branch when ``revision`` is given + upload_folder.
+
+    Raises HubPushError (an OSError) with one line when the Hub cannot be reached or refuses."""
     hub = _import_hub(f"pushing to the Hugging Face Hub repo '{repo_id}'")
-    api = hub.HfApi(token=token)  # None: HF_TOKEN or the stored login, resolved by huggingface_hub
-    api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type="model")
-    if revision:
-        api.create_branch(repo_id=repo_id, branch=revision, exist_ok=True, repo_type="model")
-    info = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=os.fspath(folder),
-        commit_message=commit_message or f"Upload model with halo_lab {_version()}",
-        revision=revision,
-        repo_type="model",
-    )
+    try:
+        api = hub.HfApi(token=token)  # None: HF_TOKEN or the stored login, resolved by huggingface_hub
+        api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision:
+            api.create_branch(repo_id=repo_id, branch=revision, exist_ok=True, repo_type="model")
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=os.fspath(folder),
+            commit_message=commit_message or f"Upload model with halo_lab {_version()}",
+            revision=revision,
+            repo_type="model",
+        )
+    except Exception as e:  # noqa: BLE001 - classified below; anything else propagates unchanged
+        why = describe_hub_failure(e)
+        if why is None:
+            raise
+        raise HubPushError(f"could not push to Hub repo '{repo_id}': {why}") from None
     logger.info("uploaded %s to Hub repo %s%s", folder, repo_id, f"@{revision}" if revision else "")
     return info

@@ -28,12 +28,21 @@ def main(argv: list[str] | None = None) -> int:
         "disabled (offline unless WANDB_API_KEY is set or WANDB_MODE=online)",
     )
     parser.add_argument("--no-plots", action="store_true", help="only report.md")
+    # a bad option: one line naming it (argparse would print its usage block first)
+    parser.error = lambda message: parser.exit(2, f"halo_lab.report: error: {message} (--help: usage)\n")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         path = build_report(args.sweep_dir, args.out, wandb=args.wandb, plots=not args.no_plots)
     except ReportError as exc:
         print(f"halo_lab.report: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the output directory: a file, read-only, a missing parent, a full disk
+        where = exc.filename or args.out or args.sweep_dir
+        why = exc.strerror or " ".join(str(exc).split())
+        if isinstance(exc, (FileExistsError, NotADirectoryError)):
+            why += " (--out names a directory for report.md and the plots)"
+        print(f"halo_lab.report: error: cannot write the report to {where}: {why}", file=sys.stderr)
         return 2
     print(path)
     return 0
