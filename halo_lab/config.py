@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 DILATION_RULES = ("window_multiple", "absolute")
 RANDOM_EDGE_MODES = ("block", "token")
@@ -18,6 +18,41 @@ NORMS = ("layernorm", "rmsnorm")
 SELECT_POOLINGS = ("mean", "learned")
 # backends whose kernels encode the fixed graph only: with select_blocks > 0 they would drop the selection
 SELECTION_UNSUPPORTED = ("flex", "hybrid")
+
+# HaloConfig.validate's tables, checked in this order.
+_POSITIVE_INT_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "num_kv_heads",
+    "max_seq_len",
+    "local_window",
+    "graph_block_size",
+    "ffn_mult",
+    "select_block_size",
+    "select_groups",
+)
+_NON_NEGATIVE_INT_FIELDS = ("num_globals", "num_random", "select_blocks", "select_group_size")
+# (fields, least value, message): integer fields (bools refused) and the least value each may take
+_INTEGER_RULES: tuple[tuple[tuple[str, ...], int, str], ...] = (
+    (_POSITIVE_INT_FIELDS, 1, "must be a positive integer"),
+    (_NON_NEGATIVE_INT_FIELDS, 0, "must be a non-negative integer"),
+)
+# (field, its choices): message "must be one of <choices>" (select_pooling is checked with the selection)
+_CHOICES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("dilation_rule", DILATION_RULES),
+    ("random_edges", RANDOM_EDGE_MODES),
+    ("attention_backend", ATTENTION_BACKENDS),
+    ("norm", NORMS),
+)
+# (field, bound): the value must be above the bound, message "must be > <bound>"
+_LOWER_BOUNDS: tuple[tuple[str, int], ...] = (("norm_eps", 0), ("rope_base", 1), ("init_std", 0))
+
+
+def _is_int(value: Any) -> bool:
+    """An int proper: bool is a subclass of int, but True is no size."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -117,69 +152,66 @@ class HaloConfig:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        def fail(name: str, why: str) -> None:
-            raise ValueError(f"HaloConfig.{name}={getattr(self, name)!r}: {why}")
+        """Raise ValueError on the first rule broken, the rules checked in the order of the helpers."""
+        self._check_integer_fields()
+        self._check_head_layout()
+        self._check_values()
+        self._check_selection()
+        self._check_window()
 
-        for name in (
-            "vocab_size",
-            "hidden_size",
-            "num_layers",
-            "num_heads",
-            "num_kv_heads",
-            "max_seq_len",
-            "local_window",
-            "graph_block_size",
-            "ffn_mult",
-            "select_block_size",
-            "select_groups",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                fail(name, "must be a positive integer")
-        for name in ("num_globals", "num_random", "select_blocks", "select_group_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                fail(name, "must be a non-negative integer")
+    def _fail(self, name: str, why: str) -> NoReturn:
+        raise ValueError(f"HaloConfig.{name}={getattr(self, name)!r}: {why}")
+
+    def _check_integer_fields(self) -> None:
+        for names, minimum, why in _INTEGER_RULES:
+            for name in names:
+                value = getattr(self, name)
+                if not _is_int(value) or value < minimum:
+                    self._fail(name, why)
+
+    def _check_head_layout(self) -> None:
         if self.hidden_size % self.num_heads:
-            fail("hidden_size", f"must be divisible by num_heads={self.num_heads}")
+            self._fail("hidden_size", f"must be divisible by num_heads={self.num_heads}")
         if self.num_heads % self.num_kv_heads:
-            fail("num_heads", f"must be divisible by num_kv_heads={self.num_kv_heads}")
+            self._fail("num_heads", f"must be divisible by num_kv_heads={self.num_kv_heads}")
         if (self.hidden_size // self.num_heads) % 2:
-            fail("hidden_size", "hidden_size / num_heads (head_dim) must be even for RoPE")
+            self._fail("hidden_size", "hidden_size / num_heads (head_dim) must be even for RoPE")
+
+    def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
+        if getattr(self, name) not in choices:
+            self._fail(name, f"must be one of {choices}")
+
+    def _check_values(self) -> None:
         if not 0.0 <= self.dropout < 1.0:
-            fail("dropout", "must be in [0, 1)")
+            self._fail("dropout", "must be in [0, 1)")
         if any(o < 1 for o in self.dilated_offsets):
-            fail("dilated_offsets", "every offset must be a positive integer")
-        if self.dilation_rule not in DILATION_RULES:
-            fail("dilation_rule", f"must be one of {DILATION_RULES}")
-        if self.random_edges not in RANDOM_EDGE_MODES:
-            fail("random_edges", f"must be one of {RANDOM_EDGE_MODES}")
-        if self.attention_backend not in ATTENTION_BACKENDS:
-            fail("attention_backend", f"must be one of {ATTENTION_BACKENDS}")
-        if self.norm not in NORMS:
-            fail("norm", f"must be one of {NORMS}")
-        if self.norm_eps <= 0:
-            fail("norm_eps", "must be > 0")
-        if self.rope_base <= 1:
-            fail("rope_base", "must be > 1")
-        if self.init_std <= 0:
-            fail("init_std", "must be > 0")
-        if not isinstance(self.short_conv, int) or isinstance(self.short_conv, bool) or self.short_conv < 0:
-            fail("short_conv", "must be a non-negative integer (a kernel size; 0 = off)")
+            self._fail("dilated_offsets", "every offset must be a positive integer")
+        for name, choices in _CHOICES:
+            self._check_choice(name, choices)
+        for name, bound in _LOWER_BOUNDS:
+            if getattr(self, name) <= bound:
+                self._fail(name, f"must be > {bound}")
+        if not _is_int(self.short_conv) or self.short_conv < 0:
+            self._fail("short_conv", "must be a non-negative integer (a kernel size; 0 = off)")
+
+    def _check_selection(self) -> None:
         if self.select_group_size == 1:
-            fail("select_group_size", "a group of one block is the block itself: use 0 (no groups) or >= 2")
-        if self.select_pooling not in SELECT_POOLINGS:
-            fail("select_pooling", f"must be one of {SELECT_POOLINGS}")
+            self._fail(
+                "select_group_size", "a group of one block is the block itself: use 0 (no groups) or >= 2"
+            )
+        self._check_choice("select_pooling", SELECT_POOLINGS)
         if not isinstance(self.select_summary_keys, bool):
-            fail("select_summary_keys", "must be true or false")
+            self._fail("select_summary_keys", "must be true or false")
         if self.selects and self.attention_backend in SELECTION_UNSUPPORTED:
-            fail(
+            self._fail(
                 "attention_backend",
                 f"does not compute the content-selected blocks (select_blocks={self.select_blocks}): use "
                 "auto, reference, masked or triton",
             )
+
+    def _check_window(self) -> None:
         if self.local_window >= self.max_seq_len and not self.allow_full_window:
-            fail(
+            self._fail(
                 "local_window",
                 f"covers the whole sequence (max_seq_len={self.max_seq_len}): every token would attend to "
                 "every earlier one, so HALO-S would silently be dense attention; use a local_window below "

@@ -169,20 +169,36 @@ def infer_from_shapes(state_dict: dict[str, Any], num_heads: int | None) -> dict
     if swiglu is not None:
         out["use_swiglu"] = swiglu
     hidden = out.get("hidden_size")
-    if hidden and "layers.0.ffn.w1.weight" in sd:
-        inner = int(sd["layers.0.ffn.w1.weight"].shape[0])
-        if inner % hidden == 0:
-            out["ffn_mult"] = inner // hidden
+    ffn_mult = _ffn_mult_from_shapes(sd, hidden)
+    if ffn_mult is not None:
+        out["ffn_mult"] = ffn_mult
     if "layers.0.ln_1.weight" in sd:
         out["norm"] = "layernorm" if "layers.0.ln_1.bias" in sd else "rmsnorm"
     if "token_emb.weight" in sd:
         out["tie_embeddings"] = "lm_head.weight" not in sd
+    kv_heads = _kv_heads_from_shapes(sd, hidden, num_heads)
+    if kv_heads is not None:
+        out["num_kv_heads"] = kv_heads
+    return out
+
+
+def _ffn_mult_from_shapes(sd: dict[str, Any], hidden: int | None) -> int | None:
+    """FFN inner width / hidden size, from layer 0's w1 (None: unknown or not a whole multiple)."""
+    if hidden and "layers.0.ffn.w1.weight" in sd:
+        inner = int(sd["layers.0.ffn.w1.weight"].shape[0])
+        if inner % hidden == 0:
+            return inner // hidden
+    return None
+
+
+def _kv_heads_from_shapes(sd: dict[str, Any], hidden: int | None, num_heads: int | None) -> int | None:
+    """KV heads = k_proj rows / head_dim, from layer 0 (None: unknown or not a whole number)."""
     if num_heads and hidden and hidden % num_heads == 0 and "layers.0.attn.k_proj.weight" in sd:
         head_dim = hidden // num_heads
         rows = int(sd["layers.0.attn.k_proj.weight"].shape[0])
         if rows % head_dim == 0:
-            out["num_kv_heads"] = rows // head_dim
-    return out
+            return rows // head_dim
+    return None
 
 
 # ---------------------------------------------------------------------------------------- configs
@@ -251,9 +267,7 @@ def prepare(
     ref_keys = reference_only_keys(sd)
     raw = dict(config_dict or {})
     if origin is None:
-        from_caller = isinstance(overrides, dict) and not config_dict and is_full_reference_config(overrides)
-        from_file = bool(config_dict) and is_reference_config(raw)
-        origin = "reference" if ref_keys or from_file or from_caller else "halo_lab"
+        origin = _origin_of(ref_keys, raw, config_dict, overrides)
     notes: list[str] = []
 
     if arch is None:
@@ -268,7 +282,41 @@ def prepare(
 
     cfg = {k: v for k, v in raw.items() if k not in META_KEYS}
     cfg.update(overrides or {})
-    have_config = bool(config_dict) or bool(overrides)
+    _require_num_heads(cfg, sd, source, have_config=bool(config_dict) or bool(overrides))
+    inferred = infer_from_shapes(sd, int(cfg["num_heads"]))
+    defaulted = [k for k in inferred if k not in cfg]
+    for k in defaulted:  # shapes beat defaults for fields the config does not state
+        cfg[k] = inferred[k]
+    if defaulted:
+        notes.append(f"fields read from tensor shapes: {defaulted}")
+
+    if origin == "reference":
+        cfg, more = _follow_reference_weights(cfg, raw, inferred, source)
+        notes += more
+
+    try:
+        config = HaloConfig.from_dict(cfg)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: invalid model config: {e}") from e
+    return Prepared(config, arch, sd, origin, ref_keys, notes)
+
+
+def _origin_of(
+    ref_keys: list[str],
+    raw: dict[str, Any],
+    config_dict: dict[str, Any] | None,
+    overrides: dict[str, Any] | HaloConfig | None,
+) -> str:
+    """prepare's origin when not given: "reference" when the weights have reference-only keys, the
+    config found with them is the reference's, or (for a bare state dict) the caller's dict is a whole
+    reference config; else "halo_lab"."""
+    from_caller = isinstance(overrides, dict) and not config_dict and is_full_reference_config(overrides)
+    from_file = bool(config_dict) and is_reference_config(raw)
+    return "reference" if ref_keys or from_file or from_caller else "halo_lab"
+
+
+def _require_num_heads(cfg: dict[str, Any], sd: dict[str, Any], source: str, have_config: bool) -> None:
+    """ValueError when ``cfg`` has no num_heads (tensor shapes cannot tell it)."""
     if not cfg.get("num_heads"):
         inferred = infer_from_shapes(sd, None)
         raise ValueError(
@@ -278,33 +326,25 @@ def prepare(
             if not have_config
             else f"{source}: the config has no num_heads; pass config={{'num_heads': ...}}"
         )
-    inferred = infer_from_shapes(sd, int(cfg["num_heads"]))
-    defaulted = [k for k in inferred if k not in cfg]
-    for k in defaulted:  # shapes beat defaults for fields the config does not state
-        cfg[k] = inferred[k]
-    if defaulted:
-        notes.append(f"fields read from tensor shapes: {defaulted}")
 
-    if origin == "reference":
-        swiglu = inferred.get("use_swiglu")
-        if swiglu is not None and "use_swiglu" in raw and bool(raw["use_swiglu"]) != swiglu:
-            warnings.warn(
-                f"{source}: config says use_swiglu={raw['use_swiglu']} but the weights are "
-                f"{'SwiGLU (ffn.w3 present)' if swiglu else 'GELU (no ffn.w3)'}: following the weights",
-                stacklevel=4,
-            )
-        if swiglu is not None:
-            cfg["use_swiglu"] = swiglu
-        if "num_kv_heads" in inferred:  # the reference baseline is full MHA whatever its config says
-            cfg["num_kv_heads"] = inferred["num_kv_heads"]
-        cfg, more = translate_reference_config(cfg)
-        notes += more
 
-    try:
-        config = HaloConfig.from_dict(cfg)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{source}: invalid model config: {e}") from e
-    return Prepared(config, arch, sd, origin, ref_keys, notes)
+def _follow_reference_weights(
+    cfg: dict[str, Any], raw: dict[str, Any], inferred: dict[str, Any], source: str
+) -> tuple[dict[str, Any], list[str]]:
+    """A reference config made to agree with its weights (FFN kind, KV heads; a warning when the file's
+    use_swiglu says otherwise), then translated to halo_lab fields: (config, notes)."""
+    swiglu = inferred.get("use_swiglu")
+    if swiglu is not None and "use_swiglu" in raw and bool(raw["use_swiglu"]) != swiglu:
+        warnings.warn(
+            f"{source}: config says use_swiglu={raw['use_swiglu']} but the weights are "
+            f"{'SwiGLU (ffn.w3 present)' if swiglu else 'GELU (no ffn.w3)'}: following the weights",
+            stacklevel=5,  # prepare's caller's caller, as when this was inline in prepare (stacklevel=4)
+        )
+    if swiglu is not None:
+        cfg["use_swiglu"] = swiglu
+    if "num_kv_heads" in inferred:  # the reference baseline is full MHA whatever its config says
+        cfg["num_kv_heads"] = inferred["num_kv_heads"]
+    return translate_reference_config(cfg)
 
 
 # -------------------------------------------------------------------------- checkpoint containers
@@ -337,36 +377,11 @@ def unpack_checkpoint(obj: Any, source: str) -> tuple[dict[str, Any], dict[str, 
     if not isinstance(obj, dict):
         raise ValueError(f"{source}: expected a state dict or a checkpoint dict, got {type(obj).__name__}")
     extras: dict[str, Any] = {}
-    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if _is_state_dict(obj):
         return obj, None, extras
-    for key in ("state_dict", "model_state_dict", "model"):
-        if (
-            isinstance(obj.get(key), dict)
-            and obj[key]
-            and all(isinstance(v, torch.Tensor) for v in obj[key].values())
-        ):
-            sd = obj[key]
-            break
-    else:
-        raise ValueError(
-            f"{source}: no model weights found (looked for a raw state dict and the keys state_dict, "
-            f"model_state_dict, model; top-level keys are {sorted(map(str, obj))[:12]})"
-        )
+    sd = _weights_in(obj, source)
     hp = obj.get("hyper_parameters") or obj.get("hparams") or {}
-    config = None
-    for container in (hp, obj):
-        for key in ("model_config", "config"):
-            if _looks_like_config(container.get(key)):
-                config = dict(container[key])
-                break
-            if isinstance(container.get(key), dict) and _looks_like_config(container[key].get("model")):
-                config = dict(container[key]["model"])
-                break
-        if config is not None:
-            break
-    if config is None:
-        found = _find(hp, lambda k, v: _looks_like_config(v))
-        config = dict(found) if found is not None else None
+    config = _config_in(obj, hp)
     arch = _find(hp, lambda k, v: k == "arch" and v in CLASS_BY_ARCH)
     if arch is not None:
         extras["arch"] = arch
@@ -380,3 +395,41 @@ def unpack_checkpoint(obj: Any, source: str) -> tuple[dict[str, Any], dict[str, 
     if "pytorch-lightning_version" in obj:
         extras["lightning_version"] = obj["pytorch-lightning_version"]
     return sd, config, extras
+
+
+def _is_state_dict(d: dict[str, Any]) -> bool:
+    """A non-empty dict of tensors only."""
+    return bool(d) and all(isinstance(v, torch.Tensor) for v in d.values())
+
+
+def _weights_in(obj: dict[str, Any], source: str) -> dict[str, Any]:
+    """The state dict of a checkpoint dict: the first of its keys state_dict, model_state_dict, model that
+    holds one."""
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj.get(key), dict) and _is_state_dict(obj[key]):
+            return obj[key]
+    raise ValueError(
+        f"{source}: no model weights found (looked for a raw state dict and the keys state_dict, "
+        f"model_state_dict, model; top-level keys are {sorted(map(str, obj))[:12]})"
+    )
+
+
+def _config_in(obj: dict[str, Any], hp: dict[str, Any]) -> dict[str, Any] | None:
+    """A copy of the model config of a checkpoint dict: under model_config or config (or their "model") of
+    the hyper-parameters, then of the checkpoint itself, then anywhere in the hyper-parameters."""
+    for container in (hp, obj):
+        config = _config_under(container)
+        if config is not None:
+            return config
+    found = _find(hp, lambda k, v: _looks_like_config(v))
+    return dict(found) if found is not None else None
+
+
+def _config_under(container: dict[str, Any]) -> dict[str, Any] | None:
+    """A copy of the config at ``container[key]`` or ``container[key]["model"]``, key model_config or config."""
+    for key in ("model_config", "config"):
+        if _looks_like_config(container.get(key)):
+            return dict(container[key])
+        if isinstance(container.get(key), dict) and _looks_like_config(container[key].get("model")):
+            return dict(container[key]["model"])
+    return None

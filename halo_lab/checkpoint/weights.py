@@ -326,20 +326,7 @@ def _build(ck: _Checkpoint, builder, device, strict: bool, config, arch, dtype) 
     sd = dict(prep.state_dict)
 
     if prep.reference_only:
-        layers = sorted({int(k.split(".")[1]) for k in prep.reference_only})
-        msg = (
-            f"{ck.source}: reference-package checkpoint with separate global-token attention "
-            f"(layers.{{i}}.global_attn.*, {len(prep.reference_only)} tensors in layers {layers}); halo_lab's "
-            "HaloSModel runs global tokens through each layer's own attention, so these weights have no place"
-        )
-        if strict:
-            raise CheckpointMismatchError(
-                msg + ". Pass strict=False to drop them (logits then differ from the reference's for models "
-                "with more than one layer)"
-            )
-        warnings.warn(msg + ": dropped", stacklevel=3)
-        for k in prep.reference_only:
-            del sd[k]
+        _drop_reference_only(sd, prep.reference_only, ck.source, strict)
 
     for alias, canonical in ck.aliases.items():
         if canonical in sd:
@@ -347,29 +334,8 @@ def _build(ck: _Checkpoint, builder, device, strict: bool, config, arch, dtype) 
     _fill_tied(model, sd, ck.source)
 
     expected = model.state_dict()
-    wrong = [k for k in sd if k in expected and tuple(sd[k].shape) != tuple(expected[k].shape)]
-    if wrong:
-        lines = []
-        for k in wrong:
-            line = f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
-            if k in ("token_emb.weight", "lm_head.weight") and sd[k].shape[0] != expected[k].shape[0]:
-                line += f" (vocabulary: checkpoint has {sd[k].shape[0]} tokens, config vocab_size={prep.config.vocab_size})"
-            lines.append(line)
-        raise CheckpointMismatchError(
-            f"{ck.source}: tensor shapes do not match the model: " + "; ".join(lines)
-        )
-
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    if missing or unexpected:
-        msg = f"{ck.source}: checkpoint keys do not match {type(model).__name__}: " + _key_report(
-            missing, unexpected
-        )
-        if strict:
-            raise CheckpointMismatchError(msg + ". Pass strict=False to load anyway")
-        warnings.warn(msg + " (strict=False: missing ones keep their initial values)", stacklevel=3)
-        for k in unexpected:
-            del sd[k]
+    _check_shapes(sd, expected, ck.source, prep.config.vocab_size)
+    _match_keys(sd, expected, ck.source, type(model).__name__, strict)
     model.load_state_dict(sd, strict=False)
     model.to(device)
     if dtype is not None:
@@ -377,6 +343,61 @@ def _build(ck: _Checkpoint, builder, device, strict: bool, config, arch, dtype) 
     model.eval()
     model.tokenizer = _rebuild_tokenizer(ck.tokenizer, ck.source)
     return model
+
+
+# The helpers below warn with stacklevel=4: the caller of _build's caller, as the warnings had when they
+# were written in _build (stacklevel=3).
+
+
+def _drop_reference_only(sd: dict[str, Any], reference_only: list[str], source: str, strict: bool) -> None:
+    """The reference's separate global-token attention weights: an error when ``strict``, else dropped
+    from ``sd`` with a warning."""
+    layers = sorted({int(k.split(".")[1]) for k in reference_only})
+    msg = (
+        f"{source}: reference-package checkpoint with separate global-token attention "
+        f"(layers.{{i}}.global_attn.*, {len(reference_only)} tensors in layers {layers}); halo_lab's "
+        "HaloSModel runs global tokens through each layer's own attention, so these weights have no place"
+    )
+    if strict:
+        raise CheckpointMismatchError(
+            msg + ". Pass strict=False to drop them (logits then differ from the reference's for models "
+            "with more than one layer)"
+        )
+    warnings.warn(msg + ": dropped", stacklevel=4)
+    for k in reference_only:
+        del sd[k]
+
+
+def _check_shapes(sd: dict[str, Any], expected: dict[str, Any], source: str, vocab_size: int) -> None:
+    """CheckpointMismatchError naming every tensor whose shape is not the model's (and the vocabularies
+    when an embedding's rows differ)."""
+    wrong = [k for k in sd if k in expected and tuple(sd[k].shape) != tuple(expected[k].shape)]
+    if not wrong:
+        return
+    lines = []
+    for k in wrong:
+        line = f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
+        if k in ("token_emb.weight", "lm_head.weight") and sd[k].shape[0] != expected[k].shape[0]:
+            line += f" (vocabulary: checkpoint has {sd[k].shape[0]} tokens, config vocab_size={vocab_size})"
+        lines.append(line)
+    raise CheckpointMismatchError(f"{source}: tensor shapes do not match the model: " + "; ".join(lines))
+
+
+def _match_keys(
+    sd: dict[str, Any], expected: dict[str, Any], source: str, model_name: str, strict: bool
+) -> None:
+    """Keys of ``sd`` missing from the model or unknown to it: an error when ``strict``, else a warning
+    and the unknown ones dropped from ``sd``."""
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    if not (missing or unexpected):
+        return
+    msg = f"{source}: checkpoint keys do not match {model_name}: " + _key_report(missing, unexpected)
+    if strict:
+        raise CheckpointMismatchError(msg + ". Pass strict=False to load anyway")
+    warnings.warn(msg + " (strict=False: missing ones keep their initial values)", stacklevel=4)
+    for k in unexpected:
+        del sd[k]
 
 
 def _key_report(missing: list[str], unexpected: list[str], limit: int = 12) -> str:

@@ -139,51 +139,64 @@ def search_batch_size(trial, budget: float, max_batch: int = 1024, max_trials: i
     next candidate, and whenever a step did not halve the interval between the largest fitting and
     the smallest failing batch (or the prediction falls outside it) the next step bisects.
     """
-    lo, hi = 0, max_batch + 1  # lo fits (0: none known), hi does not
-    points: dict[int, float] = {}
-    tried: set[int] = set()
-
-    def run(b: int) -> None:
-        nonlocal lo, hi
-        tried.add(b)
-        try:
-            peak = float(trial(b))
-        except Exception as exc:
-            logger.info("batch-size probe: batch %d failed (%s)", b, type(exc).__name__)
-            hi = min(hi, b)
-            return
-        points[b] = peak
-        logger.debug("batch-size probe: batch %d peak %.3g of budget %.3g", b, peak, budget)
-        if peak <= budget:
-            lo = max(lo, b)
-        else:
-            hi = min(hi, b)
-
-    def predict() -> int | None:
-        if len(points) < 2:
-            return None
-        (b1, p1), (b2, p2) = sorted(points.items())[-2:]
-        slope = (p2 - p1) / (b2 - b1)
-        if slope <= 0:  # memory flat in b (a tiny model): aim at the cap
-            return hi - 1
-        return int((budget - (p2 - slope * b2)) // slope)
-
+    search = _BatchSearch(trial, budget, max_batch)
     for b in (1, 2):
-        if b <= max_batch and lo < b < hi:
-            run(b)
-    if lo == 0:
+        if b <= max_batch and search.lo < b < search.hi:
+            search.run(b)
+    if search.lo == 0:
         return 1
     bisect = False
-    while hi - lo > max(1, lo // 20) and len(tried) < max_trials:
-        gap = hi - lo
-        guess = None if bisect else predict()
-        if guess is not None and guess >= hi and hi > max_batch:
-            guess = max_batch  # the prediction is beyond the cap: try the cap itself
-        if guess is None or guess in tried or not lo < guess < hi:
-            guess = (lo + hi) // 2
-        run(guess)
-        bisect = hi - lo > gap // 2  # too little progress: bisect next
-    return max(1, lo)
+    while search.hi - search.lo > max(1, search.lo // 20) and len(search.tried) < max_trials:
+        gap = search.hi - search.lo
+        search.run(search.next_batch(bisect))
+        bisect = search.hi - search.lo > gap // 2  # too little progress: bisect next
+    return max(1, search.lo)
+
+
+class _BatchSearch:
+    """The state of :func:`search_batch_size`: ``lo`` fits (0: none known), ``hi`` does not; the peaks
+    measured by batch; the batches tried."""
+
+    def __init__(self, trial, budget: float, max_batch: int) -> None:
+        self.trial, self.budget, self.max_batch = trial, budget, max_batch
+        self.lo, self.hi = 0, max_batch + 1
+        self.points: dict[int, float] = {}
+        self.tried: set[int] = set()
+
+    def run(self, b: int) -> None:
+        """One trial of batch ``b``; narrows [lo, hi)."""
+        self.tried.add(b)
+        try:
+            peak = float(self.trial(b))
+        except Exception as exc:
+            logger.info("batch-size probe: batch %d failed (%s)", b, type(exc).__name__)
+            self.hi = min(self.hi, b)
+            return
+        self.points[b] = peak
+        logger.debug("batch-size probe: batch %d peak %.3g of budget %.3g", b, peak, self.budget)
+        if peak <= self.budget:
+            self.lo = max(self.lo, b)
+        else:
+            self.hi = min(self.hi, b)
+
+    def predict(self) -> int | None:
+        """The batch whose peak the line through the two largest measured batches puts at the budget."""
+        if len(self.points) < 2:
+            return None
+        (b1, p1), (b2, p2) = sorted(self.points.items())[-2:]
+        slope = (p2 - p1) / (b2 - b1)
+        if slope <= 0:  # memory flat in b (a tiny model): aim at the cap
+            return self.hi - 1
+        return int((self.budget - (p2 - slope * b2)) // slope)
+
+    def next_batch(self, bisect: bool) -> int:
+        """The prediction when it is new and inside (lo, hi) (the cap when it lies beyond), else the middle."""
+        guess = None if bisect else self.predict()
+        if guess is not None and guess >= self.hi and self.hi > self.max_batch:
+            guess = self.max_batch  # the prediction is beyond the cap: try the cap itself
+        if guess is None or guess in self.tried or not self.lo < guess < self.hi:
+            guess = (self.lo + self.hi) // 2
+        return guess
 
 
 def _probe_gpu_batch_size(config, seq_len, arch, dev, safety, max_batch, precision) -> int:

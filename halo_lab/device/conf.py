@@ -59,6 +59,48 @@ def _as_bool(key: str, value: Any) -> bool:
     raise ValueError(f"device.{key}={value!r}: must be true or false")
 
 
+def _read_precision(key: str, value: Any, profile: DeviceProfile) -> str:
+    value = _normalize_precision(value)
+    if value.startswith("bf16") and not profile.bf16:
+        logger.warning("device.precision=%s on %s, which has no native bf16", value, profile.name)
+    return value
+
+
+def _read_matmul_precision(key: str, value: Any, profile: DeviceProfile) -> str:
+    value = str(value).strip().lower()
+    if value not in MATMUL_PRECISIONS:
+        raise ValueError(f"device.matmul_precision={value!r}: must be one of {MATMUL_PRECISIONS}")
+    return value
+
+
+def _read_sdpa(key: str, value: Any, profile: DeviceProfile) -> bool:
+    value = _as_bool(key, value)
+    if value and not profile.to_dict()[key]:
+        logger.warning("device.%s=true on %s: torch will not select that kernel here", key, profile.name)
+    return value
+
+
+def _read_compile(key: str, value: Any, profile: DeviceProfile) -> str | None:
+    return _normalize_compile(value, profile.compile)
+
+
+def _read_batch_size(key: str, value: Any, profile: DeviceProfile) -> int:
+    if isinstance(value, bool) or int(value) != value or int(value) < 1:
+        raise ValueError(f"device.batch_size={value!r}: must be a positive integer")
+    return int(value)
+
+
+# How each of OVERRIDABLE_KEYS is read: (key, the user's value (not None), the profile) -> the value.
+_OVERRIDE_READERS = {
+    "precision": _read_precision,
+    "matmul_precision": _read_matmul_precision,
+    "flash_sdpa": _read_sdpa,
+    "mem_efficient_sdpa": _read_sdpa,
+    "compile": _read_compile,
+    "batch_size": _read_batch_size,
+}
+
+
 def resolve_device_config(cfg: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fill a ``conf/device`` dict from the profile table.
 
@@ -79,27 +121,7 @@ def resolve_device_config(cfg: dict[str, Any] | None = None) -> dict[str, Any]:
         value = cfg.get(key)
         if value is None:
             continue
-        if key == "precision":
-            value = _normalize_precision(value)
-            if value.startswith("bf16") and not profile.bf16:
-                logger.warning("device.precision=%s on %s, which has no native bf16", value, profile.name)
-        elif key == "matmul_precision":
-            value = str(value).strip().lower()
-            if value not in MATMUL_PRECISIONS:
-                raise ValueError(f"device.matmul_precision={value!r}: must be one of {MATMUL_PRECISIONS}")
-        elif key in ("flash_sdpa", "mem_efficient_sdpa"):
-            value = _as_bool(key, value)
-            if value and not profile.to_dict()[key]:
-                logger.warning(
-                    "device.%s=true on %s: torch will not select that kernel here", key, profile.name
-                )
-        elif key == "compile":
-            value = _normalize_compile(value, profile.compile)
-        elif key == "batch_size":
-            if isinstance(value, bool) or int(value) != value or int(value) < 1:
-                raise ValueError(f"device.batch_size={value!r}: must be a positive integer")
-            value = int(value)
-        out[key] = value
+        out[key] = _OVERRIDE_READERS[key](key, value, profile)
         overrides.append(key)
     out["requested"] = str(requested)
     out["overrides"] = sorted(overrides)

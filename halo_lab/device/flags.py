@@ -113,19 +113,8 @@ def optimize_for_device(
         if mode not in ("training", "inference"):
             skipped.append(f"mode={mode!r} unknown: treated as 'training'")
             mode = "training"
-        try:
-            dev = torch.device(device) if device is not None else torch.device(get_optimal_device())
-        except Exception as exc:
-            failed.append(f"device {device!r} ({exc}): using cpu")
-            dev = torch.device("cpu")
-        try:
-            if profile is None:
-                prof = detect_device_profile(device=dev).to_dict()
-            else:
-                prof = _as_profile_dict(profile)
-        except Exception as exc:
-            failed.append(f"profile ({exc}): cpu profile")
-            prof = PROFILES["cpu"].to_dict()
+        dev = _pick_device(device, failed)
+        prof = _pick_profile(profile, dev, failed)
         applied.append(f"profile={prof.get('name')}")
 
         flags = apply_profile(prof)
@@ -145,33 +134,7 @@ def optimize_for_device(
         except Exception as exc:
             failed.append(f"train/eval ({exc})")
 
-        cm = prof.get("compile") if compile_mode is _PROFILE_COMPILE else compile_mode
-        if cm is True:
-            cm = prof.get("compile") or "default"
-        if not cm:
-            skipped.append(
-                "compile (the profile runs eager)" if compile_mode is _PROFILE_COMPILE else "compile (off)"
-            )
-        elif cm not in COMPILE_MODES:
-            skipped.append(f"compile (unknown mode {cm!r})")
-        elif not callable(getattr(model, "compile", None)):
-            skipped.append("compile (this torch has no nn.Module.compile)")
-        elif getattr(model, "_compiled_call_impl", None) is not None:
-            skipped.append("compile (already compiled)")
-        else:
-            blocker = _compile_blocker(dev)
-            if blocker:
-                skipped.append(f"compile ({blocker})")
-            else:
-                try:
-                    if fallback_to_eager:
-                        from torch._dynamo import config as dynamo_config
-
-                        dynamo_config.suppress_errors = True
-                    model.compile(mode=cm)  # in place: no _orig_mod. wrapper, so state-dict keys stay
-                    applied.append(f"compile(mode={cm}) in place")
-                except Exception as exc:
-                    failed.append(f"compile ({type(exc).__name__}: {exc})")
+        _compile_in_place(model, dev, prof, compile_mode, fallback_to_eager, applied, skipped, failed)
     except Exception as exc:  # the contract: never raise
         failed.append(f"optimisation aborted ({type(exc).__name__}: {exc})")
     logger.info("optimize_for_device: applied %s", applied)
@@ -180,3 +143,72 @@ def optimize_for_device(
     if failed:
         logger.warning("optimize_for_device: failed and skipped %s", failed)
     return model
+
+
+def _pick_device(device: str | torch.device | None, failed: list[str]) -> torch.device:
+    """``device`` (None: the best one here); cpu, with a note in ``failed``, if it cannot be read."""
+    try:
+        return torch.device(device) if device is not None else torch.device(get_optimal_device())
+    except Exception as exc:
+        failed.append(f"device {device!r} ({exc}): using cpu")
+        return torch.device("cpu")
+
+
+def _pick_profile(
+    profile: DeviceProfile | dict[str, Any] | str | None, dev: torch.device, failed: list[str]
+) -> dict[str, Any]:
+    """``profile`` as a dict (None: the one detected for ``dev``); the cpu profile, with a note in
+    ``failed``, if it cannot be read."""
+    try:
+        if profile is None:
+            return detect_device_profile(device=dev).to_dict()
+        return _as_profile_dict(profile)
+    except Exception as exc:
+        failed.append(f"profile ({exc}): cpu profile")
+        return PROFILES["cpu"].to_dict()
+
+
+def _compile_skip_reason(model: nn.Module, dev: torch.device, cm: Any, from_profile: bool) -> str | None:
+    """Why ``model`` is not compiled with mode ``cm`` on ``dev`` (a ``skipped`` entry), or None."""
+    if not cm:
+        return "compile (the profile runs eager)" if from_profile else "compile (off)"
+    if cm not in COMPILE_MODES:
+        return f"compile (unknown mode {cm!r})"
+    if not callable(getattr(model, "compile", None)):
+        return "compile (this torch has no nn.Module.compile)"
+    if getattr(model, "_compiled_call_impl", None) is not None:
+        return "compile (already compiled)"
+    blocker = _compile_blocker(dev)
+    if blocker:
+        return f"compile ({blocker})"
+    return None
+
+
+def _compile_in_place(
+    model: nn.Module,
+    dev: torch.device,
+    prof: dict[str, Any],
+    compile_mode: Any,
+    fallback_to_eager: bool,
+    applied: list[str],
+    skipped: list[str],
+    failed: list[str],
+) -> None:
+    """``model.compile`` with the mode of ``compile_mode`` (the profile's if ``_PROFILE_COMPILE``; True =
+    the profile's or "default"), unless :func:`_compile_skip_reason` gives a reason."""
+    cm = prof.get("compile") if compile_mode is _PROFILE_COMPILE else compile_mode
+    if cm is True:
+        cm = prof.get("compile") or "default"
+    reason = _compile_skip_reason(model, dev, cm, from_profile=compile_mode is _PROFILE_COMPILE)
+    if reason:
+        skipped.append(reason)
+        return
+    try:
+        if fallback_to_eager:
+            from torch._dynamo import config as dynamo_config
+
+            dynamo_config.suppress_errors = True
+        model.compile(mode=cm)  # in place: no _orig_mod. wrapper, so state-dict keys stay
+        applied.append(f"compile(mode={cm}) in place")
+    except Exception as exc:
+        failed.append(f"compile ({type(exc).__name__}: {exc})")

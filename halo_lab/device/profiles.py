@@ -293,24 +293,32 @@ def detect_device_profile(
     if key in ("cpu", "mps"):
         return dataclasses.replace(PROFILES[key], memory_gb=memory_gb if memory_gb else _host_memory_gb())
     if key is not None:
-        profile = PROFILES[key]
-        if capability is not None and tuple(capability)[0] != profile.compute_capability[0]:
-            # A name we know with a capability from another generation: trust the hardware query.
-            logger.warning("%r reports sm%s%s, not %s's: using the capability rules", name, *capability, key)
-            return profile_from_capability(tuple(capability), memory_gb, name)
-        if memory_gb is not None:
-            profile = dataclasses.replace(
-                profile,
-                memory_gb=round(float(memory_gb), 1),
-                batch_size=_scaled_batch(profile.batch_size, profile.memory_gb, memory_gb),
-            )
-        return profile
+        return _listed_profile(key, name, capability, memory_gb)
     if capability is not None:
         return profile_from_capability(tuple(capability), memory_gb, name or None)
     logger.warning("unknown device %r without a compute capability: conservative fp32 profile", name)
     return dataclasses.replace(
         profile_from_capability((5, 0), memory_gb, name or None), name="cuda_unknown", compile=None
     )
+
+
+def _listed_profile(
+    key: str, name: str, capability: tuple[int, int] | None, memory_gb: float | None
+) -> DeviceProfile:
+    """The table's GPU entry ``key`` for a card called ``name``: memory and default batch scaled to
+    ``memory_gb``; the capability rules instead when ``capability`` is of another generation."""
+    profile = PROFILES[key]
+    if capability is not None and tuple(capability)[0] != profile.compute_capability[0]:
+        # A name we know with a capability from another generation: trust the hardware query.
+        logger.warning("%r reports sm%s%s, not %s's: using the capability rules", name, *capability, key)
+        return profile_from_capability(tuple(capability), memory_gb, name)
+    if memory_gb is not None:
+        profile = dataclasses.replace(
+            profile,
+            memory_gb=round(float(memory_gb), 1),
+            batch_size=_scaled_batch(profile.batch_size, profile.memory_gb, memory_gb),
+        )
+    return profile
 
 
 def _host_memory_gb(available: bool = False) -> float | None:
