@@ -85,11 +85,27 @@ def _fit_length(model: torch.nn.Module, seq_len: int) -> None:
     model.config.max_seq_len = seq_len  # the layers share this config object
 
 
-def build_data(cfg: DictConfig, tokenizer: Any, seq_len: int, vocab_size: int):
-    """The evaluation DataLoader: ``file`` whole, else the data option's ``split``."""
+def _file_data(cfg: DictConfig, tokenizer: Any, seq_len: int):
+    """(loader, tokenizer, description) of ``file=`` evaluated whole."""
     from torch.utils.data import DataLoader
 
-    from halo_lab.data import HaloDataModule, TextDataset
+    from halo_lab.data import TextDataset
+
+    f = Path(str(cfg.file)).expanduser()
+    if f.is_dir():
+        raise ConfigError(f"file={cfg.file}: a directory, not a text file")
+    if not f.is_file():
+        raise ConfigError(f"file={cfg.file}: no such file")
+    try:
+        ds = TextDataset(f, tokenizer, seq_len, cache_dir=Path(cfg.paths.data_dir) / "cache")
+    except (OSError, ValueError) as e:  # unreadable, empty, binary, not UTF-8 (DataError is a ValueError)
+        raise ConfigError(f"file={cfg.file}: {e}") from None
+    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=False), tokenizer, f"file {f}"
+
+
+def build_data(cfg: DictConfig, tokenizer: Any, seq_len: int, vocab_size: int):
+    """The evaluation DataLoader: ``file`` whole, else the data option's ``split``."""
+    from halo_lab.data import HaloDataModule
 
     if cfg.split not in SPLITS:
         raise ConfigError(f"split={cfg.split!r}: must be one of {SPLITS}")
@@ -99,16 +115,7 @@ def build_data(cfg: DictConfig, tokenizer: Any, seq_len: int, vocab_size: int):
         tokenizer = build_tokenizer(str(cfg.data.get("tokenizer", "char")))
         log.warning("the model has no saved tokenizer: using data.tokenizer=%s", tokenizer.type_name)
     if cfg.get("file"):
-        f = Path(str(cfg.file)).expanduser()
-        if f.is_dir():
-            raise ConfigError(f"file={cfg.file}: a directory, not a text file")
-        if not f.is_file():
-            raise ConfigError(f"file={cfg.file}: no such file")
-        try:
-            ds = TextDataset(f, tokenizer, seq_len, cache_dir=Path(cfg.paths.data_dir) / "cache")
-        except (OSError, ValueError) as e:  # unreadable, empty, binary, not UTF-8 (DataError is a ValueError)
-            raise ConfigError(f"file={cfg.file}: {e}") from None
-        return DataLoader(ds, batch_size=cfg.batch_size, shuffle=False), tokenizer, f"file {f}"
+        return _file_data(cfg, tokenizer, seq_len)
     name = cfg.data.get("dataset")
     missing = sorted(k.removeprefix("data.") for k in OmegaConf.missing_keys(cfg.data))
     if missing:

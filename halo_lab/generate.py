@@ -206,17 +206,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise GenerateError("need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0")
 
 
-def run(args: argparse.Namespace) -> int:
-    _check_args(args)
-    text = _prompt_text(args)
-    try:
-        device = pick_device(args.device)
-    except ValueError as e:
-        raise GenerateError(f"--device {args.device}: {e}") from None
-    cuda = device.type == "cuda"
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    dtype = dtypes.get(args.dtype) or (torch.bfloat16 if cuda else None)
-    model, tok = load(args.source, device, dtype, args.tokenizer)
+def _prompt_ids(text: str, tok: Any, model: Any, args: argparse.Namespace) -> tuple[list[int], int | None]:
+    """The prompt's token ids and the stop token's id, checked against the model."""
     cfg = model.config
     ids = tok.encode(text)
     if not ids:
@@ -239,7 +230,43 @@ def run(args: argparse.Namespace) -> int:
             raise GenerateError(f"--stop: {e}") from e
     if args.cache == "ring" and model.arch != "halo":
         raise GenerateError("--cache ring is for HALO-S models; this one is dense")
+    return ids, stop_id
 
+
+def _print_result(new, text, tok, stop_id, printer, stats, prompt_len: int, num_samples: int) -> None:
+    """The samples (unless streamed) to stdout, the speed to stderr."""
+    if printer is not None:
+        printer.flush(final=True)
+    else:
+        for i, row in enumerate(new.tolist()):
+            if stop_id is not None and stop_id in row:
+                row = row[: row.index(stop_id)]
+            sys.stdout.write(("" if i == 0 else f"\n--- sample {i + 1} ---\n{text}") + tok.decode(row))
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    n = new.shape[1]
+    decode_s = stats["decode_s"]
+    rate = num_samples * max(n - 1, 0) / decode_s if decode_s > 0 else float("inf")
+    print(
+        f"[{num_samples} x {n} tokens; prefill {prompt_len} tokens {1e3 * stats['prefill_s']:.0f} ms; "
+        f"decode {rate:,.1f} tokens/s ({stats['path']}; setup {stats['build_s']:.1f} s)]",
+        file=sys.stderr,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    text = _prompt_text(args)
+    try:
+        device = pick_device(args.device)
+    except ValueError as e:
+        raise GenerateError(f"--device {args.device}: {e}") from None
+    cuda = device.type == "cuda"
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    dtype = dtypes.get(args.dtype) or (torch.bfloat16 if cuda else None)
+    model, tok = load(args.source, device, dtype, args.tokenizer)
+    cfg = model.config
+    ids, stop_id = _prompt_ids(text, tok, model, args)
     max_new = min(args.max_new_tokens, cfg.max_seq_len - len(ids))
     if max_new < args.max_new_tokens:
         print(
@@ -268,24 +295,7 @@ def run(args: argparse.Namespace) -> int:
         stream=printer,
         stats=stats,
     )
-    new = out[:, len(ids) :].cpu()
-    if printer is not None:
-        printer.flush(final=True)
-    else:
-        for i, row in enumerate(new.tolist()):
-            if stop_id is not None and stop_id in row:
-                row = row[: row.index(stop_id)]
-            sys.stdout.write(("" if i == 0 else f"\n--- sample {i + 1} ---\n{text}") + tok.decode(row))
-    sys.stdout.write("\n")
-    sys.stdout.flush()
-    n = new.shape[1]
-    decode_s = stats["decode_s"]
-    rate = args.num_samples * max(n - 1, 0) / decode_s if decode_s > 0 else float("inf")
-    print(
-        f"[{args.num_samples} x {n} tokens; prefill {len(ids)} tokens {1e3 * stats['prefill_s']:.0f} ms; "
-        f"decode {rate:,.1f} tokens/s ({stats['path']}; setup {stats['build_s']:.1f} s)]",
-        file=sys.stderr,
-    )
+    _print_result(out[:, len(ids) :].cpu(), text, tok, stop_id, printer, stats, len(ids), args.num_samples)
     return 0
 
 
