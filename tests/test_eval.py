@@ -180,7 +180,7 @@ def test_a_sweep_job_directory_is_a_source_as_typed(tmp_path):
 
 
 def test_path_overrides_are_quoted_only_where_hydra_needs_it(tmp_path):
-    from halo_lab.eval import quote_path_overrides
+    from halo_lab.runner.tool_app import quote_path_overrides
 
     a, b = tmp_path / "x=1,y=2", tmp_path / "x=2,y=2"
     for d in (a, b):

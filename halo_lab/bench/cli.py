@@ -99,8 +99,8 @@ def run(cfg: dict, out_dir: Path) -> dict:
 def main() -> None:
     """``python -m halo_lab.bench`` / ``halo-bench``: the Hydra app on conf/bench.yaml alone (its ``--help``
     lists no training groups); a bad option is one line ``halo_lab.bench: error: ...``, exit status 2."""
-    from halo_lab.eval import run_hydra_tool
     from halo_lab.runner.config import ConfigError
+    from halo_lab.runner.tool_app import run_hydra_tool
 
     def _main(cfg) -> None:
         from hydra.core.hydra_config import HydraConfig
