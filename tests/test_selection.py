@@ -323,3 +323,35 @@ def test_learned_pooling_decodes_exactly():
         prompt = tokens[:, :30]
         cached = model.generate(prompt, max_new_tokens=40, temperature=0)
         assert torch.equal(cached, model.generate(prompt, max_new_tokens=40, temperature=0, use_cache=False))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="full-size shapes: compiled kernels on CUDA only")
+@pytest.mark.parametrize("n", [1000, 4096])
+@pytest.mark.parametrize("pooling", ["mean", "learned"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_kernels_equal_the_reference_at_full_size_cuda(n, pooling, dtype):
+    """The variant's settings (4 blocks of 16, groups of 16, 8 query / 2 KV heads, d 64) compiled on the GPU
+    against the reference, values and gradients (u's included)."""
+    c = HaloConfig(select_blocks=4, select_pooling=pooling, graph_seed=3)
+    L, dev = c.num_globals + n, "cuda"
+    g = torch.Generator(device=dev).manual_seed(n)
+    q, k, v = (
+        torch.randn(1, h, L, c.head_dim, device=dev, generator=g).to(dtype).requires_grad_()
+        for h in (c.num_heads, c.num_kv_heads, c.num_kv_heads)
+    )
+    u = (torch.randn(c.num_kv_heads, c.head_dim, device=dev, generator=g) * 0.3).requires_grad_()
+    pool = u if pooling == "learned" else None
+    ref = reference_attention(q.float(), k.float(), v.float(), c, 1, 7, None if pool is None else u.float())
+    out = attn.halo_attention(q, k, v, c, 1, 7, "triton", pool=pool)
+    grad = torch.randn_like(ref)
+    inputs = (q, k, v) + ((u,) if pool is not None else ())
+    tol = 1e-3 if dtype == torch.float32 else 3e-2  # relative to each tensor's norm
+
+    def close(a, b, what):
+        err = ((a.float() - b.float()).norm() / b.float().norm()).item()
+        assert err < tol, f"{what}: relative error {err:.2e}"
+
+    close(out, ref, "out")
+    ref_grads = torch.autograd.grad(ref, inputs, grad)
+    for name, a, b in zip("qkvu", torch.autograd.grad(out, inputs, grad.to(dtype)), ref_grads):
+        close(a, b, f"d{name}")

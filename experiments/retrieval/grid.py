@@ -397,7 +397,7 @@ def run(args: argparse.Namespace) -> int:
         jobs = [
             j for j in jobs if not (done / j.family / j.name(args.grid) / "run" / "metrics.json").is_file()
         ]
-    records = [Record(j.name(args.grid), j.family, j.experiment, j.overrides()) for j in jobs]
+    records = [Record(j.name(args.grid), j.family, j.experiment, j.overrides() + args.extra) for j in jobs]
     if args.dry_run:
         for j, r in zip(jobs, records):
             print(r.name, " ".join(r.overrides), f"slot={j.slot}s")
@@ -595,6 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--cpu", action="store_true", help="run on the CPU (device=cpu)")
     r.add_argument("--dry-run", action="store_true", help="list the jobs, run nothing")
     r.add_argument("--keep", default=None, help="also copy each finished job's files here, as plain files")
+    r.add_argument("--extra", nargs="*", default=[], help="overrides added to every job (a fallback backend)")
     r.add_argument("--skip-done", default=None, help="skip the jobs whose metrics.json is under this dir")
     rep = sub.add_parser("report", help="unpack tarballs and build experiments/{needle,mqar}/gpu/")
     rep.add_argument("inputs", nargs="+", help="<grid>.tar.gz files from `run`")

@@ -8,6 +8,7 @@ import torch
 from halo_lab import graph
 from halo_lab.bench.timing import peak_memory_mb, time_ms
 from halo_lab.config import HaloConfig
+from halo_lab.graph import selection
 from halo_lab.model import attention as attn
 
 
@@ -21,6 +22,9 @@ def _attention_variants(base: HaloConfig) -> dict[str, tuple[str, HaloConfig]]:
         "hybrid": ("hybrid", base),
         "hybrid_token": ("hybrid", base.replace(random_edges="token")),
         "window": ("flex", base.replace(dilated_offsets=[], num_random=0)),
+        # content-selected blocks at the variant's settings (variant=halo_select: 4 blocks of 16, learned
+        # pooling); its keys per query are the graph's plus the chosen blocks and the summaries
+        "triton_select": ("triton", base.replace(select_blocks=4, select_pooling="learned")),
         "masked": ("masked", base),  # SDPA with the graph as a boolean mask: auto on the CPU (CPU training)
         "reference": ("reference", base),
     }
@@ -29,20 +33,26 @@ def _attention_variants(base: HaloConfig) -> dict[str, tuple[str, HaloConfig]]:
 def _edges(config: HaloConfig, backend: str, n: int) -> float:
     if backend == "dense":
         return n * (n + 1) / 2
-    return float((graph.full_neighbor_index(config, 0, 0, n, "cpu") >= 0).sum())
+    fixed = float((graph.full_neighbor_index(config, 0, 0, n, "cpu") >= 0).sum())
+    return fixed + float(selection.keys_per_query(config, torch.arange(n)).sum())
 
 
 def check_backends(device: torch.device, dtype: torch.dtype, n: int = 700) -> dict[str, float]:
     """Relative error of the fast backends vs the reference (values, and gradients on CUDA)."""
     errors = {}
     grads = device.type == "cuda"
-    for mode in ("block", "token"):
-        c = HaloConfig(random_edges=mode, graph_seed=7)
+    fixed = ("triton", "flex", "hybrid") if device.type == "cuda" else ("flex", "hybrid")
+    cases = {  # the content-selected blocks (mean pooling) run on the fused kernels only
+        "block": (HaloConfig(random_edges="block", graph_seed=7), fixed),
+        "token": (HaloConfig(random_edges="token", graph_seed=7), fixed),
+        "select": (HaloConfig(select_blocks=4, graph_seed=7), fixed[:1] if device.type == "cuda" else ()),
+    }
+    for mode, (c, backends) in cases.items():
         L = n + c.num_globals
         ins = [torch.randn(2, h, L, 64, device=device, dtype=dtype, requires_grad=grads) for h in (8, 2, 2)]
         ref = attn.reference_attention(*[t.float() for t in ins], c, 1, 3)
         g = torch.randn_like(ref)
-        for backend in ("triton", "flex", "hybrid") if device.type == "cuda" else ("flex", "hybrid"):
+        for backend in backends:
             with torch.set_grad_enabled(grads):
                 fast = attn.halo_attention(*ins, c, 1, 3, backend)
             errors[f"{backend}_{mode}_out"] = ((fast.float() - ref).norm() / ref.norm()).item()
@@ -78,15 +88,20 @@ def bench_attention(
             )
             v = torch.randn_like(k, requires_grad=True)
             grad = torch.randn_like(q)
+            pool = None
+            if cfg.select_pooling == "learned" and cfg.selects:
+                pool = torch.zeros(cfg.num_kv_heads, cfg.head_dim, device=device, requires_grad=True)
 
-            def step(q=q, k=k, v=v, grad=grad, backend=backend, cfg=cfg):
+            def step(q=q, k=k, v=v, grad=grad, backend=backend, cfg=cfg, pool=pool):
                 out = (
                     attn.dense_attention(q, k, v)
                     if backend == "dense"
-                    else attn.halo_attention(q, k, v, cfg, 0, 0, backend)
+                    else attn.halo_attention(q, k, v, cfg, 0, 0, backend, pool=pool)
                 )
                 out.backward(grad)
                 q.grad = k.grad = v.grad = None
+                if pool is not None:
+                    pool.grad = None
 
             try:
                 ms = time_ms(step, device, warmup, repeats)

@@ -47,7 +47,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": MEDIUM,
         "new_tokens": 256,
         "repeats": 3,
-        "variants": ["dense", "halo", "halo_ring"],
+        "variants": ["dense", "halo", "halo_ring", "halo_select"],
         "runs": [
             {"batch": 1, "contexts": [1024, 32768, 131072]},
             {"batch": 8, "contexts": [4096, 32768]},
@@ -59,7 +59,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": TINY,
         "new_tokens": 8,
         "repeats": 1,
-        "variants": ["dense", "halo", "halo_ring"],
+        "variants": ["dense", "halo", "halo_ring", "halo_select"],
         "runs": [{"batch": 1, "contexts": [256, 1024]}, {"batch": 4, "contexts": [256]}],
         "prefill_contexts": {1: [256]},
     },
@@ -99,9 +99,12 @@ def check_decode_matches_forward(
 
     device = torch.device(device)
     paths = {}
-    for variant, (arch, cache) in DECODE_VARIANTS.items():
+    for variant, (arch, cache, fields) in DECODE_VARIANTS.items():
         torch.manual_seed(0)
-        model = build_model(HaloConfig(**CHECK_CONFIG), arch).to(device, dtype).eval()
+        model = build_model(HaloConfig(**{**CHECK_CONFIG, **fields}), arch).to(device, dtype).eval()
+        for layer in getattr(model, "layers", []):  # a learned pooling that is not the plain mean
+            if getattr(layer.attn, "select_pool", None) is not None:
+                torch.nn.init.normal_(layer.attn.select_pool)
         prompt = torch.randint(0, 64, (batch, prompt_len), device=device)
         ref = model.generate(prompt, max_new_tokens=new_tokens, temperature=0, use_cache=False)
         from halo_lab.generation import Decoder

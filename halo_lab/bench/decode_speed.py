@@ -132,7 +132,14 @@ def kernels_per_step(dec) -> int | None:
         dec._restore(state)
 
 
-DECODE_VARIANTS = {"dense": ("dense", "full"), "halo": ("halo", "full"), "halo_ring": ("halo", "ring")}
+# variant: (arch, cache, HaloConfig fields over the model's); halo_select: variant=halo_select's selection
+SELECT = {"select_blocks": 4, "select_pooling": "learned"}
+DECODE_VARIANTS = {
+    "dense": ("dense", "full", {}),
+    "halo": ("halo", "full", {}),
+    "halo_ring": ("halo", "ring", {}),
+    "halo_select": ("halo", "full", SELECT),
+}
 
 
 def bench_decode(
@@ -154,9 +161,10 @@ def bench_decode(
         for ctx in run_spec["contexts"]:
             dense_kv = None
             for variant in variants:
-                arch, cache = DECODE_VARIANTS[variant]
+                arch, cache, fields = DECODE_VARIANTS[variant]
                 torch.manual_seed(0)
-                model = build_model(_model_config(spec, ctx + spec["new_tokens"] + 1), arch).to(device, dtype)
+                config = _model_config(spec, ctx + spec["new_tokens"] + 1).replace(**fields)
+                model = build_model(config, arch).to(device, dtype)
                 row = {"part": "decode", "variant": variant, "seq_len": ctx, "batch": batch}
                 try:
                     r = benchmark_generation(

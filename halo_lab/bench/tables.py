@@ -20,7 +20,7 @@ def add_ratios(rows: list[dict]) -> None:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'part':<11}{'variant':<12}{'N':>7}{'B':>5}{'ms':>11}{'tok/s':>13}{'peak MB':>10}{'TFLOP/s':>9}{'x dense':>9}{'mem x':>7}"
+    head = f"{'part':<11}{'variant':<14}{'N':>7}{'B':>5}{'ms':>11}{'tok/s':>13}{'peak MB':>10}{'TFLOP/s':>9}{'x dense':>9}{'mem x':>7}"
     lines = [head, "-" * len(head)]
 
     def f(v, fmt):
@@ -29,10 +29,10 @@ def format_table(rows: list[dict]) -> str:
 
     for r in rows:
         if "error" in r:
-            lines.append(f"{r['part']:<11}{r['variant']:<12}{r['seq_len']:>7}{r['batch']:>5}  {r['error']}")
+            lines.append(f"{r['part']:<11}{r['variant']:<14}{r['seq_len']:>7}{r['batch']:>5}  {r['error']}")
             continue
         lines.append(
-            f"{r['part']:<11}{r['variant']:<12}{r['seq_len']:>7}{r['batch']:>5}{f(r.get('ms'), '11.3f')}"
+            f"{r['part']:<11}{r['variant']:<14}{r['seq_len']:>7}{r['batch']:>5}{f(r.get('ms'), '11.3f')}"
             f"{f(r.get('tokens_per_sec'), '13,.0f')}{f(r.get('peak_mem_mb'), '10.0f')}{f(r.get('tflops'), '9.1f')}"
             f"{f(r.get('ratio_to_dense'), '9.2f')}{f(r.get('mem_ratio_to_dense'), '7.2f')}"
         )
