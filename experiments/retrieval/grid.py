@@ -431,9 +431,10 @@ def run(args: argparse.Namespace) -> int:
             job, rec = pending.pop(0)
             left = end - time.time() - args.reserve
             limit = int(min(job.slot, left))
-            if limit < job.min_slot:
+            min_slot = args.min_slot or job.min_slot
+            if limit < min_slot:
                 rec.status = "dropped (budget)"
-                print(f"  drop {rec.name}: {max(limit, 0)}s left < its minimum {job.min_slot}s", flush=True)
+                print(f"  drop {rec.name}: {max(limit, 0)}s left < its minimum {min_slot}s", flush=True)
                 continue
             rec.max_time_s = limit
             cmd = [
@@ -595,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--cpu", action="store_true", help="run on the CPU (device=cpu)")
     r.add_argument("--dry-run", action="store_true", help="list the jobs, run nothing")
     r.add_argument("--keep", default=None, help="also copy each finished job's files here, as plain files")
+    r.add_argument("--min-slot", type=float, default=0, help="every job's minimum (a CPU grid on a GPU)")
     r.add_argument("--extra", nargs="*", default=[], help="overrides added to every job (a fallback backend)")
     r.add_argument("--skip-done", default=None, help="skip the jobs whose metrics.json is under this dir")
     rep = sub.add_parser("report", help="unpack tarballs and build experiments/{needle,mqar}/gpu/")
