@@ -250,6 +250,14 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         for n in (256, 1024)
         for v in ("halo", "halo_select")
     ]
+    # which part of the selection costs LM loss: without the summaries as keys, and local_select (no
+    # random edges), one seed
+    select_lm += [
+        Job("baseline_cpu", v, 2, 0, slot=3600, min_slot=300, tag=tag,
+            extra=[f"data.seq_len={n}", f"task_name=lm_{n}"] + more)
+        for n in (256, 1024)
+        for v, tag, more in (("halo_select", "nosum", ["model.select_summary_keys=false"]), ("local_select", "", []))
+    ]  # fmt: skip
     # The GPU grid of content-selected blocks (issue 31), 8 jobs a call (--jobs 8 gave every job its full
     # schedule on an H200): the selection rows at 1024 tokens with 2 seeds, then 4096 tokens with the
     # 6000-step schedule (dense left its plateau only after ~1500 steps there) for dense and HALO-S +
