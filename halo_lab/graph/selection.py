@@ -204,12 +204,16 @@ def select(
     G = config.num_globals
     B, Hq, P, d = q.shape
     Hkv = k.shape[1]
-    w = block_weights(v, config, G, pool) if pool is not None else None
-    sk, sv = summaries(k, config, G, w), summaries(v, config, G, w)
+    # The summaries in fp32 whatever the input's dtype, so that the choice (discrete: a rounding can swap
+    # two close blocks) is the same in bf16 training, fp32 on a CPU, the oracle and cached decoding; they
+    # join the keys in the input's dtype.
+    w = block_weights(v.float(), config, G, pool) if pool is not None else None
+    sk32, sv32 = summaries(k.float(), config, G, w), summaries(v.float(), config, G, w)
+    sk, sv = sk32.to(k.dtype), sv32.to(v.dtype)
     nb, _ = num_summaries(config, k.shape[2] - G)
     with torch.no_grad():  # top-n has no gradient: the summaries learn as keys of the softmax
         qg = q.detach().view(B, Hkv, Hq // Hkv, P, d).float()
-        scores = torch.einsum("bhgpd,bhsd->bhps", qg, sk.detach().float())
+        scores = torch.einsum("bhgpd,bhsd->bhps", qg, sk32.detach())
     candidates = candidate_blocks(config, positions)
     groups, blocks = choose(config, scores / math.sqrt(d), candidates, nb)
     return Selection(config, positions, candidates, groups, blocks, sk, sv, nb)

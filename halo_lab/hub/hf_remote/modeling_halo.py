@@ -147,11 +147,13 @@ def selection_mask(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c: HaloSCo
     G, W, b, m = c.num_globals, c.local_window, c.select_block_size, c.select_group_size
     B, Hq, L, d = q.shape
     Hkv, N = k.shape[1], L - G
-    w = _block_weights(v, c, pool) if pool is not None else None
-    sk, sv = _summaries(k, c, w), _summaries(v, c, w)
+    # fp32 summaries for the choice whatever the dtype (as halo_lab's), the input's dtype as keys
+    w = _block_weights(v.float(), c, pool) if pool is not None else None
+    sk32, sv32 = _summaries(k.float(), c, w), _summaries(v.float(), c, w)
+    sk, sv = sk32.to(k.dtype), sv32.to(v.dtype)
     S, nb = sk.shape[2], N // b
     qg = q[:, :, G:].reshape(B, Hkv, Hq // Hkv, N, d).float()
-    scores = torch.einsum("bhgpd,bhsd->bhps", qg, sk.float()) / d**0.5
+    scores = torch.einsum("bhgpd,bhsd->bhps", qg, sk32) / d**0.5
     cand = torch.div(torch.arange(N, device=q.device) - W + 1, b, rounding_mode="floor").clamp(min=0)
     cand = cand.view(1, 1, N, 1)
     blocks = torch.arange(nb, device=q.device)

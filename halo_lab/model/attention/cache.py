@@ -163,8 +163,9 @@ class KVCache:
         self.summary_pool = pool
         blocks, groups = summary_rows(config, capacity)
         B, H, _, d = self.k.shape
-        self.summary_k = self.k.new_zeros(B, H, blocks + groups, d)
-        self.summary_v = self.v.new_zeros(B, H, blocks + groups, d)
+        # fp32 whatever the cache's dtype: the choice is made from fp32 summaries (graph/selection.py)
+        self.summary_k = self.k.new_zeros(B, H, blocks + groups, d, dtype=torch.float32)
+        self.summary_v = self.v.new_zeros(B, H, blocks + groups, d, dtype=torch.float32)
         self.summary_blocks = blocks
 
     def _write_summaries(self, end: int) -> None:
@@ -172,9 +173,9 @@ class KVCache:
         cfg, G = self.layout.select, self.layout.num_globals
         nb, ng = num_summaries(cfg, end - G)
         pool = self.summary_pool
-        w = block_weights(self.v[:, :, :end], cfg, G, pool) if pool is not None else None
+        w = block_weights(self.v[:, :, :end].float(), cfg, G, pool) if pool is not None else None
         for store, x in ((self.summary_k, self.k), (self.summary_v, self.v)):
-            s = summaries(x[:, :, :end], cfg, G, w)
+            s = summaries(x[:, :, :end].float(), cfg, G, w)
             store[:, :, :nb] = s[:, :, :nb]
             store[:, :, self.summary_blocks : self.summary_blocks + ng] = s[:, :, nb:]
 

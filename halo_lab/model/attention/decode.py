@@ -80,9 +80,9 @@ def _selected_decode_attention(q, cache: KVCache, pos: torch.Tensor, slots: torc
     if cache.summary_pool is not None:  # the learned pooling (select_pooling=learned)
         vb = cache.v.index_select(2, rows).float()
         logits = torch.einsum("bhkd,hd->bhk", vb, cache.summary_pool.float()) / math.sqrt(d)
-        weights = torch.softmax(logits, dim=-1).to(cache.v.dtype).unsqueeze(-1)
-    for store, x in ((cache.summary_k, cache.k), (cache.summary_v, cache.v)):
-        rows_x = x.index_select(2, rows)
+        weights = torch.softmax(logits, dim=-1).unsqueeze(-1)
+    for store, x in ((cache.summary_k, cache.k), (cache.summary_v, cache.v)):  # fp32 stores
+        rows_x = x.index_select(2, rows).float()
         pooled = rows_x.mean(2) if weights is None else (rows_x * weights).sum(2)
         store.index_copy_(2, block, pooled.unsqueeze(2))
         if m:
@@ -90,16 +90,17 @@ def _selected_decode_attention(q, cache: KVCache, pos: torch.Tensor, slots: torc
             fine = store.index_select(2, group * m + torch.arange(m, device=q.device))
             store.index_copy_(2, nb + group, fine.mean(2, keepdim=True))
     qg = q.view(B, Hkv, Hq // Hkv, 1, d).float()
-    scores = torch.einsum("bhgpd,bhsd->bhps", qg, cache.summary_k.float()) / math.sqrt(d)
+    scores = torch.einsum("bhgpd,bhsd->bhps", qg, cache.summary_k) / math.sqrt(d)
     candidates = candidate_blocks(cfg, t)
     groups, blocks = choose(cfg, scores, candidates, nb)
-    sel = Selection(cfg, t, candidates, groups, blocks, cache.summary_k, cache.summary_v, nb)
+    sk, sv = cache.summary_k.to(cache.k.dtype), cache.summary_v.to(cache.v.dtype)
+    sel = Selection(cfg, t, candidates, groups, blocks, sk, sv, nb)
     tok = sel.token_index((slots - G)[None])[:, :, 0]  # [B, Hkv, n*b] text positions, -1 = none
     gather = (G + tok).clamp(min=0).unsqueeze(-1).expand(-1, -1, -1, d)
     keys = torch.cat([cache.k.index_select(2, slots.clamp(min=0)).expand(B, -1, -1, -1),
-                      torch.gather(cache.k, 2, gather), cache.summary_k], dim=2)  # fmt: skip
+                      torch.gather(cache.k, 2, gather), sk], dim=2)  # fmt: skip
     values = torch.cat([cache.v.index_select(2, slots.clamp(min=0)).expand(B, -1, -1, -1),
-                        torch.gather(cache.v, 2, gather), cache.summary_v], dim=2)  # fmt: skip
+                        torch.gather(cache.v, 2, gather), sv], dim=2)  # fmt: skip
     mask = torch.cat([(slots >= 0).expand(B, Hkv, -1), tok >= 0, sel.summary_mask()[:, :, 0]], dim=-1)
     mask = mask.repeat_interleave(Hq // Hkv, dim=1)[:, :, None, :]
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=Hq != Hkv)
