@@ -133,6 +133,11 @@ def run(overrides: list[str], run_dir: Path) -> dict:
     return train_run(cfg)
 
 
+# A resume with ckpt_path=auto runs the run's own overrides (its launches.jsonl) with the command line's on
+# top: it drops the crash the first launch added.
+NO_CRASH = "++callbacks.crash=null"
+
+
 def crash(overrides: list[str], run_dir: Path, step: int) -> None:
     with pytest.raises(_Crash):
         run(
@@ -554,3 +559,43 @@ def test_sigkill_right_after_the_epoch_end_checkpoint_then_resume(tmp_path, corp
     assert proc.wait(timeout=300) == 0, proc.stderr.read()
     assert effective(rec) == straight
     assert not list((d / "checkpoints").glob(".*tmp*"))
+
+
+# ---------------------------------------------------------------------------------------------- 8. issue 28: resume
+TOKENS_PER_STEP = 8 * 32  # data.batch_size x data.seq_len of tiny()
+
+
+@pytest.fixture(scope="module")
+def crashed_then_resumed(tmp_path_factory, corpus) -> Path:
+    """Killed before step 8 (last.ckpt at 6; history.jsonl has steps 7 and 8 already), then resumed to 15."""
+    d = tmp_path_factory.mktemp("crashed") / "run"
+    crash(tiny(corpus, 15, None, "trainer.val_check_interval=3"), d, step=8)
+    run(tiny(corpus, 15, None, "trainer.val_check_interval=3", "ckpt_path=auto", NO_CRASH), d)
+    return d
+
+
+def test_resumed_metrics_count_the_whole_run(crashed_then_resumed):
+    m = json.loads((crashed_then_resumed / "metrics.json").read_text())
+    assert m["steps"] == 15 and m["steps_this_run"] == 15 - 6  # this process's steps
+    assert m["train_tokens"] == 15 * TOKENS_PER_STEP  # the run's, not the last process's
+    assert m["tokens_per_sec"] > 0 and m["train_step_time_s"] > 0
+
+
+def test_metrics_after_a_kill_during_the_export_count_the_whole_run(tmp_path, corpus):
+    d = tmp_path / "run"
+    run(tiny(corpus, 6), d)
+    first = json.loads((d / "metrics.json").read_text())
+    (d / "metrics.json").unlink()  # killed after the last step, before metrics.json
+    run(tiny(corpus, 6, None, "ckpt_path=auto"), d)
+    m = json.loads((d / "metrics.json").read_text())
+    assert m["train_tokens"] == first["train_tokens"] == 6 * TOKENS_PER_STEP
+    assert m["tokens_per_sec"] == pytest.approx(first["tokens_per_sec"])
+    assert m["steps"] == 6 and m["steps_this_run"] == 0
+
+
+def test_history_holds_each_step_once_after_a_resume(crashed_then_resumed):
+    records = [json.loads(x) for x in (crashed_then_resumed / "history.jsonl").read_text().splitlines()]
+    train = [r["step"] for r in records if "train/loss" in r]
+    val = [r["step"] for r in records if "val/loss" in r]
+    assert train == list(range(1, 16)), train
+    assert val == sorted(set(val)) and val[-1] == 15, val
