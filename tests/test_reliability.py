@@ -599,3 +599,27 @@ def test_history_holds_each_step_once_after_a_resume(crashed_then_resumed):
     val = [r["step"] for r in records if "val/loss" in r]
     assert train == list(range(1, 16)), train
     assert val == sorted(set(val)) and val[-1] == 15, val
+
+
+def test_a_second_run_in_the_same_directory_stops_naming_the_holder(tmp_path, corpus):
+    rec, d = tmp_path / "rec.jsonl", tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
+    over = [o.replace(f"{__name__}.", "test_reliability.") for o in tiny(corpus, 15, rec)]
+    hold = ["+callbacks.slow._target_=test_reliability.SleepAt", "+callbacks.slow.step=4"]
+    proc = _cli([*over, *hold, "+callbacks.slow.seconds=120", f"hydra.run.dir={d}"], env)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None:
+            if rec.exists() and len(rec.read_text().splitlines()) >= 5:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stderr.read()
+        history = (d / "history.jsonl").read_text()
+        with pytest.raises(ConfigError, match=rf"{re.escape(str(d))}: .*\bpid {proc.pid}\b"):
+            run(tiny(corpus, 3), d)
+        assert (d / "history.jsonl").read_text() == history  # the second run did nothing
+    finally:
+        proc.kill()  # SIGKILL: its lock file stays behind
+        proc.wait()
+    assert (d / "checkpoints" / "last.ckpt").is_file()
+    assert run(tiny(corpus, 6, None, "ckpt_path=auto"), d)["steps"] == 6  # a dead holder blocks nothing

@@ -320,6 +320,9 @@ def _at_the_end(plan: ResumePlan, info: CheckpointInfo, cfg: Any, run_dir: str |
     plan.train = False
     plan.finished = finished_metrics(run_dir, info)
     if plan.finished is not None:
+        from halo_lab.runner.lock import release
+
+        release()  # nothing to do in the directory
         print(
             f"halo_lab.train: nothing to train: {plan.ckpt_path} is at step {info.global_step}, the end of this "
             f"run (trainer.max_steps={cfg.trainer.max_steps}); raise trainer.max_steps to train further "

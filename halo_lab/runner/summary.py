@@ -41,6 +41,9 @@ def finish_run(
     if sample is not None:
         result["sample"] = sample
     print_locations(run_dir, result)
+    from halo_lab.runner.lock import release
+
+    release()  # the run is done with its directory
     return result
 
 
