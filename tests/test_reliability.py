@@ -167,7 +167,7 @@ def test_resume_from_the_final_checkpoint_at_an_epoch_end(tmp_path, corpus, stra
 def test_resume_after_a_kill_right_after_the_epoch_end_checkpoint(tmp_path, corpus, straight):
     rec, d = tmp_path / "rec.jsonl", tmp_path / "run"
     crash(tiny(corpus, 15, rec), d, step=BATCHES_PER_EPOCH + 1)  # last.ckpt at step 6 (every 3 steps)
-    run(tiny(corpus, 15, rec, "ckpt_path=auto"), d)
+    run(tiny(corpus, 15, rec, "ckpt_path=auto", NO_CRASH), d)
     assert effective(rec) == straight
 
 
@@ -466,7 +466,7 @@ def test_save_top_k_holds_after_a_kill(tmp_path, corpus):
     crash(tiny(corpus, 12, None, *val), d, step=5)  # last.ckpt at 4 (before step 4's validation)
     best = sorted((d / "checkpoints").glob("best-step*.ckpt"))
     assert [p.name for p in best] == ["best-step000004.ckpt"]
-    run(tiny(corpus, 12, None, *val, "ckpt_path=auto"), d)
+    run(tiny(corpus, 12, None, *val, "ckpt_path=auto", NO_CRASH), d)
     best = sorted((d / "checkpoints").glob("best-step*.ckpt"))
     assert len(best) == 1, [p.name for p in best]
 
@@ -555,7 +555,7 @@ def test_sigkill_right_after_the_epoch_end_checkpoint_then_resume(tmp_path, corp
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == BATCHES_PER_EPOCH
-    proc = _cli([*over, "ckpt_path=auto"], env)
+    proc = _cli([*over, "ckpt_path=auto", "++callbacks.slow=null"], env)
     assert proc.wait(timeout=300) == 0, proc.stderr.read()
     assert effective(rec) == straight
     assert not list((d / "checkpoints").glob(".*tmp*"))
@@ -599,6 +599,24 @@ def test_history_holds_each_step_once_after_a_resume(crashed_then_resumed):
     val = [r["step"] for r in records if "val/loss" in r]
     assert train == list(range(1, 16)), train
     assert val == sorted(set(val)) and val[-1] == 15, val
+
+
+def test_resume_without_overrides_uses_the_runs_own_config(tmp_path, corpus):
+    """`hydra.run.dir=DIR ckpt_path=auto` and nothing else: the run's overrides come back from its record."""
+    d = tmp_path / "run"
+    first = tiny(corpus, 3)
+    run(first, d)
+    result = run(["ckpt_path=auto", "trainer.max_steps=6"], d)  # extend: allowed on top
+    assert result["steps"] == 6 and result["model_config"]["hidden_size"] == 32
+    launches = [json.loads(x) for x in (d / "launches.jsonl").read_text().splitlines()]
+    assert [x["command"] for x in launches] == [first, ["ckpt_path=auto", "trainer.max_steps=6"]]
+    assert launches[1]["overrides"] == [o for o in first if not o.startswith("trainer.max_steps=")] + [
+        "ckpt_path=auto",
+        "trainer.max_steps=6",
+    ]
+    assert run(["ckpt_path=auto"], d)["steps"] == 6  # max_steps=6 is the run's now: nothing to train
+    with pytest.raises(ConfigError, match=r"model\.hidden_size=64 \(checkpoint: 32\)"):
+        run(["ckpt_path=auto", "model.hidden_size=64"], d)
 
 
 def test_a_second_run_in_the_same_directory_stops_naming_the_holder(tmp_path, corpus):
