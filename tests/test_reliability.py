@@ -565,6 +565,56 @@ def test_sigkill_right_after_the_epoch_end_checkpoint_then_resume(tmp_path, corp
 TOKENS_PER_STEP = 8 * 32  # data.batch_size x data.seq_len of tiny()
 
 
+def test_one_last_checkpoint_when_max_steps_is_not_a_multiple_of_the_interval(tmp_path, corpus):
+    """trainer=debug's 20 steps with a checkpoint every 50: last.ckpt and last-v1.ckpt at the same step
+    (Lightning's save_last at train end beside the runner's final-step save)."""
+    d = tmp_path / "run"
+    run(tiny(corpus, 2), d)  # a checkpoint every 3 steps: none before the end
+    ckpts = sorted(p.name for p in (d / "checkpoints").iterdir())
+    assert ckpts == ["last.ckpt"], ckpts
+    run(tiny(corpus, 4, None, "ckpt_path=auto"), d)  # the resume: a periodic one at 3, the final at 4
+    ckpts = sorted(p.name for p in (d / "checkpoints").iterdir())
+    assert ckpts == ["last.ckpt"], ckpts
+    assert torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+
+
+class InterruptAt(pl.Callback):
+    """Ctrl-C (a KeyboardInterrupt) when step ``step`` is about to start (a batch in flight), or in the
+    validation at that step (between two steps)."""
+
+    def __init__(self, step: int, where: str):
+        self.step, self.where = step, where
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.where == "step" and trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+    def on_validation_start(self, trainer, pl_module):
+        if self.where == "validation" and trainer.global_step == self.step and not trainer.sanity_checking:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(("where", "saved"), [("step", 3), ("validation", 4)])
+def test_ctrl_c_prints_the_resume_command(tmp_path, corpus, straight, capfd, where, saved):
+    """Interrupted with a batch in flight, last.ckpt stays the last complete step (3: every 3 steps); in a
+    validation (between steps), last.ckpt is written at that step. Either way the run resumes exactly."""
+    rec, d = tmp_path / "rec.jsonl", tmp_path / "run"
+    val = "trainer.val_check_interval=2"
+    stop = [f"+callbacks.stop._target_={__name__}.InterruptAt", "+callbacks.stop.step=4"]
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises((KeyboardInterrupt, SystemExit)):
+            run(tiny(corpus, 15, rec, val, *stop, f"+callbacks.stop.where={where}"), d)
+    finally:
+        signal.signal(signal.SIGINT, sigint)  # Lightning ignores SIGINT after an interrupt
+    err = capfd.readouterr().err
+    assert f"interrupted at step 4; last.ckpt holds step {saved}" in err, err[-2000:]
+    assert f"resume with: python -m halo_lab.train hydra.run.dir={d} ckpt_path=auto\n" in err
+    assert torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == saved
+    run(["ckpt_path=auto", "++callbacks.stop=null"], d)  # the printed command (and the test's stop undone)
+    assert effective(rec) == straight
+
+
 @pytest.fixture(scope="module")
 def crashed_then_resumed(tmp_path_factory, corpus) -> Path:
     """Killed before step 8 (last.ckpt at 6; history.jsonl has steps 7 and 8 already), then resumed to 15."""

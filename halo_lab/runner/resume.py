@@ -347,6 +347,20 @@ PER_LAUNCH_KEYS = ("ckpt_path", "train")
 """Overrides that belong to one launch and are never carried to the next."""
 
 
+def resume_command(run_dir: str | os.PathLike) -> str:
+    """The command line that resumes the run in ``run_dir``: nothing else to retype (its config comes back
+    from its ``launches.jsonl``, see :func:`restore_run_config`)."""
+    import re
+    import shlex
+
+    from halo_lab.runner.ddp import _hydra_quote
+
+    value = str(run_dir)
+    if re.search(r"[^\w./+@%-]", value):  # a comma would read as a sweep, a space as two arguments
+        value = _hydra_quote(value)
+    return f"python -m halo_lab.train {shlex.quote(f'hydra.run.dir={value}')} ckpt_path=auto"
+
+
 def read_launches(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The launches recorded in ``run_dir`` (oldest first; a line cut off by a kill is skipped)."""
     out = []

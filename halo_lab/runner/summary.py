@@ -181,6 +181,8 @@ def final_sample(cfg: DictConfig, callbacks: list[Any], module: Any, model: Any)
 
 
 def print_locations(run_dir: Path, summary: dict[str, Any]) -> None:
+    from halo_lab.runner.resume import resume_command
+
     def show(v):
         return f"{v:.4f}" if isinstance(v, float) else str(v)
 
@@ -188,7 +190,7 @@ def print_locations(run_dir: Path, summary: dict[str, Any]) -> None:
         "",
         f"run directory : {run_dir}",
         f"  config      : {run_dir / '.hydra' / 'config.yaml'}",
-        f"  checkpoints : {run_dir / 'checkpoints'} (last.ckpt; resume: hydra.run.dir={run_dir} ckpt_path=auto)",
+        f"  checkpoints : {run_dir / 'checkpoints'} (last.ckpt; resume: {resume_command(run_dir)} [trainer.max_steps=N to extend])",
         f"  metrics     : {run_dir / 'metrics.json'} (history: history.jsonl)",
     ]
     if summary.get("hub_dir"):
