@@ -641,6 +641,8 @@ def test_metrics_after_a_kill_during_the_export_count_the_whole_run(tmp_path, co
     assert m["train_tokens"] == first["train_tokens"] == 6 * TOKENS_PER_STEP
     assert m["tokens_per_sec"] == pytest.approx(first["tokens_per_sec"])
     assert m["steps"] == 6 and m["steps_this_run"] == 0
+    val = [json.loads(x)["step"] for x in (d / "history.jsonl").read_text().splitlines() if "val/loss" in x]
+    assert val == [6], val  # the final validation, run again by the resume, recorded once
 
 
 def test_history_holds_each_step_once_after_a_resume(crashed_then_resumed):

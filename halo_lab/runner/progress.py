@@ -222,12 +222,16 @@ class MetricsHistory(pl.Callback):
     A resumed run appends to the same file, so the history of a run stays in one place; at the start of
     training the records past the step it starts from are dropped first (the file rewritten atomically):
     the steps a killed process logged after its last checkpoint are trained, and logged, again, so each
-    step appears once. (A fresh start in a used directory starts the history over.)
+    step appears once. (A fresh start in a used directory starts the history over.) A validation
+    outside fit (a resume that only validates and exports) is recorded at its checkpoint's step, and not
+    again when the file's last validation record is the same (the final validation of a run killed during
+    its export).
     """
 
     def __init__(self, path: str):
         self.path = Path(path)
         self._last_val: dict[str, Any] | None = None
+        self._ckpt_step = 0  # the step of the checkpoint this process loaded (validate: no loop state)
 
     @rank_zero_only
     def _write(self, record: dict[str, Any]) -> None:
@@ -238,6 +242,31 @@ class MetricsHistory(pl.Callback):
     @rank_zero_only
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         drop_records_after(self.path, trainer.global_step)
+        self._last_val = self._last_val_record()
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "validate":
+            self._last_val = self._last_val_record()
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        self._ckpt_step = int(checkpoint.get("global_step", 0) or 0)
+
+    def _last_val_record(self) -> dict[str, Any] | None:
+        """The file's last validation record, as :meth:`on_validation_end` compares them."""
+        last = None
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            val = {k: v for k, v in rec.items() if k.startswith("val/")} if isinstance(rec, dict) else {}
+            if val:
+                last = {"step": rec.get("step"), **val}
+        return last
 
     @staticmethod
     def _metrics(trainer: pl.Trainer, prefix: tuple[str, ...]) -> dict[str, Any]:
@@ -260,7 +289,7 @@ class MetricsHistory(pl.Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
-        rec = {"step": trainer.global_step, **self._metrics(trainer, ("val/",))}
+        rec = {"step": max(trainer.global_step, self._ckpt_step), **self._metrics(trainer, ("val/",))}
         # The runner validates the final weights again after fit: when fit's last validation was at
         # that same step with the same values, that row is already here.
         if len(rec) > 1 and rec != self._last_val:
