@@ -660,15 +660,21 @@ def test_resume_without_overrides_uses_the_runs_own_config(tmp_path, corpus):
     run(first, d)
     result = run(["ckpt_path=auto", "trainer.max_steps=6"], d)  # extend: allowed on top
     assert result["steps"] == 6 and result["model_config"]["hidden_size"] == 32
-    launches = [json.loads(x) for x in (d / "launches.jsonl").read_text().splitlines()]
+    from halo_lab.runner.resume import read_launches
+
+    launches = read_launches(d)
     assert [x["command"] for x in launches] == [first, ["ckpt_path=auto", "trainer.max_steps=6"]]
     assert launches[1]["overrides"] == [o for o in first if not o.startswith("trainer.max_steps=")] + [
         "ckpt_path=auto",
         "trainer.max_steps=6",
     ]
+    assert [x.get("trained_from") for x in launches] == [0, 3]
     assert run(["ckpt_path=auto"], d)["steps"] == 6  # max_steps=6 is the run's now: nothing to train
     with pytest.raises(ConfigError, match=r"model\.hidden_size=64 \(checkpoint: 32\)"):
         run(["ckpt_path=auto", "model.hidden_size=64"], d)
+    # A launch that trained nothing does not change the run's config (its line stays, for the record).
+    assert run(["ckpt_path=auto", "trainer.max_steps=7"], d)["model_config"]["hidden_size"] == 32
+    assert len(read_launches(d)) == 5
 
 
 def test_a_second_run_in_the_same_directory_stops_naming_the_holder(tmp_path, corpus):

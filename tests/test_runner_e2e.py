@@ -209,8 +209,9 @@ def test_resume_from_a_bare_command_line_keeps_the_runs_config_and_record(tmp_pa
     assert cfg["trainer"]["max_steps"] == 5 and cfg["data"]["path"] == str(corpus)
     hydra = yaml.safe_load((hydra_dir / "hydra.yaml").read_text())["hydra"]
     assert hydra["runtime"]["choices"]["data"] == "text" and hydra["overrides"]["task"] == overrides
-    launches = [json.loads(x) for x in (run_dir / "launches.jsonl").read_text().splitlines()]
-    assert [x["command"] for x in launches] == [first, extend]
+    from halo_lab.runner.resume import read_launches
+
+    assert [(x["command"], x["trained_from"]) for x in read_launches(run_dir)] == [(first, 0), (extend, 3)]
 
     code = (
         "import sys, time; from halo_lab.runner.lock import hold_run_dir; hold_run_dir(sys.argv[1]); "
@@ -239,4 +240,4 @@ def test_resume_from_a_bare_command_line_keeps_the_runs_config_and_record(tmp_pa
         rf"config error: hydra\.run\.dir={re.escape(str(run_dir))}: .*\bpid {holder.pid}\b", second.stderr
     )
     assert {p.name: p.read_text() for p in hydra_dir.iterdir()} == before
-    assert len((run_dir / "launches.jsonl").read_text().splitlines()) == 2
+    assert len(read_launches(run_dir)) == 2

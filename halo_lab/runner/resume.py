@@ -282,6 +282,9 @@ class ResumePlan:
     finished: dict[str, Any] | None = None
     """The run had already ended (the checkpoint at its end, its metrics.json written): that summary,
     nothing left to do."""
+    run_dir: str | None = None
+    launch: int | None = None
+    """This launch's number in ``<run_dir>/launches.jsonl`` (rank 0)."""
 
     @property
     def checkpoint_step(self) -> int | None:
@@ -289,8 +292,12 @@ class ResumePlan:
         return self.info.global_step if self.info is not None and not self.train else None
 
     def callbacks(self) -> list[Any]:
-        """The data checks of a resume (:class:`ResumeCheck`), once the data is prepared."""
-        return [resume_check(self.info)] if self.info is not None else []
+        """The data checks of a resume (:class:`ResumeCheck`), once the data is prepared; the mark in
+        launches.jsonl that this launch trained (its overrides are the run's from then on)."""
+        out = [resume_check(self.info)] if self.info is not None else []
+        if self.launch is not None and self.run_dir is not None:
+            out.append(launch_trained(self.run_dir, self.launch))
+        return out
 
 
 def plan_resume(cfg: Any, checked: dict[str, Any], run_dir: str | os.PathLike) -> ResumePlan:
@@ -308,7 +315,9 @@ def plan_resume(cfg: Any, checked: dict[str, Any], run_dir: str | os.PathLike) -
     info = inspect_checkpoint(ckpt_path, checked) if ckpt_path is not None else None
     if global_rank() == 0:
         clean_run_leftovers(run_dir, cfg.paths.ckpt_dir)  # temp files of a killed run in this directory
-    plan = ResumePlan(ckpt_path=ckpt_path, info=info, train=train)
+    launches = read_launches(run_dir) if global_rank() == 0 else []
+    plan = ResumePlan(ckpt_path=ckpt_path, info=info, train=train, run_dir=str(run_dir))
+    plan.launch = launches[-1]["launch"] if launches else None
     if train and info is not None and nothing_to_train(info, cfg):
         _at_the_end(plan, info, cfg, run_dir)
     return plan
@@ -342,7 +351,10 @@ def _at_the_end(plan: ResumePlan, info: CheckpointInfo, cfg: Any, run_dir: str |
 # ---------------------------------------------------------------------------------------------- the run's config
 LAUNCHES = "launches.jsonl"
 """One JSON line per launch into a run directory: the overrides typed (``command``) and the run's
-overrides after that launch (``overrides``: the earlier launch's, with this command line's on top)."""
+overrides with that launch (``overrides``: those of the last launch that trained, with this command
+line's on top); then, once that launch starts training, a line ``{"launch": n, "trained_from": step}``:
+only a launch that trained makes its overrides the run's (one that stopped on a config or checkpoint
+error changes nothing)."""
 PER_LAUNCH_KEYS = ("ckpt_path", "train")
 """Overrides that belong to one launch and are never carried to the next."""
 
@@ -362,20 +374,26 @@ def resume_command(run_dir: str | os.PathLike) -> str:
 
 
 def read_launches(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The launches recorded in ``run_dir`` (oldest first; a line cut off by a kill is skipped)."""
-    out = []
+    """The launches recorded in ``run_dir``, oldest first, each with ``trained_from`` (the step its
+    training started from) when it trained. A line cut off by a kill is skipped."""
     try:
         lines = (Path(run_dir) / LAUNCHES).read_text(encoding="utf-8").splitlines()
     except OSError:
         return []
+    launches: dict[int, dict[str, Any]] = {}
     for line in lines:
         try:
             rec = json.loads(line)
         except ValueError:
             continue
-        if isinstance(rec, dict) and isinstance(rec.get("overrides"), list):
-            out.append(rec)
-    return out
+        n = rec.get("launch") if isinstance(rec, dict) else None
+        if not isinstance(n, int):
+            continue
+        if isinstance(rec.get("overrides"), list):
+            launches[n] = dict(rec)
+        elif "trained_from" in rec and n in launches:
+            launches[n]["trained_from"] = rec["trained_from"]
+    return [launches[n] for n in sorted(launches)]
 
 
 def _override_key(override: str) -> str:
@@ -399,27 +417,30 @@ def restore_run_config(cfg: Any, run_dir: str | os.PathLike) -> Any:
     does not fit the checkpoint (the model's size, its architecture, the tokenizer) is then the
     checkpoint check's one-line error. ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml``,
     which Hydra rewrote for this command line at startup, are written again for the run's config.
-    Any other launch runs the config it was given."""
+    Any other launch runs the config it was given. Only a launch that trained (see :data:`LAUNCHES`)
+    makes its overrides the run's."""
     from halo_lab.runner.ddp import global_rank
 
     typed = _task_overrides(cfg)
     launches = read_launches(run_dir)
+    trained = [x for x in launches if "trained_from" in x]
     effective = typed
     if cfg.get("ckpt_path") in ("auto", "last"):
-        if launches:
-            effective = merge_overrides(list(launches[-1]["overrides"]), typed)
-            _log_restored(run_dir, launches, typed)
+        if trained:
+            effective = merge_overrides(list(trained[-1]["overrides"]), typed)
+            _log_restored(run_dir, trained, typed)
         elif (Path(run_dir) / "checkpoints" / "last.ckpt").is_file():
             log.warning(
-                "ckpt_path=auto: %s has no %s (a run from before halo_lab kept one): resuming with this "
-                "command line's config only; pass the run's overrides again if they differ",
+                "ckpt_path=auto: %s has no %s with a launch that trained (a run from before halo_lab kept "
+                "one): resuming with this command line's config only; pass the run's overrides again if "
+                "they differ",
                 run_dir,
                 LAUNCHES,
             )
     if effective != typed:
         cfg = _recompose(cfg, effective)
     if global_rank() == 0:
-        _record_launch(run_dir, len(launches) + 1, typed, effective)
+        _record_launch(run_dir, launches[-1]["launch"] + 1 if launches else 1, typed, effective)
         if effective != typed:
             _rewrite_hydra_files(cfg, Path(run_dir))
     return cfg
@@ -499,19 +520,37 @@ def _compose(config_name: str, overrides: list[str]) -> Any:
 
 def _record_launch(run_dir: str | os.PathLike, n: int, typed: list[str], effective: list[str]) -> None:
     import socket
+
+    rec = {"pid": os.getpid(), "host": socket.gethostname(), "command": typed, "overrides": effective}
+    _append_launch_line(run_dir, n, rec)
+
+
+def _append_launch_line(run_dir: str | os.PathLike, n: int, rec: dict[str, Any]) -> None:
     import time
 
-    rec = {
-        "launch": n,
-        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "command": typed,
-        "overrides": effective,
-    }
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     with open(Path(run_dir) / LAUNCHES, "a", encoding="utf-8") as f:
-        f.write(json.dumps(rec) + "\n")
+        f.write(json.dumps({"launch": n, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **rec}) + "\n")
+
+
+class _LaunchTrained:
+    """At the start of training (rank 0): this launch's mark in launches.jsonl. (A Lightning callback:
+    :func:`launch_trained` makes it.)"""
+
+    def __init__(self, run_dir: str, launch: int):
+        self.run_dir, self.launch = run_dir, launch
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            _append_launch_line(self.run_dir, self.launch, {"trained_from": int(trainer.global_step)})
+
+
+def launch_trained(run_dir: str, launch: int) -> Any:
+    """The :class:`_LaunchTrained` callback (Lightning is imported only here)."""
+    import lightning.pytorch as pl
+
+    cls = type("LaunchTrained", (_LaunchTrained, pl.Callback), {})
+    return cls(run_dir, launch)
 
 
 def _rewrite_hydra_files(cfg: Any, run_dir: Path) -> None:
