@@ -677,6 +677,14 @@ def test_resume_without_overrides_uses_the_runs_own_config(tmp_path, corpus):
     assert len(read_launches(d)) == 5
 
 
+def test_resume_before_any_checkpoint_uses_the_last_launchs_config(tmp_path, corpus):
+    d = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"x\.txt"):  # stopped before training: no checkpoint
+        run(tiny(corpus, 2, None, "data.path=/nonexistent/x.txt"), d)
+    result = run(["ckpt_path=auto", f"data.path={corpus}"], d)  # the launch's config, the path fixed
+    assert result["steps"] == 2 and result["model_config"]["hidden_size"] == 32
+
+
 def test_a_second_run_in_the_same_directory_stops_naming_the_holder(tmp_path, corpus):
     rec, d = tmp_path / "rec.jsonl", tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}

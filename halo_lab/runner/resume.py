@@ -354,7 +354,8 @@ LAUNCHES = "launches.jsonl"
 overrides with that launch (``overrides``: those of the last launch that trained, with this command
 line's on top); then, once that launch starts training, a line ``{"launch": n, "trained_from": step}``:
 only a launch that trained makes its overrides the run's (one that stopped on a config or checkpoint
-error changes nothing)."""
+error changes nothing), unless none did and there is no checkpoint (killed before the first one): then
+the last launch's."""
 PER_LAUNCH_KEYS = ("ckpt_path", "train")
 """Overrides that belong to one launch and are never carried to the next."""
 
@@ -423,12 +424,12 @@ def restore_run_config(cfg: Any, run_dir: str | os.PathLike) -> Any:
 
     typed = _task_overrides(cfg)
     launches = read_launches(run_dir)
-    trained = [x for x in launches if "trained_from" in x]
+    base = _run_launch(launches, Path(run_dir))
     effective = typed
     if cfg.get("ckpt_path") in ("auto", "last"):
-        if trained:
-            effective = merge_overrides(list(trained[-1]["overrides"]), typed)
-            _log_restored(run_dir, trained, typed)
+        if base is not None:
+            effective = merge_overrides(list(base["overrides"]), typed)
+            _log_restored(run_dir, base, typed)
         elif (Path(run_dir) / "checkpoints" / "last.ckpt").is_file():
             log.warning(
                 "ckpt_path=auto: %s has no %s with a launch that trained (a run from before halo_lab kept "
@@ -457,13 +458,24 @@ def _task_overrides(cfg: Any) -> list[str]:
     return [str(o) for o in task or ()]
 
 
-def _log_restored(run_dir: str | os.PathLike, launches: list[dict[str, Any]], typed: list[str]) -> None:
-    saved = launches[-1]["overrides"]
+def _run_launch(launches: list[dict[str, Any]], run_dir: Path) -> dict[str, Any] | None:
+    """The launch whose overrides are the run's: the last one that trained; with no checkpoint in the
+    directory (killed before its first one), the last one."""
+    trained = [x for x in launches if "trained_from" in x]
+    if trained:
+        return trained[-1]
+    if launches and not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        return launches[-1]
+    return None
+
+
+def _log_restored(run_dir: str | os.PathLike, base: dict[str, Any], typed: list[str]) -> None:
+    saved = base["overrides"]
     changed = [o for o in typed if o not in saved and _override_key(o) not in PER_LAUNCH_KEYS]
     log.info(
-        "ckpt_path=auto: the run in %s (%d launch(es) in %s): its overrides %s%s",
+        "ckpt_path=auto: the run in %s (launch %s in %s): its overrides %s%s",
         run_dir,
-        len(launches),
+        base.get("launch"),
         LAUNCHES,
         [o for o in saved if _override_key(o) not in PER_LAUNCH_KEYS],
         f", with this command line's on top: {changed}" if changed else "",
