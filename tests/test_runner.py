@@ -355,6 +355,21 @@ def test_ddp_rank_command_runs_only_this_job(tmp_path, monkeypatch):
     assert cwd == os.getcwd()
 
 
+def test_resume_command_quotes_what_hydra_would_misread():
+    """A sweep job's directory holds commas (a sweep to Hydra), another a space: quoted for Hydra and the
+    shell, the command gives Hydra the directory back."""
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from halo_lab.runner.resume import resume_command
+
+    assert resume_command("/o/train/t") == "python -m halo_lab.train hydra.run.dir=/o/train/t ckpt_path=auto"
+    for d in ("/o/multirun/seed=1,variant=dense", "/o/my runs/x"):
+        arg = shlex.split(resume_command(d))[3]
+        assert OverridesParser.create().parse_overrides([arg])[0].value() == d
+
+
 def test_run_directory_lock_spares_the_ddp_ranks_of_the_run(tmp_path):
     """Rank 0 holds the directory; a relaunched rank (LOCAL_RANK=1) of the same run takes no lock, another
     rank-0 process stops naming the holder; the lock goes with its holder."""
