@@ -36,8 +36,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from halo_lab.device import apply_profile
     from halo_lab.runner import build, summary
     from halo_lab.runner.checkpointing import save_final_state
+    from halo_lab.runner.launches import restore_run_config
     from halo_lab.runner.lock import hold_run_dir
-    from halo_lab.runner.resume import plan_resume, restore_run_config
+    from halo_lab.runner.resume import plan_resume
 
     t_start = time.time()
     run_dir = Path(cfg.paths.output_dir)

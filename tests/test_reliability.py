@@ -660,7 +660,7 @@ def test_resume_without_overrides_uses_the_runs_own_config(tmp_path, corpus):
     run(first, d)
     result = run(["ckpt_path=auto", "trainer.max_steps=6"], d)  # extend: allowed on top
     assert result["steps"] == 6 and result["model_config"]["hidden_size"] == 32
-    from halo_lab.runner.resume import read_launches
+    from halo_lab.runner.launches import read_launches
 
     launches = read_launches(d)
     assert [x["command"] for x in launches] == [first, ["ckpt_path=auto", "trainer.max_steps=6"]]

@@ -362,7 +362,7 @@ def test_resume_command_quotes_what_hydra_would_misread():
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from halo_lab.runner.resume import resume_command
+    from halo_lab.runner.launches import resume_command
 
     assert resume_command("/o/train/t") == "python -m halo_lab.train hydra.run.dir=/o/train/t ckpt_path=auto"
     for d in ("/o/multirun/seed=1,variant=dense", "/o/my runs/x"):

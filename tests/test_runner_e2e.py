@@ -209,7 +209,7 @@ def test_resume_from_a_bare_command_line_keeps_the_runs_config_and_record(tmp_pa
     assert cfg["trainer"]["max_steps"] == 5 and cfg["data"]["path"] == str(corpus)
     hydra = yaml.safe_load((hydra_dir / "hydra.yaml").read_text())["hydra"]
     assert hydra["runtime"]["choices"]["data"] == "text" and hydra["overrides"]["task"] == overrides
-    from halo_lab.runner.resume import read_launches
+    from halo_lab.runner.launches import read_launches
 
     assert [(x["command"], x["trained_from"]) for x in read_launches(run_dir)] == [(first, 0), (extend, 3)]
 

@@ -196,7 +196,7 @@ def _step_in_flight(trainer) -> bool:
 
 
 def _say_interrupted(trainer, final: FinalStepCheckpoint) -> None:
-    from halo_lab.runner.resume import resume_command
+    from halo_lab.runner.launches import resume_command
 
     if not trainer.is_global_zero:
         return

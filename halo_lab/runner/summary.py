@@ -181,7 +181,7 @@ def final_sample(cfg: DictConfig, callbacks: list[Any], module: Any, model: Any)
 
 
 def print_locations(run_dir: Path, summary: dict[str, Any]) -> None:
-    from halo_lab.runner.resume import resume_command
+    from halo_lab.runner.launches import resume_command
 
     def show(v):
         return f"{v:.4f}" if isinstance(v, float) else str(v)
