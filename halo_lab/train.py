@@ -36,10 +36,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from halo_lab.device import apply_profile
     from halo_lab.runner import build, summary
     from halo_lab.runner.checkpointing import save_final_state
+    from halo_lab.runner.launches import restore_run_config
+    from halo_lab.runner.lock import hold_run_dir
     from halo_lab.runner.resume import plan_resume
 
     t_start = time.time()
     run_dir = Path(cfg.paths.output_dir)
+    hold_run_dir(run_dir)  # one run per directory: a second one stops here, naming the holder's pid
+    cfg = restore_run_config(cfg, run_dir)  # ckpt_path=auto: the run's own config + this command line's
     _quiet_lightning_console()
 
     # 1. Everything checkable without data, before any data is touched: the config, then the checkpoint
