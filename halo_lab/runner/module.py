@@ -209,8 +209,8 @@ class HaloLitModule(pl.LightningModule):
             check = self.trainer.strategy.reduce(check, reduce_op="mean")
         if not torch.isfinite(check):
             raise FloatingPointError(
-                f"non-finite training loss ({check.item()}) at step {self.global_step} "
-                f"(batch {batch_idx}); lower optimizer.lr, check the data, or use device.precision=32"
+                f"the loss diverged: non-finite training loss ({check.item()}) at step {self.global_step} "
+                f"(batch {batch_idx}); {self._divergence_advice()}"
             )
         loss_f = loss.detach().float()
         self.log("train/loss", loss_f, on_step=True, prog_bar=True)
@@ -223,6 +223,17 @@ class HaloLitModule(pl.LightningModule):
         if opt is not None:
             self.log("train/lr", opt.param_groups[0]["lr"], on_step=True)
         return loss
+
+    def _divergence_advice(self) -> str:
+        """What to try after a non-finite loss: a lower learning rate (naming the configured one), the
+        data, and full precision when the run is not in it already."""
+        lr = (self.hparams.optimizer or {}).get("lr")
+        advice = [f"lower optimizer.lr (now {lr:g})" if isinstance(lr, int | float) else "lower optimizer.lr"]
+        advice.append("check the data")
+        precision = str(getattr(self._trainer, "precision", "32") if self._trainer is not None else "32")
+        if not precision.startswith(("32", "64")):
+            advice.append(f"use device.precision=32 (now {precision})")
+        return ", ".join(advice[:-1]) + " or " + advice[-1]
 
     def validation_step(self, batch, batch_idx: int) -> None:
         input_ids, targets, distance = self._split(batch)
