@@ -14,13 +14,16 @@ import io
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 
 from halo_lab.runner import config as rc
 from halo_lab.runner.config import ConfigError, compose_config, validate_config
@@ -366,3 +369,57 @@ def test_unwritable_reason(tmp_path, monkeypatch):
 
     monkeypatch.setattr(rc.tempfile, "mkstemp", mkstemp)
     assert rc.unwritable_reason(tmp_path / "run") == f"{tmp_path}: Permission denied"
+
+
+# ---------------------------------------------------------------------------------------------- 5. W&B
+def test_wandb_online_without_network_falls_back_to_offline_quickly(tmp_path, monkeypatch, caplog):
+    from halo_lab.runner import wandb_run
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    calls = []
+
+    def no_network(address, timeout=None):
+        calls.append((address, timeout))
+        raise OSError(errno.ENETUNREACH, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    caplog.set_level(logging.WARNING, logger="halo_lab.train")
+    sub = OmegaConf.create({"mode": None, "id": None, "name": None})
+    t0 = time.time()
+    wandb_run.fill_wandb_logger(sub, tmp_path, None, "run")
+    assert sub.mode == "offline" and time.time() - t0 < 2
+    assert calls and calls[0][0] == ("api.wandb.ai", 443) and calls[0][1] <= wandb_run.WANDB_CHECK_TIMEOUT_S
+    assert (
+        "does not answer (" in caplog.text
+        and "logging offline" in caplog.text
+        and "wandb sync" in caplog.text
+    )
+
+    monkeypatch.setattr(socket, "create_connection", lambda address, timeout=None: socket.socket())
+    sub = OmegaConf.create({"mode": None, "id": None, "name": None})
+    wandb_run.fill_wandb_logger(sub, tmp_path, None, "run")
+    assert sub.mode == "online"  # a server that answers: online as configured
+
+
+def test_wandb_check_never_waits_longer_than_its_timeout(monkeypatch):
+    from halo_lab.runner import wandb_run
+
+    monkeypatch.setattr(
+        socket, "create_connection", lambda address, timeout=None: time.sleep(2) or socket.socket()
+    )
+    t0 = time.time()
+    assert wandb_run.wandb_unreachable(timeout=0.2) == "no answer in 0.2 s"
+    assert time.time() - t0 < 1.5
+
+
+def test_wandb_logger_passes_no_anonymous_setting(tmp_path):
+    from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
+
+    from halo_lab.runner.wandb_run import WandbLogger
+
+    logger = WandbLogger(project="p", save_dir=str(tmp_path), mode="disabled")
+    assert isinstance(logger, LightningWandbLogger) and "anonymous" not in logger._wandb_init
+    assert WandbLogger(save_dir=str(tmp_path), anonymous=True)._wandb_init["anonymous"] == "allow"
+    target = compose_config(["logger=wandb"], output_dir=tmp_path).logger.wandb._target_
+    assert target == "halo_lab.runner.wandb_run.WandbLogger"
