@@ -100,9 +100,17 @@ def _quiet_lightning_console() -> None:
     # Lightning's own use of a torch API that torch >= 2.10 deprecates (lightning/pytorch/utilities/
     # _pytree.py): nothing halo_lab can change, printed once per run.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # Lightning's advertisement for its hosted logger, printed by every Trainer without one.
+    tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _drop_tips not in tips.filters:
+        tips.addFilter(_drop_tips)
     console = getattr(lightning, "_console", None)
     if console is not None and logging.getLogger().hasHandlers():
         logging.getLogger("lightning").removeHandler(console)
+
+
+def _drop_tips(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip:")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

@@ -487,17 +487,31 @@ def _missing_accelerator(accelerator: str | None) -> str | None:
 
 
 def _check_warmup(cfg: DictConfig, warm: int | None, total: int | None, steps: int) -> None:
+    """A warmup as long as the run: the configured default (not given on the command line) is shortened
+    to a tenth of the run with one info line (trainer=debug, a short trainer.max_steps); a warmup given on
+    the command line is kept, with a warning."""
     horizon = total if total not in (None, -1) else (steps if steps > 0 else None)
-    if warm and horizon is not None and warm >= horizon:
-        log.warning(
-            "scheduler.warmup_steps=%d >= the schedule's %d steps (scheduler.total_steps=%s, trainer.max_steps"
-            "=%s): the learning rate never leaves its warmup (never reaches optimizer.lr); lower "
-            "scheduler.warmup_steps",
-            warm,
+    if not warm or horizon is None or warm < horizon:
+        return
+    if _overridden(cfg, "scheduler.warmup_steps") is None:
+        with open_dict_rw(cfg):
+            cfg.scheduler.warmup_steps = horizon // 10
+        log.info(
+            "scheduler.warmup_steps=%d (a tenth of this %d-step run; the configured %d would outlast it)",
+            horizon // 10,
             horizon,
-            total,
-            steps,
+            warm,
         )
+        return
+    log.warning(
+        "scheduler.warmup_steps=%d >= the schedule's %d steps (scheduler.total_steps=%s, trainer.max_steps"
+        "=%s): the learning rate never leaves its warmup (never reaches optimizer.lr); lower "
+        "scheduler.warmup_steps",
+        warm,
+        horizon,
+        total,
+        steps,
+    )
 
 
 def _warn_large_vocab_on_cpu(cfg: DictConfig, model_config: dict[str, Any], device: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ loader) rebuilds the model from it alone.
 
 from __future__ import annotations
 
+import logging
 import math
 from functools import partial
 from typing import Any
@@ -25,6 +26,7 @@ except ImportError:  # pragma: no cover - other Lightning releases
     _restricted_classmethod = classmethod
 
 LN2 = math.log(2.0)
+log = logging.getLogger("halo_lab.train")
 
 
 # ---------------------------------------------------------------------------------------------- optimisation
@@ -313,3 +315,54 @@ class HaloLitModule(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
+
+
+# ---------------------------------------------------------------------------------------------- summary
+class ParameterSummary(pl.Callback):
+    """One log line when fit starts: the network's parameters, in all and by top-level part
+    (``model: HaloSModel, 4.07M parameters (all trainable, 16.3 MB): embed 32.8K, blocks 3.97M, ...``).
+
+    Instead of Lightning's ModelSummary table (``trainer.enable_model_summary: false`` in conf/trainer),
+    which lists the validation metric modules (0 parameters each) as rows and a FLOPs column it cannot
+    fill without an example input ("Total FLOPs: 0")."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        model = getattr(pl_module, "model", None)
+        if not trainer.is_global_zero or model is None:
+            return
+        seen: set[int] = set()
+        parts = []
+        own = [(name, [p]) for name, p in model.named_parameters(recurse=False)]  # e.g. global_memory
+        for name, params in [*((n, c.parameters()) for n, c in model.named_children()), *own]:
+            n = _count_new(params, seen)  # a tied weight counts once, in the first part holding it
+            if n:
+                parts.append(f"{name} {_count(n)}")
+        every = {id(p): p for p in model.parameters()}.values()
+        total = sum(p.numel() for p in every)
+        frozen = sum(p.numel() for p in every if not p.requires_grad)
+        size_mb = sum(p.numel() * p.element_size() for p in every) / 1e6
+        trainable = f"{_count(frozen)} frozen" if frozen else "all trainable"
+        log.info(
+            "model: %s, %s parameters (%s, %.1f MB): %s",
+            type(model).__name__,
+            _count(total),
+            trainable,
+            size_mb,
+            ", ".join(parts),
+        )
+
+
+def _count_new(params: Any, seen: set[int]) -> int:
+    n = 0
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            n += p.numel()
+    return n
+
+
+def _count(n: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(n)
