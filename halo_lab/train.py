@@ -21,9 +21,10 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from halo_lab.runner.config import ConfigError, conf_dir, created_run_dir, validate_config
+from halo_lab.runner.config import ConfigError, conf_dir, validate_config
 from halo_lab.runner.ddp import dist_env, patch_ddp_relaunch, teardown_distributed
 from halo_lab.runner.options import register_options
+from halo_lab.runner.rundir import remove_untouched_run_dir
 from halo_lab.runner.wandb_run import finish_wandb
 
 # Absolute: Hydra resolves a relative config_path against the caller, which differs between
@@ -133,7 +134,7 @@ def main(cfg: DictConfig) -> float | None:
         line, code = found
         print(f"halo_lab.train: {line}", file=sys.stderr)
         if code == 2:
-            remove_untouched_run_dir(cfg)
+            remove_untouched_run_dir()
         raise SystemExit(code) from None
     finally:
         finish_wandb(failed)
@@ -246,34 +247,6 @@ def _resume_hint(cfg: DictConfig | None) -> str:
     if paths is None or not paths[1].is_file():
         return ""
     return f"; then resume: hydra.run.dir={paths[0]} ckpt_path=auto"
-
-
-def remove_untouched_run_dir(cfg: DictConfig) -> bool:
-    """After a config or data error: remove the run directory when this process's Hydra run created it
-    and it holds nothing but Hydra's own files (``.hydra/`` with its three YAML files, the job's log):
-    failed commands leave no empty ``outputs/train/<time>/`` behind. Never a directory that existed
-    before (a resumed run's), or one with any other file."""
-    import shutil
-
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return False
-    hc = HydraConfig.get()
-    run_dir = Path(hc.runtime.output_dir)
-    if not created_run_dir(run_dir) or not run_dir.is_dir():
-        return False
-    sub = str(hc.output_subdir or ".hydra")
-    if {p.name for p in run_dir.iterdir()} - {sub, f"{hc.job.name}.log"}:
-        return False
-    hydra_dir = run_dir / sub
-    if hydra_dir.exists() and {p.name for p in hydra_dir.iterdir()} - HYDRA_FILES:
-        return False
-    shutil.rmtree(run_dir, ignore_errors=True)
-    return True
-
-
-HYDRA_FILES = {"config.yaml", "hydra.yaml", "overrides.yaml"}
 
 
 if __name__ == "__main__":

@@ -329,18 +329,19 @@ def test_a_long_jsonl_line_streams_in_bounded_memory(tmp_path):
 
 @pytest.mark.parametrize("tokenizer", ["char", "tiktoken", "word"])
 def test_chunked_encoding_gives_the_ids_of_one_encode(tokenizer, tmp_path):
+    from halo_lab.data._io import encode_in_chunks
     from halo_lab.tokenizers import build_tokenizer
 
     _, text = _one_long_document(tmp_path, 200_000)
     tok = build_tokenizer(tokenizer)
     if tokenizer == "word":
         tok.build_vocab([text])
-    pieces = list(st.encode_in_chunks(tok, text, chunk=4096))
+    pieces = list(encode_in_chunks(tok, text, chunk=4096))
     assert len(pieces) > 40 and max(len(p) for p in pieces) <= 4096 * (2 if tokenizer == "char" else 1)
     assert [int(i) for p in pieces for i in p] == tok.encode(text)
     # A run with no space or line break is cut at the chunk's end: bounded, and the text round-trips.
     run = "x" * 20_000
-    pieces = list(st.encode_in_chunks(tok, run, chunk=4096))
+    pieces = list(encode_in_chunks(tok, run, chunk=4096))
     assert len(pieces) == 5 and max(len(p) for p in pieces) <= 4096
     if tokenizer != "word":
         assert tok.decode([int(i) for p in pieces for i in p]) == run

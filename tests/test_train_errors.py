@@ -26,6 +26,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from halo_lab.runner import config as rc
+from halo_lab.runner import rundir
 from halo_lab.runner.config import ConfigError, compose_config, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,21 +147,19 @@ def _hydra_run_dir(tmp_path: Path) -> tuple[Path, str]:
 
 
 def test_a_run_dir_with_only_hydra_files_is_removed_only_when_this_run_made_it(tmp_path, monkeypatch):
-    from halo_lab.train import remove_untouched_run_dir
-
     run_dir, _ = _hydra_run_dir(tmp_path)
-    cfg = compose_config([], output_dir=run_dir)
-    assert not remove_untouched_run_dir(cfg) and run_dir.is_dir()  # it existed before this run
-    monkeypatch.setattr(rc, "_CREATED_RUN_DIRS", {str(run_dir.resolve())})
+    compose_config([], output_dir=run_dir)
+    assert not rundir.remove_untouched_run_dir() and run_dir.is_dir()  # it existed before this run
+    monkeypatch.setattr(rundir, "_CREATED_RUN_DIRS", {str(run_dir.resolve())})
     (run_dir / "checkpoints").mkdir()
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"weights")
-    assert not remove_untouched_run_dir(cfg) and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert not rundir.remove_untouched_run_dir() and (run_dir / "checkpoints" / "last.ckpt").is_file()
     (run_dir / "checkpoints" / "last.ckpt").unlink()
     (run_dir / "checkpoints").rmdir()
     (run_dir / ".hydra" / "notes.txt").write_text("mine")  # a user's file, even inside .hydra/
-    assert not remove_untouched_run_dir(cfg) and run_dir.is_dir()
+    assert not rundir.remove_untouched_run_dir() and run_dir.is_dir()
     (run_dir / ".hydra" / "notes.txt").unlink()
-    assert remove_untouched_run_dir(cfg) and not run_dir.exists()
+    assert rundir.remove_untouched_run_dir() and not run_dir.exists()
 
 
 # ---------------------------------------------------------------------------------------------- 4. device
@@ -357,18 +356,18 @@ def test_a_chmod_read_only_run_dir_is_one_line(tmp_path, corpus):
 
 
 def test_unwritable_reason(tmp_path, monkeypatch):
-    assert rc.unwritable_reason(tmp_path / "a" / "b") is None  # made later, in a writable parent
+    assert rundir.unwritable_reason(tmp_path / "a" / "b") is None  # made later, in a writable parent
     (tmp_path / "file").write_text("x")
-    assert "is not a directory" in rc.unwritable_reason(tmp_path / "file" / "run")
-    real = rc.tempfile.mkstemp
+    assert "is not a directory" in rundir.unwritable_reason(tmp_path / "file" / "run")
+    real = rundir.tempfile.mkstemp
 
     def mkstemp(*a, dir=None, **k):
         if str(dir).startswith(str(tmp_path)):
             raise PermissionError(13, "Permission denied")
         return real(*a, dir=dir, **k)
 
-    monkeypatch.setattr(rc.tempfile, "mkstemp", mkstemp)
-    assert rc.unwritable_reason(tmp_path / "run") == f"{tmp_path}: Permission denied"
+    monkeypatch.setattr(rundir.tempfile, "mkstemp", mkstemp)
+    assert rundir.unwritable_reason(tmp_path / "run") == f"{tmp_path}: Permission denied"
 
 
 # ---------------------------------------------------------------------------------------------- 5. W&B

@@ -28,7 +28,6 @@ a few windows more or fewer than each other: under DDP use ``infinite=True`` wit
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from halo_lab.data._io import _SAFE_CUT, _cut_point, as_paths, line_of_offset, line_start_at_or_after
+from halo_lab.data._io import _cut_point, as_paths, encode_in_chunks, line_of_offset, line_start_at_or_after
 from halo_lab.data.datasets import PathLike, _resolve_tokenizer, check_text_file, parse_jsonl_line
 from halo_lab.tokenizers import CharacterTokenizer, Tokenizer
 
@@ -359,42 +358,6 @@ class StreamingDataset(IterableDataset):
             yield np.array([tok.eos_token_id], dtype=np.int64)
         if skipped and not self.scanned:  # a scanned file's bad lines were reported once, up front
             warnings.warn(f"{path}: skipped {skipped} bad JSONL line(s) in bytes {start}-{end}", stacklevel=2)
-
-
-# Characters of a document tokenised per call. A 50 MB JSONL line tokenised whole became a Python list
-# of 50M ints (8 bytes a pointer), an int64 copy and a concatenated copy, all alive while the shuffle
-# buffer held windows viewing them: 1.5 GB, 30x the line. In pieces it stays ~3x the line (its bytes,
-# the decoded line, the JSON string) plus a piece.
-TEXT_CHUNK = 1 << 16
-_SAFE_CUT_STR = re.compile(_SAFE_CUT.pattern.decode())
-
-
-def encode_in_chunks(tok: Tokenizer, text: str, chunk: int = TEXT_CHUNK) -> Iterator[np.ndarray]:
-    """The ids of ``text`` as arrays of about ``chunk`` characters each, the same ids as one
-    ``tok.encode(text)``: byte-level text is cut anywhere, other tokenizers where no token spans the cut
-    (the rule of ``_cut_point``, which the text files' blocks use too; a run of ``chunk`` characters with
-    no space or line break is cut at its end)."""
-    if isinstance(tok, CharacterTokenizer):
-        for i in range(0, len(text), chunk):
-            piece = text[i : i + chunk].encode("utf-8", errors="surrogateescape")
-            yield np.frombuffer(piece, dtype=np.uint8)
-        return
-    start = 0
-    while start < len(text):
-        end = len(text) if len(text) - start <= chunk else _str_cut(text, start, start + chunk)
-        yield np.asarray(tok.encode(text[start:end]), dtype=np.int64)
-        start = end
-
-
-def _str_cut(text: str, lo: int, hi: int) -> int:
-    """The last safe cut in ``text[lo + 1 : hi]`` (searched near ``hi`` first), else ``hi``."""
-    for first in (max(lo + 1, hi - 4096), lo + 1):
-        last = None
-        for m in _SAFE_CUT_STR.finditer(text, first, hi):
-            last = m.start()
-        if last is not None:
-            return last
-    return hi
 
 
 SCAN_FORMAT = 1

@@ -7,9 +7,6 @@ message starts with the full dotted key (``trainer.gradient_clip_val='high': ...
 2. values: ``HaloConfig`` validates itself; the runner's own ranges (steps, lr, ...) are listed below.
 A mandatory value left at ``???`` (``data=text`` without ``data.path``) and a device profile this machine
 cannot run (``device=h100`` without a CUDA GPU) are ConfigErrors too, before any work.
-
-:class:`RunDirCheck` (a Hydra callback, conf/hydra/default.yaml) checks that the run directory can be
-written before Hydra opens its log file there.
 """
 
 from __future__ import annotations
@@ -25,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -107,68 +103,6 @@ def compose_config(
         cfg.hydra.job.num = 0
     HydraConfig.instance().set_config(cfg)
     return cfg
-
-
-# ---------------------------------------------------------------------------------------------- run dir
-# Run directories this process's Hydra run created (see RunDirCheck): only these may be removed again.
-_CREATED_RUN_DIRS: set[str] = set()
-
-
-def created_run_dir(path: str | os.PathLike) -> bool:
-    """Whether this process's Hydra run created ``path`` (it did not exist when the run started)."""
-    return str(Path(path).resolve()) in _CREATED_RUN_DIRS
-
-
-def unwritable_reason(path: str | os.PathLike) -> str | None:
-    """Why no file can be created in ``path`` (or in its nearest existing parent, where the directory would
-    be made), else None. Tries a real file: permissions, a read-only file system and root all count."""
-    d = Path(path).absolute()
-    while not d.exists() and d != d.parent:
-        d = d.parent
-    if not d.is_dir():
-        return f"{d} is not a directory"
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".halo-write-check-", dir=d)
-    except OSError as exc:
-        return f"{d}: {exc.strerror or exc}"
-    os.close(fd)
-    os.unlink(tmp)
-    return None
-
-
-class RunDirCheck(Callback):
-    """A Hydra callback (conf/hydra/default.yaml) run before Hydra makes the run directory and opens its
-    log file there: a directory that cannot be written is one line naming it and exit code 2, instead of
-    Hydra's ``Unable to configure handler 'file'`` traceback. It pins ``hydra.run.dir`` to its resolved
-    value (``${now:...}`` resolved once) and records whether the directory is new (``created_run_dir``)."""
-
-    def on_run_start(self, config: DictConfig, config_name: str | None = None, **kwargs: Any) -> None:
-        self._check(config, "hydra.run.dir", config_name, pin=True)
-
-    def on_multirun_start(self, config: DictConfig, config_name: str | None = None, **kwargs: Any) -> None:
-        self._check(config, "hydra.sweep.dir", config_name, pin=False)
-
-    @staticmethod
-    def _check(config: DictConfig, key: str, config_name: str | None, pin: bool) -> None:
-        import sys
-
-        try:
-            run_dir = str(OmegaConf.select(config, key, throw_on_missing=True))
-        except Exception:  # noqa: BLE001 - not resolvable here (e.g. ${hydra:...}): Hydra reports it
-            return
-        reason = unwritable_reason(run_dir)
-        if reason is not None:
-            print(
-                f"halo_lab.{config_name or 'train'}: run directory error: cannot write the run directory "
-                f"{run_dir} ({reason}); pick a writable place: {key}=DIR or HALO_LAB_ROOT=DIR",
-                file=sys.stderr,
-            )
-            raise SystemExit(2)
-        if pin:
-            with open_dict_rw(config):
-                OmegaConf.update(config, key, run_dir)
-            if not Path(run_dir).exists():
-                _CREATED_RUN_DIRS.add(str(Path(run_dir).resolve()))
 
 
 class open_dict_rw:
