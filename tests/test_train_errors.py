@@ -422,3 +422,18 @@ def test_wandb_logger_passes_no_anonymous_setting(tmp_path):
     assert WandbLogger(save_dir=str(tmp_path), anonymous=True)._wandb_init["anonymous"] == "allow"
     target = compose_config(["logger=wandb"], output_dir=tmp_path).logger.wandb._target_
     assert target == "halo_lab.runner.wandb_run.WandbLogger"
+
+
+def test_closing_wandb_cannot_turn_a_one_line_error_into_a_traceback(monkeypatch, caplog):
+    """main's `finally` closes W&B after the error line: a full disk there must not raise over it."""
+    import types
+
+    from halo_lab.runner.wandb_run import finish_wandb
+
+    def finish(exit_code):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(run=object(), finish=finish))
+    caplog.set_level(logging.WARNING, logger="halo_lab.train")
+    finish_wandb(failed=True)
+    assert "W&B: closing the run failed ([Errno 28] No space left on device)" in caplog.text

@@ -90,10 +90,14 @@ def fill_wandb_logger(sub: DictConfig, run_dir: Path, ckpt_path: str | None, def
 
 def finish_wandb(failed: bool) -> None:
     """Close this job's W&B run, with a failing exit code on error: in a multirun (one process) an
-    unclosed run would swallow the next job's metrics."""
+    unclosed run would swallow the next job's metrics. Closing it cannot fail the job (a full disk, a
+    lost connection): the run's own files are written by then; a warning says what W&B lost."""
     wandb: Any = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish(exit_code=1 if failed else 0)
+        try:
+            wandb.finish(exit_code=1 if failed else 0)
+        except Exception as exc:  # noqa: BLE001 - whatever W&B raises, the job's result stands
+            log.warning("W&B: closing the run failed (%s); its files may be incomplete", exc)
 
 
 def _wandb_url() -> str:
