@@ -16,6 +16,7 @@ Bad inputs: each is classified as
   ran safely    (symlinks planted in an export's output folder) it runs, and no file outside was written;
   EXECUTED      (malicious pickles) the checkpoint's payload ran;
   WROTE-THROUGH (planted symlinks) a file outside the output folder was written or its mode changed.
+  timeout       it was still running after 300 s.
 Most probes are ``python -m halo_lab.train`` runs; a few run ``python -m halo_lab.export`` / ``generate``
 (a pickle through their loaders, a tokenizer file outside the model folder, symlinks in the output folder).
 Kill trials: a run is SIGKILLed at a chosen point (a random step, halfway through a checkpoint write, right
@@ -53,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+UNSET = "<unset>"
 MAX_STEPS = 30
 EPOCH = 10  # training batches per epoch of the probe corpus
 
@@ -101,6 +103,8 @@ class Env:
         )
         e.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
         e.update(extra)
+        for k in [k for k, v in e.items() if v == UNSET]:  # a probe's way to remove a variable
+            del e[k]
         return e
 
     def train(self, args: list[str], timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
@@ -347,6 +351,7 @@ class Probe:
     module: str = "halo_lab.train"  # another command line: ``args`` is then all of it
     env: dict[str, str] = field(default_factory=dict)
     victims: Path | None = None  # files outside that the command must leave as they are ("VICTIM", 0600)
+    run_dir: Path | None = None  # the run directory (default: probes/NN)
 
 
 def input_probes(e: Env, f: dict[str, Path]) -> list[Probe]:
@@ -501,11 +506,93 @@ def input_probes(e: Env, f: dict[str, Path]) -> list[Probe]:
             module="halo_lab.export",
             victims=f["victims"],
         )
+    _issue28_probes(e, add)
     return P
 
 
+def _issue28_probes(e: Env, add) -> None:
+    """Issue 28 (errors of the user's and of the machine's): one line each, or a warning where the run
+    should go on. The full disk and the read-only run directory are simulated in the training process
+    (the probe may run as root, where chmod does not bite): see full_disk and read_only below."""
+    add("data=text without data.path (???)", ["data.path=???"], r"data\.path: no value given")
+    add("device=h100 without a GPU", ["device=h100"], r"device=h100: .*no CUDA GPU here")
+    add(
+        "a diverging loss (optimizer.lr=1e6)",
+        ["optimizer.lr=1e6"],
+        r"diverged: .* at step \d+ .*optimizer\.lr",
+    )
+    add(
+        "a full disk at the checkpoint write",
+        ["+callbacks.full_disk._target_=probe.full_disk"],
+        r"no space left on device writing \S*last\.ckpt",
+    )
+    ro = e.work / "probes" / "read_only"
+    add(
+        "a read-only run directory",
+        ["+hydra.callbacks.read_only._target_=probe.read_only", f"+hydra.callbacks.read_only.path={ro}"],
+        r"run directory error: cannot write the run directory",
+        run_dir=ro,
+    )
+    add(
+        "W&B key without a network (warning, offline)",
+        ["logger=wandb"],
+        r"W&B: \S+ does not answer .*logging offline",
+        expect="warn",
+        env={"WANDB_MODE": UNSET, "WANDB_API_KEY": "0" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"},
+    )
+
+
+def full_disk():
+    """A callback target that makes every later torch.save fail as on a full disk (the first 100 bytes
+    written, then ENOSPC: torch raises its ``unexpected pos`` RuntimeError with the OSError as context)."""
+    import errno
+    import io
+
+    import lightning.pytorch as pl
+    import torch
+
+    real = torch.save
+
+    class Full(io.RawIOBase):
+        written = 0
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            self.written += len(b)
+            if self.written > 100:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return len(b)
+
+    torch.save = lambda obj, f, *a, **k: real(obj, Full(), *a, **k)
+    return pl.Callback()
+
+
+def read_only(path: str):
+    """A Hydra callback target (made before Hydra's run starts): every open or mkdir under ``path`` fails
+    with EACCES from now on, as in a directory the user cannot write."""
+    import builtins
+
+    from hydra.experimental.callback import Callback
+
+    root = os.path.abspath(path)
+    os.makedirs(root, exist_ok=True)
+
+    def deny(real):
+        def call(p, *a, **k):
+            if not isinstance(p, int) and os.path.abspath(os.fsdecode(p)).startswith(root):
+                raise PermissionError(13, "Permission denied", os.fsdecode(p))
+            return real(p, *a, **k)
+
+        return call
+
+    os.open, os.mkdir, builtins.open = deny(os.open), deny(os.mkdir), deny(builtins.open)
+    return Callback()
+
+
 def run_probe(e: Env, f: dict[str, Path], p: Probe, i: int) -> dict:
-    d = e.work / "probes" / f"{i:02d}"
+    d = p.run_dir or e.work / "probes" / f"{i:02d}"
     args = [*tiny(e.corpus, 4), *p.args]
     env = dict(p.env)
     if p.resume:
@@ -514,10 +601,13 @@ def run_probe(e: Env, f: dict[str, Path], p: Probe, i: int) -> dict:
     if p.marker is not None:
         env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
     t0 = time.time()
-    if p.module == "halo_lab.train":
-        proc = e.train([*args, f"hydra.run.dir={d}"], timeout=300, **env)
-    else:
-        proc = e.run(p.module, p.args, timeout=300, **env)
+    try:
+        if p.module == "halo_lab.train":
+            proc = e.train([*args, f"hydra.run.dir={d}"], timeout=300, **env)
+        else:
+            proc = e.run(p.module, p.args, timeout=300, **env)
+    except subprocess.TimeoutExpired:  # e.g. device=h100 on a CPU before issue 28: bf16 + compile, no end
+        return {"probe": p.name, "verdict": "timeout", "rc": None, "seconds": 300.0, "last_line": ""}
     err = proc.stderr
     out = proc.stdout + err  # Hydra's log handler (warnings) writes to stdout
     named = re.search(p.match, out if p.expect == "warn" else err, re.S) is not None
@@ -753,6 +843,7 @@ def main() -> int:
     ap.add_argument("--only", choices=("inputs", "kills"), default=None)
     ap.add_argument("--trials", default=None, help="only the kill trials whose name matches this regex")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--probes", default=None, help="only the bad inputs whose name matches this regex")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="halo_probe_"))
     e = Env(repo=args.repo.resolve(), work=work)
@@ -763,6 +854,8 @@ def main() -> int:
         with ThreadPoolExecutor(args.jobs) as pool:
             if args.only != "kills":
                 probes = input_probes(e, f)
+                if args.probes:
+                    probes = [p for p in probes if re.search(args.probes, p.name)]
                 out["inputs"] = list(pool.map(lambda ip: run_probe(e, f, ip[1], ip[0]), enumerate(probes)))
             if args.only != "inputs":
                 rec = work / "straight.jsonl"
