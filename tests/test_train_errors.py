@@ -162,6 +162,29 @@ def test_a_run_dir_with_only_hydra_files_is_removed_only_when_this_run_made_it(t
     assert rundir.remove_untouched_run_dir() and not run_dir.exists()
 
 
+def test_a_new_run_dir_with_this_launchs_lock_and_launch_line_is_removed_but_not_another_runs(
+    tmp_path, monkeypatch
+):
+    """The runner's lock (.run.lock) and launch record (launches.jsonl) are written before the config is
+    checked: in a directory this run made they are its own and go with it; a lock this process does not
+    hold is another live run's, whose directory stays."""
+    from halo_lab.runner import lock
+    from halo_lab.runner.launches import LAUNCHES
+
+    run_dir, _ = _hydra_run_dir(tmp_path)
+    monkeypatch.setattr(rundir, "_CREATED_RUN_DIRS", {str(run_dir.resolve())})
+    (run_dir / LAUNCHES).write_text('{"launch": 1, "command": [], "overrides": []}\n')
+    (run_dir / lock.LOCK_NAME).write_text('{"pid": 1}\n')  # not this process's: another run holds it
+    assert not rundir.remove_untouched_run_dir() and run_dir.is_dir()
+    lock.hold_run_dir(run_dir)
+    try:
+        assert lock.holds(run_dir)
+        assert rundir.remove_untouched_run_dir() and not run_dir.exists()
+        assert not lock.holds(run_dir)  # released with its directory
+    finally:
+        lock.release()
+
+
 # ---------------------------------------------------------------------------------------------- 4. device
 def test_a_gpu_profile_without_a_gpu_is_a_config_error_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

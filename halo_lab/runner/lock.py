@@ -70,6 +70,11 @@ def remember_hydra_files(run_dir: str | os.PathLike) -> None:
         _write_holder(fh, Path(run_dir).resolve())
 
 
+def holds(run_dir: str | os.PathLike) -> bool:
+    """Whether this process holds ``run_dir``'s lock."""
+    return _held.get("fh") is not None and _held.get("dir") == str(Path(run_dir).resolve())
+
+
 def release() -> None:
     """Give up the lock this process holds (the file stays: removing it would race with a new holder)."""
     fh = _held.pop("fh", None)

@@ -6,9 +6,10 @@ when a config or data error left nothing in it but Hydra's own files.
   Hydra's ``Unable to configure handler 'file'`` traceback. It also records whether this run creates the
   directory (:func:`created_run_dir`).
 - :func:`remove_untouched_run_dir`: after a config or data error (``train.main``), the directory this
-  run created, when it holds only ``.hydra/`` (its three files) and the job's log: mistyped commands
-  leave no empty ``outputs/train/<time>/`` behind. Never a directory that existed before, or one with
-  anything else in it.
+  run created, when it holds only ``.hydra/`` (its three files), the job's log and this launch's own
+  records (the ``.run.lock`` it holds, its line in ``launches.jsonl``): mistyped commands leave no empty
+  ``outputs/train/<time>/`` behind. Never a directory that existed before, one with anything else in
+  it, or one whose lock another process holds.
 """
 
 from __future__ import annotations
@@ -90,9 +91,14 @@ HYDRA_FILES = {"config.yaml", "hydra.yaml", "overrides.yaml"}
 
 def remove_untouched_run_dir() -> bool:
     """After a config or data error: remove the run directory when this process's Hydra run created it
-    and it holds nothing but Hydra's own files (``.hydra/`` with its three YAML files, the job's log):
-    failed commands leave no empty ``outputs/train/<time>/`` behind. Never a directory that existed
-    before (a resumed run's), or one with any other file."""
+    and it holds nothing but Hydra's own files (``.hydra/`` with its three YAML files, the job's log)
+    and this launch's records (``.run.lock``, held by this process, and ``launches.jsonl``: in a
+    directory this process created, only this launch's line): failed commands leave no empty
+    ``outputs/train/<time>/`` behind. Never a directory that existed before (a resumed run's), one with
+    any other file, or one whose lock this process does not hold (another run uses it)."""
+    from halo_lab.runner import lock
+    from halo_lab.runner.launches import LAUNCHES
+
     if not HydraConfig.initialized():
         return False
     hc = HydraConfig.get()
@@ -100,10 +106,14 @@ def remove_untouched_run_dir() -> bool:
     if not created_run_dir(run_dir) or not run_dir.is_dir():
         return False
     sub = str(hc.output_subdir or ".hydra")
-    if {p.name for p in run_dir.iterdir()} - {sub, f"{hc.job.name}.log"}:
+    names = {p.name for p in run_dir.iterdir()}
+    if names - {sub, f"{hc.job.name}.log", lock.LOCK_NAME, LAUNCHES}:
+        return False
+    if lock.LOCK_NAME in names and not lock.holds(run_dir):
         return False
     hydra_dir = run_dir / sub
     if hydra_dir.exists() and {p.name for p in hydra_dir.iterdir()} - HYDRA_FILES:
         return False
+    lock.release()
     shutil.rmtree(run_dir, ignore_errors=True)
     return True
