@@ -247,10 +247,14 @@ def _kept_checkpoint(cfg: DictConfig | None) -> str:
 
 
 def _resume_hint(cfg: DictConfig | None) -> str:
+    """``; then resume: COMMAND`` (the run's config comes back from its launches.jsonl) when a checkpoint
+    was kept."""
+    from halo_lab.runner.launches import resume_command
+
     paths = _run_paths(cfg)
     if paths is None or not paths[1].is_file():
         return ""
-    return f"; then resume: hydra.run.dir={paths[0]} ckpt_path=auto"
+    return f"; then resume: {resume_command(paths[0])}"
 
 
 if __name__ == "__main__":

@@ -311,6 +311,24 @@ def test_no_space_at_the_metrics_and_history_writes_names_the_file(tmp_path, mon
     assert user_error(RuntimeError("a bug")) is None  # anything else keeps its traceback
 
 
+def test_a_full_disk_after_a_checkpoint_names_the_command_that_resumes(tmp_path):
+    """The disk line's resume hint is the runner's resume command: the whole command line, quoted for
+    Hydra where the run directory needs it (a sweep job's commas), nothing else to retype."""
+    from halo_lab.runner.launches import resume_command
+    from halo_lab.train import user_error
+
+    run_dir = tmp_path / "seed=2,variant=dense"
+    cfg = compose_config([], output_dir=run_dir)
+    full = OSError(errno.ENOSPC, "No space left on device", str(run_dir / "metrics.json"))
+    line, code = user_error(full, cfg)
+    assert code == 1 and "then resume" not in line  # no checkpoint yet: nothing to resume
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    line, code = user_error(full, cfg)
+    assert line.endswith(f"; then resume: {resume_command(run_dir)}") and code == 1
+    assert "'hydra.run.dir=" in line and "ckpt_path=auto" in line
+
+
 def test_a_full_disk_during_the_run_is_one_line(tmp_path, corpus):
     prelude = """
 import errno, io, torch
