@@ -1,13 +1,19 @@
 """What a first run shows: progress lines with the current validation loss and at least every 20 s off
-a terminal, one history row per validation, a warning when the warmup never ends, and no deprecation
-warning from halo_lab's own flex_attention calls."""
+a terminal, one history row per validation, a warning when a warmup given on the command line never ends,
+no deprecation warning from halo_lab's own flex_attention calls, and none of the noise of issue 28 (the
+default warmup in a short run, Lightning's litlogger tip, W&B's "anonymous" warning, a model summary
+table of metric modules and "Total FLOPs: 0")."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import types
 import warnings
+from pathlib import Path
 
 import torch
 from hydra.core.global_hydra import GlobalHydra
@@ -75,16 +81,27 @@ def test_the_final_validate_adds_no_duplicate_history_row(tmp_path):
 
 
 def test_warmup_longer_than_the_run_warns(tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger="halo_lab.train")
+    """The default warmup (50) in a shorter run (trainer=debug, a short trainer.max_steps) is shortened to a
+    tenth of the run with one info line; a warmup given on the command line is kept, with a warning."""
+    caplog.set_level(logging.INFO, logger="halo_lab.train")
     try:
-        validate_config(compose_config(["trainer.max_steps=20"], output_dir=tmp_path))
+        for overrides, steps in ((["trainer.max_steps=20"], 20), (["trainer=debug"], 20)):
+            cfg = compose_config(overrides, output_dir=tmp_path)
+            validate_config(cfg)
+            assert cfg.scheduler.warmup_steps == steps // 10
+            assert [r.levelname for r in caplog.records if "warmup" in r.getMessage()] == ["INFO"]
+            assert f"scheduler.warmup_steps={steps // 10} (a tenth of this {steps}-step run" in caplog.text
+            caplog.clear()
+        validate_config(compose_config([], output_dir=tmp_path))
+        assert "warmup_steps" not in caplog.text
+        cfg = compose_config(["trainer.max_steps=20", "scheduler.warmup_steps=50"], output_dir=tmp_path)
+        validate_config(cfg)
+        assert cfg.scheduler.warmup_steps == 50
         assert (
             "scheduler.warmup_steps=50 >= the schedule's 20 steps" in caplog.text
             and "max_steps=20" in caplog.text
         )
         caplog.clear()
-        validate_config(compose_config([], output_dir=tmp_path))
-        assert "warmup_steps" not in caplog.text
         validate_config(
             compose_config(["scheduler.total_steps=40", "scheduler.warmup_steps=40"], output_dir=tmp_path)
         )
@@ -108,3 +125,55 @@ def test_hybrid_attention_calls_flex_without_the_deprecated_return_lse():
     ref = attention.reference_attention(q, k, v, cfg, 0, -1)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     assert not [w for w in seen if "return_lse" in str(w.message)], [str(w.message) for w in seen]
+
+
+NOISE = (
+    "warmup_steps=50 >=",  # the default warmup in a short run
+    "litlogger",  # Lightning's tip, every Trainer
+    "anonymous setting",  # W&B, every run through Lightning's WandbLogger
+    "SumMetric",  # Lightning's summary table: the validation metric modules as rows
+    "Total FLOPs",  # ... and a FLOPs column it cannot fill
+)
+
+
+def test_a_short_run_prints_none_of_the_noise(tmp_path):
+    """A short run with the default trainer (model summary on) and the default logger (W&B, offline)."""
+    import random
+
+    r = random.Random(0)
+    words = "the quick brown fox jumps over a lazy dog and the king sees the queen".split()
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(r.choice(words) for _ in range(8)) for _ in range(400)))
+    args = [
+        "data=text",
+        f"data.path={corpus}",
+        "data.seq_len=32",
+        "data.batch_size=4",
+        "model.hidden_size=32",
+        "model.num_layers=1",
+        "model.num_heads=2",
+        "model.num_kv_heads=1",
+        "model.local_window=8",
+        "model.dilated_offsets=[1,2]",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=3",
+        "trainer.limit_val_batches=1",
+        "trainer.num_sanity_val_steps=0",
+        "callbacks.samples=null",
+        "sample.max_new_tokens=4",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "halo_lab.train", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert (tmp_path / "run" / "wandb").is_dir()  # W&B did run (offline)
+    assert [n for n in NOISE if n in out] == [], out
+    assert "model: HaloSModel, " in out and " parameters (all trainable, " in out  # the summary's one line

@@ -133,6 +133,11 @@ def run(overrides: list[str], run_dir: Path) -> dict:
     return train_run(cfg)
 
 
+# A resume with ckpt_path=auto runs the run's own overrides (its launches.jsonl) with the command line's on
+# top: it drops the crash the first launch added.
+NO_CRASH = "++callbacks.crash=null"
+
+
 def crash(overrides: list[str], run_dir: Path, step: int) -> None:
     with pytest.raises(_Crash):
         run(
@@ -162,7 +167,7 @@ def test_resume_from_the_final_checkpoint_at_an_epoch_end(tmp_path, corpus, stra
 def test_resume_after_a_kill_right_after_the_epoch_end_checkpoint(tmp_path, corpus, straight):
     rec, d = tmp_path / "rec.jsonl", tmp_path / "run"
     crash(tiny(corpus, 15, rec), d, step=BATCHES_PER_EPOCH + 1)  # last.ckpt at step 6 (every 3 steps)
-    run(tiny(corpus, 15, rec, "ckpt_path=auto"), d)
+    run(tiny(corpus, 15, rec, "ckpt_path=auto", NO_CRASH), d)
     assert effective(rec) == straight
 
 
@@ -461,7 +466,7 @@ def test_save_top_k_holds_after_a_kill(tmp_path, corpus):
     crash(tiny(corpus, 12, None, *val), d, step=5)  # last.ckpt at 4 (before step 4's validation)
     best = sorted((d / "checkpoints").glob("best-step*.ckpt"))
     assert [p.name for p in best] == ["best-step000004.ckpt"]
-    run(tiny(corpus, 12, None, *val, "ckpt_path=auto"), d)
+    run(tiny(corpus, 12, None, *val, "ckpt_path=auto", NO_CRASH), d)
     best = sorted((d / "checkpoints").glob("best-step*.ckpt"))
     assert len(best) == 1, [p.name for p in best]
 
@@ -550,7 +555,155 @@ def test_sigkill_right_after_the_epoch_end_checkpoint_then_resume(tmp_path, corp
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == BATCHES_PER_EPOCH
-    proc = _cli([*over, "ckpt_path=auto"], env)
+    proc = _cli([*over, "ckpt_path=auto", "++callbacks.slow=null"], env)
     assert proc.wait(timeout=300) == 0, proc.stderr.read()
     assert effective(rec) == straight
     assert not list((d / "checkpoints").glob(".*tmp*"))
+
+
+# ---------------------------------------------------------------------------------------------- 8. issue 28: resume
+TOKENS_PER_STEP = 8 * 32  # data.batch_size x data.seq_len of tiny()
+
+
+def test_one_last_checkpoint_when_max_steps_is_not_a_multiple_of_the_interval(tmp_path, corpus):
+    """trainer=debug's 20 steps with a checkpoint every 50: last.ckpt and last-v1.ckpt at the same step
+    (Lightning's save_last at train end beside the runner's final-step save)."""
+    d = tmp_path / "run"
+    run(tiny(corpus, 2), d)  # a checkpoint every 3 steps: none before the end
+    ckpts = sorted(p.name for p in (d / "checkpoints").iterdir())
+    assert ckpts == ["last.ckpt"], ckpts
+    run(tiny(corpus, 4, None, "ckpt_path=auto"), d)  # the resume: a periodic one at 3, the final at 4
+    ckpts = sorted(p.name for p in (d / "checkpoints").iterdir())
+    assert ckpts == ["last.ckpt"], ckpts
+    assert torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+
+
+class InterruptAt(pl.Callback):
+    """Ctrl-C (a KeyboardInterrupt) when step ``step`` is about to start (a batch in flight), or in the
+    validation at that step (between two steps)."""
+
+    def __init__(self, step: int, where: str):
+        self.step, self.where = step, where
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.where == "step" and trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+    def on_validation_start(self, trainer, pl_module):
+        if self.where == "validation" and trainer.global_step == self.step and not trainer.sanity_checking:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(("where", "saved"), [("step", 3), ("validation", 4)])
+def test_ctrl_c_prints_the_resume_command(tmp_path, corpus, straight, capfd, where, saved):
+    """Interrupted with a batch in flight, last.ckpt stays the last complete step (3: every 3 steps); in a
+    validation (between steps), last.ckpt is written at that step. Either way the run resumes exactly."""
+    rec, d = tmp_path / "rec.jsonl", tmp_path / "run"
+    val = "trainer.val_check_interval=2"
+    stop = [f"+callbacks.stop._target_={__name__}.InterruptAt", "+callbacks.stop.step=4"]
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises((KeyboardInterrupt, SystemExit)):
+            run(tiny(corpus, 15, rec, val, *stop, f"+callbacks.stop.where={where}"), d)
+    finally:
+        signal.signal(signal.SIGINT, sigint)  # Lightning ignores SIGINT after an interrupt
+    err = capfd.readouterr().err
+    assert f"interrupted at step 4; last.ckpt holds step {saved}" in err, err[-2000:]
+    assert f"resume with: python -m halo_lab.train hydra.run.dir={d} ckpt_path=auto\n" in err
+    assert torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == saved
+    run(["ckpt_path=auto", "++callbacks.stop=null"], d)  # the printed command (and the test's stop undone)
+    assert effective(rec) == straight
+
+
+@pytest.fixture(scope="module")
+def crashed_then_resumed(tmp_path_factory, corpus) -> Path:
+    """Killed before step 8 (last.ckpt at 6; history.jsonl has steps 7 and 8 already), then resumed to 15."""
+    d = tmp_path_factory.mktemp("crashed") / "run"
+    crash(tiny(corpus, 15, None, "trainer.val_check_interval=3"), d, step=8)
+    run(tiny(corpus, 15, None, "trainer.val_check_interval=3", "ckpt_path=auto", NO_CRASH), d)
+    return d
+
+
+def test_resumed_metrics_count_the_whole_run(crashed_then_resumed):
+    m = json.loads((crashed_then_resumed / "metrics.json").read_text())
+    assert m["steps"] == 15 and m["steps_this_run"] == 15 - 6  # this process's steps
+    assert m["train_tokens"] == 15 * TOKENS_PER_STEP  # the run's, not the last process's
+    assert m["tokens_per_sec"] > 0 and m["train_step_time_s"] > 0
+
+
+def test_metrics_after_a_kill_during_the_export_count_the_whole_run(tmp_path, corpus):
+    d = tmp_path / "run"
+    run(tiny(corpus, 6), d)
+    first = json.loads((d / "metrics.json").read_text())
+    (d / "metrics.json").unlink()  # killed after the last step, before metrics.json
+    run(tiny(corpus, 6, None, "ckpt_path=auto"), d)
+    m = json.loads((d / "metrics.json").read_text())
+    assert m["train_tokens"] == first["train_tokens"] == 6 * TOKENS_PER_STEP
+    assert m["tokens_per_sec"] == pytest.approx(first["tokens_per_sec"])
+    assert m["steps"] == 6 and m["steps_this_run"] == 0
+    val = [json.loads(x)["step"] for x in (d / "history.jsonl").read_text().splitlines() if "val/loss" in x]
+    assert val == [6], val  # the final validation, run again by the resume, recorded once
+
+
+def test_history_holds_each_step_once_after_a_resume(crashed_then_resumed):
+    records = [json.loads(x) for x in (crashed_then_resumed / "history.jsonl").read_text().splitlines()]
+    train = [r["step"] for r in records if "train/loss" in r]
+    val = [r["step"] for r in records if "val/loss" in r]
+    assert train == list(range(1, 16)), train
+    assert val == sorted(set(val)) and val[-1] == 15, val
+
+
+def test_resume_without_overrides_uses_the_runs_own_config(tmp_path, corpus):
+    """`hydra.run.dir=DIR ckpt_path=auto` and nothing else: the run's overrides come back from its record."""
+    d = tmp_path / "run"
+    first = tiny(corpus, 3)
+    run(first, d)
+    result = run(["ckpt_path=auto", "trainer.max_steps=6"], d)  # extend: allowed on top
+    assert result["steps"] == 6 and result["model_config"]["hidden_size"] == 32
+    from halo_lab.runner.launches import read_launches
+
+    launches = read_launches(d)
+    assert [x["command"] for x in launches] == [first, ["ckpt_path=auto", "trainer.max_steps=6"]]
+    assert launches[1]["overrides"] == [o for o in first if not o.startswith("trainer.max_steps=")] + [
+        "ckpt_path=auto",
+        "trainer.max_steps=6",
+    ]
+    assert [x.get("trained_from") for x in launches] == [0, 3]
+    assert run(["ckpt_path=auto"], d)["steps"] == 6  # max_steps=6 is the run's now: nothing to train
+    with pytest.raises(ConfigError, match=r"model\.hidden_size=64 \(checkpoint: 32\)"):
+        run(["ckpt_path=auto", "model.hidden_size=64"], d)
+    # A launch that trained nothing does not change the run's config (its line stays, for the record).
+    assert run(["ckpt_path=auto", "trainer.max_steps=7"], d)["model_config"]["hidden_size"] == 32
+    assert len(read_launches(d)) == 5
+
+
+def test_resume_before_any_checkpoint_uses_the_last_launchs_config(tmp_path, corpus):
+    d = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"x\.txt"):  # stopped before training: no checkpoint
+        run(tiny(corpus, 2, None, "data.path=/nonexistent/x.txt"), d)
+    result = run(["ckpt_path=auto", f"data.path={corpus}"], d)  # the launch's config, the path fixed
+    assert result["steps"] == 2 and result["model_config"]["hidden_size"] == 32
+
+
+def test_a_second_run_in_the_same_directory_stops_naming_the_holder(tmp_path, corpus):
+    rec, d = tmp_path / "rec.jsonl", tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
+    over = [o.replace(f"{__name__}.", "test_reliability.") for o in tiny(corpus, 15, rec)]
+    hold = ["+callbacks.slow._target_=test_reliability.SleepAt", "+callbacks.slow.step=4"]
+    proc = _cli([*over, *hold, "+callbacks.slow.seconds=120", f"hydra.run.dir={d}"], env)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None:
+            if rec.exists() and len(rec.read_text().splitlines()) >= 5:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stderr.read()
+        history = (d / "history.jsonl").read_text()
+        with pytest.raises(ConfigError, match=rf"{re.escape(str(d))}: .*\bpid {proc.pid}\b"):
+            run(tiny(corpus, 3), d)
+        assert (d / "history.jsonl").read_text() == history  # the second run did nothing
+    finally:
+        proc.kill()  # SIGKILL: its lock file stays behind
+        proc.wait()
+    assert (d / "checkpoints" / "last.ckpt").is_file()
+    assert run(tiny(corpus, 6, None, "ckpt_path=auto"), d)["steps"] == 6  # a dead holder blocks nothing

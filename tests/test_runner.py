@@ -355,6 +355,49 @@ def test_ddp_rank_command_runs_only_this_job(tmp_path, monkeypatch):
     assert cwd == os.getcwd()
 
 
+def test_resume_command_quotes_what_hydra_would_misread():
+    """A sweep job's directory holds commas (a sweep to Hydra), another a space: quoted for Hydra and the
+    shell, the command gives Hydra the directory back."""
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from halo_lab.runner.launches import resume_command
+
+    assert resume_command("/o/train/t") == "python -m halo_lab.train hydra.run.dir=/o/train/t ckpt_path=auto"
+    for d in ("/o/multirun/seed=1,variant=dense", "/o/my runs/x"):
+        arg = shlex.split(resume_command(d))[3]
+        assert OverridesParser.create().parse_overrides([arg])[0].value() == d
+
+
+def test_run_directory_lock_spares_the_ddp_ranks_of_the_run(tmp_path):
+    """Rank 0 holds the directory; a relaunched rank (LOCAL_RANK=1) of the same run takes no lock, another
+    rank-0 process stops naming the holder; the lock goes with its holder."""
+    from halo_lab.runner import lock
+
+    code = (
+        "import sys; from halo_lab.runner.lock import hold_run_dir\n"
+        "try:\n    hold_run_dir(sys.argv[1]); print('ran')\n"
+        "except ValueError as e:\n    print(e)\n"
+    )
+
+    def other(**env) -> str:
+        env = {**os.environ, "PYTHONPATH": str(REPO), **env}
+        cmd = [sys.executable, "-c", code, str(tmp_path / "run")]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120).stdout.strip()
+
+    try:
+        lock.hold_run_dir(tmp_path / "run")
+        lock.hold_run_dir(tmp_path / "run")  # this process again (a notebook, the next in-process run)
+        assert other(LOCAL_RANK="1") == "ran"
+        refused = other()
+        assert refused.startswith(f"hydra.run.dir={(tmp_path / 'run').resolve()}: another run")
+        assert f"(pid {os.getpid()}," in refused
+    finally:
+        lock.release()
+    assert other() == "ran"
+
+
 # ---------------------------------------------------------------------------------------------- whole runs
 def test_inprocess_run_checkpoint_is_plain_and_rebuilds(tmp_path, corpus):
     run_dir = tmp_path / "run"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -185,3 +186,58 @@ def test_ddp_inside_a_multirun_runs_each_job_once(tmp_path, corpus):
     assert [p.parent.name for p in metrics] == [f"seed={i},{','.join(sorted(DDP))}" for i in (1, 2)]
     assert all(json.loads(p.read_text())["world_size"] == 2 for p in metrics)
     assert not (tmp_path / "outputs" / "train").exists()
+
+
+def test_resume_from_a_bare_command_line_keeps_the_runs_config_and_record(tmp_path, corpus):
+    """`hydra.run.dir=DIR ckpt_path=auto` (+ an extension) resumes the run as it was configured; .hydra/
+    describes the run, launches.jsonl each launch; a second launch while the run holds the directory stops
+    with one line naming the holder's pid and leaves .hydra/ as it was."""
+    import yaml
+
+    run_dir = tmp_path / "run"
+    first = [*tiny_overrides(corpus, steps=3), "logger=none"]
+    _run([*first, f"hydra.run.dir={run_dir}"], tmp_path)
+    extend = ["ckpt_path=auto", "trainer.max_steps=5"]
+    proc = _run([f"hydra.run.dir={run_dir}", *extend], tmp_path)
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["steps"] == 5 and m["steps_this_run"] == 2 and m["model_config"]["hidden_size"] == 32
+    assert f"python -m halo_lab.train hydra.run.dir={run_dir} ckpt_path=auto" in proc.stdout
+    hydra_dir = run_dir / ".hydra"
+    overrides = yaml.safe_load((hydra_dir / "overrides.yaml").read_text())
+    assert overrides == [o for o in first if o != "trainer.max_steps=3"] + extend
+    cfg = yaml.safe_load((hydra_dir / "config.yaml").read_text())
+    assert cfg["trainer"]["max_steps"] == 5 and cfg["data"]["path"] == str(corpus)
+    hydra = yaml.safe_load((hydra_dir / "hydra.yaml").read_text())["hydra"]
+    assert hydra["runtime"]["choices"]["data"] == "text" and hydra["overrides"]["task"] == overrides
+    from halo_lab.runner.launches import read_launches
+
+    assert [(x["command"], x["trained_from"]) for x in read_launches(run_dir)] == [(first, 0), (extend, 3)]
+
+    code = (
+        "import sys, time; from halo_lab.runner.lock import hold_run_dir; hold_run_dir(sys.argv[1]); "
+        "print('held', flush=True); time.sleep(120)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(run_dir)], env=_env(), stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = {p.name: p.read_text() for p in hydra_dir.iterdir()}
+        second = subprocess.run(
+            [sys.executable, "-m", "halo_lab.train", f"hydra.run.dir={run_dir}", "seed=7"],
+            cwd=tmp_path,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert "Traceback" not in second.stderr
+    assert re.search(
+        rf"config error: hydra\.run\.dir={re.escape(str(run_dir))}: .*\bpid {holder.pid}\b", second.stderr
+    )
+    assert {p.name: p.read_text() for p in hydra_dir.iterdir()} == before
+    assert len(read_launches(run_dir)) == 2

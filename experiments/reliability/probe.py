@@ -1,6 +1,7 @@
 """Reliability probe: bad inputs and kill-and-resume trials against the real command line (CPU, tiny).
 
     python experiments/reliability/probe.py [--out DIR] [--jobs 2] [--repo PATH] [--only inputs|kills]
+                                            [--trials REGEX]
 
 Every probe is a ``python -m halo_lab.train`` subprocess on a tiny model (hidden 32, one layer, 32-token
 sequences, 10 batches an epoch), so the whole probe takes a few minutes on one or two cores.
@@ -15,13 +16,20 @@ Bad inputs: each is classified as
   ran safely    (symlinks planted in an export's output folder) it runs, and no file outside was written;
   EXECUTED      (malicious pickles) the checkpoint's payload ran;
   WROTE-THROUGH (planted symlinks) a file outside the output folder was written or its mode changed.
+  timeout       it was still running after 300 s.
 Most probes are ``python -m halo_lab.train`` runs; a few run ``python -m halo_lab.export`` / ``generate``
 (a pickle through their loaders, a tokenizer file outside the model folder, symlinks in the output folder).
 Kill trials: a run is SIGKILLed at a chosen point (a random step, halfway through a checkpoint write, right
 after the epoch-end checkpoint, inside a validation, inside the hub export), then resumed with
 ``ckpt_path=auto``; a trial passes when last.ckpt was readable (weights_only=True, checksum), the resume
 exits 0 from that checkpoint's step, the data of every step is bit-identical to an uninterrupted run
-(batch, epoch and batch index), metrics.json is complete, no temp file is left and ``save_top_k`` holds.
+(batch, epoch and batch index), metrics.json is complete, no temp file is left, ``save_top_k`` holds and
+the run leaves exactly one ``last.ckpt`` (no ``last-v1.ckpt``). The resume drops the trial's pause
+callback (``++callbacks.pause=null``): ``ckpt_path=auto`` runs the run's own overrides again. Issue 28
+adds two trials: a second run started in the directory while the first one runs (it must stop at once,
+naming the directory and the first run's pid, and the first run then resumes after its kill, from a bare
+``hydra.run.dir=DIR ckpt_path=auto``), and a finished run extended to 33 steps (not a multiple of the
+checkpoint interval) from a bare command line (``hydra.run.dir=DIR ckpt_path=auto trainer.max_steps=33``).
 
 ``--repo`` points at another checkout (e.g. the code before a fix) to compare the counts.
 """
@@ -46,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+UNSET = "<unset>"
 MAX_STEPS = 30
 EPOCH = 10  # training batches per epoch of the probe corpus
 
@@ -94,6 +103,8 @@ class Env:
         )
         e.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
         e.update(extra)
+        for k in [k for k, v in e.items() if v == UNSET]:  # a probe's way to remove a variable
+            del e[k]
         return e
 
     def train(self, args: list[str], timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
@@ -340,6 +351,7 @@ class Probe:
     module: str = "halo_lab.train"  # another command line: ``args`` is then all of it
     env: dict[str, str] = field(default_factory=dict)
     victims: Path | None = None  # files outside that the command must leave as they are ("VICTIM", 0600)
+    run_dir: Path | None = None  # the run directory (default: probes/NN)
 
 
 def input_probes(e: Env, f: dict[str, Path]) -> list[Probe]:
@@ -494,11 +506,93 @@ def input_probes(e: Env, f: dict[str, Path]) -> list[Probe]:
             module="halo_lab.export",
             victims=f["victims"],
         )
+    _issue28_probes(e, add)
     return P
 
 
+def _issue28_probes(e: Env, add) -> None:
+    """Issue 28 (errors of the user's and of the machine's): one line each, or a warning where the run
+    should go on. The full disk and the read-only run directory are simulated in the training process
+    (the probe may run as root, where chmod does not bite): see full_disk and read_only below."""
+    add("data=text without data.path (???)", ["data.path=???"], r"data\.path: no value given")
+    add("device=h100 without a GPU", ["device=h100"], r"device=h100: .*no CUDA GPU here")
+    add(
+        "a diverging loss (optimizer.lr=1e6)",
+        ["optimizer.lr=1e6"],
+        r"diverged: .* at step \d+ .*optimizer\.lr",
+    )
+    add(
+        "a full disk at the checkpoint write",
+        ["+callbacks.full_disk._target_=probe.full_disk"],
+        r"no space left on device writing \S*last\.ckpt",
+    )
+    ro = e.work / "probes" / "read_only"
+    add(
+        "a read-only run directory",
+        ["+hydra.callbacks.read_only._target_=probe.read_only", f"+hydra.callbacks.read_only.path={ro}"],
+        r"run directory error: cannot write the run directory",
+        run_dir=ro,
+    )
+    add(
+        "W&B key without a network (warning, offline)",
+        ["logger=wandb"],
+        r"W&B: \S+ does not answer .*logging offline",
+        expect="warn",
+        env={"WANDB_MODE": UNSET, "WANDB_API_KEY": "0" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"},
+    )
+
+
+def full_disk():
+    """A callback target that makes every later torch.save fail as on a full disk (the first 100 bytes
+    written, then ENOSPC: torch raises its ``unexpected pos`` RuntimeError with the OSError as context)."""
+    import errno
+    import io
+
+    import lightning.pytorch as pl
+    import torch
+
+    real = torch.save
+
+    class Full(io.RawIOBase):
+        written = 0
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            self.written += len(b)
+            if self.written > 100:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return len(b)
+
+    torch.save = lambda obj, f, *a, **k: real(obj, Full(), *a, **k)
+    return pl.Callback()
+
+
+def read_only(path: str):
+    """A Hydra callback target (made before Hydra's run starts): every open or mkdir under ``path`` fails
+    with EACCES from now on, as in a directory the user cannot write."""
+    import builtins
+
+    from hydra.experimental.callback import Callback
+
+    root = os.path.abspath(path)
+    os.makedirs(root, exist_ok=True)
+
+    def deny(real):
+        def call(p, *a, **k):
+            if not isinstance(p, int) and os.path.abspath(os.fsdecode(p)).startswith(root):
+                raise PermissionError(13, "Permission denied", os.fsdecode(p))
+            return real(p, *a, **k)
+
+        return call
+
+    os.open, os.mkdir, builtins.open = deny(os.open), deny(os.mkdir), deny(builtins.open)
+    return Callback()
+
+
 def run_probe(e: Env, f: dict[str, Path], p: Probe, i: int) -> dict:
-    d = e.work / "probes" / f"{i:02d}"
+    d = p.run_dir or e.work / "probes" / f"{i:02d}"
     args = [*tiny(e.corpus, 4), *p.args]
     env = dict(p.env)
     if p.resume:
@@ -507,10 +601,13 @@ def run_probe(e: Env, f: dict[str, Path], p: Probe, i: int) -> dict:
     if p.marker is not None:
         env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
     t0 = time.time()
-    if p.module == "halo_lab.train":
-        proc = e.train([*args, f"hydra.run.dir={d}"], timeout=300, **env)
-    else:
-        proc = e.run(p.module, p.args, timeout=300, **env)
+    try:
+        if p.module == "halo_lab.train":
+            proc = e.train([*args, f"hydra.run.dir={d}"], timeout=300, **env)
+        else:
+            proc = e.run(p.module, p.args, timeout=300, **env)
+    except subprocess.TimeoutExpired:  # e.g. device=h100 on a CPU before issue 28: bf16 + compile, no end
+        return {"probe": p.name, "verdict": "timeout", "rc": None, "seconds": 300.0, "last_line": ""}
     err = proc.stderr
     out = proc.stdout + err  # Hydra's log handler (warnings) writes to stdout
     named = re.search(p.match, out if p.expect == "warn" else err, re.S) is not None
@@ -573,6 +670,8 @@ def kill_trials(n_random: int, seed: int) -> list[Trial]:
         Trial("inside the final validation", "final_val", MAX_STEPS),
         Trial("inside the hub export", "export", MAX_STEPS),
         Trial("no-op resume, then extend max_steps", "noop", MAX_STEPS),
+        Trial("a second run in the same directory (while step 12 runs)", "second", 12),
+        Trial("extend to 33 steps (not a multiple of the interval), bare command line", "extend", 33),
     ]
     return out
 
@@ -608,35 +707,67 @@ def checkpoint_ok(path: Path) -> tuple[bool, int | None]:
     return True, int(ck.get("global_step", -1))
 
 
+NO_PAUSE = "++callbacks.pause=null"  # the resume runs the run's own overrides: drop the trial's pause
+
+
+def bare(d: Path, *extra: str) -> list[str]:
+    """A resume command line with nothing of the run's own: its overrides come from launches.jsonl."""
+    return [f"hydra.run.dir={d}", "ckpt_path=auto", NO_PAUSE, *extra]
+
+
 def run_trial(e: Env, t: Trial, i: int, straight: dict[int, dict]) -> dict:
     d = e.work / "kills" / f"{i:02d}"
     rec = e.work / "kills" / f"{i:02d}.jsonl"
-    marker = e.work / "kills" / f"{i:02d}.paused"
     base = [*tiny(e.corpus), *recorder(rec), f"hydra.run.dir={d}"]
-    res = {"trial": t.name}
     if t.kind == "noop":
+        res = _noop_trial(e, d, base)
+        steps = 40
+    elif t.kind == "extend":
         first = e.train(base)
-        last = d / "checkpoints" / "last.ckpt"
-        before = (last.read_bytes(), (d / "metrics.json").read_bytes()) if first.returncode == 0 else None
-        noop = e.train([*base, "ckpt_path=auto"])
-        after = (last.read_bytes(), (d / "metrics.json").read_bytes()) if last.exists() else None
-        res["noop_untouched"] = noop.returncode == 0 and before is not None and before == after
-        ext = e.train([*base, "trainer.max_steps=40", "ckpt_path=auto"])
-        eff = effective(rec)
-        res.update(
-            readable=True,
-            resumed=ext.returncode == 0,
-            from_step=MAX_STEPS,
-            data_identical=eff == {s: straight[s] for s in range(40)},
-            metrics=_metrics_steps(d) == 40,
-            leftovers=leftovers(d, e.work / "root" / "data" / "cache"),
-            best_files=len(list((d / "checkpoints").glob("best-step*.ckpt"))),
-        )
-        res["ok"] = res["noop_untouched"] and _trial_ok(res)
-        return res
+        ext = e.train(bare(d, f"trainer.max_steps={t.step}"))
+        res = {"readable": first.returncode == 0, "resumed": ext.returncode == 0, "from_step": MAX_STEPS}
+        if ext.returncode != 0:
+            res["error"] = (ext.stderr.strip().splitlines() or [""])[-1][:300]
+        steps = t.step
+    else:
+        res = _kill_trial(e, t, d, rec, base, e.work / "kills" / f"{i:02d}.paused")
+        steps = MAX_STEPS
+    res = {"trial": t.name, **res}
+    res.update(
+        data_identical=effective(rec) == {s: straight[s] for s in range(steps)},
+        metrics=_metrics_steps(d) == steps,
+        leftovers=leftovers(d, e.work / "root" / "data" / "cache"),
+        best_files=len(list((d / "checkpoints").glob("best-step*.ckpt"))),
+        last_files=sorted(p.name for p in (d / "checkpoints").glob("last*.ckpt")),
+    )
+    res["ok"] = _trial_ok(res) and all(
+        res.get(k, True) for k in ("killed", "noop_untouched", "second_refused")
+    )
+    if "ckpt_step" in res and res["ckpt_step"] is not None:
+        res["ok"] = res["ok"] and res["from_step"] in (res["ckpt_step"], MAX_STEPS)
+    return res
+
+
+def _noop_trial(e: Env, d: Path, base: list[str]) -> dict:
+    first = e.train(base)
+    last = d / "checkpoints" / "last.ckpt"
+    before = (last.read_bytes(), (d / "metrics.json").read_bytes()) if first.returncode == 0 else None
+    noop = e.train([*base, "ckpt_path=auto"])
+    after = (last.read_bytes(), (d / "metrics.json").read_bytes()) if last.exists() else None
+    ext = e.train([*base, "trainer.max_steps=40", "ckpt_path=auto"])
+    untouched = noop.returncode == 0 and before is not None and before == after
+    return {
+        "noop_untouched": untouched,
+        "readable": True,
+        "resumed": ext.returncode == 0,
+        "from_step": MAX_STEPS,
+    }
+
+
+def _kill_trial(e: Env, t: Trial, d: Path, rec: Path, base: list[str], marker: Path) -> dict:
     pause = [
         "+callbacks.pause._target_=hooks.Pause",
-        f"+callbacks.pause.kind={t.kind}",
+        f"+callbacks.pause.kind={'step' if t.kind == 'second' else t.kind}",
         f"+callbacks.pause.step={t.step}",
         f"+callbacks.pause.marker={marker}",
     ]
@@ -651,6 +782,9 @@ def run_trial(e: Env, t: Trial, i: int, straight: dict[int, dict]) -> dict:
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not marker.exists():
         time.sleep(0.02)
+    res: dict = {}
+    if t.kind == "second":
+        res.update(_second_run(e, d, proc))
     killed = proc.poll() is None
     if killed:
         os.kill(proc.pid, signal.SIGKILL)
@@ -658,24 +792,29 @@ def run_trial(e: Env, t: Trial, i: int, straight: dict[int, dict]) -> dict:
     res["killed"] = killed
     last = d / "checkpoints" / "last.ckpt"
     # No last.ckpt at all (killed while the first one was written) is fine: the resume starts at 0.
-    readable, ckpt_step = checkpoint_ok(last) if last.exists() else (True, 0)
-    res["readable"] = readable
-    res["ckpt_step"] = ckpt_step
+    res["readable"], res["ckpt_step"] = checkpoint_ok(last) if last.exists() else (True, 0)
     n_before = len(rec.read_text().splitlines()) if rec.exists() else 0
-    resume = e.train([*base, "ckpt_path=auto"])
+    resume = e.train(bare(d) if t.kind == "second" else [*base, "ckpt_path=auto", NO_PAUSE])
     res["resumed"] = resume.returncode == 0
     if not res["resumed"]:
         res["error"] = (resume.stderr.strip().splitlines() or [""])[-1][:300]
     lines = rec.read_text().splitlines()[n_before:] if rec.exists() else []
-    first = json.loads(lines[0])["step"] if lines else MAX_STEPS
-    res["from_step"] = first
-    eff = effective(rec)
-    res["data_identical"] = eff == {s: straight[s] for s in range(MAX_STEPS)}
-    res["metrics"] = _metrics_steps(d) == MAX_STEPS
-    res["leftovers"] = leftovers(d, e.work / "root" / "data" / "cache")
-    res["best_files"] = len(list((d / "checkpoints").glob("best-step*.ckpt")))
-    res["ok"] = killed and _trial_ok(res) and (ckpt_step is None or first == ckpt_step or first == MAX_STEPS)
+    res["from_step"] = json.loads(lines[0])["step"] if lines else MAX_STEPS
     return res
+
+
+def _second_run(e: Env, d: Path, holder: subprocess.Popen) -> dict:
+    """Another run into the directory while ``holder`` runs: it must stop at once with one line naming the
+    directory and the holder's pid, and leave the holder running."""
+    t0 = time.time()
+    second = e.train([*tiny(e.corpus), f"hydra.run.dir={d}"], timeout=300)
+    line = (second.stderr.strip().splitlines() or [""])[-1]
+    named = re.search(rf"{re.escape(str(d))}.*\bpid {holder.pid}\b", line) is not None
+    return {
+        "second_refused": second.returncode != 0 and named and holder.poll() is None,
+        "second_seconds": round(time.time() - t0, 1),
+        "second_line": line[:300],
+    }
 
 
 def _metrics_steps(d: Path) -> int | None:
@@ -689,6 +828,7 @@ def _trial_ok(r: dict) -> bool:
     return (
         bool(r["readable"] and r["resumed"] and r["data_identical"] and r["metrics"] and not r["leftovers"])
         and r["best_files"] <= 1
+        and r["last_files"] == ["last.ckpt"]
     )
 
 
@@ -701,7 +841,9 @@ def main() -> int:
     ap.add_argument("--random-kills", type=int, default=6)
     ap.add_argument("--seed", type=int, default=16)
     ap.add_argument("--only", choices=("inputs", "kills"), default=None)
+    ap.add_argument("--trials", default=None, help="only the kill trials whose name matches this regex")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--probes", default=None, help="only the bad inputs whose name matches this regex")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="halo_probe_"))
     e = Env(repo=args.repo.resolve(), work=work)
@@ -712,6 +854,8 @@ def main() -> int:
         with ThreadPoolExecutor(args.jobs) as pool:
             if args.only != "kills":
                 probes = input_probes(e, f)
+                if args.probes:
+                    probes = [p for p in probes if re.search(args.probes, p.name)]
                 out["inputs"] = list(pool.map(lambda ip: run_probe(e, f, ip[1], ip[0]), enumerate(probes)))
             if args.only != "inputs":
                 rec = work / "straight.jsonl"
@@ -720,6 +864,7 @@ def main() -> int:
                     raise RuntimeError(f"the uninterrupted run failed:\n{p.stderr[-3000:]}")
                 straight = effective(rec)
                 trials = kill_trials(args.random_kills, args.seed)
+                trials = [t for t in trials if args.trials is None or re.search(args.trials, t.name)]
                 out["kills"] = list(
                     pool.map(lambda it: run_trial(e, it[1], it[0], straight), enumerate(trials))
                 )
@@ -760,10 +905,12 @@ def report(out: dict) -> None:
                     "data_identical",
                     "metrics",
                     "best_files",
+                    "last_files",
                 )
             }
             extra = f" leftovers={r['leftovers']}" if r.get("leftovers") else ""
             extra += f" error={r['error']}" if r.get("error") else ""
+            extra += f" second run: {r['second_line']!r}" if r.get("second_line") else ""
             print(f"  {'ok  ' if r['ok'] else 'FAIL'} {r['trial']}: {flags}{extra}")
         ok = sum(r["ok"] for r in out["kills"])
         same = sum(bool(r["data_identical"]) for r in out["kills"])

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from halo_lab.data._io import _cut_point, as_paths, line_of_offset, line_start_at_or_after
+from halo_lab.data._io import _cut_point, as_paths, encode_in_chunks, line_of_offset, line_start_at_or_after
 from halo_lab.data.datasets import PathLike, _resolve_tokenizer, check_text_file, parse_jsonl_line
 from halo_lab.tokenizers import CharacterTokenizer, Tokenizer
 
@@ -336,7 +336,7 @@ class StreamingDataset(IterableDataset):
                     stacklevel=2,
                 )
 
-    def _jsonl_tokens(self, f, path: Path, start: int, end: int) -> Iterator[list[int]]:
+    def _jsonl_tokens(self, f, path: Path, start: int, end: int) -> Iterator[np.ndarray]:
         tok = self.tokenizer
         pos = start
         skipped = 0
@@ -353,9 +353,9 @@ class StreamingDataset(IterableDataset):
                 raise ValueError(f"{path}:{line_of_offset(path, line_start)}: {err}")
             if text is None:
                 continue
-            ids = tok.encode(text)
-            ids.append(tok.eos_token_id)
-            yield ids
+            del raw  # a long line: its bytes are not needed while its text is tokenised
+            yield from encode_in_chunks(tok, text)
+            yield np.array([tok.eos_token_id], dtype=np.int64)
         if skipped and not self.scanned:  # a scanned file's bad lines were reported once, up front
             warnings.warn(f"{path}: skipped {skipped} bad JSONL line(s) in bytes {start}-{end}", stacklevel=2)
 

@@ -134,7 +134,8 @@ def zorder(label: str) -> float:
 # ---------------------------------------------------------------------------------------------- bench
 # halo_lab.bench's rows: ``variant`` is dense, a HALO-S backend of the attention part (``triton``,
 # ``masked``, ``reference``, ``flex``, ``hybrid``; ``*_token``: per-token random edges; ``window``: the
-# window alone), ``halo`` / ``halo_<backend>`` (train step, decode), ``halo_ring`` (decode, ring cache) or
+# window alone; ``triton_select``: the content-selected blocks), ``halo`` / ``halo_<backend>`` (train step,
+# decode), ``halo_ring`` (decode, ring cache), ``halo_select`` (decode, selected blocks) or
 # ``pyhalos_<arch>`` (the reference package).
 BACKEND_COLORS = {
     "dense": COLORS["dense"],
@@ -146,6 +147,8 @@ BACKEND_COLORS = {
     "hybrid": "#8c6d31",
     "window": COLORS["local-only"],
     "ring": "#9467bd",
+    "select": COLORS["HALO-S+sel"],  # the selected blocks: the report's colour of the select variant
+    "triton_select": COLORS["HALO-S+sel"],
 }
 BACKEND_MARKERS = {"dense": "s", "reference": "D", "window": "^", "ring": "v"}
 

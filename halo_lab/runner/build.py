@@ -127,15 +127,16 @@ def build_module(cfg: DictConfig, checked: dict[str, Any]) -> pl.LightningModule
 
 def build_callbacks(cfg: DictConfig, batch_size: int | None, plan: Any) -> list[pl.Callback]:
     """Every callback of the run, in this one list: the ``callbacks`` group's entries (conf/callbacks),
-    then the runner's own: ``AutoBatchSize`` (``trainer.auto_batch_size``), last.ckpt right after the last
-    step, ``save_top_k`` across kills, and the data checks of a resume (``plan``: the run's
+    then the runner's own: ``AutoBatchSize`` (``trainer.auto_batch_size``), last.ckpt (its one writer:
+    every N steps, right after the last step, on Ctrl-C), ``save_top_k`` across kills, and the data checks of a resume (``plan``: the run's
     :class:`~halo_lab.runner.resume.ResumePlan`)."""
     from halo_lab.runner.checkpointing import CheckpointTopK, FinalStepCheckpoint
 
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     if batch_size is None:
         callbacks.append(AutoBatchSize(int(cfg.data.seq_len), cfg.data.get("eval_batch_size") is None))
-    callbacks += [FinalStepCheckpoint(Path(cfg.paths.ckpt_dir) / "last.ckpt"), CheckpointTopK()]
+    last = FinalStepCheckpoint(Path(cfg.paths.ckpt_dir) / "last.ckpt", run_dir=cfg.paths.output_dir)
+    callbacks += [last, CheckpointTopK()]
     return callbacks + plan.callbacks()
 
 

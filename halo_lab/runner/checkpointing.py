@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -129,38 +130,103 @@ _ATOMIC_TMP = re.compile(r"^\..+\.tmp(\d+)$")
 
 
 class FinalStepCheckpoint(pl.Callback):
-    """Writes ``path`` (last.ckpt) right after the last training step (``trainer.max_steps``), from the
-    same hook as the periodic checkpoints: a run resumed from it continues with the same steps, epochs
-    and data as an uninterrupted run (a checkpoint written after ``fit`` returns resumes one epoch
-    number ahead). Skipped when a ``save_last`` ModelCheckpoint writes last.ckpt at that step anyway."""
+    """The one writer of ``path`` (last.ckpt): every N training steps, right after the last training step
+    (``trainer.max_steps``), and on Ctrl-C (then the command that resumes the run); :func:`save_final_state`
+    after ``fit`` (epoch-based runs).
 
-    def __init__(self, path: str | os.PathLike):
+    Why one writer: a ``save_last`` ModelCheckpoint writes last.ckpt on its own schedule, and Lightning
+    (2.6) makes it save once more at the end of training when it has not saved in this process; finding a
+    last.ckpt it did not write, it versions its file, so every run whose ``trainer.max_steps`` is not a
+    multiple of the interval ended with ``last.ckpt`` and ``last-v1.ckpt`` at the same step. So at the start
+    of fit this callback adopts every ``save_last`` ModelCheckpoint whose last file is ``path``: it takes
+    that callback's ``every_n_train_steps`` and turns its ``save_last`` off (the callback keeps its top-k
+    files and its state in the checkpoint).
+
+    The final save runs from the same hook as the periodic ones: a run resumed from it continues with the
+    same steps, epochs and data as an uninterrupted run (a checkpoint written after ``fit`` returns resumes
+    one epoch number ahead).
+    """
+
+    def __init__(self, path: str | os.PathLike, run_dir: str | os.PathLike | None = None):
         self.path = str(path)
+        self.run_dir = str(run_dir) if run_dir is not None else str(Path(self.path).parent.parent)
+        self.every_n_train_steps = 0
         self.saved_step: int | None = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:  # every ModelCheckpoint's dirpath is resolved now
+        target = Path(self.path).resolve()
+        for cb in trainer.checkpoint_callbacks:
+            if not getattr(cb, "save_last", False) or not getattr(cb, "dirpath", None):
+                continue
+            last = Path(cb.dirpath).resolve() / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
+            if last == target:
+                cb.save_last = False
+                every = int(getattr(cb, "_every_n_train_steps", 0) or 0)
+                if every > 0 and (self.every_n_train_steps == 0 or every < self.every_n_train_steps):
+                    self.every_n_train_steps = every
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if trainer.max_steps <= 0 or step < trainer.max_steps or self.saved_step == step:
+        final = 0 < trainer.max_steps <= step
+        periodic = self.every_n_train_steps > 0 and step % self.every_n_train_steps == 0
+        if (final or periodic) and step != self.saved_step and not trainer.fast_dev_run:
+            self.save(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """Ctrl-C: Lightning calls this, then exits the process (status 1). last.ckpt is written now only
+        when no training step was in flight (the interrupt came during validation, a checkpoint, the
+        logging): a step cut off halfway has its batch already taken from the loader (the saved data
+        position would skip it) and perhaps half of its optimizer update applied, so then last.ckpt stays
+        the last complete one. Then the command that resumes the run."""
+        if not isinstance(exception, KeyboardInterrupt) or trainer.state.fn != "fit":
             return
-        self.saved_step = step
-        for cb in trainer.checkpoint_callbacks:
-            every = getattr(cb, "_every_n_train_steps", 0)
-            if getattr(cb, "save_last", False) and every and step % every == 0:
-                if Path(cb.dirpath or "").resolve() / "last.ckpt" == Path(self.path).resolve():
-                    return  # that callback writes the same file at this step (it runs after this one)
-        trainer.save_checkpoint(self.path)
+        if self.saved_step != trainer.global_step and not _step_in_flight(trainer):
+            self.save(trainer)
+        _say_interrupted(trainer, self)
+
+    def save(self, trainer) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)
+        self.saved_step = trainer.global_step
+
+
+def _step_in_flight(trainer) -> bool:
+    """A training batch fetched and not finished (Lightning's progress counters)."""
+    progress = trainer.fit_loop.epoch_loop.batch_progress.current
+    return progress.ready != progress.completed
+
+
+def _say_interrupted(trainer, final: FinalStepCheckpoint) -> None:
+    from halo_lab.runner.launches import resume_command
+
+    if not trainer.is_global_zero:
+        return
+    if final.saved_step is not None:
+        where = f"last.ckpt holds step {final.saved_step}"
+    elif Path(final.path).is_file():
+        where = "last.ckpt is the one this run resumed from"
+    else:
+        where = "no checkpoint yet (a resume starts from step 0)"
+    print(
+        f"halo_lab.train: interrupted at step {trainer.global_step}; {where}; resume with: "
+        f"{resume_command(final.run_dir)}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def save_final_state(trainer: pl.Trainer) -> None:
     """After ``fit``: last.ckpt always holds the final state. :class:`FinalStepCheckpoint` wrote it after
-    the last step (the periodic callback may have saved a few steps before); otherwise (max_epochs,
-    Ctrl-C) it is written now. Lightning swallows Ctrl-C: an interrupted fit raises KeyboardInterrupt
-    here, so an interrupted run is never reported as done."""
+    the last step; otherwise (``max_epochs``) it is written now. Ctrl-C: Lightning (2.6) calls
+    ``on_exception`` (last.ckpt when no step was in flight, and the resume command) and exits the process
+    inside ``fit``; where fit returns interrupted instead (older Lightning), the resume command is printed
+    here and KeyboardInterrupt raised, so an interrupted run is never reported as done."""
     final = next(c for c in trainer.callbacks if isinstance(c, FinalStepCheckpoint))
-    if trainer.interrupted or final.saved_step != trainer.global_step:
-        trainer.save_checkpoint(final.path, weights_only=False)
-    if trainer.interrupted:
-        raise KeyboardInterrupt(f"interrupted at step {trainer.global_step}; last.ckpt saved")
+    interrupted = trainer.interrupted
+    if final.saved_step != trainer.global_step and not (interrupted and _step_in_flight(trainer)):
+        final.save(trainer)
+    if interrupted:
+        _say_interrupted(trainer, final)
+        raise KeyboardInterrupt(f"interrupted at step {trainer.global_step}")
 
 
 class CheckpointTopK(pl.Callback):

@@ -5,6 +5,8 @@ message starts with the full dotted key (``trainer.gradient_clip_val='high': ...
 1. types: each checked node is merged into a structured config (``OmegaConf.structured``; the model
    node over the ``HaloConfig`` dataclass itself), so a wrong key or type is named by OmegaConf;
 2. values: ``HaloConfig`` validates itself; the runner's own ranges (steps, lr, ...) are listed below.
+A mandatory value left at ``???`` (``data=text`` without ``data.path``) and a device profile this machine
+cannot run (``device=h100`` without a CUDA GPU) are ConfigErrors too, before any work.
 """
 
 from __future__ import annotations
@@ -298,6 +300,7 @@ def validate_config(cfg: DictConfig) -> dict[str, Any]:
     Returns what the runner needs next: ``model_config`` (vocab_size may still be None), ``arch``,
     ``gradient_checkpointing`` and ``device`` (the resolved device profile).
     """
+    check_missing(cfg)
     model_config, arch, gc = build_model_config(cfg)
     t = {
         node: _typed(node, schema, to_plain(cfg.get(node)), only_known=True)
@@ -349,17 +352,7 @@ def validate_config(cfg: DictConfig) -> dict[str, Any]:
         "must be a positive integer, -1 or null (the trainer's estimate)",
     )
     _check(mlr is None or 0.0 <= mlr <= 1.0, "scheduler.min_lr_ratio", mlr, "must be in [0, 1]")
-    horizon = total if total not in (None, -1) else (steps if steps > 0 else None)
-    if warm and horizon is not None and warm >= horizon:
-        log.warning(
-            "scheduler.warmup_steps=%d >= the schedule's %d steps (scheduler.total_steps=%s, trainer.max_steps"
-            "=%s): the learning rate never leaves its warmup (never reaches optimizer.lr); lower "
-            "scheduler.warmup_steps",
-            warm,
-            horizon,
-            total,
-            steps,
-        )
+    _check_warmup(cfg, warm, total, steps)
 
     mode = OmegaConf.select(cfg, "logger.wandb.mode", default=None)
     _check(
@@ -373,6 +366,32 @@ def validate_config(cfg: DictConfig) -> dict[str, Any]:
     if ckpt not in (None, "", "auto", "last"):
         _check(Path(str(ckpt)).expanduser().is_file(), "ckpt_path", ckpt, "no such checkpoint file")
 
+    device = _device(cfg)
+    _warn_large_vocab_on_cpu(cfg, model_config, device)
+    return {"model_config": model_config, "arch": arch, "gradient_checkpointing": gc, "device": device}
+
+
+_MISSING_HINTS = {
+    "data.path": "the file to train on: data.path=/path/to/file (several: data.path=[a.txt,b.txt])",
+}
+
+
+def check_missing(cfg: DictConfig) -> None:
+    """A mandatory value (``???`` in conf/, e.g. conf/data/text.yaml ``path``) left unset: a ConfigError
+    naming the full key (``data.path``) and how to give it, instead of OmegaConf's traceback naming
+    ``path`` when the data node is built."""
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not str(k).startswith("hydra."))
+    if not missing:
+        return
+    key = str(missing[0])
+    option = choice(cfg, key.split(".")[0])
+    needed = f" (needed by {key.split('.')[0]}={option})" if option else ""
+    raise ConfigError(f"{key}: no value given{needed}; set {_MISSING_HINTS.get(key, f'{key}=VALUE')}")
+
+
+def _device(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved device profile; a profile this machine cannot run (``device=h100`` without a CUDA GPU)
+    is a ConfigError here, before any work, instead of Lightning's MisconfigurationException later."""
     from halo_lab.device import resolve_device_config
 
     try:
@@ -380,4 +399,68 @@ def validate_config(cfg: DictConfig) -> dict[str, Any]:
     except ValueError as exc:
         msg = str(exc)
         raise ConfigError(msg if msg.startswith("device") else f"device: {msg}") from exc
-    return {"model_config": model_config, "arch": arch, "gradient_checkpointing": gc, "device": device}
+    missing = _missing_accelerator(device.get("accelerator"))
+    if missing:
+        raise ConfigError(
+            f"device={device.get('requested', device.get('name'))}: the {device.get('name')} profile trains "
+            f"on {missing}; use device=auto or device=cpu"
+        )
+    return device
+
+
+def _missing_accelerator(accelerator: str | None) -> str | None:
+    """What is missing on this machine for a profile's Lightning accelerator (None: nothing)."""
+    import torch
+
+    if accelerator == "gpu" and not torch.cuda.is_available():
+        build = "" if torch.version.cuda else f" (torch {torch.__version__} is a CPU-only build)"
+        return f"a CUDA GPU, and there is no CUDA GPU here{build}"
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        return "Apple MPS, and there is no MPS device here"
+    return None
+
+
+def _check_warmup(cfg: DictConfig, warm: int | None, total: int | None, steps: int) -> None:
+    """A warmup as long as the run: the configured default (not given on the command line) is shortened
+    to a tenth of the run with one info line (trainer=debug, a short trainer.max_steps); a warmup given on
+    the command line is kept, with a warning."""
+    horizon = total if total not in (None, -1) else (steps if steps > 0 else None)
+    if not warm or horizon is None or warm < horizon:
+        return
+    if _overridden(cfg, "scheduler.warmup_steps") is None:
+        with open_dict_rw(cfg):
+            cfg.scheduler.warmup_steps = horizon // 10
+        log.info(
+            "scheduler.warmup_steps=%d (a tenth of this %d-step run; the configured %d would outlast it)",
+            horizon // 10,
+            horizon,
+            warm,
+        )
+        return
+    log.warning(
+        "scheduler.warmup_steps=%d >= the schedule's %d steps (scheduler.total_steps=%s, trainer.max_steps"
+        "=%s): the learning rate never leaves its warmup (never reaches optimizer.lr); lower "
+        "scheduler.warmup_steps",
+        warm,
+        horizon,
+        total,
+        steps,
+    )
+
+
+def _warn_large_vocab_on_cpu(cfg: DictConfig, model_config: dict[str, Any], device: dict[str, Any]) -> None:
+    """tiktoken's 100K-token vocabulary on a CPU: the embedding and output layers dwarf a small model and
+    the logits take gigabytes (data=jsonl with tiktoken: 26M parameters, 10.7 GB); one warning."""
+    if device.get("accelerator") != "cpu" or model_config.get("vocab_size") is not None:
+        return
+    if str(OmegaConf.select(cfg, "data.tokenizer", default="")) != "tiktoken":
+        return
+    hidden = int(model_config.get("hidden_size") or 0)
+    matrices = 1 if model_config.get("tie_embeddings") else 2
+    log.warning(
+        "data.tokenizer=tiktoken on a CPU: its ~100K-token vocabulary gives this model ~%.0fM embedding and "
+        "output parameters (hidden_size %d) and logits of gigabytes; data.tokenizer=char (256 ids) trains "
+        "the same text in a fraction of the memory and time",
+        matrices * 100_277 * hidden / 1e6,
+        hidden,
+    )

@@ -9,6 +9,7 @@ loader) rebuilds the model from it alone.
 
 from __future__ import annotations
 
+import logging
 import math
 from functools import partial
 from typing import Any
@@ -25,6 +26,7 @@ except ImportError:  # pragma: no cover - other Lightning releases
     _restricted_classmethod = classmethod
 
 LN2 = math.log(2.0)
+log = logging.getLogger("halo_lab.train")
 
 
 # ---------------------------------------------------------------------------------------------- optimisation
@@ -209,8 +211,8 @@ class HaloLitModule(pl.LightningModule):
             check = self.trainer.strategy.reduce(check, reduce_op="mean")
         if not torch.isfinite(check):
             raise FloatingPointError(
-                f"non-finite training loss ({check.item()}) at step {self.global_step} "
-                f"(batch {batch_idx}); lower optimizer.lr, check the data, or use device.precision=32"
+                f"the loss diverged: non-finite training loss ({check.item()}) at step {self.global_step} "
+                f"(batch {batch_idx}); {self._divergence_advice()}"
             )
         loss_f = loss.detach().float()
         self.log("train/loss", loss_f, on_step=True, prog_bar=True)
@@ -223,6 +225,17 @@ class HaloLitModule(pl.LightningModule):
         if opt is not None:
             self.log("train/lr", opt.param_groups[0]["lr"], on_step=True)
         return loss
+
+    def _divergence_advice(self) -> str:
+        """What to try after a non-finite loss: a lower learning rate (naming the configured one), the
+        data, and full precision when the run is not in it already."""
+        lr = (self.hparams.optimizer or {}).get("lr")
+        advice = [f"lower optimizer.lr (now {lr:g})" if isinstance(lr, int | float) else "lower optimizer.lr"]
+        advice.append("check the data")
+        precision = str(getattr(self._trainer, "precision", "32") if self._trainer is not None else "32")
+        if not precision.startswith(("32", "64")):
+            advice.append(f"use device.precision=32 (now {precision})")
+        return ", ".join(advice[:-1]) + " or " + advice[-1]
 
     def validation_step(self, batch, batch_idx: int) -> None:
         input_ids, targets, distance = self._split(batch)
@@ -302,3 +315,54 @@ class HaloLitModule(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
+
+
+# ---------------------------------------------------------------------------------------------- summary
+class ParameterSummary(pl.Callback):
+    """One log line when fit starts: the network's parameters, in all and by top-level part
+    (``model: HaloSModel, 4.07M parameters (all trainable, 16.3 MB): embed 32.8K, blocks 3.97M, ...``).
+
+    Instead of Lightning's ModelSummary table (``trainer.enable_model_summary: false`` in conf/trainer),
+    which lists the validation metric modules (0 parameters each) as rows and a FLOPs column it cannot
+    fill without an example input ("Total FLOPs: 0")."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        model = getattr(pl_module, "model", None)
+        if not trainer.is_global_zero or model is None:
+            return
+        seen: set[int] = set()
+        parts = []
+        own = [(name, [p]) for name, p in model.named_parameters(recurse=False)]  # e.g. global_memory
+        for name, params in [*((n, c.parameters()) for n, c in model.named_children()), *own]:
+            n = _count_new(params, seen)  # a tied weight counts once, in the first part holding it
+            if n:
+                parts.append(f"{name} {_count(n)}")
+        every = {id(p): p for p in model.parameters()}.values()
+        total = sum(p.numel() for p in every)
+        frozen = sum(p.numel() for p in every if not p.requires_grad)
+        size_mb = sum(p.numel() * p.element_size() for p in every) / 1e6
+        trainable = f"{_count(frozen)} frozen" if frozen else "all trainable"
+        log.info(
+            "model: %s, %s parameters (%s, %.1f MB): %s",
+            type(model).__name__,
+            _count(total),
+            trainable,
+            size_mb,
+            ", ".join(parts),
+        )
+
+
+def _count_new(params: Any, seen: set[int]) -> int:
+    n = 0
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            n += p.numel()
+    return n
+
+
+def _count(n: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(n)

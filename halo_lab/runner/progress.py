@@ -52,10 +52,15 @@ class TokenThroughput(pl.Callback):
     Time counts each training step from ``on_train_batch_start`` to ``on_train_batch_end`` (forward,
     backward, optimizer step; on CUDA synchronised at the step's end), so validation, checkpointing and
     sample generation do not dilute it. Input tokens count every position of ``input_ids``. Totals of the
-    whole run are in :attr:`summary` (the runner writes them to metrics.json): ``tokens_per_sec`` leaves out
-    the first ``warmup_steps`` steps of this process (compilation, allocator warm-up), unless the run had
-    no more than those; ``tokens_per_sec_all`` counts every step.
+    whole run are in :attr:`summary` (the runner writes them to metrics.json), over every process that
+    trained it: the totals go into each checkpoint (``state_dict``) and come back on resume, so a resumed
+    run counts the steps of the processes before it up to the checkpoint (steps replayed after a kill
+    count once). ``tokens_per_sec`` leaves out the first ``warmup_steps`` steps of each process
+    (compilation, allocator warm-up), unless the run had no more than those; ``tokens_per_sec_all``
+    counts every step; ``steps_this_run`` is this process's steps.
     """
+
+    _TOTALS = ("tokens", "time", "warm_tokens", "warm_time", "steps")
 
     def __init__(self, log_every_n_steps: int | None = None, warmup_steps: int = 5):
         self.log_every_n_steps = log_every_n_steps
@@ -69,6 +74,7 @@ class TokenThroughput(pl.Callback):
         self._win_time = 0.0
         self.steps = 0
         self.device: torch.device | None = None
+        self.before = dict.fromkeys(self._TOTALS, 0)  # the run's processes before this one (a resume)
 
     def _sync(self, pl_module: pl.LightningModule) -> None:
         if pl_module.device.type == "cuda":
@@ -114,20 +120,38 @@ class TokenThroughput(pl.Callback):
             pl_module.log("perf/peak_mem_mb", peak_memory_mb(pl_module.device)[0], on_step=True)
             self._win_tokens, self._win_time = 0, 0.0
 
+    def state_dict(self) -> dict[str, Any]:
+        """The run's totals so far (every process's): saved in each checkpoint."""
+        mine = {
+            "tokens": self.total_tokens,
+            "time": self.total_time,
+            "warm_tokens": self.warm_tokens,
+            "warm_time": self.warm_time,
+            "steps": self.steps,
+        }
+        return {k: self.before[k] + mine[k] for k in self._TOTALS}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """A resume (or a validation of a checkpoint): the totals of the processes before this one."""
+        self.before = {k: state_dict.get(k, 0) or 0 for k in self._TOTALS}
+
     @property
     def tokens_per_sec(self) -> float:
-        if self.warm_time > 0:
-            return self.warm_tokens / self.warm_time
-        return self.total_tokens / self.total_time if self.total_time > 0 else float("nan")
+        run = self.state_dict()
+        if run["warm_time"] > 0:
+            return run["warm_tokens"] / run["warm_time"]
+        return run["tokens"] / run["time"] if run["time"] > 0 else float("nan")
 
     def summary(self, device: Any = None) -> dict[str, Any]:
-        """Totals for metrics.json; peak memory of the device training ran on (``device`` if not trained)."""
+        """Totals for metrics.json (the whole run's; ``steps_this_run``: this process's); peak memory of the
+        device training ran on (``device`` if not trained)."""
         peak, kind = peak_memory_mb(self.device if self.device is not None else device)
+        run = self.state_dict()
         return {
             "tokens_per_sec": self.tokens_per_sec,
-            "tokens_per_sec_all": self.total_tokens / self.total_time if self.total_time > 0 else None,
-            "train_tokens": self.total_tokens,
-            "train_step_time_s": self.total_time,
+            "tokens_per_sec_all": run["tokens"] / run["time"] if run["time"] > 0 else None,
+            "train_tokens": run["tokens"],
+            "train_step_time_s": run["time"],
             "steps_this_run": self.steps,
             "peak_mem_mb": peak,
             "peak_mem_kind": kind,
@@ -195,18 +219,54 @@ class MetricsHistory(pl.Callback):
     """Appends ``{"step": ..., metric: value, ...}`` to a JSON-lines file (rank 0).
 
     Train metrics every ``trainer.log_every_n_steps`` steps, validation metrics after each validation.
-    A resumed run appends to the same file, so the history of a run stays in one place.
+    A resumed run appends to the same file, so the history of a run stays in one place; at the start of
+    training the records past the step it starts from are dropped first (the file rewritten atomically):
+    the steps a killed process logged after its last checkpoint are trained, and logged, again, so each
+    step appears once. (A fresh start in a used directory starts the history over.) A validation
+    outside fit (a resume that only validates and exports) is recorded at its checkpoint's step, and not
+    again when the file's last validation record is the same (the final validation of a run killed during
+    its export).
     """
 
     def __init__(self, path: str):
         self.path = Path(path)
         self._last_val: dict[str, Any] | None = None
+        self._ckpt_step = 0  # the step of the checkpoint this process loaded (validate: no loop state)
 
     @rank_zero_only
     def _write(self, record: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+
+    @rank_zero_only
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        drop_records_after(self.path, trainer.global_step)
+        self._last_val = self._last_val_record()
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "validate":
+            self._last_val = self._last_val_record()
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        self._ckpt_step = int(checkpoint.get("global_step", 0) or 0)
+
+    def _last_val_record(self) -> dict[str, Any] | None:
+        """The file's last validation record, as :meth:`on_validation_end` compares them."""
+        last = None
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            val = {k: v for k, v in rec.items() if k.startswith("val/")} if isinstance(rec, dict) else {}
+            if val:
+                last = {"step": rec.get("step"), **val}
+        return last
 
     @staticmethod
     def _metrics(trainer: pl.Trainer, prefix: tuple[str, ...]) -> dict[str, Any]:
@@ -229,9 +289,36 @@ class MetricsHistory(pl.Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
-        rec = {"step": trainer.global_step, **self._metrics(trainer, ("val/",))}
+        rec = {"step": max(trainer.global_step, self._ckpt_step), **self._metrics(trainer, ("val/",))}
         # The runner validates the final weights again after fit: when fit's last validation was at
         # that same step with the same values, that row is already here.
         if len(rec) > 1 and rec != self._last_val:
             self._last_val = rec
             self._write({"step": rec["step"], "stage": trainer.state.stage.value, **rec})
+
+
+def drop_records_after(path: Path, step: int) -> int:
+    """Remove the records of a history.jsonl past ``step`` (and lines cut off by a kill), rewriting the
+    file atomically; returns how many went."""
+    from halo_lab.utils import atomic_write_text
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return 0
+    kept = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(rec, dict) or int(rec.get("step", 0) or 0) <= step:
+            kept.append(line)
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(x + "\n" for x in kept))
+        log.info(
+            "history.jsonl: dropped %d record(s) past step %d (logged before a kill)",
+            len(lines) - len(kept),
+            step,
+        )
+    return len(lines) - len(kept)

@@ -282,6 +282,9 @@ class ResumePlan:
     finished: dict[str, Any] | None = None
     """The run had already ended (the checkpoint at its end, its metrics.json written): that summary,
     nothing left to do."""
+    run_dir: str | None = None
+    launch: int | None = None
+    """This launch's number in ``<run_dir>/launches.jsonl`` (rank 0; :mod:`halo_lab.runner.launches`)."""
 
     @property
     def checkpoint_step(self) -> int | None:
@@ -289,8 +292,14 @@ class ResumePlan:
         return self.info.global_step if self.info is not None and not self.train else None
 
     def callbacks(self) -> list[Any]:
-        """The data checks of a resume (:class:`ResumeCheck`), once the data is prepared."""
-        return [resume_check(self.info)] if self.info is not None else []
+        """The data checks of a resume (:class:`ResumeCheck`), once the data is prepared; the mark in
+        launches.jsonl that this launch trained (its overrides are the run's from then on)."""
+        from halo_lab.runner.launches import launch_trained
+
+        out = [resume_check(self.info)] if self.info is not None else []
+        if self.launch is not None and self.run_dir is not None:
+            out.append(launch_trained(self.run_dir, self.launch))
+        return out
 
 
 def plan_resume(cfg: Any, checked: dict[str, Any], run_dir: str | os.PathLike) -> ResumePlan:
@@ -300,6 +309,7 @@ def plan_resume(cfg: Any, checked: dict[str, Any], run_dir: str | os.PathLike) -
     from halo_lab.runner.checkpointing import clean_run_leftovers
     from halo_lab.runner.config import ConfigError
     from halo_lab.runner.ddp import global_rank
+    from halo_lab.runner.launches import read_launches
 
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
     train = cfg.get("train", True)
@@ -308,7 +318,9 @@ def plan_resume(cfg: Any, checked: dict[str, Any], run_dir: str | os.PathLike) -
     info = inspect_checkpoint(ckpt_path, checked) if ckpt_path is not None else None
     if global_rank() == 0:
         clean_run_leftovers(run_dir, cfg.paths.ckpt_dir)  # temp files of a killed run in this directory
-    plan = ResumePlan(ckpt_path=ckpt_path, info=info, train=train)
+    launches = read_launches(run_dir) if global_rank() == 0 else []
+    plan = ResumePlan(ckpt_path=ckpt_path, info=info, train=train, run_dir=str(run_dir))
+    plan.launch = launches[-1]["launch"] if launches else None
     if train and info is not None and nothing_to_train(info, cfg):
         _at_the_end(plan, info, cfg, run_dir)
     return plan
@@ -320,6 +332,9 @@ def _at_the_end(plan: ResumePlan, info: CheckpointInfo, cfg: Any, run_dir: str |
     plan.train = False
     plan.finished = finished_metrics(run_dir, info)
     if plan.finished is not None:
+        from halo_lab.runner.lock import release
+
+        release()  # nothing to do in the directory
         print(
             f"halo_lab.train: nothing to train: {plan.ckpt_path} is at step {info.global_step}, the end of this "
             f"run (trainer.max_steps={cfg.trainer.max_steps}); raise trainer.max_steps to train further "

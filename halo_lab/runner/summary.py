@@ -41,6 +41,9 @@ def finish_run(
     if sample is not None:
         result["sample"] = sample
     print_locations(run_dir, result)
+    from halo_lab.runner.lock import release
+
+    release()  # the run is done with its directory
     return result
 
 
@@ -178,6 +181,8 @@ def final_sample(cfg: DictConfig, callbacks: list[Any], module: Any, model: Any)
 
 
 def print_locations(run_dir: Path, summary: dict[str, Any]) -> None:
+    from halo_lab.runner.launches import resume_command
+
     def show(v):
         return f"{v:.4f}" if isinstance(v, float) else str(v)
 
@@ -185,7 +190,7 @@ def print_locations(run_dir: Path, summary: dict[str, Any]) -> None:
         "",
         f"run directory : {run_dir}",
         f"  config      : {run_dir / '.hydra' / 'config.yaml'}",
-        f"  checkpoints : {run_dir / 'checkpoints'} (last.ckpt; resume: hydra.run.dir={run_dir} ckpt_path=auto)",
+        f"  checkpoints : {run_dir / 'checkpoints'} (last.ckpt; resume: {resume_command(run_dir)} [trainer.max_steps=N to extend])",
         f"  metrics     : {run_dir / 'metrics.json'} (history: history.jsonl)",
     ]
     if summary.get("hub_dir"):
