@@ -258,6 +258,23 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         for n in (256, 1024)
         for v, tag, more in (("halo_select", "nosum", ["model.select_summary_keys=false"]), ("local_select", "", []))
     ]  # fmt: skip
+    # The selection rows again after the choice moved to fp32 summaries (select_cpu ran on the H200 with bf16
+    # summaries): 2 seeds of the needle and both MQAR slices, the 512-token needle, which peaked at step 500
+    # and then fell, with the default and half the learning rate, and the 1024-token LM point (--jobs 10)
+    select_fix = [
+        Job(exp, "halo_select", 2, 3, seed=s, slot=slot[exp], min_slot=600, extra=extra, tag="fp32")
+        for s in (0, 1)
+        for exp, extra in tasks
+    ]
+    select_fix += [
+        Job("needle_256", "halo_select", 2, 3, slot=14400, min_slot=1200, extra=n512 + more, tag=tag)
+        for tag, more in (("fp32", []), ("fp32-lr", ["optimizer.lr=1.5e-3"]))
+    ]
+    select_fix += [
+        Job("baseline_cpu", "halo_select", 2, 0, seed=s, slot=3600, min_slot=300, tag="fp32",
+            extra=["data.seq_len=1024", "task_name=lm_1024"])
+        for s in (0, 1)
+    ]  # fmt: skip
     # The GPU grid of content-selected blocks (issue 31), 8 jobs a call (--jobs 8 gave every job its full
     # schedule on an H200): the selection rows at 1024 tokens with 2 seeds, then 4096 tokens with the
     # 6000-step schedule (dense left its plateau only after ~1500 steps there) for dense and HALO-S +
@@ -287,6 +304,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu4": (select_gpu4, 8),
         "select_gpu5": (select_gpu5, 8),
         "select_lm": (select_lm, 1),
+        "select_fix": (select_fix, 10),
         "select_cpu": (select_cpu, 2),
         "part1": (part1, 14),
         "part2": (part2, 14),
