@@ -270,6 +270,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("needle_256", "halo_select", 2, 3, slot=14400, min_slot=1200, extra=n512 + more, tag=tag)
         for tag, more in (("fp32", []), ("fp32-lr", ["optimizer.lr=1.5e-3"]))
     ]
+    select_fix.append(Job("needle_256", "dense", 2, 3, slot=7200, min_slot=600))  # the gate's seed 0 on the GPU
     select_fix += [
         Job("baseline_cpu", "halo_select", 2, 0, seed=s, slot=3600, min_slot=300, tag="fp32",
             extra=["data.seq_len=1024", "task_name=lm_1024"])
@@ -304,7 +305,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu4": (select_gpu4, 8),
         "select_gpu5": (select_gpu5, 8),
         "select_lm": (select_lm, 1),
-        "select_fix": (select_fix, 10),
+        "select_fix": (select_fix, 11),
         "select_cpu": (select_cpu, 2),
         "part1": (part1, 14),
         "part2": (part2, 14),
