@@ -262,17 +262,17 @@ def grids() -> dict[str, tuple[list[Job], int]]:
     # summaries): 2 seeds of the needle and both MQAR slices, the 512-token needle, which peaked at step 500
     # and then fell, with the default and half the learning rate, and the 1024-token LM point (--jobs 10)
     select_fix = [
-        Job(exp, "halo_select", 2, 3, seed=s, slot=slot[exp], min_slot=600, extra=extra, tag="fp32")
+        Job(exp, "halo_select", 2, 3, seed=s, slot=slot[exp], min_slot=600, extra=extra)
         for s in (0, 1)
         for exp, extra in tasks
     ]
     select_fix += [
         Job("needle_256", "halo_select", 2, 3, slot=14400, min_slot=1200, extra=n512 + more, tag=tag)
-        for tag, more in (("fp32", []), ("fp32-lr", ["optimizer.lr=1.5e-3"]))
+        for tag, more in (("", []), ("lr", ["optimizer.lr=1.5e-3"]))
     ]
     select_fix.append(Job("needle_256", "dense", 2, 3, slot=7200, min_slot=600))  # the gate's seed 0 on the GPU
     select_fix += [
-        Job("baseline_cpu", "halo_select", 2, 0, seed=s, slot=3600, min_slot=300, tag="fp32",
+        Job("baseline_cpu", "halo_select", 2, 0, seed=s, slot=3600, min_slot=300,
             extra=["data.seq_len=1024", "task_name=lm_1024"])
         for s in (0, 1)
     ]  # fmt: skip
