@@ -583,6 +583,8 @@ def check(args: argparse.Namespace) -> int:
     that does not exist or a needle distance that does not fit before the GPU call."""
     import tempfile
 
+    import torch
+
     from halo_lab.runner.build import build_datamodule, choose_batch_size
     from halo_lab.runner.config import compose_config, validate_config
 
@@ -590,7 +592,9 @@ def check(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="grid_check_"))
     for grid in args.grids:
         for job in grids()[grid][0]:
-            over = job.overrides() + [o for o in COMMON if not o.startswith("~hydra")] + GPU
+            # the GPU profile where there is a GPU; on a CPU its device check (no CUDA here) would refuse it
+            device_over = GPU if torch.cuda.is_available() else CPU + ["data.num_workers=1"]
+            over = job.overrides() + [o for o in COMMON if not o.startswith("~hydra")] + device_over
             try:
                 cfg = compose_config(over, output_dir=tmp)
                 device = validate_config(cfg)["device"]
