@@ -7,7 +7,8 @@ layer) applied as an L x L boolean mask to SDPA: the same edge rules and the sam
 halo_lab/graph.py with its evaluation step, so the logits equal halo_lab's. The mask is O(L^2) memory:
 fine up to a few thousand tokens; halo_lab's own kernels are the fast path. With content-selected blocks
 (``select_blocks`` > 0) each layer widens the mask by the tokens and block summaries its queries choose
-(``selection_mask``: the rules of halo_lab/graph/selection.py). The graph does not depend on
+(``selection_mask``: the rules of halo_lab/graph/selection.py; with ``select_summary_bias`` the mask is
+additive, each layer's learned bias on the summaries' columns). The graph does not depend on
 the sequence length and RoPE is computed per call, so lengths beyond ``max_seq_len`` run (with whatever
 quality the model extrapolates to). Generation re-runs the whole sequence per new token (no KV cache):
 exact, and simple; halo_lab's ``generate`` has the O(K)-per-token cache.
