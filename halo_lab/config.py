@@ -7,6 +7,7 @@ the fields after ``use_swiglu`` are halo_lab's additions.
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -145,6 +146,13 @@ class HaloConfig:
     ``learned``: attention pooling, weights softmax(v_t . u / sqrt(d)) over the block with a learned u per
     layer and KV head (zeros at init: the mean), so that a block's salient tokens outweigh its filler; the
     weights come from the values, which carry no rotation."""
+    select_summary_bias: float | None = None
+    """A learned logit bias on the summary keys: each attention layer owns one per KV head (``select_bias``,
+    initialised to this value), added to every summary key's score (after the 1/sqrt(d) scaling, for all
+    query heads of that KV head) so that at init the summaries take a small share of each softmax (-4 gives
+    them e^-4 of a key's weight); training moves it. The choice of blocks does not use it (a constant per
+    head ranks the summaries the same). Only meaningful with ``select_blocks`` > 0 and
+    ``select_summary_keys`` (otherwise no layer owns one). None (the default) = no bias, exactly as before."""
 
     def __post_init__(self) -> None:
         self.dilated_offsets = [int(o) for o in self.dilated_offsets]
@@ -202,6 +210,14 @@ class HaloConfig:
         self._check_choice("select_pooling", SELECT_POOLINGS)
         if not isinstance(self.select_summary_keys, bool):
             self._fail("select_summary_keys", "must be true or false")
+        bias = self.select_summary_bias
+        if bias is not None and (
+            isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias)
+        ):
+            self._fail(
+                "select_summary_bias",
+                "must be a finite number (the summary keys' initial logit bias) or None",
+            )
         if self.selects and self.attention_backend in SELECTION_UNSUPPORTED:
             self._fail(
                 "attention_backend",

@@ -59,6 +59,15 @@ def hf_load(path):
         ("halo", {"select_blocks": 2, "select_block_size": 4, "select_group_size": 3, "short_conv": 3}),
         ("halo", {"select_blocks": 3, "select_block_size": 8, "select_summary_keys": False}),
         ("halo", {"select_blocks": 2, "select_block_size": 4, "select_pooling": "learned"}),
+        (
+            "halo",
+            {
+                "select_blocks": 2,
+                "select_block_size": 4,
+                "select_pooling": "learned",
+                "select_summary_bias": -1.5,
+            },
+        ),
     ],
     ids=[
         "halo-block",
@@ -69,6 +78,7 @@ def hf_load(path):
         "select-groups-conv",
         "select-no-summary-keys",
         "select-learned-pooling",
+        "select-summary-bias",  # the perturbation gives each KV head its own bias
     ],
 )
 def test_transformers_round_trip_logits_and_greedy_generate(tmp_path, arch, kw):

@@ -263,6 +263,11 @@ def test_kernel_tables_give_the_reference_through_the_naive_form(m):
     torch.testing.assert_close(
         naive_attention(q, k, v, tables, c, selection), reference_attention(q, k, v, c, 1, 7)
     )
+    bias = torch.tensor([-1.5, 0.7])  # the summary columns of the tables carry the summary bias
+    torch.testing.assert_close(
+        naive_attention(q, k, v, tables, c, selection, bias),
+        reference_attention(q, k, v, c, 1, 7, None, bias),
+    )
     sel = selection[2]
     for tile in range(sel.nt):  # each tile's block list: exactly the distinct blocks its rows chose
         rows = sel.blk[:, :, tile * 16 : (tile + 1) * 16]
@@ -327,12 +332,13 @@ def test_learned_pooling_decodes_exactly():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="full-size shapes: compiled kernels on CUDA only")
 @pytest.mark.parametrize("n", [1000, 4096])
-@pytest.mark.parametrize("pooling", ["mean", "learned"])
+@pytest.mark.parametrize("pooling", ["mean", "learned", "learned+bias"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_kernels_equal_the_reference_at_full_size_cuda(n, pooling, dtype):
     """The variant's settings (4 blocks of 16, groups of 16, 8 query / 2 KV heads, d 64) compiled on the GPU
-    against the reference, values and gradients (u's included)."""
-    c = HaloConfig(select_blocks=4, select_pooling=pooling, graph_seed=3)
+    against the reference, values and gradients (u's included; with ``+bias`` a summary bias per KV head,
+    its gradient included)."""
+    c = HaloConfig(select_blocks=4, select_pooling=pooling.split("+")[0], graph_seed=3)
     L, dev = c.num_globals + n, "cuda"
     g = torch.Generator(device=dev).manual_seed(n)
     q, k, v = (
@@ -340,11 +346,14 @@ def test_compiled_kernels_equal_the_reference_at_full_size_cuda(n, pooling, dtyp
         for h in (c.num_heads, c.num_kv_heads, c.num_kv_heads)
     )
     u = (torch.randn(c.num_kv_heads, c.head_dim, device=dev, generator=g) * 0.3).requires_grad_()
-    pool = u if pooling == "learned" else None
-    ref = reference_attention(q.float(), k.float(), v.float(), c, 1, 7, None if pool is None else u.float())
-    out = attn.halo_attention(q, k, v, c, 1, 7, "triton", pool=pool)
+    pool = u if pooling.startswith("learned") else None
+    bias = torch.tensor([-4.0, 0.5], device=dev, requires_grad=True) if pooling.endswith("bias") else None
+    ref = reference_attention(
+        q.float(), k.float(), v.float(), c, 1, 7, None if pool is None else u.float(), bias
+    )
+    out = attn.halo_attention(q, k, v, c, 1, 7, "triton", pool=pool, bias=bias)
     grad = torch.randn_like(ref)
-    inputs = (q, k, v) + ((u,) if pool is not None else ())
+    inputs = (q, k, v) + ((u,) if pool is not None else ()) + ((bias,) if bias is not None else ())
     tol = 1e-3 if dtype == torch.float32 else 3e-2  # relative to each tensor's norm
 
     def close(a, b, what):
@@ -353,5 +362,160 @@ def test_compiled_kernels_equal_the_reference_at_full_size_cuda(n, pooling, dtyp
 
     close(out, ref, "out")
     ref_grads = torch.autograd.grad(ref, inputs, grad)
-    for name, a, b in zip("qkvu", torch.autograd.grad(out, inputs, grad.to(dtype)), ref_grads):
+    names = ["q", "k", "v"] + (["u"] if pool is not None else []) + (["bias"] if bias is not None else [])
+    for name, a, b in zip(names, torch.autograd.grad(out, inputs, grad.to(dtype)), ref_grads):
         close(a, b, f"d{name}")
+
+
+# ------------------------------------------------------------------------------------ summary bias
+
+
+def biases(kind: str) -> torch.Tensor:
+    """A summary bias [Hkv] (cfg() has 2 KV heads): one value for both, or one per head."""
+    return torch.tensor([-1.5, -1.5] if kind == "same" else [-1.5, 0.7], requires_grad=True)
+
+
+@pytest.mark.parametrize("backend", ["masked", "triton"])
+@pytest.mark.parametrize("m", [0, 3])
+@pytest.mark.parametrize("kind", ["same", "per_head"])
+def test_summary_bias_equals_the_reference_in_values_and_gradients(backend, m, kind):
+    """select_summary_bias: every backend adds the KV head's bias to its summary keys' scores as the oracle
+    does; the gradients agree, the bias's own included."""
+    if backend == "triton":
+        triton_ready()
+    c = cfg(select_group_size=m, attention_backend=backend, select_summary_bias=-1.5)
+    q, k, v = qkv(c, 70, seed=11 + m, grad=True)
+    bias = biases(kind)
+    ref = reference_attention(q, k, v, c, 1, 7, None, bias)
+    out = attn.halo_attention(q, k, v, c, 1, 7, backend, bias=bias)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(ref, reference_attention(q, k, v, c, 1, 7), atol=1e-3)  # the bias counts
+    g = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, (q, k, v, bias), g)
+    for name, a, b in zip("qkvb", torch.autograd.grad(out, (q, k, v, bias), g), ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=lambda s, name=name: f"d{name}: {s}")
+    assert bool((ref_grads[3].abs() > 1e-3).all())  # both heads' biases have a gradient
+
+
+@pytest.mark.parametrize("backend", ["masked", "triton"])
+def test_summary_bias_in_bf16_with_learned_pooling(backend):
+    """The fp32 bias beside bf16 q/k/v (and the learned pooling's u): values and gradients within bf16."""
+    if backend == "triton":
+        triton_ready()
+    c = cfg(select_pooling="learned", attention_backend=backend, select_summary_bias=-1.5)
+    q, k, v = qkv(c, 64, seed=12, dtype=torch.bfloat16, grad=True)
+    bias, u = biases("per_head"), torch.randn(c.num_kv_heads, c.head_dim, requires_grad=True)
+    ref = reference_attention(q, k, v, c, 1, 7, u, bias)
+    out = attn.halo_attention(q, k, v, c, 1, 7, backend, pool=u, bias=bias)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(out.float(), ref.float(), atol=3e-2, rtol=3e-2)
+    ref_grads = torch.autograd.grad(ref, (q, k, v, u, bias), g)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v, u, bias), g), ref_grads):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a.float(), b.float(), atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("backend", ["reference", "masked", "triton"])
+def test_a_very_negative_summary_bias_is_summary_keys_off(backend):
+    """bias -1e4: the summaries get no weight, and the choice ignores the bias, so the output (and the
+    gradients of q, k, v) are those of select_summary_keys=False."""
+    if backend == "triton":
+        triton_ready()
+    c = cfg(attention_backend=backend, select_summary_bias=-1e4)
+    q, k, v = qkv(c, 70, seed=13, grad=True)
+    bias = torch.full((c.num_kv_heads,), -1e4, requires_grad=True)
+    out = attn.halo_attention(q, k, v, c, 1, 7, backend, bias=bias)
+    off = reference_attention(q, k, v, c.replace(select_summary_keys=False), 1, 7)
+    torch.testing.assert_close(out, off, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(reference_attention(q, k, v, c, 1, 7), off, atol=1e-3)  # the summaries count
+    g = torch.randn_like(off)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(off, (q, k, v), g)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_a_zero_summary_bias_is_no_bias_bit_for_bit(backend):
+    """bias 0 adds an exact zero: the same bits as no bias (the None path), values and gradients."""
+    if backend == "triton":
+        triton_ready()
+    c = cfg(attention_backend=backend)
+    q, k, v = qkv(c, 70, seed=14, grad=True)
+    zero = torch.zeros(c.num_kv_heads, requires_grad=True)
+    out, none = (
+        attn.halo_attention(q, k, v, c, 1, 7, backend, bias=zero),
+        attn.halo_attention(q, k, v, c, 1, 7, backend),
+    )
+    assert torch.equal(out, none)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(none, (q, k, v), g)):
+        assert torch.equal(a, b)
+
+
+def test_summary_bias_is_a_layer_parameter_only_where_it_means_something():
+    """The layer owns select_bias [Hkv] from the config's value, trained (a gradient, and no weight decay:
+    a vector); no parameter (the state dict of before) with None, without selection or summary keys."""
+    from halo_lab.model import BaselineModel
+    from halo_lab.runner.module import param_groups
+
+    model = HaloSModel(cfg(select_summary_bias=-4.0, attention_backend="masked"))
+    bias = model.layers[1].attn.select_bias
+    assert torch.equal(bias.detach(), torch.full((2,), -4.0))
+    x = torch.randint(0, 64, (2, 70))
+    model(x, x)[1].backward()
+    assert bias.grad is not None and bool((bias.grad != 0).all())
+    decayed = {id(p) for group in param_groups(model, 0.1) if group["weight_decay"] for p in group["params"]}
+    assert id(bias) not in decayed
+    before = set(HaloSModel(cfg()).state_dict())
+    assert not any("select_bias" in key for key in before)
+    for kw in ({}, {"select_blocks": 0}, {"select_summary_keys": False}):
+        assert set(HaloSModel(cfg(**{"select_summary_bias": None, **kw})).state_dict()) <= before
+        if kw:
+            assert set(HaloSModel(cfg(select_summary_bias=-4.0, **kw)).state_dict()) <= before
+    assert BaselineModel(cfg(select_summary_bias=-4.0)).layers[0].attn.select_bias is None
+
+
+@pytest.mark.parametrize("m", [0, 3])
+def test_cached_decoding_with_a_summary_bias_is_exact(m):
+    torch.manual_seed(4)
+    model = HaloSModel(cfg(select_group_size=m, select_summary_bias=-1.0)).eval()
+    tokens = torch.randint(0, 64, (2, 96))
+    with torch.no_grad():
+        unbiased = model(tokens)[0]
+        for i, layer in enumerate(model.layers):  # off the init, each head its own
+            layer.attn.select_bias.copy_(torch.tensor([-2.0 + i, 1.5]))
+        full = model(tokens)[0]
+        assert not torch.allclose(full[:, 60:], unbiased[:, 60:], atol=1e-3)  # the bias counts here
+        caches = model.new_caches(2, 96, "cpu", torch.float32)
+        torch.testing.assert_close(model.forward_cached(tokens[:, :50], caches), full[:, :50])
+        torch.testing.assert_close(model.forward_cached(tokens[:, 50:60], caches), full[:, 50:60])
+        pos = torch.tensor([model.num_globals + 60])
+        for t in range(60, 96):  # the one-token step (summaries and bias kept in the cache)
+            step = model.decode_step(tokens[:, t : t + 1], pos, caches)
+            torch.testing.assert_close(step, full[:, t], atol=1e-4, rtol=1e-4)
+            pos += 1
+        prompt = tokens[:, :40]
+        cached = model.generate(prompt, max_new_tokens=40, temperature=0)
+        assert torch.equal(cached, model.generate(prompt, max_new_tokens=40, temperature=0, use_cache=False))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "-4", True])
+def test_summary_bias_must_be_a_finite_number(bad):
+    with pytest.raises(ValueError, match="HaloConfig.select_summary_bias=.*finite number"):
+        cfg(select_summary_bias=bad)
+    assert cfg(select_summary_bias=-4).select_summary_bias == -4
+
+
+def test_summary_bias_is_a_run_override_and_the_variants_leave_it_off(tmp_path):
+    from halo_lab.runner.config import build_model_config, compose_config
+
+    for variant in ("halo_select", "local_select"):
+        base = ["+experiment=needle_tiny", f"variant={variant}", "logger=none"]
+        model, _, _ = build_model_config(compose_config(base, output_dir=tmp_path / variant), vocab_size=64)
+        assert model["select_summary_bias"] is None
+        over = compose_config([*base, "model.select_summary_bias=-4.0"], output_dir=tmp_path / f"{variant}b")
+        model, arch, _ = build_model_config(over, vocab_size=64)
+        assert arch == "halo"
+        net = HaloSModel(HaloConfig(**model))
+        assert torch.equal(
+            net.layers[0].attn.select_bias.detach(), torch.full((model["num_kv_heads"],), -4.0)
+        )

@@ -25,11 +25,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
-def gather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def gather_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, bias=None, bias_from: int = 0
+) -> torch.Tensor:
     """Softmax attention of each query over its listed keys.
 
     q: [B, Hq, P, d]; k, v: [B, Hkv, S, d]; idx: [P, K] key positions in 0..S-1 (the same for every row
-    and head) or [B, Hkv, P, K] (its own per row and KV head); -1 = no edge."""
+    and head) or [B, Hkv, P, K] (its own per row and KV head); -1 = no edge. ``bias`` [Hkv] (the summary
+    keys' logit bias, ``select_summary_bias``): added to the scaled score of every key at a position >=
+    ``bias_from`` (the summaries, appended after the sequence), for every query head of the KV head."""
     B, Hq, P, d = q.shape
     Hkv = k.shape[1]
     valid = idx >= 0
@@ -44,7 +48,11 @@ def gather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: tor
         valid = valid.unsqueeze(2)  # [B, Hkv, 1, P, K] against the scores' [B, Hkv, group, P, K]
     qg = q.view(B, Hkv, Hq // Hkv, P, d)
     scores = torch.einsum("bhgpd,bhpkd->bhgpk", qg, kg) / math.sqrt(d)
-    scores = scores.to(torch.promote_types(scores.dtype, torch.float32)).masked_fill(~valid, float("-inf"))
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+    if bias is not None:
+        biased = (idx >= bias_from) if idx.dim() == 2 else (idx >= bias_from).unsqueeze(2)
+        scores = scores + biased * bias.to(scores.dtype).view(1, Hkv, 1, 1, 1)
+    scores = scores.masked_fill(~valid, float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(v.dtype)
     out = torch.einsum("bhgpk,bhpkd->bhgpd", probs, vg)
     return out.reshape(B, Hq, P, d)
@@ -67,9 +75,13 @@ def with_selection(q_text, k, v, config: HaloConfig, positions: torch.Tensor, id
     return torch.cat([k, sel.summary_k], 2), torch.cat([v, sel.summary_v], 2), wide
 
 
-def reference_attention(q, k, v, config: HaloConfig, layer: int, step: int, pool=None) -> torch.Tensor:
+def reference_attention(
+    q, k, v, config: HaloConfig, layer: int, step: int, pool=None, bias=None
+) -> torch.Tensor:
     """The oracle: every position attends over its explicit neighbour list (the fixed graph, and with
-    ``select_blocks`` its chosen tokens and scored summaries, built from index tables)."""
+    ``select_blocks`` its chosen tokens and scored summaries, built from index tables). ``pool``: the
+    learned pooling's u; ``bias`` [Hkv]: the summary keys' logit bias (``select_summary_bias``), None for
+    none."""
     G = config.num_globals
     idx = full_neighbor_index(config, layer, step, q.shape[2] - G, q.device)
     if not config.selects:
@@ -78,4 +90,4 @@ def reference_attention(q, k, v, config: HaloConfig, layer: int, step: int, pool
     k_all, v_all, text = with_selection(q[:, :, G:], k, v, config, positions, idx[G:], pool)
     head = torch.cat([idx[:G], idx.new_full((G, text.shape[-1] - idx.shape[1]), -1)], dim=1)
     wide = torch.cat([head.expand(*text.shape[:2], *head.shape), text], dim=2)  # globals choose nothing
-    return gather_attention(q, k_all, v_all, wide)
+    return gather_attention(q, k_all, v_all, wide, bias, k.shape[2])

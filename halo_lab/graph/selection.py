@@ -19,6 +19,8 @@ query at position i:
 * **keys**: the summaries the query scored (``select_summary_keys``: what trains the scores, since top-n
   has no gradient) and every token of its n chosen blocks, in the same softmax as its graph keys. A chosen
   token that is already one of its graph keys (a dilated or random key) counts once: the graph is a set.
+  With ``select_summary_bias`` each summary key's score gets its layer's learned bias for its KV head (the
+  backends add it; the choice here does not: a constant per head ranks the summaries the same).
 
 So a text query reads at most  G + W + D + R  +  S_i  +  n*b  keys, with S_i = c_i without groups and
 c_i // m + n2*m + (m - 1) with them (``keys_per_query``). A query with fewer candidates takes what exists.

@@ -82,6 +82,12 @@ class Attention(nn.Module):
         # the learned summary pooling of content-selected blocks: zeros give the plain mean
         learned = arch == "halo" and config.selects and config.select_pooling == "learned"
         self.select_pool = nn.Parameter(torch.zeros(config.num_kv_heads, d)) if learned else None
+        # the summary keys' learned logit bias per KV head (select_summary_bias), from its initial value
+        biased = arch == "halo" and config.selects and config.select_summary_keys
+        bias = config.select_summary_bias if biased else None
+        self.select_bias = (
+            nn.Parameter(torch.full((config.num_kv_heads,), float(bias))) if bias is not None else None
+        )
 
     def forward(self, x, cos, sin, step: int, cache: attn.KVCache | None = None, pos=None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -103,7 +109,7 @@ class Attention(nn.Module):
             else:
                 backend = attn.resolve_backend(cfg, x.device, T)
                 y = attn.halo_attention(
-                    q, k, v, cfg, self.layer, step, backend, self.record, self.select_pool
+                    q, k, v, cfg, self.layer, step, backend, self.record, self.select_pool, self.select_bias
                 )
         else:  # decoding: the new positions attend into the cache
             start = cache.length
@@ -111,9 +117,8 @@ class Attention(nn.Module):
             if self.arch == "dense":
                 y = attn.dense_decode_attention(q, k_all, v_all)
             else:
-                y = attn.halo_decode_attention(
-                    q, k_all, v_all, cfg, self.layer, step, start - cfg.num_globals, self.select_pool
-                )
+                text_start, pool, bias = start - cfg.num_globals, self.select_pool, self.select_bias
+                y = attn.halo_decode_attention(q, k_all, v_all, cfg, self.layer, step, text_start, pool, bias)
         return self.dropout(self.o_proj(y.transpose(1, 2).reshape(B, T, -1)))
 
     def decode_qkv(self, qkv: torch.Tensor, cos, sin, cache: attn.KVCache, pos: torch.Tensor) -> torch.Tensor:
@@ -317,7 +322,8 @@ class _CausalLM(nn.Module):
             cache = attn.KVCache.empty(batch, c.num_kv_heads, slots, c.head_dim, device, dtype)
             cache.layout = layout
             if layout is not None and layout.select is not None:
-                cache.add_summaries(c, capacity, self.layers[i].attn.select_pool)
+                layer = self.layers[i].attn
+                cache.add_summaries(c, capacity, layer.select_pool, layer.select_bias)
             caches.append(cache)
         return caches
 

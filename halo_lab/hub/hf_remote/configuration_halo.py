@@ -46,6 +46,7 @@ class HaloSConfig(_Base):
         select_group_size: int = 16,
         select_groups: int = 2,
         select_pooling: str = "mean",
+        select_summary_bias: float | None = None,
         arch: str = "halo",
         **kwargs,
     ):
@@ -78,6 +79,7 @@ class HaloSConfig(_Base):
         self.select_group_size = select_group_size
         self.select_groups = select_groups
         self.select_pooling = select_pooling
+        self.select_summary_bias = select_summary_bias
         if arch not in ("halo", "dense"):
             raise ValueError(f"HaloSConfig.arch={arch!r}: expected 'halo' or 'dense'")
         self.arch = arch

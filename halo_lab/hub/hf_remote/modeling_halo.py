@@ -7,7 +7,8 @@ layer) applied as an L x L boolean mask to SDPA: the same edge rules and the sam
 halo_lab/graph.py with its evaluation step, so the logits equal halo_lab's. The mask is O(L^2) memory:
 fine up to a few thousand tokens; halo_lab's own kernels are the fast path. With content-selected blocks
 (``select_blocks`` > 0) each layer widens the mask by the tokens and block summaries its queries choose
-(``selection_mask``: the rules of halo_lab/graph/selection.py). The graph does not depend on
+(``selection_mask``: the rules of halo_lab/graph/selection.py; with ``select_summary_bias`` the mask is
+additive, each layer's learned bias on the summaries' columns). The graph does not depend on
 the sequence length and RoPE is computed per call, so lengths beyond ``max_seq_len`` run (with whatever
 quality the model extrapolates to). Generation re-runs the whole sequence per new token (no KV cache):
 exact, and simple; halo_lab's ``generate`` has the O(K)-per-token cache.
@@ -175,6 +176,15 @@ def selection_mask(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c: HaloSCo
     return torch.cat([k, sk], 2), torch.cat([v, sv], 2), wide.repeat_interleave(Hq // Hkv, dim=1)
 
 
+def _summary_bias(mask: torch.Tensor, bias: torch.Tensor, first: int, dtype) -> torch.Tensor:
+    """The boolean mask [B, Hq, L, L + S] as an additive one (0 / -inf) in ``dtype``, with each KV head's
+    summary bias ``bias`` [Hkv] added on the summaries' columns ``first``.. for its query heads."""
+    Hq = mask.shape[1]
+    add = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+    head_bias = bias.to(dtype).repeat_interleave(Hq // bias.shape[0]).view(1, Hq, 1, 1)
+    return torch.cat([add[..., :first], add[..., first:] + head_bias], dim=-1)
+
+
 # ------------------------------------------------------------------------------------------- modules
 def _rope(head_dim: int, length: int, base: float, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
@@ -231,6 +241,10 @@ class HaloAttention(nn.Module):
         self.dropout = nn.Dropout(c.dropout)
         learned = c.arch == "halo" and c.select_blocks and getattr(c, "select_pooling", "mean") == "learned"
         self.select_pool = nn.Parameter(torch.zeros(c.num_kv_heads, d)) if learned else None
+        # the summary keys' learned logit bias per KV head (select_summary_bias; None: none)
+        bias = getattr(c, "select_summary_bias", None) if c.select_blocks and c.select_summary_keys else None
+        biased = c.arch == "halo" and bias is not None
+        self.select_bias = nn.Parameter(torch.full((c.num_kv_heads,), float(bias))) if biased else None
 
     def forward(self, x, cos, sin, mask: torch.Tensor | None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -245,6 +259,8 @@ class HaloAttention(nn.Module):
             if c.select_blocks:  # the graph's mask, widened by the content-selected keys
                 k, v, chosen = selection_mask(q, k, v, c, self.select_pool)
                 chosen[..., : mask.shape[1]] |= mask
+                if self.select_bias is not None:  # additive: the bias on the summaries' columns
+                    chosen = _summary_bias(chosen, self.select_bias, mask.shape[1], q.dtype)
                 mask = chosen
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.dropout(self.o_proj(y.transpose(1, 2).reshape(B, T, -1)))

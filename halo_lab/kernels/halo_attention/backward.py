@@ -11,7 +11,8 @@ tensor-core product per key tile:
   [16, HD] block per tile for the shared tile. Their order varies, so these gradients are reproducible
   to fp32 rounding, not bit for bit;
 * content-selected blocks (SEL): the chosen keys' into that same buffer, the summaries' into their own
-  fp32 [B, HKV, S, HD] buffers (selected.py).
+  fp32 [B, HKV, S, HD] buffers (selected.py); with the summary bias (SUMB) its gradient, the sum of the
+  summaries' score gradients, into a [B, HKV] fp32 buffer (one atomic per query tile).
 
 dK/dV pass: a program owns BLOCK_N keys of one (batch, KV head); their window queries j .. j + W - 1
 come in tiles packed like the forward's (BLOCK_Q positions x GRP heads). It adds the fp32 buffers last
@@ -23,7 +24,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from halo_lab.kernels.halo_attention.common import load_query_rows, load_rows, mma
+from halo_lab.kernels.halo_attention.common import LOG2E, load_query_rows, load_rows, mma
 from halo_lab.kernels.halo_attention.dilated import dilated_backward
 from halo_lab.kernels.halo_attention.forward import query_tile, shared_keys, token_random_keys
 from halo_lab.kernels.halo_attention.selected import (
@@ -69,13 +70,16 @@ def store_dilated_grads(
 def selected_backward(q, do, lse, delta, dq, k_base, v_base, sk_base, sv_base, DKA, DVA, DSK, DSV,
                       TB, TBN, BLK, GRPS, RAND, DIST, tile, bh, L, tok, is_text, cols, acc_base,
                       stride_kl, stride_vl, stride_skl, stride_ru, UMAX, NB, NSUM, qk_scale, sm_scale,
+                      bias_ptr, dbias_ptr,
                       G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr,
                       UNIT: tl.constexpr, HD: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr,
                       NSELP: tl.constexpr, SM: tl.constexpr, NG2P: tl.constexpr, SUMK: tl.constexpr,
-                      SUM_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+                      SUM_N: tl.constexpr, SUMB: tl.constexpr, IEEE: tl.constexpr,
+                      UPCAST: tl.constexpr):  # fmt: skip
     """dQ of the content-selected key groups of a query tile (the forward's tiles, selected.py), with the
     chosen keys' dK/dV added to the extras' fp32 buffers and the summaries' to their own (``bh``: b * HKV
-    + h)."""
+    + h). SUMB: the summaries' scores carry the KV head's bias (``bias_ptr``), whose gradient, the sum of
+    their score gradients, this tile adds to ``dbias_ptr`` (one fp32 atomic)."""
     for u in range(0, tl.load(TBN + tile)):
         pos, valid, ok = chosen_block_tile(
             u, tile * UMAX, bh * L * NSELP, tok, is_text, RAND, DIST, stride_ru, TB, BLK,
@@ -90,21 +94,31 @@ def selected_backward(q, do, lse, delta, dq, k_base, v_base, sk_base, sv_base, D
         c = candidates(tok, is_text, G, W, SB)
         c_hi = tl.max(c, 0)
         sum_base = bh * NSUM * HD  # the fp32 buffers are contiguous [B, HKV, S, HD]
+        lse_s = lse  # exp2(score + shift - lse) = exp2(score - (lse - shift))
+        dbias = tl.zeros([1], tl.float32)
+        if SUMB:
+            lse_s = lse - tl.load(bias_ptr).to(tl.float32) * LOG2E
         for start in range(0, c_hi, SUM_N):
             j, ok = block_summary_tile(start, c, bh * L * NG2P, tok, is_text, GRPS, SM, NG2P, SUM_N)
             kt = load_rows(sk_base, j, j < NB, stride_skl, cols)
             vt = load_rows(sv_base, j, j < NB, stride_skl, cols)
-            p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
+            p, ds = grad_tile(q, do, lse_s, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
             dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
             add_key_grads(DSK, DSV, sum_base, j, j < NB, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
+            if SUMB:
+                dbias += tl.sum(ds)
         if SM > 0:
             for start in range(0, c_hi // SM, SUM_N):
                 j, ok = group_summary_tile(start, c, is_text, NB, SM, SUM_N)
                 kt = load_rows(sk_base, j, j < NSUM, stride_skl, cols)
                 vt = load_rows(sv_base, j, j < NSUM, stride_skl, cols)
-                p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
+                p, ds = grad_tile(q, do, lse_s, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
                 dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
                 add_key_grads(DSK, DSV, sum_base, j, j < NSUM, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
+                if SUMB:
+                    dbias += tl.sum(ds)
+        if SUMB:
+            tl.atomic_add(dbias_ptr + tl.arange(0, 1), dbias)
     return dq
 
 
@@ -112,6 +126,7 @@ def selected_backward(q, do, lse, delta, dq, k_base, v_base, sk_base, sv_base, D
 def halo_bwd_dq_kernel(
     Q, K, V, Out, DO, DQ, LSE, DELTA, DKA, DVA, DKD, DVD, DIST, RAND,
     SK, SV, DSK, DSV, BLK, GRPS, TB, TBN,  # the content-selected part (SEL; selected.py)
+    SBIAS, DBIAS,  # [HKV] the summary bias, [B, HKV] fp32 its gradient (SUMB; else never read)
     qk_scale, sm_scale, dil_stride,
     stride_qb, stride_qh, stride_ql,
     stride_kb, stride_kh, stride_kl,
@@ -128,7 +143,7 @@ def halo_bwd_dq_kernel(
     DIL_GROUPED: tl.constexpr, DIL_P: tl.constexpr, DIL_K: tl.constexpr, DIL_NG: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
     SEL: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr, NSELP: tl.constexpr, SM: tl.constexpr,
-    NG2P: tl.constexpr, SUMK: tl.constexpr, SUM_N: tl.constexpr,
+    NG2P: tl.constexpr, SUMK: tl.constexpr, SUM_N: tl.constexpr, SUMB: tl.constexpr,
 ):  # fmt: skip
     BLOCK_M: tl.constexpr = BLOCK_T * GRP
     NRS: tl.constexpr = NR if SHARED_RANDOM else 0
@@ -208,7 +223,8 @@ def halo_bwd_dq_kernel(
             SV + b * stride_skb + h * stride_skh, DKA, DVA, DSK, DSV, TB, TBN, BLK, GRPS, RAND, DIST,
             (b * HKV + h) * NT + tl.program_id(0), b * HKV + h, L, tok, is_text, cols, acc_base,
             stride_kl, stride_vl, stride_skl, stride_ru, UMAX, NB, NSUM, qk_scale, sm_scale,
-            G, W, ND, NR, UNIT, HD, SB, SBP, NSELP, SM, NG2P, SUMK, SUM_N, IEEE, UPCAST,
+            SBIAS + h, DBIAS + b * HKV + h,
+            G, W, ND, NR, UNIT, HD, SB, SBP, NSELP, SM, NG2P, SUMK, SUM_N, SUMB, IEEE, UPCAST,
         )  # fmt: skip
 
     tl.store(

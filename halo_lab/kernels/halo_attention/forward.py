@@ -14,7 +14,8 @@ Every group of keys is a [N, HD] tile and a [BLOCK_M, N] mask, through the same 
 * per-token random tile (token mode, or tiles that span several blocks): the BLOCK_T * R keys of the
   tile's positions, gathered by index, each row keeping its own R;
 * window tiles: keys [t0 - W + 1, t0 + BLOCK_T) in BLOCK_N steps, the band mask;
-* with content-selected blocks (SEL): the tile's chosen blocks and the summary tiles (selected.py).
+* with content-selected blocks (SEL): the tile's chosen blocks and the summary tiles (selected.py), the
+  summaries' scores + their KV head's learned bias with SUMB (``select_summary_bias``).
 
 The masked-away products cost tensor-core time, which is cheap; row-wise products on CUDA cores held
 [BLOCK_M, HD] fp32 temporaries per key and spilled registers. Softmax in base 2 (scores pre-multiplied
@@ -26,7 +27,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from halo_lab.kernels.halo_attention.common import NEG_INF, load_query_rows, load_rows, mma
+from halo_lab.kernels.halo_attention.common import LOG2E, NEG_INF, load_query_rows, load_rows, mma
 from halo_lab.kernels.halo_attention.dilated import dilated_forward
 from halo_lab.kernels.halo_attention.selected import (
     block_summary_tile,
@@ -78,6 +79,22 @@ def token_random_keys(t0, cols_r, tok, is_text, RAND, DIST, stride_ru, L,
 def attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE: tl.constexpr, UPCAST: tl.constexpr):
     """Online-softmax update with one key tile (ok: the edges of that tile)."""
     s = tl.where(ok, mma(q, tl.trans(kt), IEEE, UPCAST) * qk_scale, NEG_INF)
+    return softmax_update(s, vt, m, denom, acc, IEEE, UPCAST)
+
+
+@triton.jit
+def summary_attend(q, kt, vt, ok, m, denom, acc, qk_scale, shift,
+                   SUMB: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+    """``attend`` for a summary tile: with SUMB, every score + ``shift`` (the KV head's summary bias, base 2)."""
+    s = mma(q, tl.trans(kt), IEEE, UPCAST) * qk_scale
+    if SUMB:
+        s = s + shift
+    return softmax_update(tl.where(ok, s, NEG_INF), vt, m, denom, acc, IEEE, UPCAST)
+
+
+@triton.jit
+def softmax_update(s, vt, m, denom, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """The online-softmax update with one tile's base-2 scores ``s`` (-inf where no edge)."""
     m_new = tl.maximum(m, tl.max(s, 1))
     alpha = tl.exp2(m - m_new)
     p = tl.exp2(s - m_new[:, None])
@@ -89,13 +106,14 @@ def attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE: tl.constexpr, UPCAST: t
 @triton.jit
 def selected_forward(q, m, denom, acc, k_base, v_base, sk_base, sv_base, TB, TBN, BLK, GRPS, RAND, DIST,
                      tile, row0, tok, is_text, cols, stride_kl, stride_vl, stride_skl, stride_ru,
-                     UMAX, NB, NSUM, qk_scale,
+                     UMAX, NB, NSUM, qk_scale, bias_ptr,
                      G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr,
                      UNIT: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr, NSELP: tl.constexpr,
                      SM: tl.constexpr, NG2P: tl.constexpr, SUMK: tl.constexpr, SUM_N: tl.constexpr,
-                     IEEE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+                     SUMB: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
     """The content-selected key groups of a query tile (selected.py) added to its online softmax: the
-    distinct chosen blocks of its rows, then the block and group summaries (``row0``: (b * HKV + h) * L)."""
+    distinct chosen blocks of its rows, then the block and group summaries (``row0``: (b * HKV + h) * L),
+    with SUMB each summary's score + the KV head's bias (``bias_ptr``: its fp32 value, natural log units)."""
     for u in range(0, tl.load(TBN + tile)):
         pos, valid, ok = chosen_block_tile(
             u, tile * UMAX, row0 * NSELP, tok, is_text, RAND, DIST, stride_ru, TB, BLK,
@@ -107,17 +125,22 @@ def selected_forward(q, m, denom, acc, k_base, v_base, sk_base, sv_base, TB, TBN
     if SUMK:
         c = candidates(tok, is_text, G, W, SB)
         c_hi = tl.max(c, 0)
+        shift = 0.0
+        if SUMB:  # base 2, like the scores
+            shift = tl.load(bias_ptr).to(tl.float32) * LOG2E
         for start in range(0, c_hi, SUM_N):
             j, ok = block_summary_tile(start, c, row0 * NG2P, tok, is_text, GRPS, SM, NG2P, SUM_N)
             kt = load_rows(sk_base, j, j < NB, stride_skl, cols)
             vt = load_rows(sv_base, j, j < NB, stride_skl, cols)
-            m, denom, acc = attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE, UPCAST)
+            m, denom, acc = summary_attend(q, kt, vt, ok, m, denom, acc, qk_scale, shift, SUMB, IEEE, UPCAST)
         if SM > 0:
             for start in range(0, c_hi // SM, SUM_N):
                 j, ok = group_summary_tile(start, c, is_text, NB, SM, SUM_N)
                 kt = load_rows(sk_base, j, j < NSUM, stride_skl, cols)
                 vt = load_rows(sv_base, j, j < NSUM, stride_skl, cols)
-                m, denom, acc = attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE, UPCAST)
+                m, denom, acc = summary_attend(
+                    q, kt, vt, ok, m, denom, acc, qk_scale, shift, SUMB, IEEE, UPCAST
+                )
     return m, denom, acc
 
 
@@ -125,6 +148,7 @@ def selected_forward(q, m, denom, acc, k_base, v_base, sk_base, sv_base, TB, TBN
 def halo_fwd_kernel(
     Q, K, V, Out, LSE, DIST, RAND,
     SK, SV, BLK, GRPS, TB, TBN,  # the content-selected part (SEL; selected.py)
+    SBIAS,  # [HKV] fp32 the summary keys' logit bias (SUMB; else never read)
     qk_scale,  # softmax scale * log2(e)
     stride_qb, stride_qh, stride_ql,
     stride_kb, stride_kh, stride_kl,
@@ -139,7 +163,7 @@ def halo_fwd_kernel(
     DIL_GROUPED: tl.constexpr, DIL_P: tl.constexpr, DIL_K: tl.constexpr, DIL_NG: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
     SEL: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr, NSELP: tl.constexpr, SM: tl.constexpr,
-    NG2P: tl.constexpr, SUMK: tl.constexpr, SUM_N: tl.constexpr,
+    NG2P: tl.constexpr, SUMK: tl.constexpr, SUM_N: tl.constexpr, SUMB: tl.constexpr,
 ):  # fmt: skip
     BLOCK_M: tl.constexpr = BLOCK_T * GRP
     NRS: tl.constexpr = NR if SHARED_RANDOM else 0
@@ -201,8 +225,8 @@ def halo_fwd_kernel(
             q, m, denom, acc, k_base, v_base, SK + b * stride_skb + h * stride_skh,
             SV + b * stride_skb + h * stride_skh, TB, TBN, BLK, GRPS, RAND, DIST,
             (b * HKV + h) * NT + tl.program_id(0), (b * HKV + h) * L, tok, is_text, cols,
-            stride_kl, stride_vl, stride_skl, stride_ru, UMAX, NB, NSUM, qk_scale,
-            G, W, ND, NR, UNIT, SB, SBP, NSELP, SM, NG2P, SUMK, SUM_N, IEEE, UPCAST,
+            stride_kl, stride_vl, stride_skl, stride_ru, UMAX, NB, NSUM, qk_scale, SBIAS + h,
+            G, W, ND, NR, UNIT, SB, SBP, NSELP, SM, NG2P, SUMK, SUM_N, SUMB, IEEE, UPCAST,
         )  # fmt: skip
 
     denom = tl.where(denom > 0, denom, 1.0)

@@ -158,19 +158,34 @@ def selection_tables(q, k, v, config: HaloConfig, block_t: int, pool=None):
     return sk.contiguous(), sv.contiguous(), tables
 
 
+def _dummy(device) -> torch.Tensor:
+    """A one-element fp32 tensor for a pointer argument the kernels never read (no summary bias)."""
+    key = str(device)
+    if key not in _DUMMY:
+        _DUMMY[key] = torch.zeros(1, device=device, dtype=torch.float32)
+    return _DUMMY[key]
+
+
+_DUMMY: dict[str, torch.Tensor] = {}
+
+
 class HaloTritonAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, sk, sv, tables: GraphTables, sel: SelectionTables, plan: _Plan, scale: float):
+    def forward(
+        ctx, q, k, v, sk, sv, bias, tables: GraphTables, sel: SelectionTables, plan: _Plan, scale: float
+    ):
+        """``bias``: the summary keys' logit bias [Hkv] fp32 (with ``plan.fwd["SUMB"]``), else None."""
         q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
         B, Hq, L, d = q.shape
         Hkv = k.shape[1]
         o = _like_bshd(q)
         lse = torch.empty(B, Hq, L, device=q.device, dtype=torch.float32)
+        sbias = bias if bias is not None else _dummy(q.device)
         _fwd(
             (-(-L // plan.block_t), B * Hkv),
             (
                 q, k, v, o, lse, tables.dist, tables.rand,
-                sk, sv, sel.blk, sel.grps, sel.tb, sel.tbn,
+                sk, sv, sel.blk, sel.grps, sel.tb, sel.tbn, sbias,
                 scale * LOG2E,
                 *_strides(q), *_strides(k), *_strides(v), *_strides(o),
                 tables.rand.stride(0),
@@ -179,13 +194,13 @@ class HaloTritonAttention(torch.autograd.Function):
             ),
             plan.fwd,
         )  # fmt: skip
-        ctx.save_for_backward(q, k, v, o, lse, sk, sv)
+        ctx.save_for_backward(q, k, v, o, lse, sk, sv, sbias)
         ctx.tables, ctx.sel, ctx.plan, ctx.scale = tables, sel, plan, scale
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, o, lse, sk, sv = ctx.saved_tensors
+        q, k, v, o, lse, sk, sv, sbias = ctx.saved_tensors
         tables, sel, plan, scale = ctx.tables, ctx.sel, ctx.plan, ctx.scale
         do = _last_dim_contiguous(do)
         B, Hq, L, d = q.shape
@@ -206,12 +221,15 @@ class HaloTritonAttention(torch.autograd.Function):
             if selecting
             else (dk_extra, dv_extra)  # never written without selection
         )
+        biased = plan.dq["SUMB"]
+        # the summary bias's gradient per (batch row, KV head): fp32 atomics of the dQ pass
+        dbias = torch.zeros(B, Hkv, device=q.device, dtype=torch.float32) if biased else sbias
         sq, s_k, s_v = _strides(q), _strides(k), _strides(v)
         _dq(
             (-(-L // plan.block_t), B * Hkv),
             (
                 q, k, v, o, do, dq, lse, delta, dk_extra, dv_extra, dk_dil, dv_dil, tables.dist, tables.rand,
-                sk, sv, dsk, dsv, sel.blk, sel.grps, sel.tb, sel.tbn,
+                sk, sv, dsk, dsv, sel.blk, sel.grps, sel.tb, sel.tbn, sbias, dbias,
                 scale * LOG2E, scale, dk_dil.stride(0),
                 *sq, *s_k, *s_v, *_strides(o), *_strides(do), *_strides(dq),
                 tables.rand.stride(0),
@@ -231,8 +249,9 @@ class HaloTritonAttention(torch.autograd.Function):
             plan.dkv,
         )  # fmt: skip
         if not selecting:
-            return dq, dk, dv, None, None, None, None, None, None
-        return dq, dk, dv, dsk.to(sk.dtype), dsv.to(sv.dtype), None, None, None, None
+            return dq, dk, dv, None, None, None, None, None, None, None
+        dbias = dbias.sum(0) if biased else None
+        return dq, dk, dv, dsk.to(sk.dtype), dsv.to(sv.dtype), dbias, None, None, None, None
 
 
 def _pow2(n: int) -> int:  # triton.next_power_of_2 / cdiv cost µs a call on the host (JIT callables)
@@ -260,12 +279,14 @@ def _selection_key(config: HaloConfig) -> tuple:
     return (c.select_blocks, c.select_block_size, c.select_summary_keys, c.select_group_size, c.select_groups)
 
 
-def _plan(config: HaloConfig, unit: int, group: int, head_dim: int, dtype: torch.dtype) -> _Plan:
-    key = (graph.graph_key(config), _selection_key(config), unit, group, head_dim, dtype)
+def _plan(
+    config: HaloConfig, unit: int, group: int, head_dim: int, dtype: torch.dtype, biased: bool = False
+) -> _Plan:
+    key = (graph.graph_key(config), _selection_key(config), unit, group, head_dim, dtype, biased)
     plan = _PLANS.get(key)
     if plan is None:
         opts = _options(head_dim, group, dtype)
-        consts = _consts(config, unit, group, head_dim, dtype, opts["fwd"]["BLOCK_T"])
+        consts = _consts(config, unit, group, head_dim, dtype, opts["fwd"]["BLOCK_T"], biased)
         dkv_consts = {n: consts[n] for n in ("G", "W", "ND", "GRP", "HD", "IEEE", "UPCAST")}  # no selection
         plan = _PLANS[key] = _Plan(
             fwd={**consts, **opts["fwd"]},
@@ -278,8 +299,11 @@ def _plan(config: HaloConfig, unit: int, group: int, head_dim: int, dtype: torch
     return plan
 
 
-def _consts(config: HaloConfig, unit: int, group: int, head_dim: int, dtype, block_t: int) -> dict:
-    """Compile-time constants of the query-tile kernels (forward, dQ)."""
+def _consts(
+    config: HaloConfig, unit: int, group: int, head_dim: int, dtype, block_t: int, biased: bool = False
+) -> dict:
+    """Compile-time constants of the query-tile kernels (forward, dQ); ``biased``: the summary keys carry
+    a logit bias (``select_summary_bias``)."""
     G, R, ND = config.num_globals, config.num_random, len(config.dilated_distances)
     shared_random = config.random_edges == "block" and unit % block_t == 0
     dil_p = min(block_t, max(1, 16 // group))
@@ -309,17 +333,21 @@ def _consts(config: HaloConfig, unit: int, group: int, head_dim: int, dtype, blo
         "NG2P": _pow2(max(config.select_groups, 1)),
         "SUMK": config.select_summary_keys,
         "SUM_N": 32,  # summaries per tile: a window tile's width
+        "SUMB": bool(biased and config.selects and config.select_summary_keys),
     }
 
 
-def halo_triton_attention(q, k, v, config: HaloConfig, layer: int, step: int, pool=None) -> torch.Tensor:
-    """HALO attention over the full sequence (globals included) through the fused Triton kernels."""
+def halo_triton_attention(
+    q, k, v, config: HaloConfig, layer: int, step: int, pool=None, bias=None
+) -> torch.Tensor:
+    """HALO attention over the full sequence (globals included) through the fused Triton kernels;
+    ``pool``: the learned summary pooling's u, ``bias`` [Hkv]: the summary keys' logit bias."""
     if torch.compiler.is_compiling():  # a compiled model calls the kernels as they are (Python-side tables)
-        return _outside_compile(q, k, v, config, layer, step, pool)
-    return _attention(q, k, v, config, layer, step, pool)
+        return _outside_compile(q, k, v, config, layer, step, pool, bias)
+    return _attention(q, k, v, config, layer, step, pool, bias)
 
 
-def _attention(q, k, v, config: HaloConfig, layer: int, step: int, pool=None) -> torch.Tensor:
+def _attention(q, k, v, config: HaloConfig, layer: int, step: int, pool=None, bias=None) -> torch.Tensor:
     d = q.shape[-1]
     scale = 1.0 / math.sqrt(d)
     padded = max(16, _pow2(d))  # tl.dot needs >= 16 and a power of two: zero columns
@@ -340,13 +368,14 @@ def _attention(q, k, v, config: HaloConfig, layer: int, step: int, pool=None) ->
     if padded != d:  # zero columns change no score and give zero output columns, sliced away
         q, k, v = (torch.nn.functional.pad(t, (0, padded - d)) for t in (q, k, v))
     tables = graph_tables(config, layer, step, q.shape[2], q.device)
-    plan = _plan(config, tables.unit, group, padded, dtype)
+    plan = _plan(config, tables.unit, group, padded, dtype, bias is not None)
     if config.selects:
         sk, sv, sel = selection_tables(q, k, v, config, plan.block_t, pool)
     else:
         sk, sv, sel = _no_selection(q)
+    bias = bias.float().contiguous() if plan.fwd["SUMB"] else None  # fp32 whatever the model's dtype
     # no autocast guard: the Function's forward and backward run no op that autocast casts
-    out = HaloTritonAttention.apply(q, k, v, sk, sv, tables, sel, plan, scale)
+    out = HaloTritonAttention.apply(q, k, v, sk, sv, bias, tables, sel, plan, scale)
     return out[..., :d] if padded != d else out
 
 

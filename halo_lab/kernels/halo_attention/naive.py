@@ -57,11 +57,14 @@ def selected_index(config: HaloConfig, idx: torch.Tensor, sel) -> torch.Tensor:
     return torch.cat([tok, summary.expand(*tok.shape[:3], -1)], dim=-1)
 
 
-def naive_attention(q, k, v, tables: GraphTables, config: HaloConfig, selection=None) -> torch.Tensor:
-    """``selection`` (with content-selected blocks): (summary keys, summary values, SelectionTables)."""
+def naive_attention(
+    q, k, v, tables: GraphTables, config: HaloConfig, selection=None, bias=None
+) -> torch.Tensor:
+    """``selection`` (with content-selected blocks): (summary keys, summary values, SelectionTables);
+    ``bias`` [Hkv]: the summary keys' logit bias (``select_summary_bias``), None for none."""
     idx = key_index(config, tables, q.shape[2], q.device)
     if selection is None:
         return gather_attention(q, k, v, idx)
     sk, sv, sel = selection
     wide = torch.cat([idx.expand(*k.shape[:2], *idx.shape), selected_index(config, idx, sel)], dim=-1)
-    return gather_attention(q, torch.cat([k, sk], 2), torch.cat([v, sv], 2), wide)
+    return gather_attention(q, torch.cat([k, sk], 2), torch.cat([v, sv], 2), wide, bias, k.shape[2])

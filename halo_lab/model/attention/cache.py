@@ -127,6 +127,7 @@ class KVCache:
     summary_v: torch.Tensor | None = None
     summary_blocks: int = 0
     summary_pool: torch.Tensor | None = None  # the learned pooling's u (select_pooling=learned)
+    summary_bias: torch.Tensor | None = None  # the summary keys' logit bias [Hkv] (select_summary_bias)
 
     @classmethod
     def empty(cls, batch: int, heads: int, capacity: int, head_dim: int, device, dtype) -> KVCache:
@@ -157,10 +158,16 @@ class KVCache:
             self._write_summaries(end)
         return self.k[:, :, :end], self.v[:, :, :end]
 
-    def add_summaries(self, config: HaloConfig, capacity: int, pool: torch.Tensor | None = None) -> None:
+    def add_summaries(
+        self,
+        config: HaloConfig,
+        capacity: int,
+        pool: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+    ) -> None:
         """Make the summary store of content-selected blocks for ``capacity`` text tokens (``pool``: the
-        layer's learned pooling, None for the mean)."""
-        self.summary_pool = pool
+        layer's learned pooling, None for the mean; ``bias``: its summary keys' logit bias, None for none)."""
+        self.summary_pool, self.summary_bias = pool, bias
         blocks, groups = summary_rows(config, capacity)
         B, H, _, d = self.k.shape
         # fp32 whatever the cache's dtype: the choice is made from fp32 summaries (graph/selection.py)

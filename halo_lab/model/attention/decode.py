@@ -14,6 +14,7 @@ from halo_lab.config import HaloConfig
 from halo_lab.graph.reference import gather_attention, with_selection
 from halo_lab.graph.selection import Selection, candidate_blocks, choose
 from halo_lab.model.attention.cache import DecodeLayout, KVCache
+from halo_lab.model.attention.masked import summary_bias_mask
 
 
 def decode_key_slots(layout: DecodeLayout, pos: torch.Tensor) -> torch.Tensor:
@@ -103,11 +104,16 @@ def _selected_decode_attention(q, cache: KVCache, pos: torch.Tensor, slots: torc
                         torch.gather(cache.v, 2, gather), sv], dim=2)  # fmt: skip
     mask = torch.cat([(slots >= 0).expand(B, Hkv, -1), tok >= 0, sel.summary_mask()[:, :, 0]], dim=-1)
     mask = mask.repeat_interleave(Hq // Hkv, dim=1)[:, :, None, :]
+    if cache.summary_bias is not None:  # additive: the bias on the summaries' columns (the last S)
+        mask = summary_bias_mask(mask, cache.summary_bias, mask.shape[-1] - sk.shape[2], q.dtype)
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=Hq != Hkv)
 
 
-def halo_decode_attention(q, k_all, v_all, config: HaloConfig, layer: int, step: int, start: int, pool=None):
-    """New text queries at text positions start.. attend over their neighbours in the cache.
+def halo_decode_attention(
+    q, k_all, v_all, config: HaloConfig, layer: int, step: int, start: int, pool=None, bias=None
+):
+    """New text queries at text positions start.. attend over their neighbours in the cache (``pool``,
+    ``bias``: the layer's learned summary pooling and summary logit bias, content-selected blocks).
 
     Cost per query is O(K): the window, dilated, random and global keys are gathered, not the prefix."""
     G = config.num_globals
@@ -116,9 +122,10 @@ def halo_decode_attention(q, k_all, v_all, config: HaloConfig, layer: int, step:
     text = torch.where(text >= 0, text + G, text)
     glob = torch.arange(G, device=q.device).expand(q.shape[2], G)
     idx = torch.cat([glob, text], dim=1)
+    length = k_all.shape[2]  # the summaries come after: keys length.. carry the bias
     if config.selects:
         k_all, v_all, idx = with_selection(q, k_all, v_all, config, positions, idx, pool)
-    return gather_attention(q, k_all, v_all, idx)
+    return gather_attention(q, k_all, v_all, idx, bias, length)
 
 
 def dense_decode_attention(q, k_all, v_all) -> torch.Tensor:

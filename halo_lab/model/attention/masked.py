@@ -14,9 +14,13 @@ from halo_lab.graph.selection import select
 _masks: dict[tuple, tuple[int, torch.Tensor]] = {}
 
 
-def masked_attention(q, k, v, config: HaloConfig, layer: int, step: int, pool=None) -> torch.Tensor:
+def masked_attention(
+    q, k, v, config: HaloConfig, layer: int, step: int, pool=None, bias=None
+) -> torch.Tensor:
     """SDPA with the graph as an L x L boolean mask: O(L^2) memory, so only for short CPU sequences,
-    where it is several times faster than the gather (fused kernels, no B x H x L x K x d copies)."""
+    where it is several times faster than the gather (fused kernels, no B x H x L x K x d copies).
+    ``bias`` [Hkv] (the summary keys' logit bias): the mask becomes additive, the bias on the summaries'
+    columns."""
     text_len = q.shape[2] - config.num_globals
     key = (graph.graph_key(config), layer, text_len, str(q.device))
     cached = _masks.get(key)
@@ -24,7 +28,10 @@ def masked_attention(q, k, v, config: HaloConfig, layer: int, step: int, pool=No
         cached = _masks[key] = (step, graph.dense_mask(config, layer, step, text_len, q.device))
     mask = cached[1]
     if config.selects:
+        L = k.shape[2]
         k, v, mask = _with_selection(q, k, v, config, mask, pool)
+        if bias is not None:
+            mask = summary_bias_mask(mask, bias, L, q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
@@ -44,3 +51,12 @@ def _with_selection(q, k, v, config: HaloConfig, mask: torch.Tensor, pool=None):
     wide[..., :L] |= mask
     wide = wide.repeat_interleave(Hq // Hkv, dim=1)  # SDPA broadcasts a mask over heads, not KV groups
     return torch.cat([k, sel.summary_k], 2), torch.cat([v, sel.summary_v], 2), wide[..., : L + S]
+
+
+def summary_bias_mask(mask: torch.Tensor, bias: torch.Tensor, first: int, dtype) -> torch.Tensor:
+    """The boolean mask [B, Hq, P, S] as SDPA's additive mask in ``dtype``: 0 for an edge, -inf for none,
+    plus ``bias`` [Hkv] (each KV head's, for its query heads) on the columns ``first``.. (the summaries)."""
+    B, Hq = mask.shape[:2]
+    add = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+    head_bias = bias.to(dtype).repeat_interleave(Hq // bias.shape[0]).view(1, Hq, 1, 1)
+    return torch.cat([add[..., :first], add[..., first:] + head_bias], dim=-1)
