@@ -276,6 +276,20 @@ def grids() -> dict[str, tuple[list[Job], int]]:
             extra=["data.seq_len=1024", "task_name=lm_1024"])
         for s in (0, 1)
     ]  # fmt: skip
+    # The summary keys' learned logit bias, starting near off (model.select_summary_bias=-4): LM at 1024
+    # (2 seeds) and 256 tokens, the needle (2 seeds) and MQAR (256, 16) (--jobs 7)
+    bias = ["model.select_summary_bias=-4.0"]
+    select_bias = [
+        Job("baseline_cpu", "halo_select", 2, 0, seed=s, slot=3600, min_slot=300,
+            extra=[f"data.seq_len={n}", f"task_name=lm_{n}"] + bias)
+        for n, seeds in ((1024, (0, 1)), (256, (0,)))
+        for s in seeds
+    ]  # fmt: skip
+    select_bias += [
+        Job(exp, "halo_select", 2, 3, seed=s, slot=slot[exp], min_slot=600, extra=extra + bias)
+        for exp, extra, seeds in (("needle_256", [], (0, 1)), ("mqar_select", mqar256, (0, 1)))
+        for s in seeds
+    ]
     # The GPU grid of content-selected blocks (issue 31), 8 jobs a call (--jobs 8 gave every job its full
     # schedule on an H200): the selection rows at 1024 tokens with 2 seeds, then 4096 tokens with the
     # 6000-step schedule (dense left its plateau only after ~1500 steps there) for dense and HALO-S +
@@ -306,6 +320,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu5": (select_gpu5, 8),
         "select_lm": (select_lm, 1),
         "select_fix": (select_fix, 11),
+        "select_bias": (select_bias, 7),
         "select_cpu": (select_cpu, 2),
         "part1": (part1, 14),
         "part2": (part2, 14),
