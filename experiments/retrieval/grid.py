@@ -290,6 +290,13 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         for exp, extra, seeds in (("needle_256", [], (0, 1)), ("mqar_select", mqar256, (0, 1)))
         for s in seeds
     ]
+    # On the CPU (--cpu --jobs 2), next to runs/'s fp32 LM rows at 1024 tokens (seed 0): the bias at -4 and
+    # at -8 (the LM gap that -4 left on the H200)
+    select_bias_cpu = [
+        Job("baseline_cpu", "halo_select", 2, 0, slot=3600, min_slot=300, tag=tag,
+            extra=["data.seq_len=1024", "task_name=lm_1024", f"model.select_summary_bias={b}"])
+        for tag, b in (("", -4.0), ("bias8", -8.0))
+    ]  # fmt: skip
     # The GPU grid of content-selected blocks (issue 31), 8 jobs a call (--jobs 8 gave every job its full
     # schedule on an H200): the selection rows at 1024 tokens with 2 seeds, then 4096 tokens with the
     # 6000-step schedule (dense left its plateau only after ~1500 steps there) for dense and HALO-S +
@@ -321,6 +328,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_lm": (select_lm, 1),
         "select_fix": (select_fix, 11),
         "select_bias": (select_bias, 7),
+        "select_bias_cpu": (select_bias_cpu, 2),
         "select_cpu": (select_cpu, 2),
         "part1": (part1, 14),
         "part2": (part2, 14),
