@@ -505,17 +505,20 @@ def test_summary_bias_must_be_a_finite_number(bad):
     assert cfg(select_summary_bias=-4).select_summary_bias == -4
 
 
-def test_summary_bias_is_a_run_override_and_the_variants_leave_it_off(tmp_path):
+def test_the_variants_start_the_summary_bias_at_minus_4_and_null_turns_it_off(tmp_path):
     from halo_lab.runner.config import build_model_config, compose_config
 
     for variant in ("halo_select", "local_select"):
         base = ["+experiment=needle_tiny", f"variant={variant}", "logger=none"]
-        model, _, _ = build_model_config(compose_config(base, output_dir=tmp_path / variant), vocab_size=64)
-        assert model["select_summary_bias"] is None
-        over = compose_config([*base, "model.select_summary_bias=-4.0"], output_dir=tmp_path / f"{variant}b")
-        model, arch, _ = build_model_config(over, vocab_size=64)
-        assert arch == "halo"
+        model, arch, _ = build_model_config(
+            compose_config(base, output_dir=tmp_path / variant), vocab_size=64
+        )
+        assert arch == "halo" and model["select_summary_bias"] == -4.0
         net = HaloSModel(HaloConfig(**model))
         assert torch.equal(
             net.layers[0].attn.select_bias.detach(), torch.full((model["num_kv_heads"],), -4.0)
         )
+        off = compose_config([*base, "model.select_summary_bias=null"], output_dir=tmp_path / f"{variant}n")
+        model, _, _ = build_model_config(off, vocab_size=64)  # how the earlier grid runs are reproduced
+        assert model["select_summary_bias"] is None
+        assert HaloSModel(HaloConfig(**model)).layers[0].attn.select_bias is None
