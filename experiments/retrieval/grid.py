@@ -297,6 +297,13 @@ def grids() -> dict[str, tuple[list[Job], int]]:
             extra=["data.seq_len=1024", "task_name=lm_1024", f"model.select_summary_bias={b}"])
         for tag, b in (("", -4.0), ("bias8", -8.0))
     ]  # fmt: skip
+    # seed 1 of HALO-S and of the bias at -4, for two CPU seeds (one override set per section: the bias is
+    # inert without selection, HaloConfig.select_summary_bias)
+    select_bias_cpu += [
+        Job("baseline_cpu", v, 2, 0, seed=1, slot=3600, min_slot=300,
+            extra=["data.seq_len=1024", "task_name=lm_1024", "model.select_summary_bias=-4.0"])
+        for v in ("halo", "halo_select")
+    ]  # fmt: skip
     # The GPU grid of content-selected blocks (issue 31), 8 jobs a call (--jobs 8 gave every job its full
     # schedule on an H200): the selection rows at 1024 tokens with 2 seeds, then 4096 tokens with the
     # 6000-step schedule (dense left its plateau only after ~1500 steps there) for dense and HALO-S +
