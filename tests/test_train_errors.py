@@ -271,7 +271,7 @@ def _full_disk_torch_save(monkeypatch) -> None:
 
 def test_no_space_at_the_checkpoint_write_names_the_checkpoint(tmp_path, monkeypatch):
     from halo_lab.runner.checkpointing import AtomicCheckpointIO
-    from halo_lab.train import user_error
+    from halo_lab.runner.user_errors import user_error
 
     _full_disk_torch_save(monkeypatch)
     target = tmp_path / "checkpoints" / "last.ckpt"
@@ -285,7 +285,7 @@ def test_no_space_at_the_checkpoint_write_names_the_checkpoint(tmp_path, monkeyp
 
 def test_no_space_at_the_metrics_and_history_writes_names_the_file(tmp_path, monkeypatch):
     from halo_lab.runner.progress import MetricsHistory
-    from halo_lab.train import user_error
+    from halo_lab.runner.user_errors import user_error
     from halo_lab.utils import atomic_write_text
 
     def full(self, *a, **k):
@@ -315,7 +315,7 @@ def test_a_full_disk_after_a_checkpoint_names_the_command_that_resumes(tmp_path)
     """The disk line's resume hint is the runner's resume command: the whole command line, quoted for
     Hydra where the run directory needs it (a sweep job's commas), nothing else to retype."""
     from halo_lab.runner.launches import resume_command
-    from halo_lab.train import user_error
+    from halo_lab.runner.user_errors import user_error
 
     run_dir = tmp_path / "seed=2,variant=dense"
     cfg = compose_config([], output_dir=run_dir)
