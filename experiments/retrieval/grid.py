@@ -304,6 +304,12 @@ def grids() -> dict[str, tuple[list[Job], int]]:
             extra=["data.seq_len=1024", "task_name=lm_1024", "model.select_summary_bias=-4.0"])
         for v in ("halo", "halo_select")
     ]  # fmt: skip
+    # The learning-rate probe of MQAR (128, 8) on the CPU (--cpu --jobs 2): the variant (bias -4) at the
+    # default 3e-3 and at half, seed 0 (the H200 curves peaked at step 250 and fell)
+    select_lr_cpu = [
+        Job("mqar_select", "halo_select", 2, 3, slot=5400, min_slot=600, tag=tag, extra=mqar128 + more)
+        for tag, more in (("", []), ("lr", ["optimizer.lr=1.5e-3"]))
+    ]
     # The GPU grid of content-selected blocks (issue 31), 8 jobs a call (--jobs 8 gave every job its full
     # schedule on an H200): the selection rows at 1024 tokens with 2 seeds, then 4096 tokens with the
     # 6000-step schedule (dense left its plateau only after ~1500 steps there) for dense and HALO-S +
@@ -336,6 +342,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_fix": (select_fix, 11),
         "select_bias": (select_bias, 7),
         "select_bias_cpu": (select_bias_cpu, 2),
+        "select_lr_cpu": (select_lr_cpu, 2),
         "select_cpu": (select_cpu, 2),
         "part1": (part1, 14),
         "part2": (part2, 14),
