@@ -246,3 +246,14 @@ def test_build_tokenizer_names(tmp_path):
         build_tokenizer("sentencepiece")
     with pytest.raises(TypeError):
         build_tokenizer("char", vocab_size=10)
+
+
+def test_a_tokenizer_missing_part_of_the_interface_cannot_be_made():
+    from halo_lab.tokenizers.base import Tokenizer
+
+    class EncodeOnly(Tokenizer):
+        def encode(self, text):
+            return [0]
+
+    with pytest.raises(TypeError, match="abstract"):
+        EncodeOnly()

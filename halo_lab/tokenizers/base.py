@@ -8,6 +8,7 @@ registry (instead of a table naming the classes here) keeps this module below th
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import os
@@ -20,37 +21,38 @@ from typing import Any
 TOKENIZATION_VERSION = 1
 
 
-class Tokenizer:
-    """Base class: the shared interface. Subclasses implement encode/decode/vocab_size/eos/to_dict."""
+class Tokenizer(abc.ABC):
+    """Base class: the shared interface. Subclasses implement encode/decode/vocab_size/eos/to_dict/from_dict
+    (abstract: a subclass that misses one cannot be made)."""
 
     type_name = "base"
 
     # -- interface -------------------------------------------------------------------------------
-    def encode(self, text: str) -> list[int]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def encode(self, text: str) -> list[int]: ...
 
-    def decode(self, ids: Iterable[int]) -> str:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def decode(self, ids: Iterable[int]) -> str: ...
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """``[encode(t) for t in texts]``; tokenizers that can use several threads override it."""
         return [self.encode(t) for t in texts]
 
     @property
-    def vocab_size(self) -> int:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def vocab_size(self) -> int: ...
 
     @property
-    def eos_token_id(self) -> int:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def eos_token_id(self) -> int: ...
 
-    def to_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def to_dict(self) -> dict[str, Any]: ...
 
     @classmethod
+    @abc.abstractmethod
     def from_dict(cls, d: dict[str, Any]) -> Tokenizer:
         """Rebuild from :meth:`to_dict` (``d["type"]`` already checked by :func:`tokenizer_from_dict`)."""
-        raise NotImplementedError
 
     # -- shared ----------------------------------------------------------------------------------
     def fingerprint(self) -> str:
