@@ -67,6 +67,22 @@ def store_dilated_grads(
 
 
 @triton.jit
+def summary_tile_grads(q, do, lse_s, delta, dq, dbias, sk_base, sv_base, DSK, DSV, sum_base, j, valid, ok,
+                       stride_skl, cols, qk_scale, sm_scale, SUMB: tl.constexpr, IEEE: tl.constexpr,
+                       UPCAST: tl.constexpr):  # fmt: skip
+    """One tile of summaries (rows ``j``, block or group): dQ, their dK/dV into the fp32 buffers, and with
+    the summary bias its gradient (the tile's dS summed)."""
+    kt = load_rows(sk_base, j, valid, stride_skl, cols)
+    vt = load_rows(sv_base, j, valid, stride_skl, cols)
+    p, ds = grad_tile(q, do, lse_s, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
+    dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
+    add_key_grads(DSK, DSV, sum_base, j, valid, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
+    if SUMB:
+        dbias += tl.sum(ds)
+    return dq, dbias
+
+
+@triton.jit
 def selected_backward(q, do, lse, delta, dq, k_base, v_base, sk_base, sv_base, DKA, DVA, DSK, DSV,
                       TB, TBN, BLK, GRPS, RAND, DIST, tile, bh, L, tok, is_text, cols, acc_base,
                       stride_kl, stride_vl, stride_skl, stride_ru, UMAX, NB, NSUM, qk_scale, sm_scale,
@@ -100,23 +116,17 @@ def selected_backward(q, do, lse, delta, dq, k_base, v_base, sk_base, sv_base, D
             lse_s = lse - tl.load(bias_ptr).to(tl.float32) * LOG2E
         for start in range(0, c_hi, SUM_N):
             j, ok = block_summary_tile(start, c, bh * L * NG2P, tok, is_text, GRPS, SM, NG2P, SUM_N)
-            kt = load_rows(sk_base, j, j < NB, stride_skl, cols)
-            vt = load_rows(sv_base, j, j < NB, stride_skl, cols)
-            p, ds = grad_tile(q, do, lse_s, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
-            dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
-            add_key_grads(DSK, DSV, sum_base, j, j < NB, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
-            if SUMB:
-                dbias += tl.sum(ds)
+            dq, dbias = summary_tile_grads(
+                q, do, lse_s, delta, dq, dbias, sk_base, sv_base, DSK, DSV, sum_base, j, j < NB, ok,
+                stride_skl, cols, qk_scale, sm_scale, SUMB, IEEE, UPCAST,
+            )  # fmt: skip
         if SM > 0:
             for start in range(0, c_hi // SM, SUM_N):
                 j, ok = group_summary_tile(start, c, is_text, NB, SM, SUM_N)
-                kt = load_rows(sk_base, j, j < NSUM, stride_skl, cols)
-                vt = load_rows(sv_base, j, j < NSUM, stride_skl, cols)
-                p, ds = grad_tile(q, do, lse_s, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
-                dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
-                add_key_grads(DSK, DSV, sum_base, j, j < NSUM, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
-                if SUMB:
-                    dbias += tl.sum(ds)
+                dq, dbias = summary_tile_grads(
+                    q, do, lse_s, delta, dq, dbias, sk_base, sv_base, DSK, DSV, sum_base, j, j < NSUM, ok,
+                    stride_skl, cols, qk_scale, sm_scale, SUMB, IEEE, UPCAST,
+                )  # fmt: skip
         if SUMB:
             tl.atomic_add(dbias_ptr + tl.arange(0, 1), dbias)
     return dq
