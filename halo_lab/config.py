@@ -17,6 +17,7 @@ RANDOM_EDGE_MODES = ("block", "token")
 ATTENTION_BACKENDS = ("auto", "reference", "masked", "triton", "flex", "hybrid", "dense")
 NORMS = ("layernorm", "rmsnorm")
 SELECT_POOLINGS = ("mean", "learned")
+SELECT_SCORES = ("mean", "bound")
 # backends whose kernels encode the fixed graph only: with select_blocks > 0 they would drop the selection
 SELECTION_UNSUPPORTED = ("flex", "hybrid")
 
@@ -146,6 +147,13 @@ class HaloConfig:
     ``learned``: attention pooling, weights softmax(v_t . u / sqrt(d)) over the block with a learned u per
     layer and KV head (zeros at init: the mean), so that a block's salient tokens outweigh its filler; the
     weights come from the values, which carry no rotation."""
+    select_score: str = "mean"
+    """How a query ranks its candidate blocks (and groups). ``mean``: q . summary key, the block's mean
+    (or pooled) key. ``bound``: Quest's upper bound of q . k over the block's keys (Tang et al. 2024),
+    sum_d max(q_d min_d, q_d max_d) from the elementwise minimum and maximum of its keys (a group's: of its
+    blocks'), so that one key that matches the query ranks its block first however the other keys of
+    the block average out (experiments/selection: the mean's ranking was MQAR's bottleneck). Either way
+    summed over the query heads of the KV head; the summaries as keys stay the means."""
     select_summary_bias: float | None = None
     """A learned logit bias on the summary keys: each attention layer owns one per KV head (``select_bias``,
     initialised to this value), added to every summary key's score (after the 1/sqrt(d) scaling, for all
@@ -208,6 +216,7 @@ class HaloConfig:
                 "select_group_size", "a group of one block is the block itself: use 0 (no groups) or >= 2"
             )
         self._check_choice("select_pooling", SELECT_POOLINGS)
+        self._check_choice("select_score", SELECT_SCORES)
         if not isinstance(self.select_summary_keys, bool):
             self._fail("select_summary_keys", "must be true or false")
         bias = self.select_summary_bias

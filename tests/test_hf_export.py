@@ -68,6 +68,10 @@ def hf_load(path):
                 "select_summary_bias": -1.5,
             },
         ),
+        (
+            "halo",
+            {"select_blocks": 2, "select_block_size": 4, "select_group_size": 3, "select_score": "bound"},
+        ),
     ],
     ids=[
         "halo-block",
@@ -79,6 +83,7 @@ def hf_load(path):
         "select-no-summary-keys",
         "select-learned-pooling",
         "select-summary-bias",  # the perturbation gives each KV head its own bias
+        "select-bound-score",
     ],
 )
 def test_transformers_round_trip_logits_and_greedy_generate(tmp_path, arch, kw):

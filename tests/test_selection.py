@@ -43,8 +43,8 @@ def brute_force(q, k, c: HaloConfig):
     B, Hq, L, d = q.shape
     Hkv, N = k.shape[1], L - G
     nb = N // b
-    blocks = [k[:, :, G + j * b : G + (j + 1) * b].mean(2) for j in range(nb)]
-    groups = [torch.stack(blocks[g * m : (g + 1) * m]).mean(0) for g in range(nb // m)] if m else []
+    blocks = [k[:, :, G + j * b : G + (j + 1) * b] for j in range(nb)]  # [B, Hkv, b, d] each
+    groups = [torch.cat(blocks[g * m : (g + 1) * m], 2) for g in range(nb // m)] if m else []
     out_g, out_b = {}, {}
     for bi in range(B):
         for h in range(Hkv):
@@ -52,8 +52,16 @@ def brute_force(q, k, c: HaloConfig):
             for i in range(N):
                 qi = [q[bi, hh, G + i] for hh in heads]
 
-                def score(s, qi=qi, bi=bi, h=h):
-                    return sum(float(x @ s[bi, h]) for x in qi) / math.sqrt(d)
+                def score(keys, qi=qi, bi=bi, h=h):
+                    if c.select_score == "bound":  # sum_d max(q_d min_d, q_d max_d) over the block's keys
+                        lo, hi = keys[bi, h].amin(0), keys[bi, h].amax(0)
+                        return sum(float(torch.maximum(x * lo, x * hi).sum()) for x in qi) / math.sqrt(d)
+                    mean = (
+                        keys[bi, h].mean(0)
+                        if keys.shape[2] == b
+                        else keys[bi, h].view(m, b, d).mean(1).mean(0)
+                    )
+                    return sum(float(x @ mean) for x in qi) / math.sqrt(d)
 
                 def best(cands, count, summaries):
                     ranked = sorted(cands, key=lambda s: (-score(summaries[s]), s))
@@ -71,9 +79,9 @@ def brute_force(q, k, c: HaloConfig):
 
 
 @pytest.mark.parametrize("m", [0, 3])
-@pytest.mark.parametrize("n_blocks", [2, 40])  # 40: more blocks than any query has (n*b > the past)
-def test_choice_equals_brute_force(m, n_blocks):
-    c = cfg(select_group_size=m, select_blocks=n_blocks)
+@pytest.mark.parametrize("n_blocks,score", [(2, "mean"), (40, "mean"), (2, "bound")])  # 40: n*b > the past
+def test_choice_equals_brute_force(m, n_blocks, score):
+    c = cfg(select_group_size=m, select_blocks=n_blocks, select_score=score)
     q, k, v = qkv(c, 70, seed=m + n_blocks)
     sel = selection.select(q[:, :, c.num_globals :], k, v, c, torch.arange(70))
     want_g, want_b = brute_force(q, k, c)
@@ -505,7 +513,7 @@ def test_summary_bias_must_be_a_finite_number(bad):
     assert cfg(select_summary_bias=-4).select_summary_bias == -4
 
 
-def test_the_variants_start_the_summary_bias_at_minus_4_and_null_turns_it_off(tmp_path):
+def test_the_variants_start_the_summary_bias_at_minus_4_rank_by_the_bound_and_overrides_undo_both(tmp_path):
     from halo_lab.runner.config import build_model_config, compose_config
 
     for variant in ("halo_select", "local_select"):
@@ -513,12 +521,88 @@ def test_the_variants_start_the_summary_bias_at_minus_4_and_null_turns_it_off(tm
         model, arch, _ = build_model_config(
             compose_config(base, output_dir=tmp_path / variant), vocab_size=64
         )
-        assert arch == "halo" and model["select_summary_bias"] == -4.0
+        assert arch == "halo" and model["select_summary_bias"] == -4.0 and model["select_score"] == "bound"
         net = HaloSModel(HaloConfig(**model))
         assert torch.equal(
             net.layers[0].attn.select_bias.detach(), torch.full((model["num_kv_heads"],), -4.0)
         )
-        off = compose_config([*base, "model.select_summary_bias=null"], output_dir=tmp_path / f"{variant}n")
+        earlier = [*base, "model.select_summary_bias=null", "model.select_score=mean"]
+        off = compose_config(earlier, output_dir=tmp_path / f"{variant}n")
         model, _, _ = build_model_config(off, vocab_size=64)  # how the earlier grid runs are reproduced
-        assert model["select_summary_bias"] is None
+        assert model["select_summary_bias"] is None and model["select_score"] == "mean"
         assert HaloSModel(HaloConfig(**model)).layers[0].attn.select_bias is None
+
+
+# ------------------------------------------------------------------------------------ the bound score
+
+
+def test_the_bound_score_bounds_every_key_of_its_block_and_is_exact_for_one_key_blocks():
+    """select_score=bound: Quest's bound is >= q . k for every key of the block (so one matching key ranks
+    its block, however the block averages), summed over a KV head's query heads; with 1-token blocks it is
+    q . k itself."""
+    c = cfg(select_group_size=3, select_score="bound")
+    q, k, _ = qkv(c, 60, seed=4)
+    G, b, d = c.num_globals, c.select_block_size, c.head_dim
+    lo, hi = selection.key_bounds(k, c, G)
+    qg = q[:, :, G:].reshape(2, c.num_kv_heads, -1, 60, d)
+    scores = selection.summary_scores(c, qg, None, (lo, hi))  # [B, Hkv, P, S]
+    nb = 60 // b
+    blocks = k[:, :, G : G + nb * b].reshape(2, c.num_kv_heads, nb, b, d)
+    best = torch.einsum("bhgpd,bhntd->bhgpnt", qg, blocks).amax(-1).sum(2)  # each head's best key, summed
+    assert (scores[..., :nb] >= best - 1e-4).all()
+    group_best = best[..., : (nb // 3) * 3].reshape(*best.shape[:3], nb // 3, 3).amax(-1)
+    assert (scores[..., nb:] >= group_best - 1e-4).all()
+    one = c.replace(select_block_size=1, select_group_size=0)
+    lo1, hi1 = selection.key_bounds(k, one, G)
+    exact = torch.einsum("bhgpd,bhsd->bhps", qg, k[:, :, G:])
+    torch.testing.assert_close(
+        selection.summary_scores(one, qg, None, (lo1, hi1)), exact, atol=1e-5, rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("backend", ["masked", "triton"])
+def test_the_bound_score_in_every_backend_equals_the_reference(backend):
+    if backend == "triton":
+        triton_ready()
+    c = cfg(select_group_size=3, attention_backend=backend, select_score="bound", select_summary_bias=-1.0)
+    q, k, v = qkv(c, 70, seed=11, grad=True)
+    bias = torch.tensor([-1.0, 0.5], requires_grad=True)
+    ref = reference_attention(q, k, v, c, 1, 7, None, bias)
+    out = attn.halo_attention(q, k, v, c, 1, 7, backend, bias=bias)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(ref)
+    for a, b in zip(
+        torch.autograd.grad(out, (q, k, v, bias), g), torch.autograd.grad(ref, (q, k, v, bias), g)
+    ):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    mean = reference_attention(q, k, v, c.replace(select_score="mean"), 1, 7, None, bias)
+    assert not torch.allclose(mean, ref)  # the score changed the choice
+
+
+@pytest.mark.parametrize("m", [0, 3])
+def test_cached_decoding_with_the_bound_score_is_exact_and_causal(m):
+    torch.manual_seed(3)
+    model = HaloSModel(cfg(select_group_size=m, select_score="bound", select_pooling="learned")).eval()
+    for layer in model.layers:
+        layer.attn.select_pool.data.normal_()
+    tokens = torch.randint(0, 64, (2, 96))
+    with torch.no_grad():
+        full = model(tokens)[0]
+        caches = model.new_caches(2, 96, "cpu", torch.float32)
+        for cache in caches:
+            cache.k.normal_(std=100.0)
+            cache.v.normal_(std=100.0)
+        torch.testing.assert_close(model.forward_cached(tokens[:, :50], caches), full[:, :50])
+        pos = torch.tensor([model.num_globals + 50])
+        for t in range(50, 96):
+            step = model.decode_step(tokens[:, t : t + 1], pos, caches)
+            torch.testing.assert_close(step, full[:, t], atol=1e-4, rtol=1e-4)
+            pos += 1
+        prompt = tokens[:, :40]
+        cached = model.generate(prompt, max_new_tokens=40, temperature=0)
+        assert torch.equal(cached, model.generate(prompt, max_new_tokens=40, temperature=0, use_cache=False))
+
+
+def test_the_score_must_be_mean_or_bound():
+    with pytest.raises(ValueError, match="HaloConfig.select_score=.*must be one of"):
+        cfg(select_score="max")

@@ -10,9 +10,11 @@ query at position i:
 * **summaries**: a block's summary key and value are the means of its keys (after RoPE) and values, per
   KV head; with groups (``select_group_size`` m > 0) every m consecutive blocks also form a group whose
   summary is the mean of theirs;
-* **scores**: the summary keys against the query, summed over the query heads of its KV head (they share
-  the choice, so a fused kernel loads each chosen block once per group of heads); ties go to the lower
-  index (a stable sort), so the choice is deterministic;
+* **scores** (``select_score``): ``mean``, the summary keys against the query; ``bound``, Quest's upper
+  bound of q . k over the block's keys from their elementwise minimum and maximum (``key_bounds``); either
+  summed over the query heads of its KV head (they share the choice, so a fused kernel loads each chosen
+  block once per group of heads); ties go to the lower index (a stable sort), so the choice is
+  deterministic;
 * **choice**: without groups, the n best of the c_i candidate blocks (``select_blocks``); with groups,
   the n2 best of the c_i // m complete candidate groups (``select_groups``), then the n best blocks
   among those groups' blocks and the c_i % m candidates not yet in a complete group;
@@ -92,6 +94,38 @@ def summaries(
         return fine
     ng = nb // m
     return torch.cat([fine, fine[:, :, : ng * m].reshape(B, H, ng, m, d).mean(3)], dim=2)
+
+
+def key_bounds(k: torch.Tensor, config: HaloConfig, num_globals: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B, H, S, d], [B, H, S, d]) the elementwise minimum and maximum of the keys ``k`` ([B, H, G + N, d])
+    of every complete block of the text, then (with groups) of every complete group: the ``bound`` score's
+    summaries, rows as ``summaries``'."""
+    B, H, L, d = k.shape
+    b, m = config.select_block_size, config.select_group_size
+    nb = (L - num_globals) // b
+    blocks = k[:, :, num_globals : num_globals + nb * b].reshape(B, H, nb, b, d)
+    lo, hi = blocks.amin(3), blocks.amax(3)
+    if not m:
+        return lo, hi
+    ng = nb // m
+    return (
+        torch.cat([lo, lo[:, :, : ng * m].reshape(B, H, ng, m, d).amin(3)], dim=2),
+        torch.cat([hi, hi[:, :, : ng * m].reshape(B, H, ng, m, d).amax(3)], dim=2),
+    )
+
+
+def summary_scores(
+    config: HaloConfig, qg: torch.Tensor, summary_k: torch.Tensor, bounds: tuple | None = None
+) -> torch.Tensor:
+    """[B, Hkv, P, S] the scores (before 1/sqrt(d)) of every summary for the queries ``qg`` [B, Hkv, g, P,
+    d] (the g query heads of each KV head), all fp32: ``mean``, q . summary key summed over the g heads;
+    ``bound`` (``bounds`` = ``key_bounds``), sum over heads and d of max(q_d lo_d, q_d hi_d), which is
+    q+ . hi + q- . lo: two products, no [P, S, d] tensor."""
+    if config.select_score != "bound":
+        return torch.einsum("bhgpd,bhsd->bhps", qg, summary_k)
+    lo, hi = bounds
+    pos, neg = qg.clamp(min=0).sum(2), qg.clamp(max=0).sum(2)
+    return torch.einsum("bhpd,bhsd->bhps", pos, hi) + torch.einsum("bhpd,bhsd->bhps", neg, lo)
 
 
 def num_summaries(config: HaloConfig, text_len: int) -> tuple[int, int]:
@@ -215,7 +249,8 @@ def select(
     nb, _ = num_summaries(config, k.shape[2] - G)
     with torch.no_grad():  # top-n has no gradient: the summaries learn as keys of the softmax
         qg = q.detach().view(B, Hkv, Hq // Hkv, P, d).float()
-        scores = torch.einsum("bhgpd,bhsd->bhps", qg, sk32.detach())
+        bounds = key_bounds(k.detach().float(), config, G) if config.select_score == "bound" else None
+        scores = summary_scores(config, qg, sk32.detach(), bounds)
     candidates = candidate_blocks(config, positions)
     groups, blocks = choose(config, scores / math.sqrt(d), candidates, nb)
     return Selection(config, positions, candidates, groups, blocks, sk, sv, nb)

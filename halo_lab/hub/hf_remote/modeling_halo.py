@@ -131,6 +131,25 @@ def _summaries(x: torch.Tensor, c: HaloSConfig, weights: torch.Tensor | None = N
     return torch.cat([fine, fine[:, :, : ng * m].reshape(B, H, ng, m, d).mean(3)], dim=2)
 
 
+def _scores(qg: torch.Tensor, k: torch.Tensor, sk32: torch.Tensor, c: HaloSConfig) -> torch.Tensor:
+    """[B, Hkv, P, S] the summaries' scores before 1/sqrt(d), summed over a KV head's query heads qg [B, Hkv,
+    g, P, d]: q . summary key (``select_score`` mean), or Quest's bound sum_d max(q_d min_d, q_d max_d)
+    over the block's (group's) keys (``bound``)."""
+    if getattr(c, "select_score", "mean") != "bound":
+        return torch.einsum("bhgpd,bhsd->bhps", qg, sk32)
+    B, H, L, d = k.shape
+    b, m, G = c.select_block_size, c.select_group_size, c.num_globals
+    nb = (L - G) // b
+    blocks = k[:, :, G : G + nb * b].float().reshape(B, H, nb, b, d)
+    lo, hi = blocks.amin(3), blocks.amax(3)
+    if m:
+        ng = nb // m
+        lo = torch.cat([lo, lo[:, :, : ng * m].reshape(B, H, ng, m, d).amin(3)], dim=2)
+        hi = torch.cat([hi, hi[:, :, : ng * m].reshape(B, H, ng, m, d).amax(3)], dim=2)
+    pos, neg = qg.clamp(min=0).sum(2), qg.clamp(max=0).sum(2)
+    return torch.einsum("bhpd,bhsd->bhps", pos, hi) + torch.einsum("bhpd,bhsd->bhps", neg, lo)
+
+
 def _top(scores: torch.Tensor, allowed: torch.Tensor, count: int) -> torch.Tensor:
     """Indices of the ``count`` best allowed scores (ties: the lower index), -1 = none."""
     allowed = allowed.expand(scores.shape)
@@ -144,7 +163,7 @@ def _top(scores: torch.Tensor, allowed: torch.Tensor, count: int) -> torch.Tenso
 def selection_mask(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c: HaloSConfig, pool=None):
     """(k, v, mask [B, Hq, L, L + S] over the chosen tokens and the scored summaries) of the text queries:
     the summaries appended to k and v. The same rules as halo_lab's selection: candidates are the complete
-    blocks before a query's window, scores are q . summary summed over a KV head's query heads."""
+    blocks before a query's window, scores (``_scores``) summed over a KV head's query heads."""
     G, W, b, m = c.num_globals, c.local_window, c.select_block_size, c.select_group_size
     B, Hq, L, d = q.shape
     Hkv, N = k.shape[1], L - G
@@ -154,7 +173,7 @@ def selection_mask(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c: HaloSCo
     sk, sv = sk32.to(k.dtype), sv32.to(v.dtype)
     S, nb = sk.shape[2], N // b
     qg = q[:, :, G:].reshape(B, Hkv, Hq // Hkv, N, d).float()
-    scores = torch.einsum("bhgpd,bhsd->bhps", qg, sk32) / d**0.5
+    scores = _scores(qg, k, sk32, c) / d**0.5
     cand = torch.div(torch.arange(N, device=q.device) - W + 1, b, rounding_mode="floor").clamp(min=0)
     cand = cand.view(1, 1, N, 1)
     blocks = torch.arange(nb, device=q.device)

@@ -9,7 +9,7 @@ import torch
 
 from halo_lab import graph
 from halo_lab.config import HaloConfig
-from halo_lab.graph.selection import block_weights, num_summaries, summaries
+from halo_lab.graph.selection import block_weights, key_bounds, num_summaries, summaries
 
 
 @dataclass
@@ -128,6 +128,9 @@ class KVCache:
     summary_blocks: int = 0
     summary_pool: torch.Tensor | None = None  # the learned pooling's u (select_pooling=learned)
     summary_bias: torch.Tensor | None = None  # the summary keys' logit bias [Hkv] (select_summary_bias)
+    # select_score=bound: the elementwise min and max of each block's (and group's) keys, rows as summary_k
+    summary_lo: torch.Tensor | None = None
+    summary_hi: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, batch: int, heads: int, capacity: int, head_dim: int, device, dtype) -> KVCache:
@@ -174,6 +177,8 @@ class KVCache:
         self.summary_k = self.k.new_zeros(B, H, blocks + groups, d, dtype=torch.float32)
         self.summary_v = self.v.new_zeros(B, H, blocks + groups, d, dtype=torch.float32)
         self.summary_blocks = blocks
+        if config.select_score == "bound":
+            self.summary_lo, self.summary_hi = (torch.zeros_like(self.summary_k) for _ in range(2))
 
     def _write_summaries(self, end: int) -> None:
         """The summaries of every complete block (and group) of the first ``end`` positions."""
@@ -181,8 +186,13 @@ class KVCache:
         nb, ng = num_summaries(cfg, end - G)
         pool = self.summary_pool
         w = block_weights(self.v[:, :, :end].float(), cfg, G, pool) if pool is not None else None
-        for store, x in ((self.summary_k, self.k), (self.summary_v, self.v)):
-            s = summaries(x[:, :, :end].float(), cfg, G, w)
+        written = [
+            (self.summary_k, summaries(self.k[:, :, :end].float(), cfg, G, w)),
+            (self.summary_v, summaries(self.v[:, :, :end].float(), cfg, G, w)),
+        ]
+        if self.summary_lo is not None:
+            written += zip((self.summary_lo, self.summary_hi), key_bounds(self.k[:, :, :end].float(), cfg, G))
+        for store, s in written:
             store[:, :, :nb] = s[:, :, :nb]
             store[:, :, self.summary_blocks : self.summary_blocks + ng] = s[:, :, nb:]
 

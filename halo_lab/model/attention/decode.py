@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from halo_lab import graph
 from halo_lab.config import HaloConfig
 from halo_lab.graph.reference import gather_attention, with_selection
-from halo_lab.graph.selection import Selection, candidate_blocks, choose
+from halo_lab.graph.selection import Selection, candidate_blocks, choose, summary_scores
 from halo_lab.model.attention.cache import DecodeLayout, KVCache
 from halo_lab.model.attention.masked import summary_bias_mask
 
@@ -90,8 +90,19 @@ def _selected_decode_attention(q, cache: KVCache, pos: torch.Tensor, slots: torc
             group = torch.div(block, m, rounding_mode="floor")
             fine = store.index_select(2, group * m + torch.arange(m, device=q.device))
             store.index_copy_(2, nb + group, fine.mean(2, keepdim=True))
+    bounds = None
+    if cache.summary_lo is not None:  # select_score=bound: the block's (and group's) key min and max
+        rows_k = cache.k.index_select(2, rows).float()
+        bounds = (cache.summary_lo, cache.summary_hi)
+        for store, new in zip(bounds, (rows_k.amin(2), rows_k.amax(2))):
+            store.index_copy_(2, block, new.unsqueeze(2))
+            if m:
+                group = torch.div(block, m, rounding_mode="floor")
+                fine = store.index_select(2, group * m + torch.arange(m, device=q.device))
+                whole = fine.amin(2, keepdim=True) if store is bounds[0] else fine.amax(2, keepdim=True)
+                store.index_copy_(2, nb + group, whole)
     qg = q.view(B, Hkv, Hq // Hkv, 1, d).float()
-    scores = torch.einsum("bhgpd,bhsd->bhps", qg, cache.summary_k) / math.sqrt(d)
+    scores = summary_scores(cfg, qg, cache.summary_k, bounds) / math.sqrt(d)
     candidates = candidate_blocks(cfg, t)
     groups, blocks = choose(cfg, scores, candidates, nb)
     sk, sv = cache.summary_k.to(cache.k.dtype), cache.summary_v.to(cache.v.dtype)
