@@ -5,8 +5,11 @@ token it needs. This part lets it choose, as NSA, MoBA and Zoology's NSA mixer d
 blocks of b tokens (``select_block_size``); block j holds text tokens j*b .. j*b + b - 1. For the text
 query at position i:
 
-* **candidates**: the c_i = max(0, (i - W + 1) // b) blocks that are complete and end before its window
-  (causal by construction: a block still filling is never read; blocks overlapping the window add nothing);
+* **candidates**: the c_i = max(0, min(ceil((i - W + 1) / b), (i + 1) // b)) complete blocks that start
+  before its window (causal by construction: a block still filling is never read). The last of them may
+  overlap the window: its keys in the window count once (the graph is a set), and its keys before the
+  window are reachable (before 2026-12-05 only blocks that ended before the window were candidates, and
+  the up to b - 1 keys just before the window that shared a block with it were in no part of the graph);
 * **summaries**: a block's summary key and value are the means of its keys (after RoPE) and values, per
   KV head; with groups (``select_group_size`` m > 0) every m consecutive blocks also form a group whose
   summary is the mean of theirs;
@@ -41,7 +44,9 @@ from halo_lab.config import HaloConfig
 def candidate_blocks(config: HaloConfig, positions: torch.Tensor) -> torch.Tensor:
     """[P] c_i: how many blocks (0 .. c_i - 1) are candidates of the text query at each position."""
     W, b = config.local_window, config.select_block_size
-    return torch.div(positions.long() - W + 1, b, rounding_mode="floor").clamp(min=0)
+    p = positions.long()
+    before_window = torch.div(p - W + b, b, rounding_mode="floor")  # blocks starting before p - W + 1
+    return torch.minimum(before_window, torch.div(p + 1, b, rounding_mode="floor")).clamp(min=0)
 
 
 def summaries_per_query(config: HaloConfig, positions: torch.Tensor) -> torch.Tensor:
@@ -58,7 +63,8 @@ def summaries_per_query(config: HaloConfig, positions: torch.Tensor) -> torch.Te
 
 def keys_per_query(config: HaloConfig, positions: torch.Tensor) -> torch.Tensor:
     """[P] the most content-selected keys (summaries + chosen tokens) a text query at each position reads:
-    exact when no chosen token is also a dilated or random key of the query (then one fewer per such)."""
+    exact when no chosen token is also a window, dilated or random key of the query (then one fewer per
+    such; the window's share is the part of the block that overlaps it, at most b - 1 keys)."""
     if not config.selects:
         return torch.zeros_like(positions, dtype=torch.long)
     c, m = candidate_blocks(config, positions), config.select_group_size

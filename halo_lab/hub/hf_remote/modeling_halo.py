@@ -174,7 +174,11 @@ def selection_mask(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c: HaloSCo
     S, nb = sk.shape[2], N // b
     qg = q[:, :, G:].reshape(B, Hkv, Hq // Hkv, N, d).float()
     scores = _scores(qg, k, sk32, c) / d**0.5
-    cand = torch.div(torch.arange(N, device=q.device) - W + 1, b, rounding_mode="floor").clamp(min=0)
+    pos = torch.arange(N, device=q.device)  # candidates: the complete blocks that start before the window
+    cand = torch.minimum(
+        torch.div(pos - W + b, b, rounding_mode="floor"), torch.div(pos + 1, b, rounding_mode="floor")
+    )
+    cand = cand.clamp(min=0)
     cand = cand.view(1, 1, N, 1)
     blocks = torch.arange(nb, device=q.device)
     allowed = blocks < cand

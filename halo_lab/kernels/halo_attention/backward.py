@@ -99,7 +99,7 @@ def selected_backward(q, do, lse, delta, dq, k_base, v_base, sk_base, sv_base, D
     for u in range(0, tl.load(TBN + tile)):
         pos, valid, ok = chosen_block_tile(
             u, tile * UMAX, bh * L * NSELP, tok, is_text, RAND, DIST, stride_ru, TB, BLK,
-            G, ND, NR, UNIT, SB, SBP, NSELP,
+            G, W, ND, NR, UNIT, SB, SBP, NSELP,
         )  # fmt: skip
         kt = load_rows(k_base, pos, valid, stride_kl, cols)
         vt = load_rows(v_base, pos, valid, stride_vl, cols)

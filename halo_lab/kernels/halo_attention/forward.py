@@ -117,7 +117,7 @@ def selected_forward(q, m, denom, acc, k_base, v_base, sk_base, sv_base, TB, TBN
     for u in range(0, tl.load(TBN + tile)):
         pos, valid, ok = chosen_block_tile(
             u, tile * UMAX, row0 * NSELP, tok, is_text, RAND, DIST, stride_ru, TB, BLK,
-            G, ND, NR, UNIT, SB, SBP, NSELP,
+            G, W, ND, NR, UNIT, SB, SBP, NSELP,
         )  # fmt: skip
         kt = load_rows(k_base, pos, valid, stride_kl, cols)
         vt = load_rows(v_base, pos, valid, stride_vl, cols)

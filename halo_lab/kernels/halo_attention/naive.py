@@ -47,7 +47,10 @@ def selected_index(config: HaloConfig, idx: torch.Tensor, sel) -> torch.Tensor:
     j = torch.arange(sel.nsum, device=idx.device)
     pos = torch.arange(L, device=idx.device)
     first = pos - G - W + 1
-    c = torch.where((pos >= G) & (first >= 0), torch.div(first, b, rounding_mode="floor"), 0).view(1, 1, L, 1)
+    c = torch.minimum(
+        torch.div(first + b - 1, b, rounding_mode="floor"), torch.div(pos - G + 1, b, rounding_mode="floor")
+    )
+    c = torch.where((pos >= G) & (first > 0), c, 0).view(1, 1, L, 1)
     fine = (j < sel.nb) & (j < c)
     if m:
         chosen = ((j // m).view(1, 1, 1, -1, 1) == sel.grps.long().unsqueeze(3)).any(-1)

@@ -7,7 +7,7 @@ online softmax as the fixed graph's:
 * **chosen blocks**: a query tile loops over the distinct blocks its rows chose (``TB``, sorted, ``TBN`` of
   them), each a contiguous [SBP, HD] tile of b keys (SBP = b padded to a power of two >= 16, the smallest
   tensor-core tile); a row keeps the tile's keys when the block is among its own n (``BLK``) and drops a
-  key that is already one of its graph keys (its dilated or random key: the graph is a set). Rows of a
+  key that is already one of its graph keys (in its window, its dilated or random key: the graph is a set). Rows of a
   tile mostly choose the same few blocks, so each block is loaded once per tile, not once per row.
 * **summaries**: [SUM_N, HD] tiles of the summary keys and values (``SK``/``SV``: the blocks' means, then
   the groups'). A row keeps block summary j < c_row (its candidates; with groups only those not yet in a
@@ -26,15 +26,16 @@ import triton.language as tl
 
 @triton.jit
 def candidates(tok, is_text, G: tl.constexpr, W: tl.constexpr, SB: tl.constexpr):
-    """c per row: the blocks that are complete and end before the row's window."""
+    """c per row: the complete blocks that start before the row's window (graph/selection.py)."""
     first = tok - G - W + 1  # the text position where the window starts
-    return tl.where(is_text & (first >= 0), first // SB, 0)
+    c = tl.minimum((first + SB - 1) // SB, (tok - G + 1) // SB)
+    return tl.where(is_text & (first > 0), c, 0)
 
 
 @triton.jit
 def chosen_block_tile(u, tile_base, row_base, tok, is_text, RAND, DIST, stride_ru, TB, BLK,
-                      G: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr, UNIT: tl.constexpr,
-                      SB: tl.constexpr, SBP: tl.constexpr, NSELP: tl.constexpr):  # fmt: skip
+                      G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr,
+                      UNIT: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr, NSELP: tl.constexpr):  # fmt: skip
     """Full positions [SBP], their validity and the rows' mask [BLOCK_M, SBP] of the tile's u-th block."""
     blk = tl.load(TB + tile_base + u)
     col = tl.arange(0, SBP)
@@ -44,7 +45,8 @@ def chosen_block_tile(u, tile_base, row_base, tok, is_text, RAND, DIST, stride_r
     hit = tl.zeros(tok.shape, tl.int32)
     for e in tl.static_range(NSELP):  # the row chose this block (its n choices, -1 = none)
         hit += (tl.load(BLK + row_base + tok * NSELP + e, mask=is_text, other=-1) == blk).to(tl.int32)
-    ok = (hit > 0)[:, None] & valid[None, :]
+    # the block that overlaps the window: its keys in the window are window keys already
+    ok = (hit > 0)[:, None] & valid[None, :] & (pos[None, :] <= tok[:, None] - W)
     for e in tl.static_range(ND):  # a chosen key that is the row's dilated key counts once
         ok = ok & (tok[:, None] - pos[None, :] != tl.load(DIST + e))
     for r in tl.static_range(NR):  # ... and one that is its random key
