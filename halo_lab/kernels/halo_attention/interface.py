@@ -205,8 +205,8 @@ def forward_kernels(q, k, v, sk, sv, sbias, dist, rand, sel: SelectionTables, pl
 
 
 def backward_kernels(do, q, k, v, o, lse, sk, sv, sbias, dist, rand, sel, plan: _Plan, scale, traced=False):
-    """(dq, dk, dv, dsk, dsv, dbias): dsk / dsv fp32 [B, Hkv, nsum, d] (None without selection), dbias
-    fp32 [B, Hkv] per batch row (None without a summary bias)."""
+    """(dq, dk, dv, dsum, dbias): dsum the summaries' dK, dV stacked, fp32 [2, B, Hkv, nsum, d] (None
+    without selection), dbias fp32 [B, Hkv] per batch row (None without a summary bias)."""
     B, Hq, L, d = q.shape
     Hkv = k.shape[1]
     dq = torch.empty_like(q)
@@ -220,11 +220,12 @@ def backward_kernels(do, q, k, v, o, lse, sk, sv, sbias, dist, rand, sel, plan: 
     dk_dil, dv_dil = torch.empty(2, plan.nd, B, Hkv, L, d, device=q.device, dtype=k.dtype).unbind(0)
     selecting = plan.fwd["SEL"]
     # the summaries' fp32 dK/dV (atomics of the dQ pass); torch's autograd carries them to the pooled keys
-    dsk, dsv = (
-        torch.zeros(2, B, Hkv, sel.nsum, sk.shape[-1], device=q.device, dtype=torch.float32).unbind(0)
+    dsum = (
+        torch.zeros(2, B, Hkv, sel.nsum, sk.shape[-1], device=q.device, dtype=torch.float32)
         if selecting
-        else (dk_extra, dv_extra)  # never written without selection
+        else None
     )
+    dsk, dsv = dsum.unbind(0) if selecting else (dk_extra, dv_extra)  # never written without selection
     biased = plan.dq["SUMB"]
     # the summary bias's gradient per (batch row, KV head): fp32 atomics of the dQ pass
     dbias = torch.zeros(B, Hkv, device=q.device, dtype=torch.float32) if biased else sbias
@@ -256,7 +257,7 @@ def backward_kernels(do, q, k, v, o, lse, sk, sv, sbias, dist, rand, sel, plan: 
         plan.dkv,
         traced,
     )  # fmt: skip
-    return dq, dk, dv, dsk if selecting else None, dsv if selecting else None, dbias if biased else None
+    return dq, dk, dv, dsum, dbias if biased else None
 
 
 class HaloTritonAttention(torch.autograd.Function):
@@ -280,13 +281,13 @@ class HaloTritonAttention(torch.autograd.Function):
         q, k, v, o, lse, sk, sv, sbias = ctx.saved_tensors
         tables, sel = ctx.tables, ctx.sel
         do = _last_dim_contiguous(do)
-        dq, dk, dv, dsk, dsv, dbias = backward_kernels(
+        dq, dk, dv, dsum, dbias = backward_kernels(
             do, q, k, v, o, lse, sk, sv, sbias, tables.dist, tables.rand, sel, ctx.plan, ctx.scale
         )
-        if dsk is None:
+        if dsum is None:
             return dq, dk, dv, None, None, None, None, None, None, None
         dbias = dbias.sum(0) if dbias is not None else None
-        return dq, dk, dv, dsk.to(sk.dtype), dsv.to(sv.dtype), dbias, None, None, None, None
+        return dq, dk, dv, dsum[0].to(sk.dtype), dsum[1].to(sv.dtype), dbias, None, None, None, None
 
 
 def _pow2(n: int) -> int:  # triton.next_power_of_2 / cdiv cost µs a call on the host (JIT callables)

@@ -2,7 +2,7 @@
 
 * ``halo_lab::halo_attention_fwd`` (q, k, v, summary keys/values, summary bias, the graph tables, the
   selection tables, scale, plan id, the selection's ints) -> (o, lse) and ``halo_lab::halo_attention_bwd``
-  -> (dq, dk, dv, dsk, dsv, dbias), tied by ``register_autograd``. Every argument is a tensor or a plain
+  -> (dq, dk, dv, dsum, dbias), tied by ``register_autograd``. Every argument is a tensor or a plain
   int/float: the launch plan (the three kernels' constexprs and launch options, interface.py) goes by its
   id in ``interface.PLANS_BY_ID``.
   With compiled Triton (CUDA) they are ``torch.library.triton_op``s: traced (AOTAutograd, Inductor), each
@@ -72,18 +72,17 @@ def _bwd(
     do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, sk: Tensor, sv: Tensor,
     sbias: Tensor, dist: Tensor, rand: Tensor, blk: Tensor, grps: Tensor, tb: Tensor, tbn: Tensor,
     scale: float, plan_id: int, nt: int, umax: int, nb: int, nsum: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-    """(dq, dk, dv, dsk, dsv, dbias); dsk, dsv fp32 (empty without selection), dbias fp32 [B, Hkv] per
-    batch row (empty without a summary bias)."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """(dq, dk, dv, dsum, dbias); dsum the summaries' dK, dV stacked, fp32 [2, B, Hkv, nsum, d] (empty
+    without selection), dbias fp32 [B, Hkv] per batch row (empty without a summary bias)."""
     sel = SelectionTables(blk, grps, tb, tbn, nt, umax, nb, nsum)
     plan = interface.PLANS_BY_ID[plan_id]
-    dq, dk, dv, dsk, dsv, dbias = interface.backward_kernels(
+    dq, dk, dv, dsum, dbias = interface.backward_kernels(
         do, q, k, v, o, lse, sk, sv, sbias, dist, rand, sel, plan, scale, is_wrap_triton_enabled()
     )
-    none = q.new_empty(0, dtype=torch.float32)  # an op returns tensors, each fresh
-    return dq, dk, dv, none if dsk is None else dsk, none.clone() if dsv is None else dsv, (
-        none.clone() if dbias is None else dbias
-    )
+    # an op returns tensors, each fresh
+    dsum = q.new_empty(0, dtype=torch.float32) if dsum is None else dsum
+    return dq, dk, dv, dsum, q.new_empty(0, dtype=torch.float32) if dbias is None else dbias
 
 
 def _graph_tables(q: Tensor, plan_id: int, layer: int, step: int, seq_len: int) -> tuple[Tensor, Tensor]:
@@ -115,13 +114,13 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, do, _dlse):
     q, k, v, o, lse, sk, sv, sbias, *tabs = ctx.saved_tensors
     do = do if do.stride(-1) == 1 else do.contiguous()
-    dq, dk, dv, dsk, dsv, dbias = halo_attention_bwd(do, q, k, v, o, lse, sk, sv, sbias, *tabs, *ctx.ints)
+    dq, dk, dv, dsum, dbias = halo_attention_bwd(do, q, k, v, o, lse, sk, sv, sbias, *tabs, *ctx.ints)
     plan = interface.PLANS_BY_ID[ctx.ints[1]]
     nones = (None,) * 12
     if not plan.fwd["SEL"]:
         return dq, dk, dv, None, None, None, *nones
     dbias = dbias.sum(0) if plan.dq["SUMB"] else None
-    return dq, dk, dv, dsk.to(sk.dtype), dsv.to(sv.dtype), dbias, *nones
+    return dq, dk, dv, dsum[0].to(sk.dtype), dsum[1].to(sv.dtype), dbias, *nones
 
 
 halo_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
