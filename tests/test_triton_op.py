@@ -35,13 +35,14 @@ def cfg(**kw) -> HaloConfig:
 
 
 SELECT = dict(select_blocks=2, select_block_size=4, select_group_size=3, select_groups=2)
+LEARNED = cfg(**SELECT, select_pooling="learned")
 # name: (config, text length, query heads, KV heads, head_dim, dtype, learned pooling, summary bias)
 CASES = {
     "plain-gqa2": (cfg(), 40, 4, 2, 16, torch.float32, False, False),
     "plain-token-gqa4-d24-padded": (cfg(random_edges="token"), 37, 4, 1, 24, torch.float32, False, False),
     "selection-mean": (cfg(**SELECT), 45, 4, 2, 16, torch.float32, False, False),
-    "selection-learned-bias": (cfg(**SELECT, select_pooling="learned"), 45, 4, 2, 16, torch.float32, True, True),
-    "selection-bf16": (cfg(**SELECT, select_pooling="learned"), 45, 4, 2, 16, torch.bfloat16, True, True),
+    "selection-learned-bias": (LEARNED, 45, 4, 2, 16, torch.float32, True, True),
+    "selection-bf16": (LEARNED, 45, 4, 2, 16, torch.bfloat16, True, True),
 }
 
 
@@ -49,7 +50,9 @@ def inputs(name: str, seed: int = 0):
     c, n, hq, hkv, d, dtype, learned, biased = CASES[name]
     g = torch.Generator().manual_seed(seed)
     L = n + c.num_globals
-    q, k, v = (torch.randn(2, h, L, d, generator=g).to(DEVICE, dtype).requires_grad_() for h in (hq, hkv, hkv))
+    q, k, v = (
+        torch.randn(2, h, L, d, generator=g).to(DEVICE, dtype).requires_grad_() for h in (hq, hkv, hkv)
+    )
     u = (torch.randn(hkv, d, generator=g) * 0.5).to(DEVICE).requires_grad_() if learned else None
     bias = torch.tensor([-1.0, 0.5][:hkv], device=DEVICE, requires_grad=True) if biased else None
     return c, [q, k, v], u, bias

@@ -1,4 +1,4 @@
-"""``halo_triton_attention``: the fused HALO kernels behind one autograd.Function.
+"""``HaloTritonAttention``: the fused HALO kernels behind one autograd.Function (the eager path; op.py: the ops a compiled model traces).
 
 Block sizes (rows are query positions x the query heads of one KV head):
 
@@ -179,7 +179,9 @@ def _launch(launcher: Launcher, grid: tuple, args: tuple, meta: dict, traced: bo
         torch.library.wrap_triton(launcher.kernel)[grid](*args, **meta)
 
 
-def forward_kernels(q, k, v, sk, sv, sbias, dist, rand, sel: SelectionTables, plan: _Plan, scale, traced=False):
+def forward_kernels(
+    q, k, v, sk, sv, sbias, dist, rand, sel: SelectionTables, plan: _Plan, scale, traced=False
+):
     """(o, lse) of the forward kernel; ``sbias``: the summary keys' logit bias [Hkv] fp32 (read with
     ``plan.fwd["SUMB"]``), else any one-element fp32 tensor."""
     B, Hq, L, d = q.shape
