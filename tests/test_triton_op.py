@@ -81,8 +81,8 @@ def test_op_equals_the_function_and_the_reference(name):
     out, grads, g = run(op.op_attention, c, ins, u, bias)
     f_out, f_grads, _ = run(interface.function_attention, c, ins, u, bias, grad=g)
     torch.testing.assert_close(out, f_out, rtol=0, atol=0)
-    for a, b in zip(grads, f_grads):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(grads, f_grads):  # the dQ pass's fp32 atomics: any order on a GPU
+        assert rel(a, b) <= (0.0 if DEVICE == "cpu" else 1e-5)
     d64 = [t.detach().double().requires_grad_() for t in leaves(ins, u, bias)]
     du, db = (d64[3], d64[4] if bias is not None else None) if u is not None else (None, None)
     ref = reference_attention(*d64[:3], c, 1, 5, du, db)

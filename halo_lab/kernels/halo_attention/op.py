@@ -22,6 +22,7 @@ than the op's dispatch: experiments/bench/kernel_notes.md, section "2026-12-05: 
 under torch.compile, through these ops. ``EAGER_OP = True`` sends eager calls through the ops too.
 """
 
+import dataclasses
 import math
 
 import torch
@@ -126,9 +127,25 @@ def _backward(ctx, do, _dlse):
 halo_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+_FIELDS = tuple(f.name for f in dataclasses.fields(HaloConfig))
+_LIST_FIELDS = frozenset(f.name for f in dataclasses.fields(HaloConfig) if "list" in str(f.type))
+_CONFIGS: dict[tuple, HaloConfig] = {}
+
+
+def _config_key(config: HaloConfig) -> tuple:
+    """The config's field values, lists as tuples: a constant that dynamo can hand to ``_plan_info`` (torch
+    2.11's ``assume_constant_result`` takes no user object as an argument)."""
+    return tuple(tuple(v) if isinstance(v, list) else v for v in [getattr(config, n) for n in _FIELDS])
+
+
 @torch.compiler.assume_constant_result
-def _plan_info(config: HaloConfig, group: int, head_dim: int, dtype: torch.dtype, biased: bool) -> tuple:
-    """(plan id, query positions per tile, summary bias on): constants of a traced call."""
+def _plan_info(key: tuple, group: int, head_dim: int, dtype: torch.dtype, biased: bool) -> tuple:
+    """(plan id, query positions per tile, summary bias on) of the config with the field values ``key``:
+    constants of a traced call (the plan is built here, outside the graph)."""
+    config = _CONFIGS.get(key)
+    if config is None:
+        fields = {n: list(v) if n in _LIST_FIELDS else v for n, v in zip(_FIELDS, key)}
+        config = _CONFIGS[key] = HaloConfig(**fields)
     plan = interface._plan(config, tables._unit(config), group, head_dim, dtype, biased)
     return plan.id, plan.block_t, plan.fwd["SUMB"]
 
@@ -137,7 +154,7 @@ def op_attention(q, k, v, config: HaloConfig, layer: int, step: int, pool=None, 
     """``halo_triton_attention`` through the ops (what torch.compile traces)."""
     q, k, v, d, padded, group, dtype = interface.prepare(q, k, v)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    plan_id, block_t, biased = _plan_info(config, group, padded, dtype, bias is not None)
+    plan_id, block_t, biased = _plan_info(_config_key(config), group, padded, dtype, bias is not None)
     dist, rand = halo_graph_tables(q, plan_id, layer, step, q.shape[2])
     if config.selects:
         sk, sv, sel = interface.selection_tables(q, k, v, config, block_t, pool)
