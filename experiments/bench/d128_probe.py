@@ -35,7 +35,7 @@ VARIANTS = {
 
 def one(name: str) -> None:
     from halo_lab.kernels.halo_attention import interface
-    from halo_lab.kernels.halo_attention.interface import halo_triton_attention
+    from halo_lab.kernels.halo_attention import halo_triton_attention
     from tests.test_triton_attention import CASES
 
     config, n, heads, kv_heads, d = CASES["gqa4-d128"]

@@ -1,4 +1,4 @@
-"""``halo_triton_attention``: the fused HALO kernels behind one autograd.Function.
+"""``HaloTritonAttention``: the fused HALO kernels behind one autograd.Function (the eager path; op.py: the ops a compiled model traces).
 
 Block sizes (rows are query positions x the query heads of one KV head):
 
@@ -169,31 +169,111 @@ def _dummy(device) -> torch.Tensor:
 _DUMMY: dict[str, torch.Tensor] = {}
 
 
+def _launch(launcher: Launcher, grid: tuple, args: tuple, meta: dict, traced: bool) -> None:
+    """One kernel launch: eagerly through the direct ``Launcher``; ``traced`` (the ops of op.py under
+    torch.compile / make_fx) through ``torch.library.wrap_triton``, which records it in the graph. Under the
+    interpreter a traced call only computes output shapes (op.py registers an opaque op there): no launch."""
+    if not traced:
+        launcher(grid, args, meta)
+    elif not INTERPRETED:
+        torch.library.wrap_triton(launcher.kernel)[grid](*args, **meta)
+
+
+def forward_kernels(
+    q, k, v, sk, sv, sbias, dist, rand, sel: SelectionTables, plan: _Plan, scale, traced=False
+):
+    """(o, lse) of the forward kernel; ``sbias``: the summary keys' logit bias [Hkv] fp32 (read with
+    ``plan.fwd["SUMB"]``), else any one-element fp32 tensor."""
+    B, Hq, L, d = q.shape
+    Hkv = k.shape[1]
+    o = _like_bshd(q)
+    lse = torch.empty(B, Hq, L, device=q.device, dtype=torch.float32)
+    _launch(
+        _fwd,
+        (-(-L // plan.block_t), B * Hkv),
+        (
+            q, k, v, o, lse, dist, rand,
+            sk, sv, sel.blk, sel.grps, sel.tb, sel.tbn, sbias,
+            scale * LOG2E,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(o),
+            rand.stride(0),
+            *_strides(sk),
+            L, Hkv, sel.nt, sel.umax, sel.nb, sel.nsum,
+        ),
+        plan.fwd,
+        traced,
+    )  # fmt: skip
+    return o, lse
+
+
+def backward_kernels(do, q, k, v, o, lse, sk, sv, sbias, dist, rand, sel, plan: _Plan, scale, traced=False):
+    """(dq, dk, dv, dsum, dbias): dsum the summaries' dK, dV stacked, fp32 [2, B, Hkv, nsum, d] (None
+    without selection), dbias fp32 [B, Hkv] per batch row (None without a summary bias)."""
+    B, Hq, L, d = q.shape
+    Hkv = k.shape[1]
+    dq = torch.empty_like(q)
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    delta = torch.empty_like(lse)
+    # fp32 dK/dV of the keys outside the window, added by the dQ pass's atomics; one allocation (and
+    # one memset) for both halves: the host time of a layer is what small batches pay (kernel_notes.md,
+    # section "2026-12-02: host time per layer")
+    dk_extra, dv_extra = torch.zeros(2, B, Hkv, L, d, device=q.device, dtype=torch.float32).unbind(0)
+    # every slot the dK/dV pass reads is written by the dQ pass: no initialisation
+    dk_dil, dv_dil = torch.empty(2, plan.nd, B, Hkv, L, d, device=q.device, dtype=k.dtype).unbind(0)
+    selecting = plan.fwd["SEL"]
+    # the summaries' fp32 dK/dV (atomics of the dQ pass); torch's autograd carries them to the pooled keys
+    dsum = (
+        torch.zeros(2, B, Hkv, sel.nsum, sk.shape[-1], device=q.device, dtype=torch.float32)
+        if selecting
+        else None
+    )
+    dsk, dsv = dsum.unbind(0) if selecting else (dk_extra, dv_extra)  # never written without selection
+    biased = plan.dq["SUMB"]
+    # the summary bias's gradient per (batch row, KV head): fp32 atomics of the dQ pass
+    dbias = torch.zeros(B, Hkv, device=q.device, dtype=torch.float32) if biased else sbias
+    sq, s_k, s_v = _strides(q), _strides(k), _strides(v)
+    _launch(
+        _dq,
+        (-(-L // plan.block_t), B * Hkv),
+        (
+            q, k, v, o, do, dq, lse, delta, dk_extra, dv_extra, dk_dil, dv_dil, dist, rand,
+            sk, sv, dsk, dsv, sel.blk, sel.grps, sel.tb, sel.tbn, sbias, dbias,
+            scale * LOG2E, scale, dk_dil.stride(0),
+            *sq, *s_k, *s_v, *_strides(o), *_strides(do), *_strides(dq),
+            rand.stride(0),
+            *_strides(sk),
+            L, Hkv, sel.nt, sel.umax, sel.nb, sel.nsum,
+        ),
+        plan.dq,
+        traced,
+    )  # fmt: skip
+    _launch(
+        _dkv,
+        (-(-L // plan.dkv_block_n), B * Hkv),
+        (
+            q, k, v, do, dk, dv, lse, delta, dk_extra, dv_extra, dk_dil, dv_dil, dist,
+            scale * LOG2E, scale, dk_dil.stride(0),
+            *sq, *s_k, *s_v, *_strides(do), *_strides(dk), *_strides(dv),
+            L, Hkv,
+        ),
+        plan.dkv,
+        traced,
+    )  # fmt: skip
+    return dq, dk, dv, dsum, dbias if biased else None
+
+
 class HaloTritonAttention(torch.autograd.Function):
+    """The eager path: an autograd Function around the direct launches (op.py: the same kernels as
+    torch.library ops, which a compiled model traces through)."""
+
     @staticmethod
     def forward(
         ctx, q, k, v, sk, sv, bias, tables: GraphTables, sel: SelectionTables, plan: _Plan, scale: float
     ):
         """``bias``: the summary keys' logit bias [Hkv] fp32 (with ``plan.fwd["SUMB"]``), else None."""
         q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-        B, Hq, L, d = q.shape
-        Hkv = k.shape[1]
-        o = _like_bshd(q)
-        lse = torch.empty(B, Hq, L, device=q.device, dtype=torch.float32)
         sbias = bias if bias is not None else _dummy(q.device)
-        _fwd(
-            (-(-L // plan.block_t), B * Hkv),
-            (
-                q, k, v, o, lse, tables.dist, tables.rand,
-                sk, sv, sel.blk, sel.grps, sel.tb, sel.tbn, sbias,
-                scale * LOG2E,
-                *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-                tables.rand.stride(0),
-                *_strides(sk),
-                L, Hkv, sel.nt, sel.umax, sel.nb, sel.nsum,
-            ),
-            plan.fwd,
-        )  # fmt: skip
+        o, lse = forward_kernels(q, k, v, sk, sv, sbias, tables.dist, tables.rand, sel, plan, scale)
         ctx.save_for_backward(q, k, v, o, lse, sk, sv, sbias)
         ctx.tables, ctx.sel, ctx.plan, ctx.scale = tables, sel, plan, scale
         return o
@@ -201,57 +281,15 @@ class HaloTritonAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse, sk, sv, sbias = ctx.saved_tensors
-        tables, sel, plan, scale = ctx.tables, ctx.sel, ctx.plan, ctx.scale
+        tables, sel = ctx.tables, ctx.sel
         do = _last_dim_contiguous(do)
-        B, Hq, L, d = q.shape
-        Hkv = k.shape[1]
-        dq = torch.empty_like(q)
-        dk, dv = torch.empty_like(k), torch.empty_like(v)
-        delta = torch.empty_like(lse)
-        # fp32 dK/dV of the keys outside the window, added by the dQ pass's atomics; one allocation (and
-        # one memset) for both halves: the host time of a layer is what small batches pay (kernel_notes.md,
-        # section "2026-12-02: host time per layer")
-        dk_extra, dv_extra = torch.zeros(2, B, Hkv, L, d, device=q.device, dtype=torch.float32).unbind(0)
-        # every slot the dK/dV pass reads is written by the dQ pass: no initialisation
-        dk_dil, dv_dil = torch.empty(2, plan.nd, B, Hkv, L, d, device=q.device, dtype=k.dtype).unbind(0)
-        selecting = plan.fwd["SEL"]
-        # the summaries' fp32 dK/dV (atomics of the dQ pass); torch's autograd carries them to the pooled keys
-        dsk, dsv = (
-            torch.zeros(2, B, Hkv, sel.nsum, sk.shape[-1], device=q.device, dtype=torch.float32).unbind(0)
-            if selecting
-            else (dk_extra, dv_extra)  # never written without selection
+        dq, dk, dv, dsum, dbias = backward_kernels(
+            do, q, k, v, o, lse, sk, sv, sbias, tables.dist, tables.rand, sel, ctx.plan, ctx.scale
         )
-        biased = plan.dq["SUMB"]
-        # the summary bias's gradient per (batch row, KV head): fp32 atomics of the dQ pass
-        dbias = torch.zeros(B, Hkv, device=q.device, dtype=torch.float32) if biased else sbias
-        sq, s_k, s_v = _strides(q), _strides(k), _strides(v)
-        _dq(
-            (-(-L // plan.block_t), B * Hkv),
-            (
-                q, k, v, o, do, dq, lse, delta, dk_extra, dv_extra, dk_dil, dv_dil, tables.dist, tables.rand,
-                sk, sv, dsk, dsv, sel.blk, sel.grps, sel.tb, sel.tbn, sbias, dbias,
-                scale * LOG2E, scale, dk_dil.stride(0),
-                *sq, *s_k, *s_v, *_strides(o), *_strides(do), *_strides(dq),
-                tables.rand.stride(0),
-                *_strides(sk),
-                L, Hkv, sel.nt, sel.umax, sel.nb, sel.nsum,
-            ),
-            plan.dq,
-        )  # fmt: skip
-        _dkv(
-            (-(-L // plan.dkv_block_n), B * Hkv),
-            (
-                q, k, v, do, dk, dv, lse, delta, dk_extra, dv_extra, dk_dil, dv_dil, tables.dist,
-                scale * LOG2E, scale, dk_dil.stride(0),
-                *sq, *s_k, *s_v, *_strides(do), *_strides(dk), *_strides(dv),
-                L, Hkv,
-            ),
-            plan.dkv,
-        )  # fmt: skip
-        if not selecting:
+        if dsum is None:
             return dq, dk, dv, None, None, None, None, None, None, None
-        dbias = dbias.sum(0) if biased else None
-        return dq, dk, dv, dsk.to(sk.dtype), dsv.to(sv.dtype), dbias, None, None, None, None
+        dbias = dbias.sum(0) if dbias is not None else None
+        return dq, dk, dv, dsum[0].to(sk.dtype), dsum[1].to(sv.dtype), dbias, None, None, None, None
 
 
 def _pow2(n: int) -> int:  # triton.next_power_of_2 / cdiv cost µs a call on the host (JIT callables)
@@ -269,9 +307,14 @@ class _Plan:
     block_t: int  # query positions per forward / dQ program
     dkv_block_n: int  # keys per dK/dV program
     nd: int  # per-distance dK/dV buffers (>= 1)
+    id: int = 0  # its index in PLANS_BY_ID: how the ops of op.py name it (their arguments are ints)
 
 
 _PLANS: dict[tuple, _Plan] = {}
+# every plan ever built, by id, and the config it was built for (the graph tables' op reads its graph):
+# a tuning run that clears _PLANS builds new ids, the old ones stay valid
+PLANS_BY_ID: list[_Plan] = []
+PLAN_CONFIGS: list[HaloConfig] = []
 
 
 def _selection_key(config: HaloConfig) -> tuple:
@@ -295,7 +338,10 @@ def _plan(
             block_t=opts["fwd"]["BLOCK_T"],
             dkv_block_n=opts["dkv"]["BLOCK_N"],
             nd=max(consts["ND"], 1),
+            id=len(PLANS_BY_ID),
         )
+        PLANS_BY_ID.append(plan)
+        PLAN_CONFIGS.append(config)
     return plan
 
 
@@ -337,19 +383,10 @@ def _consts(
     }
 
 
-def halo_triton_attention(
-    q, k, v, config: HaloConfig, layer: int, step: int, pool=None, bias=None
-) -> torch.Tensor:
-    """HALO attention over the full sequence (globals included) through the fused Triton kernels;
-    ``pool``: the learned summary pooling's u, ``bias`` [Hkv]: the summary keys' logit bias."""
-    if torch.compiler.is_compiling():  # a compiled model calls the kernels as they are (Python-side tables)
-        return _outside_compile(q, k, v, config, layer, step, pool, bias)
-    return _attention(q, k, v, config, layer, step, pool, bias)
-
-
-def _attention(q, k, v, config: HaloConfig, layer: int, step: int, pool=None, bias=None) -> torch.Tensor:
+def prepare(q, k, v) -> tuple:
+    """(q, k, v, d, padded head_dim, group, dtype): q/k/v in the attention's dtype (autocast's where it is
+    on, as SDPA), their head_dim padded with zero columns to what the tiles take."""
     d = q.shape[-1]
-    scale = 1.0 / math.sqrt(d)
     padded = max(16, _pow2(d))  # tl.dot needs >= 16 and a power of two: zero columns
     if padded > 128:
         raise ValueError(f"the triton backend supports head_dim up to 128, not {d}")
@@ -367,6 +404,12 @@ def _attention(q, k, v, config: HaloConfig, layer: int, step: int, pool=None, bi
     q, k, v = (t if t.dtype == dtype else t.to(dtype) for t in (q, k, v))
     if padded != d:  # zero columns change no score and give zero output columns, sliced away
         q, k, v = (torch.nn.functional.pad(t, (0, padded - d)) for t in (q, k, v))
+    return q, k, v, d, padded, group, dtype
+
+
+def function_attention(q, k, v, config: HaloConfig, layer: int, step: int, pool=None, bias=None):
+    """The eager path: tables from their caches, the kernels behind ``HaloTritonAttention``."""
+    q, k, v, d, padded, group, dtype = prepare(q, k, v)
     tables = graph_tables(config, layer, step, q.shape[2], q.device)
     plan = _plan(config, tables.unit, group, padded, dtype, bias is not None)
     if config.selects:
@@ -375,9 +418,5 @@ def _attention(q, k, v, config: HaloConfig, layer: int, step: int, pool=None, bi
         sk, sv, sel = _no_selection(q)
     bias = bias.float().contiguous() if plan.fwd["SUMB"] else None  # fp32 whatever the model's dtype
     # no autocast guard: the Function's forward and backward run no op that autocast casts
-    out = HaloTritonAttention.apply(q, k, v, sk, sv, bias, tables, sel, plan, scale)
+    out = HaloTritonAttention.apply(q, k, v, sk, sv, bias, tables, sel, plan, 1.0 / math.sqrt(d))
     return out[..., :d] if padded != d else out
-
-
-# the decorator's wrapper costs µs a call: only a compiled model (graph break) goes through it
-_outside_compile = torch.compiler.disable(_attention)

@@ -1,0 +1,226 @@
+"""The fused HALO attention as torch.library ops (kernels/halo_attention/op.py): the same values and gradients
+as the autograd Function and the reference, and torch.compile through it with fullgraph=True, no graph break.
+
+Without a GPU the kernels run in Triton's interpreter (tests/conftest.py), where the ops are opaque custom
+ops (op.py says why) and the compile tests use backend="aot_eager"; the CUDA-only tests compile the
+triton_ops with Inductor (the launches recorded through wrap_triton).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from torch._dynamo.utils import counters  # noqa: E402
+
+from halo_lab.config import HaloConfig  # noqa: E402
+from halo_lab.graph.reference import reference_attention  # noqa: E402
+from halo_lab.kernels.halo_attention import interface, op  # noqa: E402
+from halo_lab.model import attention as attn  # noqa: E402
+from halo_lab.model.network import Block, RotaryEmbedding  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+cuda_only = pytest.mark.skipif(DEVICE != "cuda", reason="Inductor's Triton kernels: CUDA only")
+
+
+def cfg(**kw) -> HaloConfig:
+    base = dict(
+        vocab_size=64, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, local_window=8,
+        dilated_offsets=[1, 2], num_random=2, graph_block_size=16, max_seq_len=256, dropout=0.0,
+        attention_backend="triton",
+    )  # fmt: skip
+    return HaloConfig(**{**base, **kw})
+
+
+SELECT = dict(select_blocks=2, select_block_size=4, select_group_size=3, select_groups=2)
+LEARNED = cfg(**SELECT, select_pooling="learned")
+# name: (config, text length, query heads, KV heads, head_dim, dtype, learned pooling, summary bias)
+CASES = {
+    "plain-gqa2": (cfg(), 40, 4, 2, 16, torch.float32, False, False),
+    "plain-token-gqa4-d24-padded": (cfg(random_edges="token"), 37, 4, 1, 24, torch.float32, False, False),
+    "selection-mean": (cfg(**SELECT), 45, 4, 2, 16, torch.float32, False, False),
+    "selection-learned-bias": (LEARNED, 45, 4, 2, 16, torch.float32, True, True),
+    "selection-bf16": (LEARNED, 45, 4, 2, 16, torch.bfloat16, True, True),
+}
+
+
+def inputs(name: str, seed: int = 0):
+    c, n, hq, hkv, d, dtype, learned, biased = CASES[name]
+    g = torch.Generator().manual_seed(seed)
+    L = n + c.num_globals
+    q, k, v = (
+        torch.randn(2, h, L, d, generator=g).to(DEVICE, dtype).requires_grad_() for h in (hq, hkv, hkv)
+    )
+    u = (torch.randn(hkv, d, generator=g) * 0.5).to(DEVICE).requires_grad_() if learned else None
+    bias = torch.tensor([-1.0, 0.5][:hkv], device=DEVICE, requires_grad=True) if biased else None
+    return c, [q, k, v], u, bias
+
+
+def leaves(ins, u, bias) -> list[torch.Tensor]:
+    return ins + [t for t in (u, bias) if t is not None]
+
+
+def run(fn, c, ins, u, bias, step: int = 5, grad=None):
+    out = fn(*ins, c, 1, step, u, bias)
+    grad = torch.randn_like(out, dtype=torch.float32).to(out.dtype) if grad is None else grad
+    return out, torch.autograd.grad(out, leaves(ins, u, bias), grad), grad
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp(min=1e-30)).item()
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_op_equals_the_function_and_the_reference(name):
+    """Values and gradients (q, k, v, the pooling's u, the summary bias) of the op path against the autograd
+    Function (the same kernels: equal) and the float64 reference."""
+    c, ins, u, bias = inputs(name)
+    torch.manual_seed(0)
+    out, grads, g = run(op.op_attention, c, ins, u, bias)
+    f_out, f_grads, _ = run(interface.function_attention, c, ins, u, bias, grad=g)
+    torch.testing.assert_close(out, f_out, rtol=0, atol=0)
+    for a, b in zip(grads, f_grads):  # the dQ pass's fp32 atomics: any order on a GPU
+        assert rel(a, b) <= (0.0 if DEVICE == "cpu" else 1e-5)
+    d64 = [t.detach().double().requires_grad_() for t in leaves(ins, u, bias)]
+    du, db = (d64[3], d64[4] if bias is not None else None) if u is not None else (None, None)
+    ref = reference_attention(*d64[:3], c, 1, 5, du, db)
+    ref_grads = torch.autograd.grad(ref, d64, g.double())
+    tol = 1e-5 if ins[0].dtype == torch.float32 else 3e-2
+    errors = {"out": rel(out, ref), **{f"d{i}": rel(a, b) for i, (a, b) in enumerate(zip(grads, ref_grads))}}
+    assert max(errors.values()) < tol, errors
+    if bias is not None:  # the summary bias's gradient is there, not zero
+        assert grads[-1].abs().sum() > 0
+
+
+def test_autocast_runs_in_the_autocast_dtype():
+    c, ins, u, bias = inputs("plain-gqa2")
+    dev = ins[0].device.type
+    with torch.autocast(dev, dtype=torch.bfloat16):
+        out = op.op_attention(*ins, c, 1, 5)
+        f_out = interface.function_attention(*ins, c, 1, 5)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, f_out, rtol=0, atol=0)
+
+
+def test_eager_calls_take_the_function_and_eager_op_the_ops(monkeypatch):
+    c, ins, _, _ = inputs("plain-gqa2")
+    out = op.halo_triton_attention(*ins, c, 1, 5)
+    assert "HaloTritonAttention" in type(out.grad_fn).__name__
+    monkeypatch.setattr(op, "EAGER_OP", True)
+    out = op.halo_triton_attention(*ins, c, 1, 5)
+    assert "HaloTritonAttention" not in type(out.grad_fn).__name__
+    assert "halo_attention_fwd" in str(out.grad_fn.name())
+
+
+class Recorder:
+    """A torch.compile backend that keeps the captured graphs' call targets, then runs aot_eager (or
+    Inductor): what ran is the graph dynamo captured, and the op is one node of it."""
+
+    def __init__(self, backend: str):
+        self.backend, self.targets, self.graphs = backend, [], 0
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs):
+        self.graphs += 1
+        self.targets += [n.target for n in gm.graph.nodes if n.op == "call_function"]
+        if self.backend == "inductor":
+            from torch._inductor.compile_fx import compile_fx
+
+            return compile_fx(gm, example_inputs)
+        from torch._dynamo.backends.debugging import aot_eager
+
+        return aot_eager(gm, example_inputs)
+
+
+def compiled_matches_eager(name: str, backend: str, tol: float) -> Recorder:
+    """torch.compile(fullgraph=True) of a function that calls the triton backend through the model's
+    dispatch: no graph break, the op in the graph, values and gradients of eager at two training steps
+    (the random edges follow the step: a table baked into the graph would fail the second)."""
+    c, ins, u, bias = inputs(name)
+    torch._dynamo.reset()
+    counters.clear()
+    rec = Recorder(backend)
+
+    def fn(q, k, v, config, layer, step, pool, bias):
+        return attn.halo_attention(q, k, v, config, layer, step, "triton", None, pool, bias) * 2.0
+
+    compiled = torch.compile(fn, fullgraph=True, backend=rec)
+    for step in (5, 6):
+        torch.manual_seed(step)
+        out, grads, g = run(compiled, c, ins, u, bias, step)
+        e_out, e_grads, _ = run(fn, c, ins, u, bias, step, grad=g)
+        assert rel(out, e_out) <= tol
+        for a, b in zip(grads, e_grads):
+            assert rel(a, b) <= tol
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    assert torch.ops.halo_lab.halo_attention_fwd.default in rec.targets
+    assert torch.ops.halo_lab.halo_graph_tables.default in rec.targets
+    return rec
+
+
+@pytest.mark.parametrize("name", ["plain-gqa2", "selection-learned-bias"])
+def test_compiles_fullgraph_aot_eager(name):
+    compiled_matches_eager(name, "aot_eager", 0.0 if DEVICE == "cpu" else 1e-6)
+
+
+def test_a_disabled_call_counts_as_a_graph_break():
+    """The counter the compile tests read sees the old path's break (torch.compiler.disable)."""
+    c, ins, _, _ = inputs("plain-gqa2")
+    torch._dynamo.reset()
+    counters.clear()
+    old = torch.compiler.disable(interface.function_attention)
+    torch.compile(lambda q, k, v: old(q, k, v, c, 1, 5) * 2.0, backend="aot_eager")(*ins)
+    assert sum(counters["graph_break"].values()) > 0
+
+
+def block_case(dtype=torch.float32, **kw):
+    c = cfg(**SELECT, select_pooling="learned", select_summary_bias=-1.0, **kw)
+    torch.manual_seed(0)
+    block = Block(c, 1, "halo").to(DEVICE)
+    with torch.no_grad():
+        block.attn.select_pool.normal_()
+    rope = RotaryEmbedding(c.head_dim, c.max_seq_len + c.num_globals, c.rope_base).to(DEVICE)
+    x = torch.randn(2, 42, c.hidden_size, device=DEVICE, dtype=dtype)
+    cos, sin = rope(0, x.shape[1], x.dtype)
+    return block, x, cos, sin
+
+
+def compiled_block_matches_eager(backend: str, tol: float, dtype=torch.float32):
+    """A whole model block (norms, projections, RoPE, HALO attention with selection, learned pooling and a
+    summary bias, FFN) compiled with fullgraph=True: eager's output and parameter gradients."""
+    block, x, cos, sin = block_case(dtype)
+    torch._dynamo.reset()
+    counters.clear()
+    rec = Recorder(backend)
+    compiled = torch.compile(block, fullgraph=True, backend=rec)
+    params = list(block.parameters())
+    g = torch.randn_like(x)
+    outs = []
+    for f in (compiled, block):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            y = f(x, cos, sin, 3)
+        outs.append((y, torch.autograd.grad(y, params, g)))
+    (y, grads), (e_y, e_grads) = outs
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    assert torch.ops.halo_lab.halo_attention_fwd.default in rec.targets
+    assert rel(y, e_y) <= tol
+    errors = {n: rel(a, b) for (n, _), a, b in zip(block.named_parameters(), grads, e_grads)}
+    assert max(errors.values()) <= tol, errors
+
+
+def test_compiled_block_fullgraph_aot_eager():
+    compiled_block_matches_eager("aot_eager", 0.0 if DEVICE == "cpu" else 1e-6)
+
+
+@cuda_only
+@pytest.mark.parametrize("name", ["plain-gqa2", "selection-learned-bias", "selection-bf16"])
+def test_compiles_fullgraph_inductor_cuda(name):
+    tol = 1e-5 if CASES[name][5] == torch.float32 else 2e-2
+    compiled_matches_eager(name, "inductor", tol)
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_block_fullgraph_inductor_cuda(dtype):
+    compiled_block_matches_eager("inductor", 1e-4 if dtype == torch.float32 else 3e-2, dtype)
