@@ -310,6 +310,19 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("mqar_select", "halo_select", 2, 3, slot=5400, min_slot=600, tag=tag, extra=mqar128 + more)
         for tag, more in (("", []), ("lr", ["optimizer.lr=1.5e-3"]))
     ]
+    # The variants after the bound score and the window-overlapping candidate (2026-12-05): the recall grid's
+    # selection rows (needle, both MQAR slices) and the LM point at 1024 tokens, 2 seeds (--jobs 8); on the
+    # CPU (--cpu --jobs 2) the same jobs, seed 0 first
+    select_bound = [
+        Job(exp, "halo_select", 2, 3, seed=s, slot=slot[exp], min_slot=600, extra=extra)
+        for s in (0, 1)
+        for exp, extra in tasks
+    ]
+    select_bound += [
+        Job("baseline_cpu", "halo_select", 2, 0, seed=s, slot=3600, min_slot=300,
+            extra=["data.seq_len=1024", "task_name=lm_1024"])
+        for s in (0, 1)
+    ]  # fmt: skip
     # The GPU grid of content-selected blocks (issue 31), 8 jobs a call (--jobs 8 gave every job its full
     # schedule on an H200): the selection rows at 1024 tokens with 2 seeds, then 4096 tokens with the
     # 6000-step schedule (dense left its plateau only after ~1500 steps there) for dense and HALO-S +
@@ -341,6 +354,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_lm": (select_lm, 1),
         "select_fix": (select_fix, 11),
         "select_bias": (select_bias, 7),
+        "select_bound": (select_bound, 8),
         "select_bias_cpu": (select_bias_cpu, 2),
         "select_lr_cpu": (select_lr_cpu, 2),
         "select_cpu": (select_cpu, 2),
