@@ -609,3 +609,17 @@ def test_cached_decoding_with_the_bound_score_is_exact_and_causal(m):
 def test_the_score_must_be_mean_or_bound():
     with pytest.raises(ValueError, match="HaloConfig.select_score=.*must be one of"):
         cfg(select_score="max")
+
+
+@pytest.mark.parametrize("m", [0, 3])
+def test_the_choice_in_query_chunks_equals_the_whole(monkeypatch, m):
+    """select() scores the queries in chunks (CHOICE_CHUNK_ELEMENTS bounds the [B, Hkv, chunk, S] scores):
+    any chunk size gives the choice of one pass over every query."""
+    c = cfg(select_group_size=m, select_score="bound")
+    q, k, v = qkv(c, 70, seed=9)
+    G = c.num_globals
+    whole = selection.select(q[:, :, G:], k, v, c, torch.arange(70))
+    monkeypatch.setattr(selection, "CHOICE_CHUNK_ELEMENTS", 7 * 2 * 2 * whole.summary_k.shape[2])  # 7 queries
+    parts = selection.select(q[:, :, G:], k, v, c, torch.arange(70))
+    assert torch.equal(parts.blocks, whole.blocks) and torch.equal(parts.groups, whole.groups)
+    assert (whole.blocks >= 0).any()

@@ -40,6 +40,9 @@ import torch
 
 from halo_lab.config import HaloConfig
 
+# scores held at once by the choice (fp32 elements: 64 MB), whatever the length
+CHOICE_CHUNK_ELEMENTS = 1 << 24
+
 
 def candidate_blocks(config: HaloConfig, positions: torch.Tensor) -> torch.Tensor:
     """[P] c_i: how many blocks (0 .. c_i - 1) are candidates of the text query at each position."""
@@ -220,16 +223,26 @@ def choose(config: HaloConfig, scores: torch.Tensor, candidates: torch.Tensor, n
     queries with ``candidates`` [P] candidate blocks."""
     m, P = config.select_group_size, candidates.shape[0]
     c = candidates.view(1, 1, P, 1)
-    blocks_idx = torch.arange(nb, device=scores.device)
     fine = scores[..., :nb]
     if not m:
         groups = scores.new_full((*scores.shape[:3], 0), -1, dtype=torch.long)
-        return groups, _top(fine, blocks_idx < c, config.select_blocks)
+        return groups, _top(fine, torch.arange(nb, device=scores.device) < c, config.select_blocks)
     ng = scores.shape[-1] - nb
     groups = _top(scores[..., nb:], torch.arange(ng, device=scores.device) < c // m, config.select_groups)
-    in_chosen = ((blocks_idx // m).view(1, 1, 1, nb, 1) == groups.unsqueeze(3)).any(-1)
-    allowed = (blocks_idx < c) & ((blocks_idx >= (c // m) * m) | in_chosen)
-    return groups, _top(fine, allowed, config.select_blocks)
+    # the blocks ranked: the chosen groups' and those past the complete groups (< m), gathered in
+    # ascending order (so that the stable sort gives ties to the lower block) instead of masking all nb
+    arange_m = torch.arange(m, device=scores.device)
+    grouped = torch.where(groups.unsqueeze(-1) >= 0, groups.unsqueeze(-1) * m + arange_m, -1).flatten(-2)
+    loose = (c // m) * m + arange_m[: m - 1]  # [1, 1, P, m - 1]
+    loose = torch.where(loose < c, loose, -1).expand(*grouped.shape[:3], -1)
+    ranked = torch.cat([grouped, loose], dim=-1)
+    big = torch.iinfo(torch.long).max
+    ranked = torch.where(ranked >= 0, ranked, big).sort(-1).values
+    ok = ranked < big
+    ranked = torch.where(ok, ranked, 0)
+    top = _top(torch.gather(fine, -1, ranked), ok, config.select_blocks)
+    blocks = torch.where(top >= 0, torch.gather(ranked, -1, top.clamp(min=0)), -1)
+    return groups, blocks
 
 
 def select(
@@ -253,10 +266,18 @@ def select(
     sk32, sv32 = summaries(k.float(), config, G, w), summaries(v.float(), config, G, w)
     sk, sv = sk32.to(k.dtype), sv32.to(v.dtype)
     nb, _ = num_summaries(config, k.shape[2] - G)
+    candidates = candidate_blocks(config, positions)
     with torch.no_grad():  # top-n has no gradient: the summaries learn as keys of the softmax
         qg = q.detach().view(B, Hkv, Hq // Hkv, P, d).float()
         bounds = key_bounds(k.detach().float(), config, G) if config.select_score == "bound" else None
-        scores = summary_scores(config, qg, sk32.detach(), bounds)
-    candidates = candidate_blocks(config, positions)
-    groups, blocks = choose(config, scores / math.sqrt(d), candidates, nb)
+        chosen = []
+        # the queries in chunks: the scores [B, Hkv, chunk, S] grow as N / b per query, so the whole
+        # [P, S] would grow as N^2 / b (13.6 GB for one 64K row before the chunks, experiments/bench)
+        chunk = max(1, CHOICE_CHUNK_ELEMENTS // max(1, B * Hkv * sk32.shape[2]))
+        for start in range(0, P, chunk):
+            part = slice(start, start + chunk)
+            scores = summary_scores(config, qg[:, :, :, part], sk32.detach(), bounds) / math.sqrt(d)
+            chosen.append(choose(config, scores, candidates[part], nb))
+        groups = torch.cat([g for g, _ in chosen], dim=2)
+        blocks = torch.cat([b for _, b in chosen], dim=2)
     return Selection(config, positions, candidates, groups, blocks, sk, sv, nb)
