@@ -335,6 +335,10 @@ def grids() -> dict[str, tuple[list[Job], int]]:
             Job(f"{t}_4096", v, 2, 3, seed=s, extra=long) for s in (0, 1) for v in ("dense", "halo_select")
         ]
     )
+    # select_gpu2 with 8 jobs cut every job (2026-12-05, H100: dense 4127-4689 and selection 2557-2985 of
+    # 6000 steps in 484 s): the same jobs 4 to a call, each variant's pair of seeds and tasks in its own call
+    select_gpu2_dense = [j for j in select_gpu2 if j.variant == "dense"]
+    select_gpu2_select = [j for j in select_gpu2 if j.variant == "halo_select"]
     select_gpu3 = _pair(
         lambda t: [
             Job(f"{t}_4096", v, 2, 3, seed=s, extra=long) for s in (0, 1) for v in ("halo", "local_only")
@@ -348,6 +352,8 @@ def grids() -> dict[str, tuple[list[Job], int]]:
     return {
         "select_gpu1": (select_gpu1, 8),
         "select_gpu2": (select_gpu2, 8),
+        "select_gpu2_dense": (select_gpu2_dense, 4),
+        "select_gpu2_select": (select_gpu2_select, 4),
         "select_gpu3": (select_gpu3, 8),
         "select_gpu4": (select_gpu4, 8),
         "select_gpu5": (select_gpu5, 8),
