@@ -187,8 +187,12 @@ def test_causality(backend, training, m):
 @pytest.mark.parametrize("m", [0, 3])
 def test_cached_decoding_is_exact_and_causal(m):
     torch.manual_seed(2)
-    model = HaloSModel(cfg(select_group_size=m)).eval()
-    tokens = torch.randint(0, 64, (2, 96))
+    assert_decodes_exactly(HaloSModel(cfg(select_group_size=m)).eval(), torch.randint(0, 64, (2, 96)))
+
+
+def assert_decodes_exactly(model: HaloSModel, tokens: torch.Tensor) -> None:
+    """A 50-token prefill, then the one-token steps to ``tokens``' end, equal the uncached forward (unwritten
+    cache slots poisoned), and greedy generation equals the uncached one."""
     with torch.no_grad():
         full = model(tokens)[0]
         caches = model.new_caches(2, 96, "cpu", torch.float32)
@@ -588,22 +592,7 @@ def test_cached_decoding_with_the_bound_score_is_exact_and_causal(m):
     model = HaloSModel(cfg(select_group_size=m, select_score="bound", select_pooling="learned")).eval()
     for layer in model.layers:
         layer.attn.select_pool.data.normal_()
-    tokens = torch.randint(0, 64, (2, 96))
-    with torch.no_grad():
-        full = model(tokens)[0]
-        caches = model.new_caches(2, 96, "cpu", torch.float32)
-        for cache in caches:
-            cache.k.normal_(std=100.0)
-            cache.v.normal_(std=100.0)
-        torch.testing.assert_close(model.forward_cached(tokens[:, :50], caches), full[:, :50])
-        pos = torch.tensor([model.num_globals + 50])
-        for t in range(50, 96):
-            step = model.decode_step(tokens[:, t : t + 1], pos, caches)
-            torch.testing.assert_close(step, full[:, t], atol=1e-4, rtol=1e-4)
-            pos += 1
-        prompt = tokens[:, :40]
-        cached = model.generate(prompt, max_new_tokens=40, temperature=0)
-        assert torch.equal(cached, model.generate(prompt, max_new_tokens=40, temperature=0, use_cache=False))
+    assert_decodes_exactly(model, torch.randint(0, 64, (2, 96)))
 
 
 def test_the_score_must_be_mean_or_bound():
