@@ -130,7 +130,7 @@ class HaloConfig:
     the choice). 0 = off (the default: plain HALO-S, exactly as before)."""
     select_block_size: int = 16
     """b: the text is cut into blocks of b tokens. A block is a candidate for a query once it is complete
-    and ends before the query's window. Its summary key and value are the means of its keys (after RoPE)
+    and starts before the query's window. Its summary key and value are the means of its keys (after RoPE)
     and values, per KV head."""
     select_summary_keys: bool = True
     """The summaries of a query's candidate blocks are keys in its softmax too (this is what trains the

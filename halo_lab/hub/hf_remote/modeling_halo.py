@@ -163,7 +163,7 @@ def _top(scores: torch.Tensor, allowed: torch.Tensor, count: int) -> torch.Tenso
 def selection_mask(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c: HaloSConfig, pool=None):
     """(k, v, mask [B, Hq, L, L + S] over the chosen tokens and the scored summaries) of the text queries:
     the summaries appended to k and v. The same rules as halo_lab's selection: candidates are the complete
-    blocks before a query's window, scores (``_scores``) summed over a KV head's query heads."""
+    blocks that start before a query's window, scores (``_scores``) summed over a KV head's query heads."""
     G, W, b, m = c.num_globals, c.local_window, c.select_block_size, c.select_group_size
     B, Hq, L, d = q.shape
     Hkv, N = k.shape[1], L - G
