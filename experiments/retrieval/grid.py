@@ -348,6 +348,27 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("needle_1024", v, n, 3, seed=s, extra=long) for n in (4, 6) for s in (0, 1) for v in ("dense",)
     ]
     select_gpu5 = [Job(f"{t}_1024", "dense", 2, 0, seed=s) for t in ("needle", "mqar") for s in (0, 1)]
+    # Issue 27's LM question at the GPU scale (experiments/baseline: halo_small, 4 layers, 1024 tokens, 16,384
+    # tokens a step, 2000 steps; HALO-S's spread there was 0.004 over 2 seeds): HALO-S against HALO-S +
+    # selection, 3 seeds each, and the 256-token needle's seed 0 that the CPU grid did not finish (--jobs 7)
+    lm = ["data.seq_len=1024", "task_name=lm_gpu_1024"]
+    select_lm_gpu = [
+        Job("baseline", v, 4, 0, seed=s, slot=900, min_slot=300, extra=lm) for s in (0, 1, 2) for v in ("halo", "halo_select")
+    ]  # fmt: skip
+    select_lm_gpu.append(Job("needle_256", "halo_select", 2, 3, slot=900, min_slot=300))
+    # select_lm_gpu left +0.019 on all 3 seeds (H200, 2026-12-05). With the bound score the summaries no
+    # longer rank the blocks, so as keys they only add blurred averages to every softmax: the same LM rows
+    # without them (HALO-S seed 0 again as the call's anchor), and the recall tasks without them (--jobs 8)
+    nosum = ["model.select_summary_keys=false"]
+    select_nosum_gpu = [
+        Job("baseline", "halo_select", 4, 0, seed=s, slot=900, min_slot=120, tag="nosum", extra=lm + nosum)
+        for s in (0, 1, 2)
+    ]
+    select_nosum_gpu.append(Job("baseline", "halo", 4, 0, slot=900, min_slot=120, extra=lm))
+    select_nosum_gpu += [
+        Job(exp, "halo_select", 2, 3, slot=900, min_slot=120, tag="nosum", extra=extra + nosum)
+        for exp, extra in tasks + (("mqar_1024", []),)
+    ]
     # One device call for both, when the device time allows only one: part1's jobs first, 16 at once.
     return {
         "select_gpu1": (select_gpu1, 8),
@@ -357,6 +378,8 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu3": (select_gpu3, 8),
         "select_gpu4": (select_gpu4, 8),
         "select_gpu5": (select_gpu5, 8),
+        "select_lm_gpu": (select_lm_gpu, 7),
+        "select_nosum_gpu": (select_nosum_gpu, 8),
         "select_lm": (select_lm, 1),
         "select_fix": (select_fix, 11),
         "select_bias": (select_bias, 7),
