@@ -161,6 +161,14 @@ class HaloConfig:
     them e^-4 of a key's weight); training moves it. The choice of blocks does not use it (a constant per
     head ranks the summaries the same). Only meaningful with ``select_blocks`` > 0 and
     ``select_summary_keys`` (otherwise no layer owns one). None (the default) = no bias, exactly as before."""
+    select_token_bias: float | None = None
+    """A learned logit bias on the chosen blocks' tokens, as ``select_summary_bias`` is on the summaries: one
+    per KV head and layer (``select_token_bias`` of the attention module, initialised to this value), added
+    to the score of every chosen token that is not already one of the query's graph keys. At init the
+    chosen tokens then take a small share of each softmax instead of diluting the window's (each of up to
+    n*b of them e^-4 of a key's weight at -4); training raises it where they help. Only meaningful with
+    ``select_blocks`` > 0. None (the default) = no bias, exactly as before (experiments/selection: the
+    chosen tokens cost LM loss early in training without it)."""
 
     def __post_init__(self) -> None:
         self.dilated_offsets = [int(o) for o in self.dilated_offsets]
@@ -219,14 +227,12 @@ class HaloConfig:
         self._check_choice("select_score", SELECT_SCORES)
         if not isinstance(self.select_summary_keys, bool):
             self._fail("select_summary_keys", "must be true or false")
-        bias = self.select_summary_bias
-        if bias is not None and (
-            isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias)
-        ):
-            self._fail(
-                "select_summary_bias",
-                "must be a finite number (the summary keys' initial logit bias) or None",
-            )
+        for name, what in (("select_summary_bias", "summary keys'"), ("select_token_bias", "chosen tokens'")):
+            bias = getattr(self, name)
+            if bias is not None and (
+                isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias)
+            ):
+                self._fail(name, f"must be a finite number (the {what} initial logit bias) or None")
         if self.selects and self.attention_backend in SELECTION_UNSUPPORTED:
             self._fail(
                 "attention_backend",

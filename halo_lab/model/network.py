@@ -88,6 +88,11 @@ class Attention(nn.Module):
         self.select_bias = (
             nn.Parameter(torch.full((config.num_kv_heads,), float(bias))) if bias is not None else None
         )
+        # the chosen tokens' learned logit bias per KV head (select_token_bias), from its initial value
+        tb = config.select_token_bias if arch == "halo" and config.selects else None
+        self.select_token_bias = (
+            nn.Parameter(torch.full((config.num_kv_heads,), float(tb))) if tb is not None else None
+        )
 
     def forward(self, x, cos, sin, step: int, cache: attn.KVCache | None = None, pos=None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -108,8 +113,9 @@ class Attention(nn.Module):
                 y = attn.dense_attention(q, k, v)
             else:
                 backend = attn.resolve_backend(cfg, x.device, T)
+                pool, bias, token_bias = self.select_pool, self.select_bias, self.select_token_bias
                 y = attn.halo_attention(
-                    q, k, v, cfg, self.layer, step, backend, self.record, self.select_pool, self.select_bias
+                    q, k, v, cfg, self.layer, step, backend, self.record, pool, bias, token_bias
                 )
         else:  # decoding: the new positions attend into the cache
             start = cache.length
@@ -118,7 +124,9 @@ class Attention(nn.Module):
                 y = attn.dense_decode_attention(q, k_all, v_all)
             else:
                 text_start, pool, bias = start - cfg.num_globals, self.select_pool, self.select_bias
-                y = attn.halo_decode_attention(q, k_all, v_all, cfg, self.layer, step, text_start, pool, bias)
+                y = attn.halo_decode_attention(
+                    q, k_all, v_all, cfg, self.layer, step, text_start, pool, bias, self.select_token_bias
+                )
         return self.dropout(self.o_proj(y.transpose(1, 2).reshape(B, T, -1)))
 
     def decode_qkv(self, qkv: torch.Tensor, cos, sin, cache: attn.KVCache, pos: torch.Tensor) -> torch.Tensor:
@@ -323,7 +331,9 @@ class _CausalLM(nn.Module):
             cache.layout = layout
             if layout is not None and layout.select is not None:
                 layer = self.layers[i].attn
-                cache.add_summaries(c, capacity, layer.select_pool, layer.select_bias)
+                cache.add_summaries(
+                    c, capacity, layer.select_pool, layer.select_bias, layer.select_token_bias
+                )
             caches.append(cache)
         return caches
 

@@ -47,6 +47,7 @@ class HaloSConfig(_Base):
         select_groups: int = 2,
         select_pooling: str = "mean",
         select_summary_bias: float | None = None,
+        select_token_bias: float | None = None,
         select_score: str = "mean",
         arch: str = "halo",
         **kwargs,
@@ -81,6 +82,7 @@ class HaloSConfig(_Base):
         self.select_groups = select_groups
         self.select_pooling = select_pooling
         self.select_summary_bias = select_summary_bias
+        self.select_token_bias = select_token_bias
         self.select_score = select_score
         if arch not in ("halo", "dense"):
             raise ValueError(f"HaloSConfig.arch={arch!r}: expected 'halo' or 'dense'")

@@ -199,13 +199,21 @@ def selection_mask(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c: HaloSCo
     return torch.cat([k, sk], 2), torch.cat([v, sv], 2), wide.repeat_interleave(Hq // Hkv, dim=1)
 
 
-def _summary_bias(mask: torch.Tensor, bias: torch.Tensor, first: int, dtype) -> torch.Tensor:
+def _selection_bias(mask, tokens, bias, token_bias, first: int, dtype) -> torch.Tensor:
     """The boolean mask [B, Hq, L, L + S] as an additive one (0 / -inf) in ``dtype``, with each KV head's
-    summary bias ``bias`` [Hkv] added on the summaries' columns ``first``.. for its query heads."""
+    summary bias ``bias`` [Hkv] added on the summaries' columns ``first``.. and its chosen-token bias
+    ``token_bias`` [Hkv] on the chosen tokens ``tokens`` [B, Hq, L, first], for its query heads (None:
+    none)."""
     Hq = mask.shape[1]
     add = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
-    head_bias = bias.to(dtype).repeat_interleave(Hq // bias.shape[0]).view(1, Hq, 1, 1)
-    return torch.cat([add[..., :first], add[..., first:] + head_bias], dim=-1)
+    head, tail = add[..., :first], add[..., first:]
+    if bias is not None:
+        tail = tail + bias.to(dtype).repeat_interleave(Hq // bias.shape[0]).view(1, Hq, 1, 1)
+    if token_bias is not None:
+        head = head + tokens * token_bias.to(dtype).repeat_interleave(Hq // token_bias.shape[0]).view(
+            1, Hq, 1, 1
+        )
+    return torch.cat([head, tail], dim=-1)
 
 
 # ------------------------------------------------------------------------------------------- modules
@@ -268,6 +276,11 @@ class HaloAttention(nn.Module):
         bias = getattr(c, "select_summary_bias", None) if c.select_blocks and c.select_summary_keys else None
         biased = c.arch == "halo" and bias is not None
         self.select_bias = nn.Parameter(torch.full((c.num_kv_heads,), float(bias))) if biased else None
+        # the chosen tokens' learned logit bias per KV head (select_token_bias; None: none)
+        tb = getattr(c, "select_token_bias", None) if c.arch == "halo" and c.select_blocks else None
+        self.select_token_bias = (
+            nn.Parameter(torch.full((c.num_kv_heads,), float(tb))) if tb is not None else None
+        )
 
     def forward(self, x, cos, sin, mask: torch.Tensor | None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -281,9 +294,13 @@ class HaloAttention(nn.Module):
         else:
             if c.select_blocks:  # the graph's mask, widened by the content-selected keys
                 k, v, chosen = selection_mask(q, k, v, c, self.select_pool)
-                chosen[..., : mask.shape[1]] |= mask
-                if self.select_bias is not None:  # additive: the bias on the summaries' columns
-                    chosen = _summary_bias(chosen, self.select_bias, mask.shape[1], q.dtype)
+                L = mask.shape[1]
+                tokens = chosen[..., :L] & ~mask  # the chosen tokens that are not graph keys
+                chosen[..., :L] |= mask
+                if self.select_bias is not None or self.select_token_bias is not None:  # additive
+                    chosen = _selection_bias(
+                        chosen, tokens, self.select_bias, self.select_token_bias, L, q.dtype
+                    )
                 mask = chosen
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.dropout(self.o_proj(y.transpose(1, 2).reshape(B, T, -1)))

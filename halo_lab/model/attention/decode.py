@@ -11,10 +11,10 @@ import torch.nn.functional as F
 
 from halo_lab import graph
 from halo_lab.config import HaloConfig
-from halo_lab.graph.reference import gather_attention, with_selection
+from halo_lab.graph.reference import gather_attention, token_columns, with_selection
 from halo_lab.graph.selection import Selection, candidate_blocks, choose, summary_scores
 from halo_lab.model.attention.cache import DecodeLayout, KVCache
-from halo_lab.model.attention.masked import summary_bias_mask
+from halo_lab.model.attention.masked import selection_bias_mask, summary_bias_mask
 
 
 def decode_key_slots(layout: DecodeLayout, pos: torch.Tensor) -> torch.Tensor:
@@ -115,16 +115,23 @@ def _selected_decode_attention(q, cache: KVCache, pos: torch.Tensor, slots: torc
                         torch.gather(cache.v, 2, gather), sv], dim=2)  # fmt: skip
     mask = torch.cat([(slots >= 0).expand(B, Hkv, -1), tok >= 0, sel.summary_mask()[:, :, 0]], dim=-1)
     mask = mask.repeat_interleave(Hq // Hkv, dim=1)[:, :, None, :]
-    if cache.summary_bias is not None:  # additive: the bias on the summaries' columns (the last S)
-        mask = summary_bias_mask(mask, cache.summary_bias, mask.shape[-1] - sk.shape[2], q.dtype)
+    first = mask.shape[-1] - sk.shape[2]  # the summaries' columns: the last S
+    if cache.token_bias is not None:  # additive: the chosen tokens' bias on their columns
+        chosen = torch.zeros_like(mask[..., :first])
+        chosen[..., slots.shape[-1] :] = (tok >= 0).repeat_interleave(Hq // Hkv, dim=1)[:, :, None, :]
+        mask = selection_bias_mask(mask, chosen, cache.token_bias, cache.summary_bias, first, q.dtype)
+    elif cache.summary_bias is not None:  # additive: the bias on the summaries' columns
+        mask = summary_bias_mask(mask, cache.summary_bias, first, q.dtype)
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=Hq != Hkv)
 
 
 def halo_decode_attention(
-    q, k_all, v_all, config: HaloConfig, layer: int, step: int, start: int, pool=None, bias=None
-):
+    q, k_all, v_all, config: HaloConfig, layer: int, step: int, start: int, pool=None, bias=None,
+    token_bias=None,
+):  # fmt: skip
     """New text queries at text positions start.. attend over their neighbours in the cache (``pool``,
-    ``bias``: the layer's learned summary pooling and summary logit bias, content-selected blocks).
+    ``bias``, ``token_bias``: the layer's learned summary pooling and summary and chosen-token logit
+    biases, content-selected blocks).
 
     Cost per query is O(K): the window, dilated, random and global keys are gathered, not the prefix."""
     G = config.num_globals
@@ -134,9 +141,10 @@ def halo_decode_attention(
     glob = torch.arange(G, device=q.device).expand(q.shape[2], G)
     idx = torch.cat([glob, text], dim=1)
     length = k_all.shape[2]  # the summaries come after: keys length.. carry the bias
+    cols = token_columns(config, idx.shape[1])
     if config.selects:
         k_all, v_all, idx = with_selection(q, k_all, v_all, config, positions, idx, pool)
-    return gather_attention(q, k_all, v_all, idx, bias, length)
+    return gather_attention(q, k_all, v_all, idx, bias, length, token_bias, cols)
 
 
 def dense_decode_attention(q, k_all, v_all) -> torch.Tensor:

@@ -15,12 +15,12 @@ _masks: dict[tuple, tuple[int, torch.Tensor]] = {}
 
 
 def masked_attention(
-    q, k, v, config: HaloConfig, layer: int, step: int, pool=None, bias=None
+    q, k, v, config: HaloConfig, layer: int, step: int, pool=None, bias=None, token_bias=None
 ) -> torch.Tensor:
     """SDPA with the graph as an L x L boolean mask: O(L^2) memory, so only for short CPU sequences,
     where it is several times faster than the gather (fused kernels, no B x H x L x K x d copies).
-    ``bias`` [Hkv] (the summary keys' logit bias): the mask becomes additive, the bias on the summaries'
-    columns."""
+    ``bias`` [Hkv] (the summary keys' logit bias) and ``token_bias`` [Hkv] (the chosen tokens'): the mask
+    becomes additive, each on its columns."""
     text_len = q.shape[2] - config.num_globals
     key = (graph.graph_key(config), layer, text_len, str(q.device))
     cached = _masks.get(key)
@@ -29,15 +29,18 @@ def masked_attention(
     mask = cached[1]
     if config.selects:
         L = k.shape[2]
-        k, v, mask = _with_selection(q, k, v, config, mask, pool)
-        if bias is not None:
+        k, v, mask, tokens = _with_selection(q, k, v, config, mask, pool)
+        if token_bias is not None:
+            mask = selection_bias_mask(mask, tokens, token_bias, bias, L, q.dtype)
+        elif bias is not None:
             mask = summary_bias_mask(mask, bias, L, q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
 def _with_selection(q, k, v, config: HaloConfig, mask: torch.Tensor, pool=None):
-    """(k, v, mask) with the summaries appended to k and v and the [L, L] graph mask widened to
-    [B, Hq, L, L + S]: each text query's chosen tokens and the summaries it has as keys."""
+    """(k, v, mask, tokens) with the summaries appended to k and v and the [L, L] graph mask widened to
+    [B, Hq, L, L + S]: each text query's chosen tokens and the summaries it has as keys; ``tokens``
+    [B, Hq, L, L]: the chosen tokens that are not graph keys (what ``select_token_bias`` biases)."""
     G = config.num_globals
     B, Hq, L, _ = q.shape
     Hkv = k.shape[1]
@@ -48,9 +51,10 @@ def _with_selection(q, k, v, config: HaloConfig, mask: torch.Tensor, pool=None):
     text = torch.cat([chosen[..., :L], sel.summary_mask()], dim=-1)
     wide = torch.cat([mask.new_zeros(B, Hkv, G, text.shape[-1]), text], dim=2)
     S = sel.summary_k.shape[2]
+    tokens = (wide[..., :L] & ~mask).repeat_interleave(Hq // Hkv, dim=1)
     wide[..., :L] |= mask
     wide = wide.repeat_interleave(Hq // Hkv, dim=1)  # SDPA broadcasts a mask over heads, not KV groups
-    return torch.cat([k, sel.summary_k], 2), torch.cat([v, sel.summary_v], 2), wide[..., : L + S]
+    return torch.cat([k, sel.summary_k], 2), torch.cat([v, sel.summary_v], 2), wide[..., : L + S], tokens
 
 
 def summary_bias_mask(mask: torch.Tensor, bias: torch.Tensor, first: int, dtype) -> torch.Tensor:
@@ -60,3 +64,15 @@ def summary_bias_mask(mask: torch.Tensor, bias: torch.Tensor, first: int, dtype)
     add = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
     head_bias = bias.to(dtype).repeat_interleave(Hq // bias.shape[0]).view(1, Hq, 1, 1)
     return torch.cat([add[..., :first], add[..., first:] + head_bias], dim=-1)
+
+
+def selection_bias_mask(mask, tokens, token_bias, bias, first: int, dtype) -> torch.Tensor:
+    """``summary_bias_mask`` (or the plain additive mask without ``bias``) plus ``token_bias`` [Hkv] on the
+    chosen tokens' entries ``tokens`` [B, Hq, P, first] (columns ..first)."""
+    Hq = mask.shape[1]
+    if bias is None:
+        add = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+    else:
+        add = summary_bias_mask(mask, bias, first, dtype)
+    head_bias = token_bias.to(dtype).repeat_interleave(Hq // token_bias.shape[0]).view(1, Hq, 1, 1)
+    return torch.cat([add[..., :first] + tokens * head_bias, add[..., first:]], dim=-1)
