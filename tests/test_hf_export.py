@@ -72,6 +72,16 @@ def hf_load(path):
             "halo",
             {"select_blocks": 2, "select_block_size": 4, "select_group_size": 3, "select_score": "bound"},
         ),
+        (
+            "halo",
+            {
+                "select_blocks": 2,
+                "select_block_size": 4,
+                "select_score": "bound",
+                "select_summary_bias": -1.5,
+                "select_token_bias": -1.0,
+            },
+        ),
     ],
     ids=[
         "halo-block",
@@ -84,6 +94,7 @@ def hf_load(path):
         "select-learned-pooling",
         "select-summary-bias",  # the perturbation gives each KV head its own bias
         "select-bound-score",
+        "select-token-bias",
     ],
 )
 def test_transformers_round_trip_logits_and_greedy_generate(tmp_path, arch, kw):
