@@ -270,7 +270,9 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("needle_256", "halo_select", 2, 3, slot=14400, min_slot=1200, extra=n512 + more, tag=tag)
         for tag, more in (("", []), ("lr", ["optimizer.lr=1.5e-3"]))
     ]
-    select_fix.append(Job("needle_256", "dense", 2, 3, slot=7200, min_slot=600))  # the gate's seed 0 on the GPU
+    select_fix.append(
+        Job("needle_256", "dense", 2, 3, slot=7200, min_slot=600)
+    )  # the gate's seed 0 on the GPU
     select_fix += [
         Job("baseline_cpu", "halo_select", 2, 0, seed=s, slot=3600, min_slot=300,
             extra=["data.seq_len=1024", "task_name=lm_1024"])
@@ -369,6 +371,47 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job(exp, "halo_select", 2, 3, slot=900, min_slot=120, tag="nosum", extra=extra + nosum)
         for exp, extra in tasks + (("mqar_1024", []),)
     ]
+    # The chosen tokens' learned logit bias (model.select_token_bias), first probed on the masked backend
+    # (commit 9da120d, branch token-bias-probe, with "+model.select_token_bias"; the same numbers as the
+    # option now): 1000 steps to fit that session's last device minutes; HALO-S and the selection without
+    # the bias on the same backend and schedule as anchors (--jobs 6)
+    short = lm + ["trainer.max_steps=1000", "trainer.val_check_interval=500"]
+    masked = ["model.attention_backend=masked"]
+    select_tokbias_gpu = []
+    for s in (0, 1):
+        select_tokbias_gpu += [
+            Job("baseline", "halo", 4, 0, seed=s, slot=900, min_slot=60, extra=short),
+            Job("baseline", "halo_select", 4, 0, seed=s, slot=900, min_slot=60, tag="masked", extra=short + masked),
+            Job("baseline", "halo_select", 4, 0, seed=s, slot=900, min_slot=60, tag="tokbias4",
+                extra=short + masked + ["model.select_token_bias=-4.0"]),
+        ]  # fmt: skip
+    # The same bias's recall and CPU-scale LM on the CPU (--cpu --jobs 2), next to runs/bound's rows without it
+    tb = ["model.select_token_bias=-4.0"]
+    lm_cpu = ["data.seq_len=1024", "task_name=lm_1024"]
+    select_tokbias_cpu = []
+    for s in (0, 1):
+        select_tokbias_cpu += [
+            Job("mqar_select", "halo_select", 2, 3, seed=s, slot=5400, min_slot=600, tag="tokbias4", extra=mqar128 + tb),
+            Job("baseline_cpu", "halo_select", 2, 0, seed=s, slot=3600, min_slot=300, tag="tokbias4", extra=lm_cpu + tb),
+        ]  # fmt: skip
+    select_tokbias_cpu += [
+        Job("mqar_select", "halo_select", 2, 3, slot=5400, min_slot=600, tag="tokbias4", extra=mqar256 + tb),
+        Job("needle_256", "halo_select", 2, 3, seed=1, slot=7200, min_slot=600, tag="tokbias4", extra=tb),
+    ]
+    # The next device call (issue 27's LM goal): the GPU-scale LM to its full 2000 steps with the bias, on the
+    # fused kernels, HALO-S in the same call, 3 seeds each, and the recall rows at 1024 tokens (--jobs 8)
+    select_tokbias_lm_gpu = []
+    for s in (0, 1, 2):
+        select_tokbias_lm_gpu += [
+            Job("baseline", "halo", 4, 0, seed=s, slot=900, min_slot=300, extra=lm),
+            Job(
+                "baseline", "halo_select", 4, 0, seed=s, slot=900, min_slot=300, tag="tokbias4", extra=lm + tb
+            ),
+        ]
+    select_tokbias_lm_gpu += [
+        Job(f"{t}_1024", "halo_select", 2, 3, slot=900, min_slot=300, tag="tokbias4", extra=tb)
+        for t in ("needle", "mqar")
+    ]
     # One device call for both, when the device time allows only one: part1's jobs first, 16 at once.
     return {
         "select_gpu1": (select_gpu1, 8),
@@ -379,6 +422,9 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu4": (select_gpu4, 8),
         "select_gpu5": (select_gpu5, 8),
         "select_lm_gpu": (select_lm_gpu, 7),
+        "select_tokbias_gpu": (select_tokbias_gpu, 6),
+        "select_tokbias_cpu": (select_tokbias_cpu, 2),
+        "select_tokbias_lm_gpu": (select_tokbias_lm_gpu, 8),
         "select_nosum_gpu": (select_nosum_gpu, 8),
         "select_lm": (select_lm, 1),
         "select_fix": (select_fix, 11),
