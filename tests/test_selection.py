@@ -283,6 +283,11 @@ def test_kernel_tables_give_the_reference_through_the_naive_form(m):
         naive_attention(q, k, v, tables, c, selection, bias),
         reference_attention(q, k, v, c, 1, 7, None, bias),
     )
+    token_bias = torch.tensor([-0.8, 1.2])  # and the chosen tokens' columns the token bias
+    torch.testing.assert_close(
+        naive_attention(q, k, v, tables, c, selection, bias, token_bias),
+        reference_attention(q, k, v, c, 1, 7, None, bias, token_bias),
+    )
     sel = selection[2]
     for tile in range(sel.nt):  # each tile's block list: exactly the distinct blocks its rows chose
         rows = sel.blk[:, :, tile * 16 : (tile + 1) * 16]
