@@ -352,12 +352,12 @@ def test_learned_pooling_decodes_exactly():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="full-size shapes: compiled kernels on CUDA only")
 @pytest.mark.parametrize("n", [1000, 4096])
-@pytest.mark.parametrize("pooling", ["mean", "learned", "learned+bias"])
+@pytest.mark.parametrize("pooling", ["mean", "learned", "learned+bias", "learned+bias+tokens"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_kernels_equal_the_reference_at_full_size_cuda(n, pooling, dtype):
     """The variant's settings (4 blocks of 16, groups of 16, 8 query / 2 KV heads, d 64) compiled on the GPU
     against the reference, values and gradients (u's included; with ``+bias`` a summary bias per KV head,
-    its gradient included)."""
+    with ``+tokens`` a token bias too, their gradients included)."""
     c = HaloConfig(select_blocks=4, select_pooling=pooling.split("+")[0], graph_seed=3)
     L, dev = c.num_globals + n, "cuda"
     g = torch.Generator(device=dev).manual_seed(n)
@@ -367,13 +367,15 @@ def test_compiled_kernels_equal_the_reference_at_full_size_cuda(n, pooling, dtyp
     )
     u = (torch.randn(c.num_kv_heads, c.head_dim, device=dev, generator=g) * 0.3).requires_grad_()
     pool = u if pooling.startswith("learned") else None
-    bias = torch.tensor([-4.0, 0.5], device=dev, requires_grad=True) if pooling.endswith("bias") else None
+    bias = torch.tensor([-4.0, 0.5], device=dev, requires_grad=True) if "+bias" in pooling else None
+    token_bias = torch.tensor([-2.0, 0.5], device=dev, requires_grad=True) if "+tokens" in pooling else None
     ref = reference_attention(
-        q.float(), k.float(), v.float(), c, 1, 7, None if pool is None else u.float(), bias
+        q.float(), k.float(), v.float(), c, 1, 7, None if pool is None else u.float(), bias, token_bias
     )
-    out = attn.halo_attention(q, k, v, c, 1, 7, "triton", pool=pool, bias=bias)
+    out = attn.halo_attention(q, k, v, c, 1, 7, "triton", pool=pool, bias=bias, token_bias=token_bias)
     grad = torch.randn_like(ref)
-    inputs = (q, k, v) + ((u,) if pool is not None else ()) + ((bias,) if bias is not None else ())
+    given = tuple(t for t in (bias, token_bias) if t is not None)
+    inputs = (q, k, v) + ((u,) if pool is not None else ()) + given
     tol = 1e-3 if dtype == torch.float32 else 3e-2  # relative to each tensor's norm
 
     def close(a, b, what):
@@ -382,7 +384,7 @@ def test_compiled_kernels_equal_the_reference_at_full_size_cuda(n, pooling, dtyp
 
     close(out, ref, "out")
     ref_grads = torch.autograd.grad(ref, inputs, grad)
-    names = ["q", "k", "v"] + (["u"] if pool is not None else []) + (["bias"] if bias is not None else [])
+    names = ["q", "k", "v"] + (["u"] if pool is not None else []) + ["bias", "token_bias"][: len(given)]
     for name, a, b in zip(names, torch.autograd.grad(out, inputs, grad.to(dtype)), ref_grads):
         close(a, b, f"d{name}")
 
