@@ -283,6 +283,11 @@ def test_kernel_tables_give_the_reference_through_the_naive_form(m):
         naive_attention(q, k, v, tables, c, selection, bias),
         reference_attention(q, k, v, c, 1, 7, None, bias),
     )
+    token_bias = torch.tensor([-0.8, 1.2])  # and the chosen tokens' columns the token bias
+    torch.testing.assert_close(
+        naive_attention(q, k, v, tables, c, selection, bias, token_bias),
+        reference_attention(q, k, v, c, 1, 7, None, bias, token_bias),
+    )
     sel = selection[2]
     for tile in range(sel.nt):  # each tile's block list: exactly the distinct blocks its rows chose
         rows = sel.blk[:, :, tile * 16 : (tile + 1) * 16]
@@ -347,12 +352,12 @@ def test_learned_pooling_decodes_exactly():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="full-size shapes: compiled kernels on CUDA only")
 @pytest.mark.parametrize("n", [1000, 4096])
-@pytest.mark.parametrize("pooling", ["mean", "learned", "learned+bias"])
+@pytest.mark.parametrize("pooling", ["mean", "learned", "learned+bias", "learned+bias+tokens"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_kernels_equal_the_reference_at_full_size_cuda(n, pooling, dtype):
     """The variant's settings (4 blocks of 16, groups of 16, 8 query / 2 KV heads, d 64) compiled on the GPU
     against the reference, values and gradients (u's included; with ``+bias`` a summary bias per KV head,
-    its gradient included)."""
+    with ``+tokens`` a token bias too, their gradients included)."""
     c = HaloConfig(select_blocks=4, select_pooling=pooling.split("+")[0], graph_seed=3)
     L, dev = c.num_globals + n, "cuda"
     g = torch.Generator(device=dev).manual_seed(n)
@@ -362,13 +367,15 @@ def test_compiled_kernels_equal_the_reference_at_full_size_cuda(n, pooling, dtyp
     )
     u = (torch.randn(c.num_kv_heads, c.head_dim, device=dev, generator=g) * 0.3).requires_grad_()
     pool = u if pooling.startswith("learned") else None
-    bias = torch.tensor([-4.0, 0.5], device=dev, requires_grad=True) if pooling.endswith("bias") else None
+    bias = torch.tensor([-4.0, 0.5], device=dev, requires_grad=True) if "+bias" in pooling else None
+    token_bias = torch.tensor([-2.0, 0.5], device=dev, requires_grad=True) if "+tokens" in pooling else None
     ref = reference_attention(
-        q.float(), k.float(), v.float(), c, 1, 7, None if pool is None else u.float(), bias
+        q.float(), k.float(), v.float(), c, 1, 7, None if pool is None else u.float(), bias, token_bias
     )
-    out = attn.halo_attention(q, k, v, c, 1, 7, "triton", pool=pool, bias=bias)
+    out = attn.halo_attention(q, k, v, c, 1, 7, "triton", pool=pool, bias=bias, token_bias=token_bias)
     grad = torch.randn_like(ref)
-    inputs = (q, k, v) + ((u,) if pool is not None else ()) + ((bias,) if bias is not None else ())
+    given = tuple(t for t in (bias, token_bias) if t is not None)
+    inputs = (q, k, v) + ((u,) if pool is not None else ()) + given
     tol = 1e-3 if dtype == torch.float32 else 3e-2  # relative to each tensor's norm
 
     def close(a, b, what):
@@ -377,7 +384,7 @@ def test_compiled_kernels_equal_the_reference_at_full_size_cuda(n, pooling, dtyp
 
     close(out, ref, "out")
     ref_grads = torch.autograd.grad(ref, inputs, grad)
-    names = ["q", "k", "v"] + (["u"] if pool is not None else []) + (["bias"] if bias is not None else [])
+    names = ["q", "k", "v"] + (["u"] if pool is not None else []) + ["bias", "token_bias"][: len(given)]
     for name, a, b in zip(names, torch.autograd.grad(out, inputs, grad.to(dtype)), ref_grads):
         close(a, b, f"d{name}")
 
@@ -538,6 +545,187 @@ def test_the_variants_start_the_summary_bias_at_minus_4_rank_by_the_bound_and_ov
         model, _, _ = build_model_config(off, vocab_size=64)  # how the earlier grid runs are reproduced
         assert model["select_summary_bias"] is None and model["select_score"] == "mean"
         assert HaloSModel(HaloConfig(**model)).layers[0].attn.select_bias is None
+
+
+# ------------------------------------------------------------------------------------ token bias
+
+
+def token_biases(kind: str) -> torch.Tensor:
+    """A chosen-token bias [Hkv] (cfg() has 2 KV heads): one value for both, or one per head."""
+    return torch.tensor([-1.5, -1.5] if kind == "same" else [-1.5, 0.7], requires_grad=True)
+
+
+def leaf_qkv(c: HaloConfig, n: int, seed: int, batch: int = 2, dtype=torch.float32):
+    """qkv() cut to ``batch`` rows, as leaves: the interpreted kernels' time grows with the batch."""
+    return [t[:batch].detach().requires_grad_() for t in qkv(c, n, seed=seed, dtype=dtype)]
+
+
+def chosen_tokens_off(q, k, v, c: HaloConfig, layer: int, step: int, bias=None) -> torch.Tensor:
+    """The oracle with the chosen tokens' columns (``token_columns``) emptied: the graph keys and the
+    summaries kept, the choice unchanged (reference_attention's own steps)."""
+    from halo_lab.graph.edges import full_neighbor_index
+    from halo_lab.graph.reference import gather_attention, token_columns, with_selection
+
+    G = c.num_globals
+    idx = full_neighbor_index(c, layer, step, q.shape[2] - G, q.device)
+    k_all, v_all, text = with_selection(q[:, :, G:], k, v, c, torch.arange(q.shape[2] - G), idx[G:])
+    first, end = token_columns(c, idx.shape[1])
+    assert (text[..., first:end] >= 0).any()  # there are chosen tokens to drop
+    text[..., first:end] = -1
+    head = torch.cat([idx[:G], idx.new_full((G, text.shape[-1] - idx.shape[1]), -1)], dim=1)
+    wide = torch.cat([head.expand(*text.shape[:2], *head.shape), text], dim=2)
+    return gather_attention(q, k_all, v_all, wide, bias, k.shape[2])
+
+
+@pytest.mark.parametrize("backend", ["masked", "triton"])
+@pytest.mark.parametrize("m,kind", [(0, "same"), (3, "per_head")])
+@pytest.mark.parametrize("summary", [False, True])
+def test_token_bias_equals_the_reference_in_values_and_gradients(backend, m, kind, summary):
+    """select_token_bias: every backend adds the KV head's bias to the scores of its chosen tokens (those
+    not already graph keys) as the oracle does, beside the summary bias or not; the gradients agree, both
+    biases' included."""
+    if backend == "triton":
+        triton_ready()
+    sb = -1.0 if summary else None
+    c = cfg(select_group_size=m, attention_backend=backend, select_token_bias=-1.5, select_summary_bias=sb)
+    q, k, v = qkv(c, 70, seed=21 + m, grad=True)
+    token_bias = token_biases(kind)
+    bias = torch.tensor([0.4, -0.9], requires_grad=True) if summary else None
+    ref = reference_attention(q, k, v, c, 1, 7, None, bias, token_bias)
+    out = attn.halo_attention(q, k, v, c, 1, 7, backend, bias=bias, token_bias=token_bias)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(ref, reference_attention(q, k, v, c, 1, 7, None, bias), atol=1e-3)  # it counts
+    g = torch.randn_like(ref)
+    leaves = (q, k, v, token_bias) + ((bias,) if summary else ())
+    ref_grads = torch.autograd.grad(ref, leaves, g)
+    for name, a, b in zip(
+        ["q", "k", "v", "token_bias", "bias"], torch.autograd.grad(out, leaves, g), ref_grads
+    ):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=lambda s, name=name: f"d{name}: {s}")
+    assert bool((ref_grads[3].abs() > 1e-3).all())  # both heads' token biases have a gradient
+
+
+@pytest.mark.parametrize("backend", ["masked", "triton"])
+def test_token_bias_in_bf16_with_learned_pooling(backend):
+    """The fp32 token and summary biases beside bf16 q/k/v (and the learned pooling's u): values and
+    gradients within bf16."""
+    if backend == "triton":
+        triton_ready()
+    c = cfg(
+        select_pooling="learned", attention_backend=backend, select_summary_bias=-1.5, select_token_bias=-1.0
+    )
+    q, k, v = qkv(c, 64, seed=22, dtype=torch.bfloat16, grad=True)
+    bias, token_bias = biases("per_head"), token_biases("per_head")
+    u = torch.randn(c.num_kv_heads, c.head_dim, requires_grad=True)
+    ref = reference_attention(q, k, v, c, 1, 7, u, bias, token_bias)
+    out = attn.halo_attention(q, k, v, c, 1, 7, backend, pool=u, bias=bias, token_bias=token_bias)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(out.float(), ref.float(), atol=3e-2, rtol=3e-2)
+    leaves = (q, k, v, u, bias, token_bias)
+    ref_grads = torch.autograd.grad(ref, leaves, g)
+    for a, b in zip(torch.autograd.grad(out, leaves, g), ref_grads):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a.float(), b.float(), atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("backend", ["reference", "masked", "triton"])
+def test_a_very_negative_token_bias_is_chosen_tokens_off(backend):
+    """token bias -1e4: the chosen tokens get no weight, and the choice ignores the bias, so the output
+    (and the gradients of q, k, v) are the oracle's with the chosen tokens' columns dropped (the summaries
+    kept, with their own bias), which differ from a zero bias's."""
+    if backend == "triton":
+        triton_ready()
+    c = cfg(attention_backend=backend, select_token_bias=-1e4, select_summary_bias=-1.0)
+    q, k, v = leaf_qkv(c, 70, seed=23, batch=1)
+    token_bias = torch.full((c.num_kv_heads,), -1e4, requires_grad=True)
+    bias = torch.tensor([0.4, -0.9])
+    out = attn.halo_attention(q, k, v, c, 1, 7, backend, bias=bias, token_bias=token_bias)
+    off = chosen_tokens_off(q, k, v, c, 1, 7, bias)
+    torch.testing.assert_close(out, reference_attention(q, k, v, c, 1, 7, None, bias, token_bias))
+    torch.testing.assert_close(out, off, atol=1e-6, rtol=1e-6)
+    zero = reference_attention(q, k, v, c, 1, 7, None, bias, torch.zeros(c.num_kv_heads))
+    assert not torch.allclose(zero, off, atol=1e-3)  # the chosen tokens count
+    g = torch.randn_like(off)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(off, (q, k, v), g)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("summary", [False, True])
+def test_a_zero_token_bias_is_no_bias_bit_for_bit(backend, summary):
+    """token bias 0 adds an exact zero: the same bits as no token bias (the None path; the kernels without
+    TOKB), values and gradients, with or without a summary bias beside it."""
+    if backend == "triton":
+        triton_ready()
+    c = cfg(attention_backend=backend)
+    q, k, v = leaf_qkv(c, 70, seed=24, batch=1)
+    zero = torch.zeros(c.num_kv_heads, requires_grad=True)
+    bias = torch.tensor([0.4, -0.9]) if summary else None
+    out, none = (
+        attn.halo_attention(q, k, v, c, 1, 7, backend, bias=bias, token_bias=zero),
+        attn.halo_attention(q, k, v, c, 1, 7, backend, bias=bias),
+    )
+    assert torch.equal(out, none)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(none, (q, k, v), g)):
+        assert torch.equal(a, b)
+
+
+def test_token_bias_is_a_layer_parameter_only_where_it_means_something():
+    """The layer owns select_token_bias [Hkv] from the config's value, trained (a gradient, and no weight
+    decay: a vector), with or without the summary keys; no parameter (the state dict of before) with None
+    or without selection, nor in the baseline."""
+    from halo_lab.model import BaselineModel
+    from halo_lab.runner.module import param_groups
+
+    model = HaloSModel(cfg(select_token_bias=-4.0, attention_backend="masked"))
+    token_bias = model.layers[1].attn.select_token_bias
+    assert torch.equal(token_bias.detach(), torch.full((2,), -4.0))
+    assert model.layers[1].attn.select_bias is None  # the summary bias stays its own setting
+    x = torch.randint(0, 64, (2, 70))
+    model(x, x)[1].backward()
+    assert token_bias.grad is not None and bool((token_bias.grad != 0).all())
+    decayed = {id(p) for group in param_groups(model, 0.1) if group["weight_decay"] for p in group["params"]}
+    assert id(token_bias) not in decayed
+    before = set(HaloSModel(cfg()).state_dict())
+    assert not any("select_token_bias" in key for key in before)
+    no_summaries = HaloSModel(cfg(select_token_bias=-4.0, select_summary_keys=False))
+    assert no_summaries.layers[0].attn.select_token_bias is not None  # the chosen tokens are still keys
+    assert set(HaloSModel(cfg(select_token_bias=None)).state_dict()) <= before
+    assert set(HaloSModel(cfg(select_token_bias=-4.0, select_blocks=0)).state_dict()) <= before
+    assert BaselineModel(cfg(select_token_bias=-4.0)).layers[0].attn.select_token_bias is None
+
+
+@pytest.mark.parametrize("m,summary", [(0, False), (3, True)])
+def test_cached_decoding_with_a_token_bias_is_exact(m, summary):
+    torch.manual_seed(4)
+    sb = -1.0 if summary else None
+    model = HaloSModel(cfg(select_group_size=m, select_token_bias=-1.0, select_summary_bias=sb)).eval()
+    tokens = torch.randint(0, 64, (2, 96))
+    with torch.no_grad():
+        unbiased = model(tokens)[0]
+        for i, layer in enumerate(model.layers):  # off the init, each head its own
+            layer.attn.select_token_bias.copy_(torch.tensor([-2.0 + i, 1.5]))
+        full = model(tokens)[0]
+        assert not torch.allclose(full[:, 60:], unbiased[:, 60:], atol=1e-3)  # the bias counts here
+        caches = model.new_caches(2, 96, "cpu", torch.float32)
+        torch.testing.assert_close(model.forward_cached(tokens[:, :50], caches), full[:, :50])
+        torch.testing.assert_close(model.forward_cached(tokens[:, 50:60], caches), full[:, 50:60])
+        pos = torch.tensor([model.num_globals + 60])
+        for t in range(60, 76):  # the one-token step (the bias kept in the cache), over 4 new blocks
+            step = model.decode_step(tokens[:, t : t + 1], pos, caches)
+            torch.testing.assert_close(step, full[:, t], atol=1e-4, rtol=1e-4)
+            pos += 1
+        prompt = tokens[:, :40]  # generate's own caches (a few tokens: without a cache each one is a forward)
+        cached = model.generate(prompt, max_new_tokens=6, temperature=0)
+        assert torch.equal(cached, model.generate(prompt, max_new_tokens=6, temperature=0, use_cache=False))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("-inf"), "-4", True])
+def test_token_bias_must_be_a_finite_number(bad):
+    with pytest.raises(ValueError, match="HaloConfig.select_token_bias=.*finite number"):
+        cfg(select_token_bias=bad)
+    assert cfg(select_token_bias=-4).select_token_bias == -4
 
 
 # ------------------------------------------------------------------------------------ the bound score

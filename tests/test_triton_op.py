@@ -36,18 +36,23 @@ def cfg(**kw) -> HaloConfig:
 
 SELECT = dict(select_blocks=2, select_block_size=4, select_group_size=3, select_groups=2)
 LEARNED = cfg(**SELECT, select_pooling="learned")
-# name: (config, text length, query heads, KV heads, head_dim, dtype, learned pooling, summary bias)
+TOKEN = cfg(random_edges="token")  # per-token random keys
+# name: (config, text length, query heads, KV heads, head_dim, dtype, learned pooling, summary bias,
+# token bias)
 CASES = {
-    "plain-gqa2": (cfg(), 40, 4, 2, 16, torch.float32, False, False),
-    "plain-token-gqa4-d24-padded": (cfg(random_edges="token"), 37, 4, 1, 24, torch.float32, False, False),
-    "selection-mean": (cfg(**SELECT), 45, 4, 2, 16, torch.float32, False, False),
-    "selection-learned-bias": (LEARNED, 45, 4, 2, 16, torch.float32, True, True),
-    "selection-bf16": (LEARNED, 45, 4, 2, 16, torch.bfloat16, True, True),
+    "plain-gqa2": (cfg(), 40, 4, 2, 16, torch.float32, False, False, False),
+    "plain-token-gqa4-d24-padded": (TOKEN, 37, 4, 1, 24, torch.float32, False, False, False),
+    "selection-mean": (cfg(**SELECT), 45, 4, 2, 16, torch.float32, False, False, False),
+    "selection-learned-bias": (LEARNED, 45, 4, 2, 16, torch.float32, True, True, False),
+    "selection-bf16": (LEARNED, 45, 4, 2, 16, torch.bfloat16, True, True, False),
+    # both biases, a shorter text (one query tile): the token bias through the ops
+    "selection-token-bias": (cfg(**SELECT), 30, 4, 2, 16, torch.float32, False, True, True),
 }
 
 
 def inputs(name: str, seed: int = 0):
-    c, n, hq, hkv, d, dtype, learned, biased = CASES[name]
+    """(config, [q, k, v], u, biases): ``biases`` the summary and the token bias (each [Hkv] or None)."""
+    c, n, hq, hkv, d, dtype, learned, biased, token_biased = CASES[name]
     g = torch.Generator().manual_seed(seed)
     L = n + c.num_globals
     q, k, v = (
@@ -55,17 +60,18 @@ def inputs(name: str, seed: int = 0):
     )
     u = (torch.randn(hkv, d, generator=g) * 0.5).to(DEVICE).requires_grad_() if learned else None
     bias = torch.tensor([-1.0, 0.5][:hkv], device=DEVICE, requires_grad=True) if biased else None
-    return c, [q, k, v], u, bias
+    tbias = torch.tensor([-1.5, 0.7][:hkv], device=DEVICE, requires_grad=True) if token_biased else None
+    return c, [q, k, v], u, (bias, tbias)
 
 
-def leaves(ins, u, bias) -> list[torch.Tensor]:
-    return ins + [t for t in (u, bias) if t is not None]
+def leaves(ins, u, biases) -> list[torch.Tensor]:
+    return ins + [t for t in (u, *biases) if t is not None]
 
 
-def run(fn, c, ins, u, bias, step: int = 5, grad=None):
-    out = fn(*ins, c, 1, step, u, bias)
+def run(fn, c, ins, u, biases, step: int = 5, grad=None):
+    out = fn(*ins, c, 1, step, u, *biases)
     grad = torch.randn_like(out, dtype=torch.float32).to(out.dtype) if grad is None else grad
-    return out, torch.autograd.grad(out, leaves(ins, u, bias), grad), grad
+    return out, torch.autograd.grad(out, leaves(ins, u, biases), grad), grad
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -74,28 +80,29 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("name", CASES)
 def test_op_equals_the_function_and_the_reference(name):
-    """Values and gradients (q, k, v, the pooling's u, the summary bias) of the op path against the autograd
-    Function (the same kernels: equal) and the float64 reference."""
-    c, ins, u, bias = inputs(name)
+    """Values and gradients (q, k, v, the pooling's u, the summary and token biases) of the op path against
+    the autograd Function (the same kernels: equal) and the float64 reference."""
+    c, ins, u, biases = inputs(name)
     torch.manual_seed(0)
-    out, grads, g = run(op.op_attention, c, ins, u, bias)
-    f_out, f_grads, _ = run(interface.function_attention, c, ins, u, bias, grad=g)
+    out, grads, g = run(op.op_attention, c, ins, u, biases)
+    f_out, f_grads, _ = run(interface.function_attention, c, ins, u, biases, grad=g)
     torch.testing.assert_close(out, f_out, rtol=0, atol=0)
     for a, b in zip(grads, f_grads):  # the dQ pass's fp32 atomics: any order on a GPU
         assert rel(a, b) <= (0.0 if DEVICE == "cpu" else 1e-5)
-    d64 = [t.detach().double().requires_grad_() for t in leaves(ins, u, bias)]
-    du, db = (d64[3], d64[4] if bias is not None else None) if u is not None else (None, None)
-    ref = reference_attention(*d64[:3], c, 1, 5, du, db)
+    d64 = [t.detach().double().requires_grad_() for t in leaves(ins, u, biases)]
+    given = iter(d64[3:])
+    du, db, dtb = (None if t is None else next(given) for t in (u, *biases))
+    ref = reference_attention(*d64[:3], c, 1, 5, du, db, dtb)
     ref_grads = torch.autograd.grad(ref, d64, g.double())
     tol = 1e-5 if ins[0].dtype == torch.float32 else 3e-2
     errors = {"out": rel(out, ref), **{f"d{i}": rel(a, b) for i, (a, b) in enumerate(zip(grads, ref_grads))}}
     assert max(errors.values()) < tol, errors
-    if bias is not None:  # the summary bias's gradient is there, not zero
-        assert grads[-1].abs().sum() > 0
+    given = sum(b is not None for b in biases)  # the biases' gradients (the last) are there, not zero
+    assert all(grad.abs().sum() > 0 for grad in grads[len(grads) - given :])
 
 
 def test_autocast_runs_in_the_autocast_dtype():
-    c, ins, u, bias = inputs("plain-gqa2")
+    c, ins, _, _ = inputs("plain-gqa2")
     dev = ins[0].device.type
     with torch.autocast(dev, dtype=torch.bfloat16):
         out = op.op_attention(*ins, c, 1, 5)
@@ -137,19 +144,19 @@ def compiled_matches_eager(name: str, backend: str, tol: float) -> Recorder:
     """torch.compile(fullgraph=True) of a function that calls the triton backend through the model's
     dispatch: no graph break, the op in the graph, values and gradients of eager at two training steps
     (the random edges follow the step: a table baked into the graph would fail the second)."""
-    c, ins, u, bias = inputs(name)
+    c, ins, u, biases = inputs(name)
     torch._dynamo.reset()
     counters.clear()
     rec = Recorder(backend)
 
-    def fn(q, k, v, config, layer, step, pool, bias):
-        return attn.halo_attention(q, k, v, config, layer, step, "triton", None, pool, bias) * 2.0
+    def fn(q, k, v, config, layer, step, pool, bias, token_bias):
+        return attn.halo_attention(q, k, v, config, layer, step, "triton", None, pool, bias, token_bias) * 2.0
 
     compiled = torch.compile(fn, fullgraph=True, backend=rec)
     for step in (5, 6):
         torch.manual_seed(step)
-        out, grads, g = run(compiled, c, ins, u, bias, step)
-        e_out, e_grads, _ = run(fn, c, ins, u, bias, step, grad=g)
+        out, grads, g = run(compiled, c, ins, u, biases, step)
+        e_out, e_grads, _ = run(fn, c, ins, u, biases, step, grad=g)
         assert rel(out, e_out) <= tol
         for a, b in zip(grads, e_grads):
             assert rel(a, b) <= tol
@@ -178,7 +185,7 @@ def test_a_disabled_call_counts_as_a_graph_break():
 
 
 def block_case(dtype=torch.float32, **kw):
-    c = cfg(**SELECT, select_pooling="learned", select_summary_bias=-1.0, **kw)
+    c = cfg(**SELECT, select_pooling="learned", select_summary_bias=-1.0, select_token_bias=-1.0, **kw)
     torch.manual_seed(0)
     block = Block(c, 1, "halo").to(DEVICE)
     with torch.no_grad():
@@ -190,8 +197,8 @@ def block_case(dtype=torch.float32, **kw):
 
 
 def compiled_block_matches_eager(backend: str, tol: float, dtype=torch.float32):
-    """A whole model block (norms, projections, RoPE, HALO attention with selection, learned pooling and a
-    summary bias, FFN) compiled with fullgraph=True: eager's output and parameter gradients."""
+    """A whole model block (norms, projections, RoPE, HALO attention with selection, learned pooling, a
+    summary and a token bias, FFN) compiled with fullgraph=True: eager's output and parameter gradients."""
     block, x, cos, sin = block_case(dtype)
     torch._dynamo.reset()
     counters.clear()
@@ -217,7 +224,9 @@ def test_compiled_block_fullgraph_aot_eager():
 
 
 @cuda_only
-@pytest.mark.parametrize("name", ["plain-gqa2", "selection-learned-bias", "selection-bf16"])
+@pytest.mark.parametrize(
+    "name", ["plain-gqa2", "selection-learned-bias", "selection-bf16", "selection-token-bias"]
+)
 def test_compiles_fullgraph_inductor_cuda(name):
     tol = 1e-5 if CASES[name][5] == torch.float32 else 2e-2
     compiled_matches_eager(name, "inductor", tol)

@@ -12,7 +12,9 @@ tensor-core product per key tile:
   to fp32 rounding, not bit for bit;
 * content-selected blocks (SEL): the chosen keys' into that same buffer, the summaries' into their own
   fp32 [B, HKV, S, HD] buffers (selected.py); with the summary bias (SUMB) its gradient, the sum of the
-  summaries' score gradients, into a [B, HKV] fp32 buffer (one atomic per query tile).
+  summaries' score gradients, into a [B, HKV] fp32 buffer (one atomic per query tile); with the token bias
+  (TOKB) the chosen keys' probabilities carry it (``lse - shift``, as the summaries'), and its gradient,
+  the sum of the kept chosen keys' score gradients, goes to its own [B, HKV] fp32 buffer the same way.
 
 dK/dV pass: a program owns BLOCK_N keys of one (batch, KV head); their window queries j .. j + W - 1
 come in tiles packed like the forward's (BLOCK_Q positions x GRP heads). It adds the fp32 buffers last
@@ -83,19 +85,19 @@ def summary_tile_grads(q, do, lse_s, delta, dq, dbias, sk_base, sv_base, DSK, DS
 
 
 @triton.jit
-def selected_backward(q, do, lse, delta, dq, k_base, v_base, sk_base, sv_base, DKA, DVA, DSK, DSV,
-                      TB, TBN, BLK, GRPS, RAND, DIST, tile, bh, L, tok, is_text, cols, acc_base,
-                      stride_kl, stride_vl, stride_skl, stride_ru, UMAX, NB, NSUM, qk_scale, sm_scale,
-                      bias_ptr, dbias_ptr,
-                      G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr,
-                      UNIT: tl.constexpr, HD: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr,
-                      NSELP: tl.constexpr, SM: tl.constexpr, NG2P: tl.constexpr, SUMK: tl.constexpr,
-                      SUM_N: tl.constexpr, SUMB: tl.constexpr, IEEE: tl.constexpr,
-                      UPCAST: tl.constexpr):  # fmt: skip
-    """dQ of the content-selected key groups of a query tile (the forward's tiles, selected.py), with the
-    chosen keys' dK/dV added to the extras' fp32 buffers and the summaries' to their own (``bh``: b * HKV
-    + h). SUMB: the summaries' scores carry the KV head's bias (``bias_ptr``), whose gradient, the sum of
-    their score gradients, this tile adds to ``dbias_ptr`` (one fp32 atomic)."""
+def chosen_backward(q, do, lse, delta, dq, k_base, v_base, DKA, DVA, TB, TBN, BLK, RAND, DIST, tile, bh, L,
+                    tok, is_text, cols, acc_base, stride_kl, stride_vl, stride_ru, UMAX, qk_scale, sm_scale,
+                    tbias_ptr, dtbias_ptr,
+                    G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr,
+                    UNIT: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr, NSELP: tl.constexpr,
+                    TOKB: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+    """dQ of the tile's chosen blocks (selected.py), their keys' dK/dV into the extras' fp32 buffers. TOKB:
+    the kept chosen keys' scores carry the KV head's token bias (``tbias_ptr``), whose gradient, the sum of
+    their score gradients, this tile adds to ``dtbias_ptr`` (one fp32 atomic)."""
+    lse_t = lse  # exp2(score + shift - lse) = exp2(score - (lse - shift))
+    dtbias = tl.zeros([1], tl.float32)
+    if TOKB:
+        lse_t = lse - tl.load(tbias_ptr).to(tl.float32) * LOG2E
     for u in range(0, tl.load(TBN + tile)):
         pos, valid, ok = chosen_block_tile(
             u, tile * UMAX, bh * L * NSELP, tok, is_text, RAND, DIST, stride_ru, TB, BLK,
@@ -103,9 +105,36 @@ def selected_backward(q, do, lse, delta, dq, k_base, v_base, sk_base, sv_base, D
         )  # fmt: skip
         kt = load_rows(k_base, pos, valid, stride_kl, cols)
         vt = load_rows(v_base, pos, valid, stride_vl, cols)
-        p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
+        p, ds = grad_tile(q, do, lse_t, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
         dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
         add_key_grads(DKA, DVA, acc_base, pos, valid, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
+        if TOKB:
+            dtbias += tl.sum(ds)
+    if TOKB:
+        tl.atomic_add(dtbias_ptr + tl.arange(0, 1), dtbias)
+    return dq
+
+
+@triton.jit
+def selected_backward(q, do, lse, delta, dq, k_base, v_base, sk_base, sv_base, DKA, DVA, DSK, DSV,
+                      TB, TBN, BLK, GRPS, RAND, DIST, tile, bh, L, tok, is_text, cols, acc_base,
+                      stride_kl, stride_vl, stride_skl, stride_ru, UMAX, NB, NSUM, qk_scale, sm_scale,
+                      bias_ptr, dbias_ptr, tbias_ptr, dtbias_ptr,
+                      G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr,
+                      UNIT: tl.constexpr, HD: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr,
+                      NSELP: tl.constexpr, SM: tl.constexpr, NG2P: tl.constexpr, SUMK: tl.constexpr,
+                      SUM_N: tl.constexpr, SUMB: tl.constexpr, TOKB: tl.constexpr, IEEE: tl.constexpr,
+                      UPCAST: tl.constexpr):  # fmt: skip
+    """dQ of the content-selected key groups of a query tile (the forward's tiles, selected.py), with the
+    chosen keys' dK/dV added to the extras' fp32 buffers and the summaries' to their own (``bh``: b * HKV
+    + h). SUMB: the summaries' scores carry the KV head's bias (``bias_ptr``), whose gradient, the sum of
+    their score gradients, this tile adds to ``dbias_ptr`` (one fp32 atomic). TOKB: the same for the kept
+    chosen keys and the KV head's token bias (``tbias_ptr``, ``dtbias_ptr``; ``chosen_backward``)."""
+    dq = chosen_backward(
+        q, do, lse, delta, dq, k_base, v_base, DKA, DVA, TB, TBN, BLK, RAND, DIST, tile, bh, L, tok, is_text,
+        cols, acc_base, stride_kl, stride_vl, stride_ru, UMAX, qk_scale, sm_scale, tbias_ptr, dtbias_ptr,
+        G, W, ND, NR, UNIT, SB, SBP, NSELP, TOKB, IEEE, UPCAST,
+    )  # fmt: skip
     if SUMK:
         c = candidates(tok, is_text, G, W, SB)
         c_hi = tl.max(c, 0)
@@ -137,6 +166,7 @@ def halo_bwd_dq_kernel(
     Q, K, V, Out, DO, DQ, LSE, DELTA, DKA, DVA, DKD, DVD, DIST, RAND,
     SK, SV, DSK, DSV, BLK, GRPS, TB, TBN,  # the content-selected part (SEL; selected.py)
     SBIAS, DBIAS,  # [HKV] the summary bias, [B, HKV] fp32 its gradient (SUMB; else never read)
+    TBIAS, DTBIAS,  # [HKV] the chosen tokens' bias, [B, HKV] fp32 its gradient (TOKB; else never read)
     qk_scale, sm_scale, dil_stride,
     stride_qb, stride_qh, stride_ql,
     stride_kb, stride_kh, stride_kl,
@@ -153,7 +183,7 @@ def halo_bwd_dq_kernel(
     DIL_GROUPED: tl.constexpr, DIL_P: tl.constexpr, DIL_K: tl.constexpr, DIL_NG: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
     SEL: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr, NSELP: tl.constexpr, SM: tl.constexpr,
-    NG2P: tl.constexpr, SUMK: tl.constexpr, SUM_N: tl.constexpr, SUMB: tl.constexpr,
+    NG2P: tl.constexpr, SUMK: tl.constexpr, SUM_N: tl.constexpr, SUMB: tl.constexpr, TOKB: tl.constexpr,
 ):  # fmt: skip
     BLOCK_M: tl.constexpr = BLOCK_T * GRP
     NRS: tl.constexpr = NR if SHARED_RANDOM else 0
@@ -233,8 +263,8 @@ def halo_bwd_dq_kernel(
             SV + b * stride_skb + h * stride_skh, DKA, DVA, DSK, DSV, TB, TBN, BLK, GRPS, RAND, DIST,
             (b * HKV + h) * NT + tl.program_id(0), b * HKV + h, L, tok, is_text, cols, acc_base,
             stride_kl, stride_vl, stride_skl, stride_ru, UMAX, NB, NSUM, qk_scale, sm_scale,
-            SBIAS + h, DBIAS + b * HKV + h,
-            G, W, ND, NR, UNIT, HD, SB, SBP, NSELP, SM, NG2P, SUMK, SUM_N, SUMB, IEEE, UPCAST,
+            SBIAS + h, DBIAS + b * HKV + h, TBIAS + h, DTBIAS + b * HKV + h,
+            G, W, ND, NR, UNIT, HD, SB, SBP, NSELP, SM, NG2P, SUMK, SUM_N, SUMB, TOKB, IEEE, UPCAST,
         )  # fmt: skip
 
     tl.store(

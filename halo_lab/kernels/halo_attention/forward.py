@@ -15,7 +15,9 @@ Every group of keys is a [N, HD] tile and a [BLOCK_M, N] mask, through the same 
   tile's positions, gathered by index, each row keeping its own R;
 * window tiles: keys [t0 - W + 1, t0 + BLOCK_T) in BLOCK_N steps, the band mask;
 * with content-selected blocks (SEL): the tile's chosen blocks and the summary tiles (selected.py), the
-  summaries' scores + their KV head's learned bias with SUMB (``select_summary_bias``).
+  summaries' scores + their KV head's learned bias with SUMB (``select_summary_bias``), the chosen keys'
+  (those a row keeps: not already one of its graph keys) + the KV head's token bias with TOKB
+  (``select_token_bias``). Off, either constexpr leaves the operations of the kernel as without it.
 
 The masked-away products cost tensor-core time, which is cheap; row-wise products on CUDA cores held
 [BLOCK_M, HD] fp32 temporaries per key and spilled registers. Softmax in base 2 (scores pre-multiplied
@@ -83,11 +85,12 @@ def attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE: tl.constexpr, UPCAST: t
 
 
 @triton.jit
-def summary_attend(q, kt, vt, ok, m, denom, acc, qk_scale, shift,
-                   SUMB: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
-    """``attend`` for a summary tile: with SUMB, every score + ``shift`` (the KV head's summary bias, base 2)."""
+def biased_attend(q, kt, vt, ok, m, denom, acc, qk_scale, shift,
+                  BIASED: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+    """``attend`` for a summary tile or a chosen block's: with BIASED (SUMB, TOKB), every score + ``shift``
+    (the KV head's summary or token bias, base 2); without, the same operations as ``attend``."""
     s = mma(q, tl.trans(kt), IEEE, UPCAST) * qk_scale
-    if SUMB:
+    if BIASED:
         s = s + shift
     return softmax_update(tl.where(ok, s, NEG_INF), vt, m, denom, acc, IEEE, UPCAST)
 
@@ -106,14 +109,19 @@ def softmax_update(s, vt, m, denom, acc, IEEE: tl.constexpr, UPCAST: tl.constexp
 @triton.jit
 def selected_forward(q, m, denom, acc, k_base, v_base, sk_base, sv_base, TB, TBN, BLK, GRPS, RAND, DIST,
                      tile, row0, tok, is_text, cols, stride_kl, stride_vl, stride_skl, stride_ru,
-                     UMAX, NB, NSUM, qk_scale, bias_ptr,
+                     UMAX, NB, NSUM, qk_scale, bias_ptr, tbias_ptr,
                      G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr,
                      UNIT: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr, NSELP: tl.constexpr,
                      SM: tl.constexpr, NG2P: tl.constexpr, SUMK: tl.constexpr, SUM_N: tl.constexpr,
-                     SUMB: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+                     SUMB: tl.constexpr, TOKB: tl.constexpr, IEEE: tl.constexpr,
+                     UPCAST: tl.constexpr):  # fmt: skip
     """The content-selected key groups of a query tile (selected.py) added to its online softmax: the
     distinct chosen blocks of its rows, then the block and group summaries (``row0``: (b * HKV + h) * L),
-    with SUMB each summary's score + the KV head's bias (``bias_ptr``: its fp32 value, natural log units)."""
+    with SUMB each summary's score + the KV head's bias (``bias_ptr``: its fp32 value, natural log units),
+    with TOKB each kept chosen key's + the KV head's token bias (``tbias_ptr``, the same units)."""
+    tshift = 0.0
+    if TOKB:  # base 2, like the scores
+        tshift = tl.load(tbias_ptr).to(tl.float32) * LOG2E
     for u in range(0, tl.load(TBN + tile)):
         pos, valid, ok = chosen_block_tile(
             u, tile * UMAX, row0 * NSELP, tok, is_text, RAND, DIST, stride_ru, TB, BLK,
@@ -121,7 +129,7 @@ def selected_forward(q, m, denom, acc, k_base, v_base, sk_base, sv_base, TB, TBN
         )  # fmt: skip
         kt = load_rows(k_base, pos, valid, stride_kl, cols)
         vt = load_rows(v_base, pos, valid, stride_vl, cols)
-        m, denom, acc = attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE, UPCAST)
+        m, denom, acc = biased_attend(q, kt, vt, ok, m, denom, acc, qk_scale, tshift, TOKB, IEEE, UPCAST)
     if SUMK:
         c = candidates(tok, is_text, G, W, SB)
         c_hi = tl.max(c, 0)
@@ -132,13 +140,13 @@ def selected_forward(q, m, denom, acc, k_base, v_base, sk_base, sv_base, TB, TBN
             j, ok = block_summary_tile(start, c, row0 * NG2P, tok, is_text, GRPS, SM, NG2P, SUM_N)
             kt = load_rows(sk_base, j, j < NB, stride_skl, cols)
             vt = load_rows(sv_base, j, j < NB, stride_skl, cols)
-            m, denom, acc = summary_attend(q, kt, vt, ok, m, denom, acc, qk_scale, shift, SUMB, IEEE, UPCAST)
+            m, denom, acc = biased_attend(q, kt, vt, ok, m, denom, acc, qk_scale, shift, SUMB, IEEE, UPCAST)
         if SM > 0:
             for start in range(0, c_hi // SM, SUM_N):
                 j, ok = group_summary_tile(start, c, is_text, NB, SM, SUM_N)
                 kt = load_rows(sk_base, j, j < NSUM, stride_skl, cols)
                 vt = load_rows(sv_base, j, j < NSUM, stride_skl, cols)
-                m, denom, acc = summary_attend(
+                m, denom, acc = biased_attend(
                     q, kt, vt, ok, m, denom, acc, qk_scale, shift, SUMB, IEEE, UPCAST
                 )
     return m, denom, acc
@@ -149,6 +157,7 @@ def halo_fwd_kernel(
     Q, K, V, Out, LSE, DIST, RAND,
     SK, SV, BLK, GRPS, TB, TBN,  # the content-selected part (SEL; selected.py)
     SBIAS,  # [HKV] fp32 the summary keys' logit bias (SUMB; else never read)
+    TBIAS,  # [HKV] fp32 the chosen tokens' logit bias (TOKB; else never read)
     qk_scale,  # softmax scale * log2(e)
     stride_qb, stride_qh, stride_ql,
     stride_kb, stride_kh, stride_kl,
@@ -163,7 +172,7 @@ def halo_fwd_kernel(
     DIL_GROUPED: tl.constexpr, DIL_P: tl.constexpr, DIL_K: tl.constexpr, DIL_NG: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
     SEL: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr, NSELP: tl.constexpr, SM: tl.constexpr,
-    NG2P: tl.constexpr, SUMK: tl.constexpr, SUM_N: tl.constexpr, SUMB: tl.constexpr,
+    NG2P: tl.constexpr, SUMK: tl.constexpr, SUM_N: tl.constexpr, SUMB: tl.constexpr, TOKB: tl.constexpr,
 ):  # fmt: skip
     BLOCK_M: tl.constexpr = BLOCK_T * GRP
     NRS: tl.constexpr = NR if SHARED_RANDOM else 0
@@ -225,8 +234,8 @@ def halo_fwd_kernel(
             q, m, denom, acc, k_base, v_base, SK + b * stride_skb + h * stride_skh,
             SV + b * stride_skb + h * stride_skh, TB, TBN, BLK, GRPS, RAND, DIST,
             (b * HKV + h) * NT + tl.program_id(0), (b * HKV + h) * L, tok, is_text, cols,
-            stride_kl, stride_vl, stride_skl, stride_ru, UMAX, NB, NSUM, qk_scale, SBIAS + h,
-            G, W, ND, NR, UNIT, SB, SBP, NSELP, SM, NG2P, SUMK, SUM_N, SUMB, IEEE, UPCAST,
+            stride_kl, stride_vl, stride_skl, stride_ru, UMAX, NB, NSUM, qk_scale, SBIAS + h, TBIAS + h,
+            G, W, ND, NR, UNIT, SB, SBP, NSELP, SM, NG2P, SUMK, SUM_N, SUMB, TOKB, IEEE, UPCAST,
         )  # fmt: skip
 
     denom = tl.where(denom > 0, denom, 1.0)

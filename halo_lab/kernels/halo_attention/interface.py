@@ -180,10 +180,11 @@ def _launch(launcher: Launcher, grid: tuple, args: tuple, meta: dict, traced: bo
 
 
 def forward_kernels(
-    q, k, v, sk, sv, sbias, dist, rand, sel: SelectionTables, plan: _Plan, scale, traced=False
+    q, k, v, sk, sv, sbias, tbias, dist, rand, sel: SelectionTables, plan: _Plan, scale, traced=False
 ):
     """(o, lse) of the forward kernel; ``sbias``: the summary keys' logit bias [Hkv] fp32 (read with
-    ``plan.fwd["SUMB"]``), else any one-element fp32 tensor."""
+    ``plan.fwd["SUMB"]``), ``tbias`` the chosen tokens' (with ``plan.fwd["TOKB"]``), else any one-element
+    fp32 tensor."""
     B, Hq, L, d = q.shape
     Hkv = k.shape[1]
     o = _like_bshd(q)
@@ -193,7 +194,7 @@ def forward_kernels(
         (-(-L // plan.block_t), B * Hkv),
         (
             q, k, v, o, lse, dist, rand,
-            sk, sv, sel.blk, sel.grps, sel.tb, sel.tbn, sbias,
+            sk, sv, sel.blk, sel.grps, sel.tb, sel.tbn, sbias, tbias,
             scale * LOG2E,
             *_strides(q), *_strides(k), *_strides(v), *_strides(o),
             rand.stride(0),
@@ -206,9 +207,12 @@ def forward_kernels(
     return o, lse
 
 
-def backward_kernels(do, q, k, v, o, lse, sk, sv, sbias, dist, rand, sel, plan: _Plan, scale, traced=False):
-    """(dq, dk, dv, dsum, dbias): dsum the summaries' dK, dV stacked, fp32 [2, B, Hkv, nsum, d] (None
-    without selection), dbias fp32 [B, Hkv] per batch row (None without a summary bias)."""
+def backward_kernels(
+    do, q, k, v, o, lse, sk, sv, sbias, tbias, dist, rand, sel, plan: _Plan, scale, traced=False
+):
+    """(dq, dk, dv, dsum, dbias, dtbias): dsum the summaries' dK, dV stacked, fp32 [2, B, Hkv, nsum, d]
+    (None without selection), dbias fp32 [B, Hkv] per batch row (None without a summary bias), dtbias the
+    same for the token bias (None without one)."""
     B, Hq, L, d = q.shape
     Hkv = k.shape[1]
     dq = torch.empty_like(q)
@@ -231,13 +235,15 @@ def backward_kernels(do, q, k, v, o, lse, sk, sv, sbias, dist, rand, sel, plan: 
     biased = plan.dq["SUMB"]
     # the summary bias's gradient per (batch row, KV head): fp32 atomics of the dQ pass
     dbias = torch.zeros(B, Hkv, device=q.device, dtype=torch.float32) if biased else sbias
+    token_biased = plan.dq["TOKB"]  # the same for the chosen tokens' bias
+    dtbias = torch.zeros(B, Hkv, device=q.device, dtype=torch.float32) if token_biased else tbias
     sq, s_k, s_v = _strides(q), _strides(k), _strides(v)
     _launch(
         _dq,
         (-(-L // plan.block_t), B * Hkv),
         (
             q, k, v, o, do, dq, lse, delta, dk_extra, dv_extra, dk_dil, dv_dil, dist, rand,
-            sk, sv, dsk, dsv, sel.blk, sel.grps, sel.tb, sel.tbn, sbias, dbias,
+            sk, sv, dsk, dsv, sel.blk, sel.grps, sel.tb, sel.tbn, sbias, dbias, tbias, dtbias,
             scale * LOG2E, scale, dk_dil.stride(0),
             *sq, *s_k, *s_v, *_strides(o), *_strides(do), *_strides(dq),
             rand.stride(0),
@@ -259,7 +265,7 @@ def backward_kernels(do, q, k, v, o, lse, sk, sv, sbias, dist, rand, sel, plan: 
         plan.dkv,
         traced,
     )  # fmt: skip
-    return dq, dk, dv, dsum, dbias if biased else None
+    return dq, dk, dv, dsum, dbias if biased else None, dtbias if token_biased else None
 
 
 class HaloTritonAttention(torch.autograd.Function):
@@ -268,28 +274,33 @@ class HaloTritonAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, q, k, v, sk, sv, bias, tables: GraphTables, sel: SelectionTables, plan: _Plan, scale: float
-    ):
-        """``bias``: the summary keys' logit bias [Hkv] fp32 (with ``plan.fwd["SUMB"]``), else None."""
+        ctx, q, k, v, sk, sv, bias, token_bias, tables: GraphTables, sel: SelectionTables, plan: _Plan,
+        scale: float,
+    ):  # fmt: skip
+        """``bias``: the summary keys' logit bias [Hkv] fp32 (with ``plan.fwd["SUMB"]``), ``token_bias``
+        the chosen tokens' (with ``plan.fwd["TOKB"]``), else None."""
         q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
         sbias = bias if bias is not None else _dummy(q.device)
-        o, lse = forward_kernels(q, k, v, sk, sv, sbias, tables.dist, tables.rand, sel, plan, scale)
-        ctx.save_for_backward(q, k, v, o, lse, sk, sv, sbias)
+        tbias = token_bias if token_bias is not None else _dummy(q.device)
+        o, lse = forward_kernels(q, k, v, sk, sv, sbias, tbias, tables.dist, tables.rand, sel, plan, scale)
+        ctx.save_for_backward(q, k, v, o, lse, sk, sv, sbias, tbias)
         ctx.tables, ctx.sel, ctx.plan, ctx.scale = tables, sel, plan, scale
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, o, lse, sk, sv, sbias = ctx.saved_tensors
+        q, k, v, o, lse, sk, sv, sbias, tbias = ctx.saved_tensors
         tables, sel = ctx.tables, ctx.sel
         do = _last_dim_contiguous(do)
-        dq, dk, dv, dsum, dbias = backward_kernels(
-            do, q, k, v, o, lse, sk, sv, sbias, tables.dist, tables.rand, sel, ctx.plan, ctx.scale
+        dq, dk, dv, dsum, dbias, dtbias = backward_kernels(
+            do, q, k, v, o, lse, sk, sv, sbias, tbias, tables.dist, tables.rand, sel, ctx.plan, ctx.scale
         )
         if dsum is None:
-            return dq, dk, dv, None, None, None, None, None, None, None
+            return dq, dk, dv, None, None, None, None, None, None, None, None
         dbias = dbias.sum(0) if dbias is not None else None
-        return dq, dk, dv, dsum[0].to(sk.dtype), dsum[1].to(sv.dtype), dbias, None, None, None, None
+        dtbias = dtbias.sum(0) if dtbias is not None else None
+        dsk, dsv = dsum[0].to(sk.dtype), dsum[1].to(sv.dtype)
+        return dq, dk, dv, dsk, dsv, dbias, dtbias, None, None, None, None
 
 
 def _pow2(n: int) -> int:  # triton.next_power_of_2 / cdiv cost µs a call on the host (JIT callables)
@@ -323,13 +334,15 @@ def _selection_key(config: HaloConfig) -> tuple:
 
 
 def _plan(
-    config: HaloConfig, unit: int, group: int, head_dim: int, dtype: torch.dtype, biased: bool = False
-) -> _Plan:
-    key = (graph.graph_key(config), _selection_key(config), unit, group, head_dim, dtype, biased)
+    config: HaloConfig, unit: int, group: int, head_dim: int, dtype: torch.dtype, biased: bool = False,
+    token_biased: bool = False,
+) -> _Plan:  # fmt: skip
+    biases = (biased, token_biased)
+    key = (graph.graph_key(config), _selection_key(config), unit, group, head_dim, dtype, biases)
     plan = _PLANS.get(key)
     if plan is None:
         opts = _options(head_dim, group, dtype)
-        consts = _consts(config, unit, group, head_dim, dtype, opts["fwd"]["BLOCK_T"], biased)
+        consts = _consts(config, unit, group, head_dim, dtype, opts["fwd"]["BLOCK_T"], biased, token_biased)
         dkv_consts = {n: consts[n] for n in ("G", "W", "ND", "GRP", "HD", "IEEE", "UPCAST")}  # no selection
         plan = _PLANS[key] = _Plan(
             fwd={**consts, **opts["fwd"]},
@@ -346,10 +359,11 @@ def _plan(
 
 
 def _consts(
-    config: HaloConfig, unit: int, group: int, head_dim: int, dtype, block_t: int, biased: bool = False
-) -> dict:
+    config: HaloConfig, unit: int, group: int, head_dim: int, dtype, block_t: int, biased: bool = False,
+    token_biased: bool = False,
+) -> dict:  # fmt: skip
     """Compile-time constants of the query-tile kernels (forward, dQ); ``biased``: the summary keys carry
-    a logit bias (``select_summary_bias``)."""
+    a logit bias (``select_summary_bias``), ``token_biased``: the chosen tokens (``select_token_bias``)."""
     G, R, ND = config.num_globals, config.num_random, len(config.dilated_distances)
     shared_random = config.random_edges == "block" and unit % block_t == 0
     dil_p = min(block_t, max(1, 16 // group))
@@ -380,6 +394,7 @@ def _consts(
         "SUMK": config.select_summary_keys,
         "SUM_N": 32,  # summaries per tile: a window tile's width
         "SUMB": bool(biased and config.selects and config.select_summary_keys),
+        "TOKB": bool(token_biased and config.selects),
     }
 
 
@@ -407,16 +422,19 @@ def prepare(q, k, v) -> tuple:
     return q, k, v, d, padded, group, dtype
 
 
-def function_attention(q, k, v, config: HaloConfig, layer: int, step: int, pool=None, bias=None):
+def function_attention(
+    q, k, v, config: HaloConfig, layer: int, step: int, pool=None, bias=None, token_bias=None
+):
     """The eager path: tables from their caches, the kernels behind ``HaloTritonAttention``."""
     q, k, v, d, padded, group, dtype = prepare(q, k, v)
     tables = graph_tables(config, layer, step, q.shape[2], q.device)
-    plan = _plan(config, tables.unit, group, padded, dtype, bias is not None)
+    plan = _plan(config, tables.unit, group, padded, dtype, bias is not None, token_bias is not None)
     if config.selects:
         sk, sv, sel = selection_tables(q, k, v, config, plan.block_t, pool)
     else:
         sk, sv, sel = _no_selection(q)
     bias = bias.float().contiguous() if plan.fwd["SUMB"] else None  # fp32 whatever the model's dtype
+    token_bias = token_bias.float().contiguous() if plan.fwd["TOKB"] else None
     # no autocast guard: the Function's forward and backward run no op that autocast casts
-    out = HaloTritonAttention.apply(q, k, v, sk, sv, bias, tables, sel, plan, 1.0 / math.sqrt(d))
+    out = HaloTritonAttention.apply(q, k, v, sk, sv, bias, token_bias, tables, sel, plan, 1.0 / math.sqrt(d))
     return out[..., :d] if padded != d else out

@@ -61,13 +61,17 @@ def selected_index(config: HaloConfig, idx: torch.Tensor, sel) -> torch.Tensor:
 
 
 def naive_attention(
-    q, k, v, tables: GraphTables, config: HaloConfig, selection=None, bias=None
+    q, k, v, tables: GraphTables, config: HaloConfig, selection=None, bias=None, token_bias=None
 ) -> torch.Tensor:
     """``selection`` (with content-selected blocks): (summary keys, summary values, SelectionTables);
-    ``bias`` [Hkv]: the summary keys' logit bias (``select_summary_bias``), None for none."""
+    ``bias`` [Hkv]: the summary keys' logit bias (``select_summary_bias``), ``token_bias`` [Hkv] the chosen
+    tokens' (``select_token_bias``), None for none."""
     idx = key_index(config, tables, q.shape[2], q.device)
     if selection is None:
         return gather_attention(q, k, v, idx)
     sk, sv, sel = selection
-    wide = torch.cat([idx.expand(*k.shape[:2], *idx.shape), selected_index(config, idx, sel)], dim=-1)
-    return gather_attention(q, torch.cat([k, sk], 2), torch.cat([v, sv], 2), wide, bias, k.shape[2])
+    chosen = selected_index(config, idx, sel)  # the chosen tokens right after the graph columns
+    wide = torch.cat([idx.expand(*k.shape[:2], *idx.shape), chosen], dim=-1)
+    cols = (idx.shape[1], idx.shape[1] + chosen.shape[-1] - sel.nsum)
+    k_all, v_all = torch.cat([k, sk], 2), torch.cat([v, sv], 2)
+    return gather_attention(q, k_all, v_all, wide, bias, k.shape[2], token_bias, cols)

@@ -1,8 +1,8 @@
 """The fused HALO attention as ``torch.library`` ops: what a compiled model traces through (no graph break).
 
-* ``halo_lab::halo_attention_fwd`` (q, k, v, summary keys/values, summary bias, the graph tables, the
-  selection tables, scale, plan id, the selection's ints) -> (o, lse) and ``halo_lab::halo_attention_bwd``
-  -> (dq, dk, dv, dsum, dbias), tied by ``register_autograd``. Every argument is a tensor or a plain
+* ``halo_lab::halo_attention_fwd`` (q, k, v, summary keys/values, summary bias, token bias, the graph
+  tables, the selection tables, scale, plan id, the selection's ints) -> (o, lse) and
+  ``halo_lab::halo_attention_bwd`` -> (dq, dk, dv, dsum, dbias, dtbias), tied by ``register_autograd``. Every argument is a tensor or a plain
   int/float: the launch plan (the three kernels' constexprs and launch options, interface.py) goes by its
   id in ``interface.PLANS_BY_ID``.
   With compiled Triton (CUDA) they are ``torch.library.triton_op``s: traced (AOTAutograd, Inductor), each
@@ -57,33 +57,36 @@ def _register(name: str, fn):
 
 
 def _fwd(
-    q: Tensor, k: Tensor, v: Tensor, sk: Tensor, sv: Tensor, sbias: Tensor, dist: Tensor, rand: Tensor,
-    blk: Tensor, grps: Tensor, tb: Tensor, tbn: Tensor,
+    q: Tensor, k: Tensor, v: Tensor, sk: Tensor, sv: Tensor, sbias: Tensor, tbias: Tensor, dist: Tensor,
+    rand: Tensor, blk: Tensor, grps: Tensor, tb: Tensor, tbn: Tensor,
     scale: float, plan_id: int, nt: int, umax: int, nb: int, nsum: int,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     sel = SelectionTables(blk, grps, tb, tbn, nt, umax, nb, nsum)
     plan = interface.PLANS_BY_ID[plan_id]
     o, lse = interface.forward_kernels(
-        q, k, v, sk, sv, sbias, dist, rand, sel, plan, scale, is_wrap_triton_enabled()
+        q, k, v, sk, sv, sbias, tbias, dist, rand, sel, plan, scale, is_wrap_triton_enabled()
     )
     return o, lse
 
 
 def _bwd(
     do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, sk: Tensor, sv: Tensor,
-    sbias: Tensor, dist: Tensor, rand: Tensor, blk: Tensor, grps: Tensor, tb: Tensor, tbn: Tensor,
-    scale: float, plan_id: int, nt: int, umax: int, nb: int, nsum: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-    """(dq, dk, dv, dsum, dbias); dsum the summaries' dK, dV stacked, fp32 [2, B, Hkv, nsum, d] (empty
-    without selection), dbias fp32 [B, Hkv] per batch row (empty without a summary bias)."""
+    sbias: Tensor, tbias: Tensor, dist: Tensor, rand: Tensor, blk: Tensor, grps: Tensor, tb: Tensor,
+    tbn: Tensor, scale: float, plan_id: int, nt: int, umax: int, nb: int, nsum: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """(dq, dk, dv, dsum, dbias, dtbias); dsum the summaries' dK, dV stacked, fp32 [2, B, Hkv, nsum, d]
+    (empty without selection), dbias fp32 [B, Hkv] per batch row (empty without a summary bias), dtbias
+    the token bias's (empty without one)."""
     sel = SelectionTables(blk, grps, tb, tbn, nt, umax, nb, nsum)
     plan = interface.PLANS_BY_ID[plan_id]
-    dq, dk, dv, dsum, dbias = interface.backward_kernels(
-        do, q, k, v, o, lse, sk, sv, sbias, dist, rand, sel, plan, scale, is_wrap_triton_enabled()
+    dq, dk, dv, dsum, dbias, dtbias = interface.backward_kernels(
+        do, q, k, v, o, lse, sk, sv, sbias, tbias, dist, rand, sel, plan, scale, is_wrap_triton_enabled()
     )
     # an op returns tensors, each fresh
-    dsum = q.new_empty(0, dtype=torch.float32) if dsum is None else dsum
-    return dq, dk, dv, dsum, q.new_empty(0, dtype=torch.float32) if dbias is None else dbias
+    dsum, dbias, dtbias = (
+        q.new_empty(0, dtype=torch.float32) if t is None else t for t in (dsum, dbias, dtbias)
+    )
+    return dq, dk, dv, dsum, dbias, dtbias
 
 
 def _graph_tables(q: Tensor, plan_id: int, layer: int, step: int, seq_len: int) -> tuple[Tensor, Tensor]:
@@ -105,23 +108,26 @@ def _graph_tables_fake(q, plan_id, layer, step, seq_len):
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, sk, sv, sbias, dist, rand, blk, grps, tb, tbn, *ints = inputs
+    q, k, v, sk, sv, sbias, tbias, dist, rand, blk, grps, tb, tbn, *ints = inputs
     o, lse = output
-    ctx.save_for_backward(q, k, v, o, lse, sk, sv, sbias, dist, rand, blk, grps, tb, tbn)
+    ctx.save_for_backward(q, k, v, o, lse, sk, sv, sbias, tbias, dist, rand, blk, grps, tb, tbn)
     ctx.ints = ints  # scale, plan id, nt, umax, nb, nsum
     ctx.mark_non_differentiable(lse)
 
 
 def _backward(ctx, do, _dlse):
-    q, k, v, o, lse, sk, sv, sbias, *tabs = ctx.saved_tensors
+    q, k, v, o, lse, sk, sv, sbias, tbias, *tabs = ctx.saved_tensors
     do = do if do.stride(-1) == 1 else do.contiguous()
-    dq, dk, dv, dsum, dbias = halo_attention_bwd(do, q, k, v, o, lse, sk, sv, sbias, *tabs, *ctx.ints)
+    dq, dk, dv, dsum, dbias, dtbias = halo_attention_bwd(
+        do, q, k, v, o, lse, sk, sv, sbias, tbias, *tabs, *ctx.ints
+    )
     plan = interface.PLANS_BY_ID[ctx.ints[1]]
     nones = (None,) * 12
     if not plan.fwd["SEL"]:
-        return dq, dk, dv, None, None, None, *nones
+        return dq, dk, dv, None, None, None, None, *nones
     dbias = dbias.sum(0) if plan.dq["SUMB"] else None
-    return dq, dk, dv, dsum[0].to(sk.dtype), dsum[1].to(sv.dtype), dbias, *nones
+    dtbias = dtbias.sum(0) if plan.dq["TOKB"] else None
+    return dq, dk, dv, dsum[0].to(sk.dtype), dsum[1].to(sv.dtype), dbias, dtbias, *nones
 
 
 halo_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -139,22 +145,28 @@ def _config_key(config: HaloConfig) -> tuple:
 
 
 @torch.compiler.assume_constant_result
-def _plan_info(key: tuple, group: int, head_dim: int, dtype: torch.dtype, biased: bool) -> tuple:
-    """(plan id, query positions per tile, summary bias on) of the config with the field values ``key``:
-    constants of a traced call (the plan is built here, outside the graph)."""
+def _plan_info(
+    key: tuple, group: int, head_dim: int, dtype: torch.dtype, biased: bool, token_biased: bool
+) -> tuple:
+    """(plan id, query positions per tile, summary bias on, token bias on) of the config with the field
+    values ``key``: constants of a traced call (the plan is built here, outside the graph)."""
     config = _CONFIGS.get(key)
     if config is None:
         fields = {n: list(v) if n in _LIST_FIELDS else v for n, v in zip(_FIELDS, key)}
         config = _CONFIGS[key] = HaloConfig(**fields)
-    plan = interface._plan(config, tables._unit(config), group, head_dim, dtype, biased)
-    return plan.id, plan.block_t, plan.fwd["SUMB"]
+    plan = interface._plan(config, tables._unit(config), group, head_dim, dtype, biased, token_biased)
+    return plan.id, plan.block_t, plan.fwd["SUMB"], plan.fwd["TOKB"]
 
 
-def op_attention(q, k, v, config: HaloConfig, layer: int, step: int, pool=None, bias=None) -> Tensor:
+def op_attention(
+    q, k, v, config: HaloConfig, layer: int, step: int, pool=None, bias=None, token_bias=None
+) -> Tensor:
     """``halo_triton_attention`` through the ops (what torch.compile traces)."""
     q, k, v, d, padded, group, dtype = interface.prepare(q, k, v)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    plan_id, block_t, biased = _plan_info(_config_key(config), group, padded, dtype, bias is not None)
+    plan_id, block_t, biased, token_biased = _plan_info(
+        _config_key(config), group, padded, dtype, bias is not None, token_bias is not None
+    )
     dist, rand = halo_graph_tables(q, plan_id, layer, step, q.shape[2])
     if config.selects:
         sk, sv, sel = interface.selection_tables(q, k, v, config, block_t, pool)
@@ -163,18 +175,20 @@ def op_attention(q, k, v, config: HaloConfig, layer: int, step: int, pool=None, 
         sk = sv = q.new_zeros(1, 1, 1, 1)
         sel = SelectionTables(z, z, z, z, 1, 1, 0, 1)
     sbias = bias.float().contiguous() if biased else q.new_zeros(1, dtype=torch.float32)
+    tbias = token_bias.float().contiguous() if token_biased else q.new_zeros(1, dtype=torch.float32)
     o, _ = halo_attention_fwd(
-        q, k, v, sk, sv, sbias, dist, rand, sel.blk, sel.grps, sel.tb, sel.tbn,
+        q, k, v, sk, sv, sbias, tbias, dist, rand, sel.blk, sel.grps, sel.tb, sel.tbn,
         1.0 / math.sqrt(d), plan_id, sel.nt, sel.umax, sel.nb, sel.nsum,
     )  # fmt: skip
     return o[..., :d] if padded != d else o
 
 
 def halo_triton_attention(
-    q, k, v, config: HaloConfig, layer: int, step: int, pool=None, bias=None
+    q, k, v, config: HaloConfig, layer: int, step: int, pool=None, bias=None, token_bias=None
 ) -> torch.Tensor:
     """HALO attention over the full sequence (globals included) through the fused Triton kernels;
-    ``pool``: the learned summary pooling's u, ``bias`` [Hkv]: the summary keys' logit bias."""
+    ``pool``: the learned summary pooling's u, ``bias`` [Hkv]: the summary keys' logit bias,
+    ``token_bias`` [Hkv]: the chosen tokens' (``select_token_bias``)."""
     if EAGER_OP or torch.compiler.is_compiling():
-        return op_attention(q, k, v, config, layer, step, pool, bias)
-    return interface.function_attention(q, k, v, config, layer, step, pool, bias)
+        return op_attention(q, k, v, config, layer, step, pool, bias, token_bias)
+    return interface.function_attention(q, k, v, config, layer, step, pool, bias, token_bias)

@@ -8,7 +8,8 @@ online softmax as the fixed graph's:
   them), each a contiguous [SBP, HD] tile of b keys (SBP = b padded to a power of two >= 16, the smallest
   tensor-core tile); a row keeps the tile's keys when the block is among its own n (``BLK``) and drops a
   key that is already one of its graph keys (in its window, its dilated or random key: the graph is a set). Rows of a
-  tile mostly choose the same few blocks, so each block is loaded once per tile, not once per row.
+  tile mostly choose the same few blocks, so each block is loaded once per tile, not once per row. With the
+  token bias (TOKB, ``select_token_bias``) the keys a row keeps score + its KV head's bias.
 * **summaries**: [SUM_N, HD] tiles of the summary keys and values (``SK``/``SV``: the blocks' means, then
   the groups'). A row keeps block summary j < c_row (its candidates; with groups only those not yet in a
   complete group and those of its chosen groups, ``GRPS``) and group summary g < c_row // SM.
