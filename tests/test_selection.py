@@ -577,9 +577,19 @@ def chosen_tokens_off(q, k, v, c: HaloConfig, layer: int, step: int, bias=None) 
     return gather_attention(q, k_all, v_all, wide, bias, k.shape[2])
 
 
-@pytest.mark.parametrize("backend", ["masked", "triton"])
-@pytest.mark.parametrize("m,kind", [(0, "same"), (3, "per_head")])
-@pytest.mark.parametrize("summary", [False, True])
+# the interpreted kernels take ~10 s a case: two of the four in `make test`, the others in test-full
+SLOW = pytest.mark.slow
+TOKEN_CASES = [
+    pytest.param(
+        backend, m, kind, summary, marks=[SLOW] if backend == "triton" and (m == 0) == summary else []
+    )
+    for backend in ("masked", "triton")
+    for m, kind in ((0, "same"), (3, "per_head"))
+    for summary in (False, True)
+]
+
+
+@pytest.mark.parametrize("backend,m,kind,summary", TOKEN_CASES)
 def test_token_bias_equals_the_reference_in_values_and_gradients(backend, m, kind, summary):
     """select_token_bias: every backend adds the KV head's bias to the scores of its chosen tokens (those
     not already graph keys) as the oracle does, beside the summary bias or not; the gradients agree, both
@@ -650,8 +660,10 @@ def test_a_very_negative_token_bias_is_chosen_tokens_off(backend):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
-@pytest.mark.parametrize("summary", [False, True])
+@pytest.mark.parametrize(
+    "backend,summary",
+    [("reference", False), ("reference", True), pytest.param("triton", False, marks=SLOW), ("triton", True)],
+)
 def test_a_zero_token_bias_is_no_bias_bit_for_bit(backend, summary):
     """token bias 0 adds an exact zero: the same bits as no token bias (the None path; the kernels without
     TOKB), values and gradients, with or without a summary bias beside it."""
