@@ -229,6 +229,8 @@ def choose(config: HaloConfig, scores: torch.Tensor, candidates: torch.Tensor, n
         return groups, _top(fine, torch.arange(nb, device=scores.device) < c, config.select_blocks)
     ng = scores.shape[-1] - nb
     groups = _top(scores[..., nb:], torch.arange(ng, device=scores.device) < c // m, config.select_groups)
+    if nb == 0:  # a text shorter than one block: no block to rank, and no score column to gather from
+        return groups, fine.new_full((*fine.shape[:3], config.select_blocks), -1, dtype=torch.long)
     # the blocks ranked: the chosen groups' and those past the complete groups (< m), gathered in
     # ascending order (so that the stable sort gives ties to the lower block) instead of masking all nb
     arange_m = torch.arange(m, device=scores.device)
