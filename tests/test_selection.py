@@ -110,6 +110,30 @@ def test_a_text_shorter_than_one_block_chooses_nothing(m, n):
         torch.testing.assert_close(attn.halo_attention(q, k, v, c, 1, 7, backend), plain)
 
 
+def test_summary_mask_compiled_by_inductor_equals_eager():
+    """The summaries a query scored, compiled by Inductor (on the CPU here) at the decode step's shapes with
+    the variant's groups (16 block rows, a group of 16, then its row: S = 17), equal the eager mask on every
+    call. Through ``s // 16`` torch 2.13's CPU code left column 16 unwritten: the compiled step read garbage
+    there (memory freed full of True makes that show)."""
+    c = cfg(select_block_size=16, select_group_size=16, select_groups=2)
+    candidates = torch.tensor([0, 5, 15, 16])  # the last query has the whole group as a candidate
+    groups = torch.tensor([[-1, -1]] * 3 + [[0, -1]]).expand(2, 2, 4, 2)
+    blocks = torch.full((2, 2, 4, c.select_blocks), -1)
+    summary = torch.zeros(2, 2, 17, c.head_dim)
+
+    def mask(candidates, groups, blocks, summary):
+        sel = selection.Selection(c, candidates, candidates, groups, blocks, summary, summary, 16)
+        return sel.summary_mask()
+
+    want = mask(candidates, groups, blocks, summary)
+    assert want[..., :3, 16].sum() == 0 and bool(want[..., 3, :].all())  # the group's row, its 16 blocks
+    compiled = torch.compile(mask, fullgraph=True, backend="inductor")
+    for _ in range(8):
+        junk = [torch.ones(n, dtype=torch.bool) for n in (272, 1088)]
+        del junk  # freed memory full of True
+        assert torch.equal(compiled(candidates, groups, blocks, summary), want)
+
+
 def test_ties_break_to_the_lower_block_and_heads_of_a_kv_head_share_the_choice():
     c = cfg(select_group_size=0, num_kv_heads=1)
     q, k, v = qkv(c, 60)

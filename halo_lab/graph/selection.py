@@ -195,8 +195,12 @@ def scored_blocks(sel: Selection, S: int) -> torch.Tensor:
     fine = (idx < nb) & (idx < c)
     if not m:
         return fine.expand(B, H, P, S)
-    group_of = torch.where(idx < nb, idx // m, torch.full_like(idx, -2))
-    chosen = (group_of.view(1, 1, 1, S, 1) == sel.groups.unsqueeze(3)).any(-1)
+    # block s is in the chosen group g when g*m <= s < g*m + m (g = -1: none, holds no block). Compared, not
+    # s // m == g: Inductor's CPU code (torch 2.13) leaves the columns past the last multiple of 16 of an
+    # index floor-divided by 16 unwritten, so the compiled decode step read garbage there (tests/test_generate)
+    first = sel.groups.unsqueeze(3) * m  # [B, Hkv, P, 1, n2]
+    s = idx.view(1, 1, 1, S, 1)
+    chosen = ((s >= first) & (s < first + m)).any(-1)
     loose = idx >= (c // m) * m
     groups = (idx >= nb) & (idx - nb < c // m)
     return fine & (loose | chosen) | groups
