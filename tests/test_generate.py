@@ -120,6 +120,34 @@ def test_ring_cache_is_exact_after_a_long_prompt_and_small():
     assert 0 < used and ring.caches[0].k.shape[2] <= model.num_globals + 33 + used + 1
 
 
+# compiled: 4 s on an idle 2-core CPU with Inductor's cache warm, 35-80 s cold on a loaded one; the fast
+# guards of what it caught: the eager case here and test_selection's summary-mask compile
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_selection_decodes_exactly_after_a_prompt_shorter_than_one_block(compiled):
+    """variant=halo_select's selection (4 blocks of 16, groups of 16, learned pooling) after the bench check's
+    11-token prompt, which holds no complete block (that check failed there on an H200, in the uncached
+    forward's choice), the step eager or compiled by Inductor on the CPU (whose code for ``s // 16`` left a
+    column of the summary mask unwritten): past the window, every dilated distance and 6 blocks, the
+    uncached forward's greedy tokens."""
+    from halo_lab.bench.decode_speed import DECODE_VARIANTS
+
+    _, cache, fields = DECODE_VARIANTS["halo_select"]
+    model = model_for("halo", **fields)
+    with torch.no_grad():
+        for layer in model.layers:  # a learned pooling that is not the plain mean
+            torch.nn.init.normal_(layer.attn.select_pool)
+    prompt = torch.randint(0, 64, (2, 11))
+    ref = model.generate(prompt, max_new_tokens=90, temperature=0, use_cache=False)
+    dec = Decoder(model, 2, 11, 90, cache=cache, compile=compiled)
+    for c in dec.caches:  # unwritten slots hold garbage, as in decode()
+        c.k.normal_(std=100.0)
+        c.v.normal_(std=100.0)
+    with torch.inference_mode():
+        out = torch.cat([prompt, dec.generate(prompt)], dim=1)
+    assert dec.path == ("compiled" if compiled else "eager")  # a failed compile falls back to eager
+    assert torch.equal(out, ref)
+
+
 def test_ring_cache_refuses_what_it_cannot_do_exactly():
     model = model_for("halo")
     caches = model.new_caches(1, 200, "cpu", torch.float32, ring=True, prompt_len=50)

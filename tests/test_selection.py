@@ -94,6 +94,46 @@ def test_choice_equals_brute_force(m, n_blocks, score):
             assert (j + 1) * c.select_block_size <= i + 1 and j * c.select_block_size < i - c.local_window + 1
 
 
+@pytest.mark.parametrize("m", [0, 3])
+@pytest.mark.parametrize("n", [1, 3])  # shorter than one block (b=4): no block, no summary, no score column
+def test_a_text_shorter_than_one_block_chooses_nothing(m, n):
+    """A prompt shorter than one block (the bench's decode check: 11 tokens, blocks of 16): the choice is
+    empty and every backend is plain HALO-S. With groups the choice once gathered from the empty block
+    scores (CPU: 'index 0 is out of bounds'; CUDA: 'setStorage ... storage of size 0')."""
+    c = cfg(select_group_size=m)
+    q, k, v = qkv(c, n)
+    sel = selection.select(q[:, :, c.num_globals :], k, v, c, torch.arange(n))
+    assert sel.blocks.shape == (2, c.num_kv_heads, n, c.select_blocks) and bool((sel.blocks == -1).all())
+    assert sel.groups.shape[-1] == (c.select_groups if m else 0) and bool((sel.groups == -1).all())
+    plain = reference_attention(q, k, v, c.replace(select_blocks=0), 1, 7)
+    for backend in ("reference", "masked") + (("triton",) if attn.triton_interpreted() else ()):
+        torch.testing.assert_close(attn.halo_attention(q, k, v, c, 1, 7, backend), plain)
+
+
+def test_summary_mask_compiled_by_inductor_equals_eager():
+    """The summaries a query scored, compiled by Inductor (on the CPU here) at the decode step's shapes with
+    the variant's groups (16 block rows, a group of 16, then its row: S = 17), equal the eager mask on every
+    call. Through ``s // 16`` torch 2.13's CPU code left column 16 unwritten: the compiled step read garbage
+    there (memory freed full of True makes that show)."""
+    c = cfg(select_block_size=16, select_group_size=16, select_groups=2)
+    candidates = torch.tensor([0, 5, 15, 16])  # the last query has the whole group as a candidate
+    groups = torch.tensor([[-1, -1]] * 3 + [[0, -1]]).expand(2, 2, 4, 2)
+    blocks = torch.full((2, 2, 4, c.select_blocks), -1)
+    summary = torch.zeros(2, 2, 17, c.head_dim)
+
+    def mask(candidates, groups, blocks, summary):
+        sel = selection.Selection(c, candidates, candidates, groups, blocks, summary, summary, 16)
+        return sel.summary_mask()
+
+    want = mask(candidates, groups, blocks, summary)
+    assert want[..., :3, 16].sum() == 0 and bool(want[..., 3, :].all())  # the group's row, its 16 blocks
+    compiled = torch.compile(mask, fullgraph=True, backend="inductor")
+    for _ in range(8):
+        junk = [torch.ones(n, dtype=torch.bool) for n in (272, 1088)]
+        del junk  # freed memory full of True
+        assert torch.equal(compiled(candidates, groups, blocks, summary), want)
+
+
 def test_ties_break_to_the_lower_block_and_heads_of_a_kv_head_share_the_choice():
     c = cfg(select_group_size=0, num_kv_heads=1)
     q, k, v = qkv(c, 60)

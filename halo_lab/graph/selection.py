@@ -195,8 +195,12 @@ def scored_blocks(sel: Selection, S: int) -> torch.Tensor:
     fine = (idx < nb) & (idx < c)
     if not m:
         return fine.expand(B, H, P, S)
-    group_of = torch.where(idx < nb, idx // m, torch.full_like(idx, -2))
-    chosen = (group_of.view(1, 1, 1, S, 1) == sel.groups.unsqueeze(3)).any(-1)
+    # block s is in the chosen group g when g*m <= s < g*m + m (g = -1: none, holds no block). Compared, not
+    # s // m == g: Inductor's CPU code (torch 2.13) leaves the columns past the last multiple of 16 of an
+    # index floor-divided by 16 unwritten, so the compiled decode step read garbage there (tests/test_generate)
+    first = sel.groups.unsqueeze(3) * m  # [B, Hkv, P, 1, n2]
+    s = idx.view(1, 1, 1, S, 1)
+    chosen = ((s >= first) & (s < first + m)).any(-1)
     loose = idx >= (c // m) * m
     groups = (idx >= nb) & (idx - nb < c // m)
     return fine & (loose | chosen) | groups
@@ -229,6 +233,8 @@ def choose(config: HaloConfig, scores: torch.Tensor, candidates: torch.Tensor, n
         return groups, _top(fine, torch.arange(nb, device=scores.device) < c, config.select_blocks)
     ng = scores.shape[-1] - nb
     groups = _top(scores[..., nb:], torch.arange(ng, device=scores.device) < c // m, config.select_groups)
+    if nb == 0:  # a text shorter than one block: no block to rank, and no score column to gather from
+        return groups, fine.new_full((*fine.shape[:3], config.select_blocks), -1, dtype=torch.long)
     # the blocks ranked: the chosen groups' and those past the complete groups (< m), gathered in
     # ascending order (so that the stable sort gives ties to the lower block) instead of masking all nb
     arange_m = torch.arange(m, device=scores.device)
