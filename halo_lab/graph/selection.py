@@ -123,6 +123,28 @@ def key_bounds(k: torch.Tensor, config: HaloConfig, num_globals: int) -> tuple[t
     )
 
 
+def score_factors(
+    config: HaloConfig, qg: torch.Tensor, summary_k: torch.Tensor, bounds: tuple | None = None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """[(query factor [B, Hkv, P, d], summary factor [B, Hkv, S, d])]: the scores of ``summary_scores`` are
+    the sum of their products, for the queries ``qg`` [B, Hkv, g, P, d] (fp32), each query factor summed
+    over the g heads once (select() reuses it for every chunk of queries): ``mean``, (q, the summary keys);
+    ``bound`` (``bounds`` = ``key_bounds``), (q+, the keys' maxima) and (q-, their minima)."""
+    if config.select_score != "bound":
+        return [(qg.sum(2), summary_k)]
+    lo, hi = bounds
+    return [(qg.clamp(min=0).sum(2), hi), (qg.clamp(max=0).sum(2), lo)]
+
+
+def factor_scores(factors: list, part: slice = slice(None)) -> torch.Tensor:
+    """[B, Hkv, p, S] the scores (before 1/sqrt(d)) of the queries ``part`` from their ``score_factors``."""
+    (qf, sf), *rest = factors
+    scores = torch.einsum("bhpd,bhsd->bhps", qf[:, :, part], sf)
+    for qf, sf in rest:
+        scores.add_(torch.einsum("bhpd,bhsd->bhps", qf[:, :, part], sf))
+    return scores
+
+
 def summary_scores(
     config: HaloConfig, qg: torch.Tensor, summary_k: torch.Tensor, bounds: tuple | None = None
 ) -> torch.Tensor:
@@ -130,11 +152,7 @@ def summary_scores(
     d] (the g query heads of each KV head), all fp32: ``mean``, q . summary key summed over the g heads;
     ``bound`` (``bounds`` = ``key_bounds``), sum over heads and d of max(q_d lo_d, q_d hi_d), which is
     q+ . hi + q- . lo: two products, no [P, S, d] tensor."""
-    if config.select_score != "bound":
-        return torch.einsum("bhgpd,bhsd->bhps", qg, summary_k)
-    lo, hi = bounds
-    pos, neg = qg.clamp(min=0).sum(2), qg.clamp(max=0).sum(2)
-    return torch.einsum("bhpd,bhsd->bhps", pos, hi) + torch.einsum("bhpd,bhsd->bhps", neg, lo)
+    return factor_scores(score_factors(config, qg, summary_k, bounds))
 
 
 def num_summaries(config: HaloConfig, text_len: int) -> tuple[int, int]:
@@ -207,48 +225,103 @@ def scored_blocks(sel: Selection, S: int) -> torch.Tensor:
 
 
 def _top(scores: torch.Tensor, allowed: torch.Tensor, count: int) -> torch.Tensor:
-    """[..., count] indices of the ``count`` highest allowed scores (ties: the lower index), -1 = none."""
+    """[..., count] indices of the ``count`` highest allowed scores (ties: the lower index), -1 = none;
+    ``allowed`` broadcasts to ``scores``."""
     if count == 0 or scores.shape[-1] == 0:
         return scores.new_full((*scores.shape[:-1], count), -1, dtype=torch.long)
-    allowed = allowed.expand(scores.shape)
-    masked = torch.where(allowed, scores, torch.full_like(scores, float("-inf")))
+    masked = torch.where(allowed, scores, float("-inf"))  # a scalar: no [.., S] tensor of -inf to fill
     order = torch.sort(masked, dim=-1, descending=True, stable=True).indices[..., :count]
-    ok = torch.gather(allowed, -1, order)
-    out = torch.where(ok, order, torch.full_like(order, -1))
-    if out.shape[-1] < count:  # fewer blocks than n in the whole text
-        pad = out.new_full((*out.shape[:-1], count - out.shape[-1]), -1)
-        out = torch.cat([out, pad], dim=-1)
-    return out
+    out = torch.where(torch.gather(allowed.expand(scores.shape), -1, order), order, -1)
+    return _pad_to(out, count)
+
+
+def _pad_to(t: torch.Tensor, count: int) -> torch.Tensor:
+    """``t`` [..., w] with -1 columns up to ``count`` (fewer blocks than n in the whole text)."""
+    if t.shape[-1] >= count:
+        return t
+    return torch.cat([t, t.new_full((*t.shape[:-1], count - t.shape[-1]), -1)], dim=-1)
+
+
+@dataclass
+class _Ranking:
+    """What ``choose`` needs of the queries' candidates, built once per call and sliced per chunk of queries
+    (views: no op per chunk). Without groups (or with no complete group in the text, when every candidate is
+    loose): ``ids`` [nb] block indices, the blocks ``ids < c`` ranked. With groups: ``ids`` [ng] group
+    indices, the groups ``ids < c // m`` ranked; ``table`` [ng + 1, m] the blocks of each group, its last row
+    (what group -1 reads) m times ``nb``, which sorts after every block; ``loose`` [1, 1, P, m - 1] the
+    candidates past the complete groups, ``nb`` for none."""
+
+    ids: torch.Tensor
+    limit: torch.Tensor  # [1, 1, P, 1] c, or c // m with groups
+    nb: int
+    table: torch.Tensor | None = None
+    loose: torch.Tensor | None = None
+
+    @staticmethod
+    def of(config: HaloConfig, candidates: torch.Tensor, nb: int, ng: int) -> _Ranking:
+        m, device = config.select_group_size, candidates.device
+        c = candidates.view(1, 1, -1, 1)
+        if not m or not ng:
+            return _Ranking(torch.arange(nb, device=device), c, nb)
+        arange_m = torch.arange(m, device=device)
+        table = torch.arange(ng + 1, device=device).unsqueeze(1) * m + arange_m
+        table[ng] = nb
+        complete = c // m
+        loose = complete * m + arange_m[: m - 1]  # from the first block past the complete groups
+        loose = torch.where(loose < c, loose, nb)
+        return _Ranking(torch.arange(ng, device=device), complete, nb, table, loose)
+
+    def rows(self, part: slice) -> _Ranking:
+        loose = None if self.loose is None else self.loose[:, :, part]
+        return _Ranking(self.ids, self.limit[:, :, part], self.nb, self.table, loose)
 
 
 @torch.no_grad()
 def choose(config: HaloConfig, scores: torch.Tensor, candidates: torch.Tensor, nb: int):
     """(groups, blocks) from the scores [B, Hkv, P, S] of every summary (``nb`` blocks, then groups) for
     queries with ``candidates`` [P] candidate blocks."""
-    m, P = config.select_group_size, candidates.shape[0]
-    c = candidates.view(1, 1, P, 1)
-    fine = scores[..., :nb]
-    if not m:
-        groups = scores.new_full((*scores.shape[:3], 0), -1, dtype=torch.long)
-        return groups, _top(fine, torch.arange(nb, device=scores.device) < c, config.select_blocks)
-    ng = scores.shape[-1] - nb
-    groups = _top(scores[..., nb:], torch.arange(ng, device=scores.device) < c // m, config.select_groups)
-    if nb == 0:  # a text shorter than one block: no block to rank, and no score column to gather from
-        return groups, fine.new_full((*fine.shape[:3], config.select_blocks), -1, dtype=torch.long)
-    # the blocks ranked: the chosen groups' and those past the complete groups (< m), gathered in
-    # ascending order (so that the stable sort gives ties to the lower block) instead of masking all nb
-    arange_m = torch.arange(m, device=scores.device)
-    grouped = torch.where(groups.unsqueeze(-1) >= 0, groups.unsqueeze(-1) * m + arange_m, -1).flatten(-2)
-    loose = (c // m) * m + arange_m[: m - 1]  # [1, 1, P, m - 1]
-    loose = torch.where(loose < c, loose, -1).expand(*grouped.shape[:3], -1)
-    ranked = torch.cat([grouped, loose], dim=-1)
-    big = torch.iinfo(torch.long).max
-    ranked = torch.where(ranked >= 0, ranked, big).sort(-1).values
-    ok = ranked < big
-    ranked = torch.where(ok, ranked, 0)
-    top = _top(torch.gather(fine, -1, ranked), ok, config.select_blocks)
-    blocks = torch.where(top >= 0, torch.gather(ranked, -1, top.clamp(min=0)), -1)
-    return groups, blocks
+    return _choose(config, scores, _Ranking.of(config, candidates, nb, scores.shape[-1] - nb))
+
+
+def _choose(config: HaloConfig, scores: torch.Tensor, rank: _Ranking):
+    nb, n = rank.nb, config.select_blocks
+    if rank.table is None:  # no groups, or no complete group in the text: every candidate block is ranked
+        groups = scores.new_full(
+            (*scores.shape[:3], config.select_groups if config.select_group_size else 0), -1, dtype=torch.long
+        )
+        return groups, _top(scores[..., :nb], rank.ids < rank.limit, n)
+    groups = _top(scores[..., nb:], rank.ids < rank.limit, config.select_groups)
+    # the blocks ranked: the chosen groups' and those past the complete groups (< m), sorted ascending (so
+    # that the stable sort gives ties to the lower block), ``nb`` (none) last, instead of masking all nb
+    grouped = rank.table[groups].flatten(-2)  # group -1 reads the table's last row: nb
+    ranked = torch.cat([grouped, rank.loose.expand(*grouped.shape[:3], -1)], dim=-1).sort(-1).values
+    ok = ranked < nb
+    masked = torch.where(ok, torch.gather(scores, -1, ranked), float("-inf"))  # column nb: a group's score
+    order = torch.sort(masked, dim=-1, descending=True, stable=True).indices[..., :n]
+    return groups, _pad_to(torch.gather(torch.where(ok, ranked, -1), -1, order), n)
+
+
+@torch.no_grad()
+def _choice(
+    config: HaloConfig, q: torch.Tensor, k: torch.Tensor, summary_k: torch.Tensor, candidates, nb: int
+):
+    """(groups, blocks) of the queries ``q`` [B, Hq, P, d]: the scores of every summary, in chunks of queries
+    (the scores [B, Hkv, chunk, S] grow as N / b per query, so the whole [P, S] would grow as N^2 / b:
+    13.6 GB for one 64K row before the chunks, experiments/bench), then ``choose``."""
+    B, Hq, P, d = q.shape
+    Hkv, S = k.shape[1], summary_k.shape[2]
+    bounds = key_bounds(k, config, config.num_globals) if config.select_score == "bound" else None
+    factors = score_factors(config, q.view(B, Hkv, Hq // Hkv, P, d).float(), summary_k, bounds)
+    rank = _Ranking.of(config, candidates, nb, S - nb)
+    chunk = max(1, CHOICE_CHUNK_ELEMENTS // max(1, B * Hkv * S))
+    chosen = []
+    for start in range(0, P, chunk):
+        part = slice(start, start + chunk)
+        scores = factor_scores(factors, part).div_(math.sqrt(d))
+        chosen.append(_choose(config, scores, rank.rows(part)))
+    if len(chosen) == 1:
+        return chosen[0]
+    return torch.cat([g for g, _ in chosen], dim=2), torch.cat([b for _, b in chosen], dim=2)
 
 
 def select(
@@ -263,27 +336,18 @@ def select(
     values ``k``, ``v`` ([B, Hkv, G + N, d]: the globals then the text so far, RoPE applied); ``pool``: the
     learned pooling's u [Hkv, d] (``select_pooling=learned``), None for the mean."""
     G = config.num_globals
-    B, Hq, P, d = q.shape
-    Hkv = k.shape[1]
     # The summaries in fp32 whatever the input's dtype, so that the choice (discrete: a rounding can swap
     # two close blocks) is the same in bf16 training, fp32 on a CPU, the oracle and cached decoding; they
     # join the keys in the input's dtype.
+    # The keys converted once (the bound's extrema read them without a gradient); the pooling's weights
+    # convert the values apart: one shared conversion would sum their two gradients before the cast back
+    # to bf16, not after (a different rounding of dv).
+    kf, vf = k.float(), v.float()
     w = block_weights(v.float(), config, G, pool) if pool is not None else None
-    sk32, sv32 = summaries(k.float(), config, G, w), summaries(v.float(), config, G, w)
+    sk32, sv32 = summaries(kf, config, G, w), summaries(vf, config, G, w)
     sk, sv = sk32.to(k.dtype), sv32.to(v.dtype)
     nb, _ = num_summaries(config, k.shape[2] - G)
     candidates = candidate_blocks(config, positions)
-    with torch.no_grad():  # top-n has no gradient: the summaries learn as keys of the softmax
-        qg = q.detach().view(B, Hkv, Hq // Hkv, P, d).float()
-        bounds = key_bounds(k.detach().float(), config, G) if config.select_score == "bound" else None
-        chosen = []
-        # the queries in chunks: the scores [B, Hkv, chunk, S] grow as N / b per query, so the whole
-        # [P, S] would grow as N^2 / b (13.6 GB for one 64K row before the chunks, experiments/bench)
-        chunk = max(1, CHOICE_CHUNK_ELEMENTS // max(1, B * Hkv * sk32.shape[2]))
-        for start in range(0, P, chunk):
-            part = slice(start, start + chunk)
-            scores = summary_scores(config, qg[:, :, :, part], sk32.detach(), bounds) / math.sqrt(d)
-            chosen.append(choose(config, scores, candidates[part], nb))
-        groups = torch.cat([g for g, _ in chosen], dim=2)
-        blocks = torch.cat([b for _, b in chosen], dim=2)
+    # top-n has no gradient: the summaries learn as keys of the softmax
+    groups, blocks = _choice(config, q.detach(), kf.detach(), sk32.detach(), candidates, nb)
     return Selection(config, positions, candidates, groups, blocks, sk, sv, nb)

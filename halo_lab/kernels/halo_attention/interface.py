@@ -126,8 +126,7 @@ def _no_selection(q: torch.Tensor) -> tuple:
 
 def _padded(t: torch.Tensor, width: int, head: int) -> torch.Tensor:
     """[B, H, N, n] -> [B, H, head + N, width] int32: -1 before (the global rows) and after (the columns)."""
-    t = torch.nn.functional.pad(t, (0, width - t.shape[-1], head, 0), value=-1)
-    return t.to(torch.int32).contiguous()
+    return torch.nn.functional.pad(t.to(torch.int32), (0, width - t.shape[-1], head, 0), value=-1)
 
 
 def selection_tables(q, k, v, config: HaloConfig, block_t: int, pool=None):
@@ -141,20 +140,20 @@ def selection_tables(q, k, v, config: HaloConfig, block_t: int, pool=None):
     blk = _padded(sel.blocks, nselp, G)
     grps = _padded(sel.groups, ng2p, G)
     nt = -(-L // block_t)
-    tiles = torch.nn.functional.pad(blk, (0, 0, 0, nt * block_t - L), value=-1).view(B, Hkv, nt, -1)
+    tiles = blk if nt * block_t == L else torch.nn.functional.pad(blk, (0, 0, 0, nt * block_t - L), value=-1)
     big = torch.iinfo(torch.int32).max
-    tiles = torch.where(tiles >= 0, tiles, big).sort(-1).values
-    repeat = torch.zeros_like(tiles, dtype=torch.bool)
-    repeat[..., 1:] = tiles[..., 1:] == tiles[..., :-1]
-    tiles = torch.where(repeat, big, tiles).sort(-1).values
-    tbn = (tiles < big).sum(-1).to(torch.int32)
-    tb = torch.where(tiles < big, tiles, -1).contiguous()
+    # none (-1) with its sign bit off is int32's max: it sorts after every block
+    tiles = (tiles.view(B, Hkv, nt, -1) & big).sort(-1).values
+    later = tiles[..., 1:]
+    later.masked_fill_(later == tiles[..., :-1], big)  # a block's repeats, then sorted after the blocks
+    tiles = tiles.sort(-1).values
+    valid = tiles < big
+    tbn = valid.sum(-1, dtype=torch.int32)
+    tb = torch.where(valid, tiles, -1)
     sk, sv = sel.summary_k, sel.summary_v
     if sk.shape[2] == 0:  # no complete block yet: one zero row keeps the pointers valid
         sk, sv = (torch.cat([t, t.new_zeros(B, Hkv, 1, d)], 2) for t in (sk, sv))
-    tables = SelectionTables(
-        blk, grps, tb, tbn.contiguous(), nt, tiles.shape[-1], sel.num_blocks, sk.shape[2]
-    )
+    tables = SelectionTables(blk, grps, tb, tbn, nt, tiles.shape[-1], sel.num_blocks, sk.shape[2])
     return sk.contiguous(), sv.contiguous(), tables
 
 
