@@ -132,3 +132,30 @@ def test_help_lists_no_training_groups():
     assert "Configuration groups" not in proc.stdout and "mode: auto" in proc.stdout
     for group in ("trainer:", "callbacks:", "logger:", "experiment:", "variant:", "ablation:"):
         assert group not in proc.stdout
+
+
+def test_the_selected_row_times_the_variant_as_trained(tmp_path):
+    """triton_select is variant=halo_select's attention (the model settings the variant composes), and the
+    timed step passes the layer's selection parameters (pooling, summary and token biases) as the model does."""
+    from halo_lab.bench.attention import _attention_variants, selection_parameters
+    from halo_lab.config import HaloConfig
+    from halo_lab.runner.config import build_model_config, compose_config
+
+    model, _, _ = build_model_config(
+        compose_config(
+            ["+experiment=needle_tiny", "variant=halo_select", "logger=none"], output_dir=tmp_path
+        ),
+        vocab_size=64,
+    )
+    timed = _attention_variants(HaloConfig())["triton_select"][1]
+    for key in (
+        "select_blocks",
+        "select_pooling",
+        "select_score",
+        "select_summary_bias",
+        "select_token_bias",
+    ):
+        assert getattr(timed, key) == model[key], key
+    extras = selection_parameters(timed.replace(select_token_bias=-4.0), "cpu")
+    assert set(extras) == {"pool", "bias", "token_bias"} and all(t.requires_grad for t in extras.values())
+    assert selection_parameters(HaloConfig(), "cpu") == {}

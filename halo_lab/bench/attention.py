@@ -11,6 +11,8 @@ from halo_lab.config import HaloConfig
 from halo_lab.graph import selection
 from halo_lab.model import attention as attn
 
+SELECT = dict(select_blocks=4, select_pooling="learned", select_score="bound", select_summary_bias=-4.0)
+
 
 def _attention_variants(base: HaloConfig) -> dict[str, tuple[str, HaloConfig]]:
     return {
@@ -23,11 +25,27 @@ def _attention_variants(base: HaloConfig) -> dict[str, tuple[str, HaloConfig]]:
         "hybrid_token": ("hybrid", base.replace(random_edges="token")),
         "window": ("flex", base.replace(dilated_offsets=[], num_random=0)),
         # content-selected blocks at the variant's settings (variant=halo_select: 4 blocks of 16, learned
-        # pooling); its keys per query are the graph's plus the chosen blocks and the summaries
-        "triton_select": ("triton", base.replace(select_blocks=4, select_pooling="learned")),
+        # pooling, the bound score, the summary bias from -4); its keys per query are the graph's plus the
+        # chosen blocks and the summaries. _mean: the settings of the rows before 2026-12-05 (mean score, no
+        # bias); _tokbias: + the chosen tokens' bias (select_token_bias)
+        "triton_select": ("triton", base.replace(**SELECT)),
+        "triton_select_mean": ("triton", base.replace(select_blocks=4, select_pooling="learned")),
+        "triton_select_tokbias": ("triton", base.replace(**SELECT, select_token_bias=-4.0)),
         "masked": ("masked", base),  # SDPA with the graph as a boolean mask: auto on the CPU (CPU training)
         "reference": ("reference", base),
     }
+
+
+def selection_parameters(cfg: HaloConfig, device) -> dict[str, torch.Tensor]:
+    """The layer's trained selection parameters at their init (learned pooling's u, the biases), as the
+    model passes them to ``halo_attention``; none without selection."""
+    out = {}
+    if cfg.selects and cfg.select_pooling == "learned":
+        out["pool"] = torch.zeros(cfg.num_kv_heads, cfg.head_dim, device=device, requires_grad=True)
+    for name, value in (("bias", cfg.select_summary_bias), ("token_bias", cfg.select_token_bias)):
+        if cfg.selects and value is not None and (name != "bias" or cfg.select_summary_keys):
+            out[name] = torch.full((cfg.num_kv_heads,), float(value), device=device, requires_grad=True)
+    return out
 
 
 def _edges(config: HaloConfig, backend: str, n: int) -> float:
@@ -88,20 +106,18 @@ def bench_attention(
             )
             v = torch.randn_like(k, requires_grad=True)
             grad = torch.randn_like(q)
-            pool = None
-            if cfg.select_pooling == "learned" and cfg.selects:
-                pool = torch.zeros(cfg.num_kv_heads, cfg.head_dim, device=device, requires_grad=True)
+            extras = selection_parameters(cfg, device)
 
-            def step(q=q, k=k, v=v, grad=grad, backend=backend, cfg=cfg, pool=pool):
+            def step(q=q, k=k, v=v, grad=grad, backend=backend, cfg=cfg, extras=extras):
                 out = (
                     attn.dense_attention(q, k, v)
                     if backend == "dense"
-                    else attn.halo_attention(q, k, v, cfg, 0, 0, backend, pool=pool)
+                    else attn.halo_attention(q, k, v, cfg, 0, 0, backend, **extras)
                 )
                 out.backward(grad)
                 q.grad = k.grad = v.grad = None
-                if pool is not None:
-                    pool.grad = None
+                for t in extras.values():
+                    t.grad = None
 
             try:
                 ms = time_ms(step, device, warmup, repeats)
