@@ -58,28 +58,41 @@ def _edges(config: HaloConfig, backend: str, n: int) -> float:
 def check_backends(device: torch.device, dtype: torch.dtype, n: int = 700) -> dict[str, float]:
     """Relative error of the fast backends vs the reference (values, and gradients on CUDA)."""
     errors = {}
-    grads = device.type == "cuda"
     fixed = ("triton", "flex", "hybrid") if device.type == "cuda" else ("flex", "hybrid")
-    cases = {  # the content-selected blocks (mean pooling) run on the fused kernels only
+    fused = fixed[:1] if device.type == "cuda" else ()  # the content-selected blocks: fused kernels only
+    cases = {
         "block": (HaloConfig(random_edges="block", graph_seed=7), fixed),
         "token": (HaloConfig(random_edges="token", graph_seed=7), fixed),
-        "select": (HaloConfig(select_blocks=4, graph_seed=7), fixed[:1] if device.type == "cuda" else ()),
+        "select": (HaloConfig(select_blocks=4, graph_seed=7), fused),  # mean score, no parameters
+        # the variant's settings with both biases, its parameters off their init
+        "select_variant": (HaloConfig(**SELECT, select_token_bias=-4.0, graph_seed=7), fused),
     }
     for mode, (c, backends) in cases.items():
-        L = n + c.num_globals
-        ins = [torch.randn(2, h, L, 64, device=device, dtype=dtype, requires_grad=grads) for h in (8, 2, 2)]
-        ref = attn.reference_attention(*[t.float() for t in ins], c, 1, 3)
-        g = torch.randn_like(ref)
         for backend in backends:
-            with torch.set_grad_enabled(grads):
-                fast = attn.halo_attention(*ins, c, 1, 3, backend)
-            errors[f"{backend}_{mode}_out"] = ((fast.float() - ref).norm() / ref.norm()).item()
-            if grads:
-                ref_grads = torch.autograd.grad(ref, ins, g, retain_graph=True)
-                for name, a, b in zip("qkv", ref_grads, torch.autograd.grad(fast, ins, g.to(dtype))):
-                    errors[f"{backend}_{mode}_d{name}"] = (
-                        (b.float() - a.float()).norm() / a.float().norm()
-                    ).item()
+            errors.update(_check_one(c, backend, mode, device, dtype, n))
+    return errors
+
+
+def _check_one(c: HaloConfig, backend: str, mode: str, device, dtype, n: int) -> dict[str, float]:
+    grads = device.type == "cuda"
+    L = n + c.num_globals
+    gen = torch.Generator(device=device).manual_seed(0)
+    ins = [torch.randn(2, h, L, 64, device=device, dtype=dtype, generator=gen) for h in (8, 2, 2)]
+    extras = selection_parameters(c, device)
+    with torch.no_grad():
+        for t in extras.values():
+            t.add_(torch.randn(t.shape, device=device, generator=gen))
+    leaves = [t.requires_grad_(grads) for t in ins] + list(extras.values())
+    ref = attn.reference_attention(*[t.float() for t in ins], c, 1, 3, **extras)
+    with torch.set_grad_enabled(grads):
+        fast = attn.halo_attention(*ins, c, 1, 3, backend, **extras)
+    errors = {f"{backend}_{mode}_out": ((fast.float() - ref).norm() / ref.norm()).item()}
+    if grads:
+        g = torch.randn_like(ref)
+        ref_grads = torch.autograd.grad(ref, leaves, g, retain_graph=True)
+        names = ["q", "k", "v", *extras]
+        for name, a, b in zip(names, ref_grads, torch.autograd.grad(fast, leaves, g.to(dtype))):
+            errors[f"{backend}_{mode}_d{name}"] = ((b.float() - a.float()).norm() / a.float().norm()).item()
     return errors
 
 
