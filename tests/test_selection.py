@@ -655,7 +655,7 @@ def test_token_bias_equals_the_reference_in_values_and_gradients(backend, m, kin
     assert bool((ref_grads[3].abs() > 1e-3).all())  # both heads' token biases have a gradient
 
 
-@pytest.mark.parametrize("backend", ["masked", "triton"])
+@pytest.mark.parametrize("backend", ["masked", pytest.param("triton", marks=SLOW)])
 def test_token_bias_in_bf16_with_learned_pooling(backend):
     """The fp32 token and summary biases beside bf16 q/k/v (and the learned pooling's u): values and
     gradients within bf16."""
@@ -678,7 +678,7 @@ def test_token_bias_in_bf16_with_learned_pooling(backend):
         torch.testing.assert_close(a.float(), b.float(), atol=5e-2, rtol=5e-2)
 
 
-@pytest.mark.parametrize("backend", ["reference", "masked", "triton"])
+@pytest.mark.parametrize("backend", ["reference", "masked", pytest.param("triton", marks=SLOW)])
 def test_a_very_negative_token_bias_is_chosen_tokens_off(backend):
     """token bias -1e4: the chosen tokens get no weight, and the choice ignores the bias, so the output
     (and the gradients of q, k, v) are the oracle's with the chosen tokens' columns dropped (the summaries
