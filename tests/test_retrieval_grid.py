@@ -52,7 +52,7 @@ def test_every_section_passes_the_same_override_keys_and_extras():
             assert len(plain) <= 1 and len(ablation) <= 1, task
             for tag in {j.tag for j in members if j.tag}:
                 assert len({_keys(j) for j in members if j.tag == tag}) == 1, (task, tag)
-            assert len({tuple(j.extra) for j in members if not j.tag}) == 1, task
+            assert len({tuple(j.extra) for j in members if not j.tag}) <= 1, task  # none: all tagged
 
 
 def test_jobs_that_do_not_fit_the_budget_are_dropped_not_started(tmp_path):
