@@ -536,28 +536,36 @@ def test_summary_bias_is_a_layer_parameter_only_where_it_means_something():
     assert BaselineModel(cfg(select_summary_bias=-4.0)).layers[0].attn.select_bias is None
 
 
-@pytest.mark.parametrize("m", [0, 3])
-def test_cached_decoding_with_a_summary_bias_is_exact(m):
-    torch.manual_seed(4)
-    model = HaloSModel(cfg(select_group_size=m, select_summary_bias=-1.0)).eval()
+def assert_biased_decoding_exact(model: HaloSModel, bias_of, steps_to: int, new_tokens: int) -> None:
+    """With each layer's bias (``bias_of(layer.attn)``, a parameter) set off its init and per head: the bias
+    changes the output, and the prefill, a cached forward of 10 tokens, the one-token steps to ``steps_to``
+    (the bias kept in the cache) and greedy generation equal the uncached forward."""
     tokens = torch.randint(0, 64, (2, 96))
     with torch.no_grad():
         unbiased = model(tokens)[0]
         for i, layer in enumerate(model.layers):  # off the init, each head its own
-            layer.attn.select_bias.copy_(torch.tensor([-2.0 + i, 1.5]))
+            bias_of(layer.attn).copy_(torch.tensor([-2.0 + i, 1.5]))
         full = model(tokens)[0]
         assert not torch.allclose(full[:, 60:], unbiased[:, 60:], atol=1e-3)  # the bias counts here
         caches = model.new_caches(2, 96, "cpu", torch.float32)
         torch.testing.assert_close(model.forward_cached(tokens[:, :50], caches), full[:, :50])
         torch.testing.assert_close(model.forward_cached(tokens[:, 50:60], caches), full[:, 50:60])
         pos = torch.tensor([model.num_globals + 60])
-        for t in range(60, 96):  # the one-token step (summaries and bias kept in the cache)
+        for t in range(60, steps_to):
             step = model.decode_step(tokens[:, t : t + 1], pos, caches)
             torch.testing.assert_close(step, full[:, t], atol=1e-4, rtol=1e-4)
             pos += 1
-        prompt = tokens[:, :40]
-        cached = model.generate(prompt, max_new_tokens=40, temperature=0)
-        assert torch.equal(cached, model.generate(prompt, max_new_tokens=40, temperature=0, use_cache=False))
+        prompt = tokens[:, :40]  # generate's own caches
+        cached = model.generate(prompt, max_new_tokens=new_tokens, temperature=0)
+        uncached = model.generate(prompt, max_new_tokens=new_tokens, temperature=0, use_cache=False)
+        assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("m", [0, 3])
+def test_cached_decoding_with_a_summary_bias_is_exact(m):
+    torch.manual_seed(4)
+    model = HaloSModel(cfg(select_group_size=m, select_summary_bias=-1.0)).eval()
+    assert_biased_decoding_exact(model, lambda a: a.select_bias, steps_to=96, new_tokens=40)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), "-4", True])
@@ -753,24 +761,8 @@ def test_cached_decoding_with_a_token_bias_is_exact(m, summary):
     torch.manual_seed(4)
     sb = -1.0 if summary else None
     model = HaloSModel(cfg(select_group_size=m, select_token_bias=-1.0, select_summary_bias=sb)).eval()
-    tokens = torch.randint(0, 64, (2, 96))
-    with torch.no_grad():
-        unbiased = model(tokens)[0]
-        for i, layer in enumerate(model.layers):  # off the init, each head its own
-            layer.attn.select_token_bias.copy_(torch.tensor([-2.0 + i, 1.5]))
-        full = model(tokens)[0]
-        assert not torch.allclose(full[:, 60:], unbiased[:, 60:], atol=1e-3)  # the bias counts here
-        caches = model.new_caches(2, 96, "cpu", torch.float32)
-        torch.testing.assert_close(model.forward_cached(tokens[:, :50], caches), full[:, :50])
-        torch.testing.assert_close(model.forward_cached(tokens[:, 50:60], caches), full[:, 50:60])
-        pos = torch.tensor([model.num_globals + 60])
-        for t in range(60, 76):  # the one-token step (the bias kept in the cache), over 4 new blocks
-            step = model.decode_step(tokens[:, t : t + 1], pos, caches)
-            torch.testing.assert_close(step, full[:, t], atol=1e-4, rtol=1e-4)
-            pos += 1
-        prompt = tokens[:, :40]  # generate's own caches (a few tokens: without a cache each one is a forward)
-        cached = model.generate(prompt, max_new_tokens=6, temperature=0)
-        assert torch.equal(cached, model.generate(prompt, max_new_tokens=6, temperature=0, use_cache=False))
+    # 16 one-token steps (over 4 new blocks) and a few generated tokens: without a cache each is a forward
+    assert_biased_decoding_exact(model, lambda a: a.select_token_bias, steps_to=76, new_tokens=6)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("-inf"), "-4", True])
