@@ -69,17 +69,18 @@ def store_dilated_grads(
 
 
 @triton.jit
-def summary_tile_grads(q, do, lse_s, delta, dq, dbias, sk_base, sv_base, DSK, DSV, sum_base, j, valid, ok,
-                       stride_skl, cols, qk_scale, sm_scale, SUMB: tl.constexpr, IEEE: tl.constexpr,
-                       UPCAST: tl.constexpr):  # fmt: skip
-    """One tile of summaries (rows ``j``, block or group): dQ, their dK/dV into the fp32 buffers, and with
-    the summary bias its gradient (the tile's dS summed)."""
-    kt = load_rows(sk_base, j, valid, stride_skl, cols)
-    vt = load_rows(sv_base, j, valid, stride_skl, cols)
-    p, ds = grad_tile(q, do, lse_s, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
+def key_tile_grads(q, do, lse, delta, dq, dbias, k_base, v_base, DKB, DVB, buf_base, rows, valid, ok,
+                   stride_kl, stride_vl, cols, qk_scale, sm_scale, BIASED: tl.constexpr, IEEE: tl.constexpr,
+                   UPCAST: tl.constexpr):  # fmt: skip
+    """One key tile of the selected part (``rows``: chosen keys, or block / group summaries): dQ, the keys'
+    dK/dV into the fp32 buffers ``DKB``/``DVB``, and with BIASED the gradient of their bias (the tile's dS
+    summed; ``lse`` already shifted by it)."""
+    kt = load_rows(k_base, rows, valid, stride_kl, cols)
+    vt = load_rows(v_base, rows, valid, stride_vl, cols)
+    p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
     dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
-    add_key_grads(DSK, DSV, sum_base, j, valid, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
-    if SUMB:
+    add_key_grads(DKB, DVB, buf_base, rows, valid, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
+    if BIASED:
         dbias += tl.sum(ds)
     return dq, dbias
 
@@ -103,13 +104,10 @@ def chosen_backward(q, do, lse, delta, dq, k_base, v_base, DKA, DVA, TB, TBN, BL
             u, tile * UMAX, bh * L * NSELP, tok, is_text, RAND, DIST, stride_ru, TB, BLK,
             G, W, ND, NR, UNIT, SB, SBP, NSELP,
         )  # fmt: skip
-        kt = load_rows(k_base, pos, valid, stride_kl, cols)
-        vt = load_rows(v_base, pos, valid, stride_vl, cols)
-        p, ds = grad_tile(q, do, lse_t, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
-        dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
-        add_key_grads(DKA, DVA, acc_base, pos, valid, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
-        if TOKB:
-            dtbias += tl.sum(ds)
+        dq, dtbias = key_tile_grads(
+            q, do, lse_t, delta, dq, dtbias, k_base, v_base, DKA, DVA, acc_base, pos, valid, ok,
+            stride_kl, stride_vl, cols, qk_scale, sm_scale, TOKB, IEEE, UPCAST,
+        )  # fmt: skip
     if TOKB:
         tl.atomic_add(dtbias_ptr + tl.arange(0, 1), dtbias)
     return dq
@@ -145,16 +143,16 @@ def selected_backward(q, do, lse, delta, dq, k_base, v_base, sk_base, sv_base, D
             lse_s = lse - tl.load(bias_ptr).to(tl.float32) * LOG2E
         for start in range(0, c_hi, SUM_N):
             j, ok = block_summary_tile(start, c, bh * L * NG2P, tok, is_text, GRPS, SM, NG2P, SUM_N)
-            dq, dbias = summary_tile_grads(
+            dq, dbias = key_tile_grads(
                 q, do, lse_s, delta, dq, dbias, sk_base, sv_base, DSK, DSV, sum_base, j, j < NB, ok,
-                stride_skl, cols, qk_scale, sm_scale, SUMB, IEEE, UPCAST,
+                stride_skl, stride_skl, cols, qk_scale, sm_scale, SUMB, IEEE, UPCAST,
             )  # fmt: skip
         if SM > 0:
             for start in range(0, c_hi // SM, SUM_N):
                 j, ok = group_summary_tile(start, c, is_text, NB, SM, SUM_N)
-                dq, dbias = summary_tile_grads(
+                dq, dbias = key_tile_grads(
                     q, do, lse_s, delta, dq, dbias, sk_base, sv_base, DSK, DSV, sum_base, j, j < NSUM, ok,
-                    stride_skl, cols, qk_scale, sm_scale, SUMB, IEEE, UPCAST,
+                    stride_skl, stride_skl, cols, qk_scale, sm_scale, SUMB, IEEE, UPCAST,
                 )  # fmt: skip
         if SUMB:
             tl.atomic_add(dbias_ptr + tl.arange(0, 1), dbias)
