@@ -92,33 +92,24 @@ if HAS_TRITON:
         return a
 
     @triton.jit
-    def _gemv_kernel(
-        x_ptr,
+    def _rows_dot(
+        x_row,
         w_ptr,
-        out_ptr,
-        res_ptr,
+        n,
+        in_n,
+        swn,
         nw_ptr,
         nb_ptr,
         K,
-        N,
-        sxb,
-        swn,
-        sob,
-        srb,
         eps,
         NORM: tl.constexpr,
         HAS_BIAS: tl.constexpr,
         SWIGLU: tl.constexpr,
-        HAS_RES: tl.constexpr,
         BLOCK_N: tl.constexpr,
         CHUNK: tl.constexpr,
         ONE_CHUNK: tl.constexpr,
     ):
-        pid_n = tl.program_id(0)
-        b = tl.program_id(1).to(tl.int64)
-        n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        in_n = n < N
-        x_row = x_ptr + b * sxb
+        """fp32 [BLOCK_N] = prologue(x) . w[n] for one row of x: the GEMV's body, shared with decode_qkv."""
         dt = w_ptr.dtype.element_ty
         # one chunk: the whole row at once, the weight load issued first, the norm statistics in registers
         if ONE_CHUNK:
@@ -165,6 +156,40 @@ if HAS_TRITON:
                 a = _input(x_row, kk, in_k, K, SWIGLU, dt)
                 a = _normalise(a, kk, in_k, mean, rstd, nw_ptr, nb_ptr, NORM, HAS_BIAS, dt)
                 acc += tl.sum(wt.to(tl.float32) * a[None, :], axis=1)
+        return acc
+
+    @triton.jit
+    def _gemv_kernel(
+        x_ptr,
+        w_ptr,
+        out_ptr,
+        res_ptr,
+        nw_ptr,
+        nb_ptr,
+        K,
+        N,
+        sxb,
+        swn,
+        sob,
+        srb,
+        eps,
+        NORM: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        SWIGLU: tl.constexpr,
+        HAS_RES: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        CHUNK: tl.constexpr,
+        ONE_CHUNK: tl.constexpr,
+    ):
+        pid_n = tl.program_id(0)
+        b = tl.program_id(1).to(tl.int64)
+        n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        in_n = n < N
+        dt = w_ptr.dtype.element_ty
+        acc = _rows_dot(
+            x_ptr + b * sxb, w_ptr, n, in_n, swn, nw_ptr, nb_ptr, K, eps,
+            NORM, HAS_BIAS, SWIGLU, BLOCK_N, CHUNK, ONE_CHUNK,
+        )  # fmt: skip
         y = acc.to(dt)
         if HAS_RES:
             y = (y.to(tl.float32) + tl.load(res_ptr + b * srb + n, mask=in_n, other=0.0).to(tl.float32)).to(
