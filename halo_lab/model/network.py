@@ -139,6 +139,11 @@ class Attention(nn.Module):
         v = v.view(B, 1, c.num_kv_heads, d).transpose(1, 2)
         return attn.static_decode_attention(q, k, v, cache, pos).transpose(1, 2).reshape(B, -1)
 
+    def decode_attend(self, q: torch.Tensor, cache: attn.KVCache, pos: torch.Tensor) -> torch.Tensor:
+        """``decode_qkv``'s attention alone, for a step whose kernel already roped q ([B, Hq, 1, d]) and k and
+        wrote k and v into the cache (``halo_lab.kernels.decode_qkv``); [B, Hq d]."""
+        return attn.static_decode_attend(q, cache, pos).transpose(1, 2).reshape(q.shape[0], -1)
+
 
 class CausalConv(nn.Module):
     """Short causal depthwise convolution over time (HaloConfig.short_conv = kernel size), with a skip:

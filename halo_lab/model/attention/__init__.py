@@ -14,7 +14,9 @@ from halo_lab.model.attention.decode import (
     dense_decode_attention,
     gather_decode_attention,
     halo_decode_attention,
+    static_decode_attend,
     static_decode_attention,
+    static_decode_write,
 )
 from halo_lab.model.attention.dispatch import (
     MASKED_MAX_LEN,
@@ -55,6 +57,8 @@ __all__ = [
     "reference_attention",
     "resolve_backend",
     "ring_size",
+    "static_decode_attend",
     "static_decode_attention",
+    "static_decode_write",
     "triton_interpreted",
 ]

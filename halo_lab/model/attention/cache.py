@@ -144,6 +144,16 @@ class KVCache:
     def nbytes(self) -> int:
         return self.k.numel() * self.k.element_size() * 2
 
+    def decode_write_slots(self) -> tuple[int, int, torch.Tensor | None, int]:
+        """Where the one-token decode step at full position ``pos`` writes its key and value, as numbers a
+        kernel reads (``halo_lab.kernels.decode_qkv``): (G, ring, store, row0). The slot is ``pos`` (ring =
+        0: a full cache, dense or HALO-S) or ``G + (pos - G) % ring`` (a ring cache), which also writes to
+        ``store[pos - row0]`` (store None: no second slot). ``attention.static_decode_write`` does the same."""
+        lay = self.layout
+        if lay is None:
+            return 0, 0, None, 0
+        return lay.num_globals, lay.ring or 0, lay.store, lay.num_globals + lay.base
+
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.length + k.shape[2]
         lay = self.layout

@@ -42,22 +42,33 @@ def static_decode_attention(q, k, v, cache: KVCache, pos: torch.Tensor) -> torch
     """One new position per row at device index ``pos`` ([1] long, a full-sequence position): shapes never
     depend on the length, so a decode step can be compiled and captured in a CUDA graph. HALO-S reads its
     K keys from the cache slots of ``cache.layout`` (one Triton kernel on CUDA); dense attends over the
-    whole cache with a length mask (its real O(length) cost)."""
+    whole cache with a length mask (its real O(length) cost). The cache write, then the attention
+    (``static_decode_write``, ``static_decode_attend``: a fused decode step writes in its own kernel)."""
+    static_decode_write(k, v, cache, pos)
+    return static_decode_attend(q, cache, pos)
+
+
+def static_decode_write(k, v, cache: KVCache, pos: torch.Tensor) -> None:
+    """Write the new position's key and value ([B, Hkv, 1, d]) into its cache slots (the torch version of
+    ``KVCache.decode_write_slots``)."""
+    lay = cache.layout
+    slot = pos if lay is None or lay.ring is None else lay.num_globals + (pos - lay.num_globals) % lay.ring
+    cache.k.index_copy_(2, slot, k)
+    cache.v.index_copy_(2, slot, v)
+    if lay is not None and lay.store is not None:
+        extra = lay.store.index_select(0, pos - lay.row0)
+        cache.k.index_copy_(2, extra, k)
+        cache.v.index_copy_(2, extra, v)
+
+
+def static_decode_attend(q, cache: KVCache, pos: torch.Tensor) -> torch.Tensor:
+    """The attention of ``static_decode_attention`` ([B, Hq, 1, d] queries), the cache already written."""
     lay = cache.layout
     if lay is None:
-        cache.k.index_copy_(2, pos, k)
-        cache.v.index_copy_(2, pos, v)
         visible = torch.arange(cache.k.shape[2], device=q.device) <= pos
         return F.scaled_dot_product_attention(
             q, cache.k, cache.v, attn_mask=visible[None, :], enable_gqa=q.shape[1] != cache.k.shape[1]
         )
-    slot = pos if lay.ring is None else lay.num_globals + (pos - lay.num_globals) % lay.ring
-    cache.k.index_copy_(2, slot, k)
-    cache.v.index_copy_(2, slot, v)
-    if lay.store is not None:
-        extra = lay.store.index_select(0, pos - lay.row0)
-        cache.k.index_copy_(2, extra, k)
-        cache.v.index_copy_(2, extra, v)
     slots = decode_key_slots(lay, pos)
     if lay.select is not None:
         return _selected_decode_attention(q, cache, pos, slots)
