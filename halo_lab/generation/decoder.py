@@ -54,6 +54,16 @@ def gemv_kernel(model, device: torch.device) -> Callable | None:
     return kg.gemv_op
 
 
+def qkv_kernel(model) -> Callable | None:
+    """``halo_lab.kernels.decode_qkv``'s op for the gemv step's q/k/v (projection, RoPE and cache write in one
+    launch), or None where it cannot run: no Triton, or a layer whose attention has no ``decode_attend``."""
+    from halo_lab.kernels import decode_qkv as kq
+
+    if not kq.available() or not all(hasattr(layer.attn, "decode_attend") for layer in model.layers):
+        return None
+    return kq.decode_qkv_op
+
+
 def _norm_args(norm: torch.nn.Module | None) -> tuple:
     """(weight, bias) of ``gemv_op`` for a norm prologue (None: no norm)."""
     if norm is None:
@@ -96,6 +106,12 @@ class Decoder:
     # path stays opt-in (it is a test of the kernel, not a speed-up).
     triton_gemv: bool | None = None
     GEMV_MAX_BATCH = 1
+    # With the GEMV, each layer's q/k/v projection, RoPE and KV-cache write in one launch
+    # (halo_lab/kernels/decode_qkv.py; kernel_notes.md, "Decode step, 2026-12-05"): one kernel a layer fewer
+    # than the GEMV followed by the RoPE / cache-write kernel. It covers every cache the step has (dense,
+    # HALO-S full and ring, with or without selection: the attention after it reads the written cache);
+    # False keeps the GEMV + ``attn.decode_qkv`` (for A/B timing).
+    fused_qkv: bool = True
 
     def __init__(
         self,
@@ -164,6 +180,7 @@ class Decoder:
         by_default = self.device.type == "cuda" and batch <= self.GEMV_MAX_BATCH
         use_gemv = next(g for g in (gemv, self.triton_gemv, by_default) if g is not None)
         self.gemv = gemv_kernel(model, self.device) if self.fused is not None and use_gemv else None
+        self.qkv = qkv_kernel(model) if self.gemv is not None and self.fused_qkv else None
         self.path = "compiled" if self.compile else "eager"
         self._run_step: Callable[[], None] | None = None
         self.timings: dict[str, float] = {}
@@ -241,19 +258,38 @@ class Decoder:
         y = torch.nn.functional.linear(x if norm is None else norm(x), w)
         return y if residual is None else residual + y
 
+    def _attention(
+        self, layer, cache, w_qkv: torch.Tensor, x: torch.Tensor, rope: tuple | None
+    ) -> torch.Tensor:
+        """One layer's attention output [B, Hq d] before o_proj: with ``qkv`` one kernel projects, ropes and
+        writes k and v into the cache, then the model's attention reads it (``attn.decode_attend``); else the
+        projection (``_project``), then ``attn.decode_qkv`` (RoPE, cache write, attention). ``rope``: the
+        (cos, sin) rows at ``pos`` for the latter (None with ``qkv``, which reads the tables at ``pos``)."""
+        if self.qkv is None:
+            return layer.attn.decode_qkv(self._project(x, w_qkv, norm=layer.ln_1), *rope, cache, self.pos)
+        G, ring, store, row0 = cache.decode_write_slots()
+        q = self.qkv(
+            x, w_qkv, *_norm_args(layer.ln_1), self.cos, self.sin, self.pos, cache.k, cache.v, store,
+            *_norm_kind(layer.ln_1), self.model.config.num_heads, G, ring, row0,
+        )  # fmt: skip
+        return layer.attn.decode_attend(q, cache, self.pos)
+
     def _fused_decode_step(self) -> torch.Tensor:
         """``model.decode_step`` with each layer's q/k/v projections as one matmul and the SwiGLU gate and
         up projections as one (``fuse_weights``): 3 fewer kernels per layer, the same math. With ``gemv``
-        each projection is one launch with its norm, SwiGLU and residual add fused in (``_project``)."""
+        each projection is one launch with its norm, SwiGLU and residual add fused in (``_project``), and
+        the q/k/v one with RoPE and the cache write too (``qkv``, ``_attention``)."""
         m, pos, proj = self.model, self.pos, self._project
         x = m.token_emb(self.tok)
-        cos = self.cos.index_select(0, pos)
-        sin = self.sin.index_select(0, pos)
+        # the RoPE table rows at pos for attn.decode_qkv (the qkv kernel reads the tables itself)
+        rope = (
+            None if self.qkv is not None else (self.cos.index_select(0, pos), self.sin.index_select(0, pos))
+        )
         x = x.view(x.shape[0], -1)
         for layer, cache, (w_qkv, w_up) in zip(m.layers, self.caches, self.fused):
-            a, f = layer.attn, layer.ffn
-            y = a.decode_qkv(proj(x, w_qkv, norm=layer.ln_1), cos, sin, cache, pos)
-            x = proj(y, a.o_proj.weight, residual=x)
+            f = layer.ffn
+            y = self._attention(layer, cache, w_qkv, x, rope)
+            x = proj(y, layer.attn.o_proj.weight, residual=x)
             h = proj(x, w_up, norm=layer.ln_2)
             if f.w3 is not None:
                 x = proj(h, f.w2.weight, residual=x, swiglu=True)

@@ -1,0 +1,257 @@
+"""A decode step's q/k/v projection, RoPE and KV-cache write in one launch.
+
+The batch-1 decode step is launch-bound (kernel_notes.md, section "Decode step"): per layer the q/k/v
+GEMV (``halo_lab.kernels.gemv``, norm prologue fused in) was followed by RoPE on q and k and the two cache
+writes, one more kernel a layer even with Inductor fusing them. ``decode_qkv`` does all of it in the
+GEMV's launch: ``qkv = norm(x) @ W_qkv.T``, rotate-half RoPE on the q and k heads at the device-side
+position ``pos``, k and v stored into the cache slot(s) of ``pos``, and q returned as [B, Hq, 1, d], the
+layout the decode attention (``halo_lab.kernels.decode``, SDPA, the selection path) reads.
+
+RoPE pairs row i of a head with row i + d/2 (``o1 = x1 cos - x2 sin``, ``o2 = x2 cos + x1 sin``). A
+program takes BLOCK_P such pairs and holds both rows of each, interleaved (row 2j the pair's first half,
+2j + 1 its second) in one [2 BLOCK_P, CHUNK] weight tile: the GEMV's body (``gemv._rows_dot``) runs on
+it unchanged and its sums split into the two halves afterwards. v's rows are paired the same way and
+only skip the rotation, so every program runs the same code wherever its rows fall (q, k or v).
+
+Block sizes: the GEMV's (``gemv.block_sizes``): tiles of about 2048 weight values, 2 BLOCK_P = BLOCK_N
+rows. The medium model (hidden 512, 8/2 heads of 64): q/k/v 768 x 512, 2 pairs a program, 192 programs,
+as the plain q/k/v GEMV.
+
+Cache slots (``attention.decode_write_slots``): ``pos`` (full cache), ``G + (pos - G) % ring`` (HALO-S's
+ring cache), and for a ring cache also ``store[pos - row0]`` (its random-key store or trash slot).
+
+Rounding follows the unfused step: the product is rounded to the weight's dtype (the GEMV's output), RoPE
+is computed in fp32 from that and the cos/sin tables' values and rounded once (as Inductor's fused RoPE
+does), then stored. ``reference_decode_qkv`` is the plain-torch oracle; the kernel runs on CPU under
+Triton's interpreter (``TRITON_INTERPRET=1``), which is how the tests check it without a GPU.
+``decode_qkv_op`` is the same function as a torch custom op that mutates the two caches, so that a
+``torch.compile``d step calls it as one kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from halo_lab.graph.reference import apply_rope
+from halo_lab.kernels import gemv as kg
+
+try:
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:  # pragma: no cover - torch without triton
+    HAS_TRITON = False
+
+
+def available() -> bool:
+    return HAS_TRITON
+
+
+def write_slots(
+    pos: torch.Tensor, num_globals: int = 0, ring: int = 0, store: torch.Tensor | None = None, row0: int = 0
+) -> list[torch.Tensor]:
+    """The [1] long cache slots the position ``pos`` is written to (see the module doc)."""
+    slots = [pos if not ring else num_globals + (pos - num_globals) % ring]
+    if store is not None:
+        slots.append(store.index_select(0, pos - row0))
+    return slots
+
+
+def reference_decode_qkv(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    pos: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    *,
+    num_heads: int,
+    norm: str = "none",
+    norm_weight: torch.Tensor | None = None,
+    norm_bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    num_globals: int = 0,
+    ring: int = 0,
+    store: torch.Tensor | None = None,
+    row0: int = 0,
+) -> torch.Tensor:
+    """The unfused ops: q [B, Hq, 1, d] (roped); k (roped) and v written into the caches [B, Hkv, S, d] at
+    the slots of ``pos``. x [B, C]; w [(Hq + 2 Hkv) d, C]; cos, sin [positions, d] tables."""
+    B, d = x.shape[0], cos.shape[-1]
+    Hkv = k_cache.shape[1]
+    qkv = kg.reference_gemv(x, w, norm=norm, norm_weight=norm_weight, norm_bias=norm_bias, eps=eps)
+    q, k, v = qkv.view(B, -1, 1, d).split([num_heads, Hkv, Hkv], dim=1)
+    c, s = cos.index_select(0, pos).float(), sin.index_select(0, pos).float()
+    q, k = (apply_rope(t.float(), c, s).to(t.dtype) for t in (q, k))  # fp32, rounded once
+    for slot in write_slots(pos, num_globals, ring, store, row0):
+        k_cache.index_copy_(2, slot, k.to(k_cache.dtype))
+        v_cache.index_copy_(2, slot, v.to(v_cache.dtype))
+    return q.contiguous()
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _store_kv(ptr, b, sb, sh, ss, slot, hh, i, o1, o2, mask, HALF: tl.constexpr):
+        """The pairs' two halves into (row b, head hh, slot) of a cache."""
+        base = ptr + b * sb + hh * sh + slot * ss + i
+        tl.store(base, o1.to(ptr.dtype.element_ty), mask=mask)
+        tl.store(base + HALF, o2.to(ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _decode_qkv_kernel(
+        x_ptr, w_ptr, q_ptr, k_ptr, v_ptr, nw_ptr, nb_ptr, cos_ptr, sin_ptr, pos_ptr, store_ptr,
+        K, sxb, swn, sqb, skb, skh, sks, svb, svh, svs, scos, ssin,
+        eps, num_globals, ring, row0,
+        HQ: tl.constexpr,
+        HKV: tl.constexpr,
+        HALF: tl.constexpr,
+        NORM: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        RING: tl.constexpr,
+        HAS_STORE: tl.constexpr,
+        BLOCK_P: tl.constexpr,
+        CHUNK: tl.constexpr,
+        ONE_CHUNK: tl.constexpr,
+    ):  # fmt: skip
+        pid = tl.program_id(0)
+        b = tl.program_id(1).to(tl.int64)
+        n_pairs = (HQ + 2 * HKV) * HALF
+        # the tile's rows: pair j's first half at 2j, its second at 2j + 1 (a head's rows: h * 2 HALF + ...)
+        r = tl.arange(0, 2 * BLOCK_P)
+        pr = pid * BLOCK_P + r // 2
+        rows = (pr // HALF) * (2 * HALF) + pr % HALF + (r % 2) * HALF
+        acc = kg._rows_dot(
+            x_ptr + b * sxb, w_ptr, rows, pr < n_pairs, swn, nw_ptr, nb_ptr, K, eps,
+            NORM, HAS_BIAS, False, 2 * BLOCK_P, CHUNK, ONE_CHUNK,
+        )  # fmt: skip
+        # the GEMV's rounding (its output's dtype), then the two halves of each pair
+        y = acc.to(w_ptr.dtype.element_ty).to(tl.float32)
+        x1, x2 = tl.split(tl.reshape(y, [BLOCK_P, 2]))
+        p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+        h = p // HALF  # 0..HQ-1 q heads, then HKV k heads, then HKV v heads
+        i = p % HALF
+        in_p = p < n_pairs
+        pos = tl.load(pos_ptr)
+        c1 = tl.load(cos_ptr + pos * scos + i).to(tl.float32)
+        c2 = tl.load(cos_ptr + pos * scos + HALF + i).to(tl.float32)
+        s1 = tl.load(sin_ptr + pos * ssin + i).to(tl.float32)
+        s2 = tl.load(sin_ptr + pos * ssin + HALF + i).to(tl.float32)
+        roped = h < HQ + HKV  # q and k; v passes through
+        o1 = tl.where(roped, x1 * c1 - x2 * s1, x1).to(w_ptr.dtype.element_ty)
+        o2 = tl.where(roped, x2 * c2 + x1 * s2, x2).to(w_ptr.dtype.element_ty)
+        is_q = in_p & (h < HQ)
+        tl.store(q_ptr + b * sqb + h * (2 * HALF) + i, o1, mask=is_q)
+        tl.store(q_ptr + b * sqb + h * (2 * HALF) + HALF + i, o2, mask=is_q)
+        is_k = in_p & (h >= HQ) & (h < HQ + HKV)
+        is_v = in_p & (h >= HQ + HKV)
+        slot = pos
+        if RING:
+            slot = num_globals + (pos - num_globals) % ring
+        _store_kv(k_ptr, b, skb, skh, sks, slot, h - HQ, i, o1, o2, is_k, HALF)
+        _store_kv(v_ptr, b, svb, svh, svs, slot, h - HQ - HKV, i, o1, o2, is_v, HALF)
+        if HAS_STORE:  # a ring cache's second copy: the random-key store (or its trash slot)
+            extra = tl.load(store_ptr + pos - row0)
+            _store_kv(k_ptr, b, skb, skh, sks, extra, h - HQ, i, o1, o2, is_k, HALF)
+            _store_kv(v_ptr, b, svb, svh, svs, extra, h - HQ - HKV, i, o1, o2, is_v, HALF)
+
+
+def _check(x, w, cos, k_cache, v_cache, num_heads, norm, norm_weight) -> None:
+    if norm not in kg.NORMS:
+        raise ValueError(f"norm={norm!r}: must be one of {sorted(kg.NORMS)}")
+    if norm != "none" and norm_weight is None:
+        raise ValueError(f"norm={norm!r} needs its weight")
+    B, Hkv, _, d = k_cache.shape
+    if d % 2 or cos.shape[-1] != d:
+        raise ValueError(f"RoPE needs an even head_dim and tables as wide: d={d}, tables {cos.shape[-1]}")
+    if w.shape != ((num_heads + 2 * Hkv) * d, x.shape[1]) or num_heads % Hkv:
+        raise ValueError(f"W_qkv {tuple(w.shape)} is not [({num_heads} + 2 x {Hkv}) x {d}, {x.shape[1]}]")
+    if v_cache.shape != k_cache.shape or x.shape[0] != B:
+        raise ValueError(f"caches {tuple(k_cache.shape)} / {tuple(v_cache.shape)} for {x.shape[0]} rows")
+    if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1 or cos.stride(-1) != 1:
+        raise ValueError("the caches' and tables' last dimension must be contiguous")
+
+
+def decode_qkv(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    pos: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    *,
+    num_heads: int,
+    norm: str = "none",
+    norm_weight: torch.Tensor | None = None,
+    norm_bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    num_globals: int = 0,
+    ring: int = 0,
+    store: torch.Tensor | None = None,
+    row0: int = 0,
+) -> torch.Tensor:
+    """The Triton kernel: what ``reference_decode_qkv`` computes, in one launch (see the module doc)."""
+    _check(x, w, cos, k_cache, v_cache, num_heads, norm, norm_weight)
+    B, Hkv, _, d = k_cache.shape
+    x, w = x.contiguous(), w.contiguous()
+    q = torch.empty(B, num_heads, 1, d, device=x.device, dtype=w.dtype)
+    nw = norm_weight if norm_weight is not None else w
+    nb = norm_bias if norm_bias is not None else nw
+    block_n, chunk = kg.block_sizes(w.shape[1])
+    block_p = block_n // 2
+    grid = (triton.cdiv((num_heads + 2 * Hkv) * d // 2, block_p), B)
+    _decode_qkv_kernel[grid](
+        x, w, q, k_cache, v_cache, nw, nb, cos, sin, pos, store if store is not None else pos,
+        w.shape[1], x.stride(0), w.stride(0), q.stride(0),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        cos.stride(0), sin.stride(0),
+        eps, num_globals, max(ring, 1), row0,
+        HQ=num_heads,
+        HKV=Hkv,
+        HALF=d // 2,
+        NORM=kg.NORMS[norm],
+        HAS_BIAS=norm_bias is not None,
+        RING=ring > 0,
+        HAS_STORE=store is not None,
+        BLOCK_P=block_p,
+        CHUNK=chunk,
+        ONE_CHUNK=w.shape[1] <= chunk,
+        num_warps=4,
+    )  # fmt: skip
+    return q
+
+
+decode_qkv_op = None
+if HAS_TRITON:
+
+    @torch.library.custom_op("halo_lab::decode_qkv", mutates_args=("k_cache", "v_cache"))
+    def decode_qkv_op(
+        x: torch.Tensor,
+        w: torch.Tensor,
+        norm_weight: torch.Tensor | None,
+        norm_bias: torch.Tensor | None,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        pos: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        store: torch.Tensor | None,
+        norm: str,
+        eps: float,
+        num_heads: int,
+        num_globals: int,
+        ring: int,
+        row0: int,
+    ) -> torch.Tensor:
+        return decode_qkv(
+            x, w, cos, sin, pos, k_cache, v_cache, num_heads=num_heads, norm=norm, norm_weight=norm_weight,
+            norm_bias=norm_bias, eps=eps, num_globals=num_globals, ring=ring, store=store, row0=row0,
+        )  # fmt: skip
+
+    @decode_qkv_op.register_fake
+    def _(x, w, norm_weight, norm_bias, cos, sin, pos, k_cache, v_cache, store, norm, eps, num_heads, *_):
+        return x.new_empty(x.shape[0], num_heads, 1, k_cache.shape[-1], dtype=w.dtype)
