@@ -4,8 +4,9 @@ python experiments/bench/decode_kernels.py OUT_DIR [OPTION ...]   (default: ever
 
 The medium model (hidden 512, 8 layers, 8/2 heads), batch 1, bf16, greedy, through ``Decoder`` (compiled
 step, CUDA-graph replay): tokens/s over 256 new tokens after a synthetic cache at 1K and 128K context, and
-the CUDA kernels of one step (name, count, GPU µs), for dense, HALO-S (full cache) and HALO-S (ring cache),
-under each Inductor option set of ``OPTIONS``. Writes ``decode_kernels.json`` and prints the tables.
+the CUDA kernels of one step (name, count, GPU µs), for each of ``DECODE_VARIANTS`` (dense, HALO-S with the
+full and the ring cache, HALO-S with selection), under each Inductor option set of ``OPTIONS``. Writes
+``decode_kernels.json`` and prints the tables.
 """
 
 from __future__ import annotations
@@ -24,18 +25,22 @@ from halo_lab.generation import Decoder
 from halo_lab.model import build_model
 
 CONTEXTS = (1024, 131072)
-# (Decoder.inductor_options, Decoder's gemv) for each round: none; combo kernels (horizontal fusion of
-# independent kernels, the default since 2026-12-02); combo + max-autotune (Triton GEMM templates, which
-# Inductor can fuse with their neighbours, where the cuBLAS GEMVs are latency-bound); combo + the fused
-# GEMV kernel (halo_lab/kernels/gemv.py: norm, SwiGLU and residual add inside each projection)
+# (Decoder.inductor_options, Decoder's gemv, Decoder.fused_qkv) for each round: none; combo kernels
+# (horizontal fusion of independent kernels, the default since 2026-12-02); combo + max-autotune (Triton
+# GEMM templates, which Inductor can fuse with their neighbours, where the cuBLAS GEMVs are latency-bound);
+# combo + the fused GEMV kernel (halo_lab/kernels/gemv.py: norm, SwiGLU and residual add inside each
+# projection), its q/k/v GEMV then RoPE and the cache write (the step of 2026-12-02), and with them in one
+# kernel (halo_lab/kernels/decode_qkv.py, the default since 2026-12-05)
 OPTIONS = {
-    "default": ({}, False),
-    "combo": ({"combo_kernels": True}, False),
+    "default": ({}, False, True),
+    "combo": ({"combo_kernels": True}, False, True),
     "combo_autotune": (
         {"combo_kernels": True, "max_autotune": True, "max_autotune_gemm_backends": "TRITON,ATEN"},
         False,
+        True,
     ),
-    "combo_gemv": ({"combo_kernels": True}, True),
+    "combo_gemv_unfused_qkv": ({"combo_kernels": True}, True, False),
+    "combo_gemv": ({"combo_kernels": True}, True, True),
 }
 
 
@@ -64,13 +69,15 @@ def main(out: str, names: list[str]) -> None:
     spec = {"model": MEDIUM, "new_tokens": 256}
     rows = []
     for opt_name in names or list(OPTIONS):
-        opts, gemv = OPTIONS[opt_name]
+        opts, gemv, fused_qkv = OPTIONS[opt_name]
         torch._dynamo.reset()
         Decoder.inductor_options = opts
+        Decoder.fused_qkv = fused_qkv
         for ctx in CONTEXTS:
-            for variant, (arch, cache) in DECODE_VARIANTS.items():
+            for variant, (arch, cache, fields) in DECODE_VARIANTS.items():
                 torch.manual_seed(0)
-                model = build_model(_model_config(spec, ctx + 258), arch).to("cuda", torch.bfloat16)
+                config = _model_config(spec, ctx + 258).replace(**fields)
+                model = build_model(config, arch).to("cuda", torch.bfloat16)
                 try:
                     r = benchmark_generation(
                         model, ctx, 256, 1, cache=cache, prefill=False, count_kernels=False, gemv=gemv

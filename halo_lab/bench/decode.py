@@ -4,7 +4,10 @@ The ``gpu`` preset is issue 13's grid on the ~31M medium model: batch 1 at 1K / 
 batch 8 and 64 at 4K / 32K; dense, HALO-S with the full cache and HALO-S with the ring cache, all through
 the same compiled + CUDA-graph decode step. The prefill (time to first token) is timed at batch 1 and
 32K; elsewhere a synthetic random cache stands in for the prompt (decode speed does not depend on it).
-``--check`` first asserts that the step (compiled on CUDA) gives the uncached forward's greedy tokens.
+``--check`` first asserts that the step (compiled on CUDA) gives the uncached forward's greedy tokens (at
+batch 2: add ``--gemv`` to check the GEMV step, and with it the fused q/k/v kernel, which batch 1 takes by
+default) and that the Triton decode kernels match their references. ``--no-fused-qkv``: the GEMV step's
+q/k/v GEMV, then RoPE and the cache write (the step before ``halo_lab.kernels.decode_qkv``), for A/B timing.
 Writes ``results.json`` (``results.partial.json`` as rows come) and ``bench.png`` to ``--out`` (default
 ``outputs/bench/decode-<time>``) and prints a table.
 """
@@ -135,6 +138,29 @@ def check_kernel(device, dtype=torch.bfloat16) -> float:
     return err
 
 
+def check_qkv_kernel(device, dtype=torch.bfloat16) -> float:
+    """Max error of the fused q/k/v + RoPE + cache-write kernel (q and the written cache slot) against its
+    torch reference at the medium model's shapes (hidden 512, 8/2 heads of 64), position 4000."""
+    from halo_lab.kernels import decode_qkv as kq
+
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(1, 512, device=device, dtype=dtype, generator=g)
+    w = (torch.randn(768, 512, device=device, generator=g) / 512**0.5).to(dtype)
+    nw = (1 + 0.1 * torch.randn(512, device=device, generator=g)).to(dtype)
+    cos, sin = (torch.randn(5000, 64, device=device, generator=g).to(dtype) for _ in range(2))
+    pos = torch.tensor([4000], device=device)
+    caches = [torch.zeros(1, 2, 5000, 64, device=device, dtype=dtype) for _ in range(4)]
+    kw = {"num_heads": 8, "norm": "rmsnorm", "norm_weight": nw}
+    q = kq.decode_qkv(x, w, cos, sin, pos, caches[0], caches[1], **kw).float()
+    ref = kq.reference_decode_qkv(x, w, cos, sin, pos, caches[2], caches[3], **kw).float()
+    err = max(
+        (a.float() - b.float()).abs().max().item() for a, b in zip([q, *caches[:2]], [ref, *caches[2:]])
+    )
+    if err > 5e-2 * ref.abs().max().item():
+        raise AssertionError(f"fused q/k/v kernel: max error {err:.3g} against its torch reference")
+    return err
+
+
 def spec_for(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     spec = json.loads(json.dumps(PRESETS[preset]))
     if args.variants:
@@ -144,6 +170,7 @@ def spec_for(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     spec["compile"] = False if args.no_compile else None
     spec["cuda_graph"] = not args.no_cuda_graph
     spec["triton_gemv"] = args.gemv  # None: Decoder's default (on CUDA)
+    spec["fused_qkv"] = args.fused_qkv  # None: Decoder's default (with the GEMV)
     return spec
 
 
@@ -175,7 +202,17 @@ def main(argv: list[str] | None = None) -> int:
         action=argparse.BooleanOptionalAction,
         help="projections through the fused Triton GEMV or cuBLAS (default: Decoder's, the GEMV on CUDA)",
     )
+    parser.add_argument(
+        "--fused-qkv",
+        action=argparse.BooleanOptionalAction,
+        help="with the GEMV, each layer's q/k/v projection, RoPE and cache write in one kernel or the GEMV "
+        "then RoPE and the cache write (default: Decoder.fused_qkv, one kernel)",
+    )
     args = parser.parse_args(argv)
+    if args.fused_qkv is not None:
+        from halo_lab.generation import Decoder
+
+        Decoder.fused_qkv = args.fused_qkv
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     preset = args.preset or ("gpu" if cuda else "quick")
@@ -199,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             if cuda:
                 result["check"]["kernel_bf16_max_err"] = check_kernel(device)
+                result["check"]["qkv_kernel_bf16_max_err"] = check_qkv_kernel(device)
         except Exception as e:  # noqa: BLE001 - recorded, and the exit status says so; the bench still runs
             result["check"] = {"error": f"{type(e).__name__}: {e}"}
         print(f"check: {result['check']} ({time.perf_counter() - t0:.0f}s)", flush=True)

@@ -9,8 +9,11 @@ compiled once (``torch.compile(fullgraph=True)``) and captured once in a CUDA gr
 replays the graph and reads ``done`` every ``sync_every`` tokens (the only host sync).
 
 The decoder knows no model class: it uses the model's public decoding interface (``new_caches``,
-``forward_cached``, ``decode_step``, and per block ``fused_decode_weights`` / ``attn.decode_qkv``), so it
-imports nothing of ``halo_lab.model``, which imports it (``HaloSModel.generate``).
+``forward_cached``, ``decode_step``, per block ``fused_decode_weights`` / ``attn.decode_qkv`` /
+``attn.decode_attend``, per cache ``decode_write_slots``), so it imports nothing of ``halo_lab.model``,
+which imports it (``HaloSModel.generate``). At batch 1 on CUDA the step's projections are Triton GEMVs
+(``halo_lab.kernels.gemv``) and each layer's q/k/v projection, RoPE and cache write one launch
+(``halo_lab.kernels.decode_qkv``): see ``Decoder.triton_gemv`` and ``Decoder.fused_qkv``.
 """
 
 from __future__ import annotations
