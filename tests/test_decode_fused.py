@@ -3,7 +3,9 @@
 ``halo_lab.kernels.decode_qkv`` (q/k/v projection + RoPE + KV-cache write in one launch): q's values and
 the cache's contents (the written slots and that nothing else changed) against ``reference_decode_qkv``,
 at the first and last positions and one between, grouped-query heads, both norms, fp32 and bf16, the full
-and the ring cache; then the decoder's greedy tokens with it == the uncached forward's.
+and the ring cache. ``halo_lab.kernels.decode_attn_o`` (attention over the K graph keys + o-projection +
+residual in one launch) against ``reference_decode_attn_o``. Then the decoder's greedy tokens with them ==
+the uncached forward's.
 
 Without a GPU these run in Triton's CPU interpreter (tests/conftest.py sets TRITON_INTERPRET=1), whose
 fp32 -> bf16 cast truncates where a GPU rounds to nearest: bf16 is compared against a float64 reference
@@ -19,6 +21,7 @@ import torch
 
 pytest.importorskip("triton")
 
+from halo_lab.kernels import decode_attn_o as ka  # noqa: E402
 from halo_lab.kernels import decode_qkv as kq  # noqa: E402
 from halo_lab.model.network import RotaryEmbedding  # noqa: E402
 
@@ -143,6 +146,44 @@ def test_decode_qkv_rejects_bad_shapes():
         kq.decode_qkv(x, w, cos[:, :6], sin[:, :6], p, k, v, num_heads=4)
 
 
+# ------------------------------------------------------------------------------------ attention + o-proj
+
+
+def attn_o_inputs(dtype, heads, kv_heads, hidden, d=16, seed=0):
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    q = torch.randn(2, heads, 1, d, device=DEVICE, generator=g).to(dtype)
+    k, v = (torch.randn(2, kv_heads, 40, d, device=DEVICE, generator=g).to(dtype) for _ in range(2))
+    w = (torch.randn(hidden, heads * d, device=DEVICE, generator=g) / (heads * d) ** 0.5).to(dtype)
+    res = torch.randn(2, hidden, device=DEVICE, generator=g).to(dtype)
+    slots = torch.tensor([0, 1, 5, -1, 20, 39, 7, -1, 33], device=DEVICE)  # globals, window, none, far
+    return q, k, v, slots, w, res
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("heads,kv_heads,hidden", [(4, 2, 48), (2, 2, 200), (8, 1, 64)])
+def test_decode_attn_o_matches_reference(dtype, heads, kv_heads, hidden):
+    """Grouped-query heads; 48 outputs in 24 programs of 2 rows, 200 in 50 of 4 (the last one partial)."""
+    q, k, v, slots, w, res = attn_o_inputs(dtype, heads, kv_heads, hidden)
+    out = ka.decode_attn_o(q, k, v, slots, w, res)
+    ref = ka.reference_decode_attn_o(q.double(), k.double(), v.double(), slots, w.double(), res.double())
+    assert out.shape == (2, hidden) and out.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert rel(out, ref) < tol
+    # the check can fail: a missing key, another head's slice of W_o, no residual are far off
+    ref_x = ka.reference_decode_attn_o(q, k, v, slots[:-1], w, res)
+    assert rel(out - res, ref_x - res) > 0.05
+    assert rel(out, ka.reference_decode_attn_o(q, k, v, slots, w.roll(16, 1), res)) > 0.1
+    assert rel(out, res) > 0.1
+
+
+def test_decode_attn_o_rejects_bad_shapes():
+    q, k, v, slots, w, res = attn_o_inputs(torch.float32, 4, 2, 48)
+    with pytest.raises(ValueError, match="W_o"):
+        ka.decode_attn_o(q, k, v, slots, w[:, :-1], res)
+    with pytest.raises(ValueError, match="one query per row"):
+        ka.decode_attn_o(torch.cat([q, q], 2), k, v, slots, w, res)
+
+
 # ------------------------------------------------------------------------------------ the decoder
 
 
@@ -162,9 +203,16 @@ def model_for(arch: str, seed: int = 0, **kw):
     return build_model(HaloConfig(**{**CHECK_CONFIG, "init_std": 0.3, **kw}), arch).eval()
 
 
+@pytest.fixture(autouse=True)
+def _few_attn_o_programs(monkeypatch):
+    """4 programs of 16 rows for the decoders' 64 outputs (not 32 of 2): every program recomputes the
+    attention, which the interpreter runs slowly (the halo decoder tests: 31 s -> 7 s)."""
+    monkeypatch.setattr(ka, "PROGRAMS", 4)
+
+
 def fused_tokens(model, prompt, new: int, **kw) -> tuple[torch.Tensor, object]:
-    """The decoder's greedy tokens with the gemv step and the fused q/k/v kernel, caches poisoned first (a
-    step that reads a slot it did not write changes the tokens)."""
+    """The decoder's greedy tokens with the gemv step and the fused q/k/v (and attention + o-projection)
+    kernels, caches poisoned first (a step that reads a slot it did not write changes the tokens)."""
     from halo_lab.generation import Decoder
 
     dec = Decoder(model, prompt.shape[0], prompt.shape[1], new, fuse_weights=True, gemv=True, **kw)
@@ -201,6 +249,9 @@ def test_fused_qkv_decode_equals_uncached_forward(arch, cache, kw):
     ref = model.generate(prompt, max_new_tokens=new, temperature=0, use_cache=False)
     out, dec = fused_tokens(model, prompt, new, cache=cache)
     assert dec.qkv is not None
+    # the graph's fixed keys: attention + o-projection in one kernel; dense and selection: the two
+    fixed = dec.model.layers[0].attn.decode_key_slots(dec.caches[0], dec.start_t) is not None
+    assert dec.attn_o is not None and fixed == (arch == "halo" and not kw.get("select_blocks"))
     if cache == "ring":  # the ring and its store in use: decoded positions that later queries read randomly
         lay = dec.caches[0].layout
         assert lay.ring is not None and (lay.store < dec.caches[0].k.shape[2] - 1).sum() > 0

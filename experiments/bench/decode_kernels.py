@@ -25,22 +25,25 @@ from halo_lab.generation import Decoder
 from halo_lab.model import build_model
 
 CONTEXTS = (1024, 131072)
-# (Decoder.inductor_options, Decoder's gemv, Decoder.fused_qkv) for each round: none; combo kernels
-# (horizontal fusion of independent kernels, the default since 2026-12-02); combo + max-autotune (Triton
-# GEMM templates, which Inductor can fuse with their neighbours, where the cuBLAS GEMVs are latency-bound);
-# combo + the fused GEMV kernel (halo_lab/kernels/gemv.py: norm, SwiGLU and residual add inside each
-# projection), its q/k/v GEMV then RoPE and the cache write (the step of 2026-12-02), and with them in one
-# kernel (halo_lab/kernels/decode_qkv.py, the default since 2026-12-05)
+# (Decoder.inductor_options, Decoder's gemv, Decoder.fused_qkv, Decoder.fused_attn_o) for each round:
+# none; combo kernels (horizontal fusion of independent kernels, the default since 2026-12-02); combo +
+# max-autotune (Triton GEMM templates, which Inductor can fuse with their neighbours, where the cuBLAS
+# GEMVs are latency-bound); combo + the fused GEMV kernel (halo_lab/kernels/gemv.py: norm, SwiGLU and
+# residual add inside each projection), alone (the step of 2026-12-02), with each layer's q/k/v, RoPE and
+# cache write in one kernel (kernels/decode_qkv.py), and with HALO-S's attention + o-projection in one
+# more (kernels/decode_attn_o.py; the default since 2026-12-05)
 OPTIONS = {
-    "default": ({}, False, True),
-    "combo": ({"combo_kernels": True}, False, True),
+    "default": ({}, False, True, True),
+    "combo": ({"combo_kernels": True}, False, True, True),
     "combo_autotune": (
         {"combo_kernels": True, "max_autotune": True, "max_autotune_gemm_backends": "TRITON,ATEN"},
         False,
         True,
+        True,
     ),
-    "combo_gemv_unfused_qkv": ({"combo_kernels": True}, True, False),
-    "combo_gemv": ({"combo_kernels": True}, True, True),
+    "combo_gemv_unfused": ({"combo_kernels": True}, True, False, False),
+    "combo_gemv_qkv": ({"combo_kernels": True}, True, True, False),
+    "combo_gemv": ({"combo_kernels": True}, True, True, True),
 }
 
 
@@ -69,10 +72,9 @@ def main(out: str, names: list[str]) -> None:
     spec = {"model": MEDIUM, "new_tokens": 256}
     rows = []
     for opt_name in names or list(OPTIONS):
-        opts, gemv, fused_qkv = OPTIONS[opt_name]
+        opts, gemv, Decoder.fused_qkv, Decoder.fused_attn_o = OPTIONS[opt_name]
         torch._dynamo.reset()
         Decoder.inductor_options = opts
-        Decoder.fused_qkv = fused_qkv
         for ctx in CONTEXTS:
             for variant, (arch, cache, fields) in DECODE_VARIANTS.items():
                 torch.manual_seed(0)

@@ -7,7 +7,8 @@ the same compiled + CUDA-graph decode step. The prefill (time to first token) is
 ``--check`` first asserts that the step (compiled on CUDA) gives the uncached forward's greedy tokens (at
 batch 2: add ``--gemv`` to check the GEMV step, and with it the fused q/k/v kernel, which batch 1 takes by
 default) and that the Triton decode kernels match their references. ``--no-fused-qkv``: the GEMV step's
-q/k/v GEMV, then RoPE and the cache write (the step before ``halo_lab.kernels.decode_qkv``), for A/B timing.
+q/k/v GEMV, then RoPE and the cache write (the step before ``halo_lab.kernels.decode_qkv``);
+``--no-fused-attn-o``: the attention, then the o-projection GEMV (before ``decode_attn_o``): A/B timing.
 Writes ``results.json`` (``results.partial.json`` as rows come) and ``bench.png`` to ``--out`` (default
 ``outputs/bench/decode-<time>``) and prints a table.
 """
@@ -161,6 +162,27 @@ def check_qkv_kernel(device, dtype=torch.bfloat16) -> float:
     return err
 
 
+def check_attn_o_kernel(device, dtype=torch.bfloat16) -> float:
+    """Max error of the fused attention + o-projection kernel against its torch reference at the medium
+    model's shapes (8/2 heads of 64, hidden 512, 72 keys in a 5000-slot cache)."""
+    from halo_lab.kernels import decode_attn_o as ka
+
+    g = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(1, 8, 1, 64, device=device, dtype=dtype, generator=g)
+    k, v = (torch.randn(1, 2, 5000, 64, device=device, dtype=dtype, generator=g) for _ in range(2))
+    w = (torch.randn(512, 512, device=device, generator=g) / 512**0.5).to(dtype)
+    res = torch.randn(1, 512, device=device, dtype=dtype, generator=g)
+    slots = torch.randint(0, 5000, (72,), device=device, generator=g)
+    slots[::7] = -1
+    ref = ka.reference_decode_attn_o(q, k, v, slots, w, res).float()
+    err = (ka.decode_attn_o(q, k, v, slots, w, res).float() - ref).abs().max().item()
+    if err > 5e-2 * ref.abs().max().item():
+        raise AssertionError(
+            f"fused attention + o-projection kernel: max error {err:.3g} against its reference"
+        )
+    return err
+
+
 def spec_for(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     spec = json.loads(json.dumps(PRESETS[preset]))
     if args.variants:
@@ -171,6 +193,7 @@ def spec_for(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     spec["cuda_graph"] = not args.no_cuda_graph
     spec["triton_gemv"] = args.gemv  # None: Decoder's default (on CUDA)
     spec["fused_qkv"] = args.fused_qkv  # None: Decoder's default (with the GEMV)
+    spec["fused_attn_o"] = args.fused_attn_o  # None: Decoder's default (with the fused q/k/v)
     return spec
 
 
@@ -208,11 +231,18 @@ def main(argv: list[str] | None = None) -> int:
         help="with the GEMV, each layer's q/k/v projection, RoPE and cache write in one kernel or the GEMV "
         "then RoPE and the cache write (default: Decoder.fused_qkv, one kernel)",
     )
+    parser.add_argument(
+        "--fused-attn-o",
+        action=argparse.BooleanOptionalAction,
+        help="with the fused q/k/v, HALO-S's attention and o-projection in one kernel or two (default: "
+        "Decoder.fused_attn_o, one)",
+    )
     args = parser.parse_args(argv)
-    if args.fused_qkv is not None:
-        from halo_lab.generation import Decoder
+    from halo_lab.generation import Decoder
 
-        Decoder.fused_qkv = args.fused_qkv
+    for name in ("fused_qkv", "fused_attn_o"):
+        if getattr(args, name) is not None:
+            setattr(Decoder, name, getattr(args, name))
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     preset = args.preset or ("gpu" if cuda else "quick")
@@ -237,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             if cuda:
                 result["check"]["kernel_bf16_max_err"] = check_kernel(device)
                 result["check"]["qkv_kernel_bf16_max_err"] = check_qkv_kernel(device)
+                result["check"]["attn_o_kernel_bf16_max_err"] = check_attn_o_kernel(device)
         except Exception as e:  # noqa: BLE001 - recorded, and the exit status says so; the bench still runs
             result["check"] = {"error": f"{type(e).__name__}: {e}"}
         print(f"check: {result['check']} ({time.perf_counter() - t0:.0f}s)", flush=True)

@@ -10,10 +10,11 @@ replays the graph and reads ``done`` every ``sync_every`` tokens (the only host 
 
 The decoder knows no model class: it uses the model's public decoding interface (``new_caches``,
 ``forward_cached``, ``decode_step``, per block ``fused_decode_weights`` / ``attn.decode_qkv`` /
-``attn.decode_attend``, per cache ``decode_write_slots``), so it imports nothing of ``halo_lab.model``,
-which imports it (``HaloSModel.generate``). At batch 1 on CUDA the step's projections are Triton GEMVs
-(``halo_lab.kernels.gemv``) and each layer's q/k/v projection, RoPE and cache write one launch
-(``halo_lab.kernels.decode_qkv``): see ``Decoder.triton_gemv`` and ``Decoder.fused_qkv``.
+``attn.decode_attend`` / ``attn.decode_key_slots``, per cache ``decode_write_slots``), so it imports nothing
+of ``halo_lab.model``, which imports it (``HaloSModel.generate``). At batch 1 on CUDA the step's
+projections are Triton GEMVs (``halo_lab.kernels.gemv``), each layer's q/k/v projection, RoPE and cache
+write one launch (``halo_lab.kernels.decode_qkv``) and HALO-S's attention with the o-projection one more
+(``halo_lab.kernels.decode_attn_o``): see ``Decoder.triton_gemv``, ``fused_qkv`` and ``fused_attn_o``.
 """
 
 from __future__ import annotations
@@ -67,6 +68,16 @@ def qkv_kernel(model) -> Callable | None:
     return kq.decode_qkv_op
 
 
+def attn_o_kernel(model) -> Callable | None:
+    """``halo_lab.kernels.decode_attn_o``'s op (attention over the graph's keys + o-projection + residual in
+    one launch) for the fused q/k/v step, or None: no Triton, or an attention without ``decode_key_slots``."""
+    from halo_lab.kernels import decode_attn_o as ka
+
+    if not ka.available() or not all(hasattr(layer.attn, "decode_key_slots") for layer in model.layers):
+        return None
+    return ka.decode_attn_o_op
+
+
 def _norm_args(norm: torch.nn.Module | None) -> tuple:
     """(weight, bias) of ``gemv_op`` for a norm prologue (None: no norm)."""
     if norm is None:
@@ -115,6 +126,10 @@ class Decoder:
     # HALO-S full and ring, with or without selection: the attention after it reads the written cache);
     # False keeps the GEMV + ``attn.decode_qkv`` (for A/B timing).
     fused_qkv: bool = True
+    # With the fused q/k/v, HALO-S's attention over its K graph keys, the o-projection and the residual add
+    # in one launch too (halo_lab/kernels/decode_attn_o.py): dense (the whole cache) and content-selected
+    # blocks (keys per row and head) keep the attention + o-projection GEMV. False: those two (A/B timing).
+    fused_attn_o: bool = True
 
     def __init__(
         self,
@@ -184,6 +199,7 @@ class Decoder:
         use_gemv = next(g for g in (gemv, self.triton_gemv, by_default) if g is not None)
         self.gemv = gemv_kernel(model, self.device) if self.fused is not None and use_gemv else None
         self.qkv = qkv_kernel(model) if self.gemv is not None and self.fused_qkv else None
+        self.attn_o = attn_o_kernel(model) if self.qkv is not None and self.fused_attn_o else None
         self.path = "compiled" if self.compile else "eager"
         self._run_step: Callable[[], None] | None = None
         self.timings: dict[str, float] = {}
@@ -264,24 +280,32 @@ class Decoder:
     def _attention(
         self, layer, cache, w_qkv: torch.Tensor, x: torch.Tensor, rope: tuple | None
     ) -> torch.Tensor:
-        """One layer's attention output [B, Hq d] before o_proj: with ``qkv`` one kernel projects, ropes and
-        writes k and v into the cache, then the model's attention reads it (``attn.decode_attend``); else the
-        projection (``_project``), then ``attn.decode_qkv`` (RoPE, cache write, attention). ``rope``: the
-        (cos, sin) rows at ``pos`` for the latter (None with ``qkv``, which reads the tables at ``pos``)."""
+        """One layer's ``x + o_proj(attention(ln_1(x)))`` [B, C]. With ``qkv`` one kernel projects, ropes and
+        writes k and v into the cache; then ``attn_o`` attends over the graph's keys and projects in one more
+        where the layer has a fixed key list (``attn.decode_key_slots``), else the model's attention reads
+        the cache (``attn.decode_attend``) and a GEMV projects. Without ``qkv``: the projection, then
+        ``attn.decode_qkv`` (RoPE, cache write, attention) and the o-projection; ``rope``: the (cos, sin) rows
+        at ``pos`` it needs (None with ``qkv``, which reads the tables at ``pos``)."""
+        a, pos, w_o = layer.attn, self.pos, layer.attn.o_proj.weight
         if self.qkv is None:
-            return layer.attn.decode_qkv(self._project(x, w_qkv, norm=layer.ln_1), *rope, cache, self.pos)
+            y = a.decode_qkv(self._project(x, w_qkv, norm=layer.ln_1), *rope, cache, pos)
+            return self._project(y, w_o, residual=x)
         G, ring, store, row0 = cache.decode_write_slots()
         q = self.qkv(
-            x, w_qkv, *_norm_args(layer.ln_1), self.cos, self.sin, self.pos, cache.k, cache.v, store,
+            x, w_qkv, *_norm_args(layer.ln_1), self.cos, self.sin, pos, cache.k, cache.v, store,
             *_norm_kind(layer.ln_1), self.model.config.num_heads, G, ring, row0,
         )  # fmt: skip
-        return layer.attn.decode_attend(q, cache, self.pos)
+        slots = a.decode_key_slots(cache, pos) if self.attn_o is not None else None
+        if slots is not None:
+            return self.attn_o(q, cache.k, cache.v, slots, w_o, x)
+        return self._project(a.decode_attend(q, cache, pos), w_o, residual=x)
 
     def _fused_decode_step(self) -> torch.Tensor:
         """``model.decode_step`` with each layer's q/k/v projections as one matmul and the SwiGLU gate and
         up projections as one (``fuse_weights``): 3 fewer kernels per layer, the same math. With ``gemv``
-        each projection is one launch with its norm, SwiGLU and residual add fused in (``_project``), and
-        the q/k/v one with RoPE and the cache write too (``qkv``, ``_attention``)."""
+        each projection is one launch with its norm, SwiGLU and residual add fused in (``_project``), the
+        q/k/v one with RoPE and the cache write too (``qkv``), and HALO-S's attention one with the
+        o-projection (``attn_o``; see ``_attention``)."""
         m, pos, proj = self.model, self.pos, self._project
         x = m.token_emb(self.tok)
         # the RoPE table rows at pos for attn.decode_qkv (the qkv kernel reads the tables itself)
@@ -291,8 +315,7 @@ class Decoder:
         x = x.view(x.shape[0], -1)
         for layer, cache, (w_qkv, w_up) in zip(m.layers, self.caches, self.fused):
             f = layer.ffn
-            y = self._attention(layer, cache, w_qkv, x, rope)
-            x = proj(y, layer.attn.o_proj.weight, residual=x)
+            x = self._attention(layer, cache, w_qkv, x, rope)
             h = proj(x, w_up, norm=layer.ln_2)
             if f.w3 is not None:
                 x = proj(h, f.w2.weight, residual=x, swiglu=True)

@@ -139,6 +139,16 @@ class Attention(nn.Module):
         v = v.view(B, 1, c.num_kv_heads, d).transpose(1, 2)
         return attn.static_decode_attention(q, k, v, cache, pos).transpose(1, 2).reshape(B, -1)
 
+    def decode_key_slots(self, cache: attn.KVCache, pos: torch.Tensor) -> torch.Tensor | None:
+        """[K] cache slots of the one-token step's keys at ``pos`` (-1 = no edge), the same for every row and
+        head; None where the step's attention is not over such a list (dense: the whole cache;
+        content-selected blocks: keys chosen per row and head). For a kernel that attends by itself
+        (``halo_lab.kernels.decode_attn_o``)."""
+        lay = cache.layout
+        if lay is None or lay.select is not None:
+            return None
+        return attn.decode_key_slots(lay, pos)
+
     def decode_attend(self, q: torch.Tensor, cache: attn.KVCache, pos: torch.Tensor) -> torch.Tensor:
         """``decode_qkv``'s attention alone, for a step whose kernel already roped q ([B, Hq, 1, d]) and k and
         wrote k and v into the cache (``halo_lab.kernels.decode_qkv``); [B, Hq d]."""

@@ -1,0 +1,165 @@
+"""A HALO-S decode step's attention over its K graph keys and the o-projection (+ residual) in one launch.
+
+After ``decode_qkv`` (q roped, the cache written) the batch-1 step ran the decode attention
+(``halo_lab.kernels.decode``: one program per query head, 8 programs on the medium model) and then the
+o-projection GEMV with the residual add (``gemv``): two launches a layer, ~3 µs each, both latency-bound
+(kernel_notes.md, section "Decode step"). ``decode_attn_o`` does both in one.
+
+Design: each program owns BLOCK_N output rows of ``x + attn @ W_o.T`` and recomputes every head's
+attention for them: per KV head it loads the K key and value rows once (the slots are the same for
+every head: the graph depends on the position only) and runs its query heads over them, then multiplies
+each head's d outputs by its [BLOCK_N, d] slice of W_o. So no program waits for another: no fp32
+atomics, no second pass for the rounding and the residual, and the sums have a fixed order (a
+split-K over heads would need both, and its atomics make the output depend on the programs' timing).
+The price is the attention recomputed by every program: 2 Hkv x K x d values read per program (the
+medium model: 2 x 2 x 72 x 64 x 2 bytes = 37 KB, from L2 after the first programs), against the
+16 KB of W_o each program streams.
+
+Block sizes: BLOCK_N = C / 64 rows (2..16), so that about 64 programs stream W_o (hidden 512: 8 rows, 64
+programs; the o-projection GEMV alone ran 128 programs of 4 rows); BLOCK_K = the K keys padded to a power
+of two, BLOCK_D = d: one [BLOCK_K, d] key tile and one value tile in registers per KV head, as the
+decode attention kernel holds them.
+
+Rounding follows the unfused step: each head's attention output is rounded to q's dtype (the attention
+kernel's output), the product to the weight's dtype, then the residual is added and the sum rounded (the
+GEMV's epilogue). ``reference_decode_attn_o`` is the plain-torch oracle; the kernel runs on CPU under
+Triton's interpreter (``TRITON_INTERPRET=1``), which is how the tests check it without a GPU.
+Only the fixed graph's key list: dense attention (the whole cache) and content-selected blocks (keys
+chosen per row and head) keep the attention + GEMV.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from halo_lab.kernels import gemv as kg
+from halo_lab.kernels.decode import reference_decode_attention
+
+try:
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:  # pragma: no cover - torch without triton
+    HAS_TRITON = False
+
+PROGRAMS = 64  # programs streaming W_o (BLOCK_N = C / PROGRAMS rows each, clamped to 2..16)
+
+
+def available() -> bool:
+    return HAS_TRITON
+
+
+def reference_decode_attn_o(q, k_cache, v_cache, slots, w_o, residual) -> torch.Tensor:
+    """The unfused ops: ``residual + attention(q over the slots) @ w_o.T``; q [B, Hq, 1, d], caches
+    [B, Hkv, S, d], slots [K] (-1 = none), w_o [C, Hq d], residual [B, C]; [B, C] in w_o's dtype."""
+    y = reference_decode_attention(q, k_cache, v_cache, slots)
+    return kg.reference_gemv(y.reshape(q.shape[0], -1), w_o, residual=residual)
+
+
+def block_n(rows: int) -> int:
+    """BLOCK_N for an o-projection of ``rows`` outputs (see the module doc)."""
+    return min(16, max(2, triton.next_power_of_2(triton.cdiv(rows, PROGRAMS))))
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _attn_o_kernel(
+        q_ptr, k_ptr, v_ptr, slot_ptr, w_ptr, res_ptr, out_ptr,
+        sqb, sqh, skb, skh, sks, svb, svh, svs, swn, srb, sob,
+        n_keys, N, scale,
+        HKV: tl.constexpr,
+        GROUP: tl.constexpr,
+        D: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):  # fmt: skip
+        b = tl.program_id(1).to(tl.int64)  # 64-bit offsets: a large batch x long cache exceeds 2**31
+        n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        in_n = n < N
+        j = tl.arange(0, BLOCK_K)
+        c = tl.arange(0, BLOCK_D)
+        in_d = c < D
+        slot = tl.load(slot_ptr + j, mask=j < n_keys, other=-1)
+        valid = slot >= 0
+        safe = tl.where(valid, slot, 0).to(tl.int64)
+        rows = valid[:, None] & in_d[None, :]
+        w_rows = w_ptr + n[:, None] * swn + c[None, :]
+        w_mask = in_n[:, None] & in_d[None, :]
+        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for hk in range(HKV):  # the KV head's keys and values once for its GROUP query heads
+            kt = tl.load(k_ptr + b * skb + hk * skh + safe[:, None] * sks + c[None, :], mask=rows, other=0.0)
+            vt = tl.load(v_ptr + b * svb + hk * svh + safe[:, None] * svs + c[None, :], mask=rows, other=0.0)
+            for g in tl.static_range(GROUP):
+                h = hk * GROUP + g
+                # the decode attention kernel's ops, in its order (halo_lab/kernels/decode.py)
+                q = tl.load(q_ptr + b * sqb + h * sqh + c, mask=in_d, other=0.0).to(tl.float32)
+                s = tl.sum(kt.to(tl.float32) * q[None, :], axis=1) * scale
+                s = tl.where(valid, s, float("-inf"))
+                p = tl.exp(s - tl.max(s, axis=0))
+                p = tl.where(valid, p, 0.0)
+                p = p / tl.sum(p, axis=0)
+                o = tl.sum(vt.to(tl.float32) * p[:, None], axis=0)
+                o = o.to(q_ptr.dtype.element_ty).to(tl.float32)  # the attention's output dtype
+                wt = tl.load(w_rows + h * D, mask=w_mask, other=0.0)
+                acc += tl.sum(wt.to(tl.float32) * o[None, :], axis=1)
+        dt = w_ptr.dtype.element_ty
+        res = tl.load(res_ptr + b * srb + n, mask=in_n, other=0.0).to(tl.float32)
+        tl.store(out_ptr + b * sob + n, (acc.to(dt).to(tl.float32) + res).to(dt), mask=in_n)
+
+
+def decode_attn_o(q, k_cache, v_cache, slots, w_o, residual) -> torch.Tensor:
+    """The Triton kernel: what ``reference_decode_attn_o`` computes, in one launch (see the module doc);
+    every row must have at least one valid key (globals or self)."""
+    B, Hq, P, d = q.shape
+    Hkv = k_cache.shape[1]
+    C = w_o.shape[0]
+    if P != 1 or Hq % Hkv or w_o.shape[1] != Hq * d or tuple(residual.shape) != (B, C):
+        raise ValueError(
+            f"q {tuple(q.shape)}, {Hkv} KV heads, W_o {tuple(w_o.shape)}, residual {tuple(residual.shape)}: "
+            "need one query per row, Hq a multiple of Hkv, W_o [C, Hq d], residual [B, C]"
+        )
+    if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
+        raise ValueError("the caches' head dimension must be contiguous")
+    q, w_o, residual, slots = q.contiguous(), w_o.contiguous(), residual.contiguous(), slots.contiguous()
+    out = torch.empty(B, C, device=q.device, dtype=w_o.dtype)
+    bn = block_n(C)
+    _attn_o_kernel[(triton.cdiv(C, bn), B)](
+        q, k_cache, v_cache, slots, w_o, residual, out,
+        q.stride(0), q.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        w_o.stride(0), residual.stride(0), out.stride(0),
+        slots.numel(), C, 1.0 / math.sqrt(d),
+        HKV=Hkv,
+        GROUP=Hq // Hkv,
+        D=d,
+        BLOCK_K=max(16, triton.next_power_of_2(slots.numel())),
+        BLOCK_D=max(16, triton.next_power_of_2(d)),
+        BLOCK_N=bn,
+        num_warps=4,
+    )  # fmt: skip
+    return out
+
+
+decode_attn_o_op = None
+if HAS_TRITON:
+
+    @torch.library.custom_op("halo_lab::decode_attn_o", mutates_args=())
+    def decode_attn_o_op(
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        slots: torch.Tensor,
+        w_o: torch.Tensor,
+        residual: torch.Tensor,
+    ) -> torch.Tensor:
+        return decode_attn_o(q, k_cache, v_cache, slots, w_o, residual)
+
+    @decode_attn_o_op.register_fake
+    def _(q, k_cache, v_cache, slots, w_o, residual):
+        return residual.new_empty(residual.shape[0], w_o.shape[0], dtype=w_o.dtype)
