@@ -8,6 +8,12 @@ triton_ops with Inductor (the launches recorded through wrap_triton).
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -171,7 +177,7 @@ def compiled_matches_eager(name: str, backend: str, tol: float) -> Recorder:
     "name", ["plain-gqa2", pytest.param("selection-learned-bias", marks=pytest.mark.slow)]
 )
 def test_compiles_fullgraph_aot_eager(name):
-    compiled_matches_eager(name, "aot_eager", 0.0 if DEVICE == "cpu" else 1e-6)
+    compiled_matches_eager(name, "aot_eager", 0.0 if DEVICE == "cpu" else 1e-5)  # CUDA: atomics' order
 
 
 def test_a_disabled_call_counts_as_a_graph_break():
@@ -182,6 +188,34 @@ def test_a_disabled_call_counts_as_a_graph_break():
     old = torch.compiler.disable(interface.function_attention)
     torch.compile(lambda q, k, v: old(q, k, v, c, 1, 5) * 2.0, backend="aot_eager")(*ins)
     assert sum(counters["graph_break"].values()) > 0
+
+
+# The buffers each kernel may write: its outputs, and the device tables (intermediates of the graph, which
+# functionalisation may clone: torch's analysis counts a table read in a helper that returns addresses)
+OUTPUTS = {
+    "halo_fwd_kernel": {"Out", "LSE"},
+    "halo_bwd_dq_kernel": {"DQ", "DELTA", "DKA", "DVA", "DKD", "DVD", "DSK", "DSV", "DBIAS", "DTBIAS"},
+    "halo_bwd_dkv_kernel": {"DK", "DV"},
+}
+TABLES = {"DIST", "RAND", "BLK", "GRPS", "TB", "TBN"}
+
+
+@pytest.mark.parametrize("name", ["plain-gqa2", "selection-token-bias"])
+def test_the_traced_kernels_write_only_their_outputs(name):
+    """torch's analysis of a ``wrap_triton`` launch (what compiled training functionalises) sees no write
+    to q, k, v, o, dO, the summaries or the biases: one to k made compiled training fail on CUDA."""
+    pytest.importorskip("torch._higher_order_ops.triton_kernel_wrap", reason="no triton_kernel_wrap")
+    env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": str(Path(__file__).parents[1])}
+    script = Path(__file__).with_name("kernel_writes.py")
+    run = subprocess.run(
+        [sys.executable, str(script), name], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    writes = json.loads(run.stdout.strip().splitlines()[-1])
+    assert set(writes) == set(OUTPUTS), writes
+    for kernel, written in writes.items():
+        assert set(written) <= OUTPUTS[kernel] | TABLES, (kernel, written)
+        assert OUTPUTS[kernel] & set(written), (kernel, written)  # the analysis ran (it sees the outputs)
 
 
 def block_case(dtype=torch.float32, **kw):
@@ -220,7 +254,8 @@ def compiled_block_matches_eager(backend: str, tol: float, dtype=torch.float32):
 
 
 def test_compiled_block_fullgraph_aot_eager():
-    compiled_block_matches_eager("aot_eager", 0.0 if DEVICE == "cpu" else 1e-6)
+    # CUDA: the dQ pass's fp32 atomics add in a run-dependent order (2.9e-6 seen on an H100)
+    compiled_block_matches_eager("aot_eager", 0.0 if DEVICE == "cpu" else 1e-5)
 
 
 @cuda_only

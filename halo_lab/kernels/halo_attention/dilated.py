@@ -40,11 +40,15 @@ def load_rows3(base, pos, valid, stride, cols):
 
 
 @triton.jit
-def group_keys(k_base, v_base, stride_kl, stride_vl, cols, t0, DIST, L, G: tl.constexpr, ND: tl.constexpr, DIL_P: tl.constexpr, DIL_K: tl.constexpr,
+def group_keys(t0, DIST, L, G: tl.constexpr, ND: tl.constexpr, DIL_P: tl.constexpr, DIL_K: tl.constexpr,
                NG: tl.constexpr, GRP: tl.constexpr, is_text):  # fmt: skip
     """Distance index [1, DIL_K], positions and validity [NG, DIL_K] of each group's dilated keys, and
-    the [NG, DIL_ROWS, DIL_K] edge mask (a row keeps the columns of its own position), and the
-    [NG, DIL_K, HD] key and value tiles."""
+    the [NG, DIL_ROWS, DIL_K] edge mask (a row keeps the columns of its own position).
+
+    No K or V pointer comes in: the dQ pass stores at addresses made from these results, and
+    torch's analysis of a traced kernel (``wrap_triton``) counts every argument of a call whose result
+    reaches a store's address as written; a K here made compiled training fail (a leaf written in the
+    backward, issue 29's CUDA test run of 2026-12-05). The key and value rows: ``load_rows3``."""
     g = tl.arange(0, NG)[:, None]
     j = tl.arange(0, DIL_K)[None, :]
     e = j // DIL_P
@@ -54,9 +58,7 @@ def group_keys(k_base, v_base, stride_kl, stride_vl, cols, t0, DIST, L, G: tl.co
     valid = e_ok & (kpos >= G) & (kpos < L)
     row_p = (tl.arange(0, DIL_P * GRP) // GRP)[None, :, None]
     ok = (row_p == (j % DIL_P)[:, None, :]) & valid[:, None, :] & is_text[:, :, None]
-    kt = load_rows3(k_base, kpos, valid, stride_kl, cols)
-    vt = load_rows3(v_base, kpos, valid, stride_vl, cols)
-    return e, kpos, valid, ok, kt, vt
+    return e, kpos, valid, ok
 
 
 @triton.jit
@@ -78,9 +80,9 @@ def dilated_forward(
     cols = tl.arange(0, HD)
     tok, head, row_ok, is_text = group_rows(t0, h, L, G, GRP, DIL_P, NG)
     q = load_group_rows(Q, b, head, tok, stride_qb, stride_qh, stride_ql, cols, row_ok)
-    _, _, _, ok, kt, vt = group_keys(
-        k_base, v_base, stride_kl, stride_vl, cols, t0, DIST, L, G, ND, DIL_P, DIL_K, NG, GRP, is_text
-    )
+    _, kpos, valid, ok = group_keys(t0, DIST, L, G, ND, DIL_P, DIL_K, NG, GRP, is_text)
+    kt = load_rows3(k_base, kpos, valid, stride_kl, cols)
+    vt = load_rows3(v_base, kpos, valid, stride_vl, cols)
     s = tl.where(ok, mma(q, tl.permute(kt, (0, 2, 1)), IEEE, UPCAST) * qk_scale, NEG_INF)
     m = tl.maximum(tl.max(s, 2), -1e30)  # finite: a row with no dilated key must not give NaN
     p = tl.exp2(s - m[:, :, None])
@@ -106,9 +108,9 @@ def dilated_backward(
     o = load_group_rows(Out, b, head, tok, stride_ob, stride_oh, stride_ol, cols, row_ok)
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 2)
     lse = tl.load(LSE + (b * H + head) * L + tok, mask=row_ok, other=0.0)
-    e, kpos, valid, ok, kt, vt = group_keys(
-        k_base, v_base, stride_kl, stride_vl, cols, t0, DIST, L, G, ND, DIL_P, DIL_K, NG, GRP, is_text
-    )
+    e, kpos, valid, ok = group_keys(t0, DIST, L, G, ND, DIL_P, DIL_K, NG, GRP, is_text)
+    kt = load_rows3(k_base, kpos, valid, stride_kl, cols)
+    vt = load_rows3(v_base, kpos, valid, stride_vl, cols)
     s = mma(q, tl.permute(kt, (0, 2, 1)), IEEE, UPCAST)
     p = tl.where(ok, tl.exp2(s * qk_scale - lse[:, :, None]), 0.0)
     ds = p * (mma(do, tl.permute(vt, (0, 2, 1)), IEEE, UPCAST) - delta[:, :, None])
