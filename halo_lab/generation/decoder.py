@@ -127,9 +127,11 @@ class Decoder:
     # False keeps the GEMV + ``attn.decode_qkv`` (for A/B timing).
     fused_qkv: bool = True
     # With the fused q/k/v, HALO-S's attention over its K graph keys, the o-projection and the residual add
-    # in one launch too (halo_lab/kernels/decode_attn_o.py): dense (the whole cache) and content-selected
-    # blocks (keys per row and head) keep the attention + o-projection GEMV. False: those two (A/B timing).
-    fused_attn_o: bool = True
+    # in one launch too (halo_lab/kernels/decode_attn_o.py; dense and selection never take it). Off: on an
+    # H100 (medium model, batch 1, 1K) it took 12.8 µs a launch where the attention kernel and the GEMV it
+    # replaces take 3.4 + 2.6, so 4,756 tokens/s against 6,541 without it (every program recomputes every
+    # head's attention before its first product; experiments/bench/h100_decode_fused/). True: opt-in.
+    fused_attn_o: bool = False
 
     def __init__(
         self,
