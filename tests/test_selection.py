@@ -575,7 +575,7 @@ def test_summary_bias_must_be_a_finite_number(bad):
     assert cfg(select_summary_bias=-4).select_summary_bias == -4
 
 
-def test_the_variants_start_the_summary_bias_at_minus_4_rank_by_the_bound_and_overrides_undo_both(tmp_path):
+def test_the_variants_start_the_biases_at_minus_4_and_2_rank_by_the_bound_and_overrides_undo_them(tmp_path):
     from halo_lab.runner.config import build_model_config, compose_config
 
     for variant in ("halo_select", "local_select"):
@@ -584,15 +584,23 @@ def test_the_variants_start_the_summary_bias_at_minus_4_rank_by_the_bound_and_ov
             compose_config(base, output_dir=tmp_path / variant), vocab_size=64
         )
         assert arch == "halo" and model["select_summary_bias"] == -4.0 and model["select_score"] == "bound"
+        assert model["select_token_bias"] == -2.0
         net = HaloSModel(HaloConfig(**model))
-        assert torch.equal(
-            net.layers[0].attn.select_bias.detach(), torch.full((model["num_kv_heads"],), -4.0)
-        )
-        earlier = [*base, "model.select_summary_bias=null", "model.select_score=mean"]
+        heads = model["num_kv_heads"]
+        assert torch.equal(net.layers[0].attn.select_bias.detach(), torch.full((heads,), -4.0))
+        assert torch.equal(net.layers[0].attn.select_token_bias.detach(), torch.full((heads,), -2.0))
+        earlier = [
+            *base,
+            "model.select_summary_bias=null",
+            "model.select_score=mean",
+            "model.select_token_bias=null",
+        ]
         off = compose_config(earlier, output_dir=tmp_path / f"{variant}n")
         model, _, _ = build_model_config(off, vocab_size=64)  # how the earlier grid runs are reproduced
         assert model["select_summary_bias"] is None and model["select_score"] == "mean"
-        assert HaloSModel(HaloConfig(**model)).layers[0].attn.select_bias is None
+        assert model["select_token_bias"] is None
+        attn_module = HaloSModel(HaloConfig(**model)).layers[0].attn
+        assert attn_module.select_bias is None and attn_module.select_token_bias is None
 
 
 # ------------------------------------------------------------------------------------ token bias

@@ -405,6 +405,13 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("mqar_select", "halo_select", 2, 3, slot=5400, min_slot=600, tag="tokbias2", extra=mqar256 + tb2),
         Job("baseline_cpu", "halo_select", 2, 0, slot=3600, min_slot=300, tag="tokbias2", extra=lm_cpu + tb2),
     ]
+    # The -2 start's second points on the CPU (--cpu --jobs 2), after the GPU-scale LM matched HALO-S with it
+    # (select_tokbias_lm_gpu): MQAR (128, 8) seed 0, MQAR (256, 16) seed 1, the CPU-scale LM seed 1
+    select_tokbias3_cpu = [
+        Job("mqar_select", "halo_select", 2, 3, slot=3000, min_slot=600, tag="tokbias2", extra=mqar128 + tb2),
+        Job("mqar_select", "halo_select", 2, 3, seed=1, slot=3000, min_slot=600, tag="tokbias2", extra=mqar256 + tb2),
+        Job("baseline_cpu", "halo_select", 2, 0, seed=1, slot=3000, min_slot=300, tag="tokbias2", extra=lm_cpu + tb2),
+    ]  # fmt: skip
     # The next device call (issue 27's LM goal): the GPU-scale LM to its full 2000 steps with the bias from -2
     # (on the CPU -4 left MQAR (256, 16) at 0.705 after 1500 steps, -2 learned it by step 500), on the fused
     # kernels, HALO-S in the same call, 3 seeds each, and the needle and MQAR at 1024 with it (--jobs 8)
@@ -431,6 +438,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_tokbias_gpu": (select_tokbias_gpu, 6),
         "select_tokbias_cpu": (select_tokbias_cpu, 2),
         "select_tokbias2_cpu": (select_tokbias2_cpu, 2),
+        "select_tokbias3_cpu": (select_tokbias3_cpu, 2),
         "select_tokbias_lm_gpu": (select_tokbias_lm_gpu, 8),
         "select_nosum_gpu": (select_nosum_gpu, 8),
         "select_lm": (select_lm, 1),

@@ -11,7 +11,13 @@ from halo_lab.config import HaloConfig
 from halo_lab.graph import selection
 from halo_lab.model import attention as attn
 
-SELECT = dict(select_blocks=4, select_pooling="learned", select_score="bound", select_summary_bias=-4.0)
+SELECT = dict(
+    select_blocks=4,
+    select_pooling="learned",
+    select_score="bound",
+    select_summary_bias=-4.0,
+    select_token_bias=-2.0,
+)
 
 
 def _attention_variants(base: HaloConfig) -> dict[str, tuple[str, HaloConfig]]:
@@ -25,12 +31,11 @@ def _attention_variants(base: HaloConfig) -> dict[str, tuple[str, HaloConfig]]:
         "hybrid_token": ("hybrid", base.replace(random_edges="token")),
         "window": ("flex", base.replace(dilated_offsets=[], num_random=0)),
         # content-selected blocks at the variant's settings (variant=halo_select: 4 blocks of 16, learned
-        # pooling, the bound score, the summary bias from -4); its keys per query are the graph's plus the
-        # chosen blocks and the summaries. _mean: the settings of the rows before 2026-12-05 (mean score, no
-        # bias); _tokbias: + the chosen tokens' bias (select_token_bias)
+        # pooling, the bound score, the summary bias from -4, the chosen tokens' from -2); its keys per query
+        # are the graph's plus the chosen blocks and the summaries. _mean: the settings of the rows before
+        # 2026-12-05 (mean score, no bias)
         "triton_select": ("triton", base.replace(**SELECT)),
         "triton_select_mean": ("triton", base.replace(select_blocks=4, select_pooling="learned")),
-        "triton_select_tokbias": ("triton", base.replace(**SELECT, select_token_bias=-4.0)),
         "masked": ("masked", base),  # SDPA with the graph as a boolean mask: auto on the CPU (CPU training)
         "reference": ("reference", base),
     }
@@ -65,7 +70,7 @@ def check_backends(device: torch.device, dtype: torch.dtype, n: int = 700) -> di
         "token": (HaloConfig(random_edges="token", graph_seed=7), fixed),
         "select": (HaloConfig(select_blocks=4, graph_seed=7), fused),  # mean score, no parameters
         # the variant's settings with both biases, its parameters off their init
-        "select_variant": (HaloConfig(**SELECT, select_token_bias=-4.0, graph_seed=7), fused),
+        "select_variant": (HaloConfig(**SELECT, graph_seed=7), fused),
     }
     for mode, (c, backends) in cases.items():
         for backend in backends:

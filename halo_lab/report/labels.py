@@ -134,8 +134,8 @@ def zorder(label: str) -> float:
 # ---------------------------------------------------------------------------------------------- bench
 # halo_lab.bench's rows: ``variant`` is dense, a HALO-S backend of the attention part (``triton``,
 # ``masked``, ``reference``, ``flex``, ``hybrid``; ``*_token``: per-token random edges; ``window``: the
-# window alone; ``triton_select``: the content-selected blocks, ``_mean`` / ``_tokbias`` at other settings), ``halo`` / ``halo_<backend>`` (train step,
-# decode), ``halo_ring`` (decode, ring cache), ``halo_select`` (decode, selected blocks) or
+# window alone; ``triton_select``: the content-selected blocks, ``_mean`` at the earlier settings),
+# ``halo`` / ``halo_<backend>`` (train step, decode), ``halo_ring`` (decode, ring cache), ``halo_select`` (decode, selected blocks) or
 # ``pyhalos_<arch>`` (the reference package).
 BACKEND_COLORS = {
     "dense": COLORS["dense"],
@@ -150,7 +150,6 @@ BACKEND_COLORS = {
     "select": COLORS["HALO-S+sel"],  # the selected blocks: the report's colour of the select variant
     "triton_select": COLORS["HALO-S+sel"],
     "triton_select_mean": "#9edae5",  # the earlier rows' settings: the same hue, lighter
-    "triton_select_tokbias": "#0e7c86",  # + the chosen tokens' bias: darker
 }
 BACKEND_MARKERS = {"dense": "s", "reference": "D", "window": "^", "ring": "v"}
 
