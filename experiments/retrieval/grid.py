@@ -350,6 +350,14 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("needle_1024", v, n, 3, seed=s, extra=long) for n in (4, 6) for s in (0, 1) for v in ("dense",)
     ]
     select_gpu5 = [Job(f"{t}_1024", "dense", 2, 0, seed=s) for t in ("needle", "mqar") for s in (0, 1)]
+    # The 4096-token needle's recipe (issue 31): with 16 sequences a step (needle_4096) a step scores 16
+    # answers where needle_1024 scores 64, and in 6000 steps dense stayed at 0.22 and even the in-window
+    # bucket of HALO-S at 0.25 (select_gpu2_dense, select_gpu3). needle_1024's 64 answers a step at 4096
+    # tokens, 3000 steps: dense and selection, 2 seeds each, one call per variant (4x the tokens of a
+    # needle_4096 step: about twice a select_gpu2 call's GPU time for 2 jobs)
+    b64 = ["data.batch_size=64", "trainer.max_steps=3000"]
+    select_gpu6_dense = [Job("needle_4096", "dense", 2, 3, seed=s, tag="b64", extra=b64) for s in (0, 1)]
+    select_gpu6_select = [Job("needle_4096", "halo_select", 2, 3, seed=s, tag="b64", extra=b64) for s in (0, 1)]
     # Issue 27's LM question at the GPU scale (experiments/baseline: halo_small, 4 layers, 1024 tokens, 16,384
     # tokens a step, 2000 steps; HALO-S's spread there was 0.004 over 2 seeds): HALO-S against HALO-S +
     # selection, 3 seeds each, and the 256-token needle's seed 0 that the CPU grid did not finish (--jobs 7)
@@ -434,6 +442,8 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu3": (select_gpu3, 8),
         "select_gpu4": (select_gpu4, 8),
         "select_gpu5": (select_gpu5, 8),
+        "select_gpu6_dense": (select_gpu6_dense, 2),
+        "select_gpu6_select": (select_gpu6_select, 2),
         "select_lm_gpu": (select_lm_gpu, 7),
         "select_tokbias_gpu": (select_tokbias_gpu, 6),
         "select_tokbias_cpu": (select_tokbias_cpu, 2),
