@@ -226,8 +226,8 @@ def fused_tokens(model, prompt, new: int, **kw) -> tuple[torch.Tensor, object]:
 @pytest.mark.parametrize(
     "arch,cache,kw,attn_o",
     [
-        ("halo", "full", {}, True),
-        ("halo", "full", {}, False),
+        pytest.param("halo", "full", {}, True, marks=pytest.mark.slow),  # the opt-in attention + o kernel
+        ("halo", "full", {}, False),  # the default step: the fused q/k/v only
         pytest.param("halo", "ring", {"norm": "rmsnorm"}, True, marks=pytest.mark.slow),
         pytest.param("dense", "full", {"use_swiglu": False}, True, marks=pytest.mark.slow),
         pytest.param("halo", "full", "halo_select", True, marks=pytest.mark.slow),
