@@ -159,3 +159,25 @@ def test_the_selected_row_times_the_variant_as_trained(tmp_path):
     extras = selection_parameters(timed.replace(select_token_bias=-4.0), "cpu")
     assert set(extras) == {"pool", "bias", "token_bias"} and all(t.requires_grad for t in extras.values())
     assert selection_parameters(HaloConfig(), "cpu") == {}
+
+
+@pytest.mark.slow  # Inductor compiles 2 models on the CPU: about a minute
+def test_compiled_train_rows_compare_with_compiled_dense_and_count_graph_breaks():
+    """train.modes=[eager, compiled]: each model's blocks compiled with fullgraph=True, a row per mode,
+    the compiled HALO-S row's ratio against compiled dense, its graph breaks counted (0: it compiled); a
+    mode that is not one is a clear error."""
+    from halo_lab.bench.tables import add_ratios
+    from halo_lab.bench.train_step import bench_train
+
+    spec = {**tiny_spec()["cpu"]["train"], "seq_lens": [128], "tokens": 128, "modes": ["eager", "compiled"]}
+    rows = bench_train(spec, torch.device("cpu"), torch.float32, warmup=1, repeats=1)
+    add_ratios(rows)
+    by_name = {r["variant"]: r for r in rows}
+    assert set(by_name) == {"dense", "halo", "dense_compiled", "halo_compiled"}
+    for name in ("dense_compiled", "halo_compiled"):
+        assert "error" not in by_name[name] and by_name[name]["graph_breaks"] == 0, by_name[name]
+    halo = by_name["halo_compiled"]
+    assert halo["ratio_to_dense"] == pytest.approx(halo["ms"] / by_name["dense_compiled"]["ms"])
+    assert by_name["dense_compiled"]["ratio_to_dense"] == 1.0
+    with pytest.raises(ValueError, match="train.modes: 'jit'"):
+        bench_train({**spec, "modes": ["jit"]}, torch.device("cpu"), torch.float32, 1, 1)

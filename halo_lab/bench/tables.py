@@ -6,12 +6,15 @@ import re
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """ratio_to_dense: time (decode: tokens/s) and memory relative to the dense row of the same part and length."""
-    dense = {
-        (r["part"], r["seq_len"], r.get("batch")): r for r in rows if r["variant"] == "dense" and "ms" in r
-    }
+    """ratio_to_dense: time (decode: tokens/s) and memory relative to the dense row of the same part, length
+    and mode (a compiled training step against compiled dense: ``dense_compiled``)."""
+
+    def key(r: dict) -> tuple:
+        return r["part"], r["seq_len"], r.get("batch"), r.get("mode", "eager")
+
+    dense = {key(r): r for r in rows if r["variant"] in ("dense", f"dense_{r.get('mode')}") and "ms" in r}
     for r in rows:
-        d = dense.get((r["part"], r["seq_len"], r.get("batch")))
+        d = dense.get(key(r))
         if d is None or r.get("ms") is None or d.get("ms") is None:
             continue
         r["ratio_to_dense"] = r["ms"] / d["ms"]

@@ -60,36 +60,70 @@ def _model_variants(spec: dict, seq_len: int) -> list[tuple[str, str, HaloConfig
     return [("dense", "dense", cfg)] + halo
 
 
+def compile_blocks(model) -> None:
+    """Each block ``torch.compile``d in place with ``fullgraph=True`` (issue 29: the HALO attention traced
+    through its torch.library ops): a graph break anywhere in a block is an error, not a silent split."""
+    for block in model.layers:
+        block.compile(fullgraph=True)
+
+
+def _graph_breaks() -> int:
+    from torch._dynamo.utils import counters
+
+    return sum(counters["graph_break"].values())
+
+
 def bench_train(
     spec: dict, device: torch.device, dtype: torch.dtype, warmup: int, repeats: int
 ) -> list[dict]:
+    """One row per length, model variant and mode of ``spec["modes"]`` (``eager``, ``compiled``: the blocks
+    compiled with fullgraph=True, ``_compiled`` appended to the variant; default eager only)."""
     rows = []
     for n in spec["seq_lens"]:
         batch = max(1, spec["tokens"] // n)
         for variant, arch, cfg in _model_variants(spec, n):
-            torch.manual_seed(0)
-            model = build_model(cfg, arch).to(device)
-            try:
-                r = benchmark_speed(model, n, batch, warmup, repeats, dtype)
-            except torch.OutOfMemoryError:
-                r = {"error": "OOM"}
-            flops = 3 * model.estimate_flops(n)["total"] * batch
-            rows.append(
-                {
-                    "part": "train_step",
-                    "variant": variant,
-                    "seq_len": n,
-                    "batch": batch,
-                    "params": model.count_parameters(),
-                    "ms": r.get("train_step_ms"),
-                    "forward_ms": r.get("forward_ms"),
-                    "tokens_per_sec": r.get("tokens_per_sec"),
-                    "peak_mem_mb": r.get("peak_mem_mb"),
-                    "tflops": flops / r["train_step_ms"] / 1e9 if "train_step_ms" in r else None,
-                    **({"error": r["error"]} if "error" in r else {}),
-                }
-            )
-            del model
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            for mode in spec.get("modes") or ["eager"]:
+                name = variant if mode == "eager" else f"{variant}_{mode}"
+                rows.append(_train_row(cfg, arch, name, mode, n, batch, device, dtype, warmup, repeats))
     return rows
+
+
+def _train_row(cfg, arch, variant, mode, n, batch, device, dtype, warmup, repeats) -> dict:
+    if mode not in ("eager", "compiled"):
+        raise ValueError(f"train.modes: {mode!r} is not a mode (eager, compiled)")
+    torch.manual_seed(0)
+    model = build_model(cfg, arch).to(device)
+    if mode == "compiled":
+        torch._dynamo.reset()  # each model traced afresh (its own guards, its own recompiles)
+    breaks = _graph_breaks()
+    try:
+        if mode == "compiled":
+            compile_blocks(model)
+        r = benchmark_speed(model, n, batch, warmup, repeats, dtype)
+    except torch.OutOfMemoryError:
+        r = {"error": "OOM"}
+    except Exception as e:  # noqa: BLE001 - a compile failure (a graph break under fullgraph) is a result
+        if mode == "eager":
+            raise
+        r = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+    flops = 3 * model.estimate_flops(n)["total"] * batch
+    row = {
+        "part": "train_step",
+        "variant": variant,
+        "mode": mode,
+        "seq_len": n,
+        "batch": batch,
+        "params": model.count_parameters(),
+        "ms": r.get("train_step_ms"),
+        "forward_ms": r.get("forward_ms"),
+        "tokens_per_sec": r.get("tokens_per_sec"),
+        "peak_mem_mb": r.get("peak_mem_mb"),
+        "tflops": flops / r["train_step_ms"] / 1e9 if "train_step_ms" in r else None,
+        **({"error": r["error"]} if "error" in r else {}),
+    }
+    if mode == "compiled":
+        row["graph_breaks"] = _graph_breaks() - breaks
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
