@@ -11,6 +11,11 @@ every head: the graph depends on the position only) and runs its query heads ove
 each head's d outputs by its [BLOCK_N, d] slice of W_o. So no program waits for another: no fp32
 atomics, no second pass for the rounding and the residual, and the sums have a fixed order (a
 split-K over heads would need both, and its atomics make the output depend on the programs' timing).
+A KV head's query heads are the rows of one product each way (q . K^T, then p . V; fp32, padded to
+GP = 16 rows, tl.dot's smallest): the first version ran one head at a time, 8 chains of dependent
+reductions per program, and took 12.8 µs a launch on an H100 (the attention kernel and the GEMV it
+replaces: about 6; experiments/bench/kernel_notes.md, "Decode step, 2026-12-05"); this one is not yet
+timed, and the decoder keeps it off (``Decoder.fused_attn_o``).
 The price is the attention recomputed by every program: 2 Hkv x K x d values read per program (the
 medium model: 2 x 2 x 72 x 64 x 2 bytes = 37 KB, from L2 after the first programs), against the
 16 KB of W_o each program streams.
@@ -73,6 +78,7 @@ if HAS_TRITON:
         n_keys, N, scale,
         HKV: tl.constexpr,
         GROUP: tl.constexpr,
+        GP: tl.constexpr,
         D: tl.constexpr,
         BLOCK_K: tl.constexpr,
         BLOCK_D: tl.constexpr,
@@ -88,25 +94,29 @@ if HAS_TRITON:
         valid = slot >= 0
         safe = tl.where(valid, slot, 0).to(tl.int64)
         rows = valid[:, None] & in_d[None, :]
-        w_rows = w_ptr + n[:, None] * swn + c[None, :]
-        w_mask = in_n[:, None] & in_d[None, :]
         acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        g = tl.arange(0, GP)  # the KV head's query heads as the rows of one product (padded to GP >= 16)
+        in_g = g < GROUP
         for hk in range(HKV):  # the KV head's keys and values once for its GROUP query heads
             kt = tl.load(k_ptr + b * skb + hk * skh + safe[:, None] * sks + c[None, :], mask=rows, other=0.0)
             vt = tl.load(v_ptr + b * svb + hk * svh + safe[:, None] * svs + c[None, :], mask=rows, other=0.0)
-            for g in tl.static_range(GROUP):
-                h = hk * GROUP + g
-                # the decode attention kernel's ops, in its order (halo_lab/kernels/decode.py)
-                q = tl.load(q_ptr + b * sqb + h * sqh + c, mask=in_d, other=0.0).to(tl.float32)
-                s = tl.sum(kt.to(tl.float32) * q[None, :], axis=1) * scale
-                s = tl.where(valid, s, float("-inf"))
-                p = tl.exp(s - tl.max(s, axis=0))
-                p = tl.where(valid, p, 0.0)
-                p = p / tl.sum(p, axis=0)
-                o = tl.sum(vt.to(tl.float32) * p[:, None], axis=0)
-                o = o.to(q_ptr.dtype.element_ty).to(tl.float32)  # the attention's output dtype
-                wt = tl.load(w_rows + h * D, mask=w_mask, other=0.0)
-                acc += tl.sum(wt.to(tl.float32) * o[None, :], axis=1)
+            h = hk * GROUP + g
+            q = tl.load(
+                q_ptr + b * sqb + h[:, None] * sqh + c[None, :], mask=in_g[:, None] & in_d[None, :], other=0.0
+            )
+            # fp32 products as the decode attention kernel's (halo_lab/kernels/decode.py), all heads at once
+            s = tl.dot(q.to(tl.float32), tl.trans(kt.to(tl.float32)), input_precision="ieee") * scale
+            s = tl.where(valid[None, :], s, float("-inf"))
+            p = tl.exp(s - tl.max(s, axis=1)[:, None])
+            p = tl.where(valid[None, :], p, 0.0)
+            p = p / tl.sum(p, axis=1)[:, None]
+            o = tl.dot(p, vt.to(tl.float32), input_precision="ieee")  # [GP, BLOCK_D]
+            o = o.to(q_ptr.dtype.element_ty).to(tl.float32)  # the attention's output dtype
+            # padded rows (g >= GROUP) read no W_o column: they add nothing
+            w_cols = (hk * GROUP + g)[None, :, None] * D + c[None, None, :]
+            w_mask = in_n[:, None, None] & in_g[None, :, None] & in_d[None, None, :]
+            wt = tl.load(w_ptr + n[:, None, None] * swn + w_cols, mask=w_mask, other=0.0)
+            acc += tl.sum(tl.sum(wt.to(tl.float32) * o[None, :, :], axis=2), axis=1)
         dt = w_ptr.dtype.element_ty
         res = tl.load(res_ptr + b * srb + n, mask=in_n, other=0.0).to(tl.float32)
         tl.store(out_ptr + b * sob + n, (acc.to(dt).to(tl.float32) + res).to(dt), mask=in_n)
@@ -137,6 +147,7 @@ def decode_attn_o(q, k_cache, v_cache, slots, w_o, residual) -> torch.Tensor:
         slots.numel(), C, 1.0 / math.sqrt(d),
         HKV=Hkv,
         GROUP=Hq // Hkv,
+        GP=max(16, triton.next_power_of_2(Hq // Hkv)),
         D=d,
         BLOCK_K=max(16, triton.next_power_of_2(slots.numel())),
         BLOCK_D=max(16, triton.next_power_of_2(d)),
