@@ -1,6 +1,7 @@
 """What one decode step launches, kernel by kernel, and what Inductor options change it (GPU only, no Hydra).
 
-python experiments/bench/decode_kernels.py OUT_DIR [OPTION ...]   (default: every round of OPTIONS)
+python experiments/bench/decode_kernels.py OUT_DIR [OPTION ...] [--contexts N ...] [--variants NAME ...]
+(default: every round of OPTIONS, contexts 1K and 128K, every variant)
 
 The medium model (hidden 512, 8 layers, 8/2 heads), batch 1, bf16, greedy, through ``Decoder`` (compiled
 step, CUDA-graph replay): tokens/s over 256 new tokens after a synthetic cache at 1K and 128K context, and
@@ -68,15 +69,16 @@ def step_kernels(dec: Decoder) -> list[dict]:
     ]
 
 
-def main(out: str, names: list[str]) -> None:
+def main(out: str, names: list[str], contexts=CONTEXTS, variants=None) -> None:
     spec = {"model": MEDIUM, "new_tokens": 256}
     rows = []
+    chosen = {v: DECODE_VARIANTS[v] for v in variants or DECODE_VARIANTS}
     for opt_name in names or list(OPTIONS):
         opts, gemv, Decoder.fused_qkv, Decoder.fused_attn_o = OPTIONS[opt_name]
         torch._dynamo.reset()
         Decoder.inductor_options = opts
-        for ctx in CONTEXTS:
-            for variant, (arch, cache, fields) in DECODE_VARIANTS.items():
+        for ctx in contexts:
+            for variant, (arch, cache, fields) in chosen.items():
                 torch.manual_seed(0)
                 config = _model_config(spec, ctx + 258).replace(**fields)
                 model = build_model(config, arch).to("cuda", torch.bfloat16)
@@ -88,7 +90,7 @@ def main(out: str, names: list[str]) -> None:
                     print(f"{opt_name} {variant} {ctx}: {type(e).__name__}: {str(e)[:200]}", flush=True)
                     continue
                 row = {"options": opt_name, "variant": variant, "context": ctx, **r}
-                if ctx == CONTEXTS[0]:
+                if ctx == contexts[0]:
                     dec = Decoder(model, 1, ctx, 257, cache=cache, sync_every=257, gemv=gemv)
                     dec.fill_random()
                     dec._run_step = dec._build()
@@ -112,5 +114,19 @@ def main(out: str, names: list[str]) -> None:
         )
 
 
+def _cli(argv: list[str]) -> None:
+    """OUT [OPTION ...] [--contexts N ...] [--variants NAME ...]: the two lists cut a call's time (the
+    kernels are counted at the first context)."""
+    lists: dict[str, list[str]] = {"options": [], "--contexts": [], "--variants": []}
+    current = "options"
+    for a in argv[1:]:
+        if a in lists:
+            current = a
+        else:
+            lists[current].append(a)
+    contexts = tuple(int(c) for c in lists["--contexts"]) or CONTEXTS
+    main(argv[0], lists["options"], contexts, lists["--variants"] or None)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])
+    _cli(sys.argv[1:])
