@@ -119,6 +119,13 @@ def test_report_tables_numbers_and_plots(sweep, tmp_path):
     assert halo["Δ loss vs dense"] == "+0.1000"  # against dense at the same length
     assert halo["speed vs dense"] == "1.50x" and body[("HALO-S", "256")]["speed vs dense"] == "0.75x"
     assert halo["tokens/s"] == "9,000" and halo["params"] == "0.40M"
+    # keys a query reads, from the run's recorded model config (dense: (N + 1) / 2)
+    from halo_lab import estimate_graph_stats
+
+    graph = {"hidden_size": 128, "num_layers": 2, "local_window": 64, "num_globals": 2}
+    keys = estimate_graph_stats(graph, 1024)["edges_per_token"]
+    assert halo["keys/query"] == f"{keys:,.0f}" and 64 < keys < 200
+    assert body[("dense", "1024")]["keys/query"] == "512" and body[("dense", "256")]["keys/query"] == "128"
     assert body[("dense", "256")]["Δ loss vs dense"] == "–"
     # Rows sorted by length, HALO-S before dense.
     assert [r[0] for r in rows[2:6]] == ["HALO-S", "dense", "HALO-S", "dense"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -43,6 +44,25 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
+@functools.lru_cache(maxsize=256)
+def _keys_per_query(config_json: str, arch: str, seq_len: int) -> float | None:
+    from halo_lab.api import estimate_graph_stats  # same layer (tools); only when a table asks
+
+    try:
+        return float(estimate_graph_stats(json.loads(config_json), seq_len, arch=arch)["edges_per_token"])
+    except (TypeError, ValueError):  # a config this version cannot build: no number, not a failed report
+        return None
+
+
+def keys_per_query(run: Run) -> float | None:
+    """Mean keys a text query reads (``estimate_graph_stats``' edges_per_token: globals and the
+    content-selected blocks' bound included; dense (N + 1) / 2) for the run's recorded model config."""
+    cfg, n = run.m("model_config"), run.seq_len
+    if not isinstance(cfg, dict) or not n or run.arch not in ("halo", "dense"):
+        return None
+    return _keys_per_query(json.dumps(cfg, sort_keys=True), run.arch, int(n))
+
+
 def summary_rows(runs: list[Run]) -> tuple[list[str], list[list[Any]]]:
     """The per-run summary as plain values (the W&B table and the markdown table share it)."""
     needle = any(r.m("val_acc") is not None for r in runs)
@@ -60,6 +80,7 @@ def summary_rows(runs: list[Run]) -> tuple[list[str], list[list[Any]]]:
         "ref",
         "tokens_per_sec",
         "speed_vs_ref",
+        "keys_per_query",
         "peak_mem_mb",
         "wall_time_s",
     ]
@@ -86,6 +107,7 @@ def summary_rows(runs: list[Run]) -> tuple[list[str], list[list[Any]]]:
             ref.label if ref else None,
             tps,
             speed,
+            keys_per_query(r),
             r.m("peak_mem_mb"),
             r.m("wall_time_s"),
         ]
@@ -116,6 +138,7 @@ def _markdown_runs_table(runs: list[Run]) -> list[str]:
         f"Δ loss vs {ref_txt}",
         "tokens/s",
         f"speed vs {ref_txt}",
+        "keys/query",
         "peak mem (MB)",
         "wall (s)",
     ]
@@ -139,6 +162,7 @@ def _markdown_runs_table(runs: list[Run]) -> list[str]:
             _f(v["delta_val_loss_vs_ref"], "{:+.4f}"),
             _f(v["tokens_per_sec"], "{:,.0f}"),
             _f(v["speed_vs_ref"], "{:.2f}x"),
+            _f(v["keys_per_query"], "{:,.0f}"),
             _f(v["peak_mem_mb"], "{:,.0f}"),
             _f(v["wall_time_s"], "{:,.0f}"),
         ]
