@@ -173,6 +173,27 @@ def test_backends_equal_the_reference_in_values_and_gradients(backend, n, m, dty
         torch.testing.assert_close(a.float(), b.float(), **tol)
 
 
+def test_query_tiles_past_many_groups_equal_the_reference():
+    """At 300 tokens (5 query tiles of 64 positions in fp32) the later tiles sit past a dozen complete
+    groups: the kernels score, of the block summaries, only those of the groups the tile's rows chose (its
+    group list) and those past each row's complete groups; with both biases, values and every gradient
+    equal the oracle's."""
+    triton_ready()
+    c = cfg(attention_backend="triton", select_summary_bias=-0.5, select_token_bias=-1.0)
+    q, k, v = qkv(c, 300, seed=9, grad=True)
+    bias = torch.tensor([0.4, -0.9], requires_grad=True)
+    token_bias = torch.tensor([-0.3, 0.8], requires_grad=True)
+    ref = reference_attention(q, k, v, c, 1, 7, None, bias, token_bias)
+    out = attn.halo_attention(q, k, v, c, 1, 7, "triton", bias=bias, token_bias=token_bias)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(ref)
+    leaves = (q, k, v, bias, token_bias)
+    for name, a, b in zip(
+        "q k v bias token_bias".split(), *(torch.autograd.grad(t, leaves, g) for t in (out, ref))
+    ):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=lambda s, name=name: f"d{name}: {s}")
+
+
 def test_summary_keys_off_changes_only_the_softmax():
     c = cfg(select_summary_keys=False)
     q, k, v = qkv(c, 70)
@@ -336,6 +357,11 @@ def test_kernel_tables_give_the_reference_through_the_naive_form(m):
                 want = sorted({int(x) for x in rows[bi, h].flatten() if x >= 0})
                 got = sel.tb[bi, h, tile, : sel.tbn[bi, h, tile]].tolist()
                 assert got == want
+                groups = sel.grps[bi, h, tile * 16 : (tile + 1) * 16]  # and its group list the groups'
+                want = sorted({int(x) for x in groups.flatten() if x >= 0})
+                assert sel.tg[bi, h, tile, : sel.tgn[bi, h, tile]].tolist() == want
+                assert not (m == 0 and want)
+    assert (m == 0) == (int(sel.tgn.sum()) == 0)  # with groups some tile has chosen ones
 
 
 @pytest.mark.parametrize("variant", ["halo_select", "local_select"])

@@ -197,7 +197,7 @@ OUTPUTS = {
     "halo_bwd_dq_kernel": {"DQ", "DELTA", "DKA", "DVA", "DKD", "DVD", "DSK", "DSV", "DBIAS", "DTBIAS"},
     "halo_bwd_dkv_kernel": {"DK", "DV"},
 }
-TABLES = {"DIST", "RAND", "BLK", "GRPS", "TB", "TBN"}
+TABLES = {"DIST", "RAND", "BLK", "GRPS", "TB", "TBN", "TG", "TGN"}
 
 
 @pytest.mark.parametrize("name", ["plain-gqa2", "selection-token-bias"])

@@ -33,7 +33,10 @@ from halo_lab.kernels.halo_attention.selected import (
     block_summary_tile,
     candidates,
     chosen_block_tile,
+    chosen_group_blocks_tile,
     group_summary_tile,
+    loose_blocks_start,
+    loose_blocks_tile,
 )
 
 
@@ -46,14 +49,17 @@ def grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE: tl.constexpr, UPCAS
 
 
 @triton.jit
-def add_key_grads(DKA, DVA, base, pos, valid, q, do, p, ds, sm_scale, cols,
+def add_key_grads(DKA, DVA, base, pos, valid, ok, q, do, p, ds, sm_scale, cols,
                   IEEE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
-    """dK, dV of one key tile (rows ``pos``) from this query tile, added to the fp32 buffers."""
+    """dK, dV of one key tile (rows ``pos``) from this query tile, added to the fp32 buffers: only the keys
+    that are an edge of some row of the tile (``ok`` [BLOCK_M, N]; the others' are zeros), since the
+    atomics of many tiles on the same rows are what this pass waits for."""
     dk = mma(tl.trans(ds.to(q.dtype)), q, IEEE, UPCAST) * sm_scale
     dv = mma(tl.trans(p.to(do.dtype)), do, IEEE, UPCAST)
-    ptr = base + tl.where(valid, pos, 0)[:, None] * cols.shape[0] + cols[None, :]
-    tl.atomic_add(DKA + ptr, dk, mask=valid[:, None])
-    tl.atomic_add(DVA + ptr, dv, mask=valid[:, None])
+    used = valid & (tl.sum(ok.to(tl.int32), 0) > 0)
+    ptr = base + tl.where(used, pos, 0)[:, None] * cols.shape[0] + cols[None, :]
+    tl.atomic_add(DKA + ptr, dk, mask=used[:, None])
+    tl.atomic_add(DVA + ptr, dv, mask=used[:, None])
 
 
 @triton.jit
@@ -79,7 +85,7 @@ def key_tile_grads(q, do, lse, delta, dq, dbias, k_base, v_base, DKB, DVB, buf_b
     vt = load_rows(v_base, rows, valid, stride_vl, cols)
     p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
     dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
-    add_key_grads(DKB, DVB, buf_base, rows, valid, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
+    add_key_grads(DKB, DVB, buf_base, rows, valid, ok, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
     if BIASED:
         dbias += tl.sum(ds)
     return dq, dbias
@@ -115,12 +121,13 @@ def chosen_backward(q, do, lse, delta, dq, k_base, v_base, DKA, DVA, TB, TBN, BL
 
 @triton.jit
 def selected_backward(q, do, lse, delta, dq, k_base, v_base, sk_base, sv_base, DKA, DVA, DSK, DSV,
-                      TB, TBN, BLK, GRPS, RAND, DIST, tile, bh, L, tok, is_text, cols, acc_base,
-                      stride_kl, stride_vl, stride_skl, stride_ru, UMAX, NB, NSUM, qk_scale, sm_scale,
-                      bias_ptr, dbias_ptr, tbias_ptr, dtbias_ptr,
+                      TB, TBN, TG, TGN, BLK, GRPS, RAND, DIST, tile, bh, L, tok, is_text, cols, acc_base,
+                      stride_kl, stride_vl, stride_skl, stride_ru, UMAX, UGMAX, NB, NSUM, qk_scale,
+                      sm_scale, bias_ptr, dbias_ptr, tbias_ptr, dtbias_ptr,
                       G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr,
                       UNIT: tl.constexpr, HD: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr,
-                      NSELP: tl.constexpr, SM: tl.constexpr, NG2P: tl.constexpr, SUMK: tl.constexpr,
+                      NSELP: tl.constexpr, SM: tl.constexpr, SMP: tl.constexpr, NG2P: tl.constexpr,
+                      SUMK: tl.constexpr,
                       SUM_N: tl.constexpr, SUMB: tl.constexpr, TOKB: tl.constexpr, IEEE: tl.constexpr,
                       UPCAST: tl.constexpr):  # fmt: skip
     """dQ of the content-selected key groups of a query tile (the forward's tiles, selected.py), with the
@@ -141,13 +148,28 @@ def selected_backward(q, do, lse, delta, dq, k_base, v_base, sk_base, sv_base, D
         dbias = tl.zeros([1], tl.float32)
         if SUMB:
             lse_s = lse - tl.load(bias_ptr).to(tl.float32) * LOG2E
-        for start in range(0, c_hi, SUM_N):
-            j, ok = block_summary_tile(start, c, bh * L * NG2P, tok, is_text, GRPS, SM, NG2P, SUM_N)
-            dq, dbias = key_tile_grads(
-                q, do, lse_s, delta, dq, dbias, sk_base, sv_base, DSK, DSV, sum_base, j, j < NB, ok,
-                stride_skl, stride_skl, cols, qk_scale, sm_scale, SUMB, IEEE, UPCAST,
-            )  # fmt: skip
-        if SM > 0:
+        if SM == 0:
+            for start in range(0, c_hi, SUM_N):
+                j, ok = block_summary_tile(start, c, is_text, SUM_N)
+                dq, dbias = key_tile_grads(
+                    q, do, lse_s, delta, dq, dbias, sk_base, sv_base, DSK, DSV, sum_base, j, j < NB, ok,
+                    stride_skl, stride_skl, cols, qk_scale, sm_scale, SUMB, IEEE, UPCAST,
+                )  # fmt: skip
+        else:
+            for u in range(0, tl.load(TGN + tile)):  # the blocks of the groups the tile's rows chose
+                j, valid, ok = chosen_group_blocks_tile(
+                    u, tile * UGMAX, bh * L * NG2P, tok, is_text, TG, GRPS, SM, SMP, NG2P
+                )
+                dq, dbias = key_tile_grads(
+                    q, do, lse_s, delta, dq, dbias, sk_base, sv_base, DSK, DSV, sum_base, j, valid, ok,
+                    stride_skl, stride_skl, cols, qk_scale, sm_scale, SUMB, IEEE, UPCAST,
+                )  # fmt: skip
+            for start in range(loose_blocks_start(c, is_text, SM), c_hi, SUM_N):  # those past the groups
+                j, ok = loose_blocks_tile(start, c, is_text, SM, SUM_N)
+                dq, dbias = key_tile_grads(
+                    q, do, lse_s, delta, dq, dbias, sk_base, sv_base, DSK, DSV, sum_base, j, j < NB, ok,
+                    stride_skl, stride_skl, cols, qk_scale, sm_scale, SUMB, IEEE, UPCAST,
+                )  # fmt: skip
             for start in range(0, c_hi // SM, SUM_N):
                 j, ok = group_summary_tile(start, c, is_text, NB, SM, SUM_N)
                 dq, dbias = key_tile_grads(
@@ -162,7 +184,7 @@ def selected_backward(q, do, lse, delta, dq, k_base, v_base, sk_base, sv_base, D
 @triton.jit
 def halo_bwd_dq_kernel(
     Q, K, V, Out, DO, DQ, LSE, DELTA, DKA, DVA, DKD, DVD, DIST, RAND,
-    SK, SV, DSK, DSV, BLK, GRPS, TB, TBN,  # the content-selected part (SEL; selected.py)
+    SK, SV, DSK, DSV, BLK, GRPS, TB, TBN, TG, TGN,  # the content-selected part (SEL; selected.py)
     SBIAS, DBIAS,  # [HKV] the summary bias, [B, HKV] fp32 its gradient (SUMB; else never read)
     TBIAS, DTBIAS,  # [HKV] the chosen tokens' bias, [B, HKV] fp32 its gradient (TOKB; else never read)
     qk_scale, sm_scale, dil_stride,
@@ -174,14 +196,15 @@ def halo_bwd_dq_kernel(
     stride_dqb, stride_dqh, stride_dql,
     stride_ru,
     stride_skb, stride_skh, stride_skl,
-    L, HKV, NT, UMAX, NB, NSUM,
+    L, HKV, NT, UMAX, UGMAX, NB, NSUM,
     G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr, UNIT: tl.constexpr,
     GRP: tl.constexpr, HD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
     SHARED_N: tl.constexpr, RAND_N: tl.constexpr, SHARED_RANDOM: tl.constexpr,
     DIL_GROUPED: tl.constexpr, DIL_P: tl.constexpr, DIL_K: tl.constexpr, DIL_NG: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
     SEL: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr, NSELP: tl.constexpr, SM: tl.constexpr,
-    NG2P: tl.constexpr, SUMK: tl.constexpr, SUM_N: tl.constexpr, SUMB: tl.constexpr, TOKB: tl.constexpr,
+    SMP: tl.constexpr, NG2P: tl.constexpr, SUMK: tl.constexpr, SUM_N: tl.constexpr, SUMB: tl.constexpr,
+    TOKB: tl.constexpr,
 ):  # fmt: skip
     BLOCK_M: tl.constexpr = BLOCK_T * GRP
     NRS: tl.constexpr = NR if SHARED_RANDOM else 0
@@ -217,7 +240,9 @@ def halo_bwd_dq_kernel(
         vt = load_rows(v_base, pos, valid, stride_vl, cols)
         p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
         dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
-        add_key_grads(DKA, DVA, acc_base, pos, valid, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
+        add_key_grads(  # nearly every key of these tiles is an edge of some row: no mask computed
+            DKA, DVA, acc_base, pos, valid, valid[None, :], q, do, p, ds, sm_scale, cols, IEEE, UPCAST
+        )
 
     if not DIL_GROUPED:
         diag = tl.arange(0, BLOCK_T)
@@ -241,7 +266,9 @@ def halo_bwd_dq_kernel(
         vt = load_rows(v_base, pos, valid, stride_vl, cols)
         p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
         dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
-        add_key_grads(DKA, DVA, acc_base, pos, valid, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
+        add_key_grads(  # nearly every key of these tiles is an edge of some row: no mask computed
+            DKA, DVA, acc_base, pos, valid, valid[None, :], q, do, p, ds, sm_scale, cols, IEEE, UPCAST
+        )
 
     lo = tl.maximum(t0 - W + 1, G)
     hi = tl.minimum(t0 + BLOCK_T, L)
@@ -258,11 +285,12 @@ def halo_bwd_dq_kernel(
     if SEL:
         dq = selected_backward(
             q, do, lse, delta, dq, k_base, v_base, SK + b * stride_skb + h * stride_skh,
-            SV + b * stride_skb + h * stride_skh, DKA, DVA, DSK, DSV, TB, TBN, BLK, GRPS, RAND, DIST,
+            SV + b * stride_skb + h * stride_skh, DKA, DVA, DSK, DSV, TB, TBN, TG, TGN, BLK, GRPS, RAND,
+            DIST,
             (b * HKV + h) * NT + tl.program_id(0), b * HKV + h, L, tok, is_text, cols, acc_base,
-            stride_kl, stride_vl, stride_skl, stride_ru, UMAX, NB, NSUM, qk_scale, sm_scale,
+            stride_kl, stride_vl, stride_skl, stride_ru, UMAX, UGMAX, NB, NSUM, qk_scale, sm_scale,
             SBIAS + h, DBIAS + b * HKV + h, TBIAS + h, DTBIAS + b * HKV + h,
-            G, W, ND, NR, UNIT, HD, SB, SBP, NSELP, SM, NG2P, SUMK, SUM_N, SUMB, TOKB, IEEE, UPCAST,
+            G, W, ND, NR, UNIT, HD, SB, SBP, NSELP, SM, SMP, NG2P, SUMK, SUM_N, SUMB, TOKB, IEEE, UPCAST,
         )  # fmt: skip
 
     tl.store(

@@ -35,7 +35,10 @@ from halo_lab.kernels.halo_attention.selected import (
     block_summary_tile,
     candidates,
     chosen_block_tile,
+    chosen_group_blocks_tile,
     group_summary_tile,
+    loose_blocks_start,
+    loose_blocks_tile,
 )
 
 
@@ -107,12 +110,13 @@ def softmax_update(s, vt, m, denom, acc, IEEE: tl.constexpr, UPCAST: tl.constexp
 
 
 @triton.jit
-def selected_forward(q, m, denom, acc, k_base, v_base, sk_base, sv_base, TB, TBN, BLK, GRPS, RAND, DIST,
-                     tile, row0, tok, is_text, cols, stride_kl, stride_vl, stride_skl, stride_ru,
-                     UMAX, NB, NSUM, qk_scale, bias_ptr, tbias_ptr,
+def selected_forward(q, m, denom, acc, k_base, v_base, sk_base, sv_base, TB, TBN, TG, TGN, BLK, GRPS, RAND,
+                     DIST, tile, row0, tok, is_text, cols, stride_kl, stride_vl, stride_skl, stride_ru,
+                     UMAX, UGMAX, NB, NSUM, qk_scale, bias_ptr, tbias_ptr,
                      G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr,
                      UNIT: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr, NSELP: tl.constexpr,
-                     SM: tl.constexpr, NG2P: tl.constexpr, SUMK: tl.constexpr, SUM_N: tl.constexpr,
+                     SM: tl.constexpr, SMP: tl.constexpr, NG2P: tl.constexpr, SUMK: tl.constexpr,
+                     SUM_N: tl.constexpr,
                      SUMB: tl.constexpr, TOKB: tl.constexpr, IEEE: tl.constexpr,
                      UPCAST: tl.constexpr):  # fmt: skip
     """The content-selected key groups of a query tile (selected.py) added to its online softmax: the
@@ -136,12 +140,31 @@ def selected_forward(q, m, denom, acc, k_base, v_base, sk_base, sv_base, TB, TBN
         shift = 0.0
         if SUMB:  # base 2, like the scores
             shift = tl.load(bias_ptr).to(tl.float32) * LOG2E
-        for start in range(0, c_hi, SUM_N):
-            j, ok = block_summary_tile(start, c, row0 * NG2P, tok, is_text, GRPS, SM, NG2P, SUM_N)
-            kt = load_rows(sk_base, j, j < NB, stride_skl, cols)
-            vt = load_rows(sv_base, j, j < NB, stride_skl, cols)
-            m, denom, acc = biased_attend(q, kt, vt, ok, m, denom, acc, qk_scale, shift, SUMB, IEEE, UPCAST)
-        if SM > 0:
+        if SM == 0:
+            for start in range(0, c_hi, SUM_N):
+                j, ok = block_summary_tile(start, c, is_text, SUM_N)
+                kt = load_rows(sk_base, j, j < NB, stride_skl, cols)
+                vt = load_rows(sv_base, j, j < NB, stride_skl, cols)
+                m, denom, acc = biased_attend(
+                    q, kt, vt, ok, m, denom, acc, qk_scale, shift, SUMB, IEEE, UPCAST
+                )
+        else:
+            for u in range(0, tl.load(TGN + tile)):  # the blocks of the groups the tile's rows chose
+                j, valid, ok = chosen_group_blocks_tile(
+                    u, tile * UGMAX, row0 * NG2P, tok, is_text, TG, GRPS, SM, SMP, NG2P
+                )
+                kt = load_rows(sk_base, j, valid, stride_skl, cols)
+                vt = load_rows(sv_base, j, valid, stride_skl, cols)
+                m, denom, acc = biased_attend(
+                    q, kt, vt, ok, m, denom, acc, qk_scale, shift, SUMB, IEEE, UPCAST
+                )
+            for start in range(loose_blocks_start(c, is_text, SM), c_hi, SUM_N):  # those past the groups
+                j, ok = loose_blocks_tile(start, c, is_text, SM, SUM_N)
+                kt = load_rows(sk_base, j, j < NB, stride_skl, cols)
+                vt = load_rows(sv_base, j, j < NB, stride_skl, cols)
+                m, denom, acc = biased_attend(
+                    q, kt, vt, ok, m, denom, acc, qk_scale, shift, SUMB, IEEE, UPCAST
+                )
             for start in range(0, c_hi // SM, SUM_N):
                 j, ok = group_summary_tile(start, c, is_text, NB, SM, SUM_N)
                 kt = load_rows(sk_base, j, j < NSUM, stride_skl, cols)
@@ -155,7 +178,7 @@ def selected_forward(q, m, denom, acc, k_base, v_base, sk_base, sv_base, TB, TBN
 @triton.jit
 def halo_fwd_kernel(
     Q, K, V, Out, LSE, DIST, RAND,
-    SK, SV, BLK, GRPS, TB, TBN,  # the content-selected part (SEL; selected.py)
+    SK, SV, BLK, GRPS, TB, TBN, TG, TGN,  # the content-selected part (SEL; selected.py)
     SBIAS,  # [HKV] fp32 the summary keys' logit bias (SUMB; else never read)
     TBIAS,  # [HKV] fp32 the chosen tokens' logit bias (TOKB; else never read)
     qk_scale,  # softmax scale * log2(e)
@@ -165,14 +188,15 @@ def halo_fwd_kernel(
     stride_ob, stride_oh, stride_ol,
     stride_ru,
     stride_skb, stride_skh, stride_skl,
-    L, HKV, NT, UMAX, NB, NSUM,
+    L, HKV, NT, UMAX, UGMAX, NB, NSUM,
     G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr, UNIT: tl.constexpr,
     GRP: tl.constexpr, HD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
     SHARED_N: tl.constexpr, RAND_N: tl.constexpr, SHARED_RANDOM: tl.constexpr,
     DIL_GROUPED: tl.constexpr, DIL_P: tl.constexpr, DIL_K: tl.constexpr, DIL_NG: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
     SEL: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr, NSELP: tl.constexpr, SM: tl.constexpr,
-    NG2P: tl.constexpr, SUMK: tl.constexpr, SUM_N: tl.constexpr, SUMB: tl.constexpr, TOKB: tl.constexpr,
+    SMP: tl.constexpr, NG2P: tl.constexpr, SUMK: tl.constexpr, SUM_N: tl.constexpr, SUMB: tl.constexpr,
+    TOKB: tl.constexpr,
 ):  # fmt: skip
     BLOCK_M: tl.constexpr = BLOCK_T * GRP
     NRS: tl.constexpr = NR if SHARED_RANDOM else 0
@@ -232,10 +256,11 @@ def halo_fwd_kernel(
     if SEL:
         m, denom, acc = selected_forward(
             q, m, denom, acc, k_base, v_base, SK + b * stride_skb + h * stride_skh,
-            SV + b * stride_skb + h * stride_skh, TB, TBN, BLK, GRPS, RAND, DIST,
+            SV + b * stride_skb + h * stride_skh, TB, TBN, TG, TGN, BLK, GRPS, RAND, DIST,
             (b * HKV + h) * NT + tl.program_id(0), (b * HKV + h) * L, tok, is_text, cols,
-            stride_kl, stride_vl, stride_skl, stride_ru, UMAX, NB, NSUM, qk_scale, SBIAS + h, TBIAS + h,
-            G, W, ND, NR, UNIT, SB, SBP, NSELP, SM, NG2P, SUMK, SUM_N, SUMB, TOKB, IEEE, UPCAST,
+            stride_kl, stride_vl, stride_skl, stride_ru, UMAX, UGMAX, NB, NSUM, qk_scale, SBIAS + h,
+            TBIAS + h, G, W, ND, NR, UNIT, SB, SBP, NSELP, SM, SMP, NG2P, SUMK, SUM_N, SUMB, TOKB, IEEE,
+            UPCAST,
         )  # fmt: skip
 
     denom = tl.where(denom > 0, denom, 1.0)

@@ -98,16 +98,26 @@ def _like_bshd(t: torch.Tensor) -> torch.Tensor:
 class SelectionTables:
     """The content-selected part as the kernels read it (selected.py), built in torch from the choice of
     ``halo_lab.graph.selection.select``: every row's chosen blocks and groups (global rows: none), and per
-    query tile the sorted distinct blocks its rows chose."""
+    query tile the sorted distinct blocks and groups its rows chose."""
 
     blk: torch.Tensor  # [B, Hkv, L, NSELP] int32 chosen blocks per position, -1 = none
     grps: torch.Tensor  # [B, Hkv, L, NG2P] int32 chosen groups per position, -1 = none
     tb: torch.Tensor  # [B, Hkv, NT, UMAX] int32 a tile's distinct blocks, ascending, -1 after them
     tbn: torch.Tensor  # [B, Hkv, NT] int32 how many
+    # the same for the groups: a tile scores the block summaries of these groups only, not every candidate
+    tg: torch.Tensor  # [B, Hkv, NT, UGMAX] int32
+    tgn: torch.Tensor  # [B, Hkv, NT] int32
     nt: int
     umax: int
+    ugmax: int
     nb: int  # block summaries (rows 0..nb-1 of the summary keys; the groups' follow)
     nsum: int  # summary rows in all (>= 1: an empty store holds one unused zero row)
+
+    @staticmethod
+    def empty(device) -> SelectionTables:
+        """Tables of a graph without selection: one-element tensors the kernels never read."""
+        z = torch.zeros(1, device=device, dtype=torch.int32)
+        return SelectionTables(z, z, z, z, z, z, 1, 1, 1, 0, 1)
 
 
 _NO_SELECTION: dict[str, tuple] = {}
@@ -117,9 +127,8 @@ def _no_selection(q: torch.Tensor) -> tuple:
     """(sk, sv, tables) for a graph without selection: one-element tensors the kernels never read."""
     key = str(q.device)
     if key not in _NO_SELECTION:
-        z = torch.zeros(1, device=q.device, dtype=torch.int32)
         s = torch.zeros(1, 1, 1, 1, device=q.device, dtype=q.dtype)
-        _NO_SELECTION[key] = (s, s, SelectionTables(z, z, z, z, 1, 1, 0, 1))
+        _NO_SELECTION[key] = (s, s, SelectionTables.empty(q.device))
     sk, sv, tables = _NO_SELECTION[key]
     return sk.to(q.dtype), sv.to(q.dtype), tables
 
@@ -139,22 +148,30 @@ def selection_tables(q, k, v, config: HaloConfig, block_t: int, pool=None):
     nselp, ng2p = _pow2(config.select_blocks), _pow2(max(config.select_groups, 1))
     blk = _padded(sel.blocks, nselp, G)
     grps = _padded(sel.groups, ng2p, G)
-    nt = -(-L // block_t)
-    tiles = blk if nt * block_t == L else torch.nn.functional.pad(blk, (0, 0, 0, nt * block_t - L), value=-1)
-    big = torch.iinfo(torch.int32).max
-    # none (-1) with its sign bit off is int32's max: it sorts after every block
-    tiles = (tiles.view(B, Hkv, nt, -1) & big).sort(-1).values
-    later = tiles[..., 1:]
-    later.masked_fill_(later == tiles[..., :-1], big)  # a block's repeats, then sorted after the blocks
-    tiles = tiles.sort(-1).values
-    valid = tiles < big
-    tbn = valid.sum(-1, dtype=torch.int32)
-    tb = torch.where(valid, tiles, -1)
+    tb, tbn = _distinct_per_tile(blk, block_t)
+    tg, tgn = _distinct_per_tile(grps, block_t)
     sk, sv = sel.summary_k, sel.summary_v
     if sk.shape[2] == 0:  # no complete block yet: one zero row keeps the pointers valid
         sk, sv = (torch.cat([t, t.new_zeros(B, Hkv, 1, d)], 2) for t in (sk, sv))
-    tables = SelectionTables(blk, grps, tb, tbn, nt, tiles.shape[-1], sel.num_blocks, sk.shape[2])
+    nt, umax, ugmax = tb.shape[2], tb.shape[3], tg.shape[3]
+    tables = SelectionTables(blk, grps, tb, tbn, tg, tgn, nt, umax, ugmax, sel.num_blocks, sk.shape[2])
     return sk.contiguous(), sv.contiguous(), tables
+
+
+def _distinct_per_tile(t: torch.Tensor, block_t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B, H, NT, U], [B, H, NT]) the distinct non-negative entries of ``t`` [B, H, L, n] (-1 = none) over
+    each tile of ``block_t`` positions, ascending, -1 after them, and how many."""
+    B, H, L, _ = t.shape
+    nt = -(-L // block_t)
+    tiles = t if nt * block_t == L else torch.nn.functional.pad(t, (0, 0, 0, nt * block_t - L), value=-1)
+    big = torch.iinfo(torch.int32).max
+    # none (-1) with its sign bit off is int32's max: it sorts after every entry
+    tiles = (tiles.reshape(B, H, nt, -1) & big).sort(-1).values
+    later = tiles[..., 1:]
+    later.masked_fill_(later == tiles[..., :-1], big)  # an entry's repeats, then sorted after the entries
+    tiles = tiles.sort(-1).values
+    valid = tiles < big
+    return torch.where(valid, tiles, -1), valid.sum(-1, dtype=torch.int32)
 
 
 def _dummy(device) -> torch.Tensor:
@@ -193,12 +210,12 @@ def forward_kernels(
         (-(-L // plan.block_t), B * Hkv),
         (
             q, k, v, o, lse, dist, rand,
-            sk, sv, sel.blk, sel.grps, sel.tb, sel.tbn, sbias, tbias,
+            sk, sv, sel.blk, sel.grps, sel.tb, sel.tbn, sel.tg, sel.tgn, sbias, tbias,
             scale * LOG2E,
             *_strides(q), *_strides(k), *_strides(v), *_strides(o),
             rand.stride(0),
             *_strides(sk),
-            L, Hkv, sel.nt, sel.umax, sel.nb, sel.nsum,
+            L, Hkv, sel.nt, sel.umax, sel.ugmax, sel.nb, sel.nsum,
         ),
         plan.fwd,
         traced,
@@ -242,12 +259,12 @@ def backward_kernels(
         (-(-L // plan.block_t), B * Hkv),
         (
             q, k, v, o, do, dq, lse, delta, dk_extra, dv_extra, dk_dil, dv_dil, dist, rand,
-            sk, sv, dsk, dsv, sel.blk, sel.grps, sel.tb, sel.tbn, sbias, dbias, tbias, dtbias,
+            sk, sv, dsk, dsv, sel.blk, sel.grps, sel.tb, sel.tbn, sel.tg, sel.tgn, sbias, dbias, tbias, dtbias,
             scale * LOG2E, scale, dk_dil.stride(0),
             *sq, *s_k, *s_v, *_strides(o), *_strides(do), *_strides(dq),
             rand.stride(0),
             *_strides(sk),
-            L, Hkv, sel.nt, sel.umax, sel.nb, sel.nsum,
+            L, Hkv, sel.nt, sel.umax, sel.ugmax, sel.nb, sel.nsum,
         ),
         plan.dq,
         traced,
@@ -389,6 +406,7 @@ def _consts(
         "SBP": max(16, _pow2(config.select_block_size)),
         "NSELP": _pow2(max(config.select_blocks, 1)),
         "SM": config.select_group_size,
+        "SMP": max(16, _pow2(config.select_group_size)),  # a group's block summaries as one key tile
         "NG2P": _pow2(max(config.select_groups, 1)),
         "SUMK": config.select_summary_keys,
         "SUM_N": 32,  # summaries per tile: a window tile's width

@@ -58,10 +58,10 @@ def _register(name: str, fn):
 
 def _fwd(
     q: Tensor, k: Tensor, v: Tensor, sk: Tensor, sv: Tensor, sbias: Tensor, tbias: Tensor, dist: Tensor,
-    rand: Tensor, blk: Tensor, grps: Tensor, tb: Tensor, tbn: Tensor,
-    scale: float, plan_id: int, nt: int, umax: int, nb: int, nsum: int,
+    rand: Tensor, blk: Tensor, grps: Tensor, tb: Tensor, tbn: Tensor, tg: Tensor, tgn: Tensor,
+    scale: float, plan_id: int, nt: int, umax: int, ugmax: int, nb: int, nsum: int,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
-    sel = SelectionTables(blk, grps, tb, tbn, nt, umax, nb, nsum)
+    sel = SelectionTables(blk, grps, tb, tbn, tg, tgn, nt, umax, ugmax, nb, nsum)
     plan = interface.PLANS_BY_ID[plan_id]
     o, lse = interface.forward_kernels(
         q, k, v, sk, sv, sbias, tbias, dist, rand, sel, plan, scale, is_wrap_triton_enabled()
@@ -72,12 +72,13 @@ def _fwd(
 def _bwd(
     do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, sk: Tensor, sv: Tensor,
     sbias: Tensor, tbias: Tensor, dist: Tensor, rand: Tensor, blk: Tensor, grps: Tensor, tb: Tensor,
-    tbn: Tensor, scale: float, plan_id: int, nt: int, umax: int, nb: int, nsum: int,
+    tbn: Tensor, tg: Tensor, tgn: Tensor, scale: float, plan_id: int, nt: int, umax: int, ugmax: int, nb: int,
+    nsum: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """(dq, dk, dv, dsum, dbias, dtbias); dsum the summaries' dK, dV stacked, fp32 [2, B, Hkv, nsum, d]
     (empty without selection), dbias fp32 [B, Hkv] per batch row (empty without a summary bias), dtbias
     the token bias's (empty without one)."""
-    sel = SelectionTables(blk, grps, tb, tbn, nt, umax, nb, nsum)
+    sel = SelectionTables(blk, grps, tb, tbn, tg, tgn, nt, umax, ugmax, nb, nsum)
     plan = interface.PLANS_BY_ID[plan_id]
     dq, dk, dv, dsum, dbias, dtbias = interface.backward_kernels(
         do, q, k, v, o, lse, sk, sv, sbias, tbias, dist, rand, sel, plan, scale, is_wrap_triton_enabled()
@@ -108,10 +109,10 @@ def _graph_tables_fake(q, plan_id, layer, step, seq_len):
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, sk, sv, sbias, tbias, dist, rand, blk, grps, tb, tbn, *ints = inputs
+    q, k, v, sk, sv, sbias, tbias, dist, rand, blk, grps, tb, tbn, tg, tgn, *ints = inputs
     o, lse = output
-    ctx.save_for_backward(q, k, v, o, lse, sk, sv, sbias, tbias, dist, rand, blk, grps, tb, tbn)
-    ctx.ints = ints  # scale, plan id, nt, umax, nb, nsum
+    ctx.save_for_backward(q, k, v, o, lse, sk, sv, sbias, tbias, dist, rand, blk, grps, tb, tbn, tg, tgn)
+    ctx.ints = ints  # scale, plan id, nt, umax, ugmax, nb, nsum
     ctx.mark_non_differentiable(lse)
 
 
@@ -122,7 +123,7 @@ def _backward(ctx, do, _dlse):
         do, q, k, v, o, lse, sk, sv, sbias, tbias, *tabs, *ctx.ints
     )
     plan = interface.PLANS_BY_ID[ctx.ints[1]]
-    nones = (None,) * 12
+    nones = (None,) * 15
     if not plan.fwd["SEL"]:
         return dq, dk, dv, None, None, None, None, *nones
     dbias = dbias.sum(0) if plan.dq["SUMB"] else None
@@ -171,14 +172,13 @@ def op_attention(
     if config.selects:
         sk, sv, sel = interface.selection_tables(q, k, v, config, block_t, pool)
     else:  # one-element tensors the kernels never read
-        z = torch.zeros(1, device=q.device, dtype=torch.int32)
         sk = sv = q.new_zeros(1, 1, 1, 1)
-        sel = SelectionTables(z, z, z, z, 1, 1, 0, 1)
+        sel = SelectionTables.empty(q.device)
     sbias = bias.float().contiguous() if biased else q.new_zeros(1, dtype=torch.float32)
     tbias = token_bias.float().contiguous() if token_biased else q.new_zeros(1, dtype=torch.float32)
     o, _ = halo_attention_fwd(
-        q, k, v, sk, sv, sbias, tbias, dist, rand, sel.blk, sel.grps, sel.tb, sel.tbn,
-        1.0 / math.sqrt(d), plan_id, sel.nt, sel.umax, sel.nb, sel.nsum,
+        q, k, v, sk, sv, sbias, tbias, dist, rand, sel.blk, sel.grps, sel.tb, sel.tbn, sel.tg, sel.tgn,
+        1.0 / math.sqrt(d), plan_id, sel.nt, sel.umax, sel.ugmax, sel.nb, sel.nsum,
     )  # fmt: skip
     return o[..., :d] if padded != d else o
 

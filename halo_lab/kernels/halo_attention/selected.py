@@ -10,9 +10,14 @@ online softmax as the fixed graph's:
   key that is already one of its graph keys (in its window, its dilated or random key: the graph is a set). Rows of a
   tile mostly choose the same few blocks, so each block is loaded once per tile, not once per row. With the
   token bias (TOKB, ``select_token_bias``) the keys a row keeps score + its KV head's bias.
-* **summaries**: [SUM_N, HD] tiles of the summary keys and values (``SK``/``SV``: the blocks' means, then
-  the groups'). A row keeps block summary j < c_row (its candidates; with groups only those not yet in a
-  complete group and those of its chosen groups, ``GRPS``) and group summary g < c_row // SM.
+* **summaries**: tiles of the summary keys and values (``SK``/``SV``: the blocks' means, then the
+  groups'). Without groups a row keeps block summary j < c_row (its candidates), [SUM_N, HD] tiles from 0.
+  With groups it keeps group summary g < c_row // SM ([SUM_N, HD] tiles from 0), the blocks of its chosen
+  groups (``GRPS``: the tile loops over the distinct groups its rows chose, ``TG``/``TGN``, one [SMP, HD]
+  tile each, SMP = SM padded to a power of two >= 16) and the blocks past its complete groups (one or two
+  [SUM_N, HD] tiles: a tile's rows are consecutive positions). Until 2026-12-05 the tile scanned every
+  candidate block summary in [SUM_N, HD] tiles with the mask: N / (b * SUM_N) tiles for each query tile,
+  each with its fp32 atomics in the dQ pass, where the chosen groups need a handful.
 
 In the backward the dQ pass recomputes the same tiles; the chosen keys' dK/dV go to the fp32 buffers of the
 keys outside the window (atomics, like the random keys'), the summaries' to their own fp32 buffers, which
@@ -57,18 +62,41 @@ def chosen_block_tile(u, tile_base, row_base, tok, is_text, RAND, DIST, stride_r
 
 
 @triton.jit
-def block_summary_tile(start, c, row_base, tok, is_text, GRPS,
-                       SM: tl.constexpr, NG2P: tl.constexpr, SUM_N: tl.constexpr):  # fmt: skip
-    """Rows [SUM_N] of block summaries start.. and the rows' mask [BLOCK_M, SUM_N]: the blocks each row
-    scored (its candidates; with groups, those past its complete groups and those of its chosen groups)."""
+def block_summary_tile(start, c, is_text, SUM_N: tl.constexpr):
+    """Rows [SUM_N] of block summaries start.. and the rows' mask [BLOCK_M, SUM_N]: without groups a row
+    scores every candidate block, j < c_row."""
     j = start + tl.arange(0, SUM_N)
-    ok = is_text[:, None] & (j[None, :] < c[:, None])
-    if SM > 0:
-        scored = j[None, :] >= ((c // SM) * SM)[:, None]
-        for e in tl.static_range(NG2P):
-            g = tl.load(GRPS + row_base + tok * NG2P + e, mask=is_text, other=-1)
-            scored = scored | (g[:, None] == (j // SM)[None, :])
-        ok = ok & scored
+    return j, is_text[:, None] & (j[None, :] < c[:, None])
+
+
+@triton.jit
+def chosen_group_blocks_tile(u, tile_base, row_base, tok, is_text, TG, GRPS,
+                             SM: tl.constexpr, SMP: tl.constexpr, NG2P: tl.constexpr):  # fmt: skip
+    """Rows [SMP] of the block summaries of the tile's u-th distinct chosen group (its SM blocks), their
+    validity and the rows' mask [BLOCK_M, SMP]: the rows that chose the group (a chosen group is one of the
+    row's complete candidate groups, so all its blocks are candidates of the row)."""
+    grp = tl.load(TG + tile_base + u)
+    col = tl.arange(0, SMP)
+    hit = tl.zeros(tok.shape, tl.int32)
+    for e in tl.static_range(NG2P):
+        hit += (tl.load(GRPS + row_base + tok * NG2P + e, mask=is_text, other=-1) == grp).to(tl.int32)
+    valid = col < SM
+    return grp * SM + col, valid, (hit > 0)[:, None] & valid[None, :]
+
+
+@triton.jit
+def loose_blocks_start(c, is_text, SM: tl.constexpr):
+    """The first block summary that a text row of the tile scores past its complete groups ((c // SM) *
+    SM; the tile's largest c when it has no text row, so that the loop is empty)."""
+    return tl.min(tl.where(is_text, (c // SM) * SM, tl.max(c, 0)), 0)
+
+
+@triton.jit
+def loose_blocks_tile(start, c, is_text, SM: tl.constexpr, SUM_N: tl.constexpr):
+    """Rows [SUM_N] of block summaries start.. and the rows' mask: the candidates past a row's complete
+    groups, (c // SM) * SM <= j < c_row (fewer than SM per row)."""
+    j = start + tl.arange(0, SUM_N)
+    ok = is_text[:, None] & (j[None, :] < c[:, None]) & (j[None, :] >= ((c // SM) * SM)[:, None])
     return j, ok
 
 
