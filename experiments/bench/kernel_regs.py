@@ -19,13 +19,16 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from halo_lab.bench.attention import SELECT
 from halo_lab.config import HaloConfig
 from halo_lab.kernels.gemv import _gemv_kernel, block_sizes
 from halo_lab.kernels.halo_attention import interface
 from halo_lab.kernels.halo_attention.backward import halo_bwd_dq_kernel
 from halo_lab.kernels.halo_attention.forward import halo_fwd_kernel
 
-FP32_POINTERS = ("LSE", "DELTA", "DKA", "DVA")
+FP32_POINTERS = ("LSE", "DELTA", "DKA", "DVA", "DSK", "DSV", "SBIAS", "TBIAS", "DBIAS", "DTBIAS")
+INT32_POINTERS = ("DIST", "RAND", "BLK", "GRPS", "TB", "TBN", "TG", "TGN")
+INTS = ("L", "HKV", "NT", "UMAX", "UGMAX", "NB", "NSUM")
 
 
 def _signature(kernel, constexprs: dict, dtype: str) -> dict[str, str]:
@@ -35,9 +38,9 @@ def _signature(kernel, constexprs: dict, dtype: str) -> dict[str, str]:
             sig[name] = "constexpr"
         elif name in ("qk_scale", "sm_scale"):
             sig[name] = "fp32"
-        elif name[0].isupper() and name not in ("L", "HKV"):  # tensors
+        elif name[0].isupper() and name not in INTS:  # tensors
             sig[name] = (
-                "*i32" if name in ("DIST", "RAND") else "*fp32" if name in FP32_POINTERS else f"*{dtype}"
+                "*i32" if name in INT32_POINTERS else "*fp32" if name in FP32_POINTERS else f"*{dtype}"
             )
         else:
             sig[name] = "i32"
@@ -78,6 +81,16 @@ def main() -> None:
                 opts = {**base[kname], "num_warps": warps, "DIL_GROUPED": grouped}
                 tag = "grouped dilated" if grouped else "per-distance tiles"
                 print(f"{kname:3s} {warps} warps {tag:20s} {resources(kernel, opts, consts)}", flush=True)
+    # the selected path (the bench's triton_select: halo_lab.bench.attention.SELECT, both biases), its
+    # chosen blocks one (BPT 1, until 2026-12-05) or two to a key tile
+    sel = config.replace(**SELECT)
+    block_t = base["fwd"]["BLOCK_T"]
+    consts = interface._consts(sel, sel.graph_block_size, 4, 64, torch.bfloat16, block_t, True, True)
+    for kname, kernel in (("fwd", halo_fwd_kernel), ("dq", halo_bwd_dq_kernel)):
+        for warps in (4, 8):
+            for bpt in (1, 2):
+                regs = resources(kernel, {**base[kname], "num_warps": warps}, {**consts, "BPT": bpt})
+                print(f"{kname:3s} {warps} warps selection, BPT {bpt}      {regs}", flush=True)
     # the decode step's fused GEMV (halo_lab/kernels/gemv.py), each prologue / epilogue it is built with, at
     # the medium model's row widths (512: q/k/v, o, gate/up, head; 2048: down)
     for tag, kind, k in (

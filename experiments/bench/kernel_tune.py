@@ -2,6 +2,8 @@
 
 python experiments/bench/kernel_tune.py OUT_DIR [VARIANT ...]   (default: all of VARIANTS; the bench setting: 8 query heads, 2 KV heads, d=64,
 B*N = 65,536 tokens, the default graph, bf16; dense = causal flash SDPA in the same process)
+python experiments/bench/kernel_tune.py OUT_DIR --select [VARIANT ...]   (the same for the bench's
+triton_select, halo_lab.bench.attention.SELECT, with SELECT_VARIANTS at 1K, 4K and 16K)
 """
 
 from __future__ import annotations
@@ -45,6 +47,17 @@ VARIANTS = {
 
 AT_EVERY_N = ("default", "per_distance", "grouped_fwd_only", "dq8")  # the rest at 1K only
 
+# The selected path (--select). Its dQ build spills more than plain HALO-S's (sm_90 under Triton 3.9,
+# kernel_regs.py: 255 registers + 2,160 B stack at 4 warps, 792 B at 8), and BPT (chosen blocks per key
+# tile, 2 since 2026-12-05) was chosen on the CPU by the loop count: both are for the card to settle.
+SELECT_VARIANTS = {
+    "default": {},
+    "bpt1": {"fwd": {"BPT": 1}, "dq": {"BPT": 1}},
+    "dq8": {"dq": {"num_warps": 8}},
+    "dq8_bpt1": {"dq": {"num_warps": 8, "BPT": 1}, "fwd": {"BPT": 1}},
+    "fwd4": {"fwd": {"num_warps": 4}},
+}
+
 
 def inputs(n: int, config: HaloConfig, dtype=torch.bfloat16):
     B = 65536 // n
@@ -79,7 +92,7 @@ def with_options(override: dict):
         if interface.TUNED.get((64, 4, torch.bfloat16)) is not opts:  # variants are timed in turns
             interface.TUNED[(64, 4, torch.bfloat16)] = opts
             interface._PLANS.clear()
-        return attn.halo_attention(q, k, v, CONFIG, 0, 0, "triton")
+        return attn.halo_attention(q, k, v, CONFIG, 0, 0, "triton", **EXTRAS)
 
     return fn
 
@@ -100,19 +113,29 @@ def kernel_times(fn, q, k, v, g) -> dict[str, float]:
 
 
 CONFIG = HaloConfig()
+EXTRAS: dict = {}  # the selection's parameters (pool, biases) with --select
 
 
 def main(out: str, names: list[str]) -> None:
-    variants = {name: VARIANTS[name] for name in names} if names else VARIANTS
-    results: dict = {"device": torch.cuda.get_device_name(), "rounds": ROUNDS, "rows": []}
+    global CONFIG, EXTRAS
+    select = bool(names) and names[0] == "--select"
+    table = SELECT_VARIANTS if select else VARIANTS
+    names = names[1:] if select else names
+    if select:
+        from halo_lab.bench.attention import SELECT, selection_parameters
+
+        CONFIG = HaloConfig().replace(**SELECT)
+        EXTRAS = selection_parameters(CONFIG, torch.device("cuda"))
+    variants = {name: table[name] for name in names} if names else table
+    results: dict = {"device": torch.cuda.get_device_name(), "rounds": ROUNDS, "select": select, "rows": []}
     print(results["device"], flush=True)
-    for n in (1024, 16384, 65536):
+    for n in (1024, 4096, 16384) if select else (1024, 16384, 65536):
         q, k, v, g = inputs(n, CONFIG)
         fns = {"dense": lambda q, k, v: attn.dense_attention(q, k, v)}
         fns.update(
             (name, with_options(o))
             for name, o in variants.items()
-            if n == 1024 or names or name in AT_EVERY_N
+            if n == 1024 or names or select or name in AT_EVERY_N
         )
         times: dict[str, dict[str, list[float]]] = {name: {"fwd_ms": [], "fwd_bwd_ms": []} for name in fns}
         for name in list(fns):
@@ -141,7 +164,7 @@ def main(out: str, names: list[str]) -> None:
             )
         interface.TUNED.clear()
         interface._PLANS.clear()
-    with open(f"{out}/kernel_tune.json", "w") as f:
+    with open(f"{out}/kernel_tune{'_select' if select else ''}.json", "w") as f:
         json.dump(results, f, indent=2)
 
 

@@ -96,7 +96,7 @@ def chosen_backward(q, do, lse, delta, dq, k_base, v_base, DKA, DVA, TB, TBN, BL
                     tok, is_text, cols, acc_base, stride_kl, stride_vl, stride_ru, UMAX, qk_scale, sm_scale,
                     tbias_ptr, dtbias_ptr,
                     G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr,
-                    UNIT: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr, NSELP: tl.constexpr,
+                    UNIT: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr, BPT: tl.constexpr, NSELP: tl.constexpr,
                     TOKB: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
     """dQ of the tile's chosen blocks (selected.py), their keys' dK/dV into the extras' fp32 buffers. TOKB:
     the kept chosen keys' scores carry the KV head's token bias (``tbias_ptr``), whose gradient, the sum of
@@ -105,10 +105,10 @@ def chosen_backward(q, do, lse, delta, dq, k_base, v_base, DKA, DVA, TB, TBN, BL
     dtbias = tl.zeros([1], tl.float32)
     if TOKB:
         lse_t = lse - tl.load(tbias_ptr).to(tl.float32) * LOG2E
-    for u in range(0, tl.load(TBN + tile)):
+    for u in range(0, tl.load(TBN + tile), BPT):
         pos, valid, ok = chosen_block_tile(
-            u, tile * UMAX, bh * L * NSELP, tok, is_text, RAND, DIST, stride_ru, TB, BLK,
-            G, W, ND, NR, UNIT, SB, SBP, NSELP,
+            u, tile * UMAX, bh * L * NSELP, tok, is_text, RAND, DIST, stride_ru, TB, BLK, UMAX,
+            G, W, ND, NR, UNIT, SB, SBP, NSELP, BPT,
         )  # fmt: skip
         dq, dtbias = key_tile_grads(
             q, do, lse_t, delta, dq, dtbias, k_base, v_base, DKA, DVA, acc_base, pos, valid, ok,
@@ -126,7 +126,8 @@ def selected_backward(q, do, lse, delta, dq, k_base, v_base, sk_base, sv_base, D
                       sm_scale, bias_ptr, dbias_ptr, tbias_ptr, dtbias_ptr,
                       G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr,
                       UNIT: tl.constexpr, HD: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr,
-                      NSELP: tl.constexpr, SM: tl.constexpr, SMP: tl.constexpr, NG2P: tl.constexpr,
+                      BPT: tl.constexpr, NSELP: tl.constexpr, SM: tl.constexpr, SMP: tl.constexpr,
+                      GPT: tl.constexpr, NG2P: tl.constexpr,
                       SUMK: tl.constexpr,
                       SUM_N: tl.constexpr, SUMB: tl.constexpr, TOKB: tl.constexpr, IEEE: tl.constexpr,
                       UPCAST: tl.constexpr):  # fmt: skip
@@ -138,7 +139,7 @@ def selected_backward(q, do, lse, delta, dq, k_base, v_base, sk_base, sv_base, D
     dq = chosen_backward(
         q, do, lse, delta, dq, k_base, v_base, DKA, DVA, TB, TBN, BLK, RAND, DIST, tile, bh, L, tok, is_text,
         cols, acc_base, stride_kl, stride_vl, stride_ru, UMAX, qk_scale, sm_scale, tbias_ptr, dtbias_ptr,
-        G, W, ND, NR, UNIT, SB, SBP, NSELP, TOKB, IEEE, UPCAST,
+        G, W, ND, NR, UNIT, SB, SBP, BPT, NSELP, TOKB, IEEE, UPCAST,
     )  # fmt: skip
     if SUMK:
         c = candidates(tok, is_text, G, W, SB)
@@ -156,9 +157,9 @@ def selected_backward(q, do, lse, delta, dq, k_base, v_base, sk_base, sv_base, D
                     stride_skl, stride_skl, cols, qk_scale, sm_scale, SUMB, IEEE, UPCAST,
                 )  # fmt: skip
         else:
-            for u in range(0, tl.load(TGN + tile)):  # the blocks of the groups the tile's rows chose
+            for u in range(0, tl.load(TGN + tile), GPT):  # the blocks of the groups the rows chose
                 j, valid, ok = chosen_group_blocks_tile(
-                    u, tile * UGMAX, bh * L * NG2P, tok, is_text, TG, GRPS, SM, SMP, NG2P
+                    u, tile * UGMAX, bh * L * NG2P, tok, is_text, TG, GRPS, UGMAX, SM, SMP, NG2P, GPT
                 )
                 dq, dbias = key_tile_grads(
                     q, do, lse_s, delta, dq, dbias, sk_base, sv_base, DSK, DSV, sum_base, j, valid, ok,
@@ -202,8 +203,10 @@ def halo_bwd_dq_kernel(
     SHARED_N: tl.constexpr, RAND_N: tl.constexpr, SHARED_RANDOM: tl.constexpr,
     DIL_GROUPED: tl.constexpr, DIL_P: tl.constexpr, DIL_K: tl.constexpr, DIL_NG: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
-    SEL: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr, NSELP: tl.constexpr, SM: tl.constexpr,
-    SMP: tl.constexpr, NG2P: tl.constexpr, SUMK: tl.constexpr, SUM_N: tl.constexpr, SUMB: tl.constexpr,
+    SEL: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr, BPT: tl.constexpr, NSELP: tl.constexpr,
+    SM: tl.constexpr,
+    SMP: tl.constexpr, GPT: tl.constexpr, NG2P: tl.constexpr, SUMK: tl.constexpr, SUM_N: tl.constexpr,
+    SUMB: tl.constexpr,
     TOKB: tl.constexpr,
 ):  # fmt: skip
     BLOCK_M: tl.constexpr = BLOCK_T * GRP
@@ -290,7 +293,8 @@ def halo_bwd_dq_kernel(
             (b * HKV + h) * NT + tl.program_id(0), b * HKV + h, L, tok, is_text, cols, acc_base,
             stride_kl, stride_vl, stride_skl, stride_ru, UMAX, UGMAX, NB, NSUM, qk_scale, sm_scale,
             SBIAS + h, DBIAS + b * HKV + h, TBIAS + h, DTBIAS + b * HKV + h,
-            G, W, ND, NR, UNIT, HD, SB, SBP, NSELP, SM, SMP, NG2P, SUMK, SUM_N, SUMB, TOKB, IEEE, UPCAST,
+            G, W, ND, NR, UNIT, HD, SB, SBP, BPT, NSELP, SM, SMP, GPT, NG2P, SUMK, SUM_N, SUMB, TOKB, IEEE,
+            UPCAST,
         )  # fmt: skip
 
     tl.store(

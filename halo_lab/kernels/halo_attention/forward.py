@@ -114,8 +114,9 @@ def selected_forward(q, m, denom, acc, k_base, v_base, sk_base, sv_base, TB, TBN
                      DIST, tile, row0, tok, is_text, cols, stride_kl, stride_vl, stride_skl, stride_ru,
                      UMAX, UGMAX, NB, NSUM, qk_scale, bias_ptr, tbias_ptr,
                      G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr,
-                     UNIT: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr, NSELP: tl.constexpr,
-                     SM: tl.constexpr, SMP: tl.constexpr, NG2P: tl.constexpr, SUMK: tl.constexpr,
+                     UNIT: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr, BPT: tl.constexpr, NSELP: tl.constexpr,
+                     SM: tl.constexpr, SMP: tl.constexpr, GPT: tl.constexpr, NG2P: tl.constexpr,
+                     SUMK: tl.constexpr,
                      SUM_N: tl.constexpr,
                      SUMB: tl.constexpr, TOKB: tl.constexpr, IEEE: tl.constexpr,
                      UPCAST: tl.constexpr):  # fmt: skip
@@ -126,10 +127,10 @@ def selected_forward(q, m, denom, acc, k_base, v_base, sk_base, sv_base, TB, TBN
     tshift = 0.0
     if TOKB:  # base 2, like the scores
         tshift = tl.load(tbias_ptr).to(tl.float32) * LOG2E
-    for u in range(0, tl.load(TBN + tile)):
+    for u in range(0, tl.load(TBN + tile), BPT):
         pos, valid, ok = chosen_block_tile(
-            u, tile * UMAX, row0 * NSELP, tok, is_text, RAND, DIST, stride_ru, TB, BLK,
-            G, W, ND, NR, UNIT, SB, SBP, NSELP,
+            u, tile * UMAX, row0 * NSELP, tok, is_text, RAND, DIST, stride_ru, TB, BLK, UMAX,
+            G, W, ND, NR, UNIT, SB, SBP, NSELP, BPT,
         )  # fmt: skip
         kt = load_rows(k_base, pos, valid, stride_kl, cols)
         vt = load_rows(v_base, pos, valid, stride_vl, cols)
@@ -149,9 +150,9 @@ def selected_forward(q, m, denom, acc, k_base, v_base, sk_base, sv_base, TB, TBN
                     q, kt, vt, ok, m, denom, acc, qk_scale, shift, SUMB, IEEE, UPCAST
                 )
         else:
-            for u in range(0, tl.load(TGN + tile)):  # the blocks of the groups the tile's rows chose
+            for u in range(0, tl.load(TGN + tile), GPT):  # the blocks of the groups the rows chose
                 j, valid, ok = chosen_group_blocks_tile(
-                    u, tile * UGMAX, row0 * NG2P, tok, is_text, TG, GRPS, SM, SMP, NG2P
+                    u, tile * UGMAX, row0 * NG2P, tok, is_text, TG, GRPS, UGMAX, SM, SMP, NG2P, GPT
                 )
                 kt = load_rows(sk_base, j, valid, stride_skl, cols)
                 vt = load_rows(sv_base, j, valid, stride_skl, cols)
@@ -194,8 +195,10 @@ def halo_fwd_kernel(
     SHARED_N: tl.constexpr, RAND_N: tl.constexpr, SHARED_RANDOM: tl.constexpr,
     DIL_GROUPED: tl.constexpr, DIL_P: tl.constexpr, DIL_K: tl.constexpr, DIL_NG: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
-    SEL: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr, NSELP: tl.constexpr, SM: tl.constexpr,
-    SMP: tl.constexpr, NG2P: tl.constexpr, SUMK: tl.constexpr, SUM_N: tl.constexpr, SUMB: tl.constexpr,
+    SEL: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr, BPT: tl.constexpr, NSELP: tl.constexpr,
+    SM: tl.constexpr,
+    SMP: tl.constexpr, GPT: tl.constexpr, NG2P: tl.constexpr, SUMK: tl.constexpr, SUM_N: tl.constexpr,
+    SUMB: tl.constexpr,
     TOKB: tl.constexpr,
 ):  # fmt: skip
     BLOCK_M: tl.constexpr = BLOCK_T * GRP
@@ -259,7 +262,7 @@ def halo_fwd_kernel(
             SV + b * stride_skb + h * stride_skh, TB, TBN, TG, TGN, BLK, GRPS, RAND, DIST,
             (b * HKV + h) * NT + tl.program_id(0), (b * HKV + h) * L, tok, is_text, cols,
             stride_kl, stride_vl, stride_skl, stride_ru, UMAX, UGMAX, NB, NSUM, qk_scale, SBIAS + h,
-            TBIAS + h, G, W, ND, NR, UNIT, SB, SBP, NSELP, SM, SMP, NG2P, SUMK, SUM_N, SUMB, TOKB, IEEE,
+            TBIAS + h, G, W, ND, NR, UNIT, SB, SBP, BPT, NSELP, SM, SMP, GPT, NG2P, SUMK, SUM_N, SUMB, TOKB, IEEE,
             UPCAST,
         )  # fmt: skip
 

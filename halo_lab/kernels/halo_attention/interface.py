@@ -404,9 +404,12 @@ def _consts(
         "SEL": config.selects,
         "SB": config.select_block_size,
         "SBP": max(16, _pow2(config.select_block_size)),
+        # chosen blocks side by side in one key tile: 32 keys like a window tile (selected.py)
+        "BPT": max(1, 32 // max(16, _pow2(config.select_block_size))),
         "NSELP": _pow2(max(config.select_blocks, 1)),
         "SM": config.select_group_size,
         "SMP": max(16, _pow2(config.select_group_size)),  # a group's block summaries as one key tile
+        "GPT": max(1, 32 // max(16, _pow2(config.select_group_size))),  # chosen groups a key tile
         "NG2P": _pow2(max(config.select_groups, 1)),
         "SUMK": config.select_summary_keys,
         "SUM_N": 32,  # summaries per tile: a window tile's width

@@ -5,17 +5,18 @@ result from small tables (``SelectionTables`` in interface.py) and add two more 
 online softmax as the fixed graph's:
 
 * **chosen blocks**: a query tile loops over the distinct blocks its rows chose (``TB``, sorted, ``TBN`` of
-  them), each a contiguous [SBP, HD] tile of b keys (SBP = b padded to a power of two >= 16, the smallest
-  tensor-core tile); a row keeps the tile's keys when the block is among its own n (``BLK``) and drops a
-  key that is already one of its graph keys (in its window, its dilated or random key: the graph is a set). Rows of a
-  tile mostly choose the same few blocks, so each block is loaded once per tile, not once per row. With the
+  them), BPT at a time side by side in one [BPT * SBP, HD] key tile (SBP = b padded to a power of two >= 16,
+  the smallest tensor-core tile; BPT = 32 / SBP, so b = 16 makes a window tile's 32 keys: half the loop's
+  softmax rescales and reductions of one block a step); a row keeps a block's keys when the block is among
+  its own n (``BLK``) and drops a key that is already one of its graph keys (in its window, its dilated or
+  random key: the graph is a set). Each block is loaded once per tile, not once per row. With the
   token bias (TOKB, ``select_token_bias``) the keys a row keeps score + its KV head's bias.
 * **summaries**: tiles of the summary keys and values (``SK``/``SV``: the blocks' means, then the
   groups'). Without groups a row keeps block summary j < c_row (its candidates), [SUM_N, HD] tiles from 0.
   With groups it keeps group summary g < c_row // SM ([SUM_N, HD] tiles from 0), the blocks of its chosen
-  groups (``GRPS``: the tile loops over the distinct groups its rows chose, ``TG``/``TGN``, one [SMP, HD]
-  tile each, SMP = SM padded to a power of two >= 16) and the blocks past its complete groups (one or two
-  [SUM_N, HD] tiles: a tile's rows are consecutive positions). Until 2026-12-05 the tile scanned every
+  groups (``GRPS``: the tile loops over the distinct groups its rows chose, ``TG``/``TGN``, GPT at a time
+  in one [GPT * SMP, HD] tile, SMP = SM padded to a power of two >= 16, GPT = 32 / SMP) and the blocks past
+  its complete groups (one or two [SUM_N, HD] tiles: a tile's rows are consecutive positions). Until 2026-12-05 the tile scanned every
   candidate block summary in [SUM_N, HD] tiles with the mask: N / (b * SUM_N) tiles for each query tile,
   each with its fp32 atomics in the dQ pass, where the chosen groups need a handful.
 
@@ -39,20 +40,24 @@ def candidates(tok, is_text, G: tl.constexpr, W: tl.constexpr, SB: tl.constexpr)
 
 
 @triton.jit
-def chosen_block_tile(u, tile_base, row_base, tok, is_text, RAND, DIST, stride_ru, TB, BLK,
+def chosen_block_tile(u, tile_base, row_base, tok, is_text, RAND, DIST, stride_ru, TB, BLK, UMAX,
                       G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr,
-                      UNIT: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr, NSELP: tl.constexpr):  # fmt: skip
-    """Full positions [SBP], their validity and the rows' mask [BLOCK_M, SBP] of the tile's u-th block."""
-    blk = tl.load(TB + tile_base + u)
-    col = tl.arange(0, SBP)
-    text_pos = blk * SB + col
-    valid = col < SB
-    pos = G + text_pos
-    hit = tl.zeros(tok.shape, tl.int32)
+                      UNIT: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr, NSELP: tl.constexpr,
+                      BPT: tl.constexpr):  # fmt: skip
+    """Full positions [BPT * SBP], their validity and the rows' mask [BLOCK_M, BPT * SBP] of the tile's
+    blocks u .. u + BPT - 1 (its distinct chosen blocks side by side, -1 past the last)."""
+    col = tl.arange(0, BPT * SBP)
+    idx = u + col // SBP
+    blk = tl.load(TB + tile_base + idx, mask=idx < UMAX, other=-1)
+    inner = col % SBP
+    valid = (inner < SB) & (blk >= 0)
+    pos = G + blk * SB + inner
+    hit = tl.zeros([tok.shape[0], BPT * SBP], tl.int32)
     for e in tl.static_range(NSELP):  # the row chose this block (its n choices, -1 = none)
-        hit += (tl.load(BLK + row_base + tok * NSELP + e, mask=is_text, other=-1) == blk).to(tl.int32)
+        chosen = tl.load(BLK + row_base + tok * NSELP + e, mask=is_text, other=-1)
+        hit += (chosen[:, None] == blk[None, :]).to(tl.int32)
     # the block that overlaps the window: its keys in the window are window keys already
-    ok = (hit > 0)[:, None] & valid[None, :] & (pos[None, :] <= tok[:, None] - W)
+    ok = (hit > 0) & valid[None, :] & (pos[None, :] <= tok[:, None] - W)
     for e in tl.static_range(ND):  # a chosen key that is the row's dilated key counts once
         ok = ok & (tok[:, None] - pos[None, :] != tl.load(DIST + e))
     for r in tl.static_range(NR):  # ... and one that is its random key
@@ -70,18 +75,23 @@ def block_summary_tile(start, c, is_text, SUM_N: tl.constexpr):
 
 
 @triton.jit
-def chosen_group_blocks_tile(u, tile_base, row_base, tok, is_text, TG, GRPS,
-                             SM: tl.constexpr, SMP: tl.constexpr, NG2P: tl.constexpr):  # fmt: skip
-    """Rows [SMP] of the block summaries of the tile's u-th distinct chosen group (its SM blocks), their
-    validity and the rows' mask [BLOCK_M, SMP]: the rows that chose the group (a chosen group is one of the
-    row's complete candidate groups, so all its blocks are candidates of the row)."""
-    grp = tl.load(TG + tile_base + u)
-    col = tl.arange(0, SMP)
-    hit = tl.zeros(tok.shape, tl.int32)
+def chosen_group_blocks_tile(u, tile_base, row_base, tok, is_text, TG, GRPS, UGMAX,
+                             SM: tl.constexpr, SMP: tl.constexpr, NG2P: tl.constexpr,
+                             GPT: tl.constexpr):  # fmt: skip
+    """Rows [GPT * SMP] of the block summaries of the tile's distinct chosen groups u .. u + GPT - 1 (SM
+    blocks each, side by side, -1 past the last), their validity and the rows' mask: the rows that chose
+    the group (a chosen group is one of the row's complete candidate groups: all its blocks are
+    candidates of the row)."""
+    col = tl.arange(0, GPT * SMP)
+    idx = u + col // SMP
+    grp = tl.load(TG + tile_base + idx, mask=idx < UGMAX, other=-1)
+    inner = col % SMP
+    valid = (inner < SM) & (grp >= 0)
+    hit = tl.zeros([tok.shape[0], GPT * SMP], tl.int32)
     for e in tl.static_range(NG2P):
-        hit += (tl.load(GRPS + row_base + tok * NG2P + e, mask=is_text, other=-1) == grp).to(tl.int32)
-    valid = col < SM
-    return grp * SM + col, valid, (hit > 0)[:, None] & valid[None, :]
+        chosen = tl.load(GRPS + row_base + tok * NG2P + e, mask=is_text, other=-1)
+        hit += (chosen[:, None] == grp[None, :]).to(tl.int32)
+    return grp * SM + inner, valid, (hit > 0) & valid[None, :]
 
 
 @triton.jit
