@@ -31,12 +31,13 @@ def main(case: str) -> None:
     triton.runtime.driver.set_active(_Sm90Driver())
     import test_triton_op as cases
 
-    from halo_lab.kernels.halo_attention import halo_triton_attention, interface
+    from halo_lab.kernels.halo_attention import choose, halo_triton_attention, interface
 
     launches = []
     interface._launch = lambda launcher, grid, args, meta, traced: launches.append(
         (launcher.kernel, args, meta)
     )
+    choose._launch = lambda grid, args, meta: launches.append((choose.choose_blocks_kernel, args, meta))
     c, ins, u, biases = cases.inputs(case)
     halo_triton_attention(*ins, c, 1, 5, u, *biases).sum().backward()
     writes = {}

@@ -878,3 +878,31 @@ def test_the_choice_in_query_chunks_equals_the_whole(monkeypatch, m):
     parts = selection.select(q[:, :, G:], k, v, c, torch.arange(70))
     assert torch.equal(parts.blocks, whole.blocks) and torch.equal(parts.groups, whole.groups)
     assert (whole.blocks >= 0).any()
+
+
+@pytest.mark.parametrize(
+    "m,n,n2,score,chunked",
+    [
+        (3, 2, 2, "bound", False),
+        (3, 2, 2, "mean", False),
+        (4, 3, 1, "bound", True),
+        (3, 5, 2, "bound", False),
+    ],
+)
+def test_the_fused_choice_equals_the_reference_choice(monkeypatch, m, n, n2, score, chunked):
+    """The kernels' choice with groups (kernels/halo_attention/choose.py: the group scores in torch, each
+    query's ranked blocks scored and kept in one kernel) gives the reference's groups and blocks, in the
+    reference's order, for both scores, in query chunks, and with more blocks asked than a query ranks."""
+    triton_ready()
+    from halo_lab.kernels.halo_attention.choose import fused_choice
+
+    c = cfg(select_group_size=m, select_blocks=n, select_groups=n2, select_score=score)
+    q, k, v = qkv(c, 300, seed=31 + m + n)
+    G = c.num_globals
+    if chunked:  # 40 queries a chunk for the group scores
+        monkeypatch.setattr(selection, "CHOICE_CHUNK_ELEMENTS", 40 * 2 * 2 * 100)
+    want = selection.select(q[:, :, G:], k, v, c, torch.arange(300))
+    got = selection.select(q[:, :, G:], k, v, c, torch.arange(300), choice=fused_choice)
+    assert torch.equal(got.groups, want.groups)
+    assert torch.equal(got.blocks, want.blocks)
+    assert (want.blocks >= 0).sum() > 300 and (want.blocks == -1).any()  # choices, and queries short of n

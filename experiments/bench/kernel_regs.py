@@ -24,6 +24,7 @@ from halo_lab.config import HaloConfig
 from halo_lab.kernels.gemv import _gemv_kernel, block_sizes
 from halo_lab.kernels.halo_attention import interface
 from halo_lab.kernels.halo_attention.backward import halo_bwd_dq_kernel
+from halo_lab.kernels.halo_attention.choose import choose_blocks_kernel
 from halo_lab.kernels.halo_attention.forward import halo_fwd_kernel
 
 FP32_POINTERS = ("LSE", "DELTA", "DKA", "DVA", "DSK", "DSV", "SBIAS", "TBIAS", "DBIAS", "DTBIAS")
@@ -91,6 +92,15 @@ def main() -> None:
             for bpt in (1, 2):
                 regs = resources(kernel, {**base[kname], "num_warps": warps}, {**consts, "BPT": bpt})
                 print(f"{kname:3s} {warps} warps selection, BPT {bpt}      {regs}", flush=True)
+    # the selection's choice (choose.py) at the variant's settings: 16 blocks a group, 2 groups, 4 blocks
+    consts = {"M": 16, "N2": 2, "NSEL": 4, "NSELP": 4, "D": 64, "TWO": True, "BLOCK_P": 32}
+    sig = {n: "constexpr" if n in consts else "*fp32" for n in choose_blocks_kernel.arg_names}
+    sig.update(GRPS="*i32", CAND="*i32", BLK="*i32", P="i32", S="i32", inv_sqrt_d="fp32")
+    for warps in (2, 4):
+        regs = resources(
+            choose_blocks_kernel, {"num_warps": warps, "num_stages": 1}, consts, signature=lambda *a: sig
+        )
+        print(f"choose {warps} warps {regs}", flush=True)
     # the decode step's fused GEMV (halo_lab/kernels/gemv.py), each prologue / epilogue it is built with, at
     # the medium model's row widths (512: q/k/v, o, gate/up, head; 2048: down)
     for tag, kind, k in (

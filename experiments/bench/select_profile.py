@@ -22,14 +22,17 @@ from torch.profiler import ProfilerActivity, profile
 
 from halo_lab.bench.attention import SELECT, selection_parameters
 from halo_lab.config import HaloConfig
+from halo_lab.kernels.halo_attention import interface
 from halo_lab.model import attention as attn
 
-FUSED = ("halo_fwd_kernel", "halo_bwd_dq_kernel", "halo_bwd_dkv_kernel")
+FUSED = ("halo_fwd_kernel", "halo_bwd_dq_kernel", "halo_bwd_dkv_kernel", "choose_blocks_kernel")
 
 
 def layer_call(c: HaloConfig, n: int, batch: int, device, dtype):
     L = n + c.num_globals
-    q, k, v = (torch.randn(batch, h, L, 64, device=device, dtype=dtype, requires_grad=True) for h in (8, 2, 2))
+    q, k, v = (
+        torch.randn(batch, h, L, 64, device=device, dtype=dtype, requires_grad=True) for h in (8, 2, 2)
+    )
     extras = selection_parameters(c, device)
     g = torch.randn_like(q)
 
@@ -77,7 +80,13 @@ def main(out_path: str, sizes: list[int]) -> None:
     for n in sizes:
         batch = max(1, 65536 // n) if cuda else 1
         base = HaloConfig(num_heads=8, num_kv_heads=2, hidden_size=512, max_seq_len=max(n, 1024))
-        for name, c in (("triton", base), ("triton_select", base.replace(**SELECT))):
+        sel = base.replace(**SELECT)
+        for name, c, fused in (
+            ("triton", base, True),
+            ("triton_select", sel, True),  # the choice through choose.py (the default)
+            ("triton_select_torch_choice", sel, False),  # graph.selection's choice, as until 2026-12-05
+        ):
+            interface.FUSED_CHOICE = fused
             r = profile_one(layer_call(c, n, batch, device, dtype), cuda, 5 if cuda else 1)
             rows.append({"n": n, "batch": batch, "variant": name, **r})
             print(
@@ -86,6 +95,7 @@ def main(out_path: str, sizes: list[int]) -> None:
                 f"{r['kernels_per_call']:.0f} kernels)",
                 flush=True,
             )
+            interface.FUSED_CHOICE = True
             for k in r["top"][:12]:
                 print(f"    {k['count']:5.0f} x {k['us']:9.1f} µs  {k['name']}")
     result = {"device": torch.cuda.get_device_name() if cuda else "cpu", "dtype": str(dtype), "rows": rows}

@@ -331,10 +331,12 @@ def select(
     config: HaloConfig,
     positions: torch.Tensor,
     pool: torch.Tensor | None = None,
+    choice=None,
 ) -> Selection:
     """The selection of the text queries ``q`` ([B, Hq, P, d], at text ``positions`` [P]) over the keys and
     values ``k``, ``v`` ([B, Hkv, G + N, d]: the globals then the text so far, RoPE applied); ``pool``: the
-    learned pooling's u [Hkv, d] (``select_pooling=learned``), None for the mean."""
+    learned pooling's u [Hkv, d] (``select_pooling=learned``), None for the mean. ``choice``: a function
+    with ``_choice``'s arguments and result (the fused one of the kernels' layer), None for ``_choice``."""
     G = config.num_globals
     # The summaries in fp32 whatever the input's dtype, so that the choice (discrete: a rounding can swap
     # two close blocks) is the same in bf16 training, fp32 on a CPU, the oracle and cached decoding; they
@@ -349,5 +351,5 @@ def select(
     nb, _ = num_summaries(config, k.shape[2] - G)
     candidates = candidate_blocks(config, positions)
     # top-n has no gradient: the summaries learn as keys of the softmax
-    groups, blocks = _choice(config, q.detach(), kf.detach(), sk32.detach(), candidates, nb)
+    groups, blocks = (choice or _choice)(config, q.detach(), kf.detach(), sk32.detach(), candidates, nb)
     return Selection(config, positions, candidates, groups, blocks, sk, sv, nb)

@@ -29,12 +29,15 @@ from halo_lab import graph
 from halo_lab.config import HaloConfig
 from halo_lab.graph.selection import select
 from halo_lab.kernels.halo_attention.backward import halo_bwd_dkv_kernel, halo_bwd_dq_kernel
+from halo_lab.kernels.halo_attention.choose import fused_choice
 from halo_lab.kernels.halo_attention.forward import halo_fwd_kernel
 from halo_lab.kernels.halo_attention.tables import GraphTables, graph_tables
 from halo_lab.kernels.launch import Launcher
 
 LOG2E = 1.4426950408889634
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"  # read by triton when the kernels are defined
+# the choice of the selected blocks with groups through choose.py (False: graph.selection's, for comparison)
+FUSED_CHOICE = True
 # direct launches of the compiled kernels: a layer's host time is what small batches pay (launch.py)
 _fwd, _dq, _dkv = Launcher(halo_fwd_kernel), Launcher(halo_bwd_dq_kernel), Launcher(halo_bwd_dkv_kernel)
 
@@ -144,7 +147,8 @@ def selection_tables(q, k, v, config: HaloConfig, block_t: int, pool=None):
     B, Hkv, L, d = k.shape
     if pool is not None and pool.shape[-1] != d:  # head_dim padded for the tiles: zero columns
         pool = torch.nn.functional.pad(pool, (0, d - pool.shape[-1]))
-    sel = select(q[:, :, G:], k, v, config, torch.arange(L - G, device=q.device), pool)
+    positions = torch.arange(L - G, device=q.device)
+    sel = select(q[:, :, G:], k, v, config, positions, pool, fused_choice if FUSED_CHOICE else None)
     nselp, ng2p = _pow2(config.select_blocks), _pow2(max(config.select_groups, 1))
     blk = _padded(sel.blocks, nselp, G)
     grps = _padded(sel.groups, ng2p, G)
