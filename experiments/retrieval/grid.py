@@ -353,11 +353,19 @@ def grids() -> dict[str, tuple[list[Job], int]]:
     # The 4096-token needle's recipe (issue 31): with 16 sequences a step (needle_4096) a step scores 16
     # answers where needle_1024 scores 64, and in 6000 steps dense stayed at 0.22 and even the in-window
     # bucket of HALO-S at 0.25 (select_gpu2_dense, select_gpu3). needle_1024's 64 answers a step at 4096
-    # tokens, 3000 steps: dense and selection, 2 seeds each, one call per variant (4x the tokens of a
-    # needle_4096 step: about twice a select_gpu2 call's GPU time for 2 jobs)
-    b64 = ["data.batch_size=64", "trainer.max_steps=3000"]
-    select_gpu6_dense = [Job("needle_4096", "dense", 2, 3, seed=s, tag="b64", extra=b64) for s in (0, 1)]
-    select_gpu6_select = [Job("needle_4096", "halo_select", 2, 3, seed=s, tag="b64", extra=b64) for s in (0, 1)]
+    # tokens (4x the tokens of a needle_4096 step): dense and selection, 2 seeds each. 3500 steps since
+    # needle_scale_cpu (2026-12-05; 3000 before): steps to the gate grow 1.4-1.9x a doubling of the length
+    # at 64 a step (256: 350, 512: 500, 1024: 750-1000), > 1.9x at 16 (256: 1350, 512: > 2500), so 4096
+    # at 64 is expected near 1500-3600 steps and at 16 far beyond 6000. Dense: both seeds in one call (2 jobs,
+    # about 360 s on an H200 from select_gpu2_dense's tokens/s); selection (about half dense's tokens/s):
+    # one seed per call
+    b64 = ["data.batch_size=64", "trainer.max_steps=3500"]
+    select_gpu6_dense = [
+        Job("needle_4096", "dense", 2, 3, seed=s, slot=900, tag="b64", extra=b64) for s in (0, 1)
+    ]
+    select_gpu6_select = [
+        Job("needle_4096", "halo_select", 2, 3, seed=s, slot=900, tag="b64", extra=b64) for s in (0, 1)
+    ]
     # Issue 27's LM question at the GPU scale (experiments/baseline: halo_small, 4 layers, 1024 tokens, 16,384
     # tokens a step, 2000 steps; HALO-S's spread there was 0.004 over 2 seeds): HALO-S against HALO-S +
     # selection, 3 seeds each, and the 256-token needle's seed 0 that the CPU grid did not finish (--jobs 7)
@@ -420,6 +428,20 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("mqar_select", "halo_select", 2, 3, seed=1, slot=3000, min_slot=600, tag="tokbias2", extra=mqar256 + tb2),
         Job("baseline_cpu", "halo_select", 2, 0, seed=1, slot=3000, min_slot=300, tag="tokbias2", extra=lm_cpu + tb2),
     ]  # fmt: skip
+    # How the dense needle's plateau (0.25: one of the 4 records' values, any) lasts with the length and the
+    # batch, on the CPU (--cpu --jobs 2; issue 31: dense never left it at 4096 x 16 in 6000 steps, where it
+    # left it by ~450 steps at 512 x 64 and ~800 at 1024 x 64): 256 tokens at 16 and 64 sequences a step,
+    # 512 at 16, validation every 50 steps; halo_tiny, 2 layers, conv 3, seed 0
+    scale = ["trainer.val_check_interval=50"]
+    d256 = ["data.seq_len=256", "data.distances=[16,40,100,160,240]", "data.num_val=140"]
+    needle_scale_cpu = [
+        Job("needle_cpu", "dense", 2, 3, slot=3000, min_slot=300, tag="n256b16",
+            extra=scale + d256 + ["data.batch_size=16", "data.num_train=40000", "trainer.max_steps=2000"]),
+        Job("needle_cpu", "dense", 2, 3, slot=3000, min_slot=300, tag="n512b16",
+            extra=scale + ["data.batch_size=16", "data.num_train=48000", "trainer.max_steps=2500"]),
+        Job("needle_cpu", "dense", 2, 3, slot=3000, min_slot=300, tag="n256b64",
+            extra=scale + d256 + ["data.batch_size=64", "data.num_train=48000", "trainer.max_steps=700"]),
+    ]  # fmt: skip
     # The next device call (issue 27's LM goal): the GPU-scale LM to its full 2000 steps with the bias from -2
     # (on the CPU -4 left MQAR (256, 16) at 0.705 after 1500 steps, -2 learned it by step 500), on the fused
     # kernels, HALO-S in the same call, 3 seeds each, and the needle and MQAR at 1024 with it (--jobs 8)
@@ -442,8 +464,11 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu3": (select_gpu3, 8),
         "select_gpu4": (select_gpu4, 8),
         "select_gpu5": (select_gpu5, 8),
+        "needle_scale_cpu": (needle_scale_cpu, 2),
         "select_gpu6_dense": (select_gpu6_dense, 2),
         "select_gpu6_select": (select_gpu6_select, 2),
+        "select_gpu6_select_s0": (select_gpu6_select[:1], 1),
+        "select_gpu6_select_s1": (select_gpu6_select[1:], 1),
         "select_lm_gpu": (select_lm_gpu, 7),
         "select_tokbias_gpu": (select_tokbias_gpu, 6),
         "select_tokbias_cpu": (select_tokbias_cpu, 2),
