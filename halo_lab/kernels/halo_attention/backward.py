@@ -211,6 +211,7 @@ def halo_bwd_dq_kernel(
 ):  # fmt: skip
     BLOCK_M: tl.constexpr = BLOCK_T * GRP
     NRS: tl.constexpr = NR if SHARED_RANDOM else 0
+    qk_scale, sm_scale = tl.cast(qk_scale, tl.float32), tl.cast(sm_scale, tl.float32)  # fp64 under Inductor
     b = tl.program_id(1) // HKV
     h = tl.program_id(1) % HKV
     t0, tok, head, cols, row_ok, is_text = query_tile(tl.program_id(0), h, L, G, GRP, BLOCK_T, HD)
@@ -321,6 +322,7 @@ def halo_bwd_dkv_kernel(
 ):  # fmt: skip
     # query tiles pack the group's heads like the forward: BLOCK_Q positions x GRP heads = QROWS rows
     QROWS: tl.constexpr = BLOCK_Q * GRP
+    qk_scale, sm_scale = tl.cast(qk_scale, tl.float32), tl.cast(sm_scale, tl.float32)  # fp64 under Inductor
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // HKV

@@ -51,6 +51,7 @@ def choose_blocks_kernel(
     """BLK/SCORE [B*Hkv, P, NSEL]: each query's NSEL best ranked blocks (unordered; -1 / -inf for none).
     QP/QN [B*Hkv, P, D] the query factors, HP/HN [B*Hkv, S, D] the summaries' (TWO: the bound's two
     products, else QP . HP only), GRPS [B*Hkv, P, N2] the chosen groups (-1 = none), CAND [P] c per query."""
+    inv_sqrt_d = tl.cast(inv_sqrt_d, tl.float32)  # Inductor's wrapper passes a float argument as fp64
     bh = tl.program_id(1)
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_ok = p < P

@@ -5,8 +5,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-NEG_INF = tl.constexpr(float("-inf"))
 LOG2E = tl.constexpr(1.4426950408889634)
+# No -inf as a global constexpr: Inductor writes a traced kernel's globals out by repr, and "-inf" is not
+# Python (NameError on CUDA, 2026-12-05): the kernels write float("-inf") where they need it.
 
 
 @triton.jit

@@ -18,7 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from halo_lab.kernels.halo_attention.common import NEG_INF, mma
+from halo_lab.kernels.halo_attention.common import mma
 
 
 @triton.jit
@@ -83,7 +83,7 @@ def dilated_forward(
     _, kpos, valid, ok = group_keys(t0, DIST, L, G, ND, DIL_P, DIL_K, NG, GRP, is_text)
     kt = load_rows3(k_base, kpos, valid, stride_kl, cols)
     vt = load_rows3(v_base, kpos, valid, stride_vl, cols)
-    s = tl.where(ok, mma(q, tl.permute(kt, (0, 2, 1)), IEEE, UPCAST) * qk_scale, NEG_INF)
+    s = tl.where(ok, mma(q, tl.permute(kt, (0, 2, 1)), IEEE, UPCAST) * qk_scale, float("-inf"))
     m = tl.maximum(tl.max(s, 2), -1e30)  # finite: a row with no dilated key must not give NaN
     p = tl.exp2(s - m[:, :, None])
     acc = mma(p.to(vt.dtype), vt, IEEE, UPCAST)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from halo_lab.kernels.halo_attention.common import LOG2E, NEG_INF, load_query_rows, load_rows, mma
+from halo_lab.kernels.halo_attention.common import LOG2E, load_query_rows, load_rows, mma
 from halo_lab.kernels.halo_attention.dilated import dilated_forward
 from halo_lab.kernels.halo_attention.selected import (
     block_summary_tile,
@@ -83,7 +83,7 @@ def token_random_keys(t0, cols_r, tok, is_text, RAND, DIST, stride_ru, L,
 @triton.jit
 def attend(q, kt, vt, ok, m, denom, acc, qk_scale, IEEE: tl.constexpr, UPCAST: tl.constexpr):
     """Online-softmax update with one key tile (ok: the edges of that tile)."""
-    s = tl.where(ok, mma(q, tl.trans(kt), IEEE, UPCAST) * qk_scale, NEG_INF)
+    s = tl.where(ok, mma(q, tl.trans(kt), IEEE, UPCAST) * qk_scale, float("-inf"))
     return softmax_update(s, vt, m, denom, acc, IEEE, UPCAST)
 
 
@@ -95,7 +95,7 @@ def biased_attend(q, kt, vt, ok, m, denom, acc, qk_scale, shift,
     s = mma(q, tl.trans(kt), IEEE, UPCAST) * qk_scale
     if BIASED:
         s = s + shift
-    return softmax_update(tl.where(ok, s, NEG_INF), vt, m, denom, acc, IEEE, UPCAST)
+    return softmax_update(tl.where(ok, s, float("-inf")), vt, m, denom, acc, IEEE, UPCAST)
 
 
 @triton.jit
@@ -203,6 +203,7 @@ def halo_fwd_kernel(
 ):  # fmt: skip
     BLOCK_M: tl.constexpr = BLOCK_T * GRP
     NRS: tl.constexpr = NR if SHARED_RANDOM else 0
+    qk_scale = tl.cast(qk_scale, tl.float32)  # Inductor's wrapper passes a float argument as fp64
     b = tl.program_id(1) // HKV
     h = tl.program_id(1) % HKV
     t0, tok, head, cols, row_ok, is_text = query_tile(tl.program_id(0), h, L, G, GRP, BLOCK_T, HD)
