@@ -356,15 +356,21 @@ def grids() -> dict[str, tuple[list[Job], int]]:
     # tokens (4x the tokens of a needle_4096 step): dense and selection, 2 seeds each. 3500 steps since
     # needle_scale_cpu (2026-12-05; 3000 before): steps to the gate grow 1.4-1.9x a doubling of the length
     # at 64 a step (256: 350, 512: 500, 1024: 750-1000), > 1.9x at 16 (256: 1350, 512: > 2500), so 4096
-    # at 64 is expected near 1500-3600 steps and at 16 far beyond 6000. Dense: both seeds in one call (2 jobs,
-    # about 360 s on an H200 from select_gpu2_dense's tokens/s); selection (about half dense's tokens/s):
-    # one seed per call
+    # at 64 is expected near 1500-3600 steps and at 16 far beyond 6000. Ran 2026-12-05 on an H100 (experiments/selection
+    # README, first section): dense 2 jobs in 266 s, selection 2 jobs in 466 s (--jobs 2 each); the _s0 / _s1
+    # grids give the selection one seed per call on a slower card
     b64 = ["data.batch_size=64", "trainer.max_steps=3500"]
     select_gpu6_dense = [
         Job("needle_4096", "dense", 2, 3, seed=s, slot=900, tag="b64", extra=b64) for s in (0, 1)
     ]
     select_gpu6_select = [
         Job("needle_4096", "halo_select", 2, 3, seed=s, slot=900, tag="b64", extra=b64) for s in (0, 1)
+    ]
+    # The same recipe for plain HALO-S and local-only, the rows beside dense and selection (--jobs 4)
+    select_gpu7 = [
+        Job("needle_4096", v, 2, 3, seed=s, slot=900, tag="b64", extra=b64)
+        for v in ("halo", "local_only")
+        for s in (0, 1)
     ]
     # Issue 27's LM question at the GPU scale (experiments/baseline: halo_small, 4 layers, 1024 tokens, 16,384
     # tokens a step, 2000 steps; HALO-S's spread there was 0.004 over 2 seeds): HALO-S against HALO-S +
@@ -467,6 +473,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "needle_scale_cpu": (needle_scale_cpu, 2),
         "select_gpu6_dense": (select_gpu6_dense, 2),
         "select_gpu6_select": (select_gpu6_select, 2),
+        "select_gpu7": (select_gpu7, 4),
         "select_gpu6_select_s0": (select_gpu6_select[:1], 1),
         "select_gpu6_select_s1": (select_gpu6_select[1:], 1),
         "select_lm_gpu": (select_lm_gpu, 7),
