@@ -153,7 +153,10 @@ def selection_tables(q, k, v, config: HaloConfig, block_t: int, pool=None):
     blk = _padded(sel.blocks, nselp, G)
     grps = _padded(sel.groups, ng2p, G)
     tb, tbn = _distinct_per_tile(blk, block_t)
-    tg, tgn = _distinct_per_tile(grps, block_t)
+    if config.select_group_size:
+        tg, tgn = _distinct_per_tile(grps, block_t)
+    else:  # no groups: lists the kernels never read (SM = 0), not a sort of an all -1 table
+        tg, tgn = tb.new_full((*tb.shape[:3], 1), -1), torch.zeros_like(tbn)
     sk, sv = sel.summary_k, sel.summary_v
     if sk.shape[2] == 0:  # no complete block yet: one zero row keeps the pointers valid
         sk, sv = (torch.cat([t, t.new_zeros(B, Hkv, 1, d)], 2) for t in (sk, sv))
