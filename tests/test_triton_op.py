@@ -23,7 +23,7 @@ from torch._dynamo.utils import counters  # noqa: E402
 
 from halo_lab.config import HaloConfig  # noqa: E402
 from halo_lab.graph.reference import reference_attention  # noqa: E402
-from halo_lab.kernels.halo_attention import interface, op  # noqa: E402
+from halo_lab.kernels.halo_attention import interface, op, tables  # noqa: E402
 from halo_lab.model import attention as attn  # noqa: E402
 from halo_lab.model.network import Block, RotaryEmbedding  # noqa: E402
 
@@ -219,6 +219,47 @@ def test_the_traced_kernels_write_only_their_outputs(name):
     for kernel, written in writes.items():
         assert set(written) <= OUTPUTS[kernel] | TABLES, (kernel, written)
         assert OUTPUTS[kernel] & set(written), (kernel, written)  # the analysis ran (it sees the outputs)
+
+
+PLAN_IDS = """
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+from tests.test_triton_op import CASES
+from halo_lab.kernels.halo_attention import interface, tables
+ids = {}
+for name in sys.argv[2:]:
+    c, _, hq, hkv, d, dtype, *_ = CASES[name]
+    ids[name] = interface._plan(c, tables._unit(c), hq // hkv, d, dtype).id
+print(json.dumps(ids))
+"""
+
+
+def test_a_plan_has_the_same_id_in_every_process():
+    """A compiled graph names its launch plan by id, and torch's compile caches reuse that graph's kernels
+    in later processes: the id must name the same plan whatever was built before it (an id that counted
+    plans gave wrong gradients and illegal addresses on an H100 once the caches held an earlier run)."""
+    names = ["plain-gqa2", "plain-token-gqa4-d24-padded", "selection-mean", "selection-bf16"]
+    root = str(Path(__file__).parents[1])
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+
+    def ids(order):
+        run = subprocess.run(
+            [sys.executable, "-c", PLAN_IDS, root, *order],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        return json.loads(run.stdout.strip().splitlines()[-1])
+
+    forward, backward = ids(names), ids(names[::-1])
+    assert forward == backward
+    assert len(set(forward.values())) == len(names)  # different plans, different ids
+    # this process's plan for the same case has the same id, and the id finds it
+    c, _, hq, hkv, d, dtype, *_ = CASES["selection-mean"]
+    plan = interface._plan(c, tables._unit(c), hq // hkv, d, dtype)
+    assert plan.id == forward["selection-mean"] and interface.PLANS_BY_ID[plan.id] is plan
 
 
 def block_case(dtype=torch.float32, **kw):

@@ -19,6 +19,7 @@ The shapes are those of ``halo_lab.model.attention``: q [B, Hq, L, d], k/v [B, H
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -42,8 +43,11 @@ FUSED_CHOICE = True
 _fwd, _dq, _dkv = Launcher(halo_fwd_kernel), Launcher(halo_bwd_dq_kernel), Launcher(halo_bwd_dkv_kernel)
 
 
-def launch_options(head_dim: int, group: int, dtype: torch.dtype) -> dict[str, dict[str, int]]:
-    """Block sizes and launch options of the three kernels (see the module docstring for the reasons)."""
+def launch_options(
+    head_dim: int, group: int, dtype: torch.dtype, selecting: bool = False
+) -> dict[str, dict[str, int]]:
+    """Block sizes and launch options of the three kernels (see the module docstring for the reasons);
+    ``selecting``: the graph has a content-selected part."""
     # fp32 tiles take twice the shared memory of bf16 ones: halve the rows (fp32 is the test/eval path)
     wide = head_dim > 64 or dtype == torch.float32
     rows = 64 if wide else 128
@@ -60,7 +64,9 @@ def launch_options(head_dim: int, group: int, dtype: torch.dtype) -> dict[str, d
     # 2026-12-02f/g)
     query_tiles = {"BLOCK_T": block_t, "BLOCK_N": 32, "num_stages": 3, "DIL_GROUPED": True}
     return {
-        "fwd": {**query_tiles, "num_warps": 8},
+        # the selected path's forward at 4 warps: 3-4% less fwd + bwd time than 8 at 1K, 4K and 16K, its
+        # kernel 1.20 vs 1.43 ms at 4K (H100, 2026-12-05, experiments/bench/h100_train_v4/kernel_tune_select.log)
+        "fwd": {**query_tiles, "num_warps": 4 if selecting else 8},
         "dq": {**query_tiles, "num_warps": dq_warps},
         "dkv": {
             "BLOCK_N": 32 if wide else 64,
@@ -79,8 +85,8 @@ TUNED: dict[tuple, dict[str, dict[str, int]]] = {}  # (head_dim, group, dtype) -
 # (a tuning run that changes TUNED clears _PLANS, the launch plans built from it)
 
 
-def _options(head_dim: int, group: int, dtype: torch.dtype) -> dict[str, dict[str, int]]:
-    return TUNED.get((head_dim, group, dtype)) or launch_options(head_dim, group, dtype)
+def _options(head_dim: int, group: int, dtype: torch.dtype, selecting: bool) -> dict[str, dict[str, int]]:
+    return TUNED.get((head_dim, group, dtype)) or launch_options(head_dim, group, dtype, selecting)
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int]:
@@ -341,14 +347,24 @@ class _Plan:
     block_t: int  # query positions per forward / dQ program
     dkv_block_n: int  # keys per dK/dV program
     nd: int  # per-distance dK/dV buffers (>= 1)
-    id: int = 0  # its index in PLANS_BY_ID: how the ops of op.py name it (their arguments are ints)
+    id: int = 0  # plan_id(): how the ops of op.py name it (their arguments are ints)
 
 
 _PLANS: dict[tuple, _Plan] = {}
 # every plan ever built, by id, and the config it was built for (the graph tables' op reads its graph):
-# a tuning run that clears _PLANS builds new ids, the old ones stay valid
-PLANS_BY_ID: list[_Plan] = []
-PLAN_CONFIGS: list[HaloConfig] = []
+# a tuning run that clears _PLANS builds new plans, the old ids stay valid
+PLANS_BY_ID: dict[int, _Plan] = {}
+PLAN_CONFIGS: dict[int, HaloConfig] = {}
+
+
+def plan_id(key: tuple, fwd: dict, dq: dict, dkv: dict) -> int:
+    """A plan's id, from its content: the same in every process. A compiled graph holds the id as a
+    literal, and torch's compile caches (AOTAutograd's, Inductor's, on disk) key on that graph: an id that
+    counted plans in build order named another plan in the next process, whose cached kernels (the first
+    process's constexprs) then ran on this process's tables (wrong gradients, illegal addresses; H100,
+    2026-12-05). 56 bits: an int64 op argument."""
+    text = repr((key, sorted(fwd.items()), sorted(dq.items()), sorted(dkv.items())))
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=7).digest(), "little")
 
 
 def _selection_key(config: HaloConfig) -> tuple:
@@ -364,20 +380,22 @@ def _plan(
     key = (graph.graph_key(config), _selection_key(config), unit, group, head_dim, dtype, biases)
     plan = _PLANS.get(key)
     if plan is None:
-        opts = _options(head_dim, group, dtype)
+        opts = _options(head_dim, group, dtype, config.selects)
         consts = _consts(config, unit, group, head_dim, dtype, opts["fwd"]["BLOCK_T"], biased, token_biased)
         dkv_consts = {n: consts[n] for n in ("G", "W", "ND", "GRP", "HD", "IEEE", "UPCAST")}  # no selection
-        plan = _PLANS[key] = _Plan(
-            fwd={**consts, **opts["fwd"]},
-            dq={**consts, **opts["dq"]},
-            dkv={**dkv_consts, **opts["dkv"]},
+        fwd, dq, dkv = {**consts, **opts["fwd"]}, {**consts, **opts["dq"]}, {**dkv_consts, **opts["dkv"]}
+        pid = plan_id(key, fwd, dq, dkv)
+        plan = _PLANS[key] = PLANS_BY_ID.get(pid) or _Plan(
+            fwd=fwd,
+            dq=dq,
+            dkv=dkv,
             block_t=opts["fwd"]["BLOCK_T"],
             dkv_block_n=opts["dkv"]["BLOCK_N"],
             nd=max(consts["ND"], 1),
-            id=len(PLANS_BY_ID),
+            id=pid,
         )
-        PLANS_BY_ID.append(plan)
-        PLAN_CONFIGS.append(config)
+        PLANS_BY_ID[pid] = plan
+        PLAN_CONFIGS.setdefault(pid, config)  # the key holds the graph: any config of it builds its tables
     return plan
 
 
