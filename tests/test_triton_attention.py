@@ -87,8 +87,8 @@ def test_per_distance_dilated_tiles_match_reference(name, monkeypatch):
 
     plain = interface._options
 
-    def per_distance(head_dim, group, dtype):
-        opts = plain(head_dim, group, dtype)
+    def per_distance(head_dim, group, dtype, selecting):
+        opts = plain(head_dim, group, dtype, selecting)
         return {**opts, **{k: {**opts[k], "DIL_GROUPED": False} for k in ("fwd", "dq")}}
 
     monkeypatch.setattr(interface, "_options", per_distance)
@@ -112,8 +112,8 @@ def test_tile_variants_match_reference(name, variant, monkeypatch):
         "dkv_t32": {"dkv": {"BLOCK_N": 32, "KEYS_AS_N": True}},
     }
 
-    def wider(head_dim, group, dtype):
-        opts = plain(head_dim, group, dtype)
+    def wider(head_dim, group, dtype, selecting):
+        opts = plain(head_dim, group, dtype, selecting)
         return {k: {**v, **override[variant].get(k, {})} for k, v in opts.items()}
 
     monkeypatch.setattr(interface, "_options", wider)
@@ -129,8 +129,11 @@ def test_bf16_dkv_tiles_match_reference_fp32(name, monkeypatch):
 
     plain = interface._options
 
-    def bf16_dkv(head_dim, group, dtype):
-        return {**plain(head_dim, group, dtype), "dkv": plain(head_dim, group, torch.bfloat16)["dkv"]}
+    def bf16_dkv(head_dim, group, dtype, selecting):
+        return {
+            **plain(head_dim, group, dtype, selecting),
+            "dkv": plain(head_dim, group, torch.bfloat16, selecting)["dkv"],
+        }
 
     monkeypatch.setattr(interface, "_options", bf16_dkv)
     monkeypatch.setattr(interface, "_PLANS", {})
