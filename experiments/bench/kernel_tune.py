@@ -9,6 +9,7 @@ triton_select, halo_lab.bench.attention.SELECT, with SELECT_VARIANTS at 1K, 4K a
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 
@@ -49,13 +50,14 @@ AT_EVERY_N = ("default", "per_distance", "grouped_fwd_only", "dq8")  # the rest 
 
 # The selected path (--select). Its dQ build spills more than plain HALO-S's (sm_90 under Triton 3.9,
 # kernel_regs.py: 255 registers + 2,160 B stack at 4 warps, 792 B at 8), and BPT (chosen blocks per key
-# tile, 2 since 2026-12-05) was chosen on the CPU by the loop count: both are for the card to settle.
+# tile, 2 since 2026-12-05) was chosen on the CPU by the loop count. The H100 (2026-12-05,
+# h100_train_v4/kernel_tune_select.log) kept both (bpt1 +0.5 to 2%, dq8 +3 to 9%) and took the forward at 4 warps.
 SELECT_VARIANTS = {
     "default": {},
     "bpt1": {"fwd": {"BPT": 1}, "dq": {"BPT": 1}},
     "dq8": {"dq": {"num_warps": 8}},
     "dq8_bpt1": {"dq": {"num_warps": 8, "BPT": 1}, "fwd": {"BPT": 1}},
-    "fwd4": {"fwd": {"num_warps": 4}},
+    "fwd8": {"fwd": {"num_warps": 8}},  # the default before 2026-12-05's H100 run (fwd4 then: -3 to -4%)
 }
 
 
@@ -85,7 +87,7 @@ def step_fns(fn_fwd, q, k, v, g):
 
 def with_options(override: dict):
     """HALO attention through the triton backend with one variant's launch options."""
-    base = interface.launch_options(64, 4, torch.bfloat16)
+    base = interface.launch_options(64, 4, torch.bfloat16, CONFIG.selects)
     opts = {kern: {**o, **override.get(kern, {})} for kern, o in base.items()}
 
     def fn(q, k, v):
@@ -164,6 +166,7 @@ def main(out: str, names: list[str]) -> None:
             )
         interface.TUNED.clear()
         interface._PLANS.clear()
+    os.makedirs(out, exist_ok=True)
     with open(f"{out}/kernel_tune{'_select' if select else ''}.json", "w") as f:
         json.dump(results, f, indent=2)
 

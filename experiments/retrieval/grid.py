@@ -366,6 +366,14 @@ def grids() -> dict[str, tuple[list[Job], int]]:
     select_gpu6_select = [
         Job("needle_4096", "halo_select", 2, 3, seed=s, slot=900, tag="b64", extra=b64) for s in (0, 1)
     ]
+    # The dense gate at 4096 failed on seed 0 (0.249 at 3500 steps, 2026-12-05): a third seed on the same
+    # recipe, and seed 0 to 6000 steps, to tell a late plateau from a seed that never leaves it (--jobs 2)
+    select_gpu8_dense = [
+        Job("needle_4096", "dense", 2, 3, seed=2, slot=900, tag="b64", extra=b64),
+        Job("needle_4096", "dense", 2, 3, seed=0, slot=900, tag="b64long",
+            extra=["data.batch_size=64", "trainer.max_steps=6000"]),
+    ]  # fmt: skip
+    # Ran 2026-12-05 (H100, 375 s): seed 2 0.240 at 3500 steps, seed 0 0.257 at 6000: dense passes on 1 of 3
     # The same recipe for plain HALO-S and local-only, the rows beside dense and selection (--jobs 4)
     select_gpu7 = [
         Job("needle_4096", v, 2, 3, seed=s, slot=900, tag="b64", extra=b64)
@@ -474,6 +482,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu6_dense": (select_gpu6_dense, 2),
         "select_gpu6_select": (select_gpu6_select, 2),
         "select_gpu7": (select_gpu7, 4),
+        "select_gpu8_dense": (select_gpu8_dense, 2),
         "select_gpu6_select_s0": (select_gpu6_select[:1], 1),
         "select_gpu6_select_s1": (select_gpu6_select[1:], 1),
         "select_lm_gpu": (select_lm_gpu, 7),
