@@ -194,6 +194,33 @@ def test_query_tiles_past_many_groups_equal_the_reference():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=lambda s, name=name: f"d{name}: {s}")
 
 
+@pytest.mark.parametrize("probe", [1, 2])
+def test_the_dq_pass_timing_probes_change_only_the_selected_keys_grads(monkeypatch, probe):
+    """kernel_tune.py times the dQ pass with the selected keys' dK/dV stored (1) or skipped (2): what the
+    atomics cost. The probe is a fair timing only if dQ and the output stay exact and only dK/dV change."""
+    from halo_lab.kernels.halo_attention import interface
+
+    triton_ready()
+    c = cfg(attention_backend="triton")
+    q, k, v = qkv(c, 70, seed=3, grad=True)
+    ref = reference_attention(q, k, v, c, 1, 7)
+    g = torch.randn_like(ref)
+    plain = interface._options
+
+    def probed(head_dim, group, dtype, selecting):
+        opts = plain(head_dim, group, dtype, selecting)
+        return {**opts, "dq": {**opts["dq"], "SEL_KG": probe}}
+
+    monkeypatch.setattr(interface, "_options", probed)
+    monkeypatch.setattr(interface, "_PLANS", {})
+    out = attn.halo_attention(q, k, v, c, 1, 7, "triton")
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), g)
+    rq, rk, rv = torch.autograd.grad(ref, (q, k, v), g)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dq, rq, atol=1e-5, rtol=1e-5)
+    assert (dk - rk).abs().max() > 1e-3 and (dv - rv).abs().max() > 1e-3
+
+
 def test_summary_keys_off_changes_only_the_softmax():
     c = cfg(select_summary_keys=False)
     q, k, v = qkv(c, 70)

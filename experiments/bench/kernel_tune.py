@@ -58,6 +58,10 @@ SELECT_VARIANTS = {
     "dq8": {"dq": {"num_warps": 8}},
     "dq8_bpt1": {"dq": {"num_warps": 8, "BPT": 1}, "fwd": {"BPT": 1}},
     "fwd8": {"fwd": {"num_warps": 8}},  # the default before 2026-12-05's H100 run (fwd4 then: -3 to -4%)
+    # timing probes, wrong dK/dV: the selected keys' dK/dV by plain stores, and not at all. What the dQ
+    # pass's atomics cost, and the products with them: the case for a pass that owns the chosen keys
+    "probe_kg_store": {"dq": {"SEL_KG": 1}},
+    "probe_kg_none": {"dq": {"SEL_KG": 2}},
 }
 
 

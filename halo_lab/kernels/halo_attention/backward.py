@@ -50,16 +50,23 @@ def grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE: tl.constexpr, UPCAS
 
 @triton.jit
 def add_key_grads(DKA, DVA, base, pos, valid, ok, q, do, p, ds, sm_scale, cols,
-                  IEEE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+                  IEEE: tl.constexpr, UPCAST: tl.constexpr, KG: tl.constexpr):  # fmt: skip
     """dK, dV of one key tile (rows ``pos``) from this query tile, added to the fp32 buffers: only the keys
     that are an edge of some row of the tile (``ok`` [BLOCK_M, N]; the others' are zeros), since the
-    atomics of many tiles on the same rows are what this pass waits for."""
-    dk = mma(tl.trans(ds.to(q.dtype)), q, IEEE, UPCAST) * sm_scale
-    dv = mma(tl.trans(p.to(do.dtype)), do, IEEE, UPCAST)
-    used = valid & (tl.sum(ok.to(tl.int32), 0) > 0)
-    ptr = base + tl.where(used, pos, 0)[:, None] * cols.shape[0] + cols[None, :]
-    tl.atomic_add(DKA + ptr, dk, mask=used[:, None])
-    tl.atomic_add(DVA + ptr, dv, mask=used[:, None])
+    atomics of many tiles on the same rows are what this pass waits for. KG (``SEL_KG`` for the selected
+    part): 0 atomics; 1 plain stores and 2 nothing are timing probes of kernel_tune.py (wrong dK/dV: what
+    the atomics, and the products with them, cost)."""
+    if KG < 2:
+        dk = mma(tl.trans(ds.to(q.dtype)), q, IEEE, UPCAST) * sm_scale
+        dv = mma(tl.trans(p.to(do.dtype)), do, IEEE, UPCAST)
+        used = valid & (tl.sum(ok.to(tl.int32), 0) > 0)
+        ptr = base + tl.where(used, pos, 0)[:, None] * cols.shape[0] + cols[None, :]
+        if KG == 0:
+            tl.atomic_add(DKA + ptr, dk, mask=used[:, None])
+            tl.atomic_add(DVA + ptr, dv, mask=used[:, None])
+        else:
+            tl.store(DKA + ptr, dk, mask=used[:, None])
+            tl.store(DVA + ptr, dv, mask=used[:, None])
 
 
 @triton.jit
@@ -77,7 +84,7 @@ def store_dilated_grads(
 @triton.jit
 def key_tile_grads(q, do, lse, delta, dq, dbias, k_base, v_base, DKB, DVB, buf_base, rows, valid, ok,
                    stride_kl, stride_vl, cols, qk_scale, sm_scale, BIASED: tl.constexpr, IEEE: tl.constexpr,
-                   UPCAST: tl.constexpr):  # fmt: skip
+                   UPCAST: tl.constexpr, KG: tl.constexpr):  # fmt: skip
     """One key tile of the selected part (``rows``: chosen keys, or block / group summaries): dQ, the keys'
     dK/dV into the fp32 buffers ``DKB``/``DVB``, and with BIASED the gradient of their bias (the tile's dS
     summed; ``lse`` already shifted by it)."""
@@ -85,7 +92,7 @@ def key_tile_grads(q, do, lse, delta, dq, dbias, k_base, v_base, DKB, DVB, buf_b
     vt = load_rows(v_base, rows, valid, stride_vl, cols)
     p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
     dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
-    add_key_grads(DKB, DVB, buf_base, rows, valid, ok, q, do, p, ds, sm_scale, cols, IEEE, UPCAST)
+    add_key_grads(DKB, DVB, buf_base, rows, valid, ok, q, do, p, ds, sm_scale, cols, IEEE, UPCAST, KG)
     if BIASED:
         dbias += tl.sum(ds)
     return dq, dbias
@@ -97,7 +104,7 @@ def chosen_backward(q, do, lse, delta, dq, k_base, v_base, DKA, DVA, TB, TBN, BL
                     tbias_ptr, dtbias_ptr,
                     G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr,
                     UNIT: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr, BPT: tl.constexpr, NSELP: tl.constexpr,
-                    TOKB: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+                    TOKB: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, KG: tl.constexpr):  # fmt: skip
     """dQ of the tile's chosen blocks (selected.py), their keys' dK/dV into the extras' fp32 buffers. TOKB:
     the kept chosen keys' scores carry the KV head's token bias (``tbias_ptr``), whose gradient, the sum of
     their score gradients, this tile adds to ``dtbias_ptr`` (one fp32 atomic)."""
@@ -112,7 +119,7 @@ def chosen_backward(q, do, lse, delta, dq, k_base, v_base, DKA, DVA, TB, TBN, BL
         )  # fmt: skip
         dq, dtbias = key_tile_grads(
             q, do, lse_t, delta, dq, dtbias, k_base, v_base, DKA, DVA, acc_base, pos, valid, ok,
-            stride_kl, stride_vl, cols, qk_scale, sm_scale, TOKB, IEEE, UPCAST,
+            stride_kl, stride_vl, cols, qk_scale, sm_scale, TOKB, IEEE, UPCAST, KG,
         )  # fmt: skip
     if TOKB:
         tl.atomic_add(dtbias_ptr + tl.arange(0, 1), dtbias)
@@ -130,7 +137,7 @@ def selected_backward(q, do, lse, delta, dq, k_base, v_base, sk_base, sv_base, D
                       GPT: tl.constexpr, NG2P: tl.constexpr,
                       SUMK: tl.constexpr,
                       SUM_N: tl.constexpr, SUMB: tl.constexpr, TOKB: tl.constexpr, IEEE: tl.constexpr,
-                      UPCAST: tl.constexpr):  # fmt: skip
+                      UPCAST: tl.constexpr, KG: tl.constexpr):  # fmt: skip
     """dQ of the content-selected key groups of a query tile (the forward's tiles, selected.py), with the
     chosen keys' dK/dV added to the extras' fp32 buffers and the summaries' to their own (``bh``: b * HKV
     + h). SUMB: the summaries' scores carry the KV head's bias (``bias_ptr``), whose gradient, the sum of
@@ -139,7 +146,7 @@ def selected_backward(q, do, lse, delta, dq, k_base, v_base, sk_base, sv_base, D
     dq = chosen_backward(
         q, do, lse, delta, dq, k_base, v_base, DKA, DVA, TB, TBN, BLK, RAND, DIST, tile, bh, L, tok, is_text,
         cols, acc_base, stride_kl, stride_vl, stride_ru, UMAX, qk_scale, sm_scale, tbias_ptr, dtbias_ptr,
-        G, W, ND, NR, UNIT, SB, SBP, BPT, NSELP, TOKB, IEEE, UPCAST,
+        G, W, ND, NR, UNIT, SB, SBP, BPT, NSELP, TOKB, IEEE, UPCAST, KG,
     )  # fmt: skip
     if SUMK:
         c = candidates(tok, is_text, G, W, SB)
@@ -154,7 +161,7 @@ def selected_backward(q, do, lse, delta, dq, k_base, v_base, sk_base, sv_base, D
                 j, ok = block_summary_tile(start, c, is_text, SUM_N)
                 dq, dbias = key_tile_grads(
                     q, do, lse_s, delta, dq, dbias, sk_base, sv_base, DSK, DSV, sum_base, j, j < NB, ok,
-                    stride_skl, stride_skl, cols, qk_scale, sm_scale, SUMB, IEEE, UPCAST,
+                    stride_skl, stride_skl, cols, qk_scale, sm_scale, SUMB, IEEE, UPCAST, KG,
                 )  # fmt: skip
         else:
             for u in range(0, tl.load(TGN + tile), GPT):  # the blocks of the groups the rows chose
@@ -163,19 +170,19 @@ def selected_backward(q, do, lse, delta, dq, k_base, v_base, sk_base, sv_base, D
                 )
                 dq, dbias = key_tile_grads(
                     q, do, lse_s, delta, dq, dbias, sk_base, sv_base, DSK, DSV, sum_base, j, valid, ok,
-                    stride_skl, stride_skl, cols, qk_scale, sm_scale, SUMB, IEEE, UPCAST,
+                    stride_skl, stride_skl, cols, qk_scale, sm_scale, SUMB, IEEE, UPCAST, KG,
                 )  # fmt: skip
             for start in range(loose_blocks_start(c, is_text, SM), c_hi, SUM_N):  # those past the groups
                 j, ok = loose_blocks_tile(start, c, is_text, SM, SUM_N)
                 dq, dbias = key_tile_grads(
                     q, do, lse_s, delta, dq, dbias, sk_base, sv_base, DSK, DSV, sum_base, j, j < NB, ok,
-                    stride_skl, stride_skl, cols, qk_scale, sm_scale, SUMB, IEEE, UPCAST,
+                    stride_skl, stride_skl, cols, qk_scale, sm_scale, SUMB, IEEE, UPCAST, KG,
                 )  # fmt: skip
             for start in range(0, c_hi // SM, SUM_N):
                 j, ok = group_summary_tile(start, c, is_text, NB, SM, SUM_N)
                 dq, dbias = key_tile_grads(
                     q, do, lse_s, delta, dq, dbias, sk_base, sv_base, DSK, DSV, sum_base, j, j < NSUM, ok,
-                    stride_skl, stride_skl, cols, qk_scale, sm_scale, SUMB, IEEE, UPCAST,
+                    stride_skl, stride_skl, cols, qk_scale, sm_scale, SUMB, IEEE, UPCAST, KG,
                 )  # fmt: skip
         if SUMB:
             tl.atomic_add(dbias_ptr + tl.arange(0, 1), dbias)
@@ -208,6 +215,7 @@ def halo_bwd_dq_kernel(
     SMP: tl.constexpr, GPT: tl.constexpr, NG2P: tl.constexpr, SUMK: tl.constexpr, SUM_N: tl.constexpr,
     SUMB: tl.constexpr,
     TOKB: tl.constexpr,
+    SEL_KG: tl.constexpr,  # the selected keys' dK/dV: 0 atomics (2 and 1 are timing probes: add_key_grads)
 ):  # fmt: skip
     BLOCK_M: tl.constexpr = BLOCK_T * GRP
     NRS: tl.constexpr = NR if SHARED_RANDOM else 0
@@ -245,7 +253,7 @@ def halo_bwd_dq_kernel(
         p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
         dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
         add_key_grads(  # nearly every key of these tiles is an edge of some row: no mask computed
-            DKA, DVA, acc_base, pos, valid, valid[None, :], q, do, p, ds, sm_scale, cols, IEEE, UPCAST
+            DKA, DVA, acc_base, pos, valid, valid[None, :], q, do, p, ds, sm_scale, cols, IEEE, UPCAST, 0
         )
 
     if not DIL_GROUPED:
@@ -271,7 +279,7 @@ def halo_bwd_dq_kernel(
         p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
         dq += mma(ds.to(kt.dtype), kt, IEEE, UPCAST)
         add_key_grads(  # nearly every key of these tiles is an edge of some row: no mask computed
-            DKA, DVA, acc_base, pos, valid, valid[None, :], q, do, p, ds, sm_scale, cols, IEEE, UPCAST
+            DKA, DVA, acc_base, pos, valid, valid[None, :], q, do, p, ds, sm_scale, cols, IEEE, UPCAST, 0
         )
 
     lo = tl.maximum(t0 - W + 1, G)
@@ -295,7 +303,7 @@ def halo_bwd_dq_kernel(
             stride_kl, stride_vl, stride_skl, stride_ru, UMAX, UGMAX, NB, NSUM, qk_scale, sm_scale,
             SBIAS + h, DBIAS + b * HKV + h, TBIAS + h, DTBIAS + b * HKV + h,
             G, W, ND, NR, UNIT, HD, SB, SBP, BPT, NSELP, SM, SMP, GPT, NG2P, SUMK, SUM_N, SUMB, TOKB, IEEE,
-            UPCAST,
+            UPCAST, SEL_KG,
         )  # fmt: skip
 
     tl.store(
