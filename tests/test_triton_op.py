@@ -234,7 +234,7 @@ print(json.dumps(ids))
 """
 
 
-def test_a_plan_has_the_same_id_in_every_process():
+def test_a_plan_has_the_same_id_in_every_process(monkeypatch):
     """A compiled graph names its launch plan by id, and torch's compile caches reuse that graph's kernels
     in later processes: the id must name the same plan whatever was built before it (an id that counted
     plans gave wrong gradients and illegal addresses on an H100 once the caches held an earlier run)."""
@@ -260,6 +260,11 @@ def test_a_plan_has_the_same_id_in_every_process():
     c, _, hq, hkv, d, dtype, *_ = CASES["selection-mean"]
     plan = interface._plan(c, tables._unit(c), hq // hkv, d, dtype)
     assert plan.id == forward["selection-mean"] and interface.PLANS_BY_ID[plan.id] is plan
+    # an edited kernels package (the ops' Python is not in torch's cache keys) gives every plan a new id
+    parts = (("key",), plan.fwd, plan.dq, plan.dkv)
+    before = interface.plan_id(*parts)
+    monkeypatch.setattr(interface, "SOURCE_DIGEST", "edited")
+    assert interface.plan_id(*parts) != before
 
 
 def block_case(dtype=torch.float32, **kw):

@@ -23,6 +23,7 @@ import hashlib
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -358,13 +359,25 @@ PLANS_BY_ID: dict[int, _Plan] = {}
 PLAN_CONFIGS: dict[int, HaloConfig] = {}
 
 
+def _source_digest() -> str:
+    """This package's source: the ops' Python (which kernels a traced call launches, and how) is not in
+    torch's cache keys, so the plan ids carry it, and an edited package never meets an old cache entry."""
+    h = hashlib.blake2b(digest_size=8)
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()
+
+
+SOURCE_DIGEST = _source_digest()
+
+
 def plan_id(key: tuple, fwd: dict, dq: dict, dkv: dict) -> int:
-    """A plan's id, from its content: the same in every process. A compiled graph holds the id as a
-    literal, and torch's compile caches (AOTAutograd's, Inductor's, on disk) key on that graph: an id that
-    counted plans in build order named another plan in the next process, whose cached kernels (the first
-    process's constexprs) then ran on this process's tables (wrong gradients, illegal addresses; H100,
-    2026-12-05). 56 bits: an int64 op argument."""
-    text = repr((key, sorted(fwd.items()), sorted(dq.items()), sorted(dkv.items())))
+    """A plan's id, from its content and the package's source: the same in every process. A compiled
+    graph holds the id as a literal, and torch's compile caches (AOTAutograd's, Inductor's, on disk) key on
+    that graph: an id that counted plans in build order named another plan in the next process, whose
+    cached kernels (the first process's constexprs) then ran on this process's tables (wrong gradients,
+    illegal addresses; H100, 2026-12-05). 56 bits: an int64 op argument."""
+    text = repr((SOURCE_DIGEST, key, sorted(fwd.items()), sorted(dq.items()), sorted(dkv.items())))
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=7).digest(), "little")
 
 
