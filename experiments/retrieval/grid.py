@@ -374,6 +374,18 @@ def grids() -> dict[str, tuple[list[Job], int]]:
             extra=["data.batch_size=64", "trainer.max_steps=6000"]),
     ]  # fmt: skip
     # Ran 2026-12-05 (H100, 375 s): seed 2 0.240 at 3500 steps, seed 0 0.257 at 6000: dense passes on 1 of 3
+    # Zoology's way with a failing gate (issue 31): sweep dense's learning rate, on the seed that failed
+    # (seed 0; the recipe's lr is 1e-3), 3500 steps at 64 a step (--jobs 2, about 280 s on an H100)
+    select_gpu9_dense_lr = [
+        Job("needle_4096", "dense", 2, 3, seed=0, slot=900, tag=f"b64lr{tag}", extra=b64 + [f"optimizer.lr={lr}"])
+        for tag, lr in (("3e-4", 3.0e-4), ("3e-3", 3.0e-3))
+    ]
+    # More seeds for the rate of success (dense 1 of 3, selection 2 of 2 so far): the selection's seed 2
+    # and dense's seed 3 on the recipe (--jobs 2, about 470 s on an H100)
+    select_gpu9_seeds = [
+        Job("needle_4096", "halo_select", 2, 3, seed=2, slot=900, tag="b64", extra=b64),
+        Job("needle_4096", "dense", 2, 3, seed=3, slot=900, tag="b64", extra=b64),
+    ]
     # The same recipe for plain HALO-S and local-only, the rows beside dense and selection (--jobs 4)
     select_gpu7 = [
         Job("needle_4096", v, 2, 3, seed=s, slot=900, tag="b64", extra=b64)
@@ -485,12 +497,17 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu3": (select_gpu3, 8),
         "select_gpu4": (select_gpu4, 8),
         "select_gpu5": (select_gpu5, 8),
+        # select_gpu4 a depth per call: four 6000-step jobs need about 570 s of an H100, beyond a call's 540
+        "select_gpu4_l4": ([j for j in select_gpu4 if j.layers == 4], 2),
+        "select_gpu4_l6": ([j for j in select_gpu4 if j.layers == 6], 2),
         "needle_scale_cpu": (needle_scale_cpu, 2),
         "needle_seeds_cpu": (needle_seeds_cpu, 1),
         "select_gpu6_dense": (select_gpu6_dense, 2),
         "select_gpu6_select": (select_gpu6_select, 2),
         "select_gpu7": (select_gpu7, 4),
         "select_gpu8_dense": (select_gpu8_dense, 2),
+        "select_gpu9_dense_lr": (select_gpu9_dense_lr, 2),
+        "select_gpu9_seeds": (select_gpu9_seeds, 2),
         "select_gpu6_select_s0": (select_gpu6_select[:1], 1),
         "select_gpu6_select_s1": (select_gpu6_select[1:], 1),
         "select_lm_gpu": (select_lm_gpu, 7),
