@@ -26,7 +26,8 @@ from halo_lab.generation import Decoder
 from halo_lab.model import build_model
 
 CONTEXTS = (1024, 131072)
-# (Decoder.inductor_options, Decoder's gemv, Decoder.fused_qkv, Decoder.fused_attn_o) for each round:
+# (Decoder.inductor_options, Decoder's gemv, Decoder.fused_qkv, Decoder.fused_attn_o[, Decoder.pdl]) for
+# each round:
 # none; combo kernels (horizontal fusion of independent kernels, the default since 2026-12-02); combo +
 # max-autotune (Triton GEMM templates, which Inductor can fuse with their neighbours, where the cuBLAS
 # GEMVs are latency-bound); combo + the fused GEMV kernel (halo_lab/kernels/gemv.py: norm, SwiGLU and
@@ -45,6 +46,8 @@ OPTIONS = {
     "combo_gemv_unfused": ({"combo_kernels": True}, True, False, False),
     "combo_gemv_qkv": ({"combo_kernels": True}, True, True, False),
     "combo_gemv": ({"combo_kernels": True}, True, True, True),
+    # the default step with its own kernels launched with PDL (halo_lab/kernels/pdl.py, Decoder.pdl)
+    "combo_gemv_qkv_pdl": ({"combo_kernels": True}, True, True, False, True),
 }
 
 
@@ -74,7 +77,8 @@ def main(out: str, names: list[str], contexts=CONTEXTS, variants=None) -> None:
     rows = []
     chosen = {v: DECODE_VARIANTS[v] for v in variants or DECODE_VARIANTS}
     for opt_name in names or list(OPTIONS):
-        opts, gemv, Decoder.fused_qkv, Decoder.fused_attn_o = OPTIONS[opt_name]
+        opts, gemv, Decoder.fused_qkv, Decoder.fused_attn_o, *pdl = OPTIONS[opt_name]
+        Decoder.pdl = bool(pdl and pdl[0])
         torch._dynamo.reset()
         Decoder.inductor_options = opts
         for ctx in contexts:

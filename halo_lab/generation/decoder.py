@@ -27,6 +27,7 @@ from collections.abc import Callable
 import torch
 
 from halo_lab.generation.sampling import check_sampling, gumbel_noise, noise_base, select_tokens
+from halo_lab.kernels import pdl
 
 CACHE_KINDS = ("full", "ring")
 
@@ -132,6 +133,11 @@ class Decoder:
     # replaces take 3.4 + 2.6, so 4,756 tokens/s against 6,541 without it (every program recomputes every
     # head's attention before its first product; experiments/bench/h100_decode_fused/). True: opt-in.
     fused_attn_o: bool = False
+    # With the GEMV, the step's own kernels (GEMVs, fused q/k/v, HALO-S's attention) launched with
+    # programmatic dependent launch (halo_lab/kernels/pdl.py, sm_90+): each may start while the one before
+    # runs and load its weights before it waits. Off until a card has timed it (experiments/bench/README.md,
+    # "Issue 30's next device call"); True: opt-in where the device supports it.
+    pdl: bool = False
 
     def __init__(
         self,
@@ -202,6 +208,7 @@ class Decoder:
         self.gemv = gemv_kernel(model, self.device) if self.fused is not None and use_gemv else None
         self.qkv = qkv_kernel(model) if self.gemv is not None and self.fused_qkv else None
         self.attn_o = attn_o_kernel(model) if self.qkv is not None and self.fused_attn_o else None
+        self.pdl_on = bool(self.pdl) and self.gemv is not None and pdl.supported(self.device)
         self.path = "compiled" if self.compile else "eager"
         self._run_step: Callable[[], None] | None = None
         self.timings: dict[str, float] = {}
@@ -349,6 +356,9 @@ class Decoder:
                 )
                 self.path = "eager"
             self._restore(state)
+        if self.pdl_on:
+            fn = self._with_pdl(fn)
+            self.path += "+pdl"
         self._fn = fn  # the step without the graph (for profiling)
         if not self.cuda_graph:
             return fn
@@ -362,6 +372,16 @@ class Decoder:
             )
             torch.cuda.synchronize(self.device)
             return fn
+
+    @staticmethod
+    def _with_pdl(fn: Callable[[], None]) -> Callable[[], None]:
+        """``fn`` with the decode kernels' launches made with PDL (captured so in the CUDA graph)."""
+
+        def step() -> None:
+            with pdl.enabled():
+                fn()
+
+        return step
 
     def _mark_dynamic(self) -> None:
         """Sizes that change with the context, the batch or the ring store are compiled symbolic up front, so

@@ -19,6 +19,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from halo_lab.kernels import pdl
+
 try:
     import triton
     import triton.language as tl
@@ -71,7 +73,11 @@ if HAS_TRITON:
         D: tl.constexpr,
         BLOCK_K: tl.constexpr,
         BLOCK_D: tl.constexpr,
+        PDL: tl.constexpr,
     ):
+        if PDL:  # launch the next kernel early; everything this one reads an earlier kernel wrote (pdl.py)
+            tl.extra.cuda.gdc_launch_dependents()
+            tl.extra.cuda.gdc_wait()
         pid = tl.program_id(0)
         b = (pid // HEADS).to(tl.int64)  # 64-bit offsets: a large batch x long cache exceeds 2**31 elements
         h = (pid % HEADS).to(tl.int64)
@@ -133,6 +139,7 @@ def halo_decode_attention(q, k_cache, v_cache, slots) -> torch.Tensor:
         BLOCK_K=max(16, triton.next_power_of_2(K)),
         BLOCK_D=max(16, triton.next_power_of_2(d)),
         num_warps=4,
+        **pdl.launch_options(),
     )
     return out
 

@@ -34,6 +34,7 @@ import torch
 
 from halo_lab.graph.reference import apply_rope
 from halo_lab.kernels import gemv as kg
+from halo_lab.kernels import pdl
 
 try:
     import triton
@@ -115,7 +116,10 @@ if HAS_TRITON:
         BLOCK_P: tl.constexpr,
         CHUNK: tl.constexpr,
         ONE_CHUNK: tl.constexpr,
+        PDL: tl.constexpr,
     ):  # fmt: skip
+        if PDL:  # the next kernel may launch while this one runs; no store before _rows_dot's wait (pdl.py)
+            tl.extra.cuda.gdc_launch_dependents()
         pid = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)
         n_pairs = (HQ + 2 * HKV) * HALF
@@ -125,7 +129,7 @@ if HAS_TRITON:
         rows = (pr // HALF) * (2 * HALF) + pr % HALF + (r % 2) * HALF
         acc = kg._rows_dot(
             x_ptr + b * sxb, w_ptr, rows, pr < n_pairs, swn, nw_ptr, nb_ptr, K, eps,
-            NORM, HAS_BIAS, False, 2 * BLOCK_P, CHUNK, ONE_CHUNK,
+            NORM, HAS_BIAS, False, 2 * BLOCK_P, CHUNK, ONE_CHUNK, PDL,
         )  # fmt: skip
         # the GEMV's rounding (its output's dtype), then the two halves of each pair
         y = acc.to(w_ptr.dtype.element_ty).to(tl.float32)
@@ -221,6 +225,7 @@ def decode_qkv(
         CHUNK=chunk,
         ONE_CHUNK=w.shape[1] <= chunk,
         num_warps=4,
+        **pdl.launch_options(),
     )  # fmt: skip
     return q
 

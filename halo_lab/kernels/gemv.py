@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from halo_lab.kernels import pdl
+
 try:
     import triton
     import triton.language as tl
@@ -108,8 +110,10 @@ if HAS_TRITON:
         BLOCK_N: tl.constexpr,
         CHUNK: tl.constexpr,
         ONE_CHUNK: tl.constexpr,
+        PDL: tl.constexpr,
     ):
-        """fp32 [BLOCK_N] = prologue(x) . w[n] for one row of x: the GEMV's body, shared with decode_qkv."""
+        """fp32 [BLOCK_N] = prologue(x) . w[n] for one row of x: the GEMV's body, shared with decode_qkv.
+        PDL: the weights (which no kernel writes) load before the wait for the previous kernel (pdl.py)."""
         dt = w_ptr.dtype.element_ty
         # one chunk: the whole row at once, the weight load issued first, the norm statistics in registers
         if ONE_CHUNK:
@@ -118,6 +122,8 @@ if HAS_TRITON:
             wt = tl.load(
                 w_ptr + n[:, None] * swn + kk[None, :], mask=in_n[:, None] & in_k[None, :], other=0.0
             )
+            if PDL:
+                tl.extra.cuda.gdc_wait()
             a = _input(x_row, kk, in_k, K, SWIGLU, dt)
             mean = 0.0
             rstd = 1.0
@@ -130,6 +136,8 @@ if HAS_TRITON:
             a = _normalise(a, kk, in_k, mean, rstd, nw_ptr, nb_ptr, NORM, HAS_BIAS, dt)
             acc = tl.sum(wt.to(tl.float32) * a[None, :], axis=1)
         else:
+            if PDL:
+                tl.extra.cuda.gdc_wait()
             mean = 0.0
             rstd = 1.0
             if NORM != 0:  # the row's statistics first: a second pass normalises chunk by chunk
@@ -180,7 +188,10 @@ if HAS_TRITON:
         BLOCK_N: tl.constexpr,
         CHUNK: tl.constexpr,
         ONE_CHUNK: tl.constexpr,
+        PDL: tl.constexpr,
     ):
+        if PDL:  # the next kernel may launch and load its weights while this one runs (pdl.py)
+            tl.extra.cuda.gdc_launch_dependents()
         pid_n = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)
         n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -188,7 +199,7 @@ if HAS_TRITON:
         dt = w_ptr.dtype.element_ty
         acc = _rows_dot(
             x_ptr + b * sxb, w_ptr, n, in_n, swn, nw_ptr, nb_ptr, K, eps,
-            NORM, HAS_BIAS, SWIGLU, BLOCK_N, CHUNK, ONE_CHUNK,
+            NORM, HAS_BIAS, SWIGLU, BLOCK_N, CHUNK, ONE_CHUNK, PDL,
         )  # fmt: skip
         y = acc.to(dt)
         if HAS_RES:
@@ -242,6 +253,7 @@ def gemv(
         CHUNK=chunk,
         ONE_CHUNK=K <= chunk,
         num_warps=4,
+        **pdl.launch_options(),
     )  # fmt: skip
     return out
 
