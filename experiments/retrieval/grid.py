@@ -380,6 +380,12 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("needle_4096", "dense", 2, 3, seed=0, slot=900, tag=f"b64lr{tag}", extra=b64 + [f"optimizer.lr={lr}"])
         for tag, lr in (("3e-4", 3.0e-4), ("3e-3", 3.0e-3))
     ]
+    # The same sweep for MQAR at 4096 (select_gpu2's recipe: 16 a step, 6000 steps; dense seed 0 ended at
+    # 0.238 there, seed 1 at 1.000): --jobs 2, about 330 s on an H100
+    select_gpu9_mqar_lr = [
+        Job("mqar_4096", "dense", 2, 3, seed=0, slot=900, tag=f"lr{tag}", extra=long + [f"optimizer.lr={lr}"])
+        for tag, lr in (("3e-4", 3.0e-4), ("3e-3", 3.0e-3))
+    ]
     # More seeds for the rate of success (dense 1 of 3, selection 2 of 2 so far): the selection's seed 2
     # and dense's seed 3 on the recipe (--jobs 2, about 470 s on an H100)
     select_gpu9_seeds = [
@@ -508,6 +514,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu8_dense": (select_gpu8_dense, 2),
         "select_gpu9_dense_lr": (select_gpu9_dense_lr, 2),
         "select_gpu9_seeds": (select_gpu9_seeds, 2),
+        "select_gpu9_mqar_lr": (select_gpu9_mqar_lr, 2),
         "select_gpu6_select_s0": (select_gpu6_select[:1], 1),
         "select_gpu6_select_s1": (select_gpu6_select[1:], 1),
         "select_lm_gpu": (select_lm_gpu, 7),
