@@ -706,4 +706,6 @@ def test_a_second_run_in_the_same_directory_stops_naming_the_holder(tmp_path, co
         proc.kill()  # SIGKILL: its lock file stays behind
         proc.wait()
     assert (d / "checkpoints" / "last.ckpt").is_file()
-    assert run(tiny(corpus, 6, None, "ckpt_path=auto"), d)["steps"] == 6  # a dead holder blocks nothing
+    # a dead holder blocks nothing (the resume restores the run's own overrides, so its 120 s sleep too:
+    # this command line's on top of them sets it to 0)
+    assert run(tiny(corpus, 6, None, "ckpt_path=auto", *hold, "+callbacks.slow.seconds=0"), d)["steps"] == 6
