@@ -83,6 +83,27 @@ def test_reference_part_alone_writes_its_rows(tmp_path):
     assert saved["rows"] == result["rows"] and {r["part"] for r in saved["rows"]} == {"reference_tiny"}
 
 
+def test_a_bench_stopped_by_a_crash_keeps_the_rows_before_it(tmp_path, monkeypatch):
+    """A part that dies mid-way (on a card: an illegal address, a time limit) leaves every row measured
+    before it in results.partial.json, as the decode bench does."""
+    from halo_lab.bench import cli, train_step
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(train_step, "_train_row", crash)
+    spec = {**tiny_spec(), "parts": ["attention", "train"], "check": False}
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        cli.run(spec, tmp_path)
+    assert not (tmp_path / "results.json").exists()
+    saved = json.loads((tmp_path / "results.partial.json").read_text())
+    assert [(r["part"], r["variant"]) for r in saved["rows"]] == [
+        ("attention", "dense"),
+        ("attention", "masked"),
+        ("attention", "reference"),
+    ]
+
+
 def test_check_backends_catches_a_wrong_backend(monkeypatch):
     real = attn.halo_attention
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from halo_lab import graph
-from halo_lab.bench.timing import peak_memory_mb, time_ms
+from halo_lab.bench.timing import RowSink, peak_memory_mb, time_ms
 from halo_lab.config import HaloConfig
 from halo_lab.graph import selection
 from halo_lab.model import attention as attn
@@ -102,9 +102,9 @@ def _check_one(c: HaloConfig, backend: str, mode: str, device, dtype, n: int) ->
 
 
 def bench_attention(
-    spec: dict, device: torch.device, dtype: torch.dtype, warmup: int, repeats: int
+    spec: dict, device: torch.device, dtype: torch.dtype, warmup: int, repeats: int, on_row=None
 ) -> list[dict]:
-    rows = []
+    rows = RowSink(on_row)
     base = HaloConfig(
         num_heads=spec["heads"], num_kv_heads=spec["kv_heads"], hidden_size=spec["heads"] * spec["head_dim"]
     )

@@ -77,18 +77,24 @@ def run(cfg: dict, out_dir: Path) -> dict:
         if worst > (2e-2 if device.type == "cuda" else 1e-4):
             raise RuntimeError(f"HALO backend disagrees with the reference: {result['check']}")
     warmup, repeats = cfg["warmup"], cfg["repeats"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done: list[dict] = []
+
+    def save_partial(row: dict) -> None:  # a part cut short (a crash, a time limit) still leaves its rows
+        done.append(row)
+        (out_dir / "results.partial.json").write_text(json.dumps({**result, "rows": done}, indent=2))
+
     if "attention" in parts:
-        result["rows"] += bench_attention(spec["attention"], device, dtype, warmup, repeats)
+        result["rows"] += bench_attention(spec["attention"], device, dtype, warmup, repeats, save_partial)
     if "train" in parts:
-        result["rows"] += bench_train(spec["train"], device, dtype, warmup, repeats)
+        result["rows"] += bench_train(spec["train"], device, dtype, warmup, repeats, save_partial)
     if "reference" in parts:
-        result["rows"] += bench_reference(spec["reference"], device, dtype, warmup, repeats)
+        result["rows"] += bench_reference(spec["reference"], device, dtype, warmup, repeats, save_partial)
     if "decode" in parts:
         result["rows"] += bench_decode(
-            spec["decode"], device, dtype if device.type == "cuda" else torch.float32
+            spec["decode"], device, dtype if device.type == "cuda" else torch.float32, on_row=save_partial
         )
     add_ratios(result["rows"])
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(result, indent=2))
     plot(result["rows"], out_dir / "bench.png", f"halo_lab bench: {result['device']}, {dtype}")
     print(format_table(result["rows"]))

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import torch
 
-from halo_lab.bench.timing import peak_memory_mb, step_functions, time_ms
+from halo_lab.bench.timing import RowSink, peak_memory_mb, step_functions, time_ms
 from halo_lab.config import HaloConfig
 from halo_lab.model import build_model
 
@@ -33,11 +33,11 @@ def _seeded(make: Callable, device: torch.device):
 
 
 def bench_reference(
-    spec: dict, device: torch.device, dtype: torch.dtype, warmup: int, repeats: int
+    spec: dict, device: torch.device, dtype: torch.dtype, warmup: int, repeats: int, on_row=None
 ) -> list[dict]:
     """Training step of both packages at the reference's published configs (its README's batch sizes,
     plain PyTorch, no compile), HALO-S and dense of each package measured in this process."""
-    rows = []
+    rows = RowSink(on_row)
     for name, point in spec["configs"].items():
         model_cfg, n, batch = dict(point["model"]), point["seq_len"], point["batch"]
         model_cfg["max_seq_len"] = max(model_cfg.get("max_seq_len", 0), n)

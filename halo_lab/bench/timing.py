@@ -83,3 +83,17 @@ def device_name(device: torch.device) -> str:
     import platform
 
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+class RowSink(list):
+    """A bench part's rows; ``on_row`` sees each one as it is appended (the partial results file: a part
+    cut short by a crash or a time limit still leaves the rows before it)."""
+
+    def __init__(self, on_row: Callable[[dict], None] | None = None):
+        super().__init__()
+        self.on_row = on_row
+
+    def append(self, row: dict) -> None:
+        super().append(row)
+        if self.on_row is not None:
+            self.on_row(row)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from halo_lab.bench.timing import peak_memory_mb, step_functions, time_ms
+from halo_lab.bench.timing import RowSink, peak_memory_mb, step_functions, time_ms
 from halo_lab.config import HaloConfig
 from halo_lab.model import build_model
 
@@ -74,11 +74,11 @@ def _graph_breaks() -> int:
 
 
 def bench_train(
-    spec: dict, device: torch.device, dtype: torch.dtype, warmup: int, repeats: int
+    spec: dict, device: torch.device, dtype: torch.dtype, warmup: int, repeats: int, on_row=None
 ) -> list[dict]:
     """One row per length, model variant and mode of ``spec["modes"]`` (``eager``, ``compiled``: the blocks
     compiled with fullgraph=True, ``_compiled`` appended to the variant; default eager only)."""
-    rows = []
+    rows = RowSink(on_row)
     for n in spec["seq_lens"]:
         batch = max(1, spec["tokens"] // n)
         for variant, arch, cfg in _model_variants(spec, n):
