@@ -481,6 +481,14 @@ def grids() -> dict[str, tuple[list[Job], int]]:
             extra=scale + d256 + ["data.batch_size=64", "data.num_train=48000", "trainer.max_steps=700"])
         for s in (1, 2)
     ]  # fmt: skip
+    # Dense's learning rate where its plateau is long on the CPU (512 tokens at 16 a step: not left in 2500
+    # steps at lr 1e-3, needle_scale_cpu): 3e-4 and 3e-3, seed 0, the GPU sweep's rates (--cpu --jobs 2)
+    needle_lr_cpu = [
+        Job("needle_cpu", "dense", 2, 3, slot=2400, min_slot=300, tag=f"n512b16lr{tag}",
+            extra=scale + ["data.batch_size=16", "data.num_train=48000", "trainer.max_steps=2500",
+                           f"optimizer.lr={lr}"])
+        for tag, lr in (("3e-3", 3.0e-3), ("3e-4", 3.0e-4))
+    ]  # fmt: skip
     # The next device call (issue 27's LM goal): the GPU-scale LM to its full 2000 steps with the bias from -2
     # (on the CPU -4 left MQAR (256, 16) at 0.705 after 1500 steps, -2 learned it by step 500), on the fused
     # kernels, HALO-S in the same call, 3 seeds each, and the needle and MQAR at 1024 with it (--jobs 8)
@@ -508,6 +516,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu4_l6": ([j for j in select_gpu4 if j.layers == 6], 2),
         "needle_scale_cpu": (needle_scale_cpu, 2),
         "needle_seeds_cpu": (needle_seeds_cpu, 1),
+        "needle_lr_cpu": (needle_lr_cpu, 2),
         "select_gpu6_dense": (select_gpu6_dense, 2),
         "select_gpu6_select": (select_gpu6_select, 2),
         "select_gpu7": (select_gpu7, 4),
