@@ -16,7 +16,7 @@ from halo_lab.bench.decode_speed import bench_decode
 from halo_lab.bench.plots import plot
 from halo_lab.bench.reference import bench_reference
 from halo_lab.bench.tables import add_ratios, format_table
-from halo_lab.bench.timing import DTYPES, device_name
+from halo_lab.bench.timing import DTYPES, device_name, partial_writer
 from halo_lab.bench.train_step import bench_train
 
 PARTS = ("attention", "train", "reference", "decode")
@@ -78,11 +78,7 @@ def run(cfg: dict, out_dir: Path) -> dict:
             raise RuntimeError(f"HALO backend disagrees with the reference: {result['check']}")
     warmup, repeats = cfg["warmup"], cfg["repeats"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    done: list[dict] = []
-
-    def save_partial(row: dict) -> None:  # a part cut short (a crash, a time limit) still leaves its rows
-        done.append(row)
-        (out_dir / "results.partial.json").write_text(json.dumps({**result, "rows": done}, indent=2))
+    save_partial = partial_writer(out_dir, result)
 
     if "attention" in parts:
         result["rows"] += bench_attention(spec["attention"], device, dtype, warmup, repeats, save_partial)

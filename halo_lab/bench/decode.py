@@ -27,7 +27,7 @@ import torch
 from halo_lab.bench.decode_speed import DECODE_VARIANTS, bench_decode
 from halo_lab.bench.plots import plot
 from halo_lab.bench.tables import add_ratios, format_decode_table, format_table
-from halo_lab.bench.timing import DTYPES, device_name
+from halo_lab.bench.timing import DTYPES, device_name, partial_writer
 
 MEDIUM = {
     "vocab_size": 256,
@@ -276,11 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = spec_for(preset, args)
     result["spec"] = spec
     out.mkdir(parents=True, exist_ok=True)
-    partial: list[dict] = []
-
-    def save_partial(row: dict) -> None:  # a run cut short still leaves its rows
-        partial.append(row)
-        (out / "results.partial.json").write_text(json.dumps({**result, "rows": partial}, indent=2))
+    save_partial = partial_writer(out, result)
 
     t0 = time.perf_counter()
     result["rows"] = run_decode(spec, device, dtype, on_row=save_partial)

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -97,3 +99,15 @@ class RowSink(list):
         super().append(row)
         if self.on_row is not None:
             self.on_row(row)
+
+
+def partial_writer(out_dir: Path, result: dict) -> Callable[[dict], None]:
+    """An ``on_row`` that rewrites ``out_dir/results.partial.json`` (``result`` with the rows so far) at
+    each row: a bench cut short (a crash, a time limit) still leaves the rows measured before it."""
+    rows: list[dict] = []
+
+    def save(row: dict) -> None:
+        rows.append(row)
+        (out_dir / "results.partial.json").write_text(json.dumps({**result, "rows": rows}, indent=2))
+
+    return save
