@@ -202,3 +202,22 @@ def test_compiled_train_rows_compare_with_compiled_dense_and_count_graph_breaks(
     assert by_name["dense_compiled"]["ratio_to_dense"] == 1.0
     with pytest.raises(ValueError, match="train.modes: 'jit'"):
         bench_train({**spec, "modes": ["jit"]}, torch.device("cpu"), torch.float32, 1, 1)
+
+
+def test_decode_bench_batches_keeps_only_those_runs():
+    """`--batches 8 64` keeps the preset's batch-8 and batch-64 runs (a call with little device time left
+    measures just those); a batch the preset lacks is an error that names what it has."""
+    import argparse
+
+    from halo_lab.bench.decode import spec_for
+
+    def args(batches):
+        names = ("variants", "new_tokens", "gemv", "fused_qkv", "fused_attn_o")
+        return argparse.Namespace(
+            batches=batches, no_compile=False, no_cuda_graph=False, **dict.fromkeys(names)
+        )
+
+    assert [r["batch"] for r in spec_for("gpu", args([8, 64]))["runs"]] == [8, 64]
+    assert [r["batch"] for r in spec_for("gpu", args(None))["runs"]] == [1, 8, 64]
+    with pytest.raises(SystemExit, match=r"has batches \[1, 8, 64\]"):
+        spec_for("gpu", args([2]))

@@ -194,6 +194,12 @@ def spec_for(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     spec["triton_gemv"] = args.gemv  # None: Decoder's default (on CUDA)
     spec["fused_qkv"] = args.fused_qkv  # None: Decoder's default (with the GEMV)
     spec["fused_attn_o"] = args.fused_attn_o  # None: Decoder's default (with the fused q/k/v)
+    if args.batches:
+        runs = [r for r in spec["runs"] if int(r["batch"]) in args.batches]
+        if not runs:
+            have = sorted({int(r["batch"]) for r in spec["runs"]})
+            raise SystemExit(f"--batches {args.batches}: preset {preset!r} has batches {have}")
+        spec["runs"] = runs
     return spec
 
 
@@ -216,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output directory")
     parser.add_argument("--variants", nargs="+", choices=sorted(DECODE_VARIANTS))
     parser.add_argument("--new-tokens", type=int)
+    parser.add_argument("--batches", type=int, nargs="+", help="only the preset's runs at these batch sizes")
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="CUDA dtype")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--no-cuda-graph", action="store_true")
@@ -237,10 +244,16 @@ def main(argv: list[str] | None = None) -> int:
         help="with the fused q/k/v, HALO-S's attention and o-projection in one kernel or two (default: "
         "Decoder.fused_attn_o, one)",
     )
+    parser.add_argument(
+        "--pdl",
+        action=argparse.BooleanOptionalAction,
+        help="with the GEMV, launch the step's kernels with programmatic dependent launch (default: "
+        "Decoder.pdl, off)",
+    )
     args = parser.parse_args(argv)
     from halo_lab.generation import Decoder
 
-    for name in ("fused_qkv", "fused_attn_o"):
+    for name in ("fused_qkv", "fused_attn_o", "pdl"):
         if getattr(args, name) is not None:
             setattr(Decoder, name, getattr(args, name))
     cuda = torch.cuda.is_available()
