@@ -26,7 +26,8 @@ from halo_lab.generation import Decoder
 from halo_lab.model import build_model
 
 CONTEXTS = (1024, 131072)
-# (Decoder.inductor_options, Decoder's gemv, Decoder.fused_qkv, Decoder.fused_attn_o[, Decoder.pdl]) for
+# (Decoder.inductor_options, Decoder's gemv, Decoder.fused_qkv, Decoder.fused_attn_o[, Decoder.pdl[,
+# Decoder.persistent_step]]) for
 # each round:
 # none; combo kernels (horizontal fusion of independent kernels, the default since 2026-12-02); combo +
 # max-autotune (Triton GEMM templates, which Inductor can fuse with their neighbours, where the cuBLAS
@@ -48,6 +49,9 @@ OPTIONS = {
     "combo_gemv": ({"combo_kernels": True}, True, True, True),
     # the default step with its own kernels launched with PDL (halo_lab/kernels/pdl.py, Decoder.pdl)
     "combo_gemv_qkv_pdl": ({"combo_kernels": True}, True, True, False, True),
+    # the whole HALO-S step in one persistent launch (halo_lab/kernels/decode_step.py, Decoder.persistent_step;
+    # dense keeps the per-kernel step: its rows are combo_gemv_qkv's)
+    "combo_gemv_qkv_persistent": ({"combo_kernels": True}, True, True, False, False, True),
 }
 
 
@@ -77,8 +81,9 @@ def main(out: str, names: list[str], contexts=CONTEXTS, variants=None) -> None:
     rows = []
     chosen = {v: DECODE_VARIANTS[v] for v in variants or DECODE_VARIANTS}
     for opt_name in names or list(OPTIONS):
-        opts, gemv, Decoder.fused_qkv, Decoder.fused_attn_o, *pdl = OPTIONS[opt_name]
-        Decoder.pdl = bool(pdl and pdl[0])
+        opts, gemv, Decoder.fused_qkv, Decoder.fused_attn_o, *extra = OPTIONS[opt_name]
+        Decoder.pdl = bool(extra and extra[0])
+        Decoder.persistent_step = bool(len(extra) > 1 and extra[1])
         torch._dynamo.reset()
         Decoder.inductor_options = opts
         for ctx in contexts:

@@ -250,10 +250,17 @@ def main(argv: list[str] | None = None) -> int:
         help="with the GEMV, launch the step's kernels with programmatic dependent launch (default: "
         "Decoder.pdl, off)",
     )
+    parser.add_argument(
+        "--persistent",
+        dest="persistent_step",
+        action=argparse.BooleanOptionalAction,
+        help="at batch 1 on HALO-S, the whole step in one persistent launch (default: Decoder.persistent_step, "
+        "off)",
+    )
     args = parser.parse_args(argv)
     from halo_lab.generation import Decoder
 
-    for name in ("fused_qkv", "fused_attn_o", "pdl"):
+    for name in ("fused_qkv", "fused_attn_o", "pdl", "persistent_step"):
         if getattr(args, name) is not None:
             setattr(Decoder, name, getattr(args, name))
     cuda = torch.cuda.is_available()

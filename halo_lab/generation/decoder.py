@@ -138,6 +138,11 @@ class Decoder:
     # runs and load its weights before it waits. Off until a card has timed it (experiments/bench/README.md,
     # "Issue 30's next device call"); True: opt-in where the device supports it.
     pdl: bool = False
+    # With the fused q/k/v at batch 1 on a HALO-S model (fixed key lists, SwiGLU), the whole step in one
+    # persistent launch with a grid barrier between its phases (halo_lab/kernels/decode_step.py,
+    # halo_lab/generation/persistent.py): 1 kernel for the model where the step above launches ~44. Off until
+    # a card has timed it (experiments/bench/README.md, "Issue 30"); True: opt-in where it applies.
+    persistent_step: bool = False
 
     def __init__(
         self,
@@ -209,6 +214,14 @@ class Decoder:
         self.qkv = qkv_kernel(model) if self.gemv is not None and self.fused_qkv else None
         self.attn_o = attn_o_kernel(model) if self.qkv is not None and self.fused_attn_o else None
         self.pdl_on = bool(self.pdl) and self.gemv is not None and pdl.supported(self.device)
+        self.persistent, self.persistent_why_not = None, "Decoder.persistent_step is off"
+        if self.persistent_step and self.qkv is not None:
+            from halo_lab.generation import persistent
+
+            why = persistent.why_not(model, self.fused, self.caches, batch, self.start_t)
+            if why is None:
+                self.persistent = persistent.PersistentStep(model, self.fused, self.caches, self.device)
+            self.persistent_why_not = why
         self.path = "compiled" if self.compile else "eager"
         self._run_step: Callable[[], None] | None = None
         self.timings: dict[str, float] = {}
@@ -317,6 +330,8 @@ class Decoder:
         o-projection (``attn_o``; see ``_attention``)."""
         m, pos, proj = self.model, self.pos, self._project
         x = m.token_emb(self.tok)
+        if self.persistent is not None:  # every layer and the head in one launch
+            return self.persistent(x.view(1, -1), pos, self.cos, self.sin)
         # the RoPE table rows at pos for attn.decode_qkv (the qkv kernel reads the tables itself)
         rope = (
             None if self.qkv is not None else (self.cos.index_select(0, pos), self.sin.index_select(0, pos))
@@ -356,6 +371,8 @@ class Decoder:
                 )
                 self.path = "eager"
             self._restore(state)
+        if self.persistent is not None:
+            self.path += "+persistent"
         if self.pdl_on:
             fn = self._with_pdl(fn)
             self.path += "+pdl"
@@ -398,6 +415,9 @@ class Decoder:
                     mark(c.layout.store, 0)
         for t in (self.cos, self.sin):
             mark(t, 0)
+        if self.persistent is not None:
+            mark(self.persistent.k, 3)
+            mark(self.persistent.v, 3)
         mark(self.out, 1)
         if self.batch > 1:
             for t in (self.tok, self.out, self.done) + ((self.base,) if self.base is not None else ()):
@@ -451,6 +471,8 @@ class Decoder:
             if stream is not None:
                 stream(self.out[:, emitted : self.generated].cpu())
                 emitted = self.generated
+        if self.persistent is not None:
+            self.persistent.check()
         return self.generated
 
     def tokens(self) -> torch.Tensor:

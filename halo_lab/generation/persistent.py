@@ -1,0 +1,118 @@
+"""The decoder's side of the persistent decode step (``halo_lab.kernels.decode_step``): the whole batch-1
+step of a HALO-S model in one launch, with a grid barrier between its phases.
+
+``PersistentStep`` stacks the layers' weights (a second copy of the model's, ~62 MB for the medium model)
+and their KV caches (each layer's cache becomes a view of one [L, 1, Hkv, S, d] buffer, so that the kernel
+reaches every layer's cache from one pointer), and per step computes the inputs the kernel takes from the
+graph: each layer's key slots (``attn.decode_key_slots``) and write slots (``cache.decode_write_slots``).
+``why_not`` says why a model or a cache cannot take it (then the decoder keeps its per-kernel step).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _norm(norm: torch.nn.Module) -> tuple[str, float, bool] | None:
+    if isinstance(norm, torch.nn.RMSNorm) and norm.weight is not None:
+        return "rmsnorm", norm.eps if norm.eps is not None else torch.finfo(norm.weight.dtype).eps, False
+    if isinstance(norm, torch.nn.LayerNorm) and norm.weight is not None:
+        return "layernorm", norm.eps, norm.bias is not None
+    return None
+
+
+def why_not(model, fused, caches, batch: int, pos: torch.Tensor) -> str | None:
+    """None if the persistent step can run this decoder's step, else the reason it cannot."""
+    from halo_lab.kernels import decode_step as ks
+    from halo_lab.kernels import gemv as kg
+
+    if not ks.available():
+        return "no Triton"
+    if batch != 1:
+        return f"batch {batch}: the persistent step is for batch 1"
+    if fused is None:
+        return "a block without fused decode weights"
+    norms = {_norm(n) for n in [model.ln_f] + [n for layer in model.layers for n in (layer.ln_1, layer.ln_2)]}
+    if len(norms) != 1 or None in norms or (next(iter(norms))[2] and next(iter(norms))[0] != "layernorm"):
+        return f"norms {norms}: one kind (LayerNorm or RMSNorm, with a weight) everywhere"
+    if model.lm_head.bias is not None:
+        return "an LM head with a bias"
+    for layer, cache in zip(model.layers, caches):
+        if layer.ffn.w3 is None:
+            return "a GELU FFN (the persistent step's FFN is SwiGLU)"
+        if not hasattr(layer.attn, "decode_key_slots") or layer.attn.decode_key_slots(cache, pos) is None:
+            return "attention that is not over a fixed key list (dense, or content-selected blocks)"
+    c = model.config
+    widths = (c.hidden_size, c.num_heads * c.head_dim, model.layers[0].ffn.w2.weight.shape[1])
+    if max(widths) > kg.MAX_CHUNK:
+        return f"rows wider than {kg.MAX_CHUNK} columns: {widths}"
+    return None
+
+
+class PersistentStep:
+    """The stacked weights and caches of one decoder, and its step through ``decode_step_op``."""
+
+    def __init__(self, model, fused, caches, device: torch.device):
+        from halo_lab.kernels import decode_step as ks
+
+        layers = model.layers
+        kind, self.eps, has_bias = _norm(model.ln_f)
+        self.norm = kind
+
+        def stack(ts):
+            return torch.stack([t.detach() for t in ts]).contiguous()
+
+        weights = [
+            stack(w for w, _ in fused),
+            stack(layer.attn.o_proj.weight for layer in layers),
+            stack(up for _, up in fused),
+            stack(layer.ffn.w2.weight for layer in layers),
+            model.lm_head.weight.detach().contiguous(),
+            stack(layer.ln_1.weight for layer in layers),
+            stack(layer.ln_2.weight for layer in layers),
+            model.ln_f.weight.detach().contiguous(),
+        ]
+        if has_bias:
+            weights += [
+                stack(layer.ln_1.bias for layer in layers),
+                stack(layer.ln_2.bias for layer in layers),
+            ]
+            weights.append(model.ln_f.bias.detach().contiguous())
+        self.weights = weights
+        self.k = torch.stack([c.k for c in caches])
+        self.v = torch.stack([c.v for c in caches])
+        for i, c in enumerate(caches):  # the caches become views of the stacks (prefill writes through them)
+            c.k, c.v = self.k[i], self.v[i]
+        self.caches = caches
+        self.layers = layers
+        self.num_heads = model.config.num_heads
+        self.programs = ks.programs_for(device)
+        self.flag = torch.zeros(1, device=device, dtype=torch.int32)
+        self.op = ks.decode_step_op
+
+    def __call__(
+        self, x: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits [1, V] of the token whose embedding is x [1, C], at full position ``pos``."""
+        from halo_lab.kernels import decode_qkv as kq
+
+        slots = torch.stack(
+            [layer.attn.decode_key_slots(c, pos) for layer, c in zip(self.layers, self.caches)]
+        )
+        none = torch.full_like(pos, -1)
+        pairs = []
+        for c in self.caches:
+            written = kq.write_slots(pos, *c.decode_write_slots())
+            pairs.append(torch.cat(written + [none] * (2 - len(written))))
+        return self.op(
+            x.contiguous(), self.weights, self.k, self.v, cos, sin, pos, slots, torch.stack(pairs), self.flag,
+            self.num_heads, self.norm, self.eps, self.programs,
+        )  # fmt: skip
+
+    def check(self) -> None:
+        """Raise if a grid barrier timed out (its programs were not all resident: the logits are wrong)."""
+        if int(self.flag.item()):
+            raise RuntimeError(
+                f"the persistent decode step's grid barrier timed out with {self.programs} programs: they were "
+                "not all resident at once; set Decoder.persistent_step = False"
+            )

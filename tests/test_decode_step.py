@@ -1,0 +1,224 @@
+"""The persistent decode step (``halo_lab.kernels.decode_step``: a whole batch-1 step in one launch) against
+its reference (the unfused kernels' references in a row), and the decoder's greedy tokens through it.
+
+Triton's interpreter runs programs one after another, so the grid barrier runs at P = 1 there
+(``sync=True``); ``sync=False`` runs the same code one phase per launch, which checks each phase's split of
+the rows at P > 1. On a GPU the barrier runs at the SM count (``test_persistent_step_cuda``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from halo_lab.kernels import decode_step as ks  # noqa: E402
+from halo_lab.model.network import RotaryEmbedding  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _interpreted_or_cuda():
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA or Triton's interpreter")
+
+
+def inputs(dtype, norm, L=2, C=32, heads=4, kv_heads=2, d=8, F=48, V=40, S=13, pos=9, seed=0):
+    """Random weights, caches full of noise, the key slots of each layer (the new token's own slot among
+    them, so a read before the write shows), and the write slots (layer 1: a second, store slot)."""
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, device=DEVICE, generator=g)).to(dtype)
+
+    A = heads * d
+    w = {
+        "wqkv": rnd(L, A + 2 * kv_heads * d, C, scale=C**-0.5),
+        "wo": rnd(L, C, A, scale=A**-0.5),
+        "wup": rnd(L, 2 * F, C, scale=C**-0.5),
+        "wdown": rnd(L, C, F, scale=F**-0.5),
+        "lm": rnd(V, C, scale=C**-0.5),
+        **{n: 1 + rnd(*s, scale=0.1) for n, s in (("n1w", (L, C)), ("n2w", (L, C)), ("nfw", (C,)))},
+    }
+    if norm == "layernorm":
+        w.update({n: rnd(*s, scale=0.1) for n, s in (("n1b", (L, C)), ("n2b", (L, C)), ("nfb", (C,)))})
+    rope = RotaryEmbedding(d, S, 10000.0).to(DEVICE)
+    cos, sin = rope.cos.to(dtype), rope.sin.to(dtype)
+    k = rnd(L, 1, kv_heads, S, d)
+    v = rnd(L, 1, kv_heads, S, d)
+    slots = torch.tensor([[0, 1, pos, pos - 1, -1, 3, 5], [0, pos, 2, -1, -1, 7, 4]], device=DEVICE)
+    wslots = torch.tensor([[pos, -1], [pos, S - 1]], device=DEVICE)
+    x = rnd(1, C)
+    return x, w, k, v, cos, sin, torch.tensor([pos], device=DEVICE), slots, wslots
+
+
+def run_both(dtype, norm, programs, sync, **kw):
+    x, w, k, v, cos, sin, pos, slots, wslots = inputs(dtype, norm, **kw)
+    heads = kw.get("heads", 4)
+    flag = torch.zeros(1, device=DEVICE, dtype=torch.int32)
+    kk, vk, xk = k.clone(), v.clone(), x.clone()
+    logits = ks.decode_step(
+        xk, w, kk, vk, cos, sin, pos, slots, wslots, flag, num_heads=heads, norm=norm, eps=1e-5,
+        programs=programs, sync=sync,
+    )  # fmt: skip
+    dbl = {n: t.double() for n, t in w.items()}
+    kr, vr = k.double(), v.double()
+    ref = ks.reference_decode_step(
+        x.double(), dbl, kr, vr, cos.double(), sin.double(), pos, slots, wslots, num_heads=heads,
+        norm=norm, eps=1e-5,
+    )  # fmt: skip
+    assert flag.item() == 0
+    return (logits, kk, vk), (ref, kr, vr), (k, v)
+
+
+def rel(a, b) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.mark.parametrize(
+    "dtype,norm,programs,sync",
+    [
+        (torch.float32, "layernorm", 1, True),  # the barrier's code at P = 1
+        (torch.float32, "rmsnorm", 3, False),  # every phase's rows split over 3 programs
+        (torch.float32, "layernorm", 5, False),
+        (torch.bfloat16, "rmsnorm", 1, True),
+    ],
+)
+def test_decode_step_matches_reference(dtype, norm, programs, sync):
+    """Logits and the written caches (and nothing else in them) == the float64 reference."""
+    _interpreted_or_cuda()
+    (logits, k, v), (ref, kr, vr), (k0, v0) = run_both(dtype, norm, programs, sync)
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    assert rel(logits, ref) < tol
+    assert rel(k, kr) < tol and rel(v, vr) < tol
+    written = torch.zeros(k.shape[3], dtype=torch.bool, device=k.device)
+    written[[9, 12]] = True  # pos and layer 1's store slot
+    assert torch.equal(k[0][:, :, ~written], k0[0][:, :, ~written])
+    assert not torch.equal(k[1][:, :, 12], k0[1][:, :, 12]) and torch.equal(k[0][:, :, 12], k0[0][:, :, 12])
+
+
+def test_decode_step_reference_reads_the_new_key():
+    """The oracle is sensitive to the phase order: attention before the cache write changes the logits."""
+    x, w, k, v, cos, sin, pos, slots, wslots = inputs(torch.float64, "rmsnorm")
+    ref = ks.reference_decode_step(
+        x, w, k.clone(), v.clone(), cos, sin, pos, slots, wslots, num_heads=4, norm="rmsnorm", eps=1e-5
+    )
+    none = torch.full_like(wslots, -1)
+    stale = ks.reference_decode_step(
+        x, w, k.clone(), v.clone(), cos, sin, pos, slots, none, num_heads=4, norm="rmsnorm", eps=1e-5
+    )
+    assert rel(stale, ref) > 1e-3
+
+
+def test_tile_rows():
+    """Tiles of a power of two rows that cover the rows with at most P programs."""
+    assert ks.tile_rows(4096, 132) == 32 and ks.tile_rows(512, 132) == 4 and ks.tile_rows(256, 132) == 2
+    assert ks.tile_rows(384, 132) == 4 and ks.tile_rows(10, 1) == 16 and ks.tile_rows(3, 8) == 2
+    for rows in (1, 7, 100, 4096):
+        for p in (1, 3, 132):
+            assert -(-rows // ks.tile_rows(rows, p)) <= p
+
+
+def test_decode_step_rejects_bad_input():
+    x, w, k, v, cos, sin, pos, slots, wslots = inputs(torch.float32, "rmsnorm")
+    flag = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    kw = {"num_heads": 4, "norm": "rmsnorm", "eps": 1e-5, "programs": 1}
+    with pytest.raises(ValueError, match="batch 1"):
+        ks.decode_step(x.expand(2, -1), w, k, v, cos, sin, pos, slots, wslots, flag, **kw)
+    with pytest.raises(ValueError, match="weight wo"):
+        ks.decode_step(x, {**w, "wo": w["wo"][:, :-1]}, k, v, cos, sin, pos, slots, wslots, flag, **kw)
+    with pytest.raises(ValueError, match="norm='batchnorm'"):
+        ks.decode_step(x, w, k, v, cos, sin, pos, slots, wslots, flag, **{**kw, "norm": "batchnorm"})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the grid barrier at P > 1 needs a GPU")
+def test_persistent_step_cuda():
+    """The barrier on a card: P = the SM count, sync=True, against the reference (bf16 and fp32)."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for dtype, norm in ((torch.float32, "layernorm"), (torch.bfloat16, "rmsnorm")):
+        (logits, k, v), (ref, kr, vr), _ = run_both(
+            dtype, norm, sms, True, C=512, heads=8, d=64, F=2048, V=256
+        )
+        tol = 1e-4 if dtype == torch.float32 else 3e-2
+        assert rel(logits, ref) < tol and rel(k, kr) < tol and rel(v, vr) < tol
+
+
+# ------------------------------------------------------------------------------------ the decoder
+
+
+def model_for(arch: str, **kw):
+    from halo_lab.bench.decode import CHECK_CONFIG  # window 8, dilated distances 8, 16, 32
+    from halo_lab.config import HaloConfig
+    from halo_lab.model import build_model
+
+    torch.manual_seed(0)
+    # init_std 0.3: attention far from uniform, so that a key read from the wrong slot changes the tokens
+    return build_model(HaloConfig(**{**CHECK_CONFIG, "init_std": 0.3, **kw}), arch).eval()
+
+
+def persistent_tokens(model, prompt, new, monkeypatch, **kw):
+    """The decoder's greedy tokens with the persistent step, caches poisoned first."""
+    from halo_lab.generation import Decoder
+
+    monkeypatch.setattr(Decoder, "persistent_step", True)
+    dec = Decoder(model, prompt.shape[0], prompt.shape[1], new, fuse_weights=True, gemv=True, **kw)
+    for c in dec.caches:
+        c.k.normal_(std=100.0)
+        c.v.normal_(std=100.0)
+    with torch.inference_mode():
+        return torch.cat([prompt, dec.generate(prompt)], dim=1), dec
+
+
+@pytest.mark.parametrize(
+    "cache,kw",
+    [("full", {}), pytest.param("ring", {"norm": "rmsnorm"}, marks=pytest.mark.slow)],
+    ids=["full-layernorm", "ring-rmsnorm"],
+)
+def test_persistent_decode_equals_uncached_forward(cache, kw, monkeypatch):
+    """Greedy tokens through the one-launch step == the uncached forward's, past the window and every
+    dilated distance (11 + 25 positions > 32; the ring cache 11 + 40, past its 33 slots, its store in use)."""
+    _interpreted_or_cuda()
+    model = model_for("halo", **kw)
+    new = 40 if cache == "ring" else 25
+    prompt = torch.randint(0, 64, (1, 11))
+    ref = model.generate(prompt, max_new_tokens=new, temperature=0, use_cache=False)
+    out, dec = persistent_tokens(model, prompt, new, monkeypatch, cache=cache)
+    assert dec.persistent is not None, dec.persistent_why_not
+    assert all(c.k.data_ptr() == dec.persistent.k[i].data_ptr() for i, c in enumerate(dec.caches))
+    assert torch.equal(out, ref)
+
+
+def test_persistent_step_says_where_it_does_not_apply(monkeypatch):
+    """Dense (attention over the whole cache), content-selected blocks, a GELU FFN and batch 2 keep the
+    per-kernel step, and the decoder says why."""
+    _interpreted_or_cuda()
+    from halo_lab.bench.decode_speed import DECODE_VARIANTS
+    from halo_lab.generation import Decoder
+
+    monkeypatch.setattr(Decoder, "persistent_step", True)
+    cases = [
+        (model_for("dense"), 1, "fixed key list"),
+        (model_for("halo", **DECODE_VARIANTS["halo_select"][2]), 1, "fixed key list"),
+        (model_for("halo", use_swiglu=False), 1, "GELU"),
+        (model_for("halo"), 2, "batch 2"),
+    ]
+    for model, batch, why in cases:
+        dec = Decoder(model, batch, 4, 4, fuse_weights=True, gemv=True)
+        assert dec.persistent is None and why in dec.persistent_why_not
+    monkeypatch.setattr(Decoder, "persistent_step", False)
+    assert Decoder(model_for("halo"), 1, 4, 4, fuse_weights=True, gemv=True).persistent is None
+
+
+@pytest.mark.slow  # Inductor's CPU compile: ~10-20 s on a 2-core CPU
+def test_persistent_step_in_the_compiled_step(monkeypatch):
+    """The op inside the compiled step (fullgraph) gives the forward's tokens."""
+    _interpreted_or_cuda()
+    model = model_for("halo")
+    prompt = torch.randint(0, 64, (1, 11))
+    ref = model.generate(prompt, max_new_tokens=12, temperature=0, use_cache=False)
+    out, dec = persistent_tokens(model, prompt, 12, monkeypatch, compile=True)
+    assert dec.persistent is not None and dec.path.startswith("compiled+persistent"), dec.path
+    assert torch.equal(out, ref)
