@@ -113,6 +113,20 @@ def test_decode_step_reference_reads_the_new_key():
     assert rel(stale, ref) > 1e-3
 
 
+def test_a_barrier_that_cannot_complete_sets_the_flag_and_returns():
+    """The watchdog: at P = 2 the interpreter runs program 0 to its first barrier while program 1 has not
+    started, as a GPU would with programs that are not all resident. The barrier gives up after its polls,
+    sets the flag (which the decoder raises on), and the launch ends instead of hanging."""
+    _interpreted_or_cuda()
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU both programs are resident: the barrier completes")
+    x, w, k, v, cos, sin, pos, slots, wslots = inputs(torch.float32, "rmsnorm")
+    flag = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    kw = {"num_heads": 4, "norm": "rmsnorm", "eps": 1e-5, "programs": 2, "spin_limit": 20}
+    ks.decode_step(x, w, k, v, cos, sin, pos, slots, wslots, flag, **kw)
+    assert flag.item() == 1
+
+
 def test_tile_rows():
     """Tiles of a power of two rows that cover the rows with at most P programs."""
     assert ks.tile_rows(4096, 132) == 32 and ks.tile_rows(512, 132) == 4 and ks.tile_rows(256, 132) == 2
@@ -222,3 +236,14 @@ def test_persistent_step_in_the_compiled_step(monkeypatch):
     out, dec = persistent_tokens(model, prompt, 12, monkeypatch, compile=True)
     assert dec.persistent is not None and dec.path.startswith("compiled+persistent"), dec.path
     assert torch.equal(out, ref)
+
+
+def test_decoder_raises_when_a_barrier_timed_out(monkeypatch):
+    """A set flag (a barrier gave up: wrong logits) ends the decode with an error that says what to do."""
+    _interpreted_or_cuda()
+    prompt = torch.randint(0, 64, (1, 6))
+    _, dec = persistent_tokens(model_for("halo"), prompt, 3, monkeypatch)
+    dec.persistent.flag.fill_(1)
+    dec.reset()
+    with pytest.raises(RuntimeError, match="persistent_step = False"):
+        dec.generate(prompt)

@@ -22,8 +22,8 @@ kernels' own torch references.
 The barrier (``_grid_sync``): each program adds 1 to a counter with release semantics at GPU scope and
 polls it with acquire semantics until it reaches (phase number) x P, as CUDA's cooperative grid sync does.
 It needs all P programs resident at once: P is at most the SM count, one program an SM. A barrier that
-spins past ``spin_limit`` polls sets ``flag`` and goes on (wrong logits, no hang); ``DecodeStep.check``
-raises on it.
+spins past ``spin_limit`` polls sets ``flag`` and goes on, and later barriers then do not wait (wrong
+logits, no hang); the decoder raises on it (``PersistentStep.check``).
 
 Block sizes: each GEMV phase splits its rows into P tiles of a power-of-two number of rows, the smallest
 that covers them (``tile_rows``): medium model (hidden 512, 8/2 heads of 64, FFN 2048) on 132 SMs: q/k/v
@@ -55,7 +55,7 @@ except ImportError:  # pragma: no cover - torch without triton
     HAS_TRITON = False
 
 PHASES = 5  # per layer: A to E of the module doc
-SPIN_LIMIT = 1 << 22  # barrier polls before the watchdog gives up (~1 s at ~0.3 µs a poll)
+SPIN_LIMIT = 1 << 20  # barrier polls before the watchdog gives up (~0.3-0.5 s at 0.3-0.5 µs a poll)
 
 
 def available() -> bool:
@@ -113,7 +113,8 @@ if HAS_TRITON:
         tl.debug_barrier()  # this program's stores before its arrival
         tl.atomic_add(sync_ptr, 1, sem="release", scope="gpu")
         seen = tl.atomic_add(sync_ptr, 0, sem="acquire", scope="gpu")
-        spins = tl.full([], 0, tl.int32)
+        # after one timeout the step's later barriers do not wait either (the logits are wrong already)
+        spins = tl.where(tl.load(flag_ptr, volatile=True) == 0, 0, SPIN)
         while (seen < target) & (spins < SPIN):
             seen = tl.atomic_add(sync_ptr, 0, sem="acquire", scope="gpu")
             spins += 1
