@@ -55,14 +55,22 @@ def inputs(dtype, norm, L=2, C=32, heads=4, kv_heads=2, d=8, F=48, V=40, S=13, p
     return x, w, k, v, cos, sin, torch.tensor([pos], device=DEVICE), slots, wslots
 
 
-def run_both(dtype, norm, programs, sync, **kw):
+def dense_slots(L, S, pos):
+    """Every slot up to pos: dense attention as a key list (what the reference reads for dense)."""
+    every = torch.arange(S, device=DEVICE)
+    return torch.where(every <= pos, every, -1).expand(L, S).contiguous()
+
+
+def run_both(dtype, norm, programs, sync, dense=False, **kw):
     x, w, k, v, cos, sin, pos, slots, wslots = inputs(dtype, norm, **kw)
+    if dense:
+        slots, wslots[1, 1] = dense_slots(k.shape[0], k.shape[3], pos), -1
     heads = kw.get("heads", 4)
     flag = torch.zeros(1, device=DEVICE, dtype=torch.int32)
     kk, vk, xk = k.clone(), v.clone(), x.clone()
     logits = ks.decode_step(
         xk, w, kk, vk, cos, sin, pos, slots, wslots, flag, num_heads=heads, norm=norm, eps=1e-5,
-        programs=programs, sync=sync,
+        programs=programs, sync=sync, dense=dense,
     )  # fmt: skip
     dbl = {n: t.double() for n, t in w.items()}
     kr, vr = k.double(), v.double()
@@ -79,25 +87,29 @@ def rel(a, b) -> float:
 
 
 @pytest.mark.parametrize(
-    "dtype,norm,programs,sync",
+    "dtype,norm,programs,sync,dense",
     [
-        (torch.float32, "layernorm", 1, True),  # the barrier's code at P = 1
-        (torch.float32, "rmsnorm", 3, False),  # every phase's rows split over 3 programs
-        (torch.float32, "layernorm", 5, False),
-        (torch.bfloat16, "rmsnorm", 1, True),
+        (torch.float32, "layernorm", 1, True, False),  # the barrier's code at P = 1
+        (torch.float32, "rmsnorm", 3, False, False),  # every phase's rows split over 3 programs
+        (torch.float32, "layernorm", 5, False, False),
+        (torch.bfloat16, "rmsnorm", 1, True, False),
+        (torch.float32, "layernorm", 1, True, True),  # dense: one part per KV head, in turn
+        (torch.float32, "rmsnorm", 7, False, True),  # dense: 3 parts a KV head, one with no keys
+        (torch.bfloat16, "layernorm", 4, False, True),
     ],
 )
-def test_decode_step_matches_reference(dtype, norm, programs, sync):
+def test_decode_step_matches_reference(dtype, norm, programs, sync, dense):
     """Logits and the written caches (and nothing else in them) == the float64 reference."""
     _interpreted_or_cuda()
-    (logits, k, v), (ref, kr, vr), (k0, v0) = run_both(dtype, norm, programs, sync)
+    (logits, k, v), (ref, kr, vr), (k0, v0) = run_both(dtype, norm, programs, sync, dense)
     tol = 1e-5 if dtype == torch.float32 else 3e-2
     assert rel(logits, ref) < tol
     assert rel(k, kr) < tol and rel(v, vr) < tol
     written = torch.zeros(k.shape[3], dtype=torch.bool, device=k.device)
     written[[9, 12]] = True  # pos and layer 1's store slot
     assert torch.equal(k[0][:, :, ~written], k0[0][:, :, ~written])
-    assert not torch.equal(k[1][:, :, 12], k0[1][:, :, 12]) and torch.equal(k[0][:, :, 12], k0[0][:, :, 12])
+    assert torch.equal(k[0][:, :, 12], k0[0][:, :, 12])
+    assert torch.equal(k[1][:, :, 12], k0[1][:, :, 12]) == dense  # dense has no store slot
 
 
 def test_decode_step_reference_reads_the_new_key():
@@ -187,15 +199,20 @@ def persistent_tokens(model, prompt, new, monkeypatch, **kw):
 
 
 @pytest.mark.parametrize(
-    "cache,kw",
-    [("full", {}), pytest.param("ring", {"norm": "rmsnorm"}, marks=pytest.mark.slow)],
-    ids=["full-layernorm", "ring-rmsnorm"],
+    "arch,cache,kw",
+    [
+        ("halo", "full", {}),
+        pytest.param("halo", "ring", {"norm": "rmsnorm"}, marks=pytest.mark.slow),
+        ("dense", "full", {}),
+    ],
+    ids=["halo-full-layernorm", "halo-ring-rmsnorm", "dense"],
 )
-def test_persistent_decode_equals_uncached_forward(cache, kw, monkeypatch):
+def test_persistent_decode_equals_uncached_forward(arch, cache, kw, monkeypatch):
     """Greedy tokens through the one-launch step == the uncached forward's, past the window and every
-    dilated distance (11 + 25 positions > 32; the ring cache 11 + 40, past its 33 slots, its store in use)."""
+    dilated distance (11 + 25 positions > 32; the ring cache 11 + 40, past its 33 slots, its store in use);
+    dense over every earlier position."""
     _interpreted_or_cuda()
-    model = model_for("halo", **kw)
+    model = model_for(arch, **kw)
     new = 40 if cache == "ring" else 25
     prompt = torch.randint(0, 64, (1, 11))
     ref = model.generate(prompt, max_new_tokens=new, temperature=0, use_cache=False)
@@ -206,16 +223,14 @@ def test_persistent_decode_equals_uncached_forward(cache, kw, monkeypatch):
 
 
 def test_persistent_step_says_where_it_does_not_apply(monkeypatch):
-    """Dense (attention over the whole cache), content-selected blocks, a GELU FFN and batch 2 keep the
-    per-kernel step, and the decoder says why."""
+    """Content-selected blocks, a GELU FFN and batch 2 keep the per-kernel step, and the decoder says why."""
     _interpreted_or_cuda()
     from halo_lab.bench.decode_speed import DECODE_VARIANTS
     from halo_lab.generation import Decoder
 
     monkeypatch.setattr(Decoder, "persistent_step", True)
     cases = [
-        (model_for("dense"), 1, "fixed key list"),
-        (model_for("halo", **DECODE_VARIANTS["halo_select"][2]), 1, "fixed key list"),
+        (model_for("halo", **DECODE_VARIANTS["halo_select"][2]), 1, "content-selected"),
         (model_for("halo", use_swiglu=False), 1, "GELU"),
         (model_for("halo"), 2, "batch 2"),
     ]

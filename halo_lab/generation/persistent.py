@@ -4,7 +4,8 @@ step of a HALO-S model in one launch, with a grid barrier between its phases.
 ``PersistentStep`` stacks the layers' weights (a second copy of the model's, ~62 MB for the medium model)
 and their KV caches (each layer's cache becomes a view of one [L, 1, Hkv, S, d] buffer, so that the kernel
 reaches every layer's cache from one pointer), and per step computes the inputs the kernel takes from the
-graph: each layer's key slots (``attn.decode_key_slots``) and write slots (``cache.decode_write_slots``).
+graph: each layer's key slots (``attn.decode_key_slots``; dense attends to every slot up to the position)
+and write slots (``cache.decode_write_slots``).
 ``why_not`` says why a model or a cache cannot take it (then the decoder keeps its per-kernel step).
 """
 
@@ -21,10 +22,30 @@ def _norm(norm: torch.nn.Module) -> tuple[str, float, bool] | None:
     return None
 
 
+def _model_problem(model) -> str | None:
+    """Why the kernel cannot compute this model's step (norms, head, FFN, sizes), or None."""
+    from halo_lab.kernels import gemv as kg
+
+    norms = {_norm(n) for n in [model.ln_f] + [n for layer in model.layers for n in (layer.ln_1, layer.ln_2)]}
+    if len(norms) != 1 or None in norms:
+        return f"norms {norms}: one kind (LayerNorm or RMSNorm, with a weight) and eps everywhere"
+    if model.lm_head.bias is not None:
+        return "an LM head with a bias"
+    if any(layer.ffn.w3 is None for layer in model.layers):
+        return "a GELU FFN (the persistent step's FFN is SwiGLU)"
+    c = model.config
+    group = c.num_heads // c.num_kv_heads
+    if group & (group - 1) or c.head_dim & (c.head_dim - 1):
+        return f"{group} query heads a KV head, head_dim {c.head_dim}: the kernel needs powers of two"
+    widths = (c.hidden_size, c.num_heads * c.head_dim, model.layers[0].ffn.w2.weight.shape[1])
+    if max(widths) > kg.MAX_CHUNK:
+        return f"rows wider than {kg.MAX_CHUNK} columns: {widths}"
+    return None
+
+
 def why_not(model, fused, caches, batch: int, pos: torch.Tensor) -> str | None:
     """None if the persistent step can run this decoder's step, else the reason it cannot."""
     from halo_lab.kernels import decode_step as ks
-    from halo_lab.kernels import gemv as kg
 
     if not ks.available():
         return "no Triton"
@@ -32,21 +53,11 @@ def why_not(model, fused, caches, batch: int, pos: torch.Tensor) -> str | None:
         return f"batch {batch}: the persistent step is for batch 1"
     if fused is None:
         return "a block without fused decode weights"
-    norms = {_norm(n) for n in [model.ln_f] + [n for layer in model.layers for n in (layer.ln_1, layer.ln_2)]}
-    if len(norms) != 1 or None in norms or (next(iter(norms))[2] and next(iter(norms))[0] != "layernorm"):
-        return f"norms {norms}: one kind (LayerNorm or RMSNorm, with a weight) everywhere"
-    if model.lm_head.bias is not None:
-        return "an LM head with a bias"
     for layer, cache in zip(model.layers, caches):
-        if layer.ffn.w3 is None:
-            return "a GELU FFN (the persistent step's FFN is SwiGLU)"
-        if not hasattr(layer.attn, "decode_key_slots") or layer.attn.decode_key_slots(cache, pos) is None:
-            return "attention that is not over a fixed key list (dense, or content-selected blocks)"
-    c = model.config
-    widths = (c.hidden_size, c.num_heads * c.head_dim, model.layers[0].ffn.w2.weight.shape[1])
-    if max(widths) > kg.MAX_CHUNK:
-        return f"rows wider than {kg.MAX_CHUNK} columns: {widths}"
-    return None
+        dense = cache.layout is None  # every earlier slot: the kernel's split-key attention
+        if not dense and layer.attn.decode_key_slots(cache, pos) is None:
+            return "attention that is neither dense nor over a fixed key list (content-selected blocks)"
+    return _model_problem(model)
 
 
 class PersistentStep:
@@ -85,6 +96,8 @@ class PersistentStep:
             c.k, c.v = self.k[i], self.v[i]
         self.caches = caches
         self.layers = layers
+        self.dense = caches[0].layout is None
+        self.no_slots = torch.zeros(len(layers), 1, device=device, dtype=torch.long)
         self.num_heads = model.config.num_heads
         self.programs = ks.programs_for(device)
         self.flag = torch.zeros(1, device=device, dtype=torch.int32)
@@ -96,9 +109,10 @@ class PersistentStep:
         """Logits [1, V] of the token whose embedding is x [1, C], at full position ``pos``."""
         from halo_lab.kernels import decode_qkv as kq
 
-        slots = torch.stack(
-            [layer.attn.decode_key_slots(c, pos) for layer, c in zip(self.layers, self.caches)]
-        )
+        if self.dense:
+            slots = self.no_slots
+        else:
+            slots = torch.stack([a.attn.decode_key_slots(c, pos) for a, c in zip(self.layers, self.caches)])
         none = torch.full_like(pos, -1)
         pairs = []
         for c in self.caches:
@@ -106,7 +120,7 @@ class PersistentStep:
             pairs.append(torch.cat(written + [none] * (2 - len(written))))
         return self.op(
             x.contiguous(), self.weights, self.k, self.v, cos, sin, pos, slots, torch.stack(pairs), self.flag,
-            self.num_heads, self.norm, self.eps, self.programs,
+            self.num_heads, self.norm, self.eps, self.programs, self.dense,
         )  # fmt: skip
 
     def check(self) -> None:

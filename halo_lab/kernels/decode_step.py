@@ -54,7 +54,8 @@ try:
 except ImportError:  # pragma: no cover - torch without triton
     HAS_TRITON = False
 
-PHASES = 5  # per layer: A to E of the module doc
+PHASES = 5  # per layer: A to E of the module doc (dense: 6, its attention in two)
+DENSE_CHUNK = 32  # dense keys a step: [G, 32, d] products in registers (G = 4 query heads a KV head)
 SPIN_LIMIT = 1 << 20  # barrier polls before the watchdog gives up (~0.3-0.5 s at 0.3-0.5 µs a poll)
 
 
@@ -243,8 +244,66 @@ if HAS_TRITON:
                 tl.store(att_ptr + hq * D + c, o.to(att_ptr.dtype.element_ty))
 
     @triton.jit
+    def _dense_partial_phase(ph, lo, hi, q_ptr, k_ptr, v_ptr, part_ptr, sync_ptr, flag_ptr, pos, s_ch, s_cs,
+                             scale, HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, PH: tl.constexpr,
+                             CH: tl.constexpr, SYNC: tl.constexpr, SPIN: tl.constexpr):  # fmt: skip
+        """Dense attention split over the keys 0..pos: unit (KV head hk, part j) of HKV x PH takes every
+        PH-th chunk of CH keys for the hk's G query heads, and writes its online-softmax partial (max, sum,
+        weighted values) for the combine phase. Units are dealt round the programs."""
+        if (ph >= lo) & (ph < hi):
+            _begin(ph, sync_ptr, flag_ptr, SYNC, SPIN)
+            G: tl.constexpr = HQ // HKV
+            g = tl.arange(0, G)
+            c = tl.arange(0, D)
+            for u in range(tl.program_id(0), HKV * PH, tl.num_programs(0)):
+                hk = u // PH
+                q = tl.load(q_ptr + (hk * G + g)[:, None] * D + c[None, :]).to(tl.float32)  # [G, D]
+                m = tl.full([G], float("-inf"), tl.float32)
+                lsum = tl.zeros([G], tl.float32)
+                acc = tl.zeros([G, D], tl.float32)
+                for start in range((u % PH) * CH, pos + 1, PH * CH):
+                    j = start + tl.arange(0, CH)
+                    valid = j <= pos
+                    at = hk * s_ch + j.to(tl.int64)[:, None] * s_cs + c[None, :]
+                    kt = tl.load(k_ptr + at, mask=valid[:, None], other=0.0).to(tl.float32)  # [CH, D]
+                    s = tl.sum(q[:, None, :] * kt[None, :, :], axis=2) * scale  # [G, CH]
+                    s = tl.where(valid[None, :], s, float("-inf"))
+                    m_new = tl.maximum(m, tl.max(s, axis=1))
+                    e = tl.where(valid[None, :], tl.exp(s - m_new[:, None]), 0.0)
+                    alpha = tl.exp(m - m_new)
+                    vt = tl.load(v_ptr + at, mask=valid[:, None], other=0.0).to(tl.float32)
+                    lsum = lsum * alpha + tl.sum(e, axis=1)
+                    acc = acc * alpha[:, None] + tl.sum(e[:, :, None] * vt[None, :, :], axis=1)
+                    m = m_new
+                base = part_ptr + u * (G * (D + 2))
+                tl.store(base + g, m)
+                tl.store(base + G + g, lsum)
+                tl.store(base + 2 * G + g[:, None] * D + c[None, :], acc)
+
+    @triton.jit
+    def _dense_combine_phase(ph, lo, hi, part_ptr, att_ptr, sync_ptr, flag_ptr, HQ: tl.constexpr,
+                             HKV: tl.constexpr, D: tl.constexpr, PH: tl.constexpr, PH2: tl.constexpr,
+                             SYNC: tl.constexpr, SPIN: tl.constexpr):  # fmt: skip
+        """Each query head's PH partials into its attention output (the log-sum-exp merge)."""
+        if (ph >= lo) & (ph < hi):
+            _begin(ph, sync_ptr, flag_ptr, SYNC, SPIN)
+            G: tl.constexpr = HQ // HKV
+            r = tl.arange(0, PH2)
+            c = tl.arange(0, D)
+            for hq in range(tl.program_id(0), HQ, tl.num_programs(0)):
+                g = hq % G
+                base = part_ptr + ((hq // G) * PH + r) * (G * (D + 2))
+                m = tl.load(base + g, mask=r < PH, other=float("-inf"))
+                wgt = tl.where(r < PH, tl.exp(m - tl.max(m, axis=0)), 0.0)  # 0 for a part with no keys too
+                lsum = tl.sum(wgt * tl.load(base + G + g, mask=r < PH, other=0.0), axis=0)
+                acc = tl.load(base[:, None] + 2 * G + g * D + c[None, :], mask=(r < PH)[:, None], other=0.0)
+                o = tl.sum(wgt[:, None] * acc, axis=0) / lsum
+                tl.store(att_ptr + hq * D + c, o.to(att_ptr.dtype.element_ty))
+
+    # fmt: off
+    @triton.jit
     def _decode_step_kernel(
-        x_ptr, q_ptr, att_ptr, h_ptr, logits_ptr,
+        x_ptr, q_ptr, att_ptr, h_ptr, part_ptr, logits_ptr,
         wqkv_ptr, wo_ptr, wup_ptr, wdown_ptr, lm_ptr,
         n1w_ptr, n1b_ptr, n2w_ptr, n2b_ptr, nfw_ptr, nfb_ptr,
         k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, slots_ptr, wslots_ptr, sync_ptr, flag_ptr,
@@ -253,9 +312,11 @@ if HAS_TRITON:
         F: tl.constexpr, V: tl.constexpr, NORM: tl.constexpr, HAS_BIAS: tl.constexpr,
         BP_QKV: tl.constexpr, BN_O: tl.constexpr, BN_UP: tl.constexpr, BN_DOWN: tl.constexpr,
         BN_HEAD: tl.constexpr, CH_C: tl.constexpr, CH_A: tl.constexpr, CH_F: tl.constexpr,
-        BLOCK_K: tl.constexpr, NPH: tl.constexpr, SYNC: tl.constexpr, SPIN: tl.constexpr,
-    ):  # fmt: skip
-        """Phases [lo, hi) of the step (the module doc), a barrier before each but the first."""
+        BLOCK_K: tl.constexpr, DENSE: tl.constexpr, PH: tl.constexpr, PH2: tl.constexpr,
+        CH_KEYS: tl.constexpr, NPH: tl.constexpr, SYNC: tl.constexpr, SPIN: tl.constexpr,
+    ):
+        """Phases [lo, hi) of the step (the module doc), a barrier before each but the first. NPH phases a
+        layer: A, B, C, D, E, and for DENSE the attention in two (B: partials over the keys, B2: merge)."""
         A: tl.constexpr = HQ * 2 * HALF  # attention width
         W_QKV: tl.constexpr = (HQ + 2 * HKV) * 2 * HALF * C  # per-layer sizes of the stacked weights
         pos = tl.load(pos_ptr)
@@ -263,137 +324,30 @@ if HAS_TRITON:
             lc = tl.cast(layer, tl.int64)
             ph = NPH * layer
             k_l, v_l = k_ptr + lc * s_cl, v_ptr + lc * s_cl
-            _qkv_phase(
-                ph,
-                lo,
-                hi,
-                wqkv_ptr + lc * W_QKV,
-                x_ptr,
-                n1w_ptr + lc * C,
-                n1b_ptr + lc * C,
-                q_ptr,
-                k_l,
-                v_l,
-                cos_ptr,
-                sin_ptr,
-                pos,
-                wslots_ptr + lc * 2,
-                sync_ptr,
-                flag_ptr,
-                s_ch,
-                s_cs,
-                s_cos,
-                s_sin,
-                eps,
-                C,
-                HQ,
-                HKV,
-                HALF,
-                NORM,
-                HAS_BIAS,
-                BP_QKV,
-                CH_C,
-                SYNC,
-                SPIN,
-            )
-            _attend_phase(
-                ph + 1,
-                lo,
-                hi,
-                q_ptr,
-                k_l,
-                v_l,
-                slots_ptr + lc * n_keys,
-                att_ptr,
-                sync_ptr,
-                flag_ptr,
-                n_keys,
-                s_ch,
-                s_cs,
-                scale,
-                HQ,
-                HKV,
-                2 * HALF,
-                BLOCK_K,
-                SYNC,
-                SPIN,
-            )
+            _qkv_phase(ph, lo, hi, wqkv_ptr + lc * W_QKV, x_ptr, n1w_ptr + lc * C, n1b_ptr + lc * C, q_ptr,
+                       k_l, v_l, cos_ptr, sin_ptr, pos, wslots_ptr + lc * 2, sync_ptr, flag_ptr, s_ch, s_cs,
+                       s_cos, s_sin, eps, C, HQ, HKV, HALF, NORM, HAS_BIAS, BP_QKV, CH_C, SYNC, SPIN)
+            if DENSE:
+                _dense_partial_phase(ph + 1, lo, hi, q_ptr, k_l, v_l, part_ptr, sync_ptr, flag_ptr, pos, s_ch,
+                                     s_cs, scale, HQ, HKV, 2 * HALF, PH, CH_KEYS, SYNC, SPIN)
+                _dense_combine_phase(ph + 2, lo, hi, part_ptr, att_ptr, sync_ptr, flag_ptr, HQ, HKV, 2 * HALF,
+                                     PH, PH2, SYNC, SPIN)
+            else:
+                _attend_phase(ph + 1, lo, hi, q_ptr, k_l, v_l, slots_ptr + lc * n_keys, att_ptr, sync_ptr,
+                              flag_ptr, n_keys, s_ch, s_cs, scale, HQ, HKV, 2 * HALF, BLOCK_K, SYNC, SPIN)
             # o-projection + residual; norm_2 + gate/up; SwiGLU + down projection + residual
-            _gemv_phase(
-                ph + 2,
-                lo,
-                hi,
-                wo_ptr + lc * (C * A),
-                att_ptr,
-                wo_ptr,
-                wo_ptr,
-                x_ptr,
-                x_ptr,
-                sync_ptr,
-                flag_ptr,
-                A,
-                C,
-                eps,
-                0,
-                False,
-                False,
-                True,
-                BN_O,
-                CH_A,
-                SYNC,
-                SPIN,
-            )
-            _gemv_phase(
-                ph + 3,
-                lo,
-                hi,
-                wup_ptr + lc * (2 * F * C),
-                x_ptr,
-                n2w_ptr + lc * C,
-                n2b_ptr + lc * C,
-                h_ptr,
-                h_ptr,
-                sync_ptr,
-                flag_ptr,
-                C,
-                2 * F,
-                eps,
-                NORM,
-                HAS_BIAS,
-                False,
-                False,
-                BN_UP,
-                CH_C,
-                SYNC,
-                SPIN,
-            )
-            _gemv_phase(
-                ph + 4,
-                lo,
-                hi,
-                wdown_ptr + lc * (C * F),
-                h_ptr,
-                wdown_ptr,
-                wdown_ptr,
-                x_ptr,
-                x_ptr,
-                sync_ptr,
-                flag_ptr,
-                F,
-                C,
-                eps,
-                0,
-                False,
-                True,
-                True,
-                BN_DOWN,
-                CH_F,
-                SYNC,
-                SPIN,
-            )
+            ph = ph + NPH - 3
+            _gemv_phase(ph, lo, hi, wo_ptr + lc * (C * A), att_ptr, wo_ptr, wo_ptr, x_ptr, x_ptr, sync_ptr,
+                        flag_ptr, A, C, eps, 0, False, False, True, BN_O, CH_A, SYNC, SPIN)
+            _gemv_phase(ph + 1, lo, hi, wup_ptr + lc * (2 * F * C), x_ptr, n2w_ptr + lc * C, n2b_ptr + lc * C,
+                        h_ptr, h_ptr, sync_ptr, flag_ptr, C, 2 * F, eps, NORM, HAS_BIAS, False, False, BN_UP,
+                        CH_C, SYNC, SPIN)
+            _gemv_phase(ph + 2, lo, hi, wdown_ptr + lc * (C * F), h_ptr, wdown_ptr, wdown_ptr, x_ptr, x_ptr,
+                        sync_ptr, flag_ptr, F, C, eps, 0, False, True, True, BN_DOWN, CH_F, SYNC, SPIN)
         # the final norm + LM head
         _gemv_phase(NPH * L, lo, hi, lm_ptr, x_ptr, nfw_ptr, nfb_ptr, logits_ptr, logits_ptr, sync_ptr,
-                    flag_ptr, C, V, eps, NORM, HAS_BIAS, False, False, BN_HEAD, CH_C, SYNC, SPIN)  # fmt: skip
+                    flag_ptr, C, V, eps, NORM, HAS_BIAS, False, False, BN_HEAD, CH_C, SYNC, SPIN)
+    # fmt: on
 
 
 def decode_step(
@@ -412,12 +366,14 @@ def decode_step(
     norm: str,
     eps: float,
     programs: int,
+    dense: bool = False,
     sync: bool = True,
     spin_limit: int = SPIN_LIMIT,
 ) -> torch.Tensor:
     """The Triton kernel: what ``reference_decode_step`` computes (x [1, C] becomes the last residual
     stream, the caches are written), in one launch of ``programs`` programs (``sync``), or one launch a
-    phase (not ``sync``: the interpreter's way to run P > 1). Returns the logits [1, V]."""
+    phase (not ``sync``: the interpreter's way to run P > 1). Returns the logits [1, V]. ``dense``: each
+    query attends to every cache slot up to ``pos`` (``slots`` unused), split over the programs."""
     w = weights
     L, B, Hkv, S, d = k_cache.shape
     C, V, F = x.shape[1], w["lm"].shape[0], w["wdown"].shape[2]
@@ -430,6 +386,10 @@ def decode_step(
     if not (k_cache.is_contiguous() and v_cache.is_contiguous() and k_cache.stride() == v_cache.stride()):
         raise ValueError("the stacked caches must be contiguous and alike")
     A = num_heads * d
+    if num_heads % Hkv or (num_heads // Hkv) & (num_heads // Hkv - 1) or d & (d - 1):
+        raise ValueError(
+            f"{num_heads} query heads over {Hkv} KV heads of {d}: needs a power-of-two group and d"
+        )
     shapes = {"wqkv": (L, A + 2 * Hkv * d, C), "wo": (L, C, A), "wup": (L, 2 * F, C), "wdown": (L, C, F),
               "lm": (V, C), "n1w": (L, C), "n2w": (L, C), "nfw": (C,)}  # fmt: skip
     for name, shape in shapes.items():
@@ -443,12 +403,17 @@ def decode_step(
     h = torch.empty(2 * F, device=dev, dtype=dt)
     logits = torch.empty(1, V, device=dev, dtype=dt)
     counter = torch.zeros(1, device=dev, dtype=torch.int32)
+    P = int(programs)
+    parts = max(1, P // Hkv) if dense else 1  # PH: the programs of one KV head's keys
+    part = torch.empty(
+        Hkv * parts * (num_heads // Hkv) * (d + 2) if dense else 1, device=dev, dtype=torch.float32
+    )
     n_keys = slots.shape[1]
     nb = {k: w[k] if has_bias else w[k.replace("b", "w")] for k in ("n1b", "n2b", "nfb")}
     pairs = (num_heads + 2 * Hkv) * d // 2
-    P = int(programs)
+    nph = PHASES + 1 if dense else PHASES
     args = (
-        x, q, att, h, logits,
+        x, q, att, h, part, logits,
         w["wqkv"], w["wo"], w["wup"], w["wdown"], w["lm"],
         w["n1w"], nb["n1b"], w["n2w"], nb["n2b"], w["nfw"], nb["nfb"],
         k_cache, v_cache, cos, sin, pos, slots.contiguous(), wslots.contiguous(), counter, flag,
@@ -461,12 +426,13 @@ def decode_step(
         BP_QKV=tile_rows(pairs, P), BN_O=tile_rows(C, P), BN_UP=tile_rows(2 * F, P),
         BN_DOWN=tile_rows(C, P), BN_HEAD=tile_rows(V, P),
         CH_C=triton.next_power_of_2(C), CH_A=triton.next_power_of_2(A), CH_F=triton.next_power_of_2(F),
-        BLOCK_K=max(2, triton.next_power_of_2(n_keys)), NPH=PHASES, SPIN=spin_limit, num_warps=8,
+        BLOCK_K=max(2, triton.next_power_of_2(n_keys)), DENSE=dense, PH=parts,
+        PH2=max(2, triton.next_power_of_2(parts)), CH_KEYS=DENSE_CHUNK, NPH=nph, SPIN=spin_limit, num_warps=8,
     )  # fmt: skip
     if sync:
-        _decode_step_kernel[(P,)](*args, 0, PHASES * L + 1, SYNC=True, **meta)
+        _decode_step_kernel[(P,)](*args, 0, nph * L + 1, SYNC=True, **meta)
     else:
-        for ph in range(PHASES * L + 1):
+        for ph in range(nph * L + 1):
             _decode_step_kernel[(P,)](*args, ph, ph + 1, SYNC=False, **meta)
     return logits
 
@@ -494,16 +460,33 @@ if HAS_TRITON:
         norm: str,
         eps: float,
         programs: int,
+        dense: bool,
     ) -> torch.Tensor:
         """``decode_step`` as one opaque op of a compiled step; ``weights`` in the order WEIGHTS + BIASES."""
         named = dict(zip(WEIGHTS + BIASES, weights))
         return decode_step(
             x, named, k_cache, v_cache, cos, sin, pos, slots, wslots, flag, num_heads=num_heads, norm=norm,
-            eps=eps, programs=programs,
+            eps=eps, programs=programs, dense=dense,
         )  # fmt: skip
 
     @decode_step_op.register_fake
-    def _(x, weights, k_cache, v_cache, cos, sin, pos, slots, wslots, flag, num_heads, norm, eps, programs):
+    def _(
+        x,
+        weights,
+        k_cache,
+        v_cache,
+        cos,
+        sin,
+        pos,
+        slots,
+        wslots,
+        flag,
+        num_heads,
+        norm,
+        eps,
+        programs,
+        dense,
+    ):
         return x.new_empty(1, weights[4].shape[0], dtype=weights[0].dtype)
 
 
