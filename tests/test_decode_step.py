@@ -262,3 +262,33 @@ def test_decoder_raises_when_a_barrier_timed_out(monkeypatch):
     dec.reset()
     with pytest.raises(RuntimeError, match="persistent_step = False"):
         dec.generate(prompt)
+
+
+def test_decode_bench_rows_for_each_step():
+    """``steps: [default, persistent]`` in the decode bench: each variant twice, the persistent rows on the
+    one-launch step (their path says so) and their ratio taken to dense's persistent row."""
+    _interpreted_or_cuda()
+    from halo_lab import bench
+    from halo_lab.bench.decode import CHECK_CONFIG
+
+    spec = {
+        "model": {**CHECK_CONFIG, "max_seq_len": 256},
+        "new_tokens": 3,
+        "repeats": 1,
+        "variants": ["dense", "halo"],
+        "contexts": [40],
+        "prefill_contexts": [],
+        "steps": ["default", "persistent"],
+        "triton_gemv": True,
+        "compile": False,
+        "cuda_graph": False,
+    }
+    rows = bench.bench_decode(spec, torch.device(DEVICE), torch.float32)
+    bench.add_ratios(rows)
+    assert [r["variant"] for r in rows] == ["dense", "halo", "dense_persistent", "halo_persistent"]
+    assert all(("+persistent" in r["decode_path"]) == r["variant"].endswith("_persistent") for r in rows), (
+        rows
+    )
+    assert rows[2]["ratio_to_dense"] == 1.0 and rows[3]["ratio_to_dense"] == rows[3]["ms"] / rows[2]["ms"]
+    with pytest.raises(ValueError, match="steps='fused'"):
+        bench.bench_decode({**spec, "steps": ["fused"]}, torch.device(DEVICE), torch.float32)

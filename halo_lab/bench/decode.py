@@ -194,6 +194,8 @@ def spec_for(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     spec["triton_gemv"] = args.gemv  # None: Decoder's default (on CUDA)
     spec["fused_qkv"] = args.fused_qkv  # None: Decoder's default (with the GEMV)
     spec["fused_attn_o"] = args.fused_attn_o  # None: Decoder's default (with the fused q/k/v)
+    if args.steps:
+        spec["steps"] = args.steps
     if args.batches:
         runs = [r for r in spec["runs"] if int(r["batch"]) in args.batches]
         if not runs:
@@ -223,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", choices=sorted(DECODE_VARIANTS))
     parser.add_argument("--new-tokens", type=int)
     parser.add_argument("--batches", type=int, nargs="+", help="only the preset's runs at these batch sizes")
+    parser.add_argument(
+        "--steps",
+        nargs="+",
+        choices=["default", "persistent"],
+        help="decode steps to time, each with its own rows (persistent: <variant>_persistent; default: default)",
+    )
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="CUDA dtype")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--no-cuda-graph", action="store_true")

@@ -4,6 +4,7 @@ prefill, ms per token, tokens/s, KV-cache MB), ``kernels_per_step`` (what one st
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -51,6 +52,9 @@ def benchmark_generation(
         cuda_graph=cuda_graph,
         sync_every=new_tokens + 1,
         gemv=gemv,
+        fuse_weights=True
+        if gemv
+        else None,  # the GEMV step runs on the fused weights (an eager CPU step too)
     )
     best_prefill = None
     if prefill:
@@ -159,51 +163,84 @@ def bench_decode(
     for run_spec in runs:
         batch = int(run_spec.get("batch", 1))
         for ctx in run_spec["contexts"]:
-            dense_kv = None
-            for variant in variants:
-                arch, cache, fields = DECODE_VARIANTS[variant]
-                torch.manual_seed(0)
-                config = _model_config(spec, ctx + spec["new_tokens"] + 1).replace(**fields)
-                model = build_model(config, arch).to(device, dtype)
-                row = {"part": "decode", "variant": variant, "seq_len": ctx, "batch": batch}
-                try:
-                    r = benchmark_generation(
-                        model,
-                        ctx,
-                        spec["new_tokens"],
-                        batch,
-                        cuda_graph=spec.get("cuda_graph", True),
-                        repeats=spec.get("repeats", 3),
-                        cache=cache,
-                        compile=spec.get("compile"),
-                        prefill=prefill_at is None or ctx in prefill_at,
-                        count_kernels=(variant, batch) not in counted,
-                        gemv=spec.get("triton_gemv"),
+            for step in spec.get("steps") or ["default"]:
+                with _decoder_step(step):
+                    rows += _decode_rows(
+                        spec, device, dtype, variants, batch, ctx, step, prefill_at, counted, on_row
                     )
-                    counted.add((variant, batch))
-                    row.update(
-                        params=model.count_parameters(),
-                        ms=r["ms_per_token"],
-                        tokens_per_sec=r["tokens_per_sec"],
-                        prefill_ms=r["prefill_ms"],
-                        kv_cache_mb=r["kv_cache_mb"],
-                        decode_path=r["decode_path"],
-                        build_s=r["build_s"],
-                        kernels_per_token=r["kernels_per_token"],
-                    )
-                    if variant == "dense":
-                        dense_kv = r["kv_cache_mb"]
-                    if dense_kv:
-                        row["kv_ratio_to_dense"] = r["kv_cache_mb"] / dense_kv
-                except torch.OutOfMemoryError:
-                    row["error"] = "OOM"
-                except Exception as e:  # noqa: BLE001 - one failing row must not lose the others
-                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
-                print(format_table([row]).splitlines()[-1], flush=True)
-                rows.append(row)
-                if on_row is not None:
-                    on_row(row)
-                del model
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+    return rows
+
+
+STEPS = ("default", "persistent")
+
+
+@contextlib.contextmanager
+def _decoder_step(step: str):
+    """``Decoder.persistent_step`` for the rows of ``step`` (``persistent``: the one-launch step at batch 1,
+    halo_lab/kernels/decode_step.py), restored after."""
+    if step not in STEPS:
+        raise ValueError(f"decode steps={step!r}: each one of {STEPS}")
+    from halo_lab.generation import Decoder
+
+    before = Decoder.persistent_step
+    Decoder.persistent_step = step == "persistent"
+    try:
+        yield
+    finally:
+        Decoder.persistent_step = before
+
+
+def _decode_rows(spec, device, dtype, variants, batch, ctx, step, prefill_at, counted, on_row) -> list[dict]:
+    """One row per variant at (batch, ctx); a persistent step's rows are named ``<variant>_persistent``
+    with mode ``persistent``, so that their ratio is to dense's persistent row."""
+    rows = []
+    dense_kv = None
+    for variant in variants:
+        arch, cache, fields = DECODE_VARIANTS[variant]
+        torch.manual_seed(0)
+        config = _model_config(spec, ctx + spec["new_tokens"] + 1).replace(**fields)
+        model = build_model(config, arch).to(device, dtype)
+        row = {"part": "decode", "variant": variant, "seq_len": ctx, "batch": batch}
+        if step != "default":
+            row.update(variant=f"{variant}_{step}", mode=step)
+        try:
+            r = benchmark_generation(
+                model,
+                ctx,
+                spec["new_tokens"],
+                batch,
+                cuda_graph=spec.get("cuda_graph", True),
+                repeats=spec.get("repeats", 3),
+                cache=cache,
+                compile=spec.get("compile"),
+                prefill=prefill_at is None or ctx in prefill_at,
+                count_kernels=(variant, batch, step) not in counted,
+                gemv=spec.get("triton_gemv"),
+            )
+            counted.add((variant, batch, step))
+            row.update(
+                params=model.count_parameters(),
+                ms=r["ms_per_token"],
+                tokens_per_sec=r["tokens_per_sec"],
+                prefill_ms=r["prefill_ms"],
+                kv_cache_mb=r["kv_cache_mb"],
+                decode_path=r["decode_path"],
+                build_s=r["build_s"],
+                kernels_per_token=r["kernels_per_token"],
+            )
+            if variant == "dense":
+                dense_kv = r["kv_cache_mb"]
+            if dense_kv:
+                row["kv_ratio_to_dense"] = r["kv_cache_mb"] / dense_kv
+        except torch.OutOfMemoryError:
+            row["error"] = "OOM"
+        except Exception as e:  # noqa: BLE001 - one failing row must not lose the others
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        print(format_table([row]).splitlines()[-1], flush=True)
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     return rows
