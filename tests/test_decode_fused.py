@@ -200,7 +200,7 @@ def model_for(arch: str, seed: int = 0, **kw):
     torch.manual_seed(seed)
     # init_std 0.3 (not 0.02): attention scores far from uniform, so that a key unroped or read from the
     # wrong slot changes the greedy tokens
-    return build_model(HaloConfig(**{**CHECK_CONFIG, "init_std": 0.3, **kw}), arch).eval()
+    return build_model(HaloConfig(**{**CHECK_CONFIG, "init_std": 0.3, **kw}), arch).to(DEVICE).eval()
 
 
 @pytest.fixture(autouse=True)
@@ -249,7 +249,7 @@ def test_fused_qkv_decode_equals_uncached_forward(arch, cache, kw, attn_o, monke
     monkeypatch.setattr(Decoder, "fused_attn_o", attn_o)  # off by default (slower on an H100), opt-in
     model = model_for(arch, **kw)
     new = 40 if cache == "ring" else 25  # a ring cache (33 text slots) only below a 51-token capacity
-    prompt = torch.randint(0, 64, (1, 11))
+    prompt = torch.randint(0, 64, (1, 11), device=DEVICE)
     ref = model.generate(prompt, max_new_tokens=new, temperature=0, use_cache=False)
     out, dec = fused_tokens(model, prompt, new, cache=cache)
     assert dec.qkv is not None
@@ -271,7 +271,7 @@ def test_fused_qkv_is_the_gemv_steps_and_can_be_switched_off(monkeypatch):
     model = model_for("halo")
     assert Decoder(model, 1, 4, 4, fuse_weights=True, gemv=False).qkv is None
     monkeypatch.setattr(Decoder, "fused_qkv", False)
-    prompt = torch.randint(0, 64, (1, 6))
+    prompt = torch.randint(0, 64, (1, 6), device=DEVICE)
     out, dec = fused_tokens(model, prompt, 4)
     assert dec.gemv is not None and dec.qkv is None
     monkeypatch.setattr(Decoder, "fused_qkv", True)
@@ -286,7 +286,7 @@ def test_fused_qkv_in_the_compiled_step():
 
     _interpreted_or_cuda()
     model = model_for("halo")
-    prompt = torch.randint(0, 64, (1, 11))
+    prompt = torch.randint(0, 64, (1, 11), device=DEVICE)
     ref = model.generate(prompt, max_new_tokens=12, temperature=0, use_cache=False)
     out, dec = fused_tokens(model, prompt, 12, compile=True)
     assert dec.qkv is not None and dec.path.startswith("compiled")

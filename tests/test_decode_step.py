@@ -182,7 +182,7 @@ def model_for(arch: str, **kw):
 
     torch.manual_seed(0)
     # init_std 0.3: attention far from uniform, so that a key read from the wrong slot changes the tokens
-    return build_model(HaloConfig(**{**CHECK_CONFIG, "init_std": 0.3, **kw}), arch).eval()
+    return build_model(HaloConfig(**{**CHECK_CONFIG, "init_std": 0.3, **kw}), arch).to(DEVICE).eval()
 
 
 def persistent_tokens(model, prompt, new, monkeypatch, **kw):
@@ -214,7 +214,7 @@ def test_persistent_decode_equals_uncached_forward(arch, cache, kw, monkeypatch)
     _interpreted_or_cuda()
     model = model_for(arch, **kw)
     new = 40 if cache == "ring" else 25
-    prompt = torch.randint(0, 64, (1, 11))
+    prompt = torch.randint(0, 64, (1, 11), device=DEVICE)
     ref = model.generate(prompt, max_new_tokens=new, temperature=0, use_cache=False)
     out, dec = persistent_tokens(model, prompt, new, monkeypatch, cache=cache)
     assert dec.persistent is not None, dec.persistent_why_not
@@ -246,7 +246,7 @@ def test_persistent_step_in_the_compiled_step(monkeypatch):
     """The op inside the compiled step (fullgraph) gives the forward's tokens."""
     _interpreted_or_cuda()
     model = model_for("halo")
-    prompt = torch.randint(0, 64, (1, 11))
+    prompt = torch.randint(0, 64, (1, 11), device=DEVICE)
     ref = model.generate(prompt, max_new_tokens=12, temperature=0, use_cache=False)
     out, dec = persistent_tokens(model, prompt, 12, monkeypatch, compile=True)
     assert dec.persistent is not None and dec.path.startswith("compiled+persistent"), dec.path
@@ -256,7 +256,7 @@ def test_persistent_step_in_the_compiled_step(monkeypatch):
 def test_decoder_raises_when_a_barrier_timed_out(monkeypatch):
     """A set flag (a barrier gave up: wrong logits) ends the decode with an error that says what to do."""
     _interpreted_or_cuda()
-    prompt = torch.randint(0, 64, (1, 6))
+    prompt = torch.randint(0, 64, (1, 6), device=DEVICE)
     _, dec = persistent_tokens(model_for("halo"), prompt, 3, monkeypatch)
     dec.persistent.flag.fill_(1)
     dec.reset()

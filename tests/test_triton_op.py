@@ -320,3 +320,31 @@ def test_compiles_fullgraph_inductor_cuda(name):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_block_fullgraph_inductor_cuda(dtype):
     compiled_block_matches_eager("inductor", 1e-4 if dtype == torch.float32 else 3e-2, dtype)
+
+
+@pytest.mark.parametrize("selecting,biased", [(False, False), (True, True)])
+def test_a_traced_backward_writes_only_standalone_tensors(selecting, biased):
+    """The compiled path's rule (interface.written_apart): every tensor the dQ pass may write is its own
+    allocation, no view of a shared base and no tensor passed twice; the eager path keeps its paired
+    allocations (one memset for two). Inductor's handling of mutated views and aliased arguments of user
+    Triton kernels is where the compiled gradients went wrong on CUDA."""
+    from halo_lab.kernels.halo_attention.interface import written_apart
+
+    q = torch.randn(2, 4, 8, 16)
+    k, sk = torch.randn(2, 2, 8, 16), torch.randn(2, 2, 3, 16)
+    sbias, tbias = torch.zeros(2), torch.zeros(2)
+
+    def outs(apart):
+        return written_apart(q, k, sk, 3, 2, selecting, biased, biased, sbias, tbias, apart=apart)
+
+    apart = outs(True)
+    written, dsum = [t for i, t in enumerate(apart) if i != 6], apart[6]
+    assert dsum is None
+    assert all(t._base is None for t in written)
+    ptrs = [t.untyped_storage().data_ptr() for t in written]
+    assert len(set(ptrs)) == len(ptrs)
+    assert all(t is not sbias and t is not tbias for t in written)
+    eager = outs(False)
+    assert eager[0]._base is eager[1]._base is not None  # one allocation for dK and dV outside the window
+    if selecting:
+        assert eager[6] is eager[4]._base and eager[6].shape[0] == 2

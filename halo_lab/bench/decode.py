@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         "--pdl",
         action=argparse.BooleanOptionalAction,
         help="with the GEMV, launch the step's kernels with programmatic dependent launch (default: "
-        "Decoder.pdl, off)",
+        "Decoder.pdl, on where the card allows it)",
     )
     parser.add_argument(
         "--persistent",

@@ -135,13 +135,15 @@ class Decoder:
     fused_attn_o: bool = False
     # With the GEMV, the step's own kernels (GEMVs, fused q/k/v, HALO-S's attention) launched with
     # programmatic dependent launch (halo_lab/kernels/pdl.py, sm_90+): each may start while the one before
-    # runs and load its weights before it waits. Off until a card has timed it (experiments/bench/README.md,
-    # "Issue 30's next device call"); True: opt-in where the device supports it.
-    pdl: bool = False
+    # runs and load its weights before it waits. On an H100 (medium model, batch 1) HALO-S decodes at 9,117
+    # tokens/s with it against 6,516 without, dense at 6,717 against 5,521, with the forward's greedy tokens
+    # (experiments/bench/README.md, "Issue 30: timed"). Where the device or Triton lacks PDL it is off.
+    pdl: bool = True
     # With the fused q/k/v at batch 1 on a HALO-S model (fixed key lists, SwiGLU), the whole step in one
     # persistent launch with a grid barrier between its phases (halo_lab/kernels/decode_step.py,
-    # halo_lab/generation/persistent.py): 1 kernel for the model where the step above launches ~44. Off until
-    # a card has timed it (experiments/bench/README.md, "Issue 30"); True: opt-in where it applies.
+    # halo_lab/generation/persistent.py): 1 kernel for the model where the step above launches ~44. Off: on an
+    # H100 it took 137 µs a HALO-S token against 110 with PDL (41 barriers at ~3 µs a phase), and dense's
+    # split-key attention is 5x slower at 128K (experiments/bench/README.md, "Issue 30: timed"). Opt-in.
     persistent_step: bool = False
 
     def __init__(

@@ -99,12 +99,6 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _like_bshd(t: torch.Tensor) -> torch.Tensor:
-    """An empty [B, H, L, d] tensor stored as [B, L, H, d]: the attention output's consumer transposes it."""
-    B, H, L, d = t.shape
-    return t.new_empty(B, L, H, d).transpose(1, 2)
-
-
 @dataclass
 class SelectionTables:
     """The content-selected part as the kernels read it (selected.py), built in torch from the choice of
@@ -218,13 +212,18 @@ def forward_kernels(
     fp32 tensor."""
     B, Hq, L, d = q.shape
     Hkv = k.shape[1]
-    o = _like_bshd(q)
+    # o [B, H, L, d] stored as [B, L, H, d] (its consumer transposes it). Traced, the kernel is handed that
+    # buffer itself with the view's strides, not a view: what a kernel writes is a standalone tensor there
+    # (see written_apart)
+    o_base = q.new_empty(B, L, Hq, d)
+    o = o_base.transpose(1, 2)
+    o_arg = o_base if traced else o
     lse = torch.empty(B, Hq, L, device=q.device, dtype=torch.float32)
     _launch(
         _fwd,
         (-(-L // plan.block_t), B * Hkv),
         (
-            q, k, v, o, lse, dist, rand,
+            q, k, v, o_arg, lse, dist, rand,
             sk, sv, sel.blk, sel.grps, sel.tb, sel.tbn, sel.tg, sel.tgn, sbias, tbias,
             scale * LOG2E,
             *_strides(q), *_strides(k), *_strides(v), *_strides(o),
@@ -238,6 +237,38 @@ def forward_kernels(
     return o, lse
 
 
+def written_apart(q, k, sk, nsum: int, nd: int, selecting, biased, token_biased, sbias, tbias, apart: bool):
+    """The dQ pass's extra outputs (see backward_kernels; dsum: dsk and dsv stacked, or None).
+
+    Eager (``apart`` False): each pair is one allocation and one memset, split in two views, and an unused
+    output is an input the kernel never writes: a layer's host time is what small batches pay (kernel_notes.md, "2026-12-02: host time per
+    layer"). Traced (torch.compile): every tensor a kernel may write is a standalone allocation of its own,
+    and no tensor is passed twice. Inductor clones, reinplaces and re-lays out the buffers a user Triton
+    kernel mutates, and views of one base or a tensor in two arguments are where that has gone wrong
+    (pytorch#132196, #184050, #198031): the compiled path's gradients differed from eager on CUDA
+    (experiments/bench/README.md, "Eighth session")."""
+    B, Hkv, L, d = k.shape
+    f32 = {"device": q.device, "dtype": torch.float32}
+    if apart:
+        dk_extra, dv_extra = torch.zeros(B, Hkv, L, d, **f32), torch.zeros(B, Hkv, L, d, **f32)
+        dk_dil, dv_dil = (torch.empty(nd, B, Hkv, L, d, device=q.device, dtype=k.dtype) for _ in range(2))
+    else:
+        dk_extra, dv_extra = torch.zeros(2, B, Hkv, L, d, **f32).unbind(0)
+        dk_dil, dv_dil = torch.empty(2, nd, B, Hkv, L, d, device=q.device, dtype=k.dtype).unbind(0)
+    dsum = None  # eager with selection: dsk and dsv stacked (the traced path stacks them after the kernels)
+    if selecting and apart:
+        dsk, dsv = (torch.zeros(B, Hkv, nsum, sk.shape[-1], **f32) for _ in range(2))
+    elif selecting:
+        dsum = torch.zeros(2, B, Hkv, nsum, sk.shape[-1], **f32)
+        dsk, dsv = dsum.unbind(0)
+    else:  # never written without selection
+        dsk, dsv = (torch.zeros(1, 1, 1, 1, **f32) for _ in range(2)) if apart else (dk_extra, dv_extra)
+    unused = (lambda t: torch.zeros(1, **f32)) if apart else (lambda t: t)
+    dbias = torch.zeros(B, Hkv, **f32) if biased else unused(sbias)
+    dtbias = torch.zeros(B, Hkv, **f32) if token_biased else unused(tbias)
+    return dk_extra, dv_extra, dk_dil, dv_dil, dsk, dsv, dsum, dbias, dtbias
+
+
 def backward_kernels(
     do, q, k, v, o, lse, sk, sv, sbias, tbias, dist, rand, sel, plan: _Plan, scale, traced=False
 ):
@@ -249,25 +280,14 @@ def backward_kernels(
     dq = torch.empty_like(q)
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     delta = torch.empty_like(lse)
-    # fp32 dK/dV of the keys outside the window, added by the dQ pass's atomics; one allocation (and
-    # one memset) for both halves: the host time of a layer is what small batches pay (kernel_notes.md,
-    # section "2026-12-02: host time per layer")
-    dk_extra, dv_extra = torch.zeros(2, B, Hkv, L, d, device=q.device, dtype=torch.float32).unbind(0)
-    # every slot the dK/dV pass reads is written by the dQ pass: no initialisation
-    dk_dil, dv_dil = torch.empty(2, plan.nd, B, Hkv, L, d, device=q.device, dtype=k.dtype).unbind(0)
-    selecting = plan.fwd["SEL"]
-    # the summaries' fp32 dK/dV (atomics of the dQ pass); torch's autograd carries them to the pooled keys
-    dsum = (
-        torch.zeros(2, B, Hkv, sel.nsum, sk.shape[-1], device=q.device, dtype=torch.float32)
-        if selecting
-        else None
+    selecting, biased, token_biased = plan.fwd["SEL"], plan.dq["SUMB"], plan.dq["TOKB"]
+    # dk_extra, dv_extra: fp32 dK/dV of the keys outside the window, added by the dQ pass's atomics;
+    # dk_dil, dv_dil: the dilated keys' per-distance dK/dV (every slot the dK/dV pass reads is written by
+    # the dQ pass); dsk, dsv: the summaries' fp32 dK/dV, which torch's autograd carries to the pooled keys;
+    # dbias, dtbias: the biases' gradients per (batch row, KV head), fp32 atomics
+    dk_extra, dv_extra, dk_dil, dv_dil, dsk, dsv, dsum, dbias, dtbias = written_apart(
+        q, k, sk, sel.nsum, plan.nd, selecting, biased, token_biased, sbias, tbias, apart=traced
     )
-    dsk, dsv = dsum.unbind(0) if selecting else (dk_extra, dv_extra)  # never written without selection
-    biased = plan.dq["SUMB"]
-    # the summary bias's gradient per (batch row, KV head): fp32 atomics of the dQ pass
-    dbias = torch.zeros(B, Hkv, device=q.device, dtype=torch.float32) if biased else sbias
-    token_biased = plan.dq["TOKB"]  # the same for the chosen tokens' bias
-    dtbias = torch.zeros(B, Hkv, device=q.device, dtype=torch.float32) if token_biased else tbias
     sq, s_k, s_v = _strides(q), _strides(k), _strides(v)
     _launch(
         _dq,
@@ -296,6 +316,8 @@ def backward_kernels(
         plan.dkv,
         traced,
     )  # fmt: skip
+    if selecting and dsum is None:
+        dsum = torch.stack([dsk, dsv])
     return dq, dk, dv, dsum, dbias if biased else None, dtbias if token_biased else None
 
 
