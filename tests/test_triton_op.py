@@ -324,11 +324,11 @@ def test_compiled_block_fullgraph_inductor_cuda(dtype):
 
 @pytest.mark.parametrize("selecting,biased", [(False, False), (True, True)])
 def test_a_traced_backward_writes_only_standalone_tensors(selecting, biased):
-    """The compiled path's rule (interface.written_apart): every tensor the dQ pass may write is its own
+    """The compiled path's rule (buffers.written_apart): every tensor the dQ pass may write is its own
     allocation, no view of a shared base and no tensor passed twice; the eager path keeps its paired
     allocations (one memset for two). Inductor's handling of mutated views and aliased arguments of user
     Triton kernels is where the compiled gradients went wrong on CUDA."""
-    from halo_lab.kernels.halo_attention.interface import written_apart
+    from halo_lab.kernels.halo_attention.buffers import written_apart
 
     q = torch.randn(2, 4, 8, 16)
     k, sk = torch.randn(2, 2, 8, 16), torch.randn(2, 2, 3, 16)

@@ -19,7 +19,6 @@ write one launch (``halo_lab.kernels.decode_qkv``) and HALO-S's attention with t
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -27,72 +26,17 @@ from collections.abc import Callable
 import torch
 
 from halo_lab.generation.sampling import check_sampling, gumbel_noise, noise_base, select_tokens
+from halo_lab.generation.step_kernels import (
+    attn_o_kernel,
+    fused_weights,
+    gemv_kernel,
+    norm_args,
+    norm_kind,
+    qkv_kernel,
+)
 from halo_lab.kernels import pdl
 
 CACHE_KINDS = ("full", "ring")
-
-
-def fused_weights(model) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-    """Per layer (W_qkv, W_up) for the fused decode step, as each block gives them
-    (``fused_decode_weights``); None when any block has none (then the step runs the blocks themselves)."""
-    out = []
-    for layer in model.layers:
-        ask = getattr(layer, "fused_decode_weights", None)
-        weights = ask() if ask is not None else None
-        if weights is None:
-            return None
-        out.append(weights)
-    return out
-
-
-def gemv_kernel(model, device: torch.device) -> Callable | None:
-    """``halo_lab.kernels.gemv``'s op for the gemv decode step, or None where it cannot run: no Triton, no GPU
-    (or interpreter), a norm it does not fuse, or a head with a bias."""
-    from halo_lab.kernels import gemv as kg
-
-    on_device = device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
-    norms = [model.ln_f] + [n for layer in model.layers for n in (layer.ln_1, layer.ln_2)]
-    if not (kg.available() and on_device and model.lm_head.bias is None):
-        return None
-    if not all(isinstance(n, (torch.nn.LayerNorm, torch.nn.RMSNorm)) and n.weight is not None for n in norms):
-        return None
-    return kg.gemv_op
-
-
-def qkv_kernel(model) -> Callable | None:
-    """``halo_lab.kernels.decode_qkv``'s op for the gemv step's q/k/v (projection, RoPE and cache write in one
-    launch), or None where it cannot run: no Triton, or a layer whose attention has no ``decode_attend``."""
-    from halo_lab.kernels import decode_qkv as kq
-
-    if not kq.available() or not all(hasattr(layer.attn, "decode_attend") for layer in model.layers):
-        return None
-    return kq.decode_qkv_op
-
-
-def attn_o_kernel(model) -> Callable | None:
-    """``halo_lab.kernels.decode_attn_o``'s op (attention over the graph's keys + o-projection + residual in
-    one launch) for the fused q/k/v step, or None: no Triton, or an attention without ``decode_key_slots``."""
-    from halo_lab.kernels import decode_attn_o as ka
-
-    if not ka.available() or not all(hasattr(layer.attn, "decode_key_slots") for layer in model.layers):
-        return None
-    return ka.decode_attn_o_op
-
-
-def _norm_args(norm: torch.nn.Module | None) -> tuple:
-    """(weight, bias) of ``gemv_op`` for a norm prologue (None: no norm)."""
-    if norm is None:
-        return None, None
-    return norm.weight, getattr(norm, "bias", None)
-
-
-def _norm_kind(norm: torch.nn.Module | None) -> tuple[str, float]:
-    """(kind, eps) of ``gemv_op`` for a norm prologue."""
-    if norm is None:
-        return "none", 0.0
-    if isinstance(norm, torch.nn.RMSNorm):
-        return "rmsnorm", norm.eps if norm.eps is not None else torch.finfo(norm.weight.dtype).eps
-    return "layernorm", norm.eps
 
 
 def graphs_supported(device: torch.device) -> bool:
@@ -294,7 +238,7 @@ class Decoder:
         """``residual + prologue(x) @ w.T`` for [B, K] rows, the prologue being ``norm`` or SwiGLU: one
         ``gemv`` launch with ``Decoder.triton_gemv``, else the unfused ops (the same math)."""
         if self.gemv is not None:
-            return self.gemv(x, w, *_norm_args(norm), residual, *_norm_kind(norm), swiglu)
+            return self.gemv(x, w, *norm_args(norm), residual, *norm_kind(norm), swiglu)
         if swiglu:
             gate, up = x.chunk(2, dim=-1)
             x = torch.nn.functional.silu(gate) * up
@@ -316,8 +260,8 @@ class Decoder:
             return self._project(y, w_o, residual=x)
         G, ring, store, row0 = cache.decode_write_slots()
         q = self.qkv(
-            x, w_qkv, *_norm_args(layer.ln_1), self.cos, self.sin, pos, cache.k, cache.v, store,
-            *_norm_kind(layer.ln_1), self.model.config.num_heads, G, ring, row0,
+            x, w_qkv, *norm_args(layer.ln_1), self.cos, self.sin, pos, cache.k, cache.v, store,
+            *norm_kind(layer.ln_1), self.model.config.num_heads, G, ring, row0,
         )  # fmt: skip
         slots = a.decode_key_slots(cache, pos) if self.attn_o is not None else None
         if slots is not None:
