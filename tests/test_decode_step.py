@@ -17,6 +17,7 @@ pytest.importorskip("triton")
 
 from halo_lab.kernels import decode_step as ks  # noqa: E402
 from halo_lab.model.network import RotaryEmbedding  # noqa: E402
+from tests.test_decode_fused import fused_tokens, model_for  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -175,27 +176,12 @@ def test_persistent_step_cuda():
 # ------------------------------------------------------------------------------------ the decoder
 
 
-def model_for(arch: str, **kw):
-    from halo_lab.bench.decode import CHECK_CONFIG  # window 8, dilated distances 8, 16, 32
-    from halo_lab.config import HaloConfig
-    from halo_lab.model import build_model
-
-    torch.manual_seed(0)
-    # init_std 0.3: attention far from uniform, so that a key read from the wrong slot changes the tokens
-    return build_model(HaloConfig(**{**CHECK_CONFIG, "init_std": 0.3, **kw}), arch).to(DEVICE).eval()
-
-
 def persistent_tokens(model, prompt, new, monkeypatch, **kw):
-    """The decoder's greedy tokens with the persistent step, caches poisoned first."""
+    """The decoder's greedy tokens with the persistent step (test_decode_fused's decoder, caches poisoned)."""
     from halo_lab.generation import Decoder
 
     monkeypatch.setattr(Decoder, "persistent_step", True)
-    dec = Decoder(model, prompt.shape[0], prompt.shape[1], new, fuse_weights=True, gemv=True, **kw)
-    for c in dec.caches:
-        c.k.normal_(std=100.0)
-        c.v.normal_(std=100.0)
-    with torch.inference_mode():
-        return torch.cat([prompt, dec.generate(prompt)], dim=1), dec
+    return fused_tokens(model, prompt, new, **kw)
 
 
 @pytest.mark.parametrize(

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import torch
 
+from halo_lab.generation.step_kernels import norm_kind
+
 
 def _norm(norm: torch.nn.Module) -> tuple[str, float, bool] | None:
-    if isinstance(norm, torch.nn.RMSNorm) and norm.weight is not None:
-        return "rmsnorm", norm.eps if norm.eps is not None else torch.finfo(norm.weight.dtype).eps, False
-    if isinstance(norm, torch.nn.LayerNorm) and norm.weight is not None:
-        return "layernorm", norm.eps, norm.bias is not None
-    return None
+    """(kind, eps, has a bias) of a norm the kernel fuses, None for any other."""
+    if not isinstance(norm, (torch.nn.LayerNorm, torch.nn.RMSNorm)) or norm.weight is None:
+        return None
+    return (*norm_kind(norm), getattr(norm, "bias", None) is not None)
 
 
 def _model_problem(model) -> str | None:

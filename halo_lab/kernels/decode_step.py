@@ -132,25 +132,6 @@ if HAS_TRITON:
         )
 
     @triton.jit
-    def _tile_dot(wt, x_row, nw_ptr, nb_ptr, K, eps, NORM: tl.constexpr, HAS_BIAS: tl.constexpr,
-                  SWIGLU: tl.constexpr, CHUNK: tl.constexpr):  # fmt: skip
-        """fp32 rows of prologue(x) . w on a loaded tile: gemv._rows_dot's one-chunk body."""
-        dt = wt.dtype
-        kk = tl.arange(0, CHUNK)
-        in_k = kk < K
-        a = kg._input(x_row, kk, in_k, K, SWIGLU, dt)
-        mean = 0.0
-        rstd = 1.0
-        if NORM == 1:
-            mean = tl.sum(a, axis=0) / K
-            diff = tl.where(in_k, a - mean, 0.0)
-            rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, axis=0) / K + eps)
-        elif NORM == 2:
-            rstd = 1.0 / tl.sqrt(tl.sum(a * a, axis=0) / K + eps)
-        a = kg._normalise(a, kk, in_k, mean, rstd, nw_ptr, nb_ptr, NORM, HAS_BIAS, dt)
-        return tl.sum(wt.to(tl.float32) * a[None, :], axis=1)
-
-    @triton.jit
     def _begin(ph, sync_ptr, flag_ptr, SYNC: tl.constexpr, SPIN: tl.constexpr):
         """Before phase ``ph`` (> 0): every program has finished phase ph - 1."""
         if SYNC:
@@ -167,7 +148,7 @@ if HAS_TRITON:
             in_n = n < N
             wt = _tile(w_ptr, n, in_n, K, CHUNK)
             _begin(ph, sync_ptr, flag_ptr, SYNC, SPIN)
-            acc = _tile_dot(wt, x_in, nw_ptr, nb_ptr, K, eps, NORM, HAS_BIAS, SWIGLU, CHUNK)
+            acc = kg._dot_loaded(wt, x_in, nw_ptr, nb_ptr, K, eps, NORM, HAS_BIAS, SWIGLU, CHUNK)
             y = acc.to(wt.dtype)
             if HAS_RES:
                 y = (y.to(tl.float32) + tl.load(res_ptr + n, mask=in_n, other=0.0).to(tl.float32)).to(
@@ -192,7 +173,7 @@ if HAS_TRITON:
             wt = _tile(w_ptr, (pr // HALF) * D + pr % HALF + (r % 2) * HALF, pr < PAIRS, C, CHUNK)
             if ph > 0:
                 _begin(ph, sync_ptr, flag_ptr, SYNC, SPIN)
-            y = _tile_dot(wt, x_ptr, nw_ptr, nb_ptr, C, eps, NORM, HAS_BIAS, False, CHUNK)
+            y = kg._dot_loaded(wt, x_ptr, nw_ptr, nb_ptr, C, eps, NORM, HAS_BIAS, False, CHUNK)
             x1, x2 = tl.split(tl.reshape(y.to(wt.dtype).to(tl.float32), [BP, 2]))
             p = pid * BP + tl.arange(0, BP)
             h = p // HALF  # q heads, then k heads, then v heads

@@ -94,6 +94,27 @@ if HAS_TRITON:
         return a
 
     @triton.jit
+    def _dot_loaded(wt, x_row, nw_ptr, nb_ptr, K, eps, NORM: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    SWIGLU: tl.constexpr, CHUNK: tl.constexpr):  # fmt: skip
+        """fp32 rows of prologue(x) . w for a loaded [rows, CHUNK] weight tile holding whole rows (K <= CHUNK):
+        x read, the norm's statistics in registers. Shared with decode_step's phases, which load the tile
+        before their barrier."""
+        dt = wt.dtype
+        kk = tl.arange(0, CHUNK)
+        in_k = kk < K
+        a = _input(x_row, kk, in_k, K, SWIGLU, dt)
+        mean = 0.0
+        rstd = 1.0
+        if NORM == 1:
+            mean = tl.sum(a, axis=0) / K
+            diff = tl.where(in_k, a - mean, 0.0)
+            rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, axis=0) / K + eps)
+        elif NORM == 2:
+            rstd = 1.0 / tl.sqrt(tl.sum(a * a, axis=0) / K + eps)
+        a = _normalise(a, kk, in_k, mean, rstd, nw_ptr, nb_ptr, NORM, HAS_BIAS, dt)
+        return tl.sum(wt.to(tl.float32) * a[None, :], axis=1)
+
+    @triton.jit
     def _rows_dot(
         x_row,
         w_ptr,
@@ -124,17 +145,7 @@ if HAS_TRITON:
             )
             if PDL:
                 tl.extra.cuda.gdc_wait()
-            a = _input(x_row, kk, in_k, K, SWIGLU, dt)
-            mean = 0.0
-            rstd = 1.0
-            if NORM == 1:
-                mean = tl.sum(a, axis=0) / K
-                diff = tl.where(in_k, a - mean, 0.0)
-                rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, axis=0) / K + eps)
-            elif NORM == 2:
-                rstd = 1.0 / tl.sqrt(tl.sum(a * a, axis=0) / K + eps)
-            a = _normalise(a, kk, in_k, mean, rstd, nw_ptr, nb_ptr, NORM, HAS_BIAS, dt)
-            acc = tl.sum(wt.to(tl.float32) * a[None, :], axis=1)
+            acc = _dot_loaded(wt, x_row, nw_ptr, nb_ptr, K, eps, NORM, HAS_BIAS, SWIGLU, CHUNK)
         else:
             if PDL:
                 tl.extra.cuda.gdc_wait()
