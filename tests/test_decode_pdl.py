@@ -77,18 +77,22 @@ def test_a_decoder_asking_for_pdl_runs_without_it_on_the_cpu(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="PDL launches need a CUDA card (sm_90+)")
-@pytest.mark.parametrize("arch", ["halo", "dense"])
-def test_pdl_decode_equals_uncached_forward_cuda(arch, monkeypatch):
-    """The compiled + CUDA-graph step with PDL gives the uncached forward's greedy tokens."""
+@pytest.mark.parametrize("arch,attn_o", [("halo", False), ("dense", False), ("halo", True)])
+def test_pdl_decode_equals_uncached_forward_cuda(arch, attn_o, monkeypatch):
+    """The compiled + CUDA-graph step with PDL gives the uncached forward's greedy tokens (HALO-S also with
+    its attention + o-projection in one launch, ``Decoder.fused_attn_o``)."""
     from halo_lab.generation import Decoder
     from tests.test_decode_fused import fused_tokens, model_for
 
     if not pdl.supported("cuda"):
         pytest.skip("this card or Triton has no programmatic dependent launch")
     monkeypatch.setattr(Decoder, "pdl", True)
+    monkeypatch.setattr(Decoder, "fused_attn_o", attn_o)
     model = model_for(arch).to("cuda")
     prompt = torch.randint(0, 64, (1, 11), device="cuda")
     ref = model.generate(prompt, max_new_tokens=25, temperature=0, use_cache=False)
     out, dec = fused_tokens(model, prompt, 25)
-    assert dec.pdl_on and "pdl" in dec.path and "cuda_graph" in dec.path
+    assert (
+        dec.pdl_on and "pdl" in dec.path and "cuda_graph" in dec.path and (dec.attn_o is not None) == attn_o
+    )
     assert torch.equal(out, ref)

@@ -49,6 +49,9 @@ OPTIONS = {
     "combo_gemv": ({"combo_kernels": True}, True, True, True),
     # the default step with its own kernels launched with PDL (halo_lab/kernels/pdl.py, Decoder.pdl)
     "combo_gemv_qkv_pdl": ({"combo_kernels": True}, True, True, False, True),
+    # the same with HALO-S's attention + o-projection in one PDL launch (kernels/decode_attn_o.py, the W_o
+    # tile loaded before the wait; dense's rows are combo_gemv_qkv_pdl's)
+    "combo_gemv_pdl": ({"combo_kernels": True}, True, True, True, True),
     # the whole HALO-S step in one persistent launch (halo_lab/kernels/decode_step.py, Decoder.persistent_step;
     # dense keeps the per-kernel step: its rows are combo_gemv_qkv's)
     "combo_gemv_qkv_persistent": ({"combo_kernels": True}, True, True, False, False, True),

@@ -15,7 +15,10 @@ A KV head's query heads are the rows of one product each way (q . K^T, then p . 
 GP = 16 rows, tl.dot's smallest): the first version ran one head at a time, 8 chains of dependent
 reductions per program, and took 12.8 µs a launch on an H100 (the attention kernel and the GEMV it
 replaces: about 6; experiments/bench/kernel_notes.md, "Decode step, 2026-12-05"); this one is not yet
-timed, and the decoder keeps it off (``Decoder.fused_attn_o``).
+timed, and the decoder keeps it off (``Decoder.fused_attn_o``). Each program loads its whole
+[BLOCK_N, Hq, d] tile of W_o first, then (under PDL, ``pdl.py``) waits for the kernel before it, so the
+weights stream while that kernel still runs; the heads' outputs gather into one [Hq, d] tile for a
+single product with it.
 The price is the attention recomputed by every program: 2 Hkv x K x d values read per program (the
 medium model: 2 x 2 x 72 x 64 x 2 bytes = 37 KB, from L2 after the first programs), against the
 16 KB of W_o each program streams.
@@ -40,6 +43,7 @@ import math
 import torch
 
 from halo_lab.kernels import gemv as kg
+from halo_lab.kernels import pdl
 from halo_lab.kernels.decode import reference_decode_attention
 
 try:
@@ -76,28 +80,42 @@ if HAS_TRITON:
         q_ptr, k_ptr, v_ptr, slot_ptr, w_ptr, res_ptr, out_ptr,
         sqb, sqh, skb, skh, sks, svb, svh, svs, swn, srb, sob,
         n_keys, N, scale,
+        HQ: tl.constexpr,
         HKV: tl.constexpr,
         GROUP: tl.constexpr,
         GP: tl.constexpr,
+        HW: tl.constexpr,
         D: tl.constexpr,
         BLOCK_K: tl.constexpr,
         BLOCK_D: tl.constexpr,
         BLOCK_N: tl.constexpr,
+        PDL: tl.constexpr,
     ):  # fmt: skip
+        if PDL:  # the next kernel may launch while this one runs (pdl.py)
+            tl.extra.cuda.gdc_launch_dependents()
         b = tl.program_id(1).to(tl.int64)  # 64-bit offsets: a large batch x long cache exceeds 2**31
         n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         in_n = n < N
         j = tl.arange(0, BLOCK_K)
         c = tl.arange(0, BLOCK_D)
         in_d = c < D
+        # W_o's [BLOCK_N, HQ, d] tile first: no kernel writes it, so under PDL it loads while the kernel
+        # before this one still runs, and without PDL its loads overlap the attention's
+        hw = tl.arange(0, HW)
+        w_mask = in_n[:, None, None] & (hw < HQ)[None, :, None] & in_d[None, None, :]
+        w_all = tl.load(
+            w_ptr + n[:, None, None] * swn + hw[None, :, None] * D + c[None, None, :], mask=w_mask, other=0.0
+        )
+        if PDL:  # everything below reads what earlier kernels wrote (q, the cache, the slots, the residual)
+            tl.extra.cuda.gdc_wait()
         slot = tl.load(slot_ptr + j, mask=j < n_keys, other=-1)
         valid = slot >= 0
         safe = tl.where(valid, slot, 0).to(tl.int64)
         rows = valid[:, None] & in_d[None, :]
-        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
         g = tl.arange(0, GP)  # the KV head's query heads as the rows of one product (padded to GP >= 16)
         in_g = g < GROUP
-        for hk in range(HKV):  # the KV head's keys and values once for its GROUP query heads
+        o_all = tl.zeros([HW, BLOCK_D], dtype=tl.float32)  # every query head's attention output
+        for hk in tl.static_range(HKV):  # the KV head's keys and values once for its GROUP query heads
             kt = tl.load(k_ptr + b * skb + hk * skh + safe[:, None] * sks + c[None, :], mask=rows, other=0.0)
             vt = tl.load(v_ptr + b * svb + hk * svh + safe[:, None] * svs + c[None, :], mask=rows, other=0.0)
             h = hk * GROUP + g
@@ -112,11 +130,10 @@ if HAS_TRITON:
             p = p / tl.sum(p, axis=1)[:, None]
             o = tl.dot(p, vt.to(tl.float32), input_precision="ieee")  # [GP, BLOCK_D]
             o = o.to(q_ptr.dtype.element_ty).to(tl.float32)  # the attention's output dtype
-            # padded rows (g >= GROUP) read no W_o column: they add nothing
-            w_cols = (hk * GROUP + g)[None, :, None] * D + c[None, None, :]
-            w_mask = in_n[:, None, None] & in_g[None, :, None] & in_d[None, None, :]
-            wt = tl.load(w_ptr + n[:, None, None] * swn + w_cols, mask=w_mask, other=0.0)
-            acc += tl.sum(tl.sum(wt.to(tl.float32) * o[None, :, :], axis=2), axis=1)
+            # row g of this KV head is query head hk * GROUP + g; padded rows (g >= GROUP) go nowhere
+            sel = (hw[None, :] == h[:, None]) & in_g[:, None]
+            o_all += tl.sum(tl.where(sel[:, :, None], o[:, None, :], 0.0), axis=0)
+        acc = tl.sum(tl.sum(w_all.to(tl.float32) * o_all[None, :, :], axis=2), axis=1)
         dt = w_ptr.dtype.element_ty
         res = tl.load(res_ptr + b * srb + n, mask=in_n, other=0.0).to(tl.float32)
         tl.store(out_ptr + b * sob + n, (acc.to(dt).to(tl.float32) + res).to(dt), mask=in_n)
@@ -145,14 +162,17 @@ def decode_attn_o(q, k_cache, v_cache, slots, w_o, residual) -> torch.Tensor:
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         w_o.stride(0), residual.stride(0), out.stride(0),
         slots.numel(), C, 1.0 / math.sqrt(d),
+        HQ=Hq,
         HKV=Hkv,
         GROUP=Hq // Hkv,
         GP=max(16, triton.next_power_of_2(Hq // Hkv)),
+        HW=triton.next_power_of_2(Hq),
         D=d,
         BLOCK_K=max(16, triton.next_power_of_2(slots.numel())),
         BLOCK_D=max(16, triton.next_power_of_2(d)),
         BLOCK_N=bn,
         num_warps=4,
+        **pdl.launch_options(),
     )  # fmt: skip
     return out
 
