@@ -32,6 +32,9 @@ CASES = {
     "rmsnorm": {"norm": "rmsnorm"},
     "swiglu+residual": {"swiglu": True, "residual": True},
     "layernorm+residual": {"norm": "layernorm", "bias": True, "residual": True},
+    # x + the split-K FFN's fp32 sums (decode_ffn) as the input: the decoder's head after that FFN
+    "layernorm+acc": {"norm": "layernorm", "bias": True, "acc": True},
+    "rmsnorm+acc": {"norm": "rmsnorm", "acc": True},
 }
 
 
@@ -50,6 +53,9 @@ def test_gemv_matches_reference(case, dtype, chunks, monkeypatch):
         "norm_bias": nb if c.get("bias") else None,
         "swiglu": c.get("swiglu", False),
         "residual": res if c.get("residual") else None,
+        "acc": 3 * torch.randn(x.shape, device=DEVICE, generator=torch.Generator(DEVICE).manual_seed(5))
+        if c.get("acc")
+        else None,
     }
     ref = kg.reference_gemv(x.double(), w.double(), **{k: _dbl(v) for k, v in kw.items()})
     out = kg.gemv(x, w, **kw)
@@ -59,6 +65,8 @@ def test_gemv_matches_reference(case, dtype, chunks, monkeypatch):
     assert err < tol, f"{case}: relative error {err:.2e}"
     # the oracle is sensitive: a weight row off by one gives a large error
     assert ((kg.gemv(x, w.roll(1, 0), **kw).double() - ref).norm() / ref.norm()).item() > 0.1
+    if kw["acc"] is not None:  # and the sums are read: without them it is far off
+        assert ((kg.gemv(x, w, **{**kw, "acc": None}).double() - ref).norm() / ref.norm()).item() > 0.1
 
 
 def _dbl(v):
@@ -89,3 +97,5 @@ def test_gemv_rejects_bad_shapes_and_options():
         kg.gemv(x, w, norm="rmsnorm")
     with pytest.raises(ValueError, match="not both"):
         kg.gemv(torch.cat([x, x], 1), w, norm="rmsnorm", norm_weight=nw, swiglu=True)
+    with pytest.raises(ValueError, match="acc"):
+        kg.gemv(x, w, acc=x.half())

@@ -27,7 +27,7 @@ from halo_lab.model import build_model
 
 CONTEXTS = (1024, 131072)
 # (Decoder.inductor_options, Decoder's gemv, Decoder.fused_qkv, Decoder.fused_attn_o[, Decoder.pdl[,
-# Decoder.persistent_step]]) for
+# Decoder.persistent_step[, Decoder.fused_ffn]]]) for
 # each round:
 # none; combo kernels (horizontal fusion of independent kernels, the default since 2026-12-02); combo +
 # max-autotune (Triton GEMM templates, which Inductor can fuse with their neighbours, where the cuBLAS
@@ -52,6 +52,10 @@ OPTIONS = {
     # the same with HALO-S's attention + o-projection in one PDL launch (kernels/decode_attn_o.py, the W_o
     # tile loaded before the wait; dense's rows are combo_gemv_qkv_pdl's)
     "combo_gemv_pdl": ({"combo_kernels": True}, True, True, True, True),
+    # the split-K FFN (kernels/decode_ffn.py, Decoder.fused_ffn): each layer's FFN one PDL launch, its
+    # residual add in the next q/k/v kernel; alone, and with the attention + o-projection kernel
+    "combo_gemv_qkv_ffn_pdl": ({"combo_kernels": True}, True, True, False, True, False, True),
+    "combo_gemv_ffn_pdl": ({"combo_kernels": True}, True, True, True, True, False, True),
     # the whole HALO-S step in one persistent launch (halo_lab/kernels/decode_step.py, Decoder.persistent_step;
     # dense keeps the per-kernel step: its rows are combo_gemv_qkv's)
     "combo_gemv_qkv_persistent": ({"combo_kernels": True}, True, True, False, False, True),
@@ -87,6 +91,7 @@ def main(out: str, names: list[str], contexts=CONTEXTS, variants=None) -> None:
         opts, gemv, Decoder.fused_qkv, Decoder.fused_attn_o, *extra = OPTIONS[opt_name]
         Decoder.pdl = bool(extra and extra[0])
         Decoder.persistent_step = bool(len(extra) > 1 and extra[1])
+        Decoder.fused_ffn = bool(len(extra) > 2 and extra[2])
         torch._dynamo.reset()
         Decoder.inductor_options = opts
         for ctx in contexts:

@@ -28,6 +28,7 @@ import torch
 from halo_lab.generation.sampling import check_sampling, gumbel_noise, noise_base, select_tokens
 from halo_lab.generation.step_kernels import (
     attn_o_kernel,
+    ffn_kernels,
     fused_weights,
     gemv_kernel,
     norm_args,
@@ -77,6 +78,11 @@ class Decoder:
     # replaces take 3.4 + 2.6, so 4,756 tokens/s against 6,541 without it (every program recomputes every
     # head's attention before its first product; experiments/bench/h100_decode_fused/). True: opt-in.
     fused_attn_o: bool = False
+    # With the fused q/k/v, each layer's SwiGLU FFN in one launch split over its hidden units (fp32 atomics
+    # into a zeroed buffer; halo_lab/kernels/decode_ffn.py), its residual add read by the next layer's q/k/v
+    # kernel (and the head's GEMV): one dependent kernel a layer fewer than the up and down GEMVs. The sums'
+    # order follows the programs' arrival (fp32). Not yet timed on a card: opt-in.
+    fused_ffn: bool = False
     # With the GEMV, the step's own kernels (GEMVs, fused q/k/v, HALO-S's attention) launched with
     # programmatic dependent launch (halo_lab/kernels/pdl.py, sm_90+): each may start while the one before
     # runs and load its weights before it waits. On an H100 (medium model, batch 1) HALO-S decodes at 9,117
@@ -159,6 +165,7 @@ class Decoder:
         self.gemv = gemv_kernel(model, self.device) if self.fused is not None and use_gemv else None
         self.qkv = qkv_kernel(model) if self.gemv is not None and self.fused_qkv else None
         self.attn_o = attn_o_kernel(model) if self.qkv is not None and self.fused_attn_o else None
+        self.ffn = ffn_kernels(model) if self.qkv is not None and self.fused_ffn else None
         self.pdl_on = bool(self.pdl) and self.gemv is not None and pdl.supported(self.device)
         self.persistent, self.persistent_why_not = None, "Decoder.persistent_step is off"
         if self.persistent_step and self.qkv is not None:
@@ -234,11 +241,12 @@ class Decoder:
         self.tok.copy_(nxt[:, None])
         self.pos.copy_(nxt_pos)
 
-    def _project(self, x, w, norm=None, residual=None, swiglu: bool = False) -> torch.Tensor:
+    def _project(self, x, w, norm=None, residual=None, swiglu: bool = False, acc=None) -> torch.Tensor:
         """``residual + prologue(x) @ w.T`` for [B, K] rows, the prologue being ``norm`` or SwiGLU: one
-        ``gemv`` launch with ``Decoder.triton_gemv``, else the unfused ops (the same math)."""
+        ``gemv`` launch with ``Decoder.triton_gemv``, else the unfused ops (the same math). ``acc``: the
+        split-K FFN's sums, x + acc being the input (gemv only)."""
         if self.gemv is not None:
-            return self.gemv(x, w, *norm_args(norm), residual, *norm_kind(norm), swiglu)
+            return self.gemv(x, w, *norm_args(norm), residual, *norm_kind(norm), swiglu, acc)
         if swiglu:
             gate, up = x.chunk(2, dim=-1)
             x = torch.nn.functional.silu(gate) * up
@@ -246,9 +254,11 @@ class Decoder:
         return y if residual is None else residual + y
 
     def _attention(
-        self, layer, cache, w_qkv: torch.Tensor, x: torch.Tensor, rope: tuple | None
-    ) -> torch.Tensor:
-        """One layer's ``x + o_proj(attention(ln_1(x)))`` [B, C]. With ``qkv`` one kernel projects, ropes and
+        self, layer, cache, w_qkv: torch.Tensor, x: torch.Tensor, rope: tuple | None, acc=None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One layer's ``x + o_proj(attention(ln_1(x)))`` [B, C], and with the split-K FFN (``ffn``) that
+        layer's FFN buffer, zeroed (else None); its input is then x + ``acc`` (the FFN before's sums, None
+        at the first layer). With ``qkv`` one kernel projects, ropes and
         writes k and v into the cache; then ``attn_o`` attends over the graph's keys and projects in one more
         where the layer has a fixed key list (``attn.decode_key_slots``), else the model's attention reads
         the cache (``attn.decode_attend``) and a GEMV projects. Without ``qkv``: the projection, then
@@ -257,16 +267,21 @@ class Decoder:
         a, pos, w_o = layer.attn, self.pos, layer.attn.o_proj.weight
         if self.qkv is None:
             y = a.decode_qkv(self._project(x, w_qkv, norm=layer.ln_1), *rope, cache, pos)
-            return self._project(y, w_o, residual=x)
+            return self._project(y, w_o, residual=x), None
         G, ring, store, row0 = cache.decode_write_slots()
-        q = self.qkv(
-            x, w_qkv, *norm_args(layer.ln_1), self.cos, self.sin, pos, cache.k, cache.v, store,
+        args = (
+            w_qkv, *norm_args(layer.ln_1), self.cos, self.sin, pos, cache.k, cache.v, store,
             *norm_kind(layer.ln_1), self.model.config.num_heads, G, ring, row0,
         )  # fmt: skip
+        zero = None
+        if self.ffn is not None:
+            q, x, zero = self.ffn[0](x, acc, *args)
+        else:
+            q = self.qkv(x, *args)
         slots = a.decode_key_slots(cache, pos) if self.attn_o is not None else None
         if slots is not None:
-            return self.attn_o(q, cache.k, cache.v, slots, w_o, x)
-        return self._project(a.decode_attend(q, cache, pos), w_o, residual=x)
+            return self.attn_o(q, cache.k, cache.v, slots, w_o, x), zero
+        return self._project(a.decode_attend(q, cache, pos), w_o, residual=x), zero
 
     def _fused_decode_step(self) -> torch.Tensor:
         """``model.decode_step`` with each layer's q/k/v projections as one matmul and the SwiGLU gate and
@@ -283,15 +298,19 @@ class Decoder:
             None if self.qkv is not None else (self.cos.index_select(0, pos), self.sin.index_select(0, pos))
         )
         x = x.view(x.shape[0], -1)
+        acc = None  # the split-K FFN's sums, added by the next kernel that reads x
         for layer, cache, (w_qkv, w_up) in zip(m.layers, self.caches, self.fused):
             f = layer.ffn
-            x = self._attention(layer, cache, w_qkv, x, rope)
+            x, acc = self._attention(layer, cache, w_qkv, x, rope, acc)
+            if acc is not None:
+                self.ffn[1](x, w_up, f.w2.weight, *norm_args(layer.ln_2), acc, *norm_kind(layer.ln_2))
+                continue
             h = proj(x, w_up, norm=layer.ln_2)
             if f.w3 is not None:
                 x = proj(h, f.w2.weight, residual=x, swiglu=True)
             else:
                 x = proj(torch.nn.functional.gelu(h), f.w2.weight, residual=x)
-        return proj(x, m.lm_head.weight, norm=m.ln_f)
+        return proj(x, m.lm_head.weight, norm=m.ln_f, acc=acc)
 
     @torch.no_grad()
     def _build(self) -> Callable[[], None]:

@@ -1,6 +1,6 @@
 """Which fused kernels the decoder's step can use for a model, and the arguments they take: the stacked
-weights (``fused_weights``), the GEMV, the fused q/k/v and the attention + o-projection ops (each None
-where it cannot run), and a norm as the GEMV's prologue arguments."""
+weights (``fused_weights``), the GEMV, the fused q/k/v, the attention + o-projection and the split-K FFN
+ops (each None where it cannot run), and a norm as the GEMV's prologue arguments."""
 
 from __future__ import annotations
 
@@ -55,6 +55,20 @@ def attn_o_kernel(model) -> Callable | None:
     if not ka.available() or not all(hasattr(layer.attn, "decode_key_slots") for layer in model.layers):
         return None
     return ka.decode_attn_o_op
+
+
+def ffn_kernels(model) -> tuple[Callable, Callable] | None:
+    """(``decode_qkv_ffn_op``, ``decode_ffn_op``) for the split-K FFN step (halo_lab/kernels/decode_ffn.py:
+    each layer's SwiGLU FFN in one launch, its residual add in the next layer's q/k/v kernel), or None: no
+    Triton, a GELU FFN, or a model wider than the kernel reads whole."""
+    from halo_lab.kernels import decode_ffn as kf
+    from halo_lab.kernels import decode_qkv as kq
+
+    if not kf.available() or model.config.hidden_size > kf.MAX_C:
+        return None
+    if not all(layer.ffn.w3 is not None for layer in model.layers):
+        return None
+    return kq.decode_qkv_ffn_op, kf.decode_ffn_op
 
 
 def norm_args(norm: torch.nn.Module | None) -> tuple:

@@ -77,12 +77,14 @@ def reference_decode_qkv(
     ring: int = 0,
     store: torch.Tensor | None = None,
     row0: int = 0,
+    acc: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The unfused ops: q [B, Hq, 1, d] (roped); k (roped) and v written into the caches [B, Hkv, S, d] at
-    the slots of ``pos``. x [B, C]; w [(Hq + 2 Hkv) d, C]; cos, sin [positions, d] tables."""
+    the slots of ``pos``. x [B, C]; w [(Hq + 2 Hkv) d, C]; cos, sin [positions, d] tables; ``acc``: the
+    input is x + acc rounded (the split-K FFN's sums, ``gemv.reference_gemv``)."""
     B, d = x.shape[0], cos.shape[-1]
     Hkv = k_cache.shape[1]
-    qkv = kg.reference_gemv(x, w, norm=norm, norm_weight=norm_weight, norm_bias=norm_bias, eps=eps)
+    qkv = kg.reference_gemv(x, w, norm=norm, norm_weight=norm_weight, norm_bias=norm_bias, eps=eps, acc=acc)
     q, k, v = qkv.view(B, -1, 1, d).split([num_heads, Hkv, Hkv], dim=1)
     c, s = cos.index_select(0, pos).float(), sin.index_select(0, pos).float()
     q, k = (apply_rope(t.float(), c, s).to(t.dtype) for t in (q, k))  # fp32, rounded once
@@ -104,7 +106,8 @@ if HAS_TRITON:
     @triton.jit
     def _decode_qkv_kernel(
         x_ptr, w_ptr, q_ptr, k_ptr, v_ptr, nw_ptr, nb_ptr, cos_ptr, sin_ptr, pos_ptr, store_ptr,
-        K, sxb, swn, sqb, skb, skh, sks, svb, svh, svs, scos, ssin,
+        acc_ptr, xo_ptr, zero_ptr,
+        K, sxb, swn, sqb, skb, skh, sks, svb, svh, svs, scos, ssin, sab, sxo, szb,
         eps, num_globals, ring, row0,
         HQ: tl.constexpr,
         HKV: tl.constexpr,
@@ -117,6 +120,8 @@ if HAS_TRITON:
         CHUNK: tl.constexpr,
         ONE_CHUNK: tl.constexpr,
         PDL: tl.constexpr,
+        ACC: tl.constexpr,
+        FFN_OUT: tl.constexpr,
     ):  # fmt: skip
         if PDL:  # the next kernel may launch while this one runs; no store before _rows_dot's wait (pdl.py)
             tl.extra.cuda.gdc_launch_dependents()
@@ -129,8 +134,17 @@ if HAS_TRITON:
         rows = (pr // HALF) * (2 * HALF) + pr % HALF + (r % 2) * HALF
         acc = kg._rows_dot(
             x_ptr + b * sxb, w_ptr, rows, pr < n_pairs, swn, nw_ptr, nb_ptr, K, eps,
-            NORM, HAS_BIAS, False, 2 * BLOCK_P, CHUNK, ONE_CHUNK, PDL,
+            NORM, HAS_BIAS, False, 2 * BLOCK_P, CHUNK, ONE_CHUNK, PDL, acc_ptr + b * sab, ACC,
         )  # fmt: skip
+        if FFN_OUT:  # for the split-K FFN after it (see decode_qkv): program 0 of each row, after the wait
+            if pid == 0:
+                dt = w_ptr.dtype.element_ty
+                for k0 in range(0, K, CHUNK):
+                    kk = k0 + tl.arange(0, CHUNK)
+                    in_k = kk < K
+                    xr = kg._x(x_ptr + b * sxb, acc_ptr + b * sab, kk, in_k, ACC, dt)
+                    tl.store(xo_ptr + b * sxo + kk, xr.to(dt), mask=in_k)
+                    tl.store(zero_ptr + b * szb + kk, tl.zeros([CHUNK], dtype=tl.float32), mask=in_k)
         # the GEMV's rounding (its output's dtype), then the two halves of each pair
         y = acc.to(w_ptr.dtype.element_ty).to(tl.float32)
         x1, x2 = tl.split(tl.reshape(y, [BLOCK_P, 2]))
@@ -196,9 +210,17 @@ def decode_qkv(
     ring: int = 0,
     store: torch.Tensor | None = None,
     row0: int = 0,
+    acc: torch.Tensor | None = None,
+    ffn_out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """The Triton kernel: what ``reference_decode_qkv`` computes, in one launch (see the module doc)."""
+    """The Triton kernel: what ``reference_decode_qkv`` computes, in one launch (see the module doc).
+
+    For the split-K FFN (``decode_ffn``): ``acc`` makes the input x + acc rounded (the FFN before's sums),
+    and ``ffn_out`` = (x_res [B, C], zero [B, C] fp32) receives that input (the layer's residual) and
+    zeros (the sums of this layer's FFN, which launches two kernels later)."""
     _check(x, w, cos, k_cache, v_cache, num_heads, norm, norm_weight)
+    if acc is not None and (acc.shape != x.shape or acc.dtype != torch.float32):
+        raise ValueError(f"acc {tuple(acc.shape)} {acc.dtype}: need fp32 in x's shape {tuple(x.shape)}")
     B, Hkv, _, d = k_cache.shape
     x, w = x.contiguous(), w.contiguous()
     q = torch.empty(B, num_heads, 1, d, device=x.device, dtype=w.dtype)
@@ -207,12 +229,15 @@ def decode_qkv(
     block_n, chunk = kg.block_sizes(w.shape[1])
     block_p = block_n // 2
     grid = (triton.cdiv((num_heads + 2 * Hkv) * d // 2, block_p), B)
+    acc = acc.contiguous() if acc is not None else x
+    xo, zero = ffn_out if ffn_out is not None else (x, acc)
     _decode_qkv_kernel[grid](
         x, w, q, k_cache, v_cache, nw, nb, cos, sin, pos, store if store is not None else pos,
+        acc, xo, zero,
         w.shape[1], x.stride(0), w.stride(0), q.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        cos.stride(0), sin.stride(0),
+        cos.stride(0), sin.stride(0), acc.stride(0), xo.stride(0), zero.stride(0),
         eps, num_globals, max(ring, 1), row0,
         HQ=num_heads,
         HKV=Hkv,
@@ -224,6 +249,8 @@ def decode_qkv(
         BLOCK_P=block_p,
         CHUNK=chunk,
         ONE_CHUNK=w.shape[1] <= chunk,
+        ACC=acc is not x,
+        FFN_OUT=ffn_out is not None,
         num_warps=4,
         **pdl.launch_options(),
     )  # fmt: skip
@@ -260,3 +287,45 @@ if HAS_TRITON:
     @decode_qkv_op.register_fake
     def _(x, w, norm_weight, norm_bias, cos, sin, pos, k_cache, v_cache, store, norm, eps, num_heads, *_):
         return x.new_empty(x.shape[0], num_heads, 1, k_cache.shape[-1], dtype=w.dtype)
+
+
+decode_qkv_ffn_op = None
+if HAS_TRITON:
+
+    @torch.library.custom_op("halo_lab::decode_qkv_ffn", mutates_args=("k_cache", "v_cache"))
+    def decode_qkv_ffn_op(
+        x: torch.Tensor,
+        acc: torch.Tensor | None,
+        w: torch.Tensor,
+        norm_weight: torch.Tensor | None,
+        norm_bias: torch.Tensor | None,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        pos: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        store: torch.Tensor | None,
+        norm: str,
+        eps: float,
+        num_heads: int,
+        num_globals: int,
+        ring: int,
+        row0: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``decode_qkv_op`` in a step with the split-K FFN: (q, the layer's residual x + acc, this layer's
+        FFN sums zeroed); ``acc``: the previous layer's FFN sums (None: the first layer)."""
+        x_res = torch.empty(x.shape, device=x.device, dtype=w.dtype)
+        zero = torch.empty(x.shape, device=x.device, dtype=torch.float32)
+        q = decode_qkv(
+            x, w, cos, sin, pos, k_cache, v_cache, num_heads=num_heads, norm=norm, norm_weight=norm_weight,
+            norm_bias=norm_bias, eps=eps, num_globals=num_globals, ring=ring, store=store, row0=row0,
+            acc=acc, ffn_out=(x_res, zero),
+        )  # fmt: skip
+        return q, x_res, zero
+
+    @decode_qkv_ffn_op.register_fake
+    def _(
+        x, acc, w, norm_weight, norm_bias, cos, sin, pos, k_cache, v_cache, store, norm, eps, num_heads, *_
+    ):
+        q = x.new_empty(x.shape[0], num_heads, 1, k_cache.shape[-1], dtype=w.dtype)
+        return q, x.new_empty(x.shape, dtype=w.dtype), x.new_empty(x.shape, dtype=torch.float32)

@@ -148,7 +148,7 @@ if HAS_TRITON:
             in_n = n < N
             wt = _tile(w_ptr, n, in_n, K, CHUNK)
             _begin(ph, sync_ptr, flag_ptr, SYNC, SPIN)
-            acc = kg._dot_loaded(wt, x_in, nw_ptr, nb_ptr, K, eps, NORM, HAS_BIAS, SWIGLU, CHUNK)
+            acc = kg._dot_loaded(wt, x_in, nw_ptr, nb_ptr, K, eps, NORM, HAS_BIAS, SWIGLU, CHUNK, x_in, False)
             y = acc.to(wt.dtype)
             if HAS_RES:
                 y = (y.to(tl.float32) + tl.load(res_ptr + n, mask=in_n, other=0.0).to(tl.float32)).to(
@@ -173,7 +173,7 @@ if HAS_TRITON:
             wt = _tile(w_ptr, (pr // HALF) * D + pr % HALF + (r % 2) * HALF, pr < PAIRS, C, CHUNK)
             if ph > 0:
                 _begin(ph, sync_ptr, flag_ptr, SYNC, SPIN)
-            y = kg._dot_loaded(wt, x_ptr, nw_ptr, nb_ptr, C, eps, NORM, HAS_BIAS, False, CHUNK)
+            y = kg._dot_loaded(wt, x_ptr, nw_ptr, nb_ptr, C, eps, NORM, HAS_BIAS, False, CHUNK, x_ptr, False)
             x1, x2 = tl.split(tl.reshape(y.to(wt.dtype).to(tl.float32), [BP, 2]))
             p = pid * BP + tl.arange(0, BP)
             h = p // HALF  # q heads, then k heads, then v heads

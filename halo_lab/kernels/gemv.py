@@ -57,8 +57,12 @@ def reference_gemv(
     eps: float = 1e-5,
     swiglu: bool = False,
     residual: torch.Tensor | None = None,
+    acc: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """[B, N] = residual + prologue(x) @ w.T, with the unfused step's ops; x [B, K] (or [B, 2K] for swiglu)."""
+    """[B, N] = residual + prologue(x) @ w.T, with the unfused step's ops; x [B, K] (or [B, 2K] for swiglu).
+    ``acc`` (fp32 [B, K]): x is first x + acc.to(x.dtype), rounded (the split-K FFN's sums, decode_ffn)."""
+    if acc is not None:
+        x = x + acc.to(x.dtype)
     if swiglu:
         gate, up = x.chunk(2, dim=-1)
         x = F.silu(gate) * up
@@ -73,14 +77,25 @@ def reference_gemv(
 if HAS_TRITON:
 
     @triton.jit
-    def _input(x_row, kk, in_k, K, SWIGLU: tl.constexpr, dt: tl.constexpr):
-        """The prologue's input columns kk in fp32: x, or silu(gate) * up rounded as the unfused ops round."""
+    def _x(x_row, acc_row, kk, in_k, ACC: tl.constexpr, dt: tl.constexpr):
+        """x's columns kk in fp32; ACC: x + the split-K FFN's fp32 sums (decode_ffn), rounded as the unfused
+        step rounds the down projection and then its residual add."""
+        x = tl.load(x_row + kk, mask=in_k, other=0.0).to(tl.float32)
+        if ACC:
+            y = tl.load(acc_row + kk, mask=in_k, other=0.0).to(dt).to(tl.float32)
+            x = (x + y).to(dt).to(tl.float32)
+        return x
+
+    @triton.jit
+    def _input(x_row, acc_row, kk, in_k, K, SWIGLU: tl.constexpr, ACC: tl.constexpr, dt: tl.constexpr):
+        """The prologue's input columns kk in fp32: x (see _x), or silu(gate) * up rounded as the unfused ops
+        round."""
         if SWIGLU:  # x holds [gate | up], each K wide
             g = tl.load(x_row + kk, mask=in_k, other=0.0).to(tl.float32)
             u = tl.load(x_row + K + kk, mask=in_k, other=0.0).to(tl.float32)
             silu = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32)
             return (silu * u).to(dt).to(tl.float32)
-        return tl.load(x_row + kk, mask=in_k, other=0.0).to(tl.float32)
+        return _x(x_row, acc_row, kk, in_k, ACC, dt)
 
     @triton.jit
     def _normalise(
@@ -95,14 +110,14 @@ if HAS_TRITON:
 
     @triton.jit
     def _dot_loaded(wt, x_row, nw_ptr, nb_ptr, K, eps, NORM: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    SWIGLU: tl.constexpr, CHUNK: tl.constexpr):  # fmt: skip
+                    SWIGLU: tl.constexpr, CHUNK: tl.constexpr, acc_row, ACC: tl.constexpr):  # fmt: skip
         """fp32 rows of prologue(x) . w for a loaded [rows, CHUNK] weight tile holding whole rows (K <= CHUNK):
         x read, the norm's statistics in registers. Shared with decode_step's phases, which load the tile
         before their barrier."""
         dt = wt.dtype
         kk = tl.arange(0, CHUNK)
         in_k = kk < K
-        a = _input(x_row, kk, in_k, K, SWIGLU, dt)
+        a = _input(x_row, acc_row, kk, in_k, K, SWIGLU, ACC, dt)
         mean = 0.0
         rstd = 1.0
         if NORM == 1:
@@ -132,6 +147,8 @@ if HAS_TRITON:
         CHUNK: tl.constexpr,
         ONE_CHUNK: tl.constexpr,
         PDL: tl.constexpr,
+        acc_row,
+        ACC: tl.constexpr,
     ):
         """fp32 [BLOCK_N] = prologue(x) . w[n] for one row of x: the GEMV's body, shared with decode_qkv.
         PDL: the weights (which no kernel writes) load before the wait for the previous kernel (pdl.py)."""
@@ -145,7 +162,7 @@ if HAS_TRITON:
             )
             if PDL:
                 tl.extra.cuda.gdc_wait()
-            acc = _dot_loaded(wt, x_row, nw_ptr, nb_ptr, K, eps, NORM, HAS_BIAS, SWIGLU, CHUNK)
+            acc = _dot_loaded(wt, x_row, nw_ptr, nb_ptr, K, eps, NORM, HAS_BIAS, SWIGLU, CHUNK, acc_row, ACC)
         else:
             if PDL:
                 tl.extra.cuda.gdc_wait()
@@ -156,7 +173,7 @@ if HAS_TRITON:
                 s2 = tl.zeros([CHUNK], dtype=tl.float32)
                 for k0 in range(0, K, CHUNK):
                     kk = k0 + tl.arange(0, CHUNK)
-                    a = tl.load(x_row + kk, mask=kk < K, other=0.0).to(tl.float32)
+                    a = _x(x_row, acc_row, kk, kk < K, ACC, dt)
                     s1 += a
                     s2 += a * a
                 if NORM == 1:
@@ -172,7 +189,7 @@ if HAS_TRITON:
                 wt = tl.load(
                     w_ptr + n[:, None] * swn + kk[None, :], mask=in_n[:, None] & in_k[None, :], other=0.0
                 )
-                a = _input(x_row, kk, in_k, K, SWIGLU, dt)
+                a = _input(x_row, acc_row, kk, in_k, K, SWIGLU, ACC, dt)
                 a = _normalise(a, kk, in_k, mean, rstd, nw_ptr, nb_ptr, NORM, HAS_BIAS, dt)
                 acc += tl.sum(wt.to(tl.float32) * a[None, :], axis=1)
         return acc
@@ -185,17 +202,20 @@ if HAS_TRITON:
         res_ptr,
         nw_ptr,
         nb_ptr,
+        acc_ptr,
         K,
         N,
         sxb,
         swn,
         sob,
         srb,
+        sab,
         eps,
         NORM: tl.constexpr,
         HAS_BIAS: tl.constexpr,
         SWIGLU: tl.constexpr,
         HAS_RES: tl.constexpr,
+        ACC: tl.constexpr,
         BLOCK_N: tl.constexpr,
         CHUNK: tl.constexpr,
         ONE_CHUNK: tl.constexpr,
@@ -210,7 +230,7 @@ if HAS_TRITON:
         dt = w_ptr.dtype.element_ty
         acc = _rows_dot(
             x_ptr + b * sxb, w_ptr, n, in_n, swn, nw_ptr, nb_ptr, K, eps,
-            NORM, HAS_BIAS, SWIGLU, BLOCK_N, CHUNK, ONE_CHUNK, PDL,
+            NORM, HAS_BIAS, SWIGLU, BLOCK_N, CHUNK, ONE_CHUNK, PDL, acc_ptr + b * sab, ACC,
         )  # fmt: skip
         y = acc.to(dt)
         if HAS_RES:
@@ -234,6 +254,7 @@ def gemv(
     eps: float = 1e-5,
     swiglu: bool = False,
     residual: torch.Tensor | None = None,
+    acc: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The Triton kernel: what ``reference_gemv`` computes, in one launch (see the module doc)."""
     if norm not in NORMS:
@@ -242,6 +263,8 @@ def gemv(
         raise ValueError(f"norm={norm!r} needs its weight")
     if norm != "none" and swiglu:
         raise ValueError("a gemv takes a norm or a SwiGLU prologue, not both")
+    if acc is not None and (swiglu or acc.shape != x.shape or acc.dtype != torch.float32):
+        raise ValueError(f"acc {tuple(acc.shape)} {acc.dtype}: fp32 in x's shape {tuple(x.shape)}, no SwiGLU")
     B, K_in = x.shape
     N, K = w.shape
     if K_in != (2 * K if swiglu else K):
@@ -251,15 +274,17 @@ def gemv(
     res = residual.contiguous() if residual is not None else out
     nw = norm_weight if norm_weight is not None else w
     nb = norm_bias if norm_bias is not None else nw
+    acc = acc.contiguous() if acc is not None else x
     block_n, chunk = block_sizes(K)
     _gemv_kernel[(triton.cdiv(N, block_n), B)](
-        x, w, out, res, nw, nb,
-        K, N, x.stride(0), w.stride(0), out.stride(0), res.stride(0),
+        x, w, out, res, nw, nb, acc,
+        K, N, x.stride(0), w.stride(0), out.stride(0), res.stride(0), acc.stride(0),
         eps,
         NORM=NORMS[norm],
         HAS_BIAS=norm_bias is not None,
         SWIGLU=swiglu,
         HAS_RES=residual is not None,
+        ACC=acc is not x,
         BLOCK_N=block_n,
         CHUNK=chunk,
         ONE_CHUNK=K <= chunk,
@@ -282,6 +307,7 @@ if HAS_TRITON:
         norm: str,
         eps: float,
         swiglu: bool,
+        acc: torch.Tensor | None = None,
     ) -> torch.Tensor:
         return gemv(
             x,
@@ -292,8 +318,9 @@ if HAS_TRITON:
             eps=eps,
             swiglu=swiglu,
             residual=residual,
+            acc=acc,
         )
 
     @gemv_op.register_fake
-    def _(x, w, norm_weight, norm_bias, residual, norm, eps, swiglu):
+    def _(x, w, norm_weight, norm_bias, residual, norm, eps, swiglu, acc=None):
         return x.new_empty(x.shape[0], w.shape[0], dtype=w.dtype)
