@@ -12,6 +12,7 @@ import torch
 
 pytest.importorskip("triton")
 
+from halo_lab.kernels import decode_attn_o as ka  # noqa: E402
 from halo_lab.kernels import decode_ffn as kf  # noqa: E402
 from halo_lab.kernels import gemv as kg  # noqa: E402
 
@@ -134,6 +135,7 @@ def test_split_k_ffn_decode_equals_uncached_forward(arch, attn_o, monkeypatch):
     from tests.test_decode_fused import _interpreted_or_cuda, fused_tokens, model_for
 
     _interpreted_or_cuda()
+    monkeypatch.setattr(ka, "PROGRAMS", 4)  # the interpreter's time (see test_decode_fused's fixture)
     monkeypatch.setattr(Decoder, "fused_attn_o", attn_o)
     monkeypatch.setattr(Decoder, "fused_ffn", True)
     model = model_for(arch)
