@@ -398,6 +398,13 @@ def grids() -> dict[str, tuple[list[Job], int]]:
     select_gpu10_select = [
         Job("needle_4096", "halo_select", 2, 3, seed=s, slot=900, tag="b64lr3e-4", extra=lr3e4) for s in (0, 1)
     ]
+    # select_gpu10_select ran out of the call's budget at 2,906 and 3,146 steps (two selection jobs share the
+    # card at ~2.3M tokens/s each): one seed a call, alone on the card, to its full 3,500 steps (--jobs 1)
+    select_gpu11_select = select_gpu10_select
+    # Dense seed 1 at lr 3e-4 ended at 0.871 and rising at 3,500 steps: the same seed to 6,000 (--jobs 1)
+    select_gpu11_dense_6k = [
+        Job("needle_4096", "dense", 2, 3, seed=1, slot=900, tag="b64lr3e-4-6k", extra=lr3e4 + ["trainer.max_steps=6000"])
+    ]  # fmt: skip
     # The same recipe for plain HALO-S and local-only, the rows beside dense and selection (--jobs 4)
     select_gpu7 = [
         Job("needle_4096", v, 2, 3, seed=s, slot=900, tag="b64", extra=b64)
@@ -532,6 +539,9 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu10_dense": (select_gpu10_dense, 2),
         "select_gpu10_select": (select_gpu10_select, 2),
         "select_gpu9_mqar_lr": (select_gpu9_mqar_lr, 2),
+        "select_gpu11_select_s0": (select_gpu11_select[:1], 1),
+        "select_gpu11_select_s1": (select_gpu11_select[1:], 1),
+        "select_gpu11_dense_6k": (select_gpu11_dense_6k, 1),
         "select_gpu6_select_s0": (select_gpu6_select[:1], 1),
         "select_gpu6_select_s1": (select_gpu6_select[1:], 1),
         "select_lm_gpu": (select_lm_gpu, 7),
