@@ -194,6 +194,7 @@ def spec_for(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     spec["triton_gemv"] = args.gemv  # None: Decoder's default (on CUDA)
     spec["fused_qkv"] = args.fused_qkv  # None: Decoder's default (with the GEMV)
     spec["fused_attn_o"] = args.fused_attn_o  # None: Decoder's default (with the fused q/k/v)
+    spec["fused_ffn"] = args.fused_ffn  # None: Decoder's default (with the fused q/k/v)
     if args.steps:
         spec["steps"] = args.steps
     if args.batches:
@@ -250,7 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         "--fused-attn-o",
         action=argparse.BooleanOptionalAction,
         help="with the fused q/k/v, HALO-S's attention and o-projection in one kernel or two (default: "
-        "Decoder.fused_attn_o, one)",
+        "Decoder.fused_attn_o, two)",
+    )
+    parser.add_argument(
+        "--fused-ffn",
+        action=argparse.BooleanOptionalAction,
+        help="with the fused q/k/v, each layer's SwiGLU FFN in one split-K kernel or the up and down GEMVs "
+        "(default: Decoder.fused_ffn, the two GEMVs)",
     )
     parser.add_argument(
         "--pdl",
@@ -268,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from halo_lab.generation import Decoder
 
-    for name in ("fused_qkv", "fused_attn_o", "pdl", "persistent_step"):
+    for name in ("fused_qkv", "fused_attn_o", "fused_ffn", "pdl", "persistent_step"):
         if getattr(args, name) is not None:
             setattr(Decoder, name, getattr(args, name))
     cuda = torch.cuda.is_available()
