@@ -15,10 +15,13 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from halo_lab.kernels.decode import _decode_kernel
+from halo_lab.kernels.decode_attn_o import _attn_o_kernel
+from halo_lab.kernels.decode_ffn import _ffn_kernel
 from halo_lab.kernels.decode_qkv import _decode_qkv_kernel
 from halo_lab.kernels.gemv import _gemv_kernel, block_sizes
 
 INT64 = {"pos_ptr", "store_ptr", "slot_ptr"}
+FP32 = {"acc_ptr", "zero_ptr"}  # the split-K FFN's sums
 FLOATS = {"eps", "scale"}
 
 
@@ -29,7 +32,7 @@ def _signature(kernel, constexprs: dict) -> dict[str, str]:
         if name in FLOATS:
             return "fp32"
         if name.endswith("_ptr"):
-            return "*i64" if name in INT64 else "*bf16"
+            return "*i64" if name in INT64 else "*fp32" if name in FP32 else "*bf16"
         return "i32"
 
     return {n: kind(n) for n in kernel.arg_names}
@@ -43,7 +46,7 @@ def _lines(kernel, constexprs: dict) -> dict[str, list[int]]:
         "wait": r"griddepcontrol\.wait",
         "launch": r"griddepcontrol\.launch_dependents",
         "load": r"\bld\.global",
-        "store": r"\bst\.global",
+        "store": r"\bst\.global|\bred\.global|\batom\.global",  # atomics write too
     }
     for i, line in enumerate(ptx.splitlines()):
         for name, pattern in patterns.items():
@@ -54,16 +57,22 @@ def _lines(kernel, constexprs: dict) -> dict[str, list[int]]:
 
 def main() -> None:
     block_n, chunk = block_sizes(512)
-    gemv = dict(NORM=2, HAS_BIAS=False, SWIGLU=False, HAS_RES=True, BLOCK_N=block_n, CHUNK=chunk)
+    gemv = dict(NORM=2, HAS_BIAS=False, SWIGLU=False, HAS_RES=True, ACC=False, BLOCK_N=block_n, CHUNK=chunk)
     gemv["ONE_CHUNK"] = True
     qkv = dict(HQ=8, HKV=2, HALF=32, NORM=2, HAS_BIAS=False, RING=False, HAS_STORE=False)
-    qkv.update(BLOCK_P=block_n // 2, CHUNK=chunk, ONE_CHUNK=True)
+    qkv.update(BLOCK_P=block_n // 2, CHUNK=chunk, ONE_CHUNK=True, ACC=False, FFN_OUT=False)
     attn = dict(HEADS=8, D=64, BLOCK_K=128, BLOCK_D=64)
+    attn_o = dict(HQ=8, HKV=2, GROUP=4, GP=16, HW=8, D=64, BLOCK_K=128, BLOCK_D=64, BLOCK_N=8)
+    ffn = dict(NORM=2, HAS_BIAS=False, BLOCK_H=16, CHUNK=512)
     out = {}
     for name, kernel, consts in (
         ("gemv", _gemv_kernel, gemv),
+        ("gemv_acc", _gemv_kernel, {**gemv, "ACC": True, "HAS_RES": False}),
         ("decode_qkv", _decode_qkv_kernel, qkv),
+        ("decode_qkv_ffn", _decode_qkv_kernel, {**qkv, "ACC": True, "FFN_OUT": True}),
         ("decode_attention", _decode_kernel, attn),
+        ("decode_attn_o", _attn_o_kernel, attn_o),
+        ("decode_ffn", _ffn_kernel, ffn),
     ):
         out[name] = {
             tag: _lines(kernel, {**consts, "PDL": on}) for tag, on in (("pdl", True), ("plain", False))

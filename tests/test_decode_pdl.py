@@ -1,10 +1,11 @@
 """Programmatic dependent launch of the decode kernels (halo_lab/kernels/pdl.py).
 
 The safety rule, read off the sm_90 PTX without a GPU: with PDL a kernel may run beside the kernels
-before it, so it must neither store nor load what they write before its grid-dependency wait. The GEMV
-and the fused q/k/v load only their weights (which no kernel writes) before it; the attention loads
-nothing. Without PDL the same kernels carry no grid-dependency instruction. On a CUDA card, the greedy
-tokens of the PDL step equal the uncached forward's.
+before it, so it must neither store nor load what they write before its grid-dependency wait (atomics
+count as stores). The GEMV, the fused q/k/v, the attention + o-projection and the split-K FFN load only
+their weights (which no kernel writes) before it; the attention loads nothing. Without PDL the same
+kernels carry no grid-dependency instruction. On a CUDA card, the greedy tokens of the PDL step equal the
+uncached forward's.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ def ptx_lines() -> dict:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("kernel", ["gemv", "decode_qkv", "decode_attention"])
+@pytest.mark.parametrize(
+    "kernel",
+    ["gemv", "gemv_acc", "decode_qkv", "decode_qkv_ffn", "decode_attention", "decode_attn_o", "decode_ffn"],
+)
 def test_no_kernel_touches_an_earlier_kernels_output_before_its_wait(ptx_lines, kernel):
     built = ptx_lines[kernel]["pdl"]
     assert len(built["wait"]) == 1 and built["launch"], built
@@ -41,7 +45,7 @@ def test_no_kernel_touches_an_earlier_kernels_output_before_its_wait(ptx_lines, 
     early = [line for line in built["load"] if line < wait]
     if kernel == "decode_attention":
         assert not early  # the slots and the cache: an earlier kernel wrote them
-    else:  # the weight tile's loads (ONE_CHUNK: a [BLOCK_N, CHUNK] tile), the row's after the wait
+    else:  # the weight tiles' loads (gemv's ONE_CHUNK: a [BLOCK_N, CHUNK] tile), the row's after the wait
         assert early and len(early) < len(built["load"])
     plain = ptx_lines[kernel]["plain"]
     assert not plain["wait"] and not plain["launch"] and len(plain["load"]) == len(built["load"])
