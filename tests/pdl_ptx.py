@@ -62,7 +62,9 @@ def main() -> None:
     qkv = dict(HQ=8, HKV=2, HALF=32, NORM=2, HAS_BIAS=False, RING=False, HAS_STORE=False)
     qkv.update(BLOCK_P=block_n // 2, CHUNK=chunk, ONE_CHUNK=True, ACC=False, FFN_OUT=False)
     attn = dict(HEADS=8, D=64, BLOCK_K=128, BLOCK_D=64)
-    attn_o = dict(HQ=8, HKV=2, GROUP=4, GP=16, HW=8, D=64, BLOCK_K=128, BLOCK_D=64, BLOCK_N=8)
+    attn_o = dict(
+        HQ=8, HKV=2, HP=16, HW=8, D=64, BLOCK_K=128, BLOCK_D=64, BLOCK_N=8, IEEE=False, UPCAST=False
+    )
     ffn = dict(NORM=2, HAS_BIAS=False, BLOCK_H=16, CHUNK=512)
     out = {}
     for name, kernel, consts in (

@@ -21,6 +21,8 @@ from triton.compiler import ASTSource
 
 from halo_lab.bench.attention import SELECT
 from halo_lab.config import HaloConfig
+from halo_lab.kernels.decode_attn_o import _attn_o_kernel
+from halo_lab.kernels.decode_ffn import _ffn_kernel
 from halo_lab.kernels.gemv import _gemv_kernel, block_sizes
 from halo_lab.kernels.halo_attention import interface
 from halo_lab.kernels.halo_attention.backward import halo_bwd_dq_kernel
@@ -49,9 +51,11 @@ def _signature(kernel, constexprs: dict, dtype: str) -> dict[str, str]:
 
 
 def _gemv_signature(kernel, constexprs: dict, dtype: str) -> dict[str, str]:
-    floats = {"eps": "fp32"}
+    """The decode kernels' arguments: ``*_ptr`` tensors (the split-K FFN's sums fp32, the key slots
+    int64), eps and scale fp32, the rest i32."""
+    typed = {"eps": "fp32", "scale": "fp32", "acc_ptr": "*fp32", "slot_ptr": "*i64"}
     return {
-        n: "constexpr" if n in constexprs else floats.get(n, f"*{dtype}" if n.endswith("_ptr") else "i32")
+        n: "constexpr" if n in constexprs else typed.get(n, f"*{dtype}" if n.endswith("_ptr") else "i32")
         for n in kernel.arg_names
     }
 
@@ -114,6 +118,8 @@ def main() -> None:
             "HAS_BIAS": kind == 1,
             "SWIGLU": tag.startswith("swiglu"),
             "HAS_RES": "residual" in tag,
+            "ACC": False,
+            "PDL": False,
         }
         block_n, chunk = block_sizes(k)
         opts = {"BLOCK_N": block_n, "CHUNK": chunk, "ONE_CHUNK": True, "num_warps": 4, "num_stages": 2}
@@ -121,6 +127,15 @@ def main() -> None:
             f"gemv {tag:18s} K={k:5d} {resources(_gemv_kernel, opts, consts, signature=_gemv_signature)}",
             flush=True,
         )
+    # the batch-1 step's attention + o-projection (decode_attn_o.py) and split-K FFN (decode_ffn.py) at the
+    # medium model (8 / 2 heads of 64, K = 72 keys padded to 128; hidden 512, FFN 2048), with PDL
+    consts = dict(HQ=8, HKV=2, HP=16, HW=8, D=64, BLOCK_K=128, BLOCK_D=64, BLOCK_N=8, IEEE=False, UPCAST=False, PDL=True)
+    regs = resources(_attn_o_kernel, {"num_warps": 4, "num_stages": 2}, consts, signature=_gemv_signature)
+    print(f"decode_attn_o 4 warps {regs}", flush=True)
+    for warps in (4, 8):
+        consts = dict(NORM=2, HAS_BIAS=False, BLOCK_H=16, CHUNK=512, PDL=True)
+        regs = resources(_ffn_kernel, {"num_warps": warps, "num_stages": 2}, consts, signature=_gemv_signature)
+        print(f"decode_ffn {warps} warps {regs}", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,18 @@ every head: the graph depends on the position only) and runs its query heads ove
 each head's d outputs by its [BLOCK_N, d] slice of W_o. So no program waits for another: no fp32
 atomics, no second pass for the rounding and the residual, and the sums have a fixed order (a
 split-K over heads would need both, and its atomics make the output depend on the programs' timing).
-A KV head's query heads are the rows of one product each way (q . K^T, then p . V; fp32, padded to
-GP = 16 rows, tl.dot's smallest): the first version ran one head at a time, 8 chains of dependent
-reductions per program, and took 12.8 µs a launch on an H100 (the attention kernel and the GEMV it
-replaces: about 6; experiments/bench/kernel_notes.md, "Decode step, 2026-12-05"); this one is not yet
-timed, and the decoder keeps it off (``Decoder.fused_attn_o``). Each program loads its whole
-[BLOCK_N, Hq, d] tile of W_o first, then (under PDL, ``pdl.py``) waits for the kernel before it, so the
-weights stream while that kernel still runs; the heads' outputs gather into one [Hq, d] tile for a
-single product with it.
+Every query head is a row of one product each way against a KV head's keys (q . K^T, then p . V; Hq
+padded to HP >= 16 rows, tl.dot's smallest), and each row keeps the output of its own KV head. In bf16 the
+products run on the tensor cores: q . K^T of bf16 values is exact in fp32, and p goes in as two bf16
+halves (p = hi + lo, about 16 bits), so the result matches the decode attention kernel's fp32 math to
+~1e-5; fp32 caches take fp32 products (``IEEE``). The fp32 products for bf16 too (the version before
+2026-12-06) spilled about 5 KB a thread on sm_90 (``experiments/bench/kernel_regs.py``); this one spills
+none. The first version ran one head at a time, 8 chains of dependent reductions per program, and took
+12.8 µs a launch on an H100 (the attention kernel and the GEMV it replaces: about 6;
+experiments/bench/kernel_notes.md, "Decode step, 2026-12-05"). This one is not yet timed, and the
+decoder keeps it off (``Decoder.fused_attn_o``). Each program loads its whole [BLOCK_N, Hq, d] tile of
+W_o first, then (under PDL, ``pdl.py``) waits for the kernel before it, so the weights stream while that
+kernel still runs; the heads' outputs form one [Hq, d] tile for a single product with it.
 The price is the attention recomputed by every program: 2 Hkv x K x d values read per program (the
 medium model: 2 x 2 x 72 x 64 x 2 bytes = 37 KB, from L2 after the first programs), against the
 16 KB of W_o each program streams.
@@ -45,10 +49,13 @@ import torch
 from halo_lab.kernels import gemv as kg
 from halo_lab.kernels import pdl
 from halo_lab.kernels.decode import reference_decode_attention
+from halo_lab.kernels.launch import INTERPRETED
 
 try:
     import triton
     import triton.language as tl
+
+    from halo_lab.kernels.halo_attention.common import mma
 
     HAS_TRITON = True
 except ImportError:  # pragma: no cover - torch without triton
@@ -82,13 +89,14 @@ if HAS_TRITON:
         n_keys, N, scale,
         HQ: tl.constexpr,
         HKV: tl.constexpr,
-        GROUP: tl.constexpr,
-        GP: tl.constexpr,
+        HP: tl.constexpr,
         HW: tl.constexpr,
         D: tl.constexpr,
         BLOCK_K: tl.constexpr,
         BLOCK_D: tl.constexpr,
         BLOCK_N: tl.constexpr,
+        IEEE: tl.constexpr,
+        UPCAST: tl.constexpr,
         PDL: tl.constexpr,
     ):  # fmt: skip
         if PDL:  # the next kernel may launch while this one runs (pdl.py)
@@ -99,8 +107,11 @@ if HAS_TRITON:
         j = tl.arange(0, BLOCK_K)
         c = tl.arange(0, BLOCK_D)
         in_d = c < D
-        # W_o's [BLOCK_N, HQ, d] tile first: no kernel writes it, so under PDL it loads while the kernel
-        # before this one still runs, and without PDL its loads overlap the attention's
+        h = tl.arange(0, HP)  # every query head as a row of one product (padded to HP >= 16)
+        in_h = h < HQ
+        # W_o's [BLOCK_N, HQ, d] tile first (HW = HQ padded to a power of two): no kernel writes it, so
+        # under PDL it loads while the kernel before this one still runs, and without PDL its loads
+        # overlap the attention's
         hw = tl.arange(0, HW)
         w_mask = in_n[:, None, None] & (hw < HQ)[None, :, None] & in_d[None, None, :]
         w_all = tl.load(
@@ -112,28 +123,33 @@ if HAS_TRITON:
         valid = slot >= 0
         safe = tl.where(valid, slot, 0).to(tl.int64)
         rows = valid[:, None] & in_d[None, :]
-        g = tl.arange(0, GP)  # the KV head's query heads as the rows of one product (padded to GP >= 16)
-        in_g = g < GROUP
-        o_all = tl.zeros([HW, BLOCK_D], dtype=tl.float32)  # every query head's attention output
-        for hk in tl.static_range(HKV):  # the KV head's keys and values once for its GROUP query heads
+        q = tl.load(
+            q_ptr + b * sqb + h[:, None] * sqh + c[None, :], mask=in_h[:, None] & in_d[None, :], other=0.0
+        )
+        o_all = tl.zeros([HP, BLOCK_D], dtype=tl.float32)  # every query head's attention output
+        for hk in tl.static_range(HKV):  # the KV head's keys and values once, every head's rows against them
             kt = tl.load(k_ptr + b * skb + hk * skh + safe[:, None] * sks + c[None, :], mask=rows, other=0.0)
             vt = tl.load(v_ptr + b * svb + hk * svh + safe[:, None] * svs + c[None, :], mask=rows, other=0.0)
-            h = hk * GROUP + g
-            q = tl.load(
-                q_ptr + b * sqb + h[:, None] * sqh + c[None, :], mask=in_g[:, None] & in_d[None, :], other=0.0
-            )
-            # fp32 products as the decode attention kernel's (halo_lab/kernels/decode.py), all heads at once
-            s = tl.dot(q.to(tl.float32), tl.trans(kt.to(tl.float32)), input_precision="ieee") * scale
-            s = tl.where(valid[None, :], s, float("-inf"))
+            # the decode attention kernel's fp32 math (halo_lab/kernels/decode.py)
+            # (IEEE: fp32 caches, fp32 products; bf16 / fp16: their products are exact in fp32, summed in
+            # fp32 on the tensor cores)
+            s = mma(q, tl.trans(kt), IEEE, UPCAST)
+            s = tl.where(valid[None, :], s * scale, float("-inf"))
             p = tl.exp(s - tl.max(s, axis=1)[:, None])
             p = tl.where(valid[None, :], p, 0.0)
             p = p / tl.sum(p, axis=1)[:, None]
-            o = tl.dot(p, vt.to(tl.float32), input_precision="ieee")  # [GP, BLOCK_D]
-            o = o.to(q_ptr.dtype.element_ty).to(tl.float32)  # the attention's output dtype
-            # row g of this KV head is query head hk * GROUP + g; padded rows (g >= GROUP) go nowhere
-            sel = (hw[None, :] == h[:, None]) & in_g[:, None]
-            o_all += tl.sum(tl.where(sel[:, :, None], o[:, None, :], 0.0), axis=0)
-        acc = tl.sum(tl.sum(w_all.to(tl.float32) * o_all[None, :, :], axis=2), axis=1)
+            if IEEE:
+                o = mma(p, vt.to(tl.float32), True, UPCAST)  # [HP, BLOCK_D]
+            else:  # p as two 16-bit halves (p = hi + lo to ~16 bits), each product exact in fp32
+                p_hi = p.to(vt.dtype)
+                p_lo = (p - p_hi.to(tl.float32)).to(vt.dtype)
+                o = mma(p_hi, vt, False, UPCAST) + mma(p_lo, vt, False, UPCAST)
+            # the rows of this KV head's query heads keep their output (GQA: heads hk * HQ / HKV ...)
+            o_all = tl.where((h // (HQ // HKV) == hk)[:, None], o, o_all)
+        o_all = o_all.to(q_ptr.dtype.element_ty).to(tl.float32)  # the attention's output dtype
+        # its first HW rows (the padding rows past HQ are zero: no KV head's group takes them)
+        o_w = tl.sum(tl.reshape(o_all, [HP // HW, HW, BLOCK_D]), axis=0)
+        acc = tl.sum(tl.sum(w_all.to(tl.float32) * o_w[None, :, :], axis=2), axis=1)
         dt = w_ptr.dtype.element_ty
         res = tl.load(res_ptr + b * srb + n, mask=in_n, other=0.0).to(tl.float32)
         tl.store(out_ptr + b * sob + n, (acc.to(dt).to(tl.float32) + res).to(dt), mask=in_n)
@@ -164,13 +180,14 @@ def decode_attn_o(q, k_cache, v_cache, slots, w_o, residual) -> torch.Tensor:
         slots.numel(), C, 1.0 / math.sqrt(d),
         HQ=Hq,
         HKV=Hkv,
-        GROUP=Hq // Hkv,
-        GP=max(16, triton.next_power_of_2(Hq // Hkv)),
+        HP=max(16, triton.next_power_of_2(Hq)),
         HW=triton.next_power_of_2(Hq),
         D=d,
         BLOCK_K=max(16, triton.next_power_of_2(slots.numel())),
         BLOCK_D=max(16, triton.next_power_of_2(d)),
         BLOCK_N=bn,
+        IEEE=q.dtype == torch.float32 or k_cache.dtype == torch.float32,
+        UPCAST=INTERPRETED,
         num_warps=4,
         **pdl.launch_options(),
     )  # fmt: skip
