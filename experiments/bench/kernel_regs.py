@@ -53,7 +53,8 @@ def _signature(kernel, constexprs: dict, dtype: str) -> dict[str, str]:
 def _gemv_signature(kernel, constexprs: dict, dtype: str) -> dict[str, str]:
     """The decode kernels' arguments: ``*_ptr`` tensors (the split-K FFN's sums fp32, the key slots
     int64), eps and scale fp32, the rest i32."""
-    typed = {"eps": "fp32", "scale": "fp32", "acc_ptr": "*fp32", "slot_ptr": "*i64"}
+    typed = {"eps": "fp32", "scale": "fp32", "acc_ptr": "*fp32", "zero_ptr": "*fp32"}
+    typed.update(dict.fromkeys(("slot_ptr", "pos_ptr", "store_ptr"), "*i64"))
     return {
         n: "constexpr" if n in constexprs else typed.get(n, f"*{dtype}" if n.endswith("_ptr") else "i32")
         for n in kernel.arg_names
