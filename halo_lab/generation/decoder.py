@@ -13,8 +13,10 @@ The decoder knows no model class: it uses the model's public decoding interface 
 ``attn.decode_attend`` / ``attn.decode_key_slots``, per cache ``decode_write_slots``), so it imports nothing
 of ``halo_lab.model``, which imports it (``HaloSModel.generate``). At batch 1 on CUDA the step's
 projections are Triton GEMVs (``halo_lab.kernels.gemv``), each layer's q/k/v projection, RoPE and cache
-write one launch (``halo_lab.kernels.decode_qkv``) and HALO-S's attention with the o-projection one more
-(``halo_lab.kernels.decode_attn_o``): see ``Decoder.triton_gemv``, ``fused_qkv`` and ``fused_attn_o``.
+write one launch (``halo_lab.kernels.decode_qkv``), HALO-S's attention with the o-projection one more
+(``halo_lab.kernels.decode_attn_o``) and the SwiGLU FFN one more, split over its hidden units
+(``halo_lab.kernels.decode_ffn``): see ``Decoder.triton_gemv``, ``fused_qkv``, ``fused_attn_o`` and
+``fused_ffn``.
 """
 
 from __future__ import annotations
