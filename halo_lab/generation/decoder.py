@@ -289,8 +289,9 @@ class Decoder:
         """``model.decode_step`` with each layer's q/k/v projections as one matmul and the SwiGLU gate and
         up projections as one (``fuse_weights``): 3 fewer kernels per layer, the same math. With ``gemv``
         each projection is one launch with its norm, SwiGLU and residual add fused in (``_project``), the
-        q/k/v one with RoPE and the cache write too (``qkv``), and HALO-S's attention one with the
-        o-projection (``attn_o``; see ``_attention``)."""
+        q/k/v one with RoPE and the cache write too (``qkv``), HALO-S's attention one with the
+        o-projection (``attn_o``; see ``_attention``), and the FFN one split-K launch whose sums the next
+        q/k/v kernel or the head adds (``ffn``)."""
         m, pos, proj = self.model, self.pos, self._project
         x = m.token_emb(self.tok)
         if self.persistent is not None:  # every layer and the head in one launch
