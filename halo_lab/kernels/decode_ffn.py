@@ -119,10 +119,7 @@ def decode_ffn(
 ) -> None:
     """The Triton kernel: adds what ``reference_decode_ffn`` computes into ``acc`` (fp32 [B, C], zero
     before), in one launch (see the module doc)."""
-    if norm not in kg.NORMS:
-        raise ValueError(f"norm={norm!r}: must be one of {sorted(kg.NORMS)}")
-    if norm != "none" and norm_weight is None:
-        raise ValueError(f"norm={norm!r} needs its weight")
+    kg.check_norm(norm, norm_weight)
     B, C = x.shape
     H = w_down.shape[1]
     if w_up.shape != (2 * H, C) or w_down.shape != (C, H) or C > MAX_C:

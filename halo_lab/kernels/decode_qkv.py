@@ -177,10 +177,7 @@ if HAS_TRITON:
 
 
 def _check(x, w, cos, k_cache, v_cache, num_heads, norm, norm_weight) -> None:
-    if norm not in kg.NORMS:
-        raise ValueError(f"norm={norm!r}: must be one of {sorted(kg.NORMS)}")
-    if norm != "none" and norm_weight is None:
-        raise ValueError(f"norm={norm!r} needs its weight")
+    kg.check_norm(norm, norm_weight)
     B, Hkv, _, d = k_cache.shape
     if d % 2 or cos.shape[-1] != d:
         raise ValueError(f"RoPE needs an even head_dim and tables as wide: d={d}, tables {cos.shape[-1]}")

@@ -47,6 +47,14 @@ def block_sizes(k: int) -> tuple[int, int]:
     return max(2, TILE // chunk), chunk
 
 
+def check_norm(norm: str, norm_weight: torch.Tensor | None) -> None:
+    """A norm prologue's name and weight, as the decode kernels take them (gemv, decode_qkv, decode_ffn)."""
+    if norm not in NORMS:
+        raise ValueError(f"norm={norm!r}: must be one of {sorted(NORMS)}")
+    if norm != "none" and norm_weight is None:
+        raise ValueError(f"norm={norm!r} needs its weight")
+
+
 def reference_gemv(
     x: torch.Tensor,
     w: torch.Tensor,
@@ -257,10 +265,7 @@ def gemv(
     acc: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The Triton kernel: what ``reference_gemv`` computes, in one launch (see the module doc)."""
-    if norm not in NORMS:
-        raise ValueError(f"norm={norm!r}: must be one of {sorted(NORMS)}")
-    if norm != "none" and norm_weight is None:
-        raise ValueError(f"norm={norm!r} needs its weight")
+    check_norm(norm, norm_weight)
     if norm != "none" and swiglu:
         raise ValueError("a gemv takes a norm or a SwiGLU prologue, not both")
     if acc is not None and (swiglu or acc.shape != x.shape or acc.dtype != torch.float32):
