@@ -126,7 +126,7 @@ def test_decode_qkv_reads_the_sums_and_hands_on_the_residual(with_acc):
     "arch,attn_o",
     [
         pytest.param("halo", True, marks=pytest.mark.slow),  # 15 s interpreted; run on the card each call
-        ("halo", False),
+        ("halo", False),  # the default step
         pytest.param("dense", False, marks=pytest.mark.slow),
     ],
     ids=["halo-attn_o", "halo", "dense"],
@@ -150,15 +150,22 @@ def test_split_k_ffn_decode_equals_uncached_forward(arch, attn_o, monkeypatch):
     assert torch.equal(out, ref)
 
 
-def test_split_k_ffn_needs_swiglu_and_is_off_by_default(monkeypatch):
+def test_split_k_ffn_needs_swiglu_is_on_by_default_and_can_be_switched_off(monkeypatch):
+    """On in the fused q/k/v step of a SwiGLU model; ``Decoder.fused_ffn = False`` gives the up and down
+    GEMVs back with the same greedy tokens (their fixed summation order, for bitwise-repeatable runs)."""
     from halo_lab.generation import Decoder
-    from tests.test_decode_fused import _interpreted_or_cuda, model_for
+    from tests.test_decode_fused import _interpreted_or_cuda, fused_tokens, model_for
 
     _interpreted_or_cuda()
-    assert Decoder(model_for("halo"), 1, 4, 4, fuse_weights=True, gemv=True).ffn is None
-    monkeypatch.setattr(Decoder, "fused_ffn", True)
-    assert Decoder(model_for("halo"), 1, 4, 4, fuse_weights=True, gemv=True).ffn is not None
+    model = model_for("halo")
+    prompt = torch.randint(0, 64, (1, 6), device=DEVICE)
+    fused, dec = fused_tokens(model, prompt, 4)
+    assert dec.ffn is not None
     assert Decoder(model_for("halo", use_swiglu=False), 1, 4, 4, fuse_weights=True, gemv=True).ffn is None
+    assert Decoder(model, 1, 4, 4, fuse_weights=True, gemv=False).ffn is None
+    monkeypatch.setattr(Decoder, "fused_ffn", False)
+    out, dec = fused_tokens(model, prompt, 4)
+    assert dec.ffn is None and dec.qkv is not None and torch.equal(out, fused)
 
 
 @pytest.mark.slow  # Inductor's CPU compile: ~15 s on a 2-core CPU

@@ -227,7 +227,7 @@ def fused_tokens(model, prompt, new: int, **kw) -> tuple[torch.Tensor, object]:
     "arch,cache,kw,attn_o",
     [
         pytest.param("halo", "full", {}, True, marks=pytest.mark.slow),  # the opt-in attention + o kernel
-        ("halo", "full", {}, False),  # the default step: the fused q/k/v only
+        ("halo", "full", {}, False),  # the fused q/k/v alone (the default step's FFN: test_decode_ffn.py)
         pytest.param("halo", "ring", {"norm": "rmsnorm"}, True, marks=pytest.mark.slow),
         pytest.param("dense", "full", {"use_swiglu": False}, True, marks=pytest.mark.slow),
         pytest.param("halo", "full", "halo_select", True, marks=pytest.mark.slow),
@@ -247,6 +247,7 @@ def test_fused_qkv_decode_equals_uncached_forward(arch, cache, kw, attn_o, monke
     from halo_lab.generation import Decoder
 
     monkeypatch.setattr(Decoder, "fused_attn_o", attn_o)  # off by default (slower on an H100), opt-in
+    monkeypatch.setattr(Decoder, "fused_ffn", False)  # the FFN's GEMVs: the q/k/v kernel's own residual
     model = model_for(arch, **kw)
     new = 40 if cache == "ring" else 25  # a ring cache (33 text slots) only below a 51-token capacity
     prompt = torch.randint(0, 64, (1, 11), device=DEVICE)

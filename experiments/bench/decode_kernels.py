@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import sys
 
 import torch
@@ -84,6 +85,8 @@ def step_kernels(dec: Decoder) -> list[dict]:
 
 
 def main(out: str, names: list[str], contexts=CONTEXTS, variants=None) -> None:
+    # before the first row: the tenth session lost its JSON to a missing OUT_DIR
+    os.makedirs(out, exist_ok=True)
     spec = {"model": MEDIUM, "new_tokens": 256}
     rows = []
     chosen = {v: DECODE_VARIANTS[v] for v in variants or DECODE_VARIANTS}

@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         "--fused-ffn",
         action=argparse.BooleanOptionalAction,
         help="with the fused q/k/v, each layer's SwiGLU FFN in one split-K kernel or the up and down GEMVs "
-        "(default: Decoder.fused_ffn, the two GEMVs)",
+        "(default: Decoder.fused_ffn, the one split-K kernel)",
     )
     parser.add_argument(
         "--pdl",

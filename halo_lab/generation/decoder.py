@@ -76,15 +76,18 @@ class Decoder:
     fused_qkv: bool = True
     # With the fused q/k/v, HALO-S's attention over its K graph keys, the o-projection and the residual add
     # in one launch too (halo_lab/kernels/decode_attn_o.py; dense and selection never take it). Off: on an
-    # H100 (medium model, batch 1, 1K) it took 12.8 µs a launch where the attention kernel and the GEMV it
-    # replaces take 3.4 + 2.6, so 4,756 tokens/s against 6,541 without it (every program recomputes every
-    # head's attention before its first product; experiments/bench/h100_decode_fused/). True: opt-in.
+    # H100 (medium model, batch 1, 1K, with PDL) it takes 6.9 µs a launch where the attention kernel and
+    # the GEMV it replaces take 3.5 + ~2.5, so 7,659 tokens/s against 9,065 without it (every program
+    # recomputes every head's attention before its product; experiments/bench/h100_decode_v6/). Opt-in.
     fused_attn_o: bool = False
     # With the fused q/k/v, each layer's SwiGLU FFN in one launch split over its hidden units (fp32 atomics
     # into a zeroed buffer; halo_lab/kernels/decode_ffn.py), its residual add read by the next layer's q/k/v
-    # kernel (and the head's GEMV): one dependent kernel a layer fewer than the up and down GEMVs. The sums'
-    # order follows the programs' arrival (fp32). Not yet timed on a card: opt-in.
-    fused_ffn: bool = False
+    # kernel (and the head's GEMV): one dependent kernel a layer fewer than the up and down GEMVs. On an
+    # H100 (medium model, batch 1, PDL) HALO-S decodes at 9,552 tokens/s with it against 9,065 without
+    # (1K; 9,427 against 9,008 at 128K), dense at 6,754 against 6,688, with the forward's greedy tokens
+    # (experiments/bench/h100_decode_v6/). The sums' order follows the programs' arrival, so two runs may
+    # differ in the last bit of a bf16 value: False gives the GEMVs' fixed order.
+    fused_ffn: bool = True
     # With the GEMV, the step's own kernels (GEMVs, fused q/k/v, HALO-S's attention) launched with
     # programmatic dependent launch (halo_lab/kernels/pdl.py, sm_90+): each may start while the one before
     # runs and load its weights before it waits. On an H100 (medium model, batch 1) HALO-S decodes at 9,117
