@@ -15,13 +15,13 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from halo_lab.kernels.decode import _decode_kernel
-from halo_lab.kernels.decode_attn_o import _attn_o_kernel
+from halo_lab.kernels.decode_attn_o import _attn_o_kernel, _attn_o_split_kernel
 from halo_lab.kernels.decode_ffn import _ffn_kernel
 from halo_lab.kernels.decode_qkv import _decode_qkv_kernel
 from halo_lab.kernels.gemv import _gemv_kernel, block_sizes
 
 INT64 = {"pos_ptr", "store_ptr", "slot_ptr"}
-FP32 = {"acc_ptr", "zero_ptr"}  # the split-K FFN's sums
+FP32 = {"acc_ptr", "zero_ptr", "zero2_ptr", "ain_ptr"}  # the split-K sums
 FLOATS = {"eps", "scale"}
 
 
@@ -60,21 +60,25 @@ def main() -> None:
     gemv = dict(NORM=2, HAS_BIAS=False, SWIGLU=False, HAS_RES=True, ACC=False, BLOCK_N=block_n, CHUNK=chunk)
     gemv["ONE_CHUNK"] = True
     qkv = dict(HQ=8, HKV=2, HALF=32, NORM=2, HAS_BIAS=False, RING=False, HAS_STORE=False)
-    qkv.update(BLOCK_P=block_n // 2, CHUNK=chunk, ONE_CHUNK=True, ACC=False, FFN_OUT=False)
+    qkv.update(BLOCK_P=block_n // 2, CHUNK=chunk, ONE_CHUNK=True, ACC=False, FFN_OUT=False, ZERO2=False)
     attn = dict(HEADS=8, D=64, BLOCK_K=128, BLOCK_D=64)
     attn_o = dict(
         HQ=8, HKV=2, HP=16, HW=8, D=64, BLOCK_K=128, BLOCK_D=64, BLOCK_N=8, IEEE=False, UPCAST=False
     )
-    ffn = dict(NORM=2, HAS_BIAS=False, BLOCK_H=16, CHUNK=512)
+    attn_split = dict(G=4, HP=16, GW=4, D=64, BLOCK_K=128, BLOCK_D=64, BLOCK_N=16, IEEE=False, UPCAST=False)
+    ffn = dict(NORM=2, HAS_BIAS=False, BLOCK_H=16, CHUNK=512, ACC_IN=False)
     out = {}
     for name, kernel, consts in (
         ("gemv", _gemv_kernel, gemv),
         ("gemv_acc", _gemv_kernel, {**gemv, "ACC": True, "HAS_RES": False}),
         ("decode_qkv", _decode_qkv_kernel, qkv),
         ("decode_qkv_ffn", _decode_qkv_kernel, {**qkv, "ACC": True, "FFN_OUT": True}),
+        ("decode_qkv_ffn_split", _decode_qkv_kernel, {**qkv, "ACC": True, "FFN_OUT": True, "ZERO2": True}),
         ("decode_attention", _decode_kernel, attn),
         ("decode_attn_o", _attn_o_kernel, attn_o),
         ("decode_ffn", _ffn_kernel, ffn),
+        ("decode_attn_o_split", _attn_o_split_kernel, attn_split),
+        ("decode_ffn_split", _ffn_kernel, {**ffn, "ACC_IN": True}),
     ):
         out[name] = {
             tag: _lines(kernel, {**consts, "PDL": on}) for tag, on in (("pdl", True), ("plain", False))

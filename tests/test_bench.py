@@ -212,7 +212,8 @@ def test_decode_bench_batches_keeps_only_those_runs():
     from halo_lab.bench.decode import spec_for
 
     def args(batches):
-        names = ("variants", "new_tokens", "gemv", "fused_qkv", "fused_attn_o", "fused_ffn", "steps")
+        names = ("variants", "new_tokens", "gemv", "fused_qkv", "fused_attn_o", "fused_ffn", "split_attn_o")
+        names += ("steps",)
         return argparse.Namespace(
             batches=batches, no_compile=False, no_cuda_graph=False, **dict.fromkeys(names)
         )

@@ -52,6 +52,54 @@ def test_decode_ffn_matches_reference(norm, dtype):
     assert rel(kf.reference_decode_ffn(x, w_up.roll(40, 0), w_down, **kw), ref) > 0.1
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("heads,kv_heads,hidden", [(4, 2, 48), (6, 2, 40), (8, 1, 64)])
+def test_attention_split_over_kv_heads_matches_reference(dtype, heads, kv_heads, hidden):
+    """``decode_attn_o_split``: each KV head's programs add their heads' share of the o-projection into the
+    fp32 buffer (here the first half of a [B, 2C] buffer: strided rows), which holds the whole product."""
+    from tests.test_decode_fused import attn_o_inputs
+
+    q, k, v, slots, w, _ = attn_o_inputs(dtype, heads, kv_heads, hidden)
+    buf = torch.zeros(2, 2 * hidden, device=DEVICE)
+    ka.decode_attn_o_split(q, k, v, slots, w, buf[:, :hidden])
+    ref = ka.reference_decode_attn_o_split(q.double(), k.double(), v.double(), slots, w.double())
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert rel(buf[:, :hidden], ref) < tol and not buf[:, hidden:].any()
+    # the check can fail: a missing key, another head's slice of W_o
+    assert rel(ka.reference_decode_attn_o_split(q, k, v, slots[:-1], w), ref) > 0.05
+    assert rel(ka.reference_decode_attn_o_split(q, k, v, slots, w.roll(16, 1)), ref) > 0.1
+    # rounded and added to the residual it is the unfused attention + o-projection
+    res = torch.randn(2, hidden, device=DEVICE).to(dtype)
+    fused = (res.float() + buf[:, :hidden].to(dtype).float()).to(dtype)
+    unfused = ka.reference_decode_attn_o(q.double(), k.double(), v.double(), slots, w.double(), res.double())
+    assert rel(fused, unfused) < tol
+    with pytest.raises(ValueError, match="acc"):
+        ka.decode_attn_o_split(q, k, v, slots, w, buf[:, :hidden].half())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_decode_ffn_after_the_split_attention(dtype):
+    """``acc_in``: the FFN's input is x + the split attention's sums rounded, which it also stores as the
+    residual (the unfused step's x + round(o_proj(...)) then its FFN)."""
+    x, w_up, w_down, nw, nb = inputs(2, 48, 40, dtype)
+    a_in = torch.randn(2, 48, device=DEVICE)
+    x_mid = (x.float() + a_in.to(dtype).float()).to(dtype)
+    acc = torch.zeros(2, 48, device=DEVICE)
+    x_out = torch.full_like(x, float("nan"))
+    kf.decode_ffn(x, w_up, w_down, acc, norm="layernorm", norm_weight=nw, norm_bias=nb, acc_in=(a_in, x_out))
+    # bf16: the interpreter's cast truncates where a GPU rounds to nearest (test_decode_fused's doc)
+    assert torch.equal(x_out, x_mid) if dtype == torch.float32 else rel(x_out, x_mid) < 1e-2
+    ref = kf.reference_decode_ffn(x_mid, w_up, w_down, norm="layernorm", norm_weight=nw, norm_bias=nb)
+    assert rel(acc, ref) < (1e-5 if dtype == torch.float32 else 2e-2)
+    # the check can fail: the FFN of x alone is far off
+    assert (
+        rel(kf.reference_decode_ffn(x, w_up, w_down, norm="layernorm", norm_weight=nw, norm_bias=nb), ref)
+        > 0.05
+    )
+    with pytest.raises(ValueError, match="acc_in"):
+        kf.decode_ffn(x, w_up, w_down, acc, acc_in=(a_in.to(dtype).half(), x_out))
+
+
 def test_the_ffn_then_gemv_equals_the_unfused_step():
     """x + down(swiglu(up(ln(x)))), then the head's norm and product: the split-K FFN + gemv's acc prologue
     against two GEMVs and the residual add."""
@@ -95,25 +143,30 @@ def test_decode_ffn_rejects_bad_shapes():
         kf.decode_ffn(x, w_up, w_down, acc, norm="rmsnorm")
 
 
-@pytest.mark.parametrize("with_acc", [True, False], ids=["acc", "first_layer"])
-def test_decode_qkv_reads_the_sums_and_hands_on_the_residual(with_acc):
+@pytest.mark.parametrize("with_acc,split", [(True, False), (False, False), (True, True)])
+def test_decode_qkv_reads_the_sums_and_hands_on_the_residual(with_acc, split):
     """With the split-K FFN, the q/k/v kernel's input is x + acc (the FFN before's sums); it stores that
-    residual for the layer and zeroes the buffer of the layer's own FFN."""
+    residual for the layer and zeroes the buffer of the layer's own FFN (split: and of its split
+    attention's sums)."""
     from halo_lab.kernels import decode_qkv as kq
     from tests.test_decode_fused import inputs as qkv_inputs
 
     x, w, nw, nb, cos, sin, k0, v0 = qkv_inputs(torch.float32)
     p = torch.tensor([5], device=DEVICE)
     acc = 2 * torch.randn(x.shape, device=DEVICE) if with_acc else None
-    x_res, zero = torch.empty_like(x), torch.full(x.shape, float("nan"), device=DEVICE)
+    x_res, zero, zero2 = (
+        torch.empty_like(x),
+        *(torch.full(x.shape, float("nan"), device=DEVICE) for _ in "ab"),
+    )
     kw = {"num_heads": 4, "norm": "layernorm", "norm_weight": nw, "norm_bias": nb}
     k, v = k0.clone(), v0.clone()
-    q = kq.decode_qkv(x, w, cos, sin, p, k, v, **kw, acc=acc, ffn_out=(x_res, zero))
+    q = kq.decode_qkv(x, w, cos, sin, p, k, v, **kw, acc=acc, ffn_out=(x_res, zero, zero2)[: 2 + split])
     kr, vr = k0.clone(), v0.clone()
     ref = kq.reference_decode_qkv(x, w, cos, sin, p, kr, vr, **kw, acc=acc)
     assert rel(q, ref) < 1e-5 and rel(k, kr) < 1e-5 and rel(v, vr) < 1e-5
     torch.testing.assert_close(x_res, x + acc if with_acc else x)
     assert torch.equal(zero, torch.zeros_like(zero))
+    assert torch.equal(zero2, torch.zeros_like(zero2)) if split else zero2.isnan().all()
     if with_acc:  # the sums are read: without them q is far off
         q0 = kq.reference_decode_qkv(x, w, cos, sin, p, k0.clone(), v0.clone(), **kw)
         assert rel(q0, ref) > 0.05
@@ -123,18 +176,22 @@ def test_decode_qkv_reads_the_sums_and_hands_on_the_residual(with_acc):
 
 
 @pytest.mark.parametrize(
-    "arch,attn_o",
+    "arch,attn_o,split",
     [
-        pytest.param("halo", True, marks=pytest.mark.slow),  # 15 s interpreted; run on the card each call
-        ("halo", False),  # the default step
-        pytest.param("dense", False, marks=pytest.mark.slow),
+        pytest.param("halo", True, False, marks=pytest.mark.slow),  # 15 s interpreted; run on the card
+        ("halo", False, False),  # the default step
+        ("halo", False, True),
+        pytest.param("halo_select", False, True, marks=pytest.mark.slow),
+        pytest.param("dense", False, False, marks=pytest.mark.slow),
     ],
-    ids=["halo-attn_o", "halo", "dense"],
+    ids=["halo-attn_o", "halo", "halo-split", "halo_select-split", "dense"],
 )
-def test_split_k_ffn_decode_equals_uncached_forward(arch, attn_o, monkeypatch):
+def test_split_k_ffn_decode_equals_uncached_forward(arch, attn_o, split, monkeypatch):
     """Greedy tokens with every layer's FFN as one split-K launch (``Decoder.fused_ffn``) == the uncached
     forward's, past the window and every dilated distance; HALO-S with and without the attention +
-    o-projection kernel (whose residual is then the q/k/v kernel's x + acc)."""
+    o-projection kernel (whose residual is then the q/k/v kernel's x + acc), and with the attention split
+    over KV heads (``Decoder.split_attn_o``: the FFN adds its sums; the selection's layers keep the
+    attention + GEMV)."""
     from halo_lab.generation import Decoder
     from tests.test_decode_fused import _interpreted_or_cuda, fused_tokens, model_for
 
@@ -142,11 +199,18 @@ def test_split_k_ffn_decode_equals_uncached_forward(arch, attn_o, monkeypatch):
     monkeypatch.setattr(ka, "PROGRAMS", 4)  # the interpreter's time (see test_decode_fused's fixture)
     monkeypatch.setattr(Decoder, "fused_attn_o", attn_o)
     monkeypatch.setattr(Decoder, "fused_ffn", True)
-    model = model_for(arch)
+    monkeypatch.setattr(Decoder, "split_attn_o", split)
+    if arch == "halo_select":
+        from halo_lab.bench.decode_speed import DECODE_VARIANTS
+
+        model = model_for("halo", **DECODE_VARIANTS["halo_select"][2])
+    else:
+        model = model_for(arch)
     prompt = torch.randint(0, 64, (1, 11), device=DEVICE)
     ref = model.generate(prompt, max_new_tokens=25, temperature=0, use_cache=False)
     out, dec = fused_tokens(model, prompt, 25)
     assert dec.ffn is not None and (dec.attn_o is not None) == attn_o
+    assert (dec.split is not None) == (split and arch != "dense")
     assert torch.equal(out, ref)
 
 
@@ -169,17 +233,19 @@ def test_split_k_ffn_needs_swiglu_is_on_by_default_and_can_be_switched_off(monke
 
 
 @pytest.mark.slow  # Inductor's CPU compile: ~15 s on a 2-core CPU
-def test_split_k_ffn_in_the_compiled_step(monkeypatch):
-    """Inductor mutates the q/k/v op's zeroed buffer in place (no copy; checked by hand in the output code)
-    and the compiled step gives the forward's tokens."""
+@pytest.mark.parametrize("split", [False, True], ids=["ffn", "split_attn_o"])
+def test_split_k_ffn_in_the_compiled_step(split, monkeypatch):
+    """Inductor mutates the q/k/v op's zeroed buffers in place (no copy; checked by hand in the output code)
+    and the compiled step gives the forward's tokens, with and without the split attention."""
     from halo_lab.generation import Decoder
     from tests.test_decode_fused import _interpreted_or_cuda, fused_tokens, model_for
 
     _interpreted_or_cuda()
     monkeypatch.setattr(Decoder, "fused_ffn", True)
+    monkeypatch.setattr(Decoder, "split_attn_o", split)
     model = model_for("halo")
     prompt = torch.randint(0, 64, (1, 11), device=DEVICE)
     ref = model.generate(prompt, max_new_tokens=12, temperature=0, use_cache=False)
     out, dec = fused_tokens(model, prompt, 12, compile=True)
-    assert dec.ffn is not None and dec.path.startswith("compiled")
+    assert dec.ffn is not None and dec.path.startswith("compiled") and (dec.split is not None) == split
     assert torch.equal(out, ref)

@@ -35,7 +35,18 @@ def ptx_lines() -> dict:
 
 @pytest.mark.parametrize(
     "kernel",
-    ["gemv", "gemv_acc", "decode_qkv", "decode_qkv_ffn", "decode_attention", "decode_attn_o", "decode_ffn"],
+    [
+        "gemv",
+        "gemv_acc",
+        "decode_qkv",
+        "decode_qkv_ffn",
+        "decode_qkv_ffn_split",
+        "decode_attention",
+        "decode_attn_o",
+        "decode_ffn",
+        "decode_attn_o_split",
+        "decode_ffn_split",
+    ],  # fmt: skip
 )
 def test_no_kernel_touches_an_earlier_kernels_output_before_its_wait(ptx_lines, kernel):
     built = ptx_lines[kernel]["pdl"]

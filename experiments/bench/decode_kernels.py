@@ -28,7 +28,7 @@ from halo_lab.model import build_model
 
 CONTEXTS = (1024, 131072)
 # (Decoder.inductor_options, Decoder's gemv, Decoder.fused_qkv, Decoder.fused_attn_o[, Decoder.pdl[,
-# Decoder.persistent_step[, Decoder.fused_ffn]]]) for
+# Decoder.persistent_step[, Decoder.fused_ffn[, Decoder.split_attn_o]]]]) for
 # each round:
 # none; combo kernels (horizontal fusion of independent kernels, the default since 2026-12-02); combo +
 # max-autotune (Triton GEMM templates, which Inductor can fuse with their neighbours, where the cuBLAS
@@ -57,6 +57,9 @@ OPTIONS = {
     # residual add in the next q/k/v kernel; alone, and with the attention + o-projection kernel
     "combo_gemv_qkv_ffn_pdl": ({"combo_kernels": True}, True, True, False, True, False, True),
     "combo_gemv_ffn_pdl": ({"combo_kernels": True}, True, True, True, True, False, True),
+    # the split-K FFN with HALO-S's attention + o-projection split over KV heads (decode_attn_o_split: its
+    # sums added by the FFN kernel): 3 kernels a layer without recomputing every head in every program
+    "combo_gemv_split_pdl": ({"combo_kernels": True}, True, True, False, True, False, True, True),
     # the whole HALO-S step in one persistent launch (halo_lab/kernels/decode_step.py, Decoder.persistent_step;
     # dense keeps the per-kernel step: its rows are combo_gemv_qkv's)
     "combo_gemv_qkv_persistent": ({"combo_kernels": True}, True, True, False, False, True),
@@ -95,6 +98,7 @@ def main(out: str, names: list[str], contexts=CONTEXTS, variants=None) -> None:
         Decoder.pdl = bool(extra and extra[0])
         Decoder.persistent_step = bool(len(extra) > 1 and extra[1])
         Decoder.fused_ffn = bool(len(extra) > 2 and extra[2])
+        Decoder.split_attn_o = bool(len(extra) > 3 and extra[3])
         torch._dynamo.reset()
         Decoder.inductor_options = opts
         for ctx in contexts:

@@ -21,7 +21,7 @@ from triton.compiler import ASTSource
 
 from halo_lab.bench.attention import SELECT
 from halo_lab.config import HaloConfig
-from halo_lab.kernels.decode_attn_o import _attn_o_kernel
+from halo_lab.kernels.decode_attn_o import _attn_o_kernel, _attn_o_split_kernel
 from halo_lab.kernels.decode_ffn import _ffn_kernel
 from halo_lab.kernels.gemv import _gemv_kernel, block_sizes
 from halo_lab.kernels.halo_attention import interface
@@ -53,7 +53,7 @@ def _signature(kernel, constexprs: dict, dtype: str) -> dict[str, str]:
 def _gemv_signature(kernel, constexprs: dict, dtype: str) -> dict[str, str]:
     """The decode kernels' arguments: ``*_ptr`` tensors (the split-K FFN's sums fp32, the key slots
     int64), eps and scale fp32, the rest i32."""
-    typed = {"eps": "fp32", "scale": "fp32", "acc_ptr": "*fp32", "zero_ptr": "*fp32"}
+    typed = {"eps": "fp32", "scale": "fp32", "acc_ptr": "*fp32", "zero_ptr": "*fp32", "ain_ptr": "*fp32"}
     typed.update(dict.fromkeys(("slot_ptr", "pos_ptr", "store_ptr"), "*i64"))
     return {
         n: "constexpr" if n in constexprs else typed.get(n, f"*{dtype}" if n.endswith("_ptr") else "i32")
@@ -130,12 +130,23 @@ def main() -> None:
         )
     # the batch-1 step's attention + o-projection (decode_attn_o.py) and split-K FFN (decode_ffn.py) at the
     # medium model (8 / 2 heads of 64, K = 72 keys padded to 128; hidden 512, FFN 2048), with PDL
-    consts = dict(HQ=8, HKV=2, HP=16, HW=8, D=64, BLOCK_K=128, BLOCK_D=64, BLOCK_N=8, IEEE=False, UPCAST=False, PDL=True)
+    consts = dict(
+        HQ=8, HKV=2, HP=16, HW=8, D=64, BLOCK_K=128, BLOCK_D=64, BLOCK_N=8, IEEE=False, UPCAST=False, PDL=True
+    )
     regs = resources(_attn_o_kernel, {"num_warps": 4, "num_stages": 2}, consts, signature=_gemv_signature)
     print(f"decode_attn_o 4 warps {regs}", flush=True)
+    consts = dict(
+        G=4, HP=16, GW=4, D=64, BLOCK_K=128, BLOCK_D=64, BLOCK_N=16, IEEE=False, UPCAST=False, PDL=True
+    )
+    regs = resources(
+        _attn_o_split_kernel, {"num_warps": 4, "num_stages": 2}, consts, signature=_gemv_signature
+    )
+    print(f"decode_attn_o_split 4 warps {regs}", flush=True)
     for warps in (4, 8):
-        consts = dict(NORM=2, HAS_BIAS=False, BLOCK_H=16, CHUNK=512, PDL=True)
-        regs = resources(_ffn_kernel, {"num_warps": warps, "num_stages": 2}, consts, signature=_gemv_signature)
+        consts = dict(NORM=2, HAS_BIAS=False, BLOCK_H=16, CHUNK=512, PDL=True, ACC_IN=warps == 8)
+        regs = resources(
+            _ffn_kernel, {"num_warps": warps, "num_stages": 2}, consts, signature=_gemv_signature
+        )
         print(f"decode_ffn {warps} warps {regs}", flush=True)
 
 

@@ -195,6 +195,7 @@ def spec_for(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     spec["fused_qkv"] = args.fused_qkv  # None: Decoder's default (with the GEMV)
     spec["fused_attn_o"] = args.fused_attn_o  # None: Decoder's default (with the fused q/k/v)
     spec["fused_ffn"] = args.fused_ffn  # None: Decoder's default (with the fused q/k/v)
+    spec["split_attn_o"] = args.split_attn_o  # None: Decoder's default (with the split-K FFN)
     if args.steps:
         spec["steps"] = args.steps
     if args.batches:
@@ -260,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         "(default: Decoder.fused_ffn, the one split-K kernel)",
     )
     parser.add_argument(
+        "--split-attn-o",
+        action=argparse.BooleanOptionalAction,
+        help="with the split-K FFN, HALO-S's attention and o-projection in one kernel split over KV heads, "
+        "its sums added by the FFN kernel (default: Decoder.split_attn_o, off)",
+    )
+    parser.add_argument(
         "--pdl",
         action=argparse.BooleanOptionalAction,
         help="with the GEMV, launch the step's kernels with programmatic dependent launch (default: "
@@ -275,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from halo_lab.generation import Decoder
 
-    for name in ("fused_qkv", "fused_attn_o", "fused_ffn", "pdl", "persistent_step"):
+    for name in ("fused_qkv", "fused_attn_o", "fused_ffn", "split_attn_o", "pdl", "persistent_step"):
         if getattr(args, name) is not None:
             setattr(Decoder, name, getattr(args, name))
     cuda = torch.cuda.is_available()

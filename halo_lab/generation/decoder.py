@@ -36,6 +36,7 @@ from halo_lab.generation.step_kernels import (
     norm_args,
     norm_kind,
     qkv_kernel,
+    split_attn_kernels,
 )
 from halo_lab.kernels import pdl
 
@@ -88,6 +89,12 @@ class Decoder:
     # (experiments/bench/h100_decode_v6/). The sums' order follows the programs' arrival, so two runs may
     # differ in the last bit of a bf16 value: False gives the GEMVs' fixed order.
     fused_ffn: bool = True
+    # With the split-K FFN, HALO-S's attention over its K graph keys and the o-projection in one launch
+    # split over KV heads instead (halo_lab/kernels/decode_attn_o.py, ``decode_attn_o_split``): each
+    # program attends with one KV head's query heads and adds its share of the o-projection into an fp32
+    # buffer with atomics, which the FFN kernel adds to the residual (so no program recomputes another KV
+    # head's attention, the price of ``fused_attn_o``). Three kernels a layer. Not yet timed: opt-in.
+    split_attn_o: bool = False
     # With the GEMV, the step's own kernels (GEMVs, fused q/k/v, HALO-S's attention) launched with
     # programmatic dependent launch (halo_lab/kernels/pdl.py, sm_90+): each may start while the one before
     # runs and load its weights before it waits. On an H100 (medium model, batch 1) HALO-S decodes at 9,117
@@ -171,6 +178,7 @@ class Decoder:
         self.qkv = qkv_kernel(model) if self.gemv is not None and self.fused_qkv else None
         self.attn_o = attn_o_kernel(model) if self.qkv is not None and self.fused_attn_o else None
         self.ffn = ffn_kernels(model) if self.qkv is not None and self.fused_ffn else None
+        self.split = split_attn_kernels(model) if self.ffn is not None and self.split_attn_o else None
         self.pdl_on = bool(self.pdl) and self.gemv is not None and pdl.supported(self.device)
         self.persistent, self.persistent_why_not = None, "Decoder.persistent_step is off"
         if self.persistent_step and self.qkv is not None:
@@ -260,33 +268,38 @@ class Decoder:
 
     def _attention(
         self, layer, cache, w_qkv: torch.Tensor, x: torch.Tensor, rope: tuple | None, acc=None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One layer's ``x + o_proj(attention(ln_1(x)))`` [B, C], and with the split-K FFN (``ffn``) that
-        layer's FFN buffer, zeroed (else None); its input is then x + ``acc`` (the FFN before's sums, None
-        at the first layer). With ``qkv`` one kernel projects, ropes and
-        writes k and v into the cache; then ``attn_o`` attends over the graph's keys and projects in one more
-        where the layer has a fixed key list (``attn.decode_key_slots``), else the model's attention reads
-        the cache (``attn.decode_attend``) and a GEMV projects. Without ``qkv``: the projection, then
-        ``attn.decode_qkv`` (RoPE, cache write, attention) and the o-projection; ``rope``: the (cos, sin) rows
-        at ``pos`` it needs (None with ``qkv``, which reads the tables at ``pos``)."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """One layer's (x, a, f): x + o_proj(attention(ln_1(x))) is x + round(a) with ``split`` (a: the split
+        attention's fp32 sums), else x (a None); f: with the split-K FFN that layer's FFN buffer, zeroed
+        (else None), and the input is x + ``acc`` (the FFN before's sums; None at the first layer). With
+        ``qkv`` one kernel projects, ropes and writes k and v into the cache; then where the layer has a
+        fixed key list (``attn.decode_key_slots``) one more attends and projects (``split`` or ``attn_o``),
+        else ``attn.decode_attend`` reads the cache and a GEMV projects. Without ``qkv``: the projection,
+        ``attn.decode_qkv`` (RoPE, cache write, attention) and the o-projection; ``rope``: the (cos, sin)
+        rows at ``pos`` it needs (None with ``qkv``, which reads the tables at ``pos``)."""
         a, pos, w_o = layer.attn, self.pos, layer.attn.o_proj.weight
         if self.qkv is None:
             y = a.decode_qkv(self._project(x, w_qkv, norm=layer.ln_1), *rope, cache, pos)
-            return self._project(y, w_o, residual=x), None
+            return self._project(y, w_o, residual=x), None, None
         G, ring, store, row0 = cache.decode_write_slots()
         args = (
             w_qkv, *norm_args(layer.ln_1), self.cos, self.sin, pos, cache.k, cache.v, store,
             *norm_kind(layer.ln_1), self.model.config.num_heads, G, ring, row0,
         )  # fmt: skip
-        zero = None
-        if self.ffn is not None:
+        zero = zero_attn = None
+        if self.split is not None:
+            q, x, zero, zero_attn = self.split[0](x, acc, *args)
+        elif self.ffn is not None:
             q, x, zero = self.ffn[0](x, acc, *args)
         else:
             q = self.qkv(x, *args)
-        slots = a.decode_key_slots(cache, pos) if self.attn_o is not None else None
+        slots = a.decode_key_slots(cache, pos) if self.attn_o is not None or zero_attn is not None else None
+        if slots is not None and zero_attn is not None:
+            self.split[1](q, cache.k, cache.v, slots, w_o, zero_attn)
+            return x, zero_attn, zero
         if slots is not None:
-            return self.attn_o(q, cache.k, cache.v, slots, w_o, x), zero
-        return self._project(a.decode_attend(q, cache, pos), w_o, residual=x), zero
+            return self.attn_o(q, cache.k, cache.v, slots, w_o, x), None, zero
+        return self._project(a.decode_attend(q, cache, pos), w_o, residual=x), None, zero
 
     def _fused_decode_step(self) -> torch.Tensor:
         """``model.decode_step`` with each layer's q/k/v projections as one matmul and the SwiGLU gate and
@@ -307,9 +320,13 @@ class Decoder:
         acc = None  # the split-K FFN's sums, added by the next kernel that reads x
         for layer, cache, (w_qkv, w_up) in zip(m.layers, self.caches, self.fused):
             f = layer.ffn
-            x, acc = self._attention(layer, cache, w_qkv, x, rope, acc)
+            x, a_acc, acc = self._attention(layer, cache, w_qkv, x, rope, acc)
+            ffn_args = (w_up, f.w2.weight, *norm_args(layer.ln_2), acc, *norm_kind(layer.ln_2))
+            if a_acc is not None:  # the FFN's input x + round(a_acc): the residual its sums are added to
+                x = self.split[2](x, a_acc, *ffn_args)
+                continue
             if acc is not None:
-                self.ffn[1](x, w_up, f.w2.weight, *norm_args(layer.ln_2), acc, *norm_kind(layer.ln_2))
+                self.ffn[1](x, *ffn_args)
                 continue
             h = proj(x, w_up, norm=layer.ln_2)
             if f.w3 is not None:

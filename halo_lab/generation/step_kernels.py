@@ -71,6 +71,19 @@ def ffn_kernels(model) -> tuple[Callable, Callable] | None:
     return kq.decode_qkv_ffn_op, kf.decode_ffn_op
 
 
+def split_attn_kernels(model) -> tuple[Callable, Callable, Callable] | None:
+    """(``decode_qkv_ffn_split_op``, ``decode_attn_o_split_op``, ``decode_ffn_split_op``) for the split-K
+    FFN step with HALO-S's attention + o-projection split over KV heads (halo_lab/kernels/decode_attn_o.py),
+    or None where the split-K FFN or the attention + o kernel cannot run."""
+    from halo_lab.kernels import decode_attn_o as ka
+    from halo_lab.kernels import decode_ffn as kf
+    from halo_lab.kernels import decode_qkv as kq
+
+    if ffn_kernels(model) is None or attn_o_kernel(model) is None:
+        return None
+    return kq.decode_qkv_ffn_split_op, ka.decode_attn_o_split_op, kf.decode_ffn_split_op
+
+
 def norm_args(norm: torch.nn.Module | None) -> tuple:
     """(weight, bias) of ``gemv_op`` for a norm prologue (None: no norm)."""
     if norm is None:

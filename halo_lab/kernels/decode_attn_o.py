@@ -9,8 +9,9 @@ Design: each program owns BLOCK_N output rows of ``x + attn @ W_o.T`` and recomp
 attention for them: per KV head it loads the K key and value rows once (the slots are the same for
 every head: the graph depends on the position only) and runs its query heads over them, then multiplies
 each head's d outputs by its [BLOCK_N, d] slice of W_o. So no program waits for another: no fp32
-atomics, no second pass for the rounding and the residual, and the sums have a fixed order (a
-split-K over heads would need both, and its atomics make the output depend on the programs' timing).
+atomics, no second pass for the rounding and the residual, and the sums have a fixed order. A split over
+KV heads needs both: ``decode_attn_o_split`` at the end of this module, for the step with the split-K FFN,
+whose kernel does the rounding and the residual add.
 Every query head is a row of one product each way against a KV head's keys (q . K^T, then p . V; Hq
 padded to HP >= 16 rows, tl.dot's smallest), and each row keeps the output of its own KV head. In bf16 the
 products run on the tensor cores: q . K^T of bf16 values is exact in fp32, and p goes in as two bf16
@@ -19,8 +20,9 @@ halves (p = hi + lo, about 16 bits), so the result matches the decode attention 
 2026-12-06) spilled about 5 KB a thread on sm_90 (``experiments/bench/kernel_regs.py``); this one spills
 none. The first version ran one head at a time, 8 chains of dependent reductions per program, and took
 12.8 µs a launch on an H100 (the attention kernel and the GEMV it replaces: about 6;
-experiments/bench/kernel_notes.md, "Decode step, 2026-12-05"). This one is not yet timed, and the
-decoder keeps it off (``Decoder.fused_attn_o``). Each program loads its whole [BLOCK_N, Hq, d] tile of
+experiments/bench/kernel_notes.md, "Decode step, 2026-12-05"). This one takes 6.9 µs under PDL and the
+step is slower with it (experiments/bench/README.md, "Tenth session: issue 30 timed"), so the decoder
+keeps it off (``Decoder.fused_attn_o``). Each program loads its whole [BLOCK_N, Hq, d] tile of
 W_o first, then (under PDL, ``pdl.py``) waits for the kernel before it, so the weights stream while that
 kernel still runs; the heads' outputs form one [Hq, d] tile for a single product with it.
 The price is the attention recomputed by every program: 2 Hkv x K x d values read per program (the
@@ -83,6 +85,23 @@ def block_n(rows: int) -> int:
 if HAS_TRITON:
 
     @triton.jit
+    def _kv_head_attention(q, kt, vt, valid, scale, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+        """Every row of q [HP, BLOCK_D] against one KV head's keys and values [BLOCK_K, BLOCK_D]: the decode
+        attention kernel's fp32 math (halo_lab/kernels/decode.py). IEEE: fp32 caches, fp32 products; bf16
+        / fp16: their products are exact in fp32, summed in fp32 on the tensor cores, p as two 16-bit
+        halves (p = hi + lo to ~16 bits)."""
+        s = mma(q, tl.trans(kt), IEEE, UPCAST)
+        s = tl.where(valid[None, :], s * scale, float("-inf"))
+        p = tl.exp(s - tl.max(s, axis=1)[:, None])
+        p = tl.where(valid[None, :], p, 0.0)
+        p = p / tl.sum(p, axis=1)[:, None]
+        if IEEE:
+            return mma(p, vt.to(tl.float32), True, UPCAST)  # [HP, BLOCK_D]
+        p_hi = p.to(vt.dtype)
+        p_lo = (p - p_hi.to(tl.float32)).to(vt.dtype)
+        return mma(p_hi, vt, False, UPCAST) + mma(p_lo, vt, False, UPCAST)
+
+    @triton.jit
     def _attn_o_kernel(
         q_ptr, k_ptr, v_ptr, slot_ptr, w_ptr, res_ptr, out_ptr,
         sqb, sqh, skb, skh, sks, svb, svh, svs, swn, srb, sob,
@@ -130,20 +149,7 @@ if HAS_TRITON:
         for hk in tl.static_range(HKV):  # the KV head's keys and values once, every head's rows against them
             kt = tl.load(k_ptr + b * skb + hk * skh + safe[:, None] * sks + c[None, :], mask=rows, other=0.0)
             vt = tl.load(v_ptr + b * svb + hk * svh + safe[:, None] * svs + c[None, :], mask=rows, other=0.0)
-            # the decode attention kernel's fp32 math (halo_lab/kernels/decode.py)
-            # (IEEE: fp32 caches, fp32 products; bf16 / fp16: their products are exact in fp32, summed in
-            # fp32 on the tensor cores)
-            s = mma(q, tl.trans(kt), IEEE, UPCAST)
-            s = tl.where(valid[None, :], s * scale, float("-inf"))
-            p = tl.exp(s - tl.max(s, axis=1)[:, None])
-            p = tl.where(valid[None, :], p, 0.0)
-            p = p / tl.sum(p, axis=1)[:, None]
-            if IEEE:
-                o = mma(p, vt.to(tl.float32), True, UPCAST)  # [HP, BLOCK_D]
-            else:  # p as two 16-bit halves (p = hi + lo to ~16 bits), each product exact in fp32
-                p_hi = p.to(vt.dtype)
-                p_lo = (p - p_hi.to(tl.float32)).to(vt.dtype)
-                o = mma(p_hi, vt, False, UPCAST) + mma(p_lo, vt, False, UPCAST)
+            o = _kv_head_attention(q, kt, vt, valid, scale, IEEE, UPCAST)
             # the rows of this KV head's query heads keep their output (GQA: heads hk * HQ / HKV ...)
             o_all = tl.where((h // (HQ // HKV) == hk)[:, None], o, o_all)
         o_all = o_all.to(q_ptr.dtype.element_ty).to(tl.float32)  # the attention's output dtype
@@ -211,3 +217,132 @@ if HAS_TRITON:
     @decode_attn_o_op.register_fake
     def _(q, k_cache, v_cache, slots, w_o, residual):
         return residual.new_empty(residual.shape[0], w_o.shape[0], dtype=w_o.dtype)
+
+
+# ---------------------------------------------------------------- split over KV heads, for the split-K FFN
+#
+# The kernel above recomputes every head's attention in every program, which costs it more than the
+# attention kernel and the GEMV it replaces (H100: 6.9 µs a launch against 3.5 + ~3.1; experiments/bench,
+# "Tenth session: issue 30 timed"). In a step with the split-K FFN the layer's FFN reads x + round(acc)
+# anyway, so the o-projection can be split over KV heads the same way: program (hk, rows) attends with
+# hk's query heads only, multiplies their outputs by its [BLOCK_N, G d] tile of W_o, and adds that partial
+# sum into a zeroed fp32 buffer with atomics. Each KV head's attention is computed C / BLOCK_N times, not
+# C / BLOCK_N x Hkv, and no rounding or residual add happens here: the FFN kernel rounds (decode_ffn's
+# ``acc_in``). The sums' order follows the programs' arrival, as the FFN's does.
+# Block sizes: BLOCK_N = 16 rows of W_o a program (hidden 512, 2 KV heads: 64 programs, 8 KB of W_o each at
+# d 64 and 4 query heads a KV head); HP = the group's query heads padded to 16 (tl.dot's smallest).
+SPLIT_BLOCK_N = 16
+
+
+def reference_decode_attn_o_split(q, k_cache, v_cache, slots, w_o) -> torch.Tensor:
+    """The fp32 [B, C] o-projection of the attention before its rounding: ``attention(q) @ w_o.T`` with the
+    attention's output rounded to q's dtype (the unfused step's), summed in fp32."""
+    y = reference_decode_attention(q, k_cache, v_cache, slots)
+    return torch.nn.functional.linear(y.reshape(q.shape[0], -1).float(), w_o.float())
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _attn_o_split_kernel(
+        q_ptr, k_ptr, v_ptr, slot_ptr, w_ptr, acc_ptr,
+        sqb, sqh, skb, skh, sks, svb, svh, svs, swn, sab,
+        n_keys, N, scale,
+        G: tl.constexpr,
+        HP: tl.constexpr,
+        GW: tl.constexpr,
+        D: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        IEEE: tl.constexpr,
+        UPCAST: tl.constexpr,
+        PDL: tl.constexpr,
+    ):  # fmt: skip
+        if PDL:  # the next kernel may launch while this one runs (pdl.py)
+            tl.extra.cuda.gdc_launch_dependents()
+        n_blocks = tl.cdiv(N, BLOCK_N)
+        hk = tl.program_id(0) // n_blocks  # this program's KV head
+        n = (tl.program_id(0) % n_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+        b = tl.program_id(1).to(tl.int64)  # 64-bit offsets: a large batch x long cache exceeds 2**31
+        in_n = n < N
+        j = tl.arange(0, BLOCK_K)
+        c = tl.arange(0, BLOCK_D)
+        in_d = c < D
+        g = tl.arange(0, HP)  # the KV head's query heads hk * G + g as the rows of one product
+        in_g = g < G
+        # W_o's [BLOCK_N, G, d] tile of this KV head's heads first: no kernel writes it (see _attn_o_kernel)
+        gw = tl.arange(0, GW)
+        w_cols = (hk * G + gw)[None, :, None] * D + c[None, None, :]
+        w_mask = in_n[:, None, None] & (gw < G)[None, :, None] & in_d[None, None, :]
+        w_all = tl.load(w_ptr + n[:, None, None] * swn + w_cols, mask=w_mask, other=0.0)
+        if PDL:  # everything below reads what earlier kernels wrote (q, the cache, the slots); atomics after
+            tl.extra.cuda.gdc_wait()
+        slot = tl.load(slot_ptr + j, mask=j < n_keys, other=-1)
+        valid = slot >= 0
+        safe = tl.where(valid, slot, 0).to(tl.int64)
+        rows = valid[:, None] & in_d[None, :]
+        q_mask = in_g[:, None] & in_d[None, :]
+        q = tl.load(q_ptr + b * sqb + (hk * G + g)[:, None] * sqh + c[None, :], mask=q_mask, other=0.0)
+        kt = tl.load(k_ptr + b * skb + hk * skh + safe[:, None] * sks + c[None, :], mask=rows, other=0.0)
+        vt = tl.load(v_ptr + b * svb + hk * svh + safe[:, None] * svs + c[None, :], mask=rows, other=0.0)
+        o = _kv_head_attention(q, kt, vt, valid, scale, IEEE, UPCAST)
+        # the attention's output dtype; the padding rows (no query head) to zero, then the first GW rows
+        o = tl.where(in_g[:, None], o.to(q_ptr.dtype.element_ty).to(tl.float32), 0.0)
+        o_w = tl.sum(tl.reshape(o, [HP // GW, GW, BLOCK_D]), axis=0)
+        part = tl.sum(tl.sum(w_all.to(tl.float32) * o_w[None, :, :], axis=2), axis=1)
+        tl.atomic_add(acc_ptr + b * sab + n, part, mask=in_n, sem="relaxed")
+
+
+def decode_attn_o_split(q, k_cache, v_cache, slots, w_o, acc) -> None:
+    """The Triton kernel: adds what ``reference_decode_attn_o_split`` computes into ``acc`` (fp32 [B, C],
+    zero before; its rows may be strided, its columns not), in one launch; every row must have at least
+    one valid key (globals or self)."""
+    B, Hq, P, d = q.shape
+    Hkv = k_cache.shape[1]
+    C = w_o.shape[0]
+    if P != 1 or Hq % Hkv or w_o.shape[1] != Hq * d:
+        raise ValueError(
+            f"q {tuple(q.shape)}, {Hkv} KV heads, W_o {tuple(w_o.shape)}: need one query per row, Hq a "
+            "multiple of Hkv, W_o [C, Hq d]"
+        )
+    if acc.shape != (B, C) or acc.dtype != torch.float32 or acc.stride(-1) != 1:
+        raise ValueError(f"acc {tuple(acc.shape)} {acc.dtype}: need fp32 [{B}, {C}] with contiguous columns")
+    if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
+        raise ValueError("the caches' head dimension must be contiguous")
+    q, w_o, slots = q.contiguous(), w_o.contiguous(), slots.contiguous()
+    G = Hq // Hkv
+    _attn_o_split_kernel[(Hkv * triton.cdiv(C, SPLIT_BLOCK_N), B)](
+        q, k_cache, v_cache, slots, w_o, acc,
+        q.stride(0), q.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        w_o.stride(0), acc.stride(0),
+        slots.numel(), C, 1.0 / math.sqrt(d),
+        G=G,
+        HP=max(16, triton.next_power_of_2(G)),
+        GW=triton.next_power_of_2(G),
+        D=d,
+        BLOCK_K=max(16, triton.next_power_of_2(slots.numel())),
+        BLOCK_D=max(16, triton.next_power_of_2(d)),
+        BLOCK_N=SPLIT_BLOCK_N,
+        IEEE=q.dtype == torch.float32 or k_cache.dtype == torch.float32,
+        UPCAST=INTERPRETED,
+        num_warps=4,
+        **pdl.launch_options(),
+    )  # fmt: skip
+
+
+decode_attn_o_split_op = None
+if HAS_TRITON:
+
+    @torch.library.custom_op("halo_lab::decode_attn_o_split", mutates_args=("acc",))
+    def decode_attn_o_split_op(
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        slots: torch.Tensor,
+        w_o: torch.Tensor,
+        acc: torch.Tensor,
+    ) -> None:
+        decode_attn_o_split(q, k_cache, v_cache, slots, w_o, acc)

@@ -71,13 +71,14 @@ if HAS_TRITON:
 
     @triton.jit
     def _ffn_kernel(
-        x_ptr, wu_ptr, wd_ptr, nw_ptr, nb_ptr, acc_ptr,
-        C, H, sxb, swu, swd, sab, eps,
+        x_ptr, wu_ptr, wd_ptr, nw_ptr, nb_ptr, acc_ptr, ain_ptr, xo_ptr,
+        C, H, sxb, swu, swd, sab, sai, sxo, eps,
         NORM: tl.constexpr,
         HAS_BIAS: tl.constexpr,
         BLOCK_H: tl.constexpr,
         CHUNK: tl.constexpr,
         PDL: tl.constexpr,
+        ACC_IN: tl.constexpr,
     ):  # fmt: skip
         if PDL:  # the next kernel may launch while this one runs (pdl.py)
             tl.extra.cuda.gdc_launch_dependents()
@@ -95,8 +96,13 @@ if HAS_TRITON:
         if PDL:  # x is the kernel before's output; the atomics are stores
             tl.extra.cuda.gdc_wait()
         x_row = x_ptr + b * sxb
-        gate = kg._dot_loaded(wg, x_row, nw_ptr, nb_ptr, C, eps, NORM, HAS_BIAS, False, CHUNK, x_row, False)
-        up = kg._dot_loaded(wu, x_row, nw_ptr, nb_ptr, C, eps, NORM, HAS_BIAS, False, CHUNK, x_row, False)
+        a_row = ain_ptr + b * sai  # ACC_IN: the input is x + round(acc_in) (gemv._x), the layer's residual
+        gate = kg._dot_loaded(wg, x_row, nw_ptr, nb_ptr, C, eps, NORM, HAS_BIAS, False, CHUNK, a_row, ACC_IN)
+        up = kg._dot_loaded(wu, x_row, nw_ptr, nb_ptr, C, eps, NORM, HAS_BIAS, False, CHUNK, a_row, ACC_IN)
+        if ACC_IN:  # program 0 of each row stores that residual for the kernel after the FFN
+            if tl.program_id(0) == 0:
+                xr = kg._x(x_row, a_row, c, in_c, True, dt)
+                tl.store(xo_ptr + b * sxo + c, xr.to(dt), mask=in_c)
         # the up GEMV's rounding, then SwiGLU as gemv's prologue rounds it
         g = gate.to(dt).to(tl.float32)
         silu = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32)
@@ -116,9 +122,12 @@ def decode_ffn(
     norm_weight: torch.Tensor | None = None,
     norm_bias: torch.Tensor | None = None,
     eps: float = 1e-5,
+    acc_in: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """The Triton kernel: adds what ``reference_decode_ffn`` computes into ``acc`` (fp32 [B, C], zero
-    before), in one launch (see the module doc)."""
+    before), in one launch (see the module doc). ``acc_in`` = (a, x_out): the input is x + a rounded (a:
+    fp32 [B, C], the split attention's sums, ``decode_attn_o.decode_attn_o_split``) and x_out [B, C]
+    receives it, the residual that the kernel after this one adds the FFN's sums to."""
     kg.check_norm(norm, norm_weight)
     B, C = x.shape
     H = w_down.shape[1]
@@ -127,18 +136,24 @@ def decode_ffn(
             f"x [{B}, {C}], W_up {tuple(w_up.shape)}, W_down {tuple(w_down.shape)}: need W_up [2H, C], "
             f"W_down [C, H], C <= {MAX_C}"
         )
-    if acc.shape != (B, C) or acc.dtype != torch.float32 or acc.stride(-1) != 1:
-        raise ValueError(f"acc {tuple(acc.shape)} {acc.dtype}: need a contiguous fp32 [{B}, {C}]")
+    for name, a in (("acc", acc), ("acc_in", acc_in[0] if acc_in is not None else acc)):
+        if a.shape != (B, C) or a.dtype != torch.float32 or a.stride(-1) != 1:
+            raise ValueError(f"{name} {tuple(a.shape)} {a.dtype}: need fp32 [{B}, {C}], contiguous columns")
     x, w_up, w_down = x.contiguous(), w_up.contiguous(), w_down.contiguous()
+    a_in, x_out = acc_in if acc_in is not None else (acc, x)
+    if x_out.shape != x.shape or x_out.dtype != w_up.dtype or x_out.stride(-1) != 1:
+        raise ValueError(f"x_out {tuple(x_out.shape)} {x_out.dtype}: need {tuple(x.shape)} {w_up.dtype}")
     nw = norm_weight if norm_weight is not None else w_up
     nb = norm_bias if norm_bias is not None else nw
     _ffn_kernel[(triton.cdiv(H, BLOCK_H), B)](
-        x, w_up, w_down, nw, nb, acc,
-        C, H, x.stride(0), w_up.stride(0), w_down.stride(0), acc.stride(0), eps,
+        x, w_up, w_down, nw, nb, acc, a_in, x_out,
+        C, H, x.stride(0), w_up.stride(0), w_down.stride(0), acc.stride(0), a_in.stride(0), x_out.stride(0),
+        eps,
         NORM=kg.NORMS[norm],
         HAS_BIAS=norm_bias is not None,
         BLOCK_H=BLOCK_H,
         CHUNK=triton.next_power_of_2(C),
+        ACC_IN=acc_in is not None,
         num_warps=8,
         **pdl.launch_options(),
     )  # fmt: skip
@@ -159,3 +174,30 @@ if HAS_TRITON:
         eps: float,
     ) -> None:
         decode_ffn(x, w_up, w_down, acc, norm=norm, norm_weight=norm_weight, norm_bias=norm_bias, eps=eps)
+
+
+decode_ffn_split_op = None
+if HAS_TRITON:
+
+    @torch.library.custom_op("halo_lab::decode_ffn_split", mutates_args=("acc",))
+    def decode_ffn_split_op(
+        x: torch.Tensor,
+        acc_in: torch.Tensor,
+        w_up: torch.Tensor,
+        w_down: torch.Tensor,
+        norm_weight: torch.Tensor | None,
+        norm_bias: torch.Tensor | None,
+        acc: torch.Tensor,
+        norm: str,
+        eps: float,
+    ) -> torch.Tensor:
+        """``decode_ffn_op`` after the split attention (``decode_attn_o.decode_attn_o_split``): its input is
+        x + acc_in rounded, returned as the residual that the FFN's sums in ``acc`` are added to."""
+        x_out = torch.empty(x.shape, device=x.device, dtype=w_up.dtype)
+        kw = {"norm": norm, "norm_weight": norm_weight, "norm_bias": norm_bias, "eps": eps}
+        decode_ffn(x, w_up, w_down, acc, acc_in=(acc_in, x_out), **kw)
+        return x_out
+
+    @decode_ffn_split_op.register_fake
+    def _(x, acc_in, w_up, *_):
+        return x.new_empty(x.shape, dtype=w_up.dtype)

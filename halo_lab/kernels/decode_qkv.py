@@ -106,8 +106,8 @@ if HAS_TRITON:
     @triton.jit
     def _decode_qkv_kernel(
         x_ptr, w_ptr, q_ptr, k_ptr, v_ptr, nw_ptr, nb_ptr, cos_ptr, sin_ptr, pos_ptr, store_ptr,
-        acc_ptr, xo_ptr, zero_ptr,
-        K, sxb, swn, sqb, skb, skh, sks, svb, svh, svs, scos, ssin, sab, sxo, szb,
+        acc_ptr, xo_ptr, zero_ptr, zero2_ptr,
+        K, sxb, swn, sqb, skb, skh, sks, svb, svh, svs, scos, ssin, sab, sxo, szb, sz2b,
         eps, num_globals, ring, row0,
         HQ: tl.constexpr,
         HKV: tl.constexpr,
@@ -122,6 +122,7 @@ if HAS_TRITON:
         PDL: tl.constexpr,
         ACC: tl.constexpr,
         FFN_OUT: tl.constexpr,
+        ZERO2: tl.constexpr,
     ):  # fmt: skip
         if PDL:  # the next kernel may launch while this one runs; no store before _rows_dot's wait (pdl.py)
             tl.extra.cuda.gdc_launch_dependents()
@@ -145,6 +146,8 @@ if HAS_TRITON:
                     xr = kg._x(x_ptr + b * sxb, acc_ptr + b * sab, kk, in_k, ACC, dt)
                     tl.store(xo_ptr + b * sxo + kk, xr.to(dt), mask=in_k)
                     tl.store(zero_ptr + b * szb + kk, tl.zeros([CHUNK], dtype=tl.float32), mask=in_k)
+                    if ZERO2:  # the split attention's sums (decode_attn_o_split), one kernel later
+                        tl.store(zero2_ptr + b * sz2b + kk, tl.zeros([CHUNK], dtype=tl.float32), mask=in_k)
         # the GEMV's rounding (its output's dtype), then the two halves of each pair
         y = acc.to(w_ptr.dtype.element_ty).to(tl.float32)
         x1, x2 = tl.split(tl.reshape(y, [BLOCK_P, 2]))
@@ -213,8 +216,9 @@ def decode_qkv(
     """The Triton kernel: what ``reference_decode_qkv`` computes, in one launch (see the module doc).
 
     For the split-K FFN (``decode_ffn``): ``acc`` makes the input x + acc rounded (the FFN before's sums),
-    and ``ffn_out`` = (x_res [B, C], zero [B, C] fp32) receives that input (the layer's residual) and
-    zeros (the sums of this layer's FFN, which launches two kernels later)."""
+    and ``ffn_out`` = (x_res [B, C], zero [B, C] fp32[, zero2 [B, C] fp32]) receives that input (the
+    layer's residual) and zeros (the sums of this layer's FFN, which launches two kernels later, and of
+    its split attention + o-projection, one kernel later)."""
     _check(x, w, cos, k_cache, v_cache, num_heads, norm, norm_weight)
     if acc is not None and (acc.shape != x.shape or acc.dtype != torch.float32):
         raise ValueError(f"acc {tuple(acc.shape)} {acc.dtype}: need fp32 in x's shape {tuple(x.shape)}")
@@ -227,14 +231,15 @@ def decode_qkv(
     block_p = block_n // 2
     grid = (triton.cdiv((num_heads + 2 * Hkv) * d // 2, block_p), B)
     acc = acc.contiguous() if acc is not None else x
-    xo, zero = ffn_out if ffn_out is not None else (x, acc)
+    xo, zero, *zero2 = ffn_out if ffn_out is not None else (x, acc)
+    zero2 = zero2[0] if zero2 else zero
     _decode_qkv_kernel[grid](
         x, w, q, k_cache, v_cache, nw, nb, cos, sin, pos, store if store is not None else pos,
-        acc, xo, zero,
+        acc, xo, zero, zero2,
         w.shape[1], x.stride(0), w.stride(0), q.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        cos.stride(0), sin.stride(0), acc.stride(0), xo.stride(0), zero.stride(0),
+        cos.stride(0), sin.stride(0), acc.stride(0), xo.stride(0), zero.stride(0), zero2.stride(0),
         eps, num_globals, max(ring, 1), row0,
         HQ=num_heads,
         HKV=Hkv,
@@ -248,6 +253,7 @@ def decode_qkv(
         ONE_CHUNK=w.shape[1] <= chunk,
         ACC=acc is not x,
         FFN_OUT=ffn_out is not None,
+        ZERO2=zero2 is not zero,
         num_warps=4,
         **pdl.launch_options(),
     )  # fmt: skip
@@ -326,3 +332,48 @@ if HAS_TRITON:
     ):
         q = x.new_empty(x.shape[0], num_heads, 1, k_cache.shape[-1], dtype=w.dtype)
         return q, x.new_empty(x.shape, dtype=w.dtype), x.new_empty(x.shape, dtype=torch.float32)
+
+
+decode_qkv_ffn_split_op = None
+if HAS_TRITON:
+
+    @torch.library.custom_op("halo_lab::decode_qkv_ffn_split", mutates_args=("k_cache", "v_cache"))
+    def decode_qkv_ffn_split_op(
+        x: torch.Tensor,
+        acc: torch.Tensor | None,
+        w: torch.Tensor,
+        norm_weight: torch.Tensor | None,
+        norm_bias: torch.Tensor | None,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        pos: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        store: torch.Tensor | None,
+        norm: str,
+        eps: float,
+        num_heads: int,
+        num_globals: int,
+        ring: int,
+        row0: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``decode_qkv_ffn_op`` with the attention + o-projection split over KV heads after it
+        (``decode_attn_o.decode_attn_o_split``): (q, the residual, the FFN's sums zeroed, the attention's
+        sums zeroed), each its own allocation (Inductor and mutated views of one allocation: experiments/bench/
+        README.md, "Eighth session")."""
+        x_res = torch.empty(x.shape, device=x.device, dtype=w.dtype)
+        zero, zero_attn = (torch.empty(x.shape, device=x.device, dtype=torch.float32) for _ in range(2))
+        q = decode_qkv(
+            x, w, cos, sin, pos, k_cache, v_cache, num_heads=num_heads, norm=norm, norm_weight=norm_weight,
+            norm_bias=norm_bias, eps=eps, num_globals=num_globals, ring=ring, store=store, row0=row0,
+            acc=acc, ffn_out=(x_res, zero, zero_attn),
+        )  # fmt: skip
+        return q, x_res, zero, zero_attn
+
+    @decode_qkv_ffn_split_op.register_fake
+    def _(
+        x, acc, w, norm_weight, norm_bias, cos, sin, pos, k_cache, v_cache, store, norm, eps, num_heads, *_
+    ):
+        q = x.new_empty(x.shape[0], num_heads, 1, k_cache.shape[-1], dtype=w.dtype)
+        zeros = (x.new_empty(x.shape, dtype=torch.float32) for _ in range(2))
+        return q, x.new_empty(x.shape, dtype=w.dtype), *zeros
