@@ -78,7 +78,7 @@ class Decoder:
     # With the fused q/k/v, HALO-S's attention over its K graph keys, the o-projection and the residual add
     # in one launch too (halo_lab/kernels/decode_attn_o.py; dense and selection never take it). Off: on an
     # H100 (medium model, batch 1, 1K, with PDL) it takes 6.9 µs a launch where the attention kernel and
-    # the GEMV it replaces take 3.5 + ~2.5, so 7,659 tokens/s against 9,065 without it (every program
+    # the GEMV it replaces take 3.5 + ~3.1, so 7,659 tokens/s against 9,065 without it (every program
     # recomputes every head's attention before its product; experiments/bench/h100_decode_v6/). Opt-in.
     fused_attn_o: bool = False
     # With the fused q/k/v, each layer's SwiGLU FFN in one launch split over its hidden units (fp32 atomics
