@@ -222,6 +222,48 @@ def test_the_dq_pass_timing_probes_change_only_the_selected_keys_grads(monkeypat
     assert (dk - rk).abs().max() > 1e-3 and (dv - rv).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("m,token_bias,n", [(0, None, 70), (3, -1.5, 150)])
+def test_the_chosen_keys_grads_by_key_blocks_equal_the_reference(monkeypatch, m, token_bias, n):
+    """``SEL_KG`` 3 (chosen_dkv.py): the chosen keys' dK/dV from one program per key block, over the
+    positions that chose it, instead of the dQ pass's atomics: values and every gradient equal the
+    oracle's, with groups and the token bias, at a length where blocks are chosen by many positions."""
+    from halo_lab.kernels.halo_attention import chosen_dkv, interface
+
+    triton_ready()
+    c = cfg(select_group_size=m, attention_backend="triton", select_token_bias=token_bias)
+    q, k, v = (t[:1].clone().requires_grad_() for t in qkv(c, n, seed=5 + m))
+    tb = torch.tensor([-0.3, 0.8], requires_grad=True) if token_bias is not None else None
+    ref = reference_attention(q, k, v, c, 1, 7, None, None, tb)
+    plain = interface._options
+
+    def by_blocks(head_dim, group, dtype, selecting):
+        opts = plain(head_dim, group, dtype, selecting)
+        return {**opts, "dq": {**opts["dq"], "SEL_KG": chosen_dkv.KG_BY_BLOCKS}}
+
+    monkeypatch.setattr(interface, "_options", by_blocks)
+    monkeypatch.setattr(interface, "_PLANS", {})
+    out = attn.halo_attention(q, k, v, c, 1, 7, "triton", token_bias=tb)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(ref)
+    leaves = (q, k, v) + ((tb,) if tb is not None else ())
+    for name, a, b in zip(
+        "q k v token_bias".split(), *(torch.autograd.grad(t, leaves, g) for t in (out, ref))
+    ):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=lambda s, name=name: f"d{name}: {s}")
+
+
+def test_the_choice_inverted_lists_each_blocks_positions():
+    """chosen_dkv.chosen_pairs: per (batch row, KV head, block) the positions that chose it, ascending;
+    unused choices (-1) nowhere."""
+    from halo_lab.kernels.halo_attention.chosen_dkv import chosen_pairs
+
+    blk = torch.tensor([[[[1, 0], [-1, -1], [1, -1], [0, 2]], [[2, -1], [2, 1], [-1, -1], [0, 1]]]])
+    offsets, positions = chosen_pairs(blk.int(), 3)
+    lists = [positions[offsets[i] : offsets[i + 1]].tolist() for i in range(6)]
+    assert lists == [[0, 3], [0, 2], [3], [3], [1, 3], [0, 1]]
+    assert offsets[-1] == 10
+
+
 def test_summary_keys_off_changes_only_the_softmax():
     c = cfg(select_summary_keys=False)
     q, k, v = qkv(c, 70)

@@ -24,14 +24,14 @@ from halo_lab.config import HaloConfig
 from halo_lab.kernels.decode_attn_o import _attn_o_kernel, _attn_o_split_kernel
 from halo_lab.kernels.decode_ffn import _ffn_kernel
 from halo_lab.kernels.gemv import _gemv_kernel, block_sizes
-from halo_lab.kernels.halo_attention import interface
+from halo_lab.kernels.halo_attention import chosen_dkv, interface
 from halo_lab.kernels.halo_attention.backward import halo_bwd_dq_kernel
 from halo_lab.kernels.halo_attention.choose import choose_blocks_kernel
 from halo_lab.kernels.halo_attention.forward import halo_fwd_kernel
 
 FP32_POINTERS = ("LSE", "DELTA", "DKA", "DVA", "DSK", "DSV", "SBIAS", "TBIAS", "DBIAS", "DTBIAS")
-INT32_POINTERS = ("DIST", "RAND", "BLK", "GRPS", "TB", "TBN", "TG", "TGN")
-INTS = ("L", "HKV", "NT", "UMAX", "UGMAX", "NB", "NSUM")
+INT32_POINTERS = ("DIST", "RAND", "BLK", "GRPS", "TB", "TBN", "TG", "TGN", "OFFS", "POS")
+INTS = ("L", "HKV", "NT", "UMAX", "UGMAX", "NB", "NSUM", "NBLK")
 
 
 def _signature(kernel, constexprs: dict, dtype: str) -> dict[str, str]:
@@ -97,6 +97,14 @@ def main() -> None:
             for bpt in (1, 2):
                 regs = resources(kernel, {**base[kname], "num_warps": warps}, {**consts, "BPT": bpt})
                 print(f"{kname:3s} {warps} warps selection, BPT {bpt}      {regs}", flush=True)
+    # the dQ pass without the chosen keys' dK/dV, and the pass that owns them (chosen_dkv.py, SEL_KG 3)
+    regs = resources(halo_bwd_dq_kernel, {**base["dq"], "SEL_KG": 3}, consts)
+    print(f"dq  {base['dq']['num_warps']} warps selection, SEL_KG 3 {regs}", flush=True)
+    names = ("G", "W", "ND", "NR", "UNIT", "GRP", "HD", "SB", "SBP", "TOKB", "IEEE", "UPCAST")
+    chosen = {n: consts[n] for n in names} | {"BLOCK_P": chosen_dkv.BLOCK_P}
+    for warps in (4, 8):
+        regs = resources(chosen_dkv.chosen_dkv_kernel, {"num_warps": warps, "num_stages": 2}, chosen)
+        print(f"chosen_dkv {warps} warps {regs}", flush=True)
     # the selection's choice (choose.py) at the variant's settings: 16 blocks a group, 2 groups, 4 blocks
     consts = {"M": 16, "N2": 2, "NSEL": 4, "NSELP": 4, "D": 64, "TWO": True, "BLOCK_P": 32}
     sig = {n: "constexpr" if n in consts else "*fp32" for n in choose_blocks_kernel.arg_names}

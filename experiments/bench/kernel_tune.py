@@ -62,6 +62,8 @@ SELECT_VARIANTS = {
     # pass's atomics cost, and the products with them: the case for a pass that owns the chosen keys
     "probe_kg_store": {"dq": {"SEL_KG": 1}},
     "probe_kg_none": {"dq": {"SEL_KG": 2}},
+    # exact: the chosen keys' dK/dV in a pass owned by key blocks after the dQ pass (chosen_dkv.py)
+    "kg_blocks": {"dq": {"SEL_KG": 3}},
 }
 
 

@@ -55,7 +55,7 @@ def add_key_grads(DKA, DVA, base, pos, valid, ok, q, do, p, ds, sm_scale, cols,
     that are an edge of some row of the tile (``ok`` [BLOCK_M, N]; the others' are zeros), since the
     atomics of many tiles on the same rows are what this pass waits for. KG (``SEL_KG`` for the selected
     part): 0 atomics; 1 plain stores and 2 nothing are timing probes of kernel_tune.py (wrong dK/dV: what
-    the atomics, and the products with them, cost)."""
+    the atomics, and the products with them, cost); 3 nothing: the chosen keys' come from chosen_dkv.py."""
     if KG < 2:
         dk = mma(tl.trans(ds.to(q.dtype)), q, IEEE, UPCAST) * sm_scale
         dv = mma(tl.trans(p.to(do.dtype)), do, IEEE, UPCAST)
@@ -148,6 +148,9 @@ def selected_backward(q, do, lse, delta, dq, k_base, v_base, sk_base, sv_base, D
         cols, acc_base, stride_kl, stride_vl, stride_ru, UMAX, qk_scale, sm_scale, tbias_ptr, dtbias_ptr,
         G, W, ND, NR, UNIT, SB, SBP, BPT, NSELP, TOKB, IEEE, UPCAST, KG,
     )  # fmt: skip
+    # the summaries' dK/dV: atomics here unless a timing probe skips them (KG 3 hands only the chosen
+    # keys' to chosen_dkv.py)
+    KS: tl.constexpr = KG % 3
     if SUMK:
         c = candidates(tok, is_text, G, W, SB)
         c_hi = tl.max(c, 0)
@@ -161,7 +164,7 @@ def selected_backward(q, do, lse, delta, dq, k_base, v_base, sk_base, sv_base, D
                 j, ok = block_summary_tile(start, c, is_text, SUM_N)
                 dq, dbias = key_tile_grads(
                     q, do, lse_s, delta, dq, dbias, sk_base, sv_base, DSK, DSV, sum_base, j, j < NB, ok,
-                    stride_skl, stride_skl, cols, qk_scale, sm_scale, SUMB, IEEE, UPCAST, KG,
+                    stride_skl, stride_skl, cols, qk_scale, sm_scale, SUMB, IEEE, UPCAST, KS,
                 )  # fmt: skip
         else:
             for u in range(0, tl.load(TGN + tile), GPT):  # the blocks of the groups the rows chose
@@ -170,19 +173,19 @@ def selected_backward(q, do, lse, delta, dq, k_base, v_base, sk_base, sv_base, D
                 )
                 dq, dbias = key_tile_grads(
                     q, do, lse_s, delta, dq, dbias, sk_base, sv_base, DSK, DSV, sum_base, j, valid, ok,
-                    stride_skl, stride_skl, cols, qk_scale, sm_scale, SUMB, IEEE, UPCAST, KG,
+                    stride_skl, stride_skl, cols, qk_scale, sm_scale, SUMB, IEEE, UPCAST, KS,
                 )  # fmt: skip
             for start in range(loose_blocks_start(c, is_text, SM), c_hi, SUM_N):  # those past the groups
                 j, ok = loose_blocks_tile(start, c, is_text, SM, SUM_N)
                 dq, dbias = key_tile_grads(
                     q, do, lse_s, delta, dq, dbias, sk_base, sv_base, DSK, DSV, sum_base, j, j < NB, ok,
-                    stride_skl, stride_skl, cols, qk_scale, sm_scale, SUMB, IEEE, UPCAST, KG,
+                    stride_skl, stride_skl, cols, qk_scale, sm_scale, SUMB, IEEE, UPCAST, KS,
                 )  # fmt: skip
             for start in range(0, c_hi // SM, SUM_N):
                 j, ok = group_summary_tile(start, c, is_text, NB, SM, SUM_N)
                 dq, dbias = key_tile_grads(
                     q, do, lse_s, delta, dq, dbias, sk_base, sv_base, DSK, DSV, sum_base, j, j < NSUM, ok,
-                    stride_skl, stride_skl, cols, qk_scale, sm_scale, SUMB, IEEE, UPCAST, KG,
+                    stride_skl, stride_skl, cols, qk_scale, sm_scale, SUMB, IEEE, UPCAST, KS,
                 )  # fmt: skip
         if SUMB:
             tl.atomic_add(dbias_ptr + tl.arange(0, 1), dbias)

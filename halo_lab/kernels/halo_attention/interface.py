@@ -30,6 +30,7 @@ import torch
 from halo_lab import graph
 from halo_lab.config import HaloConfig
 from halo_lab.graph.selection import select
+from halo_lab.kernels.halo_attention import chosen_dkv
 from halo_lab.kernels.halo_attention.backward import halo_bwd_dkv_kernel, halo_bwd_dq_kernel
 from halo_lab.kernels.halo_attention.buffers import written_apart
 from halo_lab.kernels.halo_attention.choose import fused_choice
@@ -43,6 +44,7 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"  # read by triton w
 FUSED_CHOICE = True
 # direct launches of the compiled kernels: a layer's host time is what small batches pay (launch.py)
 _fwd, _dq, _dkv = Launcher(halo_fwd_kernel), Launcher(halo_bwd_dq_kernel), Launcher(halo_bwd_dkv_kernel)
+_chosen = Launcher(chosen_dkv.chosen_dkv_kernel)
 
 
 def launch_options(
@@ -69,7 +71,8 @@ def launch_options(
         # the selected path's forward at 4 warps: 3-4% less fwd + bwd time than 8 at 1K, 4K and 16K, its
         # kernel 1.20 vs 1.43 ms at 4K (H100, 2026-12-05, experiments/bench/h100_train_v4/kernel_tune_select.log)
         "fwd": {**query_tiles, "num_warps": 4 if selecting else 8},
-        # SEL_KG 0: the selected keys' dK/dV by atomics (backward.add_key_grads; 1, 2: timing probes)
+        # SEL_KG 0: the selected keys' dK/dV by atomics (backward.add_key_grads; 1, 2: timing probes; 3: by
+        # key blocks after the dQ pass, chosen_dkv.py, opt-in until timed)
         "dq": {**query_tiles, "num_warps": dq_warps, "SEL_KG": 0},
         "dkv": {
             "BLOCK_N": 32 if wide else 64,
@@ -273,6 +276,9 @@ def backward_kernels(
         plan.dq,
         traced,
     )  # fmt: skip
+    if selecting and plan.dq["SEL_KG"] == chosen_dkv.KG_BY_BLOCKS:  # the chosen keys' dK/dV by key blocks
+        args = (q, k, v, do, lse, delta, dk_extra, dv_extra, sel, rand, dist, tbias, plan.dq, scale)
+        _launch(_chosen, *chosen_dkv.launch_args(*args), traced)
     _launch(
         _dkv,
         (-(-L // plan.dkv_block_n), B * Hkv),

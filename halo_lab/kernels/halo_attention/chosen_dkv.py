@@ -1,0 +1,125 @@
+"""The chosen blocks' dK/dV in a pass owned by key blocks (``SEL_KG`` 3; opt-in, not yet timed on a card).
+
+The dQ pass computes the chosen keys' dK/dV in its query tiles: each tile loops over the distinct blocks
+its rows chose and adds every block's dK/dV into the fp32 buffers with atomics (backward.add_key_grads).
+A 32-position tile at 4K tokens chooses about 30 distinct blocks (experiments/bench/README.md, "The
+selected path's key tiles"), and each row chose 4 of them, so about 13% of those [rows x keys] products
+are edges; the atomics cost 0.76 ms of the dQ pass's 3.09 at 1K on an H100, the chosen keys' products
+1.5 ms more ("Eighth session"). Here the work goes the other way, as NSA's and MoBA's backward passes do:
+one program per (batch row, KV head, block) loops over the query positions that chose the block
+(``chosen_pairs``: the choice inverted, in torch) and owns the block's 16 keys, so every row of its
+products chose the block, and it adds its sums into the buffers with one plain read-modify-write. The dQ
+pass then skips the chosen keys' dK/dV (``add_key_grads`` with KG 3 computes none).
+
+Block sizes: BLOCK_P = 16 positions a step x GRP query heads = the rows of one product against the block's
+SBP keys (16 for b = 16; tl.dot's smallest). A block that many positions chose is one long program: the
+load is uneven where the early blocks are chosen most, which the card's timing will show.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from halo_lab.kernels.halo_attention.backward import grad_tile
+from halo_lab.kernels.halo_attention.common import LOG2E, load_query_rows, load_rows, mma
+
+BLOCK_P = 16
+KG_BY_BLOCKS = 3  # the dQ pass's SEL_KG value that hands the chosen keys' dK/dV to this pass
+
+
+def chosen_pairs(blk: torch.Tensor, n_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The choice inverted: (offsets [B * Hkv * n_blocks + 1], positions [B * Hkv * L * NSELP]) int32, the
+    positions that chose block u of (b, h) at ``positions[offsets[i]:offsets[i + 1]]``, i = (b * Hkv + h)
+    * n_blocks + u, ascending. Static shapes (no boolean indexing): a traced backward builds them too, and
+    the unused slots (-1 in ``blk``) sort after every block."""
+    B, Hkv, L, nsel = blk.shape
+    n = B * Hkv * n_blocks
+    flat = blk.reshape(B * Hkv, L * nsel).long()
+    bh = torch.arange(B * Hkv, device=blk.device).unsqueeze(1)
+    key = torch.where(flat >= 0, bh * n_blocks + flat, n).reshape(-1)
+    order = torch.argsort(key, stable=True)
+    pos = (torch.arange(L * nsel, device=blk.device) // nsel).repeat(B * Hkv)
+    counts = torch.zeros(n + 1, device=blk.device, dtype=torch.long).index_add_(0, key, torch.ones_like(key))
+    offsets = torch.zeros(n + 1, device=blk.device, dtype=torch.int32)
+    offsets[1:] = counts[:n].cumsum(0)
+    return offsets, pos[order].to(torch.int32)
+
+
+@triton.jit
+def chosen_dkv_kernel(
+    Q, K, V, DO, LSE, DELTA, DKA, DVA, OFFS, POS, RAND, DIST, TBIAS,
+    qk_scale, sm_scale,
+    stride_qb, stride_qh, stride_ql,
+    stride_kb, stride_kh, stride_kl,
+    stride_vb, stride_vh, stride_vl,
+    stride_dob, stride_doh, stride_dol,
+    stride_ru, L, HKV, NBLK,
+    G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr, UNIT: tl.constexpr,
+    GRP: tl.constexpr, HD: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr, BLOCK_P: tl.constexpr,
+    TOKB: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    BLOCK_M: tl.constexpr = BLOCK_P * GRP
+    qk_scale, sm_scale = tl.cast(qk_scale, tl.float32), tl.cast(sm_scale, tl.float32)  # fp64 under Inductor
+    u = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // HKV
+    h = bh % HKV
+    start = tl.load(OFFS + bh * NBLK + u)
+    end = tl.load(OFFS + bh * NBLK + u + 1)
+    cols = tl.arange(0, HD)
+    inner = tl.arange(0, SBP)
+    kvalid = inner < SB
+    kpos = G + u * SB + inner
+    kt = load_rows(K + b * stride_kb + h * stride_kh, kpos, kvalid, stride_kl, cols)
+    vt = load_rows(V + b * stride_vb + h * stride_vh, kpos, kvalid, stride_vl, cols)
+    dk = tl.zeros([SBP, HD], tl.float32)
+    dv = tl.zeros([SBP, HD], tl.float32)
+    r = tl.arange(0, BLOCK_M)
+    head = h * GRP + r % GRP  # rows: BLOCK_P positions x the KV head's GRP query heads
+    shift = 0.0
+    if TOKB:  # the kept chosen keys' scores carry the KV head's token bias (selected.py)
+        shift = tl.load(TBIAS + h).to(tl.float32) * LOG2E
+    for s in range(start, end, BLOCK_P):
+        idx = s + r // GRP
+        row_ok = idx < end
+        tok = tl.load(POS + idx, mask=row_ok, other=0)
+        q = load_query_rows(Q, b, head, tok, stride_qb, stride_qh, stride_ql, cols, row_ok)
+        do = load_query_rows(DO, b, head, tok, stride_dob, stride_doh, stride_dol, cols, row_ok)
+        lse = tl.load(LSE + (b * HKV * GRP + head) * L + tok, mask=row_ok, other=0.0) - shift
+        delta = tl.load(DELTA + (b * HKV * GRP + head) * L + tok, mask=row_ok, other=0.0)
+        # selected.chosen_block_tile's mask for rows that chose this block: its keys in the row's window
+        # are window keys already, and a key that is the row's dilated or random key counts once
+        ok = row_ok[:, None] & kvalid[None, :] & (kpos[None, :] <= tok[:, None] - W)
+        for e in tl.static_range(ND):
+            ok = ok & (tok[:, None] - kpos[None, :] != tl.load(DIST + e))
+        for rr in tl.static_range(NR):
+            rk = tl.load(RAND + (tok // UNIT) * stride_ru + rr, mask=row_ok, other=-1)
+            ok = ok & (rk[:, None] != kpos[None, :])
+        p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
+        dk += mma(tl.trans(ds.to(q.dtype)), q, IEEE, UPCAST) * sm_scale
+        dv += mma(tl.trans(p.to(do.dtype)), do, IEEE, UPCAST)
+    # the block's rows of the fp32 buffers (contiguous [B, HKV, L, HD]): only this program writes them here
+    ptr = bh * L * HD + tl.where(kvalid, kpos, 0)[:, None] * HD + cols[None, :]
+    mask = kvalid[:, None] & ((cols[None, :] * 0 + end) > start)  # a block nobody chose: no write
+    tl.store(DKA + ptr, tl.load(DKA + ptr, mask=mask, other=0.0) + dk, mask=mask)
+    tl.store(DVA + ptr, tl.load(DVA + ptr, mask=mask, other=0.0) + dv, mask=mask)
+
+
+def launch_args(q, k, v, do, lse, delta, dk_extra, dv_extra, sel, rand, dist, tbias, dq_meta: dict, scale):
+    """(grid, args, meta) of ``chosen_dkv_kernel`` after the dQ pass (see the module doc); ``dq_meta``: the
+    dQ pass's constexprs, whose graph constants it shares."""
+    B, Hq, L, d = q.shape
+    Hkv = k.shape[1]
+    n_blocks = max((L - dq_meta["G"]) // dq_meta["SB"], 1)
+    offsets, positions = chosen_pairs(sel.blk, n_blocks)
+    names = ("G", "W", "ND", "NR", "UNIT", "GRP", "HD", "SB", "SBP", "TOKB", "IEEE", "UPCAST")
+    meta = {n: dq_meta[n] for n in names} | {"BLOCK_P": BLOCK_P, "num_warps": 4, "num_stages": 2}
+    args = (
+        q, k, v, do, lse, delta, dk_extra, dv_extra, offsets, positions, rand, dist, tbias,
+        scale * 1.4426950408889634, scale,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
+        rand.stride(0), L, Hkv, n_blocks,
+    )  # fmt: skip
+    return (n_blocks, B * Hkv), args, meta
