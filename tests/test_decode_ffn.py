@@ -180,7 +180,7 @@ def test_decode_qkv_reads_the_sums_and_hands_on_the_residual(with_acc, split):
     [
         pytest.param("halo", True, False, marks=pytest.mark.slow),  # 15 s interpreted; run on the card
         ("halo", False, False),  # the default step
-        ("halo", False, True),
+        pytest.param("halo", False, True, marks=pytest.mark.slow),  # opt-in; 20 s interpreted
         pytest.param("halo_select", False, True, marks=pytest.mark.slow),
         pytest.param("dense", False, False, marks=pytest.mark.slow),
     ],

@@ -227,7 +227,9 @@ def fused_tokens(model, prompt, new: int, **kw) -> tuple[torch.Tensor, object]:
     "arch,cache,kw,attn_o",
     [
         pytest.param("halo", "full", {}, True, marks=pytest.mark.slow),  # the opt-in attention + o kernel
-        ("halo", "full", {}, False),  # the fused q/k/v alone (the default step's FFN: test_decode_ffn.py)
+        # the fused q/k/v alone, the FFN's GEMVs after it (opt-out; the default step's FFN: test_decode_ffn.py,
+        # which also checks that switching it off keeps the tokens)
+        pytest.param("halo", "full", {}, False, marks=pytest.mark.slow),
         pytest.param("halo", "ring", {"norm": "rmsnorm"}, True, marks=pytest.mark.slow),
         pytest.param("dense", "full", {"use_swiglu": False}, True, marks=pytest.mark.slow),
         pytest.param("halo", "full", "halo_select", True, marks=pytest.mark.slow),
