@@ -53,7 +53,7 @@ def test_decode_ffn_matches_reference(norm, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("heads,kv_heads,hidden", [(4, 2, 48), (6, 2, 40), (8, 1, 64)])
+@pytest.mark.parametrize("heads,kv_heads,hidden", [(4, 2, 48), (6, 2, 40), (8, 1, 64), (2, 2, 40)])
 def test_attention_split_over_kv_heads_matches_reference(dtype, heads, kv_heads, hidden):
     """``decode_attn_o_split``: each KV head's programs add their heads' share of the o-projection into the
     fp32 buffer (here the first half of a [B, 2C] buffer: strided rows), which holds the whole product."""
