@@ -120,3 +120,21 @@ def test_smoke_grid_trains_on_the_cpu_and_reports(tmp_path, monkeypatch):
     assert "## needle_1024" in needle and "Dense gate" in needle and "swapped-key control" in needle
     assert "## mqar_cpu" in (rep / "mqar" / "report.md").read_text()
     assert "max_time" not in needle.split("## needle_1024")[1].split("Common setup")[0]
+
+
+@pytest.mark.slow  # two smoke grids on the CPU, ~25 s
+def test_a_cut_job_goes_on_from_its_checkpoint_in_the_next_call(tmp_path, monkeypatch):
+    """--ckpt-out keeps the last.ckpt of each job that stopped short of its own schedule (here cut to 2 of
+    its 4 steps by an extra override), and --resume-from continues it to the end in the next call."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    first, second = tmp_path / "out1", tmp_path / "out2"
+    common = ["--grid", "smoke", "--budget", "300", "--reserve", "40"]
+    cut = ["--extra", "trainer.max_steps=2", "--ckpt-out", "--work", str(tmp_path / "w1")]
+    assert grid.main(["run", str(first), *common, *cut]) == 0
+    kept = sorted(p.name for p in first.glob("*.ckpt"))
+    assert len(kept) == 3
+    resume = ["--resume-from", str(first), "--ckpt-out", "--work", str(tmp_path / "w2")]
+    assert grid.main(["run", str(second), *common, *resume]) == 0
+    jobs = json.loads((second / "smoke_summary.json").read_text())["jobs"]
+    assert all(j["metrics"]["steps"] == 4 and j["resumed_from"] for j in jobs)
+    assert not list(second.glob("*.ckpt"))  # runs that reach their schedule leave none

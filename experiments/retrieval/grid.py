@@ -16,6 +16,13 @@ started (reported as dropped), so jobs are listed in priority order. A failed jo
 others. After every job the launcher rewrites OUT/<grid>.tar.gz (small files only: no checkpoints) and
 OUT/<grid>_summary.{json,txt}, so whatever ends the call, what finished comes back (the device tool
 returns at most 8 files from OUT).
+
+A job cut short by the budget can go on in the next call: `--ckpt-out` leaves each such job's last.ckpt as
+OUT/<job>.ckpt (a 2-layer needle model: ~6 MB; mind the 8 files a call returns); copy those into
+`.gridckpt/` here (git-ignored), name it in the device call's `carry`, and run the same grid with
+`--resume-from .gridckpt`: each job with a checkpoint there resumes from it (ckpt_path), its max_time
+raised by the training time the checkpoint already counts (Lightning's Timer restores it). The resumed
+run's history.jsonl holds only its own steps; the first part's is in the first call's tarball.
 """
 
 from __future__ import annotations
@@ -595,6 +602,8 @@ class Record:
     task: str
     overrides: list[str]
     status: str = "pending"  # ok | failed (rc N) | killed (budget) | dropped (budget) | pending | running
+    goal_steps: int | None = None  # the job's own trainer.max_steps (a run that stops short was cut)
+    resumed_from: str | None = None  # the checkpoint this call's run started from (--resume-from)
     rc: int | None = None
     wall_s: float | None = None
     max_time_s: int | None = None
@@ -688,7 +697,10 @@ def run(args: argparse.Namespace) -> int:
         jobs = [
             j for j in jobs if not (done / j.family / j.name(args.grid) / "run" / "metrics.json").is_file()
         ]
-    records = [Record(j.name(args.grid), j.family, j.experiment, j.overrides() + args.extra) for j in jobs]
+    records = [
+        Record(j.name(args.grid), j.family, j.experiment, j.overrides() + args.extra, goal_steps=_steps(j))
+        for j in jobs
+    ]
     if args.dry_run:
         for j, r in zip(jobs, records):
             print(r.name, " ".join(r.overrides), f"slot={j.slot}s")
@@ -728,6 +740,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  drop {rec.name}: {max(limit, 0)}s left < its minimum {min_slot}s", flush=True)
                 continue
             rec.max_time_s = limit
+            resume, offset = _resume(rec, args.resume_from)
             cmd = [
                 sys.executable,
                 "-m",
@@ -736,7 +749,8 @@ def run(args: argparse.Namespace) -> int:
                 *rec.overrides,
                 *COMMON,
                 *device,
-                f"+trainer.max_time={_hms(limit)}",
+                *resume,
+                f"+trainer.max_time={_hms(limit + offset)}",  # Lightning's Timer counts the resumed part too
                 f"hydra.sweep.dir={work / rec.family / rec.name}",
                 "hydra.sweep.subdir=run",
             ]
@@ -763,7 +777,7 @@ def run(args: argparse.Namespace) -> int:
             if proc.poll() is None:
                 continue
             del running[name]
-            _finish(work, rec, proc.returncode, time.time() - started)
+            _finish(work, rec, proc.returncode, time.time() - started, out if args.ckpt_out else None)
             if args.keep:
                 _keep(work, rec, Path(args.keep))
             print(
@@ -808,12 +822,40 @@ def _kill(proc: subprocess.Popen) -> None:
             continue
 
 
-def _finish(work: Path, rec: Record, rc: int, wall: float) -> None:
+def _finish(work: Path, rec: Record, rc: int, wall: float, ckpt_out: Path | None = None) -> None:
+    """The job's record from its metrics.json; with ``ckpt_out`` (--ckpt-out) a run that stopped short of
+    its schedule leaves its last.ckpt there as <job>.ckpt, for --resume-from in the next call."""
     job = work / rec.family / rec.name
     rec.rc, rec.wall_s, rec.metrics = rc, round(wall, 1), _metrics(job)
     if rec.status == "running":
         rec.status = "ok" if rc == 0 and rec.metrics.get("status") == "ok" else f"failed (rc {rc})"
+    last = job / "run" / "checkpoints" / "last.ckpt"
+    cut = rec.goal_steps is not None and int(rec.metrics.get("steps") or 0) < rec.goal_steps
+    if ckpt_out is not None and cut and last.is_file():
+        shutil.copy2(last, ckpt_out / f"{rec.name}.ckpt")
+        mib = last.stat().st_size / 2**20
+        print(f"  kept  {rec.name}.ckpt ({mib:.1f} MiB{'; over the 16 MiB a call returns' * (mib > 16)})")
     shutil.rmtree(job / "run" / "checkpoints", ignore_errors=True)  # MBs each; the report needs none
+
+
+def _steps(job: Job) -> int | None:
+    """The job's own schedule (its last trainer.max_steps override; extras excluded)."""
+    values = [o.split("=", 1)[1] for o in job.overrides() if o.startswith("trainer.max_steps=")]
+    return int(values[-1]) if values else None
+
+
+def _resume(rec: Record, resume_from: str | None) -> tuple[list[str], int]:
+    """(overrides, seconds) to continue a cut job from <resume_from>/<job>.ckpt: its ckpt_path, and the
+    training time already spent, which Lightning's Timer restores and counts against max_time."""
+    ckpt = Path(resume_from) / f"{rec.name}.ckpt" if resume_from else None
+    if ckpt is None or not ckpt.is_file():
+        return [], 0
+    import torch
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    timer = state.get("callbacks", {}).get("Timer", {}).get("time_elapsed", {})
+    rec.resumed_from = str(ckpt)
+    return [f"ckpt_path={ckpt.resolve()}"], int(timer.get("train", 0))
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -894,6 +936,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--min-slot", type=float, default=0, help="every job's minimum (a CPU grid on a GPU)")
     r.add_argument("--extra", nargs="*", default=[], help="overrides added to every job (a fallback backend)")
     r.add_argument("--skip-done", default=None, help="skip the jobs whose metrics.json is under this dir")
+    r.add_argument(
+        "--ckpt-out", action="store_true", help="a job cut short of its schedule leaves OUT/<job>.ckpt"
+    )
+    r.add_argument("--resume-from", default=None, help="continue each job that has <job>.ckpt in this dir")
     rep = sub.add_parser("report", help="unpack tarballs and build experiments/{needle,mqar}/gpu/")
     rep.add_argument("inputs", nargs="+", help="<grid>.tar.gz files from `run`")
     rep.add_argument("--root", default="outputs/retrieval", help="where the jobs are unpacked")
