@@ -495,10 +495,19 @@ def test_learned_pooling_decodes_exactly():
 @pytest.mark.parametrize("n", [1000, 4096])
 @pytest.mark.parametrize("pooling", ["mean", "learned", "learned+bias", "learned+bias+tokens"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_compiled_kernels_equal_the_reference_at_full_size_cuda(n, pooling, dtype):
+@pytest.mark.parametrize("kg", [0, 3], ids=["atomics", "key_blocks"])
+def test_compiled_kernels_equal_the_reference_at_full_size_cuda(n, pooling, dtype, kg, monkeypatch):
     """The variant's settings (4 blocks of 16, groups of 16, 8 query / 2 KV heads, d 64) compiled on the GPU
     against the reference, values and gradients (u's included; with ``+bias`` a summary bias per KV head,
-    with ``+tokens`` a token bias too, their gradients included)."""
+    with ``+tokens`` a token bias too, their gradients included); the chosen keys' dK/dV by the dQ pass's
+    atomics (the default) or by key blocks (``SEL_KG`` 3, chosen_dkv.py)."""
+    from halo_lab.kernels.halo_attention import interface
+
+    plain = interface._options
+    monkeypatch.setattr(
+        interface, "_options", lambda *a: {**plain(*a), "dq": {**plain(*a)["dq"], "SEL_KG": kg}}
+    )
+    monkeypatch.setattr(interface, "_PLANS", {})
     c = HaloConfig(select_blocks=4, select_pooling=pooling.split("+")[0], graph_seed=3)
     L, dev = c.num_globals + n, "cuda"
     g = torch.Generator(device=dev).manual_seed(n)
