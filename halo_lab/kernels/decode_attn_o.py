@@ -161,41 +161,58 @@ if HAS_TRITON:
         tl.store(out_ptr + b * sob + n, (acc.to(dt).to(tl.float32) + res).to(dt), mask=in_n)
 
 
-def decode_attn_o(q, k_cache, v_cache, slots, w_o, residual) -> torch.Tensor:
-    """The Triton kernel: what ``reference_decode_attn_o`` computes, in one launch (see the module doc);
-    every row must have at least one valid key (globals or self)."""
-    B, Hq, P, d = q.shape
+def _checked(q, k_cache, v_cache, slots, w_o) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, W_o and the slots as both kernels take them, after the checks they share."""
+    Hq, P, d = q.shape[1:]
     Hkv = k_cache.shape[1]
-    C = w_o.shape[0]
-    if P != 1 or Hq % Hkv or w_o.shape[1] != Hq * d or tuple(residual.shape) != (B, C):
+    if P != 1 or Hq % Hkv or w_o.shape[1] != Hq * d:
         raise ValueError(
-            f"q {tuple(q.shape)}, {Hkv} KV heads, W_o {tuple(w_o.shape)}, residual {tuple(residual.shape)}: "
-            "need one query per row, Hq a multiple of Hkv, W_o [C, Hq d], residual [B, C]"
+            f"q {tuple(q.shape)}, {Hkv} KV heads, W_o {tuple(w_o.shape)}: need one query per row, Hq a "
+            "multiple of Hkv, W_o [C, Hq d]"
         )
     if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
         raise ValueError("the caches' head dimension must be contiguous")
-    q, w_o, residual, slots = q.contiguous(), w_o.contiguous(), residual.contiguous(), slots.contiguous()
-    out = torch.empty(B, C, device=q.device, dtype=w_o.dtype)
-    bn = block_n(C)
-    _attn_o_kernel[(triton.cdiv(C, bn), B)](
-        q, k_cache, v_cache, slots, w_o, residual, out,
-        q.stride(0), q.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        w_o.stride(0), residual.stride(0), out.stride(0),
-        slots.numel(), C, 1.0 / math.sqrt(d),
-        HQ=Hq,
-        HKV=Hkv,
-        HP=max(16, triton.next_power_of_2(Hq)),
-        HW=triton.next_power_of_2(Hq),
+    return q.contiguous(), w_o.contiguous(), slots.contiguous()
+
+
+def _shared_args(q, k_cache, v_cache, slots) -> tuple[tuple, dict]:
+    """The strides of q and the caches, and the constexprs and launch options, that both kernels take."""
+    d = q.shape[-1]
+    strides = (q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3])
+    meta = dict(
         D=d,
         BLOCK_K=max(16, triton.next_power_of_2(slots.numel())),
         BLOCK_D=max(16, triton.next_power_of_2(d)),
-        BLOCK_N=bn,
         IEEE=q.dtype == torch.float32 or k_cache.dtype == torch.float32,
         UPCAST=INTERPRETED,
         num_warps=4,
         **pdl.launch_options(),
+    )
+    return strides, meta
+
+
+def decode_attn_o(q, k_cache, v_cache, slots, w_o, residual) -> torch.Tensor:
+    """The Triton kernel: what ``reference_decode_attn_o`` computes, in one launch (see the module doc);
+    every row must have at least one valid key (globals or self)."""
+    q, w_o, slots = _checked(q, k_cache, v_cache, slots, w_o)
+    B, Hq, _, d = q.shape
+    C = w_o.shape[0]
+    if tuple(residual.shape) != (B, C):
+        raise ValueError(f"residual {tuple(residual.shape)}: need [B, C] = [{B}, {C}]")
+    residual = residual.contiguous()
+    out = torch.empty(B, C, device=q.device, dtype=w_o.dtype)
+    bn = block_n(C)
+    strides, meta = _shared_args(q, k_cache, v_cache, slots)
+    _attn_o_kernel[(triton.cdiv(C, bn), B)](
+        q, k_cache, v_cache, slots, w_o, residual, out,
+        *strides, w_o.stride(0), residual.stride(0), out.stride(0),
+        slots.numel(), C, 1.0 / math.sqrt(d),
+        HQ=Hq,
+        HKV=k_cache.shape[1],
+        HP=max(16, triton.next_power_of_2(Hq)),
+        HW=triton.next_power_of_2(Hq),
+        BLOCK_N=bn,
+        **meta,
     )  # fmt: skip
     return out
 
@@ -298,38 +315,22 @@ def decode_attn_o_split(q, k_cache, v_cache, slots, w_o, acc) -> None:
     """The Triton kernel: adds what ``reference_decode_attn_o_split`` computes into ``acc`` (fp32 [B, C],
     zero before; its rows may be strided, its columns not), in one launch; every row must have at least
     one valid key (globals or self)."""
-    B, Hq, P, d = q.shape
-    Hkv = k_cache.shape[1]
-    C = w_o.shape[0]
-    if P != 1 or Hq % Hkv or w_o.shape[1] != Hq * d:
-        raise ValueError(
-            f"q {tuple(q.shape)}, {Hkv} KV heads, W_o {tuple(w_o.shape)}: need one query per row, Hq a "
-            "multiple of Hkv, W_o [C, Hq d]"
-        )
+    q, w_o, slots = _checked(q, k_cache, v_cache, slots, w_o)
+    B, Hq, _, d = q.shape
+    Hkv, C = k_cache.shape[1], w_o.shape[0]
     if acc.shape != (B, C) or acc.dtype != torch.float32 or acc.stride(-1) != 1:
         raise ValueError(f"acc {tuple(acc.shape)} {acc.dtype}: need fp32 [{B}, {C}] with contiguous columns")
-    if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
-        raise ValueError("the caches' head dimension must be contiguous")
-    q, w_o, slots = q.contiguous(), w_o.contiguous(), slots.contiguous()
     G = Hq // Hkv
+    strides, meta = _shared_args(q, k_cache, v_cache, slots)
     _attn_o_split_kernel[(Hkv * triton.cdiv(C, SPLIT_BLOCK_N), B)](
         q, k_cache, v_cache, slots, w_o, acc,
-        q.stride(0), q.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        w_o.stride(0), acc.stride(0),
+        *strides, w_o.stride(0), acc.stride(0),
         slots.numel(), C, 1.0 / math.sqrt(d),
         G=G,
         HP=max(16, triton.next_power_of_2(G)),
         GW=triton.next_power_of_2(G),
-        D=d,
-        BLOCK_K=max(16, triton.next_power_of_2(slots.numel())),
-        BLOCK_D=max(16, triton.next_power_of_2(d)),
         BLOCK_N=SPLIT_BLOCK_N,
-        IEEE=q.dtype == torch.float32 or k_cache.dtype == torch.float32,
-        UPCAST=INTERPRETED,
-        num_warps=4,
-        **pdl.launch_options(),
+        **meta,
     )  # fmt: skip
 
 

@@ -292,6 +292,30 @@ if HAS_TRITON:
         return x.new_empty(x.shape[0], num_heads, 1, k_cache.shape[-1], dtype=w.dtype)
 
 
+def _qkv_ffn(
+    x, acc, w, nw, nb, cos, sin, pos, k_cache, v_cache, store, norm, eps, heads, g, ring, row0, zeros
+):
+    """The body of the two ops below: q, the residual x + acc, and ``zeros`` fp32 buffers zeroed, each its
+    own allocation (Inductor and mutated views of one allocation: experiments/bench/README.md, "Eighth
+    session")."""
+    x_res = torch.empty(x.shape, device=x.device, dtype=w.dtype)
+    zero = tuple(torch.empty(x.shape, device=x.device, dtype=torch.float32) for _ in range(zeros))
+    q = decode_qkv(
+        x, w, cos, sin, pos, k_cache, v_cache, num_heads=heads, norm=norm, norm_weight=nw, norm_bias=nb,
+        eps=eps, num_globals=g, ring=ring, store=store, row0=row0, acc=acc, ffn_out=(x_res, *zero),
+    )  # fmt: skip
+    return q, x_res, *zero
+
+
+def _qkv_ffn_fake(x, w, k_cache, num_heads: int, zeros: int):
+    q = x.new_empty(x.shape[0], num_heads, 1, k_cache.shape[-1], dtype=w.dtype)
+    return (
+        q,
+        x.new_empty(x.shape, dtype=w.dtype),
+        *(x.new_empty(x.shape, dtype=torch.float32) for _ in range(zeros)),
+    )
+
+
 decode_qkv_ffn_op = None
 if HAS_TRITON:
 
@@ -317,21 +341,12 @@ if HAS_TRITON:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``decode_qkv_op`` in a step with the split-K FFN: (q, the layer's residual x + acc, this layer's
         FFN sums zeroed); ``acc``: the previous layer's FFN sums (None: the first layer)."""
-        x_res = torch.empty(x.shape, device=x.device, dtype=w.dtype)
-        zero = torch.empty(x.shape, device=x.device, dtype=torch.float32)
-        q = decode_qkv(
-            x, w, cos, sin, pos, k_cache, v_cache, num_heads=num_heads, norm=norm, norm_weight=norm_weight,
-            norm_bias=norm_bias, eps=eps, num_globals=num_globals, ring=ring, store=store, row0=row0,
-            acc=acc, ffn_out=(x_res, zero),
-        )  # fmt: skip
-        return q, x_res, zero
+        args = (x, acc, w, norm_weight, norm_bias, cos, sin, pos, k_cache, v_cache, store, norm, eps)
+        return _qkv_ffn(*args, num_heads, num_globals, ring, row0, zeros=1)
 
     @decode_qkv_ffn_op.register_fake
-    def _(
-        x, acc, w, norm_weight, norm_bias, cos, sin, pos, k_cache, v_cache, store, norm, eps, num_heads, *_
-    ):
-        q = x.new_empty(x.shape[0], num_heads, 1, k_cache.shape[-1], dtype=w.dtype)
-        return q, x.new_empty(x.shape, dtype=w.dtype), x.new_empty(x.shape, dtype=torch.float32)
+    def _(x, acc, w, norm_weight, norm_bias, cos, sin, pos, k_cache, v_cache, store, norm, eps, heads, *_):
+        return _qkv_ffn_fake(x, w, k_cache, heads, zeros=1)
 
 
 decode_qkv_ffn_split_op = None
@@ -359,21 +374,10 @@ if HAS_TRITON:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``decode_qkv_ffn_op`` with the attention + o-projection split over KV heads after it
         (``decode_attn_o.decode_attn_o_split``): (q, the residual, the FFN's sums zeroed, the attention's
-        sums zeroed), each its own allocation (Inductor and mutated views of one allocation: experiments/bench/
-        README.md, "Eighth session")."""
-        x_res = torch.empty(x.shape, device=x.device, dtype=w.dtype)
-        zero, zero_attn = (torch.empty(x.shape, device=x.device, dtype=torch.float32) for _ in range(2))
-        q = decode_qkv(
-            x, w, cos, sin, pos, k_cache, v_cache, num_heads=num_heads, norm=norm, norm_weight=norm_weight,
-            norm_bias=norm_bias, eps=eps, num_globals=num_globals, ring=ring, store=store, row0=row0,
-            acc=acc, ffn_out=(x_res, zero, zero_attn),
-        )  # fmt: skip
-        return q, x_res, zero, zero_attn
+        sums zeroed)."""
+        args = (x, acc, w, norm_weight, norm_bias, cos, sin, pos, k_cache, v_cache, store, norm, eps)
+        return _qkv_ffn(*args, num_heads, num_globals, ring, row0, zeros=2)
 
     @decode_qkv_ffn_split_op.register_fake
-    def _(
-        x, acc, w, norm_weight, norm_bias, cos, sin, pos, k_cache, v_cache, store, norm, eps, num_heads, *_
-    ):
-        q = x.new_empty(x.shape[0], num_heads, 1, k_cache.shape[-1], dtype=w.dtype)
-        zeros = (x.new_empty(x.shape, dtype=torch.float32) for _ in range(2))
-        return q, x.new_empty(x.shape, dtype=w.dtype), *zeros
+    def _(x, acc, w, norm_weight, norm_bias, cos, sin, pos, k_cache, v_cache, store, norm, eps, heads, *_):
+        return _qkv_ffn_fake(x, w, k_cache, heads, zeros=2)

@@ -24,6 +24,7 @@ import triton.language as tl
 
 from halo_lab.kernels.halo_attention.backward import grad_tile
 from halo_lab.kernels.halo_attention.common import LOG2E, load_query_rows, load_rows, mma
+from halo_lab.kernels.halo_attention.selected import kept_chosen_keys
 
 BLOCK_P = 16
 KG_BY_BLOCKS = 3  # the dQ pass's SEL_KG value that hands the chosen keys' dK/dV to this pass
@@ -89,14 +90,9 @@ def chosen_dkv_kernel(
         do = load_query_rows(DO, b, head, tok, stride_dob, stride_doh, stride_dol, cols, row_ok)
         lse = tl.load(LSE + (b * HKV * GRP + head) * L + tok, mask=row_ok, other=0.0) - shift
         delta = tl.load(DELTA + (b * HKV * GRP + head) * L + tok, mask=row_ok, other=0.0)
-        # selected.chosen_block_tile's mask for rows that chose this block: its keys in the row's window
-        # are window keys already, and a key that is the row's dilated or random key counts once
-        ok = row_ok[:, None] & kvalid[None, :] & (kpos[None, :] <= tok[:, None] - W)
-        for e in tl.static_range(ND):
-            ok = ok & (tok[:, None] - kpos[None, :] != tl.load(DIST + e))
-        for rr in tl.static_range(NR):
-            rk = tl.load(RAND + (tok // UNIT) * stride_ru + rr, mask=row_ok, other=-1)
-            ok = ok & (rk[:, None] != kpos[None, :])
+        # every row chose this block: it keeps the keys the graph does not give it already
+        ok = row_ok[:, None] & kvalid[None, :]
+        ok = kept_chosen_keys(ok, tok, kpos, row_ok, RAND, DIST, stride_ru, W, ND, NR, UNIT)
         p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
         dk += mma(tl.trans(ds.to(q.dtype)), q, IEEE, UPCAST) * sm_scale
         dv += mma(tl.trans(p.to(do.dtype)), do, IEEE, UPCAST)

@@ -56,14 +56,23 @@ def chosen_block_tile(u, tile_base, row_base, tok, is_text, RAND, DIST, stride_r
     for e in tl.static_range(NSELP):  # the row chose this block (its n choices, -1 = none)
         chosen = tl.load(BLK + row_base + tok * NSELP + e, mask=is_text, other=-1)
         hit += (chosen[:, None] == blk[None, :]).to(tl.int32)
-    # the block that overlaps the window: its keys in the window are window keys already
-    ok = (hit > 0) & valid[None, :] & (pos[None, :] <= tok[:, None] - W)
-    for e in tl.static_range(ND):  # a chosen key that is the row's dilated key counts once
+    ok = (hit > 0) & valid[None, :]
+    return pos, valid, kept_chosen_keys(ok, tok, pos, is_text, RAND, DIST, stride_ru, W, ND, NR, UNIT)
+
+
+@triton.jit
+def kept_chosen_keys(ok, tok, pos, rows, RAND, DIST, stride_ru, W: tl.constexpr, ND: tl.constexpr,
+                     NR: tl.constexpr, UNIT: tl.constexpr):  # fmt: skip
+    """``ok`` [rows, keys] (a row chose the key's block) less the keys the graph gives the row already: in
+    its window (the block that overlaps it), its dilated keys and its random keys (the graph is a set);
+    ``rows``: the rows whose random keys to read (the text rows)."""
+    ok = ok & (pos[None, :] <= tok[:, None] - W)
+    for e in tl.static_range(ND):
         ok = ok & (tok[:, None] - pos[None, :] != tl.load(DIST + e))
-    for r in tl.static_range(NR):  # ... and one that is its random key
-        rk = tl.load(RAND + (tok // UNIT) * stride_ru + r, mask=is_text, other=-1)
+    for r in tl.static_range(NR):
+        rk = tl.load(RAND + (tok // UNIT) * stride_ru + r, mask=rows, other=-1)
         ok = ok & (rk[:, None] != pos[None, :])
-    return pos, valid, ok
+    return ok
 
 
 @triton.jit
