@@ -223,15 +223,15 @@ def test_the_dq_pass_timing_probes_change_only_the_selected_keys_grads(monkeypat
 
 
 @pytest.mark.parametrize(
-    "m,token_bias,n,dtype",
-    [(0, None, 70, torch.bfloat16), (3, -1.5, 150, torch.float32)],
-    ids=["bf16", "fp32"],
+    "m,token_bias,n,dtype,kg",
+    [(0, None, 70, torch.bfloat16, 3), (3, -1.5, 150, torch.float32, 3), (3, -1.5, 150, torch.float32, 0)],
+    ids=["bf16", "fp32", "fp32-atomics"],
 )
-def test_the_chosen_keys_grads_by_key_blocks_equal_the_reference(monkeypatch, m, token_bias, n, dtype):
-    """``SEL_KG`` 3 (chosen_dkv.py): the chosen keys' dK/dV from one program per key block, over the
-    positions that chose it, instead of the dQ pass's atomics: values and every gradient equal the
+def test_the_chosen_keys_grads_by_key_blocks_equal_the_reference(monkeypatch, m, token_bias, n, dtype, kg):
+    """``SEL_KG`` 3 (chosen_dkv.py, the default): the chosen keys' dK/dV from one program per key block,
+    over the positions that chose it; 0: by the dQ pass's atomics. Values and every gradient equal the
     oracle's, with groups and the token bias, at a length where blocks are chosen by many positions."""
-    from halo_lab.kernels.halo_attention import chosen_dkv, interface
+    from halo_lab.kernels.halo_attention import interface
 
     triton_ready()
     c = cfg(select_group_size=m, attention_backend="triton", select_token_bias=token_bias)
@@ -242,7 +242,7 @@ def test_the_chosen_keys_grads_by_key_blocks_equal_the_reference(monkeypatch, m,
 
     def by_blocks(head_dim, group, dtype, selecting):
         opts = plain(head_dim, group, dtype, selecting)
-        return {**opts, "dq": {**opts["dq"], "SEL_KG": chosen_dkv.KG_BY_BLOCKS}}
+        return {**opts, "dq": {**opts["dq"], "SEL_KG": kg}}
 
     monkeypatch.setattr(interface, "_options", by_blocks)
     monkeypatch.setattr(interface, "_PLANS", {})
@@ -500,7 +500,7 @@ def test_compiled_kernels_equal_the_reference_at_full_size_cuda(n, pooling, dtyp
     """The variant's settings (4 blocks of 16, groups of 16, 8 query / 2 KV heads, d 64) compiled on the GPU
     against the reference, values and gradients (u's included; with ``+bias`` a summary bias per KV head,
     with ``+tokens`` a token bias too, their gradients included); the chosen keys' dK/dV by the dQ pass's
-    atomics (the default) or by key blocks (``SEL_KG`` 3, chosen_dkv.py)."""
+    atomics (``SEL_KG`` 0) or by key blocks (3, the default, chosen_dkv.py)."""
     from halo_lab.kernels.halo_attention import interface
 
     plain = interface._options
@@ -526,17 +526,29 @@ def test_compiled_kernels_equal_the_reference_at_full_size_cuda(n, pooling, dtyp
     grad = torch.randn_like(ref)
     given = tuple(t for t in (bias, token_bias) if t is not None)
     inputs = (q, k, v) + ((u,) if pool is not None else ()) + given
-    tol = 1e-3 if dtype == torch.float32 else 3e-2  # relative to each tensor's norm
+    names = (
+        ["out", "q", "k", "v"] + (["u"] if pool is not None else []) + ["bias", "token_bias"][: len(given)]
+    )
+    ref_all = [ref, *torch.autograd.grad(ref, inputs, grad)]
 
-    def close(a, b, what):
-        err = ((a.float() - b.float()).norm() / b.float().norm()).item()
-        assert err < tol, f"{what}: relative error {err:.2e}"
+    def rel(a, b):  # relative to the reference tensor's norm
+        return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
-    close(out, ref, "out")
-    ref_grads = torch.autograd.grad(ref, inputs, grad)
-    names = ["q", "k", "v"] + (["u"] if pool is not None else []) + ["bias", "token_bias"][: len(given)]
-    for name, a, b in zip(names, torch.autograd.grad(out, inputs, grad.to(dtype)), ref_grads):
-        close(a, b, f"d{name}")
+    tols = [1e-3] * len(names)
+    if dtype == torch.bfloat16:
+        # bf16: within 3e-2, or twice what the reference computed in bf16 itself misses by (the bound of
+        # FlashAttention's tests). At 4096 tokens the bf16 reference alone misses by ~2.7e-2 on out/dq/dk/dv
+        # and ~2.3e-2 on the summary bias's gradient, a sum of dS over the summaries that cancels.
+        low = [t.to(dtype).detach().requires_grad_() for t in inputs]
+        rest = iter(low[3:])
+        low_u, low_b, low_tb = (next(rest) if t is not None else None for t in (pool, bias, token_bias))
+        ref_low = reference_attention(*low[:3], c, 1, 7, low_u, low_b, low_tb)
+        low_all = [ref_low, *torch.autograd.grad(ref_low, low, grad.to(dtype))]
+        tols = [max(3e-2, 2 * rel(a, b)) for a, b in zip(low_all, ref_all)]
+    got = [out, *torch.autograd.grad(out, inputs, grad.to(dtype))]
+    for name, a, b, tol in zip(names, got, ref_all, tols):
+        err = rel(a, b)
+        assert err < tol, f"{'' if name == 'out' else 'd'}{name}: relative error {err:.2e} (bound {tol:.2e})"
 
 
 # ------------------------------------------------------------------------------------ summary bias

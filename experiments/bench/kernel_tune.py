@@ -16,9 +16,9 @@ import sys
 import torch
 from triton.testing import do_bench
 
-from halo_lab.model import attention as attn
 from halo_lab.config import HaloConfig
 from halo_lab.kernels.halo_attention import interface
+from halo_lab.model import attention as attn
 
 VARIANTS = {
     "default": {},
@@ -52,6 +52,7 @@ AT_EVERY_N = ("default", "per_distance", "grouped_fwd_only", "dq8")  # the rest 
 # kernel_regs.py: 255 registers + 2,160 B stack at 4 warps, 792 B at 8), and BPT (chosen blocks per key
 # tile, 2 since 2026-12-05) was chosen on the CPU by the loop count. The H100 (2026-12-05,
 # h100_train_v4/kernel_tune_select.log) kept both (bpt1 +0.5 to 2%, dq8 +3 to 9%) and took the forward at 4 warps.
+COMPILED = "compiled"  # a variant's key: time the layer under torch.compile instead of eagerly
 SELECT_VARIANTS = {
     "default": {},
     "bpt1": {"fwd": {"BPT": 1}, "dq": {"BPT": 1}},
@@ -62,8 +63,13 @@ SELECT_VARIANTS = {
     # pass's atomics cost, and the products with them: the case for a pass that owns the chosen keys
     "probe_kg_store": {"dq": {"SEL_KG": 1}},
     "probe_kg_none": {"dq": {"SEL_KG": 2}},
-    # exact: the chosen keys' dK/dV in a pass owned by key blocks after the dQ pass (chosen_dkv.py)
-    "kg_blocks": {"dq": {"SEL_KG": 3}},
+    # exact: the chosen keys' dK/dV by the dQ pass's atomics, the default before the H100's 2026-12-06 run
+    # (h100_select_v4/: 12.3 vs 9.0 ms fwd + bwd at 16K against the pass owned by key blocks, chosen_dkv.py)
+    "kg_atomics": {"dq": {"SEL_KG": 0}},
+    # the default launch options, the layer under torch.compile(fullgraph=True): the eager layer's wall
+    # time is 2.1-2.5 ms above its kernels' GPU time at every N (h100_select_v4/), the host's selection
+    # glue (~163 aten ops forward, 115 backward, counted on the CPU); Inductor fuses that glue
+    "compiled": {COMPILED: True},
 }
 
 
@@ -92,15 +98,21 @@ def step_fns(fn_fwd, q, k, v, g):
 
 
 def with_options(override: dict):
-    """HALO attention through the triton backend with one variant's launch options."""
+    """HALO attention through the triton backend with one variant's launch options (``COMPILED``: the
+    default options, the call under torch.compile)."""
     base = interface.launch_options(64, 4, torch.bfloat16, CONFIG.selects)
     opts = {kern: {**o, **override.get(kern, {})} for kern, o in base.items()}
+
+    def layer(q, k, v):
+        return attn.halo_attention(q, k, v, CONFIG, 0, 0, "triton", **EXTRAS)
+
+    inner = torch.compile(layer, fullgraph=True) if override.get(COMPILED) else layer
 
     def fn(q, k, v):
         if interface.TUNED.get((64, 4, torch.bfloat16)) is not opts:  # variants are timed in turns
             interface.TUNED[(64, 4, torch.bfloat16)] = opts
             interface._PLANS.clear()
-        return attn.halo_attention(q, k, v, CONFIG, 0, 0, "triton", **EXTRAS)
+        return inner(q, k, v)
 
     return fn
 

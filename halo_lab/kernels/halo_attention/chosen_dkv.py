@@ -1,4 +1,4 @@
-"""The chosen blocks' dK/dV in a pass owned by key blocks (``SEL_KG`` 3; opt-in, not yet timed on a card).
+"""The chosen blocks' dK/dV in a pass owned by key blocks (``SEL_KG`` 3, the default with selection).
 
 The dQ pass computes the chosen keys' dK/dV in its query tiles: each tile loops over the distinct blocks
 its rows chose and adds every block's dK/dV into the fp32 buffers with atomics (backward.add_key_grads).
@@ -13,7 +13,9 @@ pass then skips the chosen keys' dK/dV (``add_key_grads`` with KG 3 computes non
 
 Block sizes: BLOCK_P = 16 positions a step x GRP query heads = the rows of one product against the block's
 SBP keys (16 for b = 16; tl.dot's smallest). A block that many positions chose is one long program: the
-load is uneven where the early blocks are chosen most, which the card's timing will show.
+load is uneven where the early blocks are chosen most. On an H100 (experiments/bench/h100_select_v4/) this
+pass takes 0.25 / 0.37 / 0.91 ms at 1K / 4K / 16K tokens, and the dQ pass without the chosen keys' dK/dV
+1.29 / 1.96 / 2.65 ms instead of 3.05 / 5.28 / 7.12: fwd + bwd 5.7 / 6.9 / 9.0 ms instead of 7.1 / 9.7 / 12.3.
 """
 
 from __future__ import annotations

@@ -71,9 +71,10 @@ def launch_options(
         # the selected path's forward at 4 warps: 3-4% less fwd + bwd time than 8 at 1K, 4K and 16K, its
         # kernel 1.20 vs 1.43 ms at 4K (H100, 2026-12-05, experiments/bench/h100_train_v4/kernel_tune_select.log)
         "fwd": {**query_tiles, "num_warps": 4 if selecting else 8},
-        # SEL_KG 0: the selected keys' dK/dV by atomics (backward.add_key_grads; 1, 2: timing probes; 3: by
-        # key blocks after the dQ pass, chosen_dkv.py, opt-in until timed)
-        "dq": {**query_tiles, "num_warps": dq_warps, "SEL_KG": 0},
+        # SEL_KG 3: the chosen keys' dK/dV by key blocks after the dQ pass (chosen_dkv.py): fwd + bwd 9.0 vs
+        # 12.3 ms at 16K, 6.9 vs 9.7 at 4K, 5.7 vs 7.1 at 1K (H100, experiments/bench/h100_select_v4/); 0: by the dQ pass's
+        # atomics (backward.add_key_grads); 1, 2: timing probes
+        "dq": {**query_tiles, "num_warps": dq_warps, "SEL_KG": 3 if selecting else 0},
         "dkv": {
             "BLOCK_N": 32 if wide else 64,
             "BLOCK_Q": block_t,
