@@ -33,6 +33,17 @@ def qkv(c: HaloConfig, n: int, seed: int = 0, dtype=torch.float32, grad=False):
     return [torch.randn(*s, generator=g).to(dtype).requires_grad_(grad) for s in shapes]
 
 
+def leaf_qkv(c: HaloConfig, n: int, seed: int, batch: int = 2, dtype=torch.float32):
+    """qkv() cut to ``batch`` rows, as leaves: the interpreted kernels' time grows with the batch."""
+    return [t[:batch].detach().requires_grad_() for t in qkv(c, n, seed=seed, dtype=dtype)]
+
+
+def rows(backend: str, two: bool = False) -> int:
+    """Sequences a test gives ``backend``: one to the interpreted kernels (their time grows with the batch),
+    two where ``two`` (one case per test family keeps the batch strides and the per-row sums checked)."""
+    return 2 if backend != "triton" or two else 1
+
+
 # ------------------------------------------------------------------------------------ the choice
 
 
@@ -163,7 +174,9 @@ def test_backends_equal_the_reference_in_values_and_gradients(backend, n, m, dty
     if backend == "triton":
         triton_ready()
     c = cfg(select_group_size=m, attention_backend=backend)
-    q, k, v = qkv(c, n, seed=n + m, dtype=dtype, grad=True)
+    q, k, v = leaf_qkv(
+        c, n, seed=n + m, batch=rows(backend, (dtype, n, m) == (torch.float32, 70, 3)), dtype=dtype
+    )
     ref = reference_attention(q, k, v, c, 1, 7)
     out = attn.halo_attention(q, k, v, c, 1, 7, backend)
     g = torch.randn_like(ref)
@@ -203,7 +216,7 @@ def test_the_dq_pass_timing_probes_change_only_the_selected_keys_grads(monkeypat
 
     triton_ready()
     c = cfg(attention_backend="triton")
-    q, k, v = qkv(c, 70, seed=3, grad=True)
+    q, k, v = leaf_qkv(c, 70, seed=3, batch=1)
     ref = reference_attention(q, k, v, c, 1, 7)
     g = torch.randn_like(ref)
     plain = interface._options
@@ -463,7 +476,7 @@ def test_learned_pooling_equals_the_reference_with_its_gradient(backend):
     if backend == "triton":
         triton_ready()
     c = cfg(select_pooling="learned", attention_backend=backend)
-    q, k, v = qkv(c, 70, seed=4, grad=True)
+    q, k, v = leaf_qkv(c, 70, seed=4, batch=rows(backend))
     u = torch.randn(c.num_kv_heads, c.head_dim, requires_grad=True)
     ref = reference_attention(q, k, v, c, 1, 7, u)
     out = attn.halo_attention(q, k, v, c, 1, 7, backend, pool=u)
@@ -568,7 +581,7 @@ def test_summary_bias_equals_the_reference_in_values_and_gradients(backend, m, k
     if backend == "triton":
         triton_ready()
     c = cfg(select_group_size=m, attention_backend=backend, select_summary_bias=-1.5)
-    q, k, v = qkv(c, 70, seed=11 + m, grad=True)
+    q, k, v = leaf_qkv(c, 70, seed=11 + m, batch=rows(backend, kind == "per_head" and m == 3))
     bias = biases(kind)
     ref = reference_attention(q, k, v, c, 1, 7, None, bias)
     out = attn.halo_attention(q, k, v, c, 1, 7, backend, bias=bias)
@@ -587,7 +600,7 @@ def test_summary_bias_in_bf16_with_learned_pooling(backend):
     if backend == "triton":
         triton_ready()
     c = cfg(select_pooling="learned", attention_backend=backend, select_summary_bias=-1.5)
-    q, k, v = qkv(c, 64, seed=12, dtype=torch.bfloat16, grad=True)
+    q, k, v = leaf_qkv(c, 64, seed=12, batch=rows(backend), dtype=torch.bfloat16)
     bias, u = biases("per_head"), torch.randn(c.num_kv_heads, c.head_dim, requires_grad=True)
     ref = reference_attention(q, k, v, c, 1, 7, u, bias)
     out = attn.halo_attention(q, k, v, c, 1, 7, backend, pool=u, bias=bias)
@@ -606,7 +619,7 @@ def test_a_very_negative_summary_bias_is_summary_keys_off(backend):
     if backend == "triton":
         triton_ready()
     c = cfg(attention_backend=backend, select_summary_bias=-1e4)
-    q, k, v = qkv(c, 70, seed=13, grad=True)
+    q, k, v = leaf_qkv(c, 70, seed=13, batch=rows(backend))
     bias = torch.full((c.num_kv_heads,), -1e4, requires_grad=True)
     out = attn.halo_attention(q, k, v, c, 1, 7, backend, bias=bias)
     off = reference_attention(q, k, v, c.replace(select_summary_keys=False), 1, 7)
@@ -623,7 +636,7 @@ def test_a_zero_summary_bias_is_no_bias_bit_for_bit(backend):
     if backend == "triton":
         triton_ready()
     c = cfg(attention_backend=backend)
-    q, k, v = qkv(c, 70, seed=14, grad=True)
+    q, k, v = leaf_qkv(c, 70, seed=14, batch=rows(backend))
     zero = torch.zeros(c.num_kv_heads, requires_grad=True)
     out, none = (
         attn.halo_attention(q, k, v, c, 1, 7, backend, bias=zero),
@@ -733,11 +746,6 @@ def token_biases(kind: str) -> torch.Tensor:
     return torch.tensor([-1.5, -1.5] if kind == "same" else [-1.5, 0.7], requires_grad=True)
 
 
-def leaf_qkv(c: HaloConfig, n: int, seed: int, batch: int = 2, dtype=torch.float32):
-    """qkv() cut to ``batch`` rows, as leaves: the interpreted kernels' time grows with the batch."""
-    return [t[:batch].detach().requires_grad_() for t in qkv(c, n, seed=seed, dtype=dtype)]
-
-
 def chosen_tokens_off(q, k, v, c: HaloConfig, layer: int, step: int, bias=None) -> torch.Tensor:
     """The oracle with the chosen tokens' columns (``token_columns``) emptied: the graph keys and the
     summaries kept, the choice unchanged (reference_attention's own steps)."""
@@ -776,7 +784,7 @@ def test_token_bias_equals_the_reference_in_values_and_gradients(backend, m, kin
         triton_ready()
     sb = -1.0 if summary else None
     c = cfg(select_group_size=m, attention_backend=backend, select_token_bias=-1.5, select_summary_bias=sb)
-    q, k, v = qkv(c, 70, seed=21 + m, grad=True)
+    q, k, v = leaf_qkv(c, 70, seed=21 + m, batch=rows(backend, kind == "per_head" and summary))
     token_bias = token_biases(kind)
     bias = torch.tensor([0.4, -0.9], requires_grad=True) if summary else None
     ref = reference_attention(q, k, v, c, 1, 7, None, bias, token_bias)
@@ -934,7 +942,7 @@ def test_the_bound_score_in_every_backend_equals_the_reference(backend):
     if backend == "triton":
         triton_ready()
     c = cfg(select_group_size=3, attention_backend=backend, select_score="bound", select_summary_bias=-1.0)
-    q, k, v = qkv(c, 70, seed=11, grad=True)
+    q, k, v = leaf_qkv(c, 70, seed=11, batch=rows(backend))
     bias = torch.tensor([-1.0, 0.5], requires_grad=True)
     ref = reference_attention(q, k, v, c, 1, 7, None, bias)
     out = attn.halo_attention(q, k, v, c, 1, 7, backend, bias=bias)
