@@ -208,25 +208,28 @@ def test_query_tiles_past_many_groups_equal_the_reference():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=lambda s, name=name: f"d{name}: {s}")
 
 
+def with_sel_kg(monkeypatch, kg: int) -> None:
+    """The dQ pass's ``SEL_KG`` set to ``kg`` for this test (interface.py: 0 atomics, 1 and 2 timing
+    probes, 3 the key-block pass, the default), the launch plans rebuilt."""
+    from halo_lab.kernels.halo_attention import interface
+
+    plain = interface._options
+    monkeypatch.setattr(
+        interface, "_options", lambda *a: {**plain(*a), "dq": {**plain(*a)["dq"], "SEL_KG": kg}}
+    )
+    monkeypatch.setattr(interface, "_PLANS", {})
+
+
 @pytest.mark.parametrize("probe", [1, 2])
 def test_the_dq_pass_timing_probes_change_only_the_selected_keys_grads(monkeypatch, probe):
     """kernel_tune.py times the dQ pass with the selected keys' dK/dV stored (1) or skipped (2): what the
     atomics cost. The probe is a fair timing only if dQ and the output stay exact and only dK/dV change."""
-    from halo_lab.kernels.halo_attention import interface
-
     triton_ready()
     c = cfg(attention_backend="triton")
     q, k, v = leaf_qkv(c, 70, seed=3, batch=1)
     ref = reference_attention(q, k, v, c, 1, 7)
     g = torch.randn_like(ref)
-    plain = interface._options
-
-    def probed(head_dim, group, dtype, selecting):
-        opts = plain(head_dim, group, dtype, selecting)
-        return {**opts, "dq": {**opts["dq"], "SEL_KG": probe}}
-
-    monkeypatch.setattr(interface, "_options", probed)
-    monkeypatch.setattr(interface, "_PLANS", {})
+    with_sel_kg(monkeypatch, probe)
     out = attn.halo_attention(q, k, v, c, 1, 7, "triton")
     dq, dk, dv = torch.autograd.grad(out, (q, k, v), g)
     rq, rk, rv = torch.autograd.grad(ref, (q, k, v), g)
@@ -244,21 +247,12 @@ def test_the_chosen_keys_grads_by_key_blocks_equal_the_reference(monkeypatch, m,
     """``SEL_KG`` 3 (chosen_dkv.py, the default): the chosen keys' dK/dV from one program per key block,
     over the positions that chose it; 0: by the dQ pass's atomics. Values and every gradient equal the
     oracle's, with groups and the token bias, at a length where blocks are chosen by many positions."""
-    from halo_lab.kernels.halo_attention import interface
-
     triton_ready()
     c = cfg(select_group_size=m, attention_backend="triton", select_token_bias=token_bias)
     q, k, v = (t[:1].clone().requires_grad_() for t in qkv(c, n, seed=5 + m, dtype=dtype))
     tb = torch.tensor([-0.3, 0.8], requires_grad=True) if token_bias is not None else None
     ref = reference_attention(q, k, v, c, 1, 7, None, None, tb)
-    plain = interface._options
-
-    def by_blocks(head_dim, group, dtype, selecting):
-        opts = plain(head_dim, group, dtype, selecting)
-        return {**opts, "dq": {**opts["dq"], "SEL_KG": kg}}
-
-    monkeypatch.setattr(interface, "_options", by_blocks)
-    monkeypatch.setattr(interface, "_PLANS", {})
+    with_sel_kg(monkeypatch, kg)
     out = attn.halo_attention(q, k, v, c, 1, 7, "triton", token_bias=tb)
     tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
     torch.testing.assert_close(out.float(), ref.float(), **tol)
@@ -514,13 +508,7 @@ def test_compiled_kernels_equal_the_reference_at_full_size_cuda(n, pooling, dtyp
     against the reference, values and gradients (u's included; with ``+bias`` a summary bias per KV head,
     with ``+tokens`` a token bias too, their gradients included); the chosen keys' dK/dV by the dQ pass's
     atomics (``SEL_KG`` 0) or by key blocks (3, the default, chosen_dkv.py)."""
-    from halo_lab.kernels.halo_attention import interface
-
-    plain = interface._options
-    monkeypatch.setattr(
-        interface, "_options", lambda *a: {**plain(*a), "dq": {**plain(*a)["dq"], "SEL_KG": kg}}
-    )
-    monkeypatch.setattr(interface, "_PLANS", {})
+    with_sel_kg(monkeypatch, kg)
     c = HaloConfig(select_blocks=4, select_pooling=pooling.split("+")[0], graph_seed=3)
     L, dev = c.num_globals + n, "cuda"
     g = torch.Generator(device=dev).manual_seed(n)
