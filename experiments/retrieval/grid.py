@@ -429,6 +429,25 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         for v in ("halo", "local_only")
         for s in (0, 1)
     ]
+    # Ran 2026-12-06 (H100, twelfth session): plain HALO-S 0.270 / 0.233 and local-only 0.291 / 0.279 at
+    # lr 3e-4 (chance beyond the window); MQAR at 4096 dense seed 0 1.000 at lr 3e-4 (select_gpu9_mqar_lr);
+    # 4 layers 1.000 on 2 seeds, 6 layers 0.21 / 0.24 at ~5,200 steps of 6,000 and the conv-off controls
+    # at chance to their full schedules, all at lr 1e-3 (select_gpu4, select_gpu5). Next, at lr 3e-4:
+    # MQAR at 4096 with dense's second seed and the selection's two seeds (--jobs 3, about 450 s) ...
+    mqar3e4 = long + ["optimizer.lr=3e-4"]
+    select_gpu13_mqar = [Job("mqar_4096", "dense", 2, 3, seed=1, slot=900, tag="lr3e-4", extra=mqar3e4)] + [
+        Job("mqar_4096", "halo_select", 2, 3, seed=s, slot=900, tag="lr3e-4", extra=mqar3e4) for s in (0, 1)
+    ]
+    # ... the 6-layer needle at 1024, the depth that stayed at chance at lr 1e-3 (--jobs 2, about 400 s) ...
+    select_gpu13_l6 = [
+        Job("needle_1024", "dense", 6, 3, seed=s, tag="lr3e-4", extra=long + ["optimizer.lr=3e-4"]) for s in (0, 1)
+    ]
+    # ... and the conv-off controls to 6000 steps at lr 3e-4 (--jobs 4, about 300 s)
+    select_gpu13_conv0 = [
+        Job(f"{t}_1024", "dense", 2, 0, seed=s, tag="lr3e-4", extra=long + ["optimizer.lr=3e-4"])
+        for t in ("needle", "mqar")
+        for s in (0, 1)
+    ]
     # The same recipe for plain HALO-S and local-only, the rows beside dense and selection (--jobs 4)
     select_gpu7 = [
         Job("needle_4096", v, 2, 3, seed=s, slot=900, tag="b64", extra=b64)
@@ -570,6 +589,9 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu12_select_6k_s1": (select_gpu12_select_6k[1:], 1),
         "select_gpu12_dense_6k": (select_gpu12_dense_6k, 2),
         "select_gpu12_fixed": (select_gpu12_fixed, 4),
+        "select_gpu13_mqar": (select_gpu13_mqar, 3),
+        "select_gpu13_l6": (select_gpu13_l6, 2),
+        "select_gpu13_conv0": (select_gpu13_conv0, 4),
         "select_gpu6_select_s0": (select_gpu6_select[:1], 1),
         "select_gpu6_select_s1": (select_gpu6_select[1:], 1),
         "select_lm_gpu": (select_lm_gpu, 7),
