@@ -274,6 +274,15 @@ def test_the_choice_inverted_lists_each_blocks_positions():
     lists = [positions[offsets[i] : offsets[i + 1]].tolist() for i in range(6)]
     assert lists == [[0, 3], [0, 2], [3], [3], [1, 3], [0, 1]]
     assert offsets[-1] == 10
+    # random choices: each list holds exactly the positions that chose its block, in order
+    g = torch.Generator().manual_seed(0)
+    blk = torch.randint(-1, 7, (2, 3, 40, 4), generator=g)
+    offsets, positions = chosen_pairs(blk.int(), 7)
+    for i in range(2 * 3 * 7):
+        b, h, u = i // 21, i // 7 % 3, i % 7
+        want = sorted(p for p in range(40) for s in range(4) if blk[b, h, p, s] == u)
+        assert positions[offsets[i] : offsets[i + 1]].tolist() == want
+    assert offsets[-1] == int((blk >= 0).sum())
 
 
 def test_summary_keys_off_changes_only_the_softmax():

@@ -173,7 +173,7 @@ def ranked_top_blocks(config: HaloConfig, factors, groups, candidates, d: int) -
     qn, hn = rest[0] if rest else (qp, hp)
     blk, score = choose_blocks(
         qp.contiguous(), qn.contiguous(), hp.contiguous(), hn.contiguous(), groups.to(torch.int32).contiguous(),
-        candidates.to(torch.int32).contiguous(), config.select_group_size, config.select_blocks, bool(rest),
+        candidates.to(torch.int32).contiguous(), config.select_group_size, config.select_blocks, len(rest) > 0,
         1.0 / math.sqrt(d),
     )  # fmt: skip
     # the reference's order: by block (none last), then stably by score descending

@@ -42,11 +42,12 @@ def chosen_pairs(blk: torch.Tensor, n_blocks: int) -> tuple[torch.Tensor, torch.
     flat = blk.reshape(B * Hkv, L * nsel).long()
     bh = torch.arange(B * Hkv, device=blk.device).unsqueeze(1)
     key = torch.where(flat >= 0, bh * n_blocks + flat, n).reshape(-1)
-    order = torch.argsort(key, stable=True)
+    key, order = torch.sort(key, stable=True)
     pos = (torch.arange(L * nsel, device=blk.device) // nsel).repeat(B * Hkv)
-    counts = torch.zeros(n + 1, device=blk.device, dtype=torch.long).index_add_(0, key, torch.ones_like(key))
-    offsets = torch.zeros(n + 1, device=blk.device, dtype=torch.int32)
-    offsets[1:] = counts[:n].cumsum(0)
+    # offsets[i] = how many keys are below i: a search of the sorted keys, not a histogram (index_add_ on
+    # int64, which Inductor hands to aten's sort-based index_put: 4.2 ms at 1K, H100, twelfth session)
+    ids = torch.arange(n + 1, device=blk.device)
+    offsets = torch.searchsorted(key, ids, out_int32=True)
     return offsets, pos[order].to(torch.int32)
 
 
