@@ -5,6 +5,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 ARGS   ?=
+# test processes (pytest-xdist, whole files per process; 0 = one process): the interpreted Triton tests are
+# single-threaded Python, so two processes on two cores take the suite from ~15.5 to ~9.5 min
+TEST_JOBS ?= 2
 STAMP  := $(VENV)/.installed
 
 .PHONY: help install train sweep-baseline sweep-ablation sweep-needle sweep-mqar report eval bench test test-full lint format clean
@@ -49,10 +52,10 @@ bench: $(STAMP)  ## speed/memory benchmark (quick CPU mode without a GPU)
 	$(PY) -m halo_lab.bench $(ARGS)
 
 test: $(STAMP)  ## fast test suite (what CI runs)
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_JOBS) --dist loadfile $(ARGS)
 
 test-full: $(STAMP)  ## every test, slow end-to-end ones included
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile $(ARGS)
 
 lint: $(STAMP)  ## ruff
 	$(PY) -m ruff check halo_lab tests

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 
 import pytest
 import torch
@@ -15,6 +16,15 @@ if not torch.cuda.is_available():
 # W&B never talks to the network in tests (WANDB_MODE=disabled); subprocesses inherit it.
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Each test starts from the same random state, whatever ran before it in its process (the files are
+    spread over processes by `make test`, so the order differs from run to run)."""
+    # not 0: tests draw their inputs from generators seeded 0, 1, ...; the same stream again would repeat them
+    random.seed(20261206)
+    torch.manual_seed(20261206)
 
 
 @pytest.fixture(autouse=True)

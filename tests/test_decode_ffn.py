@@ -82,7 +82,7 @@ def test_decode_ffn_after_the_split_attention(dtype):
     """``acc_in``: the FFN's input is x + the split attention's sums rounded, which it also stores as the
     residual (the unfused step's x + round(o_proj(...)) then its FFN)."""
     x, w_up, w_down, nw, nb = inputs(2, 48, 40, dtype)
-    a_in = torch.randn(2, 48, device=DEVICE)
+    a_in = torch.randn(2, 48, device=DEVICE, generator=torch.Generator(device=DEVICE).manual_seed(1))
     x_mid = (x.float() + a_in.to(dtype).float()).to(dtype)
     acc = torch.zeros(2, 48, device=DEVICE)
     x_out = torch.full_like(x, float("nan"))
@@ -90,7 +90,8 @@ def test_decode_ffn_after_the_split_attention(dtype):
     # bf16: the interpreter's cast truncates where a GPU rounds to nearest (test_decode_fused's doc)
     assert torch.equal(x_out, x_mid) if dtype == torch.float32 else rel(x_out, x_mid) < 1e-2
     ref = kf.reference_decode_ffn(x_mid, w_up, w_down, norm="layernorm", norm_weight=nw, norm_bias=nb)
-    assert rel(acc, ref) < (1e-5 if dtype == torch.float32 else 2e-2)
+    # bf16 under the interpreter: 0.016-0.021 over seeds (its truncating casts); the wrong FFN is > 0.1 off
+    assert rel(acc, ref) < (1e-5 if dtype == torch.float32 else 2e-2 if DEVICE == "cuda" else 3e-2)
     # the check can fail: the FFN of x alone is far off
     assert (
         rel(kf.reference_decode_ffn(x, w_up, w_down, norm="layernorm", norm_weight=nw, norm_bias=nb), ref)
@@ -153,7 +154,12 @@ def test_decode_qkv_reads_the_sums_and_hands_on_the_residual(with_acc, split):
 
     x, w, nw, nb, cos, sin, k0, v0 = qkv_inputs(torch.float32)
     p = torch.tensor([5], device=DEVICE)
-    acc = 2 * torch.randn(x.shape, device=DEVICE) if with_acc else None
+    # its own stream: 2 * x (the inputs' stream) would leave layernorm(x + acc) = layernorm(x)
+    acc = (
+        2 * torch.randn(x.shape, device=DEVICE, generator=torch.Generator(DEVICE).manual_seed(7))
+        if with_acc
+        else None
+    )
     x_res, zero, zero2 = (
         torch.empty_like(x),
         *(torch.full(x.shape, float("nan"), device=DEVICE) for _ in "ab"),
