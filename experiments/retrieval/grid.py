@@ -440,13 +440,20 @@ def grids() -> dict[str, tuple[list[Job], int]]:
     ]
     # ... the 6-layer needle at 1024, the depth that stayed at chance at lr 1e-3 (--jobs 2, about 400 s) ...
     select_gpu13_l6 = [
-        Job("needle_1024", "dense", 6, 3, seed=s, tag="lr3e-4", extra=long + ["optimizer.lr=3e-4"]) for s in (0, 1)
+        Job("needle_1024", "dense", 6, 3, seed=s, tag="lr3e-4", extra=long + ["optimizer.lr=3e-4"])
+        for s in (0, 1)
     ]
     # ... and the conv-off controls to 6000 steps at lr 3e-4 (--jobs 4, about 300 s)
     select_gpu13_conv0 = [
         Job(f"{t}_1024", "dense", 2, 0, seed=s, tag="lr3e-4", extra=long + ["optimizer.lr=3e-4"])
         for t in ("needle", "mqar")
         for s in (0, 1)
+    ]
+    # ... and at 4 layers, where dense passes at lr 1e-3 on 2 seeds (select_gpu4): the selection (--jobs 2),
+    # then plain HALO-S and local-only (--jobs 4), 2 seeds each, the same recipe
+    select_gpu13_l4_select = [Job("needle_1024", "halo_select", 4, 3, seed=s, extra=long) for s in (0, 1)]
+    select_gpu13_l4_fixed = [
+        Job("needle_1024", v, 4, 3, seed=s, extra=long) for v in ("halo", "local_only") for s in (0, 1)
     ]
     # The same recipe for plain HALO-S and local-only, the rows beside dense and selection (--jobs 4)
     select_gpu7 = [
@@ -592,6 +599,8 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu13_mqar": (select_gpu13_mqar, 3),
         "select_gpu13_l6": (select_gpu13_l6, 2),
         "select_gpu13_conv0": (select_gpu13_conv0, 4),
+        "select_gpu13_l4_select": (select_gpu13_l4_select, 2),
+        "select_gpu13_l4_fixed": (select_gpu13_l4_fixed, 4),
         "select_gpu6_select_s0": (select_gpu6_select[:1], 1),
         "select_gpu6_select_s1": (select_gpu6_select[1:], 1),
         "select_lm_gpu": (select_lm_gpu, 7),
