@@ -120,12 +120,12 @@ class OpCounter(TorchDispatchMode):
 
 @contextlib.contextmanager
 def stubbed_launches():
-    saved = interface._fwd, interface._dq, interface._dkv
-    interface._fwd = interface._dq = interface._dkv = lambda *a: None
+    saved = interface._fwd, interface._dq, interface._dkv, interface._chosen
+    interface._fwd = interface._dq = interface._dkv = interface._chosen = lambda *a: None
     try:
         yield
     finally:
-        interface._fwd, interface._dq, interface._dkv = saved
+        interface._fwd, interface._dq, interface._dkv, interface._chosen = saved
 
 
 def configs() -> dict[str, HaloConfig]:
