@@ -455,6 +455,30 @@ def grids() -> dict[str, tuple[list[Job], int]]:
     select_gpu13_l4_fixed = [
         Job("needle_1024", v, 4, 3, seed=s, extra=long) for v in ("halo", "local_only") for s in (0, 1)
     ]
+    # Ran 2026-12-06 (H100, thirteenth session), all at lr 3e-4: MQAR 4096 dense seed 1 0.975, the selection
+    # 0.428 / 0.864 (seed 1 still rising); the 6-layer needle at 1024 1.000 on 2 seeds; conv off to ~5,000
+    # steps: needle at chance, MQAR 1.000 / 0.782. Next: MQAR 4096 at lr 5e-4, between the rates where dense
+    # (3e-4) and the selection (1e-3) pass, both rows and 2 seeds each (--jobs 4, about 450 s) ...
+    mqar5e4 = long + ["optimizer.lr=5e-4"]
+    select_gpu14_mqar = [
+        Job("mqar_4096", v, 2, 3, seed=s, slot=900, tag="lr5e-4", extra=mqar5e4)
+        for v in ("dense", "halo_select")
+        for s in (0, 1)
+    ]
+    # ... and the rows beside dense's passing 6-layer needle (lr 3e-4): the selection (--jobs 2), plain
+    # HALO-S (--jobs 2) and local-only (--jobs 2); 6-layer checkpoints (17 MB) do not come back from a call
+    l6 = long + ["optimizer.lr=3e-4"]
+    select_gpu14_l6 = [
+        Job("needle_1024", v, 6, 3, seed=s, tag="lr3e-4", extra=l6)
+        for v in ("halo_select", "halo", "local_only")
+        for s in (0, 1)
+    ]
+    # ... and the selection's needle at 4096 read on 400 haystacks a distance instead of 100 (the bar is
+    # 0.99 at every distance; 98 of 100 is inside its noise): one seed a call, alone (--jobs 1, about 420 s)
+    select_gpu14_val = [
+        Job("needle_4096", "halo_select", 2, 3, seed=s, slot=900, tag="b64lr3e-4-6k-val4x", extra=lr3e4_6k + ["data.num_val=2800"])
+        for s in (0, 1)
+    ]  # fmt: skip
     # The same recipe for plain HALO-S and local-only, the rows beside dense and selection (--jobs 4)
     select_gpu7 = [
         Job("needle_4096", v, 2, 3, seed=s, slot=900, tag="b64", extra=b64)
@@ -601,6 +625,12 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu13_conv0": (select_gpu13_conv0, 4),
         "select_gpu13_l4_select": (select_gpu13_l4_select, 2),
         "select_gpu13_l4_fixed": (select_gpu13_l4_fixed, 4),
+        "select_gpu14_mqar": (select_gpu14_mqar, 4),
+        "select_gpu14_l6_select": (select_gpu14_l6[:2], 2),
+        "select_gpu14_l6_halo": (select_gpu14_l6[2:4], 2),
+        "select_gpu14_l6_local": (select_gpu14_l6[4:], 2),
+        "select_gpu14_val_s0": (select_gpu14_val[:1], 1),
+        "select_gpu14_val_s1": (select_gpu14_val[1:], 1),
         "select_gpu6_select_s0": (select_gpu6_select[:1], 1),
         "select_gpu6_select_s1": (select_gpu6_select[1:], 1),
         "select_lm_gpu": (select_lm_gpu, 7),
