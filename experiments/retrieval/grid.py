@@ -319,6 +319,21 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("mqar_select", "halo_select", 2, 3, slot=5400, min_slot=600, tag=tag, extra=mqar128 + more)
         for tag, more in (("", []), ("lr", ["optimizer.lr=1.5e-3"]))
     ]
+    # MQAR at 4096 on the H100 (thirteenth session): at lr 3e-4 dense passes and the selection learns slowly,
+    # at 1e-3 the reverse. The same two rates for both rows on MQAR (128, 8) (--cpu --jobs 2), seed 0
+    select_lr2_cpu = [
+        Job("mqar_select", v, 2, 3, slot=5400, min_slot=600, tag=f"lr{tag}", extra=mqar128 + [f"optimizer.lr={tag}"])
+        for tag in ("3e-4", "1e-3")
+        for v in ("dense", "halo_select")
+    ]  # fmt: skip
+    # ... and the selection at lr 3e-4 without the two learned biases' starts (summary -4, chosen tokens -2),
+    # and without the summaries as keys: which part slows it at the low rate (--cpu --jobs 2)
+    lr3e4_128 = mqar128 + ["optimizer.lr=3e-4"]
+    nobias = ["model.select_summary_bias=null", "model.select_token_bias=null"]
+    select_lr3_cpu = [
+        Job("mqar_select", "halo_select", 2, 3, slot=5400, min_slot=600, tag="lr3e-4-nobias", extra=lr3e4_128 + nobias),
+        Job("mqar_select", "halo_select", 2, 3, slot=5400, min_slot=600, tag="lr3e-4-nosum", extra=lr3e4_128 + no_summaries),
+    ]  # fmt: skip
     # The variants after the bound score and the window-overlapping candidate (2026-12-05): the recall grid's
     # selection rows (needle, both MQAR slices) and the LM point at 1024 tokens, 2 seeds (--jobs 8); on the
     # CPU (--cpu --jobs 2) the same jobs, seed 0 first
@@ -646,6 +661,8 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_bound": (select_bound, 8),
         "select_bias_cpu": (select_bias_cpu, 2),
         "select_lr_cpu": (select_lr_cpu, 2),
+        "select_lr2_cpu": (select_lr2_cpu, 2),
+        "select_lr3_cpu": (select_lr3_cpu, 2),
         "select_cpu": (select_cpu, 2),
         "part1": (part1, 14),
         "part2": (part2, 14),
