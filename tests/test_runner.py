@@ -307,6 +307,48 @@ def test_atomic_checkpoint_io_never_leaves_a_broken_file(tmp_path, monkeypatch):
     assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]  # no temp file left
 
 
+SELECTING = {**TINY_MODEL, "select_blocks": 1, "select_block_size": 4, "select_summary_bias": -4.0,
+             "select_token_bias": -2.0, "attention_backend": "masked"}  # fmt: skip
+
+
+@pytest.mark.parametrize("scale", [1.0, 10.0])
+def test_the_selection_biases_train_at_their_own_rate(scale):
+    """module.select_bias_lr_scale: one AdamW step moves the selection's two biases by about scale * lr
+    (Adam's first step is lr * sign(grad)) and every other parameter by about lr; at 1 the optimizer keeps
+    its two groups, as older checkpoints have."""
+    module = HaloLitModule(SELECTING, arch="halo", select_bias_lr_scale=scale, optimizer={
+        "_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.1})  # fmt: skip
+    opt = module.configure_optimizers()
+    assert len(opt.param_groups) == (2 if scale == 1.0 else 3)
+    attn = module.model.layers[0].attn
+    biases = {id(attn.select_bias), id(attn.select_token_bias)}
+    if scale != 1.0:
+        assert {id(p) for p in opt.param_groups[2]["params"]} == biases
+        assert opt.param_groups[2]["lr"] == pytest.approx(1e-2) and opt.param_groups[2]["weight_decay"] == 0.0
+    listed = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(listed) == sorted({id(p) for p in module.model.parameters()})  # each once
+    before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+    x = torch.randint(0, 32, (2, 40))
+    module.model(x, x)[1].backward()
+    assert all(bool((p.grad != 0).all()) for p in (attn.select_bias, attn.select_token_bias))
+    opt.step()
+    for n, p in module.model.named_parameters():
+        moved = (p.detach() - before[n]).abs().max().item()
+        if p.grad is None or not bool((p.grad != 0).any()):
+            continue
+        want = 1e-3 * (scale if id(p) in biases else 1.0)
+        assert want * 0.5 < moved < want * 1.5, (n, moved, want)
+
+
+@pytest.mark.parametrize("value", [0, -1.0, "fast", True])
+def test_a_bad_select_bias_lr_scale_is_named(tmp_path, value):
+    from halo_lab.runner.config import validate_config
+
+    cfg = compose_config(["variant=halo_select", f"module.select_bias_lr_scale={value}"], output_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"^module\.select_bias_lr_scale"):
+        validate_config(cfg)
+
+
 def test_resolve_ckpt_path(tmp_path, caplog):
     assert resolve_ckpt_path(None, tmp_path) is None
     with caplog.at_level(logging.WARNING, logger="halo_lab.train"):

@@ -334,6 +334,12 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("mqar_select", "halo_select", 2, 3, slot=5400, min_slot=600, tag="lr3e-4-nobias", extra=lr3e4_128 + nobias),
         Job("mqar_select", "halo_select", 2, 3, slot=5400, min_slot=600, tag="lr3e-4-nosum", extra=lr3e4_128 + no_summaries),
     ]  # fmt: skip
+    # ... the biases' starts are what slow it (select_lr3_cpu): the same two rates with the biases trained at
+    # 10x the rate (module.select_bias_lr_scale=10; --cpu --jobs 2)
+    select_lr4_cpu = [
+        Job("mqar_select", "halo_select", 2, 3, slot=5400, min_slot=600, tag=f"lr{tag}-bias10x", extra=mqar128 + [f"optimizer.lr={tag}", "module.select_bias_lr_scale=10"])
+        for tag in ("3e-4", "1e-3")
+    ]  # fmt: skip
     # The variants after the bound score and the window-overlapping candidate (2026-12-05): the recall grid's
     # selection rows (needle, both MQAR slices) and the LM point at 1024 tokens, 2 seeds (--jobs 8); on the
     # CPU (--cpu --jobs 2) the same jobs, seed 0 first
@@ -663,6 +669,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_lr_cpu": (select_lr_cpu, 2),
         "select_lr2_cpu": (select_lr2_cpu, 2),
         "select_lr3_cpu": (select_lr3_cpu, 2),
+        "select_lr4_cpu": (select_lr4_cpu, 2),
         "select_cpu": (select_cpu, 2),
         "part1": (part1, 14),
         "part2": (part2, 14),

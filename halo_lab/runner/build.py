@@ -122,6 +122,7 @@ def build_module(cfg: DictConfig, checked: dict[str, Any]) -> pl.LightningModule
         scheduler=to_plain(cfg.get("scheduler")),
         gradient_checkpointing=checked["gradient_checkpointing"],
         device_profile=checked["device"],
+        select_bias_lr_scale=checked["select_bias_lr_scale"],
     )
 
 

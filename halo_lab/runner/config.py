@@ -298,7 +298,7 @@ def validate_config(cfg: DictConfig) -> dict[str, Any]:
     """Check everything that can be checked without touching data; raise ConfigError naming the key.
 
     Returns what the runner needs next: ``model_config`` (vocab_size may still be None), ``arch``,
-    ``gradient_checkpointing`` and ``device`` (the resolved device profile).
+    ``gradient_checkpointing``, ``device`` (the resolved device profile) and ``select_bias_lr_scale``.
     """
     check_missing(cfg)
     model_config, arch, gc = build_model_config(cfg)
@@ -366,9 +366,18 @@ def validate_config(cfg: DictConfig) -> dict[str, Any]:
     if ckpt not in (None, "", "auto", "last"):
         _check(Path(str(ckpt)).expanduser().is_file(), "ckpt_path", ckpt, "no such checkpoint file")
 
+    scale = (to_plain(cfg.get("module")) or {}).get("select_bias_lr_scale", 1.0)
+    _check(
+        isinstance(scale, int | float) and not isinstance(scale, bool) and scale > 0,
+        "module.select_bias_lr_scale",
+        scale,
+        "must be a number > 0",
+    )
+
     device = _device(cfg)
     _warn_large_vocab_on_cpu(cfg, model_config, device)
-    return {"model_config": model_config, "arch": arch, "gradient_checkpointing": gc, "device": device}
+    checked = {"model_config": model_config, "arch": arch, "gradient_checkpointing": gc, "device": device}
+    return checked | {"select_bias_lr_scale": float(scale)}
 
 
 _MISSING_HINTS = {

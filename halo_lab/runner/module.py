@@ -53,10 +53,23 @@ def warmup_cosine_schedule(
     return LambdaLR(optimizer, fn)
 
 
-def param_groups(model: nn.Module, weight_decay: float | None = None) -> list[dict[str, Any]]:
+# the content selection's learned logit biases per KV head (model/network.py): scalars that must travel
+# from their starts (-4, -2) while Adam moves a parameter about lr a step
+SELECT_BIASES = ("select_bias", "select_token_bias")
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float | None = None,
+    lr: float | None = None,
+    select_bias_lr_scale: float = 1.0,
+) -> list[dict[str, Any]]:
     """Two AdamW groups: decay for weight matrices; none for norms, biases, embeddings and global memory.
 
     Tied parameters are listed once. The decay group keeps the optimizer's weight_decay unless one is given.
+    With ``select_bias_lr_scale`` != 1 a third group holds the selection's biases (``SELECT_BIASES``), no
+    decay, at ``lr * select_bias_lr_scale`` (``lr``: the optimizer's); at 1 the groups stay two, so older
+    checkpoints' optimizer states still load.
     """
     no_decay: set[int] = set()
     for module in model.modules():
@@ -74,7 +87,14 @@ def param_groups(model: nn.Module, weight_decay: float | None = None) -> list[di
     decay_group: dict[str, Any] = {"params": decay_params}
     if weight_decay is not None:
         decay_group["weight_decay"] = weight_decay
-    return [decay_group, {"params": no_decay_params, "weight_decay": 0.0}]
+    groups = [decay_group, {"params": no_decay_params, "weight_decay": 0.0}]
+    if select_bias_lr_scale != 1.0:
+        names = {id(p): n.split(".")[-1] for n, p in model.named_parameters()}
+        biases = [p for p in no_decay_params if names[id(p)] in SELECT_BIASES]
+        groups[1]["params"] = [p for p in no_decay_params if names[id(p)] not in SELECT_BIASES]
+        scaled = float(lr if lr is not None else 1e-3) * select_bias_lr_scale  # 1e-3: AdamW's default
+        groups.append({"params": biases, "weight_decay": 0.0, "lr": scaled})
+    return groups
 
 
 # ---------------------------------------------------------------------------------------------- module
@@ -101,6 +121,7 @@ class HaloLitModule(pl.LightningModule):
         gradient_checkpointing: bool = False,
         device_profile: dict[str, Any] | None = None,
         tokenizer: dict[str, Any] | None = None,
+        select_bias_lr_scale: float = 1.0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -301,7 +322,8 @@ class HaloLitModule(pl.LightningModule):
             self.hparams.optimizer or {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 3e-4}
         )
         wd = opt_cfg.get("weight_decay")
-        groups = param_groups(self.model, wd)
+        scale = float(self.hparams.get("select_bias_lr_scale", 1.0))  # absent from older checkpoints
+        groups = param_groups(self.model, wd, opt_cfg.get("lr"), scale)
         opt_cfg["_partial_"] = True
         optimizer = instantiate(opt_cfg, _convert_="all")(groups)
         if not self.hparams.scheduler:
