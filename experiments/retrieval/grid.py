@@ -486,6 +486,24 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         for v in ("dense", "halo_select")
         for s in (0, 1)
     ]
+    # On the CPU the chosen tokens' bias start (-2) is what slows the selection at lr 3e-4 (select_lr3_cpu),
+    # and training the two biases at 10x the rate closes most of it (select_lr4_cpu: MQAR (128, 8) 0.998 at
+    # step 750 against 0.586). First: the selection at 3e-4 with that, where dense passes on 2 seeds
+    # (--jobs 2, about 330 s) ...
+    bias10 = ["module.select_bias_lr_scale=10"]
+    select_gpu14_mqar10 = [
+        Job("mqar_4096", "halo_select", 2, 3, seed=s, slot=900, tag="lr3e-4-bias10x", extra=mqar3e4 + bias10)
+        for s in (0, 1)
+    ]  # fmt: skip
+    # ... and the LM question it reopens (the -2 start was for the LM): select_tokbias_lm_gpu's recipe,
+    # HALO-S and the selection with the biases at 10x, 3 seeds each, one call (--jobs 6, about 300 s) ...
+    lm14 = ["data.seq_len=1024", "task_name=lm_gpu_1024"]  # select_lm_gpu's `lm`, defined further down
+    select_gpu14_lm = []
+    for s in (0, 1, 2):
+        select_gpu14_lm += [
+            Job("baseline", "halo", 4, 0, seed=s, slot=900, min_slot=300, extra=lm14),
+            Job("baseline", "halo_select", 4, 0, seed=s, slot=900, min_slot=300, tag="bias10x", extra=lm14 + bias10),
+        ]  # fmt: skip
     # ... and the rows beside dense's passing 6-layer needle (lr 3e-4): the selection (--jobs 2), plain
     # HALO-S (--jobs 2) and local-only (--jobs 2); 6-layer checkpoints (17 MB) do not come back from a call
     l6 = long + ["optimizer.lr=3e-4"]
@@ -561,6 +579,12 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("mqar_select", "halo_select", 2, 3, slot=5400, min_slot=600, tag="tokbias2", extra=mqar256 + tb2),
         Job("baseline_cpu", "halo_select", 2, 0, slot=3600, min_slot=300, tag="tokbias2", extra=lm_cpu + tb2),
     ]
+    # The CPU-scale LM at 1024 with the biases at 10x the rate (select_lr4_cpu), both seeds of the -2 rows
+    # (runs/tokbias2, runs/tokbias3: 1.747 / 1.813) (--cpu --jobs 2)
+    select_lr5_cpu = [
+        Job("baseline_cpu", "halo_select", 2, 0, seed=s, slot=3600, min_slot=300, tag="tokbias2-bias10x", extra=lm_cpu + tb2 + ["module.select_bias_lr_scale=10"])
+        for s in (0, 1)
+    ]  # fmt: skip
     # The -2 start's second points on the CPU (--cpu --jobs 2), after the GPU-scale LM matched HALO-S with it
     # (select_tokbias_lm_gpu): MQAR (128, 8) seed 0, MQAR (256, 16) seed 1, the CPU-scale LM seed 1
     select_tokbias3_cpu = [
@@ -647,6 +671,8 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu13_l4_select": (select_gpu13_l4_select, 2),
         "select_gpu13_l4_fixed": (select_gpu13_l4_fixed, 4),
         "select_gpu14_mqar": (select_gpu14_mqar, 4),
+        "select_gpu14_mqar10": (select_gpu14_mqar10, 2),
+        "select_gpu14_lm": (select_gpu14_lm, 6),
         "select_gpu14_l6_select": (select_gpu14_l6[:2], 2),
         "select_gpu14_l6_halo": (select_gpu14_l6[2:4], 2),
         "select_gpu14_l6_local": (select_gpu14_l6[4:], 2),
@@ -670,6 +696,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_lr2_cpu": (select_lr2_cpu, 2),
         "select_lr3_cpu": (select_lr3_cpu, 2),
         "select_lr4_cpu": (select_lr4_cpu, 2),
+        "select_lr5_cpu": (select_lr5_cpu, 2),
         "select_cpu": (select_cpu, 2),
         "part1": (part1, 14),
         "part2": (part2, 14),
