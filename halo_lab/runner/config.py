@@ -376,8 +376,13 @@ def validate_config(cfg: DictConfig) -> dict[str, Any]:
 
     device = _device(cfg)
     _warn_large_vocab_on_cpu(cfg, model_config, device)
-    checked = {"model_config": model_config, "arch": arch, "gradient_checkpointing": gc, "device": device}
-    return checked | {"select_bias_lr_scale": float(scale)}
+    return {
+        "model_config": model_config,
+        "arch": arch,
+        "gradient_checkpointing": gc,
+        "device": device,
+        "select_bias_lr_scale": float(scale),
+    }
 
 
 _MISSING_HINTS = {

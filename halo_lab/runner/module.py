@@ -75,12 +75,15 @@ def param_groups(
     for module in model.modules():
         if isinstance(module, nn.Embedding):
             no_decay.add(id(module.weight))
-    decay_params, no_decay_params, seen = [], [], set()
+    scaled = select_bias_lr_scale != 1.0
+    decay_params, no_decay_params, bias_params, seen = [], [], [], set()
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        if p.ndim < 2 or id(p) in no_decay or name.split(".")[-1] == "global_memory":
+        if scaled and name.split(".")[-1] in SELECT_BIASES:
+            bias_params.append(p)
+        elif p.ndim < 2 or id(p) in no_decay or name.split(".")[-1] == "global_memory":
             no_decay_params.append(p)
         else:
             decay_params.append(p)
@@ -88,12 +91,9 @@ def param_groups(
     if weight_decay is not None:
         decay_group["weight_decay"] = weight_decay
     groups = [decay_group, {"params": no_decay_params, "weight_decay": 0.0}]
-    if select_bias_lr_scale != 1.0:
-        names = {id(p): n.split(".")[-1] for n, p in model.named_parameters()}
-        biases = [p for p in no_decay_params if names[id(p)] in SELECT_BIASES]
-        groups[1]["params"] = [p for p in no_decay_params if names[id(p)] not in SELECT_BIASES]
-        scaled = float(lr if lr is not None else 1e-3) * select_bias_lr_scale  # 1e-3: AdamW's default
-        groups.append({"params": biases, "weight_decay": 0.0, "lr": scaled})
+    if scaled:
+        bias_lr = float(lr if lr is not None else 1e-3) * select_bias_lr_scale  # 1e-3: AdamW's default
+        groups.append({"params": bias_params, "weight_decay": 0.0, "lr": bias_lr})
     return groups
 
 
