@@ -495,6 +495,14 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("mqar_4096", "halo_select", 2, 3, seed=s, slot=900, tag="lr3e-4-bias10x", extra=mqar3e4 + bias10)
         for s in (0, 1)
     ]  # fmt: skip
+    # At 5e-4 (select_gpu14_mqar, ran): dense 1.000 on 2 seeds, the selection 0.125 / 1.000. Its seed 0 with
+    # the biases at 10x, seed 1 to check that 10x keeps it, and the default rate's seed 2 (--jobs 3). Ran
+    # 2026-12-06 (H100, fourteenth session, cut at 5,771-5,808 steps): 0.682 / 1.000 with 10x, seed 2 0.248;
+    # select_gpu14_mqar10 (3e-4, 10x): 0.583 / 0.724
+    select_gpu15_mqar = [
+        Job("mqar_4096", "halo_select", 2, 3, seed=s, slot=900, tag="lr5e-4-bias10x", extra=mqar5e4 + bias10)
+        for s in (0, 1)
+    ] + [Job("mqar_4096", "halo_select", 2, 3, seed=2, slot=900, tag="lr5e-4", extra=mqar5e4)]  # fmt: skip
     # ... and the LM question it reopens (the -2 start was for the LM): select_tokbias_lm_gpu's recipe,
     # HALO-S and the selection with the biases at 10x, 3 seeds each, one call (--jobs 6, about 300 s) ...
     lm14 = ["data.seq_len=1024", "task_name=lm_gpu_1024"]  # select_lm_gpu's `lm`, defined further down
@@ -672,6 +680,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu13_l4_fixed": (select_gpu13_l4_fixed, 4),
         "select_gpu14_mqar": (select_gpu14_mqar, 4),
         "select_gpu14_mqar10": (select_gpu14_mqar10, 2),
+        "select_gpu15_mqar": (select_gpu15_mqar, 3),
         "select_gpu14_lm": (select_gpu14_lm, 6),
         "select_gpu14_l6_select": (select_gpu14_l6[:2], 2),
         "select_gpu14_l6_halo": (select_gpu14_l6[2:4], 2),
