@@ -187,7 +187,7 @@ def test_backends_equal_the_reference_in_values_and_gradients(backend, n, m, dty
 
 
 def test_query_tiles_past_many_groups_equal_the_reference():
-    """At 300 tokens (5 query tiles of 64 positions in fp32) the later tiles sit past a dozen complete
+    """At 300 tokens (19 query tiles of 16 positions) the later tiles sit past a dozen complete
     groups: the kernels score, of the block summaries, only those of the groups the tile's rows chose (its
     group list) and those past each row's complete groups; with both biases, values and every gradient
     equal the oracle's."""

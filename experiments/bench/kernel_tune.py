@@ -13,6 +13,7 @@ import os
 import statistics
 import sys
 import traceback
+import types
 from pathlib import Path
 
 import torch
@@ -72,6 +73,11 @@ SELECT_VARIANTS = {
     # time is 2.1-2.5 ms above its kernels' GPU time at every N (h100_select_v4/), the host's selection
     # glue (~163 aten ops forward, 115 backward, counted on the CPU); Inductor fuses that glue
     "compiled": {COMPILED: True},
+    # 32-position query tiles in the forward and dQ pass, the selected path's default before 2026-12-06
+    # (h100_select_v7/: 16 positions took the forward kernel from 1,230 to 896 µs at 4K, 1,620 to 1,129 at
+    # 16K, dQ within 3%; an 8-warp dQ at 16 positions nearly doubled dQ's time)
+    "t32": {"fwd": {"BLOCK_T": 32}, "dq": {"BLOCK_T": 32}},
+    "t32_compiled": {"fwd": {"BLOCK_T": 32}, "dq": {"BLOCK_T": 32}, COMPILED: True},
 }
 
 
@@ -99,6 +105,9 @@ def step_fns(fn_fwd, q, k, v, g):
     return fwd, fwd_bwd
 
 
+_COMPILED_CODES: list = []  # the compiled variants' code objects (one each: with_options)
+
+
 def with_options(override: dict):
     """HALO attention through the triton backend with one variant's launch options (``COMPILED``: the
     default options, the call under torch.compile)."""
@@ -109,7 +118,14 @@ def with_options(override: dict):
         return attn.halo_attention(q, k, v, CONFIG, 0, 0, "triton", **extras)
 
     # static shapes: a recompile at the next N with symbolic sizes fails in Inductor's triton_kernel_wrapper
-    # pass (torch 2.11, H100, twelfth session: failed_compiled_4096.txt)
+    # pass (torch 2.11, H100, twelfth session: failed_compiled_4096.txt). Each compiled variant gets a code
+    # object of its own: Dynamo caches graphs by code object, and the launch options are read at trace time
+    # without a guard, so a second compiled variant reused the first one's graph (t16_compiled timed the
+    # default's kernels: h100_select_v7/, forward kernel 1,242 µs at 4K against eager t16's 896)
+    if override.get(COMPILED):
+        code = layer.__code__.replace(co_name=f"layer_{len(_COMPILED_CODES)}")
+        _COMPILED_CODES.append(code)
+        layer = types.FunctionType(code, layer.__globals__)
     inner = torch.compile(layer, fullgraph=True, dynamic=False) if override.get(COMPILED) else layer
 
     def fn(q, k, v):

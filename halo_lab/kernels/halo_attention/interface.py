@@ -6,7 +6,8 @@ Block sizes (rows are query positions x the query heads of one KV head):
   row-wise key loads hold BLOCK_M x head_dim values in registers). BLOCK_T = BLOCK_M / GRP positions, so
   the window tiles cover BLOCK_T + W - 1 keys: the shorter the tile, the less of each window tile is
   masked away (67% useful at BLOCK_T = 32, W = 64), which is why the query heads are packed instead of
-  using longer position tiles. BLOCK_N = 32 window keys per step.
+  using longer position tiles. BLOCK_N = 32 window keys per step. With a selected part: BLOCK_T = 16
+  positions (64 rows at GRP 4), so that a tile's union of chosen blocks, each loaded for the tile, is small.
 * dK/dV: BLOCK_N = 64 keys per program (32 for head_dim 128 or fp32); the window queries come in
   tiles packed like the forward's (BLOCK_Q positions x GRP heads = 128 rows); the dilated, global and
   random keys' dK/dV come from the dQ pass's buffers. KEYS_AS_N: dK^T, dV^T accumulators (M = head_dim).
@@ -62,11 +63,15 @@ def launch_options(
     # fine with 8.
     dq_warps = 8 if dtype == torch.float32 else 4
     block_t = max(16, rows // group)  # >= 16: a dilated tile has BLOCK_T keys, and tl.dot needs 16
+    # the selected path's forward and dQ at 16 positions: a tile's union of chosen blocks is smaller; the
+    # forward kernel 896 vs 1,230 µs at 4K, 1,129 vs 1,620 at 16K, dQ within 3% (H100, 2026-12-06,
+    # experiments/bench/h100_select_v7/, kernel_tune.py --select t16 against 32)
+    query_t = 16 if selecting else block_t
     # DIL_GROUPED: the dilated keys as one batched product of 16-row groups (dilated.py) instead of a
     # [BLOCK_M, BLOCK_T] tile per distance
     # num_stages 3: 2-5% less GPU time than 2 in each kernel at 1K, 16K and 64K (kernel_notes.md, section
     # 2026-12-02f/g)
-    query_tiles = {"BLOCK_T": block_t, "BLOCK_N": 32, "num_stages": 3, "DIL_GROUPED": True}
+    query_tiles = {"BLOCK_T": query_t, "BLOCK_N": 32, "num_stages": 3, "DIL_GROUPED": True}
     return {
         # the selected path's forward at 4 warps: 3-4% less fwd + bwd time than 8 at 1K, 4K and 16K, its
         # kernel 1.20 vs 1.43 ms at 4K (H100, 2026-12-05, experiments/bench/h100_train_v4/kernel_tune_select.log)
