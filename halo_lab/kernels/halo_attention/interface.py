@@ -63,9 +63,7 @@ def launch_options(
     # fine with 8.
     dq_warps = 8 if dtype == torch.float32 else 4
     block_t = max(16, rows // group)  # >= 16: a dilated tile has BLOCK_T keys, and tl.dot needs 16
-    # the selected path's forward and dQ at 16 positions: a tile's union of chosen blocks is smaller; the
-    # forward kernel 896 vs 1,230 µs at 4K, 1,129 vs 1,620 at 16K, dQ within 3% (H100, 2026-12-06,
-    # experiments/bench/h100_select_v7/, kernel_tune.py --select t16 against 32)
+    # the selected path at 16 positions: forward 896 vs 1,230 µs at 4K, dQ within 3% (bench/h100_select_v7)
     query_t = 16 if selecting else block_t
     # DIL_GROUPED: the dilated keys as one batched product of 16-row groups (dilated.py) instead of a
     # [BLOCK_M, BLOCK_T] tile per distance
@@ -84,8 +82,7 @@ def launch_options(
             "BLOCK_N": 32 if wide else 64,
             "BLOCK_Q": block_t,
             # dK^T, dV^T accumulators: 215 vs 301 µs at 1K-64K on an H200 (kernel_notes.md, section
-            # 2026-12-02f/g); the
-            # wide cases (head_dim 128, fp32) keep the form they were tested in on the GPU
+            # 2026-12-02f/g); the wide cases (head_dim 128, fp32) keep the form they were tested in on the GPU
             "KEYS_AS_N": not wide,
             "num_warps": 8,
             "num_stages": 3,
