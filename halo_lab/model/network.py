@@ -20,6 +20,7 @@ from halo_lab.generation import generate as _generate
 from halo_lab.graph import selection
 from halo_lab.kernels.rope import rope_qk
 from halo_lab.model import attention as attn
+from halo_lab.model.conv import CausalConv
 from halo_lab.utils import count_parameters as _count_parameters
 
 
@@ -93,6 +94,8 @@ class Attention(nn.Module):
         self.select_token_bias = (
             nn.Parameter(torch.full((config.num_kv_heads,), float(tb))) if tb is not None else None
         )
+        # the routing loss on this many queries in training (0: off; _CausalLM.set_routing_queries)
+        self.routing_queries, self.routing = 0, None
 
     def forward(self, x, cos, sin, step: int, cache: attn.KVCache | None = None, pos=None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -116,6 +119,10 @@ class Attention(nn.Module):
                 pool, bias, token_bias = self.select_pool, self.select_bias, self.select_token_bias
                 y = attn.halo_attention(
                     q, k, v, cfg, self.layer, step, backend, self.record, pool, bias, token_bias
+                )
+                routed = self.routing_queries and self.training and cfg.selects and torch.is_grad_enabled()
+                self.routing = (
+                    selection.routing_loss(q, k, v, cfg, self.routing_queries, step, pool) if routed else None
                 )
         else:  # decoding: the new positions attend into the cache
             start = cache.length
@@ -153,42 +160,6 @@ class Attention(nn.Module):
         """``decode_qkv``'s attention alone, for a step whose kernel already roped q ([B, Hq, 1, d]) and k and
         wrote k and v into the cache (``halo_lab.kernels.decode_qkv``); [B, Hq d]."""
         return attn.static_decode_attend(q, cache, pos).transpose(1, 2).reshape(q.shape[0], -1)
-
-
-class CausalConv(nn.Module):
-    """Short causal depthwise convolution over time (HaloConfig.short_conv = kernel size), with a skip:
-    ``y_t = x_t + sum_j w_j * x_{t-j}`` for ``j < kernel`` (zero before the first position).
-
-    Under a KV cache it keeps its inputs per position in ``cache.conv_inputs`` ([B, capacity, C], made on
-    the first call), so decoding (one token at a device-side ``pos``, or a few at ``cache.length``) reads
-    the last ``kernel - 1`` inputs from there: shapes never depend on the length (CUDA-graph friendly)."""
-
-    def __init__(self, hidden_size: int, kernel: int):
-        super().__init__()
-        self.kernel = kernel
-        self.conv = nn.Conv1d(hidden_size, hidden_size, kernel, groups=hidden_size)
-
-    def _mix(self, window: torch.Tensor) -> torch.Tensor:  # [B, T + k - 1, C] -> [B, T, C]
-        w, b = self.conv.weight.to(window.dtype), self.conv.bias.to(window.dtype)
-        return F.conv1d(window.transpose(1, 2), w, b, groups=window.shape[-1]).transpose(1, 2)
-
-    def forward(self, x: torch.Tensor, cache: attn.KVCache | None = None, pos=None) -> torch.Tensor:
-        k = self.kernel
-        if cache is None:
-            return x + self._mix(F.pad(x, (0, 0, k - 1, 0)))
-        buf = getattr(cache, "conv_inputs", None)
-        if buf is None or buf.shape[0] != x.shape[0]:
-            buf = cache.conv_inputs = x.new_zeros(x.shape[0], cache.k.shape[2], x.shape[-1])
-        if pos is not None:  # one token per row at device position pos ([1] long tensor)
-            buf.index_copy_(1, pos, x)
-            idx = pos + torch.arange(1 - k, 1, device=x.device)
-            window = buf.index_select(1, idx.clamp(min=0)) * (idx >= 0).to(x.dtype)[None, :, None]
-            return x + self._mix(window)
-        start = cache.length
-        buf[:, start : start + x.shape[1]] = x
-        lo = max(0, start - k + 1)
-        window = F.pad(buf[:, lo : start + x.shape[1]], (0, 0, k - 1 - (start - lo), 0))
-        return x + self._mix(window)
 
 
 _PLAIN_ATTENTION = {"q_proj", "k_proj", "v_proj", "o_proj", "dropout"}
@@ -276,6 +247,17 @@ class _CausalLM(nn.Module):
 
     def disable_gradient_checkpointing(self) -> None:
         self._gradient_checkpointing = False
+
+    def set_routing_queries(self, count: int) -> None:
+        """Compute the selection's routing loss (graph.selection.routing_loss) on ``count`` queries a layer in
+        each training forward (0: off); ``routing_loss`` reads it."""
+        for layer in self.layers:
+            layer.attn.routing_queries = count
+
+    def routing_loss(self) -> torch.Tensor | None:
+        """The mean over layers of the last training forward's routing losses; None when none ran."""
+        losses = [layer.attn.routing for layer in self.layers if layer.attn.routing is not None]
+        return torch.stack(losses).mean() if losses else None
 
     # ---------------------------------------------------------------------------- forward
     def _run(self, input_ids: torch.Tensor, caches: list[attn.KVCache] | None = None) -> torch.Tensor:
@@ -393,11 +375,8 @@ class _CausalLM(nn.Module):
                 f"backend={c.attention_backend}"
             )
             if c.selects:
-                groups = (
-                    f", groups of {c.select_group_size} (best {c.select_groups})"
-                    if c.select_group_size
-                    else ""
-                )
+                m = c.select_group_size
+                groups = f", groups of {m} (best {c.select_groups})" if m else ""
                 lines.append(
                     f"  selection: the {c.select_blocks} best {c.select_block_size}-token blocks by their summaries"
                     f"{groups}{'' if c.select_summary_keys else ', summaries not keys'}"
