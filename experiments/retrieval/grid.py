@@ -593,6 +593,14 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("baseline_cpu", "halo_select", 2, 0, seed=s, slot=3600, min_slot=300, tag="tokbias2-bias10x", extra=lm_cpu + tb2 + ["module.select_bias_lr_scale=10"])
         for s in (0, 1)
     ]  # fmt: skip
+    # The routing loss (module.select_routing_loss, DSA-style: the ranking scores learn toward attention's
+    # mass over the candidates' tokens): MQAR (128, 8) at lr 3e-4 (select_lr2_cpu's slow row: 0.226 / 0.586 /
+    # 0.978 at steps 500 / 750 / 1500) and the CPU-scale LM at 1024 (select_lr5_cpu's recipe) (--cpu --jobs 2)
+    route = ["module.select_routing_loss=1.0"]
+    select_route_cpu = [
+        Job("mqar_select", "halo_select", 2, 3, slot=5400, min_slot=600, tag="lr3e-4-route1", extra=lr3e4_128 + route),
+        Job("baseline_cpu", "halo_select", 2, 0, slot=3600, min_slot=300, tag="tokbias2-route1", extra=lm_cpu + tb2 + route),
+    ]  # fmt: skip
     # The -2 start's second points on the CPU (--cpu --jobs 2), after the GPU-scale LM matched HALO-S with it
     # (select_tokbias_lm_gpu): MQAR (128, 8) seed 0, MQAR (256, 16) seed 1, the CPU-scale LM seed 1
     select_tokbias3_cpu = [
@@ -706,6 +714,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_lr3_cpu": (select_lr3_cpu, 2),
         "select_lr4_cpu": (select_lr4_cpu, 2),
         "select_lr5_cpu": (select_lr5_cpu, 2),
+        "select_route_cpu": (select_route_cpu, 2),
         "select_cpu": (select_cpu, 2),
         "part1": (part1, 14),
         "part2": (part2, 14),

@@ -353,3 +353,66 @@ def select(
     # top-n has no gradient: the summaries learn as keys of the softmax
     groups, blocks = (choice or _choice)(config, q.detach(), kf.detach(), sk32.detach(), candidates, nb)
     return Selection(config, positions, candidates, groups, blocks, sk, sv, nb)
+
+
+def routing_queries(config: HaloConfig, text_len: int, count: int, step: int) -> torch.Tensor:
+    """[<= count] text positions, evenly spaced (turned by ``step`` so that every position takes its turn),
+    among the queries with two candidate blocks or more: the ones ``routing_loss`` reads. Plain ints (no
+    data-dependent op): c_i >= 2 from i = max(W + b, 2b - 1) on (``candidate_blocks``)."""
+    b = config.select_block_size
+    first = max(config.local_window + b, 2 * b - 1)
+    e = max(0, text_len - first)
+    n = min(count, e)
+    return torch.tensor([first + (i * e // n + step) % e for i in range(n)], dtype=torch.long)
+
+
+def routing_loss(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: HaloConfig, count: int, step: int = 0,
+    pool: torch.Tensor | None = None,
+) -> torch.Tensor | None:  # fmt: skip
+    """The routing's training signal, as DSA trains its indexer: top-n passes no gradient, so the scores
+    that rank the blocks (and, with groups, the groups) learn here to match where attention over all the
+    candidate tokens would put its mass. For ``count`` text queries (``routing_queries``), per KV head: the
+    target is the softmax of q . k / sqrt(d) over the tokens of the query's candidate blocks, summed per
+    block (per complete group) and averaged over the KV head's query heads, without a gradient; the loss
+    is KL(target || softmax of the ranking scores / sqrt(d) over the same candidates), the mean over rows,
+    KV heads and queries (blocks and groups each). ``q`` [B, Hq, G + N, d], ``k``, ``v`` [B, Hkv, G + N, d]
+    after RoPE. None when no query has two candidates."""
+    G, b, m = config.num_globals, config.select_block_size, config.select_group_size
+    B, Hq, L, d = q.shape
+    Hkv, N = k.shape[1], L - G
+    nb, ng = num_summaries(config, N)
+    pos = routing_queries(config, N, count, step)
+    if pos.numel() == 0:
+        return None
+    c = candidate_blocks(config, pos).to(q.device).view(1, 1, -1, 1)
+    qs = q[:, :, G + pos.to(q.device)].float().view(B, Hkv, Hq // Hkv, -1, d)
+    kf = k.float()
+    with torch.no_grad():  # the target: attention's mass over the candidates' tokens, per block
+        tokens = kf[:, :, G : G + nb * b]
+        logits = torch.einsum("bhgpd,bhtd->bhgpt", qs, tokens) / math.sqrt(d)
+        block_of = torch.arange(nb * b, device=q.device) // b
+        logits = logits.masked_fill(block_of >= c.unsqueeze(2), float("-inf"))
+        mass = torch.softmax(logits, -1).view(*logits.shape[:-1], nb, b).sum(-1).mean(2)  # [B, Hkv, P, nb]
+    w = block_weights(v.float(), config, G, pool) if pool is not None else None
+    bounds = key_bounds(kf, config, G) if config.select_score == "bound" else None
+    scores = summary_scores(config, qs, summaries(kf, config, G, w), bounds) / math.sqrt(d)
+    idx = torch.arange(nb, device=q.device)
+    loss = _kl(mass, scores[..., :nb], idx < c)
+    if m and ng:  # the groups' ranking: the mass of their blocks, over the complete candidate groups
+        gm = mass[..., : ng * m].reshape(B, Hkv, -1, ng, m).sum(-1)
+        ok = torch.arange(ng, device=q.device) < c // m
+        rows = ((c // m) >= 2).view(1, 1, -1).expand(B, Hkv, -1)  # one group or none: nothing to rank
+        total = gm.masked_fill(~ok, 0).sum(-1, keepdim=True)
+        if rows.any():
+            target = gm.masked_fill(~ok, 0) / total.clamp(min=1e-30)
+            loss = loss + _kl(target[rows], scores[..., nb : nb + ng][rows], ok.expand_as(gm)[rows])
+    return loss
+
+
+def _kl(target: torch.Tensor, scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of KL(target || softmax(scores)) over the ``allowed`` columns (target 0 elsewhere)."""
+    log_q = torch.log_softmax(scores.masked_fill(~allowed, float("-inf")), -1)
+    t = target.masked_fill(~allowed, 0)
+    terms = torch.where(t > 0, t * (torch.log(t.clamp(min=1e-30)) - log_q), torch.zeros_like(t))
+    return terms.sum(-1).mean()

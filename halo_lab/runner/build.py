@@ -123,6 +123,8 @@ def build_module(cfg: DictConfig, checked: dict[str, Any]) -> pl.LightningModule
         gradient_checkpointing=checked["gradient_checkpointing"],
         device_profile=checked["device"],
         select_bias_lr_scale=checked["select_bias_lr_scale"],
+        select_routing_loss=checked["select_routing_loss"],
+        select_routing_queries=checked["select_routing_queries"],
     )
 
 

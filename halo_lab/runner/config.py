@@ -298,7 +298,8 @@ def validate_config(cfg: DictConfig) -> dict[str, Any]:
     """Check everything that can be checked without touching data; raise ConfigError naming the key.
 
     Returns what the runner needs next: ``model_config`` (vocab_size may still be None), ``arch``,
-    ``gradient_checkpointing``, ``device`` (the resolved device profile) and ``select_bias_lr_scale``.
+    ``gradient_checkpointing``, ``device`` (the resolved device profile) and the module's selection options
+    (``_module_options``).
     """
     check_missing(cfg)
     model_config, arch, gc = build_model_config(cfg)
@@ -366,13 +367,7 @@ def validate_config(cfg: DictConfig) -> dict[str, Any]:
     if ckpt not in (None, "", "auto", "last"):
         _check(Path(str(ckpt)).expanduser().is_file(), "ckpt_path", ckpt, "no such checkpoint file")
 
-    scale = (to_plain(cfg.get("module")) or {}).get("select_bias_lr_scale", 1.0)
-    _check(
-        isinstance(scale, int | float) and not isinstance(scale, bool) and scale > 0,
-        "module.select_bias_lr_scale",
-        scale,
-        "must be a number > 0",
-    )
+    module = _module_options(to_plain(cfg.get("module")) or {}, model_config, arch)
 
     device = _device(cfg)
     _warn_large_vocab_on_cpu(cfg, model_config, device)
@@ -381,8 +376,29 @@ def validate_config(cfg: DictConfig) -> dict[str, Any]:
         "arch": arch,
         "gradient_checkpointing": gc,
         "device": device,
-        "select_bias_lr_scale": float(scale),
+        **module,
     }
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _module_options(module: dict, model_config: dict, arch: str) -> dict[str, Any]:
+    """The module group's selection options, checked: the biases' rate scale, the routing loss's weight
+    (it trains the scores that rank the selected blocks, so it needs a model that selects) and queries."""
+    scale = module.get("select_bias_lr_scale", 1.0)
+    _check(_number(scale) and scale > 0, "module.select_bias_lr_scale", scale, "must be a number > 0")
+    weight = module.get("select_routing_loss", 0.0)
+    _check(_number(weight) and weight >= 0, "module.select_routing_loss", weight, "must be a number >= 0")
+    selects = arch == "halo" and (model_config.get("select_blocks") or 0) > 0
+    why = "needs a HALO-S model with content-selected blocks (variant=halo_select or local_select)"
+    _check(weight == 0 or selects, "module.select_routing_loss", weight, why)
+    queries = module.get("select_routing_queries", 64)
+    ok = isinstance(queries, int) and not isinstance(queries, bool) and queries > 0
+    _check(ok, "module.select_routing_queries", queries, "must be an integer > 0")
+    return {"select_bias_lr_scale": float(scale), "select_routing_loss": float(weight),
+            "select_routing_queries": queries}  # fmt: skip
 
 
 _MISSING_HINTS = {

@@ -122,6 +122,8 @@ class HaloLitModule(pl.LightningModule):
         device_profile: dict[str, Any] | None = None,
         tokenizer: dict[str, Any] | None = None,
         select_bias_lr_scale: float = 1.0,
+        select_routing_loss: float = 0.0,
+        select_routing_queries: int = 64,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -156,6 +158,8 @@ class HaloLitModule(pl.LightningModule):
         self.hparams.model_config = self.model.config.to_dict()
         if self.hparams.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
+        if self.hparams.get("select_routing_loss", 0.0) > 0:  # absent from older checkpoints
+            self.model.set_routing_queries(self.hparams.select_routing_queries)
 
     def configure_model(self) -> None:
         trainer = self._trainer
@@ -226,7 +230,8 @@ class HaloLitModule(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         input_ids, targets, _ = self._split(batch)
         _, loss = self.model(input_ids, targets)
-        check = loss.detach()
+        routing = self.model.routing_loss() if self.hparams.get("select_routing_loss", 0.0) > 0 else None
+        check = loss.detach() if routing is None else (loss + routing).detach()
         if self.trainer.world_size > 1:
             # Every rank must stop together, not hang in the next all-reduce.
             check = self.trainer.strategy.reduce(check, reduce_op="mean")
@@ -245,6 +250,9 @@ class HaloLitModule(pl.LightningModule):
         opt = self.optimizers(use_pl_optimizer=False) if self._trainer is not None else None
         if opt is not None:
             self.log("train/lr", opt.param_groups[0]["lr"], on_step=True)
+        if routing is not None:  # train/loss stays the cross-entropy; what trains is both
+            self.log("train/routing_loss", routing.detach().float(), on_step=True)
+            return loss + self.hparams.select_routing_loss * routing
         return loss
 
     def _divergence_advice(self) -> str:
