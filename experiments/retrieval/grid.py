@@ -503,6 +503,12 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("mqar_4096", "halo_select", 2, 3, seed=s, slot=900, tag="lr5e-4-bias10x", extra=mqar5e4 + bias10)
         for s in (0, 1)
     ] + [Job("mqar_4096", "halo_select", 2, 3, seed=2, slot=900, tag="lr5e-4", extra=mqar5e4)]  # fmt: skip
+    # The routing loss (module.select_routing_loss=1, select_route_cpu on the CPU) on the three seeds of the
+    # selection at 5e-4, where seeds 0 and 2 failed (0.125 / 0.248) and dense passes on 2 (--jobs 3, ~330 s)
+    select_gpu16_route = [
+        Job("mqar_4096", "halo_select", 2, 3, seed=s, slot=900, tag="lr5e-4-route1", extra=mqar5e4 + ["module.select_routing_loss=1.0"])
+        for s in (0, 1, 2)
+    ]  # fmt: skip
     # ... and the LM question it reopens (the -2 start was for the LM): select_tokbias_lm_gpu's recipe,
     # HALO-S and the selection with the biases at 10x, 3 seeds each, one call (--jobs 6, about 300 s) ...
     lm14 = ["data.seq_len=1024", "task_name=lm_gpu_1024"]  # select_lm_gpu's `lm`, defined further down
@@ -601,6 +607,10 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("mqar_select", "halo_select", 2, 3, slot=5400, min_slot=600, tag="lr3e-4-route1", extra=lr3e4_128 + route),
         Job("baseline_cpu", "halo_select", 2, 0, slot=3600, min_slot=300, tag="tokbias2-route1", extra=lm_cpu + tb2 + route),
     ]  # fmt: skip
+    # ... and at 10x the weight (the KL is 0.00-0.03 through the first 600 steps at weight 1) (--cpu --jobs 1)
+    select_route2_cpu = [
+        Job("mqar_select", "halo_select", 2, 3, slot=5400, min_slot=600, tag="lr3e-4-route10", extra=lr3e4_128 + ["module.select_routing_loss=10.0"]),
+    ]  # fmt: skip
     # The -2 start's second points on the CPU (--cpu --jobs 2), after the GPU-scale LM matched HALO-S with it
     # (select_tokbias_lm_gpu): MQAR (128, 8) seed 0, MQAR (256, 16) seed 1, the CPU-scale LM seed 1
     select_tokbias3_cpu = [
@@ -689,6 +699,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu14_mqar": (select_gpu14_mqar, 4),
         "select_gpu14_mqar10": (select_gpu14_mqar10, 2),
         "select_gpu15_mqar": (select_gpu15_mqar, 3),
+        "select_gpu16_route": (select_gpu16_route, 3),
         "select_gpu14_lm": (select_gpu14_lm, 6),
         "select_gpu14_l6_select": (select_gpu14_l6[:2], 2),
         "select_gpu14_l6_halo": (select_gpu14_l6[2:4], 2),
@@ -715,6 +726,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_lr4_cpu": (select_lr4_cpu, 2),
         "select_lr5_cpu": (select_lr5_cpu, 2),
         "select_route_cpu": (select_route_cpu, 2),
+        "select_route2_cpu": (select_route2_cpu, 1),
         "select_cpu": (select_cpu, 2),
         "part1": (part1, 14),
         "part2": (part2, 14),
