@@ -190,3 +190,14 @@ def test_a_tiny_run_trains_with_the_routing_loss_and_logs_it(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
     values = [r["train/routing_loss"] for r in rows if "train/routing_loss" in r]
     assert values and all(v > 0 and math.isfinite(v) for v in values)
+
+
+def test_the_routing_loss_is_fp32_under_autocast():
+    """bf16-mixed training runs the layer under autocast: the loss's products stay fp32 (a bf16 einsum
+    moves the KL by about 1e-3 here), so the value equals the one outside autocast."""
+    c = cfg(select_score="mean")
+    q, k, v = qkv(c, 90, seed=7)
+    plain = selection.routing_loss(q, k, v, c, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = selection.routing_loss(q, k, v, c, 6)
+    assert mixed.dtype == torch.float32 and mixed.item() == pytest.approx(plain.item(), rel=1e-6)

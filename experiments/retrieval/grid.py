@@ -509,6 +509,13 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("mqar_4096", "halo_select", 2, 3, seed=s, slot=900, tag="lr5e-4-route1", extra=mqar5e4 + ["module.select_routing_loss=1.0"])
         for s in (0, 1, 2)
     ]  # fmt: skip
+    # Both rows at 7e-4, between 5e-4 (dense 2 of 2, the selection 1 of 3) and 1e-3 (dense 1 of 2, the
+    # selection 2 of 2): a shared rate where both may pass on 2 seeds (--jobs 4, about 400 s)
+    select_gpu16_mqar7e4 = [
+        Job("mqar_4096", v, 2, 3, seed=s, slot=900, tag="lr7e-4", extra=long + ["optimizer.lr=7e-4"])
+        for v in ("dense", "halo_select")
+        for s in (0, 1)
+    ]
     # ... and the LM question it reopens (the -2 start was for the LM): select_tokbias_lm_gpu's recipe,
     # HALO-S and the selection with the biases at 10x, 3 seeds each, one call (--jobs 6, about 300 s) ...
     lm14 = ["data.seq_len=1024", "task_name=lm_gpu_1024"]  # select_lm_gpu's `lm`, defined further down
@@ -700,6 +707,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu14_mqar10": (select_gpu14_mqar10, 2),
         "select_gpu15_mqar": (select_gpu15_mqar, 3),
         "select_gpu16_route": (select_gpu16_route, 3),
+        "select_gpu16_mqar7e4": (select_gpu16_mqar7e4, 4),
         "select_gpu14_lm": (select_gpu14_lm, 6),
         "select_gpu14_l6_select": (select_gpu14_l6[:2], 2),
         "select_gpu14_l6_halo": (select_gpu14_l6[2:4], 2),

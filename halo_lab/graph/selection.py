@@ -377,7 +377,12 @@ def routing_loss(
     block (per complete group) and averaged over the KV head's query heads, without a gradient; the loss
     is KL(target || softmax of the ranking scores / sqrt(d) over the same candidates), the mean over rows,
     KV heads and queries (blocks and groups each). ``q`` [B, Hq, G + N, d], ``k``, ``v`` [B, Hkv, G + N, d]
-    after RoPE. None when no query has two candidates."""
+    after RoPE. None when no query has two candidates. In fp32 under autocast too (bf16-mixed training)."""
+    with torch.autocast(q.device.type, enabled=False):
+        return _routing_loss(q, k, v, config, count, step, pool)
+
+
+def _routing_loss(q, k, v, config: HaloConfig, count: int, step: int, pool) -> torch.Tensor | None:
     G, b, m = config.num_globals, config.select_block_size, config.select_group_size
     B, Hq, L, d = q.shape
     Hkv, N = k.shape[1], L - G
