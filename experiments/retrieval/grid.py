@@ -618,6 +618,11 @@ def grids() -> dict[str, tuple[list[Job], int]]:
     select_route2_cpu = [
         Job("mqar_select", "halo_select", 2, 3, slot=5400, min_slot=600, tag="lr3e-4-route10", extra=lr3e4_128 + ["module.select_routing_loss=10.0"]),
     ]  # fmt: skip
+    # ... and MQAR (128, 8) at lr 3e-4 on seed 1, with and without the routing loss (weight 1) (--cpu --jobs 2)
+    select_route3_cpu = [
+        Job("mqar_select", "halo_select", 2, 3, seed=1, slot=5400, min_slot=600, tag=f"lr3e-4{t}", extra=lr3e4_128 + e)
+        for t, e in (("", []), ("-route1", ["module.select_routing_loss=1.0"]))
+    ]  # fmt: skip
     # The -2 start's second points on the CPU (--cpu --jobs 2), after the GPU-scale LM matched HALO-S with it
     # (select_tokbias_lm_gpu): MQAR (128, 8) seed 0, MQAR (256, 16) seed 1, the CPU-scale LM seed 1
     select_tokbias3_cpu = [
@@ -735,6 +740,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_lr5_cpu": (select_lr5_cpu, 2),
         "select_route_cpu": (select_route_cpu, 2),
         "select_route2_cpu": (select_route2_cpu, 1),
+        "select_route3_cpu": (select_route3_cpu, 2),
         "select_cpu": (select_cpu, 2),
         "part1": (part1, 14),
         "part2": (part2, 14),
