@@ -89,14 +89,16 @@ def main() -> None:
                 print(f"{kname:3s} {warps} warps {tag:20s} {resources(kernel, opts, consts)}", flush=True)
     # the selected path (the bench's triton_select: halo_lab.bench.attention.SELECT, both biases), its
     # chosen blocks one (BPT 1, until 2026-12-05) or two to a key tile
+    # at the selected path's own tiles (16 positions since 2026-12-06; 32 before)
     sel = config.replace(**SELECT)
+    base = interface.launch_options(64, 4, torch.bfloat16, selecting=True)
     block_t = base["fwd"]["BLOCK_T"]
     consts = interface._consts(sel, sel.graph_block_size, 4, 64, torch.bfloat16, block_t, True, True)
     for kname, kernel in (("fwd", halo_fwd_kernel), ("dq", halo_bwd_dq_kernel)):
         for warps in (4, 8):
             for bpt in (1, 2):
                 regs = resources(kernel, {**base[kname], "num_warps": warps}, {**consts, "BPT": bpt})
-                print(f"{kname:3s} {warps} warps selection, BPT {bpt}      {regs}", flush=True)
+                print(f"{kname:3s} {warps} warps selection, BPT {bpt}, {block_t} positions {regs}", flush=True)
     # the dQ pass without the chosen keys' dK/dV, and the pass that owns them (chosen_dkv.py, SEL_KG 3)
     regs = resources(halo_bwd_dq_kernel, {**base["dq"], "SEL_KG": 3}, consts)
     print(f"dq  {base['dq']['num_warps']} warps selection, SEL_KG 3 {regs}", flush=True)
