@@ -9,6 +9,8 @@ import math
 
 import pytest
 import torch
+from test_selection import cfg
+from test_selection import qkv as selection_qkv
 
 from halo_lab.config import HaloConfig
 from halo_lab.graph import selection
@@ -16,20 +18,8 @@ from halo_lab.model import build_model
 from halo_lab.runner.config import ConfigError, compose_config
 
 
-def cfg(**kw) -> HaloConfig:
-    base = dict(
-        vocab_size=64, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, local_window=8,
-        dilated_offsets=[1, 2], num_random=2, graph_block_size=16, max_seq_len=256, dropout=0.0,
-        select_blocks=2, select_block_size=4, select_group_size=3, select_groups=2,
-    )  # fmt: skip
-    return HaloConfig(**{**base, **kw})
-
-
 def qkv(c: HaloConfig, n: int, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    L, d = c.num_globals + n, c.head_dim
-    shapes = [(2, c.num_heads, L, d), (2, c.num_kv_heads, L, d), (2, c.num_kv_heads, L, d)]
-    return [torch.randn(*s, generator=g).requires_grad_() for s in shapes]
+    return selection_qkv(c, n, seed=seed, grad=True)
 
 
 def kl(target: list[float], scores: list[float]) -> float:

@@ -390,7 +390,8 @@ def _routing_loss(q, k, v, config: HaloConfig, count: int, step: int, pool) -> t
     pos = routing_queries(config, N, count, step)
     if pos.numel() == 0:
         return None
-    c = candidate_blocks(config, pos).to(q.device).view(1, 1, -1, 1)
+    c_host = candidate_blocks(config, pos)  # on the host: which queries rank groups, without a sync
+    c = c_host.to(q.device).view(1, 1, -1, 1)
     qs = q[:, :, G + pos.to(q.device)].float().view(B, Hkv, Hq // Hkv, -1, d)
     kf = k.float()
     with torch.no_grad():  # the target: attention's mass over the candidates' tokens, per block
@@ -404,14 +405,14 @@ def _routing_loss(q, k, v, config: HaloConfig, count: int, step: int, pool) -> t
     scores = summary_scores(config, qs, summaries(kf, config, G, w), bounds) / math.sqrt(d)
     idx = torch.arange(nb, device=q.device)
     loss = _kl(mass, scores[..., :nb], idx < c)
-    if m and ng:  # the groups' ranking: the mass of their blocks, over the complete candidate groups
-        gm = mass[..., : ng * m].reshape(B, Hkv, -1, ng, m).sum(-1)
-        ok = torch.arange(ng, device=q.device) < c // m
-        rows = ((c // m) >= 2).view(1, 1, -1).expand(B, Hkv, -1)  # one group or none: nothing to rank
-        total = gm.masked_fill(~ok, 0).sum(-1, keepdim=True)
-        if rows.any():
-            target = gm.masked_fill(~ok, 0) / total.clamp(min=1e-30)
-            loss = loss + _kl(target[rows], scores[..., nb : nb + ng][rows], ok.expand_as(gm)[rows])
+    if m and ng:  # the groups' ranking, for the queries with two complete candidate groups or more
+        keep = torch.nonzero(c_host // m >= 2).flatten().to(q.device)
+        if keep.numel():
+            gm = mass[..., : ng * m].reshape(B, Hkv, -1, ng, m).sum(-1)[:, :, keep]
+            ok = (torch.arange(ng, device=q.device) < c // m)[:, :, keep].expand_as(gm)
+            target = gm.masked_fill(~ok, 0)
+            target = target / target.sum(-1, keepdim=True).clamp(min=1e-30)
+            loss = loss + _kl(target, scores[:, :, keep, nb : nb + ng], ok)
     return loss
 
 
