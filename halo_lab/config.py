@@ -35,7 +35,9 @@ _POSITIVE_INT_FIELDS = (
     "select_block_size",
     "select_groups",
 )
-_NON_NEGATIVE_INT_FIELDS = ("num_globals", "num_random", "select_blocks", "select_group_size")
+_NON_NEGATIVE_INT_FIELDS = (
+    "num_globals", "num_random", "select_blocks", "select_group_size", "select_router_rank",
+)  # fmt: skip
 # (fields, least value, message): integer fields (bools refused) and the least value each may take
 _INTEGER_RULES: tuple[tuple[tuple[str, ...], int, str], ...] = (
     (_POSITIVE_INT_FIELDS, 1, "must be a positive integer"),
@@ -169,6 +171,13 @@ class HaloConfig:
     n*b of them e^-4 of a key's weight at -4); training raises it where they help. Only meaningful with
     ``select_blocks`` > 0. None (the default) = no bias, exactly as before (experiments/selection: the
     chosen tokens cost LM loss early in training without it)."""
+    select_router_rank: int = 0
+    """r: a router of the choice apart from attention (DSA's indexer, in low rank): each attention layer owns
+    ``select_route_down`` [Hq, d, r] and ``select_route_up`` [Hq, r, d], and the choice ranks the summaries
+    with q + (q @ down) @ up instead of q (``graph.selection.route_queries``; up starts at zero, so a new
+    router ranks as q does). Only the runner's routing loss (``module.select_routing_loss``) trains it, on
+    detached inputs, so attention's q and keys learn from the language-model loss alone. Needs
+    ``select_blocks`` > 0. 0 (the default) = no router, exactly as before."""
 
     def __post_init__(self) -> None:
         self.dilated_offsets = [int(o) for o in self.dilated_offsets]
@@ -233,6 +242,10 @@ class HaloConfig:
                 isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias)
             ):
                 self._fail(name, f"must be a finite number (the {what} initial logit bias) or None")
+        if self.select_router_rank and not self.selects:
+            self._fail(
+                "select_router_rank", "a router ranks content-selected blocks: needs select_blocks > 0"
+            )
         if self.selects and self.attention_backend in SELECTION_UNSUPPORTED:
             self._fail(
                 "attention_backend",

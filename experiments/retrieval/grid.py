@@ -509,6 +509,12 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("mqar_4096", "halo_select", 2, 3, seed=s, slot=900, tag="lr5e-4-route1", extra=mqar5e4 + ["module.select_routing_loss=1.0"])
         for s in (0, 1, 2)
     ]  # fmt: skip
+    # ... and through the choice's own router (model.select_router_rank=16: the KL trains the router alone,
+    # attention's q and keys learn from the LM loss only; select_router_cpu first) (--jobs 3, ~330 s)
+    select_gpu17_router = [
+        Job("mqar_4096", "halo_select", 2, 3, seed=s, slot=900, tag="lr5e-4-router16", extra=mqar5e4 + ["model.select_router_rank=16", "module.select_routing_loss=1.0"])
+        for s in (0, 1, 2)
+    ]  # fmt: skip
     # Both rows at 7e-4, between 5e-4 (dense 2 of 2, the selection 1 of 3) and 1e-3 (dense 1 of 2, the
     # selection 2 of 2): a shared rate where both may pass on 2 seeds (--jobs 4, about 400 s)
     select_gpu16_mqar7e4 = [
@@ -623,6 +629,14 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("mqar_select", "halo_select", 2, 3, seed=1, slot=5400, min_slot=600, tag=f"lr3e-4{t}", extra=lr3e4_128 + e)
         for t, e in (("", []), ("-route1", ["module.select_routing_loss=1.0"]))
     ]  # fmt: skip
+    # The routing loss through the choice's own router (model.select_router_rank=16: q + (q down) up ranks,
+    # the KL trains down and up alone, attention's q and keys learn from the LM loss only): select_route_cpu's
+    # and select_route3_cpu's rows, MQAR (128, 8) seeds 0 and 1 and the CPU-scale LM (--cpu --jobs 2)
+    router = ["model.select_router_rank=16", "module.select_routing_loss=1.0"]
+    select_router_cpu = [
+        *(Job("mqar_select", "halo_select", 2, 3, seed=s, slot=5400, min_slot=600, tag="lr3e-4-router16", extra=lr3e4_128 + router) for s in (0, 1)),
+        Job("baseline_cpu", "halo_select", 2, 0, slot=3600, min_slot=300, tag="tokbias2-router16", extra=lm_cpu + tb2 + router),
+    ]  # fmt: skip
     # The -2 start's second points on the CPU (--cpu --jobs 2), after the GPU-scale LM matched HALO-S with it
     # (select_tokbias_lm_gpu): MQAR (128, 8) seed 0, MQAR (256, 16) seed 1, the CPU-scale LM seed 1
     select_tokbias3_cpu = [
@@ -713,6 +727,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu15_mqar": (select_gpu15_mqar, 3),
         "select_gpu16_route": (select_gpu16_route, 3),
         "select_gpu16_mqar7e4": (select_gpu16_mqar7e4, 4),
+        "select_gpu17_router": (select_gpu17_router, 3),
         "select_gpu14_lm": (select_gpu14_lm, 6),
         "select_gpu14_l6_select": (select_gpu14_l6[:2], 2),
         "select_gpu14_l6_halo": (select_gpu14_l6[2:4], 2),
@@ -741,6 +756,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_route_cpu": (select_route_cpu, 2),
         "select_route2_cpu": (select_route2_cpu, 1),
         "select_route3_cpu": (select_route3_cpu, 2),
+        "select_router_cpu": (select_router_cpu, 2),
         "select_cpu": (select_cpu, 2),
         "part1": (part1, 14),
         "part2": (part2, 14),

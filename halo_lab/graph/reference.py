@@ -66,16 +66,19 @@ def gather_attention(
     return out.reshape(B, Hq, P, d)
 
 
-def with_selection(q_text, k, v, config: HaloConfig, positions: torch.Tensor, idx: torch.Tensor, pool=None):
+def with_selection(
+    q_text, k, v, config: HaloConfig, positions: torch.Tensor, idx: torch.Tensor, pool=None, router=None
+):
     """(k, v, idx) extended by the content-selected part (``halo_lab.graph.selection``) for the text
     queries ``q_text`` ([B, Hq, P, d] at text ``positions``) over ``k``, ``v`` ([B, Hkv, G + N, d]): the
     summaries appended after the G + N positions, and their graph rows ``idx`` ([P, K] positions of k,
     -1 = none) widened to [B, Hkv, P, K + n*b + S] with each query's chosen tokens (not already in its
     row) and the summaries it has as keys, in that order (columns K.. K + n*b: the chosen tokens, see
-    ``token_columns``). ``pool``: the learned pooling's u (``select_pooling=learned``)."""
+    ``token_columns``). ``pool``: the learned pooling's u (``select_pooling=learned``); ``router``: the
+    choice's (down, up) (``select_router_rank``)."""
     G = config.num_globals
     B, Hkv, L, _ = k.shape
-    sel = select(q_text, k, v, config, positions, pool)
+    sel = select(q_text, k, v, config, positions, pool, router=router)
     tok = sel.token_index(idx - G)
     S = sel.summary_k.shape[2]
     summary = torch.where(sel.summary_mask(), L + torch.arange(S, device=k.device), -1)
@@ -91,18 +94,19 @@ def token_columns(config: HaloConfig, graph_keys: int) -> tuple[int, int]:
 
 
 def reference_attention(
-    q, k, v, config: HaloConfig, layer: int, step: int, pool=None, bias=None, token_bias=None
+    q, k, v, config: HaloConfig, layer: int, step: int, pool=None, bias=None, token_bias=None, router=None
 ) -> torch.Tensor:
     """The oracle: every position attends over its explicit neighbour list (the fixed graph, and with
     ``select_blocks`` its chosen tokens and scored summaries, built from index tables). ``pool``: the
     learned pooling's u; ``bias`` [Hkv]: the summary keys' logit bias (``select_summary_bias``),
-    ``token_bias`` [Hkv] the chosen tokens' (``select_token_bias``), None for none."""
+    ``token_bias`` [Hkv] the chosen tokens' (``select_token_bias``), None for none; ``router``: the
+    choice's (down, up) (``select_router_rank``)."""
     G = config.num_globals
     idx = full_neighbor_index(config, layer, step, q.shape[2] - G, q.device)
     if not config.selects:
         return gather_attention(q, k, v, idx)
     positions = torch.arange(q.shape[2] - G, device=q.device)
-    k_all, v_all, text = with_selection(q[:, :, G:], k, v, config, positions, idx[G:], pool)
+    k_all, v_all, text = with_selection(q[:, :, G:], k, v, config, positions, idx[G:], pool, router)
     head = torch.cat([idx[:G], idx.new_full((G, text.shape[-1] - idx.shape[1]), -1)], dim=1)
     wide = torch.cat([head.expand(*text.shape[:2], *head.shape), text], dim=2)  # globals choose nothing
     cols = token_columns(config, idx.shape[1])

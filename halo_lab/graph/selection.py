@@ -324,6 +324,21 @@ def _choice(
     return torch.cat([g for g, _ in chosen], dim=2), torch.cat([b for _, b in chosen], dim=2)
 
 
+def route_queries(q: torch.Tensor, router: tuple | None) -> torch.Tensor:
+    """The queries the choice ranks with (``select_router_rank``): q + (q @ down) @ up per query head, with
+    ``router`` = (down [Hq, d, r], up [Hq, r, d]) the layer's low-rank router, in fp32; ``q`` [B, Hq, P, d]
+    itself (fp32) without a router. A learned metric q (I + down up) s for the ranking alone: attention
+    keeps q (``select``), and up starts at zero, so a new router ranks as q does. A q wider than d (the
+    kernels' zero-padded head_dim) keeps its zero columns past d."""
+    if router is None:
+        return q.float()
+    down, up = router
+    d = down.shape[1]
+    low = torch.einsum("bhpd,hdr->bhpr", q[..., :d].float(), down.float())
+    delta = torch.einsum("bhpr,hrd->bhpd", low, up.float())
+    return q.float() + torch.nn.functional.pad(delta, (0, q.shape[-1] - d))
+
+
 def select(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -332,11 +347,13 @@ def select(
     positions: torch.Tensor,
     pool: torch.Tensor | None = None,
     choice=None,
+    router: tuple | None = None,
 ) -> Selection:
     """The selection of the text queries ``q`` ([B, Hq, P, d], at text ``positions`` [P]) over the keys and
     values ``k``, ``v`` ([B, Hkv, G + N, d]: the globals then the text so far, RoPE applied); ``pool``: the
     learned pooling's u [Hkv, d] (``select_pooling=learned``), None for the mean. ``choice``: a function
-    with ``_choice``'s arguments and result (the fused one of the kernels' layer), None for ``_choice``."""
+    with ``_choice``'s arguments and result (the fused one of the kernels' layer), None for ``_choice``.
+    ``router``: the layer's (down, up) (``route_queries``): the choice ranks with the routed queries."""
     G = config.num_globals
     # The summaries in fp32 whatever the input's dtype, so that the choice (discrete: a rounding can swap
     # two close blocks) is the same in bf16 training, fp32 on a CPU, the oracle and cached decoding; they
@@ -351,7 +368,8 @@ def select(
     nb, _ = num_summaries(config, k.shape[2] - G)
     candidates = candidate_blocks(config, positions)
     # top-n has no gradient: the summaries learn as keys of the softmax
-    groups, blocks = (choice or _choice)(config, q.detach(), kf.detach(), sk32.detach(), candidates, nb)
+    qc = q.detach() if router is None else route_queries(q.detach(), tuple(t.detach() for t in router))
+    groups, blocks = (choice or _choice)(config, qc, kf.detach(), sk32.detach(), candidates, nb)
     return Selection(config, positions, candidates, groups, blocks, sk, sv, nb)
 
 
@@ -368,7 +386,7 @@ def routing_queries(config: HaloConfig, text_len: int, count: int, step: int) ->
 
 def routing_loss(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: HaloConfig, count: int, step: int = 0,
-    pool: torch.Tensor | None = None,
+    pool: torch.Tensor | None = None, router: tuple | None = None,
 ) -> torch.Tensor | None:  # fmt: skip
     """The routing's training signal, as DSA trains its indexer: top-n passes no gradient, so the scores
     that rank the blocks (and, with groups, the groups) learn here to match where attention over all the
@@ -377,12 +395,17 @@ def routing_loss(
     block (per complete group) and averaged over the KV head's query heads, without a gradient; the loss
     is KL(target || softmax of the ranking scores / sqrt(d) over the same candidates), the mean over rows,
     KV heads and queries (blocks and groups each). ``q`` [B, Hq, G + N, d], ``k``, ``v`` [B, Hkv, G + N, d]
-    after RoPE. None when no query has two candidates. In fp32 under autocast too (bf16-mixed training)."""
+    after RoPE. None when no query has two candidates. In fp32 under autocast too (bf16-mixed training).
+    With a ``router`` (down, up) the scores are its routed queries' (``route_queries``) against the
+    summaries of detached keys: the loss trains the router alone and leaves attention's q, k and pooling
+    to the language-model loss (DSA's indexer on detached inputs)."""
     with torch.autocast(q.device.type, enabled=False):
-        return _routing_loss(q, k, v, config, count, step, pool)
+        if router is not None:
+            q, k, v, pool = q.detach(), k.detach(), v.detach(), None if pool is None else pool.detach()
+        return _routing_loss(q, k, v, config, count, step, pool, router)
 
 
-def _routing_loss(q, k, v, config: HaloConfig, count: int, step: int, pool) -> torch.Tensor | None:
+def _routing_loss(q, k, v, config: HaloConfig, count: int, step: int, pool, router) -> torch.Tensor | None:
     G, b, m = config.num_globals, config.select_block_size, config.select_group_size
     B, Hq, L, d = q.shape
     Hkv, N = k.shape[1], L - G
@@ -402,6 +425,8 @@ def _routing_loss(q, k, v, config: HaloConfig, count: int, step: int, pool) -> t
         mass = torch.softmax(logits, -1).view(*logits.shape[:-1], nb, b).sum(-1).mean(2)  # [B, Hkv, P, nb]
     w = block_weights(v.float(), config, G, pool) if pool is not None else None
     bounds = key_bounds(kf, config, G) if config.select_score == "bound" else None
+    if router is not None:  # the routed queries, [B, Hq, P, d] -> [B, Hkv, g, P, d]
+        qs = route_queries(q[:, :, G + pos.to(q.device)], router).view(B, Hkv, Hq // Hkv, -1, d)
     scores = summary_scores(config, qs, summaries(kf, config, G, w), bounds) / math.sqrt(d)
     idx = torch.arange(nb, device=q.device)
     loss = _kl(mass, scores[..., :nb], idx < c)

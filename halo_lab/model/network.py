@@ -94,8 +94,18 @@ class Attention(nn.Module):
         self.select_token_bias = (
             nn.Parameter(torch.full((config.num_kv_heads,), float(tb))) if tb is not None else None
         )
+        # the choice's own low-rank router (select_router_rank, graph.selection.route_queries): down is drawn
+        # by _CausalLM.reset_parameters after the other weights (which a router then leaves as they were)
+        r = config.select_router_rank if arch == "halo" and config.selects else 0
+        self.select_route_down = nn.Parameter(torch.empty(config.num_heads, d, r)) if r else None
+        self.select_route_up = nn.Parameter(torch.zeros(config.num_heads, r, d)) if r else None
         # the routing loss on this many queries in training (0: off; _CausalLM.set_routing_queries)
         self.routing_queries, self.routing = 0, None
+
+    @property
+    def router(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(down, up) of the choice's router, None without one."""
+        return None if self.select_route_down is None else (self.select_route_down, self.select_route_up)
 
     def forward(self, x, cos, sin, step: int, cache: attn.KVCache | None = None, pos=None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -118,11 +128,13 @@ class Attention(nn.Module):
                 backend = attn.resolve_backend(cfg, x.device, T)
                 pool, bias, token_bias = self.select_pool, self.select_bias, self.select_token_bias
                 y = attn.halo_attention(
-                    q, k, v, cfg, self.layer, step, backend, self.record, pool, bias, token_bias
+                    q, k, v, cfg, self.layer, step, backend, self.record, pool, bias, token_bias, self.router
                 )
                 routed = self.routing_queries and self.training and cfg.selects and torch.is_grad_enabled()
                 self.routing = (
-                    selection.routing_loss(q, k, v, cfg, self.routing_queries, step, pool) if routed else None
+                    selection.routing_loss(q, k, v, cfg, self.routing_queries, step, pool, self.router)
+                    if routed
+                    else None
                 )
         else:  # decoding: the new positions attend into the cache
             start = cache.length
@@ -132,8 +144,9 @@ class Attention(nn.Module):
             else:
                 text_start, pool, bias = start - cfg.num_globals, self.select_pool, self.select_bias
                 y = attn.halo_decode_attention(
-                    q, k_all, v_all, cfg, self.layer, step, text_start, pool, bias, self.select_token_bias
-                )
+                    q, k_all, v_all, cfg, self.layer, step, text_start, pool, bias, self.select_token_bias,
+                    self.router,
+                )  # fmt: skip
         return self.dropout(self.o_proj(y.transpose(1, 2).reshape(B, T, -1)))
 
     def decode_qkv(self, qkv: torch.Tensor, cos, sin, cache: attn.KVCache, pos: torch.Tensor) -> torch.Tensor:
@@ -234,6 +247,9 @@ class _CausalLM(nn.Module):
             if p.dim() == 2 and name.endswith("weight") or name == "global_memory":
                 out_proj = name.endswith(("o_proj.weight", "w2.weight"))
                 nn.init.normal_(p, std=residual_std if out_proj else std)
+        for name, p in self.named_parameters():  # last: the other weights as without a router
+            if name.endswith("select_route_down"):
+                nn.init.normal_(p, std=1.0 / math.sqrt(self.config.head_dim))
         if self.config.tie_embeddings:
             self.lm_head.weight = self.token_emb.weight
 
@@ -329,7 +345,7 @@ class _CausalLM(nn.Module):
             if layout is not None and layout.select is not None:
                 layer = self.layers[i].attn
                 cache.add_summaries(
-                    c, capacity, layer.select_pool, layer.select_bias, layer.select_token_bias
+                    c, capacity, layer.select_pool, layer.select_bias, layer.select_token_bias, layer.router
                 )
             caches.append(cache)
         return caches

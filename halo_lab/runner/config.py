@@ -394,6 +394,9 @@ def _module_options(module: dict, model_config: dict, arch: str) -> dict[str, An
     selects = arch == "halo" and (model_config.get("select_blocks") or 0) > 0
     why = "needs a HALO-S model with content-selected blocks (variant=halo_select or local_select)"
     _check(weight == 0 or selects, "module.select_routing_loss", weight, why)
+    rank = model_config.get("select_router_rank") or 0  # HaloConfig checks its type and the selection
+    why = "the router learns from the routing loss alone: set module.select_routing_loss > 0 (e.g. 1)"
+    _check(not rank or weight > 0 or arch != "halo", "model.select_router_rank", rank, why)
     queries = module.get("select_routing_queries", 64)
     ok = isinstance(queries, int) and not isinstance(queries, bool) and queries > 0
     _check(ok, "module.select_routing_queries", queries, "must be an integer > 0")

@@ -49,6 +49,7 @@ class HaloSConfig(_Base):
         select_summary_bias: float | None = None,
         select_token_bias: float | None = None,
         select_score: str = "mean",
+        select_router_rank: int = 0,
         arch: str = "halo",
         **kwargs,
     ):
@@ -84,6 +85,7 @@ class HaloSConfig(_Base):
         self.select_summary_bias = select_summary_bias
         self.select_token_bias = select_token_bias
         self.select_score = select_score
+        self.select_router_rank = select_router_rank
         if arch not in ("halo", "dense"):
             raise ValueError(f"HaloSConfig.arch={arch!r}: expected 'halo' or 'dense'")
         self.arch = arch

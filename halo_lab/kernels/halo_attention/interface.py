@@ -150,14 +150,14 @@ def _padded(t: torch.Tensor, width: int, head: int) -> torch.Tensor:
     return torch.nn.functional.pad(t.to(torch.int32), (0, width - t.shape[-1], head, 0), value=-1)
 
 
-def selection_tables(q, k, v, config: HaloConfig, block_t: int, pool=None):
+def selection_tables(q, k, v, config: HaloConfig, block_t: int, pool=None, router=None):
     """(summary keys, summary values, SelectionTables) of the query tiles of ``block_t`` positions."""
     G = config.num_globals
     B, Hkv, L, d = k.shape
     if pool is not None and pool.shape[-1] != d:  # head_dim padded for the tiles: zero columns
         pool = torch.nn.functional.pad(pool, (0, d - pool.shape[-1]))
-    positions = torch.arange(L - G, device=q.device)
-    sel = select(q[:, :, G:], k, v, config, positions, pool, fused_choice if FUSED_CHOICE else None)
+    positions = torch.arange(L - G, device=q.device)  # a router reads q's first head_dim columns
+    sel = select(q[:, :, G:], k, v, config, positions, pool, fused_choice if FUSED_CHOICE else None, router)
     nselp, ng2p = _pow2(config.select_blocks), _pow2(max(config.select_groups, 1))
     blk = _padded(sel.blocks, nselp, G)
     grps = _padded(sel.groups, ng2p, G)
@@ -482,14 +482,14 @@ def prepare(q, k, v) -> tuple:
 
 
 def function_attention(
-    q, k, v, config: HaloConfig, layer: int, step: int, pool=None, bias=None, token_bias=None
+    q, k, v, config: HaloConfig, layer: int, step: int, pool=None, bias=None, token_bias=None, router=None
 ):
     """The eager path: tables from their caches, the kernels behind ``HaloTritonAttention``."""
     q, k, v, d, padded, group, dtype = prepare(q, k, v)
     tables = graph_tables(config, layer, step, q.shape[2], q.device)
     plan = _plan(config, tables.unit, group, padded, dtype, bias is not None, token_bias is not None)
     if config.selects:
-        sk, sv, sel = selection_tables(q, k, v, config, plan.block_t, pool)
+        sk, sv, sel = selection_tables(q, k, v, config, plan.block_t, pool, router)
     else:
         sk, sv, sel = _no_selection(q)
     bias = bias.float().contiguous() if plan.fwd["SUMB"] else None  # fp32 whatever the model's dtype

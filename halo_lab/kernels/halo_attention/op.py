@@ -160,7 +160,7 @@ def _plan_info(
 
 
 def op_attention(
-    q, k, v, config: HaloConfig, layer: int, step: int, pool=None, bias=None, token_bias=None
+    q, k, v, config: HaloConfig, layer: int, step: int, pool=None, bias=None, token_bias=None, router=None
 ) -> Tensor:
     """``halo_triton_attention`` through the ops (what torch.compile traces)."""
     q, k, v, d, padded, group, dtype = interface.prepare(q, k, v)
@@ -170,7 +170,7 @@ def op_attention(
     )
     dist, rand = halo_graph_tables(q, plan_id, layer, step, q.shape[2])
     if config.selects:
-        sk, sv, sel = interface.selection_tables(q, k, v, config, block_t, pool)
+        sk, sv, sel = interface.selection_tables(q, k, v, config, block_t, pool, router)
     else:  # one-element tensors the kernels never read
         sk = sv = q.new_zeros(1, 1, 1, 1)
         sel = SelectionTables.empty(q.device)
@@ -184,11 +184,11 @@ def op_attention(
 
 
 def halo_triton_attention(
-    q, k, v, config: HaloConfig, layer: int, step: int, pool=None, bias=None, token_bias=None
+    q, k, v, config: HaloConfig, layer: int, step: int, pool=None, bias=None, token_bias=None, router=None
 ) -> torch.Tensor:
     """HALO attention over the full sequence (globals included) through the fused Triton kernels;
     ``pool``: the learned summary pooling's u, ``bias`` [Hkv]: the summary keys' logit bias,
-    ``token_bias`` [Hkv]: the chosen tokens' (``select_token_bias``)."""
+    ``token_bias`` [Hkv]: the chosen tokens' (``select_token_bias``), ``router``: the choice's (down, up)."""
     if EAGER_OP or torch.compiler.is_compiling():
-        return op_attention(q, k, v, config, layer, step, pool, bias, token_bias)
-    return interface.function_attention(q, k, v, config, layer, step, pool, bias, token_bias)
+        return op_attention(q, k, v, config, layer, step, pool, bias, token_bias, router)
+    return interface.function_attention(q, k, v, config, layer, step, pool, bias, token_bias, router)

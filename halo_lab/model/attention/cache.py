@@ -129,6 +129,7 @@ class KVCache:
     summary_pool: torch.Tensor | None = None  # the learned pooling's u (select_pooling=learned)
     summary_bias: torch.Tensor | None = None  # the summary keys' logit bias [Hkv] (select_summary_bias)
     token_bias: torch.Tensor | None = None  # the chosen tokens' logit bias [Hkv] (select_token_bias)
+    router: tuple | None = None  # the choice's (down, up) (select_router_rank)
     # select_score=bound: the elementwise min and max of each block's (and group's) keys, rows as summary_k
     summary_lo: torch.Tensor | None = None
     summary_hi: torch.Tensor | None = None
@@ -179,11 +180,13 @@ class KVCache:
         pool: torch.Tensor | None = None,
         bias: torch.Tensor | None = None,
         token_bias: torch.Tensor | None = None,
+        router: tuple | None = None,
     ) -> None:
         """Make the summary store of content-selected blocks for ``capacity`` text tokens (``pool``: the
         layer's learned pooling, None for the mean; ``bias``, ``token_bias``: its summary keys' and chosen
-        tokens' logit biases, None for none)."""
+        tokens' logit biases, None for none; ``router``: the choice's (down, up), None for none)."""
         self.summary_pool, self.summary_bias, self.token_bias = pool, bias, token_bias
+        self.router = router
         blocks, groups = summary_rows(config, capacity)
         B, H, _, d = self.k.shape
         # fp32 whatever the cache's dtype: the choice is made from fp32 summaries (graph/selection.py)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from halo_lab import graph
 from halo_lab.config import HaloConfig
 from halo_lab.graph.reference import gather_attention, token_columns, with_selection
-from halo_lab.graph.selection import Selection, candidate_blocks, choose, summary_scores
+from halo_lab.graph.selection import Selection, candidate_blocks, choose, route_queries, summary_scores
 from halo_lab.model.attention.cache import DecodeLayout, KVCache
 from halo_lab.model.attention.masked import selection_bias_mask, summary_bias_mask
 
@@ -112,7 +112,7 @@ def _selected_decode_attention(q, cache: KVCache, pos: torch.Tensor, slots: torc
                 fine = store.index_select(2, group * m + torch.arange(m, device=q.device))
                 whole = fine.amin(2, keepdim=True) if store is bounds[0] else fine.amax(2, keepdim=True)
                 store.index_copy_(2, nb + group, whole)
-    qg = q.view(B, Hkv, Hq // Hkv, 1, d).float()
+    qg = route_queries(q, cache.router).view(B, Hkv, Hq // Hkv, 1, d)
     scores = summary_scores(cfg, qg, cache.summary_k, bounds) / math.sqrt(d)
     candidates = candidate_blocks(cfg, t)
     groups, blocks = choose(cfg, scores, candidates, nb)
@@ -138,11 +138,11 @@ def _selected_decode_attention(q, cache: KVCache, pos: torch.Tensor, slots: torc
 
 def halo_decode_attention(
     q, k_all, v_all, config: HaloConfig, layer: int, step: int, start: int, pool=None, bias=None,
-    token_bias=None,
+    token_bias=None, router=None,
 ):  # fmt: skip
     """New text queries at text positions start.. attend over their neighbours in the cache (``pool``,
-    ``bias``, ``token_bias``: the layer's learned summary pooling and summary and chosen-token logit
-    biases, content-selected blocks).
+    ``bias``, ``token_bias``, ``router``: the layer's learned summary pooling, summary and chosen-token
+    logit biases and the choice's router, content-selected blocks).
 
     Cost per query is O(K): the window, dilated, random and global keys are gathered, not the prefix."""
     G = config.num_globals
@@ -154,7 +154,7 @@ def halo_decode_attention(
     length = k_all.shape[2]  # the summaries come after: keys length.. carry the bias
     cols = token_columns(config, idx.shape[1])
     if config.selects:
-        k_all, v_all, idx = with_selection(q, k_all, v_all, config, positions, idx, pool)
+        k_all, v_all, idx = with_selection(q, k_all, v_all, config, positions, idx, pool, router)
     return gather_attention(q, k_all, v_all, idx, bias, length, token_bias, cols)
 
 

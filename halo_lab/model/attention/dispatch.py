@@ -118,15 +118,17 @@ def dense_attention(q, k, v) -> torch.Tensor:
 def halo_attention(
     q, k, v, config: HaloConfig, layer: int, step: int, backend: str, record: BackendRecord | None = None,
     pool: torch.Tensor | None = None, bias: torch.Tensor | None = None, token_bias: torch.Tensor | None = None,
+    router: tuple | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """Full-sequence HALO attention with the named backend (q/k/v include the global positions); ``record``
     notes what really ran; ``pool``: the learned summary pooling's u, ``bias``: the summary keys' logit
-    bias [Hkv], ``token_bias``: the chosen tokens' [Hkv] (content-selected blocks; None: none)."""
+    bias [Hkv], ``token_bias``: the chosen tokens' [Hkv], ``router``: the choice's (down, up)
+    (content-selected blocks; None: none)."""
     if backend in ("flex", "hybrid"):
         if q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
             _warn_once("FlexAttention has no backward on CPU: using the reference backend for this pass")
             _note(record, "reference")
-            return reference_attention(q, k, v, config, layer, step, pool, bias, token_bias)
+            return reference_attention(q, k, v, config, layer, step, pool, bias, token_bias, router)
         key = (backend, q.dtype, tuple(q.shape[1:]), k.shape[1], q.device.type)
         if key not in _compile_failed:
             try:
@@ -144,22 +146,22 @@ def halo_attention(
                     f"({type(e).__name__}): using the masked/reference backend for this shape"
                 )
         fallback = "masked" if q.shape[2] <= MASKED_MAX_LEN else "reference"
-        return halo_attention(q, k, v, config, layer, step, fallback, record, pool, bias, token_bias)
+        return halo_attention(q, k, v, config, layer, step, fallback, record, pool, bias, token_bias, router)
     if backend == "triton":
         if q.is_cuda or triton_interpreted():
             from halo_lab.kernels.halo_attention import halo_triton_attention
 
             _note(record, backend)
-            return halo_triton_attention(q, k, v, config, layer, step, pool, bias, token_bias)
+            return halo_triton_attention(q, k, v, config, layer, step, pool, bias, token_bias, router)
         _warn_once("attention_backend=triton needs CUDA (or TRITON_INTERPRET=1): using the reference backend")
         _note(record, "reference")
-        return reference_attention(q, k, v, config, layer, step, pool, bias, token_bias)
+        return reference_attention(q, k, v, config, layer, step, pool, bias, token_bias, router)
     if backend == "reference":
         _note(record, backend)
-        return reference_attention(q, k, v, config, layer, step, pool, bias, token_bias)
+        return reference_attention(q, k, v, config, layer, step, pool, bias, token_bias, router)
     if backend == "masked":
         _note(record, backend)
-        return masked_attention(q, k, v, config, layer, step, pool, bias, token_bias)
+        return masked_attention(q, k, v, config, layer, step, pool, bias, token_bias, router)
     raise ValueError(
         f"attention_backend={backend!r} is not a HALO backend (reference, masked, triton, flex, hybrid, auto)"
     )

@@ -15,12 +15,12 @@ _masks: dict[tuple, tuple[int, torch.Tensor]] = {}
 
 
 def masked_attention(
-    q, k, v, config: HaloConfig, layer: int, step: int, pool=None, bias=None, token_bias=None
+    q, k, v, config: HaloConfig, layer: int, step: int, pool=None, bias=None, token_bias=None, router=None
 ) -> torch.Tensor:
     """SDPA with the graph as an L x L boolean mask: O(L^2) memory, so only for short CPU sequences,
     where it is several times faster than the gather (fused kernels, no B x H x L x K x d copies).
     ``bias`` [Hkv] (the summary keys' logit bias) and ``token_bias`` [Hkv] (the chosen tokens'): the mask
-    becomes additive, each on its columns."""
+    becomes additive, each on its columns. ``router``: the choice's (down, up) (``select_router_rank``)."""
     text_len = q.shape[2] - config.num_globals
     key = (graph.graph_key(config), layer, text_len, str(q.device))
     cached = _masks.get(key)
@@ -29,7 +29,7 @@ def masked_attention(
     mask = cached[1]
     if config.selects:
         L = k.shape[2]
-        k, v, mask, tokens = _with_selection(q, k, v, config, mask, pool)
+        k, v, mask, tokens = _with_selection(q, k, v, config, mask, pool, router)
         if token_bias is not None:
             mask = selection_bias_mask(mask, tokens, token_bias, bias, L, q.dtype)
         elif bias is not None:
@@ -37,14 +37,14 @@ def masked_attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
-def _with_selection(q, k, v, config: HaloConfig, mask: torch.Tensor, pool=None):
+def _with_selection(q, k, v, config: HaloConfig, mask: torch.Tensor, pool=None, router=None):
     """(k, v, mask, tokens) with the summaries appended to k and v and the [L, L] graph mask widened to
     [B, Hq, L, L + S]: each text query's chosen tokens and the summaries it has as keys; ``tokens``
     [B, Hq, L, L]: the chosen tokens that are not graph keys (what ``select_token_bias`` biases)."""
     G = config.num_globals
     B, Hq, L, _ = q.shape
     Hkv = k.shape[1]
-    sel = select(q[:, :, G:], k, v, config, torch.arange(L - G, device=q.device), pool)
+    sel = select(q[:, :, G:], k, v, config, torch.arange(L - G, device=q.device), pool, router=router)
     tok = sel.token_index()  # duplicates of graph keys need no removal in a mask: it is a set
     chosen = torch.zeros(B, Hkv, L - G, L + 1, dtype=torch.bool, device=q.device)
     chosen.scatter_(-1, torch.where(tok >= 0, tok + G, L), True)
