@@ -173,11 +173,12 @@ class HaloConfig:
     chosen tokens cost LM loss early in training without it)."""
     select_router_rank: int = 0
     """r: a router of the choice apart from attention (DSA's indexer, in low rank): each attention layer owns
-    ``select_route_down`` [Hq, d, r] and ``select_route_up`` [Hq, r, d], and the choice ranks the summaries
-    with q + (q @ down) @ up instead of q (``graph.selection.route_queries``; up starts at zero, so a new
-    router ranks as q does). Only the runner's routing loss (``module.select_routing_loss``) trains it, on
-    detached inputs, so attention's q and keys learn from the language-model loss alone. Needs
-    ``select_blocks`` > 0. 0 (the default) = no router, exactly as before."""
+    ``select_route_down`` [Hq, d, r], ``select_route_up`` [Hq, r, d] and their key-side twins [Hkv, ...],
+    and the choice ranks with q + (q @ down) @ up against the summaries and bounds of k + (k @ key down) @
+    key up instead of q and k (``graph.selection.route_queries`` / ``route_keys``; the ups start at zero,
+    so a new router ranks as q and k do). Only the runner's routing loss (``module.select_routing_loss``)
+    trains it, on detached inputs, so attention's q and keys learn from the language-model loss alone.
+    Needs ``select_blocks`` > 0. 0 (the default) = no router, exactly as before."""
 
     def __post_init__(self) -> None:
         self.dilated_offsets = [int(o) for o in self.dilated_offsets]

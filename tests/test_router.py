@@ -19,34 +19,47 @@ from halo_lab.runner.config import ConfigError, compose_config, validate_config
 
 
 def router(c, rank: int = 4, seed: int = 0, scale: float = 1.0):
-    """A router far from the identity: both factors drawn, so that it changes the choice."""
+    """A router far from the identity (every factor drawn, so that it changes the choice): the query side's
+    (down, up) and the key side's."""
     g = torch.Generator().manual_seed(seed)
     d = c.head_dim
-    down = torch.randn(c.num_heads, d, rank, generator=g) * scale
-    up = torch.randn(c.num_heads, rank, d, generator=g) * scale / rank**0.5
-    return down.requires_grad_(), up.requires_grad_()
+    out = []
+    for heads in (c.num_heads, c.num_kv_heads):
+        out.append(torch.randn(heads, d, rank, generator=g) * scale)
+        out.append(torch.randn(heads, rank, d, generator=g) * scale / rank**0.5)
+    return tuple(t.requires_grad_() for t in out)
 
 
 def randomise_routers(model: HaloSModel, seed: int = 0) -> None:
     with torch.no_grad():
         for layer in model.layers:
-            down, up = router(model.config, layer.attn.select_route_down.shape[-1], seed + layer.attn.layer)
-            layer.attn.select_route_down.copy_(down)
-            layer.attn.select_route_up.copy_(up)
+            a = layer.attn
+            drawn = router(model.config, a.select_route_down.shape[-1], seed + a.layer)
+            for p, t in zip(a.router, drawn):
+                p.copy_(t)
 
 
-def test_route_queries_is_q_plus_its_low_rank_map_per_head_and_keeps_padded_columns_zero():
+def zero_ups(layers) -> None:
+    with torch.no_grad():
+        for layer in layers:
+            layer.attn.select_route_up.zero_()
+            layer.attn.select_route_key_up.zero_()
+
+
+def test_the_routed_queries_and_keys_are_their_low_rank_maps_per_head_and_keep_padded_columns_zero():
     c = cfg()
-    q = leaf_qkv(c, 40, seed=1)[0]
-    down, up = router(c)
-    out = selection.route_queries(q, (down, up))
+    q, k, _ = leaf_qkv(c, 40, seed=1)
+    r = router(c)
+    rq, rk = selection.route_queries(q, r), selection.route_keys(k, r)
     for h in range(c.num_heads):
-        torch.testing.assert_close(out[:, h], q[:, h] + q[:, h] @ down[h] @ up[h], atol=1e-5, rtol=1e-5)
-    assert selection.route_queries(q, None).equal(q)
-    wide = torch.nn.functional.pad(q, (0, 16))  # the kernels' zero-padded head_dim
-    routed = selection.route_queries(wide, (down, up))
-    torch.testing.assert_close(routed[..., : c.head_dim], out)
-    assert routed[..., c.head_dim :].abs().max() == 0
+        torch.testing.assert_close(rq[:, h], q[:, h] + q[:, h] @ r[0][h] @ r[1][h], atol=1e-5, rtol=1e-5)
+    for h in range(c.num_kv_heads):
+        torch.testing.assert_close(rk[:, h], k[:, h] + k[:, h] @ r[2][h] @ r[3][h], atol=1e-5, rtol=1e-5)
+    assert selection.route_queries(q, None).equal(q) and selection.route_keys(k, None).equal(k)
+    for x, fn, ref in ((q, selection.route_queries, rq), (k, selection.route_keys, rk)):
+        routed = fn(torch.nn.functional.pad(x, (0, 16)), r)  # the kernels' zero-padded head_dim
+        torch.testing.assert_close(routed[..., : c.head_dim], ref)
+        assert routed[..., c.head_dim :].abs().max() == 0
 
 
 def test_a_new_router_ranks_as_q_and_leaves_the_other_weights_as_they_were():
@@ -55,11 +68,13 @@ def test_a_new_router_ranks_as_q_and_leaves_the_other_weights_as_they_were():
     torch.manual_seed(0)
     routed = HaloSModel(cfg(select_router_rank=4)).eval()
     extra = set(routed.state_dict()) - set(plain.state_dict())
-    assert extra == {f"layers.{i}.attn.select_route_{n}" for i in range(2) for n in ("down", "up")}
+    names = ("down", "up", "key_down", "key_up")
+    assert extra == {f"layers.{i}.attn.select_route_{n}" for i in range(2) for n in names}
     for name, t in plain.state_dict().items():
         assert routed.state_dict()[name].equal(t), name
-    assert all(layer.attn.select_route_up.abs().max() == 0 for layer in routed.layers)
-    assert all(layer.attn.select_route_down.abs().max() > 0 for layer in routed.layers)
+    for a in (layer.attn for layer in routed.layers):
+        assert a.select_route_up.abs().max() == 0 and a.select_route_key_up.abs().max() == 0
+        assert a.select_route_down.abs().max() > 0 and a.select_route_key_down.abs().max() > 0
     x = torch.randint(0, 64, (2, 96))
     with torch.no_grad():
         assert routed(x)[0].equal(plain(x)[0])
@@ -86,7 +101,7 @@ def test_every_backend_takes_the_routed_choice_in_values_and_gradients(backend):
     g = torch.randn_like(ref)
     for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    assert torch.autograd.grad(out.sum(), r, allow_unused=True) == (None, None)
+    assert torch.autograd.grad(out.sum(), r, allow_unused=True) == (None,) * 4
 
 
 @pytest.mark.parametrize("backend", ["reference", "masked"])
@@ -112,8 +127,7 @@ def test_cached_decoding_with_a_router_is_exact(m, score):
     x = torch.randint(0, 64, (2, 96))
     with torch.no_grad():  # the router changes this model's logits: decoding that ignored it would differ
         routed = model(x)[0]
-        for layer in model.layers:
-            layer.attn.select_route_up.zero_()
+        zero_ups(model.layers)
         assert not torch.allclose(routed, model(x)[0])
     randomise_routers(model, seed=3)
     assert_decodes_exactly(model, x)
@@ -130,8 +144,10 @@ def test_the_routing_loss_with_a_router_trains_the_router_alone():
     grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
     by_name = dict(zip(names, grads))
     for name, grad in by_name.items():
-        if "select_route_up" in name:
-            assert grad is not None and grad.abs().max() > 0, name  # up = 0: down's gradient is 0 at init
+        if name.endswith(("select_route_up", "select_route_key_up")):
+            assert grad is not None and grad.abs().max() > 0, (
+                name
+            )  # ups = 0: the downs' gradient is 0 at init
         elif "select_route" not in name:
             assert grad is None or grad.abs().max() == 0, f"the routing loss reached {name}"
     # at init (up = 0) the routed loss is the plain one's value
@@ -165,7 +181,7 @@ def test_a_tiny_run_trains_the_router(tmp_path):
     ckpt = sorted(glob.glob(str(tmp_path / "**" / "*.ckpt"), recursive=True))
     assert ckpt, "no checkpoint written"
     state = torch.load(ckpt[-1], map_location="cpu", weights_only=False)["state_dict"]
-    ups = [v for k, v in state.items() if k.endswith("select_route_up")]
+    ups = [v for k, v in state.items() if k.endswith(("select_route_up", "select_route_key_up"))]
     assert ups and all(u.abs().max() > 0 for u in ups)  # moved off zero by the routing loss
 
 
@@ -184,6 +200,5 @@ def test_the_exported_model_takes_the_routed_choice(tmp_path):
     with torch.no_grad():
         ours = model(x)[0]
         torch.testing.assert_close(hf(x).logits, ours, rtol=1e-5, atol=1e-5)
-        for layer in hf.layers:  # the router is read: zeroed, the logits differ
-            layer.attn.select_route_up.zero_()
+        zero_ups(hf.layers)  # the router is read: zeroed, the logits differ
         assert not torch.allclose(hf(x).logits, ours, rtol=1e-5, atol=1e-5)

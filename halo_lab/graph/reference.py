@@ -75,7 +75,7 @@ def with_selection(
     -1 = none) widened to [B, Hkv, P, K + n*b + S] with each query's chosen tokens (not already in its
     row) and the summaries it has as keys, in that order (columns K.. K + n*b: the chosen tokens, see
     ``token_columns``). ``pool``: the learned pooling's u (``select_pooling=learned``); ``router``: the
-    choice's (down, up) (``select_router_rank``)."""
+    choice's router (``select_router_rank``)."""
     G = config.num_globals
     B, Hkv, L, _ = k.shape
     sel = select(q_text, k, v, config, positions, pool, router=router)
@@ -100,7 +100,7 @@ def reference_attention(
     ``select_blocks`` its chosen tokens and scored summaries, built from index tables). ``pool``: the
     learned pooling's u; ``bias`` [Hkv]: the summary keys' logit bias (``select_summary_bias``),
     ``token_bias`` [Hkv] the chosen tokens' (``select_token_bias``), None for none; ``router``: the
-    choice's (down, up) (``select_router_rank``)."""
+    choice's router (``select_router_rank``)."""
     G = config.num_globals
     idx = full_neighbor_index(config, layer, step, q.shape[2] - G, q.device)
     if not config.selects:

@@ -324,19 +324,28 @@ def _choice(
     return torch.cat([g for g, _ in chosen], dim=2), torch.cat([b for _, b in chosen], dim=2)
 
 
+def _low_rank(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """x + (x @ down) @ up per head, fp32; x [B, H, P, d'] with d' >= d = down's rows (the kernels' zero-padded
+    head_dim): the columns past d stay as they are (zero)."""
+    d = down.shape[1]
+    low = torch.einsum("bhpd,hdr->bhpr", x[..., :d].float(), down.float())
+    delta = torch.einsum("bhpr,hrd->bhpd", low, up.float())
+    return x.float() + torch.nn.functional.pad(delta, (0, x.shape[-1] - d))
+
+
 def route_queries(q: torch.Tensor, router: tuple | None) -> torch.Tensor:
     """The queries the choice ranks with (``select_router_rank``): q + (q @ down) @ up per query head, with
-    ``router`` = (down [Hq, d, r], up [Hq, r, d]) the layer's low-rank router, in fp32; ``q`` [B, Hq, P, d]
-    itself (fp32) without a router. A learned metric q (I + down up) s for the ranking alone: attention
-    keeps q (``select``), and up starts at zero, so a new router ranks as q does. A q wider than d (the
-    kernels' zero-padded head_dim) keeps its zero columns past d."""
-    if router is None:
-        return q.float()
-    down, up = router
-    d = down.shape[1]
-    low = torch.einsum("bhpd,hdr->bhpr", q[..., :d].float(), down.float())
-    delta = torch.einsum("bhpr,hrd->bhpd", low, up.float())
-    return q.float() + torch.nn.functional.pad(delta, (0, q.shape[-1] - d))
+    ``router`` = (down [Hq, d, r], up [Hq, r, d], key down [Hkv, d, r], key up [Hkv, r, d]) the layer's
+    low-rank router, in fp32; ``q`` [B, Hq, P, d] itself (fp32) without a router."""
+    return q.float() if router is None else _low_rank(q, router[0], router[1])
+
+
+def route_keys(k: torch.Tensor, router: tuple | None) -> torch.Tensor:
+    """The keys whose block summaries and bounds the choice ranks (``route_queries``' keys): k + (k @ key
+    down) @ key up per KV head, fp32; ``k`` itself (fp32) without a router. Together a learned metric and
+    basis for the ranking alone (the bound's min and max are taken in the routed basis): attention keeps q
+    and k, and both ups start at zero, so a new router ranks as q and k do."""
+    return k.float() if router is None else _low_rank(k, router[2], router[3])
 
 
 def select(
@@ -353,7 +362,8 @@ def select(
     values ``k``, ``v`` ([B, Hkv, G + N, d]: the globals then the text so far, RoPE applied); ``pool``: the
     learned pooling's u [Hkv, d] (``select_pooling=learned``), None for the mean. ``choice``: a function
     with ``_choice``'s arguments and result (the fused one of the kernels' layer), None for ``_choice``.
-    ``router``: the layer's (down, up) (``route_queries``): the choice ranks with the routed queries."""
+    ``router``: the layer's four factors (``route_queries``): the choice ranks the routed queries against
+    the routed keys' summaries and bounds."""
     G = config.num_globals
     # The summaries in fp32 whatever the input's dtype, so that the choice (discrete: a rounding can swap
     # two close blocks) is the same in bf16 training, fp32 on a CPU, the oracle and cached decoding; they
@@ -368,8 +378,12 @@ def select(
     nb, _ = num_summaries(config, k.shape[2] - G)
     candidates = candidate_blocks(config, positions)
     # top-n has no gradient: the summaries learn as keys of the softmax
-    qc = q.detach() if router is None else route_queries(q.detach(), tuple(t.detach() for t in router))
-    groups, blocks = (choice or _choice)(config, qc, kf.detach(), sk32.detach(), candidates, nb)
+    qc, kc, skc = q.detach(), kf.detach(), sk32.detach()
+    if router is not None:
+        r = tuple(t.detach() for t in router)
+        qc, kc = route_queries(qc, r), route_keys(kc, r)
+        skc = summaries(kc, config, G, None if w is None else w.detach())
+    groups, blocks = (choice or _choice)(config, qc, kc, skc, candidates, nb)
     return Selection(config, positions, candidates, groups, blocks, sk, sv, nb)
 
 
@@ -396,9 +410,9 @@ def routing_loss(
     is KL(target || softmax of the ranking scores / sqrt(d) over the same candidates), the mean over rows,
     KV heads and queries (blocks and groups each). ``q`` [B, Hq, G + N, d], ``k``, ``v`` [B, Hkv, G + N, d]
     after RoPE. None when no query has two candidates. In fp32 under autocast too (bf16-mixed training).
-    With a ``router`` (down, up) the scores are its routed queries' (``route_queries``) against the
-    summaries of detached keys: the loss trains the router alone and leaves attention's q, k and pooling
-    to the language-model loss (DSA's indexer on detached inputs)."""
+    With a ``router`` the scores are its routed queries' (``route_queries``) against the summaries and
+    bounds of its routed keys (``route_keys``), all from detached inputs: the loss trains the router alone
+    and leaves attention's q, k and pooling to the language-model loss (DSA's indexer)."""
     with torch.autocast(q.device.type, enabled=False):
         if router is not None:
             q, k, v, pool = q.detach(), k.detach(), v.detach(), None if pool is None else pool.detach()
@@ -424,9 +438,10 @@ def _routing_loss(q, k, v, config: HaloConfig, count: int, step: int, pool, rout
         logits = logits.masked_fill(block_of >= c.unsqueeze(2), float("-inf"))
         mass = torch.softmax(logits, -1).view(*logits.shape[:-1], nb, b).sum(-1).mean(2)  # [B, Hkv, P, nb]
     w = block_weights(v.float(), config, G, pool) if pool is not None else None
-    bounds = key_bounds(kf, config, G) if config.select_score == "bound" else None
-    if router is not None:  # the routed queries, [B, Hq, P, d] -> [B, Hkv, g, P, d]
+    if router is not None:  # the routed queries ([B, Hq, P, d] -> [B, Hkv, g, P, d]) and keys
         qs = route_queries(q[:, :, G + pos.to(q.device)], router).view(B, Hkv, Hq // Hkv, -1, d)
+        kf = route_keys(kf, router)
+    bounds = key_bounds(kf, config, G) if config.select_score == "bound" else None
     scores = summary_scores(config, qs, summaries(kf, config, G, w), bounds) / math.sqrt(d)
     idx = torch.arange(nb, device=q.device)
     loss = _kl(mass, scores[..., :nb], idx < c)

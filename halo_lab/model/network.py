@@ -97,15 +97,25 @@ class Attention(nn.Module):
         # the choice's own low-rank router (select_router_rank, graph.selection.route_queries): down is drawn
         # by _CausalLM.reset_parameters after the other weights (which a router then leaves as they were)
         r = config.select_router_rank if arch == "halo" and config.selects else 0
-        self.select_route_down = nn.Parameter(torch.empty(config.num_heads, d, r)) if r else None
-        self.select_route_up = nn.Parameter(torch.zeros(config.num_heads, r, d)) if r else None
+        hq, hkv = config.num_heads, config.num_kv_heads
+        self.select_route_down = nn.Parameter(torch.empty(hq, d, r)) if r else None
+        self.select_route_up = nn.Parameter(torch.zeros(hq, r, d)) if r else None
+        self.select_route_key_down = nn.Parameter(torch.empty(hkv, d, r)) if r else None
+        self.select_route_key_up = nn.Parameter(torch.zeros(hkv, r, d)) if r else None
         # the routing loss on this many queries in training (0: off; _CausalLM.set_routing_queries)
         self.routing_queries, self.routing = 0, None
 
     @property
-    def router(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(down, up) of the choice's router, None without one."""
-        return None if self.select_route_down is None else (self.select_route_down, self.select_route_up)
+    def router(self) -> tuple[torch.Tensor, ...] | None:
+        """The choice's router (graph.selection.route_queries, route_keys), None without one."""
+        if self.select_route_down is None:
+            return None
+        return (
+            self.select_route_down,
+            self.select_route_up,
+            self.select_route_key_down,
+            self.select_route_key_up,
+        )
 
     def forward(self, x, cos, sin, step: int, cache: attn.KVCache | None = None, pos=None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -248,7 +258,7 @@ class _CausalLM(nn.Module):
                 out_proj = name.endswith(("o_proj.weight", "w2.weight"))
                 nn.init.normal_(p, std=residual_std if out_proj else std)
         for name, p in self.named_parameters():  # last: the other weights as without a router
-            if name.endswith("select_route_down"):
+            if name.endswith(("select_route_down", "select_route_key_down")):
                 nn.init.normal_(p, std=1.0 / math.sqrt(self.config.head_dim))
         if self.config.tie_embeddings:
             self.lm_head.weight = self.token_emb.weight

@@ -160,11 +160,17 @@ def _top(scores: torch.Tensor, allowed: torch.Tensor, count: int) -> torch.Tenso
     return torch.cat([out, out.new_full((*out.shape[:-1], pad), -1)], dim=-1) if pad > 0 else out
 
 
+def _low_rank(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """x + (x @ down) @ up per head (the choice's router, ``select_router_rank``), fp32."""
+    low = torch.einsum("bhpd,hdr->bhpr", x.float(), down.float())
+    return x.float() + torch.einsum("bhpr,hrd->bhpd", low, up.float())
+
+
 def selection_mask(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c: HaloSConfig, pool=None, router=None):
     """(k, v, mask [B, Hq, L, L + S] over the chosen tokens and the scored summaries) of the text queries:
     the summaries appended to k and v. The same rules as halo_lab's selection: candidates are the complete
     blocks that start before a query's window, scores (``_scores``) summed over a KV head's query heads,
-    from q + (q @ down) @ up with a ``router`` (down, up) (``select_router_rank``), from q without."""
+    with a ``router`` (``select_router_rank``) from the routed queries and keys (``_low_rank``)."""
     G, W, b, m = c.num_globals, c.local_window, c.select_block_size, c.select_group_size
     B, Hq, L, d = q.shape
     Hkv, N = k.shape[1], L - G
@@ -173,13 +179,13 @@ def selection_mask(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c: HaloSCo
     sk32, sv32 = _summaries(k.float(), c, w), _summaries(v.float(), c, w)
     sk, sv = sk32.to(k.dtype), sv32.to(v.dtype)
     S, nb = sk.shape[2], N // b
-    qg = q[:, :, G:].float()
-    if router is not None:
-        qg = qg + torch.einsum(
-            "bhpr,hrd->bhpd", torch.einsum("bhpd,hdr->bhpr", qg, router[0].float()), router[1].float()
-        )
+    qg, rk, rsk = q[:, :, G:].float(), k, sk32
+    if router is not None:  # the choice ranks routed queries against the routed keys' summaries and bounds
+        qg = _low_rank(qg, router[0], router[1])
+        rk = _low_rank(k.float(), router[2], router[3])
+        rsk = _summaries(rk, c, w)
     qg = qg.reshape(B, Hkv, Hq // Hkv, N, d)
-    scores = _scores(qg, k, sk32, c) / d**0.5
+    scores = _scores(qg, rk, rsk, c) / d**0.5
     pos = torch.arange(N, device=q.device)  # candidates: the complete blocks that start before the window
     cand = torch.minimum(
         torch.div(pos - W + b, b, rounding_mode="floor"), torch.div(pos + 1, b, rounding_mode="floor")
@@ -291,6 +297,8 @@ class HaloAttention(nn.Module):
         r = getattr(c, "select_router_rank", 0) if c.arch == "halo" and c.select_blocks else 0
         self.select_route_down = nn.Parameter(torch.zeros(c.num_heads, d, r)) if r else None
         self.select_route_up = nn.Parameter(torch.zeros(c.num_heads, r, d)) if r else None
+        self.select_route_key_down = nn.Parameter(torch.zeros(c.num_kv_heads, d, r)) if r else None
+        self.select_route_key_up = nn.Parameter(torch.zeros(c.num_kv_heads, r, d)) if r else None
 
     def forward(self, x, cos, sin, mask: torch.Tensor | None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -303,9 +311,10 @@ class HaloAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
             if c.select_blocks:  # the graph's mask, widened by the content-selected keys
-                router = (
-                    None if self.select_route_down is None else (self.select_route_down, self.select_route_up)
-                )
+                router = None
+                if self.select_route_down is not None:
+                    router = (self.select_route_down, self.select_route_up,
+                              self.select_route_key_down, self.select_route_key_up)  # fmt: skip
                 k, v, chosen = selection_mask(q, k, v, c, self.select_pool, router)
                 L = mask.shape[1]
                 tokens = chosen[..., :L] & ~mask  # the chosen tokens that are not graph keys

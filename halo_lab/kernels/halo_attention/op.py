@@ -188,7 +188,7 @@ def halo_triton_attention(
 ) -> torch.Tensor:
     """HALO attention over the full sequence (globals included) through the fused Triton kernels;
     ``pool``: the learned summary pooling's u, ``bias`` [Hkv]: the summary keys' logit bias,
-    ``token_bias`` [Hkv]: the chosen tokens' (``select_token_bias``), ``router``: the choice's (down, up)."""
+    ``token_bias`` [Hkv]: the chosen tokens' (``select_token_bias``), ``router``: the choice's router."""
     if EAGER_OP or torch.compiler.is_compiling():
         return op_attention(q, k, v, config, layer, step, pool, bias, token_bias, router)
     return interface.function_attention(q, k, v, config, layer, step, pool, bias, token_bias, router)

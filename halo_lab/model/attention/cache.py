@@ -9,7 +9,7 @@ import torch
 
 from halo_lab import graph
 from halo_lab.config import HaloConfig
-from halo_lab.graph.selection import block_weights, key_bounds, num_summaries, summaries
+from halo_lab.graph.selection import block_weights, key_bounds, num_summaries, route_keys, summaries
 
 
 @dataclass
@@ -129,7 +129,8 @@ class KVCache:
     summary_pool: torch.Tensor | None = None  # the learned pooling's u (select_pooling=learned)
     summary_bias: torch.Tensor | None = None  # the summary keys' logit bias [Hkv] (select_summary_bias)
     token_bias: torch.Tensor | None = None  # the chosen tokens' logit bias [Hkv] (select_token_bias)
-    router: tuple | None = None  # the choice's (down, up) (select_router_rank)
+    router: tuple | None = None  # the choice's router (select_router_rank)
+    summary_rk: torch.Tensor | None = None  # with a router: its routed keys' summaries, rows as summary_k
     # select_score=bound: the elementwise min and max of each block's (and group's) keys, rows as summary_k
     summary_lo: torch.Tensor | None = None
     summary_hi: torch.Tensor | None = None
@@ -184,7 +185,8 @@ class KVCache:
     ) -> None:
         """Make the summary store of content-selected blocks for ``capacity`` text tokens (``pool``: the
         layer's learned pooling, None for the mean; ``bias``, ``token_bias``: its summary keys' and chosen
-        tokens' logit biases, None for none; ``router``: the choice's (down, up), None for none)."""
+        tokens' logit biases, None for none; ``router``: the choice's, None for none). With a router the
+        choice reads the routed keys' summaries (``summary_rk``) and bounds instead of the keys'."""
         self.summary_pool, self.summary_bias, self.token_bias = pool, bias, token_bias
         self.router = router
         blocks, groups = summary_rows(config, capacity)
@@ -193,6 +195,8 @@ class KVCache:
         self.summary_k = self.k.new_zeros(B, H, blocks + groups, d, dtype=torch.float32)
         self.summary_v = self.v.new_zeros(B, H, blocks + groups, d, dtype=torch.float32)
         self.summary_blocks = blocks
+        if router is not None:
+            self.summary_rk = torch.zeros_like(self.summary_k)
         if config.select_score == "bound":
             self.summary_lo, self.summary_hi = (torch.zeros_like(self.summary_k) for _ in range(2))
 
@@ -206,8 +210,11 @@ class KVCache:
             (self.summary_k, summaries(self.k[:, :, :end].float(), cfg, G, w)),
             (self.summary_v, summaries(self.v[:, :, :end].float(), cfg, G, w)),
         ]
+        rk = route_keys(self.k[:, :, :end], self.router)  # the keys the choice ranks (k without a router)
+        if self.summary_rk is not None:
+            written.append((self.summary_rk, summaries(rk, cfg, G, w)))
         if self.summary_lo is not None:
-            written += zip((self.summary_lo, self.summary_hi), key_bounds(self.k[:, :, :end].float(), cfg, G))
+            written += zip((self.summary_lo, self.summary_hi), key_bounds(rk, cfg, G))
         for store, s in written:
             store[:, :, :nb] = s[:, :, :nb]
             store[:, :, self.summary_blocks : self.summary_blocks + ng] = s[:, :, nb:]

@@ -12,7 +12,14 @@ import torch.nn.functional as F
 from halo_lab import graph
 from halo_lab.config import HaloConfig
 from halo_lab.graph.reference import gather_attention, token_columns, with_selection
-from halo_lab.graph.selection import Selection, candidate_blocks, choose, route_queries, summary_scores
+from halo_lab.graph.selection import (
+    Selection,
+    candidate_blocks,
+    choose,
+    route_keys,
+    route_queries,
+    summary_scores,
+)
 from halo_lab.model.attention.cache import DecodeLayout, KVCache
 from halo_lab.model.attention.masked import selection_bias_mask, summary_bias_mask
 
@@ -93,8 +100,12 @@ def _selected_decode_attention(q, cache: KVCache, pos: torch.Tensor, slots: torc
         vb = cache.v.index_select(2, rows).float()
         logits = torch.einsum("bhkd,hd->bhk", vb, cache.summary_pool.float()) / math.sqrt(d)
         weights = torch.softmax(logits, dim=-1).unsqueeze(-1)
-    for store, x in ((cache.summary_k, cache.k), (cache.summary_v, cache.v)):  # fp32 stores
-        rows_x = x.index_select(2, rows).float()
+    rows_k = route_keys(cache.k.index_select(2, rows), cache.router)  # the keys the choice ranks
+    stores = [(cache.summary_k, cache.k), (cache.summary_v, cache.v)]
+    if cache.summary_rk is not None:  # a router: its routed keys' summaries too
+        stores.append((cache.summary_rk, None))
+    for store, x in stores:  # fp32 stores
+        rows_x = rows_k if x is None else x.index_select(2, rows).float()
         pooled = rows_x.mean(2) if weights is None else (rows_x * weights).sum(2)
         store.index_copy_(2, block, pooled.unsqueeze(2))
         if m:
@@ -103,7 +114,6 @@ def _selected_decode_attention(q, cache: KVCache, pos: torch.Tensor, slots: torc
             store.index_copy_(2, nb + group, fine.mean(2, keepdim=True))
     bounds = None
     if cache.summary_lo is not None:  # select_score=bound: the block's (and group's) key min and max
-        rows_k = cache.k.index_select(2, rows).float()
         bounds = (cache.summary_lo, cache.summary_hi)
         for store, new in zip(bounds, (rows_k.amin(2), rows_k.amax(2))):
             store.index_copy_(2, block, new.unsqueeze(2))
@@ -113,7 +123,8 @@ def _selected_decode_attention(q, cache: KVCache, pos: torch.Tensor, slots: torc
                 whole = fine.amin(2, keepdim=True) if store is bounds[0] else fine.amax(2, keepdim=True)
                 store.index_copy_(2, nb + group, whole)
     qg = route_queries(q, cache.router).view(B, Hkv, Hq // Hkv, 1, d)
-    scores = summary_scores(cfg, qg, cache.summary_k, bounds) / math.sqrt(d)
+    ranked = cache.summary_k if cache.summary_rk is None else cache.summary_rk
+    scores = summary_scores(cfg, qg, ranked, bounds) / math.sqrt(d)
     candidates = candidate_blocks(cfg, t)
     groups, blocks = choose(cfg, scores, candidates, nb)
     sk, sv = cache.summary_k.to(cache.k.dtype), cache.summary_v.to(cache.v.dtype)

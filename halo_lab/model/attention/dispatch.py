@@ -122,7 +122,7 @@ def halo_attention(
 ) -> torch.Tensor:  # fmt: skip
     """Full-sequence HALO attention with the named backend (q/k/v include the global positions); ``record``
     notes what really ran; ``pool``: the learned summary pooling's u, ``bias``: the summary keys' logit
-    bias [Hkv], ``token_bias``: the chosen tokens' [Hkv], ``router``: the choice's (down, up)
+    bias [Hkv], ``token_bias``: the chosen tokens' [Hkv], ``router``: the choice's router
     (content-selected blocks; None: none)."""
     if backend in ("flex", "hybrid"):
         if q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:

@@ -20,7 +20,7 @@ def masked_attention(
     """SDPA with the graph as an L x L boolean mask: O(L^2) memory, so only for short CPU sequences,
     where it is several times faster than the gather (fused kernels, no B x H x L x K x d copies).
     ``bias`` [Hkv] (the summary keys' logit bias) and ``token_bias`` [Hkv] (the chosen tokens'): the mask
-    becomes additive, each on its columns. ``router``: the choice's (down, up) (``select_router_rank``)."""
+    becomes additive, each on its columns. ``router``: the choice's router (``select_router_rank``)."""
     text_len = q.shape[2] - config.num_globals
     key = (graph.graph_key(config), layer, text_len, str(q.device))
     cached = _masks.get(key)
