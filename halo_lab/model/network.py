@@ -96,8 +96,7 @@ class Attention(nn.Module):
         )
         # the choice's own low-rank router (select_router_rank, graph.selection.route_queries): down is drawn
         # by _CausalLM.reset_parameters after the other weights (which a router then leaves as they were)
-        r = config.select_router_rank if arch == "halo" and config.selects else 0
-        hq, hkv = config.num_heads, config.num_kv_heads
+        r, hq, hkv = config.select_router_rank if arch == "halo" else 0, config.num_heads, config.num_kv_heads
         self.select_route_down = nn.Parameter(torch.empty(hq, d, r)) if r else None
         self.select_route_up = nn.Parameter(torch.zeros(hq, r, d)) if r else None
         self.select_route_key_down = nn.Parameter(torch.empty(hkv, d, r)) if r else None
@@ -108,14 +107,8 @@ class Attention(nn.Module):
     @property
     def router(self) -> tuple[torch.Tensor, ...] | None:
         """The choice's router (graph.selection.route_queries, route_keys), None without one."""
-        if self.select_route_down is None:
-            return None
-        return (
-            self.select_route_down,
-            self.select_route_up,
-            self.select_route_key_down,
-            self.select_route_key_up,
-        )
+        names = ("select_route_down", "select_route_up", "select_route_key_down", "select_route_key_up")
+        return None if self.select_route_down is None else tuple(getattr(self, n) for n in names)
 
     def forward(self, x, cos, sin, step: int, cache: attn.KVCache | None = None, pos=None) -> torch.Tensor:
         B, T, _ = x.shape

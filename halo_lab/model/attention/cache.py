@@ -210,7 +210,8 @@ class KVCache:
             (self.summary_k, summaries(self.k[:, :, :end].float(), cfg, G, w)),
             (self.summary_v, summaries(self.v[:, :, :end].float(), cfg, G, w)),
         ]
-        rk = route_keys(self.k[:, :, :end], self.router)  # the keys the choice ranks (k without a router)
+        if self.summary_rk is not None or self.summary_lo is not None:  # the keys the choice ranks
+            rk = route_keys(self.k[:, :, :end], self.router)  # k without a router
         if self.summary_rk is not None:
             written.append((self.summary_rk, summaries(rk, cfg, G, w)))
         if self.summary_lo is not None:

@@ -84,6 +84,42 @@ def static_decode_attend(q, cache: KVCache, pos: torch.Tensor) -> torch.Tensor:
     return gather_decode_attention(q, cache.k, cache.v, slots)
 
 
+def _refresh_summaries(cache: KVCache, block: torch.Tensor, rows: torch.Tensor, m: int, nb: int):
+    """Write the summaries (and with the bound score the key extrema) of the block ``block`` whose cache
+    rows are ``rows``, and of its group; (min, max) stores for the bound score, else None."""
+    d = cache.k.shape[-1]
+    weights = None
+    if cache.summary_pool is not None:  # the learned pooling (select_pooling=learned)
+        vb = cache.v.index_select(2, rows).float()
+        logits = torch.einsum("bhkd,hd->bhk", vb, cache.summary_pool.float()) / math.sqrt(d)
+        weights = torch.softmax(logits, dim=-1).unsqueeze(-1)
+    rows_k = None  # the keys the choice ranks (k without a router), where a store reads them
+    if cache.summary_rk is not None or cache.summary_lo is not None:
+        rows_k = route_keys(cache.k.index_select(2, rows), cache.router)
+    stores = [(cache.summary_k, cache.k), (cache.summary_v, cache.v)]
+    if cache.summary_rk is not None:  # a router: its routed keys' summaries too
+        stores.append((cache.summary_rk, None))
+    for store, x in stores:  # fp32 stores
+        rows_x = rows_k if x is None else x.index_select(2, rows).float()
+        pooled = rows_x.mean(2) if weights is None else (rows_x * weights).sum(2)
+        store.index_copy_(2, block, pooled.unsqueeze(2))
+        if m:
+            group = torch.div(block, m, rounding_mode="floor")
+            fine = store.index_select(2, group * m + torch.arange(m, device=rows.device))
+            store.index_copy_(2, nb + group, fine.mean(2, keepdim=True))
+    bounds = None
+    if cache.summary_lo is not None:  # select_score=bound: the block's (and group's) key min and max
+        bounds = (cache.summary_lo, cache.summary_hi)
+        for store, new in zip(bounds, (rows_k.amin(2), rows_k.amax(2))):
+            store.index_copy_(2, block, new.unsqueeze(2))
+            if m:
+                group = torch.div(block, m, rounding_mode="floor")
+                fine = store.index_select(2, group * m + torch.arange(m, device=rows.device))
+                whole = fine.amin(2, keepdim=True) if store is bounds[0] else fine.amax(2, keepdim=True)
+                store.index_copy_(2, nb + group, whole)
+    return bounds
+
+
 def _selected_decode_attention(q, cache: KVCache, pos: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     """The one-token step with content-selected blocks (static shapes): refresh the summary of the new
     token's block and group, choose over the stored summaries, then one SDPA over the graph's keys, the
@@ -95,33 +131,7 @@ def _selected_decode_attention(q, cache: KVCache, pos: torch.Tensor, slots: torc
     t = pos - G
     block = torch.div(t, b, rounding_mode="floor")
     rows = (G + block * b + torch.arange(b, device=q.device)).clamp(max=last)  # a partial block: unused
-    weights = None
-    if cache.summary_pool is not None:  # the learned pooling (select_pooling=learned)
-        vb = cache.v.index_select(2, rows).float()
-        logits = torch.einsum("bhkd,hd->bhk", vb, cache.summary_pool.float()) / math.sqrt(d)
-        weights = torch.softmax(logits, dim=-1).unsqueeze(-1)
-    rows_k = route_keys(cache.k.index_select(2, rows), cache.router)  # the keys the choice ranks
-    stores = [(cache.summary_k, cache.k), (cache.summary_v, cache.v)]
-    if cache.summary_rk is not None:  # a router: its routed keys' summaries too
-        stores.append((cache.summary_rk, None))
-    for store, x in stores:  # fp32 stores
-        rows_x = rows_k if x is None else x.index_select(2, rows).float()
-        pooled = rows_x.mean(2) if weights is None else (rows_x * weights).sum(2)
-        store.index_copy_(2, block, pooled.unsqueeze(2))
-        if m:
-            group = torch.div(block, m, rounding_mode="floor")
-            fine = store.index_select(2, group * m + torch.arange(m, device=q.device))
-            store.index_copy_(2, nb + group, fine.mean(2, keepdim=True))
-    bounds = None
-    if cache.summary_lo is not None:  # select_score=bound: the block's (and group's) key min and max
-        bounds = (cache.summary_lo, cache.summary_hi)
-        for store, new in zip(bounds, (rows_k.amin(2), rows_k.amax(2))):
-            store.index_copy_(2, block, new.unsqueeze(2))
-            if m:
-                group = torch.div(block, m, rounding_mode="floor")
-                fine = store.index_select(2, group * m + torch.arange(m, device=q.device))
-                whole = fine.amin(2, keepdim=True) if store is bounds[0] else fine.amax(2, keepdim=True)
-                store.index_copy_(2, nb + group, whole)
+    bounds = _refresh_summaries(cache, block, rows, m, nb)
     qg = route_queries(q, cache.router).view(B, Hkv, Hq // Hkv, 1, d)
     ranked = cache.summary_k if cache.summary_rk is None else cache.summary_rk
     scores = summary_scores(cfg, qg, ranked, bounds) / math.sqrt(d)
