@@ -4,6 +4,8 @@ python experiments/bench/kernel_tune.py OUT_DIR [VARIANT ...]   (default: all of
 B*N = 65,536 tokens, the default graph, bf16; dense = causal flash SDPA in the same process)
 python experiments/bench/kernel_tune.py OUT_DIR --select [VARIANT ...]   (the same for the bench's
 triton_select, halo_lab.bench.attention.SELECT, with SELECT_VARIANTS at 1K, 4K and 16K)
+--n=N (repeatable) times only those lengths. The JSON is rewritten after each length, so a run cut by a
+time limit keeps the lengths it finished.
 """
 
 from __future__ import annotations
@@ -158,9 +160,14 @@ EXTRAS: dict = {}  # the selection's parameters (pool, biases) with --select
 
 def main(out: str, names: list[str]) -> None:
     global CONFIG, EXTRAS
+    lengths = [int(a.split("=", 1)[1]) for a in names if a.startswith("--n=")]
+    names = [a for a in names if not a.startswith("--n=")]
     select = bool(names) and names[0] == "--select"
     table = SELECT_VARIANTS if select else VARIANTS
     names = names[1:] if select else names
+    unknown = [name for name in names if name not in table]
+    if unknown:
+        raise SystemExit(f"kernel_tune.py: unknown variant(s) {unknown}; known: {sorted(table)}")
     if select:
         from halo_lab.bench.attention import SELECT, selection_parameters
 
@@ -169,7 +176,7 @@ def main(out: str, names: list[str]) -> None:
     variants = {name: table[name] for name in names} if names else table
     results: dict = {"device": torch.cuda.get_device_name(), "rounds": ROUNDS, "select": select, "rows": []}
     print(results["device"], flush=True)
-    for n in (1024, 4096, 16384) if select else (1024, 16384, 65536):
+    for n in lengths or ((1024, 4096, 16384) if select else (1024, 16384, 65536)):
         q, k, v, g = inputs(n, CONFIG)
         fns = {"dense": lambda q, k, v: attn.dense_attention(q, k, v)}
         fns.update(
@@ -206,9 +213,9 @@ def main(out: str, names: list[str]) -> None:
             )
         interface.TUNED.clear()
         interface._PLANS.clear()
-    os.makedirs(out, exist_ok=True)
-    with open(f"{out}/kernel_tune{'_select' if select else ''}.json", "w") as f:
-        json.dump(results, f, indent=2)
+        os.makedirs(out, exist_ok=True)
+        with open(f"{out}/kernel_tune{'_select' if select else ''}.json", "w") as f:
+            json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":
