@@ -202,3 +202,54 @@ def test_the_exported_model_takes_the_routed_choice(tmp_path):
         torch.testing.assert_close(hf(x).logits, ours, rtol=1e-5, atol=1e-5)
         zero_ups(hf.layers)  # the router is read: zeroed, the logits differ
         assert not torch.allclose(hf(x).logits, ours, rtol=1e-5, atol=1e-5)
+
+
+def test_the_dense_warmup_trains_through_dense_attention_and_evaluates_the_graph(monkeypatch):
+    """While set, a training forward is dense causal attention over every key (the same as a model whose
+    HALO attention is replaced by SDPA); in eval mode the graph runs whatever the flag."""
+    torch.manual_seed(5)
+    model = HaloSModel(cfg(select_router_rank=4))
+    randomise_routers(model)
+    x = torch.randint(0, 64, (2, 96))
+    with torch.no_grad():
+        evaluated = model.eval()(x)[0]
+    model.train()
+    graph = model(x)[0]
+    model.set_dense_warmup(True)
+    warm = model(x)[0]
+    assert not torch.allclose(warm, graph)
+    assert model.backend_record.get("training") == "dense"
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x)[0], evaluated)
+    model.set_dense_warmup(False)
+    monkeypatch.setattr(attn, "halo_attention", lambda q, k, v, *a, **kw: attn.dense_attention(q, k, v))
+    model.train()
+    torch.testing.assert_close(model(x)[0], warm)
+    # causal: a later token changes no earlier logit in the warm-up either
+    model.set_dense_warmup(True)
+    y = x.clone()
+    y[:, 50] = (y[:, 50] + 1) % 64
+    assert torch.allclose(model(y)[0][:, :50], warm[:, :50], atol=1e-6)
+
+
+@pytest.mark.parametrize("warmup,ran", [(10, "dense"), (2, "masked")])
+def test_a_run_switches_from_the_dense_warmup_to_the_graph_at_its_step(tmp_path, warmup, ran):
+    import json
+
+    from halo_lab.train import run
+
+    over = ["+experiment=needle_tiny", "variant=halo_select", "model.select_block_size=4", "logger=none",
+            "model.attention_backend=masked", f"module.select_dense_warmup={warmup}"]  # fmt: skip
+    assert run(compose_config(over, output_dir=tmp_path))["steps"] == 4
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["attention_backend"] == ran  # what the last training step ran
+
+
+@pytest.mark.parametrize(
+    "overrides,bad",
+    [(["module.select_dense_warmup=-1"], "-1"), (["module.select_dense_warmup=1.5"], "1.5"),
+     (["variant=dense", "module.select_dense_warmup=10"], "10")],
+)  # fmt: skip
+def test_bad_dense_warmups_are_named(tmp_path, overrides, bad):
+    with pytest.raises(ConfigError, match=rf"^module\.select_dense_warmup={bad}: must be an integer >= 0"):
+        validate_config(compose_config(["+experiment=needle_tiny", *overrides], output_dir=tmp_path))

@@ -515,6 +515,15 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("mqar_4096", "halo_select", 2, 3, seed=s, slot=900, tag="lr5e-4-router16", extra=mqar5e4 + ["model.select_router_rank=16", "module.select_routing_loss=1.0"])
         for s in (0, 1, 2)
     ]  # fmt: skip
+    # ... and with HALO-S's dense warm-up (module.select_dense_warmup=2000: dense attention for the first
+    # 2,000 steps, DSA's recipe), alone and with the router learning from it, at 7e-4, where both selection
+    # seeds stalled at chance and dense passed (--jobs 4, about 450 s)
+    warm = ["optimizer.lr=7e-4", "module.select_dense_warmup=2000"]
+    select_gpu17_warmup = [
+        Job("mqar_4096", "halo_select", 2, 3, seed=s, slot=900, tag=f"lr7e-4-warm2000{t}", extra=long + warm + e)
+        for t, e in (("", []), ("-router16", ["model.select_router_rank=16", "module.select_routing_loss=1.0"]))
+        for s in (0, 1)
+    ]  # fmt: skip
     # Both rows at 7e-4, between 5e-4 (dense 2 of 2, the selection 1 of 3) and 1e-3 (dense 1 of 2, the
     # selection 2 of 2): a shared rate where both may pass on 2 seeds (--jobs 4, about 400 s)
     select_gpu16_mqar7e4 = [
@@ -637,6 +646,12 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         *(Job("mqar_select", "halo_select", 2, 3, seed=s, slot=5400, min_slot=600, tag="lr3e-4-router16", extra=lr3e4_128 + router) for s in (0, 1)),
         Job("baseline_cpu", "halo_select", 2, 0, slot=3600, min_slot=300, tag="tokbias2-router16", extra=lm_cpu + tb2 + router),
     ]  # fmt: skip
+    # HALO-S's dense warm-up on the CPU (module.select_dense_warmup=500 of MQAR (128, 8)'s 1,500 steps at lr
+    # 3e-4, seeds 0 and 1; select_route_cpu's recipe) (--cpu --jobs 2)
+    select_warmup_cpu = [
+        Job("mqar_select", "halo_select", 2, 3, seed=s, slot=5400, min_slot=600, tag="lr3e-4-warm500", extra=lr3e4_128 + ["module.select_dense_warmup=500"])
+        for s in (0, 1)
+    ]  # fmt: skip
     # The -2 start's second points on the CPU (--cpu --jobs 2), after the GPU-scale LM matched HALO-S with it
     # (select_tokbias_lm_gpu): MQAR (128, 8) seed 0, MQAR (256, 16) seed 1, the CPU-scale LM seed 1
     select_tokbias3_cpu = [
@@ -728,6 +743,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu16_route": (select_gpu16_route, 3),
         "select_gpu16_mqar7e4": (select_gpu16_mqar7e4, 4),
         "select_gpu17_router": (select_gpu17_router, 3),
+        "select_gpu17_warmup": (select_gpu17_warmup, 4),
         "select_gpu14_lm": (select_gpu14_lm, 6),
         "select_gpu14_l6_select": (select_gpu14_l6[:2], 2),
         "select_gpu14_l6_halo": (select_gpu14_l6[2:4], 2),
@@ -757,6 +773,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_route2_cpu": (select_route2_cpu, 1),
         "select_route3_cpu": (select_route3_cpu, 2),
         "select_router_cpu": (select_router_cpu, 2),
+        "select_warmup_cpu": (select_warmup_cpu, 2),
         "select_cpu": (select_cpu, 2),
         "part1": (part1, 14),
         "part2": (part2, 14),

@@ -21,50 +21,8 @@ from halo_lab.graph import selection
 from halo_lab.kernels.rope import rope_qk
 from halo_lab.model import attention as attn
 from halo_lab.model.conv import CausalConv
+from halo_lab.model.layers import FeedForward, RotaryEmbedding, make_norm
 from halo_lab.utils import count_parameters as _count_parameters
-
-
-class RotaryEmbedding(nn.Module):
-    """Rotate-half RoPE (the reference's convention) with a cos/sin table grown on demand."""
-
-    def __init__(self, head_dim: int, max_positions: int, base: float):
-        super().__init__()
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self._build(max_positions)
-
-    def _build(self, n: int) -> None:
-        freqs = torch.outer(torch.arange(n, dtype=torch.float32, device=self.inv_freq.device), self.inv_freq)
-        emb = torch.cat([freqs, freqs], dim=-1)
-        self.register_buffer("cos", emb.cos(), persistent=False)
-        self.register_buffer("sin", emb.sin(), persistent=False)
-
-    def forward(self, start: int, length: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        if start + length > self.cos.shape[0]:
-            self._build(start + length)
-        return self.cos[start : start + length].to(dtype), self.sin[start : start + length].to(dtype)
-
-
-def make_norm(config: HaloConfig) -> nn.Module:
-    if config.norm == "rmsnorm":
-        return nn.RMSNorm(config.hidden_size, eps=config.norm_eps)
-    return nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
-
-
-class FeedForward(nn.Module):
-    """SwiGLU: w2(silu(w1 x) * w3 x); GELU (use_swiglu=False): w2(gelu(w1 x))."""
-
-    def __init__(self, config: HaloConfig):
-        super().__init__()
-        inner = config.ffn_mult * config.hidden_size
-        self.w1 = nn.Linear(config.hidden_size, inner, bias=False)
-        self.w2 = nn.Linear(inner, config.hidden_size, bias=False)
-        self.w3 = nn.Linear(config.hidden_size, inner, bias=False) if config.use_swiglu else None
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.silu(self.w1(x)) * self.w3(x) if self.w3 is not None else F.gelu(self.w1(x))
-        return self.dropout(self.w2(h))
 
 
 class Attention(nn.Module):
@@ -101,8 +59,9 @@ class Attention(nn.Module):
         self.select_route_up = nn.Parameter(torch.zeros(hq, r, d)) if r else None
         self.select_route_key_down = nn.Parameter(torch.empty(hkv, d, r)) if r else None
         self.select_route_key_up = nn.Parameter(torch.zeros(hkv, r, d)) if r else None
-        # the routing loss on this many queries in training (0: off; _CausalLM.set_routing_queries)
-        self.routing_queries, self.routing = 0, None
+        # the routing loss on this many queries in training (0: off; _CausalLM.set_routing_queries); dense
+        # causal attention in training forwards while set (HALO-S's dense warm-up; set_dense_warmup)
+        self.routing_queries, self.routing, self.dense_warmup = 0, None, False
 
     @property
     def router(self) -> tuple[torch.Tensor, ...] | None:
@@ -125,20 +84,25 @@ class Attention(nn.Module):
         elif cache is None or cache.length == 0:  # whole sequence (or a cache prefill)
             if cache is not None:
                 cache.append(k, v)
-            if self.arch == "dense":
+            warm = self.dense_warmup and self.training and self.arch == "halo"
+            if self.arch == "dense" or warm:
                 y = attn.dense_attention(q, k, v)
+                if warm and self.record is not None:
+                    self.record.note("dense")
             else:
                 backend = attn.resolve_backend(cfg, x.device, T)
                 pool, bias, token_bias = self.select_pool, self.select_bias, self.select_token_bias
                 y = attn.halo_attention(
                     q, k, v, cfg, self.layer, step, backend, self.record, pool, bias, token_bias, self.router
                 )
-                routed = self.routing_queries and self.training and cfg.selects and torch.is_grad_enabled()
-                self.routing = (
-                    selection.routing_loss(q, k, v, cfg, self.routing_queries, step, pool, self.router)
-                    if routed
-                    else None
+            routed = self.routing_queries and self.training and cfg.selects and torch.is_grad_enabled()
+            self.routing = (
+                selection.routing_loss(
+                    q, k, v, cfg, self.routing_queries, step, self.select_pool, self.router
                 )
+                if routed
+                else None
+            )
         else:  # decoding: the new positions attend into the cache
             start = cache.length
             k_all, v_all = cache.append(k, v)
@@ -272,6 +236,13 @@ class _CausalLM(nn.Module):
         each training forward (0: off); ``routing_loss`` reads it."""
         for layer in self.layers:
             layer.attn.routing_queries = count
+
+    def set_dense_warmup(self, on: bool) -> None:
+        """HALO-S's training forwards with dense causal attention while ``on`` (DSA's dense warm-up: the
+        lookups form over every key before the graph and the selection restrict them); evaluation,
+        generation and the decode step keep the graph."""
+        for layer in self.layers:
+            layer.attn.dense_warmup = bool(on)
 
     def routing_loss(self) -> torch.Tensor | None:
         """The mean over layers of the last training forward's routing losses; None when none ran."""

@@ -125,6 +125,7 @@ def build_module(cfg: DictConfig, checked: dict[str, Any]) -> pl.LightningModule
         select_bias_lr_scale=checked["select_bias_lr_scale"],
         select_routing_loss=checked["select_routing_loss"],
         select_routing_queries=checked["select_routing_queries"],
+        select_dense_warmup=checked["select_dense_warmup"],
     )
 
 

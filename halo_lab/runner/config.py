@@ -386,7 +386,7 @@ def _number(x: Any) -> bool:
 
 def _module_options(module: dict, model_config: dict, arch: str) -> dict[str, Any]:
     """The module group's selection options, checked: the biases' rate scale, the routing loss's weight
-    (it trains the scores that rank the selected blocks, so it needs a model that selects) and queries."""
+    (it trains the ranking: a model that selects), its queries, a router's need of it, the dense warm-up."""
     scale = module.get("select_bias_lr_scale", 1.0)
     _check(_number(scale) and scale > 0, "module.select_bias_lr_scale", scale, "must be a number > 0")
     weight = module.get("select_routing_loss", 0.0)
@@ -397,11 +397,11 @@ def _module_options(module: dict, model_config: dict, arch: str) -> dict[str, An
     rank = model_config.get("select_router_rank") or 0  # HaloConfig checks its type and the selection
     why = "the router learns from the routing loss alone: set module.select_routing_loss > 0 (e.g. 1)"
     _check(not rank or weight > 0 or arch != "halo", "model.select_router_rank", rank, why)
-    queries = module.get("select_routing_queries", 64)
-    ok = isinstance(queries, int) and not isinstance(queries, bool) and queries > 0
-    _check(ok, "module.select_routing_queries", queries, "must be an integer > 0")
+    queries, warmup = module.get("select_routing_queries", 64), module.get("select_dense_warmup", 0)
+    _check(type(queries) is int and queries > 0, "module.select_routing_queries", queries, "must be an integer > 0")  # fmt: skip
+    _check(type(warmup) is int and warmup >= 0 and (not warmup or arch == "halo"), "module.select_dense_warmup", warmup, "must be an integer >= 0 (steps), for HALO-S: dense is dense")  # fmt: skip
     return {"select_bias_lr_scale": float(scale), "select_routing_loss": float(weight),
-            "select_routing_queries": queries}  # fmt: skip
+            "select_routing_queries": queries, "select_dense_warmup": warmup}  # fmt: skip
 
 
 _MISSING_HINTS = {

@@ -124,6 +124,7 @@ class HaloLitModule(pl.LightningModule):
         select_bias_lr_scale: float = 1.0,
         select_routing_loss: float = 0.0,
         select_routing_queries: int = 64,
+        select_dense_warmup: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -226,6 +227,9 @@ class HaloLitModule(pl.LightningModule):
         # The random graph edges are a function of the global step: identical on every DDP rank, and a
         # resumed run continues the same sequence.
         self.model.set_graph_step(self.global_step)
+        warmup = self.hparams.get("select_dense_warmup", 0)  # absent from older checkpoints
+        if warmup:  # HALO-S's training forwards dense for the first steps (a resumed run: by its step)
+            self.model.set_dense_warmup(self.global_step < warmup)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         input_ids, targets, _ = self._split(batch)
