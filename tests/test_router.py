@@ -253,3 +253,22 @@ def test_a_run_switches_from_the_dense_warmup_to_the_graph_at_its_step(tmp_path,
 def test_bad_dense_warmups_are_named(tmp_path, overrides, bad):
     with pytest.raises(ConfigError, match=rf"^module\.select_dense_warmup={bad}: must be an integer >= 0"):
         validate_config(compose_config(["+experiment=needle_tiny", *overrides], output_dir=tmp_path))
+
+
+def test_the_dense_warmup_under_ddp_needs_find_unused_parameters():
+    """The selection's pooling and biases get no gradient while the attention is dense: DDP's reducer
+    needs find_unused_parameters, named before training instead of a hang or a reducer error."""
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+    from halo_lab.runner.module import check_warmup_strategy
+
+    hp = {"select_dense_warmup": 10, "model_config": {"select_blocks": 4}}
+    match = r"^module\.select_dense_warmup=10: under DDP .*trainer\.strategy\.find_unused_parameters=true$"
+    with pytest.raises(ConfigError, match=match):
+        check_warmup_strategy(hp, DDPStrategy(find_unused_parameters=False))
+    check_warmup_strategy(hp, DDPStrategy(find_unused_parameters=True))
+    check_warmup_strategy(hp, SingleDeviceStrategy(device="cpu"))
+    check_warmup_strategy(
+        {**hp, "model_config": {"select_blocks": 0}}, DDPStrategy(find_unused_parameters=False)
+    )
+    check_warmup_strategy({**hp, "select_dense_warmup": 0}, DDPStrategy(find_unused_parameters=False))

@@ -652,6 +652,12 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("mqar_select", "halo_select", 2, 3, seed=s, slot=5400, min_slot=600, tag="lr3e-4-warm500", extra=lr3e4_128 + ["module.select_dense_warmup=500"])
         for s in (0, 1)
     ]  # fmt: skip
+    # ... its LM cost (the CPU-scale LM at 1024, seed 0, 150 dense steps of 500; select_route_cpu's LM row)
+    # and a shorter warm-up on MQAR (128, 8) (200 steps, seed 0) (--cpu --jobs 2)
+    select_warmup2_cpu = [
+        Job("baseline_cpu", "halo_select", 2, 0, slot=3600, min_slot=300, tag="tokbias2-warm150", extra=lm_cpu + tb2 + ["module.select_dense_warmup=150"]),
+        Job("mqar_select", "halo_select", 2, 3, slot=5400, min_slot=600, tag="lr3e-4-warm200", extra=lr3e4_128 + ["module.select_dense_warmup=200"]),
+    ]  # fmt: skip
     # The -2 start's second points on the CPU (--cpu --jobs 2), after the GPU-scale LM matched HALO-S with it
     # (select_tokbias_lm_gpu): MQAR (128, 8) seed 0, MQAR (256, 16) seed 1, the CPU-scale LM seed 1
     select_tokbias3_cpu = [
@@ -774,6 +780,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_route3_cpu": (select_route3_cpu, 2),
         "select_router_cpu": (select_router_cpu, 2),
         "select_warmup_cpu": (select_warmup_cpu, 2),
+        "select_warmup2_cpu": (select_warmup2_cpu, 2),
         "select_cpu": (select_cpu, 2),
         "part1": (part1, 14),
         "part2": (part2, 14),

@@ -58,6 +58,27 @@ def warmup_cosine_schedule(
 SELECT_BIASES = ("select_bias", "select_token_bias")
 
 
+def check_warmup_strategy(hparams: Any, strategy: Any) -> None:
+    """A ConfigError before training when the dense warm-up of a selecting model runs under DDP without
+    ``find_unused_parameters``: the selection's parameters (pooling, biases) get no gradient while the
+    attention is dense, and DDP's reducer would stop at the first step's backward."""
+    warmup = hparams.get("select_dense_warmup", 0)
+    ddp = getattr(strategy, "_ddp_kwargs", None)
+    if (
+        not warmup
+        or ddp is None
+        or ddp.get("find_unused_parameters")
+        or not hparams["model_config"].get("select_blocks")
+    ):
+        return
+    from halo_lab.runner.config import ConfigError
+
+    raise ConfigError(
+        f"module.select_dense_warmup={warmup}: under DDP the selection's parameters get no gradient while the "
+        "attention is dense; set trainer.strategy.find_unused_parameters=true"
+    )
+
+
 def param_groups(
     model: nn.Module,
     weight_decay: float | None = None,
@@ -176,6 +197,7 @@ class HaloLitModule(pl.LightningModule):
                 f"model.vocab_size={configured}: smaller than the data's vocabulary ({vocab} token ids); set "
                 f"model.vocab_size=null to follow the data, or at least {vocab}"
             )
+        check_warmup_strategy(self.hparams, getattr(trainer, "strategy", None))
         tok = getattr(dm, "tokenizer", None)
         if tok is not None:  # the checkpoint (and the hub export) records what the ids mean
             self.tokenizer = tok
