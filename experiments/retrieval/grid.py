@@ -658,6 +658,12 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("baseline_cpu", "halo_select", 2, 0, slot=3600, min_slot=300, tag="tokbias2-warm150", extra=lm_cpu + tb2 + ["module.select_dense_warmup=150"]),
         Job("mqar_select", "halo_select", 2, 3, slot=5400, min_slot=600, tag="lr3e-4-warm200", extra=lr3e4_128 + ["module.select_dense_warmup=200"]),
     ]  # fmt: skip
+    # ... a warm-up of 10% of the CPU LM's steps (50 of 500, seed 0) and 100 steps on MQAR (128, 8) (seeds 0
+    # and 1): how short a warm-up still starts the lookup, and what the LM pays for it (--cpu --jobs 2)
+    select_warmup3_cpu = [
+        Job("baseline_cpu", "halo_select", 2, 0, slot=3600, min_slot=300, tag="tokbias2-warm50", extra=lm_cpu + tb2 + ["module.select_dense_warmup=50"]),
+        *(Job("mqar_select", "halo_select", 2, 3, seed=s, slot=5400, min_slot=600, tag="lr3e-4-warm100", extra=lr3e4_128 + ["module.select_dense_warmup=100"]) for s in (0, 1)),
+    ]  # fmt: skip
     # The -2 start's second points on the CPU (--cpu --jobs 2), after the GPU-scale LM matched HALO-S with it
     # (select_tokbias_lm_gpu): MQAR (128, 8) seed 0, MQAR (256, 16) seed 1, the CPU-scale LM seed 1
     select_tokbias3_cpu = [
@@ -708,6 +714,12 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job(f"{t}_1024", "halo_select", 2, 3, slot=900, min_slot=300, tag="tokbias2", extra=tb2)
         for t in ("needle", "mqar")
     ]
+    # What HALO-S's dense warm-up costs the GPU-scale LM (select_tokbias_lm_gpu's selection rows, 3 seeds, with
+    # 100 dense steps of 2,000 = 5%; seed 0 also with 200) (--jobs 4, about 250 s)
+    select_gpu17_lm_warmup = [
+        Job("baseline", "halo_select", 4, 0, seed=s, slot=900, min_slot=300, tag=f"tokbias2-warm{w}", extra=lm + tb2 + [f"module.select_dense_warmup={w}"])
+        for s, w in ((0, 100), (1, 100), (2, 100), (0, 200))
+    ]  # fmt: skip
     # One device call for both, when the device time allows only one: part1's jobs first, 16 at once.
     return {
         "select_gpu1": (select_gpu1, 8),
@@ -750,6 +762,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu16_mqar7e4": (select_gpu16_mqar7e4, 4),
         "select_gpu17_router": (select_gpu17_router, 3),
         "select_gpu17_warmup": (select_gpu17_warmup, 4),
+        "select_gpu17_lm_warmup": (select_gpu17_lm_warmup, 4),
         "select_gpu14_lm": (select_gpu14_lm, 6),
         "select_gpu14_l6_select": (select_gpu14_l6[:2], 2),
         "select_gpu14_l6_halo": (select_gpu14_l6[2:4], 2),
@@ -781,6 +794,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_router_cpu": (select_router_cpu, 2),
         "select_warmup_cpu": (select_warmup_cpu, 2),
         "select_warmup2_cpu": (select_warmup2_cpu, 2),
+        "select_warmup3_cpu": (select_warmup3_cpu, 2),
         "select_cpu": (select_cpu, 2),
         "part1": (part1, 14),
         "part2": (part2, 14),
