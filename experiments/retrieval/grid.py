@@ -664,6 +664,12 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("baseline_cpu", "halo_select", 2, 0, slot=3600, min_slot=300, tag="tokbias2-warm50", extra=lm_cpu + tb2 + ["module.select_dense_warmup=50"]),
         *(Job("mqar_select", "halo_select", 2, 3, seed=s, slot=5400, min_slot=600, tag="lr3e-4-warm100", extra=lr3e4_128 + ["module.select_dense_warmup=100"]) for s in (0, 1)),
     ]  # fmt: skip
+    # ... their second seeds: the LM's 10% warm-up on seed 1 (select_tokbias3_cpu's LM row: 1.813 without)
+    # and 200 steps on MQAR (128, 8) seed 1 (--cpu --jobs 2)
+    select_warmup4_cpu = [
+        Job("baseline_cpu", "halo_select", 2, 0, seed=1, slot=3600, min_slot=300, tag="tokbias2-warm50", extra=lm_cpu + tb2 + ["module.select_dense_warmup=50"]),
+        Job("mqar_select", "halo_select", 2, 3, seed=1, slot=5400, min_slot=600, tag="lr3e-4-warm200", extra=lr3e4_128 + ["module.select_dense_warmup=200"]),
+    ]  # fmt: skip
     # The -2 start's second points on the CPU (--cpu --jobs 2), after the GPU-scale LM matched HALO-S with it
     # (select_tokbias_lm_gpu): MQAR (128, 8) seed 0, MQAR (256, 16) seed 1, the CPU-scale LM seed 1
     select_tokbias3_cpu = [
@@ -795,6 +801,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_warmup_cpu": (select_warmup_cpu, 2),
         "select_warmup2_cpu": (select_warmup2_cpu, 2),
         "select_warmup3_cpu": (select_warmup3_cpu, 2),
+        "select_warmup4_cpu": (select_warmup4_cpu, 2),
         "select_cpu": (select_cpu, 2),
         "part1": (part1, 14),
         "part2": (part2, 14),
