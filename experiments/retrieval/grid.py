@@ -768,6 +768,8 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu16_mqar7e4": (select_gpu16_mqar7e4, 4),
         "select_gpu17_router": (select_gpu17_router, 3),
         "select_gpu17_warmup": (select_gpu17_warmup, 4),
+        # its two warm-up rows without the router, alone (a call with less device time; --jobs 2)
+        "select_gpu17_warmup_only": (select_gpu17_warmup[:2], 2),
         "select_gpu17_lm_warmup": (select_gpu17_lm_warmup, 4),
         "select_gpu14_lm": (select_gpu14_lm, 6),
         "select_gpu14_l6_select": (select_gpu14_l6[:2], 2),
