@@ -208,28 +208,27 @@ def test_query_tiles_past_many_groups_equal_the_reference():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=lambda s, name=name: f"d{name}: {s}")
 
 
-def with_sel_kg(monkeypatch, kg: int) -> None:
-    """The dQ pass's ``SEL_KG`` set to ``kg`` for this test (interface.py: 0 atomics, 1 and 2 timing
-    probes, 3 the key-block pass, the default), the launch plans rebuilt."""
+def with_sel_kg(monkeypatch, kg: int, key: str = "SEL_KG") -> None:
+    """The dQ pass's ``SEL_KG`` (or ``key``: ``SUM_KG``) set to ``kg`` for this test (interface.py:
+    0 atomics, 1 and 2 timing probes, 3 the key-block pass, SEL_KG's default), the launch plans rebuilt."""
     from halo_lab.kernels.halo_attention import interface
 
     plain = interface._options
-    monkeypatch.setattr(
-        interface, "_options", lambda *a: {**plain(*a), "dq": {**plain(*a)["dq"], "SEL_KG": kg}}
-    )
+    monkeypatch.setattr(interface, "_options", lambda *a: {**plain(*a), "dq": {**plain(*a)["dq"], key: kg}})
     monkeypatch.setattr(interface, "_PLANS", {})
 
 
-@pytest.mark.parametrize("probe", [1, 2])
-def test_the_dq_pass_timing_probes_change_only_the_selected_keys_grads(monkeypatch, probe):
-    """kernel_tune.py times the dQ pass with the selected keys' dK/dV stored (1) or skipped (2): what the
-    atomics cost. The probe is a fair timing only if dQ and the output stay exact and only dK/dV change."""
+@pytest.mark.parametrize("key,probe", [("SEL_KG", 1), ("SEL_KG", 2), ("SUM_KG", 1), ("SUM_KG", 2)])
+def test_the_dq_pass_timing_probes_change_only_the_selected_keys_grads(monkeypatch, key, probe):
+    """kernel_tune.py times the dQ pass with the chosen keys' (SEL_KG) or the summaries' (SUM_KG) dK/dV
+    stored (1) or skipped (2): what their atomics cost. The probe is a fair timing only if dQ and the
+    output stay exact and only dK/dV change."""
     triton_ready()
     c = cfg(attention_backend="triton")
     q, k, v = leaf_qkv(c, 70, seed=3, batch=1)
     ref = reference_attention(q, k, v, c, 1, 7)
     g = torch.randn_like(ref)
-    with_sel_kg(monkeypatch, probe)
+    with_sel_kg(monkeypatch, probe, key)
     out = attn.halo_attention(q, k, v, c, 1, 7, "triton")
     dq, dk, dv = torch.autograd.grad(out, (q, k, v), g)
     rq, rk, rv = torch.autograd.grad(ref, (q, k, v), g)

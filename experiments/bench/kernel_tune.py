@@ -66,8 +66,13 @@ SELECT_VARIANTS = {
     "fwd8": {"fwd": {"num_warps": 8}},  # the default before 2026-12-05's H100 run (fwd4 then: -3 to -4%)
     # timing probes, wrong dK/dV: the selected keys' dK/dV by plain stores, and not at all. What the dQ
     # pass's atomics cost, and the products with them: the case for a pass that owns the chosen keys
-    "probe_kg_store": {"dq": {"SEL_KG": 1}},
-    "probe_kg_none": {"dq": {"SEL_KG": 2}},
+    "probe_kg_store": {"dq": {"SEL_KG": 1, "SUM_KG": 1}},
+    "probe_kg_none": {"dq": {"SEL_KG": 2, "SUM_KG": 2}},
+    # ... and the summaries' alone, the chosen keys' by key blocks as by default (chosen_dkv.py): what the
+    # summaries' fp32 atomics cost the dQ pass (every query tile of a row adds into the same few group
+    # summaries), stored (1) or skipped (2): the case for a pass that owns the summaries
+    "probe_sum_store": {"dq": {"SUM_KG": 1}},
+    "probe_sum_none": {"dq": {"SUM_KG": 2}},
     # exact: the chosen keys' dK/dV by the dQ pass's atomics, the default before the H100's 2026-12-06 run
     # (h100_select_v4/: 12.3 vs 9.0 ms fwd + bwd at 16K against the pass owned by key blocks, chosen_dkv.py)
     "kg_atomics": {"dq": {"SEL_KG": 0}},

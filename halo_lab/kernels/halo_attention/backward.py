@@ -53,8 +53,8 @@ def add_key_grads(DKA, DVA, base, pos, valid, ok, q, do, p, ds, sm_scale, cols,
                   IEEE: tl.constexpr, UPCAST: tl.constexpr, KG: tl.constexpr):  # fmt: skip
     """dK, dV of one key tile (rows ``pos``) from this query tile, added to the fp32 buffers: only the keys
     that are an edge of some row of the tile (``ok`` [BLOCK_M, N]; the others' are zeros), since the
-    atomics of many tiles on the same rows are what this pass waits for. KG (``SEL_KG`` for the selected
-    part): 0 atomics; 1 plain stores and 2 nothing are timing probes of kernel_tune.py (wrong dK/dV: what
+    atomics of many tiles on the same rows are what this pass waits for. KG (``SEL_KG`` for the chosen
+    keys, ``SUM_KG`` for the summaries): 0 atomics; 1 plain stores and 2 nothing are timing probes of kernel_tune.py (wrong dK/dV: what
     the atomics, and the products with them, cost); 3 nothing: the chosen keys' come from chosen_dkv.py."""
     if KG < 2:
         dk = mma(tl.trans(ds.to(q.dtype)), q, IEEE, UPCAST) * sm_scale
@@ -137,20 +137,18 @@ def selected_backward(q, do, lse, delta, dq, k_base, v_base, sk_base, sv_base, D
                       GPT: tl.constexpr, NG2P: tl.constexpr,
                       SUMK: tl.constexpr,
                       SUM_N: tl.constexpr, SUMB: tl.constexpr, TOKB: tl.constexpr, IEEE: tl.constexpr,
-                      UPCAST: tl.constexpr, KG: tl.constexpr):  # fmt: skip
+                      UPCAST: tl.constexpr, KG: tl.constexpr, KS: tl.constexpr):  # fmt: skip
     """dQ of the content-selected key groups of a query tile (the forward's tiles, selected.py), with the
-    chosen keys' dK/dV added to the extras' fp32 buffers and the summaries' to their own (``bh``: b * HKV
-    + h). SUMB: the summaries' scores carry the KV head's bias (``bias_ptr``), whose gradient, the sum of
-    their score gradients, this tile adds to ``dbias_ptr`` (one fp32 atomic). TOKB: the same for the kept
-    chosen keys and the KV head's token bias (``tbias_ptr``, ``dtbias_ptr``; ``chosen_backward``)."""
+    chosen keys' dK/dV added to the extras' fp32 buffers (KG: ``SEL_KG``) and the summaries' to their own
+    (KS: ``SUM_KG``; ``bh``: b * HKV + h). SUMB: the summaries' scores carry the KV head's bias
+    (``bias_ptr``), whose gradient, the sum of their score gradients, this tile adds to ``dbias_ptr`` (one
+    fp32 atomic). TOKB: the same for the kept chosen keys and the KV head's token bias (``tbias_ptr``,
+    ``dtbias_ptr``; ``chosen_backward``)."""
     dq = chosen_backward(
         q, do, lse, delta, dq, k_base, v_base, DKA, DVA, TB, TBN, BLK, RAND, DIST, tile, bh, L, tok, is_text,
         cols, acc_base, stride_kl, stride_vl, stride_ru, UMAX, qk_scale, sm_scale, tbias_ptr, dtbias_ptr,
         G, W, ND, NR, UNIT, SB, SBP, BPT, NSELP, TOKB, IEEE, UPCAST, KG,
     )  # fmt: skip
-    # the summaries' dK/dV: atomics here unless a timing probe skips them (KG 3 hands only the chosen
-    # keys' to chosen_dkv.py)
-    KS: tl.constexpr = KG % 3
     if SUMK:
         c = candidates(tok, is_text, G, W, SB)
         c_hi = tl.max(c, 0)
@@ -218,7 +216,8 @@ def halo_bwd_dq_kernel(
     SMP: tl.constexpr, GPT: tl.constexpr, NG2P: tl.constexpr, SUMK: tl.constexpr, SUM_N: tl.constexpr,
     SUMB: tl.constexpr,
     TOKB: tl.constexpr,
-    SEL_KG: tl.constexpr,  # the selected keys' dK/dV: 0 atomics (2 and 1 are timing probes: add_key_grads)
+    SEL_KG: tl.constexpr,  # the chosen keys' dK/dV: 0 atomics, 3 by chosen_dkv.py (1, 2: probes; add_key_grads)
+    SUM_KG: tl.constexpr,  # the summaries' dK/dV: 0 atomics (1 plain stores, 2 none: timing probes)
 ):  # fmt: skip
     BLOCK_M: tl.constexpr = BLOCK_T * GRP
     NRS: tl.constexpr = NR if SHARED_RANDOM else 0
@@ -306,7 +305,7 @@ def halo_bwd_dq_kernel(
             stride_kl, stride_vl, stride_skl, stride_ru, UMAX, UGMAX, NB, NSUM, qk_scale, sm_scale,
             SBIAS + h, DBIAS + b * HKV + h, TBIAS + h, DTBIAS + b * HKV + h,
             G, W, ND, NR, UNIT, HD, SB, SBP, BPT, NSELP, SM, SMP, GPT, NG2P, SUMK, SUM_N, SUMB, TOKB, IEEE,
-            UPCAST, SEL_KG,
+            UPCAST, SEL_KG, SUM_KG,
         )  # fmt: skip
 
     tl.store(
