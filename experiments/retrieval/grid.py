@@ -670,6 +670,12 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("baseline_cpu", "halo_select", 2, 0, seed=1, slot=3600, min_slot=300, tag="tokbias2-warm50", extra=lm_cpu + tb2 + ["module.select_dense_warmup=50"]),
         Job("mqar_select", "halo_select", 2, 3, seed=1, slot=5400, min_slot=600, tag="lr3e-4-warm200", extra=lr3e4_128 + ["module.select_dense_warmup=200"]),
     ]  # fmt: skip
+    # ... on a second recipe: MQAR (256, 16) at lr 3e-4, the variant alone and after 300 dense steps, seed 0
+    # (--cpu --jobs 2, about 2,400 s)
+    select_warmup5_cpu = [
+        Job("mqar_select", "halo_select", 2, 3, slot=5400, min_slot=600, tag=f"lr3e-4{t}", extra=mqar256 + ["optimizer.lr=3e-4"] + e)
+        for t, e in (("", []), ("-warm300", ["module.select_dense_warmup=300"]))
+    ]  # fmt: skip
     # The -2 start's second points on the CPU (--cpu --jobs 2), after the GPU-scale LM matched HALO-S with it
     # (select_tokbias_lm_gpu): MQAR (128, 8) seed 0, MQAR (256, 16) seed 1, the CPU-scale LM seed 1
     select_tokbias3_cpu = [
@@ -804,6 +810,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_warmup2_cpu": (select_warmup2_cpu, 2),
         "select_warmup3_cpu": (select_warmup3_cpu, 2),
         "select_warmup4_cpu": (select_warmup4_cpu, 2),
+        "select_warmup5_cpu": (select_warmup5_cpu, 2),
         "select_cpu": (select_cpu, 2),
         "part1": (part1, 14),
         "part2": (part2, 14),
