@@ -54,8 +54,9 @@ def add_key_grads(DKA, DVA, base, pos, valid, ok, q, do, p, ds, sm_scale, cols,
     """dK, dV of one key tile (rows ``pos``) from this query tile, added to the fp32 buffers: only the keys
     that are an edge of some row of the tile (``ok`` [BLOCK_M, N]; the others' are zeros), since the
     atomics of many tiles on the same rows are what this pass waits for. KG (``SEL_KG`` for the chosen
-    keys, ``SUM_KG`` for the summaries): 0 atomics; 1 plain stores and 2 nothing are timing probes of kernel_tune.py (wrong dK/dV: what
-    the atomics, and the products with them, cost); 3 nothing: the chosen keys' come from chosen_dkv.py."""
+    keys, ``SUM_KG`` for the summaries): 0 atomics; 1 plain stores and 2 nothing are timing probes of
+    kernel_tune.py (wrong dK/dV: what the atomics, and the products with them, cost); 3 (``SEL_KG`` only)
+    nothing: the chosen keys' come from chosen_dkv.py."""
     if KG < 2:
         dk = mma(tl.trans(ds.to(q.dtype)), q, IEEE, UPCAST) * sm_scale
         dv = mma(tl.trans(p.to(do.dtype)), do, IEEE, UPCAST)
