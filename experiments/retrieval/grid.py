@@ -676,6 +676,11 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("mqar_select", "halo_select", 2, 3, slot=5400, min_slot=600, tag=f"lr3e-4{t}", extra=mqar256 + ["optimizer.lr=3e-4"] + e)
         for t, e in (("", []), ("-warm300", ["module.select_dense_warmup=300"]))
     ]  # fmt: skip
+    # ... its dense gate (dense at the same rate, seed 0) and the warm-up's second seed (--cpu --jobs 2)
+    select_warmup6_cpu = [
+        Job("mqar_select", "dense", 2, 3, slot=5400, min_slot=600, tag="lr3e-4", extra=mqar256 + ["optimizer.lr=3e-4"]),
+        Job("mqar_select", "halo_select", 2, 3, seed=1, slot=5400, min_slot=600, tag="lr3e-4-warm300", extra=mqar256 + ["optimizer.lr=3e-4", "module.select_dense_warmup=300"]),
+    ]  # fmt: skip
     # The -2 start's second points on the CPU (--cpu --jobs 2), after the GPU-scale LM matched HALO-S with it
     # (select_tokbias_lm_gpu): MQAR (128, 8) seed 0, MQAR (256, 16) seed 1, the CPU-scale LM seed 1
     select_tokbias3_cpu = [
@@ -811,6 +816,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_warmup3_cpu": (select_warmup3_cpu, 2),
         "select_warmup4_cpu": (select_warmup4_cpu, 2),
         "select_warmup5_cpu": (select_warmup5_cpu, 2),
+        "select_warmup6_cpu": (select_warmup6_cpu, 2),
         "select_cpu": (select_cpu, 2),
         "part1": (part1, 14),
         "part2": (part2, 14),
