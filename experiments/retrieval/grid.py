@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -681,6 +681,8 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("mqar_select", "dense", 2, 3, slot=5400, min_slot=600, tag="lr3e-4", extra=mqar256 + ["optimizer.lr=3e-4"]),
         Job("mqar_select", "halo_select", 2, 3, seed=1, slot=5400, min_slot=600, tag="lr3e-4-warm300", extra=mqar256 + ["optimizer.lr=3e-4", "module.select_dense_warmup=300"]),
     ]  # fmt: skip
+    # ... and the variant without it on seed 1 (--cpu --jobs 1)
+    select_warmup7_cpu = [replace(select_warmup5_cpu[0], seed=1)]
     # The -2 start's second points on the CPU (--cpu --jobs 2), after the GPU-scale LM matched HALO-S with it
     # (select_tokbias_lm_gpu): MQAR (128, 8) seed 0, MQAR (256, 16) seed 1, the CPU-scale LM seed 1
     select_tokbias3_cpu = [
@@ -817,6 +819,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_warmup4_cpu": (select_warmup4_cpu, 2),
         "select_warmup5_cpu": (select_warmup5_cpu, 2),
         "select_warmup6_cpu": (select_warmup6_cpu, 2),
+        "select_warmup7_cpu": (select_warmup7_cpu, 1),
         "select_cpu": (select_cpu, 2),
         "part1": (part1, 14),
         "part2": (part2, 14),
