@@ -683,6 +683,12 @@ def grids() -> dict[str, tuple[list[Job], int]]:
     ]  # fmt: skip
     # ... and the variant without it on seed 1 (--cpu --jobs 1)
     select_warmup7_cpu = [replace(select_warmup5_cpu[0], seed=1)]
+    # ... and a warm-up that ends before dense leaves chance (150 steps; dense 0.068 at 250, 1.000 at 500),
+    # seeds 0 and 1: a head start or a fix? (--cpu --jobs 2)
+    select_warmup8_cpu = [
+        Job("mqar_select", "halo_select", 2, 3, seed=s, slot=5400, min_slot=600, tag="lr3e-4-warm150", extra=mqar256 + ["optimizer.lr=3e-4", "module.select_dense_warmup=150"])
+        for s in (0, 1)
+    ]  # fmt: skip
     # The -2 start's second points on the CPU (--cpu --jobs 2), after the GPU-scale LM matched HALO-S with it
     # (select_tokbias_lm_gpu): MQAR (128, 8) seed 0, MQAR (256, 16) seed 1, the CPU-scale LM seed 1
     select_tokbias3_cpu = [
@@ -820,6 +826,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_warmup5_cpu": (select_warmup5_cpu, 2),
         "select_warmup6_cpu": (select_warmup6_cpu, 2),
         "select_warmup7_cpu": (select_warmup7_cpu, 1),
+        "select_warmup8_cpu": (select_warmup8_cpu, 2),
         "select_cpu": (select_cpu, 2),
         "part1": (part1, 14),
         "part2": (part2, 14),
