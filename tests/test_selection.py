@@ -208,9 +208,9 @@ def test_query_tiles_past_many_groups_equal_the_reference():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=lambda s, name=name: f"d{name}: {s}")
 
 
-def with_sel_kg(monkeypatch, kg: int, key: str = "SEL_KG") -> None:
-    """The dQ pass's ``SEL_KG`` (or ``key``: ``SUM_KG``) set to ``kg`` for this test (interface.py:
-    0 atomics, 1 and 2 timing probes, 3 the key-block pass, SEL_KG's default), the launch plans rebuilt."""
+def with_dq_option(monkeypatch, key: str, kg: int) -> None:
+    """The dQ pass's ``key`` (``SEL_KG`` or ``SUM_KG``) set to ``kg`` for this test (interface.py: 0
+    atomics, 1 and 2 timing probes, 3 the key-block pass, SEL_KG's default), the launch plans rebuilt."""
     from halo_lab.kernels.halo_attention import interface
 
     plain = interface._options
@@ -228,7 +228,7 @@ def test_the_dq_pass_timing_probes_change_only_the_selected_keys_grads(monkeypat
     q, k, v = leaf_qkv(c, 70, seed=3, batch=1)
     ref = reference_attention(q, k, v, c, 1, 7)
     g = torch.randn_like(ref)
-    with_sel_kg(monkeypatch, probe, key)
+    with_dq_option(monkeypatch, key, probe)
     out = attn.halo_attention(q, k, v, c, 1, 7, "triton")
     dq, dk, dv = torch.autograd.grad(out, (q, k, v), g)
     rq, rk, rv = torch.autograd.grad(ref, (q, k, v), g)
@@ -251,7 +251,7 @@ def test_the_chosen_keys_grads_by_key_blocks_equal_the_reference(monkeypatch, m,
     q, k, v = (t[:1].clone().requires_grad_() for t in qkv(c, n, seed=5 + m, dtype=dtype))
     tb = torch.tensor([-0.3, 0.8], requires_grad=True) if token_bias is not None else None
     ref = reference_attention(q, k, v, c, 1, 7, None, None, tb)
-    with_sel_kg(monkeypatch, kg)
+    with_dq_option(monkeypatch, "SEL_KG", kg)
     out = attn.halo_attention(q, k, v, c, 1, 7, "triton", token_bias=tb)
     tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
     torch.testing.assert_close(out.float(), ref.float(), **tol)
@@ -516,7 +516,7 @@ def test_compiled_kernels_equal_the_reference_at_full_size_cuda(n, pooling, dtyp
     against the reference, values and gradients (u's included; with ``+bias`` a summary bias per KV head,
     with ``+tokens`` a token bias too, their gradients included); the chosen keys' dK/dV by the dQ pass's
     atomics (``SEL_KG`` 0) or by key blocks (3, the default, chosen_dkv.py)."""
-    with_sel_kg(monkeypatch, kg)
+    with_dq_option(monkeypatch, "SEL_KG", kg)
     c = HaloConfig(select_blocks=4, select_pooling=pooling.split("+")[0], graph_seed=3)
     L, dev = c.num_globals + n, "cuda"
     g = torch.Generator(device=dev).manual_seed(n)

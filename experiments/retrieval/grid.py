@@ -679,7 +679,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
     # ... its dense gate (dense at the same rate, seed 0) and the warm-up's second seed (--cpu --jobs 2)
     select_warmup6_cpu = [
         Job("mqar_select", "dense", 2, 3, slot=5400, min_slot=600, tag="lr3e-4", extra=mqar256 + ["optimizer.lr=3e-4"]),
-        Job("mqar_select", "halo_select", 2, 3, seed=1, slot=5400, min_slot=600, tag="lr3e-4-warm300", extra=mqar256 + ["optimizer.lr=3e-4", "module.select_dense_warmup=300"]),
+        replace(select_warmup5_cpu[1], seed=1),
     ]  # fmt: skip
     # ... and the variant without it on seed 1 (--cpu --jobs 1)
     select_warmup7_cpu = [replace(select_warmup5_cpu[0], seed=1)]
