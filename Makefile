@@ -55,7 +55,7 @@ test: $(STAMP)  ## fast test suite (what CI runs)
 	$(PY) -m pytest -q -m "not slow" -n $(TEST_JOBS) --dist loadfile $(ARGS)
 
 test-full: $(STAMP)  ## every test, slow end-to-end ones included
-	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile $(ARGS)
+	HALO_TEST_OVERFLOW_CHECKS=1 $(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile $(ARGS)
 
 lint: $(STAMP)  ## ruff
 	$(PY) -m ruff check halo_lab tests
