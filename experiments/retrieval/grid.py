@@ -524,6 +524,22 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         for t, e in (("", []), ("-router16", ["model.select_router_rank=16", "module.select_routing_loss=1.0"]))
         for s in (0, 1)
     ]  # fmt: skip
+    # The dense phase itself: in none of select_gpu17_warmup's 4 runs did HALO-S's network learn MQAR 4096 in
+    # its 2,000 dense steps (train loss 2.2-2.8 at step 2,000), where the dense network's 2 runs did by
+    # 1,000-1,500. HALO-S under dense attention for all 6,000 steps, with its 2 global tokens and without
+    # (model.num_globals=0), seeds 0 and 1: read train/loss against select_gpu16_mqar7e4's dense rows
+    # (--jobs 4, about 350 s: dense attention throughout)
+    select_gpu18_dense_phase = [
+        Job("mqar_4096", "halo_select", 2, 3, seed=s, slot=900, tag=f"lr7e-4-warm6000{t}", extra=long + ["optimizer.lr=7e-4", "module.select_dense_warmup=6000"] + e)
+        for t, e in (("", []), ("-g0", ["model.num_globals=0"]))
+        for s in (0, 1)
+    ]  # fmt: skip
+    # ... and the selection without the global tokens at 7e-4, where it stalled on 2 of 2 seeds with them
+    # (--jobs 2, about 420 s)
+    select_gpu18_g0 = [
+        Job("mqar_4096", "halo_select", 2, 3, seed=s, slot=900, tag="lr7e-4-g0", extra=long + ["optimizer.lr=7e-4", "model.num_globals=0"])
+        for s in (0, 1)
+    ]  # fmt: skip
     # Both rows at 7e-4, between 5e-4 (dense 2 of 2, the selection 1 of 3) and 1e-3 (dense 1 of 2, the
     # selection 2 of 2): a shared rate where both may pass on 2 seeds (--jobs 4, about 400 s)
     select_gpu16_mqar7e4 = [
@@ -689,6 +705,9 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("mqar_select", "halo_select", 2, 3, seed=s, slot=5400, min_slot=600, tag="lr3e-4-warm150", extra=mqar256 + ["optimizer.lr=3e-4", "module.select_dense_warmup=150"])
         for s in (0, 1)
     ]  # fmt: skip
+    # ... and without HALO-S's 2 global tokens (model.num_globals=0), no warm-up, seeds 0 and 1: are the
+    # global tokens part of the stall? (--cpu --jobs 2; select_gpu18_dense_phase asks it at MQAR 4096)
+    select_g0_cpu = [replace(j, tag="lr3e-4-g0", extra=j.extra + ["model.num_globals=0"]) for j in (select_warmup5_cpu[0], select_warmup7_cpu[0])]
     # The -2 start's second points on the CPU (--cpu --jobs 2), after the GPU-scale LM matched HALO-S with it
     # (select_tokbias_lm_gpu): MQAR (128, 8) seed 0, MQAR (256, 16) seed 1, the CPU-scale LM seed 1
     select_tokbias3_cpu = [
@@ -790,6 +809,8 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         # its two warm-up rows without the router, alone (a call with less device time; --jobs 2)
         "select_gpu17_warmup_only": (select_gpu17_warmup[:2], 2),
         "select_gpu17_lm_warmup": (select_gpu17_lm_warmup, 4),
+        "select_gpu18_dense_phase": (select_gpu18_dense_phase, 4),
+        "select_gpu18_g0": (select_gpu18_g0, 2),
         "select_gpu14_lm": (select_gpu14_lm, 6),
         "select_gpu14_l6_select": (select_gpu14_l6[:2], 2),
         "select_gpu14_l6_halo": (select_gpu14_l6[2:4], 2),
@@ -827,6 +848,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_warmup6_cpu": (select_warmup6_cpu, 2),
         "select_warmup7_cpu": (select_warmup7_cpu, 1),
         "select_warmup8_cpu": (select_warmup8_cpu, 2),
+        "select_g0_cpu": (select_g0_cpu, 2),
         "select_cpu": (select_cpu, 2),
         "part1": (part1, 14),
         "part2": (part2, 14),
