@@ -707,7 +707,10 @@ def grids() -> dict[str, tuple[list[Job], int]]:
     ]  # fmt: skip
     # ... and without HALO-S's 2 global tokens (model.num_globals=0), no warm-up, seeds 0 and 1: are the
     # global tokens part of the stall? (--cpu --jobs 2; select_gpu18_dense_phase asks it at MQAR 4096)
-    select_g0_cpu = [replace(j, tag="lr3e-4-g0", extra=j.extra + ["model.num_globals=0"]) for j in (select_warmup5_cpu[0], select_warmup7_cpu[0])]
+    select_g0_cpu = [
+        replace(j, tag="lr3e-4-g0", extra=j.extra + ["model.num_globals=0"])
+        for j in (select_warmup5_cpu[0], select_warmup7_cpu[0])
+    ]
     # The -2 start's second points on the CPU (--cpu --jobs 2), after the GPU-scale LM matched HALO-S with it
     # (select_tokbias_lm_gpu): MQAR (128, 8) seed 0, MQAR (256, 16) seed 1, the CPU-scale LM seed 1
     select_tokbias3_cpu = [
