@@ -527,17 +527,17 @@ def grids() -> dict[str, tuple[list[Job], int]]:
     # The dense phase itself: in none of select_gpu17_warmup's 4 runs did HALO-S's network learn MQAR 4096 in
     # its 2,000 dense steps (train loss 2.2-2.8 at step 2,000), where the dense network's 2 runs did by
     # 1,000-1,500. HALO-S under dense attention for all 6,000 steps, with its 2 global tokens and without
-    # (model.num_globals=0), seeds 0 and 1: read train/loss against select_gpu16_mqar7e4's dense rows
+    # (ablation=no_globals: model.num_globals=0), seeds 0 and 1: read train/loss against select_gpu16_mqar7e4's dense rows
     # (--jobs 4, about 350 s: dense attention throughout)
     select_gpu18_dense_phase = [
         Job("mqar_4096", "halo_select", 2, 3, seed=s, slot=900, tag=f"lr7e-4-warm6000{t}", extra=long + ["optimizer.lr=7e-4", "module.select_dense_warmup=6000"] + e)
-        for t, e in (("", []), ("-g0", ["model.num_globals=0"]))
+        for t, e in (("", []), ("-g0", ["ablation=no_globals"]))
         for s in (0, 1)
     ]  # fmt: skip
     # ... and the selection without the global tokens at 7e-4, where it stalled on 2 of 2 seeds with them
     # (--jobs 2, about 420 s)
     select_gpu18_g0 = [
-        Job("mqar_4096", "halo_select", 2, 3, seed=s, slot=900, tag="lr7e-4-g0", extra=long + ["optimizer.lr=7e-4", "model.num_globals=0"])
+        Job("mqar_4096", "halo_select", 2, 3, seed=s, slot=900, tag="lr7e-4-g0", extra=long + ["optimizer.lr=7e-4", "ablation=no_globals"])
         for s in (0, 1)
     ]  # fmt: skip
     # Both rows at 7e-4, between 5e-4 (dense 2 of 2, the selection 1 of 3) and 1e-3 (dense 1 of 2, the
@@ -705,10 +705,10 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("mqar_select", "halo_select", 2, 3, seed=s, slot=5400, min_slot=600, tag="lr3e-4-warm150", extra=mqar256 + ["optimizer.lr=3e-4", "module.select_dense_warmup=150"])
         for s in (0, 1)
     ]  # fmt: skip
-    # ... and without HALO-S's 2 global tokens (model.num_globals=0), no warm-up, seeds 0 and 1: are the
-    # global tokens part of the stall? (--cpu --jobs 2; select_gpu18_dense_phase asks it at MQAR 4096)
+    # ... and without HALO-S's 2 global tokens (ablation=no_globals: model.num_globals=0; the committed runs
+    # spelled the override out), no warm-up, seeds 0 and 1: are the global tokens part of the stall? (--cpu --jobs 2; select_gpu18_dense_phase asks it at MQAR 4096)
     select_g0_cpu = [
-        replace(j, tag="lr3e-4-g0", extra=j.extra + ["model.num_globals=0"])
+        replace(j, tag="lr3e-4-g0", extra=j.extra + ["ablation=no_globals"])
         for j in (select_warmup5_cpu[0], select_warmup7_cpu[0])
     ]
     # The -2 start's second points on the CPU (--cpu --jobs 2), after the GPU-scale LM matched HALO-S with it
