@@ -198,8 +198,11 @@ OUTPUTS = {
     "halo_bwd_dkv_kernel": {"DK", "DV"},
     "choose_blocks_kernel": {"BLK", "SCORE"},  # the selection's choice (choose.py)
     "chosen_dkv_kernel": {"DKA", "DVA"},  # the chosen keys' dK/dV by key blocks (chosen_dkv.py, SEL_KG 3)
+    # the summaries' dK/dV by the summaries (summary_dkv.py, SUM_KG 3)
+    "group_blocks_dkv_kernel": {"DSK", "DSV"},
+    "suffix_dkv_kernel": {"DSK", "DSV"},
 }
-SELECTION_ONLY = {"choose_blocks_kernel", "chosen_dkv_kernel"}
+SELECTION_ONLY = {"choose_blocks_kernel", "chosen_dkv_kernel", "group_blocks_dkv_kernel", "suffix_dkv_kernel"}
 TABLES = {"DIST", "RAND", "BLK", "GRPS", "TB", "TBN", "TG", "TGN", "CAND"}
 
 

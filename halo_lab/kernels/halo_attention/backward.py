@@ -11,7 +11,8 @@ tensor-core product per key tile:
   [16, HD] block per tile for the shared tile. Their order varies, so these gradients are reproducible
   to fp32 rounding, not bit for bit;
 * content-selected blocks (SEL): the chosen keys' into that same buffer, the summaries' into their own
-  fp32 [B, HKV, S, HD] buffers (selected.py); with the summary bias (SUMB) its gradient, the sum of the
+  fp32 [B, HKV, S, HD] buffers (selected.py), both only where SEL_KG / SUM_KG is 0: by default passes that
+  own those keys compute them after this one (chosen_dkv.py, summary_dkv.py); with the summary bias (SUMB) its gradient, the sum of the
   summaries' score gradients, into a [B, HKV] fp32 buffer (one atomic per query tile); with the token bias
   (TOKB) the chosen keys' probabilities carry it (``lse - shift``, as the summaries'), and its gradient,
   the sum of the kept chosen keys' score gradients, goes to its own [B, HKV] fp32 buffer the same way.
@@ -55,8 +56,8 @@ def add_key_grads(DKA, DVA, base, pos, valid, ok, q, do, p, ds, sm_scale, cols,
     that are an edge of some row of the tile (``ok`` [BLOCK_M, N]; the others' are zeros), since the
     atomics of many tiles on the same rows are what this pass waits for. KG (``SEL_KG`` for the chosen
     keys, ``SUM_KG`` for the summaries): 0 atomics; 1 plain stores and 2 nothing are timing probes of
-    kernel_tune.py (wrong dK/dV: what the atomics, and the products with them, cost); 3 (``SEL_KG`` only)
-    nothing: the chosen keys' come from chosen_dkv.py."""
+    kernel_tune.py (wrong dK/dV: what the atomics, and the products with them, cost); 3 nothing: the
+    chosen keys' come from chosen_dkv.py, the summaries' from summary_dkv.py."""
     if KG < 2:
         dk = mma(tl.trans(ds.to(q.dtype)), q, IEEE, UPCAST) * sm_scale
         dv = mma(tl.trans(p.to(do.dtype)), do, IEEE, UPCAST)
@@ -218,7 +219,7 @@ def halo_bwd_dq_kernel(
     SUMB: tl.constexpr,
     TOKB: tl.constexpr,
     SEL_KG: tl.constexpr,  # the chosen keys' dK/dV: 0 atomics, 3 by chosen_dkv.py (1, 2: probes; add_key_grads)
-    SUM_KG: tl.constexpr,  # the summaries' dK/dV: 0 atomics (1 plain stores, 2 none: timing probes)
+    SUM_KG: tl.constexpr,  # the summaries' dK/dV: 0 atomics, 3 by summary_dkv.py (1, 2: probes)
 ):  # fmt: skip
     BLOCK_M: tl.constexpr = BLOCK_T * GRP
     NRS: tl.constexpr = NR if SHARED_RANDOM else 0

@@ -31,12 +31,17 @@ import torch
 from halo_lab import graph
 from halo_lab.config import HaloConfig
 from halo_lab.graph.selection import select
-from halo_lab.kernels.halo_attention import chosen_dkv
+from halo_lab.kernels.halo_attention import chosen_dkv, summary_dkv
 from halo_lab.kernels.halo_attention.backward import halo_bwd_dkv_kernel, halo_bwd_dq_kernel
 from halo_lab.kernels.halo_attention.buffers import written_apart
 from halo_lab.kernels.halo_attention.choose import fused_choice
 from halo_lab.kernels.halo_attention.forward import halo_fwd_kernel
-from halo_lab.kernels.halo_attention.tables import GraphTables, graph_tables
+from halo_lab.kernels.halo_attention.tables import (
+    GraphTables,
+    distinct_per_tile,
+    graph_tables,
+    padded_choices,
+)
 from halo_lab.kernels.launch import Launcher
 
 LOG2E = 1.4426950408889634
@@ -46,6 +51,7 @@ FUSED_CHOICE = True
 # direct launches of the compiled kernels: a layer's host time is what small batches pay (launch.py)
 _fwd, _dq, _dkv = Launcher(halo_fwd_kernel), Launcher(halo_bwd_dq_kernel), Launcher(halo_bwd_dkv_kernel)
 _chosen = Launcher(chosen_dkv.chosen_dkv_kernel)
+_summaries = {k: Launcher(k) for k in (summary_dkv.group_blocks_dkv_kernel, summary_dkv.suffix_dkv_kernel)}
 
 
 def launch_options(
@@ -76,9 +82,14 @@ def launch_options(
         "fwd": {**query_tiles, "num_warps": 4 if selecting else 8},
         # SEL_KG 3: the chosen keys' dK/dV by key blocks after the dQ pass (chosen_dkv.py): fwd + bwd 9.0 vs
         # 12.3 ms at 16K, 6.9 vs 9.7 at 4K, 5.7 vs 7.1 at 1K (H100, experiments/bench/h100_select_v4/); 0: by the dQ pass's
-        # atomics (backward.add_key_grads); 1, 2: timing probes. SUM_KG 0: the summaries' dK/dV by the dQ
-        # pass's atomics (1, 2: timing probes, kernel_tune.py)
-        "dq": {**query_tiles, "num_warps": dq_warps, "SEL_KG": 3 if selecting else 0, "SUM_KG": 0},
+        # atomics (backward.add_key_grads); 1, 2: timing probes. SUM_KG 3: the summaries' by passes that own
+        # them (summary_dkv.py; their atomics were 26% of the dQ pass at 4K); 0 atomics, 1, 2 probes
+        "dq": {
+            **query_tiles,
+            "num_warps": dq_warps,
+            "SEL_KG": 3 if selecting else 0,
+            "SUM_KG": 3 if selecting else 0,
+        },
         "dkv": {
             "BLOCK_N": 32 if wide else 64,
             "BLOCK_Q": block_t,
@@ -146,11 +157,6 @@ def _no_selection(q: torch.Tensor) -> tuple:
     return sk.to(q.dtype), sv.to(q.dtype), tables
 
 
-def _padded(t: torch.Tensor, width: int, head: int) -> torch.Tensor:
-    """[B, H, N, n] -> [B, H, head + N, width] int32: -1 before (the global rows) and after (the columns)."""
-    return torch.nn.functional.pad(t.to(torch.int32), (0, width - t.shape[-1], head, 0), value=-1)
-
-
 def selection_tables(q, k, v, config: HaloConfig, block_t: int, pool=None, router=None):
     """(summary keys, summary values, SelectionTables) of the query tiles of ``block_t`` positions."""
     G = config.num_globals
@@ -160,11 +166,11 @@ def selection_tables(q, k, v, config: HaloConfig, block_t: int, pool=None, route
     positions = torch.arange(L - G, device=q.device)  # a router reads q's first head_dim columns
     sel = select(q[:, :, G:], k, v, config, positions, pool, fused_choice if FUSED_CHOICE else None, router)
     nselp, ng2p = _pow2(config.select_blocks), _pow2(max(config.select_groups, 1))
-    blk = _padded(sel.blocks, nselp, G)
-    grps = _padded(sel.groups, ng2p, G)
-    tb, tbn = _distinct_per_tile(blk, block_t)
+    blk = padded_choices(sel.blocks, nselp, G)
+    grps = padded_choices(sel.groups, ng2p, G)
+    tb, tbn = distinct_per_tile(blk, block_t)
     if config.select_group_size:
-        tg, tgn = _distinct_per_tile(grps, block_t)
+        tg, tgn = distinct_per_tile(grps, block_t)
     else:  # no groups: lists the kernels never read (SM = 0), not a sort of an all -1 table
         tg, tgn = tb.new_full((*tb.shape[:3], 1), -1), torch.zeros_like(tbn)
     sk, sv = sel.summary_k, sel.summary_v
@@ -173,22 +179,6 @@ def selection_tables(q, k, v, config: HaloConfig, block_t: int, pool=None, route
     nt, umax, ugmax = tb.shape[2], tb.shape[3], tg.shape[3]
     tables = SelectionTables(blk, grps, tb, tbn, tg, tgn, nt, umax, ugmax, sel.num_blocks, sk.shape[2])
     return sk.contiguous(), sv.contiguous(), tables
-
-
-def _distinct_per_tile(t: torch.Tensor, block_t: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """([B, H, NT, U], [B, H, NT]) the distinct non-negative entries of ``t`` [B, H, L, n] (-1 = none) over
-    each tile of ``block_t`` positions, ascending, -1 after them, and how many."""
-    B, H, L, _ = t.shape
-    nt = -(-L // block_t)
-    tiles = t if nt * block_t == L else torch.nn.functional.pad(t, (0, 0, 0, nt * block_t - L), value=-1)
-    big = torch.iinfo(torch.int32).max
-    # none (-1) with its sign bit off is int32's max: it sorts after every entry
-    tiles = (tiles.reshape(B, H, nt, -1) & big).sort(-1).values
-    later = tiles[..., 1:]
-    later.masked_fill_(later == tiles[..., :-1], big)  # an entry's repeats, then sorted after the entries
-    tiles = tiles.sort(-1).values
-    valid = tiles < big
-    return torch.where(valid, tiles, -1), valid.sum(-1, dtype=torch.int32)
 
 
 def _dummy(device) -> torch.Tensor:
@@ -283,6 +273,10 @@ def backward_kernels(
     if selecting and plan.dq["SEL_KG"] == chosen_dkv.KG_BY_BLOCKS:  # the chosen keys' dK/dV by key blocks
         args = (q, k, v, do, lse, delta, dk_extra, dv_extra, sel, rand, dist, tbias, plan.dq, scale)
         _launch(_chosen, *chosen_dkv.launch_args(*args), traced)
+    if selecting and plan.dq["SUMK"] and plan.dq["SUM_KG"] == summary_dkv.KS_BY_SUMMARIES:
+        args = (q, sk, sv, do, lse, delta, dsk, dsv, sel, sbias, plan.dq, scale)
+        for kernel, grid, kernel_args, meta in summary_dkv.launches(*args):
+            _launch(_summaries[kernel], grid, kernel_args, meta, traced)
     _launch(
         _dkv,
         (-(-L // plan.dkv_block_n), B * Hkv),

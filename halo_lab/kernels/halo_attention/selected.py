@@ -22,7 +22,8 @@ online softmax as the fixed graph's:
 
 In the backward the dQ pass recomputes the same tiles; the chosen keys' dK/dV go to the fp32 buffers of the
 keys outside the window (atomics, like the random keys'), the summaries' to their own fp32 buffers, which
-torch's autograd carries back to the pooled keys and values.
+torch's autograd carries back to the pooled keys and values; by default both come from passes that own
+those keys instead (chosen_dkv.py, summary_dkv.py), where the dQ pass's atomics contended.
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ def candidates(tok, is_text, G: tl.constexpr, W: tl.constexpr, SB: tl.constexpr)
     first = tok - G - W + 1  # the text position where the window starts
     c = tl.minimum((first + SB - 1) // SB, (tok - G + 1) // SB)
     return tl.where(is_text & (first > 0), c, 0)
+
+
+@triton.jit
+def first_reader(x, G: tl.constexpr, W: tl.constexpr, SB: tl.constexpr):
+    """The first position whose c >= x (x >= 1; c never decreases): its window starts past x - 1 blocks
+    and block x - 1 is complete (``candidates`` solved for the position)."""
+    return G + tl.maximum(W + (x - 1) * SB, x * SB - 1)
 
 
 @triton.jit

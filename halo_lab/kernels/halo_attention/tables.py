@@ -6,6 +6,9 @@ The random keys are a [U, R] int32 table of full-sequence positions (-1 = none):
 position in ``token`` mode. The table of a (layer, length, device) is allocated once and refilled in place
 when the training step changes, from the same counter-based hash as ``halo_lab.graph`` (so every backend
 sees the same edges); no host sync, no per-step allocation.
+
+The content-selected part's tables (interface.SelectionTables) come from the two helpers at the end: every
+position's choices padded to the kernels' widths, and each query tile's distinct choices.
 """
 
 from __future__ import annotations
@@ -73,3 +76,24 @@ def graph_tables(config: HaloConfig, layer: int, step: int, seq_len: int, device
             entry.rand.copy_(random_table(config, layers, step, seq_len, device))
         entry.step = step
     return GraphTables(entry.dist, entry.rand[layer], _unit(config), step)
+
+
+def padded_choices(t: torch.Tensor, width: int, head: int) -> torch.Tensor:
+    """[B, H, N, n] -> [B, H, head + N, width] int32: -1 before (the global rows) and after (the columns)."""
+    return torch.nn.functional.pad(t.to(torch.int32), (0, width - t.shape[-1], head, 0), value=-1)
+
+
+def distinct_per_tile(t: torch.Tensor, block_t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B, H, NT, U], [B, H, NT]) the distinct non-negative entries of ``t`` [B, H, L, n] (-1 = none) over
+    each tile of ``block_t`` positions, ascending, -1 after them, and how many."""
+    B, H, L, _ = t.shape
+    nt = -(-L // block_t)
+    tiles = t if nt * block_t == L else torch.nn.functional.pad(t, (0, 0, 0, nt * block_t - L), value=-1)
+    big = torch.iinfo(torch.int32).max
+    # none (-1) with its sign bit off is int32's max: it sorts after every entry
+    tiles = (tiles.reshape(B, H, nt, -1) & big).sort(-1).values
+    later = tiles[..., 1:]
+    later.masked_fill_(later == tiles[..., :-1], big)  # an entry's repeats, then sorted after the entries
+    tiles = tiles.sort(-1).values
+    valid = tiles < big
+    return torch.where(valid, tiles, -1), valid.sum(-1, dtype=torch.int32)
