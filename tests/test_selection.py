@@ -265,7 +265,7 @@ def test_the_chosen_keys_grads_by_key_blocks_equal_the_reference(monkeypatch, m,
 
 @pytest.mark.parametrize("m,kg", [(0, 3), (3, 3), (3, 0)], ids=["no-groups", "groups", "groups-atomics"])
 def test_the_summaries_grads_by_summaries_equal_the_reference(monkeypatch, m, kg):
-    """``SUM_KG`` 3 (summary_dkv.py, the default): the summaries' dK/dV from programs that own them (the
+    """``SUM_KG`` 3 (summary_dkv.py, opt-in): the summaries' dK/dV from programs that own them (the
     chosen groups' block summaries over the positions that chose the group and those whose candidates end
     in it; the group summaries, or without groups the block summaries, over chunks of their readers' suffix,
     shrunk to 32 positions so that several chunks add into a row); 0: the dQ pass's atomics. With the
@@ -534,13 +534,15 @@ def test_learned_pooling_decodes_exactly():
 @pytest.mark.parametrize("n", [1000, 4096])
 @pytest.mark.parametrize("pooling", ["mean", "learned", "learned+bias", "learned+bias+tokens"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("kg", [0, 3], ids=["atomics", "key_blocks"])
-def test_compiled_kernels_equal_the_reference_at_full_size_cuda(n, pooling, dtype, kg, monkeypatch):
+@pytest.mark.parametrize("kg,ks", [(0, 0), (3, 0), (3, 3)], ids=["atomics", "key_blocks", "owned"])
+def test_compiled_kernels_equal_the_reference_at_full_size_cuda(n, pooling, dtype, kg, ks, monkeypatch):
     """The variant's settings (4 blocks of 16, groups of 16, 8 query / 2 KV heads, d 64) compiled on the GPU
     against the reference, values and gradients (u's included; with ``+bias`` a summary bias per KV head,
     with ``+tokens`` a token bias too, their gradients included); the chosen keys' dK/dV by the dQ pass's
-    atomics (``SEL_KG`` 0) or by key blocks (3, the default, chosen_dkv.py)."""
+    atomics (``SEL_KG`` 0) or by key blocks (3, the default, chosen_dkv.py); with ``owned`` the summaries'
+    too, by the passes that own them (``SUM_KG`` 3, summary_dkv.py)."""
     with_dq_option(monkeypatch, "SEL_KG", kg)
+    with_dq_option(monkeypatch, "SUM_KG", ks)
     c = HaloConfig(select_blocks=4, select_pooling=pooling.split("+")[0], graph_seed=3)
     L, dev = c.num_globals + n, "cuda"
     g = torch.Generator(device=dev).manual_seed(n)

@@ -711,6 +711,9 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         replace(j, tag="lr3e-4-g0", extra=j.extra + ["ablation=no_globals"])
         for j in (select_warmup5_cpu[0], select_warmup7_cpu[0])
     ]
+    # ... a third seed for both (seed 2, with and without the global tokens; --cpu --jobs 2): at step 750
+    # seeds 0 / 1 gave 0.549 / 0.998 without them, 0.179 / 0.689 with them
+    select_g0_seed2_cpu = [replace(select_warmup5_cpu[0], seed=2), replace(select_g0_cpu[0], seed=2)]
     # The -2 start's second points on the CPU (--cpu --jobs 2), after the GPU-scale LM matched HALO-S with it
     # (select_tokbias_lm_gpu): MQAR (128, 8) seed 0, MQAR (256, 16) seed 1, the CPU-scale LM seed 1
     select_tokbias3_cpu = [
@@ -852,6 +855,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_warmup7_cpu": (select_warmup7_cpu, 1),
         "select_warmup8_cpu": (select_warmup8_cpu, 2),
         "select_g0_cpu": (select_g0_cpu, 2),
+        "select_g0_seed2_cpu": (select_g0_seed2_cpu, 2),
         "select_cpu": (select_cpu, 2),
         "part1": (part1, 14),
         "part2": (part2, 14),

@@ -1,4 +1,4 @@
-"""The summaries' dK/dV in passes owned by the summaries (``SUM_KG`` 3, the default with summary keys).
+"""The summaries' dK/dV in passes owned by the summaries (``SUM_KG`` 3; opt-in until timed on a card).
 
 The dQ pass used to add every query tile's [tile, d] products for the summary keys into their fp32
 buffers with atomics (backward.add_key_grads): at 4K every tile of a batch row adds into the same group
