@@ -33,9 +33,6 @@ def main(case: str) -> None:
 
     from halo_lab.kernels.halo_attention import choose, halo_triton_attention, interface
 
-    # the summaries' passes (summary_dkv.py, SUM_KG 3, opt-in) launched too, so that they are analysed
-    plain = interface.launch_options
-    interface.launch_options = lambda *a: (o := plain(*a)) | {"dq": {**o["dq"], "SUM_KG": 3}}
     launches = []
     interface._launch = lambda launcher, grid, args, meta, traced: launches.append(
         (launcher.kernel, args, meta)

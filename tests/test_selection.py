@@ -210,7 +210,8 @@ def test_query_tiles_past_many_groups_equal_the_reference():
 
 def with_dq_option(monkeypatch, key: str, kg: int) -> None:
     """The dQ pass's ``key`` (``SEL_KG`` or ``SUM_KG``) set to ``kg`` for this test (interface.py: 0
-    atomics, 1 and 2 timing probes, 3 the key-block pass, SEL_KG's default), the launch plans rebuilt."""
+    atomics, 1 and 2 timing probes, 3 the passes that own those keys, the default), the launch plans
+    rebuilt."""
     from halo_lab.kernels.halo_attention import interface
 
     plain = interface._options
@@ -265,7 +266,7 @@ def test_the_chosen_keys_grads_by_key_blocks_equal_the_reference(monkeypatch, m,
 
 @pytest.mark.parametrize("m,kg", [(0, 3), (3, 3), (3, 0)], ids=["no-groups", "groups", "groups-atomics"])
 def test_the_summaries_grads_by_summaries_equal_the_reference(monkeypatch, m, kg):
-    """``SUM_KG`` 3 (summary_dkv.py, opt-in): the summaries' dK/dV from programs that own them (the
+    """``SUM_KG`` 3 (summary_dkv.py, the default): the summaries' dK/dV from programs that own them (the
     chosen groups' block summaries over the positions that chose the group and those whose candidates end
     in it; the group summaries, or without groups the block summaries, over chunks of their readers' suffix,
     shrunk to 32 positions so that several chunks add into a row); 0: the dQ pass's atomics. With the

@@ -73,10 +73,12 @@ SELECT_VARIANTS = {
     # summaries), stored (1) or skipped (2): the case for a pass that owns the summaries
     "probe_sum_store": {"dq": {"SUM_KG": 1}},
     "probe_sum_none": {"dq": {"SUM_KG": 2}},
-    # exact: the summaries' dK/dV by passes that own them (summary_dkv.py, SUM_KG 3) instead of the dQ
-    # pass's atomics (0, the default until these are timed), eager and compiled
-    "sum_owned": {"dq": {"SUM_KG": 3}},
-    "sum_owned_compiled": {"dq": {"SUM_KG": 3}, COMPILED: True},
+    # exact: the summaries' dK/dV by the dQ pass's atomics (SUM_KG 0), the default before 2026-12-07's H100
+    # run (h100_select_v10/: compiled 4.58 vs 4.30 ms at 4K, 6.27 vs 5.90 at 16K against the passes that own
+    # them, summary_dkv.py, SUM_KG 3), eager and compiled
+    "sum_atomics": {"dq": {"SUM_KG": 0}},
+    "sum_atomics_compiled": {"dq": {"SUM_KG": 0}, COMPILED: True},
+    # (the 2026-12-07 run named the opt-in SUM_KG 3 sum_owned / sum_owned_compiled against these defaults)
     # exact: the chosen keys' dK/dV by the dQ pass's atomics, the default before the H100's 2026-12-06 run
     # (h100_select_v4/: 12.3 vs 9.0 ms fwd + bwd at 16K against the pass owned by key blocks, chosen_dkv.py)
     "kg_atomics": {"dq": {"SEL_KG": 0}},

@@ -540,6 +540,14 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("mqar_4096", "halo_select", 2, 3, seed=s, slot=900, tag="lr7e-4-g0", extra=long + ["optimizer.lr=7e-4", "ablation=no_globals"])
         for s in (0, 1)
     ]  # fmt: skip
+    # ... and, after select_gpu18_dense_phase (without the global tokens HALO-S's network under dense
+    # attention learned the task on 2 of 2 seeds, faster than dense, and read through the graph at the end
+    # scored 0.98), the selection without them after 2,000 dense steps: does it keep the lookup it inherits?
+    # (--jobs 2, about 420 s; select_gpu19_g0_both runs it beside select_gpu18_g0, --jobs 4)
+    select_gpu19_g0_warmup = [
+        Job("mqar_4096", "halo_select", 2, 3, seed=s, slot=900, tag="lr7e-4-warm2000-g0", extra=long + warm + ["ablation=no_globals"])
+        for s in (0, 1)
+    ]  # fmt: skip
     # Both rows at 7e-4, between 5e-4 (dense 2 of 2, the selection 1 of 3) and 1e-3 (dense 1 of 2, the
     # selection 2 of 2): a shared rate where both may pass on 2 seeds (--jobs 4, about 400 s)
     select_gpu16_mqar7e4 = [
@@ -817,6 +825,8 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu17_lm_warmup": (select_gpu17_lm_warmup, 4),
         "select_gpu18_dense_phase": (select_gpu18_dense_phase, 4),
         "select_gpu18_g0": (select_gpu18_g0, 2),
+        "select_gpu19_g0_warmup": (select_gpu19_g0_warmup, 2),
+        "select_gpu19_g0_both": (select_gpu18_g0 + select_gpu19_g0_warmup, 4),
         "select_gpu14_lm": (select_gpu14_lm, 6),
         "select_gpu14_l6_select": (select_gpu14_l6[:2], 2),
         "select_gpu14_l6_halo": (select_gpu14_l6[2:4], 2),

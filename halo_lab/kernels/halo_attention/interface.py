@@ -82,14 +82,14 @@ def launch_options(
         "fwd": {**query_tiles, "num_warps": 4 if selecting else 8},
         # SEL_KG 3: the chosen keys' dK/dV by key blocks after the dQ pass (chosen_dkv.py): fwd + bwd 9.0 vs
         # 12.3 ms at 16K, 6.9 vs 9.7 at 4K, 5.7 vs 7.1 at 1K (H100, experiments/bench/h100_select_v4/); 0: by the dQ pass's
-        # atomics (backward.add_key_grads); 1, 2: timing probes. SUM_KG 0: the summaries' by the dQ pass's
-        # atomics (26% of its time at 4K); 3 by passes that own them (summary_dkv.py: exact under the
-        # interpreter, the default once timed on a card); 1, 2 probes
+        # atomics (backward.add_key_grads); 1, 2: timing probes. SUM_KG 3: the summaries' by passes that own
+        # them (summary_dkv.py): compiled fwd + bwd 4.30 vs 4.58 ms at 4K, 5.90 vs 6.27 at 16K (H100,
+        # experiments/bench/h100_select_v10/); 0 the dQ pass's atomics; 1, 2 probes
         "dq": {
             **query_tiles,
             "num_warps": dq_warps,
             "SEL_KG": 3 if selecting else 0,
-            "SUM_KG": 0,
+            "SUM_KG": 3 if selecting else 0,
         },
         "dkv": {
             "BLOCK_N": 32 if wide else 64,
