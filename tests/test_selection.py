@@ -264,17 +264,23 @@ def test_the_chosen_keys_grads_by_key_blocks_equal_the_reference(monkeypatch, m,
         torch.testing.assert_close(a.float(), b.float(), **tol, msg=lambda s, name=name: f"d{name}: {s}")
 
 
-@pytest.mark.parametrize("m,kg", [(0, 3), (3, 3), (3, 0)], ids=["no-groups", "groups", "groups-atomics"])
-def test_the_summaries_grads_by_summaries_equal_the_reference(monkeypatch, m, kg):
+@pytest.mark.parametrize(
+    "m,kg,part",
+    [(0, 3, 0), (3, 3, 0), (3, 3, 16), (3, 0, 0)],
+    ids=["no-groups", "groups", "parts", "atomics"],
+)
+def test_the_summaries_grads_by_summaries_equal_the_reference(monkeypatch, m, kg, part):
     """``SUM_KG`` 3 (summary_dkv.py, the default): the summaries' dK/dV from programs that own them (the
     chosen groups' block summaries over the positions that chose the group and those whose candidates end
     in it; the group summaries, or without groups the block summaries, over chunks of their readers' suffix,
-    shrunk to 32 positions so that several chunks add into a row); 0: the dQ pass's atomics. With the
-    summary bias, values and every gradient equal the oracle's."""
+    shrunk to 32 positions so that several chunks add into a row; ``parts``: a group's choosers split 16 a
+    program); 0: the dQ pass's atomics. With the summary bias, values and every gradient equal the
+    oracle's."""
     from halo_lab.kernels.halo_attention import summary_dkv
 
     triton_ready()
     monkeypatch.setattr(summary_dkv, "CHUNK", 32)
+    monkeypatch.setattr(summary_dkv, "GROUP_PART", part)
     c = cfg(select_group_size=m, attention_backend="triton", select_summary_bias=-0.5)
     q, k, v = (t[:1].clone().requires_grad_() for t in qkv(c, 150, seed=11 + m))
     bias = torch.tensor([0.4, -0.9], requires_grad=True)

@@ -21,8 +21,8 @@ The dQ pass still computes the summaries' dQ and the summary bias's gradient (it
 On an H100 (experiments/bench/h100_select_v10/, compiled) the dQ pass went from 1,853 to 1,060 µs at 4K
 and 2,827 to 1,436 at 16K, these passes take 428 and 890, and fwd + bwd 4.58 -> 4.30 ms and 6.27 -> 5.90.
 The group kernel is uneven: the early groups are chosen by many positions (804 µs at 16K compiled, 1,357
-eager, where eager fwd + bwd is 3.6% slower than with the atomics): splitting a group's positions over
-several programs is the next step.
+eager, where eager fwd + bwd is 3.6% slower than with the atomics): ``GROUP_PART`` splits a group's
+positions over several programs (built and tested, off until timed).
 
 Block sizes: BLOCK_P = 16 positions a step x GRP query heads = the rows of one product (64 at GRP 4);
 SUM_T = 16 summaries (tl.dot's smallest tile); CHUNK = 512 positions a suffix program (8 chunks x 32 (row,
@@ -42,6 +42,11 @@ from halo_lab.kernels.halo_attention.selected import candidates, first_reader
 BLOCK_P = 16
 SUM_T = 16
 CHUNK = 512  # module-level so that a test can shrink it (several chunks at interpreter lengths)
+# Positions of a group's choosers a program takes (0: all of them, one program a group, a plain store).
+# The early groups are candidates of most positions and chosen the most, so one program a group leaves
+# the card waiting on a few long ones; with parts every program takes at most GROUP_PART of them and adds
+# its sums with fp32 atomics. Off until timed on a card (kernel_tune.py's group_part variants).
+GROUP_PART = 0
 KS_BY_SUMMARIES = 3  # the dQ pass's SUM_KG value that hands the summaries' dK/dV to these passes
 
 
@@ -67,11 +72,13 @@ def group_blocks_dkv_kernel(
     stride_qb, stride_qh, stride_ql,
     stride_skb, stride_skh, stride_skl,
     stride_dob, stride_doh, stride_dol,
-    L, HKV, NB, NSUM, NGC,
+    L, HKV, NB, NSUM, NGC, PART,
     G: tl.constexpr, W: tl.constexpr, GRP: tl.constexpr, HD: tl.constexpr, SB: tl.constexpr,
     SM: tl.constexpr, SMP: tl.constexpr, BLOCK_P: tl.constexpr, SUMB: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    SPLIT: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
+    """SPLIT: program_id(2) takes the choosers PART * id .. PART * (id + 1) - 1 of the group (part 0 also
+    the loose range) and adds with atomics; else one program takes them all and stores."""
     BLOCK_M: tl.constexpr = BLOCK_P * GRP
     qk_scale, sm_scale = tl.cast(qk_scale, tl.float32), tl.cast(sm_scale, tl.float32)  # fp64 under Inductor
     grp = tl.program_id(0)
@@ -89,6 +96,10 @@ def group_blocks_dkv_kernel(
     # the positions that chose the group (only complete groups are chosen: none for a last partial one)
     start = tl.load(OFFS + bh * NGC + tl.minimum(grp, NGC), mask=grp < NGC, other=0)
     end = tl.load(OFFS + bh * NGC + tl.minimum(grp, NGC) + 1, mask=grp < NGC, other=0)
+    part = tl.program_id(2)
+    if SPLIT:
+        start = tl.minimum(start + part * PART, end)
+        end = tl.minimum(start + PART, end)
     for s in range(start, end, BLOCK_P):
         idx = s + r // GRP
         row_ok = idx < end
@@ -102,6 +113,8 @@ def group_blocks_dkv_kernel(
     # the positions whose candidates end inside the group: grp * SM < c < (grp + 1) * SM, the blocks < c
     lo = first_reader(grp * SM + 1, G, W, SB)
     hi = tl.minimum(first_reader((grp + 1) * SM, G, W, SB), L)
+    if SPLIT:
+        hi = tl.where(part == 0, hi, lo)  # the loose range: part 0's
     for s in range(lo, hi, BLOCK_P):
         tok = s + r // GRP
         row_ok = tok < hi
@@ -116,8 +129,13 @@ def group_blocks_dkv_kernel(
         dv += mma(tl.trans(p.to(do.dtype)), do, IEEE, UPCAST)
     # the group's rows of the fp32 buffers (contiguous [B, HKV, NSUM, HD]): only this program writes them
     ptr = (bh * NSUM + tl.where(valid, j, 0))[:, None] * HD + cols[None, :]
-    tl.store(DSK + ptr, dk * sm_scale, mask=valid[:, None])
-    tl.store(DSV + ptr, dv, mask=valid[:, None])
+    if SPLIT:  # an empty part adds nothing
+        used = valid[:, None] & ((cols[None, :] * 0 + tl.maximum(end - start, hi - lo)) > 0)
+        tl.atomic_add(DSK + ptr, dk * sm_scale, mask=used)
+        tl.atomic_add(DSV + ptr, dv, mask=used)
+    else:
+        tl.store(DSK + ptr, dk * sm_scale, mask=valid[:, None])
+        tl.store(DSV + ptr, dv, mask=valid[:, None])
 
 
 @triton.jit
@@ -182,9 +200,11 @@ def launches(q, sk, sv, do, lse, delta, dsk, dsv, sel, sbias, dq_meta: dict, sca
     if sm and sel.nb > 0:  # the groups' block summaries, then the group summaries (rows nb ..)
         n_groups = sel.nb // sm
         offsets, positions = chosen_pairs(sel.grps, max(n_groups, 1))
-        args = (*head, offsets, positions, sbias, *scales, *strides, L, Hkv, sel.nb, sel.nsum, n_groups)
-        grid = (-(-sel.nb // sm), B * Hkv)
-        out.append((group_blocks_dkv_kernel, grid, args, meta | {"SM": sm, "SMP": dq_meta["SMP"]}))
+        part = GROUP_PART
+        args = (*head, offsets, positions, sbias, *scales, *strides, L, Hkv, sel.nb, sel.nsum, n_groups, part)
+        grid = (-(-sel.nb // sm), B * Hkv, -(-L // part) if part else 1)  # a group has at most L choosers
+        group_meta = {"SM": sm, "SMP": dq_meta["SMP"], "SPLIT": bool(part)}
+        out.append((group_blocks_dkv_kernel, grid, args, meta | group_meta))
         first, count, step = sel.nb, n_groups, sm
     elif sm:
         first, count, step = 0, 0, sm
