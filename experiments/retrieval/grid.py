@@ -639,6 +639,13 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("mqar_select", "halo_select", 2, 3, slot=5400, min_slot=600, tag="tokbias2", extra=mqar256 + tb2),
         Job("baseline_cpu", "halo_select", 2, 0, slot=3600, min_slot=300, tag="tokbias2", extra=lm_cpu + tb2),
     ]
+    # What dropping the global tokens costs the CPU-scale LM (1024 tokens, 500 steps): the variant (token bias
+    # from -2, the variant's default) with ablation=no_globals, seeds 0 and 1, against the tokbias2 /
+    # tokbias3 rows (1.747 / 1.813) (--cpu --jobs 2; about 1,700 s)
+    select_g0_lm_cpu = [
+        Job("baseline_cpu", "halo_select", 2, 0, seed=s, slot=3600, min_slot=300, tag="g0", extra=lm_cpu + ["ablation=no_globals"])
+        for s in (0, 1)
+    ]  # fmt: skip
     # The CPU-scale LM at 1024 with the biases at 10x the rate (select_lr4_cpu), both seeds of the -2 rows
     # (runs/tokbias2, runs/tokbias3: 1.747 / 1.813) (--cpu --jobs 2)
     select_lr5_cpu = [
@@ -866,6 +873,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_warmup8_cpu": (select_warmup8_cpu, 2),
         "select_g0_cpu": (select_g0_cpu, 2),
         "select_g0_seed2_cpu": (select_g0_seed2_cpu, 2),
+        "select_g0_lm_cpu": (select_g0_lm_cpu, 2),
         "select_cpu": (select_cpu, 2),
         "part1": (part1, 14),
         "part2": (part2, 14),
