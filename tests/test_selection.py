@@ -239,15 +239,26 @@ def test_the_dq_pass_timing_probes_change_only_the_selected_keys_grads(monkeypat
 
 
 @pytest.mark.parametrize(
-    "m,token_bias,n,dtype,kg",
-    [(0, None, 70, torch.bfloat16, 3), (3, -1.5, 150, torch.float32, 3), (3, -1.5, 150, torch.float32, 0)],
-    ids=["bf16", "fp32", "fp32-atomics"],
+    "m,token_bias,n,dtype,kg,part",
+    [
+        (0, None, 70, torch.bfloat16, 3, 0),
+        (3, -1.5, 150, torch.float32, 3, 0),
+        (3, -1.5, 150, torch.float32, 3, 8),
+        (3, -1.5, 150, torch.float32, 0, 0),
+    ],
+    ids=["bf16", "fp32", "fp32-parts", "fp32-atomics"],
 )
-def test_the_chosen_keys_grads_by_key_blocks_equal_the_reference(monkeypatch, m, token_bias, n, dtype, kg):
+def test_the_chosen_keys_grads_by_key_blocks_equal_the_reference(
+    monkeypatch, m, token_bias, n, dtype, kg, part
+):
     """``SEL_KG`` 3 (chosen_dkv.py, the default): the chosen keys' dK/dV from one program per key block,
-    over the positions that chose it; 0: by the dQ pass's atomics. Values and every gradient equal the
-    oracle's, with groups and the token bias, at a length where blocks are chosen by many positions."""
+    over the positions that chose it (``parts``: 8 of them a program, atomics); 0: by the dQ pass's
+    atomics. Values and every gradient equal the oracle's, with groups and the token bias, at a length
+    where blocks are chosen by many positions."""
+    from halo_lab.kernels.halo_attention import chosen_dkv
+
     triton_ready()
+    monkeypatch.setattr(chosen_dkv, "BLOCK_PART", part)
     c = cfg(select_group_size=m, attention_backend="triton", select_token_bias=token_bias)
     q, k, v = (t[:1].clone().requires_grad_() for t in qkv(c, n, seed=5 + m, dtype=dtype))
     tb = torch.tensor([-0.3, 0.8], requires_grad=True) if token_bias is not None else None

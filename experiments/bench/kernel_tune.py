@@ -22,7 +22,7 @@ import torch
 from triton.testing import do_bench
 
 from halo_lab.config import HaloConfig
-from halo_lab.kernels.halo_attention import interface, summary_dkv
+from halo_lab.kernels.halo_attention import chosen_dkv, interface, summary_dkv
 from halo_lab.model import attention as attn
 
 VARIANTS = {
@@ -59,6 +59,7 @@ AT_EVERY_N = ("default", "per_distance", "grouped_fwd_only", "dq8")  # the rest 
 # h100_train_v4/kernel_tune_select.log) kept both (bpt1 +0.5 to 2%, dq8 +3 to 9%) and took the forward at 4 warps.
 COMPILED = "compiled"  # a variant's key: time the layer under torch.compile instead of eagerly
 GROUP_PART = "group_part"  # a variant's key: summary_dkv.GROUP_PART (a group's choosers a program; 0 all)
+BLOCK_PART = "block_part"  # the same for chosen_dkv.BLOCK_PART (a chosen block's choosers a program)
 SELECT_VARIANTS = {
     "default": {},
     "bpt1": {"fwd": {"BPT": 1}, "dq": {"BPT": 1}},
@@ -85,6 +86,9 @@ SELECT_VARIANTS = {
     "part512": {GROUP_PART: 512},
     "part256_compiled": {GROUP_PART: 256, COMPILED: True},
     "part512_compiled": {GROUP_PART: 512, COMPILED: True},
+    # ... and both passes split (chosen_dkv.py's blocks too: 717 µs at 16K compiled)
+    "parts512_compiled": {GROUP_PART: 512, BLOCK_PART: 512, COMPILED: True},
+    "parts1024_compiled": {GROUP_PART: 1024, BLOCK_PART: 1024, COMPILED: True},
     # (the 2026-12-07 run named the opt-in SUM_KG 3 sum_owned / sum_owned_compiled against these defaults)
     # exact: the chosen keys' dK/dV by the dQ pass's atomics, the default before the H100's 2026-12-06 run
     # (h100_select_v4/: 12.3 vs 9.0 ms fwd + bwd at 16K against the pass owned by key blocks, chosen_dkv.py)
@@ -150,6 +154,7 @@ def with_options(override: dict):
 
     def fn(q, k, v):
         summary_dkv.GROUP_PART = override.get(GROUP_PART, 0)  # read at each launch (a trace: at compile)
+        chosen_dkv.BLOCK_PART = override.get(BLOCK_PART, 0)
         if interface.TUNED.get((64, 4, torch.bfloat16)) is not opts:  # variants are timed in turns
             interface.TUNED[(64, 4, torch.bfloat16)] = opts
             interface._PLANS.clear()

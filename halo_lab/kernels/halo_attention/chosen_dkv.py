@@ -29,6 +29,11 @@ from halo_lab.kernels.halo_attention.common import LOG2E, load_query_rows, load_
 from halo_lab.kernels.halo_attention.selected import kept_chosen_keys
 
 BLOCK_P = 16
+# Positions of a block's choosers a program takes (0: all, one program a block, a plain read-modify-write).
+# The early blocks are candidates of most positions and chosen the most (717 µs for this pass at 16K,
+# H100, experiments/bench/h100_select_v10/); with parts each program takes at most BLOCK_PART of them and
+# adds with fp32 atomics. Off until timed on a card (kernel_tune.py's part variants).
+BLOCK_PART = 0
 KG_BY_BLOCKS = 3  # the dQ pass's SEL_KG value that hands the chosen keys' dK/dV to this pass
 
 
@@ -59,11 +64,12 @@ def chosen_dkv_kernel(
     stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl,
     stride_dob, stride_doh, stride_dol,
-    stride_ru, L, HKV, NBLK,
+    stride_ru, L, HKV, NBLK, PART,
     G: tl.constexpr, W: tl.constexpr, ND: tl.constexpr, NR: tl.constexpr, UNIT: tl.constexpr,
     GRP: tl.constexpr, HD: tl.constexpr, SB: tl.constexpr, SBP: tl.constexpr, BLOCK_P: tl.constexpr,
-    TOKB: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    TOKB: tl.constexpr, SPLIT: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
+    # SPLIT: program_id(2) takes the block's choosers PART * id .. PART * (id + 1) - 1, adding with atomics
     BLOCK_M: tl.constexpr = BLOCK_P * GRP
     qk_scale, sm_scale = tl.cast(qk_scale, tl.float32), tl.cast(sm_scale, tl.float32)  # fp64 under Inductor
     u = tl.program_id(0)
@@ -72,6 +78,9 @@ def chosen_dkv_kernel(
     h = bh % HKV
     start = tl.load(OFFS + bh * NBLK + u)
     end = tl.load(OFFS + bh * NBLK + u + 1)
+    if SPLIT:
+        start = tl.minimum(start + tl.program_id(2) * PART, end)
+        end = tl.minimum(start + PART, end)
     cols = tl.arange(0, HD)
     inner = tl.arange(0, SBP)
     kvalid = inner < SB
@@ -102,8 +111,12 @@ def chosen_dkv_kernel(
     # the block's rows of the fp32 buffers (contiguous [B, HKV, L, HD]): only this program writes them here
     ptr = bh * L * HD + tl.where(kvalid, kpos, 0)[:, None] * HD + cols[None, :]
     mask = kvalid[:, None] & ((cols[None, :] * 0 + end) > start)  # a block nobody chose: no write
-    tl.store(DKA + ptr, tl.load(DKA + ptr, mask=mask, other=0.0) + dk, mask=mask)
-    tl.store(DVA + ptr, tl.load(DVA + ptr, mask=mask, other=0.0) + dv, mask=mask)
+    if SPLIT:
+        tl.atomic_add(DKA + ptr, dk, mask=mask)
+        tl.atomic_add(DVA + ptr, dv, mask=mask)
+    else:
+        tl.store(DKA + ptr, tl.load(DKA + ptr, mask=mask, other=0.0) + dk, mask=mask)
+        tl.store(DVA + ptr, tl.load(DVA + ptr, mask=mask, other=0.0) + dv, mask=mask)
 
 
 def launch_args(q, k, v, do, lse, delta, dk_extra, dv_extra, sel, rand, dist, tbias, dq_meta: dict, scale):
@@ -114,11 +127,17 @@ def launch_args(q, k, v, do, lse, delta, dk_extra, dv_extra, sel, rand, dist, tb
     n_blocks = max((L - dq_meta["G"]) // dq_meta["SB"], 1)
     offsets, positions = chosen_pairs(sel.blk, n_blocks)
     names = ("G", "W", "ND", "NR", "UNIT", "GRP", "HD", "SB", "SBP", "TOKB", "IEEE", "UPCAST")
-    meta = {n: dq_meta[n] for n in names} | {"BLOCK_P": BLOCK_P, "num_warps": 4, "num_stages": 2}
+    part = BLOCK_PART
+    meta = {n: dq_meta[n] for n in names} | {
+        "BLOCK_P": BLOCK_P,
+        "SPLIT": bool(part),
+        "num_warps": 4,
+        "num_stages": 2,
+    }
     args = (
         q, k, v, do, lse, delta, dk_extra, dv_extra, offsets, positions, rand, dist, tbias,
         scale * 1.4426950408889634, scale,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
-        rand.stride(0), L, Hkv, n_blocks,
+        rand.stride(0), L, Hkv, n_blocks, part,
     )  # fmt: skip
-    return (n_blocks, B * Hkv), args, meta
+    return (n_blocks, B * Hkv, -(-L // part) if part else 1), args, meta  # at most L choosers a block
