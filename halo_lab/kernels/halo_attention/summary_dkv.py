@@ -51,10 +51,12 @@ KS_BY_SUMMARIES = 3  # the dQ pass's SUM_KG value that hands the summaries' dK/d
 
 
 @triton.jit
-def query_rows(Q, DO, LSE, DELTA, SBIAS, b, h, tok, row_ok, cols, stride_qb, stride_qh, stride_ql,
-               stride_dob, stride_doh, stride_dol, L, HKV, GRP: tl.constexpr, SUMB: tl.constexpr):  # fmt: skip
-    """q, dO [rows, HD], and the rows' lse (less the summary bias with SUMB: the summaries' scores carry
-    it) and delta, rows = positions ``tok`` x the KV head's GRP query heads."""
+def add_rows(dk, dv, kt, vt, ok, Q, DO, LSE, DELTA, SBIAS, b, h, tok, row_ok, cols, stride_qb, stride_qh,
+             stride_ql, stride_dob, stride_doh, stride_dol, L, HKV, qk_scale, GRP: tl.constexpr,
+             SUMB: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+    """dk, dv [summaries, HD] plus the products of one step of rows (positions ``tok`` x the KV head's GRP
+    query heads; ``ok`` [rows, summaries] the edges): their lse less the summary bias with SUMB (the
+    summaries' scores carry it)."""
     head = h * GRP + tl.arange(0, tok.shape[0]) % GRP
     q = load_query_rows(Q, b, head, tok, stride_qb, stride_qh, stride_ql, cols, row_ok)
     do = load_query_rows(DO, b, head, tok, stride_dob, stride_doh, stride_dol, cols, row_ok)
@@ -62,7 +64,10 @@ def query_rows(Q, DO, LSE, DELTA, SBIAS, b, h, tok, row_ok, cols, stride_qb, str
     if SUMB:
         lse -= tl.load(SBIAS + h).to(tl.float32) * LOG2E
     delta = tl.load(DELTA + (b * HKV * GRP + head) * L + tok, mask=row_ok, other=0.0)
-    return q, do, lse, delta
+    p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
+    dk += mma(tl.trans(ds.to(q.dtype)), q, IEEE, UPCAST)
+    dv += mma(tl.trans(p.to(do.dtype)), do, IEEE, UPCAST)
+    return dk, dv
 
 
 @triton.jit
@@ -104,12 +109,10 @@ def group_blocks_dkv_kernel(
         idx = s + r // GRP
         row_ok = idx < end
         tok = tl.load(POS + idx, mask=row_ok, other=0)
-        q, do, lse, delta = query_rows(Q, DO, LSE, DELTA, SBIAS, b, h, tok, row_ok, cols, stride_qb,
-                                       stride_qh, stride_ql, stride_dob, stride_doh, stride_dol, L, HKV,
-                                       GRP, SUMB)  # fmt: skip
-        p, ds = grad_tile(q, do, lse, delta, kt, vt, row_ok[:, None] & valid[None, :], qk_scale, IEEE, UPCAST)
-        dk += mma(tl.trans(ds.to(q.dtype)), q, IEEE, UPCAST)
-        dv += mma(tl.trans(p.to(do.dtype)), do, IEEE, UPCAST)
+        ok = row_ok[:, None] & valid[None, :]  # a chooser keeps all the group's blocks
+        dk, dv = add_rows(dk, dv, kt, vt, ok, Q, DO, LSE, DELTA, SBIAS, b, h, tok, row_ok, cols, stride_qb,
+                          stride_qh, stride_ql, stride_dob, stride_doh, stride_dol, L, HKV, qk_scale, GRP,
+                          SUMB, IEEE, UPCAST)  # fmt: skip
     # the positions whose candidates end inside the group: grp * SM < c < (grp + 1) * SM, the blocks < c
     lo = first_reader(grp * SM + 1, G, W, SB)
     hi = tl.minimum(first_reader((grp + 1) * SM, G, W, SB), L)
@@ -121,13 +124,11 @@ def group_blocks_dkv_kernel(
         c = candidates(tok, row_ok, G, W, SB)
         ok = row_ok[:, None] & valid[None, :] & (j[None, :] < c[:, None])
         ok = ok & (j[None, :] >= ((c // SM) * SM)[:, None])
-        q, do, lse, delta = query_rows(Q, DO, LSE, DELTA, SBIAS, b, h, tok, row_ok, cols, stride_qb,
-                                       stride_qh, stride_ql, stride_dob, stride_doh, stride_dol, L, HKV,
-                                       GRP, SUMB)  # fmt: skip
-        p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
-        dk += mma(tl.trans(ds.to(q.dtype)), q, IEEE, UPCAST)
-        dv += mma(tl.trans(p.to(do.dtype)), do, IEEE, UPCAST)
-    # the group's rows of the fp32 buffers (contiguous [B, HKV, NSUM, HD]): only this program writes them
+        dk, dv = add_rows(dk, dv, kt, vt, ok, Q, DO, LSE, DELTA, SBIAS, b, h, tok, row_ok, cols, stride_qb,
+                          stride_qh, stride_ql, stride_dob, stride_doh, stride_dol, L, HKV, qk_scale, GRP,
+                          SUMB, IEEE, UPCAST)  # fmt: skip
+    # the group's rows of the fp32 buffers (contiguous [B, HKV, NSUM, HD]): only this program writes them,
+    # or with SPLIT only the group's parts
     ptr = (bh * NSUM + tl.where(valid, j, 0))[:, None] * HD + cols[None, :]
     if SPLIT:  # an empty part adds nothing
         used = valid[:, None] & ((cols[None, :] * 0 + tl.maximum(end - start, hi - lo)) > 0)
@@ -173,12 +174,9 @@ def suffix_dkv_kernel(
         row_ok = tok < hi
         c = candidates(tok, row_ok, G, W, SB)
         ok = row_ok[:, None] & valid[None, :] & (c[:, None] >= need[None, :])
-        q, do, lse, delta = query_rows(Q, DO, LSE, DELTA, SBIAS, b, h, tok, row_ok, cols, stride_qb,
-                                       stride_qh, stride_ql, stride_dob, stride_doh, stride_dol, L, HKV,
-                                       GRP, SUMB)  # fmt: skip
-        p, ds = grad_tile(q, do, lse, delta, kt, vt, ok, qk_scale, IEEE, UPCAST)
-        dk += mma(tl.trans(ds.to(q.dtype)), q, IEEE, UPCAST)
-        dv += mma(tl.trans(p.to(do.dtype)), do, IEEE, UPCAST)
+        dk, dv = add_rows(dk, dv, kt, vt, ok, Q, DO, LSE, DELTA, SBIAS, b, h, tok, row_ok, cols, stride_qb,
+                          stride_qh, stride_ql, stride_dob, stride_doh, stride_dol, L, HKV, qk_scale, GRP,
+                          SUMB, IEEE, UPCAST)  # fmt: skip
     ptr = (bh * NSUM + FIRST + tl.where(valid, i, 0))[:, None] * HD + cols[None, :]
     used = valid[:, None] & ((cols[None, :] * 0 + hi) > lo)  # a chunk before the tile's readers: nothing
     tl.atomic_add(DSK + ptr, dk * sm_scale, mask=used)
