@@ -548,6 +548,14 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("mqar_4096", "halo_select", 2, 3, seed=s, slot=900, tag="lr7e-4-warm2000-g0", extra=long + warm + ["ablation=no_globals"])
         for s in (0, 1)
     ]  # fmt: skip
+    # select_gpu19_g0_both (H100, twentieth session): after 2,000 dense steps the selection without the
+    # global tokens passed on 2 of 2 seeds (0.9995 / 0.9998), alone on 1 of 2. A third seed of each and of
+    # dense at 7e-4, the shared rate (--jobs 3, about 420 s)
+    select_gpu20_seed2 = [
+        Job("mqar_4096", "halo_select", 2, 3, seed=2, slot=900, tag="lr7e-4-warm2000-g0", extra=long + warm + ["ablation=no_globals"]),
+        Job("mqar_4096", "halo_select", 2, 3, seed=2, slot=900, tag="lr7e-4-g0", extra=long + ["optimizer.lr=7e-4", "ablation=no_globals"]),
+        Job("mqar_4096", "dense", 2, 3, seed=2, slot=900, tag="lr7e-4", extra=long + ["optimizer.lr=7e-4"]),
+    ]  # fmt: skip
     # Both rows at 7e-4, between 5e-4 (dense 2 of 2, the selection 1 of 3) and 1e-3 (dense 1 of 2, the
     # selection 2 of 2): a shared rate where both may pass on 2 seeds (--jobs 4, about 400 s)
     select_gpu16_mqar7e4 = [
@@ -785,6 +793,13 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("baseline", "halo_select", 4, 0, seed=s, slot=900, min_slot=300, tag=f"tokbias2-warm{w}", extra=lm + tb2 + [f"module.select_dense_warmup={w}"])
         for s, w in ((0, 100), (1, 100), (2, 100), (0, 200))
     ]  # fmt: skip
+    # What dropping the global tokens costs the GPU-scale LM (select_tokbias_lm_gpu's recipe; the CPU LM saw
+    # no cost on 2 seeds): the selection with and without them, 3 seeds each, one call (--jobs 6, ~300 s)
+    select_gpu20_lm_g0 = [
+        Job("baseline", "halo_select", 4, 0, seed=s, slot=900, min_slot=300, tag=f"tokbias2{t}", extra=lm + tb2 + e)
+        for s in (0, 1, 2)
+        for t, e in (("", []), ("-g0", ["ablation=no_globals"]))
+    ]  # fmt: skip
     # One device call for both, when the device time allows only one: part1's jobs first, 16 at once.
     return {
         "select_gpu1": (select_gpu1, 8),
@@ -834,6 +849,10 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu18_g0": (select_gpu18_g0, 2),
         "select_gpu19_g0_warmup": (select_gpu19_g0_warmup, 2),
         "select_gpu19_g0_both": (select_gpu18_g0 + select_gpu19_g0_warmup, 4),
+        "select_gpu20_seed2": (select_gpu20_seed2, 3),
+        # the same three rows on seed 3 (select_gpu20_seed2: all three at chance on seed 2, dense included)
+        "select_gpu20_seed3": ([replace(j, seed=3) for j in select_gpu20_seed2], 3),
+        "select_gpu20_lm_g0": (select_gpu20_lm_g0, 6),
         "select_gpu14_lm": (select_gpu14_lm, 6),
         "select_gpu14_l6_select": (select_gpu14_l6[:2], 2),
         "select_gpu14_l6_halo": (select_gpu14_l6[2:4], 2),
