@@ -1,6 +1,6 @@
 """The one plotting style (halo_lab/report/style.py) at every plotting site: the report's plots, the bench's
 bench.png, the eval's loss by position and experiments/ddp/plot.py. Each site's figures pass
-``style.audit`` (legends outside the axes, bars from zero, no marker cut by the frame, every numeric
+``halo_lab.report.audit`` (legends outside the axes, bars from zero, no marker cut by the frame, every numeric
 tick written by the one number formatter, at most MAX_SERIES series a panel); the rules a reader relies
 on have a test of their own. Fast: Agg canvas, tiny data, nothing trained."""
 
@@ -15,6 +15,7 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
 from halo_lab.report import build_report, style
+from halo_lab.report.audit import audit
 from halo_lab.report.labels import (
     BACKEND_COLORS,
     COLORS,
@@ -94,7 +95,7 @@ def test_log_axis_labels_values_between_powers_of_ten():
     assert [style.number(t) for t in style._readable_log_ticks(2855, 246_791)] == [
         "5K", "10K", "20K", "50K", "100K", "200K",
     ]  # fmt: skip
-    assert style.audit(fig) == []
+    assert audit(fig) == []
 
 
 def test_dodge_never_moves_a_point_below_zero_or_past_the_data():
@@ -154,7 +155,7 @@ def test_report_plots_follow_the_style_and_split_many_series(tmp_path, figures):
     assert "| HALO-S+sel L2 |" in md and "| HALO-S L2 |" in md  # the select variant is named apart
     assert set(figures) == {"needle_loss", "needle_accuracy_by_distance", "needle_summary"}
     for name, fig in figures.items():
-        assert style.audit(fig) == [], name
+        assert audit(fig) == [], name
     acc = figures["needle_accuracy_by_distance"]
     # 8 series: one panel per setting (L2, L4) with shared axes, each variant named by itself
     assert [ax.get_title().split("\n")[0] for ax in acc.axes] == ["L2", "L4"]
@@ -192,7 +193,7 @@ def test_report_plots_of_a_small_sweep_stay_one_panel(tmp_path, figures):
                  val_acc_by_distance={"16": 0.9, "48": 0.5}), task="needle", history=history(1.3))  # fmt: skip
     build_report(root, plots=True)
     assert len(figures["needle_accuracy_by_distance"].axes) == 1
-    assert all(style.audit(f) == [] for f in figures.values())
+    assert all(audit(f) == [] for f in figures.values())
 
 
 # ---------------------------------------------------------------------------------------------- bench
@@ -220,7 +221,7 @@ def test_bench_plot_follows_the_style(tmp_path, figures):
 
     plot(bench_rows(), tmp_path / "bench.png", "halo_lab bench: cpu, torch.float32")
     fig = figures["bench"]
-    assert style.audit(fig) == []
+    assert audit(fig) == []
     titles = [ax.get_title() for ax in fig.axes]
     # 9 decode series: one panel per batch; 7 attention backends: panels with dense in each
     assert [t for t in titles if t.startswith("decode")] == [
@@ -267,7 +268,7 @@ def test_eval_plot_follows_the_style(tmp_path, figures):
     plot_loss_by_position(
         result, tmp_path / "loss_by_position.png", "baseline_h256 (last.ckpt): file, seq_len 128"
     )
-    assert style.audit(figures["loss_by_position"]) == []
+    assert audit(figures["loss_by_position"]) == []
 
 
 def test_eval_plot_title_names_the_run_not_the_checkpoint_file(tmp_path):
@@ -289,7 +290,7 @@ def test_ddp_plot_follows_the_style(monkeypatch, capsys):
     monkeypatch.setattr(style, "save", lambda fig, path: saved.append((fig, Path(path))))  # keep the PNG
     runpy.run_path(str(ROOT / "experiments" / "ddp" / "plot.py"), run_name="__main__")
     ((fig, path),) = saved
-    assert path.name == "loss_curves.png" and style.audit(fig) == []
+    assert path.name == "loss_curves.png" and audit(fig) == []
     assert "| global batch 32 x 512 | 1 GPU | 1.5758 |" in capsys.readouterr().out
 
 
@@ -302,6 +303,31 @@ def test_audit_catches_what_the_old_plots_did(tmp_path):
     ax.plot([0, 1], [1.33, 1.5], marker="o", label="HALO-S")
     ax.legend()
     ax.set_xticks([0, 1], ["14000", "8,000"])
-    problems = " | ".join(style.audit(fig))
+    problems = " | ".join(audit(fig))
     for what in ("legend inside", "bars do not start at 0", "outside the frame", "not style.number"):
         assert what in problems, problems
+
+
+def test_bar_values_stay_inside_the_frame_and_long_names_keep_panels_apart(tmp_path):
+    """The MQAR 4096 report's summary (2026-12-07): 88-character names squeezed two bar panels to an inch
+    each, so their x labels overlapped and '1.352M' ran past the frame. The audit sees both; the names'
+    room keeps the panels apart, and ``save`` widens a value axis until its labels fit."""
+    names = [
+        f"HALO-S+sel select_router_rank=16 select_dense_warmup={k} select_routing_loss=1.0 lr 7e-4"
+        for k in range(12)
+    ]
+    values = [1_352_000.0 + 90_000 * k for k in range(12)]
+
+    def draw(width: float, room: float):
+        fig, axes = style.figure(2, 1, width=width, height=4.0, legend_room=0, names=room, sharey=True)
+        for ax, label in zip(axes[0], ("validation loss (nats/token)", "training tokens/s")):
+            style.bars(ax, names, values, xlabel=label)
+        return fig
+
+    problems = " | ".join(audit(draw(4.0, 0.0)))
+    assert "ends past the frame" in problems and "overlaps another panel" in problems, problems
+    narrow = draw(2.0, style.name_room(names))  # apart, but 22% of headroom is less than '2.342M'
+    assert "ends past the frame" in " | ".join(audit(narrow))
+    style.save(narrow, tmp_path / "summary.png")
+    assert audit(narrow) == []
+    assert narrow.axes[0].get_xlim()[0] == 0  # still from zero

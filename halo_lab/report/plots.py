@@ -272,7 +272,10 @@ def plot_summary(task: str, runs: list[Run], out: Path) -> Path | None:
     colors = palette(r.label for r in runs)
     multi_seed = any(len(g) > 1 for g in groups.values())
     height = max(2.6, 0.26 * len(groups) + 1.3)  # never a strip
-    fig, axes = style.figure(2, 1, width=4.0, height=height, legend_room=0, sharey=True)
+    # the names' room on top of the panels' width: long names must not squeeze the panels together
+    fig, axes = style.figure(
+        2, 1, width=4.0, height=height, legend_room=0, names=style.name_room(names), sharey=True
+    )
     for ax, key, xlabel in (
         (axes[0][0], "val_loss", "validation loss (nats/token)"),
         (axes[0][1], "tokens_per_sec", "training tokens/s"),

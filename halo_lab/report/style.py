@@ -1,7 +1,7 @@
 """The one plotting style of halo_lab. Every figure of the project is built with these helpers:
 halo_lab.report's plots (``plots.py``), halo_lab.eval's loss by position, halo_lab.bench's ``bench.png``
-(``bench/plots.py``) and ``experiments/ddp/plot.py``. ``audit`` checks a finished figure against the rules
-(tests/test_plot_style.py runs it on every plotting site).
+(``bench/plots.py``) and ``experiments/ddp/plot.py``. ``halo_lab.report.audit`` checks a finished figure
+against the rules (tests/test_plot_style.py runs it on every plotting site).
 
 The rules:
 
@@ -10,7 +10,9 @@ The rules:
 2. **Legends outside the data** (``legend``): one legend per figure, right of the panels; never a legend
    inside an axes.
 3. **Bars from zero** (``bars``): horizontal bars (names read without rotation) whose value axis starts
-   at 0, the value written after each bar, error bars clipped at 0.
+   at 0, the value written after each bar and inside the frame (``save`` widens the value axis until
+   every label fits), error bars clipped at 0; the names get room of their own (``name_room``), so long
+   names never squeeze the panels into overlapping axis labels.
 4. **Margins** (``padded``): every limit a plot sets itself leaves ``MARGIN`` of the span on each side,
    so no marker is cut by the frame; matplotlib's own autoscale keeps its margins.
 5. **One number formatter** (``number``, ``number_formatter``): every numeric tick and value label.
@@ -45,6 +47,7 @@ MAX_LOG_TICKS = 8  # labelled ticks on a log axis
 MIN_TICK_GAP = 0.08  # of a length axis' log span between two labelled ticks
 FONT = 8  # legend, value labels
 LEGEND_ROOM = 2.0  # inches right of the panels for the legend
+VALUE_LABEL = "value"  # gid of a bar's value label: ``save`` keeps it inside the frame
 REFERENCE = "reference"  # gid of a reference line (chance, window, mean): not a series, may span the axes
 
 
@@ -195,15 +198,17 @@ def figure(
     width: float = 4.6,
     height: float = 3.4,
     legend_room: float = LEGEND_ROOM,
+    names: float = 0.0,
     **subplots: Any,
 ):
     """(figure, axes as a 2-D array): Agg canvas, constrained layout (rule 1); ``width``/``height`` per
-    panel, plus ``legend_room`` inches for the legend right of the panels (0: no legend). ``subplots``
-    go to ``Figure.subplots`` (sharex, sharey)."""
+    panel, plus ``legend_room`` inches for the legend right of the panels (0: no legend) and ``names``
+    inches for long tick labels left of them (``name_room``). ``subplots`` go to ``Figure.subplots``
+    (sharex, sharey)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width * ncols + legend_room, height * nrows), layout="constrained")
+    fig = Figure(figsize=(width * ncols + legend_room + names, height * nrows), layout="constrained")
     fig.legend_room = legend_room  # for ``title``
     FigureCanvasAgg(fig)  # Agg canvas: no display, no pyplot state
     axes = fig.subplots(nrows, ncols, squeeze=False, **subplots)
@@ -282,9 +287,38 @@ def finish(ax, grid_axis: str = "both") -> None:
 
 
 def save(fig, path: str | Path) -> Path:
-    """Rule 1: DPI, tight bounding box (a legend right of the panels is never cut)."""
+    """Rule 1: DPI, tight bounding box (a legend right of the panels is never cut); rule 3's value labels
+    inside their frames."""
+    fit_value_labels(fig)
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     return Path(path)
+
+
+def fit_value_labels(fig) -> None:
+    """Rule 3: widen each bar panel's value axis until every value label ends inside the frame. The room
+    a label needs is known only once the layout has placed the panel, so: draw, measure, widen, again."""
+    for _ in range(4):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        widened = False
+        for ax in fig.axes:
+            labels = [t for t in ax.texts if t.get_gid() == VALUE_LABEL and t.get_visible()]
+            if not labels:
+                continue
+            box = ax.get_window_extent(renderer)
+            past = max(t.get_window_extent(renderer).x1 for t in labels) - box.x1
+            if past > -2:  # pixels past the frame, with 2 of room
+                x0, x1 = ax.get_xlim()
+                ax.set_xlim(x0, x1 + (past + 4) / box.width * (x1 - x0))
+                widened = True
+        if not widened:
+            return
+
+
+def name_room(names: Sequence[str], fontsize: float = FONT) -> float:
+    """Inches that the longest of ``names`` takes as tick labels (about 0.6 em a character): a figure with
+    long bar names adds it to its width, so the panels keep theirs."""
+    return max((len(n) for n in names), default=0) * 0.6 * fontsize / 72
 
 
 # ---------------------------------------------------------------------------------------------- bars
@@ -319,7 +353,7 @@ def bars(
     for y, v, e in zip(ys, vals, errs or [0.0] * len(vals)):
         ax.annotate(
             value_format(v), (max(v, 0.0) + e, y), xytext=(3, 0), textcoords="offset points",
-            va="center", fontsize=FONT - 1,
+            va="center", fontsize=FONT - 1, gid=VALUE_LABEL,
         )  # fmt: skip
     ax.xaxis.set_major_formatter(number_formatter())
     if xlabel:
@@ -370,110 +404,3 @@ def panel_groups(
 def natural_key(text: str) -> list:
     """``L2, conv3`` < ``L4, conv0`` < ``L10``: the numbers in a name compare as numbers."""
     return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", text)]
-
-
-# ---------------------------------------------------------------------------------------------- audit
-_NUMERIC = re.compile(r"^[-\u2212]?[\d.,]+(e[-+]?\d+)?[KM]?$|^\$.*\$$")
-
-
-def audit(fig) -> list[str]:
-    """The rules a finished figure breaks (empty: none). Checks: no legend inside an axes and none over
-    an axes' area (2); bar value axes from 0 (3); every marker inside its axes' view (4); every numeric
-    tick label written by ``number`` (5, 6, 7; names of bars are not numbers); no labelled minor tick on
-    a log axis (6); at most ``MAX_SERIES`` series (distinct colours of lines that are not reference
-    lines) per axes (10)."""
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    problems: list[str] = []
-    legends = list(fig.legends)
-    for i, ax in enumerate(fig.axes):
-        name = f"axes {i} ({ax.get_title() or ax.get_ylabel()!r})"
-        problems += _legend_problems(name, ax, legends, renderer)
-        problems += _bar_problems(name, ax)
-        for which, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
-            problems += _tick_problems(name, which, axis)
-        problems += _line_problems(name, ax)
-    return problems
-
-
-def _legend_problems(name: str, ax, legends: list, renderer) -> list[str]:
-    """Rule 2: no legend inside the axes, no figure legend over its area."""
-    problems = []
-    if ax.get_legend() is not None:
-        problems.append(f"{name}: a legend inside the axes")
-    box = ax.get_window_extent(renderer)
-    for lg in legends:
-        if lg.get_window_extent(renderer).overlaps(box):
-            problems.append(f"{name}: the figure legend overlaps the axes")
-    return problems
-
-
-def _bar_problems(name: str, ax) -> list[str]:
-    """Rule 3: the value axis of every bar container starts at 0."""
-    from matplotlib.container import BarContainer
-
-    problems = []
-    for c in ax.containers:
-        if isinstance(c, BarContainer) and len(c):
-            lim = ax.get_xlim() if c.orientation == "horizontal" else ax.get_ylim()
-            if min(lim) != 0:
-                problems.append(f"{name}: bars do not start at 0 (axis from {min(lim):g})")
-    return problems
-
-
-def _tick_problems(name: str, which: str, axis) -> list[str]:
-    """Rules 5-7: the first visible numeric major tick label not written by ``number``; rule 6: no
-    labelled minor ticks on a log axis."""
-    from matplotlib.ticker import NullFormatter
-
-    problems = []
-    bad = _first_foreign_tick(axis)
-    if bad is not None:
-        v, text = bad
-        problems.append(f"{name}: {which} tick {text!r} at {v:g}, not style.number ({number(v)!r})")
-    if axis.get_scale() == "log" and not isinstance(axis.get_minor_formatter(), NullFormatter):
-        problems.append(f"{name}: labelled minor ticks on the log {which} axis")
-    return problems
-
-
-def _first_foreign_tick(axis) -> tuple[float, str] | None:
-    """(location, label) of the first visible major tick in view whose numeric label is not ``number``'s."""
-    lo, hi = sorted(axis.get_view_interval())
-    for tick in axis.get_major_ticks():
-        v, text = tick.get_loc(), tick.label1.get_text()
-        if not tick.label1.get_visible() or not text or not (lo <= v <= hi):
-            continue
-        if text != number(v) and _NUMERIC.match(text.strip()):
-            return v, text
-    return None
-
-
-def _line_problems(name: str, ax) -> list[str]:
-    """Rules 4 and 10: every marker of a (non-reference, visible) line inside the view; at most
-    ``MAX_SERIES`` colours of such lines."""
-    (x0, x1), (y0, y1) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
-    problems = []
-    colours = set()
-    for line in ax.get_lines():
-        if line.get_gid() == REFERENCE or not line.get_visible():
-            continue
-        colours.add(str(line.get_color()))
-        if line.get_marker() in (None, "None", "", " "):
-            continue
-        outside = _first_marker_outside(line, x0, x1, y0, y1)
-        if outside is not None:
-            problems.append(f"{name}: a marker at ({outside[0]:g}, {outside[1]:g}) outside the frame")
-    if len(colours) > MAX_SERIES:
-        problems.append(f"{name}: {len(colours)} series in one panel (max {MAX_SERIES})")
-    return problems
-
-
-def _first_marker_outside(line, x0: float, x1: float, y0: float, y1: float) -> tuple[Any, Any] | None:
-    """The first finite point of ``line`` outside [x0, x1] x [y0, y1], or None."""
-    xs, ys = line.get_xdata(orig=False), line.get_ydata(orig=False)
-    for x, y in zip(xs, ys):
-        if not (math.isfinite(float(x)) and math.isfinite(float(y))):
-            continue
-        if not (x0 <= x <= x1 and y0 <= y <= y1):
-            return x, y
-    return None
