@@ -106,8 +106,9 @@ SELECT_VARIANTS = {
 
 
 def inputs(n: int, config: HaloConfig, dtype=torch.bfloat16):
-    # seeded: the selected kernels' times follow the data (which groups the positions choose); unseeded
-    # processes timed the same 16K group pass at 707 and 1,151 µs (h100_select_v11/)
+    # seeded, so processes time the same data: the selected kernels' work depends on which groups the
+    # positions choose, and two unseeded processes timed the same 16K group pass at 707 and 1,151 µs
+    # (h100_select_v11/; the cause not isolated)
     torch.manual_seed(n)
     B = 65536 // n
     L = n + config.num_globals
