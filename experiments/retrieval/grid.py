@@ -765,6 +765,15 @@ def grids() -> dict[str, tuple[list[Job], int]]:
             extra=scale + d256 + ["data.batch_size=64", "data.num_train=48000", "trainer.max_steps=700"])
         for s in (1, 2)
     ]  # fmt: skip
+    # What dropping the global tokens costs the selection's needle (twentieth session: they slow MQAR's
+    # lookup at 4096 and cost the LM nothing; on plain HALO-S the 1024 needle lost accuracy without them,
+    # one seed): the n256b64 point, where dense passes on 3 of 3 seeds, seeds 0 and 1 (--cpu --jobs 2)
+    select_g0_needle_cpu = [
+        Job("needle_cpu", "halo_select", 2, 3, seed=s, slot=3000, min_slot=300, tag=f"n256b64{t}",
+            extra=scale + d256 + ["data.batch_size=64", "data.num_train=48000", "trainer.max_steps=700"] + e)
+        for s in (0, 1)
+        for t, e in (("", []), ("-g0", ["ablation=no_globals"]))
+    ]  # fmt: skip
     # Dense's learning rate where its plateau is long on the CPU (512 tokens at 16 a step: not left in 2500
     # steps at lr 1e-3, needle_scale_cpu): 3e-4 and 3e-3, seed 0, the GPU sweep's rates (--cpu --jobs 2)
     # Ran 2026-12-05 (CPU, 1,979 s): 3e-4 0.955 (gate passed), 3e-3 0.228; 1e-3 was 0.371
@@ -853,6 +862,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         # the same three rows on seed 3 (select_gpu20_seed2: all three at chance on seed 2, dense included)
         "select_gpu20_seed3": ([replace(j, seed=3) for j in select_gpu20_seed2], 3),
         "select_gpu20_lm_g0": (select_gpu20_lm_g0, 6),
+        "select_g0_needle_cpu": (select_g0_needle_cpu, 2),
         "select_gpu14_lm": (select_gpu14_lm, 6),
         "select_gpu14_l6_select": (select_gpu14_l6[:2], 2),
         "select_gpu14_l6_halo": (select_gpu14_l6[2:4], 2),
