@@ -863,6 +863,8 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu20_seed3": ([replace(j, seed=3) for j in select_gpu20_seed2], 3),
         "select_gpu20_lm_g0": (select_gpu20_lm_g0, 6),
         "select_g0_needle_cpu": (select_g0_needle_cpu, 2),
+        # its seed-1 pair alone (a 2-core machine gives each pair about 2,000 s)
+        "select_g0_needle_cpu_s1": ([j for j in select_g0_needle_cpu if j.seed == 1], 2),
         "select_gpu14_lm": (select_gpu14_lm, 6),
         "select_gpu14_l6_select": (select_gpu14_l6[:2], 2),
         "select_gpu14_l6_halo": (select_gpu14_l6[2:4], 2),
