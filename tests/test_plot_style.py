@@ -177,6 +177,12 @@ def test_report_plots_follow_the_style_and_split_many_series(tmp_path, figures):
             colours.setdefault(c.get_label(), set()).add(to_hex(c.lines[0].get_color()))
     assert colours["HALO-S+sel"] == {COLORS["HALO-S+sel"]} and colours["dense"] == {COLORS["dense"]}
     assert colours["HALO-S"] == {COLORS["HALO-S"]}  # in both panels
+    # HALO-S L2 ran 2 seeds (0.0 and 0.6 at distance 100, mean 0.3): each seed's curve drawn faint behind the
+    # mean, in the variant's colour; the single-seed variants get none
+    faint = [line for line in acc.axes[0].get_lines() if (line.get_alpha() or 1.0) < 1.0]
+    assert len(faint) == 2 and {to_hex(line.get_color()) for line in faint} == {COLORS["HALO-S"]}
+    assert sorted(line.get_ydata()[-1] for line in faint) == [0.0, 0.6]
+    assert "faint lines: each seed" in acc.get_suptitle()
     summary = figures["needle_summary"]
     width, height = summary.get_size_inches()
     assert height / width > 0.35  # not a strip
@@ -193,6 +199,7 @@ def test_report_plots_of_a_small_sweep_stay_one_panel(tmp_path, figures):
                  val_acc_by_distance={"16": 0.9, "48": 0.5}), task="needle", history=history(1.3))  # fmt: skip
     build_report(root, plots=True)
     assert len(figures["needle_accuracy_by_distance"].axes) == 1
+    assert "faint" not in figures["needle_accuracy_by_distance"].get_suptitle()  # one seed: no seed curves
     assert all(audit(f) == [] for f in figures.values())
 
 

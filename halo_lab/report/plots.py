@@ -156,8 +156,10 @@ def _chance(runs: list[Run]) -> float | None:
 
 
 def plot_accuracy(task: str, runs: list[Run], out: Path) -> Path | None:
-    """Accuracy by distance per variant (mean ± std over seeds, the error bar inside [0, 1]), distances
-    on a log2 axis with a tick at each one measured, equal points dodged by a factor (never below 0)."""
+    """Accuracy by distance per variant (mean ± std over seeds, the error bar inside [0, 1]; with several
+    seeds each seed's own curve drawn faint behind it, since retrieval runs often split into passing and
+    failing seeds that a mean hides), distances on a log2 axis with a tick at each one measured, equal
+    points dodged by a factor (never below 0)."""
     runs = [r for r in runs if r.ok and r.m("val_acc_by_distance")]
     if not runs:
         return None
@@ -168,14 +170,19 @@ def plot_accuracy(task: str, runs: list[Run], out: Path) -> Path | None:
     distances = sorted({int(d) for r in runs for d in r.m("val_acc_by_distance")})
     fig, axes = style.panel_grid(len(panels.panels), sharey=True, sharex=True)
     xs_drawn: list[float] = []
+    faint = False
     for ax, (title, n, labels) in zip(axes, panels.panels):
         by_label: dict[str, dict[int, list[float]]] = {lab: defaultdict(list) for lab in labels}
+        seeds: dict[str, list[dict[int, float]]] = defaultdict(list)
         for r in (r for r in runs if (r.seq_len or 0) == n and r.label in labels):
-            for d, acc in r.m("val_acc_by_distance").items():
+            curve = {int(d): acc for d, acc in r.m("val_acc_by_distance").items()}
+            seeds[r.label].append(curve)
+            for d, acc in curve.items():
                 by_label[r.label][int(d)].append(acc)
         drawn = [(lab, pts) for lab, pts in by_label.items() if pts]
         for i, (label, pts) in enumerate(drawn):
             ds = sorted(pts)
+            faint = _seed_curves(ax, seeds[label], i, len(drawn), panels.style(label)["color"]) or faint
             stats = [_mean_std(pts[d]) for d in ds]
             means = [m for m, _ in stats]
             lower = [min(e, m) for m, e in stats]  # the error bar stays inside [0, 1]
@@ -206,9 +213,18 @@ def plot_accuracy(task: str, runs: list[Run], out: Path) -> Path | None:
     if window and window > 0:
         lo, hi = min(lo, window), max(hi, window)
     axes[0].set_xlim(*style.padded(lo, hi, log=lo > 0))
-    style.title(fig, f"{task}: accuracy by distance")
+    style.title(fig, f"{task}: accuracy by distance" + ("; faint lines: each seed" if faint else ""))
     style.legend(fig, axes, order=panels.names)
     return style.save(fig, out / f"{task}_accuracy_by_distance.png")
+
+
+def _seed_curves(ax, curves: list[dict[int, float]], i: int, n: int, color: Any) -> bool:
+    """Each seed's accuracy by distance, faint and without markers, behind the mean (only for 2+ seeds);
+    whether it drew any."""
+    for curve in curves if len(curves) > 1 else ():
+        ds = sorted(curve)
+        ax.plot(style.dodge(ds, i, n), [curve[d] for d in ds], lw=0.8, alpha=0.35, color=color, zorder=1)
+    return len(curves) > 1
 
 
 # ---------------------------------------------------------------------------------------------- speed
