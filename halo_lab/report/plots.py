@@ -172,14 +172,10 @@ def plot_accuracy(task: str, runs: list[Run], out: Path) -> Path | None:
     xs_drawn: list[float] = []
     faint = False
     for ax, (title, n, labels) in zip(axes, panels.panels):
-        by_label: dict[str, dict[int, list[float]]] = {lab: defaultdict(list) for lab in labels}
-        seeds: dict[str, list[dict[int, float]]] = defaultdict(list)
+        seeds: dict[str, list[dict[int, float]]] = {lab: [] for lab in labels}  # a curve per run
         for r in (r for r in runs if (r.seq_len or 0) == n and r.label in labels):
-            curve = {int(d): acc for d, acc in r.m("val_acc_by_distance").items()}
-            seeds[r.label].append(curve)
-            for d, acc in curve.items():
-                by_label[r.label][int(d)].append(acc)
-        drawn = [(lab, pts) for lab, pts in by_label.items() if pts]
+            seeds[r.label].append({int(d): acc for d, acc in r.m("val_acc_by_distance").items()})
+        drawn = [(lab, _by_distance(curves)) for lab, curves in seeds.items() if curves]
         for i, (label, pts) in enumerate(drawn):
             ds = sorted(pts)
             faint = _seed_curves(ax, seeds[label], i, len(drawn), panels.style(label)["color"]) or faint
@@ -216,6 +212,15 @@ def plot_accuracy(task: str, runs: list[Run], out: Path) -> Path | None:
     style.title(fig, f"{task}: accuracy by distance" + ("; faint lines: each seed" if faint else ""))
     style.legend(fig, axes, order=panels.names)
     return style.save(fig, out / f"{task}_accuracy_by_distance.png")
+
+
+def _by_distance(curves: list[dict[int, float]]) -> dict[int, list[float]]:
+    """The runs' accuracies gathered by distance."""
+    pts: dict[int, list[float]] = defaultdict(list)
+    for curve in curves:
+        for d, acc in curve.items():
+            pts[d].append(acc)
+    return pts
 
 
 def _seed_curves(ax, curves: list[dict[int, float]], i: int, n: int, color: Any) -> bool:

@@ -296,15 +296,17 @@ def save(fig, path: str | Path) -> Path:
 
 def fit_value_labels(fig) -> None:
     """Rule 3: widen each bar panel's value axis until every value label ends inside the frame. The room
-    a label needs is known only once the layout has placed the panel, so: draw, measure, widen, again."""
-    for _ in range(4):
+    a label needs is known only once the layout has placed the panel, so: draw, measure, widen, again.
+    A figure without value labels is not drawn here (savefig draws it once)."""
+    panels = [
+        (ax, [t for t in ax.texts if t.get_gid() == VALUE_LABEL and t.get_visible()]) for ax in fig.axes
+    ]
+    panels = [(ax, labels) for ax, labels in panels if labels]
+    for _ in range(4 if panels else 0):
         fig.canvas.draw()
         renderer = fig.canvas.get_renderer()
         widened = False
-        for ax in fig.axes:
-            labels = [t for t in ax.texts if t.get_gid() == VALUE_LABEL and t.get_visible()]
-            if not labels:
-                continue
+        for ax, labels in panels:
             box = ax.get_window_extent(renderer)
             past = max(t.get_window_extent(renderer).x1 for t in labels) - box.x1
             if past > -2:  # pixels past the frame, with 2 of room
