@@ -869,6 +869,8 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu14_l6_select": (select_gpu14_l6[:2], 2),
         "select_gpu14_l6_halo": (select_gpu14_l6[2:4], 2),
         "select_gpu14_l6_local": (select_gpu14_l6[4:], 2),
+        # plain HALO-S and local-only together (4 jobs share the card; cheaper a step than the selection)
+        "select_gpu14_l6_fixed": (select_gpu14_l6[2:], 4),
         "select_gpu14_val_s0": (select_gpu14_val[:1], 1),
         "select_gpu14_val_s1": (select_gpu14_val[1:], 1),
         "select_gpu6_select_s0": (select_gpu6_select[:1], 1),
