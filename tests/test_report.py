@@ -219,6 +219,23 @@ def test_extra_swept_override_goes_into_the_variant_label(tmp_path):
     assert not list(root.glob("*.png"))
 
 
+def test_the_common_setup_states_only_what_the_runs_share(tmp_path):
+    """A sweep over depth: the setup line must not name one run's depth as everyone's."""
+    root = tmp_path / "s"
+    for arch, layers in (("dense", 4), ("halo", 6)):
+        mc = {"hidden_size": 128, "num_layers": layers, "num_heads": 4, "num_kv_heads": 2, "local_window": 64}
+        make_job(
+            root,
+            [f"model.arch={arch}", f"model.num_layers={layers}"],
+            metrics(arch, 1.0, 1.0, model_config=mc),
+        )
+    model = next(
+        line for line in build_report(root, plots=False).read_text().splitlines() if line.startswith("Model:")
+    )
+    assert "hidden 128, 4/6 layers (by row), 4 heads, 2 KV heads" in model, model
+    assert "HALO-S graph: window 64." in model and "None" not in model, model
+
+
 def test_a_per_job_time_limit_is_not_a_sweep_axis(tmp_path):
     """A launcher gives each job the time left as trainer.max_time: that must not split variants or
     gate points (experiments/retrieval/grid.py)."""

@@ -251,6 +251,34 @@ def _seed_table(runs: list[Run]) -> list[str]:
     return _md_table(header, rows)
 
 
+def _shared(runs: list[Run], key: str, fmt: str) -> str:
+    """One model_config field over the runs, formatted; every value and "(by row)" where the runs differ,
+    "" where no run has it."""
+    vals = {json.dumps((r.m("model_config") or {}).get(key), sort_keys=True, default=str) for r in runs}
+    ordered = [json.loads(v) for v in sorted(vals - {"null"}, key=lambda v: v.rjust(12))]
+    if len(ordered) > 1:
+        return fmt.format("/".join(str(v) for v in ordered)) + " (by row)"
+    return fmt.format(ordered[0]) if ordered else ""
+
+
+def _model_line(ok: list[Run]) -> str:
+    """The model's shape, and the full HALO-S graph's, stating only what the runs share as common."""
+    if not any(r.m("model_config") for r in ok):
+        return ""
+    fields = [("hidden_size", "hidden {}"), ("num_layers", "{} layers"), ("num_heads", "{} heads"),
+              ("num_kv_heads", "{} KV heads"), ("vocab_size", "vocabulary {}")]  # fmt: skip
+    text = "Model: " + ", ".join(p for p in (_shared(ok, k, f) for k, f in fields) if p)
+    halo = [r for r in ok if r.arch == "halo" and r.m("model_config")]
+    full = [r for r in halo if r.ablation == "full"] or halo
+    graph = [("num_globals", "{} globals"), ("local_window", "window {}"), ("dilated_offsets", "dilated offsets {}"),
+             ("dilation_rule", "dilation rule {}"), ("num_random", "{} random edges"),
+             ("random_edges", "random-edge placement {}"), ("attention_backend", "backend {}")]  # fmt: skip
+    parts = [p for p in (_shared(full, k, f) for k, f in graph) if p]
+    if parts:
+        text += f"; HALO-S graph{' (full)' if len(full) < len(halo) else ''}: " + ", ".join(parts)
+    return text + "."
+
+
 def _setup_lines(runs: list[Run]) -> list[str]:
     """What every run of the experiment shares (from metrics.json and the group choices)."""
     ok = [r for r in runs if r.ok]
@@ -277,24 +305,10 @@ def _setup_lines(runs: list[Run]) -> list[str]:
     used = {r.m("attention_backend") for r in ok if r.arch == "halo"} - {None}
     if used:
         parts.append("HALO-S attention ran on **" + ", ".join(sorted(used)) + "**")
-    mc = ok[0].m("model_config") or {}
     lines = ["Common setup: " + ", ".join(parts) + "." if parts else ""]
-    if mc:
-        text = (
-            f"Model: hidden {mc.get('hidden_size')}, {mc.get('num_layers')} layer{'s' * (mc.get('num_layers') != 1)}, {mc.get('num_heads')} heads "
-            f"({mc.get('num_kv_heads')} KV), vocabulary {mc.get('vocab_size')}"
-        )
-        halo = [r for r in ok if r.arch == "halo"]
-        full = next((r for r in halo if r.ablation == "full"), halo[0] if halo else None)
-        g = (full.m("model_config") or {}) if full else {}
-        if g:
-            text += (
-                f"; HALO-S graph{' (full)' if len(halo) > 1 else ''}: {g.get('num_globals')} globals, window "
-                f"{g.get('local_window')}, dilated offsets {g.get('dilated_offsets')} ({g.get('dilation_rule')}), "
-                f"{g.get('num_random')} random edges ({g.get('random_edges')}), backend "
-                f"{g.get('attention_backend')}"
-            )
-        lines.append(text + ".")
+    model = _model_line(ok)
+    if model:
+        lines.append(model)
     kinds = {r.m("peak_mem_kind") for r in ok} - {None}
     if kinds:
         what = {
