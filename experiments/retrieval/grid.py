@@ -809,6 +809,20 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         for s in (0, 1, 2)
         for t, e in (("", []), ("-g0", ["ablation=no_globals"]))
     ]  # fmt: skip
+    # select_gpu13_l4_select (H100, twenty-first session): at 4 layers, lr 1e-3, the selection passed on seed 1
+    # and stayed at chance on seed 0 for 6,000 steps. MQAR 4096's recipe (no global tokens, 2,000 dense steps
+    # first: 3 of 4 seeds there) on the same two seeds (--jobs 2, about 420 s)
+    select_gpu21_l4_recipe = [
+        Job("needle_1024", "halo_select", 4, 3, seed=s, tag="warm2000-g0", extra=long + ["module.select_dense_warmup=2000", "ablation=no_globals"])
+        for s in (0, 1)
+    ]  # fmt: skip
+    # Issue 31's "every point with 2 seeds": the second seed of the 1024-token points that have one (the
+    # needle's edge ablations of `edges`, 3,000 steps; MQAR's 4- and 6-layer points of part1 / part3 and its
+    # no_dilated ablation, 2,000 steps), each at its first seed's recipe (--jobs 4 and --jobs 5, about 300 s)
+    seed1_needle = [Job("needle_1024", "halo", 2, 3, seed=1, ablation=a) for a in ("no_dilated", "no_random", "no_globals")]
+    seed1_needle += [Job("mqar_1024", "halo", 2, 3, seed=1, ablation="no_dilated")]
+    seed1_mqar = [Job("mqar_1024", v, 4, 3, seed=1) for v in ("dense", "halo", "local_only")]
+    seed1_mqar += [Job("mqar_1024", v, 6, 3, seed=1) for v in ("dense", "halo")]
     # One device call for both, when the device time allows only one: part1's jobs first, 16 at once.
     return {
         "select_gpu1": (select_gpu1, 8),
@@ -871,6 +885,9 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu14_l6_local": (select_gpu14_l6[4:], 2),
         # plain HALO-S and local-only together (4 jobs share the card; cheaper a step than the selection)
         "select_gpu14_l6_fixed": (select_gpu14_l6[2:], 4),
+        "select_gpu21_l4_recipe": (select_gpu21_l4_recipe, 2),
+        "gpu21_seed1_needle": (seed1_needle, 4),
+        "gpu21_seed1_mqar": (seed1_mqar, 5),
         "select_gpu14_val_s0": (select_gpu14_val[:1], 1),
         "select_gpu14_val_s1": (select_gpu14_val[1:], 1),
         "select_gpu6_select_s0": (select_gpu6_select[:1], 1),
