@@ -1,0 +1,60 @@
+"""experiments/bench/phase_sync.py (issue 30's probe): every wait mode computes the torch chain.
+
+In the interpreter programs run one after another, so ``launch`` runs at P = 3 and the one-launch waits
+(barrier, flags) at P = 1, where their code runs but never has to wait; on a card the probe itself checks
+each mode at the SM count before it times it."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+ps = runpy.run_path(str(ROOT / "experiments" / "bench" / "phase_sync.py"))
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+pytestmark = pytest.mark.skipif(not ps["HAS_TRITON"], reason="needs triton")
+
+
+@pytest.mark.parametrize(
+    "mode,P,work,fanin",
+    [
+        ("launch", 3, "gemv", 0),
+        ("launch", 3, "mean", 0),
+        ("launch", 5, "mean", 2),
+        ("barrier", 1, "gemv", 0),
+        ("flags", 1, "gemv", 0),
+        ("flags", 1, "mean", 1),
+    ],
+)
+def test_every_mode_computes_the_reference_chain(mode, P, work, fanin):
+    chain = ps["Chain"](P, 5, work, fanin, device=DEVICE)
+    for _ in range(2):  # the second pass numbers its flags and counter after the first's
+        chain.buf.zero_()
+        chain.run(mode)
+        assert chain.check() < 1e-4
+    assert int(chain.err.item()) == 0
+
+
+def test_the_reference_is_the_chain_it_claims():
+    """Fan-in 1 at P programs: each program's chunk depends on its own rows only."""
+    x0 = torch.arange(8.0)
+    ref = ps["reference"](x0, 1, 2, fanin=1)
+    own = x0.view(2, 4).mean(1).repeat_interleave(4)
+    assert torch.allclose(ref[1], x0 * 0.5 + own * 0.25 + 1.0)
+    assert not torch.allclose(ref[1], ps["reference"](x0, 1, 2, fanin=2)[1])
+
+
+def test_a_wait_that_never_ends_is_reported_not_hung():
+    """Flags at P = 2 in the interpreter: program 0 waits for program 1, which has not run yet."""
+    if DEVICE == "cuda":
+        pytest.skip("on a card both programs run at once")
+    chain = ps["Chain"](2, 3, "mean", 0, device=DEVICE, spin=16)
+    chain.run("flags")
+    with pytest.raises(RuntimeError, match="spun past its limit"):
+        chain.check()
+    with pytest.raises(ValueError, match="fanin must be 0"):
+        ps["Chain"](2, 3, "gemv", 1, device=DEVICE)
