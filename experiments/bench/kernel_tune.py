@@ -4,7 +4,8 @@ python experiments/bench/kernel_tune.py OUT_DIR [VARIANT ...]   (default: all of
 B*N = 65,536 tokens, the default graph, bf16; dense = causal flash SDPA in the same process)
 python experiments/bench/kernel_tune.py OUT_DIR --select [VARIANT ...]   (the same for the bench's
 triton_select, halo_lab.bench.attention.SELECT, with SELECT_VARIANTS at 1K, 4K and 16K)
---n=N (repeatable) times only those lengths. The JSON is rewritten after each length, so a run cut by a
+--n=N (repeatable) times only those lengths; --hist (with --select) also records how unevenly the positions
+choose the groups and blocks at each N (choice_histogram). The JSON is rewritten after each length, so a run cut by a
 time limit keeps the lengths it finished.
 """
 
@@ -182,20 +183,54 @@ def kernel_times(fn, q, k, v, g) -> dict[str, float]:
     }
 
 
+def choice_histogram(q, k, v) -> dict:
+    """How unevenly the text positions choose the groups and blocks (item 5d of the bench README's next
+    calls): each group's and block's choosers over (batch row, KV head, position, slot), from the oracle's
+    choice on the timed inputs. The group pass and the chosen blocks' dK/dV give a program per group or
+    block, so the largest count is the longest program."""
+    from halo_lab.graph import selection
+
+    G = CONFIG.num_globals
+    n = q.shape[2] - G
+    with torch.no_grad():
+        sel = selection.select(
+            q[:, :, G:], k, v, CONFIG, torch.arange(n, device=q.device), pool=EXTRAS.get("pool")
+        )
+    out = {}
+    for name, ids in (("groups", sel.groups), ("blocks", sel.blocks)):
+        ids = ids[ids >= 0]
+        if ids.numel():
+            c = torch.bincount(ids.flatten()).float()
+            out[name] = {
+                "count": c.numel(), "choices": int(c.sum()), "max": int(c.max()), "mean": round(float(c.mean()), 1),
+                "max_over_mean": round(float(c.max() / c.mean()), 2), "top8": [int(x) for x in c.topk(min(8, c.numel())).values],
+                "first8": [int(x) for x in c[:8]],
+            }  # fmt: skip
+    return out
+
+
 CONFIG = HaloConfig()
 EXTRAS: dict = {}  # the selection's parameters (pool, biases) with --select
 
 
-def main(out: str, names: list[str]) -> None:
-    global CONFIG, EXTRAS
-    lengths = [int(a.split("=", 1)[1]) for a in names if a.startswith("--n=")]
-    names = [a for a in names if not a.startswith("--n=")]
+def _arguments(args: list[str]) -> tuple[list[int], bool, bool, list[str]]:
+    """(lengths, select, hist, variant names) from the command line after OUT_DIR; unknown names fail."""
+    lengths = [int(a.split("=", 1)[1]) for a in args if a.startswith("--n=")]
+    hist = "--hist" in args  # with --select: the choice's histogram at each N (choice_histogram)
+    names = [a for a in args if not a.startswith("--n=") and a != "--hist"]
     select = bool(names) and names[0] == "--select"
-    table = SELECT_VARIANTS if select else VARIANTS
     names = names[1:] if select else names
+    table = SELECT_VARIANTS if select else VARIANTS
     unknown = [name for name in names if name not in table]
     if unknown:
         raise SystemExit(f"kernel_tune.py: unknown variant(s) {unknown}; known: {sorted(table)}")
+    return lengths, select, hist, names
+
+
+def main(out: str, args: list[str]) -> None:
+    global CONFIG, EXTRAS
+    lengths, select, hist, names = _arguments(args)
+    table = SELECT_VARIANTS if select else VARIANTS
     if select:
         from halo_lab.bench.attention import SELECT, selection_parameters
 
@@ -207,6 +242,9 @@ def main(out: str, names: list[str]) -> None:
     print(results["device"], flush=True)
     for n in lengths or ((1024, 4096, 16384) if select else (1024, 16384, 65536)):
         q, k, v, g = inputs(n, CONFIG)
+        if select and hist:
+            results.setdefault("choice", {})[n] = choice = choice_histogram(q, k, v)
+            print(f"N={n:6d} choice {json.dumps(choice)}", flush=True)
         fns = {"dense": lambda q, k, v: attn.dense_attention(q, k, v)}
         fns.update(
             (name, with_options(o))
