@@ -888,6 +888,8 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu21_l4_recipe": (select_gpu21_l4_recipe, 2),
         "gpu21_seed1_needle": (seed1_needle, 4),
         "gpu21_seed1_mqar": (seed1_mqar, 5),
+        # both in one call where the device time allows only one (9 small jobs at once, as select_gpu1's 8)
+        "gpu21_seed1": (seed1_needle + seed1_mqar, 9),
         "select_gpu14_val_s0": (select_gpu14_val[:1], 1),
         "select_gpu14_val_s1": (select_gpu14_val[1:], 1),
         "select_gpu6_select_s0": (select_gpu6_select[:1], 1),
