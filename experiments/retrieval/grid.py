@@ -774,6 +774,13 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         for s in (0, 1)
         for t, e in (("", []), ("-g0", ["ablation=no_globals"]))
     ]  # fmt: skip
+    # The 4-layer stall of select_gpu13_l4_select (seed 0 at chance at 1024) on the CPU: the same n256b64
+    # point with 4 layers, seeds 0 and 1 (the 2-layer selection: 0.736 / 1.000 with the global tokens)
+    select_l4_needle_cpu = [
+        Job("needle_cpu", "halo_select", 4, 3, seed=s, slot=4200, min_slot=300, tag="n256b64",
+            extra=scale + d256 + ["data.batch_size=64", "data.num_train=48000", "trainer.max_steps=700"])
+        for s in (0, 1)
+    ]  # fmt: skip
     # Dense's learning rate where its plateau is long on the CPU (512 tokens at 16 a step: not left in 2500
     # steps at lr 1e-3, needle_scale_cpu): 3e-4 and 3e-3, seed 0, the GPU sweep's rates (--cpu --jobs 2)
     # Ran 2026-12-05 (CPU, 1,979 s): 3e-4 0.955 (gate passed), 3e-3 0.228; 1e-3 was 0.371
@@ -877,6 +884,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu20_seed3": ([replace(j, seed=3) for j in select_gpu20_seed2], 3),
         "select_gpu20_lm_g0": (select_gpu20_lm_g0, 6),
         "select_g0_needle_cpu": (select_g0_needle_cpu, 2),
+        "select_l4_needle_cpu": (select_l4_needle_cpu, 2),
         # its seed-1 pair alone (a 2-core machine gives each pair about 2,000 s)
         "select_g0_needle_cpu_s1": ([j for j in select_g0_needle_cpu if j.seed == 1], 2),
         "select_gpu14_lm": (select_gpu14_lm, 6),
