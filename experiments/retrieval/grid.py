@@ -781,6 +781,9 @@ def grids() -> dict[str, tuple[list[Job], int]]:
             extra=scale + d256 + ["data.batch_size=64", "data.num_train=48000", "trainer.max_steps=700"])
         for s in (0, 1)
     ]  # fmt: skip
+    # Ran 2026-12-07 (CPU, twenty-first session): 0.271 / 0.300, near chance on both seeds. Its gate, dense at
+    # 4 layers on the same point (--cpu --jobs 2, about 3,000 s)
+    select_l4_dense_cpu = [replace(j, variant="dense", slot=4200) for j in select_l4_needle_cpu]
     # Dense's learning rate where its plateau is long on the CPU (512 tokens at 16 a step: not left in 2500
     # steps at lr 1e-3, needle_scale_cpu): 3e-4 and 3e-3, seed 0, the GPU sweep's rates (--cpu --jobs 2)
     # Ran 2026-12-05 (CPU, 1,979 s): 3e-4 0.955 (gate passed), 3e-3 0.228; 1e-3 was 0.371
@@ -885,6 +888,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu20_lm_g0": (select_gpu20_lm_g0, 6),
         "select_g0_needle_cpu": (select_g0_needle_cpu, 2),
         "select_l4_needle_cpu": (select_l4_needle_cpu, 2),
+        "select_l4_dense_cpu": (select_l4_dense_cpu, 2),
         # its seed-1 pair alone (a 2-core machine gives each pair about 2,000 s)
         "select_g0_needle_cpu_s1": ([j for j in select_g0_needle_cpu if j.seed == 1], 2),
         "select_gpu14_lm": (select_gpu14_lm, 6),
