@@ -58,3 +58,26 @@ def test_a_wait_that_never_ends_is_reported_not_hung():
         chain.check()
     with pytest.raises(ValueError, match="fanin must be 0"):
         ps["Chain"](2, 3, "gemv", 1, device=DEVICE)
+
+
+@pytest.mark.parametrize("sync", [1, 2])
+def test_a_pass_reuses_the_first_pass_kernel_whatever_its_numbering(sync):
+    """Each one-launch pass numbers its flags / counter after the last (``base`` grows by the phases): if
+    Triton specialized ``base`` on divisibility, a later pass would compile a second kernel inside the
+    timed loop. The sm_90 specialization key must not depend on ``base`` (nor on the phase bounds)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import JITFunction, create_function_from_signature
+
+    kernel = ps["_chain_kernel"]
+    jit = JITFunction(getattr(kernel, "fn", kernel), **getattr(kernel, "kwargs", {}))
+    binder = create_function_from_signature(
+        jit.signature, jit.params, make_backend(GPUTarget("cuda", 90, 32))
+    )
+    t = torch.zeros(4)
+    consts = dict(R=4, DB=1024, PB=256, FANIN=0, KB=1, SYNC=sync, GEMV=False, SPIN=1 << 16)
+    keys = {
+        str(binder(t, t, t, t, t, 132, 528, base, lo, 40, **consts)[1])
+        for base, lo in ((0, 0), (39, 1), (40, 3))
+    }
+    assert len(keys) == 1

@@ -106,7 +106,11 @@ if HAS_TRITON:
         x = tl.load(row + qs[:, None] * R + r[None, :], mask=qmask[:, None], other=0.0, cache_modifier=".cg")
         return tl.sum(x) / (FANIN * R)
 
-    @triton.jit
+    # Triton specializes an int argument on "divisible by 16" unless told not to: ``base`` changes every
+    # pass, so the first timed pass whose base is not a multiple of 16 compiled a second kernel inside the
+    # timed loop (the twenty-second session's one-launch rows, 44-92 µs a phase, were that compile spread
+    # over 2,000 phases). Nothing here gains from the specialization.
+    @triton.jit(do_not_specialize=["base", "phase_lo", "phase_hi"])
     def _chain_kernel(
         buf_ptr, w_ptr, flags_ptr, count_ptr, err_ptr, P, D, base, phase_lo, phase_hi,
         R: tl.constexpr, DB: tl.constexpr, PB: tl.constexpr, FANIN: tl.constexpr, KB: tl.constexpr,

@@ -784,6 +784,13 @@ def grids() -> dict[str, tuple[list[Job], int]]:
     # Ran 2026-12-07 (CPU, twenty-first session): 0.271 / 0.300, near chance on both seeds. Its gate, dense at
     # 4 layers on the same point (--cpu --jobs 2, about 3,000 s)
     select_l4_dense_cpu = [replace(j, variant="dense", slot=4200) for j in select_l4_needle_cpu]
+    # Ran 2026-12-07 (CPU, twenty-second session, 1,838 s): 0.986 / 1.000, so the 4-layer stall there is the
+    # selection's. On the card at 4 layers plain HALO-S stays at chance even inside its window, where
+    # local-only (no global tokens) learns it: the selection without its global tokens at the same point,
+    # seeds 0 and 1 (--cpu --jobs 2, about 3,800 s)
+    select_l4_g0_needle_cpu = [
+        replace(j, tag="n256b64-g0", extra=j.extra + ["ablation=no_globals"]) for j in select_l4_needle_cpu
+    ]
     # Dense's learning rate where its plateau is long on the CPU (512 tokens at 16 a step: not left in 2500
     # steps at lr 1e-3, needle_scale_cpu): 3e-4 and 3e-3, seed 0, the GPU sweep's rates (--cpu --jobs 2)
     # Ran 2026-12-05 (CPU, 1,979 s): 3e-4 0.955 (gate passed), 3e-3 0.228; 1e-3 was 0.371
@@ -826,6 +833,15 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("needle_1024", "halo_select", 4, 3, seed=s, tag="warm2000-g0", extra=long + ["module.select_dense_warmup=2000", "ablation=no_globals"])
         for s in (0, 1)
     ]  # fmt: skip
+    # Ran 2026-12-07 (H100, twenty-second session): seed 1 1.000, seed 0 0.374 (its dense phase stayed at chance
+    # for its 2,000 steps); plain HALO-S 0.237 / 0.244 and local-only 0.474 / 0.469 (select_gpu13_l4_fixed).
+    # At 6 layers the selection passed at lr 3e-4 on 2 of 2: the same rate at 4 layers, the selection and
+    # dense's gate, seeds 0 and 1 (--jobs 4, about 450 s)
+    select_gpu22_l4_lr = [
+        Job("needle_1024", v, 4, 3, seed=s, tag="lr3e-4", extra=l6)
+        for v in ("halo_select", "dense")
+        for s in (0, 1)
+    ]
     # Issue 31's "every point with 2 seeds": the second seed of the 1024-token points that have one (the
     # needle's edge ablations of `edges`, 3,000 steps; MQAR's 4- and 6-layer points of part1 / part3 and its
     # no_dilated ablation, 2,000 steps), each at its first seed's recipe (--jobs 4 and --jobs 5, about 300 s)
@@ -889,6 +905,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_g0_needle_cpu": (select_g0_needle_cpu, 2),
         "select_l4_needle_cpu": (select_l4_needle_cpu, 2),
         "select_l4_dense_cpu": (select_l4_dense_cpu, 2),
+        "select_l4_g0_needle_cpu": (select_l4_g0_needle_cpu, 2),
         # its seed-1 pair alone (a 2-core machine gives each pair about 2,000 s)
         "select_g0_needle_cpu_s1": ([j for j in select_g0_needle_cpu if j.seed == 1], 2),
         "select_gpu14_lm": (select_gpu14_lm, 6),
@@ -898,6 +915,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         # plain HALO-S and local-only together (4 jobs share the card; cheaper a step than the selection)
         "select_gpu14_l6_fixed": (select_gpu14_l6[2:], 4),
         "select_gpu21_l4_recipe": (select_gpu21_l4_recipe, 2),
+        "select_gpu22_l4_lr": (select_gpu22_l4_lr, 4),
         "gpu21_seed1_needle": (seed1_needle, 4),
         "gpu21_seed1_mqar": (seed1_mqar, 5),
         # both in one call where the device time allows only one (9 small jobs at once, as select_gpu1's 8)

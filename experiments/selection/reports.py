@@ -54,6 +54,22 @@ REPORTS: dict[str, list[str]] = {
         "selection/h100/needle/select_gpu13_l6-*",
         "selection/h100/needle/select_gpu14_l6_*",
         "selection/h100/needle/select_gpu13_l4_select-*",
+        "selection/h100/needle/select_gpu13_l4_fixed-*",
+        "selection/h100/needle/select_gpu21_l4_recipe-*",
+    ],
+    # issue 31's second seeds at 1024 tokens: the needle's and MQAR's edge ablations, MQAR at 4 and 6 layers
+    # (seed 0 from the retrieval grid on the H200, seed 1 on the H100), with the 2-layer rows they ablate
+    "report_1024_seeds": [
+        "retrieval/h100/runs/*/gpu21_seed1-*",
+        "retrieval/h200/runs/*/edges-*_1024-no_*-L2-c3-s0",
+        "retrieval/h200/runs/*/all-*_1024-dense-L2-c3-s0",
+        "retrieval/h200/runs/*/edges-*_1024-dense-L2-c3-s1",
+        "retrieval/h200/runs/needle/all-needle_1024-halo-L2-c3-s0",
+        "retrieval/h200/runs/needle/edges-needle_1024-halo-L2-c3-s1",
+        "retrieval/h200/runs/mqar/all-mqar_1024-halo-L2-c3-s0",
+        "retrieval/h200/runs/mqar/all-mqar_1024-*-L4-c3-s0",
+        "retrieval/h200/runs/mqar/all-mqar_1024-halo-L6-c3-s0",
+        "retrieval/h200/runs/mqar/part3-mqar_1024-dense-L6-c3-s0",
     ],
     # 1024 tokens, 2 layers: the selection (H100) beside the retrieval grid's dense / HALO-S / local-only (H200)
     "h100/report_1024": [
