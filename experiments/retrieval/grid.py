@@ -919,7 +919,9 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu21_l4_recipe": (select_gpu21_l4_recipe, 2),
         "select_gpu22_l4_lr": (select_gpu22_l4_lr, 4),
         # plain HALO-S at the same rate and depth, 2 seeds: with it the at-chance row has its rate control
-        "select_gpu22_l4_lr_halo": ([replace(j, variant="halo") for j in select_gpu22_l4_lr[:2]], 2),
+        "select_gpu22_l4_lr_halo": (
+            [replace(j, variant="halo") for j in select_gpu22_l4_lr if j.variant == "halo_select"], 2
+        ),
         "gpu21_seed1_needle": (seed1_needle, 4),
         "gpu21_seed1_mqar": (seed1_mqar, 5),
         # both in one call where the device time allows only one (9 small jobs at once, as select_gpu1's 8)
