@@ -236,12 +236,14 @@ def test_the_common_setup_states_only_what_the_runs_share(tmp_path):
     assert "HALO-S graph: window 64." in model and "None" not in model, model
 
 
-def test_a_per_job_time_limit_is_not_a_sweep_axis(tmp_path):
-    """A launcher gives each job the time left as trainer.max_time: that must not split variants or
-    gate points (experiments/retrieval/grid.py)."""
+@pytest.mark.parametrize("key", ["+trainer.max_time", "logger"])
+def test_a_per_job_time_limit_or_logger_is_not_a_sweep_axis(tmp_path, key):
+    """A launcher gives each job the time left as trainer.max_time, and its jobs' logger changed between
+    calls: neither may split variants or gate points (experiments/retrieval/grid.py)."""
     root = tmp_path / "s"
-    for arch, t in (("halo", "00:00:06:40"), ("dense", "00:00:05:10")):
-        make_job(root, [f"model.arch={arch}", f"+trainer.max_time={t}"], metrics(arch, 1.0, 1.0))
+    values = {"+trainer.max_time": ("00:00:06:40", "00:00:05:10"), "logger": ("csv", "none")}[key]
+    for arch, v in zip(("halo", "dense"), values):
+        make_job(root, [f"model.arch={arch}", f"{key}={v}"], metrics(arch, 1.0, 1.0))
     from halo_lab.report.runs import label_runs
 
     runs = find_runs(root)

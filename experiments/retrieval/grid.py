@@ -839,6 +839,8 @@ def grids() -> dict[str, tuple[list[Job], int]]:
     # for its 2,000 steps); plain HALO-S 0.237 / 0.244 and local-only 0.474 / 0.469 (select_gpu13_l4_fixed).
     # At 6 layers the selection passed at lr 3e-4 on 2 of 2: the same rate at 4 layers, the selection and
     # dense's gate, seeds 0 and 1 (--jobs 4, about 450 s)
+    # Ran 2026-12-07 (H100, twenty-third session): the selection 1.000 / 1.000 (budget-stopped at 3,487 / 3,400
+    # steps, >= 0.99 from step 1,750), dense 1.000 / 1.000; plain HALO-S at the same rate 0.759 / 0.744
     select_gpu22_l4_lr = [
         Job("needle_1024", v, 4, 3, seed=s, tag="lr3e-4", extra=l6)
         for v in ("halo_select", "dense")

@@ -56,6 +56,7 @@ REPORTS: dict[str, list[str]] = {
         "selection/h100/needle/select_gpu13_l4_select-*",
         "selection/h100/needle/select_gpu13_l4_fixed-*",
         "selection/h100/needle/select_gpu21_l4_recipe-*",
+        "selection/h100/needle/select_gpu22_l4_lr*",
     ],
     # issue 31's second seeds at 1024 tokens: the needle's and MQAR's edge ablations, MQAR at 4 and 6 layers
     # (seed 0 from the retrieval grid on the H200, seed 1 on the H100), with the 2-layer rows they ablate

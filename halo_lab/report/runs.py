@@ -15,9 +15,10 @@ log = logging.getLogger("halo_lab.report")
 ABLATION_ORDER = ("full", "no_globals", "no_dilated", "no_random", "local_only")
 # Override keys that the variant / seq_len / seed columns already show.
 SHOWN_KEYS = {"module.arch", "model.arch", "ablation", "variant", "data.seq_len", "seed", "model.max_seq_len"}
-# Overrides that bound how long a job runs, not what it computes (a launcher sets them per job from the
-# time left, experiments/retrieval/grid.py): never a sweep axis; the steps column shows what they cut.
-RUN_ONLY_KEYS = {"trainer.max_time"}
+# Overrides that bound how long a job runs or where it writes its metrics, not what it computes (a
+# launcher sets the time per job from the time left, experiments/retrieval/grid.py, and its logger changed
+# from csv to none between calls): never a sweep axis; the steps column shows what the time limit cut.
+RUN_ONLY_KEYS = {"trainer.max_time", "logger"}
 REPORT_FILE = "report.md"
 
 
