@@ -20,18 +20,23 @@ pytestmark = pytest.mark.skipif(not ps["HAS_TRITON"], reason="needs triton")
 
 
 @pytest.mark.parametrize(
-    "mode,P,work,fanin",
+    "mode,P,work,fanin,rows",
     [
-        ("launch", 3, "gemv", 0),
-        ("launch", 3, "mean", 0),
-        ("launch", 5, "mean", 2),
-        ("barrier", 1, "gemv", 0),
-        ("flags", 1, "gemv", 0),
-        ("flags", 1, "mean", 1),
+        ("launch", 3, "gemv", 0, 4),
+        ("launch", 3, "mean", 0, 4),
+        ("launch", 5, "mean", 2, 4),
+        ("barrier", 1, "gemv", 0, 4),
+        ("flags", 1, "gemv", 0, 4),
+        ("flags", 1, "mean", 1, 4),
+        # the decode step's GEMV size (--rows 8): a program's tile of 8 rows, the fan-in chunks of 8
+        ("launch", 3, "gemv", 0, 8),
+        ("barrier", 1, "gemv", 0, 8),
+        ("launch", 3, "mean", 1, 8),
     ],
 )
-def test_every_mode_computes_the_reference_chain(mode, P, work, fanin):
-    chain = ps["Chain"](P, 5, work, fanin, device=DEVICE)
+def test_every_mode_computes_the_reference_chain(mode, P, work, fanin, rows):
+    chain = ps["Chain"](P, 5, work, fanin, device=DEVICE, rows=rows)
+    assert chain.D == P * rows
     for _ in range(2):  # the second pass numbers its flags and counter after the first's
         chain.buf.zero_()
         chain.run(mode)
@@ -58,6 +63,9 @@ def test_a_wait_that_never_ends_is_reported_not_hung():
         chain.check()
     with pytest.raises(ValueError, match="fanin must be 0"):
         ps["Chain"](2, 3, "gemv", 1, device=DEVICE)
+    for rows in (6, 16):
+        with pytest.raises(ValueError, match="rows must be 1, 2, 4 or 8"):
+            ps["Chain"](2, 3, "gemv", 0, device=DEVICE, rows=rows)
 
 
 @pytest.mark.parametrize("sync", [1, 2])

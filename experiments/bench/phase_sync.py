@@ -17,15 +17,19 @@ mean(x over what it reads) / 4 + 1: the dependence without the arithmetic). ``re
 torch; ``check`` compares them. The time a phase is (run time) / (runs x phases), K runs back to back, so
 a launch's fixed cost is spread over the phases of the one-launch modes.
 
-Block sizes: R = 4 rows a program (the o-projection's split on 132 SMs in decode_step.py); the weight
-tile is R x next_pow2(D) (4 x 1024 at D = 528), 16 KB of bf16 a program, in registers across the wait.
+Block sizes: R = 4 rows a program by default (the o-projection's split on 132 SMs in decode_step.py); the
+weight tile is R x next_pow2(D) (4 x 1024 at D = 528), 16 KB of bf16 a program, in registers across the
+wait. ``--rows 8`` grows the GEMV to the decode step's own size (q/k/v 512 x 768, o 512 x 512, FFN 512 x
+4,096 and 2,048 x 512: about 0.95M weights a phase on average, 3.4x the 528 x 528 one): R = 8 is 1056 x
+1056 (1.1M) at 8 warps, 106 registers with the barrier in the sm_90 build, no spill. R = 16 (2112 x 2112,
+a 16 x 4096 tile) spills at 16 warps (128 registers, 232-296 bytes of stack), so R stops at 8.
 
 Testing without a GPU: the interpreter runs programs one after another, so a wait on another program
 never ends there; ``launch`` checks every phase at any P and ``barrier``/``flags`` run their waits at
 P = 1 (tests/test_phase_sync.py). A wait that spins past ``SPIN`` polls sets ``err`` and later waits do
 not wait (wrong values, no hang); ``run`` raises on it.
 
-    python experiments/bench/phase_sync.py OUT [--phases 40] [--runs 50]   # on a GPU: OUT/phase_sync.json
+    python experiments/bench/phase_sync.py OUT [--phases 40] [--runs 50] [--rows 4 8] [--work gemv]
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ try:
 except ImportError:  # pragma: no cover - torch without triton
     HAS_TRITON = False
 
-R = 4  # rows a program
+R = 4  # rows a program (default)
 SPIN = 1 << 16  # polls before a wait gives up (~20-30 ms on a card)
 SYNC = {"launch": 0, "barrier": 1, "flags": 2}
 
@@ -150,9 +154,10 @@ if HAS_TRITON:
 
 
 def reference(
-    x0: torch.Tensor, phases: int, P: int, fanin: int = 0, w: torch.Tensor | None = None
+    x0: torch.Tensor, phases: int, P: int, fanin: int = 0, w: torch.Tensor | None = None, rows: int = R
 ) -> torch.Tensor:
-    """The chain in torch, fp32: [phases + 1, D], row 0 ``x0``; ``w`` ([phases, D, D]) for the GEMV work."""
+    """The chain in torch, fp32: [phases + 1, D], row 0 ``x0``; ``w`` ([phases, D, D]) for the GEMV work;
+    ``rows`` values a program (D = P x rows)."""
     D = x0.numel()
     out = [x0.float()]
     for t in range(phases):
@@ -163,9 +168,9 @@ def reference(
             if fanin == 0:
                 m = x.mean().expand(D)
             else:
-                chunks = x.view(P, R)
+                chunks = x.view(P, rows)
                 m = torch.stack([chunks[[(p + j) % P for j in range(fanin)]].mean() for p in range(P)])
-                m = m.repeat_interleave(R)
+                m = m.repeat_interleave(rows)
             y = x * 0.5 + m * 0.25 + 1.0
         out.append(y)
     return torch.stack(out)
@@ -183,11 +188,15 @@ class Chain:
         device: str = "cuda",
         seed: int = 0,
         spin: int = SPIN,
+        rows: int = R,
     ):
         if work == "gemv" and fanin:
             raise ValueError("a GEMV reads the whole vector: fanin must be 0")
         g = torch.Generator().manual_seed(seed)
-        self.P, self.phases, self.work, self.fanin, self.D, self.spin = P, phases, work, fanin, P * R, spin
+        if rows not in (1, 2, 4, 8):
+            raise ValueError(f"rows must be 1, 2, 4 or 8 (a tile's row count; 16 spills), got {rows}")
+        self.P, self.phases, self.work, self.fanin, self.spin, self.rows = P, phases, work, fanin, spin, rows
+        self.D = P * rows
         self.x0 = torch.randn(self.D, generator=g).to(device)
         self.w = (
             torch.randn(phases, self.D, self.D, generator=g).to(device, torch.bfloat16)
@@ -204,9 +213,9 @@ class Chain:
         w = self.w if self.w is not None else self.buf  # unused when work != gemv
         _chain_kernel[(self.P,)](
             self.buf, w, self.flags, self.count, self.err, self.P, self.D, base, lo, hi,
-            R=R, DB=triton.next_power_of_2(self.D), PB=triton.next_power_of_2(self.P), FANIN=self.fanin,
+            R=self.rows, DB=triton.next_power_of_2(self.D), PB=triton.next_power_of_2(self.P), FANIN=self.fanin,
             KB=triton.next_power_of_2(max(self.fanin, 1)), SYNC=sync, GEMV=self.work == "gemv", SPIN=self.spin,
-            num_warps=4,
+            num_warps=max(4, self.rows),
         )  # fmt: skip
 
     def run(self, mode: str) -> None:
@@ -225,7 +234,7 @@ class Chain:
         """The largest relative error of the last pass against ``reference``; raises if a wait timed out."""
         if int(self.err.item()):
             raise RuntimeError("a wait spun past its limit: are all P programs resident (P <= SMs)?")
-        ref = reference(self.x0, self.phases, self.P, self.fanin, self.w)
+        ref = reference(self.x0, self.phases, self.P, self.fanin, self.w, self.rows)
         return float(((self.buf - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item())
 
 
@@ -261,26 +270,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--phases", type=int, default=40, help="dependent phases a pass (HALO-S medium: 41)")
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--programs", type=int, default=0, help="P (default: the SM count)")
+    ap.add_argument("--rows", type=int, nargs="+", default=[R], help="values a program, each a GEMV size")
+    ap.add_argument("--work", choices=["gemv", "mean"], nargs="+", default=["gemv", "mean"])
     args = ap.parse_args(argv)
     if not torch.cuda.is_available() or not HAS_TRITON:
         print("phase_sync.py: needs a CUDA card and Triton", file=sys.stderr)
         return 2
     P = args.programs or torch.cuda.get_device_properties(0).multi_processor_count
     rows = []
-    cases = [("gemv", 0), ("mean", 0), ("mean", 1), ("mean", 4)]
-    for work, fanin in cases:
+    cases = [(w, f, r) for r in args.rows for w, f in (("gemv", 0), ("mean", 0), ("mean", 1), ("mean", 4))]
+    for work, fanin, r in [c for c in cases if c[0] in args.work]:
         for mode, graph in (("launch", False), ("launch", True), ("barrier", False), ("flags", False)):
             if fanin and mode == "barrier":
                 continue  # the barrier waits for everyone whatever a phase reads
-            chain = Chain(P, args.phases, work, fanin)
+            chain = Chain(P, args.phases, work, fanin, rows=r)
             us, err = time_chain(chain, mode, args.runs, graph)
-            rows.append({"work": work, "fanin": fanin, "mode": mode + (" (graph)" if graph else ""),
+            rows.append({"work": work, "fanin": fanin, "rows": r, "D": chain.D, "mode": mode + (" (graph)" if graph else ""),
                          "us_per_phase": round(us, 3), "max_rel_err": err})  # fmt: skip
             print(
-                f"{work:5} fanin {fanin or 'all':>3}  {rows[-1]['mode']:15} {us:7.3f} µs a phase", flush=True
+                f"{work:5} D {chain.D:5} fanin {fanin or 'all':>3}  {rows[-1]['mode']:15} {us:7.3f} µs a phase",
+                flush=True,
             )
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"card": torch.cuda.get_device_name(), "programs": P, "rows_per_program": R, "D": P * R,
+    meta = {"card": torch.cuda.get_device_name(), "programs": P, "rows_per_program": args.rows,
             "phases": args.phases, "runs": args.runs, "torch": torch.__version__, "triton": triton.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": "python experiments/bench/phase_sync.py " + " ".join(argv or sys.argv[1:])}  # fmt: skip
     (args.out / "phase_sync.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
