@@ -103,7 +103,7 @@ def main() -> None:
     regs = resources(halo_bwd_dq_kernel, {**base["dq"], "SEL_KG": 3}, consts)
     print(f"dq  {base['dq']['num_warps']} warps selection, SEL_KG 3 {regs}", flush=True)
     names = ("G", "W", "ND", "NR", "UNIT", "GRP", "HD", "SB", "SBP", "TOKB", "IEEE", "UPCAST")
-    chosen = {n: consts[n] for n in names} | {"BLOCK_P": chosen_dkv.BLOCK_P}
+    chosen = {n: consts[n] for n in names} | {"BLOCK_P": chosen_dkv.BLOCK_P, "SPLIT": bool(chosen_dkv.BLOCK_PART)}
     for warps in (4, 8):
         regs = resources(chosen_dkv.chosen_dkv_kernel, {"num_warps": warps, "num_stages": 2}, chosen)
         print(f"chosen_dkv {warps} warps {regs}", flush=True)
