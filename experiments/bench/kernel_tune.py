@@ -43,6 +43,10 @@ VARIANTS = {
     "per_distance": {"fwd": {"DIL_GROUPED": False}, "dq": {"DIL_GROUPED": False}},
     "grouped_fwd_only": {"dq": {"DIL_GROUPED": False}},
     "dq8": {"dq": {"num_warps": 8}},
+    # the dQ pass at 8 warps with a tile per distance: the one dQ build without a spill on sm_90 (kernel_regs.py,
+    # Triton 3.9: 232 registers, against 255 + 1,872 B of stack for the default and 255 + 904 B for dq8),
+    # at one program an SM (232 x 256 threads); untimed until the twenty-fourth session's call
+    "dq8_per_distance": {"dq": {"num_warps": 8, "DIL_GROUPED": False}},
     # wider key tiles in the dK/dV pass (66% of the window products useful instead of 50%; sm_90 build
     # under Triton 3.9: 255 registers + 576 B spill, against 253 and none at 64 keys) and in the query
     # passes' window loop (2 softmax updates instead of 3, more masked keys; forward 155 registers against
@@ -52,7 +56,7 @@ VARIANTS = {
     "win64": {"fwd": {"BLOCK_N": 64}, "dq": {"BLOCK_N": 64}},
 }
 
-AT_EVERY_N = ("default", "per_distance", "grouped_fwd_only", "dq8")  # the rest at 1K only
+AT_EVERY_N = ("default", "per_distance", "grouped_fwd_only", "dq8", "dq8_per_distance")  # the rest at 1K only
 
 # The selected path (--select). Its dQ build spills more than plain HALO-S's (sm_90 under Triton 3.9,
 # kernel_regs.py: 255 registers + 2,160 B stack at 4 warps, 792 B at 8), and BPT (chosen blocks per key
