@@ -793,6 +793,12 @@ def grids() -> dict[str, tuple[list[Job], int]]:
     select_l4_g0_needle_cpu = [
         replace(j, tag="n256b64-g0", extra=j.extra + ["ablation=no_globals"]) for j in select_l4_needle_cpu
     ]
+    # Ran 2026-12-07 (CPU, twenty-second session, 3,973 s): 0.214 / 0.479. On the card the 4-layer selection
+    # passed on 2 of 2 at lr 3e-4 where it failed on 1 of 2 at 1e-3 (select_gpu22_l4_lr): the CPU point at
+    # 3e-4, seeds 0 and 1 (--cpu --jobs 2, about 3,900 s)
+    select_l4_lr_needle_cpu = [
+        replace(j, tag="n256b64-lr3e-4", extra=j.extra + ["optimizer.lr=3e-4"]) for j in select_l4_needle_cpu
+    ]
     # Dense's learning rate where its plateau is long on the CPU (512 tokens at 16 a step: not left in 2500
     # steps at lr 1e-3, needle_scale_cpu): 3e-4 and 3e-3, seed 0, the GPU sweep's rates (--cpu --jobs 2)
     # Ran 2026-12-05 (CPU, 1,979 s): 3e-4 0.955 (gate passed), 3e-3 0.228; 1e-3 was 0.371
@@ -910,6 +916,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_l4_needle_cpu": (select_l4_needle_cpu, 2),
         "select_l4_dense_cpu": (select_l4_dense_cpu, 2),
         "select_l4_g0_needle_cpu": (select_l4_g0_needle_cpu, 2),
+        "select_l4_lr_needle_cpu": (select_l4_lr_needle_cpu, 2),
         # its seed-1 pair alone (a 2-core machine gives each pair about 2,000 s)
         "select_g0_needle_cpu_s1": ([j for j in select_g0_needle_cpu if j.seed == 1], 2),
         "select_gpu14_lm": (select_gpu14_lm, 6),
