@@ -931,6 +931,11 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu22_l4_lr_halo": (
             [replace(j, variant="halo") for j in select_gpu22_l4_lr if j.variant == "halo_select"], 2
         ),
+        # ran 2026-12-07 (H100): plain HALO-S 0.759 / 0.744; local-only at the same rate and depth completes
+        # the 4-layer rows (--jobs 2, about 240 s)
+        "select_gpu23_l4_lr_local": (
+            [replace(j, variant="local_only") for j in select_gpu22_l4_lr if j.variant == "halo_select"], 2
+        ),
         "gpu21_seed1_needle": (seed1_needle, 4),
         "gpu21_seed1_mqar": (seed1_mqar, 5),
         # both in one call where the device time allows only one (9 small jobs at once, as select_gpu1's 8)
