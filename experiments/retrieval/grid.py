@@ -796,6 +796,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
     # Ran 2026-12-07 (CPU, twenty-second session, 3,973 s): 0.214 / 0.479. On the card the 4-layer selection
     # passed on 2 of 2 at lr 3e-4 where it failed on 1 of 2 at 1e-3 (select_gpu22_l4_lr): the CPU point at
     # 3e-4, seeds 0 and 1 (--cpu --jobs 2, about 3,900 s)
+    # Ran 2026-12-07 (CPU, twenty-third session, 4,020 s): 0.286 / 0.371, the stall stays at this point
     select_l4_lr_needle_cpu = [
         replace(j, tag="n256b64-lr3e-4", extra=j.extra + ["optimizer.lr=3e-4"]) for j in select_l4_needle_cpu
     ]
