@@ -36,6 +36,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from halo_lab.config import HaloConfig  # noqa: E402
 from halo_lab.kernels.halo_attention import interface  # noqa: E402
+from halo_lab.kernels.launch import Launcher  # noqa: E402  (older than this script)
 from halo_lab.model import attention as attn  # noqa: E402
 
 try:
@@ -46,23 +47,25 @@ except ImportError:  # a checkout before the ops
 
 @contextlib.contextmanager
 def stubbed_launches():
-    """Every launcher of interface.py a no-op: the three of the fixed graph, and (where the checkout has
-    them) the selection's chosen-key and summary dK/dV passes, which otherwise ran in the interpreter and
-    made the selection rows of 2026-12-07's first run 70x too slow."""
-    names = [n for n in ("_fwd", "_dq", "_dkv", "_chosen") if hasattr(interface, n)]
-    saved = {n: getattr(interface, n) for n in names}
-    summaries = dict(getattr(interface, "_summaries", {}))
-    for n in names:
-        setattr(interface, n, lambda *a: None)
-    for k in summaries:
-        interface._summaries[k] = lambda *a: None
+    """Every kernel launcher interface.py holds, as an attribute or in a dict of them, a no-op (found by
+    type, so a pass added later is stubbed too: a missed one runs in the interpreter, as the selection's
+    chosen-key and summary passes did in 2026-12-07's first run, 70x its host time)."""
+    slots = [(vars(interface), name) for name, v in vars(interface).items() if isinstance(v, Launcher)]
+    slots += [
+        (d, key)
+        for d in list(vars(interface).values())
+        if isinstance(d, dict)
+        for key, v in d.items()
+        if isinstance(v, Launcher)
+    ]
+    saved = [(d, key, d[key]) for d, key in slots]
+    for d, key in slots:
+        d[key] = lambda *a: None
     try:
         yield
     finally:
-        for n, f in saved.items():
-            setattr(interface, n, f)
-        if summaries:
-            interface._summaries.update(summaries)
+        for d, key, launcher in saved:
+            d[key] = launcher
 
 
 def per_call_us(fn, n: int = 200, repeats: int = 7) -> float:

@@ -853,6 +853,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         for v in ("halo_select", "dense")
         for s in (0, 1)
     ]
+    l4_select = [j for j in select_gpu22_l4_lr if j.variant == "halo_select"]  # the fixed rows' seeds
     # Issue 31's "every point with 2 seeds": the second seed of the 1024-token points that have one (the
     # needle's edge ablations of `edges`, 3,000 steps; MQAR's 4- and 6-layer points of part1 / part3 and its
     # no_dilated ablation, 2,000 steps), each at its first seed's recipe (--jobs 4 and --jobs 5, about 300 s)
@@ -929,14 +930,10 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu21_l4_recipe": (select_gpu21_l4_recipe, 2),
         "select_gpu22_l4_lr": (select_gpu22_l4_lr, 4),
         # plain HALO-S at the same rate and depth, 2 seeds: with it the at-chance row has its rate control
-        "select_gpu22_l4_lr_halo": (
-            [replace(j, variant="halo") for j in select_gpu22_l4_lr if j.variant == "halo_select"], 2
-        ),
+        "select_gpu22_l4_lr_halo": ([replace(j, variant="halo") for j in l4_select], 2),
         # ran 2026-12-07 (H100): plain HALO-S 0.759 / 0.744; local-only at the same rate and depth completes
         # the 4-layer rows (--jobs 2, about 240 s)
-        "select_gpu23_l4_lr_local": (
-            [replace(j, variant="local_only") for j in select_gpu22_l4_lr if j.variant == "halo_select"], 2
-        ),
+        "select_gpu23_l4_lr_local": ([replace(j, variant="local_only") for j in l4_select], 2),
         "gpu21_seed1_needle": (seed1_needle, 4),
         "gpu21_seed1_mqar": (seed1_mqar, 5),
         # both in one call where the device time allows only one (9 small jobs at once, as select_gpu1's 8)
