@@ -931,15 +931,19 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu22_l4_lr": (select_gpu22_l4_lr, 4),
         # plain HALO-S at the same rate and depth, 2 seeds: with it the at-chance row has its rate control
         "select_gpu22_l4_lr_halo": ([replace(j, variant="halo") for j in l4_select], 2),
-        # ran 2026-12-07 (H100): plain HALO-S 0.759 / 0.744; local-only at the same rate and depth completes
-        # the 4-layer rows (--jobs 2, about 240 s)
+        # ran 2026-12-07 (H100): plain HALO-S 0.759 / 0.744; local-only at the same rate and depth (ran
+        # 2026-12-07, H100: 0.459 / 0.456) completes the 4-layer rows (--jobs 2, about 240 s)
         "select_gpu23_l4_lr_local": ([replace(j, variant="local_only") for j in l4_select], 2),
         "gpu21_seed1_needle": (seed1_needle, 4),
         "gpu21_seed1_mqar": (seed1_mqar, 5),
         # both in one call where the device time allows only one (9 small jobs at once, as select_gpu1's 8)
         "gpu21_seed1": (seed1_needle + seed1_mqar, 9),
+        # seed 0 ran 2026-12-07 (H100): 0.995, distance 1000 at 0.9875 (395 of 400), the other six >= 0.99
         "select_gpu14_val_s0": (select_gpu14_val[:1], 1),
         "select_gpu14_val_s1": (select_gpu14_val[1:], 1),
+        # dense read on the same 400 haystacks a distance, seed 0 alone (about 300 s): is distance 1000
+        # harder for dense too, or the selection's alone?
+        "select_gpu24_dense_val": ([replace(j, variant="dense") for j in select_gpu14_val[:1]], 1),
         "select_gpu6_select_s0": (select_gpu6_select[:1], 1),
         "select_gpu6_select_s1": (select_gpu6_select[1:], 1),
         "select_lm_gpu": (select_lm_gpu, 7),

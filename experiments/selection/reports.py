@@ -38,6 +38,7 @@ REPORTS: dict[str, list[str]] = {
         "selection/h100/needle/select_gpu10_dense-*",
         "selection/h100/needle/select_gpu11_*",
         "selection/h100/needle/select_gpu12_*",
+        "selection/h100/needle/select_gpu14_val_s0-*",
     ],
     # dense's 1024 controls: conv off, 4 and 6 layers (H100)
     "report_dense_controls": [
@@ -57,6 +58,7 @@ REPORTS: dict[str, list[str]] = {
         "selection/h100/needle/select_gpu13_l4_fixed-*",
         "selection/h100/needle/select_gpu21_l4_recipe-*",
         "selection/h100/needle/select_gpu22_l4_lr*",
+        "selection/h100/needle/select_gpu23_l4_lr_local-*",
     ],
     # issue 31's second seeds at 1024 tokens: the needle's and MQAR's edge ablations, MQAR at 4 and 6 layers
     # (seed 0 from the retrieval grid on the H200, seed 1 on the H100), with the 2-layer rows they ablate
