@@ -290,6 +290,6 @@ def main(out: str, args: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help") or sys.argv[1].startswith("--"):
+    if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
         raise SystemExit(__doc__)  # the usage, not a CUDA traceback on a machine without a card
     main(sys.argv[1], sys.argv[2:])

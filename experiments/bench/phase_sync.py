@@ -278,8 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     P = args.programs or torch.cuda.get_device_properties(0).multi_processor_count
     rows = []
-    cases = [(w, f, r) for r in args.rows for w, f in (("gemv", 0), ("mean", 0), ("mean", 1), ("mean", 4))]
-    for work, fanin, r in [c for c in cases if c[0] in args.work]:
+    shapes = (("gemv", 0), ("mean", 0), ("mean", 1), ("mean", 4))
+    for work, fanin, r in [(w, f, r) for r in args.rows for w, f in shapes if w in args.work]:
         for mode, graph in (("launch", False), ("launch", True), ("barrier", False), ("flags", False)):
             if fanin and mode == "barrier":
                 continue  # the barrier waits for everyone whatever a phase reads
