@@ -52,6 +52,7 @@ def inputs(dtype, norm, L=2, C=32, heads=4, kv_heads=2, d=8, F=48, V=40, S=13, p
     v = rnd(L, 1, kv_heads, S, d)
     slots = torch.tensor([[0, 1, pos, pos - 1, -1, 3, 5], [0, pos, 2, -1, -1, 7, 4]], device=DEVICE)
     wslots = torch.tensor([[pos, -1], [pos, S - 1]], device=DEVICE)
+    slots, wslots = slots[torch.arange(L) % 2], wslots[torch.arange(L) % 2]  # layer 2 reads as layer 0
     x = rnd(1, C)
     return x, w, k, v, cos, sin, torch.tensor([pos], device=DEVICE), slots, wslots
 
@@ -97,6 +98,8 @@ def rel(a, b) -> float:
         (torch.float32, "layernorm", 1, True, True),  # dense: one part per KV head, in turn
         (torch.float32, "rmsnorm", 7, False, True),  # dense: 3 parts a KV head, one with no keys
         (torch.bfloat16, "layernorm", 4, False, True),
+        (torch.float32, "rmsnorm", 8, False, False),  # o's rows in 2 slices a head
+        (torch.float32, "layernorm", 17, False, True),  # 4 slices, a program idle in phases BC and DE
     ],
 )
 def test_decode_step_matches_reference(dtype, norm, programs, sync, dense):
@@ -111,6 +114,15 @@ def test_decode_step_matches_reference(dtype, norm, programs, sync, dense):
     assert torch.equal(k[0][:, :, ~written], k0[0][:, :, ~written])
     assert torch.equal(k[0][:, :, 12], k0[0][:, :, 12])
     assert torch.equal(k[1][:, :, 12], k0[1][:, :, 12]) == dense  # dense has no store slot
+
+
+@pytest.mark.parametrize("programs,sync", [(1, True), (8, False)])
+def test_three_layers_reuse_the_sum_buffers(programs, sync):
+    """Layer 2 adds its o-projection into the buffer that layer 0 filled and layer 1 folded into x and
+    zeroed (the buffers alternate with the layer): a stale or unzeroed buffer changes the logits."""
+    _interpreted_or_cuda()
+    (logits, k, v), (ref, kr, vr), _ = run_both(torch.float32, "rmsnorm", programs, sync, L=3)
+    assert rel(logits, ref) < 1e-5 and rel(k, kr) < 1e-5 and rel(v, vr) < 1e-5
 
 
 def test_decode_step_reference_reads_the_new_key():

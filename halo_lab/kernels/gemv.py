@@ -122,10 +122,18 @@ if HAS_TRITON:
         """fp32 rows of prologue(x) . w for a loaded [rows, CHUNK] weight tile holding whole rows (K <= CHUNK):
         x read, the norm's statistics in registers. Shared with decode_step's phases, which load the tile
         before their barrier."""
+        kk = tl.arange(0, CHUNK)
+        a = _input(x_row, acc_row, kk, kk < K, K, SWIGLU, ACC, wt.dtype)
+        return _dot_input(wt, a, nw_ptr, nb_ptr, K, eps, NORM, HAS_BIAS, CHUNK)
+
+    @triton.jit
+    def _dot_input(wt, a, nw_ptr, nb_ptr, K, eps, NORM: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   CHUNK: tl.constexpr):  # fmt: skip
+        """fp32 rows of norm(a) . w for an input a [CHUNK] already in registers (0 past K): the norm's
+        statistics, then the product."""
         dt = wt.dtype
         kk = tl.arange(0, CHUNK)
         in_k = kk < K
-        a = _input(x_row, acc_row, kk, in_k, K, SWIGLU, ACC, dt)
         mean = 0.0
         rstd = 1.0
         if NORM == 1:
