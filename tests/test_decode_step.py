@@ -175,11 +175,12 @@ def test_decode_step_rejects_bad_input():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the grid barrier at P > 1 needs a GPU")
 def test_persistent_step_cuda():
-    """The barrier on a card: P = the SM count, sync=True, against the reference (bf16 and fp32)."""
+    """The barrier on a card: P = the SM count, sync=True, against the reference (bf16 and fp32; 3 layers,
+    so the o-projection's buffers are reused; HALO-S and dense)."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    for dtype, norm in ((torch.float32, "layernorm"), (torch.bfloat16, "rmsnorm")):
+    for dtype, norm, dense in ((torch.float32, "layernorm", False), (torch.bfloat16, "rmsnorm", True)):
         (logits, k, v), (ref, kr, vr), _ = run_both(
-            dtype, norm, sms, True, C=512, heads=8, d=64, F=2048, V=256
+            dtype, norm, sms, True, dense, L=3, C=512, heads=8, d=64, F=2048, V=256
         )
         tol = 1e-4 if dtype == torch.float32 else 3e-2
         assert rel(logits, ref) < tol and rel(k, kr) < tol and rel(v, vr) < tol

@@ -21,6 +21,7 @@ from triton.compiler import ASTSource
 
 from halo_lab.bench.attention import SELECT
 from halo_lab.config import HaloConfig
+from halo_lab.kernels import decode_step as ks
 from halo_lab.kernels.decode_attn_o import _attn_o_kernel, _attn_o_split_kernel
 from halo_lab.kernels.decode_ffn import _ffn_kernel
 from halo_lab.kernels.gemv import _gemv_kernel, block_sizes
@@ -54,7 +55,9 @@ def _gemv_signature(kernel, constexprs: dict, dtype: str) -> dict[str, str]:
     """The decode kernels' arguments: ``*_ptr`` tensors (the split-K FFN's sums fp32, the key slots
     int64), eps and scale fp32, the rest i32."""
     typed = {"eps": "fp32", "scale": "fp32", "acc_ptr": "*fp32", "zero_ptr": "*fp32", "ain_ptr": "*fp32"}
-    typed.update(dict.fromkeys(("slot_ptr", "pos_ptr", "store_ptr"), "*i64"))
+    typed.update(dict.fromkeys(("slot_ptr", "pos_ptr", "store_ptr", "slots_ptr", "wslots_ptr"), "*i64"))
+    typed.update(dict.fromkeys(("part_ptr", "ob_ptr", "fb_ptr"), "*fp32"))  # the persistent step's sums
+    typed.update(dict.fromkeys(("sync_ptr", "flag_ptr"), "*i32"))
     return {
         n: "constexpr" if n in constexprs else typed.get(n, f"*{dtype}" if n.endswith("_ptr") else "i32")
         for n in kernel.arg_names
@@ -116,6 +119,11 @@ def main() -> None:
             choose_blocks_kernel, {"num_warps": warps, "num_stages": 1}, consts, signature=lambda *a: sig
         )
         print(f"choose {warps} warps {regs}", flush=True)
+    decode_kernels()
+
+
+def decode_kernels() -> None:
+    """The batch-1 decode step's kernels at the medium model (hidden 512, 8 / 2 heads of 64, FFN 2048)."""
     # the decode step's fused GEMV (halo_lab/kernels/gemv.py), each prologue / epilogue it is built with, at
     # the medium model's row widths (512: q/k/v, o, gate/up, head; 2048: down)
     for tag, kind, k in (
@@ -158,6 +166,15 @@ def main() -> None:
             _ffn_kernel, {"num_warps": warps, "num_stages": 2}, consts, signature=_gemv_signature
         )
         print(f"decode_ffn {warps} warps {regs}", flush=True)
+    # the whole batch-1 step in one persistent launch (decode_step.py, 3 phases a layer) on 132 SMs
+    for dense in (False, True):
+        meta = ks.launch_meta(
+            C=512, F=2048, V=256, L=8, num_heads=8, kv_heads=2, d=64, n_keys=72, norm="rmsnorm",
+            has_bias=False, programs=132, dense=dense,
+        )  # fmt: skip
+        opts = {"num_warps": meta.pop("num_warps"), "num_stages": 1}
+        regs = resources(ks._decode_step_kernel, opts, {**meta, "SYNC": True}, signature=_gemv_signature)
+        print(f"decode_step {'dense' if dense else 'HALO-S'} 8 warps {regs}", flush=True)
 
 
 if __name__ == "__main__":

@@ -149,6 +149,24 @@ if HAS_TRITON:
     # fmt: on
 
 
+def launch_meta(*, C, F, V, L, num_heads, kv_heads, d, n_keys, norm, has_bias, programs, dense,
+                spin_limit=SPIN_LIMIT) -> dict:  # fmt: skip
+    """The kernel's constexprs and warps for a model's sizes at P = ``programs`` (the module doc's block
+    sizes); experiments/bench/kernel_regs.py compiles it with these."""
+    P, pairs = int(programs), (num_heads + 2 * kv_heads) * d // 2
+    slices = 1 << max(0, (P // num_heads).bit_length() - 1)  # NS: o's row slices, NS x heads <= P
+    parts = max(1, P // kv_heads) if dense else 1  # PH: the programs of one KV head's keys
+    return dict(
+        L=L, C=C, HQ=num_heads, HKV=kv_heads, HALF=d // 2, F=F, V=V,
+        NORM=kg.NORMS[norm], HAS_BIAS=has_bias,
+        BP_QKV=tile_rows(pairs, P), NS_O=slices, BN_O=tile_rows(C, slices), BH=tile_rows(F, P),
+        BN_HEAD=tile_rows(V, P), CH_C=triton.next_power_of_2(C),
+        BLOCK_K=max(2, triton.next_power_of_2(n_keys)), DENSE=dense, PH=parts,
+        PH2=max(2, triton.next_power_of_2(parts)), CH_KEYS=DENSE_CHUNK, NPH=PHASES + dense,
+        SPIN=spin_limit, num_warps=8,
+    )  # fmt: skip
+
+
 def decode_step(
     x: torch.Tensor,
     weights: dict[str, torch.Tensor],
@@ -206,15 +224,12 @@ def decode_step(
     sums = work[: 3 * C].view(torch.float32)
     ob, fb, counter = sums[: 2 * C], sums[2 * C :], work[3 * C :]
     P = int(programs)
-    slices = 1 << max(0, (P // num_heads).bit_length() - 1)  # NS: o's row slices, NS x heads <= P
     parts = max(1, P // Hkv) if dense else 1  # PH: the programs of one KV head's keys
     part = torch.empty(
         Hkv * parts * (num_heads // Hkv) * (d + 2) if dense else 1, device=dev, dtype=torch.float32
     )
     n_keys = slots.shape[1]
     nb = {k: w[k] if has_bias else w[k.replace("b", "w")] for k in ("n1b", "n2b", "nfb")}
-    pairs = (num_heads + 2 * Hkv) * d // 2
-    nph = PHASES + 1 if dense else PHASES
     args = (
         x, q, part, ob, fb, logits,
         w["wqkv"], w["wo"], w["wup"], w["wdown"], w["lm"],
@@ -223,14 +238,11 @@ def decode_step(
         n_keys, k_cache.stride(0), k_cache.stride(2), k_cache.stride(3), cos.stride(0), sin.stride(0),
         1.0 / math.sqrt(d), eps,
     )  # fmt: skip
-    meta = dict(
-        L=L, C=C, HQ=num_heads, HKV=Hkv, HALF=d // 2, F=F, V=V,
-        NORM=kg.NORMS[norm], HAS_BIAS=has_bias,
-        BP_QKV=tile_rows(pairs, P), NS_O=slices, BN_O=tile_rows(C, slices), BH=tile_rows(F, P),
-        BN_HEAD=tile_rows(V, P), CH_C=triton.next_power_of_2(C),
-        BLOCK_K=max(2, triton.next_power_of_2(n_keys)), DENSE=dense, PH=parts,
-        PH2=max(2, triton.next_power_of_2(parts)), CH_KEYS=DENSE_CHUNK, NPH=nph, SPIN=spin_limit, num_warps=8,
+    meta = launch_meta(
+        C=C, F=F, V=V, L=L, num_heads=num_heads, kv_heads=Hkv, d=d, n_keys=n_keys, norm=norm,
+        has_bias=has_bias, programs=P, dense=dense, spin_limit=spin_limit,
     )  # fmt: skip
+    nph = meta["NPH"]
     if sync:
         _decode_step_kernel[(P,)](*args, 0, nph * L + 1, SYNC=True, **meta)
     else:
