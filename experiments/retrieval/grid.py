@@ -67,7 +67,9 @@ KEEP = (
     "run/.hydra/overrides.yaml",
     "run/metrics.json",
     "run/history.jsonl",
+    "run/recall.txt",  # --recall: the selection's recall by distance (experiments/selection/recall.py)
 )
+RECALL = REPO / "experiments" / "selection" / "recall.py"
 
 
 @dataclass
@@ -176,6 +178,8 @@ def grids() -> dict[str, tuple[list[Job], int]]:
     smoke = [Job("needle_1024", v, 1, 3, slot=60, min_slot=10, extra=needle) for v in ("dense", "halo")]
     mqar = tiny + short + ["data.distance_buckets=[2,16,64]"]
     smoke.append(Job("mqar_cpu", "local_only", 1, 0, slot=60, min_slot=10, extra=mqar))
+    # --recall on the CPU (tests/test_retrieval_grid.py): the selection's recall of a trained job, and dense's
+    smoke_recall = [Job("needle_1024", v, 1, 3, slot=60, min_slot=10, extra=needle) for v in ("dense", "halo_select")]
     # The last device call of 2026-12-02 (issue 14): which HALO-S edges matter at 1024 tokens, 2 layers
     # (the depth at which dense passed both tasks), and a second seed of the three variants.
     edges = [Job("needle_1024", "halo", 2, 3, ablation=a) for a in ("no_dilated", "no_random", "no_globals")]
@@ -986,6 +990,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "part3": (part3, 8),
         "part4": (part4, 4),
         "smoke": (smoke, 2),
+        "smoke_recall": (smoke_recall, 2),
         "cpu_depth": (cpu_depth, 2),
     }
 
@@ -1085,7 +1090,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"grid.py: unknown --grid {args.grid!r} (one of {', '.join(all_grids)})")
     jobs, default_jobs = all_grids[args.grid]
     concurrency = args.jobs or default_jobs
-    device = CPU if args.grid == "smoke" or args.cpu else GPU
+    device = CPU if args.grid.startswith("smoke") or args.cpu else GPU
     out = Path(args.out).resolve()
     work = Path(args.work or f"/tmp/halo_grid/{args.grid}").resolve()
     if work == out or out in work.parents:
@@ -1178,7 +1183,9 @@ def run(args: argparse.Namespace) -> int:
             if proc.poll() is None:
                 continue
             del running[name]
-            _finish(work, rec, proc.returncode, time.time() - started, out if args.ckpt_out else None)
+            left = t0 + args.budget - args.pack_reserve - time.time()  # what recall.py may take
+            recall = min(args.recall, left)  # 0 without --recall: none
+            _finish(work, rec, proc.returncode, time.time() - started, out if args.ckpt_out else None, recall)
             if args.keep:
                 _keep(work, rec, Path(args.keep))
             print(
@@ -1223,9 +1230,12 @@ def _kill(proc: subprocess.Popen) -> None:
             continue
 
 
-def _finish(work: Path, rec: Record, rc: int, wall: float, ckpt_out: Path | None = None) -> None:
+def _finish(
+    work: Path, rec: Record, rc: int, wall: float, ckpt_out: Path | None = None, recall: float = 0
+) -> None:
     """The job's record from its metrics.json; with ``ckpt_out`` (--ckpt-out) a run that stopped short of
-    its schedule leaves its last.ckpt there as <job>.ckpt, for --resume-from in the next call."""
+    its schedule leaves its last.ckpt there as <job>.ckpt, for --resume-from in the next call; with
+    ``recall`` seconds (--recall), recall.py reads the last.ckpt into run/recall.txt first."""
     job = work / rec.family / rec.name
     rec.rc, rec.wall_s, rec.metrics = rc, round(wall, 1), _metrics(job)
     if rec.status == "running":
@@ -1236,7 +1246,20 @@ def _finish(work: Path, rec: Record, rc: int, wall: float, ckpt_out: Path | None
         shutil.copy2(last, ckpt_out / f"{rec.name}.ckpt")
         mib = last.stat().st_size / 2**20
         print(f"  kept  {rec.name}.ckpt ({mib:.1f} MiB{'; over the 16 MiB a call returns' * (mib > 16)})")
+    if recall >= 30 and last.is_file():
+        _recall(job, last, recall)
     shutil.rmtree(job / "run" / "checkpoints", ignore_errors=True)  # MBs each; the report needs none
+
+
+def _recall(job: Path, ckpt: Path, seconds: float) -> None:
+    """recall.py on a finished job's checkpoint, at most ``seconds``: run/recall.txt (kept with the job)."""
+    cmd = [sys.executable, str(RECALL), str(ckpt), str(job / "run" / ".hydra" / "config.yaml")]
+    with open(job / "run" / "recall.txt", "w") as f:
+        try:
+            subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, timeout=seconds, check=False)
+        except subprocess.TimeoutExpired:
+            f.write(f"\nstopped after {seconds:.0f} s (--recall)\n")
+    print(f"  recall {job.name}: {job / 'run' / 'recall.txt'}", flush=True)
 
 
 def _steps(job: Job) -> int | None:
@@ -1341,6 +1364,9 @@ def main(argv: list[str] | None = None) -> int:
         "--ckpt-out", action="store_true", help="a job cut short of its schedule leaves OUT/<job>.ckpt"
     )
     r.add_argument("--resume-from", default=None, help="continue each job that has <job>.ckpt in this dir")
+    r.add_argument(
+        "--recall", type=float, default=0, help="seconds for recall.py on each finished job's checkpoint"
+    )
     rep = sub.add_parser("report", help="unpack tarballs and build experiments/{needle,mqar}/gpu/")
     rep.add_argument("inputs", nargs="+", help="<grid>.tar.gz files from `run`")
     rep.add_argument("--root", default="outputs/retrieval", help="where the jobs are unpacked")

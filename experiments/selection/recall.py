@@ -5,7 +5,11 @@ without it.
     python experiments/selection/recall.py CHECKPOINT RUN_CONFIG [EXAMPLES]
 
 CHECKPOINT: a run's checkpoints/last.ckpt (or hub/ folder); RUN_CONFIG: its .hydra/config.yaml (the
-task's data settings: ``data.dataset`` needle or mqar). Runs on the CPU in a minute for 280 examples.
+task's data settings: ``data.dataset`` needle or mqar). EXAMPLES: the first of the run's validation
+examples (default: all ``data.num_val``, the haystacks the run's validation read). Runs on the GPU where
+there is one (the masked backend: the reference attention), else on the CPU (a minute for 280 examples at
+256 tokens). Prints the totals, then a row per needle distance: where the misses are, and whether the
+answer's block was chosen there.
 For the needle the answer's block is the one holding the needle's value; for MQAR (the zoology layout)
 the one holding the queried record (its key and value are adjacent, in one block when b is even).
 Blocks that are not candidates of the query (in or overlapping its window) are read by the window:
@@ -34,7 +38,7 @@ def needle_queries(d: dict, c, seed: int, n: int):
     for i in range(len(ds)):
         x, y, dist = ds[i]
         p = int((y != -100).nonzero()[0])
-        yield x, y, [(p, p + 1 - int(dist), int(dist) > c.local_window)]
+        yield x, y, [(p, p + 1 - int(dist), int(dist))]
 
 
 def mqar_queries(d: dict, c, seed: int, n: int):
@@ -50,10 +54,7 @@ def mqar_queries(d: dict, c, seed: int, n: int):
         yield (
             x,
             y,
-            [
-                (int(p), int(r), int(dd) > c.local_window)
-                for p, r, dd in zip(ex["scored"], rec, ex["distances"])
-            ],
+            [(int(p), int(r), int(dd)) for p, r, dd in zip(ex["scored"], rec, ex["distances"])],
         )
 
 
@@ -61,7 +62,17 @@ def main() -> None:
     model = load_from_hub(sys.argv[1]).eval()
     run = yaml.safe_load(open(sys.argv[2]))
     d, c = run["data"], model.config
-    n = int(sys.argv[3]) if len(sys.argv) > 3 else 280
+    if not c.selects:
+        print(
+            f"{sys.argv[1]}: the model chooses no blocks (select_blocks={c.select_blocks}): nothing to read"
+        )
+        return
+    n = int(sys.argv[3]) if len(sys.argv) > 3 else int(d["num_val"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device)
+    for m in model.modules():  # the masked backend everywhere (auto is the fused kernels on CUDA): its
+        if getattr(m, "config", None) is c:  # select() is the one the spy below reads
+            m.config.attention_backend = "masked"
     queries = (mqar_queries if d["dataset"] == "mqar" else needle_queries)(d, c, run["seed"], n)
     chosen: list[torch.Tensor] = []
     select = masked.select
@@ -72,12 +83,12 @@ def main() -> None:
         return sel
 
     masked.select = spy
-    hits, correct, far, cands = [], [], [], []
+    hits, correct, dists, cands = [], [], [], []
     with torch.no_grad():
         for x, y, scored in queries:
             chosen.clear()
-            logits = model(x[None])[0][0]
-            for p, at, beyond in scored:
+            logits = model(x[None].to(device))[0][0].cpu()
+            for p, at, dist in scored:
                 block = at // c.select_block_size
                 ncand = int(candidate_blocks(c, torch.tensor([p]))[0])
                 inwin = block >= ncand  # read by the window, not by selection
@@ -85,14 +96,21 @@ def main() -> None:
                     [[int(inwin or (r[0, h, p] == block).any()) for h in range(r.shape[1])] for r in chosen]
                 )
                 correct.append(bool(logits[p].argmax() == y[p]))
-                far.append(beyond)
+                dists.append(dist)
                 cands.append(ncand)
-    hit, ok, far, cands = (
+    hit, ok, dist, cands = (
         torch.tensor(hits).float(),
         torch.tensor(correct),
-        torch.tensor(far),
+        torch.tensor(dists),
         torch.tensor(cands),
     )
+    report(hit, ok, dist, cands, c.local_window)
+
+
+def report(hit, ok, dist, cands, window: int) -> None:
+    """The totals, by candidate count, and by distance. hit [answers, layers, KV heads]: the answer's block
+    chosen (or read by the window); ok: answered right; dist: the answer's distance; cands: candidates."""
+    far = dist > window
     anyhit = hit.amax((1, 2)) > 0
     print(f"accuracy {ok.float().mean():.3f} ({len(ok)} answers)")
     print(
@@ -112,8 +130,17 @@ def main() -> None:
         if m.any():
             print(
                 f"candidates {lo}-{min(hi, int(cands.max()))}: accuracy {ok[m].float().mean():.3f}, chosen by some "
-                f"head {anyhit[m].float().mean():.3f}, by layer 2's heads {hit[m, -1].mean():.3f} (n={int(m.sum())})"
+                f"head {anyhit[m].float().mean():.3f}, by the last layer's heads {hit[m, -1].mean():.3f} (n={int(m.sum())})"
             )
+    print("distance: answers, accuracy, chosen by some head, by each layer (any head), misses not chosen")
+    for value in sorted(set(dist.tolist())):
+        m = dist == value
+        layers = [round(v, 3) for v in hit[m].amax(2).mean(0).tolist()]
+        unrouted = int((~ok[m] & ~anyhit[m]).sum())
+        print(
+            f"{value:6d}: {int(m.sum()):4d}, {ok[m].float().mean():.4f}, {anyhit[m].float().mean():.4f}, "
+            f"{layers}, {unrouted} of {int((~ok[m]).sum())}"
+        )
 
 
 if __name__ == "__main__":
