@@ -147,8 +147,8 @@ def test_recall_reads_each_finished_jobs_checkpoint(tmp_path, monkeypatch):
     and a one-line answer for dense (no chosen blocks)."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out, work = tmp_path / "out", tmp_path / "work"
-    args = ["run", str(out), "--grid", "smoke_recall", "--budget", "400", "--reserve", "40", "--recall", "120"]
-    assert grid.main([*args, "--work", str(work)]) == 0
+    common = ["--grid", "smoke_recall", "--budget", "400", "--reserve", "40", "--recall", "120"]
+    assert grid.main(["run", str(out), *common, "--work", str(work)]) == 0
     texts = {p.parents[1].name: p.read_text() for p in work.glob("needle/*/run/recall.txt")}
     assert len(texts) == 2, texts
     dense, select = (next(t for n, t in texts.items() if v in n) for v in ("-dense-", "-halo_select-"))
