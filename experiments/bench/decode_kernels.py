@@ -60,8 +60,8 @@ OPTIONS = {
     # the split-K FFN with HALO-S's attention + o-projection split over KV heads (decode_attn_o_split: its
     # sums added by the FFN kernel): 3 kernels a layer without recomputing every head in every program
     "combo_gemv_split_pdl": ({"combo_kernels": True}, True, True, False, True, False, True, True),
-    # the whole HALO-S step in one persistent launch (halo_lab/kernels/decode_step.py, Decoder.persistent_step;
-    # dense keeps the per-kernel step: its rows are combo_gemv_qkv's)
+    # the whole step in one persistent launch (halo_lab/kernels/decode_step.py, Decoder.persistent_step): HALO-S
+    # over its key slots, dense split over the keys; the selection keeps the per-kernel step (decoder says why)
     "combo_gemv_qkv_persistent": ({"combo_kernels": True}, True, True, False, False, True),
 }
 
