@@ -27,7 +27,7 @@ slices of 32 rows (a [32, 64] tile of W_o); DE 16 hidden units (2 x 16 rows of W
 24K values, 96 a thread at 8 warps, as decode_ffn); head 2 x 512.
 
 Testing without a GPU: Triton's interpreter runs programs one after another, so a barrier at P > 1 would
-wait forever there. ``sync=False`` runs the same code one phase per launch (``phase_lo``, ``phase_hi``): the
+wait forever there. ``sync=False`` runs the same code one phase per launch (``lo``, ``hi``): the
 interpreter checks every phase's split of the rows at any P, and ``sync=True`` at P = 1 runs the barrier's
 code. On a GPU the tests run ``sync=True`` at the SM count.
 """
