@@ -143,18 +143,25 @@ def test_a_cut_job_goes_on_from_its_checkpoint_in_the_next_call(tmp_path, monkey
 @pytest.mark.slow  # a smoke grid on the CPU and recall.py twice, ~40 s
 def test_recall_reads_each_finished_jobs_checkpoint(tmp_path, monkeypatch):
     """--recall runs experiments/selection/recall.py on each job's last checkpoint before the checkpoints
-    go: run/recall.txt in the job's folder and the tarball, a row per needle distance for the selection,
-    and a one-line answer for dense (no chosen blocks)."""
+    go: run/recall.txt in the job's folder and the tarball, a row per needle distance (MQAR: per distance
+    bucket) for the selection, and a one-line answer for dense (no chosen blocks)."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out, work = tmp_path / "out", tmp_path / "work"
     common = ["--grid", "smoke_recall", "--budget", "400", "--reserve", "40", "--recall", "120"]
     assert grid.main(["run", str(out), *common, "--work", str(work)]) == 0
-    texts = {p.parents[1].name: p.read_text() for p in work.glob("needle/*/run/recall.txt")}
-    assert len(texts) == 2, texts
-    dense, select = (next(t for n, t in texts.items() if v in n) for v in ("-dense-", "-halo_select-"))
+    texts = {p.parents[1].name: p.read_text() for p in work.glob("*/*/run/recall.txt")}
+    assert len(texts) == 3, texts
+    dense, select, mqar = (
+        next(t for n, t in texts.items() if v in n)
+        for v in ("-dense-", "needle_1024-halo_select-", "mqar_cpu")
+    )
     assert "chooses no blocks" in dense
-    rows = select.split("misses not chosen\n")[1].splitlines()
-    assert [int(r.split(":")[0]) for r in rows] == [16, 40, 100], select
+
+    def rows(text: str) -> list[int]:
+        return [int(r.split(":")[0]) for r in text.split("misses not chosen\n")[1].splitlines()]
+
+    assert rows(select) == [16, 40, 100], select
+    assert rows(mqar) and set(rows(mqar)) <= {2, 16, 64}, mqar  # the run's distance_buckets
     with tarfile.open(out / "smoke_recall.tar.gz") as tar:
-        assert sum(n.endswith("run/recall.txt") for n in tar.getnames()) == 2
+        assert sum(n.endswith("run/recall.txt") for n in tar.getnames()) == 3
         assert not [n for n in tar.getnames() if n.endswith(".ckpt")]

@@ -178,8 +178,9 @@ def grids() -> dict[str, tuple[list[Job], int]]:
     smoke = [Job("needle_1024", v, 1, 3, slot=60, min_slot=10, extra=needle) for v in ("dense", "halo")]
     mqar = tiny + short + ["data.distance_buckets=[2,16,64]"]
     smoke.append(Job("mqar_cpu", "local_only", 1, 0, slot=60, min_slot=10, extra=mqar))
-    # --recall on the CPU (tests/test_retrieval_grid.py): the selection's recall of a trained job, and dense's
+    # --recall on the CPU (tests/test_retrieval_grid.py): the selection's recall of trained jobs, and dense's
     smoke_recall = [Job("needle_1024", v, 1, 3, slot=60, min_slot=10, extra=needle) for v in ("dense", "halo_select")]
+    smoke_recall.append(Job("mqar_cpu", "halo_select", 1, 0, slot=60, min_slot=10, extra=mqar))
     # The last device call of 2026-12-02 (issue 14): which HALO-S edges matter at 1024 tokens, 2 layers
     # (the depth at which dense passed both tasks), and a second seed of the three variants.
     edges = [Job("needle_1024", "halo", 2, 3, ablation=a) for a in ("no_dilated", "no_random", "no_globals")]

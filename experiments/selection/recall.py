@@ -8,8 +8,8 @@ CHECKPOINT: a run's checkpoints/last.ckpt (or hub/ folder); RUN_CONFIG: its .hyd
 task's data settings: ``data.dataset`` needle or mqar). EXAMPLES: the first of the run's validation
 examples (default: all ``data.num_val``, the haystacks the run's validation read). Runs on the GPU where
 there is one (the masked backend: the reference attention), else on the CPU (a minute for 280 examples at
-256 tokens). Prints the totals, then a row per needle distance: where the misses are, and whether the
-answer's block was chosen there.
+256 tokens). Prints the totals, then a row per needle distance (MQAR: per distance bucket, as the run's
+``acc@`` metrics): where the misses are, and whether the answer's block was chosen there.
 For the needle the answer's block is the one holding the needle's value; for MQAR (the zoology layout)
 the one holding the queried record (its key and value are adjacent, in one block when b is even).
 Blocks that are not candidates of the query (in or overlapping its window) are read by the window:
@@ -45,17 +45,14 @@ def mqar_queries(d: dict, c, seed: int, n: int):
     ds = AssociativeRecallDataset(
         num_examples=n, seq_len=d["seq_len"], vocab_size=d["vocab_size"], num_pairs=d["num_pairs"],
         num_queries=d["num_queries"], key_len=d["key_len"], value_len=d["value_len"], seed=seed,
-        split="val", layout=d["layout"],
+        split="val", layout=d["layout"], distance_buckets=d.get("distance_buckets"),
     )  # fmt: skip
     for i in range(len(ds)):
         ex = ds.example(i)
         x, y = torch.from_numpy(ex["input"].copy()), torch.from_numpy(ex["targets"])
         rec = ex["records"][ex["asked"]]
-        yield (
-            x,
-            y,
-            [(int(p), int(r), int(dd)) for p, r, dd in zip(ex["scored"], rec, ex["distances"])],
-        )
+        buckets = ds.bucket(ex["distances"])  # the run's acc@ table's rows: a distance's bucket
+        yield x, y, [(int(p), int(r), int(dd)) for p, r, dd in zip(ex["scored"], rec, buckets)]
 
 
 def main() -> None:
@@ -109,7 +106,8 @@ def main() -> None:
 
 def report(hit, ok, dist, cands, window: int) -> None:
     """The totals, by candidate count, and by distance. hit [answers, layers, KV heads]: the answer's block
-    chosen (or read by the window); ok: answered right; dist: the answer's distance; cands: candidates."""
+    chosen (or read by the window); ok: answered right; dist: the answer's distance (MQAR: its bucket's
+    lower edge); cands: candidates."""
     far = dist > window
     anyhit = hit.amax((1, 2)) > 0
     print(f"accuracy {ok.float().mean():.3f} ({len(ok)} answers)")
