@@ -208,6 +208,20 @@ def test_query_tiles_past_many_groups_equal_the_reference():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=lambda s, name=name: f"d{name}: {s}")
 
 
+def test_a_wider_choice_equals_the_reference():
+    """8 chosen blocks from the 4 best groups (the GPU grid's select_gpu25 variants: more than the kernels'
+    default 4 and 2): values and gradients equal the oracle's."""
+    triton_ready()
+    c = cfg(attention_backend="triton", select_score="bound", select_blocks=8, select_groups=4)
+    q, k, v = leaf_qkv(c, 100, seed=3, batch=1)  # the last queries: 7 complete groups to keep 4 of
+    ref = reference_attention(q, k, v, c, 1, 7)
+    out = attn.halo_attention(q, k, v, c, 1, 7, "triton")
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 def with_dq_option(monkeypatch, key: str, kg: int) -> None:
     """The dQ pass's ``key`` (``SEL_KG`` or ``SUM_KG``) set to ``kg`` for this test (interface.py: 0
     atomics, 1 and 2 timing probes, 3 the passes that own those keys, the default), the launch plans

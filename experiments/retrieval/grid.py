@@ -593,6 +593,13 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("needle_4096", "halo_select", 2, 3, seed=s, slot=900, tag="b64lr3e-4-6k-val4x", extra=lr3e4_6k + ["data.num_val=2800"])
         for s in (0, 1)
     ]  # fmt: skip
+    # The 400-haystack read with a wider choice, seed 0 alone each (--jobs 1, with --recall; twenty-fifth
+    # session): 8 blocks (239 keys a query at 4096 against 177) or the 4 best groups (202 keys)
+    wider = {"blocks8": "model.select_blocks=8", "groups4": "model.select_groups=4"}
+    select_gpu25_wider_val = {
+        name: [replace(select_gpu14_val[0], tag=f"b64lr3e-4-6k-val4x-{name}", extra=select_gpu14_val[0].extra + [o])]
+        for name, o in wider.items()
+    }  # fmt: skip
     # The same recipe for plain HALO-S and local-only, the rows beside dense and selection (--jobs 4)
     select_gpu7 = [
         Job("needle_4096", v, 2, 3, seed=s, slot=900, tag="b64", extra=b64)
@@ -949,6 +956,8 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         # dense read on the same 400 haystacks a distance, seed 0 alone (about 300 s): is distance 1000
         # harder for dense too, or the selection's alone?
         "select_gpu24_dense_val": ([replace(j, variant="dense") for j in select_gpu14_val[:1]], 1),
+        "select_gpu25_blocks8_val": (select_gpu25_wider_val["blocks8"], 1),
+        "select_gpu25_groups4_val": (select_gpu25_wider_val["groups4"], 1),
         "select_gpu6_select_s0": (select_gpu6_select[:1], 1),
         "select_gpu6_select_s1": (select_gpu6_select[1:], 1),
         "select_lm_gpu": (select_lm_gpu, 7),
