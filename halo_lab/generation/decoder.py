@@ -103,9 +103,9 @@ class Decoder:
     pdl: bool = True
     # With the fused q/k/v at batch 1 on a HALO-S model (fixed key lists, SwiGLU), the whole step in one
     # persistent launch with a grid barrier between its phases (halo_lab/kernels/decode_step.py,
-    # halo_lab/generation/persistent.py): 1 kernel for the model where the step above launches ~44. Off: on an
-    # H100 it took 137 µs a HALO-S token against 110 with PDL (41 barriers at ~3 µs a phase), and dense's
-    # split-key attention is 5x slower at 128K (experiments/bench/README.md, "Issue 30: timed"). Opt-in.
+    # halo_lab/generation/persistent.py): 1 kernel where the step above launches ~44. Off: on an H100 its old
+    # 41 phases took 137 µs a HALO-S token against 110 with PDL ("Issue 30: timed" in experiments/bench/
+    # README.md); today's 25 (3 a layer) are not timed yet ("Twenty-fifth session"). Opt-in.
     persistent_step: bool = False
 
     def __init__(
