@@ -38,7 +38,8 @@ REPORTS: dict[str, list[str]] = {
         "selection/h100/needle/select_gpu10_dense-*",
         "selection/h100/needle/select_gpu11_*",
         "selection/h100/needle/select_gpu12_*",
-        "selection/h100/needle/select_gpu14_val_s0-*",
+        "selection/h100/needle/select_gpu14_val_s*-*",
+        "selection/h100/needle/select_gpu24_dense_val-*",
     ],
     # dense's 1024 controls: conv off, 4 and 6 layers (H100)
     "report_dense_controls": [

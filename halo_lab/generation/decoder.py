@@ -103,9 +103,9 @@ class Decoder:
     pdl: bool = True
     # With the fused q/k/v at batch 1 on a HALO-S model (fixed key lists, SwiGLU), the whole step in one
     # persistent launch with a grid barrier between its phases (halo_lab/kernels/decode_step.py,
-    # halo_lab/generation/persistent.py): 1 kernel where the step above launches ~44. Off: on an H100 its old
-    # 41 phases took 137 µs a HALO-S token against 110 with PDL ("Issue 30: timed" in experiments/bench/
-    # README.md); today's 25 (3 a layer) are not timed yet ("Twenty-fifth session"). Opt-in.
+    # halo_lab/generation/persistent.py): 1 kernel where the step above launches ~44. Off: on an H100 its 25
+    # phases (3 a layer) take 122.4 µs a HALO-S token against 121.2 with PDL in the same process
+    # (experiments/bench/README.md, "Twenty-fifth session"): each phase's work costs what a kernel did. Opt-in.
     persistent_step: bool = False
 
     def __init__(
