@@ -600,6 +600,17 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         name: [replace(select_gpu14_val[0], tag=f"b64lr3e-4-6k-val4x-{name}", extra=select_gpu14_val[0].extra + [o])]
         for name, o in wider.items()
     }  # fmt: skip
+    # The reading's share of the misses (twenty-fifth session: 10 of seed 1's 14 had the needle's block
+    # chosen), seed 1 alone each, with --recall: without the chosen tokens' bias, and a 9,000-step schedule
+    # (about 700 s: two calls, --ckpt-out then --resume-from)
+    reading = {
+        "tokbias0": ("b64lr3e-4-6k-val4x-tokbias0", "model.select_token_bias=null"),
+        "9k": ("b64lr3e-4-9k-val4x", "trainer.max_steps=9000"),
+    }
+    select_gpu26_reading_val = {
+        name: [replace(select_gpu14_val[1], tag=tag, extra=select_gpu14_val[1].extra + [o])]
+        for name, (tag, o) in reading.items()
+    }
     # The same recipe for plain HALO-S and local-only, the rows beside dense and selection (--jobs 4)
     select_gpu7 = [
         Job("needle_4096", v, 2, 3, seed=s, slot=900, tag="b64", extra=b64)
@@ -958,6 +969,8 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu24_dense_val": ([replace(j, variant="dense") for j in select_gpu14_val[:1]], 1),
         "select_gpu25_blocks8_val": (select_gpu25_wider_val["blocks8"], 1),
         "select_gpu25_groups4_val": (select_gpu25_wider_val["groups4"], 1),
+        "select_gpu26_tokbias0_val": (select_gpu26_reading_val["tokbias0"], 1),
+        "select_gpu26_9k_val": (select_gpu26_reading_val["9k"], 1),
         "select_gpu6_select_s0": (select_gpu6_select[:1], 1),
         "select_gpu6_select_s1": (select_gpu6_select[1:], 1),
         "select_lm_gpu": (select_lm_gpu, 7),
