@@ -125,6 +125,25 @@ def test_three_layers_reuse_the_sum_buffers(programs, sync):
     assert rel(logits, ref) < 1e-5 and rel(k, kr) < 1e-5 and rel(v, vr) < 1e-5
 
 
+@pytest.mark.parametrize("programs,sync", [(1, True), (3, False)])
+def test_a_prefix_of_the_phases_runs_only_those(programs, sync):
+    """``phases=3`` (experiments/bench/phase_cost.py's prefixes) runs layer 0's q/k/v, attention and FFN
+    only: layer 0's cache gets the new key, layer 1's does not; all the phases give the full step."""
+    _interpreted_or_cuda()
+    x, w, k, v, cos, sin, pos, slots, wslots = inputs(torch.float32, "rmsnorm")
+    kw = {"num_heads": 4, "norm": "rmsnorm", "eps": 1e-5, "programs": programs, "sync": sync}
+    flag = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    k3, v3 = k.clone(), v.clone()
+    ks.decode_step(x.clone(), w, k3, v3, cos, sin, pos, slots, wslots, flag, phases=ks.PHASES, **kw)
+    assert not torch.equal(k3[0], k[0]) and torch.equal(k3[1], k[1]) and torch.equal(v3[1], v[1])
+    full = ks.decode_step(x.clone(), w, k.clone(), v.clone(), cos, sin, pos, slots, wslots, flag, **kw)
+    every = ks.decode_step(
+        x.clone(), w, k.clone(), v.clone(), cos, sin, pos, slots, wslots, flag, phases=99, **kw
+    )
+    torch.testing.assert_close(every, full, rtol=1e-5, atol=1e-5)  # a card's atomics add in any order
+    assert flag.item() == 0
+
+
 def test_decode_step_reference_reads_the_new_key():
     """The oracle is sensitive to the phase order: attention before the cache write changes the logits."""
     x, w, k, v, cos, sin, pos, slots, wslots = inputs(torch.float64, "rmsnorm")

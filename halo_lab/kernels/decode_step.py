@@ -186,11 +186,13 @@ def decode_step(
     dense: bool = False,
     sync: bool = True,
     spin_limit: int = SPIN_LIMIT,
+    phases: int | None = None,
 ) -> torch.Tensor:
     """The Triton kernel: what ``reference_decode_step`` computes (x [1, C] becomes the last residual
     stream, the caches are written), in one launch of ``programs`` programs (``sync``), or one launch a
     phase (not ``sync``: the interpreter's way to run P > 1). Returns the logits [1, V]. ``dense``: each
-    query attends to every cache slot up to ``pos`` (``slots`` unused), split over the programs."""
+    query attends to every cache slot up to ``pos`` (``slots`` unused), split over the programs.
+    ``phases``: only the step's first that many phases (experiments/bench/phase_cost.py times them)."""
     w = weights
     L, B, Hkv, S, d = k_cache.shape
     C, V, F = x.shape[1], w["lm"].shape[0], w["wdown"].shape[2]
@@ -242,11 +244,12 @@ def decode_step(
         C=C, F=F, V=V, L=L, num_heads=num_heads, kv_heads=Hkv, d=d, n_keys=n_keys, norm=norm,
         has_bias=has_bias, programs=P, dense=dense, spin_limit=spin_limit,
     )  # fmt: skip
-    nph = meta["NPH"]
+    total = meta["NPH"] * L + 1
+    run = total if phases is None else min(int(phases), total)
     if sync:
-        _decode_step_kernel[(P,)](*args, 0, nph * L + 1, SYNC=True, **meta)
+        _decode_step_kernel[(P,)](*args, 0, run, SYNC=True, **meta)
     else:
-        for ph in range(nph * L + 1):
+        for ph in range(run):
             _decode_step_kernel[(P,)](*args, ph, ph + 1, SYNC=False, **meta)
     return logits
 

@@ -1,0 +1,163 @@
+"""What each phase of the one-launch decode step costs on a card (issue 30).
+
+The step at 3 phases a layer (halo_lab/kernels/decode_step.py, decode_phases.py) took 111 µs for its 25
+phases on an H100, 4.4 µs a phase where a bare GEMV phase behind the same barrier costs 2.46
+(experiments/bench/README.md, "Twenty-fifth session"). Which phase costs the rest? This probe launches
+the step's kernel for its first h phases only (``decode_step(..., phases=h)``), h = 1 .. all, and times
+each prefix with CUDA events. T(h) - T(h - 1) is then phase h - 1's cost inside the chain, its barrier
+included, with the launch's fixed cost cancelled. The inputs are the medium model's shapes (hidden 512,
+8 layers, 8 / 2 heads of 64, FFN 2048, vocabulary 256) with random weights and caches, at one context:
+HALO-S over K key slots (72 by default, HALO-S's keys a query at 1K), or dense over every earlier slot.
+
+    python experiments/bench/phase_cost.py OUT [--context 1024] [--keys 72] [--dense] [--repeats 100]
+
+Writes OUT/phase_cost.json (the card, each prefix's time, each phase's cost) and prints the mean cost of
+each kind of phase (A: q/k/v; A2: dense's partials; BC: attention + o-projection; DE: the FFN; head).
+Without CUDA it runs at P = 1 with ``sync=False`` under Triton's interpreter, at the given shapes, timed
+with the wall clock: that is a check that the probe runs, not a measurement
+(tests/test_phase_cost.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from halo_lab.kernels import decode_step as ks
+
+MEDIUM = {"C": 512, "L": 8, "heads": 8, "kv_heads": 2, "d": 64, "F": 2048, "V": 256}
+
+
+def phase_names(layers: int, dense: bool) -> list[str]:
+    """The step's phases in order, as ``<kind>.<layer>`` (the head last): decode_step.py's numbering."""
+    kinds = ["A", "A2", "BC", "DE"] if dense else ["A", "BC", "DE"]
+    return [f"{k}.{layer}" for layer in range(layers) for k in kinds] + ["head"]
+
+
+def inputs(shape: dict, context: int, keys: int, dense: bool, device, dtype=torch.bfloat16, seed: int = 0):
+    """decode_step's arguments for one token at position ``context``: random weights and caches, HALO-S's
+    ``keys`` key slots a layer (the token's own among them) or dense's every slot up to it."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    C, L, H, Hkv, d, F, V = (shape[k] for k in ("C", "L", "heads", "kv_heads", "d", "F", "V"))
+    A, S = H * d, context + 1
+
+    def rnd(*s, scale=1.0):
+        return (scale * torch.randn(*s, generator=g)).to(device=device, dtype=dtype)
+
+    w = {
+        "wqkv": rnd(L, A + 2 * Hkv * d, C, scale=C**-0.5),
+        "wo": rnd(L, C, A, scale=A**-0.5),
+        "wup": rnd(L, 2 * F, C, scale=C**-0.5),
+        "wdown": rnd(L, C, F, scale=F**-0.5),
+        "lm": rnd(V, C, scale=C**-0.5),
+        "n1w": 1 + rnd(L, C, scale=0.1),
+        "n2w": 1 + rnd(L, C, scale=0.1),
+        "nfw": 1 + rnd(C, scale=0.1),
+    }
+    angle = torch.arange(S)[:, None] * torch.rand(d // 2, generator=g)[None, :]
+    cos = torch.cat([angle.cos()] * 2, 1).to(device=device, dtype=dtype)
+    sin = torch.cat([angle.sin()] * 2, 1).to(device=device, dtype=dtype)
+    k, v = rnd(L, 1, Hkv, S, d), rnd(L, 1, Hkv, S, d)
+    pos = torch.tensor([context], device=device)
+    if dense:
+        slots = torch.zeros(L, 1, dtype=torch.long, device=device)
+    else:
+        past = torch.stack([torch.randperm(context, generator=g)[: keys - 1] for _ in range(L)])
+        slots = torch.cat([past, torch.full((L, 1), context)], 1).to(device)
+    wslots = torch.tensor([[context, -1]] * L, device=device)
+    x = rnd(1, C)
+    return x, w, k, v, cos, sin, pos, slots, wslots
+
+
+def time_prefix(args, kw: dict, phases: int, repeats: int, cuda: bool) -> float:
+    """µs a call of the step's first ``phases`` phases: the median of 3 rounds of ``repeats`` calls."""
+    x, w, k, v, cos, sin, pos, slots, wslots = args
+    flag = torch.zeros(1, dtype=torch.int32, device=x.device)
+
+    def call():
+        ks.decode_step(x, w, k, v, cos, sin, pos, slots, wslots, flag, phases=phases, **kw)
+
+    call()  # compile, warm
+    rounds = []
+    for _ in range(3):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(repeats):
+                call()
+            end.record()
+            torch.cuda.synchronize()
+            rounds.append(start.elapsed_time(end) * 1e3 / repeats)
+        else:
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                call()
+            rounds.append((time.perf_counter() - t0) * 1e6 / repeats)
+    if int(flag.item()):
+        raise RuntimeError("a grid barrier timed out: the programs were not all resident")
+    return statistics.median(rounds)
+
+
+def measure(shape: dict, context: int, keys: int, dense: bool, repeats: int) -> dict:
+    """Each prefix's µs and each phase's cost (the difference), on CUDA or under the interpreter."""
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    args = inputs(shape, context, keys, dense, device, torch.bfloat16 if cuda else torch.float32)
+    kw = dict(
+        num_heads=shape["heads"], norm="rmsnorm", eps=1e-5, programs=ks.programs_for(device), dense=dense,
+        sync=cuda,
+    )  # fmt: skip
+    names = phase_names(shape["L"], dense)
+    prefix = [time_prefix(args, kw, h, repeats, cuda) for h in range(1, len(names) + 1)]
+    cost = [prefix[0]] + [b - a for a, b in zip(prefix, prefix[1:])]
+    kinds: dict[str, list[float]] = {}
+    for name, c in zip(names, cost):
+        kinds.setdefault(name.split(".")[0], []).append(c)
+    return {
+        "device": torch.cuda.get_device_name() if cuda else "cpu (Triton's interpreter: not a measurement)",
+        "torch": torch.__version__,
+        "command": "python " + " ".join(sys.argv),
+        "shape": shape,
+        "context": context,
+        "keys": None if dense else keys,
+        "dense": dense,
+        "programs": kw["programs"],
+        "repeats": repeats,
+        "phases": [{"phase": n, "prefix_us": t, "cost_us": c} for n, t, c in zip(names, prefix, cost)],
+        "mean_cost_us": {k: statistics.mean(v) for k, v in kinds.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="phase_cost.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("out", help="where phase_cost.json goes")
+    p.add_argument("--context", type=int, default=1024)
+    p.add_argument("--keys", type=int, default=72, help="HALO-S's key slots a layer")
+    p.add_argument("--dense", action="store_true")
+    p.add_argument("--repeats", type=int, default=100)
+    p.add_argument("--shape", default=None, help="JSON overrides of the medium shape (tests: a tiny one)")
+    a = p.parse_args(argv)
+    shape = {**MEDIUM, **(json.loads(a.shape) if a.shape else {})}
+    if not 1 <= a.keys <= a.context:
+        raise SystemExit(f"phase_cost.py: --keys {a.keys} must be 1 .. --context ({a.context})")
+    result = measure(shape, a.context, a.keys, a.dense, a.repeats)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "phase_cost.json").write_text(json.dumps(result, indent=1))
+    total = result["phases"][-1]["prefix_us"]
+    kind = "dense" if a.dense else "HALO-S"
+    print(f"{result['device']}, P = {result['programs']}, context {a.context}, {kind}")
+    print(f"all {len(result['phases'])} phases: {total:.1f} µs a call")
+    for kind, c in result["mean_cost_us"].items():
+        print(f"  {kind:5s} {c:7.2f} µs a phase on average")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
