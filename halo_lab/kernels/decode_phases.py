@@ -180,11 +180,11 @@ if HAS_TRITON:
         q = tl.load(q_ptr + hq * D + c).to(tl.float32)
         at = (hq // (HQ // HKV)) * s_ch + safe[:, None] * s_cs + c[None, :]
         kt = tl.load(k_ptr + at, mask=valid[:, None], other=0.0)
+        vt = tl.load(v_ptr + at, mask=valid[:, None], other=0.0)  # with K: one round trip, not two
         s = tl.sum(kt.to(tl.float32) * q[None, :], axis=1) * scale
         s = tl.where(valid, s, float("-inf"))
         e = tl.where(valid, tl.exp(s - tl.max(s, axis=0)), 0.0)
         e = e / tl.sum(e, axis=0)
-        vt = tl.load(v_ptr + at, mask=valid[:, None], other=0.0)
         return tl.sum(vt.to(tl.float32) * e[:, None], axis=0)
 
     @triton.jit
