@@ -24,11 +24,11 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+from halo_lab.bench.timing import time_ms
 from halo_lab.kernels import decode_step as ks
 
 MEDIUM = {"C": 512, "L": 8, "heads": 8, "kv_heads": 2, "d": 64, "F": 2048, "V": 256}
@@ -75,33 +75,19 @@ def inputs(shape: dict, context: int, keys: int, dense: bool, device, dtype=torc
     return x, w, k, v, cos, sin, pos, slots, wslots
 
 
-def time_prefix(args, kw: dict, phases: int, repeats: int, cuda: bool) -> float:
-    """µs a call of the step's first ``phases`` phases: the median of 3 rounds of ``repeats`` calls."""
+def time_prefix(args, kw: dict, phases: int, repeats: int) -> float:
+    """µs a call of the step's first ``phases`` phases (``time_ms``: CUDA events around ``repeats`` calls,
+    the median of 3 rounds; on the CPU the median call)."""
     x, w, k, v, cos, sin, pos, slots, wslots = args
     flag = torch.zeros(1, dtype=torch.int32, device=x.device)
 
     def call():
         ks.decode_step(x, w, k, v, cos, sin, pos, slots, wslots, flag, phases=phases, **kw)
 
-    call()  # compile, warm
-    rounds = []
-    for _ in range(3):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(repeats):
-                call()
-            end.record()
-            torch.cuda.synchronize()
-            rounds.append(start.elapsed_time(end) * 1e3 / repeats)
-        else:
-            t0 = time.perf_counter()
-            for _ in range(repeats):
-                call()
-            rounds.append((time.perf_counter() - t0) * 1e6 / repeats)
+    us = time_ms(call, x.device, warmup=1, repeats=repeats) * 1e3
     if int(flag.item()):
         raise RuntimeError("a grid barrier timed out: the programs were not all resident")
-    return statistics.median(rounds)
+    return us
 
 
 def measure(shape: dict, context: int, keys: int, dense: bool, repeats: int) -> dict:
@@ -114,7 +100,7 @@ def measure(shape: dict, context: int, keys: int, dense: bool, repeats: int) -> 
         sync=cuda,
     )  # fmt: skip
     names = phase_names(shape["L"], dense)
-    prefix = [time_prefix(args, kw, h, repeats, cuda) for h in range(1, len(names) + 1)]
+    prefix = [time_prefix(args, kw, h, repeats) for h in range(1, len(names) + 1)]
     cost = [prefix[0]] + [b - a for a, b in zip(prefix, prefix[1:])]
     kinds: dict[str, list[float]] = {}
     for name, c in zip(names, cost):

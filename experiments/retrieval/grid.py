@@ -593,23 +593,20 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         Job("needle_4096", "halo_select", 2, 3, seed=s, slot=900, tag="b64lr3e-4-6k-val4x", extra=lr3e4_6k + ["data.num_val=2800"])
         for s in (0, 1)
     ]  # fmt: skip
-    # The 400-haystack read with a wider choice, seed 0 alone each (--jobs 1, with --recall; twenty-fifth
-    # session): 8 blocks (239 keys a query at 4096 against 177) or the 4 best groups (202 keys)
-    wider = {"blocks8": "model.select_blocks=8", "groups4": "model.select_groups=4"}
-    select_gpu25_wider_val = {
-        name: [replace(select_gpu14_val[0], tag=f"b64lr3e-4-6k-val4x-{name}", extra=select_gpu14_val[0].extra + [o])]
-        for name, o in wider.items()
-    }  # fmt: skip
-    # The reading's share of the misses (twenty-fifth session: 10 of seed 1's 14 had the needle's block
-    # chosen), seed 1 alone each, with --recall: without the chosen tokens' bias, and a 9,000-step schedule
-    # (about 700 s: two calls, --ckpt-out then --resume-from)
-    reading = {
-        "tokbias0": ("b64lr3e-4-6k-val4x-tokbias0", "model.select_token_bias=null"),
-        "9k": ("b64lr3e-4-9k-val4x", "trainer.max_steps=9000"),
+    # The 400-haystack read changed one way a grid, alone on the card (--jobs 1, with --recall): a wider
+    # choice on seed 0 (8 blocks: 239 keys a query at 4096 against 177; the 4 best groups: 202), and the
+    # reading's share of the misses on seed 1 (twenty-fifth session: 10 of its 14 had the needle's block
+    # chosen): without the chosen tokens' bias, and a 9,000-step schedule (about 700 s: two calls,
+    # --ckpt-out then --resume-from). name: (seed, tag, override)
+    val_changes = {
+        "blocks8": (0, "b64lr3e-4-6k-val4x-blocks8", "model.select_blocks=8"),
+        "groups4": (0, "b64lr3e-4-6k-val4x-groups4", "model.select_groups=4"),
+        "tokbias0": (1, "b64lr3e-4-6k-val4x-tokbias0", "model.select_token_bias=null"),
+        "9k": (1, "b64lr3e-4-9k-val4x", "trainer.max_steps=9000"),
     }
-    select_gpu26_reading_val = {
-        name: [replace(select_gpu14_val[1], tag=tag, extra=select_gpu14_val[1].extra + [o])]
-        for name, (tag, o) in reading.items()
+    select_val_changed = {
+        name: [replace(select_gpu14_val[seed], tag=tag, extra=select_gpu14_val[seed].extra + [o])]
+        for name, (seed, tag, o) in val_changes.items()
     }
     # The same recipe for plain HALO-S and local-only, the rows beside dense and selection (--jobs 4)
     select_gpu7 = [
@@ -967,10 +964,10 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         # dense read on the same 400 haystacks a distance, seed 0 alone (about 300 s): is distance 1000
         # harder for dense too, or the selection's alone?
         "select_gpu24_dense_val": ([replace(j, variant="dense") for j in select_gpu14_val[:1]], 1),
-        "select_gpu25_blocks8_val": (select_gpu25_wider_val["blocks8"], 1),
-        "select_gpu25_groups4_val": (select_gpu25_wider_val["groups4"], 1),
-        "select_gpu26_tokbias0_val": (select_gpu26_reading_val["tokbias0"], 1),
-        "select_gpu26_9k_val": (select_gpu26_reading_val["9k"], 1),
+        "select_gpu25_blocks8_val": (select_val_changed["blocks8"], 1),
+        "select_gpu25_groups4_val": (select_val_changed["groups4"], 1),
+        "select_gpu26_tokbias0_val": (select_val_changed["tokbias0"], 1),
+        "select_gpu26_9k_val": (select_val_changed["9k"], 1),
         "select_gpu6_select_s0": (select_gpu6_select[:1], 1),
         "select_gpu6_select_s1": (select_gpu6_select[1:], 1),
         "select_lm_gpu": (select_lm_gpu, 7),

@@ -225,12 +225,13 @@ def decode_step(
     work = torch.zeros(3 * C + 1, device=dev, dtype=torch.int32)
     sums = work[: 3 * C].view(torch.float32)
     ob, fb, counter = sums[: 2 * C], sums[2 * C :], work[3 * C :]
-    P = int(programs)
-    parts = max(1, P // Hkv) if dense else 1  # PH: the programs of one KV head's keys
-    part = torch.empty(
-        Hkv * parts * (num_heads // Hkv) * (d + 2) if dense else 1, device=dev, dtype=torch.float32
-    )
-    n_keys = slots.shape[1]
+    P, n_keys = int(programs), slots.shape[1]
+    meta = launch_meta(
+        C=C, F=F, V=V, L=L, num_heads=num_heads, kv_heads=Hkv, d=d, n_keys=n_keys, norm=norm,
+        has_bias=has_bias, programs=P, dense=dense, spin_limit=spin_limit,
+    )  # fmt: skip
+    # dense's partials: (max, sum, weighted values) of each query head for each of PH parts of its keys
+    part = torch.empty(meta["PH"] * num_heads * (d + 2) if dense else 1, device=dev, dtype=torch.float32)
     nb = {k: w[k] if has_bias else w[k.replace("b", "w")] for k in ("n1b", "n2b", "nfb")}
     args = (
         x, q, part, ob, fb, logits,
@@ -239,10 +240,6 @@ def decode_step(
         k_cache, v_cache, cos, sin, pos, slots.contiguous(), wslots.contiguous(), counter, flag,
         n_keys, k_cache.stride(0), k_cache.stride(2), k_cache.stride(3), cos.stride(0), sin.stride(0),
         1.0 / math.sqrt(d), eps,
-    )  # fmt: skip
-    meta = launch_meta(
-        C=C, F=F, V=V, L=L, num_heads=num_heads, kv_heads=Hkv, d=d, n_keys=n_keys, norm=norm,
-        has_bias=has_bias, programs=P, dense=dense, spin_limit=spin_limit,
     )  # fmt: skip
     total = meta["NPH"] * L + 1
     run = total if phases is None else min(int(phases), total)
