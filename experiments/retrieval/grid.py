@@ -602,6 +602,7 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "blocks8": (0, "b64lr3e-4-6k-val4x-blocks8", "model.select_blocks=8"),
         "groups4": (0, "b64lr3e-4-6k-val4x-groups4", "model.select_groups=4"),
         "tokbias0": (1, "b64lr3e-4-6k-val4x-tokbias0", "model.select_token_bias=null"),
+        "tokbias0_s0": (0, "b64lr3e-4-6k-val4x-tokbias0", "model.select_token_bias=null"),
         "9k": (1, "b64lr3e-4-9k-val4x", "trainer.max_steps=9000"),
     }
     select_val_changed = {
@@ -968,6 +969,8 @@ def grids() -> dict[str, tuple[list[Job], int]]:
         "select_gpu25_groups4_val": (select_val_changed["groups4"], 1),
         "select_gpu26_tokbias0_val": (select_val_changed["tokbias0"], 1),
         "select_gpu26_9k_val": (select_val_changed["9k"], 1),
+        # tokbias0 read 0.999 on seed 1 (twenty-sixth session): the same change on seed 0
+        "select_gpu26_tokbias0_s0_val": (select_val_changed["tokbias0_s0"], 1),
         "select_gpu6_select_s0": (select_gpu6_select[:1], 1),
         "select_gpu6_select_s1": (select_gpu6_select[1:], 1),
         "select_lm_gpu": (select_lm_gpu, 7),

@@ -40,6 +40,7 @@ REPORTS: dict[str, list[str]] = {
         "selection/h100/needle/select_gpu12_*",
         "selection/h100/needle/select_gpu14_val_s*-*",
         "selection/h100/needle/select_gpu24_dense_val-*",
+        "selection/h100/needle/select_gpu26_tokbias0*",
     ],
     # dense's 1024 controls: conv off, 4 and 6 layers (H100)
     "report_dense_controls": [
