@@ -8,6 +8,7 @@ the rows at P > 1. On a GPU the barrier runs at the SM count (``test_persistent_
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import pytest
@@ -63,7 +64,7 @@ def dense_slots(L, S, pos):
     return torch.where(every <= pos, every, -1).expand(L, S).contiguous()
 
 
-def run_both(dtype, norm, programs, sync, dense=False, **kw):
+def run_both(dtype, norm, programs, sync, dense=False, poll="atomic", **kw):
     x, w, k, v, cos, sin, pos, slots, wslots = inputs(dtype, norm, **kw)
     if dense:
         slots, wslots[1, 1] = dense_slots(k.shape[0], k.shape[3], pos), -1
@@ -72,7 +73,7 @@ def run_both(dtype, norm, programs, sync, dense=False, **kw):
     kk, vk, xk = k.clone(), v.clone(), x.clone()
     logits = ks.decode_step(
         xk, w, kk, vk, cos, sin, pos, slots, wslots, flag, num_heads=heads, norm=norm, eps=1e-5,
-        programs=programs, sync=sync, dense=dense,
+        programs=programs, sync=sync, dense=dense, poll=poll,
     )  # fmt: skip
     dbl = {n: t.double() for n, t in w.items()}
     kr, vr = k.double(), v.double()
@@ -114,6 +115,15 @@ def test_decode_step_matches_reference(dtype, norm, programs, sync, dense):
     assert torch.equal(k[0][:, :, ~written], k0[0][:, :, ~written])
     assert torch.equal(k[0][:, :, 12], k0[0][:, :, 12])
     assert torch.equal(k[1][:, :, 12], k0[1][:, :, 12]) == dense  # dense has no store slot
+
+
+def test_the_barrier_that_polls_with_loads_matches_reference():
+    """``poll="load"`` (volatile-load polls, one acquire atomic after them): the barrier's code at P = 1
+    here (at the SM count in test_persistent_step_cuda); HALO-S and dense."""
+    _interpreted_or_cuda()
+    for dense in (False, True):
+        (logits, k, v), (ref, kr, vr), _ = run_both(torch.float32, "rmsnorm", 1, True, dense, poll="load")
+        assert rel(logits, ref) < 1e-5 and rel(k, kr) < 1e-5 and rel(v, vr) < 1e-5
 
 
 @pytest.mark.parametrize("programs,sync", [(1, True), (8, False)])
@@ -190,16 +200,19 @@ def test_decode_step_rejects_bad_input():
         ks.decode_step(x, {**w, "wo": w["wo"][:, :-1]}, k, v, cos, sin, pos, slots, wslots, flag, **kw)
     with pytest.raises(ValueError, match="norm='batchnorm'"):
         ks.decode_step(x, w, k, v, cos, sin, pos, slots, wslots, flag, **{**kw, "norm": "batchnorm"})
+    with pytest.raises(ValueError, match="poll='spin'"):
+        ks.decode_step(x, w, k, v, cos, sin, pos, slots, wslots, flag, **{**kw, "poll": "spin"})
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the grid barrier at P > 1 needs a GPU")
 def test_persistent_step_cuda():
     """The barrier on a card: P = the SM count, sync=True, against the reference (bf16 and fp32; 3 layers,
-    so the o-projection's buffers are reused; HALO-S and dense)."""
+    so the o-projection's buffers are reused; HALO-S and dense; both ways to poll)."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    for dtype, norm, dense in ((torch.float32, "layernorm", False), (torch.bfloat16, "rmsnorm", True)):
+    cases = ((torch.float32, "layernorm", False), (torch.bfloat16, "rmsnorm", True))
+    for (dtype, norm, dense), poll in itertools.product(cases, ks.POLLS):
         (logits, k, v), (ref, kr, vr), _ = run_both(
-            dtype, norm, sms, True, dense, L=3, C=512, heads=8, d=64, F=2048, V=256
+            dtype, norm, sms, True, dense, poll, L=3, C=512, heads=8, d=64, F=2048, V=256
         )
         tol = 1e-4 if dtype == torch.float32 else 3e-2
         assert rel(logits, ref) < tol and rel(k, kr) < tol and rel(v, vr) < tol

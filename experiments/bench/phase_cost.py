@@ -4,12 +4,12 @@ The step at 3 phases a layer (halo_lab/kernels/decode_step.py, decode_phases.py)
 phases on an H100, 4.4 µs a phase where a bare GEMV phase behind the same barrier costs 2.46
 (experiments/bench/README.md, "Twenty-fifth session"). Which phase costs the rest? This probe launches
 the step's kernel for its first h phases only (``decode_step(..., phases=h)``), h = 1 .. all, and times
-each prefix with CUDA events. T(h) - T(h - 1) is then phase h - 1's cost inside the chain, its barrier
+each prefix with CUDA events, 20 calls to a CUDA graph. T(h) - T(h - 1) is then phase h - 1's cost inside the chain, its barrier
 included, with the launch's fixed cost cancelled. The inputs are the medium model's shapes (hidden 512,
 8 layers, 8 / 2 heads of 64, FFN 2048, vocabulary 256) with random weights and caches, at one context:
 HALO-S over K key slots (72 by default, HALO-S's keys a query at 1K), or dense over every earlier slot.
 
-    python experiments/bench/phase_cost.py OUT [--context 1024] [--keys 72] [--dense] [--repeats 100]
+    python experiments/bench/phase_cost.py OUT [--context 1024] [--keys 72] [--dense] [--repeats 200] [--poll atomic|load]
 
 Writes OUT/phase_cost.json (the card, each prefix's time, each phase's cost) and prints the mean cost of
 each kind of phase (A: q/k/v; A2: dense's partials; BC: attention + o-projection; DE: the FFN; head).
@@ -75,29 +75,43 @@ def inputs(shape: dict, context: int, keys: int, dense: bool, device, dtype=torc
     return x, w, k, v, cos, sin, pos, slots, wslots
 
 
-def time_prefix(args, kw: dict, phases: int, repeats: int) -> float:
-    """µs a call of the step's first ``phases`` phases (``time_ms``: CUDA events around ``repeats`` calls,
-    the median of 3 rounds; on the CPU the median call)."""
+def time_prefix(args, kw: dict, phases: int, repeats: int, per_graph: int = 20) -> float:
+    """µs a call of the step's first ``phases`` phases. On CUDA ``per_graph`` calls are captured in one CUDA
+    graph and ``time_ms`` times ``repeats`` calls as replays of it (CUDA events, the median of 3 rounds): the
+    wrapper's Python launch (~170 µs on the host, more than the kernel) then stays out of the time, as it
+    does in the decoder's graphed step. The twenty-sixth session's first run timed plain launches and got
+    the host's time (every prefix 110-190 µs, differences of ±90). On the CPU: the median call."""
     x, w, k, v, cos, sin, pos, slots, wslots = args
     flag = torch.zeros(1, dtype=torch.int32, device=x.device)
 
     def call():
         ks.decode_step(x, w, k, v, cos, sin, pos, slots, wslots, flag, phases=phases, **kw)
 
-    us = time_ms(call, x.device, warmup=1, repeats=repeats) * 1e3
+    if x.device.type != "cuda":
+        return time_ms(call, x.device, warmup=1, repeats=repeats) * 1e3
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        call()  # compiles and warms up outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(per_graph):
+            call()
+    us = time_ms(graph.replay, x.device, warmup=2, repeats=max(1, repeats // per_graph)) * 1e3 / per_graph
     if int(flag.item()):
         raise RuntimeError("a grid barrier timed out: the programs were not all resident")
     return us
 
 
-def measure(shape: dict, context: int, keys: int, dense: bool, repeats: int) -> dict:
+def measure(shape: dict, context: int, keys: int, dense: bool, repeats: int, poll: str = "atomic") -> dict:
     """Each prefix's µs and each phase's cost (the difference), on CUDA or under the interpreter."""
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     args = inputs(shape, context, keys, dense, device, torch.bfloat16 if cuda else torch.float32)
     kw = dict(
         num_heads=shape["heads"], norm="rmsnorm", eps=1e-5, programs=ks.programs_for(device), dense=dense,
-        sync=cuda,
+        sync=cuda, poll=poll,
     )  # fmt: skip
     names = phase_names(shape["L"], dense)
     prefix = [time_prefix(args, kw, h, repeats) for h in range(1, len(names) + 1)]
@@ -113,6 +127,7 @@ def measure(shape: dict, context: int, keys: int, dense: bool, repeats: int) -> 
         "context": context,
         "keys": None if dense else keys,
         "dense": dense,
+        "poll": poll,
         "programs": kw["programs"],
         "repeats": repeats,
         "phases": [{"phase": n, "prefix_us": t, "cost_us": c} for n, t, c in zip(names, prefix, cost)],
@@ -126,19 +141,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--context", type=int, default=1024)
     p.add_argument("--keys", type=int, default=72, help="HALO-S's key slots a layer")
     p.add_argument("--dense", action="store_true")
-    p.add_argument("--repeats", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=200)
+    p.add_argument("--poll", choices=sorted(ks.POLLS), default="atomic", help="how the barrier polls")
     p.add_argument("--shape", default=None, help="JSON overrides of the medium shape (tests: a tiny one)")
     a = p.parse_args(argv)
     shape = {**MEDIUM, **(json.loads(a.shape) if a.shape else {})}
     if not 1 <= a.keys <= a.context:
         raise SystemExit(f"phase_cost.py: --keys {a.keys} must be 1 .. --context ({a.context})")
-    result = measure(shape, a.context, a.keys, a.dense, a.repeats)
+    result = measure(shape, a.context, a.keys, a.dense, a.repeats, a.poll)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "phase_cost.json").write_text(json.dumps(result, indent=1))
     total = result["phases"][-1]["prefix_us"]
     kind = "dense" if a.dense else "HALO-S"
-    print(f"{result['device']}, P = {result['programs']}, context {a.context}, {kind}")
+    print(f"{result['device']}, P = {result['programs']}, context {a.context}, {kind}, {a.poll} polls")
     print(f"all {len(result['phases'])} phases: {total:.1f} µs a call")
     for kind, c in result["mean_cost_us"].items():
         print(f"  {kind:5s} {c:7.2f} µs a phase on average")

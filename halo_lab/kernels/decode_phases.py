@@ -24,9 +24,11 @@ Every phase loads its first unit's weights before it waits at the barrier: no ke
 so that load overlaps the wait. In BC a program with more than one unit (P below the query heads: the
 interpreter's tests) loads the next unit's weights after the one before.
 
-Measured on an H100 (experiments/bench/README.md, "Twenty-fifth session"): the medium model's 25 phases
-take 111 µs, 4.4 µs a phase against the bare barrier's 2.5, as much as the PDL step's kernels; the
-phases' own work is the cost now (experiments/bench/phase_cost.py times each phase).
+Measured on an H100 (experiments/bench/README.md, "Twenty-fifth session", "Twenty-sixth session"): the
+medium model's 25 phases take 108-111 µs, as much as the PDL step's kernels. Phase by phase
+(experiments/bench/phase_cost.py) layers 0-2 cost 3.1-3.7 µs a phase against a GEMV phase's 2.5 in the
+barrier probe, and the FFN phase grows to 4.5-12.6 µs from layer 3 on, where its weights no longer come
+from L2.
 """
 
 from __future__ import annotations
@@ -45,25 +47,36 @@ except ImportError:  # pragma: no cover - torch without triton
 if HAS_TRITON:
 
     @triton.jit
-    def _grid_sync(sync_ptr, flag_ptr, target, SPIN: tl.constexpr):
-        """Wait until the counter at ``sync_ptr`` reaches ``target`` after adding this program's 1."""
+    def _grid_sync(sync_ptr, flag_ptr, target, SYNC: tl.constexpr, SPIN: tl.constexpr):
+        """Wait until the counter at ``sync_ptr`` reaches ``target`` after adding this program's 1. SYNC 1
+        polls with acquire atomics; SYNC 2 polls with plain volatile loads, which do not queue behind the
+        other programs' arrivals at the counter's L2 atomic unit, then takes one acquire atomic for the
+        ordering (the counter only grows, so it reads >= target)."""
         tl.debug_barrier()  # this program's stores before its arrival
         tl.atomic_add(sync_ptr, 1, sem="release", scope="gpu")
-        seen = tl.atomic_add(sync_ptr, 0, sem="acquire", scope="gpu")
         # after one timeout the step's later barriers do not wait either (the logits are wrong already)
         spins = tl.where(tl.load(flag_ptr, volatile=True) == 0, 0, SPIN)
-        while (seen < target) & (spins < SPIN):
+        if SYNC == 2:
+            seen = tl.load(sync_ptr, volatile=True)
+            while (seen < target) & (spins < SPIN):
+                seen = tl.load(sync_ptr, volatile=True)
+                spins += 1
             seen = tl.atomic_add(sync_ptr, 0, sem="acquire", scope="gpu")
-            spins += 1
+        else:
+            seen = tl.atomic_add(sync_ptr, 0, sem="acquire", scope="gpu")
+            while (seen < target) & (spins < SPIN):
+                seen = tl.atomic_add(sync_ptr, 0, sem="acquire", scope="gpu")
+                spins += 1
         if seen < target:
             tl.atomic_xchg(flag_ptr, 1)
         tl.debug_barrier()
 
     @triton.jit
     def _begin(ph, sync_ptr, flag_ptr, SYNC: tl.constexpr, SPIN: tl.constexpr):
-        """Before phase ``ph`` (> 0): every program has finished phase ph - 1."""
-        if SYNC:
-            _grid_sync(sync_ptr, flag_ptr, ph * tl.num_programs(0), SPIN)
+        """Before phase ``ph`` (> 0): every program has finished phase ph - 1 (SYNC 0: one launch a phase,
+        nothing to wait for; 1 or 2: how the barrier polls, ``_grid_sync``)."""
+        if SYNC != 0:
+            _grid_sync(sync_ptr, flag_ptr, ph * tl.num_programs(0), SYNC, SPIN)
 
     @triton.jit
     def _tile(w_ptr, n, in_n, K, CHUNK: tl.constexpr):

@@ -53,6 +53,7 @@ except ImportError:  # pragma: no cover - torch without triton
 
 PHASES = 3  # per layer: A, BC, DE (decode_phases.py; dense: 4, A2 its attention's partials)
 DENSE_CHUNK = 32  # dense keys a step: [G, 32, d] products in registers (G = 4 query heads a KV head)
+POLLS = {"atomic": 1, "load": 2}  # a barrier's polls (decode_phases._grid_sync): its SYNC constexpr
 SPIN_LIMIT = 1 << 20  # barrier polls before the watchdog gives up (~0.3-0.5 s at 0.3-0.5 µs a poll)
 
 
@@ -167,6 +168,13 @@ def launch_meta(*, C, F, V, L, num_heads, kv_heads, d, n_keys, norm, has_bias, p
     )  # fmt: skip
 
 
+def _check_options(norm: str, poll: str) -> None:
+    if poll not in POLLS:
+        raise ValueError(f"poll={poll!r}: one of {sorted(POLLS)}")
+    if norm not in ("layernorm", "rmsnorm"):
+        raise ValueError(f"norm={norm!r}: the persistent step takes layernorm or rmsnorm")
+
+
 def decode_step(
     x: torch.Tensor,
     weights: dict[str, torch.Tensor],
@@ -187,12 +195,15 @@ def decode_step(
     sync: bool = True,
     spin_limit: int = SPIN_LIMIT,
     phases: int | None = None,
+    poll: str = "atomic",
 ) -> torch.Tensor:
     """The Triton kernel: what ``reference_decode_step`` computes (x [1, C] becomes the last residual
     stream, the caches are written), in one launch of ``programs`` programs (``sync``), or one launch a
     phase (not ``sync``: the interpreter's way to run P > 1). Returns the logits [1, V]. ``dense``: each
     query attends to every cache slot up to ``pos`` (``slots`` unused), split over the programs.
-    ``phases``: only the step's first that many phases (experiments/bench/phase_cost.py times them)."""
+    ``phases``: only the step's first that many phases (experiments/bench/phase_cost.py times them).
+    ``poll``: how a barrier waits, "atomic" (acquire atomics) or "load" (volatile loads, then one acquire
+    atomic; ``decode_phases._grid_sync``)."""
     w = weights
     L, B, Hkv, S, d = k_cache.shape
     C, V, F = x.shape[1], w["lm"].shape[0], w["wdown"].shape[2]
@@ -200,8 +211,7 @@ def decode_step(
         raise ValueError(
             f"the persistent decode step is for batch 1, got caches of {B} rows, x {tuple(x.shape)}"
         )
-    if norm not in ("layernorm", "rmsnorm"):
-        raise ValueError(f"norm={norm!r}: the persistent step takes layernorm or rmsnorm")
+    _check_options(norm, poll)
     if not (k_cache.is_contiguous() and v_cache.is_contiguous() and k_cache.stride() == v_cache.stride()):
         raise ValueError("the stacked caches must be contiguous and alike")
     A = num_heads * d
@@ -244,7 +254,7 @@ def decode_step(
     total = meta["NPH"] * L + 1
     run = total if phases is None else min(int(phases), total)
     if sync:
-        _decode_step_kernel[(P,)](*args, 0, run, SYNC=True, **meta)
+        _decode_step_kernel[(P,)](*args, 0, run, SYNC=POLLS[poll], **meta)
     else:
         for ph in range(run):
             _decode_step_kernel[(P,)](*args, ph, ph + 1, SYNC=False, **meta)
