@@ -64,7 +64,7 @@ def dense_slots(L, S, pos):
     return torch.where(every <= pos, every, -1).expand(L, S).contiguous()
 
 
-def run_both(dtype, norm, programs, sync, dense=False, poll="atomic", **kw):
+def run_both(dtype, norm, programs, sync, dense=False, poll="atomic", prefetch=False, **kw):
     x, w, k, v, cos, sin, pos, slots, wslots = inputs(dtype, norm, **kw)
     if dense:
         slots, wslots[1, 1] = dense_slots(k.shape[0], k.shape[3], pos), -1
@@ -73,7 +73,7 @@ def run_both(dtype, norm, programs, sync, dense=False, poll="atomic", **kw):
     kk, vk, xk = k.clone(), v.clone(), x.clone()
     logits = ks.decode_step(
         xk, w, kk, vk, cos, sin, pos, slots, wslots, flag, num_heads=heads, norm=norm, eps=1e-5,
-        programs=programs, sync=sync, dense=dense, poll=poll,
+        programs=programs, sync=sync, dense=dense, poll=poll, prefetch=prefetch,
     )  # fmt: skip
     dbl = {n: t.double() for n, t in w.items()}
     kr, vr = k.double(), v.double()
@@ -124,6 +124,17 @@ def test_the_barrier_that_polls_with_loads_matches_reference():
     for dense in (False, True):
         (logits, k, v), (ref, kr, vr), _ = run_both(torch.float32, "rmsnorm", 1, True, dense, poll="load")
         assert rel(logits, ref) < 1e-5 and rel(k, kr) < 1e-5 and rel(v, vr) < 1e-5
+
+
+@pytest.mark.parametrize("programs,sync,dense", [(1, True, False), (3, False, False), (5, False, True)])
+def test_prefetching_the_ffn_weights_changes_nothing(programs, sync, dense):
+    """``prefetch=True``: phase A touches its layer's FFN tiles (an L2 prefetch on a card); the logits and
+    caches still equal the reference (3 layers)."""
+    _interpreted_or_cuda()
+    (logits, k, v), (ref, kr, vr), _ = run_both(
+        torch.float32, "rmsnorm", programs, sync, dense, prefetch=True, L=3
+    )
+    assert rel(logits, ref) < 1e-5 and rel(k, kr) < 1e-5 and rel(v, vr) < 1e-5
 
 
 @pytest.mark.parametrize("programs,sync", [(1, True), (8, False)])
@@ -207,12 +218,13 @@ def test_decode_step_rejects_bad_input():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the grid barrier at P > 1 needs a GPU")
 def test_persistent_step_cuda():
     """The barrier on a card: P = the SM count, sync=True, against the reference (bf16 and fp32; 3 layers,
-    so the o-projection's buffers are reused; HALO-S and dense; both ways to poll)."""
+    so the o-projection's buffers are reused; HALO-S and dense; both ways to poll, with and without the
+    FFN's prefetch)."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     cases = ((torch.float32, "layernorm", False), (torch.bfloat16, "rmsnorm", True))
-    for (dtype, norm, dense), poll in itertools.product(cases, ks.POLLS):
+    for (dtype, norm, dense), poll, prefetch in itertools.product(cases, ks.POLLS, (False, True)):
         (logits, k, v), (ref, kr, vr), _ = run_both(
-            dtype, norm, sms, True, dense, poll, L=3, C=512, heads=8, d=64, F=2048, V=256
+            dtype, norm, sms, True, dense, poll, prefetch, L=3, C=512, heads=8, d=64, F=2048, V=256
         )
         tol = 1e-4 if dtype == torch.float32 else 3e-2
         assert rel(logits, ref) < tol and rel(k, kr) < tol and rel(v, vr) < tol

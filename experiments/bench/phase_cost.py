@@ -10,6 +10,7 @@ included, with the launch's fixed cost cancelled. The inputs are the medium mode
 HALO-S over K key slots (72 by default, HALO-S's keys a query at 1K), or dense over every earlier slot.
 
     python experiments/bench/phase_cost.py OUT [--context 1024] [--keys 72] [--dense] [--repeats 200] [--poll atomic|load]
+        [--prefetch]
 
 Writes OUT/phase_cost.json (the card, each prefix's time, each phase's cost) and prints the mean cost of
 each kind of phase (A: q/k/v; A2: dense's partials; BC: attention + o-projection; DE: the FFN; head).
@@ -104,14 +105,22 @@ def time_prefix(args, kw: dict, phases: int, repeats: int, per_graph: int = 20) 
     return us
 
 
-def measure(shape: dict, context: int, keys: int, dense: bool, repeats: int, poll: str = "atomic") -> dict:
+def measure(
+    shape: dict,
+    context: int,
+    keys: int,
+    dense: bool,
+    repeats: int,
+    poll: str = "atomic",
+    prefetch: bool = False,
+) -> dict:
     """Each prefix's µs and each phase's cost (the difference), on CUDA or under the interpreter."""
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     args = inputs(shape, context, keys, dense, device, torch.bfloat16 if cuda else torch.float32)
     kw = dict(
         num_heads=shape["heads"], norm="rmsnorm", eps=1e-5, programs=ks.programs_for(device), dense=dense,
-        sync=cuda, poll=poll,
+        sync=cuda, poll=poll, prefetch=prefetch,
     )  # fmt: skip
     names = phase_names(shape["L"], dense)
     prefix = [time_prefix(args, kw, h, repeats) for h in range(1, len(names) + 1)]
@@ -128,6 +137,7 @@ def measure(shape: dict, context: int, keys: int, dense: bool, repeats: int, pol
         "keys": None if dense else keys,
         "dense": dense,
         "poll": poll,
+        "prefetch": prefetch,
         "programs": kw["programs"],
         "repeats": repeats,
         "phases": [{"phase": n, "prefix_us": t, "cost_us": c} for n, t, c in zip(names, prefix, cost)],
@@ -143,18 +153,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dense", action="store_true")
     p.add_argument("--repeats", type=int, default=200)
     p.add_argument("--poll", choices=sorted(ks.POLLS), default="atomic", help="how the barrier polls")
+    p.add_argument("--prefetch", action="store_true", help="phase A touches its layer's FFN weights (L2)")
     p.add_argument("--shape", default=None, help="JSON overrides of the medium shape (tests: a tiny one)")
     a = p.parse_args(argv)
     shape = {**MEDIUM, **(json.loads(a.shape) if a.shape else {})}
     if not 1 <= a.keys <= a.context:
         raise SystemExit(f"phase_cost.py: --keys {a.keys} must be 1 .. --context ({a.context})")
-    result = measure(shape, a.context, a.keys, a.dense, a.repeats, a.poll)
+    result = measure(shape, a.context, a.keys, a.dense, a.repeats, a.poll, a.prefetch)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "phase_cost.json").write_text(json.dumps(result, indent=1))
     total = result["phases"][-1]["prefix_us"]
     kind = "dense" if a.dense else "HALO-S"
-    print(f"{result['device']}, P = {result['programs']}, context {a.context}, {kind}, {a.poll} polls")
+    print(
+        f"{result['device']}, P = {result['programs']}, context {a.context}, {kind}, {a.poll} polls{', FFN prefetch' if a.prefetch else ''}"
+    )
     print(f"all {len(result['phases'])} phases: {total:.1f} µs a call")
     for kind, c in result["mean_cost_us"].items():
         print(f"  {kind:5s} {c:7.2f} µs a phase on average")

@@ -272,6 +272,30 @@ if HAS_TRITON:
         return wg, wu, wd
 
     @triton.jit
+    def _prefetch_ffn(ph, lo, hi, wu_ptr, wd_ptr, sink_ptr, C: tl.constexpr, F: tl.constexpr,
+                      BH: tl.constexpr, CHUNK: tl.constexpr):  # fmt: skip
+        """In phase ph (A), touch one value per 32-byte sector of this program's DE tiles (16 bf16 values
+        a sector) so that they are in L2 a phase before DE loads them: the step's weights do not fit L2,
+        and DE's own load before its barrier is too late from HBM (experiments/bench/README.md,
+        "Twenty-sixth session"). The values go to ``sink_ptr`` only if their sum is NaN: a use, so the
+        loads stay, that never writes for finite weights."""
+        if (ph >= lo) & (ph < hi):
+            j = tl.program_id(0) * BH + tl.arange(0, BH)
+            in_j = j < F
+            c = tl.arange(0, CHUNK // 16) * 16
+            rows = in_j[:, None] & (c < C)[None, :]
+            g = tl.load(wu_ptr + j[:, None] * C + c[None, :], mask=rows, other=0.0, cache_modifier=".cg")
+            u = tl.load(
+                wu_ptr + (F + j)[:, None] * C + c[None, :], mask=rows, other=0.0, cache_modifier=".cg"
+            )
+            r = tl.arange(0, CHUNK)
+            first = tl.program_id(0) * BH + tl.zeros_like(r)  # the first hidden unit, on every row
+            d = tl.load(wd_ptr + r * F + first, mask=(r < C) & (first < F), other=0.0, cache_modifier=".cg")
+            total = tl.sum(tl.sum(g.to(tl.float32) + u.to(tl.float32), axis=1), axis=0)
+            total += tl.sum(d.to(tl.float32), axis=0)
+            tl.store(sink_ptr, total, mask=total != total)
+
+    @triton.jit
     def _ffn_phase(ph, lo, hi, wu_ptr, wd_ptr, x_ptr, ob_ptr, nw_ptr, nb_ptr, fb_ptr, sync_ptr, flag_ptr, eps,
                    C: tl.constexpr, F: tl.constexpr, NORM: tl.constexpr, HAS_BIAS: tl.constexpr,
                    BH: tl.constexpr, CHUNK: tl.constexpr, SYNC: tl.constexpr, SPIN: tl.constexpr):  # fmt: skip

@@ -111,14 +111,15 @@ if HAS_TRITON:
         x_ptr, q_ptr, part_ptr, ob_ptr, fb_ptr, logits_ptr,
         wqkv_ptr, wo_ptr, wup_ptr, wdown_ptr, lm_ptr,
         n1w_ptr, n1b_ptr, n2w_ptr, n2b_ptr, nfw_ptr, nfb_ptr,
-        k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, slots_ptr, wslots_ptr, sync_ptr, flag_ptr,
+        k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, slots_ptr, wslots_ptr, sync_ptr, flag_ptr, sink_ptr,
         n_keys, s_cl, s_ch, s_cs, s_cos, s_sin, scale, eps, lo, hi,
         L: tl.constexpr, C: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, HALF: tl.constexpr,
         F: tl.constexpr, V: tl.constexpr, NORM: tl.constexpr, HAS_BIAS: tl.constexpr,
         BP_QKV: tl.constexpr, NS_O: tl.constexpr, BN_O: tl.constexpr, BH: tl.constexpr,
         BN_HEAD: tl.constexpr, CH_C: tl.constexpr,
         BLOCK_K: tl.constexpr, DENSE: tl.constexpr, PH: tl.constexpr, PH2: tl.constexpr,
-        CH_KEYS: tl.constexpr, NPH: tl.constexpr, SYNC: tl.constexpr, SPIN: tl.constexpr,
+        CH_KEYS: tl.constexpr, NPH: tl.constexpr, PREFETCH: tl.constexpr, SYNC: tl.constexpr,
+        SPIN: tl.constexpr,
     ):
         """Phases [lo, hi) of the step (decode_phases.py), a barrier before each but the first. NPH phases a
         layer: A, BC, DE, and for DENSE A2 (the attention's partials over the keys) after A."""
@@ -133,6 +134,9 @@ if HAS_TRITON:
                           n1b_ptr + lc * C, q_ptr, k_l, v_l, cos_ptr, sin_ptr, pos, wslots_ptr + lc * 2,
                           sync_ptr, flag_ptr, s_ch, s_cs, s_cos, s_sin, eps, C, HQ, HKV, HALF, NORM, HAS_BIAS,
                           BP_QKV, CH_C, SYNC, SPIN)
+            if PREFETCH:  # this layer's FFN weights into L2 while A and BC run
+                dp._prefetch_ffn(ph, lo, hi, wup_ptr + lc * (2 * F * C), wdown_ptr + lc * (C * F), sink_ptr, C, F,
+                                 BH, CH_C)
             if DENSE:
                 dp._dense_partial_phase(ph + 1, lo, hi, q_ptr, k_l, v_l, part_ptr, sync_ptr, flag_ptr, pos,
                                         s_ch, s_cs, scale, HQ, HKV, 2 * HALF, PH, CH_KEYS, SYNC, SPIN)
@@ -151,7 +155,7 @@ if HAS_TRITON:
 
 
 def launch_meta(*, C, F, V, L, num_heads, kv_heads, d, n_keys, norm, has_bias, programs, dense,
-                spin_limit=SPIN_LIMIT) -> dict:  # fmt: skip
+                spin_limit=SPIN_LIMIT, prefetch=False) -> dict:  # fmt: skip
     """The kernel's constexprs and warps for a model's sizes at P = ``programs`` (the module doc's block
     sizes); experiments/bench/kernel_regs.py compiles it with these."""
     P, pairs = int(programs), (num_heads + 2 * kv_heads) * d // 2
@@ -163,7 +167,7 @@ def launch_meta(*, C, F, V, L, num_heads, kv_heads, d, n_keys, norm, has_bias, p
         BP_QKV=tile_rows(pairs, P), NS_O=slices, BN_O=tile_rows(C, slices), BH=tile_rows(F, P),
         BN_HEAD=tile_rows(V, P), CH_C=triton.next_power_of_2(C),
         BLOCK_K=max(2, triton.next_power_of_2(n_keys)), DENSE=dense, PH=parts,
-        PH2=max(2, triton.next_power_of_2(parts)), CH_KEYS=DENSE_CHUNK, NPH=PHASES + dense,
+        PH2=max(2, triton.next_power_of_2(parts)), CH_KEYS=DENSE_CHUNK, NPH=PHASES + dense, PREFETCH=prefetch,
         SPIN=spin_limit, num_warps=8,
     )  # fmt: skip
 
@@ -196,6 +200,7 @@ def decode_step(
     spin_limit: int = SPIN_LIMIT,
     phases: int | None = None,
     poll: str = "atomic",
+    prefetch: bool = False,
 ) -> torch.Tensor:
     """The Triton kernel: what ``reference_decode_step`` computes (x [1, C] becomes the last residual
     stream, the caches are written), in one launch of ``programs`` programs (``sync``), or one launch a
@@ -203,7 +208,8 @@ def decode_step(
     query attends to every cache slot up to ``pos`` (``slots`` unused), split over the programs.
     ``phases``: only the step's first that many phases (experiments/bench/phase_cost.py times them).
     ``poll``: how a barrier waits, "atomic" (acquire atomics) or "load" (volatile loads, then one acquire
-    atomic; ``decode_phases._grid_sync``)."""
+    atomic; ``decode_phases._grid_sync``). ``prefetch``: phase A touches the layer's FFN weights so that they
+    are in L2 when DE loads them (``decode_phases._prefetch_ffn``)."""
     w = weights
     L, B, Hkv, S, d = k_cache.shape
     C, V, F = x.shape[1], w["lm"].shape[0], w["wdown"].shape[2]
@@ -231,14 +237,14 @@ def decode_step(
     q = torch.empty(A, device=dev, dtype=dt)
     logits = torch.empty(1, V, device=dev, dtype=dt)
     # one zeroed allocation (one memset): the o-projection's two fp32 buffers, the FFN's, the barrier's
-    # counter (0 bits are 0.0 as fp32)
-    work = torch.zeros(3 * C + 1, device=dev, dtype=torch.int32)
+    # counter, the prefetch's sink (0 bits are 0.0 as fp32)
+    work = torch.zeros(3 * C + 2, device=dev, dtype=torch.int32)
     sums = work[: 3 * C].view(torch.float32)
-    ob, fb, counter = sums[: 2 * C], sums[2 * C :], work[3 * C :]
+    ob, fb, counter, sink = sums[: 2 * C], sums[2 * C :], work[3 * C : 3 * C + 1], work[3 * C + 1 :]
     P, n_keys = int(programs), slots.shape[1]
     meta = launch_meta(
         C=C, F=F, V=V, L=L, num_heads=num_heads, kv_heads=Hkv, d=d, n_keys=n_keys, norm=norm,
-        has_bias=has_bias, programs=P, dense=dense, spin_limit=spin_limit,
+        has_bias=has_bias, programs=P, dense=dense, spin_limit=spin_limit, prefetch=prefetch,
     )  # fmt: skip
     # dense's partials: (max, sum, weighted values) of each query head for each of PH parts of its keys
     part = torch.empty(meta["PH"] * num_heads * (d + 2) if dense else 1, device=dev, dtype=torch.float32)
@@ -248,8 +254,8 @@ def decode_step(
         w["wqkv"], w["wo"], w["wup"], w["wdown"], w["lm"],
         w["n1w"], nb["n1b"], w["n2w"], nb["n2b"], w["nfw"], nb["nfb"],
         k_cache, v_cache, cos, sin, pos, slots.contiguous(), wslots.contiguous(), counter, flag,
-        n_keys, k_cache.stride(0), k_cache.stride(2), k_cache.stride(3), cos.stride(0), sin.stride(0),
-        1.0 / math.sqrt(d), eps,
+        sink.view(torch.float32), n_keys, k_cache.stride(0), k_cache.stride(2), k_cache.stride(3),
+        cos.stride(0), sin.stride(0), 1.0 / math.sqrt(d), eps,
     )  # fmt: skip
     total = meta["NPH"] * L + 1
     run = total if phases is None else min(int(phases), total)
