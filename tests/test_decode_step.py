@@ -265,6 +265,27 @@ def test_persistent_decode_equals_uncached_forward(arch, cache, kw, monkeypatch)
     assert torch.equal(out, ref)
 
 
+@pytest.mark.parametrize("dense", [False, True], ids=["halo", "dense"])
+def test_persistent_decode_with_the_kernels_options(dense, monkeypatch):
+    """PersistentStep.poll = "load" and .prefetch = True reach the kernel, and the greedy tokens still equal
+    the uncached forward's."""
+    _interpreted_or_cuda()
+    from halo_lab.generation.persistent import PersistentStep
+
+    monkeypatch.setattr(PersistentStep, "poll", "load")
+    monkeypatch.setattr(PersistentStep, "prefetch", True)
+    seen = []
+    real = ks.decode_step
+    monkeypatch.setattr(ks, "decode_step", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    model = model_for("dense" if dense else "halo")
+    prompt = torch.randint(0, 64, (1, 11), device=DEVICE)
+    ref = model.generate(prompt, max_new_tokens=12, temperature=0, use_cache=False)
+    out, dec = persistent_tokens(model, prompt, 12, monkeypatch)
+    assert dec.persistent is not None, dec.persistent_why_not
+    assert seen and all(kw["poll"] == "load" and kw["prefetch"] for kw in seen)
+    assert torch.equal(out, ref)
+
+
 def test_persistent_step_says_where_it_does_not_apply(monkeypatch):
     """Content-selected blocks, a GELU FFN and batch 2 keep the per-kernel step, and the decoder says why."""
     _interpreted_or_cuda()

@@ -24,11 +24,12 @@ from halo_lab.bench import DECODE_VARIANTS, benchmark_generation
 from halo_lab.bench.decode import MEDIUM
 from halo_lab.bench.train_step import _model_config
 from halo_lab.generation import Decoder
+from halo_lab.generation.persistent import PersistentStep
 from halo_lab.model import build_model
 
 CONTEXTS = (1024, 131072)
 # (Decoder.inductor_options, Decoder's gemv, Decoder.fused_qkv, Decoder.fused_attn_o[, Decoder.pdl[,
-# Decoder.persistent_step[, Decoder.fused_ffn[, Decoder.split_attn_o]]]]) for
+# Decoder.persistent_step[, Decoder.fused_ffn[, Decoder.split_attn_o[, PersistentStep's options]]]]]) for
 # each round:
 # none; combo kernels (horizontal fusion of independent kernels, the default since 2026-12-02); combo +
 # max-autotune (Triton GEMM templates, which Inductor can fuse with their neighbours, where the cuBLAS
@@ -63,6 +64,17 @@ OPTIONS = {
     # the whole step in one persistent launch (halo_lab/kernels/decode_step.py, Decoder.persistent_step): HALO-S
     # over its key slots, dense split over the keys; the selection keeps the per-kernel step (decoder says why)
     "combo_gemv_qkv_persistent": ({"combo_kernels": True}, True, True, False, False, True),
+    # the same with the kernel's untimed options (PersistentStep.poll, .prefetch; twenty-sixth session): a
+    # barrier that polls with loads, the FFN's weights prefetched into L2 in phase A, and both
+    "combo_gemv_qkv_persistent_load": (
+        {"combo_kernels": True}, True, True, False, False, True, False, False, {"poll": "load"},
+    ),
+    "combo_gemv_qkv_persistent_prefetch": (
+        {"combo_kernels": True}, True, True, False, False, True, False, False, {"prefetch": True},
+    ),
+    "combo_gemv_qkv_persistent_load_prefetch": (
+        {"combo_kernels": True}, True, True, False, False, True, False, False, {"poll": "load", "prefetch": True},
+    ),
 }
 
 
@@ -99,6 +111,8 @@ def main(out: str, names: list[str], contexts=CONTEXTS, variants=None) -> None:
         Decoder.persistent_step = bool(len(extra) > 1 and extra[1])
         Decoder.fused_ffn = bool(len(extra) > 2 and extra[2])
         Decoder.split_attn_o = bool(len(extra) > 3 and extra[3])
+        step = extra[4] if len(extra) > 4 else {}
+        PersistentStep.poll, PersistentStep.prefetch = step.get("poll", "atomic"), step.get("prefetch", False)
         torch._dynamo.reset()
         Decoder.inductor_options = opts
         for ctx in contexts:

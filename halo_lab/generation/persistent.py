@@ -64,6 +64,11 @@ def why_not(model, fused, caches, batch: int, pos: torch.Tensor) -> str | None:
 class PersistentStep:
     """The stacked weights and caches of one decoder, and its step through ``decode_step_op``."""
 
+    # the kernel's options (``decode_step``), off until a card times them (experiments/bench/README.md,
+    # "Twenty-sixth session"; experiments/bench/decode_kernels.py sets them per round)
+    poll = "atomic"  # how a barrier polls: "atomic" or "load"
+    prefetch = False  # phase A touches its layer's FFN weights (L2) two phases before DE reads them
+
     def __init__(self, model, fused, caches, device: torch.device):
         from halo_lab.kernels import decode_step as ks
 
@@ -121,7 +126,7 @@ class PersistentStep:
             pairs.append(torch.cat(written + [none] * (2 - len(written))))
         return self.op(
             x.contiguous(), self.weights, self.k, self.v, cos, sin, pos, slots, torch.stack(pairs), self.flag,
-            self.num_heads, self.norm, self.eps, self.programs, self.dense,
+            self.num_heads, self.norm, self.eps, self.programs, self.dense, self.poll, self.prefetch,
         )  # fmt: skip
 
     def check(self) -> None:

@@ -291,12 +291,14 @@ if HAS_TRITON:
         eps: float,
         programs: int,
         dense: bool,
+        poll: str = "atomic",
+        prefetch: bool = False,
     ) -> torch.Tensor:
         """``decode_step`` as one opaque op of a compiled step; ``weights`` in the order WEIGHTS + BIASES."""
         named = dict(zip(WEIGHTS + BIASES, weights))
         return decode_step(
             x, named, k_cache, v_cache, cos, sin, pos, slots, wslots, flag, num_heads=num_heads, norm=norm,
-            eps=eps, programs=programs, dense=dense,
+            eps=eps, programs=programs, dense=dense, poll=poll, prefetch=prefetch,
         )  # fmt: skip
 
     @decode_step_op.register_fake
@@ -316,6 +318,8 @@ if HAS_TRITON:
         eps,
         programs,
         dense,
+        poll="atomic",
+        prefetch=False,
     ):
         return x.new_empty(1, weights[4].shape[0], dtype=weights[0].dtype)
 
