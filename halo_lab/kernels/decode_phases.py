@@ -99,6 +99,16 @@ if HAS_TRITON:
         return x
 
     @triton.jit
+    def _write_kv(k_ptr, v_ptr, slot, s_cs, hk, o1, o2, is_k, is_v, HALF: tl.constexpr):
+        """The new key's and value's halves o1 / o2 into cache slot ``slot`` (none if negative)."""
+        if slot >= 0:
+            at = slot * s_cs + hk
+            tl.store(k_ptr + at, o1, mask=is_k)
+            tl.store(k_ptr + at + HALF, o2, mask=is_k)
+            tl.store(v_ptr + at, o1, mask=is_v)
+            tl.store(v_ptr + at + HALF, o2, mask=is_v)
+
+    @triton.jit
     def _qkv_phase(ph, lo, hi, w_ptr, x_ptr, ob_ptr, fb_ptr, nw_ptr, nb_ptr, q_ptr, k_ptr, v_ptr, cos_ptr,
                    sin_ptr, pos, ws_ptr, sync_ptr, flag_ptr, s_ch, s_cs, s_cos, s_sin, eps,
                    C: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, HALF: tl.constexpr,
@@ -113,19 +123,22 @@ if HAS_TRITON:
             r = tl.arange(0, 2 * BP)
             pr = pid * BP + r // 2
             wt = _tile(w_ptr, (pr // HALF) * D + pr % HALF + (r % 2) * HALF, pr < PAIRS, C, CHUNK)
+            p = pid * BP + tl.arange(0, BP)
+            h = p // HALF  # q heads, then k heads, then v heads
+            i = p % HALF
+            # the rotation and the write slots are inputs no phase writes: loaded before the wait too
+            c1 = tl.load(cos_ptr + pos * s_cos + i).to(tl.float32)
+            c2 = tl.load(cos_ptr + pos * s_cos + HALF + i).to(tl.float32)
+            s1 = tl.load(sin_ptr + pos * s_sin + i).to(tl.float32)
+            s2 = tl.load(sin_ptr + pos * s_sin + HALF + i).to(tl.float32)
+            slot0 = tl.load(ws_ptr).to(tl.int64)
+            slot1 = tl.load(ws_ptr + 1).to(tl.int64)
             if ph > 0:
                 _begin(ph, sync_ptr, flag_ptr, SYNC, SPIN)
             kk = tl.arange(0, CHUNK)
             a = _residual(x_ptr, ob_ptr, fb_ptr, kk, kk < C, wt.dtype, True)
             y = kg._dot_input(wt, a, nw_ptr, nb_ptr, C, eps, NORM, HAS_BIAS, CHUNK)
             x1, x2 = tl.split(tl.reshape(y.to(wt.dtype).to(tl.float32), [BP, 2]))
-            p = pid * BP + tl.arange(0, BP)
-            h = p // HALF  # q heads, then k heads, then v heads
-            i = p % HALF
-            c1 = tl.load(cos_ptr + pos * s_cos + i).to(tl.float32)
-            c2 = tl.load(cos_ptr + pos * s_cos + HALF + i).to(tl.float32)
-            s1 = tl.load(sin_ptr + pos * s_sin + i).to(tl.float32)
-            s2 = tl.load(sin_ptr + pos * s_sin + HALF + i).to(tl.float32)
             roped = h < HQ + HKV
             o1 = tl.where(roped, x1 * c1 - x2 * s1, x1).to(wt.dtype)
             o2 = tl.where(roped, x2 * c2 + x1 * s2, x2).to(wt.dtype)
@@ -135,14 +148,8 @@ if HAS_TRITON:
             is_k = (p < PAIRS) & (h >= HQ) & (h < HQ + HKV)
             is_v = (p < PAIRS) & (h >= HQ + HKV)
             hk = tl.where(is_k, h - HQ, h - HQ - HKV) * s_ch + i
-            for w in range(2):  # the slot of pos, then a ring cache's store slot
-                slot = tl.load(ws_ptr + w).to(tl.int64)
-                if slot >= 0:
-                    at = slot * s_cs + hk
-                    tl.store(k_ptr + at, o1, mask=is_k)
-                    tl.store(k_ptr + at + HALF, o2, mask=is_k)
-                    tl.store(v_ptr + at, o1, mask=is_v)
-                    tl.store(v_ptr + at + HALF, o2, mask=is_v)
+            _write_kv(k_ptr, v_ptr, slot0, s_cs, hk, o1, o2, is_k, is_v, HALF)  # the slot of pos
+            _write_kv(k_ptr, v_ptr, slot1, s_cs, hk, o1, o2, is_k, is_v, HALF)  # a ring cache's store slot
 
     @triton.jit
     def _dense_partial_phase(ph, lo, hi, q_ptr, k_ptr, v_ptr, part_ptr, sync_ptr, flag_ptr, pos, s_ch, s_cs,
