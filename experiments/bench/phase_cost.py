@@ -4,13 +4,13 @@ The step at 3 phases a layer (halo_lab/kernels/decode_step.py, decode_phases.py)
 phases on an H100, 4.4 µs a phase where a bare GEMV phase behind the same barrier costs 2.46
 (experiments/bench/README.md, "Twenty-fifth session"). Which phase costs the rest? This probe launches
 the step's kernel for its first h phases only (``decode_step(..., phases=h)``), h = 1 .. all, and times
-each prefix with CUDA events, 20 calls to a CUDA graph. T(h) - T(h - 1) is then phase h - 1's cost inside the chain, its barrier
-included, with the launch's fixed cost cancelled. The inputs are the medium model's shapes (hidden 512,
+each prefix with CUDA events (20 calls to a CUDA graph, replayed). T(h) - T(h - 1) is then phase h - 1's
+cost inside the chain, its barrier included, with the launch's fixed cost cancelled. The inputs are the medium model's shapes (hidden 512,
 8 layers, 8 / 2 heads of 64, FFN 2048, vocabulary 256) with random weights and caches, at one context:
 HALO-S over K key slots (72 by default, HALO-S's keys a query at 1K), or dense over every earlier slot.
 
-    python experiments/bench/phase_cost.py OUT [--context 1024] [--keys 72] [--dense] [--repeats 200] [--poll atomic|load]
-        [--prefetch]
+    python experiments/bench/phase_cost.py OUT [--context 1024] [--keys 72] [--dense] [--repeats 200]
+        [--poll atomic|load] [--prefetch]
 
 Writes OUT/phase_cost.json (the card, each prefix's time, each phase's cost) and prints the mean cost of
 each kind of phase (A: q/k/v; A2: dense's partials; BC: attention + o-projection; DE: the FFN; head).
@@ -165,9 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "phase_cost.json").write_text(json.dumps(result, indent=1))
     total = result["phases"][-1]["prefix_us"]
     kind = "dense" if a.dense else "HALO-S"
-    print(
-        f"{result['device']}, P = {result['programs']}, context {a.context}, {kind}, {a.poll} polls{', FFN prefetch' if a.prefetch else ''}"
-    )
+    options = f"{a.poll} polls" + (", FFN prefetch" if a.prefetch else "")
+    print(f"{result['device']}, P = {result['programs']}, context {a.context}, {kind}, {options}")
     print(f"all {len(result['phases'])} phases: {total:.1f} µs a call")
     for kind, c in result["mean_cost_us"].items():
         print(f"  {kind:5s} {c:7.2f} µs a phase on average")

@@ -282,8 +282,8 @@ if HAS_TRITON:
     def _prefetch_ffn(ph, lo, hi, wu_ptr, wd_ptr, sink_ptr, C: tl.constexpr, F: tl.constexpr,
                       BH: tl.constexpr, CHUNK: tl.constexpr):  # fmt: skip
         """In phase ph (A), touch one value per 32-byte sector of this program's DE tiles (16 bf16 values
-        a sector) so that they are in L2 a phase before DE loads them: the step's weights do not fit L2,
-        and DE's own load before its barrier is too late from HBM (experiments/bench/README.md,
+        a sector) so that they are in L2 when DE's own preload, at the end of BC, asks for them: the step's
+        weights do not fit L2, and that preload is too late from HBM (experiments/bench/README.md,
         "Twenty-sixth session"). The values go to ``sink_ptr`` only if their sum is NaN: a use, so the
         loads stay, that never writes for finite weights."""
         if (ph >= lo) & (ph < hi):
