@@ -32,10 +32,14 @@ def test_every_prefix_is_timed_and_written(tmp_path, dense):
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("needs CUDA or Triton's interpreter")
     argv = [str(tmp_path), "--context", "16", "--keys", "6", "--repeats", "1", "--shape", json.dumps(TINY)]
-    assert pc["main"](argv + (["--dense"] if dense else [])) == 0
+    options = ["--dense"] if dense else ["--poll", "load", "--prefetch", "--cold"]
+    assert pc["main"](argv + options) == 0
     result = json.loads((tmp_path / "phase_cost.json").read_text())
     names = [r["phase"] for r in result["phases"]]
     assert names == pc["phase_names"](2, dense)
+    assert (result["poll"], result["prefetch"], result["cold"]) == (
+        ("atomic", False, False) if dense else ("load", True, True)
+    )
     assert all(r["prefix_us"] > 0 for r in result["phases"])
     assert set(result["mean_cost_us"]) == (
         {"A", "A2", "BC", "DE", "head"} if dense else {"A", "BC", "DE", "head"}

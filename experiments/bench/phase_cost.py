@@ -5,12 +5,18 @@ phases on an H100, 4.4 µs a phase where a bare GEMV phase behind the same barri
 (experiments/bench/README.md, "Twenty-fifth session"). Which phase costs the rest? This probe launches
 the step's kernel for its first h phases only (``decode_step(..., phases=h)``), h = 1 .. all, and times
 each prefix with CUDA events (20 calls to a CUDA graph, replayed). T(h) - T(h - 1) is then phase h - 1's
-cost inside the chain, its barrier included, with the launch's fixed cost cancelled. The inputs are the medium model's shapes (hidden 512,
-8 layers, 8 / 2 heads of 64, FFN 2048, vocabulary 256) with random weights and caches, at one context:
-HALO-S over K key slots (72 by default, HALO-S's keys a query at 1K), or dense over every earlier slot.
+cost inside the chain, its barrier included, with the launch's fixed cost cancelled. The inputs are the
+medium model's shapes (hidden 512, 8 layers, 8 / 2 heads of 64, FFN 2048, vocabulary 256) with random
+weights and caches, at one context: HALO-S over K key slots (72 by default, HALO-S's keys a query at
+1K), or dense over every earlier slot.
+
+A prefix reads only its own phases' weights, so a short one runs from L2 while the whole step (61 MB of
+weights against 50 MB of L2 on an H100) cannot: on the H100 of the twenty-sixth session the FFN phase
+cost 3.5 µs in layers 0-2 and up to 12.6 µs further on. ``--cold`` writes 128 MB before every call, so
+every prefix reads its weights from HBM; beside the default run it shows what L2 saves each phase.
 
     python experiments/bench/phase_cost.py OUT [--context 1024] [--keys 72] [--dense] [--repeats 200]
-        [--poll atomic|load] [--prefetch]
+        [--poll atomic|load] [--prefetch] [--cold]
 
 Writes OUT/phase_cost.json (the card, each prefix's time, each phase's cost) and prints the mean cost of
 each kind of phase (A: q/k/v; A2: dense's partials; BC: attention + o-projection; DE: the FFN; head).
@@ -76,12 +82,17 @@ def inputs(shape: dict, context: int, keys: int, dense: bool, device, dtype=torc
     return x, w, k, v, cos, sin, pos, slots, wslots
 
 
-def time_prefix(args, kw: dict, phases: int, repeats: int, per_graph: int = 20) -> float:
+COLD_MB = 128  # what --cold writes before each call: over the H100's 50 MB and the H200's 60 MB of L2
+
+
+def time_prefix(args, kw: dict, phases: int, repeats: int, per_graph: int = 20, cold: bool = False) -> float:
     """µs a call of the step's first ``phases`` phases. On CUDA ``per_graph`` calls are captured in one CUDA
     graph and ``time_ms`` times ``repeats`` calls as replays of it (CUDA events, the median of 3 rounds): the
     wrapper's Python launch (~170 µs on the host, more than the kernel) then stays out of the time, as it
     does in the decoder's graphed step. The twenty-sixth session's first run timed plain launches and got
-    the host's time (every prefix 110-190 µs, differences of ±90). On the CPU: the median call."""
+    the host's time (every prefix 110-190 µs, differences of ±90). ``cold``: each call follows a write of
+    COLD_MB MB, so it reads its weights from HBM whatever the prefix; the write's time is the same in every
+    prefix and cancels in the differences. On the CPU: the median call."""
     x, w, k, v, cos, sin, pos, slots, wslots = args
     flag = torch.zeros(1, dtype=torch.int32, device=x.device)
 
@@ -95,9 +106,12 @@ def time_prefix(args, kw: dict, phases: int, repeats: int, per_graph: int = 20) 
     with torch.cuda.stream(side):
         call()  # compiles and warms up outside the capture
     torch.cuda.current_stream().wait_stream(side)
+    scratch = torch.empty(COLD_MB << 20, dtype=torch.uint8, device=x.device) if cold else None
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         for _ in range(per_graph):
+            if scratch is not None:
+                scratch.zero_()  # evicts the last call's lines from L2
             call()
     us = time_ms(graph.replay, x.device, warmup=2, repeats=max(1, repeats // per_graph)) * 1e3 / per_graph
     if int(flag.item()):
@@ -113,6 +127,7 @@ def measure(
     repeats: int,
     poll: str = "atomic",
     prefetch: bool = False,
+    cold: bool = False,
 ) -> dict:
     """Each prefix's µs and each phase's cost (the difference), on CUDA or under the interpreter."""
     cuda = torch.cuda.is_available()
@@ -123,7 +138,7 @@ def measure(
         sync=cuda, poll=poll, prefetch=prefetch,
     )  # fmt: skip
     names = phase_names(shape["L"], dense)
-    prefix = [time_prefix(args, kw, h, repeats) for h in range(1, len(names) + 1)]
+    prefix = [time_prefix(args, kw, h, repeats, cold=cold) for h in range(1, len(names) + 1)]
     cost = [prefix[0]] + [b - a for a, b in zip(prefix, prefix[1:])]
     kinds: dict[str, list[float]] = {}
     for name, c in zip(names, cost):
@@ -138,6 +153,7 @@ def measure(
         "dense": dense,
         "poll": poll,
         "prefetch": prefetch,
+        "cold": cold,
         "programs": kw["programs"],
         "repeats": repeats,
         "phases": [{"phase": n, "prefix_us": t, "cost_us": c} for n, t, c in zip(names, prefix, cost)],
@@ -154,18 +170,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=200)
     p.add_argument("--poll", choices=sorted(ks.POLLS), default="atomic", help="how the barrier polls")
     p.add_argument("--prefetch", action="store_true", help="phase A touches its layer's FFN weights (L2)")
+    p.add_argument("--cold", action="store_true", help=f"write {COLD_MB} MB before each call (L2 cold)")
     p.add_argument("--shape", default=None, help="JSON overrides of the medium shape (tests: a tiny one)")
     a = p.parse_args(argv)
     shape = {**MEDIUM, **(json.loads(a.shape) if a.shape else {})}
     if not 1 <= a.keys <= a.context:
         raise SystemExit(f"phase_cost.py: --keys {a.keys} must be 1 .. --context ({a.context})")
-    result = measure(shape, a.context, a.keys, a.dense, a.repeats, a.poll, a.prefetch)
+    result = measure(shape, a.context, a.keys, a.dense, a.repeats, a.poll, a.prefetch, a.cold)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "phase_cost.json").write_text(json.dumps(result, indent=1))
     total = result["phases"][-1]["prefix_us"]
     kind = "dense" if a.dense else "HALO-S"
-    options = f"{a.poll} polls" + (", FFN prefetch" if a.prefetch else "")
+    options = f"{a.poll} polls" + (", FFN prefetch" if a.prefetch else "") + (", L2 cold" if a.cold else "")
     print(f"{result['device']}, P = {result['programs']}, context {a.context}, {kind}, {options}")
     print(f"all {len(result['phases'])} phases: {total:.1f} µs a call")
     for kind, c in result["mean_cost_us"].items():
