@@ -7,7 +7,9 @@ for the tiles it wrote. This probe times a chain of dependent phases on a vector
 programs (one an SM), R rows each, with the work of a phase held fixed and the wait varied:
 
     launch   one kernel a phase (also replayed from a CUDA graph)
-    barrier  one launch; a grid-wide counter between phases (decode_step.py's barrier)
+    barrier  one launch; a grid-wide counter between phases (decode_step.py's barrier), polled with
+             acquire atomics; ``barrier_load`` polls it with volatile loads, then one acquire atomic
+             (decode_step(poll="load"))
     flags    one launch; each program sets its flag when its rows are stored, and a consumer polls only
              the flags of the programs whose rows it reads: all P for a GEMV's input (FANIN 0), or k
 
@@ -53,7 +55,7 @@ except ImportError:  # pragma: no cover - torch without triton
 
 R = 4  # rows a program (default)
 SPIN = 1 << 16  # polls before a wait gives up (~20-30 ms on a card)
-SYNC = {"launch": 0, "barrier": 1, "flags": 2}
+SYNC = {"launch": 0, "barrier": 1, "flags": 2, "barrier_load": 3}
 
 if HAS_TRITON:
 
@@ -72,13 +74,21 @@ if HAS_TRITON:
             tl.atomic_xchg(err_ptr, 1)
 
     @triton.jit
-    def _poll_count(count_ptr, target, err_ptr, SPIN: tl.constexpr):
-        """Wait until the grid's arrival counter reaches ``target``; acquire, GPU scope."""
+    def _poll_count(count_ptr, target, err_ptr, SPIN: tl.constexpr, LOADS: tl.constexpr):
+        """Wait until the grid's arrival counter reaches ``target``; acquire, GPU scope. LOADS: poll with
+        volatile loads, then one acquire atomic (decode_phases._grid_sync's SYNC 2)."""
         spins = tl.where(tl.load(err_ptr, volatile=True) == 0, 0, SPIN)
-        seen = tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu")
-        while (seen < target) & (spins < SPIN):
+        if LOADS:
+            seen = tl.load(count_ptr, volatile=True)
+            while (seen < target) & (spins < SPIN):
+                seen = tl.load(count_ptr, volatile=True)
+                spins += 1
             seen = tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu")
-            spins += 1
+        else:
+            seen = tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu")
+            while (seen < target) & (spins < SPIN):
+                seen = tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu")
+                spins += 1
         if seen < target:
             tl.atomic_xchg(err_ptr, 1)
 
@@ -87,8 +97,8 @@ if HAS_TRITON:
         flags_ptr, count_ptr, err_ptr, qs, qmask, base, k, t, P, SYNC: tl.constexpr, SPIN: tl.constexpr
     ):
         """Before phase t (the launch's k-th): the barrier's count, or the flags of the programs read."""
-        if SYNC == 1:
-            _poll_count(count_ptr, (base + k) * P, err_ptr, SPIN)
+        if SYNC == 1 or SYNC == 3:
+            _poll_count(count_ptr, (base + k) * P, err_ptr, SPIN, SYNC == 3)
         if SYNC == 2:
             _poll_flags(flags_ptr, qs, qmask, base + t, err_ptr, SPIN)
 
@@ -97,7 +107,7 @@ if HAS_TRITON:
         """After this program's rows of a phase are stored: arrive at the barrier, or raise its flag."""
         if SYNC != 0:
             tl.debug_barrier()  # every thread's stores before the signal
-        if SYNC == 1:
+        if SYNC == 1 or SYNC == 3:
             tl.atomic_add(count_ptr, 1, sem="release", scope="gpu")
         if SYNC == 2:
             tl.atomic_xchg(flags_ptr + p, value, sem="release", scope="gpu")
@@ -280,8 +290,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     shapes = (("gemv", 0), ("mean", 0), ("mean", 1), ("mean", 4))
     for work, fanin, r in [(w, f, r) for r in args.rows for w, f in shapes if w in args.work]:
-        for mode, graph in (("launch", False), ("launch", True), ("barrier", False), ("flags", False)):
-            if fanin and mode == "barrier":
+        modes = (
+            ("launch", False),
+            ("launch", True),
+            ("barrier", False),
+            ("barrier_load", False),
+            ("flags", False),
+        )
+        for mode, graph in modes:
+            if fanin and mode.startswith("barrier"):
                 continue  # the barrier waits for everyone whatever a phase reads
             chain = Chain(P, args.phases, work, fanin, rows=r)
             us, err = time_chain(chain, mode, args.runs, graph)
