@@ -45,6 +45,8 @@ from pathlib import Path
 
 import torch
 
+from halo_lab.kernels import decode_phases as dp
+
 try:
     import triton
     import triton.language as tl
@@ -74,31 +76,12 @@ if HAS_TRITON:
             tl.atomic_xchg(err_ptr, 1)
 
     @triton.jit
-    def _poll_count(count_ptr, target, err_ptr, SPIN: tl.constexpr, LOADS: tl.constexpr):
-        """Wait until the grid's arrival counter reaches ``target``; acquire, GPU scope. LOADS: poll with
-        volatile loads, then one acquire atomic (decode_phases._grid_sync's SYNC 2)."""
-        spins = tl.where(tl.load(err_ptr, volatile=True) == 0, 0, SPIN)
-        if LOADS:
-            seen = tl.load(count_ptr, volatile=True)
-            while (seen < target) & (spins < SPIN):
-                seen = tl.load(count_ptr, volatile=True)
-                spins += 1
-            seen = tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu")
-        else:
-            seen = tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu")
-            while (seen < target) & (spins < SPIN):
-                seen = tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu")
-                spins += 1
-        if seen < target:
-            tl.atomic_xchg(err_ptr, 1)
-
-    @triton.jit
     def _wait(
         flags_ptr, count_ptr, err_ptr, qs, qmask, base, k, t, P, SYNC: tl.constexpr, SPIN: tl.constexpr
     ):
         """Before phase t (the launch's k-th): the barrier's count, or the flags of the programs read."""
-        if SYNC == 1 or SYNC == 3:
-            _poll_count(count_ptr, (base + k) * P, err_ptr, SPIN, SYNC == 3)
+        if SYNC == 1 or SYNC == 3:  # the decode step's own wait (barrier_load: its load polls)
+            dp._wait_count(count_ptr, err_ptr, (base + k) * P, SYNC == 3, SPIN)
         if SYNC == 2:
             _poll_flags(flags_ptr, qs, qmask, base + t, err_ptr, SPIN)
 

@@ -47,16 +47,15 @@ except ImportError:  # pragma: no cover - torch without triton
 if HAS_TRITON:
 
     @triton.jit
-    def _grid_sync(sync_ptr, flag_ptr, target, SYNC: tl.constexpr, SPIN: tl.constexpr):
-        """Wait until the counter at ``sync_ptr`` reaches ``target`` after adding this program's 1. SYNC 1
-        polls with acquire atomics; SYNC 2 polls with plain volatile loads, which do not queue behind the
-        other programs' arrivals at the counter's L2 atomic unit, then takes one acquire atomic for the
-        ordering (the counter only grows, so it reads >= target)."""
-        tl.debug_barrier()  # this program's stores before its arrival
-        tl.atomic_add(sync_ptr, 1, sem="release", scope="gpu")
-        # after one timeout the step's later barriers do not wait either (the logits are wrong already)
+    def _wait_count(sync_ptr, flag_ptr, target, LOADS: tl.constexpr, SPIN: tl.constexpr):
+        """Poll the arrival counter at ``sync_ptr`` until it reaches ``target``, acquire at GPU scope. LOADS
+        polls with volatile loads, which do not queue behind the other programs' arrivals at the counter's
+        L2 atomic unit, then takes one acquire atomic for the ordering (the counter only grows, so it reads
+        >= target); otherwise every poll is an acquire atomic. Past SPIN polls it sets ``flag_ptr``, and
+        once that is set later waits do not wait (the results are wrong already; experiments/bench/
+        phase_sync.py's probe waits with this too)."""
         spins = tl.where(tl.load(flag_ptr, volatile=True) == 0, 0, SPIN)
-        if SYNC == 2:
+        if LOADS:
             seen = tl.load(sync_ptr, volatile=True)
             while (seen < target) & (spins < SPIN):
                 seen = tl.load(sync_ptr, volatile=True)
@@ -69,6 +68,14 @@ if HAS_TRITON:
                 spins += 1
         if seen < target:
             tl.atomic_xchg(flag_ptr, 1)
+
+    @triton.jit
+    def _grid_sync(sync_ptr, flag_ptr, target, SYNC: tl.constexpr, SPIN: tl.constexpr):
+        """Add this program's 1 to the counter at ``sync_ptr`` and wait until it reaches ``target`` (SYNC 1:
+        atomic polls, 2: load polls; ``_wait_count``)."""
+        tl.debug_barrier()  # this program's stores before its arrival
+        tl.atomic_add(sync_ptr, 1, sem="release", scope="gpu")
+        _wait_count(sync_ptr, flag_ptr, target, SYNC == 2, SPIN)
         tl.debug_barrier()
 
     @triton.jit
