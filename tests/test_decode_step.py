@@ -64,7 +64,7 @@ def dense_slots(L, S, pos):
     return torch.where(every <= pos, every, -1).expand(L, S).contiguous()
 
 
-def run_both(dtype, norm, programs, sync, dense=False, poll="atomic", prefetch=False, **kw):
+def run_both(dtype, norm, programs, sync, dense=False, poll="atomic", prefetch=False, warps=8, **kw):
     x, w, k, v, cos, sin, pos, slots, wslots = inputs(dtype, norm, **kw)
     if dense:
         slots, wslots[1, 1] = dense_slots(k.shape[0], k.shape[3], pos), -1
@@ -73,7 +73,7 @@ def run_both(dtype, norm, programs, sync, dense=False, poll="atomic", prefetch=F
     kk, vk, xk = k.clone(), v.clone(), x.clone()
     logits = ks.decode_step(
         xk, w, kk, vk, cos, sin, pos, slots, wslots, flag, num_heads=heads, norm=norm, eps=1e-5,
-        programs=programs, sync=sync, dense=dense, poll=poll, prefetch=prefetch,
+        programs=programs, sync=sync, dense=dense, poll=poll, prefetch=prefetch, warps=warps,
     )  # fmt: skip
     dbl = {n: t.double() for n, t in w.items()}
     kr, vr = k.double(), v.double()
@@ -228,6 +228,20 @@ def test_persistent_step_cuda():
         )
         tol = 1e-4 if dtype == torch.float32 else 3e-2
         assert rel(logits, ref) < tol and rel(k, kr) < tol and rel(v, vr) < tol
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the grid barrier at P > 1 needs a GPU")
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("half,warps", [(False, 16), (True, 8)])
+def test_persistent_step_cuda_other_launches(dense, half, warps):
+    """The launches experiments/bench/phase_cost.py times beside the default: 16 warps a program, and half
+    the SMs (larger tiles a program), each against the reference in bf16."""
+    programs = torch.cuda.get_device_properties(0).multi_processor_count // (2 if half else 1)
+    (logits, k, v), (ref, kr, vr), _ = run_both(
+        torch.bfloat16, "rmsnorm", programs, True, dense, warps=warps, L=3, C=512, heads=8, d=64, F=2048,
+        V=256,
+    )  # fmt: skip
+    assert rel(logits, ref) < 3e-2 and rel(k, kr) < 3e-2 and rel(v, vr) < 3e-2
 
 
 # ------------------------------------------------------------------------------------ the decoder

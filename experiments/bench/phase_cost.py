@@ -128,14 +128,16 @@ def measure(
     poll: str = "atomic",
     prefetch: bool = False,
     cold: bool = False,
+    programs: int | None = None,
+    warps: int = 8,
 ) -> dict:
     """Each prefix's µs and each phase's cost (the difference), on CUDA or under the interpreter."""
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     args = inputs(shape, context, keys, dense, device, torch.bfloat16 if cuda else torch.float32)
     kw = dict(
-        num_heads=shape["heads"], norm="rmsnorm", eps=1e-5, programs=ks.programs_for(device), dense=dense,
-        sync=cuda, poll=poll, prefetch=prefetch,
+        num_heads=shape["heads"], norm="rmsnorm", eps=1e-5, programs=programs or ks.programs_for(device),
+        dense=dense, sync=cuda, poll=poll, prefetch=prefetch, warps=warps,
     )  # fmt: skip
     names = phase_names(shape["L"], dense)
     prefix = [time_prefix(args, kw, h, repeats, cold=cold) for h in range(1, len(names) + 1)]
@@ -155,6 +157,7 @@ def measure(
         "prefetch": prefetch,
         "cold": cold,
         "programs": kw["programs"],
+        "warps": warps,
         "repeats": repeats,
         "phases": [{"phase": n, "prefix_us": t, "cost_us": c} for n, t, c in zip(names, prefix, cost)],
         "mean_cost_us": {k: statistics.mean(v) for k, v in kinds.items()},
@@ -171,18 +174,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--poll", choices=sorted(ks.POLLS), default="atomic", help="how the barrier polls")
     p.add_argument("--prefetch", action="store_true", help="phase A touches its layer's FFN weights (L2)")
     p.add_argument("--cold", action="store_true", help=f"write {COLD_MB} MB before each call (L2 cold)")
+    p.add_argument("--programs", type=int, default=None, help="P (default: the SM count)")
+    p.add_argument("--warps", type=int, default=8, help="a program's warps")
     p.add_argument("--shape", default=None, help="JSON overrides of the medium shape (tests: a tiny one)")
     a = p.parse_args(argv)
     shape = {**MEDIUM, **(json.loads(a.shape) if a.shape else {})}
     if not 1 <= a.keys <= a.context:
         raise SystemExit(f"phase_cost.py: --keys {a.keys} must be 1 .. --context ({a.context})")
-    result = measure(shape, a.context, a.keys, a.dense, a.repeats, a.poll, a.prefetch, a.cold)
+    result = measure(
+        shape, a.context, a.keys, a.dense, a.repeats, a.poll, a.prefetch, a.cold, a.programs, a.warps
+    )
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "phase_cost.json").write_text(json.dumps(result, indent=1))
     total = result["phases"][-1]["prefix_us"]
     kind = "dense" if a.dense else "HALO-S"
     options = f"{a.poll} polls" + (", FFN prefetch" if a.prefetch else "") + (", L2 cold" if a.cold else "")
+    options = f"{a.warps} warps, {options}"
     print(f"{result['device']}, P = {result['programs']}, context {a.context}, {kind}, {options}")
     print(f"all {len(result['phases'])} phases: {total:.1f} µs a call")
     for kind, c in result["mean_cost_us"].items():

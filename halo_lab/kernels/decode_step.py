@@ -155,9 +155,10 @@ if HAS_TRITON:
 
 
 def launch_meta(*, C, F, V, L, num_heads, kv_heads, d, n_keys, norm, has_bias, programs, dense,
-                spin_limit=SPIN_LIMIT, prefetch=False) -> dict:  # fmt: skip
+                spin_limit=SPIN_LIMIT, prefetch=False, warps=8) -> dict:  # fmt: skip
     """The kernel's constexprs and warps for a model's sizes at P = ``programs`` (the module doc's block
-    sizes); experiments/bench/kernel_regs.py compiles it with these."""
+    sizes); experiments/bench/kernel_regs.py compiles it with these. 8 warps: 182 registers and no stack
+    at P = 132 (16: 116, no stack; P = 66 at 8 spills)."""
     P, pairs = int(programs), (num_heads + 2 * kv_heads) * d // 2
     slices = 1 << max(0, (P // num_heads).bit_length() - 1)  # NS: o's row slices, NS x heads <= P
     parts = max(1, P // kv_heads) if dense else 1  # PH: the programs of one KV head's keys
@@ -168,7 +169,7 @@ def launch_meta(*, C, F, V, L, num_heads, kv_heads, d, n_keys, norm, has_bias, p
         BN_HEAD=tile_rows(V, P), CH_C=triton.next_power_of_2(C),
         BLOCK_K=max(2, triton.next_power_of_2(n_keys)), DENSE=dense, PH=parts,
         PH2=max(2, triton.next_power_of_2(parts)), CH_KEYS=DENSE_CHUNK, NPH=PHASES + dense, PREFETCH=prefetch,
-        SPIN=spin_limit, num_warps=8,
+        SPIN=spin_limit, num_warps=int(warps),
     )  # fmt: skip
 
 
@@ -201,6 +202,7 @@ def decode_step(
     phases: int | None = None,
     poll: str = "atomic",
     prefetch: bool = False,
+    warps: int = 8,
 ) -> torch.Tensor:
     """The Triton kernel: what ``reference_decode_step`` computes (x [1, C] becomes the last residual
     stream, the caches are written), in one launch of ``programs`` programs (``sync``), or one launch a
@@ -209,7 +211,7 @@ def decode_step(
     ``phases``: only the step's first that many phases (experiments/bench/phase_cost.py times them).
     ``poll``: how a barrier waits, "atomic" (acquire atomics) or "load" (volatile loads, then one acquire
     atomic; ``decode_phases._grid_sync``). ``prefetch``: phase A touches the layer's FFN weights so that they
-    are in L2 when DE loads them (``decode_phases._prefetch_ffn``)."""
+    are in L2 when DE loads them (``decode_phases._prefetch_ffn``). ``warps``: a program's warps."""
     w = weights
     L, B, Hkv, S, d = k_cache.shape
     C, V, F = x.shape[1], w["lm"].shape[0], w["wdown"].shape[2]
@@ -244,7 +246,7 @@ def decode_step(
     P, n_keys = int(programs), slots.shape[1]
     meta = launch_meta(
         C=C, F=F, V=V, L=L, num_heads=num_heads, kv_heads=Hkv, d=d, n_keys=n_keys, norm=norm,
-        has_bias=has_bias, programs=P, dense=dense, spin_limit=spin_limit, prefetch=prefetch,
+        has_bias=has_bias, programs=P, dense=dense, spin_limit=spin_limit, prefetch=prefetch, warps=warps,
     )  # fmt: skip
     # dense's partials: (max, sum, weighted values) of each query head for each of PH parts of its keys
     part = torch.empty(meta["PH"] * num_heads * (d + 2) if dense else 1, device=dev, dtype=torch.float32)
