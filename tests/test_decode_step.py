@@ -281,13 +281,14 @@ def test_persistent_decode_equals_uncached_forward(arch, cache, kw, monkeypatch)
 
 @pytest.mark.parametrize("dense", [False, True], ids=["halo", "dense"])
 def test_persistent_decode_with_the_kernels_options(dense, monkeypatch):
-    """PersistentStep.poll = "load" and .prefetch = True reach the kernel, and the greedy tokens still equal
+    """PersistentStep.poll = "load", .prefetch = True and .warps = 4 reach the kernel, and the greedy tokens still equal
     the uncached forward's."""
     _interpreted_or_cuda()
     from halo_lab.generation.persistent import PersistentStep
 
     monkeypatch.setattr(PersistentStep, "poll", "load")
     monkeypatch.setattr(PersistentStep, "prefetch", True)
+    monkeypatch.setattr(PersistentStep, "warps", 4)
     seen = []
     real = ks.decode_step
     monkeypatch.setattr(ks, "decode_step", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
@@ -296,7 +297,7 @@ def test_persistent_decode_with_the_kernels_options(dense, monkeypatch):
     ref = model.generate(prompt, max_new_tokens=12, temperature=0, use_cache=False)
     out, dec = persistent_tokens(model, prompt, 12, monkeypatch)
     assert dec.persistent is not None, dec.persistent_why_not
-    assert seen and all(kw["poll"] == "load" and kw["prefetch"] for kw in seen)
+    assert seen and all(kw["poll"] == "load" and kw["prefetch"] and kw["warps"] == 4 for kw in seen)
     assert torch.equal(out, ref)
 
 

@@ -75,6 +75,14 @@ OPTIONS = {
     "combo_gemv_qkv_persistent_load_prefetch": (
         {"combo_kernels": True}, True, True, False, False, True, False, False, {"poll": "load", "prefetch": True},
     ),
+    # 16 warps a program (PersistentStep.warps; twenty-seventh session), alone and with both options
+    "combo_gemv_qkv_persistent_w16": (
+        {"combo_kernels": True}, True, True, False, False, True, False, False, {"warps": 16},
+    ),
+    "combo_gemv_qkv_persistent_w16_load_prefetch": (
+        {"combo_kernels": True}, True, True, False, False, True, False, False,
+        {"poll": "load", "prefetch": True, "warps": 16},
+    ),
 }
 
 
@@ -113,6 +121,7 @@ def main(out: str, names: list[str], contexts=CONTEXTS, variants=None) -> None:
         Decoder.split_attn_o = bool(len(extra) > 3 and extra[3])
         step = extra[4] if len(extra) > 4 else {}
         PersistentStep.poll, PersistentStep.prefetch = step.get("poll", "atomic"), step.get("prefetch", False)
+        PersistentStep.warps = step.get("warps", 8)
         torch._dynamo.reset()
         Decoder.inductor_options = opts
         for ctx in contexts:

@@ -68,6 +68,7 @@ class PersistentStep:
     # "Twenty-sixth session"; experiments/bench/decode_kernels.py sets them per round)
     poll = "atomic"  # how a barrier polls: "atomic" or "load"
     prefetch = False  # phase A touches its layer's FFN weights (L2) two phases before DE reads them
+    warps = 8  # a program's warps (16: 116 registers a thread at P = 132, no spill)
 
     def __init__(self, model, fused, caches, device: torch.device):
         from halo_lab.kernels import decode_step as ks
@@ -126,7 +127,7 @@ class PersistentStep:
             pairs.append(torch.cat(written + [none] * (2 - len(written))))
         return self.op(
             x.contiguous(), self.weights, self.k, self.v, cos, sin, pos, slots, torch.stack(pairs), self.flag,
-            self.num_heads, self.norm, self.eps, self.programs, self.dense, self.poll, self.prefetch,
+            self.num_heads, self.norm, self.eps, self.programs, self.dense, self.poll, self.prefetch, self.warps,
         )  # fmt: skip
 
     def check(self) -> None:

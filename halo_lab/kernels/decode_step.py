@@ -295,12 +295,13 @@ if HAS_TRITON:
         dense: bool,
         poll: str = "atomic",
         prefetch: bool = False,
+        warps: int = 8,
     ) -> torch.Tensor:
         """``decode_step`` as one opaque op of a compiled step; ``weights`` in the order WEIGHTS + BIASES."""
         named = dict(zip(WEIGHTS + BIASES, weights))
         return decode_step(
             x, named, k_cache, v_cache, cos, sin, pos, slots, wslots, flag, num_heads=num_heads, norm=norm,
-            eps=eps, programs=programs, dense=dense, poll=poll, prefetch=prefetch,
+            eps=eps, programs=programs, dense=dense, poll=poll, prefetch=prefetch, warps=warps,
         )  # fmt: skip
 
     @decode_step_op.register_fake
@@ -322,6 +323,7 @@ if HAS_TRITON:
         dense,
         poll="atomic",
         prefetch=False,
+        warps=8,
     ):
         return x.new_empty(1, weights[4].shape[0], dtype=weights[0].dtype)
 
