@@ -64,7 +64,7 @@ def dense_slots(L, S, pos):
     return torch.where(every <= pos, every, -1).expand(L, S).contiguous()
 
 
-def run_both(dtype, norm, programs, sync, dense=False, poll="atomic", prefetch=False, warps=8, **kw):
+def run_both(dtype, norm, programs, sync, dense=False, poll="atomic", prefetch="off", warps=8, **kw):
     x, w, k, v, cos, sin, pos, slots, wslots = inputs(dtype, norm, **kw)
     if dense:
         slots, wslots[1, 1] = dense_slots(k.shape[0], k.shape[3], pos), -1
@@ -132,7 +132,7 @@ def test_prefetching_the_ffn_weights_changes_nothing(programs, sync, dense):
     caches still equal the reference (3 layers)."""
     _interpreted_or_cuda()
     (logits, k, v), (ref, kr, vr), _ = run_both(
-        torch.float32, "rmsnorm", programs, sync, dense, prefetch=True, L=3
+        torch.float32, "rmsnorm", programs, sync, dense, prefetch="loads", L=3
     )
     assert rel(logits, ref) < 1e-5 and rel(k, kr) < 1e-5 and rel(v, vr) < 1e-5
 
@@ -213,6 +213,11 @@ def test_decode_step_rejects_bad_input():
         ks.decode_step(x, w, k, v, cos, sin, pos, slots, wslots, flag, **{**kw, "norm": "batchnorm"})
     with pytest.raises(ValueError, match="poll='spin'"):
         ks.decode_step(x, w, k, v, cos, sin, pos, slots, wslots, flag, **{**kw, "poll": "spin"})
+    with pytest.raises(ValueError, match="prefetch=True"):
+        ks.decode_step(x, w, k, v, cos, sin, pos, slots, wslots, flag, **{**kw, "prefetch": True})
+    if DEVICE != "cuda":
+        with pytest.raises(ValueError, match="needs a CUDA device"):
+            ks.decode_step(x, w, k, v, cos, sin, pos, slots, wslots, flag, **{**kw, "prefetch": "l2"})
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the grid barrier at P > 1 needs a GPU")
@@ -222,7 +227,7 @@ def test_persistent_step_cuda():
     FFN's prefetch)."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     cases = ((torch.float32, "layernorm", False), (torch.bfloat16, "rmsnorm", True))
-    for (dtype, norm, dense), poll, prefetch in itertools.product(cases, ks.POLLS, (False, True)):
+    for (dtype, norm, dense), poll, prefetch in itertools.product(cases, ks.POLLS, ks.PREFETCHES):
         (logits, k, v), (ref, kr, vr), _ = run_both(
             dtype, norm, sms, True, dense, poll, prefetch, L=3, C=512, heads=8, d=64, F=2048, V=256
         )
@@ -281,13 +286,13 @@ def test_persistent_decode_equals_uncached_forward(arch, cache, kw, monkeypatch)
 
 @pytest.mark.parametrize("dense", [False, True], ids=["halo", "dense"])
 def test_persistent_decode_with_the_kernels_options(dense, monkeypatch):
-    """PersistentStep.poll = "load", .prefetch = True and .warps = 4 reach the kernel, and the greedy tokens still equal
+    """PersistentStep.poll = "load", .prefetch = "loads" and .warps = 4 reach the kernel, and the greedy tokens still equal
     the uncached forward's."""
     _interpreted_or_cuda()
     from halo_lab.generation.persistent import PersistentStep
 
     monkeypatch.setattr(PersistentStep, "poll", "load")
-    monkeypatch.setattr(PersistentStep, "prefetch", True)
+    monkeypatch.setattr(PersistentStep, "prefetch", "loads")
     monkeypatch.setattr(PersistentStep, "warps", 4)
     seen = []
     real = ks.decode_step
@@ -297,7 +302,9 @@ def test_persistent_decode_with_the_kernels_options(dense, monkeypatch):
     ref = model.generate(prompt, max_new_tokens=12, temperature=0, use_cache=False)
     out, dec = persistent_tokens(model, prompt, 12, monkeypatch)
     assert dec.persistent is not None, dec.persistent_why_not
-    assert seen and all(kw["poll"] == "load" and kw["prefetch"] and kw["warps"] == 4 for kw in seen)
+    assert seen and all(
+        kw["poll"] == "load" and kw["prefetch"] == "loads" and kw["warps"] == 4 for kw in seen
+    )
     assert torch.equal(out, ref)
 
 

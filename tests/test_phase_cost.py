@@ -39,7 +39,7 @@ def test_every_prefix_is_timed_and_written(tmp_path, dense):
     names = [r["phase"] for r in result["phases"]]
     assert names == pc["phase_names"](2, dense)
     assert (result["poll"], result["prefetch"], result["cold"]) == (
-        ("atomic", False, False) if dense else ("load", True, True)
+        ("atomic", "off", False) if dense else ("load", "loads", True)
     )
     assert (result["programs"], result["warps"]) == (1 if dense else 3, 4)
     assert all(r["prefix_us"] > 0 for r in result["phases"])

@@ -70,10 +70,10 @@ OPTIONS = {
         {"combo_kernels": True}, True, True, False, False, True, False, False, {"poll": "load"},
     ),
     "combo_gemv_qkv_persistent_prefetch": (
-        {"combo_kernels": True}, True, True, False, False, True, False, False, {"prefetch": True},
+        {"combo_kernels": True}, True, True, False, False, True, False, False, {"prefetch": "loads"},
     ),
     "combo_gemv_qkv_persistent_load_prefetch": (
-        {"combo_kernels": True}, True, True, False, False, True, False, False, {"poll": "load", "prefetch": True},
+        {"combo_kernels": True}, True, True, False, False, True, False, False, {"poll": "load", "prefetch": "loads"},
     ),
     # 16 warps a program (PersistentStep.warps; twenty-seventh session), alone and with both options
     "combo_gemv_qkv_persistent_w16": (
@@ -81,7 +81,11 @@ OPTIONS = {
     ),
     "combo_gemv_qkv_persistent_w16_load_prefetch": (
         {"combo_kernels": True}, True, True, False, False, True, False, False,
-        {"poll": "load", "prefetch": True, "warps": 16},
+        {"poll": "load", "prefetch": "loads", "warps": 16},
+    ),
+    # the FFN's weights asked of HBM with PTX prefetches, which nothing waits for (twenty-seventh session)
+    "combo_gemv_qkv_persistent_l2": (
+        {"combo_kernels": True}, True, True, False, False, True, False, False, {"prefetch": "l2"},
     ),
 }
 
@@ -120,7 +124,7 @@ def main(out: str, names: list[str], contexts=CONTEXTS, variants=None) -> None:
         Decoder.fused_ffn = bool(len(extra) > 2 and extra[2])
         Decoder.split_attn_o = bool(len(extra) > 3 and extra[3])
         step = extra[4] if len(extra) > 4 else {}
-        PersistentStep.poll, PersistentStep.prefetch = step.get("poll", "atomic"), step.get("prefetch", False)
+        PersistentStep.poll, PersistentStep.prefetch = step.get("poll", "atomic"), step.get("prefetch", "off")
         PersistentStep.warps = step.get("warps", 8)
         torch._dynamo.reset()
         Decoder.inductor_options = opts

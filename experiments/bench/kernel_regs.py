@@ -167,7 +167,7 @@ def decode_kernels() -> None:
         )
         print(f"decode_ffn {warps} warps {regs}", flush=True)
     # the whole batch-1 step in one persistent launch (decode_step.py, 3 phases a layer) on 132 SMs
-    for dense, poll, prefetch in ((False, "atomic", False), (True, "atomic", False), (False, "load", True)):
+    for dense, poll, prefetch in ((False, "atomic", "off"), (True, "atomic", "off"), (False, "atomic", "l2")):
         meta = ks.launch_meta(
             C=512, F=2048, V=256, L=8, num_heads=8, kv_heads=2, d=64, n_keys=72, norm="rmsnorm",
             has_bias=False, programs=132, dense=dense, prefetch=prefetch,
@@ -175,7 +175,7 @@ def decode_kernels() -> None:
         opts = {"num_warps": meta.pop("num_warps"), "num_stages": 1}
         consts = {**meta, "SYNC": ks.POLLS[poll]}
         regs = resources(ks._decode_step_kernel, opts, consts, signature=_gemv_signature)
-        extra = ", FFN prefetch" if prefetch else ""
+        extra = f", FFN prefetch {prefetch}" if prefetch != "off" else ""
         print(f"decode_step {'dense' if dense else 'HALO-S'} 8 warps, {poll} polls{extra} {regs}", flush=True)
 
 

@@ -16,7 +16,7 @@ cost 3.5 µs in layers 0-2 and up to 12.6 µs further on. ``--cold`` writes 128 
 every prefix reads its weights from HBM; beside the default run it shows what L2 saves each phase.
 
     python experiments/bench/phase_cost.py OUT [--context 1024] [--keys 72] [--dense] [--repeats 200]
-        [--poll atomic|load] [--prefetch] [--cold]
+        [--poll atomic|load] [--prefetch [loads|l2]] [--cold]
 
 Writes OUT/phase_cost.json (the card, each prefix's time, each phase's cost) and prints the mean cost of
 each kind of phase (A: q/k/v; A2: dense's partials; BC: attention + o-projection; DE: the FFN; head).
@@ -126,7 +126,7 @@ def measure(
     dense: bool,
     repeats: int,
     poll: str = "atomic",
-    prefetch: bool = False,
+    prefetch: str = "off",
     cold: bool = False,
     programs: int | None = None,
     warps: int = 8,
@@ -172,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dense", action="store_true")
     p.add_argument("--repeats", type=int, default=200)
     p.add_argument("--poll", choices=sorted(ks.POLLS), default="atomic", help="how the barrier polls")
-    p.add_argument("--prefetch", action="store_true", help="phase A touches its layer's FFN weights (L2)")
+    p.add_argument(
+        "--prefetch", nargs="?", const="loads", default="off", choices=sorted(ks.PREFETCHES),
+        help="phase A asks for its layer's FFN weights (L2): loads (the default with the flag) or l2",
+    )  # fmt: skip
     p.add_argument("--cold", action="store_true", help=f"write {COLD_MB} MB before each call (L2 cold)")
     p.add_argument("--programs", type=int, default=None, help="P (default: the SM count)")
     p.add_argument("--warps", type=int, default=8, help="a program's warps")
@@ -189,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "phase_cost.json").write_text(json.dumps(result, indent=1))
     total = result["phases"][-1]["prefix_us"]
     kind = "dense" if a.dense else "HALO-S"
-    options = f"{a.poll} polls" + (", FFN prefetch" if a.prefetch else "") + (", L2 cold" if a.cold else "")
+    options = f"{a.poll} polls" + (f", FFN prefetch {a.prefetch}" if a.prefetch != "off" else "") + (", L2 cold" if a.cold else "")
     options = f"{a.warps} warps, {options}"
     print(f"{result['device']}, P = {result['programs']}, context {a.context}, {kind}, {options}")
     print(f"all {len(result['phases'])} phases: {total:.1f} µs a call")

@@ -67,7 +67,7 @@ class PersistentStep:
     # the kernel's options (``decode_step``), off until a card times them (experiments/bench/README.md,
     # "Twenty-sixth session"; experiments/bench/decode_kernels.py sets them per round)
     poll = "atomic"  # how a barrier polls: "atomic" or "load"
-    prefetch = False  # phase A touches its layer's FFN weights (L2) two phases before DE reads them
+    prefetch = "off"  # phase A asks for its layer's FFN weights (L2) two phases before DE: "loads", "l2"
     warps = 8  # a program's warps (16: 116 registers a thread at P = 132, no spill)
 
     def __init__(self, model, fused, caches, device: torch.device):

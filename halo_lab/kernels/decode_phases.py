@@ -286,28 +286,46 @@ if HAS_TRITON:
         return wg, wu, wd
 
     @triton.jit
+    def _l2_prefetch(ptrs, ok, base):
+        """PTX ``prefetch.global.L2`` of each address where ``ok`` (else of ``base``, a valid one): the line
+        is asked of HBM and nothing waits for it (no register is loaded). Not in Triton's interpreter."""
+        safe = tl.where(ok, ptrs, base)
+        tl.inline_asm_elementwise(
+            "prefetch.global.L2::evict_last [$1];\n mov.u32 $0, 0;", "=r,l", [safe], dtype=tl.int32,
+            is_pure=False, pack=1,
+        )  # fmt: skip
+
+    @triton.jit
     def _prefetch_ffn(ph, lo, hi, wu_ptr, wd_ptr, sink_ptr, C: tl.constexpr, F: tl.constexpr,
-                      BH: tl.constexpr, CHUNK: tl.constexpr):  # fmt: skip
-        """In phase ph (A), touch one value per 32-byte sector of this program's DE tiles (16 bf16 values
-        a sector) so that they are in L2 when DE's own preload, at the end of BC, asks for them: the step's
+                      BH: tl.constexpr, CHUNK: tl.constexpr, HOW: tl.constexpr):  # fmt: skip
+        """In phase ph (A), ask for every 32-byte sector of this program's DE tiles (16 bf16 values a
+        sector) so that they are in L2 when DE's own preload, at the end of BC, asks for them: the step's
         weights do not fit L2, and that preload is too late from HBM (experiments/bench/README.md,
-        "Twenty-sixth session"). The values go to ``sink_ptr`` only if their sum is NaN: a use, so the
-        loads stay, that never writes for finite weights."""
+        "Twenty-sixth session"). HOW 2: the PTX L2 prefetch, which nothing waits for. HOW 1: loads, whose
+        values go to ``sink_ptr`` only if their sum is NaN (a use, so the loads stay, that never writes for
+        finite weights); the sum waits for them inside A, which costs A about what it saves DE
+        (twenty-seventh session)."""
         if (ph >= lo) & (ph < hi):
             j = tl.program_id(0) * BH + tl.arange(0, BH)
             in_j = j < F
             c = tl.arange(0, CHUNK // 16) * 16
             rows = in_j[:, None] & (c < C)[None, :]
-            g = tl.load(wu_ptr + j[:, None] * C + c[None, :], mask=rows, other=0.0, cache_modifier=".cg")
-            u = tl.load(
-                wu_ptr + (F + j)[:, None] * C + c[None, :], mask=rows, other=0.0, cache_modifier=".cg"
-            )
+            gate_at = wu_ptr + j[:, None] * C + c[None, :]
             r = tl.arange(0, CHUNK)
             first = tl.program_id(0) * BH + tl.zeros_like(r)  # the first hidden unit, on every row
-            d = tl.load(wd_ptr + r * F + first, mask=(r < C) & (first < F), other=0.0, cache_modifier=".cg")
-            total = tl.sum(tl.sum(g.to(tl.float32) + u.to(tl.float32), axis=1), axis=0)
-            total += tl.sum(d.to(tl.float32), axis=0)
-            tl.store(sink_ptr, total, mask=total != total)
+            down_at = wd_ptr + r * F + first
+            in_d = (r < C) & (first < F)
+            if HOW == 2:
+                _l2_prefetch(gate_at, rows, wu_ptr)
+                _l2_prefetch(gate_at + F * C, rows, wu_ptr)  # the up rows
+                _l2_prefetch(down_at, in_d, wd_ptr)
+            else:
+                g = tl.load(gate_at, mask=rows, other=0.0, cache_modifier=".cg")
+                u = tl.load(gate_at + F * C, mask=rows, other=0.0, cache_modifier=".cg")
+                d = tl.load(down_at, mask=in_d, other=0.0, cache_modifier=".cg")
+                total = tl.sum(tl.sum(g.to(tl.float32) + u.to(tl.float32), axis=1), axis=0)
+                total += tl.sum(d.to(tl.float32), axis=0)
+                tl.store(sink_ptr, total, mask=total != total)
 
     @triton.jit
     def _ffn_phase(ph, lo, hi, wu_ptr, wd_ptr, x_ptr, ob_ptr, nw_ptr, nb_ptr, fb_ptr, sync_ptr, flag_ptr, eps,

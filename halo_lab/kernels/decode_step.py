@@ -54,6 +54,7 @@ except ImportError:  # pragma: no cover - torch without triton
 PHASES = 3  # per layer: A, BC, DE (decode_phases.py; dense: 4, A2 its attention's partials)
 DENSE_CHUNK = 32  # dense keys a step: [G, 32, d] products in registers (G = 4 query heads a KV head)
 POLLS = {"atomic": 1, "load": 2}  # a barrier's polls (decode_phases._grid_sync): its SYNC constexpr
+PREFETCHES = {"off": 0, "loads": 1, "l2": 2}  # the FFN weights' prefetch (decode_phases._prefetch_ffn): HOW
 SPIN_LIMIT = 1 << 20  # barrier polls before the watchdog gives up (~0.3-0.5 s at 0.3-0.5 µs a poll)
 
 
@@ -136,7 +137,7 @@ if HAS_TRITON:
                           BP_QKV, CH_C, SYNC, SPIN)
             if PREFETCH:  # this layer's FFN weights into L2 while A and BC run
                 dp._prefetch_ffn(ph, lo, hi, wup_ptr + lc * (2 * F * C), wdown_ptr + lc * (C * F), sink_ptr, C, F,
-                                 BH, CH_C)
+                                 BH, CH_C, PREFETCH)
             if DENSE:
                 dp._dense_partial_phase(ph + 1, lo, hi, q_ptr, k_l, v_l, part_ptr, sync_ptr, flag_ptr, pos,
                                         s_ch, s_cs, scale, HQ, HKV, 2 * HALF, PH, CH_KEYS, SYNC, SPIN)
@@ -155,7 +156,7 @@ if HAS_TRITON:
 
 
 def launch_meta(*, C, F, V, L, num_heads, kv_heads, d, n_keys, norm, has_bias, programs, dense,
-                spin_limit=SPIN_LIMIT, prefetch=False, warps=8) -> dict:  # fmt: skip
+                spin_limit=SPIN_LIMIT, prefetch="off", warps=8) -> dict:  # fmt: skip
     """The kernel's constexprs and warps for a model's sizes at P = ``programs`` (the module doc's block
     sizes); experiments/bench/kernel_regs.py compiles it with these. 8 warps: 182 registers and no stack
     at P = 132 (16: 116, no stack; P = 66 at 8 spills)."""
@@ -168,14 +169,18 @@ def launch_meta(*, C, F, V, L, num_heads, kv_heads, d, n_keys, norm, has_bias, p
         BP_QKV=tile_rows(pairs, P), NS_O=slices, BN_O=tile_rows(C, slices), BH=tile_rows(F, P),
         BN_HEAD=tile_rows(V, P), CH_C=triton.next_power_of_2(C),
         BLOCK_K=max(2, triton.next_power_of_2(n_keys)), DENSE=dense, PH=parts,
-        PH2=max(2, triton.next_power_of_2(parts)), CH_KEYS=DENSE_CHUNK, NPH=PHASES + dense, PREFETCH=prefetch,
+        PH2=max(2, triton.next_power_of_2(parts)), CH_KEYS=DENSE_CHUNK, NPH=PHASES + dense, PREFETCH=PREFETCHES[prefetch],
         SPIN=spin_limit, num_warps=int(warps),
     )  # fmt: skip
 
 
-def _check_options(norm: str, poll: str) -> None:
+def _check_options(norm: str, poll: str, prefetch: str, device: torch.device) -> None:
     if poll not in POLLS:
         raise ValueError(f"poll={poll!r}: one of {sorted(POLLS)}")
+    if prefetch not in PREFETCHES:
+        raise ValueError(f"prefetch={prefetch!r}: one of {sorted(PREFETCHES)}")
+    if prefetch == "l2" and device.type != "cuda":
+        raise ValueError("prefetch='l2' is inline PTX: it needs a CUDA device (the interpreter: 'loads')")
     if norm not in ("layernorm", "rmsnorm"):
         raise ValueError(f"norm={norm!r}: the persistent step takes layernorm or rmsnorm")
 
@@ -201,7 +206,7 @@ def decode_step(
     spin_limit: int = SPIN_LIMIT,
     phases: int | None = None,
     poll: str = "atomic",
-    prefetch: bool = False,
+    prefetch: str = "off",
     warps: int = 8,
 ) -> torch.Tensor:
     """The Triton kernel: what ``reference_decode_step`` computes (x [1, C] becomes the last residual
@@ -210,8 +215,9 @@ def decode_step(
     query attends to every cache slot up to ``pos`` (``slots`` unused), split over the programs.
     ``phases``: only the step's first that many phases (experiments/bench/phase_cost.py times them).
     ``poll``: how a barrier waits, "atomic" (acquire atomics) or "load" (volatile loads, then one acquire
-    atomic; ``decode_phases._grid_sync``). ``prefetch``: phase A touches the layer's FFN weights so that they
-    are in L2 when DE loads them (``decode_phases._prefetch_ffn``). ``warps``: a program's warps."""
+    atomic; ``decode_phases._grid_sync``). ``prefetch``: phase A asks for the layer's FFN weights so that
+    they are in L2 when DE loads them, "loads" (loads it waits for) or "l2" (PTX prefetches, CUDA only;
+    ``decode_phases._prefetch_ffn``), or "off". ``warps``: a program's warps."""
     w = weights
     L, B, Hkv, S, d = k_cache.shape
     C, V, F = x.shape[1], w["lm"].shape[0], w["wdown"].shape[2]
@@ -219,7 +225,7 @@ def decode_step(
         raise ValueError(
             f"the persistent decode step is for batch 1, got caches of {B} rows, x {tuple(x.shape)}"
         )
-    _check_options(norm, poll)
+    _check_options(norm, poll, prefetch, x.device)
     if not (k_cache.is_contiguous() and v_cache.is_contiguous() and k_cache.stride() == v_cache.stride()):
         raise ValueError("the stacked caches must be contiguous and alike")
     A = num_heads * d
@@ -294,7 +300,7 @@ if HAS_TRITON:
         programs: int,
         dense: bool,
         poll: str = "atomic",
-        prefetch: bool = False,
+        prefetch: str = "off",
         warps: int = 8,
     ) -> torch.Tensor:
         """``decode_step`` as one opaque op of a compiled step; ``weights`` in the order WEIGHTS + BIASES."""
@@ -322,7 +328,7 @@ if HAS_TRITON:
         programs,
         dense,
         poll="atomic",
-        prefetch=False,
+        prefetch="off",
         warps=8,
     ):
         return x.new_empty(1, weights[4].shape[0], dtype=weights[0].dtype)
