@@ -83,6 +83,10 @@ OPTIONS = {
         {"combo_kernels": True}, True, True, False, False, True, False, False,
         {"poll": "load", "prefetch": "loads", "warps": 16},
     ),
+    # 88 programs, not one an SM (PersistentStep.most_programs; phase_cost.py: 102.6 against 106.3 µs)
+    "combo_gemv_qkv_persistent_p88": (
+        {"combo_kernels": True}, True, True, False, False, True, False, False, {"most_programs": 88},
+    ),
     # the FFN's weights asked of HBM with PTX prefetches, which nothing waits for (twenty-seventh session)
     "combo_gemv_qkv_persistent_l2": (
         {"combo_kernels": True}, True, True, False, False, True, False, False, {"prefetch": "l2"},
@@ -126,6 +130,7 @@ def main(out: str, names: list[str], contexts=CONTEXTS, variants=None) -> None:
         step = extra[4] if len(extra) > 4 else {}
         PersistentStep.poll, PersistentStep.prefetch = step.get("poll", "atomic"), step.get("prefetch", "off")
         PersistentStep.warps = step.get("warps", 8)
+        PersistentStep.most_programs = step.get("most_programs")
         torch._dynamo.reset()
         Decoder.inductor_options = opts
         for ctx in contexts:

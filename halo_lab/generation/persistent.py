@@ -69,6 +69,7 @@ class PersistentStep:
     poll = "atomic"  # how a barrier polls: "atomic" or "load"
     prefetch = "off"  # phase A asks for its layer's FFN weights (L2) two phases before DE: "loads", "l2"
     warps = 8  # a program's warps (16: 116 registers a thread at P = 132, no spill)
+    most_programs = None  # P at most this on a card (None: one program an SM); the interpreter runs P = 1
 
     def __init__(self, model, fused, caches, device: torch.device):
         from halo_lab.kernels import decode_step as ks
@@ -107,6 +108,8 @@ class PersistentStep:
         self.no_slots = torch.zeros(len(layers), 1, device=device, dtype=torch.long)
         self.num_heads = model.config.num_heads
         self.programs = ks.programs_for(device)
+        if device.type == "cuda" and self.most_programs:
+            self.programs = min(self.programs, int(self.most_programs))
         self.flag = torch.zeros(1, device=device, dtype=torch.int32)
         self.op = ks.decode_step_op
 
