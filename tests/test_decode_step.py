@@ -64,7 +64,7 @@ def dense_slots(L, S, pos):
     return torch.where(every <= pos, every, -1).expand(L, S).contiguous()
 
 
-def run_both(dtype, norm, programs, sync, dense=False, poll="atomic", prefetch="off", warps=8, **kw):
+def run_both(dtype, norm, programs, sync, dense=False, warps=8, **kw):
     x, w, k, v, cos, sin, pos, slots, wslots = inputs(dtype, norm, **kw)
     if dense:
         slots, wslots[1, 1] = dense_slots(k.shape[0], k.shape[3], pos), -1
@@ -73,7 +73,7 @@ def run_both(dtype, norm, programs, sync, dense=False, poll="atomic", prefetch="
     kk, vk, xk = k.clone(), v.clone(), x.clone()
     logits = ks.decode_step(
         xk, w, kk, vk, cos, sin, pos, slots, wslots, flag, num_heads=heads, norm=norm, eps=1e-5,
-        programs=programs, sync=sync, dense=dense, poll=poll, prefetch=prefetch, warps=warps,
+        programs=programs, sync=sync, dense=dense, warps=warps,
     )  # fmt: skip
     dbl = {n: t.double() for n, t in w.items()}
     kr, vr = k.double(), v.double()
@@ -115,26 +115,6 @@ def test_decode_step_matches_reference(dtype, norm, programs, sync, dense):
     assert torch.equal(k[0][:, :, ~written], k0[0][:, :, ~written])
     assert torch.equal(k[0][:, :, 12], k0[0][:, :, 12])
     assert torch.equal(k[1][:, :, 12], k0[1][:, :, 12]) == dense  # dense has no store slot
-
-
-def test_the_barrier_that_polls_with_loads_matches_reference():
-    """``poll="load"`` (volatile-load polls, one acquire atomic after them): the barrier's code at P = 1
-    here (at the SM count in test_persistent_step_cuda); HALO-S and dense."""
-    _interpreted_or_cuda()
-    for dense in (False, True):
-        (logits, k, v), (ref, kr, vr), _ = run_both(torch.float32, "rmsnorm", 1, True, dense, poll="load")
-        assert rel(logits, ref) < 1e-5 and rel(k, kr) < 1e-5 and rel(v, vr) < 1e-5
-
-
-@pytest.mark.parametrize("programs,sync,dense", [(1, True, False), (3, False, False), (5, False, True)])
-def test_prefetching_the_ffn_weights_changes_nothing(programs, sync, dense):
-    """``prefetch=True``: phase A touches its layer's FFN tiles (an L2 prefetch on a card); the logits and
-    caches still equal the reference (3 layers)."""
-    _interpreted_or_cuda()
-    (logits, k, v), (ref, kr, vr), _ = run_both(
-        torch.float32, "rmsnorm", programs, sync, dense, prefetch="loads", L=3
-    )
-    assert rel(logits, ref) < 1e-5 and rel(k, kr) < 1e-5 and rel(v, vr) < 1e-5
 
 
 @pytest.mark.parametrize("programs,sync", [(1, True), (8, False)])
@@ -211,25 +191,17 @@ def test_decode_step_rejects_bad_input():
         ks.decode_step(x, {**w, "wo": w["wo"][:, :-1]}, k, v, cos, sin, pos, slots, wslots, flag, **kw)
     with pytest.raises(ValueError, match="norm='batchnorm'"):
         ks.decode_step(x, w, k, v, cos, sin, pos, slots, wslots, flag, **{**kw, "norm": "batchnorm"})
-    with pytest.raises(ValueError, match="poll='spin'"):
-        ks.decode_step(x, w, k, v, cos, sin, pos, slots, wslots, flag, **{**kw, "poll": "spin"})
-    with pytest.raises(ValueError, match="prefetch=True"):
-        ks.decode_step(x, w, k, v, cos, sin, pos, slots, wslots, flag, **{**kw, "prefetch": True})
-    if DEVICE != "cuda":
-        with pytest.raises(ValueError, match="needs a CUDA device"):
-            ks.decode_step(x, w, k, v, cos, sin, pos, slots, wslots, flag, **{**kw, "prefetch": "l2"})
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the grid barrier at P > 1 needs a GPU")
 def test_persistent_step_cuda():
     """The barrier on a card: P = the SM count, sync=True, against the reference (bf16 and fp32; 3 layers,
-    so the o-projection's buffers are reused; HALO-S and dense; both ways to poll, with and without the
-    FFN's prefetch)."""
+    so the o-projection's buffers are reused; HALO-S and dense)."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    cases = ((torch.float32, "layernorm", False), (torch.bfloat16, "rmsnorm", True))
-    for (dtype, norm, dense), poll, prefetch in itertools.product(cases, ks.POLLS, ks.PREFETCHES):
+    cases = ((torch.float32, "layernorm"), (torch.bfloat16, "rmsnorm"))
+    for (dtype, norm), dense in itertools.product(cases, (False, True)):
         (logits, k, v), (ref, kr, vr), _ = run_both(
-            dtype, norm, sms, True, dense, poll, prefetch, L=3, C=512, heads=8, d=64, F=2048, V=256
+            dtype, norm, sms, True, dense, L=3, C=512, heads=8, d=64, F=2048, V=256
         )
         tol = 1e-4 if dtype == torch.float32 else 3e-2
         assert rel(logits, ref) < tol and rel(k, kr) < tol and rel(v, vr) < tol
@@ -285,15 +257,13 @@ def test_persistent_decode_equals_uncached_forward(arch, cache, kw, monkeypatch)
 
 
 @pytest.mark.parametrize("dense", [False, True], ids=["halo", "dense"])
-def test_persistent_decode_with_the_kernels_options(dense, monkeypatch):
-    """PersistentStep.poll = "load", .prefetch = "loads" and .warps = 4 reach the kernel, and the greedy tokens still equal
-    the uncached forward's."""
+def test_persistent_decode_at_fewer_programs(dense, monkeypatch):
+    """PersistentStep.most_programs caps P on a card (the interpreter keeps P = 1), and the greedy tokens
+    still equal the uncached forward's."""
     _interpreted_or_cuda()
     from halo_lab.generation.persistent import PersistentStep
 
-    monkeypatch.setattr(PersistentStep, "poll", "load")
-    monkeypatch.setattr(PersistentStep, "prefetch", "loads")
-    monkeypatch.setattr(PersistentStep, "warps", 4)
+    monkeypatch.setattr(PersistentStep, "most_programs", 3)
     seen = []
     real = ks.decode_step
     monkeypatch.setattr(ks, "decode_step", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
@@ -302,9 +272,7 @@ def test_persistent_decode_with_the_kernels_options(dense, monkeypatch):
     ref = model.generate(prompt, max_new_tokens=12, temperature=0, use_cache=False)
     out, dec = persistent_tokens(model, prompt, 12, monkeypatch)
     assert dec.persistent is not None, dec.persistent_why_not
-    assert seen and all(
-        kw["poll"] == "load" and kw["prefetch"] == "loads" and kw["warps"] == 4 for kw in seen
-    )
+    assert seen and all(kw["programs"] == (3 if DEVICE == "cuda" else 1) for kw in seen)
     assert torch.equal(out, ref)
 
 

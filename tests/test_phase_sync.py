@@ -26,13 +26,12 @@ pytestmark = pytest.mark.skipif(not ps["HAS_TRITON"], reason="needs triton")
         ("launch", 3, "mean", 0, 4),
         ("launch", 5, "mean", 2, 4),
         ("barrier", 1, "gemv", 0, 4),
-        ("barrier_load", 1, "gemv", 0, 4),
         ("flags", 1, "gemv", 0, 4),
         ("flags", 1, "mean", 1, 4),
         # the decode step's GEMV size (--rows 8): a program's tile of 8 rows, the fan-in chunks of 8
         ("launch", 3, "gemv", 0, 8),
         ("barrier", 1, "gemv", 0, 8),
-        ("barrier_load", 1, "mean", 0, 8),
+        ("barrier", 1, "mean", 0, 8),
         ("launch", 3, "mean", 1, 8),
     ],
 )

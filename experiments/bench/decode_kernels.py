@@ -64,32 +64,9 @@ OPTIONS = {
     # the whole step in one persistent launch (halo_lab/kernels/decode_step.py, Decoder.persistent_step): HALO-S
     # over its key slots, dense split over the keys; the selection keeps the per-kernel step (decoder says why)
     "combo_gemv_qkv_persistent": ({"combo_kernels": True}, True, True, False, False, True),
-    # the same with the kernel's untimed options (PersistentStep.poll, .prefetch; twenty-sixth session): a
-    # barrier that polls with loads, the FFN's weights prefetched into L2 in phase A, and both
-    "combo_gemv_qkv_persistent_load": (
-        {"combo_kernels": True}, True, True, False, False, True, False, False, {"poll": "load"},
-    ),
-    "combo_gemv_qkv_persistent_prefetch": (
-        {"combo_kernels": True}, True, True, False, False, True, False, False, {"prefetch": "loads"},
-    ),
-    "combo_gemv_qkv_persistent_load_prefetch": (
-        {"combo_kernels": True}, True, True, False, False, True, False, False, {"poll": "load", "prefetch": "loads"},
-    ),
-    # 16 warps a program (PersistentStep.warps; twenty-seventh session), alone and with both options
-    "combo_gemv_qkv_persistent_w16": (
-        {"combo_kernels": True}, True, True, False, False, True, False, False, {"warps": 16},
-    ),
-    "combo_gemv_qkv_persistent_w16_load_prefetch": (
-        {"combo_kernels": True}, True, True, False, False, True, False, False,
-        {"poll": "load", "prefetch": "loads", "warps": 16},
-    ),
     # 88 programs, not one an SM (PersistentStep.most_programs; phase_cost.py: 102.6 against 106.3 µs)
     "combo_gemv_qkv_persistent_p88": (
         {"combo_kernels": True}, True, True, False, False, True, False, False, {"most_programs": 88},
-    ),
-    # the FFN's weights asked of HBM with PTX prefetches, which nothing waits for (twenty-seventh session)
-    "combo_gemv_qkv_persistent_l2": (
-        {"combo_kernels": True}, True, True, False, False, True, False, False, {"prefetch": "l2"},
     ),
 }
 
@@ -128,8 +105,6 @@ def main(out: str, names: list[str], contexts=CONTEXTS, variants=None) -> None:
         Decoder.fused_ffn = bool(len(extra) > 2 and extra[2])
         Decoder.split_attn_o = bool(len(extra) > 3 and extra[3])
         step = extra[4] if len(extra) > 4 else {}
-        PersistentStep.poll, PersistentStep.prefetch = step.get("poll", "atomic"), step.get("prefetch", "off")
-        PersistentStep.warps = step.get("warps", 8)
         PersistentStep.most_programs = step.get("most_programs")
         torch._dynamo.reset()
         Decoder.inductor_options = opts

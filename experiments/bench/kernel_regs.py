@@ -167,16 +167,15 @@ def decode_kernels() -> None:
         )
         print(f"decode_ffn {warps} warps {regs}", flush=True)
     # the whole batch-1 step in one persistent launch (decode_step.py, 3 phases a layer) on 132 SMs
-    for dense, poll, prefetch in ((False, "atomic", "off"), (True, "atomic", "off"), (False, "atomic", "l2")):
+    # (and at 88 programs, PersistentStep.most_programs: larger tiles a program)
+    for dense, programs in ((False, 132), (True, 132), (False, 88)):
         meta = ks.launch_meta(
             C=512, F=2048, V=256, L=8, num_heads=8, kv_heads=2, d=64, n_keys=72, norm="rmsnorm",
-            has_bias=False, programs=132, dense=dense, prefetch=prefetch,
+            has_bias=False, programs=programs, dense=dense,
         )  # fmt: skip
         opts = {"num_warps": meta.pop("num_warps"), "num_stages": 1}
-        consts = {**meta, "SYNC": ks.POLLS[poll]}
-        regs = resources(ks._decode_step_kernel, opts, consts, signature=_gemv_signature)
-        extra = f", FFN prefetch {prefetch}" if prefetch != "off" else ""
-        print(f"decode_step {'dense' if dense else 'HALO-S'} 8 warps, {poll} polls{extra} {regs}", flush=True)
+        regs = resources(ks._decode_step_kernel, opts, {**meta, "SYNC": True}, signature=_gemv_signature)
+        print(f"decode_step {'dense' if dense else 'HALO-S'} 8 warps, P = {programs} {regs}", flush=True)
 
 
 if __name__ == "__main__":

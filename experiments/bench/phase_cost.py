@@ -14,9 +14,10 @@ A prefix reads only its own phases' weights, so a short one runs from L2 while t
 weights against 50 MB of L2 on an H100) cannot: on the H100 of the twenty-sixth session the FFN phase
 cost 3.5 µs in layers 0-2 and up to 12.6 µs further on. ``--cold`` writes 128 MB before every call, so
 every prefix reads its weights from HBM; beside the default run it shows what L2 saves each phase.
+``--programs`` and ``--warps`` time the same step at other launch sizes.
 
     python experiments/bench/phase_cost.py OUT [--context 1024] [--keys 72] [--dense] [--repeats 200]
-        [--poll atomic|load] [--prefetch [loads|l2]] [--cold]
+        [--cold] [--programs P] [--warps 8]
 
 Writes OUT/phase_cost.json (the card, each prefix's time, each phase's cost) and prints the mean cost of
 each kind of phase (A: q/k/v; A2: dense's partials; BC: attention + o-projection; DE: the FFN; head).
@@ -125,8 +126,6 @@ def measure(
     keys: int,
     dense: bool,
     repeats: int,
-    poll: str = "atomic",
-    prefetch: str = "off",
     cold: bool = False,
     programs: int | None = None,
     warps: int = 8,
@@ -137,7 +136,7 @@ def measure(
     args = inputs(shape, context, keys, dense, device, torch.bfloat16 if cuda else torch.float32)
     kw = dict(
         num_heads=shape["heads"], norm="rmsnorm", eps=1e-5, programs=programs or ks.programs_for(device),
-        dense=dense, sync=cuda, poll=poll, prefetch=prefetch, warps=warps,
+        dense=dense, sync=cuda, warps=warps,
     )  # fmt: skip
     names = phase_names(shape["L"], dense)
     prefix = [time_prefix(args, kw, h, repeats, cold=cold) for h in range(1, len(names) + 1)]
@@ -153,8 +152,6 @@ def measure(
         "context": context,
         "keys": None if dense else keys,
         "dense": dense,
-        "poll": poll,
-        "prefetch": prefetch,
         "cold": cold,
         "programs": kw["programs"],
         "warps": warps,
@@ -171,11 +168,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keys", type=int, default=72, help="HALO-S's key slots a layer")
     p.add_argument("--dense", action="store_true")
     p.add_argument("--repeats", type=int, default=200)
-    p.add_argument("--poll", choices=sorted(ks.POLLS), default="atomic", help="how the barrier polls")
-    p.add_argument(
-        "--prefetch", nargs="?", const="loads", default="off", choices=sorted(ks.PREFETCHES),
-        help="phase A asks for its layer's FFN weights (L2): loads (the default with the flag) or l2",
-    )  # fmt: skip
     p.add_argument("--cold", action="store_true", help=f"write {COLD_MB} MB before each call (L2 cold)")
     p.add_argument("--programs", type=int, default=None, help="P (default: the SM count)")
     p.add_argument("--warps", type=int, default=8, help="a program's warps")
@@ -184,16 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     shape = {**MEDIUM, **(json.loads(a.shape) if a.shape else {})}
     if not 1 <= a.keys <= a.context:
         raise SystemExit(f"phase_cost.py: --keys {a.keys} must be 1 .. --context ({a.context})")
-    result = measure(
-        shape, a.context, a.keys, a.dense, a.repeats, a.poll, a.prefetch, a.cold, a.programs, a.warps
-    )
+    result = measure(shape, a.context, a.keys, a.dense, a.repeats, a.cold, a.programs, a.warps)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "phase_cost.json").write_text(json.dumps(result, indent=1))
     total = result["phases"][-1]["prefix_us"]
     kind = "dense" if a.dense else "HALO-S"
-    options = f"{a.poll} polls" + (f", FFN prefetch {a.prefetch}" if a.prefetch != "off" else "") + (", L2 cold" if a.cold else "")
-    options = f"{a.warps} warps, {options}"
+    options = f"{a.warps} warps" + (", L2 cold" if a.cold else "")
     print(f"{result['device']}, P = {result['programs']}, context {a.context}, {kind}, {options}")
     print(f"all {len(result['phases'])} phases: {total:.1f} µs a call")
     for kind, c in result["mean_cost_us"].items():

@@ -8,8 +8,7 @@ programs (one an SM), R rows each, with the work of a phase held fixed and the w
 
     launch   one kernel a phase (also replayed from a CUDA graph)
     barrier  one launch; a grid-wide counter between phases (decode_step.py's barrier), polled with
-             acquire atomics; ``barrier_load`` polls it with volatile loads, then one acquire atomic
-             (decode_step(poll="load"))
+             acquire atomics (decode_phases._wait_count)
     flags    one launch; each program sets its flag when its rows are stored, and a consumer polls only
              the flags of the programs whose rows it reads: all P for a GEMV's input (FANIN 0), or k
 
@@ -57,7 +56,7 @@ except ImportError:  # pragma: no cover - torch without triton
 
 R = 4  # rows a program (default)
 SPIN = 1 << 16  # polls before a wait gives up (~20-30 ms on a card)
-SYNC = {"launch": 0, "barrier": 1, "flags": 2, "barrier_load": 3}
+SYNC = {"launch": 0, "barrier": 1, "flags": 2}
 
 if HAS_TRITON:
 
@@ -80,8 +79,8 @@ if HAS_TRITON:
         flags_ptr, count_ptr, err_ptr, qs, qmask, base, k, t, P, SYNC: tl.constexpr, SPIN: tl.constexpr
     ):
         """Before phase t (the launch's k-th): the barrier's count, or the flags of the programs read."""
-        if SYNC == 1 or SYNC == 3:  # the decode step's own wait (barrier_load: its load polls)
-            dp._wait_count(count_ptr, err_ptr, (base + k) * P, SYNC == 3, SPIN)
+        if SYNC == 1:  # the decode step's own wait
+            dp._wait_count(count_ptr, err_ptr, (base + k) * P, SPIN)
         if SYNC == 2:
             _poll_flags(flags_ptr, qs, qmask, base + t, err_ptr, SPIN)
 
@@ -90,7 +89,7 @@ if HAS_TRITON:
         """After this program's rows of a phase are stored: arrive at the barrier, or raise its flag."""
         if SYNC != 0:
             tl.debug_barrier()  # every thread's stores before the signal
-        if SYNC == 1 or SYNC == 3:
+        if SYNC == 1:
             tl.atomic_add(count_ptr, 1, sem="release", scope="gpu")
         if SYNC == 2:
             tl.atomic_xchg(flags_ptr + p, value, sem="release", scope="gpu")
@@ -277,7 +276,6 @@ def main(argv: list[str] | None = None) -> int:
             ("launch", False),
             ("launch", True),
             ("barrier", False),
-            ("barrier_load", False),
             ("flags", False),
         )
         for mode, graph in modes:

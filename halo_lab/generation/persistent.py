@@ -64,12 +64,10 @@ def why_not(model, fused, caches, batch: int, pos: torch.Tensor) -> str | None:
 class PersistentStep:
     """The stacked weights and caches of one decoder, and its step through ``decode_step_op``."""
 
-    # the kernel's options (``decode_step``), off until a card times them (experiments/bench/README.md,
-    # "Twenty-sixth session"; experiments/bench/decode_kernels.py sets them per round)
-    poll = "atomic"  # how a barrier polls: "atomic" or "load"
-    prefetch = "off"  # phase A asks for its layer's FFN weights (L2) two phases before DE: "loads", "l2"
-    warps = 8  # a program's warps (16: 116 registers a thread at P = 132, no spill)
-    most_programs = None  # P at most this on a card (None: one program an SM); the interpreter runs P = 1
+    # P at most this on a card (None: one program an SM); the interpreter runs P = 1. 66-88 programs ran
+    # the step's phases 3.5% faster than 132 on an H100 (experiments/bench/README.md, "Twenty-seventh
+    # session"); the decoder's tokens/s with it are not measured yet
+    most_programs = None
 
     def __init__(self, model, fused, caches, device: torch.device):
         from halo_lab.kernels import decode_step as ks
@@ -130,7 +128,7 @@ class PersistentStep:
             pairs.append(torch.cat(written + [none] * (2 - len(written))))
         return self.op(
             x.contiguous(), self.weights, self.k, self.v, cos, sin, pos, slots, torch.stack(pairs), self.flag,
-            self.num_heads, self.norm, self.eps, self.programs, self.dense, self.poll, self.prefetch, self.warps,
+            self.num_heads, self.norm, self.eps, self.programs, self.dense,
         )  # fmt: skip
 
     def check(self) -> None:

@@ -24,11 +24,11 @@ Every phase loads its first unit's weights before it waits at the barrier: no ke
 so that load overlaps the wait. In BC a program with more than one unit (P below the query heads: the
 interpreter's tests) loads the next unit's weights after the one before.
 
-Measured on an H100 (experiments/bench/README.md, "Twenty-fifth session", "Twenty-sixth session"): the
-medium model's 25 phases take 108-111 µs, as much as the PDL step's kernels. Phase by phase
-(experiments/bench/phase_cost.py) layers 0-2 cost 3.1-3.7 µs a phase against a GEMV phase's 2.5 in the
-barrier probe, and the FFN phase grows to 4.5-12.6 µs from layer 3 on, where its weights no longer come
-from L2.
+Measured on an H100 (experiments/bench/README.md, "Twenty-fifth" to "Twenty-seventh session"): the
+medium model's 25 phases take 106-111 µs. Phase by phase (experiments/bench/phase_cost.py) layers 0-2 cost
+2.6-4.4 µs a phase against a GEMV phase's 2.5 in the barrier probe, and the FFN phase grows to 4.9-13.5
+µs from layer 3 on. Asking for the FFN's weights two phases early (loads, or PTX L2 prefetches) moved that
+cost into phases A and BC and made the step 11-12% slower, so the step does not prefetch.
 """
 
 from __future__ import annotations
@@ -47,43 +47,34 @@ except ImportError:  # pragma: no cover - torch without triton
 if HAS_TRITON:
 
     @triton.jit
-    def _wait_count(sync_ptr, flag_ptr, target, LOADS: tl.constexpr, SPIN: tl.constexpr):
-        """Poll the arrival counter at ``sync_ptr`` until it reaches ``target``, acquire at GPU scope. LOADS
-        polls with volatile loads, which do not queue behind the other programs' arrivals at the counter's
-        L2 atomic unit, then takes one acquire atomic for the ordering (the counter only grows, so it reads
-        >= target); otherwise every poll is an acquire atomic. Past SPIN polls it sets ``flag_ptr``, and
-        once that is set later waits do not wait (the results are wrong already; experiments/bench/
-        phase_sync.py's probe waits with this too)."""
+    def _wait_count(sync_ptr, flag_ptr, target, SPIN: tl.constexpr):
+        """Poll the arrival counter at ``sync_ptr`` with acquire atomics at GPU scope until it reaches
+        ``target``. Past SPIN polls it sets ``flag_ptr``, and once that is set later waits do not wait (the
+        results are wrong already; experiments/bench/phase_sync.py's probe waits with this too). Polling
+        with volatile loads instead was slower on an H100 (experiments/bench/README.md, "Twenty-seventh
+        session")."""
         spins = tl.where(tl.load(flag_ptr, volatile=True) == 0, 0, SPIN)
-        if LOADS:
-            seen = tl.load(sync_ptr, volatile=True)
-            while (seen < target) & (spins < SPIN):
-                seen = tl.load(sync_ptr, volatile=True)
-                spins += 1
+        seen = tl.atomic_add(sync_ptr, 0, sem="acquire", scope="gpu")
+        while (seen < target) & (spins < SPIN):
             seen = tl.atomic_add(sync_ptr, 0, sem="acquire", scope="gpu")
-        else:
-            seen = tl.atomic_add(sync_ptr, 0, sem="acquire", scope="gpu")
-            while (seen < target) & (spins < SPIN):
-                seen = tl.atomic_add(sync_ptr, 0, sem="acquire", scope="gpu")
-                spins += 1
+            spins += 1
         if seen < target:
             tl.atomic_xchg(flag_ptr, 1)
 
     @triton.jit
-    def _grid_sync(sync_ptr, flag_ptr, target, SYNC: tl.constexpr, SPIN: tl.constexpr):
-        """Add this program's 1 to the counter at ``sync_ptr`` and wait until it reaches ``target`` (SYNC 1:
-        atomic polls, 2: load polls; ``_wait_count``)."""
+    def _grid_sync(sync_ptr, flag_ptr, target, SPIN: tl.constexpr):
+        """Add this program's 1 to the counter at ``sync_ptr`` and wait until it reaches ``target``."""
         tl.debug_barrier()  # this program's stores before its arrival
         tl.atomic_add(sync_ptr, 1, sem="release", scope="gpu")
-        _wait_count(sync_ptr, flag_ptr, target, SYNC == 2, SPIN)
+        _wait_count(sync_ptr, flag_ptr, target, SPIN)
         tl.debug_barrier()
 
     @triton.jit
     def _begin(ph, sync_ptr, flag_ptr, SYNC: tl.constexpr, SPIN: tl.constexpr):
-        """Before phase ``ph`` (> 0): every program has finished phase ph - 1 (SYNC 0: one launch a phase,
-        nothing to wait for; 1 or 2: how the barrier polls, ``_grid_sync``)."""
-        if SYNC != 0:
-            _grid_sync(sync_ptr, flag_ptr, ph * tl.num_programs(0), SYNC, SPIN)
+        """Before phase ``ph`` (> 0): every program has finished phase ph - 1 (SYNC false: one launch a
+        phase, nothing to wait for)."""
+        if SYNC:
+            _grid_sync(sync_ptr, flag_ptr, ph * tl.num_programs(0), SPIN)
 
     @triton.jit
     def _tile(w_ptr, n, in_n, K, CHUNK: tl.constexpr):
@@ -284,48 +275,6 @@ if HAS_TRITON:
         wu = tl.load(wu_ptr + (F + j)[:, None] * C + c[None, :], mask=rows, other=0.0)
         wd = tl.load(wd_ptr + c[:, None] * F + j[None, :], mask=in_c[:, None] & in_j[None, :], other=0.0)
         return wg, wu, wd
-
-    @triton.jit
-    def _l2_prefetch(ptrs, ok, base):
-        """PTX ``prefetch.global.L2`` of each address where ``ok`` (else of ``base``, a valid one): the line
-        is asked of HBM and nothing waits for it (no register is loaded). Not in Triton's interpreter."""
-        safe = tl.where(ok, ptrs, base)
-        tl.inline_asm_elementwise(
-            "prefetch.global.L2::evict_last [$1];\n mov.u32 $0, 0;", "=r,l", [safe], dtype=tl.int32,
-            is_pure=False, pack=1,
-        )  # fmt: skip
-
-    @triton.jit
-    def _prefetch_ffn(ph, lo, hi, wu_ptr, wd_ptr, sink_ptr, C: tl.constexpr, F: tl.constexpr,
-                      BH: tl.constexpr, CHUNK: tl.constexpr, HOW: tl.constexpr):  # fmt: skip
-        """In phase ph (A), ask for every 32-byte sector of this program's DE tiles (16 bf16 values a
-        sector) so that they are in L2 when DE's own preload, at the end of BC, asks for them: the step's
-        weights do not fit L2, and that preload is too late from HBM (experiments/bench/README.md,
-        "Twenty-sixth session"). HOW 2: the PTX L2 prefetch, which nothing waits for. HOW 1: loads, whose
-        values go to ``sink_ptr`` only if their sum is NaN (a use, so the loads stay, that never writes for
-        finite weights); the sum waits for them inside A, which costs A about what it saves DE
-        (twenty-seventh session)."""
-        if (ph >= lo) & (ph < hi):
-            j = tl.program_id(0) * BH + tl.arange(0, BH)
-            in_j = j < F
-            c = tl.arange(0, CHUNK // 16) * 16
-            rows = in_j[:, None] & (c < C)[None, :]
-            gate_at = wu_ptr + j[:, None] * C + c[None, :]
-            r = tl.arange(0, CHUNK)
-            first = tl.program_id(0) * BH + tl.zeros_like(r)  # the first hidden unit, on every row
-            down_at = wd_ptr + r * F + first
-            in_d = (r < C) & (first < F)
-            if HOW == 2:
-                _l2_prefetch(gate_at, rows, wu_ptr)
-                _l2_prefetch(gate_at + F * C, rows, wu_ptr)  # the up rows
-                _l2_prefetch(down_at, in_d, wd_ptr)
-            else:
-                g = tl.load(gate_at, mask=rows, other=0.0, cache_modifier=".cg")
-                u = tl.load(gate_at + F * C, mask=rows, other=0.0, cache_modifier=".cg")
-                d = tl.load(down_at, mask=in_d, other=0.0, cache_modifier=".cg")
-                total = tl.sum(tl.sum(g.to(tl.float32) + u.to(tl.float32), axis=1), axis=0)
-                total += tl.sum(d.to(tl.float32), axis=0)
-                tl.store(sink_ptr, total, mask=total != total)
 
     @triton.jit
     def _ffn_phase(ph, lo, hi, wu_ptr, wd_ptr, x_ptr, ob_ptr, nw_ptr, nb_ptr, fb_ptr, sync_ptr, flag_ptr, eps,

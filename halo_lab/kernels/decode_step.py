@@ -53,8 +53,6 @@ except ImportError:  # pragma: no cover - torch without triton
 
 PHASES = 3  # per layer: A, BC, DE (decode_phases.py; dense: 4, A2 its attention's partials)
 DENSE_CHUNK = 32  # dense keys a step: [G, 32, d] products in registers (G = 4 query heads a KV head)
-POLLS = {"atomic": 1, "load": 2}  # a barrier's polls (decode_phases._grid_sync): its SYNC constexpr
-PREFETCHES = {"off": 0, "loads": 1, "l2": 2}  # the FFN weights' prefetch (decode_phases._prefetch_ffn): HOW
 SPIN_LIMIT = 1 << 20  # barrier polls before the watchdog gives up (~0.3-0.5 s at 0.3-0.5 µs a poll)
 
 
@@ -112,15 +110,14 @@ if HAS_TRITON:
         x_ptr, q_ptr, part_ptr, ob_ptr, fb_ptr, logits_ptr,
         wqkv_ptr, wo_ptr, wup_ptr, wdown_ptr, lm_ptr,
         n1w_ptr, n1b_ptr, n2w_ptr, n2b_ptr, nfw_ptr, nfb_ptr,
-        k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, slots_ptr, wslots_ptr, sync_ptr, flag_ptr, sink_ptr,
+        k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, slots_ptr, wslots_ptr, sync_ptr, flag_ptr,
         n_keys, s_cl, s_ch, s_cs, s_cos, s_sin, scale, eps, lo, hi,
         L: tl.constexpr, C: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, HALF: tl.constexpr,
         F: tl.constexpr, V: tl.constexpr, NORM: tl.constexpr, HAS_BIAS: tl.constexpr,
         BP_QKV: tl.constexpr, NS_O: tl.constexpr, BN_O: tl.constexpr, BH: tl.constexpr,
         BN_HEAD: tl.constexpr, CH_C: tl.constexpr,
         BLOCK_K: tl.constexpr, DENSE: tl.constexpr, PH: tl.constexpr, PH2: tl.constexpr,
-        CH_KEYS: tl.constexpr, NPH: tl.constexpr, PREFETCH: tl.constexpr, SYNC: tl.constexpr,
-        SPIN: tl.constexpr,
+        CH_KEYS: tl.constexpr, NPH: tl.constexpr, SYNC: tl.constexpr, SPIN: tl.constexpr,
     ):
         """Phases [lo, hi) of the step (decode_phases.py), a barrier before each but the first. NPH phases a
         layer: A, BC, DE, and for DENSE A2 (the attention's partials over the keys) after A."""
@@ -135,9 +132,6 @@ if HAS_TRITON:
                           n1b_ptr + lc * C, q_ptr, k_l, v_l, cos_ptr, sin_ptr, pos, wslots_ptr + lc * 2,
                           sync_ptr, flag_ptr, s_ch, s_cs, s_cos, s_sin, eps, C, HQ, HKV, HALF, NORM, HAS_BIAS,
                           BP_QKV, CH_C, SYNC, SPIN)
-            if PREFETCH:  # this layer's FFN weights into L2 while A and BC run
-                dp._prefetch_ffn(ph, lo, hi, wup_ptr + lc * (2 * F * C), wdown_ptr + lc * (C * F), sink_ptr, C, F,
-                                 BH, CH_C, PREFETCH)
             if DENSE:
                 dp._dense_partial_phase(ph + 1, lo, hi, q_ptr, k_l, v_l, part_ptr, sync_ptr, flag_ptr, pos,
                                         s_ch, s_cs, scale, HQ, HKV, 2 * HALF, PH, CH_KEYS, SYNC, SPIN)
@@ -156,7 +150,7 @@ if HAS_TRITON:
 
 
 def launch_meta(*, C, F, V, L, num_heads, kv_heads, d, n_keys, norm, has_bias, programs, dense,
-                spin_limit=SPIN_LIMIT, prefetch="off", warps=8) -> dict:  # fmt: skip
+                spin_limit=SPIN_LIMIT, warps=8) -> dict:  # fmt: skip
     """The kernel's constexprs and warps for a model's sizes at P = ``programs`` (the module doc's block
     sizes); experiments/bench/kernel_regs.py compiles it with these. 8 warps: 182 registers and no stack
     at P = 132 (16: 116, no stack; P = 66 at 8 spills)."""
@@ -169,18 +163,12 @@ def launch_meta(*, C, F, V, L, num_heads, kv_heads, d, n_keys, norm, has_bias, p
         BP_QKV=tile_rows(pairs, P), NS_O=slices, BN_O=tile_rows(C, slices), BH=tile_rows(F, P),
         BN_HEAD=tile_rows(V, P), CH_C=triton.next_power_of_2(C),
         BLOCK_K=max(2, triton.next_power_of_2(n_keys)), DENSE=dense, PH=parts,
-        PH2=max(2, triton.next_power_of_2(parts)), CH_KEYS=DENSE_CHUNK, NPH=PHASES + dense, PREFETCH=PREFETCHES[prefetch],
+        PH2=max(2, triton.next_power_of_2(parts)), CH_KEYS=DENSE_CHUNK, NPH=PHASES + dense,
         SPIN=spin_limit, num_warps=int(warps),
     )  # fmt: skip
 
 
-def _check_options(norm: str, poll: str, prefetch: str, device: torch.device) -> None:
-    if poll not in POLLS:
-        raise ValueError(f"poll={poll!r}: one of {sorted(POLLS)}")
-    if prefetch not in PREFETCHES:
-        raise ValueError(f"prefetch={prefetch!r}: one of {sorted(PREFETCHES)}")
-    if prefetch == "l2" and device.type != "cuda":
-        raise ValueError("prefetch='l2' is inline PTX: it needs a CUDA device (the interpreter: 'loads')")
+def _check_options(norm: str) -> None:
     if norm not in ("layernorm", "rmsnorm"):
         raise ValueError(f"norm={norm!r}: the persistent step takes layernorm or rmsnorm")
 
@@ -205,8 +193,6 @@ def decode_step(
     sync: bool = True,
     spin_limit: int = SPIN_LIMIT,
     phases: int | None = None,
-    poll: str = "atomic",
-    prefetch: str = "off",
     warps: int = 8,
 ) -> torch.Tensor:
     """The Triton kernel: what ``reference_decode_step`` computes (x [1, C] becomes the last residual
@@ -214,10 +200,7 @@ def decode_step(
     phase (not ``sync``: the interpreter's way to run P > 1). Returns the logits [1, V]. ``dense``: each
     query attends to every cache slot up to ``pos`` (``slots`` unused), split over the programs.
     ``phases``: only the step's first that many phases (experiments/bench/phase_cost.py times them).
-    ``poll``: how a barrier waits, "atomic" (acquire atomics) or "load" (volatile loads, then one acquire
-    atomic; ``decode_phases._grid_sync``). ``prefetch``: phase A asks for the layer's FFN weights so that
-    they are in L2 when DE loads them, "loads" (loads it waits for) or "l2" (PTX prefetches, CUDA only;
-    ``decode_phases._prefetch_ffn``), or "off". ``warps``: a program's warps."""
+    ``warps``: a program's warps."""
     w = weights
     L, B, Hkv, S, d = k_cache.shape
     C, V, F = x.shape[1], w["lm"].shape[0], w["wdown"].shape[2]
@@ -225,7 +208,7 @@ def decode_step(
         raise ValueError(
             f"the persistent decode step is for batch 1, got caches of {B} rows, x {tuple(x.shape)}"
         )
-    _check_options(norm, poll, prefetch, x.device)
+    _check_options(norm)
     if not (k_cache.is_contiguous() and v_cache.is_contiguous() and k_cache.stride() == v_cache.stride()):
         raise ValueError("the stacked caches must be contiguous and alike")
     A = num_heads * d
@@ -245,14 +228,14 @@ def decode_step(
     q = torch.empty(A, device=dev, dtype=dt)
     logits = torch.empty(1, V, device=dev, dtype=dt)
     # one zeroed allocation (one memset): the o-projection's two fp32 buffers, the FFN's, the barrier's
-    # counter, the prefetch's sink (0 bits are 0.0 as fp32)
-    work = torch.zeros(3 * C + 2, device=dev, dtype=torch.int32)
+    # counter (0 bits are 0.0 as fp32)
+    work = torch.zeros(3 * C + 1, device=dev, dtype=torch.int32)
     sums = work[: 3 * C].view(torch.float32)
-    ob, fb, counter, sink = sums[: 2 * C], sums[2 * C :], work[3 * C : 3 * C + 1], work[3 * C + 1 :]
+    ob, fb, counter = sums[: 2 * C], sums[2 * C :], work[3 * C :]
     P, n_keys = int(programs), slots.shape[1]
     meta = launch_meta(
         C=C, F=F, V=V, L=L, num_heads=num_heads, kv_heads=Hkv, d=d, n_keys=n_keys, norm=norm,
-        has_bias=has_bias, programs=P, dense=dense, spin_limit=spin_limit, prefetch=prefetch, warps=warps,
+        has_bias=has_bias, programs=P, dense=dense, spin_limit=spin_limit, warps=warps,
     )  # fmt: skip
     # dense's partials: (max, sum, weighted values) of each query head for each of PH parts of its keys
     part = torch.empty(meta["PH"] * num_heads * (d + 2) if dense else 1, device=dev, dtype=torch.float32)
@@ -262,13 +245,13 @@ def decode_step(
         w["wqkv"], w["wo"], w["wup"], w["wdown"], w["lm"],
         w["n1w"], nb["n1b"], w["n2w"], nb["n2b"], w["nfw"], nb["nfb"],
         k_cache, v_cache, cos, sin, pos, slots.contiguous(), wslots.contiguous(), counter, flag,
-        sink.view(torch.float32), n_keys, k_cache.stride(0), k_cache.stride(2), k_cache.stride(3),
+        n_keys, k_cache.stride(0), k_cache.stride(2), k_cache.stride(3),
         cos.stride(0), sin.stride(0), 1.0 / math.sqrt(d), eps,
     )  # fmt: skip
     total = meta["NPH"] * L + 1
     run = total if phases is None else min(int(phases), total)
     if sync:
-        _decode_step_kernel[(P,)](*args, 0, run, SYNC=POLLS[poll], **meta)
+        _decode_step_kernel[(P,)](*args, 0, run, SYNC=True, **meta)
     else:
         for ph in range(run):
             _decode_step_kernel[(P,)](*args, ph, ph + 1, SYNC=False, **meta)
@@ -299,15 +282,13 @@ if HAS_TRITON:
         eps: float,
         programs: int,
         dense: bool,
-        poll: str = "atomic",
-        prefetch: str = "off",
         warps: int = 8,
     ) -> torch.Tensor:
         """``decode_step`` as one opaque op of a compiled step; ``weights`` in the order WEIGHTS + BIASES."""
         named = dict(zip(WEIGHTS + BIASES, weights))
         return decode_step(
             x, named, k_cache, v_cache, cos, sin, pos, slots, wslots, flag, num_heads=num_heads, norm=norm,
-            eps=eps, programs=programs, dense=dense, poll=poll, prefetch=prefetch, warps=warps,
+            eps=eps, programs=programs, dense=dense, warps=warps,
         )  # fmt: skip
 
     @decode_step_op.register_fake
@@ -327,8 +308,6 @@ if HAS_TRITON:
         eps,
         programs,
         dense,
-        poll="atomic",
-        prefetch="off",
         warps=8,
     ):
         return x.new_empty(1, weights[4].shape[0], dtype=weights[0].dtype)
