@@ -282,13 +282,12 @@ if HAS_TRITON:
         eps: float,
         programs: int,
         dense: bool,
-        warps: int = 8,
     ) -> torch.Tensor:
         """``decode_step`` as one opaque op of a compiled step; ``weights`` in the order WEIGHTS + BIASES."""
         named = dict(zip(WEIGHTS + BIASES, weights))
         return decode_step(
             x, named, k_cache, v_cache, cos, sin, pos, slots, wslots, flag, num_heads=num_heads, norm=norm,
-            eps=eps, programs=programs, dense=dense, warps=warps,
+            eps=eps, programs=programs, dense=dense,
         )  # fmt: skip
 
     @decode_step_op.register_fake
@@ -308,7 +307,6 @@ if HAS_TRITON:
         eps,
         programs,
         dense,
-        warps=8,
     ):
         return x.new_empty(1, weights[4].shape[0], dtype=weights[0].dtype)
 
