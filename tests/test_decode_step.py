@@ -117,6 +117,44 @@ def test_decode_step_matches_reference(dtype, norm, programs, sync, dense):
     assert torch.equal(k[1][:, :, 12], k0[1][:, :, 12]) == dense  # dense has no store slot
 
 
+@pytest.mark.parametrize("ring", [False, True], ids=["full", "ring"])
+def test_the_key_slot_table_is_decode_key_slots_row_by_row(ring):
+    """``decode_key_slot_table`` (what the persistent step reads) == ``decode_key_slots`` at each decode
+    position, full and ring caches (the ring's slots wrap; positions before the window give -1)."""
+    from halo_lab.bench.decode import CHECK_CONFIG
+    from halo_lab.config import HaloConfig
+    from halo_lab.model import attention as attn
+
+    config = HaloConfig(**CHECK_CONFIG)
+    for layer in range(2):
+        lay, _ = attn.decode_layout(config, layer, 70, "cpu", ring=ring, first_query=5)
+        table = attn.decode_key_slot_table(lay)
+        assert table.shape == (lay.rand.shape[0], lay.num_keys) and table.shape[0] == 70 - 5
+        for r in range(table.shape[0]):
+            assert torch.equal(table[r], attn.decode_key_slots(lay, lay.row0 + r)), r
+        assert (table[0] == -1).any() and (lay.ring is not None) == ring
+
+
+@pytest.mark.parametrize("programs,sync", [(1, True), (3, False)])
+def test_a_key_slot_table_reads_the_row_of_pos(programs, sync):
+    """``slots`` as a table [L, rows, K] with ``first``: the kernel reads row pos - first, and equals the
+    reference over that row (the other rows are other layers' slot lists, so a wrong row changes the
+    logits)."""
+    _interpreted_or_cuda()
+    x, w, k, v, cos, sin, pos, slots, wslots = inputs(torch.float32, "rmsnorm")
+    other = slots.flip(0)  # layer 1's list in layer 0's rows and back
+    table = torch.stack([other, other, slots, other], dim=1)  # pos's row is row 2
+    flag = torch.zeros(1, device=DEVICE, dtype=torch.int32)
+    kw = dict(num_heads=4, norm="rmsnorm", eps=1e-5, programs=programs, sync=sync)
+    xk, kk, vk = x.clone(), k.clone(), v.clone()
+    logits = ks.decode_step(xk, w, kk, vk, cos, sin, pos, table, wslots, flag, first=pos - 2, **kw)
+    xr, kr, vr = x.clone(), k.clone(), v.clone()
+    ref = ks.decode_step(xr, w, kr, vr, cos, sin, pos, slots, wslots, flag, **kw)
+    assert not torch.equal(other, slots) and torch.equal(logits, ref)
+    with pytest.raises(ValueError, match="needs ``first``"):
+        ks.decode_step(x.clone(), w, k.clone(), v.clone(), cos, sin, pos, table, wslots, flag, **kw)
+
+
 @pytest.mark.parametrize("programs,sync", [(1, True), (8, False)])
 def test_three_layers_reuse_the_sum_buffers(programs, sync):
     """Layer 2 adds its o-projection into the buffer that layer 0 filled and layer 1 folded into x and

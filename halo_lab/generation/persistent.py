@@ -3,9 +3,9 @@ step of a HALO-S model in one launch, with a grid barrier between its phases.
 
 ``PersistentStep`` stacks the layers' weights (a second copy of the model's, ~62 MB for the medium model)
 and their KV caches (each layer's cache becomes a view of one [L, 1, Hkv, S, d] buffer, so that the kernel
-reaches every layer's cache from one pointer), and per step computes the inputs the kernel takes from the
-graph: each layer's key slots (``attn.decode_key_slots``; dense attends to every slot up to the position)
-and write slots (``cache.decode_write_slots``).
+reaches every layer's cache from one pointer). Each layer's key slots at every decode position are one
+table, built once (``attn.decode_key_slot_table``; the kernel reads the position's row; dense attends to
+every slot up to the position). Per step it computes the write slots (``cache.decode_write_slots``).
 ``why_not`` says why a model or a cache cannot take it (then the decoder keeps its per-kernel step).
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from halo_lab.generation.step_kernels import norm_kind
+from halo_lab.model import attention as attn
 
 
 def _norm(norm: torch.nn.Module) -> tuple[str, float, bool] | None:
@@ -58,6 +59,9 @@ def why_not(model, fused, caches, batch: int, pos: torch.Tensor) -> str | None:
         dense = cache.layout is None  # every earlier slot: the kernel's split-key attention
         if not dense and layer.attn.decode_key_slots(cache, pos) is None:
             return "attention that is neither dense nor over a fixed key list (content-selected blocks)"
+    rows = {(int(c.layout.row0), c.layout.rand.shape[0]) for c in caches if c.layout is not None}
+    if len(rows) > 1:
+        return f"layers whose key-slot tables cover different positions {sorted(rows)}"
     return _model_problem(model)
 
 
@@ -101,9 +105,12 @@ class PersistentStep:
         for i, c in enumerate(caches):  # the caches become views of the stacks (prefill writes through them)
             c.k, c.v = self.k[i], self.v[i]
         self.caches = caches
-        self.layers = layers
         self.dense = caches[0].layout is None
-        self.no_slots = torch.zeros(len(layers), 1, device=device, dtype=torch.long)
+        if self.dense:  # every earlier slot: no table
+            self.slots, self.first = torch.zeros(len(layers), 1, 1, device=device, dtype=torch.long), None
+        else:  # every decode position's key slots, once: the kernel reads pos's row (no per-step kernel)
+            self.slots = torch.stack([attn.decode_key_slot_table(c.layout) for c in caches]).contiguous()
+            self.first = caches[0].layout.row0
         self.num_heads = model.config.num_heads
         self.programs = ks.programs_for(device)
         if device.type == "cuda" and self.most_programs:
@@ -117,18 +124,15 @@ class PersistentStep:
         """Logits [1, V] of the token whose embedding is x [1, C], at full position ``pos``."""
         from halo_lab.kernels import decode_qkv as kq
 
-        if self.dense:
-            slots = self.no_slots
-        else:
-            slots = torch.stack([a.attn.decode_key_slots(c, pos) for a, c in zip(self.layers, self.caches)])
         none = torch.full_like(pos, -1)
         pairs = []
         for c in self.caches:
             written = kq.write_slots(pos, *c.decode_write_slots())
             pairs.append(torch.cat(written + [none] * (2 - len(written))))
         return self.op(
-            x.contiguous(), self.weights, self.k, self.v, cos, sin, pos, slots, torch.stack(pairs), self.flag,
-            self.num_heads, self.norm, self.eps, self.programs, self.dense,
+            x.contiguous(), self.weights, self.k, self.v, cos, sin, pos, self.slots,
+            pos if self.first is None else self.first, torch.stack(pairs), self.flag, self.num_heads, self.norm,
+            self.eps, self.programs, self.dense,
         )  # fmt: skip
 
     def check(self) -> None:

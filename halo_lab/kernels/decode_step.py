@@ -21,6 +21,11 @@ It needs all P programs resident at once: P is at most the SM count, one program
 spins past ``spin_limit`` polls sets ``flag`` and goes on, and later barriers then do not wait (wrong
 logits, no hang); the decoder raises on it (``PersistentStep.check``).
 
+HALO-S's key slots come as a table [L, rows, K] of every decode position (``slots``, row 0 the position
+``first``): the kernel reads pos's row. When the compiled step computed them each token, the kernel that
+did it (with the embedding and the write slots) took 5.0 µs on an H100, against 2.0 for dense's without
+key slots (experiments/bench/README.md, "Twenty-seventh session"); the table is not yet timed.
+
 Block sizes, medium model (hidden 512, 8/2 heads of 64, FFN 2048) on 132 SMs: q/k/v 4 RoPE pairs (8 rows)
 x 512 a program (``tile_rows``: the smallest power of two whose P tiles cover the rows); BC 8 heads x 16
 slices of 32 rows (a [32, 64] tile of W_o); DE 16 hidden units (2 x 16 rows of W_up, 16 columns of W_down:
@@ -110,8 +115,8 @@ if HAS_TRITON:
         x_ptr, q_ptr, part_ptr, ob_ptr, fb_ptr, logits_ptr,
         wqkv_ptr, wo_ptr, wup_ptr, wdown_ptr, lm_ptr,
         n1w_ptr, n1b_ptr, n2w_ptr, n2b_ptr, nfw_ptr, nfb_ptr,
-        k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, slots_ptr, wslots_ptr, sync_ptr, flag_ptr,
-        n_keys, s_cl, s_ch, s_cs, s_cos, s_sin, scale, eps, lo, hi,
+        k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, first_ptr, slots_ptr, wslots_ptr, sync_ptr, flag_ptr,
+        n_keys, rows, s_cl, s_ch, s_cs, s_cos, s_sin, scale, eps, lo, hi,
         L: tl.constexpr, C: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, HALF: tl.constexpr,
         F: tl.constexpr, V: tl.constexpr, NORM: tl.constexpr, HAS_BIAS: tl.constexpr,
         BP_QKV: tl.constexpr, NS_O: tl.constexpr, BN_O: tl.constexpr, BH: tl.constexpr,
@@ -123,6 +128,7 @@ if HAS_TRITON:
         layer: A, BC, DE, and for DENSE A2 (the attention's partials over the keys) after A."""
         W_QKV: tl.constexpr = (HQ + 2 * HKV) * 2 * HALF * C  # per-layer sizes of the stacked weights
         pos = tl.load(pos_ptr)
+        row = tl.minimum(tl.maximum(pos - tl.load(first_ptr), 0), rows - 1)  # pos's row of the key slots
         for layer in range(L):
             lc = tl.cast(layer, tl.int64)
             ph = NPH * layer
@@ -136,7 +142,7 @@ if HAS_TRITON:
                 dp._dense_partial_phase(ph + 1, lo, hi, q_ptr, k_l, v_l, part_ptr, sync_ptr, flag_ptr, pos,
                                         s_ch, s_cs, scale, HQ, HKV, 2 * HALF, PH, CH_KEYS, SYNC, SPIN)
             ph = ph + NPH - 2
-            dp._attend_o_phase(ph, lo, hi, q_ptr, k_l, v_l, slots_ptr + lc * n_keys, part_ptr,
+            dp._attend_o_phase(ph, lo, hi, q_ptr, k_l, v_l, slots_ptr + (lc * rows + row) * n_keys, part_ptr,
                                wo_ptr + lc * (C * HQ * 2 * HALF), x_ptr, ob_last, ob_this, fb_ptr, sync_ptr,
                                flag_ptr, n_keys, s_ch, s_cs, scale, C, HQ, HKV, 2 * HALF, NS_O, BN_O, BLOCK_K,
                                DENSE, PH, PH2, SYNC, SPIN)
@@ -173,6 +179,15 @@ def _check_options(norm: str) -> None:
         raise ValueError(f"norm={norm!r}: the persistent step takes layernorm or rmsnorm")
 
 
+def _slot_table(slots: torch.Tensor, pos: torch.Tensor, first: torch.Tensor | None):
+    """(table [L, rows, K], the full position of its row 0): one row [L, K] is the query at ``pos``."""
+    if slots.dim() == 2:
+        return slots[:, None], pos
+    if first is None:
+        raise ValueError(f"a key-slot table {tuple(slots.shape)} needs ``first``, the position of its row 0")
+    return slots, first
+
+
 def decode_step(
     x: torch.Tensor,
     weights: dict[str, torch.Tensor],
@@ -194,13 +209,16 @@ def decode_step(
     spin_limit: int = SPIN_LIMIT,
     phases: int | None = None,
     warps: int = 8,
+    first: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The Triton kernel: what ``reference_decode_step`` computes (x [1, C] becomes the last residual
     stream, the caches are written), in one launch of ``programs`` programs (``sync``), or one launch a
     phase (not ``sync``: the interpreter's way to run P > 1). Returns the logits [1, V]. ``dense``: each
     query attends to every cache slot up to ``pos`` (``slots`` unused), split over the programs.
     ``phases``: only the step's first that many phases (experiments/bench/phase_cost.py times them).
-    ``warps``: a program's warps."""
+    ``warps``: a program's warps. ``slots``: the key slots [L, K] of the query at ``pos``, or a table [L,
+    rows, K] whose row r is the query at full position ``first`` + r ([1] long; the kernel reads pos's row,
+    so a step need not compute its slots)."""
     w = weights
     L, B, Hkv, S, d = k_cache.shape
     C, V, F = x.shape[1], w["lm"].shape[0], w["wdown"].shape[2]
@@ -209,6 +227,7 @@ def decode_step(
             f"the persistent decode step is for batch 1, got caches of {B} rows, x {tuple(x.shape)}"
         )
     _check_options(norm)
+    slots, first = _slot_table(slots, pos, first)
     if not (k_cache.is_contiguous() and v_cache.is_contiguous() and k_cache.stride() == v_cache.stride()):
         raise ValueError("the stacked caches must be contiguous and alike")
     A = num_heads * d
@@ -232,7 +251,7 @@ def decode_step(
     work = torch.zeros(3 * C + 1, device=dev, dtype=torch.int32)
     sums = work[: 3 * C].view(torch.float32)
     ob, fb, counter = sums[: 2 * C], sums[2 * C :], work[3 * C :]
-    P, n_keys = int(programs), slots.shape[1]
+    P, rows, n_keys = int(programs), slots.shape[1], slots.shape[2]
     meta = launch_meta(
         C=C, F=F, V=V, L=L, num_heads=num_heads, kv_heads=Hkv, d=d, n_keys=n_keys, norm=norm,
         has_bias=has_bias, programs=P, dense=dense, spin_limit=spin_limit, warps=warps,
@@ -244,8 +263,8 @@ def decode_step(
         x, q, part, ob, fb, logits,
         w["wqkv"], w["wo"], w["wup"], w["wdown"], w["lm"],
         w["n1w"], nb["n1b"], w["n2w"], nb["n2b"], w["nfw"], nb["nfb"],
-        k_cache, v_cache, cos, sin, pos, slots.contiguous(), wslots.contiguous(), counter, flag,
-        n_keys, k_cache.stride(0), k_cache.stride(2), k_cache.stride(3),
+        k_cache, v_cache, cos, sin, pos, first, slots.contiguous(), wslots.contiguous(), counter, flag,
+        n_keys, rows, k_cache.stride(0), k_cache.stride(2), k_cache.stride(3),
         cos.stride(0), sin.stride(0), 1.0 / math.sqrt(d), eps,
     )  # fmt: skip
     total = meta["NPH"] * L + 1
@@ -275,6 +294,7 @@ if HAS_TRITON:
         sin: torch.Tensor,
         pos: torch.Tensor,
         slots: torch.Tensor,
+        first: torch.Tensor,
         wslots: torch.Tensor,
         flag: torch.Tensor,
         num_heads: int,
@@ -283,11 +303,12 @@ if HAS_TRITON:
         programs: int,
         dense: bool,
     ) -> torch.Tensor:
-        """``decode_step`` as one opaque op of a compiled step; ``weights`` in the order WEIGHTS + BIASES."""
+        """``decode_step`` as one opaque op of a compiled step; ``weights`` in the order WEIGHTS + BIASES;
+        ``slots`` a table [L, rows, K] whose row 0 is the query at full position ``first``."""
         named = dict(zip(WEIGHTS + BIASES, weights))
         return decode_step(
             x, named, k_cache, v_cache, cos, sin, pos, slots, wslots, flag, num_heads=num_heads, norm=norm,
-            eps=eps, programs=programs, dense=dense,
+            eps=eps, programs=programs, dense=dense, first=first,
         )  # fmt: skip
 
     @decode_step_op.register_fake
@@ -300,6 +321,7 @@ if HAS_TRITON:
         sin,
         pos,
         slots,
+        first,
         wslots,
         flag,
         num_heads,

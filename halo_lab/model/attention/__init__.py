@@ -10,6 +10,7 @@ all tested against is ``halo_lab.graph.reference``; the fused Triton kernels are
 from halo_lab.graph.reference import apply_rope, gather_attention, reference_attention
 from halo_lab.model.attention.cache import DecodeLayout, KVCache, decode_layout, ring_size
 from halo_lab.model.attention.decode import (
+    decode_key_slot_table,
     decode_key_slots,
     dense_decode_attention,
     gather_decode_attention,
@@ -39,6 +40,7 @@ __all__ = [
     "KVCache",
     "apply_rope",
     "check_decode_kernel",
+    "decode_key_slot_table",
     "decode_key_slots",
     "decode_kernel_op",
     "decode_layout",

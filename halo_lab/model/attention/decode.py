@@ -33,6 +33,18 @@ def decode_key_slots(layout: DecodeLayout, pos: torch.Tensor) -> torch.Tensor:
     return torch.cat([layout.globals_, torch.where(text >= 0, slot, torch.full_like(slot, -1)), rand])
 
 
+def decode_key_slot_table(layout: DecodeLayout) -> torch.Tensor:
+    """``decode_key_slots`` of every decode query at once: [rows, K], row r the query at full position
+    ``row0 + r`` (the rows of ``layout.rand``), so that a kernel can read its row instead of a step computing
+    it (halo_lab/generation/persistent.py)."""
+    G, rows = layout.num_globals, layout.rand.shape[0]
+    pos = layout.row0 + torch.arange(rows, device=layout.rand.device)
+    text = pos[:, None] - G - layout.offsets[None, :]
+    slot = G + (text if layout.ring is None else text % layout.ring)
+    window = torch.where(text >= 0, slot, torch.full_like(slot, -1))
+    return torch.cat([layout.globals_.expand(rows, -1), window, layout.rand], dim=1)
+
+
 def gather_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor):
     """One query per row ([B, Hq, 1, d]) over the cache slots ``slots`` ([K], -1 = none): the torch path
     (and the reference of the Triton kernel): gather the K keys, then one SDPA call over them."""
