@@ -4,7 +4,7 @@ step of a HALO-S model in one launch, with a grid barrier between its phases.
 ``PersistentStep`` stacks the layers' weights (a second copy of the model's, ~62 MB for the medium model)
 and their KV caches (each layer's cache becomes a view of one [L, 1, Hkv, S, d] buffer, so that the kernel
 reaches every layer's cache from one pointer). Each layer's key slots at every decode position are one
-table, built once (``attn.decode_key_slot_table``; the kernel reads the position's row; dense attends to
+table, built once (the attention's ``decode_key_slot_table``; the kernel reads the position's row; dense attends to
 every slot up to the position). Per step it computes the write slots (``cache.decode_write_slots``).
 ``why_not`` says why a model or a cache cannot take it (then the decoder keeps its per-kernel step).
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 
 from halo_lab.generation.step_kernels import norm_kind
-from halo_lab.model import attention as attn
 
 
 def _norm(norm: torch.nn.Module) -> tuple[str, float, bool] | None:
@@ -109,7 +108,8 @@ class PersistentStep:
         if self.dense:  # every earlier slot: no table
             self.slots, self.first = torch.zeros(len(layers), 1, 1, device=device, dtype=torch.long), None
         else:  # every decode position's key slots, once: the kernel reads pos's row (no per-step kernel)
-            self.slots = torch.stack([attn.decode_key_slot_table(c.layout) for c in caches]).contiguous()
+            tables = [layer.attn.decode_key_slot_table(c) for layer, c in zip(layers, caches)]
+            self.slots = torch.stack(tables).contiguous()
             self.first = caches[0].layout.row0
         self.num_heads = model.config.num_heads
         self.programs = ks.programs_for(device)

@@ -136,6 +136,14 @@ class Attention(nn.Module):
             return None
         return attn.decode_key_slots(lay, pos)
 
+    def decode_key_slot_table(self, cache: attn.KVCache) -> torch.Tensor | None:
+        """``decode_key_slots`` of every decode position at once, [rows, K] (``attn.decode_key_slot_table``);
+        None where ``decode_key_slots`` is None."""
+        lay = cache.layout
+        if lay is None or lay.select is not None:
+            return None
+        return attn.decode_key_slot_table(lay)
+
     def decode_attend(self, q: torch.Tensor, cache: attn.KVCache, pos: torch.Tensor) -> torch.Tensor:
         """``decode_qkv``'s attention alone, for a step whose kernel already roped q ([B, Hq, 1, d]) and k and
         wrote k and v into the cache (``halo_lab.kernels.decode_qkv``); [B, Hq d]."""
