@@ -4,8 +4,9 @@ step of a HALO-S model in one launch, with a grid barrier between its phases.
 ``PersistentStep`` stacks the layers' weights (a second copy of the model's, ~62 MB for the medium model)
 and their KV caches (each layer's cache becomes a view of one [L, 1, Hkv, S, d] buffer, so that the kernel
 reaches every layer's cache from one pointer). Each layer's key slots at every decode position are one
-table, built once (the attention's ``decode_key_slot_table``; the kernel reads the position's row; dense attends to
-every slot up to the position). Per step it computes the write slots (``cache.decode_write_slots``).
+table, built once (the attention's ``decode_key_slot_table``; the kernel reads the position's row; dense
+attends to every slot up to the position). Per step it computes the write slots
+(``cache.decode_write_slots``).
 ``why_not`` says why a model or a cache cannot take it (then the decoder keeps its per-kernel step).
 """
 

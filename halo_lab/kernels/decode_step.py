@@ -174,11 +174,6 @@ def launch_meta(*, C, F, V, L, num_heads, kv_heads, d, n_keys, norm, has_bias, p
     )  # fmt: skip
 
 
-def _check_options(norm: str) -> None:
-    if norm not in ("layernorm", "rmsnorm"):
-        raise ValueError(f"norm={norm!r}: the persistent step takes layernorm or rmsnorm")
-
-
 def _slot_table(slots: torch.Tensor, pos: torch.Tensor, first: torch.Tensor | None):
     """(table [L, rows, K], the full position of its row 0): one row [L, K] is the query at ``pos``."""
     if slots.dim() == 2:
@@ -226,7 +221,8 @@ def decode_step(
         raise ValueError(
             f"the persistent decode step is for batch 1, got caches of {B} rows, x {tuple(x.shape)}"
         )
-    _check_options(norm)
+    if norm not in ("layernorm", "rmsnorm"):
+        raise ValueError(f"norm={norm!r}: the persistent step takes layernorm or rmsnorm")
     slots, first = _slot_table(slots, pos, first)
     if not (k_cache.is_contiguous() and v_cache.is_contiguous() and k_cache.stride() == v_cache.stride()):
         raise ValueError("the stacked caches must be contiguous and alike")

@@ -24,25 +24,26 @@ from halo_lab.model.attention.cache import DecodeLayout, KVCache
 from halo_lab.model.attention.masked import selection_bias_mask, summary_bias_mask
 
 
+def _key_slots(layout: DecodeLayout, pos: torch.Tensor) -> torch.Tensor:
+    """[n, K] cache slots of the keys of the queries at full positions ``pos`` ([n] long), -1 = no edge."""
+    G = layout.num_globals
+    text = pos[:, None] - G - layout.offsets[None, :]
+    slot = G + (text if layout.ring is None else text % layout.ring)
+    window = torch.where(text >= 0, slot, torch.full_like(slot, -1))
+    rand = layout.rand.index_select(0, pos - layout.row0)
+    return torch.cat([layout.globals_.expand(pos.shape[0], -1), window, rand], dim=1)
+
+
 def decode_key_slots(layout: DecodeLayout, pos: torch.Tensor) -> torch.Tensor:
     """[K] cache slots of the keys of the query at full position ``pos`` ([1] long), -1 = no edge."""
-    G = layout.num_globals
-    text = pos - G - layout.offsets
-    slot = G + (text if layout.ring is None else text % layout.ring)
-    rand = layout.rand.index_select(0, pos - layout.row0).view(-1)
-    return torch.cat([layout.globals_, torch.where(text >= 0, slot, torch.full_like(slot, -1)), rand])
+    return _key_slots(layout, pos).view(-1)
 
 
 def decode_key_slot_table(layout: DecodeLayout) -> torch.Tensor:
     """``decode_key_slots`` of every decode query at once: [rows, K], row r the query at full position
     ``row0 + r`` (the rows of ``layout.rand``), so that a kernel can read its row instead of a step computing
     it (halo_lab/generation/persistent.py)."""
-    G, rows = layout.num_globals, layout.rand.shape[0]
-    pos = layout.row0 + torch.arange(rows, device=layout.rand.device)
-    text = pos[:, None] - G - layout.offsets[None, :]
-    slot = G + (text if layout.ring is None else text % layout.ring)
-    window = torch.where(text >= 0, slot, torch.full_like(slot, -1))
-    return torch.cat([layout.globals_.expand(rows, -1), window, layout.rand], dim=1)
+    return _key_slots(layout, layout.row0 + torch.arange(layout.rand.shape[0], device=layout.rand.device))
 
 
 def gather_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor):
