@@ -136,23 +136,55 @@ def test_the_key_slot_table_is_decode_key_slots_row_by_row(ring):
 
 
 @pytest.mark.parametrize("programs,sync", [(1, True), (3, False)])
-def test_a_key_slot_table_reads_the_row_of_pos(programs, sync):
-    """``slots`` as a table [L, rows, K] with ``first``: the kernel reads row pos - first, and equals the
-    reference over that row (the other rows are other layers' slot lists, so a wrong row changes the
-    logits)."""
+def test_slot_tables_read_the_row_of_pos(programs, sync):
+    """``slots`` [L, rows, K] and ``wslots`` [L, rows, 2] as tables with ``first``: the kernel reads row pos -
+    first of both and equals the step given those rows alone, logits and caches (the other rows hold other
+    layers' key lists and other write slots, so a wrong row changes either)."""
     _interpreted_or_cuda()
     x, w, k, v, cos, sin, pos, slots, wslots = inputs(torch.float32, "rmsnorm")
-    other = slots.flip(0)  # layer 1's list in layer 0's rows and back
+    other, elsewhere = slots.flip(0), torch.tensor([[3, -1], [5, 1]], device=DEVICE)
     table = torch.stack([other, other, slots, other], dim=1)  # pos's row is row 2
+    wtable = torch.stack([elsewhere, elsewhere, wslots, elsewhere], dim=1)
     flag = torch.zeros(1, device=DEVICE, dtype=torch.int32)
     kw = dict(num_heads=4, norm="rmsnorm", eps=1e-5, programs=programs, sync=sync)
-    xk, kk, vk = x.clone(), k.clone(), v.clone()
-    logits = ks.decode_step(xk, w, kk, vk, cos, sin, pos, table, wslots, flag, first=pos - 2, **kw)
     xr, kr, vr = x.clone(), k.clone(), v.clone()
     ref = ks.decode_step(xr, w, kr, vr, cos, sin, pos, slots, wslots, flag, **kw)
-    assert not torch.equal(other, slots) and torch.equal(logits, ref)
+    for ws in (wslots, wtable):  # a [L, 2] argument serves every row
+        xk, kk, vk = x.clone(), k.clone(), v.clone()
+        logits = ks.decode_step(xk, w, kk, vk, cos, sin, pos, table, ws, flag, first=pos - 2, **kw)
+        assert torch.equal(logits, ref) and torch.equal(kk, kr) and torch.equal(vk, vr)
+    assert not torch.equal(other, slots)
     with pytest.raises(ValueError, match="needs ``first``"):
         ks.decode_step(x.clone(), w, k.clone(), v.clone(), cos, sin, pos, table, wslots, flag, **kw)
+    with pytest.raises(ValueError, match="key slots for 4 positions, write slots for 2"):
+        ks.decode_step(x, w, k, v, cos, sin, pos, table, wtable[:, :2], flag, first=pos - 2, **kw)
+
+
+@pytest.mark.parametrize("programs,sync", [(1, True), (3, False)])
+def test_the_step_reads_the_token_embedding(programs, sync):
+    """``tok`` with ``weights["emb"]``: layer 0 reads the stream from the token's embedding row, so the
+    step equals the step given that row as x (x's own contents, NaN here, are never read), and x ends as
+    the same residual stream."""
+    _interpreted_or_cuda()
+    x, w, k, v, cos, sin, pos, slots, wslots = inputs(torch.float32, "rmsnorm")
+    emb = torch.randn(6, x.shape[1], device=DEVICE)
+    emb[4] = x[0]
+    flag = torch.zeros(1, device=DEVICE, dtype=torch.int32)
+    kw = dict(num_heads=4, norm="rmsnorm", eps=1e-5, programs=programs, sync=sync)
+    xr, kr, vr = x.clone(), k.clone(), v.clone()
+    ref = ks.decode_step(xr, w, kr, vr, cos, sin, pos, slots, wslots, flag, **kw)
+    xk, kk, vk = torch.full_like(x, float("nan")), k.clone(), v.clone()
+    tok = torch.tensor([4], device=DEVICE)
+    logits = ks.decode_step(xk, {**w, "emb": emb}, kk, vk, cos, sin, pos, slots, wslots, flag, tok=tok, **kw)
+    for a, b in ((logits, ref), (xk, xr), (kk, kr), (vk, vr)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)  # a card's atomics add in any order
+    other = ks.decode_step(
+        x.clone(), {**w, "emb": emb}, k.clone(), v.clone(), cos, sin, pos, slots, wslots, flag, tok=tok - 1,
+        **kw,
+    )  # fmt: skip
+    assert rel(other, ref) > 1e-3 and flag.item() == 0
+    with pytest.raises(ValueError, match="weight emb"):
+        ks.decode_step(x, w, k, v, cos, sin, pos, slots, wslots, flag, tok=tok, **kw)
 
 
 @pytest.mark.parametrize("programs,sync", [(1, True), (8, False)])

@@ -55,7 +55,8 @@ def _gemv_signature(kernel, constexprs: dict, dtype: str) -> dict[str, str]:
     """The decode kernels' arguments: ``*_ptr`` tensors (the split-K FFN's sums fp32, the key slots
     int64), eps and scale fp32, the rest i32."""
     typed = {"eps": "fp32", "scale": "fp32", "acc_ptr": "*fp32", "zero_ptr": "*fp32", "ain_ptr": "*fp32"}
-    typed.update(dict.fromkeys(("slot_ptr", "pos_ptr", "first_ptr", "store_ptr", "slots_ptr", "wslots_ptr"), "*i64"))
+    longs = ("slot_ptr", "pos_ptr", "first_ptr", "store_ptr", "slots_ptr", "wslots_ptr", "tok_ptr")
+    typed.update(dict.fromkeys(longs, "*i64"))
     typed.update(dict.fromkeys(("part_ptr", "ob_ptr", "fb_ptr"), "*fp32"))  # the persistent step's sums
     typed.update(dict.fromkeys(("sync_ptr", "flag_ptr"), "*i32"))
     return {

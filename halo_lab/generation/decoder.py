@@ -309,9 +309,9 @@ class Decoder:
         o-projection (``attn_o``; see ``_attention``), and the FFN one split-K launch whose sums the next
         q/k/v kernel or the head adds (``ffn``)."""
         m, pos, proj = self.model, self.pos, self._project
+        if self.persistent is not None:  # every layer and the head in one launch, the embedding included
+            return self.persistent(self.tok, pos, self.cos, self.sin)
         x = m.token_emb(self.tok)
-        if self.persistent is not None:  # every layer and the head in one launch
-            return self.persistent(x.view(1, -1), pos, self.cos, self.sin)
         # the RoPE table rows at pos for attn.decode_qkv (the qkv kernel reads the tables itself)
         rope = (
             None if self.qkv is not None else (self.cos.index_select(0, pos), self.sin.index_select(0, pos))

@@ -5,8 +5,9 @@ step of a HALO-S model in one launch, with a grid barrier between its phases.
 and their KV caches (each layer's cache becomes a view of one [L, 1, Hkv, S, d] buffer, so that the kernel
 reaches every layer's cache from one pointer). Each layer's key slots at every decode position are one
 table, built once (the attention's ``decode_key_slot_table``; the kernel reads the position's row; dense
-attends to every slot up to the position). Per step it computes the write slots
-(``cache.decode_write_slots``).
+attends to every slot up to the position), and so are the slots each position's key and value are written
+to (``cache.decode_write_slots``; dense's, the position itself, are computed per step). The kernel reads
+the token's embedding row itself: a HALO-S step is the one launch, with nothing computed around it.
 ``why_not`` says why a model or a cache cannot take it (then the decoder keeps its per-kernel step).
 """
 
@@ -43,6 +44,14 @@ def _model_problem(model) -> str | None:
     if max(widths) > kg.MAX_CHUNK:
         return f"rows wider than {kg.MAX_CHUNK} columns: {widths}"
     return None
+
+
+def _write_slots(pos: torch.Tensor, cache) -> torch.Tensor:
+    """[n, 2] the cache slots the positions ``pos`` ([n] long) write their key and value to, -1: none."""
+    from halo_lab.kernels import decode_qkv as kq
+
+    written = kq.write_slots(pos, *cache.decode_write_slots())
+    return torch.stack(written + [torch.full_like(pos, -1)] * (2 - len(written)), dim=1)
 
 
 def why_not(model, fused, caches, batch: int, pos: torch.Tensor) -> str | None:
@@ -100,18 +109,23 @@ class PersistentStep:
             ]
             weights.append(model.ln_f.bias.detach().contiguous())
         self.weights = weights
+        self.emb = model.token_emb.weight.detach().contiguous()
+        self.x = torch.empty(1, self.emb.shape[1], device=device, dtype=self.emb.dtype)  # the stream, written
         self.k = torch.stack([c.k for c in caches])
         self.v = torch.stack([c.v for c in caches])
         for i, c in enumerate(caches):  # the caches become views of the stacks (prefill writes through them)
             c.k, c.v = self.k[i], self.v[i]
         self.caches = caches
         self.dense = caches[0].layout is None
+        self.wslots = None  # dense: computed per step
         if self.dense:  # every earlier slot: no table
             self.slots, self.first = torch.zeros(len(layers), 1, 1, device=device, dtype=torch.long), None
-        else:  # every decode position's key slots, once: the kernel reads pos's row (no per-step kernel)
+        else:  # every decode position's key and write slots, once: the kernel reads pos's rows
             tables = [layer.attn.decode_key_slot_table(c) for layer, c in zip(layers, caches)]
             self.slots = torch.stack(tables).contiguous()
             self.first = caches[0].layout.row0
+            at = self.first + torch.arange(self.slots.shape[1], device=device)
+            self.wslots = torch.stack([_write_slots(at, c) for c in caches]).contiguous()
         self.num_heads = model.config.num_heads
         self.programs = ks.programs_for(device)
         if device.type == "cuda" and self.most_programs:
@@ -120,20 +134,16 @@ class PersistentStep:
         self.op = ks.decode_step_op
 
     def __call__(
-        self, x: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+        self, tok: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> torch.Tensor:
-        """Logits [1, V] of the token whose embedding is x [1, C], at full position ``pos``."""
-        from halo_lab.kernels import decode_qkv as kq
-
-        none = torch.full_like(pos, -1)
-        pairs = []
-        for c in self.caches:
-            written = kq.write_slots(pos, *c.decode_write_slots())
-            pairs.append(torch.cat(written + [none] * (2 - len(written))))
+        """Logits [1, V] of the token ``tok`` ([1] long) at full position ``pos``."""
+        wslots = self.wslots
+        if wslots is None:
+            wslots = torch.stack([_write_slots(pos, c) for c in self.caches])
         return self.op(
-            x.contiguous(), self.weights, self.k, self.v, cos, sin, pos, self.slots,
-            pos if self.first is None else self.first, torch.stack(pairs), self.flag, self.num_heads, self.norm,
-            self.eps, self.programs, self.dense,
+            self.x, self.weights, self.k, self.v, cos, sin, pos, self.slots,
+            pos if self.first is None else self.first, wslots, self.flag, tok.view(1), self.emb,
+            self.num_heads, self.norm, self.eps, self.programs, self.dense,
         )  # fmt: skip
 
     def check(self) -> None:

@@ -107,13 +107,14 @@ if HAS_TRITON:
             tl.store(v_ptr + at + HALF, o2, mask=is_v)
 
     @triton.jit
-    def _qkv_phase(ph, lo, hi, w_ptr, x_ptr, ob_ptr, fb_ptr, nw_ptr, nb_ptr, q_ptr, k_ptr, v_ptr, cos_ptr,
+    def _qkv_phase(ph, lo, hi, w_ptr, x_in, ob_ptr, fb_ptr, nw_ptr, nb_ptr, q_ptr, k_ptr, v_ptr, cos_ptr,
                    sin_ptr, pos, ws_ptr, sync_ptr, flag_ptr, s_ch, s_cs, s_cos, s_sin, eps,
                    C: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, HALF: tl.constexpr,
                    NORM: tl.constexpr, HAS_BIAS: tl.constexpr, BP: tl.constexpr, CHUNK: tl.constexpr,
                    SYNC: tl.constexpr, SPIN: tl.constexpr):  # fmt: skip
         """A: norm + q/k/v + RoPE + cache write (decode_qkv's math) of the residual stream: a tile holds both
-        rows of its BP RoPE pairs; k and v go to the slots at ws_ptr[0] and ws_ptr[1] (-1: none)."""
+        rows of its BP RoPE pairs; k and v go to the slots at ws_ptr[0] and ws_ptr[1] (-1: none). x_in: x, or
+        in layer 0 the token's embedding row (no layer before has written x)."""
         if (ph >= lo) & (ph < hi):
             pid = tl.program_id(0)
             D: tl.constexpr = 2 * HALF
@@ -134,7 +135,7 @@ if HAS_TRITON:
             if ph > 0:
                 _begin(ph, sync_ptr, flag_ptr, SYNC, SPIN)
             kk = tl.arange(0, CHUNK)
-            a = _residual(x_ptr, ob_ptr, fb_ptr, kk, kk < C, wt.dtype, True)
+            a = _residual(x_in, ob_ptr, fb_ptr, kk, kk < C, wt.dtype, True)
             y = kg._dot_input(wt, a, nw_ptr, nb_ptr, C, eps, NORM, HAS_BIAS, CHUNK)
             x1, x2 = tl.split(tl.reshape(y.to(wt.dtype).to(tl.float32), [BP, 2]))
             roped = h < HQ + HKV
@@ -229,14 +230,15 @@ if HAS_TRITON:
         return tl.load(at, mask=(n < C)[:, None] & (c < D)[None, :], other=0.0)  # u >= U: n >= NS * BN >= C
 
     @triton.jit
-    def _attend_o_phase(ph, lo, hi, q_ptr, k_ptr, v_ptr, slots_ptr, part_ptr, wo_ptr, x_ptr, ob_in, ob_out,
-                        fb_ptr, sync_ptr, flag_ptr, n_keys, s_ch, s_cs, scale, C: tl.constexpr,
+    def _attend_o_phase(ph, lo, hi, q_ptr, k_ptr, v_ptr, slots_ptr, part_ptr, wo_ptr, x_in, x_ptr, ob_in,
+                        ob_out, fb_ptr, sync_ptr, flag_ptr, n_keys, s_ch, s_cs, scale, C: tl.constexpr,
                         HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, NS: tl.constexpr,
                         BN: tl.constexpr, BLOCK_K: tl.constexpr, DENSE: tl.constexpr, PH: tl.constexpr,
                         PH2: tl.constexpr, SYNC: tl.constexpr, SPIN: tl.constexpr):  # fmt: skip
         """BC: unit (query head u % HQ, slice u // HQ of BN rows of o) of HQ x NS: the head's attention (over
         its key slots, or DENSE: merged from A2's partials), rounded, times its [BN, D] of W_o, added into
-        ob_out. Head 0's units first fold ob_in and fb into their rows of x (the module doc)."""
+        ob_out. Head 0's units first fold ob_in and fb into their rows of x (the module doc), read from x_in
+        (layer 0: the token's embedding row)."""
         if (ph >= lo) & (ph < hi):
             pid = tl.program_id(0)
             U: tl.constexpr = HQ * NS
@@ -248,7 +250,7 @@ if HAS_TRITON:
                 n = (u // HQ) * BN + tl.arange(0, BN)
                 in_n = n < C
                 if hq == 0:
-                    xr = _residual(x_ptr, ob_in, fb_ptr, n, in_n, dt, True)
+                    xr = _residual(x_in, ob_in, fb_ptr, n, in_n, dt, True)
                     tl.store(x_ptr + n, xr.to(dt), mask=in_n)
                     tl.store(ob_in + n, tl.zeros([BN], tl.float32), mask=in_n)
                     tl.store(fb_ptr + n, tl.zeros([BN], tl.float32), mask=in_n)

@@ -21,10 +21,12 @@ It needs all P programs resident at once: P is at most the SM count, one program
 spins past ``spin_limit`` polls sets ``flag`` and goes on, and later barriers then do not wait (wrong
 logits, no hang); the decoder raises on it (``PersistentStep.check``).
 
-HALO-S's key slots come as a table [L, rows, K] of every decode position (``slots``, row 0 the position
-``first``): the kernel reads pos's row. When the compiled step computed them each token, the kernel that
-did it (with the embedding and the write slots) took 5.0 µs on an H100, against 2.0 for dense's without
-key slots (experiments/bench/README.md, "Twenty-seventh session"); the table is not yet timed.
+HALO-S's key slots and write slots come as tables [L, rows, K] and [L, rows, 2] of every decode position
+(``slots``, ``wslots``, row 0 the position ``first``): the kernel reads pos's rows. Given ``tok``, layer 0
+reads its stream from the token's embedding row (``weights["emb"]``). When the compiled step computed the
+embedding and the slots each token, that kernel took 5.0 µs on an H100, against 2.0 for dense's without
+key slots (experiments/bench/README.md, "Twenty-seventh session"); with the tables and the embedding read
+here, a HALO-S token is this one launch. Not yet timed.
 
 Block sizes, medium model (hidden 512, 8/2 heads of 64, FFN 2048) on 132 SMs: q/k/v 4 RoPE pairs (8 rows)
 x 512 a program (``tile_rows``: the smallest power of two whose P tiles cover the rows); BC 8 heads x 16
@@ -116,7 +118,7 @@ if HAS_TRITON:
         wqkv_ptr, wo_ptr, wup_ptr, wdown_ptr, lm_ptr,
         n1w_ptr, n1b_ptr, n2w_ptr, n2b_ptr, nfw_ptr, nfb_ptr,
         k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, first_ptr, slots_ptr, wslots_ptr, sync_ptr, flag_ptr,
-        n_keys, rows, s_cl, s_ch, s_cs, s_cos, s_sin, scale, eps, lo, hi,
+        emb_ptr, tok_ptr, n_keys, rows, s_cl, s_ch, s_cs, s_cos, s_sin, scale, eps, lo, hi,
         L: tl.constexpr, C: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, HALF: tl.constexpr,
         F: tl.constexpr, V: tl.constexpr, NORM: tl.constexpr, HAS_BIAS: tl.constexpr,
         BP_QKV: tl.constexpr, NS_O: tl.constexpr, BN_O: tl.constexpr, BH: tl.constexpr,
@@ -128,22 +130,25 @@ if HAS_TRITON:
         layer: A, BC, DE, and for DENSE A2 (the attention's partials over the keys) after A."""
         W_QKV: tl.constexpr = (HQ + 2 * HKV) * 2 * HALF * C  # per-layer sizes of the stacked weights
         pos = tl.load(pos_ptr)
-        row = tl.minimum(tl.maximum(pos - tl.load(first_ptr), 0), rows - 1)  # pos's row of the key slots
+        row = tl.minimum(tl.maximum(pos - tl.load(first_ptr), 0), rows - 1)  # pos's row of the slot tables
+        x_emb = emb_ptr + tl.load(tok_ptr) * C  # layer 0 reads the stream from the token's embedding row
         for layer in range(L):
             lc = tl.cast(layer, tl.int64)
             ph = NPH * layer
             k_l, v_l = k_ptr + lc * s_cl, v_ptr + lc * s_cl
             ob_this, ob_last = ob_ptr + (layer % 2) * C, ob_ptr + ((layer + 1) % 2) * C
-            dp._qkv_phase(ph, lo, hi, wqkv_ptr + lc * W_QKV, x_ptr, ob_last, fb_ptr, n1w_ptr + lc * C,
-                          n1b_ptr + lc * C, q_ptr, k_l, v_l, cos_ptr, sin_ptr, pos, wslots_ptr + lc * 2,
+            x_in = tl.where(layer == 0, x_emb, x_ptr)
+            at = lc * rows + row  # this layer's row of the slot tables
+            dp._qkv_phase(ph, lo, hi, wqkv_ptr + lc * W_QKV, x_in, ob_last, fb_ptr, n1w_ptr + lc * C,
+                          n1b_ptr + lc * C, q_ptr, k_l, v_l, cos_ptr, sin_ptr, pos, wslots_ptr + at * 2,
                           sync_ptr, flag_ptr, s_ch, s_cs, s_cos, s_sin, eps, C, HQ, HKV, HALF, NORM, HAS_BIAS,
                           BP_QKV, CH_C, SYNC, SPIN)
             if DENSE:
                 dp._dense_partial_phase(ph + 1, lo, hi, q_ptr, k_l, v_l, part_ptr, sync_ptr, flag_ptr, pos,
                                         s_ch, s_cs, scale, HQ, HKV, 2 * HALF, PH, CH_KEYS, SYNC, SPIN)
             ph = ph + NPH - 2
-            dp._attend_o_phase(ph, lo, hi, q_ptr, k_l, v_l, slots_ptr + (lc * rows + row) * n_keys, part_ptr,
-                               wo_ptr + lc * (C * HQ * 2 * HALF), x_ptr, ob_last, ob_this, fb_ptr, sync_ptr,
+            dp._attend_o_phase(ph, lo, hi, q_ptr, k_l, v_l, slots_ptr + at * n_keys, part_ptr,
+                               wo_ptr + lc * (C * HQ * 2 * HALF), x_in, x_ptr, ob_last, ob_this, fb_ptr, sync_ptr,
                                flag_ptr, n_keys, s_ch, s_cs, scale, C, HQ, HKV, 2 * HALF, NS_O, BN_O, BLOCK_K,
                                DENSE, PH, PH2, SYNC, SPIN)
             dp._ffn_phase(ph + 1, lo, hi, wup_ptr + lc * (2 * F * C), wdown_ptr + lc * (C * F), x_ptr, ob_this,
@@ -174,13 +179,34 @@ def launch_meta(*, C, F, V, L, num_heads, kv_heads, d, n_keys, norm, has_bias, p
     )  # fmt: skip
 
 
-def _slot_table(slots: torch.Tensor, pos: torch.Tensor, first: torch.Tensor | None):
-    """(table [L, rows, K], the full position of its row 0): one row [L, K] is the query at ``pos``."""
-    if slots.dim() == 2:
-        return slots[:, None], pos
+def _slot_tables(slots: torch.Tensor, wslots: torch.Tensor, pos: torch.Tensor, first: torch.Tensor | None):
+    """(key slots [L, rows, K], write slots [L, rows, 2], the full position of row 0). A [L, K] or [L, 2]
+    argument holds the slots of the query at ``pos`` alone and serves as every row."""
+    if slots.dim() == 2 and wslots.dim() == 2:
+        return slots[:, None], wslots[:, None], pos
     if first is None:
-        raise ValueError(f"a key-slot table {tuple(slots.shape)} needs ``first``, the position of its row 0")
-    return slots, first
+        raise ValueError(
+            f"a slot table needs ``first``, the position of its row 0 (slots {tuple(slots.shape)}, write "
+            f"slots {tuple(wslots.shape)})"
+        )
+    rows = (slots if slots.dim() == 3 else wslots).shape[1]
+    slots, wslots = (t if t.dim() == 3 else t[:, None].expand(-1, rows, -1) for t in (slots, wslots))
+    if slots.shape[1] != wslots.shape[1]:
+        raise ValueError(f"key slots for {slots.shape[1]} positions, write slots for {wslots.shape[1]}")
+    return slots, wslots, first
+
+
+def _embedding(x: torch.Tensor, emb: torch.Tensor | None, tok: torch.Tensor | None):
+    """(embedding, token) that layer 0 reads its stream from: ``emb``'s row ``tok``, or without a token x
+    itself as a one-row embedding."""
+    if tok is None:
+        return x, torch.zeros(1, device=x.device, dtype=torch.long)
+    if emb is None or emb.dim() != 2 or emb.shape[1] != x.shape[1] or not emb.is_contiguous():
+        shape = None if emb is None else tuple(emb.shape)
+        raise ValueError(
+            f"a token needs weight emb, a contiguous [vocab, {x.shape[1]}] embedding; got {shape}"
+        )
+    return emb, tok
 
 
 def decode_step(
@@ -205,6 +231,7 @@ def decode_step(
     phases: int | None = None,
     warps: int = 8,
     first: torch.Tensor | None = None,
+    tok: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The Triton kernel: what ``reference_decode_step`` computes (x [1, C] becomes the last residual
     stream, the caches are written), in one launch of ``programs`` programs (``sync``), or one launch a
@@ -213,7 +240,8 @@ def decode_step(
     ``phases``: only the step's first that many phases (experiments/bench/phase_cost.py times them).
     ``warps``: a program's warps. ``slots``: the key slots [L, K] of the query at ``pos``, or a table [L,
     rows, K] whose row r is the query at full position ``first`` + r ([1] long; the kernel reads pos's row,
-    so a step need not compute its slots)."""
+    so a step need not compute its slots); ``wslots`` likewise [L, 2] or a table [L, rows, 2]. ``tok``: the
+    token [1] long; the kernel then reads its embedding row from ``weights["emb"]`` and x is only written."""
     w = weights
     L, B, Hkv, S, d = k_cache.shape
     C, V, F = x.shape[1], w["lm"].shape[0], w["wdown"].shape[2]
@@ -223,7 +251,7 @@ def decode_step(
         )
     if norm not in ("layernorm", "rmsnorm"):
         raise ValueError(f"norm={norm!r}: the persistent step takes layernorm or rmsnorm")
-    slots, first = _slot_table(slots, pos, first)
+    slots, wslots, first = _slot_tables(slots, wslots, pos, first)
     if not (k_cache.is_contiguous() and v_cache.is_contiguous() and k_cache.stride() == v_cache.stride()):
         raise ValueError("the stacked caches must be contiguous and alike")
     A = num_heads * d
@@ -236,6 +264,7 @@ def decode_step(
     for name, shape in shapes.items():
         if tuple(w[name].shape) != shape or not w[name].is_contiguous():
             raise ValueError(f"weight {name}: {tuple(w[name].shape)}, expected contiguous {shape}")
+    emb, tok = _embedding(x, w.get("emb"), tok)
     if max(C, A, F) > kg.MAX_CHUNK:
         raise ValueError(f"rows of up to {kg.MAX_CHUNK} columns: hidden {C}, attention {A}, FFN {F}")
     has_bias = "n1b" in w
@@ -260,7 +289,7 @@ def decode_step(
         w["wqkv"], w["wo"], w["wup"], w["wdown"], w["lm"],
         w["n1w"], nb["n1b"], w["n2w"], nb["n2b"], w["nfw"], nb["nfb"],
         k_cache, v_cache, cos, sin, pos, first, slots.contiguous(), wslots.contiguous(), counter, flag,
-        n_keys, rows, k_cache.stride(0), k_cache.stride(2), k_cache.stride(3),
+        emb, tok, n_keys, rows, k_cache.stride(0), k_cache.stride(2), k_cache.stride(3),
         cos.stride(0), sin.stride(0), 1.0 / math.sqrt(d), eps,
     )  # fmt: skip
     total = meta["NPH"] * L + 1
@@ -293,18 +322,21 @@ if HAS_TRITON:
         first: torch.Tensor,
         wslots: torch.Tensor,
         flag: torch.Tensor,
+        tok: torch.Tensor,
+        emb: torch.Tensor,
         num_heads: int,
         norm: str,
         eps: float,
         programs: int,
         dense: bool,
     ) -> torch.Tensor:
-        """``decode_step`` as one opaque op of a compiled step; ``weights`` in the order WEIGHTS + BIASES;
-        ``slots`` a table [L, rows, K] whose row 0 is the query at full position ``first``."""
-        named = dict(zip(WEIGHTS + BIASES, weights))
+        """``decode_step`` of the token ``tok`` (its embedding row of ``emb``) as one opaque op of a compiled
+        step; ``weights`` in the order WEIGHTS + BIASES; ``slots`` [L, rows, K] and ``wslots`` [L, rows, 2]
+        tables whose row 0 is the query at full position ``first``; x [1, C] is written."""
+        named = dict(zip(WEIGHTS + BIASES, weights), emb=emb)
         return decode_step(
             x, named, k_cache, v_cache, cos, sin, pos, slots, wslots, flag, num_heads=num_heads, norm=norm,
-            eps=eps, programs=programs, dense=dense, first=first,
+            eps=eps, programs=programs, dense=dense, first=first, tok=tok,
         )  # fmt: skip
 
     @decode_step_op.register_fake
@@ -320,6 +352,8 @@ if HAS_TRITON:
         first,
         wslots,
         flag,
+        tok,
+        emb,
         num_heads,
         norm,
         eps,
