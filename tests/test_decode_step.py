@@ -64,7 +64,7 @@ def dense_slots(L, S, pos):
     return torch.where(every <= pos, every, -1).expand(L, S).contiguous()
 
 
-def run_both(dtype, norm, programs, sync, dense=False, warps=8, **kw):
+def run_both(dtype, norm, programs, sync, dense=False, warps=8, keep_l2=None, **kw):
     x, w, k, v, cos, sin, pos, slots, wslots = inputs(dtype, norm, **kw)
     if dense:
         slots, wslots[1, 1] = dense_slots(k.shape[0], k.shape[3], pos), -1
@@ -73,7 +73,7 @@ def run_both(dtype, norm, programs, sync, dense=False, warps=8, **kw):
     kk, vk, xk = k.clone(), v.clone(), x.clone()
     logits = ks.decode_step(
         xk, w, kk, vk, cos, sin, pos, slots, wslots, flag, num_heads=heads, norm=norm, eps=1e-5,
-        programs=programs, sync=sync, dense=dense, warps=warps,
+        programs=programs, sync=sync, dense=dense, warps=warps, keep_l2=keep_l2,
     )  # fmt: skip
     dbl = {n: t.double() for n, t in w.items()}
     kr, vr = k.double(), v.double()
@@ -197,6 +197,25 @@ def test_three_layers_reuse_the_sum_buffers(programs, sync):
 
 
 @pytest.mark.parametrize("programs,sync", [(1, True), (3, False)])
+def test_l2_hints_split_the_layers_without_changing_the_step(programs, sync):
+    """``keep_l2=n`` runs layers 0..n-1 in one loop and the rest in another (their loads marked to stay in or
+    leave L2): every layer runs once, in order, so the logits and caches equal the unhinted step's at any
+    n (0, inside, all, past L)."""
+    _interpreted_or_cuda()
+    x, w, k, v, cos, sin, pos, slots, wslots = inputs(torch.float32, "rmsnorm", L=3)
+    flag = torch.zeros(1, device=DEVICE, dtype=torch.int32)
+    kw = dict(num_heads=4, norm="rmsnorm", eps=1e-5, programs=programs, sync=sync)
+    kr, vr = k.clone(), v.clone()
+    ref = ks.decode_step(x.clone(), w, kr, vr, cos, sin, pos, slots, wslots, flag, **kw)
+    for keep in (0, 1, 3, 5):
+        kk, vk = k.clone(), v.clone()
+        out = ks.decode_step(x.clone(), w, kk, vk, cos, sin, pos, slots, wslots, flag, keep_l2=keep, **kw)
+        for a, b in ((out, ref), (kk, kr), (vk, vr)):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)  # a card's atomics add in any order
+    assert flag.item() == 0
+
+
+@pytest.mark.parametrize("programs,sync", [(1, True), (3, False)])
 def test_a_prefix_of_the_phases_runs_only_those(programs, sync):
     """``phases=3`` (experiments/bench/phase_cost.py's prefixes) runs layer 0's q/k/v, attention and FFN
     only: layer 0's cache gets the new key, layer 1's does not; all the phases give the full step."""
@@ -279,14 +298,15 @@ def test_persistent_step_cuda():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the grid barrier at P > 1 needs a GPU")
 @pytest.mark.parametrize("dense", [False, True])
-@pytest.mark.parametrize("half,warps", [(False, 16), (True, 8)])
-def test_persistent_step_cuda_other_launches(dense, half, warps):
-    """The launches experiments/bench/phase_cost.py times beside the default: 16 warps a program, and half
-    the SMs (larger tiles a program), each against the reference in bf16."""
+@pytest.mark.parametrize("half,warps,keep_l2", [(False, 16, None), (True, 8, None), (False, 8, 2)])
+def test_persistent_step_cuda_other_launches(dense, half, warps, keep_l2):
+    """The launches experiments/bench/phase_cost.py times beside the default: 16 warps a program, half the
+    SMs (larger tiles a program), layers 0-1's weights marked to stay in L2, each against the reference in
+    bf16."""
     programs = torch.cuda.get_device_properties(0).multi_processor_count // (2 if half else 1)
     (logits, k, v), (ref, kr, vr), _ = run_both(
-        torch.bfloat16, "rmsnorm", programs, True, dense, warps=warps, L=3, C=512, heads=8, d=64, F=2048,
-        V=256,
+        torch.bfloat16, "rmsnorm", programs, True, dense, warps=warps, keep_l2=keep_l2, L=3, C=512, heads=8,
+        d=64, F=2048, V=256,
     )  # fmt: skip
     assert rel(logits, ref) < 3e-2 and rel(k, kr) < 3e-2 and rel(v, vr) < 3e-2
 
@@ -327,13 +347,14 @@ def test_persistent_decode_equals_uncached_forward(arch, cache, kw, monkeypatch)
 
 
 @pytest.mark.parametrize("dense", [False, True], ids=["halo", "dense"])
-def test_persistent_decode_at_fewer_programs(dense, monkeypatch):
-    """PersistentStep.most_programs caps P on a card (the interpreter keeps P = 1), and the greedy tokens
-    still equal the uncached forward's."""
+def test_persistent_decode_at_other_launch_settings(dense, monkeypatch):
+    """PersistentStep.most_programs caps P on a card (the interpreter keeps P = 1) and keep_l2 reaches the
+    kernel, and the greedy tokens still equal the uncached forward's."""
     _interpreted_or_cuda()
     from halo_lab.generation.persistent import PersistentStep
 
     monkeypatch.setattr(PersistentStep, "most_programs", 3)
+    monkeypatch.setattr(PersistentStep, "keep_l2", 1)
     seen = []
     real = ks.decode_step
     monkeypatch.setattr(ks, "decode_step", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
@@ -343,6 +364,7 @@ def test_persistent_decode_at_fewer_programs(dense, monkeypatch):
     out, dec = persistent_tokens(model, prompt, 12, monkeypatch)
     assert dec.persistent is not None, dec.persistent_why_not
     assert seen and all(kw["programs"] == (3 if DEVICE == "cuda" else 1) for kw in seen)
+    assert all(kw["keep_l2"] == 1 for kw in seen)
     assert torch.equal(out, ref)
 
 

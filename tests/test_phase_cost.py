@@ -46,6 +46,18 @@ def test_every_prefix_is_timed_and_written(tmp_path, dense):
     )
 
 
+def test_the_whole_step_alone_with_l2_marks(tmp_path):
+    """``--whole`` times one prefix, the whole step (named as its last phase, no per-kind means);
+    ``--keep-l2`` reaches the kernel and the JSON."""
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA or Triton's interpreter")
+    argv = [str(tmp_path), "--context", "16", "--keys", "6", "--repeats", "1", "--shape", json.dumps(TINY)]
+    assert pc["main"](argv + ["--whole", "--keep-l2", "1"]) == 0
+    result = json.loads((tmp_path / "phase_cost.json").read_text())
+    assert [r["phase"] for r in result["phases"]] == ["head"] and result["mean_cost_us"] == {}
+    assert (result["keep_l2"], result["whole"]) == (1, True) and result["phases"][0]["prefix_us"] > 0
+
+
 def test_keys_past_the_context_are_refused(tmp_path):
     with pytest.raises(SystemExit, match="--keys 20 must be"):
         pc["main"]([str(tmp_path), "--context", "16", "--keys", "20"])

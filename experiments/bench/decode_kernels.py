@@ -68,6 +68,10 @@ OPTIONS = {
     "combo_gemv_qkv_persistent_p88": (
         {"combo_kernels": True}, True, True, False, False, True, False, False, {"most_programs": 88},
     ),
+    # layers 0-4's weights loaded marked to stay in L2, the rest to leave first (PersistentStep.keep_l2)
+    "combo_gemv_qkv_persistent_keep5": (
+        {"combo_kernels": True}, True, True, False, False, True, False, False, {"keep_l2": 5},
+    ),
 }
 
 
@@ -106,6 +110,7 @@ def main(out: str, names: list[str], contexts=CONTEXTS, variants=None) -> None:
         Decoder.split_attn_o = bool(len(extra) > 3 and extra[3])
         step = extra[4] if len(extra) > 4 else {}
         PersistentStep.most_programs = step.get("most_programs")
+        PersistentStep.keep_l2 = step.get("keep_l2")
         torch._dynamo.reset()
         Decoder.inductor_options = opts
         for ctx in contexts:

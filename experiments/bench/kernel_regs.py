@@ -168,15 +168,17 @@ def decode_kernels() -> None:
         )
         print(f"decode_ffn {warps} warps {regs}", flush=True)
     # the whole batch-1 step in one persistent launch (decode_step.py, 3 phases a layer) on 132 SMs
-    # (and at 88 programs, PersistentStep.most_programs: larger tiles a program)
-    for dense, programs in ((False, 132), (True, 132), (False, 88)):
+    # (and at 88 programs, PersistentStep.most_programs: larger tiles a program; and with layers 0-4's
+    # weights marked to stay in L2, PersistentStep.keep_l2)
+    for dense, programs, keep in ((False, 132, None), (True, 132, None), (False, 88, None), (False, 132, 5)):
         meta = ks.launch_meta(
             C=512, F=2048, V=256, L=8, num_heads=8, kv_heads=2, d=64, n_keys=72, norm="rmsnorm",
-            has_bias=False, programs=programs, dense=dense,
+            has_bias=False, programs=programs, dense=dense, keep_l2=keep,
         )  # fmt: skip
         opts = {"num_warps": meta.pop("num_warps"), "num_stages": 1}
         regs = resources(ks._decode_step_kernel, opts, {**meta, "SYNC": True}, signature=_gemv_signature)
-        print(f"decode_step {'dense' if dense else 'HALO-S'} 8 warps, P = {programs} {regs}", flush=True)
+        kind = ("dense" if dense else "HALO-S") + ("" if keep is None else f", keep_l2 {keep}")
+        print(f"decode_step {kind} 8 warps, P = {programs} {regs}", flush=True)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,14 @@ A prefix reads only its own phases' weights, so a short one runs from L2 while t
 weights against 50 MB of L2 on an H100) cannot: on the H100 of the twenty-sixth session the FFN phase
 cost 3.5 µs in layers 0-2 and up to 12.6 µs further on. ``--cold`` writes 128 MB before every call, so
 every prefix reads its weights from HBM; beside the default run it shows what L2 saves each phase.
-``--programs`` and ``--warps`` time the same step at other launch sizes.
+``--programs`` and ``--warps`` time the same step at other launch sizes, ``--keep-l2 n`` with layers
+0..n-1's weights marked to stay in L2 (decode_step.py). The prefixes are also why a phase's cost beyond
+the first few layers is not its cost inside the whole step: the prefix that crosses L2's size pays for
+every earlier phase's misses too (the twenty-seventh session's spike at layer 5 is there). ``--whole``
+times the whole step alone (one prefix), the number that compares options.
 
     python experiments/bench/phase_cost.py OUT [--context 1024] [--keys 72] [--dense] [--repeats 200]
-        [--cold] [--programs P] [--warps 8]
+        [--cold] [--programs P] [--warps 8] [--keep-l2 n] [--whole]
 
 Writes OUT/phase_cost.json (the card, each prefix's time, each phase's cost) and prints the mean cost of
 each kind of phase (A: q/k/v; A2: dense's partials; BC: attention + o-projection; DE: the FFN; head).
@@ -129,6 +133,8 @@ def measure(
     cold: bool = False,
     programs: int | None = None,
     warps: int = 8,
+    keep_l2: int | None = None,
+    whole: bool = False,
 ) -> dict:
     """Each prefix's µs and each phase's cost (the difference), on CUDA or under the interpreter."""
     cuda = torch.cuda.is_available()
@@ -136,13 +142,16 @@ def measure(
     args = inputs(shape, context, keys, dense, device, torch.bfloat16 if cuda else torch.float32)
     kw = dict(
         num_heads=shape["heads"], norm="rmsnorm", eps=1e-5, programs=programs or ks.programs_for(device),
-        dense=dense, sync=cuda, warps=warps,
+        dense=dense, sync=cuda, warps=warps, keep_l2=keep_l2,
     )  # fmt: skip
     names = phase_names(shape["L"], dense)
-    prefix = [time_prefix(args, kw, h, repeats, cold=cold) for h in range(1, len(names) + 1)]
+    if whole:  # the whole step, one prefix: every phase's cost is in the last
+        names = names[-1:]
+    n = len(phase_names(shape["L"], dense))
+    prefix = [time_prefix(args, kw, h, repeats, cold=cold) for h in range(n - len(names) + 1, n + 1)]
     cost = [prefix[0]] + [b - a for a, b in zip(prefix, prefix[1:])]
     kinds: dict[str, list[float]] = {}
-    for name, c in zip(names, cost):
+    for name, c in zip([] if whole else names, cost):  # whole: no phase's own cost
         kinds.setdefault(name.split(".")[0], []).append(c)
     return {
         "device": torch.cuda.get_device_name() if cuda else "cpu (Triton's interpreter: not a measurement)",
@@ -155,6 +164,8 @@ def measure(
         "cold": cold,
         "programs": kw["programs"],
         "warps": warps,
+        "keep_l2": keep_l2,
+        "whole": whole,
         "repeats": repeats,
         "phases": [{"phase": n, "prefix_us": t, "cost_us": c} for n, t, c in zip(names, prefix, cost)],
         "mean_cost_us": {k: statistics.mean(v) for k, v in kinds.items()},
@@ -171,20 +182,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cold", action="store_true", help=f"write {COLD_MB} MB before each call (L2 cold)")
     p.add_argument("--programs", type=int, default=None, help="P (default: the SM count)")
     p.add_argument("--warps", type=int, default=8, help="a program's warps")
+    p.add_argument("--keep-l2", type=int, default=None, help="layers whose weights load marked to stay in L2")
+    p.add_argument("--whole", action="store_true", help="time the whole step only")
     p.add_argument("--shape", default=None, help="JSON overrides of the medium shape (tests: a tiny one)")
     a = p.parse_args(argv)
     shape = {**MEDIUM, **(json.loads(a.shape) if a.shape else {})}
     if not 1 <= a.keys <= a.context:
         raise SystemExit(f"phase_cost.py: --keys {a.keys} must be 1 .. --context ({a.context})")
-    result = measure(shape, a.context, a.keys, a.dense, a.repeats, a.cold, a.programs, a.warps)
+    result = measure(
+        shape, a.context, a.keys, a.dense, a.repeats, a.cold, a.programs, a.warps, a.keep_l2, a.whole
+    )
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "phase_cost.json").write_text(json.dumps(result, indent=1))
     total = result["phases"][-1]["prefix_us"]
     kind = "dense" if a.dense else "HALO-S"
     options = f"{a.warps} warps" + (", L2 cold" if a.cold else "")
+    options += "" if a.keep_l2 is None else f", layers 0..{a.keep_l2 - 1} marked to stay in L2"
     print(f"{result['device']}, P = {result['programs']}, context {a.context}, {kind}, {options}")
-    print(f"all {len(result['phases'])} phases: {total:.1f} µs a call")
+    print(f"all {len(phase_names(shape['L'], a.dense))} phases: {total:.1f} µs a call")
     for kind, c in result["mean_cost_us"].items():
         print(f"  {kind:5s} {c:7.2f} µs a phase on average")
     return 0

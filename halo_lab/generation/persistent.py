@@ -81,6 +81,9 @@ class PersistentStep:
     # the step's phases 3.5% faster than 132 on an H100 (experiments/bench/README.md, "Twenty-seventh
     # session"); the decoder's tokens/s with it are not measured yet
     most_programs = None
+    # the kernel's ``keep_l2`` (decode_step.py): layers whose weights load marked to stay in L2; None: no
+    # marks. Not yet timed
+    keep_l2 = None
 
     def __init__(self, model, fused, caches, device: torch.device):
         from halo_lab.kernels import decode_step as ks
@@ -144,6 +147,7 @@ class PersistentStep:
             self.x, self.weights, self.k, self.v, cos, sin, pos, self.slots,
             pos if self.first is None else self.first, wslots, self.flag, tok.view(1), self.emb,
             self.num_heads, self.norm, self.eps, self.programs, self.dense,
+            -1 if self.keep_l2 is None else int(self.keep_l2),
         )  # fmt: skip
 
     def check(self) -> None:

@@ -77,12 +77,22 @@ if HAS_TRITON:
             _grid_sync(sync_ptr, flag_ptr, ph * tl.num_programs(0), SPIN)
 
     @triton.jit
-    def _tile(w_ptr, n, in_n, K, CHUNK: tl.constexpr):
-        """The [rows, CHUNK] weight tile of rows ``n`` (the whole row: K <= CHUNK)."""
+    def _wload(ptrs, mask, EV: tl.constexpr):
+        """Weights at ``ptrs`` (0 where not ``mask``), marked for L2 by EV: 0 no mark, 1 ``evict_last`` (to
+        stay), 2 ``evict_first`` (to leave first); decode_step.py's ``keep_l2``."""
+        if EV == 1:
+            w = tl.load(ptrs, mask=mask, other=0.0, eviction_policy="evict_last")
+        elif EV == 2:
+            w = tl.load(ptrs, mask=mask, other=0.0, eviction_policy="evict_first")
+        else:
+            w = tl.load(ptrs, mask=mask, other=0.0)
+        return w
+
+    @triton.jit
+    def _tile(w_ptr, n, in_n, K, CHUNK: tl.constexpr, EV: tl.constexpr = 0):
+        """The [rows, CHUNK] weight tile of rows ``n`` (the whole row: K <= CHUNK), marked for L2 by EV."""
         kk = tl.arange(0, CHUNK)
-        return tl.load(
-            w_ptr + n[:, None] * K + kk[None, :], mask=in_n[:, None] & (kk < K)[None, :], other=0.0
-        )
+        return _wload(w_ptr + n[:, None] * K + kk[None, :], in_n[:, None] & (kk < K)[None, :], EV)
 
     @triton.jit
     def _residual(x_ptr, ob_ptr, fb_ptr, kk, in_k, dt: tl.constexpr, FB: tl.constexpr):
@@ -111,7 +121,7 @@ if HAS_TRITON:
                    sin_ptr, pos, ws_ptr, sync_ptr, flag_ptr, s_ch, s_cs, s_cos, s_sin, eps,
                    C: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, HALF: tl.constexpr,
                    NORM: tl.constexpr, HAS_BIAS: tl.constexpr, BP: tl.constexpr, CHUNK: tl.constexpr,
-                   SYNC: tl.constexpr, SPIN: tl.constexpr):  # fmt: skip
+                   SYNC: tl.constexpr, SPIN: tl.constexpr, EV: tl.constexpr):  # fmt: skip
         """A: norm + q/k/v + RoPE + cache write (decode_qkv's math) of the residual stream: a tile holds both
         rows of its BP RoPE pairs; k and v go to the slots at ws_ptr[0] and ws_ptr[1] (-1: none). x_in: x, or
         in layer 0 the token's embedding row (no layer before has written x)."""
@@ -121,7 +131,7 @@ if HAS_TRITON:
             PAIRS: tl.constexpr = (HQ + 2 * HKV) * HALF
             r = tl.arange(0, 2 * BP)
             pr = pid * BP + r // 2
-            wt = _tile(w_ptr, (pr // HALF) * D + pr % HALF + (r % 2) * HALF, pr < PAIRS, C, CHUNK)
+            wt = _tile(w_ptr, (pr // HALF) * D + pr % HALF + (r % 2) * HALF, pr < PAIRS, C, CHUNK, EV)
             p = pid * BP + tl.arange(0, BP)
             h = p // HALF  # q heads, then k heads, then v heads
             i = p % HALF
@@ -222,19 +232,22 @@ if HAS_TRITON:
         return tl.sum(wgt[:, None] * acc, axis=0) / lsum
 
     @triton.jit
-    def _o_tile(wo_ptr, u, C: tl.constexpr, HQ: tl.constexpr, D: tl.constexpr, BN: tl.constexpr):
+    def _o_tile(wo_ptr, u, C: tl.constexpr, HQ: tl.constexpr, D: tl.constexpr, BN: tl.constexpr,
+                EV: tl.constexpr):  # fmt: skip
         """Unit u's [BN, D] slice of W_o [C, HQ * D]: rows of slice u // HQ, columns of head u % HQ."""
         n = (u // HQ) * BN + tl.arange(0, BN)
         c = tl.arange(0, D)
         at = wo_ptr + n[:, None] * (HQ * D) + (u % HQ) * D + c[None, :]
-        return tl.load(at, mask=(n < C)[:, None] & (c < D)[None, :], other=0.0)  # u >= U: n >= NS * BN >= C
+        # u >= U: n >= NS * BN >= C
+        return _wload(at, (n < C)[:, None] & (c < D)[None, :], EV)
 
     @triton.jit
     def _attend_o_phase(ph, lo, hi, q_ptr, k_ptr, v_ptr, slots_ptr, part_ptr, wo_ptr, x_in, x_ptr, ob_in,
                         ob_out, fb_ptr, sync_ptr, flag_ptr, n_keys, s_ch, s_cs, scale, C: tl.constexpr,
                         HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, NS: tl.constexpr,
                         BN: tl.constexpr, BLOCK_K: tl.constexpr, DENSE: tl.constexpr, PH: tl.constexpr,
-                        PH2: tl.constexpr, SYNC: tl.constexpr, SPIN: tl.constexpr):  # fmt: skip
+                        PH2: tl.constexpr, SYNC: tl.constexpr, SPIN: tl.constexpr,
+                        EV: tl.constexpr):  # fmt: skip
         """BC: unit (query head u % HQ, slice u // HQ of BN rows of o) of HQ x NS: the head's attention (over
         its key slots, or DENSE: merged from A2's partials), rounded, times its [BN, D] of W_o, added into
         ob_out. Head 0's units first fold ob_in and fb into their rows of x (the module doc), read from x_in
@@ -242,7 +255,7 @@ if HAS_TRITON:
         if (ph >= lo) & (ph < hi):
             pid = tl.program_id(0)
             U: tl.constexpr = HQ * NS
-            wt = _o_tile(wo_ptr, pid, C, HQ, D, BN)
+            wt = _o_tile(wo_ptr, pid, C, HQ, D, BN, EV)
             _begin(ph, sync_ptr, flag_ptr, SYNC, SPIN)
             dt = wt.dtype
             for u in range(pid, U, tl.num_programs(0)):
@@ -262,33 +275,34 @@ if HAS_TRITON:
                 o = o.to(dt).to(tl.float32)  # the attention's output rounding
                 part = tl.sum(wt.to(tl.float32) * o[None, :], axis=1)
                 tl.atomic_add(ob_out + n, part, mask=in_n, sem="relaxed")
-                wt = _o_tile(wo_ptr, u + tl.num_programs(0), C, HQ, D, BN)
+                wt = _o_tile(wo_ptr, u + tl.num_programs(0), C, HQ, D, BN, EV)
 
     @triton.jit
     def _ffn_tiles(wu_ptr, wd_ptr, u, C: tl.constexpr, F: tl.constexpr, BH: tl.constexpr,
-                   CHUNK: tl.constexpr):  # fmt: skip
+                   CHUNK: tl.constexpr, EV: tl.constexpr):  # fmt: skip
         """Unit u's gate rows, up rows [BH, CHUNK] and W_down columns [CHUNK, BH]: hidden units u·BH + j."""
         j = u * BH + tl.arange(0, BH)
         in_j = j < F  # u >= U: j >= U * BH >= F
         c = tl.arange(0, CHUNK)
         in_c = c < C
         rows = in_j[:, None] & in_c[None, :]
-        wg = tl.load(wu_ptr + j[:, None] * C + c[None, :], mask=rows, other=0.0)
-        wu = tl.load(wu_ptr + (F + j)[:, None] * C + c[None, :], mask=rows, other=0.0)
-        wd = tl.load(wd_ptr + c[:, None] * F + j[None, :], mask=in_c[:, None] & in_j[None, :], other=0.0)
+        wg = _wload(wu_ptr + j[:, None] * C + c[None, :], rows, EV)
+        wu = _wload(wu_ptr + (F + j)[:, None] * C + c[None, :], rows, EV)
+        wd = _wload(wd_ptr + c[:, None] * F + j[None, :], in_c[:, None] & in_j[None, :], EV)
         return wg, wu, wd
 
     @triton.jit
     def _ffn_phase(ph, lo, hi, wu_ptr, wd_ptr, x_ptr, ob_ptr, nw_ptr, nb_ptr, fb_ptr, sync_ptr, flag_ptr, eps,
                    C: tl.constexpr, F: tl.constexpr, NORM: tl.constexpr, HAS_BIAS: tl.constexpr,
-                   BH: tl.constexpr, CHUNK: tl.constexpr, SYNC: tl.constexpr, SPIN: tl.constexpr):  # fmt: skip
+                   BH: tl.constexpr, CHUNK: tl.constexpr, SYNC: tl.constexpr, SPIN: tl.constexpr,
+                   EV: tl.constexpr):  # fmt: skip
         """DE: program p's slice of BH hidden units (of cdiv(F, BH) <= P): norm_2 of x + ob, their gate/up
         rows, SwiGLU (rounded as decode_ffn rounds), their W_down columns times it: a partial sum of every
         output, added into fb."""
         if (ph >= lo) & (ph < hi):
             pid = tl.program_id(0)
             U: tl.constexpr = (F + BH - 1) // BH
-            wg, wu, wd = _ffn_tiles(wu_ptr, wd_ptr, pid, C, F, BH, CHUNK)
+            wg, wu, wd = _ffn_tiles(wu_ptr, wd_ptr, pid, C, F, BH, CHUNK, EV)
             _begin(ph, sync_ptr, flag_ptr, SYNC, SPIN)
             dt = wg.dtype
             c = tl.arange(0, CHUNK)

@@ -28,6 +28,13 @@ embedding and the slots each token, that kernel took 5.0 µs on an H100, against
 key slots (experiments/bench/README.md, "Twenty-seventh session"); with the tables and the embedding read
 here, a HALO-S token is this one launch. Not yet timed.
 
+L2 (``keep_l2``, off by default, not yet timed): the medium model's 61 MB of weights do not fit an H100's
+50 MB of L2, so token after token the step reads them in a cycle longer than the cache, which a
+least-recently-used cache serves worst. The phase probe's later layers looked slow (experiments/bench/
+README.md, "Twenty-seventh session") where its prefixes crossed the cache's size. ``keep_l2=n`` marks the
+loads of layers 0..n-1 ``evict_last`` and the rest ``evict_first``, so that a fixed part stays resident
+and the rest streams from HBM.
+
 Block sizes, medium model (hidden 512, 8/2 heads of 64, FFN 2048) on 132 SMs: q/k/v 4 RoPE pairs (8 rows)
 x 512 a program (``tile_rows``: the smallest power of two whose P tiles cover the rows); BC 8 heads x 16
 slices of 32 rows (a [32, 64] tile of W_o); DE 16 hidden units (2 x 16 rows of W_up, 16 columns of W_down:
@@ -124,7 +131,7 @@ if HAS_TRITON:
         BP_QKV: tl.constexpr, NS_O: tl.constexpr, BN_O: tl.constexpr, BH: tl.constexpr,
         BN_HEAD: tl.constexpr, CH_C: tl.constexpr,
         BLOCK_K: tl.constexpr, DENSE: tl.constexpr, PH: tl.constexpr, PH2: tl.constexpr,
-        CH_KEYS: tl.constexpr, NPH: tl.constexpr, SYNC: tl.constexpr, SPIN: tl.constexpr,
+        CH_KEYS: tl.constexpr, NPH: tl.constexpr, SYNC: tl.constexpr, SPIN: tl.constexpr, KEEP: tl.constexpr,
     ):
         """Phases [lo, hi) of the step (decode_phases.py), a barrier before each but the first. NPH phases a
         layer: A, BC, DE, and for DENSE A2 (the attention's partials over the keys) after A."""
@@ -132,28 +139,33 @@ if HAS_TRITON:
         pos = tl.load(pos_ptr)
         row = tl.minimum(tl.maximum(pos - tl.load(first_ptr), 0), rows - 1)  # pos's row of the slot tables
         x_emb = emb_ptr + tl.load(tok_ptr) * C  # layer 0 reads the stream from the token's embedding row
-        for layer in range(L):
-            lc = tl.cast(layer, tl.int64)
-            ph = NPH * layer
-            k_l, v_l = k_ptr + lc * s_cl, v_ptr + lc * s_cl
-            ob_this, ob_last = ob_ptr + (layer % 2) * C, ob_ptr + ((layer + 1) % 2) * C
-            x_in = tl.where(layer == 0, x_emb, x_ptr)
-            at = lc * rows + row  # this layer's row of the slot tables
-            dp._qkv_phase(ph, lo, hi, wqkv_ptr + lc * W_QKV, x_in, ob_last, fb_ptr, n1w_ptr + lc * C,
-                          n1b_ptr + lc * C, q_ptr, k_l, v_l, cos_ptr, sin_ptr, pos, wslots_ptr + at * 2,
-                          sync_ptr, flag_ptr, s_ch, s_cs, s_cos, s_sin, eps, C, HQ, HKV, HALF, NORM, HAS_BIAS,
-                          BP_QKV, CH_C, SYNC, SPIN)
-            if DENSE:
-                dp._dense_partial_phase(ph + 1, lo, hi, q_ptr, k_l, v_l, part_ptr, sync_ptr, flag_ptr, pos,
-                                        s_ch, s_cs, scale, HQ, HKV, 2 * HALF, PH, CH_KEYS, SYNC, SPIN)
-            ph = ph + NPH - 2
-            dp._attend_o_phase(ph, lo, hi, q_ptr, k_l, v_l, slots_ptr + at * n_keys, part_ptr,
-                               wo_ptr + lc * (C * HQ * 2 * HALF), x_in, x_ptr, ob_last, ob_this, fb_ptr, sync_ptr,
-                               flag_ptr, n_keys, s_ch, s_cs, scale, C, HQ, HKV, 2 * HALF, NS_O, BN_O, BLOCK_K,
-                               DENSE, PH, PH2, SYNC, SPIN)
-            dp._ffn_phase(ph + 1, lo, hi, wup_ptr + lc * (2 * F * C), wdown_ptr + lc * (C * F), x_ptr, ob_this,
-                          n2w_ptr + lc * C, n2b_ptr + lc * C, fb_ptr, sync_ptr, flag_ptr, eps, C, F, NORM,
-                          HAS_BIAS, BH, CH_C, SYNC, SPIN)
+        # KEEP >= 0 (at most L): layers [0, KEEP) load their weights marked to stay in L2, the rest marked to
+        # leave it first (launch_meta's ``keep_l2``); one loop over the layers when KEEP < 0
+        for part in tl.static_range(1 if KEEP < 0 else 2):
+            EV = (KEEP >= 0) * (part + 1)  # decode_phases._wload: 0 no mark, 1 evict_last, 2 evict_first
+            for layer in range(part * KEEP, L if KEEP < 0 else KEEP + part * (L - KEEP)):
+                lc = tl.cast(layer, tl.int64)
+                ph = NPH * layer
+                k_l, v_l = k_ptr + lc * s_cl, v_ptr + lc * s_cl
+                ob_this, ob_last = ob_ptr + (layer % 2) * C, ob_ptr + ((layer + 1) % 2) * C
+                x_in = tl.where(layer == 0, x_emb, x_ptr)
+                at = lc * rows + row  # this layer's row of the slot tables
+                dp._qkv_phase(ph, lo, hi, wqkv_ptr + lc * W_QKV, x_in, ob_last, fb_ptr, n1w_ptr + lc * C,
+                              n1b_ptr + lc * C, q_ptr, k_l, v_l, cos_ptr, sin_ptr, pos, wslots_ptr + at * 2,
+                              sync_ptr, flag_ptr, s_ch, s_cs, s_cos, s_sin, eps, C, HQ, HKV, HALF, NORM,
+                              HAS_BIAS, BP_QKV, CH_C, SYNC, SPIN, EV)
+                if DENSE:
+                    dp._dense_partial_phase(ph + 1, lo, hi, q_ptr, k_l, v_l, part_ptr, sync_ptr, flag_ptr,
+                                            pos, s_ch, s_cs, scale, HQ, HKV, 2 * HALF, PH, CH_KEYS, SYNC,
+                                            SPIN)
+                ph = ph + NPH - 2
+                dp._attend_o_phase(ph, lo, hi, q_ptr, k_l, v_l, slots_ptr + at * n_keys, part_ptr,
+                                   wo_ptr + lc * (C * HQ * 2 * HALF), x_in, x_ptr, ob_last, ob_this, fb_ptr,
+                                   sync_ptr, flag_ptr, n_keys, s_ch, s_cs, scale, C, HQ, HKV, 2 * HALF, NS_O,
+                                   BN_O, BLOCK_K, DENSE, PH, PH2, SYNC, SPIN, EV)
+                dp._ffn_phase(ph + 1, lo, hi, wup_ptr + lc * (2 * F * C), wdown_ptr + lc * (C * F), x_ptr,
+                              ob_this, n2w_ptr + lc * C, n2b_ptr + lc * C, fb_ptr, sync_ptr, flag_ptr, eps, C,
+                              F, NORM, HAS_BIAS, BH, CH_C, SYNC, SPIN, EV)
         # the final norm + LM head
         dp._head_phase(NPH * L, lo, hi, lm_ptr, x_ptr, ob_ptr + ((L - 1) % 2) * C, fb_ptr, nfw_ptr, nfb_ptr,
                        logits_ptr, sync_ptr, flag_ptr, eps, C, V, NORM, HAS_BIAS, BN_HEAD, CH_C, SYNC, SPIN)
@@ -161,10 +173,11 @@ if HAS_TRITON:
 
 
 def launch_meta(*, C, F, V, L, num_heads, kv_heads, d, n_keys, norm, has_bias, programs, dense,
-                spin_limit=SPIN_LIMIT, warps=8) -> dict:  # fmt: skip
+                spin_limit=SPIN_LIMIT, warps=8, keep_l2=None) -> dict:  # fmt: skip
     """The kernel's constexprs and warps for a model's sizes at P = ``programs`` (the module doc's block
     sizes); experiments/bench/kernel_regs.py compiles it with these. 8 warps: 182 registers and no stack
-    at P = 132 (16: 116, no stack; P = 66 at 8 spills)."""
+    at P = 132 (16: 116, no stack; P = 66 at 8 spills). ``keep_l2``: None, no eviction hints; n, the
+    weights of layers 0..n-1 loaded ``evict_last`` and the others' ``evict_first`` (the module doc)."""
     P, pairs = int(programs), (num_heads + 2 * kv_heads) * d // 2
     slices = 1 << max(0, (P // num_heads).bit_length() - 1)  # NS: o's row slices, NS x heads <= P
     parts = max(1, P // kv_heads) if dense else 1  # PH: the programs of one KV head's keys
@@ -175,7 +188,7 @@ def launch_meta(*, C, F, V, L, num_heads, kv_heads, d, n_keys, norm, has_bias, p
         BN_HEAD=tile_rows(V, P), CH_C=triton.next_power_of_2(C),
         BLOCK_K=max(2, triton.next_power_of_2(n_keys)), DENSE=dense, PH=parts,
         PH2=max(2, triton.next_power_of_2(parts)), CH_KEYS=DENSE_CHUNK, NPH=PHASES + dense,
-        SPIN=spin_limit, num_warps=int(warps),
+        SPIN=spin_limit, KEEP=-1 if keep_l2 is None else min(max(int(keep_l2), 0), L), num_warps=int(warps),
     )  # fmt: skip
 
 
@@ -230,6 +243,7 @@ def decode_step(
     spin_limit: int = SPIN_LIMIT,
     phases: int | None = None,
     warps: int = 8,
+    keep_l2: int | None = None,
     first: torch.Tensor | None = None,
     tok: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -238,7 +252,8 @@ def decode_step(
     phase (not ``sync``: the interpreter's way to run P > 1). Returns the logits [1, V]. ``dense``: each
     query attends to every cache slot up to ``pos`` (``slots`` unused), split over the programs.
     ``phases``: only the step's first that many phases (experiments/bench/phase_cost.py times them).
-    ``warps``: a program's warps. ``slots``: the key slots [L, K] of the query at ``pos``, or a table [L,
+    ``warps``: a program's warps; ``keep_l2``: layers whose weights load marked to stay in L2 (launch_meta).
+    ``slots``: the key slots [L, K] of the query at ``pos``, or a table [L,
     rows, K] whose row r is the query at full position ``first`` + r ([1] long; the kernel reads pos's row,
     so a step need not compute its slots); ``wslots`` likewise [L, 2] or a table [L, rows, 2]. ``tok``: the
     token [1] long; the kernel then reads its embedding row from ``weights["emb"]`` and x is only written."""
@@ -279,7 +294,7 @@ def decode_step(
     P, rows, n_keys = int(programs), slots.shape[1], slots.shape[2]
     meta = launch_meta(
         C=C, F=F, V=V, L=L, num_heads=num_heads, kv_heads=Hkv, d=d, n_keys=n_keys, norm=norm,
-        has_bias=has_bias, programs=P, dense=dense, spin_limit=spin_limit, warps=warps,
+        has_bias=has_bias, programs=P, dense=dense, spin_limit=spin_limit, warps=warps, keep_l2=keep_l2,
     )  # fmt: skip
     # dense's partials: (max, sum, weighted values) of each query head for each of PH parts of its keys
     part = torch.empty(meta["PH"] * num_heads * (d + 2) if dense else 1, device=dev, dtype=torch.float32)
@@ -329,14 +344,16 @@ if HAS_TRITON:
         eps: float,
         programs: int,
         dense: bool,
+        keep_l2: int = -1,
     ) -> torch.Tensor:
         """``decode_step`` of the token ``tok`` (its embedding row of ``emb``) as one opaque op of a compiled
         step; ``weights`` in the order WEIGHTS + BIASES; ``slots`` [L, rows, K] and ``wslots`` [L, rows, 2]
-        tables whose row 0 is the query at full position ``first``; x [1, C] is written."""
+        tables whose row 0 is the query at full position ``first``; x [1, C] is written. ``keep_l2`` < 0:
+        None (no L2 marks)."""
         named = dict(zip(WEIGHTS + BIASES, weights), emb=emb)
         return decode_step(
             x, named, k_cache, v_cache, cos, sin, pos, slots, wslots, flag, num_heads=num_heads, norm=norm,
-            eps=eps, programs=programs, dense=dense, first=first, tok=tok,
+            eps=eps, programs=programs, dense=dense, first=first, tok=tok, keep_l2=None if keep_l2 < 0 else keep_l2,
         )  # fmt: skip
 
     @decode_step_op.register_fake
@@ -359,6 +376,7 @@ if HAS_TRITON:
         eps,
         programs,
         dense,
+        keep_l2=-1,
     ):
         return x.new_empty(1, weights[4].shape[0], dtype=weights[0].dtype)
 
