@@ -27,7 +27,8 @@ interpreter's tests) loads the next unit's weights after the one before.
 Measured on an H100 (experiments/bench/README.md, "Twenty-fifth" to "Twenty-seventh session"): the
 medium model's 25 phases take 106-111 µs. Phase by phase (experiments/bench/phase_cost.py) layers 0-2 cost
 2.6-4.4 µs a phase against a GEMV phase's 2.5 in the barrier probe, and the FFN phase grows to 4.9-13.5
-µs from layer 3 on. Asking for the FFN's weights two phases early (loads, or PTX L2 prefetches) moved that
+µs from layer 3 on (a probe of the step's prefixes: the prefix whose weights cross L2's 50 MB pays for
+earlier phases' misses too, so the later costs are not those phases' own). Asking for the FFN's weights two phases early (loads, or PTX L2 prefetches) moved that
 cost into phases A and BC and made the step 11-12% slower, so the step does not prefetch.
 """
 
