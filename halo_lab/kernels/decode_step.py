@@ -175,8 +175,9 @@ if HAS_TRITON:
 def launch_meta(*, C, F, V, L, num_heads, kv_heads, d, n_keys, norm, has_bias, programs, dense,
                 spin_limit=SPIN_LIMIT, warps=8, keep_l2=None) -> dict:  # fmt: skip
     """The kernel's constexprs and warps for a model's sizes at P = ``programs`` (the module doc's block
-    sizes); experiments/bench/kernel_regs.py compiles it with these. 8 warps: 182 registers and no stack
-    at P = 132 (16: 116, no stack; P = 66 at 8 spills). ``keep_l2``: None, no eviction hints; n, the
+    sizes); experiments/bench/kernel_regs.py compiles it with these. 8 warps at P = 132: 148 registers and
+    no stack with the pointers aligned, as a launch builds it (``--aligned``; 184 unaligned); at P = 88,
+    186 aligned, no stack (unaligned: 255 and a spill). ``keep_l2``: None, no eviction hints; n, the
     weights of layers 0..n-1 loaded ``evict_last`` and the others' ``evict_first`` (the module doc)."""
     P, pairs = int(programs), (num_heads + 2 * kv_heads) * d // 2
     slices = 1 << max(0, (P // num_heads).bit_length() - 1)  # NS: o's row slices, NS x heads <= P
