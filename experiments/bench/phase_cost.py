@@ -144,14 +144,15 @@ def measure(
         num_heads=shape["heads"], norm="rmsnorm", eps=1e-5, programs=programs or ks.programs_for(device),
         dense=dense, sync=cuda, warps=warps, keep_l2=keep_l2,
     )  # fmt: skip
-    names = phase_names(shape["L"], dense)
-    if whole:  # the whole step, one prefix: every phase's cost is in the last
-        names = names[-1:]
-    n = len(phase_names(shape["L"], dense))
-    prefix = [time_prefix(args, kw, h, repeats, cold=cold) for h in range(n - len(names) + 1, n + 1)]
+    every = phase_names(shape["L"], dense)
+    names = every[-1:] if whole else every  # whole: one prefix, the whole step, and no phase's own cost
+    prefix = [
+        time_prefix(args, kw, h, repeats, cold=cold)
+        for h in range(len(every) - len(names) + 1, len(every) + 1)
+    ]
     cost = [prefix[0]] + [b - a for a, b in zip(prefix, prefix[1:])]
     kinds: dict[str, list[float]] = {}
-    for name, c in zip([] if whole else names, cost):  # whole: no phase's own cost
+    for name, c in zip([] if whole else names, cost):
         kinds.setdefault(name.split(".")[0], []).append(c)
     return {
         "device": torch.cuda.get_device_name() if cuda else "cpu (Triton's interpreter: not a measurement)",
